@@ -1,0 +1,80 @@
+"""Settings: every user-facing knob comes from a ``STREAMREC_*`` variable (or a CLI flag).
+
+Read once at the entry point (``Settings.from_env()``) and passed down; nothing else in
+the code base looks at ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BROKER = "127.0.0.1:19092"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
+
+
+def _home_default() -> str:
+    return str(Path.cwd() / ".streamrec")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration shared by the worker, the trainer and the tools."""
+
+    # Where the embedded stack keeps pids/logs and where the model registry lives.
+    home: str = field(default_factory=_home_default)
+    broker: str = DEFAULT_BROKER
+    redis_url: str = DEFAULT_REDIS_URL
+    model_dir: str = ""  # default: <home>/models
+    clicks_topic: str = "clicks"
+    recs_topic: str = "recommendations"
+    dlq_topic: str = "clicks.dlq"
+    partitions: int = 4
+    app_id: str = "streamrec-worker"
+    # Session state in Redis: the newest `session_cap` items are kept for `session_ttl_s`.
+    session_cap: int = 50
+    session_ttl_s: int = 24 * 3600
+    # How many recent items of a session feed the ranking.
+    context_items: int = 5
+    top_k: int = 10
+    batch_size: int = 1000
+    batch_within_s: float = 0.01
+    # Short group session timeout: the embedded broker's first join waits ~half of it.
+    broker_session_timeout_s: float = 6.0
+    model_check_interval_s: float = 2.0
+    web_port: int = 6066
+    log_level: str = "info"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.home) / "run"
+
+    @property
+    def registry_dir(self) -> Path:
+        return Path(self.model_dir) if self.model_dir else Path(self.home) / "models"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"STREAMREC_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.name, raw, type(getattr(cls(), f.name)))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _coerce(name: str, raw: str, typ: type) -> Any:
+    try:
+        if typ is bool:
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        return typ(raw)
+    except ValueError as exc:
+        raise ValueError(f"STREAMREC_{name.upper()}={raw!r} is not a valid {typ.__name__}") from exc

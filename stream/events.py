@@ -1,0 +1,162 @@
+"""The wire contracts: click events in, recommendations out (JSON via orjson).
+
+Validation lives here, at the edge, and is shared by the worker (bad input goes to the
+dead-letter topic with the reason) and by the producer helper (bad input raises in the
+app before it is sent).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+MAX_EVENT_BYTES = 16 * 1024
+MAX_ID_CHARS = 256
+MAX_EVENT_TYPE_CHARS = 32
+DEFAULT_TENANT = "default"
+# Tenant names end up in Redis keys, file paths and metric labels: keep them tame.
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class InvalidEvent(ValueError):
+    """A click event that breaks the contract; ``reason`` is short and machine-greppable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent:
+    tenant: str
+    session_id: str
+    item_id: str
+    ts: float
+    event_type: str = "view"
+    event_id: str | None = None
+    user_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "tenant": self.tenant,
+            "session_id": self.session_id,
+            "item_id": self.item_id,
+            "ts": self.ts,
+            "event_type": self.event_type,
+        }
+        if self.event_id is not None:
+            d["event_id"] = self.event_id
+        if self.user_id is not None:
+            d["user_id"] = self.user_id
+        return d
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+def _id_field(data: dict[str, Any], name: str, *, required: bool) -> str | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise InvalidEvent(f"missing field '{name}'")
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"field '{name}' must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidEvent(f"field '{name}' is empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidEvent(f"field '{name}' is longer than {MAX_ID_CHARS} characters")
+    return value
+
+
+def event_from_dict(data: Any, *, default_ts: float | None = None) -> ClickEvent:
+    """Validate an already-decoded event; raises :class:`InvalidEvent`."""
+    if not isinstance(data, dict):
+        raise InvalidEvent(f"event must be a JSON object, got {type(data).__name__}")
+    tenant = data.get("tenant", DEFAULT_TENANT)
+    if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
+        raise InvalidEvent("field 'tenant' must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    session_id = _id_field(data, "session_id", required=True)
+    item_id = _id_field(data, "item_id", required=True)
+    ts = data.get("ts", default_ts)
+    if ts is None:
+        raise InvalidEvent("missing field 'ts'")
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) or ts < 0:
+        raise InvalidEvent("field 'ts' must be a non-negative number of unix seconds")
+    event_type = data.get("event_type", "view")
+    if not isinstance(event_type, str) or not 0 < len(event_type) <= MAX_EVENT_TYPE_CHARS:
+        raise InvalidEvent(f"field 'event_type' must be a string of 1-{MAX_EVENT_TYPE_CHARS} chars")
+    return ClickEvent(
+        tenant=tenant,
+        session_id=session_id,  # type: ignore[arg-type]
+        item_id=item_id,  # type: ignore[arg-type]
+        ts=float(ts),
+        event_type=event_type,
+        event_id=_id_field(data, "event_id", required=False),
+        user_id=_id_field(data, "user_id", required=False),
+    )
+
+
+def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickEvent:
+    """Decode and validate one Kafka message value; raises :class:`InvalidEvent`."""
+    if raw is None:
+        raise InvalidEvent("empty message (no value)")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"message larger than {MAX_EVENT_BYTES} bytes")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # orjson rejects invalid UTF-8 too; say which it was.
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEvent("value is not valid UTF-8") from None
+        raise InvalidEvent(f"value is not valid JSON: {exc}") from None
+    return event_from_dict(data, default_ts=default_ts)
+
+
+def dead_letter(raw: bytes | None, reason: str, *, topic: str, partition: int, offset: int) -> bytes:
+    """The dead-letter record: the reason plus the original bytes (as latin-1 text, lossless)."""
+    original = b"" if raw is None else bytes(raw)
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "original": original.decode("latin-1"),
+            "original_encoding": "latin-1",
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    tenant: str
+    session_id: str
+    event_id: str
+    trigger_item: str
+    items: list[tuple[str, float]]
+    model_version: str | None
+    strategy: str
+    event_ts: float
+    emitted_ts: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "tenant": self.tenant,
+                "session_id": self.session_id,
+                "event_id": self.event_id,
+                "trigger_item": self.trigger_item,
+                "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in self.items],
+                "model_version": self.model_version,
+                "strategy": self.strategy,
+                "event_ts": self.event_ts,
+                "emitted_ts": self.emitted_ts,
+            }
+        )
