@@ -1,9 +1,229 @@
-"""CLI commands (registered on the ``streamrec`` group by ``stream.cli``)."""
+"""Model commands: ``train``, ``similar``, ``evaluate`` and ``models list|promote|rollback``.
+
+Thin wrappers over ``models``: parse options, read the data, call the pure code, print.
+No broker or Redis here; the registry directory comes from ``Settings.registry_dir``.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import click
+
+from models.datasets import FORMATS, Session, build_sessions, eshop_path, read_clicks
+from models.registry import Registry
+from stream.config import Settings
+
+_DEFAULTS_HINT = "default: the shipped e-shop clothing 2008 clickstream"
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to ``group``."""
+    for command in (train, similar, models_group):
+        group.add_command(command)
+
+
+def _format_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+                     help="Input format: eshop (Kaggle CSV), yoochoose (TSV), csv (name the columns)."),
+        click.option("--session-col", help="csv: column holding the session id."),
+        click.option("--item-col", help="csv: column holding the item id."),
+        click.option("--time-col", help="csv: column with timestamps (unix seconds or ISO 8601)."),
+        click.option("--order-col", help="csv: column with the click's position in its session."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _read_sessions(path: Path, fmt: str, cols: dict[str, str | None]) -> tuple[list[Session], int]:
+    """Sessions (ordered, repeats collapsed, one-click sessions dropped) and the raw click count."""
+    clicks = read_clicks(path, fmt, **cols)
+    return build_sessions(clicks, min_length=2), len(clicks)
+
+
+class _StageBars:
+    """One tqdm bar per training stage, fed by ``train_model``'s progress callback."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._stage: str | None = None
+        self._bar: Any = None
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            self._bar = self._tqdm(total=100, desc=f"{stage:<10}", unit="%", leave=True,
+                                   bar_format="{desc} {bar} {n:3.0f}% {elapsed}")
+        self._bar.update(round(fraction * 100) - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+@click.command()
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_format_options
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--vector-size", type=click.IntRange(2, 1000), help="Embedding size [default: 10].")
+@click.option("--window", type=click.IntRange(1, 100), help="Word2Vec context window [default: 5].")
+@click.option("--clusters", type=click.IntRange(1, 10000), help="KMeans clusters [default: 10].")
+@click.option("--epochs", type=click.IntRange(1, 1000), help="Word2Vec epochs.")
+@click.option("--seed", type=int, help="Seed for every random choice [default: 42].")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Word2Vec threads; more than 1 is faster but not reproducible [default: 1].")
+@click.option("--no-promote", is_flag=True, help="Register the version without putting it in service.")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
+              help="Write cluster-size and embedding-map PNGs into this directory.")
+@click.pass_obj
+def train(
+    settings: Settings,
+    file: Path | None,
+    fmt: str,
+    session_col: str | None,
+    item_col: str | None,
+    time_col: str | None,
+    order_col: str | None,
+    tenant: str,
+    vector_size: int | None,
+    window: int | None,
+    clusters: int | None,
+    epochs: int | None,
+    seed: int | None,
+    workers: int | None,
+    no_promote: bool,
+    plots: Path | None,
+) -> None:
+    """Train item embeddings and clusters on FILE and register (and promote) a model version.
+
+    FILE defaults to the shipped e-shop clothing 2008 clickstream.
+    """
+    from models.train import TrainParams, train_model
+
+    started = time.perf_counter()
+    path = file or eshop_path()
+    cols = {"session_col": session_col, "item_col": item_col, "time_col": time_col, "order_col": order_col}
+    click.echo(f"reading {path}")
+    sessions, n_clicks = _read_sessions(path, fmt, cols)
+    params = TrainParams.from_dict(
+        {"vector_size": vector_size, "window": window, "n_clusters": clusters, "epochs": epochs,
+         "seed": seed, "workers": workers}
+    )
+    bars = _StageBars()
+    try:
+        bundle = train_model([s.items for s in sessions], params, progress=bars)
+    finally:
+        bars.close()
+    registry = Registry(settings.registry_dir)
+    data = {"source": str(path), "format": fmt, "clicks": n_clicks, "sessions": len(sessions),
+            "from_ts": min((s.start for s in sessions), default=None),
+            "to_ts": max((s.end for s in sessions), default=None)}
+    version = registry.register(tenant, bundle, {"data": data})
+    if not no_promote:
+        registry.promote(tenant, version)
+    if plots is not None:
+        for name in _write_plots(registry.load(tenant, version), plots):
+            click.echo(f"wrote {name}")
+    counts = bundle.manifest["counts"]
+    state = "registered" if no_promote else "registered and promoted"
+    click.echo(
+        f"{state} {tenant}/{version}: {counts['items']} items, {counts['sessions']} sessions, "
+        f"{n_clicks} clicks, {len(bundle.centroids)} clusters in {time.perf_counter() - started:.1f}s "
+        f"({registry.root / tenant / version})"
+    )
+
+
+def _write_plots(bundle: Any, directory: Path) -> list[Path]:
+    from models.plots import cluster_sizes_figure, embedding_map_figure
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, make in (("cluster_sizes.png", cluster_sizes_figure), ("embedding_map.png", embedding_map_figure)):
+        fig = make(bundle)
+        fig.savefig(directory / name, dpi=120, bbox_inches="tight")
+        written.append(directory / name)
+    return written
+
+
+@click.command()
+@click.argument("item")
+@click.option("--k", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--any-cluster", is_flag=True, help="Search all items, not only ITEM's cluster.")
+@click.pass_obj
+def similar(settings: Settings, item: str, k: int, tenant: str, any_cluster: bool) -> None:
+    """The K products most similar to ITEM (cosine of embeddings, within ITEM's cluster)."""
+    from models.ranking import similar_items
+
+    bundle = Registry(settings.registry_dir).load(tenant)
+    i = bundle.index(item)
+    if i is None:
+        raise click.BadParameter(f"{item!r} is not in model {tenant}/{bundle.version}", param_hint="ITEM")
+    rows = similar_items(bundle, item, k=k, same_cluster=not any_cluster)
+    scope = "all items" if any_cluster else f"cluster {int(bundle.clusters[i])}"
+    click.echo(f"items most similar to {item} ({scope}, model {tenant}/{bundle.version}):")
+    click.echo(f"  {'rank':>4}  {'item':<12} {'cosine':>7}")
+    for rank, (other, score) in enumerate(rows, start=1):
+        click.echo(f"  {rank:>4}  {other:<12} {score:7.3f}")
+
+
+@click.group("models")
+def models_group() -> None:
+    """List, promote and roll back model versions per tenant."""
+
+
+@models_group.command("list")
+@click.argument("tenant", required=False)
+@click.pass_obj
+def models_list(settings: Settings, tenant: str | None) -> None:
+    """Versions of TENANT (default: every tenant); `*` marks the one in service."""
+    registry = Registry(settings.registry_dir)
+    tenants = [tenant] if tenant else registry.tenants()
+    if not tenants:
+        click.echo(f"no models in {registry.root}; run `streamrec train`")
+        return
+    for name in tenants:
+        click.echo(f"{name}:")
+        infos = registry.versions(name)
+        if not infos:
+            click.echo("  (no versions)")
+        for info in infos:
+            mark = "*" if info.current else " "
+            metrics = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in sorted(info.metrics.items()))
+            parent = info.parent or "-"
+            items = info.counts.get("items", "?") if info.valid else "?"
+            note = "" if info.valid else "  (unreadable manifest)"
+            click.echo(f" {mark} {info.version:<6} {info.created or '-':<21} parent={parent:<6} "
+                       f"items={items} {metrics}{note}".rstrip())
+
+
+@models_group.command("promote")
+@click.argument("tenant")
+@click.argument("version")
+@click.pass_obj
+def models_promote(settings: Settings, tenant: str, version: str) -> None:
+    """Validate VERSION and put it in service for TENANT."""
+    Registry(settings.registry_dir).promote(tenant, version)
+    click.echo(f"{tenant}: {version} is now in service")
+
+
+@models_group.command("rollback")
+@click.argument("tenant", default="default")
+@click.argument("version", required=False)
+@click.pass_obj
+def models_rollback(settings: Settings, tenant: str, version: str | None) -> None:
+    """Put VERSION (default: the previously promoted one) back in service for TENANT."""
+    registry = Registry(settings.registry_dir)
+    before = registry.current_version(tenant)
+    after = registry.rollback(tenant, version)
+    click.echo(f"{tenant}: rolled back {before} -> {after}")

@@ -36,8 +36,6 @@ class Settings:
     # Session state in Redis: the newest `session_cap` items are kept for `session_ttl_s`.
     session_cap: int = 50
     session_ttl_s: int = 24 * 3600
-    # How many recent items of a session feed the ranking.
-    context_items: int = 5
     top_k: int = 10
     batch_size: int = 1000
     batch_within_s: float = 0.01

@@ -119,21 +119,6 @@ def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickE
     return event_from_dict(data, default_ts=default_ts)
 
 
-def dead_letter(raw: bytes | None, reason: str, *, topic: str, partition: int, offset: int) -> bytes:
-    """The dead-letter record: the reason plus the original bytes (as latin-1 text, lossless)."""
-    original = b"" if raw is None else bytes(raw)
-    return orjson.dumps(
-        {
-            "reason": reason,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "original": original.decode("latin-1"),
-            "original_encoding": "latin-1",
-        }
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Recommendation:
     tenant: str

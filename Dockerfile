@@ -1,0 +1,21 @@
+# streamrec worker / trainer image. Production talks to Apache Kafka and Redis from
+# docker-compose.yml; the embedded stack extras are not installed here.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
+    && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml README.md ./
+COPY stream ./stream
+COPY models ./models
+COPY state ./state
+COPY producers ./producers
+RUN pip install .
+
+# The registry is a shared volume; workers watch its CURRENT pointers for hot swaps.
+ENV STREAMREC_HOME=/data STREAMREC_MODEL_DIR=/data/models
+VOLUME ["/data"]
+USER nobody
+ENTRYPOINT ["streamrec"]
+CMD ["worker"]

@@ -1,0 +1,201 @@
+"""The serving model: plain arrays plus a JSON manifest, validated on load.
+
+On disk a bundle is a directory of ``.npy`` files and ``manifest.json``. Arrays are
+loaded with ``allow_pickle=False`` and memory-mapped, so loading is cheap and nothing
+executable is ever deserialised. The manifest records every array's shape, dtype and
+SHA-256, so a truncated, swapped or edited file is refused instead of served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.errors import InvalidModelError
+
+BUNDLE_FORMAT = "streamrec-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ARRAYS = ("items", "vectors", "clusters", "centroids", "neighbours", "neighbour_scores", "popularity")
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """Item embeddings, clusters and precomputed neighbour lists for one model version."""
+
+    version: str
+    items: np.ndarray  # unicode str [n]
+    vectors: np.ndarray  # float32 [n, d], L2-normalised
+    clusters: np.ndarray  # int32 [n], cluster of each item
+    centroids: np.ndarray  # float32 [c, d]
+    neighbours: np.ndarray  # int32 [n, m], best first
+    neighbour_scores: np.ndarray  # float32 [n, m], descending per row
+    popularity: np.ndarray  # int32 [n], item indices, most clicked first
+    manifest: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @cached_property
+    def item_list(self) -> list[str]:
+        # Python strings once, so ranking does not box numpy scalars per result.
+        return self.items.tolist()
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {item: i for i, item in enumerate(self.item_list)}
+
+    def index(self, item_id: str) -> int | None:
+        """Row of ``item_id``, or None when the model has never seen it."""
+        return self._index.get(item_id)
+
+    @cached_property
+    def popularity_list(self) -> list[int]:
+        return self.popularity.tolist()
+
+    @cached_property
+    def popularity_rank(self) -> np.ndarray:
+        """0 for the most clicked item, n-1 for the least."""
+        rank = np.empty(self.n_items, dtype=np.int64)
+        rank[self.popularity] = np.arange(self.n_items)
+        return rank
+
+    @property
+    def ranking(self) -> dict[str, Any]:
+        """Ranking parameters chosen at training time (see ``models.ranking``)."""
+        return dict(self.manifest.get("ranking", {}))
+
+
+def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
+    """Write arrays and manifest, each fsync'ed, into ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    described: dict[str, Any] = {}
+    for name in ARRAYS:
+        arr = np.ascontiguousarray(getattr(bundle, name))
+        path = directory / f"{name}.npy"
+        with open(path, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        described[name] = {"shape": list(arr.shape), "dtype": arr.dtype.str, "sha256": _sha256(path)}
+    manifest = {
+        **bundle.manifest,
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "version": bundle.version,
+        "arrays": described,
+    }
+    with open(directory / MANIFEST, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True, default=_json_default)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load_bundle(directory: str | Path, *, verify_checksums: bool = True) -> ModelBundle:
+    """Load and validate a bundle; InvalidModelError says what is wrong."""
+    directory = Path(directory)
+    where = str(directory)
+    manifest = _read_manifest(directory)
+    described = manifest["arrays"]
+    arrays: dict[str, np.ndarray] = {}
+    for name in ARRAYS:
+        path = directory / f"{name}.npy"
+        meta = described.get(name)
+        if not isinstance(meta, dict):
+            raise InvalidModelError(f"model {where}: manifest does not describe {name}.npy")
+        if not path.is_file():
+            raise InvalidModelError(f"model {where}: {name}.npy is missing")
+        if verify_checksums and _sha256(path) != meta.get("sha256"):
+            raise InvalidModelError(f"model {where}: {name}.npy does not match its checksum")
+        try:
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise InvalidModelError(f"model {where}: {name}.npy is unreadable ({exc})") from exc
+        if list(arr.shape) != list(meta.get("shape", [])) or arr.dtype.str != meta.get("dtype"):
+            raise InvalidModelError(
+                f"model {where}: {name}.npy is {arr.dtype.str}{list(arr.shape)}, "
+                f"manifest says {meta.get('dtype')}{meta.get('shape')}"
+            )
+        arrays[name] = arr
+    _check_consistency(arrays, where)
+    return ModelBundle(version=str(manifest["version"]), manifest=manifest, **arrays)
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise InvalidModelError(f"model {directory}: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidModelError(f"model {directory}: {MANIFEST} is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise InvalidModelError(f"model {directory}: {MANIFEST} is not a streamrec bundle manifest")
+    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise InvalidModelError(
+            f"model {directory}: bundle format {manifest.get('format_version')!r} is not supported "
+            f"(this streamrec reads {BUNDLE_FORMAT_VERSION})"
+        )
+    if not isinstance(manifest.get("version"), str) or not isinstance(manifest.get("arrays"), dict):
+        raise InvalidModelError(f"model {directory}: {MANIFEST} lacks a version or array list")
+    return manifest
+
+
+def _check_consistency(a: dict[str, np.ndarray], where: str) -> None:
+    """Shapes, dtypes and index ranges that ranking relies on to never index out of bounds."""
+
+    def fail(msg: str) -> None:
+        raise InvalidModelError(f"model {where}: {msg}")
+
+    items, vectors, clusters, centroids = a["items"], a["vectors"], a["clusters"], a["centroids"]
+    neighbours, scores, popularity = a["neighbours"], a["neighbour_scores"], a["popularity"]
+    if items.ndim != 1 or items.dtype.kind != "U" or len(items) == 0:
+        fail("items must be a non-empty 1-D unicode array")
+    n = len(items)
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != n:
+        fail(f"vectors must be float32 [{n}, d]")
+    if clusters.dtype != np.int32 or clusters.shape != (n,):
+        fail(f"clusters must be int32 [{n}]")
+    if centroids.dtype != np.float32 or centroids.ndim != 2 or centroids.shape[1] != vectors.shape[1]:
+        fail("centroids must be float32 [c, d] with the vectors' d")
+    if clusters.min() < 0 or clusters.max() >= centroids.shape[0]:
+        fail("cluster ids out of range")
+    if neighbours.dtype != np.int32 or neighbours.ndim != 2 or neighbours.shape[0] != n:
+        fail(f"neighbours must be int32 [{n}, m]")
+    if scores.dtype != np.float32 or scores.shape != neighbours.shape:
+        fail("neighbour_scores must be float32 with the neighbours' shape")
+    if neighbours.size and (neighbours.min() < 0 or neighbours.max() >= n):
+        fail("neighbour ids out of range")
+    if not np.isfinite(vectors).all() or not np.isfinite(scores).all():
+        fail("vectors or scores contain NaN or infinity")
+    if popularity.dtype != np.int32 or popularity.shape != (n,):
+        fail(f"popularity must be int32 [{n}]")
+    if not np.array_equal(np.sort(popularity), np.arange(n)):
+        fail("popularity is not a permutation of the items")
+    if len(np.unique(items)) != n:
+        fail("item ids are not unique")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

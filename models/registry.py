@@ -1,0 +1,256 @@
+"""A directory of model versions per tenant with an atomic CURRENT pointer.
+
+Layout::
+
+    root/<tenant>/v1/{*.npy, manifest.json}
+    root/<tenant>/v2/...
+    root/<tenant>/CURRENT          "v2\\n", replaced atomically (temp file + os.replace)
+    root/<tenant>/HISTORY.jsonl    append-only log of promotions and rollbacks
+
+A version is written into a hidden temp directory, fsync'ed, then renamed into place,
+so readers never see half of one. Promotion validates the version fully before the
+pointer moves; a corrupted version is refused and the one in service stays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from models.bundle import MANIFEST, ModelBundle, load_bundle, save_bundle
+from models.errors import InvalidModelError, NoModelError, StreamrecError
+
+CURRENT = "CURRENT"
+HISTORY = "HISTORY.jsonl"
+_VERSION_RE = re.compile(r"^v(\d+)$")
+_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class UnknownVersionError(StreamrecError):
+    """A version named by the user does not exist."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    created: str | None  # ISO 8601 UTC
+    parent: str | None  # the version in service when this one was registered
+    current: bool
+    promoted: bool  # has ever been promoted
+    metrics: dict[str, Any]
+    counts: dict[str, Any]
+    valid: bool  # manifest readable (a full check happens on promote/load)
+
+
+class Registry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # -- reading ---------------------------------------------------------------------------
+    def tenants(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _TENANT_RE.match(p.name))
+
+    def versions(self, tenant: str) -> list[VersionInfo]:
+        """All versions of a tenant, oldest first."""
+        current = self.current_version(tenant)
+        promoted = {e["version"] for e in self._history(tenant)}
+        infos = []
+        for version in self._version_names(tenant):
+            manifest = self._manifest(tenant, version)
+            infos.append(
+                VersionInfo(
+                    version=version,
+                    created=manifest.get("created"),
+                    parent=manifest.get("parent"),
+                    current=version == current,
+                    promoted=version in promoted or version == current,
+                    metrics=dict(manifest.get("metrics") or {}),
+                    counts=dict(manifest.get("counts") or {}),
+                    valid=bool(manifest),
+                )
+            )
+        return infos
+
+    def pointer_path(self, tenant: str) -> Path:
+        """The CURRENT file; workers stat it to notice a swap cheaply."""
+        return self._tenant_dir(tenant) / CURRENT
+
+    def current_version(self, tenant: str) -> str | None:
+        try:
+            value = self.pointer_path(tenant).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return value or None
+
+    def load(self, tenant: str, version: str | None = None) -> ModelBundle:
+        """Load a version (default: the current one), fully validated."""
+        if version is None:
+            version = self.current_version(tenant)
+            if version is None:
+                raise NoModelError(f"tenant {tenant!r} has no promoted model; run `streamrec train`")
+        path = self._version_dir(tenant, version)
+        if not path.is_dir():
+            raise InvalidModelError(f"tenant {tenant!r}: version {version} does not exist in {self.root}")
+        bundle = load_bundle(path)
+        if bundle.version != version:
+            raise InvalidModelError(
+                f"tenant {tenant!r}: directory {version} holds a bundle named {bundle.version}"
+            )
+        return bundle
+
+    # -- writing ---------------------------------------------------------------------------
+    def register(
+        self, tenant: str, bundle: ModelBundle, extra_manifest: dict[str, Any] | None = None
+    ) -> str:
+        """Store ``bundle`` as the next version (not promoted) and return its name."""
+        tenant_dir = self._tenant_dir(tenant)
+        tenant_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=tenant_dir))
+        try:
+            while True:
+                version = f"v{self._next_number(tenant)}"
+                manifest = {
+                    **bundle.manifest,
+                    **(extra_manifest or {}),
+                    "tenant": tenant,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "parent": self.current_version(tenant),
+                }
+                save_bundle(replace(bundle, version=version, manifest=manifest), staging)
+                _fsync_dir(staging)
+                target = self._version_dir(tenant, version)
+                try:
+                    # mkdir claims the name (fails if a concurrent trainer took it); renaming
+                    # onto our own empty directory then publishes the whole version at once.
+                    target.mkdir()
+                except FileExistsError:
+                    continue
+                os.replace(staging, target)
+                _fsync_dir(tenant_dir)
+                return version
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def promote(self, tenant: str, version: str) -> None:
+        """Validate ``version`` fully, then switch CURRENT to it."""
+        self._require(tenant, version)
+        self.load(tenant, version)  # raises InvalidModelError; the pointer is untouched then
+        self._switch(tenant, version, "promote")
+
+    def rollback(self, tenant: str, version: str | None = None) -> str:
+        """Go back to ``version``, or to the version promoted before the current one."""
+        if version is None:
+            stack = self._promotion_stack(tenant)
+            if len(stack) < 2:
+                raise UnknownVersionError(f"tenant {tenant!r} has no earlier promoted version to roll back to")
+            version = stack[-2]
+        self._require(tenant, version)
+        self.load(tenant, version)
+        self._switch(tenant, version, "rollback")
+        return version
+
+    # -- internals -------------------------------------------------------------------------
+    def _tenant_dir(self, tenant: str) -> Path:
+        if not _TENANT_RE.match(tenant):
+            raise StreamrecError(
+                f"tenant {tenant!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64)"
+            )
+        return self.root / tenant
+
+    def _version_dir(self, tenant: str, version: str) -> Path:
+        if not _VERSION_RE.match(version):
+            raise UnknownVersionError(f"{version!r} is not a version name (like v3)")
+        return self._tenant_dir(tenant) / version
+
+    def _version_names(self, tenant: str) -> list[str]:
+        tenant_dir = self._tenant_dir(tenant)
+        if not tenant_dir.is_dir():
+            return []
+        names = [p.name for p in tenant_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
+        return sorted(names, key=lambda v: int(v[1:]))
+
+    def _next_number(self, tenant: str) -> int:
+        names = self._version_names(tenant)
+        return int(names[-1][1:]) + 1 if names else 1
+
+    def _require(self, tenant: str, version: str) -> None:
+        if not self._version_dir(tenant, version).is_dir():
+            known = ", ".join(self._version_names(tenant)) or "none"
+            raise UnknownVersionError(f"tenant {tenant!r} has no version {version} (versions: {known})")
+
+    def _manifest(self, tenant: str, version: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self._version_dir(tenant, version) / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _switch(self, tenant: str, version: str, action: str) -> None:
+        tenant_dir = self._tenant_dir(tenant)
+        previous = self.current_version(tenant)
+        _atomic_write(tenant_dir / CURRENT, version + "\n")
+        entry = {"action": action, "version": version, "previous": previous, "ts": time.time()}
+        with open(tenant_dir / HISTORY, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _history(self, tenant: str) -> list[dict[str, Any]]:
+        path = self._tenant_dir(tenant) / HISTORY
+        if not path.is_file():
+            return []
+        entries = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a torn last line after a crash: ignore it, the pointer is the truth
+            if isinstance(entry, dict) and isinstance(entry.get("version"), str):
+                entries.append(entry)
+        return entries
+
+    def _promotion_stack(self, tenant: str) -> list[str]:
+        """Promotions push, rollbacks pop back to their target: the top is what is in service."""
+        stack: list[str] = []
+        for entry in self._history(tenant):
+            version = entry["version"]
+            if entry.get("action") == "rollback" and version in stack:
+                del stack[stack.index(version) + 1 :]
+            elif not stack or stack[-1] != version:
+                stack.append(version)
+        current = self.current_version(tenant)
+        if current and (not stack or stack[-1] != current):
+            stack.append(current)
+        return stack
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

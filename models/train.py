@@ -1,0 +1,240 @@
+"""Sessions -> Word2Vec item embeddings -> KMeans clusters -> neighbour lists -> ModelBundle.
+
+Everything the ranker needs per request is computed here, once: each item's best
+``n_neighbours`` candidates with a blended score
+
+    score(i, j) = w_cos * max(cos(i, j), 0) ** cos_power      (item2vec similarity)
+                + w_cooc * P(j follows i)                      (co-occurrence counts)
+                + w_cluster * [cluster(i) == cluster(j)]       (KMeans cluster boost)
+
+so serving is a gather and a weighted sum (see ``models.ranking``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from gensim.models import Word2Vec
+from gensim.models.callbacks import CallbackAny2Vec
+from sklearn.cluster import KMeans
+
+from models.bundle import ModelBundle
+from models.errors import DataFormatError
+from models.ranking import RankParams
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Hyper-parameters, stored as given in the manifest. Defaults are tuned in BENCHMARKS.md."""
+
+    # Word2Vec (skip-gram with negative sampling, as item2vec).
+    vector_size: int = 10
+    window: int = 5
+    epochs: int = 20
+    negative: int = 10
+    ns_exponent: float = 0.75
+    sample: float = 1e-3
+    alpha: float = 0.025
+    min_count: int = 1
+    # KMeans over the L2-normalised vectors.
+    n_clusters: int = 10
+    # Neighbour lists.
+    n_neighbours: int = 50
+    w_cos: float = 1.0
+    cos_power: float = 4.0
+    w_cooc: float = 1.0
+    cooc_window: int = 3
+    w_cluster: float = 0.05
+    # Serving-time ranking (copied into the manifest's "ranking" section).
+    context: int = 5
+    recency_decay: float = 0.6
+    session_weight: float = 0.0
+    seed: int = 42
+    # One worker makes gensim deterministic for a fixed seed; more trade that for speed.
+    workers: int = 1
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainParams:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
+    def rank_params(self) -> RankParams:
+        return RankParams(
+            context=self.context, recency_decay=self.recency_decay, session_weight=self.session_weight
+        )
+
+
+def train_model(
+    sessions: Sequence[Sequence[str]],
+    params: TrainParams | None = None,
+    progress: Progress | None = None,
+) -> ModelBundle:
+    """Train a bundle (version "unregistered"; the registry names it)."""
+    params = params or TrainParams()
+    report = progress or (lambda stage, fraction: None)
+    sessions = [list(s) for s in sessions if len(s) >= 1]
+    if not sessions:
+        raise DataFormatError("no sessions to train on (are all sessions a single click?)")
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    report("word2vec", 0.0)
+    t = time.perf_counter()
+    w2v = _word2vec(sessions, params, report)
+    items = np.asarray(w2v.wv.index_to_key, dtype=str)
+    n = len(items)
+    vectors = _l2_normalise(w2v.wv.vectors.astype(np.float32))
+    counts = np.array([w2v.wv.get_vecattr(k, "count") for k in w2v.wv.index_to_key], dtype=np.int64)
+    timings["word2vec_s"] = time.perf_counter() - t
+
+    report("kmeans", 0.0)
+    t = time.perf_counter()
+    clusters, centroids = _kmeans(vectors, params)
+    timings["kmeans_s"] = time.perf_counter() - t
+    report("kmeans", 1.0)
+
+    report("neighbours", 0.0)
+    t = time.perf_counter()
+    index = {item: i for i, item in enumerate(w2v.wv.index_to_key)}
+    follows = _follow_probabilities(sessions, index, params.cooc_window)
+    neighbours, scores = _neighbour_lists(vectors, clusters, follows, params, report)
+    timings["neighbours_s"] = time.perf_counter() - t
+
+    # Stable sort: equally popular items keep Word2Vec's (frequency) order.
+    popularity = np.argsort(-counts, kind="stable").astype(np.int32)
+    manifest = {
+        "params": asdict(params),
+        "ranking": asdict(params.rank_params()),
+        "counts": {"items": n, "sessions": len(sessions), "clicks": int(sum(map(len, sessions)))},
+        "timings": {**timings, "total_s": time.perf_counter() - started},
+    }
+    return ModelBundle(
+        version="unregistered",
+        items=items,
+        vectors=vectors,
+        clusters=clusters,
+        centroids=centroids,
+        neighbours=neighbours,
+        neighbour_scores=scores,
+        popularity=popularity,
+        manifest=manifest,
+    )
+
+
+class _EpochProgress(CallbackAny2Vec):  # type: ignore[misc]
+    def __init__(self, epochs: int, report: Progress) -> None:
+        self.epochs, self.done, self.report = epochs, 0, report
+
+    def on_epoch_end(self, model: Word2Vec) -> None:
+        self.done += 1
+        self.report("word2vec", self.done / self.epochs)
+
+
+def _word2vec(sessions: list[list[str]], params: TrainParams, report: Progress) -> Word2Vec:
+    model = Word2Vec(
+        vector_size=params.vector_size,
+        window=params.window,
+        min_count=params.min_count,
+        sg=1,  # skip-gram: the item2vec setting, better than CBOW for rare items
+        negative=params.negative,
+        ns_exponent=params.ns_exponent,
+        sample=params.sample,
+        alpha=params.alpha,
+        seed=params.seed,
+        workers=params.workers,
+    )
+    model.build_vocab(sessions)
+    if len(model.wv) == 0:
+        raise DataFormatError(f"no item occurs at least min_count={params.min_count} times")
+    model.train(
+        sessions,
+        total_examples=model.corpus_count,
+        epochs=params.epochs,
+        callbacks=[_EpochProgress(params.epochs, report)],
+    )
+    return model
+
+
+def _l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _kmeans(vectors: np.ndarray, params: TrainParams) -> tuple[np.ndarray, np.ndarray]:
+    n_clusters = max(1, min(params.n_clusters, len(vectors)))
+    km = KMeans(n_clusters=n_clusters, n_init=3, random_state=params.seed)
+    labels = km.fit_predict(vectors)
+    return labels.astype(np.int32), km.cluster_centers_.astype(np.float32)
+
+
+def _follow_probabilities(
+    sessions: list[list[str]], index: dict[str, int], window: int
+) -> sp.csr_matrix:
+    """P(j | i): how often j follows i within ``window`` clicks, 1/distance weighted, row-normalised.
+
+    Forward-only because the task is predicting the *next* click; nearer clicks say more.
+    """
+    n = len(index)
+    codes = np.fromiter(
+        (index.get(item, -1) for s in sessions for item in s), dtype=np.int64, count=sum(map(len, sessions))
+    )
+    session_of = np.repeat(np.arange(len(sessions)), [len(s) for s in sessions])
+    rows, cols, weights = [], [], []
+    for gap in range(1, max(1, window) + 1):
+        src, dst = codes[:-gap], codes[gap:]
+        ok = (session_of[:-gap] == session_of[gap:]) & (src >= 0) & (dst >= 0) & (src != dst)
+        rows.append(src[ok])
+        cols.append(dst[ok])
+        weights.append(np.full(int(ok.sum()), 1.0 / gap, dtype=np.float64))
+    counts = sp.csr_matrix(
+        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
+    counts.sum_duplicates()
+    row_sums = np.asarray(counts.sum(axis=1)).ravel()
+    inverse = sp.diags(1.0 / np.maximum(row_sums, 1e-12))
+    return (inverse @ counts).tocsr().astype(np.float32)
+
+
+def _neighbour_lists(
+    vectors: np.ndarray,
+    clusters: np.ndarray,
+    follows: sp.csr_matrix,
+    params: TrainParams,
+    report: Progress,
+    block: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``n_neighbours`` items per item by the blended score, in row blocks to bound memory."""
+    n = len(vectors)
+    m = max(0, min(params.n_neighbours, n - 1))
+    neighbours = np.zeros((n, m), dtype=np.int32)
+    scores = np.zeros((n, m), dtype=np.float32)
+    if m == 0:
+        return neighbours, scores
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        cos = np.clip(vectors[lo:hi] @ vectors.T, 0.0, None)
+        blended = params.w_cos * cos**params.cos_power
+        if params.w_cooc:
+            blended += params.w_cooc * follows[lo:hi].toarray()
+        if params.w_cluster:
+            blended += params.w_cluster * (clusters[lo:hi, None] == clusters[None, :])
+        rows = np.arange(hi - lo)
+        blended[rows, rows + lo] = -np.inf  # an item is not its own neighbour
+        top = np.argpartition(-blended, m - 1, axis=1)[:, :m]
+        top_scores = np.take_along_axis(blended, top, axis=1)
+        # Sort by score, then item index, so equal scores come out in a reproducible order.
+        order = np.lexsort((top, -top_scores), axis=1)
+        neighbours[lo:hi] = np.take_along_axis(top, order, axis=1)
+        scores[lo:hi] = np.take_along_axis(top_scores, order, axis=1)
+        report("neighbours", hi / n)
+    return neighbours, scores

@@ -1,0 +1,37 @@
+"""Every Redis key name in one place.
+
+Keys that one Lua call touches together share a hash tag (the part in braces), so the
+layout stays Redis-Cluster safe: a session's item list and its seen-event set live in
+the same slot.
+"""
+
+from __future__ import annotations
+
+PREFIX = "sr"
+
+
+def session_tag(tenant: str, session_id: str) -> str:
+    return f"{{{tenant}:{session_id}}}"
+
+
+def session_items(tenant: str, session_id: str) -> str:
+    """List of the session's items, oldest first, capped."""
+    return f"{PREFIX}:{session_tag(tenant, session_id)}:items"
+
+
+def session_events(tenant: str, session_id: str) -> str:
+    """Set of event ids already applied to the session (makes re-delivery idempotent)."""
+    return f"{PREFIX}:{session_tag(tenant, session_id)}:events"
+
+
+def last_recs(tenant: str, session_id: str) -> str:
+    """The latest recommendation JSON for the session (HTTP pull)."""
+    return f"{PREFIX}:{session_tag(tenant, session_id)}:recs"
+
+
+def tenant_mode(tenant: str) -> str:
+    return f"{PREFIX}:tenant:{{{tenant}}}:mode"
+
+
+TENANTS = f"{PREFIX}:tenants"
+MODEL_CHANNEL = f"{PREFIX}:models"

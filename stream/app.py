@@ -1,0 +1,145 @@
+"""The Faust app: one agent on ``clicks`` that publishes to ``recommendations``.
+
+``create_app(settings)`` builds the app; the module attribute ``app`` (built on first
+access from the environment) lets ``faust -A stream.app worker`` find it too.
+
+At-least-once: ``take_events`` acks a batch only after the loop body finishes, and the
+body finishes only after the Redis writes and the delivery of every record it sent.
+Session updates are idempotent, so a re-delivered batch appends nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from models.registry import Registry
+from state.sessions import SessionStore
+from stream.config import Settings
+from stream.model_handle import ModelCache
+from stream.processor import BatchProcessor, BatchResult, Inbound
+
+log = logging.getLogger("streamrec.worker")
+
+
+class WorkerStats:
+    def __init__(self) -> None:
+        self.events_in = 0
+        self.recommendations = 0
+        self.dead_letters = 0
+        self.duplicates = 0
+        self.batches = 0
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.broker}",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=1,
+        producer_linger=0.002,
+        web_enabled=settings.web_port > 0,
+        web_port=max(settings.web_port, 1),
+        web_host="127.0.0.1",
+    )
+    clicks = app.topic(settings.clicks_topic, key_type=bytes, value_type=bytes)
+    recs = app.topic(settings.recs_topic, key_type=bytes, value_type=bytes)
+    dlq = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
+    models = ModelCache(Registry(settings.registry_dir))
+    stats = WorkerStats()
+    holder: dict[str, Any] = {}
+
+    def processor() -> BatchProcessor:
+        # Clients are built when the worker starts, never at import time.
+        if "processor" not in holder:
+            redis = Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=0)
+            holder["redis"] = redis
+            store = SessionStore(redis, cap=settings.session_cap, ttl_s=settings.session_ttl_s)
+            holder["processor"] = BatchProcessor(store, models, top_k=settings.top_k)
+        return holder["processor"]
+
+    async def process_with_retry(batch: list[Inbound]) -> BatchResult:
+        # Redis down: hold the batch (so nothing is skipped or committed) and retry with
+        # backoff; consumption stops because the agent does not take the next batch.
+        delay = 0.1
+        failing = False
+        while True:
+            try:
+                result = await processor().process(batch)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if not failing:
+                    log.error("Redis unavailable (%s); holding %d events and retrying", exc, len(batch))
+                    failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if failing:
+                log.warning("Redis is back; resuming")
+            return result
+
+    async def publish(result: BatchResult) -> None:
+        pending = []
+        for out in result.recommendations:
+            pending.append(await recs.send(key=out.session_id.encode(), value=out.payload))
+        for dead in result.dead_letters:
+            log.warning("dead letter %s: %s", dead.source, dead.reason)
+            pending.append(await dlq.send(key=dead.key, value=dead.value, headers=dead.headers))
+        # Wait for delivery: the batch is acked (and its offsets committed) only after this.
+        await asyncio.gather(*pending)
+
+    @app.agent(clicks, name="recommend")
+    async def recommend(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            batch = [
+                Inbound(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                        e.message.offset)
+                for e in events
+            ]
+            result = await process_with_retry(batch)
+            await publish(result)
+            stats.batches += 1
+            stats.events_in += len(batch)
+            stats.recommendations += len(result.recommendations)
+            stats.dead_letters += len(result.dead_letters)
+            stats.duplicates += result.duplicates
+
+    @app.timer(settings.model_check_interval_s)
+    async def check_models() -> None:
+        await models.refresh()
+
+    @app.timer(30.0)
+    async def report() -> None:
+        log.info(
+            "events=%d recommendations=%d dead_letters=%d redelivered=%d batches=%d models=%s",
+            stats.events_in, stats.recommendations, stats.dead_letters, stats.duplicates,
+            stats.batches, models.loaded(),
+        )
+
+    @app.on_before_shutdown.connect
+    async def close_clients(_app: faust.App, **_: Any) -> None:
+        redis = holder.get("redis")
+        if redis is not None:
+            await redis.aclose()
+
+    app.streamrec_stats = stats  # type: ignore[attr-defined]
+    app.streamrec_models = models  # type: ignore[attr-defined]
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        app = create_app(Settings.from_env())
+        globals()["app"] = app
+        return app
+    raise AttributeError(name)

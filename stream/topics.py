@@ -1,0 +1,40 @@
+"""Topic administration with confluent-kafka's AdminClient (idempotent create)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from models.errors import StreamrecError
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topics(broker: str, names: list[str], partitions: int, timeout: float = 20.0) -> None:
+    """Create the topics that do not exist yet; waits for the broker to answer metadata."""
+    admin = AdminClient({"bootstrap.servers": broker})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            existing = set(admin.list_topics(timeout=2).topics)
+            break
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise StreamrecError(f"Kafka broker at {broker} does not answer: {exc}") from None
+            time.sleep(0.2)
+    missing = [n for n in names if n not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing]
+    )
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+            log.info("created topic %s (%d partitions)", name, partitions)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise StreamrecError(f"cannot create topic {name} on {broker}: {exc}") from None

@@ -1,0 +1,56 @@
+"""Shared fixtures. Integration fixtures start the real embedded broker and Redis once
+per test session, on free ports, and stop them at the end."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stream.devstack import EmbeddedStack, free_port
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    run_dir = tmp_path_factory.mktemp("stack")
+    embedded = EmbeddedStack(
+        run_dir, f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
+    )
+    embedded.up()
+    try:
+        yield embedded
+    finally:
+        embedded.down()
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def unique_name() -> Callable[[str], str]:
+    """Unique topic / group / tenant names, so tests sharing the stack never collide."""
+    run = uuid.uuid4().hex[:6]
+
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}-{run}-{next(_names)}"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def eshop_csv() -> Path:
+    from models.datasets import eshop_path
+
+    return eshop_path()
+
+
+@pytest.fixture(autouse=True)
+def _no_user_streamrec_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests configure streamrec explicitly; a developer's STREAMREC_* must not leak in.
+    for key in list(os.environ):
+        if key.startswith("STREAMREC_"):
+            monkeypatch.delenv(key)

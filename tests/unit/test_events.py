@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from stream.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, Recommendation, parse_event
+
+
+def test_valid_event_round_trips() -> None:
+    event = ClickEvent("shop-1", "s-42", "A13", 1700000000.25, "view", "e1", "u1")
+    assert parse_event(event.to_json()) == event
+
+
+def test_defaults_for_optional_fields() -> None:
+    event = parse_event(b'{"session_id": "s", "item_id": "i", "ts": 5}')
+    assert (event.tenant, event.event_type, event.event_id, event.ts) == ("default", "view", None, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "empty message"),
+        (b"{nope", "not valid JSON"),
+        (b'{"session_id": "s", "item_id": "\xff", "ts": 1}', "not valid UTF-8"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"item_id": "i", "ts": 1}', "missing field 'session_id'"),
+        (b'{"session_id": "s", "ts": 1}', "missing field 'item_id'"),
+        (b'{"session_id": 3, "item_id": "i", "ts": 1}', "'session_id' must be a string"),
+        (b'{"session_id": "s", "item_id": "", "ts": 1}', "'item_id' is empty"),
+        (b'{"session_id": "s", "item_id": "i", "ts": "yesterday"}', "'ts' must be"),
+        (b'{"session_id": "s", "item_id": "i", "ts": true}', "'ts' must be"),
+        (b'{"session_id": "s", "item_id": "i", "ts": -1}', "'ts' must be"),
+        (b'{"session_id": "s", "item_id": "i"}', "missing field 'ts'"),
+        (b'{"tenant": "a b", "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
+        (b'{"tenant": "../x", "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
+        (orjson.dumps({"session_id": "s", "item_id": "x" * 300, "ts": 1}), "longer than"),
+        (orjson.dumps({"session_id": "s", "item_id": "x" * MAX_EVENT_BYTES, "ts": 1}), "larger"),
+        (b'{"session_id": "s", "item_id": "i", "ts": 1, "event_type": 7}', "'event_type'"),
+    ],
+)
+def test_invalid_events_name_the_reason(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(raw)
+    assert reason in info.value.reason
+
+
+def test_recommendation_json_follows_the_contract() -> None:
+    rec = Recommendation("t", "s", "e", "A1", [("B2", 0.5), ("C3", 0.25)], "v3", "embedding", 1.0, 2.0)
+    data = orjson.loads(rec.to_json())
+    assert set(data) == {"tenant", "session_id", "event_id", "trigger_item", "items",
+                         "model_version", "strategy", "event_ts", "emitted_ts"}
+    assert data["items"] == [{"item_id": "B2", "score": 0.5}, {"item_id": "C3", "score": 0.25}]
