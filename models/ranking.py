@@ -56,65 +56,87 @@ def recommend_batch(
     if k <= 0 or not sessions:
         return [Ranked([], "popular") for _ in sessions]
     params = params or RankParams.of(bundle)
-    n, L = bundle.n_items, max(1, params.context)
-    seen = [_known(bundle, s) for s in sessions]
-    context = np.full((len(sessions), L), -1, dtype=np.int64)  # newest item in the last column
-    for row, known in enumerate(seen):
-        tail = known[-L:]
-        if tail:
-            context[row, L - len(tail) :] = tail
-    cand_row, cand_item, cand_score = _score_candidates(bundle, context, params)
-    # Drop candidates already in the session (the context only covers its newest items).
-    seen_keys = np.fromiter(
-        (row * n + i for row, known in enumerate(seen) for i in known), dtype=np.int64
-    )
-    keep = ~np.isin(cand_row * n + cand_item, seen_keys)
-    cand_row, cand_item, cand_score = cand_row[keep], cand_item[keep], cand_score[keep]
-    # Best first within each row; ties by item index so the order is reproducible.
-    order = np.lexsort((cand_item, -cand_score, cand_row))
-    cand_row, cand_item, cand_score = cand_row[order], cand_item[order], cand_score[order]
-    starts = np.searchsorted(cand_row, np.arange(len(sessions) + 1))
+    index = bundle._index
+    seen = [[index[x] for x in s if x in index] for s in sessions]
+    items, scores = _score_candidates(bundle, seen, params)
+    top_items, top_scores = _top_k(items, scores, k)
     names = bundle.item_list
     results = []
-    for row, known in enumerate(seen):
-        lo, hi = starts[row], min(starts[row + 1], starts[row] + k)
-        top = [(names[i], float(s)) for i, s in zip(cand_item[lo:hi].tolist(), cand_score[lo:hi].tolist())]
+    for known, row_items, row_scores in zip(seen, top_items.tolist(), top_scores.tolist(), strict=True):
+        top = [(names[i], s) for i, s in zip(row_items, row_scores, strict=True) if i >= 0]
         strategy = "embedding" if top else ("cluster" if known else "popular")
         if len(top) < k:
-            top += _fill(bundle, known, set(cand_item[lo:hi].tolist()), k - len(top))
+            top += _fill(bundle, known, {i for i in row_items if i >= 0}, k - len(top))
         results.append(Ranked(top, strategy))
     return results
 
 
-def _known(bundle: ModelBundle, items: Sequence[str]) -> list[int]:
-    rows = (bundle.index(item) for item in items)
-    return [i for i in rows if i is not None]
-
-
 def _score_candidates(
-    bundle: ModelBundle, context: np.ndarray, params: RankParams
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum each context item's weighted neighbour scores into (row, item, score) triples."""
-    n_rows, L = context.shape
+    bundle: ModelBundle, seen: list[list[int]], params: RankParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate items and summed scores per session, as fixed-width rows.
+
+    Each of the newest ``context`` items contributes its neighbour list, weighted by
+    recency. Rows hold up to context * m candidates; duplicates are merged (the first
+    copy carries the sum) and everything that must not be recommended gets -inf, item -1.
+    """
+    n = bundle.n_items
+    rows, L = len(seen), max(1, params.context)
+    context = np.full((rows, L), -1, dtype=np.int64)  # newest item in the last column
+    for row, known in enumerate(seen):
+        if known:
+            tail = known[-L:]
+            context[row, L - len(tail) :] = tail
     valid = context >= 0
-    age = np.arange(L - 1, -1, -1, dtype=np.float64)
-    weights = np.where(valid, params.recency_decay**age, 0.0)  # [rows, L]
+    weights = np.where(valid, params.recency_decay ** np.arange(L - 1, -1, -1, dtype=np.float64), 0.0)
     safe = np.where(valid, context, 0)
-    nbrs = np.asarray(bundle.neighbours)[safe]  # [rows, L, m]
-    votes = np.asarray(bundle.neighbour_scores)[safe] * weights[:, :, None]
-    m = nbrs.shape[2]
-    rows = np.broadcast_to(np.arange(n_rows)[:, None, None], nbrs.shape)
-    mask = np.broadcast_to(valid[:, :, None], nbrs.shape)
-    keys = rows[mask].astype(np.int64) * bundle.n_items + nbrs[mask]
-    unique, inverse = np.unique(keys, return_inverse=True)
-    total = np.bincount(inverse.ravel(), weights=votes[mask], minlength=len(unique))
-    cand_row, cand_item = unique // bundle.n_items, unique % bundle.n_items
-    if params.session_weight and m and len(unique):
+    neighbours, neighbour_scores = np.asarray(bundle.neighbours), np.asarray(bundle.neighbour_scores)
+    width = L * neighbours.shape[1]
+    items = neighbours[safe].reshape(rows, width).astype(np.int64)
+    votes = (neighbour_scores[safe] * weights[:, :, None]).reshape(rows, width)
+    items[~np.repeat(valid, neighbours.shape[1], axis=1)] = n  # sentinel: sorts last, dropped below
+    # Sort each row by (item, slot), so a run of one item sums in the same order for any
+    # batch, and add each run into its first slot. One int64 sort of item * width + slot
+    # is much faster than a stable argsort plus two gathers.
+    keys = np.sort(items * width + np.arange(width), axis=1)
+    items, slots = np.divmod(keys, width)
+    votes = np.take_along_axis(votes, slots, axis=1)
+    first = np.ones_like(items, dtype=bool)
+    first[:, 1:] = items[:, 1:] != items[:, :-1]
+    starts = np.flatnonzero(first)
+    total = np.full(items.size, -np.inf)
+    if starts.size:
+        total[starts] = np.add.reduceat(votes.ravel(), starts)
+    total = total.reshape(rows, width)
+    keep = first & (items < n)
+    # Items already in the session (not only its context) are never recommended.
+    row_of = np.broadcast_to(np.arange(rows)[:, None], items.shape)
+    seen_keys = np.sort(np.fromiter((r * n + i for r, known in enumerate(seen) for i in known), dtype=np.int64))
+    if seen_keys.size:
+        # Candidate keys come out sorted (by row, then item), so a binary search beats np.isin.
+        keys = row_of[keep] * n + items[keep]
+        found = seen_keys[np.minimum(np.searchsorted(seen_keys, keys), seen_keys.size - 1)] == keys
+        keep[keep] = ~found
+    if params.session_weight and keep.any():
         vectors = np.asarray(bundle.vectors)
         session_vec = np.einsum("rl,rld->rd", weights, vectors[safe])
         session_vec /= np.maximum(np.linalg.norm(session_vec, axis=1, keepdims=True), 1e-12)
-        total += params.session_weight * np.einsum("pd,pd->p", vectors[cand_item], session_vec[cand_row])
-    return cand_row, cand_item, total
+        total[keep] += params.session_weight * np.einsum(
+            "pd,pd->p", vectors[items[keep]], session_vec[row_of[keep]]
+        )
+    total[~keep] = -np.inf
+    items[~keep] = -1
+    return items, total
+
+
+def _top_k(items: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` per row by score (ties by item index), computed row by row, so a session's
+    result never depends on the rest of its batch."""
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        items, scores = np.take_along_axis(items, part, axis=1), np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((items, -scores), axis=1)
+    return np.take_along_axis(items, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def _fill(bundle: ModelBundle, known: list[int], taken: set[int], count: int) -> list[tuple[str, float]]:

@@ -5,25 +5,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
 
 from state import keys
 
-# Append the item unless this event id was applied before or the item repeats the last
-# one (consecutive duplicates carry no signal); keep the newest `cap` items; refresh TTLs;
-# return whether the event was new and the session's items, oldest first.
+# For each click i (KEYS[2i-1] = item list, KEYS[2i] = applied event ids): append the
+# item unless this event id was applied before or the item repeats the last one
+# (consecutive duplicates carry no signal); keep the newest ARGV[1] items; refresh TTLs
+# (ARGV[2]); reply with whether the event was new and the session's items, oldest first.
+# One call carries a whole batch, so a batch costs one round trip and one command to
+# encode instead of one per click.
 APPEND_LUA = """
-local fresh = redis.call('SADD', KEYS[2], ARGV[2])
-if fresh == 1 then
-  local last = redis.call('LINDEX', KEYS[1], -1)
-  if last ~= ARGV[1] then
-    redis.call('RPUSH', KEYS[1], ARGV[1])
-    redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+local cap, ttl = tonumber(ARGV[1]), ARGV[2]
+local out = {}
+for i = 1, #KEYS / 2 do
+  local items, events = KEYS[2 * i - 1], KEYS[2 * i]
+  local item = ARGV[2 * i + 1]
+  local fresh = redis.call('SADD', events, ARGV[2 * i + 2])
+  if fresh == 1 and redis.call('LINDEX', items, -1) ~= item then
+    redis.call('RPUSH', items, item)
+    redis.call('LTRIM', items, -cap, -1)
   end
+  redis.call('EXPIRE', items, ttl)
+  redis.call('EXPIRE', events, ttl)
+  out[i] = {fresh, redis.call('LRANGE', items, 0, -1)}
 end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {fresh, redis.call('LRANGE', KEYS[1], 0, -1)}
+return out
 """
 
 
@@ -42,25 +50,44 @@ class SessionUpdate:
 
 
 class SessionStore:
-    def __init__(self, client: Redis, *, cap: int, ttl_s: int) -> None:
+    def __init__(self, client: Redis | RedisCluster, *, cap: int, ttl_s: int) -> None:
         self._client = client
+        self._cluster = isinstance(client, RedisCluster)
         self._cap = cap
         self._ttl_s = ttl_s
         self._append = client.register_script(APPEND_LUA)
 
     async def append_clicks(self, clicks: Sequence[Click]) -> list[SessionUpdate]:
-        """Apply a batch of clicks in order, in one pipeline (one round trip)."""
+        """Apply a batch of clicks in order, in one round trip."""
         if not clicks:
             return []
+        groups = self._slot_groups(clicks)
         pipe = self._client.pipeline(transaction=False)
-        for c in clicks:
-            await self._append(
-                keys=[keys.session_items(c.tenant, c.session_id), keys.session_events(c.tenant, c.session_id)],
-                args=[c.item_id, c.event_id, self._cap, self._ttl_s],
-                client=pipe,
-            )
+        for group in groups:
+            keys_: list[str] = []
+            args: list[str | int] = [self._cap, self._ttl_s]
+            for i in group:
+                c = clicks[i]
+                keys_ += (keys.session_items(c.tenant, c.session_id),
+                          keys.session_events(c.tenant, c.session_id))
+                args += (c.item_id, c.event_id)
+            await self._append(keys=keys_, args=args, client=pipe)
         replies = await pipe.execute()
-        return [SessionUpdate(bool(fresh), [_text(i) for i in items]) for fresh, items in replies]
+        updates: list[SessionUpdate | None] = [None] * len(clicks)
+        for group, reply in zip(groups, replies):
+            for i, (fresh, items) in zip(group, reply):
+                updates[i] = SessionUpdate(bool(fresh), [_text(x) for x in items])
+        return updates  # type: ignore[return-value]
+
+    def _slot_groups(self, clicks: Sequence[Click]) -> list[list[int]]:
+        """One group for a single Redis; one per hash slot on a cluster (a script may
+        only touch keys of one slot there). Order inside a group is the batch order."""
+        if not self._cluster:
+            return [list(range(len(clicks)))]
+        by_slot: dict[int, list[int]] = {}
+        for i, c in enumerate(clicks):
+            by_slot.setdefault(key_slot(keys.session_tag(c.tenant, c.session_id).encode()), []).append(i)
+        return list(by_slot.values())
 
     async def session_items(self, tenant: str, session_id: str) -> list[str]:
         raw = await self._client.lrange(keys.session_items(tenant, session_id), 0, -1)

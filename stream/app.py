@@ -23,6 +23,7 @@ from models.registry import Registry
 from state.sessions import SessionStore
 from stream.config import Settings
 from stream.model_handle import ModelCache
+from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
 from stream.processor import BatchProcessor, BatchResult, Inbound
 
 log = logging.getLogger("streamrec.worker")
@@ -39,7 +40,9 @@ class WorkerStats:
 
 def create_app(settings: Settings) -> faust.App:
     app = faust.App(
-        settings.app_id,
+        # In batch mode our own consumer owns the group named app_id; Faust's consumer
+        # (idle there) must not join it with its own assignor.
+        settings.app_id if settings.engine == "agent" else f"{settings.app_id}-host",
         broker=f"kafka://{settings.broker}",
         key_serializer="raw",
         value_serializer="raw",
@@ -53,9 +56,6 @@ def create_app(settings: Settings) -> faust.App:
         web_port=max(settings.web_port, 1),
         web_host="127.0.0.1",
     )
-    clicks = app.topic(settings.clicks_topic, key_type=bytes, value_type=bytes)
-    recs = app.topic(settings.recs_topic, key_type=bytes, value_type=bytes)
-    dlq = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
     models = ModelCache(Registry(settings.registry_dir))
     stats = WorkerStats()
     holder: dict[str, Any] = {}
@@ -88,31 +88,21 @@ def create_app(settings: Settings) -> faust.App:
                 log.warning("Redis is back; resuming")
             return result
 
-    async def publish(result: BatchResult) -> None:
-        pending = []
-        for out in result.recommendations:
-            pending.append(await recs.send(key=out.session_id.encode(), value=out.payload))
+    def count(n_events: int, result: BatchResult) -> None:
+        stats.batches += 1
+        stats.events_in += n_events
+        stats.recommendations += len(result.recommendations)
+        stats.dead_letters += len(result.dead_letters)
+        stats.duplicates += result.duplicates
         for dead in result.dead_letters:
             log.warning("dead letter %s: %s", dead.source, dead.reason)
-            pending.append(await dlq.send(key=dead.key, value=dead.value, headers=dead.headers))
-        # Wait for delivery: the batch is acked (and its offsets committed) only after this.
-        await asyncio.gather(*pending)
 
-    @app.agent(clicks, name="recommend")
-    async def recommend(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            batch = [
-                Inbound(e.message.key, e.message.value, e.message.topic, e.message.partition,
-                        e.message.offset)
-                for e in events
-            ]
-            result = await process_with_retry(batch)
-            await publish(result)
-            stats.batches += 1
-            stats.events_in += len(batch)
-            stats.recommendations += len(result.recommendations)
-            stats.dead_letters += len(result.dead_letters)
-            stats.duplicates += result.duplicates
+    if settings.engine == "batch":
+        app.service(BatchLoop(settings, process_with_retry, count))
+    elif settings.engine == "agent":
+        _add_agent(app, settings, process_with_retry, count)
+    else:
+        raise ValueError(f"STREAMREC_ENGINE={settings.engine!r}: choose 'batch' or 'agent'")
 
     @app.timer(settings.model_check_interval_s)
     async def check_models() -> None:
@@ -126,15 +116,30 @@ def create_app(settings: Settings) -> faust.App:
             stats.batches, models.loaded(),
         )
 
-    @app.on_before_shutdown.connect
-    async def close_clients(_app: faust.App, **_: Any) -> None:
-        redis = holder.get("redis")
-        if redis is not None:
-            await redis.aclose()
-
     app.streamrec_stats = stats  # type: ignore[attr-defined]
     app.streamrec_models = models  # type: ignore[attr-defined]
     return app
+
+
+def _add_agent(app: faust.App, settings: Settings, process: ProcessFn, done: DoneFn) -> None:
+    """The textbook Faust agent: batches via ``take_events``, one producer future per record."""
+    clicks = app.topic(settings.clicks_topic, key_type=bytes, value_type=bytes)
+    recs = app.topic(settings.recs_topic, key_type=bytes, value_type=bytes)
+    dlq = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
+
+    @app.agent(clicks, name="recommend")
+    async def recommend(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            batch = [Inbound(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                             e.message.offset) for e in events]
+            result = await process(batch)
+            pending = [await recs.send(key=o.session_id.encode(), value=o.payload)
+                       for o in result.recommendations]
+            pending += [await dlq.send(key=d.key, value=d.value, headers=d.headers)
+                        for d in result.dead_letters]
+            # Delivered before the loop body ends, so before take_events acks the batch.
+            await asyncio.gather(*pending)
+            done(len(batch), result)
 
 
 def __getattr__(name: str) -> Any:

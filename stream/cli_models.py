@@ -6,6 +6,7 @@ No broker or Redis here; the registry directory comes from ``Settings.registry_d
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,13 @@ def _read_sessions(path: Path, fmt: str, cols: dict[str, str | None]) -> tuple[l
     """Sessions (ordered, repeats collapsed, one-click sessions dropped) and the raw click count."""
     clicks = read_clicks(path, fmt, **cols)
     return build_sessions(clicks, min_length=2), len(clicks)
+
+
+def _quiet_libraries() -> None:
+    # gensim logs every epoch at INFO; the progress bars say the same thing in one line.
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        for name in ("gensim", "matplotlib"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class _StageBars:
@@ -109,6 +117,7 @@ def train(
     """
     from models.train import TrainParams, train_model
 
+    _quiet_libraries()
     started = time.perf_counter()
     path = file or eshop_path()
     cols = {"session_col": session_col, "item_col": item_col, "time_col": time_col, "order_col": order_col}

@@ -37,6 +37,9 @@ class Settings:
     session_cap: int = 50
     session_ttl_s: int = 24 * 3600
     top_k: int = 10
+    # "batch": the fast batch loop (default); "agent": a plain Faust agent with
+    # stream.take_events, kept as the reference the benchmarks compare against.
+    engine: str = "batch"
     batch_size: int = 1000
     batch_within_s: float = 0.01
     # Short group session timeout: the embedded broker's first join waits ~half of it.

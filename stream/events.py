@@ -138,7 +138,7 @@ class Recommendation:
                 "session_id": self.session_id,
                 "event_id": self.event_id,
                 "trigger_item": self.trigger_item,
-                "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in self.items],
+                "items": [{"item_id": i, "score": s} for i, s in self.items],
                 "model_version": self.model_version,
                 "strategy": self.strategy,
                 "event_ts": self.event_ts,

@@ -1,0 +1,102 @@
+"""Offline evaluation: next-item prediction over every prefix of every test session.
+
+A test session of n clicks gives n-1 cases: clicks 1..i predict click i+1. Every model
+sees the same cases; a target never seen in training is simply a miss. ``evaluate``
+is a generator (one result per model, as each finishes) with no printing or files, so
+the CLI, the benchmarks and the tests all drive the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class Recommender(Protocol):
+    """What the harness needs from a model: learn from sessions, rank for many prefixes."""
+
+    def fit(self, sessions: Sequence[Sequence[str]]) -> None: ...
+
+    def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]: ...
+
+
+@dataclass(frozen=True)
+class Case:
+    prefix: Sequence[str]  # clicks so far, oldest first
+    target: str  # the click that came next
+
+
+@dataclass(frozen=True)
+class Metrics:
+    cases: int
+    hr: float  # HR@k = Recall@k with one relevant item per case
+    mrr: float  # MRR@k: 1/rank of the target, 0 when it is not in the top k
+    coverage: float  # share of the training catalogue that appears in some list
+    popularity_rank: float  # mean training-popularity rank of recommended items (1 = most popular)
+    train_s: float
+    recs_per_s: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def iter_cases(sessions: Iterable[Sequence[str]]) -> Iterator[Case]:
+    """Every prefix of every session of at least two clicks."""
+    for session in sessions:
+        for i in range(1, len(session)):
+            yield Case(session[:i], session[i])
+
+
+def rank_metrics(recommended: Sequence[Sequence[str]], targets: Sequence[str], k: int) -> tuple[float, float]:
+    """(HR@k, MRR@k) of ranked lists against one target each."""
+    if not targets:
+        return 0.0, 0.0
+    hits, reciprocal = 0, 0.0
+    for items, target in zip(recommended, targets, strict=True):
+        top = list(items[:k])
+        if target in top:
+            hits += 1
+            reciprocal += 1.0 / (top.index(target) + 1)
+    return hits / len(targets), reciprocal / len(targets)
+
+
+def evaluate(
+    models: dict[str, Callable[[], Recommender]],
+    train: Sequence[Sequence[str]],
+    test: Sequence[Sequence[str]],
+    k: int = 20,
+    batch_size: int = 2000,
+) -> Iterator[tuple[str, Metrics]]:
+    """Fit each model on ``train`` and score it on every case of ``test``; yield as each ends."""
+    cases = list(iter_cases(test))
+    counts = Counter(item for s in train for item in s)
+    popularity_rank = {item: rank for rank, (item, _) in enumerate(counts.most_common(), start=1)}
+    targets = [c.target for c in cases]
+    for name, make in models.items():
+        model = make()
+        started = time.perf_counter()
+        model.fit(train)
+        train_s = time.perf_counter() - started
+        recommended: list[list[str]] = []
+        started = time.perf_counter()
+        for lo in range(0, len(cases), batch_size):
+            recommended += model.recommend_batch([c.prefix for c in cases[lo : lo + batch_size]], k)
+        rank_s = time.perf_counter() - started
+        hr, mrr = rank_metrics(recommended, targets, k)
+        shown = [item for items in recommended for item in items[:k]]
+        yield name, Metrics(
+            cases=len(cases),
+            hr=hr,
+            mrr=mrr,
+            coverage=len(set(shown)) / max(1, len(counts)),
+            popularity_rank=float(np.mean([popularity_rank.get(i, len(counts) + 1) for i in shown]))
+            if shown
+            else 0.0,
+            train_s=train_s,
+            recs_per_s=len(cases) / rank_s if rank_s > 0 else float("inf"),
+        )

@@ -1,0 +1,255 @@
+"""The click producer helper that apps use: validate, key by session, send, count deliveries.
+
+    from producers import ClickProducer
+
+    with ClickProducer("127.0.0.1:19092") as producer:
+        producer.send({"session_id": "s-42", "item_id": "A13"})
+    print(producer.stats)
+
+Validation happens here, before anything leaves the process, with the same rules the
+worker applies: a bad event raises :class:`InvalidEvent` in the app instead of turning
+into a dead letter later. Deliveries are asynchronous (librdkafka batches them); the
+callbacks count delivered and failed events, and ``close()`` (or leaving the ``with``
+block) waits for the outstanding ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from models.errors import StreamrecError
+from stream.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, event_from_dict
+
+log = logging.getLogger(__name__)
+# librdkafka's own log lines (connection refused, ...) go through Python logging under
+# this name instead of straight to stderr, so an app (or the CLI) decides what to show.
+RDKAFKA_LOG = logging.getLogger("producers.rdkafka")
+
+DeliveryHook = Callable[[KafkaError | None, Message], None]
+
+# librdkafka polls delivery reports only when asked; serving them every so many sends
+# keeps the callbacks (and the counts) current without a poll per event.
+_POLL_EVERY = 1000
+
+
+class DeliveryError(StreamrecError):
+    """Some events were not delivered (broker down, timeout, topic missing, ...)."""
+
+
+@dataclass(frozen=True)
+class DeliveryStats:
+    """Counts since the producer was created; ``pending`` are still in flight."""
+
+    sent: int
+    delivered: int
+    failed: int
+    errors: dict[str, int] = field(default_factory=dict)
+    first_error: str | None = None
+
+    @property
+    def pending(self) -> int:
+        return self.sent - self.delivered - self.failed
+
+    def __str__(self) -> str:
+        text = f"sent {self.sent:,}, delivered {self.delivered:,}, failed {self.failed:,}"
+        if self.pending:
+            text += f", pending {self.pending:,}"
+        if self.first_error:
+            text += f" (first error: {self.first_error})"
+        return text
+
+
+def producer_config(
+    bootstrap_servers: str,
+    *,
+    linger_ms: float = 5.0,
+    batch_size: int = 1_000_000,
+    compression: str = "none",
+    idempotent: bool = True,
+    message_timeout_ms: int = 30_000,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """librdkafka settings tuned for many small JSON events."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        # A few ms of linger fills batches at high rates and costs little at low ones.
+        "linger.ms": linger_ms,
+        "batch.size": batch_size,
+        "compression.type": compression,
+        # Idempotence: librdkafka's retries never duplicate or reorder a session's events.
+        "enable.idempotence": idempotent,
+        "acks": "all",
+        "message.timeout.ms": message_timeout_ms,
+        # Room for bursts (replays, load tests) before produce() pushes back.
+        "queue.buffering.max.messages": 1_000_000,
+        # Same key -> partition mapping as the Java client and aiokafka (Faust), so a
+        # session lands on the same partition whoever produced it.
+        "partitioner": "murmur2_random",
+        "logger": RDKAFKA_LOG,
+    }
+    config.update(extra or {})
+    return config
+
+
+class ClickProducer:
+    """Send click events to the clicks topic, keyed by session id.
+
+    ``send`` accepts a :class:`ClickEvent` or a mapping with the contract's fields;
+    ``ts`` defaults to now and ``event_id`` to a fresh UUID (the worker uses it to
+    ignore re-deliveries). ``on_delivery`` is called after the counts are updated,
+    with librdkafka's error (or ``None``) and message, from inside ``send``/``flush``.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str = "clicks",
+        *,
+        linger_ms: float = 5.0,
+        batch_size: int = 1_000_000,
+        compression: str = "none",
+        idempotent: bool = True,
+        message_timeout_ms: int = 30_000,
+        assign_event_ids: bool = True,
+        config: Mapping[str, Any] | None = None,
+        on_delivery: DeliveryHook | None = None,
+        producer_factory: Callable[[dict[str, Any]], Any] = Producer,
+    ) -> None:
+        self.topic = topic
+        self.bootstrap_servers = bootstrap_servers
+        self._assign_event_ids = assign_event_ids
+        self._hook = on_delivery
+        self._sent = 0
+        self._delivered = 0
+        self._failed = 0
+        self._errors: Counter[str] = Counter()
+        self._first_error: str | None = None
+        self._since_poll = 0
+        self._closed = False
+        conf = producer_config(
+            bootstrap_servers,
+            linger_ms=linger_ms,
+            batch_size=batch_size,
+            compression=compression,
+            idempotent=idempotent,
+            message_timeout_ms=message_timeout_ms,
+            extra=config,
+        )
+        conf["on_delivery"] = self._on_delivery
+        try:
+            self._producer = producer_factory(conf)
+        except KafkaException as exc:
+            raise StreamrecError(f"cannot create a Kafka producer: {exc}") from None
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, event: ClickEvent | Mapping[str, Any]) -> ClickEvent:
+        """Validate and enqueue one event; returns the event as sent (with ts/event_id)."""
+        checked = self.validate(event)
+        value = checked.to_json()
+        if len(value) > MAX_EVENT_BYTES:
+            raise InvalidEvent(f"event is larger than {MAX_EVENT_BYTES} bytes as JSON")
+        self._produce(checked.session_id, value)
+        return checked
+
+    def send_many(self, events: Iterable[ClickEvent | Mapping[str, Any]]) -> int:
+        n = 0
+        for event in events:
+            self.send(event)
+            n += 1
+        return n
+
+    def validate(self, event: ClickEvent | Mapping[str, Any]) -> ClickEvent:
+        """The worker's validation, applied here; raises :class:`InvalidEvent`."""
+        if self._closed:
+            raise StreamrecError("ClickProducer is closed")
+        # A ClickEvent can be built with any values, so it is checked like a mapping.
+        data = event.to_dict() if isinstance(event, ClickEvent) else dict(event)
+        if self._assign_event_ids and data.get("event_id") is None:
+            data["event_id"] = uuid.uuid4().hex
+        return event_from_dict(data, default_ts=time.time())
+
+    def _produce(self, key: str, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(self.topic, value, key)
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports to make room rather
+                # than fail the app; this is the producer's back-pressure.
+                self._producer.poll(0.05)
+        self._sent += 1
+        self._since_poll += 1
+        if self._since_poll >= _POLL_EVERY:
+            self._since_poll = 0
+            self._producer.poll(0)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self._delivered += 1
+        else:
+            self._failed += 1
+            self._errors[err.name()] += 1
+            if self._first_error is None:
+                self._first_error = f"{err.name()}: {err.str()}"
+        if self._hook is not None:
+            self._hook(err, msg)
+
+    # -- finishing -----------------------------------------------------------------------
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery callbacks; returns how many were served."""
+        return int(self._producer.poll(timeout))
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait up to ``timeout`` s for outstanding deliveries; returns how many remain."""
+        return int(self._producer.flush(timeout))
+
+    def close(self, timeout: float = 30.0) -> DeliveryStats:
+        """Flush, then count whatever could not be delivered in time as failed."""
+        if self._closed:
+            return self.stats
+        remaining = self.flush(timeout)
+        if remaining:
+            # Purging fires the delivery callbacks with _PURGE_* errors, so the counts
+            # add up: sent == delivered + failed.
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self._producer.flush(1.0)
+        self._closed = True
+        stats = self.stats
+        if stats.failed:
+            log.warning("click producer to %s/%s: %s", self.bootstrap_servers, self.topic, stats)
+        return stats
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`DeliveryError` if any event failed to be delivered."""
+        stats = self.stats
+        if stats.failed:
+            raise DeliveryError(
+                f"{stats.failed:,} of {stats.sent:,} events were not delivered to "
+                f"{self.topic} at {self.bootstrap_servers} (first error: {stats.first_error})"
+            )
+
+    @property
+    def stats(self) -> DeliveryStats:
+        return DeliveryStats(
+            sent=self._sent,
+            delivered=self._delivered,
+            failed=self._failed,
+            errors=dict(self._errors),
+            first_error=self._first_error,
+        )
+
+    def __enter__(self) -> ClickProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

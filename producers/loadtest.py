@@ -1,0 +1,541 @@
+"""Load test: offer clicks at a rate, read the recommendations, measure what came back.
+
+One run: a reader thread tails ``recommendations`` and ``clicks.dlq`` from their current
+end; the sender offers ``events`` clicks (open loop, at ``rate`` or as fast as
+possible), each with ``event_id = f"{run_id}-{seq}"`` and ``ts`` = send time; every
+recommendation whose ``event_id`` belongs to the run is matched to its event by ``seq``.
+Latency is receipt time minus send time, both on this machine's clock, so it covers
+the broker twice, the worker and Redis. After the last send the run waits until every
+event is answered (or nothing new arrives for ``drain_timeout_s``), then reads the
+worker group's lag on the clicks topic.
+
+The report (:func:`summarize`) is a plain dict; :func:`plot_run`, :func:`plot_sweep` and
+:func:`markdown_report` turn reports into a PNG and a markdown summary.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from models.errors import StreamrecError
+from producers.client import ClickProducer
+from producers.replay import ReplayTable, iter_events, new_run_id, send_events
+from producers.timing import Pacer
+
+# Reader fetch wait: recommendations are picked up at most this late (a bound on the
+# measurement error), at the cost of a few idle fetches per second.
+_FETCH_WAIT_MS = 10
+# A plot with more points than this is unreadable and slow; latency over time is
+# subsampled evenly (percentile lines use every event).
+_MAX_SCATTER_POINTS = 50_000
+
+
+@dataclass(frozen=True)
+class LoadTestConfig:
+    broker: str
+    clicks_topic: str = "clicks"
+    recs_topic: str = "recommendations"
+    dlq_topic: str = "clicks.dlq"
+    worker_group: str = "streamrec-worker"
+    rate: float | None = 1000.0  # None: as fast as possible (--max)
+    events: int = 60_000
+    tenants: Sequence[str] = ("default",)
+    drain_timeout_s: float = 30.0
+    lag_settle_s: float = 10.0
+    linger_ms: float = 5.0
+    progress: bool = True
+    source: str = ""  # for the report only
+
+    @property
+    def duration_s(self) -> float | None:
+        return self.events / self.rate if self.rate else None
+
+
+def events_for(rate: float, duration_s: float) -> int:
+    return max(1, round(rate * duration_s))
+
+
+# -- the reader ---------------------------------------------------------------------------
+
+
+class TopicTail:
+    """Reads new messages of some topics on a thread, from where they end at ``start()``."""
+
+    def __init__(self, broker: str, topics: Sequence[str],
+                 on_batch: Callable[[list[Message], float], None]) -> None:
+        self._broker = broker
+        self._topics = list(topics)
+        self._on_batch = on_batch
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loadtest-reader", daemon=True)
+        self._consumer: Consumer | None = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._consumer = Consumer({
+            "bootstrap.servers": self._broker,
+            # Assigned, not subscribed: no group join (seconds on the embedded broker),
+            # nothing committed; the id is only required by the client.
+            "group.id": f"streamrec-loadtest-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": _FETCH_WAIT_MS,
+            "fetch.min.bytes": 1,
+        })
+        self._consumer.assign(self._end_positions(self._consumer))
+        self._thread.start()
+
+    def _end_positions(self, consumer: Consumer) -> list[TopicPartition]:
+        try:
+            metadata = consumer.list_topics(timeout=10)
+        except KafkaException as exc:
+            raise StreamrecError(f"Kafka broker at {self._broker} does not answer: {exc}") from None
+        positions = []
+        for topic in self._topics:
+            meta = metadata.topics.get(topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise StreamrecError(f"topic {topic!r} does not exist on {self._broker}; "
+                                     "is `streamrec worker` (or `streamrec dev up`) running?")
+            for partition in meta.partitions:
+                # The embedded broker's high watermark can trail the true end by one
+                # batch; the few old messages re-read are not this run's and are skipped.
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                         timeout=10)
+                positions.append(TopicPartition(topic, partition, max(high, 0)))
+        return positions
+
+    def _run(self) -> None:
+        assert self._consumer is not None
+        try:
+            while not self._stop.is_set():
+                batch = self._consumer.consume(10_000, timeout=0.05)
+                if batch:
+                    self._on_batch(batch, time.time())
+        except BaseException as exc:  # surfaced by stop(): a dead reader must not hang the run
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self.error is not None:
+            raise StreamrecError(f"the recommendation reader failed: {self.error}")
+
+
+@dataclass
+class Matcher:
+    """Matches recommendations and dead letters to this run's events by ``event_id``."""
+
+    run_id: str
+    recs_topic: str
+    dlq_topic: str
+    recv_at: np.ndarray  # float64 [events], NaN until answered
+    answered: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    strategies: Counter[str] = field(default_factory=Counter)
+
+    def on_batch(self, batch: list[Message], received: float) -> None:
+        prefix = f"{self.run_id}-"
+        run_tag = self.run_id.encode()
+        for msg in batch:
+            if msg.error() is not None:
+                continue
+            value = msg.value() or b""
+            if msg.topic() == self.dlq_topic:
+                # The dead letter carries the original bytes, and with them our event id.
+                if run_tag in value:
+                    self.dead_letters += 1
+                continue
+            self.match_recommendation(value, received, prefix)
+
+    def match_recommendation(self, value: bytes, received: float, prefix: str) -> None:
+        try:
+            rec = orjson.loads(value)
+            event_id = rec["event_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if not isinstance(event_id, str) or not event_id.startswith(prefix):
+            return
+        try:
+            seq = int(event_id[len(prefix):])
+        except ValueError:
+            return
+        if not 0 <= seq < len(self.recv_at):
+            return
+        if math.isnan(self.recv_at[seq]):
+            self.recv_at[seq] = received
+            self.answered += 1
+            self.strategies[str(rec.get("strategy"))] += 1
+        else:
+            # At-least-once delivery: a re-processed batch answers twice.
+            self.duplicates += 1
+
+
+# -- consumer lag -------------------------------------------------------------------------
+
+
+def group_lag(broker: str, group: str, topic: str, known_ends: dict[int, int] | None = None) -> int:
+    """Events of ``topic`` that ``group`` has not committed yet.
+
+    ``known_ends`` (partition -> next offset, from our own delivery reports) corrects
+    the embedded broker's high watermark, which can trail the true end by a batch.
+    """
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or not meta.partitions:
+            return 0
+        partitions = [TopicPartition(topic, p) for p in meta.partitions]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
+        lag = 0
+        for tp in partitions:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            end = max(high, (known_ends or {}).get(tp.partition, 0))
+            done = committed.get(tp.partition, OFFSET_BEGINNING)
+            lag += max(0, end - (done if done >= 0 else low))
+        return lag
+    finally:
+        consumer.close()
+
+
+def settled_lag(broker: str, group: str, topic: str, known_ends: dict[int, int],
+                settle_s: float) -> int:
+    """The group's lag once it stops falling (commits are periodic), within ``settle_s``."""
+    deadline = time.monotonic() + settle_s
+    lag = group_lag(broker, group, topic, known_ends)
+    while lag > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        lag = group_lag(broker, group, topic, known_ends)
+    return lag
+
+
+# -- one run ------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """Raw results of one run, kept for plotting."""
+
+    report: dict[str, Any]
+    sent_at: np.ndarray
+    recv_at: np.ndarray
+
+
+def run_loadtest(table: ReplayTable, config: LoadTestConfig,
+                 echo: Callable[[str], None] = print) -> RunData:
+    if len(table) == 0:
+        raise StreamrecError("the load-test source has no clicks")
+    run_id = new_run_id("lt")
+    sent_at = np.full(config.events, np.nan)
+    recv_at = np.full(config.events, np.nan)
+    matcher = Matcher(run_id, config.recs_topic, config.dlq_topic, recv_at)
+    ends: dict[int, int] = {}
+
+    def track_end(err: KafkaError | None, msg: Message) -> None:
+        if err is None and msg.offset() >= ends.get(msg.partition(), 0):
+            ends[msg.partition()] = msg.offset() + 1
+
+    reader = TopicTail(config.broker, [config.recs_topic, config.dlq_topic], matcher.on_batch)
+    reader.start()
+    try:
+        producer = ClickProducer(config.broker, config.clicks_topic, linger_ms=config.linger_ms,
+                                 on_delivery=track_end)
+        loops = math.ceil(config.events / len(table))
+        events = iter_events(table, loops=loops, tenants=config.tenants,
+                             session_prefix=f"{run_id}-")
+        pacer = Pacer(rate=config.rate)
+        result = send_events(producer, events, pacer=pacer, limit=config.events, run_id=run_id,
+                             progress=config.progress, sent_at=sent_at)
+        echo(result.summary())
+        echo(f"waiting for recommendations (up to {config.drain_timeout_s:g} s without news)...")
+        _drain(matcher, result.stats.delivered, config.drain_timeout_s)
+    finally:
+        reader.stop()
+    lag = settled_lag(config.broker, config.worker_group, config.clicks_topic, ends,
+                      config.lag_settle_s)
+    report = summarize(
+        sent_at[: result.sent], recv_at[: result.sent],
+        offered_rate=config.rate, send_failed=result.stats.failed,
+        dead_letters=matcher.dead_letters, duplicates=matcher.duplicates, lag_end=lag,
+        strategies=dict(matcher.strategies),
+    )
+    report.update({
+        "run_id": run_id,
+        "mode": "max" if config.rate is None else "rate",
+        "planned_events": config.events,
+        "planned_duration_s": config.duration_s,
+        "source": config.source,
+        "tenants": list(config.tenants),
+        "broker": config.broker,
+        "topics": {"clicks": config.clicks_topic, "recommendations": config.recs_topic,
+                   "dlq": config.dlq_topic},
+        "worker_group": config.worker_group,
+        "started_at": datetime.fromtimestamp(float(np.nanmin(sent_at[: result.sent])), UTC)
+        .isoformat(timespec="seconds") if result.sent else None,
+    })
+    return RunData(report, sent_at[: result.sent], recv_at[: result.sent])
+
+
+def _drain(matcher: Matcher, expected: int, idle_timeout_s: float) -> None:
+    last_count, last_change = matcher.answered, time.monotonic()
+    while matcher.answered < expected:
+        time.sleep(0.05)
+        if matcher.answered != last_count:
+            last_count, last_change = matcher.answered, time.monotonic()
+        elif time.monotonic() - last_change > idle_timeout_s:
+            return
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def summarize(
+    sent_at: np.ndarray,
+    recv_at: np.ndarray,
+    *,
+    offered_rate: float | None,
+    send_failed: int = 0,
+    dead_letters: int = 0,
+    duplicates: int = 0,
+    lag_end: int | None = None,
+    strategies: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The load-test report from per-event send and receipt times (unix seconds, NaN = none)."""
+    sent = int(np.count_nonzero(~np.isnan(sent_at)))
+    answered_mask = ~np.isnan(recv_at)
+    answered = int(np.count_nonzero(answered_mask))
+    latency_ms = (recv_at[answered_mask] - sent_at[answered_mask]) * 1000.0
+    first_send = float(np.nanmin(sent_at)) if sent else math.nan
+    last_send = float(np.nanmax(sent_at)) if sent else math.nan
+    send_span = last_send - first_send if sent > 1 else 0.0
+    send_rate = (sent - 1) / send_span if send_span > 0 else None
+    throughput = None
+    if answered:
+        span = float(np.max(recv_at[answered_mask])) - first_send
+        throughput = answered / span if span > 0 else None
+    return {
+        # Offered = what was asked for; --max asks for "as fast as possible", i.e. what
+        # the sender achieved.
+        "offered_rate": offered_rate if offered_rate is not None else _round(send_rate),
+        "send_rate": _round(send_rate),
+        "sent": sent,
+        "send_failed": send_failed,
+        "answered": answered,
+        "missing": sent - answered,
+        "duplicates": duplicates,
+        "dead_letters": dead_letters,
+        "throughput": _round(throughput),
+        "latency_ms": latency_summary(latency_ms),
+        "lag_end": lag_end,
+        "strategies": strategies or {},
+        "duration_s": _round(send_span),
+    }
+
+
+def latency_summary(latency_ms: np.ndarray) -> dict[str, float | None]:
+    keys = ("p50", "p95", "p99", "max", "mean")
+    if not len(latency_ms):
+        return dict.fromkeys(keys)
+    p50, p95, p99 = np.percentile(latency_ms, [50, 95, 99])
+    values = (p50, p95, p99, np.max(latency_ms), np.mean(latency_ms))
+    return {k: round(float(v), 2) for k, v in zip(keys, values, strict=True)}
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), digits)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f} ms"
+
+
+def markdown_report(report: dict[str, Any], command: str | None = None) -> str:
+    lat = report["latency_ms"]
+    offered = report["offered_rate"]
+    mode = "as fast as possible" if report.get("mode") == "max" else f"{offered:,.0f} events/s"
+    lines = [
+        f"### Load test {report.get('run_id', '')}: {mode}",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| offered rate | {offered if offered is None else f'{offered:,.0f}'} events/s |",
+        f"| achieved send rate | {_num(report['send_rate'])} events/s |",
+        f"| events sent | {report['sent']:,} (send failures {report['send_failed']:,}) |",
+        f"| recommendations matched | {report['answered']:,} |",
+        f"| missing | {report['missing']:,} |",
+        f"| duplicates (re-delivered) | {report['duplicates']:,} |",
+        f"| dead letters | {report['dead_letters']:,} |",
+        f"| throughput (answered/s) | {_num(report['throughput'])} |",
+        f"| latency p50 / p95 / p99 | {_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])} |",
+        f"| latency max (mean) | {_ms(lat['max'])} ({_ms(lat['mean'])}) |",
+        f"| worker lag at end | {report['lag_end'] if report['lag_end'] is not None else 'n/a'} |",
+        f"| strategies | {', '.join(f'{k}: {v:,}' for k, v in report['strategies'].items())} |",
+    ]
+    if command:
+        lines += ["", "```", command, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_sweep(reports: Sequence[dict[str, Any]], command: str | None = None) -> str:
+    lines = [
+        "| offered ev/s | sent | answered | missing | throughput ev/s | p50 ms | p95 ms | p99 ms "
+        "| max ms | lag end |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in reports:
+        lat = r["latency_ms"]
+        lines.append(
+            f"| {_num(r['offered_rate'])} | {r['sent']:,} | {r['answered']:,} | {r['missing']:,} "
+            f"| {_num(r['throughput'])} | {_num(lat['p50'])} | {_num(lat['p95'])} "
+            f"| {_num(lat['p99'])} | {_num(lat['max'])} | {r['lag_end']} |"
+        )
+    if command:
+        lines += ["", "```", command, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+# -- plots --------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(data: RunData, path: str | Path) -> Path:
+    """Latency over the run (every event, with per-second p50/p99) and its histogram."""
+    plt = _pyplot()
+    path = Path(path)
+    mask = ~np.isnan(data.recv_at)
+    t0 = float(np.nanmin(data.sent_at)) if len(data.sent_at) else 0.0
+    when = data.sent_at[mask] - t0
+    latency = (data.recv_at[mask] - data.sent_at[mask]) * 1000.0
+    report = data.report
+    fig, (ax_time, ax_hist) = plt.subplots(1, 2, figsize=(13, 4.8),
+                                           gridspec_kw={"width_ratios": [3, 2]})
+    if len(latency):
+        step = max(1, len(latency) // _MAX_SCATTER_POINTS)
+        ax_time.scatter(when[::step], latency[::step], s=2, alpha=0.25, color="tab:blue",
+                        label="event", rasterized=True)
+        seconds, p50, p99 = per_second_percentiles(when, latency)
+        ax_time.plot(seconds + 0.5, p50, color="tab:green", lw=1.5, label="p50 per second")
+        ax_time.plot(seconds + 0.5, p99, color="tab:red", lw=1.5, label="p99 per second")
+        ax_time.set_yscale("log")
+        bins = np.logspace(np.log10(max(latency.min(), 0.1)), np.log10(latency.max() * 1.05), 60)
+        ax_hist.hist(latency, bins=bins, color="tab:blue", alpha=0.8)
+        ax_hist.set_xscale("log")
+        for key, colour in (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red")):
+            value = report["latency_ms"][key]
+            ax_hist.axvline(value, color=colour, ls="--", label=f"{key} {value:,.1f} ms")
+        ax_hist.legend(loc="upper right", fontsize=8)
+        ax_time.legend(loc="upper right", fontsize=8, markerscale=4)
+    else:
+        ax_time.text(0.5, 0.5, "no recommendations received", ha="center",
+                     transform=ax_time.transAxes)
+    ax_time.set_xlabel("time since first event sent (s)")
+    ax_time.set_ylabel("event -> recommendation latency (ms)")
+    ax_time.grid(True, which="both", alpha=0.3)
+    ax_hist.set_xlabel("latency (ms)")
+    ax_hist.set_ylabel("events")
+    ax_hist.grid(True, which="both", alpha=0.3)
+    offered = report["offered_rate"]
+    fig.suptitle(
+        f"streamrec load test: offered {_num(offered)} ev/s, sent {report['sent']:,}, "
+        f"answered {report['answered']:,}, missing {report['missing']:,}, "
+        f"throughput {_num(report['throughput'])} ev/s"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def per_second_percentiles(when: np.ndarray, latency: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(second, p50, p99) for every whole second of send time that has events."""
+    buckets = np.floor(when).astype(np.int64)
+    order = np.argsort(buckets, kind="stable")
+    buckets, latency = buckets[order], latency[order]
+    seconds, starts = np.unique(buckets, return_index=True)
+    groups = np.split(latency, starts[1:])
+    p50 = np.array([np.percentile(g, 50) for g in groups])
+    p99 = np.array([np.percentile(g, 99) for g in groups])
+    return seconds.astype(np.float64), p50, p99
+
+
+def plot_sweep(reports: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Latency percentiles and achieved throughput against offered load: find the knee."""
+    plt = _pyplot()
+    path = Path(path)
+    offered = np.array([r["offered_rate"] or 0.0 for r in reports], dtype=float)
+    fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for key, colour in (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red"),
+                        ("max", "tab:gray")):
+        values = np.array([_nan(r["latency_ms"][key]) for r in reports])
+        ax_lat.plot(offered, values, marker="o", color=colour, label=key)
+    ax_lat.set_yscale("log")
+    ax_lat.set_xlabel("offered load (events/s)")
+    ax_lat.set_ylabel("event -> recommendation latency (ms)")
+    ax_lat.grid(True, which="both", alpha=0.3)
+    ax_lat.legend()
+    achieved = np.array([_nan(r["throughput"]) for r in reports])
+    ax_tp.plot(offered, achieved, marker="o", label="answered per second")
+    top = float(np.nanmax(np.r_[offered, achieved])) * 1.05 if len(offered) else 1.0
+    ax_tp.plot([0, top], [0, top], ls="--", color="gray", label="= offered")
+    ax_tp.set_xlabel("offered load (events/s)")
+    ax_tp.set_ylabel("achieved throughput (events/s)")
+    ax_tp.grid(True, alpha=0.3)
+    ax_tp.legend()
+    missing = sum(r["missing"] for r in reports)
+    fig.suptitle(f"streamrec load sweep: {len(reports)} runs, {missing:,} events missing in all")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def write_outputs(json_path: str | Path, payload: dict[str, Any], markdown: str) -> list[Path]:
+    """FILE.json plus FILE.md beside it (the PNG is written by the plot functions)."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    options = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
+    json_path.write_bytes(orjson.dumps(payload, option=options))
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(markdown)
+    return [json_path, md_path]

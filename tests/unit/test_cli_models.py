@@ -1,0 +1,85 @@
+"""`streamrec train | similar | models | evaluate` through click, on a temporary registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from stream.cli import cli, main
+
+FAST = ["--epochs", "2"]
+
+
+@pytest.fixture
+def run(tmp_path: Path):  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    env = {"STREAMREC_HOME": str(tmp_path / "home"), "STREAMREC_MODEL_DIR": ""}
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def test_train_on_the_shipped_data_then_similar(run) -> None:  # type: ignore[no-untyped-def]
+    result = run("train", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "registered and promoted default/v1: 217 items" in result.output
+    result = run("similar", "A13")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    scores = [float(r[2]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    assert "A13" not in [r[1] for r in rows]
+
+
+def test_versions_promote_and_rollback(run) -> None:  # type: ignore[no-untyped-def]
+    assert run("train", *FAST).exit_code == 0
+    result = run("train", *FAST, "--no-promote")
+    assert "registered default/v2" in result.output
+    listing = run("models", "list").output
+    assert "* v1" in listing and "  v2" in listing
+    assert "v2 is now in service" in run("models", "promote", "default", "v2").output
+    assert "* v2" in run("models", "list", "default").output
+    assert "rolled back v2 -> v1" in run("models", "rollback").output
+    assert "* v1" in run("models", "list").output
+
+
+def test_train_generic_csv_with_plots(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "clicks.csv"
+    rows = ["sess,product,when"] + [
+        f"s{s},p{(s + j) % 30},{1000 + s * 100 + j}" for s in range(200) for j in range(4)
+    ]
+    data.write_text("\n".join(rows) + "\n")
+    plots = tmp_path / "plots"
+    result = run("train", str(data), "--format", "csv", "--session-col", "sess", "--item-col", "product",
+                 "--time-col", "when", "--tenant", "acme", "--clusters", "3", *FAST, "--plots", str(plots))
+    assert result.exit_code == 0, result.output
+    assert "acme/v1: 30 items, 200 sessions, 800 clicks, 3 clusters" in result.output
+    for name in ("cluster_sizes.png", "embedding_map.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, home: Path, *args: str) -> tuple[int, str]:
+    monkeypatch.setenv("STREAMREC_HOME", str(home))
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return int(exit_info.value.code or 0), capsys.readouterr().err
+
+
+def test_user_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    code, err = _main(capsys, monkeypatch, home, "similar", "A13")
+    assert code == 1 and "no promoted model" in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    code, err = _main(capsys, monkeypatch, home, "train", str(bad))
+    assert code == 1 and "cannot tell the format" in err
+    code, err = _main(capsys, monkeypatch, home, "models", "promote", "default", "v7")
+    assert code == 1 and "no version v7" in err

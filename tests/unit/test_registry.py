@@ -1,0 +1,198 @@
+"""Registry: versions appear whole or not at all, promote is atomic, corrupt versions are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import models.registry as registry_module
+from models.bundle import ModelBundle, load_bundle, save_bundle
+from models.datasets import synthetic_sessions
+from models.errors import InvalidModelError, NoModelError
+from models.registry import Registry, UnknownVersionError
+from models.train import TrainParams, train_model
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    return train_model(synthetic_sessions(2000, 60, seed=2), TrainParams(epochs=2, n_clusters=4, n_neighbours=8))
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(tmp_path / "registry")
+
+
+def test_bundle_round_trip_is_exact_and_memory_mapped(bundle: ModelBundle, tmp_path: Path) -> None:
+    save_bundle(bundle, tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b")
+    for name in ("items", "vectors", "clusters", "centroids", "neighbours", "neighbour_scores", "popularity"):
+        assert np.array_equal(getattr(loaded, name), getattr(bundle, name)), name
+    assert isinstance(loaded.vectors, np.memmap)
+    assert loaded.manifest["params"] == bundle.manifest["params"]
+    assert loaded.index(bundle.item_list[5]) == 5 and loaded.index("nope") is None
+
+
+def test_register_numbers_versions_and_records_lineage(registry: Registry, bundle: ModelBundle) -> None:
+    assert registry.current_version("shop") is None
+    with pytest.raises(NoModelError):
+        registry.load("shop")
+    v1 = registry.register("shop", bundle, {"data": {"source": "x"}})
+    registry.promote("shop", v1)
+    v2 = registry.register("shop", bundle, {"metrics": {"hr": 0.5}})
+    assert (v1, v2) == ("v1", "v2")
+    assert registry.current_version("shop") == "v1", "register alone must not promote"
+    infos = registry.versions("shop")
+    assert [(i.version, i.current, i.parent) for i in infos] == [("v1", True, None), ("v2", False, "v1")]
+    assert infos[1].metrics == {"hr": 0.5}
+    assert registry.load("shop").version == "v1"
+    assert registry.load("shop", "v1").manifest["data"] == {"source": "x"}
+    assert "data" not in registry.load("shop", "v2").manifest
+    assert registry.tenants() == ["shop"]
+    assert registry.pointer_path("shop").read_text().strip() == "v1"
+
+
+def test_a_crash_while_writing_leaves_no_version(
+    registry: Registry, bundle: ModelBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.promote("t", registry.register("t", bundle))
+
+    def crash(bundle: ModelBundle, directory: Path) -> None:
+        (Path(directory) / "items.npy").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registry_module, "save_bundle", crash)
+    with pytest.raises(OSError, match="disk full"):
+        registry.register("t", bundle)
+    assert [i.version for i in registry.versions("t")] == ["v1"]
+    assert [p.name for p in (registry.root / "t").iterdir() if p.name.startswith(".")] == []
+    assert registry.current_version("t") == "v1"
+
+
+def test_promote_switches_the_pointer_atomically(
+    registry: Registry, bundle: ModelBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.promote("t", registry.register("t", bundle))
+    v2 = registry.register("t", bundle)
+    real_replace = os.replace
+
+    def replace_then_check(src: str, dst: str) -> None:
+        # Until the single rename the old pointer is intact: readers see v1 or v2, never half.
+        assert registry.current_version("t") == "v1"
+        real_replace(src, dst)
+
+    monkeypatch.setattr(registry_module.os, "replace", replace_then_check)
+    registry.promote("t", v2)
+    assert registry.current_version("t") == "v2"
+
+    def failing_replace(src: str, dst: str) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(registry_module.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        registry.promote("t", "v1")
+    assert registry.current_version("t") == "v2"
+    assert [p.name for p in (registry.root / "t").iterdir() if p.name.startswith(".CURRENT")] == []
+
+
+def _corrupt_missing_file(d: Path) -> None:
+    (d / "neighbours.npy").unlink()
+
+
+def _corrupt_truncated(d: Path) -> None:
+    data = (d / "vectors.npy").read_bytes()
+    (d / "vectors.npy").write_bytes(data[: len(data) // 2])
+
+
+def _corrupt_wrong_shape(d: Path) -> None:
+    # A consistent-looking file and manifest entry with the wrong shape: checksums alone miss it.
+    np.save(d / "clusters.npy", np.zeros(3, dtype=np.int32))
+    manifest = json.loads((d / "manifest.json").read_text())
+    from models.bundle import _sha256
+
+    manifest["arrays"]["clusters"].update(shape=[3], sha256=_sha256(d / "clusters.npy"))
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _corrupt_bad_manifest(d: Path) -> None:
+    (d / "manifest.json").write_text("{not json")
+
+
+def _corrupt_flipped_byte(d: Path) -> None:
+    data = bytearray((d / "neighbour_scores.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (d / "neighbour_scores.npy").write_bytes(bytes(data))
+
+
+def _corrupt_neighbour_out_of_range(d: Path) -> None:
+    arr = np.load(d / "neighbours.npy")
+    arr[0, 0] = 10_000
+    np.save(d / "neighbours.npy", arr)
+    manifest = json.loads((d / "manifest.json").read_text())
+    from models.bundle import _sha256
+
+    manifest["arrays"]["neighbours"]["sha256"] = _sha256(d / "neighbours.npy")
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (_corrupt_missing_file, "neighbours.npy is missing"),
+        (_corrupt_truncated, "vectors.npy"),
+        (_corrupt_wrong_shape, "clusters must be int32"),
+        (_corrupt_bad_manifest, "not valid JSON"),
+        (_corrupt_flipped_byte, "checksum"),
+        (_corrupt_neighbour_out_of_range, "out of range"),
+    ],
+)
+def test_corrupted_versions_are_refused_and_the_current_one_stays(
+    registry: Registry, bundle: ModelBundle, corrupt, message: str  # type: ignore[no-untyped-def]
+) -> None:
+    registry.promote("t", registry.register("t", bundle))
+    v2 = registry.register("t", bundle)
+    corrupt(registry.root / "t" / v2)
+    with pytest.raises(InvalidModelError, match=message):
+        registry.promote("t", v2)
+    assert registry.current_version("t") == "v1"
+    assert registry.load("t").version == "v1"
+    with pytest.raises(InvalidModelError):
+        registry.load("t", v2)
+
+
+def test_a_corrupted_current_version_fails_to_load_without_moving_the_pointer(
+    registry: Registry, bundle: ModelBundle
+) -> None:
+    registry.promote("t", registry.register("t", bundle))
+    _corrupt_missing_file(registry.root / "t" / "v1")
+    with pytest.raises(InvalidModelError):
+        registry.load("t")
+    assert registry.current_version("t") == "v1"
+
+
+def test_rollback_goes_back_through_the_promotion_history(registry: Registry, bundle: ModelBundle) -> None:
+    for _ in range(3):
+        registry.promote("t", registry.register("t", bundle))
+    assert registry.current_version("t") == "v3"
+    assert registry.rollback("t") == "v2"
+    assert registry.rollback("t") == "v1"
+    with pytest.raises(UnknownVersionError, match="no earlier promoted version"):
+        registry.rollback("t")
+    assert registry.rollback("t", "v3") == "v3"
+    assert registry.current_version("t") == "v3"
+    assert registry.rollback("t") == "v1", "v3 was re-instated from v1, so going back returns to v1"
+    assert all(i.promoted for i in registry.versions("t"))
+
+
+def test_unknown_versions_and_bad_tenant_names(registry: Registry, bundle: ModelBundle) -> None:
+    registry.promote("t", registry.register("t", bundle))
+    with pytest.raises(UnknownVersionError, match="no version v9"):
+        registry.promote("t", "v9")
+    with pytest.raises(UnknownVersionError):
+        registry.rollback("t", "latest")
+    with pytest.raises(Exception, match="not a valid name"):
+        registry.register("../escape", bundle)
