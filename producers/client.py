@@ -58,6 +58,18 @@ class DeliveryStats:
     def pending(self) -> int:
         return self.sent - self.delivered - self.failed
 
+    def since(self, earlier: DeliveryStats) -> DeliveryStats:
+        """What happened between ``earlier`` and these counts."""
+        errors = Counter(self.errors)
+        errors.subtract(earlier.errors)
+        return DeliveryStats(
+            sent=self.sent - earlier.sent,
+            delivered=self.delivered - earlier.delivered,
+            failed=self.failed - earlier.failed,
+            errors={k: v for k, v in errors.items() if v},
+            first_error=self.first_error if self.failed > earlier.failed else None,
+        )
+
     def __str__(self) -> str:
         text = f"sent {self.sent:,}, delivered {self.delivered:,}, failed {self.failed:,}"
         if self.pending:

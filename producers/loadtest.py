@@ -61,6 +61,7 @@ class LoadTestConfig:
     events: int = 60_000
     tenants: Sequence[str] = ("default",)
     drain_timeout_s: float = 30.0
+    warmup_timeout_s: float = 60.0
     lag_settle_s: float = 10.0
     linger_ms: float = 5.0
     progress: bool = True
@@ -124,12 +125,18 @@ class TopicTail:
         return positions
 
     def _run(self) -> None:
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
         try:
             while not self._stop.is_set():
-                batch = self._consumer.consume(10_000, timeout=0.05)
-                if batch:
-                    self._on_batch(batch, time.time())
+                # consume(n, timeout) waits for n messages or the whole timeout, which
+                # would add up to `timeout` to every latency: wait for one message, stamp
+                # it, then take whatever else is already here without waiting.
+                first = consumer.poll(0.1)
+                if first is None:
+                    continue
+                received = time.time()
+                self._on_batch([first, *consumer.consume(10_000, timeout=0)], received)
         except BaseException as exc:  # surfaced by stop(): a dead reader must not hang the run
             self.error = exc
 
@@ -156,6 +163,12 @@ class Matcher:
     duplicates: int = 0
     dead_letters: int = 0
     strategies: Counter[str] = field(default_factory=Counter)
+    probes: set[str] = field(default_factory=set)
+    probes_answered: threading.Event = field(default_factory=threading.Event)
+
+    def expect_probes(self, event_ids: list[str]) -> None:
+        self.probes_answered.clear()
+        self.probes = set(event_ids)
 
     def on_batch(self, batch: list[Message], received: float) -> None:
         prefix = f"{self.run_id}-"
@@ -182,6 +195,7 @@ class Matcher:
         try:
             seq = int(event_id[len(prefix):])
         except ValueError:
+            self._match_probe(event_id)
             return
         if not 0 <= seq < len(self.recv_at):
             return
@@ -192,6 +206,12 @@ class Matcher:
         else:
             # At-least-once delivery: a re-processed batch answers twice.
             self.duplicates += 1
+
+    def _match_probe(self, event_id: str) -> None:
+        if event_id in self.probes:
+            self.probes.discard(event_id)
+            if not self.probes:
+                self.probes_answered.set()
 
 
 # -- consumer lag -------------------------------------------------------------------------
@@ -261,30 +281,34 @@ def run_loadtest(table: ReplayTable, config: LoadTestConfig,
 
     reader = TopicTail(config.broker, [config.recs_topic, config.dlq_topic], matcher.on_batch)
     reader.start()
+    producer = ClickProducer(config.broker, config.clicks_topic, linger_ms=config.linger_ms,
+                             on_delivery=track_end)
     try:
-        producer = ClickProducer(config.broker, config.clicks_topic, linger_ms=config.linger_ms,
-                                 on_delivery=track_end)
-        loops = math.ceil(config.events / len(table))
-        events = iter_events(table, loops=loops, tenants=config.tenants,
-                             session_prefix=f"{run_id}-")
-        pacer = Pacer(rate=config.rate)
-        result = send_events(producer, events, pacer=pacer, limit=config.events, run_id=run_id,
-                             progress=config.progress, sent_at=sent_at)
+        warmup_s = _warm_up(producer, matcher, table, config, run_id)
+        echo(f"warm-up: the worker answered in {warmup_s:.2f} s; offering the load")
+        events = iter_events(table, loops=math.ceil(config.events / len(table)),
+                             tenants=config.tenants, session_prefix=f"{run_id}-")
+        result = send_events(producer, events, pacer=Pacer(rate=config.rate),
+                             limit=config.events, run_id=run_id, progress=config.progress,
+                             sent_at=sent_at)
         echo(result.summary())
         echo(f"waiting for recommendations (up to {config.drain_timeout_s:g} s without news)...")
         _drain(matcher, result.stats.delivered, config.drain_timeout_s)
     finally:
+        producer.close(timeout=1.0)  # already closed unless the warm-up failed
         reader.stop()
     lag = settled_lag(config.broker, config.worker_group, config.clicks_topic, ends,
                       config.lag_settle_s)
+    sent = result.sent
     report = summarize(
-        sent_at[: result.sent], recv_at[: result.sent],
+        sent_at[:sent], recv_at[:sent],
         offered_rate=config.rate, send_failed=result.stats.failed,
         dead_letters=matcher.dead_letters, duplicates=matcher.duplicates, lag_end=lag,
         strategies=dict(matcher.strategies),
     )
     report.update({
         "run_id": run_id,
+        "warmup_s": round(warmup_s, 3),
         "mode": "max" if config.rate is None else "rate",
         "planned_events": config.events,
         "planned_duration_s": config.duration_s,
@@ -294,10 +318,37 @@ def run_loadtest(table: ReplayTable, config: LoadTestConfig,
         "topics": {"clicks": config.clicks_topic, "recommendations": config.recs_topic,
                    "dlq": config.dlq_topic},
         "worker_group": config.worker_group,
-        "started_at": datetime.fromtimestamp(float(np.nanmin(sent_at[: result.sent])), UTC)
-        .isoformat(timespec="seconds") if result.sent else None,
+        "started_at": _iso(float(sent_at[0])) if sent else None,
     })
-    return RunData(report, sent_at[: result.sent], recv_at[: result.sent])
+    return RunData(report, sent_at[:sent], recv_at[:sent])
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _warm_up(producer: ClickProducer, matcher: Matcher, table: ReplayTable,
+             config: LoadTestConfig, run_id: str) -> float:
+    """One click per tenant, answered, before the clock starts.
+
+    It checks that a worker is there (rather than offering a minute of load into the
+    void) and keeps one-off costs out of the numbers: the idempotent producer's
+    handshake (~0.5 s on the embedded broker), connections, a tenant's model load.
+    """
+    started = time.perf_counter()
+    probe_ids = [f"{run_id}-warmup{i}" for i in range(len(config.tenants))]
+    matcher.expect_probes(probe_ids)
+    for tenant, event_id in zip(config.tenants, probe_ids, strict=True):
+        producer.send({"tenant": tenant, "session_id": f"{run_id}-warmup",
+                       "item_id": str(table.item_ids[0]), "event_id": event_id})
+    producer.flush(config.warmup_timeout_s)
+    if not matcher.probes_answered.wait(config.warmup_timeout_s):
+        raise StreamrecError(
+            f"no recommendation for the warm-up click within {config.warmup_timeout_s:g} s: is "
+            f"`streamrec worker` running against {config.broker} (topics {config.clicks_topic} "
+            f"-> {config.recs_topic}) with a trained model?"
+        )
+    return time.perf_counter() - started
 
 
 def _drain(matcher: Matcher, expected: int, idle_timeout_s: float) -> None:
@@ -434,6 +485,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def _plain_log_axis(axis: Any) -> None:
+    """Log scale labelled 20, 50, 100 rather than 2x10^1: latencies are read, not admired."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_run(data: RunData, path: str | Path) -> Path:
     """Latency over the run (every event, with per-second p50/p99) and its histogram."""
     plt = _pyplot()
@@ -453,9 +513,11 @@ def plot_run(data: RunData, path: str | Path) -> Path:
         ax_time.plot(seconds + 0.5, p50, color="tab:green", lw=1.5, label="p50 per second")
         ax_time.plot(seconds + 0.5, p99, color="tab:red", lw=1.5, label="p99 per second")
         ax_time.set_yscale("log")
+        _plain_log_axis(ax_time.yaxis)
         bins = np.logspace(np.log10(max(latency.min(), 0.1)), np.log10(latency.max() * 1.05), 60)
         ax_hist.hist(latency, bins=bins, color="tab:blue", alpha=0.8)
         ax_hist.set_xscale("log")
+        _plain_log_axis(ax_hist.xaxis)
         for key, colour in (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red")):
             value = report["latency_ms"][key]
             ax_hist.axvline(value, color=colour, ls="--", label=f"{key} {value:,.1f} ms")
@@ -506,6 +568,7 @@ def plot_sweep(reports: Sequence[dict[str, Any]], path: str | Path) -> Path:
         values = np.array([_nan(r["latency_ms"][key]) for r in reports])
         ax_lat.plot(offered, values, marker="o", color=colour, label=key)
     ax_lat.set_yscale("log")
+    _plain_log_axis(ax_lat.yaxis)
     ax_lat.set_xlabel("offered load (events/s)")
     ax_lat.set_ylabel("event -> recommendation latency (ms)")
     ax_lat.grid(True, which="both", alpha=0.3)

@@ -27,9 +27,9 @@ EXTRA_WAIT_S = 3.0
 @pytest.fixture(scope="module")
 def small_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 60 sessions of the shipped e-shop file (its own format, 377 clicks)."""
-    from models.datasets import eshop_path
-
     import gzip
+
+    from models.datasets import eshop_path
 
     path = tmp_path_factory.mktemp("replay") / "small.csv"
     with gzip.open(eshop_path(), "rt", newline="") as src, open(path, "w", newline="") as dst:
