@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.registry import Registry
+from state.notify import model_changes
 from state.sessions import SessionStore
 from stream.config import Settings
 from stream.model_handle import ModelCache
@@ -107,6 +108,19 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(settings.model_check_interval_s)
     async def check_models() -> None:
         await models.refresh()
+
+    @app.task
+    async def listen_for_models() -> None:
+        # Pub/sub makes a swap near-instant; the timer above is the backstop.
+        while True:
+            client = Redis.from_url(settings.redis_url, socket_timeout=None)
+            try:
+                async for tenant in model_changes(client):
+                    await models.refresh([tenant])
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await asyncio.sleep(2.0)
+            finally:
+                await client.aclose()
 
     @app.timer(30.0)
     async def report() -> None:

@@ -48,12 +48,12 @@ class ModelCache:
             self._slots.move_to_end(tenant)
         return slot.bundle
 
-    async def refresh(self) -> None:
-        """Swap in newly promoted versions of every tenant in memory (cheap when none)."""
-        for tenant in list(self._slots):
+    async def refresh(self, tenants: list[str] | None = None) -> None:
+        """Swap in newly promoted versions (of ``tenants``, default every tenant in memory)."""
+        for tenant in list(self._slots) if tenants is None else tenants:
             slot = self._slots.get(tenant)
             if slot is None:
-                continue
+                continue  # not in memory: it will load the current version on first use
             current = await asyncio.to_thread(self._registry.current_version, tenant)
             if current != slot.version:
                 await self._load(tenant, previous=slot)

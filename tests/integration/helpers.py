@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import Consumer, Message, Producer
@@ -59,6 +59,7 @@ class WorkerConfig:
     recs: str
     dlq: str
     app_id: str
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
@@ -74,6 +75,7 @@ class WorkerConfig:
             "STREAMREC_WEB_PORT": "0",
             "STREAMREC_MODEL_CHECK_INTERVAL_S": "0.5",
         })
+        env.update(self.extra_env)
         return env
 
 

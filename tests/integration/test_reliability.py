@@ -57,7 +57,7 @@ class RecsCollector(threading.Thread):
     def __init__(self, broker: str, topic: str) -> None:
         super().__init__(daemon=True)
         self.answered: set[str] = set()
-        self.versions: list[str | None] = []
+        self.versions: list[tuple[float, str | None]] = []  # (emitted_ts, model_version)
         self.stop_flag = threading.Event()
         self._consumer = Consumer({
             "bootstrap.servers": broker,
@@ -75,7 +75,7 @@ class RecsCollector(threading.Thread):
                     if msg.error() is None:
                         rec = orjson.loads(msg.value())
                         self.answered.add(rec["event_id"])
-                        self.versions.append(rec["model_version"])
+                        self.versions.append((rec["emitted_ts"], rec["model_version"]))
         finally:
             self._consumer.close()
 

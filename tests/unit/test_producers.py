@@ -199,6 +199,18 @@ def test_delivery_callbacks_count_delivered_and_failed() -> None:
         producer.raise_for_failures()
 
 
+def test_stats_since_an_earlier_snapshot() -> None:
+    producer, _ = make_producer(fail=lambda m: "_TIMED_OUT" if m.key_ == "bad" else None)
+    producer.send({"session_id": "bad", "item_id": "A1"})
+    producer.flush()
+    before = producer.stats
+    producer.send({"session_id": "ok", "item_id": "A1"})
+    producer.flush()
+    delta = producer.stats.since(before)
+    assert (delta.sent, delta.delivered, delta.failed) == (1, 1, 0)
+    assert delta.errors == {} and delta.first_error is None
+
+
 def test_close_counts_undeliverable_events_as_failed() -> None:
     producer, _ = make_producer(stuck=True)
     producer.send({"session_id": "s", "item_id": "A1"})
@@ -418,6 +430,15 @@ def test_matcher_matches_this_runs_recommendations_only() -> None:
     assert matcher.answered == 2 and matcher.duplicates == 1 and matcher.dead_letters == 1
     assert recv[0] == 123.0 and recv[3] == 123.0 and np.isnan(recv[1])
     assert matcher.strategies == {"embedding": 1, "popular": 1}
+
+
+def test_matcher_signals_when_every_warm_up_probe_is_answered() -> None:
+    matcher = Matcher("lt1", "recs", "dlq", np.full(3, np.nan))
+    matcher.expect_probes(["lt1-warmup0", "lt1-warmup1"])
+    matcher.on_batch([fake_msg("recs", {"event_id": "lt1-warmup0"})], received=1.0)
+    assert not matcher.probes_answered.is_set()
+    matcher.on_batch([fake_msg("recs", {"event_id": "lt1-warmup1"})], received=2.0)
+    assert matcher.probes_answered.is_set() and matcher.answered == 0
 
 
 def run_data(n: int = 2000, seed: int = 0) -> RunData:

@@ -1,0 +1,76 @@
+"""Promoting a model under load: workers swap within seconds, no event fails."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from models.registry import Registry
+from state.notify import notify_model_change
+from stream.devstack import EmbeddedStack
+from tests.integration.helpers import WorkerProcess, produce
+from tests.integration.test_reliability import RecsCollector, make_events
+from tests.integration.test_worker import make_config
+
+
+def test_promote_under_load_swaps_within_5s_and_refuses_a_corrupt_version(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    model_dir = tmp_path / "models"
+    shutil.copytree(trained_model_dir, model_dir)
+    registry = Registry(model_dir)
+    cfg = make_config(stack, unique_name, tmp_path, model_dir)
+    # A long periodic check: only the pub/sub notice can make the swap this fast.
+    cfg.extra_env["STREAMREC_MODEL_CHECK_INTERVAL_S"] = "60"
+    events = make_events(12_000, sessions=400, seed=11)
+    collector = RecsCollector(stack.broker, cfg.recs)
+    collector.start()
+    stop = threading.Event()
+
+    def offer_load() -> None:  # ~1,000 events/s in small bursts
+        for start in range(0, len(events), 100):
+            if stop.is_set():
+                return
+            chunk = events[start:start + 100]
+            produce(stack.broker, cfg.clicks, [(e.session_id.encode(), e.to_json()) for e in chunk])
+            time.sleep(0.1)
+
+    loader = threading.Thread(target=offer_load, daemon=True)
+    try:
+        with WorkerProcess(cfg) as worker:
+            loader.start()
+            assert collector.wait_for(1_000, timeout=90), worker.log()[-3000:]
+            v1 = registry.current_version("default")
+
+            v2 = registry.register("default", registry.load("default"), {"note": "hot-swap test"})
+            registry.promote("default", v2)
+            promoted_at = time.time()
+            notify_model_change(stack.redis_url, "default", v2)
+            deadline = time.monotonic() + 10
+            while not any(v == v2 for _, v in collector.versions) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            first_v2 = min(ts for ts, v in collector.versions if v == v2)
+            assert first_v2 - promoted_at < 5.0
+
+            # A corrupted version behind the pointer is refused; v2 keeps serving.
+            v3 = registry.register("default", registry.load("default"), {})
+            registry.promote("default", v3)
+            (model_dir / "default" / v3 / "vectors.npy").write_bytes(b"\x93NUMPY garbage")
+            notify_model_change(stack.redis_url, "default", v3)
+            marker = len(collector.versions)
+            time.sleep(3)
+            loader.join(60)
+            assert collector.wait_for(len(events), timeout=60), worker.log()[-3000:]
+            log = worker.log()
+    finally:
+        stop.set()
+        collector.stop_flag.set()
+        collector.join(5)
+
+    assert "refused" in log and v3 in log
+    assert {v for _, v in collector.versions[marker:]} == {v2}
+    assert {v for _, v in collector.versions} <= {v1, v2}
+    assert collector.answered >= {e.event_id for e in events}
