@@ -45,7 +45,9 @@ class _Catalogue:
         """One row per session, 1 for each item it contains."""
         rows = np.repeat(np.arange(len(sessions)), [len(s) for s in sessions])
         cols = np.fromiter((i for s in sessions for i in s), dtype=np.int64, count=len(rows))
-        matrix = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(sessions), len(self.items)))
+        matrix = sp.csr_matrix(
+            (np.ones(len(rows)), (rows, cols)), shape=(len(sessions), len(self.items))
+        )
         matrix.data[:] = 1.0  # repeated clicks count once
         return matrix
 
@@ -59,8 +61,10 @@ class _Catalogue:
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(top, order, axis=1)
         best = np.take_along_axis(scores, top, axis=1)
-        return [[self.items[i] for i, s in zip(r, b, strict=True) if s > -np.inf]
-                for r, b in zip(top.tolist(), best.tolist(), strict=True)]
+        return [
+            [self.items[i] for i, s in zip(r, b, strict=True) if s > -np.inf]
+            for r, b in zip(top.tolist(), best.tolist(), strict=True)
+        ]
 
 
 class Popular(_Catalogue):
@@ -111,7 +115,9 @@ class ItemKNN(_Catalogue):
         cooc.eliminate_zeros()
         support = np.asarray(x.sum(axis=0)).ravel()
         coo = cooc.tocoo()
-        denominator = support[coo.row] ** self.alpha * support[coo.col] ** (1 - self.alpha) + self.shrink
+        denominator = (
+            support[coo.row] ** self.alpha * support[coo.col] ** (1 - self.alpha) + self.shrink
+        )
         self.sim = sp.csr_matrix((coo.data / denominator, (coo.row, coo.col)), shape=cooc.shape)
 
     def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:

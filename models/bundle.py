@@ -23,7 +23,15 @@ from models.errors import InvalidModelError
 BUNDLE_FORMAT = "streamrec-bundle"
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-ARRAYS = ("items", "vectors", "clusters", "centroids", "neighbours", "neighbour_scores", "popularity")
+ARRAYS = (
+    "items",
+    "vectors",
+    "clusters",
+    "centroids",
+    "neighbours",
+    "neighbour_scores",
+    "popularity",
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,11 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
             np.save(fh, arr, allow_pickle=False)
             fh.flush()
             os.fsync(fh.fileno())
-        described[name] = {"shape": list(arr.shape), "dtype": arr.dtype.str, "sha256": _sha256(path)}
+        described[name] = {
+            "shape": list(arr.shape),
+            "dtype": arr.dtype.str,
+            "sha256": _sha256(path),
+        }
     manifest = {
         **bundle.manifest,
         "format": BUNDLE_FORMAT,
@@ -165,7 +177,11 @@ def _check_consistency(a: dict[str, np.ndarray], where: str) -> None:
         fail(f"vectors must be float32 [{n}, d]")
     if clusters.dtype != np.int32 or clusters.shape != (n,):
         fail(f"clusters must be int32 [{n}]")
-    if centroids.dtype != np.float32 or centroids.ndim != 2 or centroids.shape[1] != vectors.shape[1]:
+    if (
+        centroids.dtype != np.float32
+        or centroids.ndim != 2
+        or centroids.shape[1] != vectors.shape[1]
+    ):
         fail("centroids must be float32 [c, d] with the vectors' d")
     if clusters.min() < 0 or clusters.max() >= centroids.shape[0]:
         fail("cluster ids out of range")

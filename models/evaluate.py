@@ -52,7 +52,9 @@ def iter_cases(sessions: Iterable[Sequence[str]]) -> Iterator[Case]:
             yield Case(session[:i], session[i])
 
 
-def rank_metrics(recommended: Sequence[Sequence[str]], targets: Sequence[str], k: int) -> tuple[float, float]:
+def rank_metrics(
+    recommended: Sequence[Sequence[str]], targets: Sequence[str], k: int
+) -> tuple[float, float]:
     """(HR@k, MRR@k) of ranked lists against one target each."""
     if not targets:
         return 0.0, 0.0
@@ -89,14 +91,19 @@ def evaluate(
         rank_s = time.perf_counter() - started
         hr, mrr = rank_metrics(recommended, targets, k)
         shown = [item for items in recommended for item in items[:k]]
-        yield name, Metrics(
-            cases=len(cases),
-            hr=hr,
-            mrr=mrr,
-            coverage=len(set(shown)) / max(1, len(counts)),
-            popularity_rank=float(np.mean([popularity_rank.get(i, len(counts) + 1) for i in shown]))
-            if shown
-            else 0.0,
-            train_s=train_s,
-            recs_per_s=len(cases) / rank_s if rank_s > 0 else float("inf"),
+        yield (
+            name,
+            Metrics(
+                cases=len(cases),
+                hr=hr,
+                mrr=mrr,
+                coverage=len(set(shown)) / max(1, len(counts)),
+                popularity_rank=float(
+                    np.mean([popularity_rank.get(i, len(counts) + 1) for i in shown])
+                )
+                if shown
+                else 0.0,
+                train_s=train_s,
+                recs_per_s=len(cases) / rank_s if rank_s > 0 else float("inf"),
+            ),
         )

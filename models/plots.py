@@ -56,11 +56,19 @@ def embedding_map_figure(bundle: ModelBundle, max_points: int = 5000, seed: int 
     colours = _palette(len(centroids))
     fig = _figure(8, 7)
     ax = fig.add_subplot()
-    ax.scatter(points[:, 0], points[:, 1], c=colours[clusters[shown]], s=12 if len(shown) < 1000 else 3,
-               alpha=0.8, linewidths=0)
+    ax.scatter(
+        points[:, 0],
+        points[:, 1],
+        c=colours[clusters[shown]],
+        s=12 if len(shown) < 1000 else 3,
+        alpha=0.8,
+        linewidths=0,
+    )
     ax.scatter(centres[:, 0], centres[:, 1], c="black", marker="X", s=120, label="centroids")
     for c, (x, y) in enumerate(centres):
-        ax.annotate(str(c), (x, y), xytext=(5, 5), textcoords="offset points", fontsize=9, weight="bold")
+        ax.annotate(
+            str(c), (x, y), xytext=(5, 5), textcoords="offset points", fontsize=9, weight="bold"
+        )
     if len(vectors) <= 300:  # small catalogues (the e-shop has 217) read better with names
         for i, (x, y) in zip(shown.tolist(), points, strict=True):
             ax.annotate(bundle.item_list[i], (x, y), fontsize=5, alpha=0.7)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+
 import numpy as np
 
 from models.bundle import ModelBundle
@@ -26,7 +27,7 @@ STRATEGIES = ("embedding", "cluster", "popular")
 @dataclass(frozen=True)
 class RankParams:
     context: int = 5
-    recency_decay: float = 0.6
+    recency_decay: float = 0.3
     session_weight: float = 0.0
 
     @classmethod
@@ -62,7 +63,9 @@ def recommend_batch(
     top_items, top_scores = _top_k(items, scores, k)
     names = bundle.item_list
     results = []
-    for known, row_items, row_scores in zip(seen, top_items.tolist(), top_scores.tolist(), strict=True):
+    for known, row_items, row_scores in zip(
+        seen, top_items.tolist(), top_scores.tolist(), strict=True
+    ):
         top = [(names[i], s) for i, s in zip(row_items, row_scores, strict=True) if i >= 0]
         strategy = "embedding" if top else ("cluster" if known else "popular")
         if len(top) < k:
@@ -88,9 +91,14 @@ def _score_candidates(
             tail = known[-L:]
             context[row, L - len(tail) :] = tail
     valid = context >= 0
-    weights = np.where(valid, params.recency_decay ** np.arange(L - 1, -1, -1, dtype=np.float64), 0.0)
+    weights = np.where(
+        valid, params.recency_decay ** np.arange(L - 1, -1, -1, dtype=np.float64), 0.0
+    )
     safe = np.where(valid, context, 0)
-    neighbours, neighbour_scores = np.asarray(bundle.neighbours), np.asarray(bundle.neighbour_scores)
+    neighbours, neighbour_scores = (
+        np.asarray(bundle.neighbours),
+        np.asarray(bundle.neighbour_scores),
+    )
     width = L * neighbours.shape[1]
     items = neighbours[safe].reshape(rows, width).astype(np.int64)
     votes = (neighbour_scores[safe] * weights[:, :, None]).reshape(rows, width)
@@ -111,7 +119,9 @@ def _score_candidates(
     keep = first & (items < n)
     # Items already in the session (not only its context) are never recommended.
     row_of = np.broadcast_to(np.arange(rows)[:, None], items.shape)
-    seen_keys = np.sort(np.fromiter((r * n + i for r, known in enumerate(seen) for i in known), dtype=np.int64))
+    seen_keys = np.sort(
+        np.fromiter((r * n + i for r, known in enumerate(seen) for i in known), dtype=np.int64)
+    )
     if seen_keys.size:
         # Candidate keys come out sorted (by row, then item), so a binary search beats np.isin.
         keys = row_of[keep] * n + items[keep]
@@ -134,12 +144,17 @@ def _top_k(items: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, n
     result never depends on the rest of its batch."""
     if scores.shape[1] > k:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        items, scores = np.take_along_axis(items, part, axis=1), np.take_along_axis(scores, part, axis=1)
+        items, scores = (
+            np.take_along_axis(items, part, axis=1),
+            np.take_along_axis(scores, part, axis=1),
+        )
     order = np.lexsort((items, -scores), axis=1)
     return np.take_along_axis(items, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
-def _fill(bundle: ModelBundle, known: list[int], taken: set[int], count: int) -> list[tuple[str, float]]:
+def _fill(
+    bundle: ModelBundle, known: list[int], taken: set[int], count: int
+) -> list[tuple[str, float]]:
     """Pad with the newest item's cluster (most popular first), then globally popular items."""
     exclude = taken | set(known)
     pool: list[int] = []

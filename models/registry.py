@@ -57,7 +57,9 @@ class Registry:
     def tenants(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _TENANT_RE.match(p.name))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and _TENANT_RE.match(p.name)
+        )
 
     def versions(self, tenant: str) -> list[VersionInfo]:
         """All versions of a tenant, oldest first."""
@@ -96,10 +98,14 @@ class Registry:
         if version is None:
             version = self.current_version(tenant)
             if version is None:
-                raise NoModelError(f"tenant {tenant!r} has no promoted model; run `streamrec train`")
+                raise NoModelError(
+                    f"tenant {tenant!r} has no promoted model; run `streamrec train`"
+                )
         path = self._version_dir(tenant, version)
         if not path.is_dir():
-            raise InvalidModelError(f"tenant {tenant!r}: version {version} does not exist in {self.root}")
+            raise InvalidModelError(
+                f"tenant {tenant!r}: version {version} does not exist in {self.root}"
+            )
         bundle = load_bundle(path)
         if bundle.version != version:
             raise InvalidModelError(
@@ -152,7 +158,9 @@ class Registry:
         if version is None:
             stack = self._promotion_stack(tenant)
             if len(stack) < 2:
-                raise UnknownVersionError(f"tenant {tenant!r} has no earlier promoted version to roll back to")
+                raise UnknownVersionError(
+                    f"tenant {tenant!r} has no earlier promoted version to roll back to"
+                )
             version = stack[-2]
         self._require(tenant, version)
         self.load(tenant, version)
@@ -163,7 +171,8 @@ class Registry:
     def _tenant_dir(self, tenant: str) -> Path:
         if not _TENANT_RE.match(tenant):
             raise StreamrecError(
-                f"tenant {tenant!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64)"
+                f"tenant {tenant!r} is not a valid name "
+                "(letters, digits, '_', '.', '-'; at most 64)"
             )
         return self.root / tenant
 
@@ -186,11 +195,15 @@ class Registry:
     def _require(self, tenant: str, version: str) -> None:
         if not self._version_dir(tenant, version).is_dir():
             known = ", ".join(self._version_names(tenant)) or "none"
-            raise UnknownVersionError(f"tenant {tenant!r} has no version {version} (versions: {known})")
+            raise UnknownVersionError(
+                f"tenant {tenant!r} has no version {version} (versions: {known})"
+            )
 
     def _manifest(self, tenant: str, version: str) -> dict[str, Any]:
         try:
-            data = json.loads((self._version_dir(tenant, version) / MANIFEST).read_text(encoding="utf-8"))
+            data = json.loads(
+                (self._version_dir(tenant, version) / MANIFEST).read_text(encoding="utf-8")
+            )
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}

@@ -29,9 +29,14 @@ def last_recs(tenant: str, session_id: str) -> str:
     return f"{PREFIX}:{session_tag(tenant, session_id)}:recs"
 
 
-def tenant_mode(tenant: str) -> str:
-    return f"{PREFIX}:tenant:{{{tenant}}}:mode"
+def popularity(tenant: str) -> str:
+    """Sorted set item -> clicks, for tenants without a model yet (cold start)."""
+    return f"{PREFIX}:pop:{{{tenant}}}"
 
 
+# Hash tenant -> mode (on / freeze / off); a tenant absent from it is "on".
+TENANT_MODES = f"{PREFIX}:tenant-modes"
+# Set of every tenant that has sent a click.
 TENANTS = f"{PREFIX}:tenants"
+# Pub/sub channel for "a tenant's model or mode changed" notices.
 MODEL_CHANNEL = f"{PREFIX}:models"

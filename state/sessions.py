@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.client import Pipeline
 from redis.crc import key_slot
 
 from state import keys
@@ -57,8 +58,11 @@ class SessionStore:
         self._ttl_s = ttl_s
         self._append = client.register_script(APPEND_LUA)
 
-    async def append_clicks(self, clicks: Sequence[Click]) -> list[SessionUpdate]:
-        """Apply a batch of clicks in order, in one round trip."""
+    async def append_clicks(
+        self, clicks: Sequence[Click], count_for: Collection[str] = ()
+    ) -> list[SessionUpdate]:
+        """Apply a batch of clicks in order, in one round trip; also count item clicks of
+        the tenants in ``count_for`` (those without a model, served popular items)."""
         if not clicks:
             return []
         groups = self._slot_groups(clicks)
@@ -72,12 +76,27 @@ class SessionStore:
                           keys.session_events(c.tenant, c.session_id))
                 args += (c.item_id, c.event_id)
             await self._append(keys=keys_, args=args, client=pipe)
+        self._count_clicks(pipe, clicks, count_for)
         replies = await pipe.execute()
         updates: list[SessionUpdate | None] = [None] * len(clicks)
         for group, reply in zip(groups, replies):
             for i, (fresh, items) in zip(group, reply):
                 updates[i] = SessionUpdate(bool(fresh), [_text(x) for x in items])
         return updates  # type: ignore[return-value]
+
+    @staticmethod
+    def _count_clicks(pipe: Pipeline, clicks: Sequence[Click], count_for: Collection[str]) -> None:
+        """The set of tenants, and item click counts for cold-start popularity, in the
+        batch's round trip. Approximate: a re-delivered event counts again."""
+        counts: dict[str, dict[str, int]] = {}
+        for c in clicks:
+            per = counts.setdefault(c.tenant, {})
+            if c.tenant in count_for:
+                per[c.item_id] = per.get(c.item_id, 0) + 1
+        pipe.sadd(keys.TENANTS, *counts)
+        for tenant, per in counts.items():
+            for item, n in per.items():
+                pipe.zincrby(keys.popularity(tenant), n, item)
 
     def _slot_groups(self, clicks: Sequence[Click]) -> list[list[int]]:
         """One group for a single Redis; one per hash slot on a cluster (a script may

@@ -24,6 +24,7 @@ from state.notify import model_changes
 from state.sessions import SessionStore
 from stream.config import Settings
 from stream.model_handle import ModelCache
+from stream.tenant_state import TenantDirectory
 from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
 from stream.processor import BatchProcessor, BatchResult, Inbound
 
@@ -36,6 +37,7 @@ class WorkerStats:
         self.recommendations = 0
         self.dead_letters = 0
         self.duplicates = 0
+        self.suppressed = 0
         self.batches = 0
 
 
@@ -67,7 +69,9 @@ def create_app(settings: Settings) -> faust.App:
             redis = Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=0)
             holder["redis"] = redis
             store = SessionStore(redis, cap=settings.session_cap, ttl_s=settings.session_ttl_s)
-            holder["processor"] = BatchProcessor(store, models, top_k=settings.top_k)
+            tenants = TenantDirectory(redis, ttl_s=settings.model_check_interval_s)
+            holder["tenants"] = tenants
+            holder["processor"] = BatchProcessor(store, models, tenants, top_k=settings.top_k)
         return holder["processor"]
 
     async def process_with_retry(batch: list[Inbound]) -> BatchResult:
@@ -95,6 +99,7 @@ def create_app(settings: Settings) -> faust.App:
         stats.recommendations += len(result.recommendations)
         stats.dead_letters += len(result.dead_letters)
         stats.duplicates += result.duplicates
+        stats.suppressed += result.suppressed
         for dead in result.dead_letters:
             log.warning("dead letter %s: %s", dead.source, dead.reason)
 
@@ -116,6 +121,8 @@ def create_app(settings: Settings) -> faust.App:
             client = Redis.from_url(settings.redis_url, socket_timeout=None)
             try:
                 async for tenant in model_changes(client):
+                    if "tenants" in holder:
+                        holder["tenants"].invalidate()
                     await models.refresh([tenant])
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 await asyncio.sleep(2.0)
@@ -125,9 +132,10 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(30.0)
     async def report() -> None:
         log.info(
-            "events=%d recommendations=%d dead_letters=%d redelivered=%d batches=%d models=%s",
+            "events=%d recommendations=%d dead_letters=%d redelivered=%d switched_off=%d "
+            "batches=%d models=%s",
             stats.events_in, stats.recommendations, stats.dead_letters, stats.duplicates,
-            stats.batches, models.loaded(),
+            stats.suppressed, stats.batches, models.loaded(),
         )
 
     app.streamrec_stats = stats  # type: ignore[attr-defined]

@@ -6,11 +6,12 @@ No broker or Redis here; the registry directory comes from ``Settings.registry_d
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,19 +19,28 @@ from models.datasets import FORMATS, Session, build_sessions, eshop_path, read_c
 from models.registry import Registry
 from stream.config import Settings
 
+if TYPE_CHECKING:
+    from models.train import TrainParams
+
 _DEFAULTS_HINT = "default: the shipped e-shop clothing 2008 clickstream"
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to ``group``."""
-    for command in (train, similar, models_group):
+    for command in (train, similar, evaluate, models_group):
         group.add_command(command)
 
 
 def _format_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
-                     help="Input format: eshop (Kaggle CSV), yoochoose (TSV), csv (name the columns)."),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMATS),
+            default="auto",
+            show_default=True,
+            help="Input format: eshop (Kaggle CSV), yoochoose (TSV), csv (name the columns).",
+        ),
         click.option("--session-col", help="csv: column holding the session id."),
         click.option("--item-col", help="csv: column holding the item id."),
         click.option("--time-col", help="csv: column with timestamps (unix seconds or ISO 8601)."),
@@ -39,6 +49,40 @@ def _format_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _train_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--vector-size", type=click.IntRange(2, 1000), help="Embedding size [default: 10]."
+        ),
+        click.option(
+            "--window", type=click.IntRange(1, 100), help="Word2Vec context window [default: 5]."
+        ),
+        click.option(
+            "--clusters", type=click.IntRange(1, 10000), help="KMeans clusters [default: 10]."
+        ),
+        click.option(
+            "--epochs", type=click.IntRange(1, 1000), help="Word2Vec epochs [default: 20]."
+        ),
+        click.option("--seed", type=int, help="Seed for every random choice [default: 42]."),
+        click.option(
+            "--workers",
+            type=click.IntRange(1, 64),
+            help="Word2Vec threads; more than 1 is faster but not reproducible [default: 1].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _train_params(**given: Any) -> TrainParams:
+    """TrainParams from CLI options; options left out keep the tuned defaults."""
+    from models.train import TrainParams
+
+    given["n_clusters"] = given.pop("clusters", None)
+    return TrainParams.from_dict(given)
 
 
 def _read_sessions(path: Path, fmt: str, cols: dict[str, str | None]) -> tuple[list[Session], int]:
@@ -68,8 +112,13 @@ class _StageBars:
         if stage != self._stage:
             self.close()
             self._stage = stage
-            self._bar = self._tqdm(total=100, desc=f"{stage:<10}", unit="%", leave=True,
-                                   bar_format="{desc} {bar} {n:3.0f}% {elapsed}")
+            self._bar = self._tqdm(
+                total=100,
+                desc=f"{stage:<10}",
+                unit="%",
+                leave=True,
+                bar_format="{desc} {bar} {n:3.0f}% {elapsed}",
+            )
         self._bar.update(round(fraction * 100) - self._bar.n)
 
     def close(self) -> None:
@@ -79,19 +128,20 @@ class _StageBars:
 
 
 @click.command()
-@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @_format_options
 @click.option("--tenant", default="default", show_default=True)
-@click.option("--vector-size", type=click.IntRange(2, 1000), help="Embedding size [default: 10].")
-@click.option("--window", type=click.IntRange(1, 100), help="Word2Vec context window [default: 5].")
-@click.option("--clusters", type=click.IntRange(1, 10000), help="KMeans clusters [default: 10].")
-@click.option("--epochs", type=click.IntRange(1, 1000), help="Word2Vec epochs.")
-@click.option("--seed", type=int, help="Seed for every random choice [default: 42].")
-@click.option("--workers", type=click.IntRange(1, 64),
-              help="Word2Vec threads; more than 1 is faster but not reproducible [default: 1].")
-@click.option("--no-promote", is_flag=True, help="Register the version without putting it in service.")
-@click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
-              help="Write cluster-size and embedding-map PNGs into this directory.")
+@_train_options
+@click.option(
+    "--no-promote", is_flag=True, help="Register the version without putting it in service."
+)
+@click.option(
+    "--plots",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write cluster-size and embedding-map PNGs into this directory.",
+)
 @click.pass_obj
 def train(
     settings: Settings,
@@ -115,17 +165,26 @@ def train(
 
     FILE defaults to the shipped e-shop clothing 2008 clickstream.
     """
-    from models.train import TrainParams, train_model
+    from models.train import train_model
 
     _quiet_libraries()
     started = time.perf_counter()
     path = file or eshop_path()
-    cols = {"session_col": session_col, "item_col": item_col, "time_col": time_col, "order_col": order_col}
+    cols = {
+        "session_col": session_col,
+        "item_col": item_col,
+        "time_col": time_col,
+        "order_col": order_col,
+    }
     click.echo(f"reading {path}")
     sessions, n_clicks = _read_sessions(path, fmt, cols)
-    params = TrainParams.from_dict(
-        {"vector_size": vector_size, "window": window, "n_clusters": clusters, "epochs": epochs,
-         "seed": seed, "workers": workers}
+    params = _train_params(
+        vector_size=vector_size,
+        window=window,
+        clusters=clusters,
+        epochs=epochs,
+        seed=seed,
+        workers=workers,
     )
     bars = _StageBars()
     try:
@@ -133,9 +192,14 @@ def train(
     finally:
         bars.close()
     registry = Registry(settings.registry_dir)
-    data = {"source": str(path), "format": fmt, "clicks": n_clicks, "sessions": len(sessions),
-            "from_ts": min((s.start for s in sessions), default=None),
-            "to_ts": max((s.end for s in sessions), default=None)}
+    data = {
+        "source": str(path),
+        "format": fmt,
+        "clicks": n_clicks,
+        "sessions": len(sessions),
+        "from_ts": min((s.start for s in sessions), default=None),
+        "to_ts": max((s.end for s in sessions), default=None),
+    }
     version = registry.register(tenant, bundle, {"data": data})
     if not no_promote:
         registry.promote(tenant, version)
@@ -146,7 +210,8 @@ def train(
     state = "registered" if no_promote else "registered and promoted"
     click.echo(
         f"{state} {tenant}/{version}: {counts['items']} items, {counts['sessions']} sessions, "
-        f"{n_clicks} clicks, {len(bundle.centroids)} clusters in {time.perf_counter() - started:.1f}s "
+        f"{n_clicks} clicks, {len(bundle.centroids)} clusters "
+        f"in {time.perf_counter() - started:.1f}s "
         f"({registry.root / tenant / version})"
     )
 
@@ -156,7 +221,10 @@ def _write_plots(bundle: Any, directory: Path) -> list[Path]:
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, make in (("cluster_sizes.png", cluster_sizes_figure), ("embedding_map.png", embedding_map_figure)):
+    for name, make in (
+        ("cluster_sizes.png", cluster_sizes_figure),
+        ("embedding_map.png", embedding_map_figure),
+    ):
         fig = make(bundle)
         fig.savefig(directory / name, dpi=120, bbox_inches="tight")
         written.append(directory / name)
@@ -176,13 +244,152 @@ def similar(settings: Settings, item: str, k: int, tenant: str, any_cluster: boo
     bundle = Registry(settings.registry_dir).load(tenant)
     i = bundle.index(item)
     if i is None:
-        raise click.BadParameter(f"{item!r} is not in model {tenant}/{bundle.version}", param_hint="ITEM")
+        raise click.BadParameter(
+            f"{item!r} is not in model {tenant}/{bundle.version}", param_hint="ITEM"
+        )
     rows = similar_items(bundle, item, k=k, same_cluster=not any_cluster)
     scope = "all items" if any_cluster else f"cluster {int(bundle.clusters[i])}"
     click.echo(f"items most similar to {item} ({scope}, model {tenant}/{bundle.version}):")
     click.echo(f"  {'rank':>4}  {'item':<12} {'cosine':>7}")
     for rank, (other, score) in enumerate(rows, start=1):
         click.echo(f"  {rank:>4}  {other:<12} {score:7.3f}")
+
+
+MODEL_NAMES = ("streamrec", "pop", "cluster_random", "item_knn", "sknn")
+
+
+@click.command()
+@click.option(
+    "--train",
+    "train_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=f"Training clicks [{_DEFAULTS_HINT}].",
+)
+@click.option(
+    "--test",
+    "test_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Test clicks, same format as --train.",
+)
+@click.option(
+    "--split-days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Instead of --test: sessions starting in the last N days of --train are the test set.",
+)
+@_format_options
+@click.option(
+    "--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="List length."
+)
+@click.option(
+    "--models",
+    "model_list",
+    default=",".join(MODEL_NAMES),
+    show_default=True,
+    help="Comma-separated models to compare.",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the results as JSON to this file.",
+)
+@_train_options
+@click.pass_obj
+def evaluate(
+    settings: Settings,
+    train_file: Path | None,
+    test_file: Path | None,
+    split_days: float | None,
+    fmt: str,
+    session_col: str | None,
+    item_col: str | None,
+    time_col: str | None,
+    order_col: str | None,
+    k: int,
+    model_list: str,
+    json_out: Path | None,
+    **train_options: Any,
+) -> None:
+    """Compare streamrec with baselines on next-item prediction (HR@K, MRR@K, coverage, speed).
+
+    Every prefix of every test session is a case: clicks 1..i predict click i+1.
+    """
+    from models.baselines import model_factories
+    from models.datasets import split_last_days
+    from models.evaluate import evaluate as run_evaluation
+
+    _quiet_libraries()
+    names = [m.strip() for m in model_list.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(MODEL_NAMES))
+    if unknown or not names:
+        raise click.BadParameter(
+            f"unknown model(s) {', '.join(unknown) or '(none)'}; choose from "
+            f"{', '.join(MODEL_NAMES)}",
+            param_hint="--models",
+        )
+    if (test_file is None) == (split_days is None):
+        raise click.BadParameter(
+            "give exactly one of --test FILE or --split-days N", param_hint="--test"
+        )
+    cols = {
+        "session_col": session_col,
+        "item_col": item_col,
+        "time_col": time_col,
+        "order_col": order_col,
+    }
+    train_path = train_file or eshop_path()
+    train_sessions, _ = _read_sessions(train_path, fmt, cols)
+    if test_file is not None:
+        test_sessions, _ = _read_sessions(test_file, fmt, cols)
+    else:
+        train_sessions, test_sessions = split_last_days(train_sessions, split_days or 0)
+    factories = model_factories(_train_params(**train_options))
+    click.echo(
+        f"train: {len(train_sessions)} sessions from {train_path}; "
+        f"test: {len(test_sessions)} sessions"
+        + (f" (last {split_days:g} days)" if split_days else f" from {test_file}")
+    )
+    results: dict[str, Any] = {}
+    cases = 0
+    for name, metrics in run_evaluation(
+        {n: factories[n] for n in names},
+        [s.items for s in train_sessions],
+        [s.items for s in test_sessions],
+        k=k,
+    ):
+        cases = metrics.cases
+        results[name] = metrics.as_dict()
+        click.echo(f"  {name}: HR@{k} {metrics.hr:.4f}  MRR@{k} {metrics.mrr:.4f}", err=True)
+    click.echo(_metrics_table(results, k, cases))
+    if json_out is not None:
+        payload = {
+            "cases": cases,
+            "k": k,
+            "models": {
+                n: {key: v for key, v in m.items() if key != "cases"} for n, m in results.items()
+            },
+        }
+        json_out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_out}")
+
+
+def _metrics_table(results: dict[str, dict[str, Any]], k: int, cases: int) -> str:
+    """A fixed-width table; the best HR and MRR are starred."""
+    best_hr = max((m["hr"] for m in results.values()), default=0.0)
+    best_mrr = max((m["mrr"] for m in results.values()), default=0.0)
+    lines = [
+        f"{cases} cases, k={k}",
+        f"{'model':<15} {'HR@' + str(k):>9} {'MRR@' + str(k):>9} {'coverage':>9} "
+        f"{'pop.rank':>9} {'train s':>8} {'recs/s':>9}",
+    ]
+    for name, m in results.items():
+        hr = f"{m['hr']:.4f}{'*' if m['hr'] == best_hr else ' '}"
+        mrr = f"{m['mrr']:.4f}{'*' if m['mrr'] == best_mrr else ' '}"
+        lines.append(
+            f"{name:<15} {hr:>9} {mrr:>9} {m['coverage']:>9.3f} {m['popularity_rank']:>9.1f} "
+            f"{m['train_s']:>8.1f} {m['recs_per_s']:>9.0f}"
+        )
+    return "\n".join(lines)
 
 
 @click.group("models")
@@ -207,13 +414,17 @@ def models_list(settings: Settings, tenant: str | None) -> None:
             click.echo("  (no versions)")
         for info in infos:
             mark = "*" if info.current else " "
-            metrics = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in sorted(info.metrics.items()))
+            metrics = " ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in sorted(info.metrics.items())
+            )
             parent = info.parent or "-"
             items = info.counts.get("items", "?") if info.valid else "?"
             note = "" if info.valid else "  (unreadable manifest)"
-            click.echo(f" {mark} {info.version:<6} {info.created or '-':<21} parent={parent:<6} "
-                       f"items={items} {metrics}{note}".rstrip())
+            click.echo(
+                f" {mark} {info.version:<6} {info.created or '-':<21} parent={parent:<6} "
+                f"items={items} {metrics}{note}".rstrip()
+            )
 
 
 @models_group.command("promote")

@@ -12,10 +12,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from models.ranking import recommend_batch
+from models.ranking import Ranked, recommend_batch
 from state.sessions import Click, SessionStore
 from stream.events import ClickEvent, InvalidEvent, Recommendation, parse_event
 from stream.model_handle import ModelCache
+from stream.tenant_state import TenantDirectory
 
 DLQ_REASON_HEADER = "streamrec-reason"
 
@@ -59,6 +60,7 @@ class BatchResult:
     recommendations: list[Outgoing] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0  # re-delivered events (already applied to the session)
+    suppressed: int = 0  # events of tenants switched off: recorded, not answered
 
 
 class BatchProcessor:
@@ -66,12 +68,14 @@ class BatchProcessor:
         self,
         store: SessionStore,
         models: ModelCache,
+        tenants: TenantDirectory,
         *,
         top_k: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._models = models
+        self._tenants = tenants
         self._top_k = top_k
         self._clock = clock
 
@@ -89,37 +93,53 @@ class BatchProcessor:
         if not events:
             return result
 
-        updates = await self._store.append_clicks(
-            [Click(e.tenant, e.session_id, e.item_id, eid) for e, eid in events]
-        )
-        result.duplicates = sum(1 for u in updates if not u.fresh)
-
         by_tenant: dict[str, list[int]] = defaultdict(list)
         for i, (event, _) in enumerate(events):
             by_tenant[event.tenant].append(i)
-        ranked: list = [None] * len(events)
-        versions: dict[str, str | None] = {}
+        bundles = {t: await self._models.get(t) for t in by_tenant}
+        updates = await self._store.append_clicks(
+            [Click(e.tenant, e.session_id, e.item_id, eid) for e, eid in events],
+            count_for=[t for t, b in bundles.items() if b is None],
+        )
+        result.duplicates = sum(1 for u in updates if not u.fresh)
+
+        ranked: list[Ranked | None] = [None] * len(events)
         for tenant, idx in by_tenant.items():
-            bundle = await self._models.get(tenant)
-            versions[tenant] = bundle.version if bundle is not None else None
-            if bundle is None:
+            if await self._tenants.mode(tenant) == "off":
+                result.suppressed += len(idx)  # recorded above, not answered
                 continue
-            for i, r in zip(idx, recommend_batch(bundle, [updates[i].items for i in idx], self._top_k)):
-                ranked[i] = r
+            bundle = bundles[tenant]
+            if bundle is not None:
+                sessions = [updates[i].items for i in idx]
+                for i, r in zip(idx, recommend_batch(bundle, sessions, self._top_k)):
+                    ranked[i] = r
+            else:
+                popular = await self._tenants.popular(tenant)
+                for i in idx:
+                    ranked[i] = popular_excluding(popular, updates[i].items, self._top_k)
 
         emitted = self._clock()
         for i, (event, eid) in enumerate(events):
             r = ranked[i]
+            if r is None:
+                continue
+            bundle = bundles[event.tenant]
             rec = Recommendation(
                 tenant=event.tenant,
                 session_id=event.session_id,
                 event_id=eid,
                 trigger_item=event.item_id,
-                items=r.items if r is not None else [],
-                model_version=versions[event.tenant],
-                strategy=r.strategy if r is not None else "no_model",
+                items=r.items,
+                model_version=bundle.version if bundle is not None else None,
+                strategy=r.strategy,
                 event_ts=event.ts,
                 emitted_ts=emitted,
             )
             result.recommendations.append(Outgoing(event.tenant, event.session_id, rec.to_json()))
         return result
+
+
+def popular_excluding(popular: Sequence[tuple[str, float]], seen: Sequence[str], k: int) -> Ranked:
+    """Cold start: the tenant's most clicked items the session has not seen yet."""
+    skip = set(seen)
+    return Ranked([(item, score) for item, score in popular if item not in skip][:k], "popular")

@@ -99,7 +99,9 @@ def read_clicks(
         delimiter = delimiter or _sniff_delimiter(first)
         wanted = tuple(c for c in (session_col, item_col, time_col, order_col) if c)
         header = _header(first, delimiter, wanted, path)
-        return _read_generic(fh, header, delimiter, path, session_col, item_col, time_col, order_col)
+        return _read_generic(
+            fh, header, delimiter, path, session_col, item_col, time_col, order_col
+        )
 
 
 def read_yoochoose(path: str | Path) -> Clicks:
@@ -131,7 +133,9 @@ def build_sessions(clicks: Clicks, min_length: int = 2) -> list[Session]:
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         items = _collapse_repeats(items_sorted[s:e])
         if len(items) >= min_length:
-            sessions.append(Session(str(sids[s]), items, float(ts_sorted[s]), float(ts_sorted[e - 1])))
+            sessions.append(
+                Session(str(sids[s]), items, float(ts_sorted[s]), float(ts_sorted[e - 1]))
+            )
     # Stable sort keeps file order for sessions that start at the same time.
     sessions.sort(key=lambda x: x.start)
     return sessions
@@ -142,7 +146,9 @@ def sessionize(clicks: Clicks, min_length: int = 2) -> list[list[str]]:
     return [s.items for s in build_sessions(clicks, min_length)]
 
 
-def split_last_days(sessions: Sequence[Session], days: float) -> tuple[list[Session], list[Session]]:
+def split_last_days(
+    sessions: Sequence[Session], days: float
+) -> tuple[list[Session], list[Session]]:
     """Train/test split in time: sessions starting in the last ``days`` days are the test set."""
     if not sessions:
         return [], []
@@ -219,7 +225,9 @@ def _read_eshop(fh: Iterator[str], header: list[str], delimiter: str, path: Path
             key = (row[y], row[m], row[d])
             t = day_ts.get(key)
             if t is None:
-                t = day_ts[key] = float(calendar.timegm((int(key[0]), int(key[1]), int(key[2]), 0, 0, 0)))
+                t = day_ts[key] = float(
+                    calendar.timegm((int(key[0]), int(key[1]), int(key[2]), 0, 0, 0))
+                )
             sessions.append(row[s])
             items.append(row[i])
             ts.append(t)
@@ -312,4 +320,7 @@ def synthetic_sessions(
         jump = rng.choice(n_items, size=len(lengths), p=popularity)
         clicks[:, step] = np.where(rng.random(len(lengths)) < p_follow, follow, jump)
     names = [f"i{i}" for i in range(n_items)]
-    return [_collapse_repeats([names[i] for i in row[:n]]) for row, n in zip(clicks.tolist(), lengths.tolist(), strict=True)]
+    return [
+        _collapse_repeats([names[i] for i in row[:n]])
+        for row, n in zip(clicks.tolist(), lengths.tolist(), strict=True)
+    ]

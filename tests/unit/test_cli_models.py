@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,11 @@ from click.testing import CliRunner, Result
 from stream.cli import cli, main
 
 FAST = ["--epochs", "2"]
+Invoke = Callable[..., Result]
 
 
 @pytest.fixture
-def run(tmp_path: Path):  # type: ignore[no-untyped-def]
+def run(tmp_path: Path) -> Invoke:
     runner = CliRunner()
     env = {"STREAMREC_HOME": str(tmp_path / "home"), "STREAMREC_MODEL_DIR": ""}
 
@@ -24,7 +26,7 @@ def run(tmp_path: Path):  # type: ignore[no-untyped-def]
     return invoke
 
 
-def test_train_on_the_shipped_data_then_similar(run) -> None:  # type: ignore[no-untyped-def]
+def test_train_on_the_shipped_data_then_similar(run: Invoke) -> None:
     result = run("train", *FAST)
     assert result.exit_code == 0, result.output
     assert "registered and promoted default/v1: 217 items" in result.output
@@ -37,7 +39,7 @@ def test_train_on_the_shipped_data_then_similar(run) -> None:  # type: ignore[no
     assert "A13" not in [r[1] for r in rows]
 
 
-def test_versions_promote_and_rollback(run) -> None:  # type: ignore[no-untyped-def]
+def test_versions_promote_and_rollback(run: Invoke) -> None:
     assert run("train", *FAST).exit_code == 0
     result = run("train", *FAST, "--no-promote")
     assert "registered default/v2" in result.output
@@ -49,22 +51,41 @@ def test_versions_promote_and_rollback(run) -> None:  # type: ignore[no-untyped-
     assert "* v1" in run("models", "list").output
 
 
-def test_train_generic_csv_with_plots(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_train_generic_csv_with_plots(run: Invoke, tmp_path: Path) -> None:
     data = tmp_path / "clicks.csv"
     rows = ["sess,product,when"] + [
         f"s{s},p{(s + j) % 30},{1000 + s * 100 + j}" for s in range(200) for j in range(4)
     ]
     data.write_text("\n".join(rows) + "\n")
     plots = tmp_path / "plots"
-    result = run("train", str(data), "--format", "csv", "--session-col", "sess", "--item-col", "product",
-                 "--time-col", "when", "--tenant", "acme", "--clusters", "3", *FAST, "--plots", str(plots))
+    result = run(
+        "train",
+        str(data),
+        "--format",
+        "csv",
+        "--session-col",
+        "sess",
+        "--item-col",
+        "product",
+        "--time-col",
+        "when",
+        "--tenant",
+        "acme",
+        "--clusters",
+        "3",
+        *FAST,
+        "--plots",
+        str(plots),
+    )
     assert result.exit_code == 0, result.output
     assert "acme/v1: 30 items, 200 sessions, 800 clicks, 3 clusters" in result.output
     for name in ("cluster_sizes.png", "embedding_map.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, home: Path, *args: str) -> tuple[int, str]:
+def _main(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, home: Path, *args: str
+) -> tuple[int, str]:
     monkeypatch.setenv("STREAMREC_HOME", str(home))
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))
@@ -83,3 +104,56 @@ def test_user_errors_are_one_line(
     assert code == 1 and "cannot tell the format" in err
     code, err = _main(capsys, monkeypatch, home, "models", "promote", "default", "v7")
     assert code == 1 and "no version v7" in err
+
+
+def _yoochoose_file(path: Path, first_session: int, days: int) -> Path:
+    from models.datasets import synthetic_sessions
+
+    lines = ["SessionId\tItemId\tTime"]
+    for n, session in enumerate(synthetic_sessions(3000, 60, seed=first_session)):
+        start = 1_400_000_000 + (n * days * 86400) // 700
+        lines += [
+            f"{first_session + n}\t{item}\t{start + 30 * j}" for j, item in enumerate(session)
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_evaluate_with_split_days_writes_the_json_the_issue_asks_for(
+    run: Invoke, tmp_path: Path
+) -> None:
+    data = _yoochoose_file(tmp_path / "clicks.tsv", 1, days=60)
+    out = tmp_path / "eval.json"
+    result = run(
+        "evaluate",
+        "--train",
+        str(data),
+        "--split-days",
+        "10",
+        "--k",
+        "10",
+        *FAST,
+        "--json",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["k"] == 10 and report["cases"] > 100
+    assert set(report["models"]) == {"streamrec", "pop", "cluster_random", "item_knn", "sknn"}
+    for metrics in report["models"].values():
+        assert {"hr", "mrr", "coverage", "train_s", "recs_per_s"} <= set(metrics)
+        assert 0 <= metrics["mrr"] <= metrics["hr"] <= 1
+    assert report["models"]["streamrec"]["hr"] > report["models"]["pop"]["hr"]
+    assert "HR@10" in result.output and "sknn" in result.output
+
+
+def test_evaluate_with_a_test_file_and_bad_options(run: Invoke, tmp_path: Path) -> None:
+    train = _yoochoose_file(tmp_path / "train.tsv", 1, days=30)
+    test = _yoochoose_file(tmp_path / "test.tsv", 100_000, days=5)
+    result = run("evaluate", "--train", str(train), "--test", str(test), "--models", "pop,item_knn")
+    assert result.exit_code == 0, result.output
+    assert "item_knn" in result.output and "streamrec" not in result.output
+    both = run("evaluate", "--train", str(train), "--test", str(test), "--split-days", "3")
+    assert both.exit_code == 2 and "exactly one of --test" in both.output
+    unknown = run("evaluate", "--train", str(train), "--split-days", "3", "--models", "pop,gru4rec")
+    assert unknown.exit_code == 2 and "gru4rec" in unknown.output

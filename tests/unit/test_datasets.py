@@ -95,8 +95,11 @@ def test_generic_csv_with_iso_timestamps(tmp_path: Path) -> None:
         (["SessionId\tItemId", "1\t2"], {"fmt": "yoochoose"}, "missing column"),
         (["s,i", "1,2"], {"fmt": "csv", "session_col": "s"}, "needs --session-col and --item-col"),
         (["s,i", "1,2"], {"fmt": "csv", "session_col": "s", "item_col": "item"}, "'item'"),
-        (["s,i,t", "1,2,notatime"], {"fmt": "csv", "session_col": "s", "item_col": "i", "time_col": "t"},
-         "bad time"),
+        (
+            ["s,i,t", "1,2,notatime"],
+            {"fmt": "csv", "session_col": "s", "item_col": "i", "time_col": "t"},
+            "bad time",
+        ),
         (["SessionId\tItemId\tTime"], {"fmt": "yoochoose"}, "no clicks"),
         (["s,i", "1"], {"fmt": "csv", "session_col": "s", "item_col": "i"}, "expected 2 fields"),
     ],
@@ -119,7 +122,9 @@ def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
 def test_split_last_days_puts_late_sessions_in_test(tmp_path: Path) -> None:
     day = 86400
     lines = ["SessionId\tItemId\tTime"] + [
-        f"{s}\t{item}\t{s * day + offset}" for s in range(10) for offset, item in ((0, "a"), (60, "b"))
+        f"{s}\t{item}\t{s * day + offset}"
+        for s in range(10)
+        for offset, item in ((0, "a"), (60, "b"))
     ]
     sessions = build_sessions(read_yoochoose(_write(tmp_path / "y.txt", lines)))
     train, test = split_last_days(sessions, 3)
@@ -134,4 +139,4 @@ def test_synthetic_sessions_are_seeded_and_sized() -> None:
     assert a == synthetic_sessions(5000, 300, seed=3)
     assert a != synthetic_sessions(5000, 300, seed=4)
     assert 4500 <= sum(map(len, a)) <= 5100
-    assert all(len(s) >= 1 and all(x != y for x, y in zip(s, s[1:])) for s in a)
+    assert all(len(s) >= 1 and all(x != y for x, y in zip(s, s[1:], strict=False)) for s in a)

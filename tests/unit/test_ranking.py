@@ -1,30 +1,32 @@
-"""Ranking contract: at most k items, none already in the session, no duplicates, batch == single."""
+"""Ranking contract: at most k items, none already seen, no duplicates, batch == single."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from models.bundle import ModelBundle
 from models.datasets import synthetic_sessions
-from models.ranking import RankParams, Ranked, recommend, recommend_batch, similar_items
+from models.ranking import Ranked, RankParams, recommend, recommend_batch, similar_items
 from models.train import TrainParams, train_model
 
 
 @pytest.fixture(scope="module")
-def bundle():  # type: ignore[no-untyped-def]
+def bundle() -> ModelBundle:
     sessions = synthetic_sessions(6000, 150, seed=5)
     return train_model(sessions, TrainParams(epochs=3, n_clusters=5, n_neighbours=15, seed=1))
 
 
-def _random_sessions(bundle, count: int, seed: int) -> list[list[str]]:  # type: ignore[no-untyped-def]
+def _random_sessions(bundle: ModelBundle, count: int, seed: int) -> list[list[str]]:
     rng = np.random.default_rng(seed)
     names = bundle.item_list + ["unknown-1", "unknown-2"]
     return [list(rng.choice(names, size=rng.integers(1, 12))) for _ in range(count)]
 
 
 @pytest.mark.parametrize("k", [1, 5, 20, 149, 400])
-def test_never_seen_items_never_more_than_k_no_duplicates(bundle, k: int) -> None:  # type: ignore[no-untyped-def]
-    for session, ranked in zip(sessions := _random_sessions(bundle, 300, k), recommend_batch(bundle, sessions, k)):
+def test_never_seen_items_never_more_than_k_no_duplicates(bundle: ModelBundle, k: int) -> None:
+    sessions = _random_sessions(bundle, 300, k)
+    for session, ranked in zip(sessions, recommend_batch(bundle, sessions, k), strict=True):
         ids = ranked.item_ids()
         assert len(ids) <= k
         assert len(set(ids)) == len(ids)
@@ -35,26 +37,26 @@ def test_never_seen_items_never_more_than_k_no_duplicates(bundle, k: int) -> Non
         assert scores == sorted(scores, reverse=True)
 
 
-def test_batch_equals_one_by_one(bundle) -> None:  # type: ignore[no-untyped-def]
+def test_batch_equals_one_by_one(bundle: ModelBundle) -> None:
     sessions = _random_sessions(bundle, 200, 99)
     assert recommend_batch(bundle, sessions, 10) == [recommend(bundle, s, 10) for s in sessions]
 
 
-def test_unknown_items_fall_back_to_popular(bundle) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_items_fall_back_to_popular(bundle: ModelBundle) -> None:
     ranked = recommend(bundle, ["never-seen"], 5)
     assert ranked.strategy == "popular"
     assert ranked.item_ids() == [bundle.item_list[i] for i in bundle.popularity[:5]]
     assert recommend(bundle, [], 3).strategy == "popular"
 
 
-def test_known_items_use_the_neighbour_lists(bundle) -> None:  # type: ignore[no-untyped-def]
+def test_known_items_use_the_neighbour_lists(bundle: ModelBundle) -> None:
     item = bundle.item_list[0]
     ranked = recommend(bundle, [item], 5)
     assert ranked.strategy == "embedding"
     assert ranked.item_ids() == [bundle.item_list[j] for j in bundle.neighbours[0, :5]]
 
 
-def test_recency_decay_weights_newer_items_more(bundle) -> None:  # type: ignore[no-untyped-def]
+def test_recency_decay_weights_newer_items_more(bundle: ModelBundle) -> None:
     a, b = bundle.item_list[0], bundle.item_list[1]
     only_newest = RankParams(context=5, recency_decay=0.0)
     expected = [bundle.item_list[j] for j in bundle.neighbours[1] if j != 0][:3]
@@ -62,15 +64,18 @@ def test_recency_decay_weights_newer_items_more(bundle) -> None:  # type: ignore
     no_decay = RankParams(context=5, recency_decay=1.0)
     forward, backward = recommend_batch(bundle, [[a, b], [b, a]], 10, no_decay)
     assert forward.items == backward.items
-    assert recommend_batch(bundle, [[a, b]], 10)[0].items != recommend_batch(bundle, [[b, a]], 10)[0].items
+    assert (
+        recommend_batch(bundle, [[a, b]], 10)[0].items
+        != recommend_batch(bundle, [[b, a]], 10)[0].items
+    )
 
 
-def test_empty_and_zero_k(bundle) -> None:  # type: ignore[no-untyped-def]
+def test_empty_and_zero_k(bundle: ModelBundle) -> None:
     assert recommend_batch(bundle, [], 5) == []
     assert recommend(bundle, ["x"], 0) == Ranked([], "popular")
 
 
-def test_similar_items_within_cluster_by_cosine(bundle) -> None:  # type: ignore[no-untyped-def]
+def test_similar_items_within_cluster_by_cosine(bundle: ModelBundle) -> None:
     item = bundle.item_list[3]
     rows = similar_items(bundle, item, k=5)
     cluster = bundle.clusters[3]

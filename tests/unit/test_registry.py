@@ -1,9 +1,10 @@
-"""Registry: versions appear whole or not at all, promote is atomic, corrupt versions are refused."""
+"""Registry: versions appear whole or not at all, promote is atomic, corrupt ones are refused."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ from models.train import TrainParams, train_model
 
 @pytest.fixture(scope="module")
 def bundle() -> ModelBundle:
-    return train_model(synthetic_sessions(2000, 60, seed=2), TrainParams(epochs=2, n_clusters=4, n_neighbours=8))
+    return train_model(
+        synthetic_sessions(2000, 60, seed=2), TrainParams(epochs=2, n_clusters=4, n_neighbours=8)
+    )
 
 
 @pytest.fixture
@@ -30,14 +33,24 @@ def registry(tmp_path: Path) -> Registry:
 def test_bundle_round_trip_is_exact_and_memory_mapped(bundle: ModelBundle, tmp_path: Path) -> None:
     save_bundle(bundle, tmp_path / "b")
     loaded = load_bundle(tmp_path / "b")
-    for name in ("items", "vectors", "clusters", "centroids", "neighbours", "neighbour_scores", "popularity"):
+    for name in (
+        "items",
+        "vectors",
+        "clusters",
+        "centroids",
+        "neighbours",
+        "neighbour_scores",
+        "popularity",
+    ):
         assert np.array_equal(getattr(loaded, name), getattr(bundle, name)), name
     assert isinstance(loaded.vectors, np.memmap)
     assert loaded.manifest["params"] == bundle.manifest["params"]
     assert loaded.index(bundle.item_list[5]) == 5 and loaded.index("nope") is None
 
 
-def test_register_numbers_versions_and_records_lineage(registry: Registry, bundle: ModelBundle) -> None:
+def test_register_numbers_versions_and_records_lineage(
+    registry: Registry, bundle: ModelBundle
+) -> None:
     assert registry.current_version("shop") is None
     with pytest.raises(NoModelError):
         registry.load("shop")
@@ -47,7 +60,10 @@ def test_register_numbers_versions_and_records_lineage(registry: Registry, bundl
     assert (v1, v2) == ("v1", "v2")
     assert registry.current_version("shop") == "v1", "register alone must not promote"
     infos = registry.versions("shop")
-    assert [(i.version, i.current, i.parent) for i in infos] == [("v1", True, None), ("v2", False, "v1")]
+    assert [(i.version, i.current, i.parent) for i in infos] == [
+        ("v1", True, None),
+        ("v2", False, "v1"),
+    ]
     assert infos[1].metrics == {"hr": 0.5}
     assert registry.load("shop").version == "v1"
     assert registry.load("shop", "v1").manifest["data"] == {"source": "x"}
@@ -151,7 +167,10 @@ def _corrupt_neighbour_out_of_range(d: Path) -> None:
     ],
 )
 def test_corrupted_versions_are_refused_and_the_current_one_stays(
-    registry: Registry, bundle: ModelBundle, corrupt, message: str  # type: ignore[no-untyped-def]
+    registry: Registry,
+    bundle: ModelBundle,
+    corrupt: Callable[[Path], None],
+    message: str,
 ) -> None:
     registry.promote("t", registry.register("t", bundle))
     v2 = registry.register("t", bundle)
@@ -174,7 +193,9 @@ def test_a_corrupted_current_version_fails_to_load_without_moving_the_pointer(
     assert registry.current_version("t") == "v1"
 
 
-def test_rollback_goes_back_through_the_promotion_history(registry: Registry, bundle: ModelBundle) -> None:
+def test_rollback_goes_back_through_the_promotion_history(
+    registry: Registry, bundle: ModelBundle
+) -> None:
     for _ in range(3):
         registry.promote("t", registry.register("t", bundle))
     assert registry.current_version("t") == "v3"

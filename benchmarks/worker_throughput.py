@@ -1,0 +1,156 @@
+"""Sustained throughput of one worker process, side by side with a bare consumer.
+
+    .venv/bin/python benchmarks/worker_throughput.py --events 200000
+
+On a private embedded stack (free ports), the same N click events are pre-loaded into
+one topic per contender; each contender then drains its copy:
+
+- ``bare aiokafka consumer``: reads the messages and does nothing (the ceiling);
+- ``faust agent``: ``streamrec worker`` with ``STREAMREC_ENGINE=agent`` (textbook Faust:
+  ``stream.take_events`` + one ``topic.send`` per recommendation);
+- ``streamrec batch loop``: ``streamrec worker`` as shipped.
+
+Worker throughput counts only answered events: recommendations on the output topic,
+from the first to the last ``emitted_ts`` (start-up and group join excluded). The
+worker's peak RSS is read from /proc at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.registry import Registry  # noqa: E402
+from stream.devstack import EmbeddedStack, free_port  # noqa: E402
+from stream.topics import ensure_topics  # noqa: E402
+from tests.integration.helpers import WorkerConfig, WorkerProcess, consume, produce  # noqa: E402
+
+
+def make_records(n: int, items: list[str], sessions: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
+    rng = random.Random(seed)
+    now = time.time()
+    out = []
+    for i in range(n):
+        sid = f"s{rng.randrange(sessions)}"
+        event = {"tenant": "default", "session_id": sid, "item_id": rng.choice(items), "ts": now,
+                 "event_id": f"e{i}"}
+        out.append((sid.encode(), orjson.dumps(event)))
+    return out
+
+
+async def bare_consumer_rate(broker: str, topic: str, n: int) -> float:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, group_id=f"bare-{time.time_ns()}",
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                session_timeout_ms=6000, max_poll_records=5000)
+    await consumer.start()
+    try:
+        seen, started = 0, None
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            got = sum(len(v) for v in batch.values())
+            if got and started is None:  # from the first batch: group join excluded
+                started = time.perf_counter()
+            seen += got
+        return n / (time.perf_counter() - (started or time.perf_counter()))
+    finally:
+        await consumer.stop()
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def worker_rate(stack: EmbeddedStack, home: Path, model_dir: Path, engine: str,
+                records: list[tuple[bytes, bytes]], batch_size: int) -> tuple[float, float]:
+    tag = f"{engine}-{time.time_ns()}"
+    cfg = WorkerConfig(stack, home / tag, model_dir, f"clicks-{tag}", f"recs-{tag}",
+                       f"dlq-{tag}", f"app-{tag}",
+                       extra_env={"STREAMREC_ENGINE": engine,
+                                  "STREAMREC_BATCH_SIZE": str(batch_size)})
+    ensure_topics(stack.broker, [cfg.clicks, cfg.recs, cfg.dlq], 4)
+    produce(stack.broker, cfg.clicks, records)
+    worker = WorkerProcess(cfg).start()
+    try:
+        recs = consume(stack.broker, cfg.recs, len(records), timeout=900)
+        rss = peak_rss_mb(worker.proc.pid)  # type: ignore[union-attr]
+    finally:
+        worker.stop()
+    if len(recs) < len(records):
+        raise SystemExit(f"{engine}: only {len(recs)} of {len(records)} answered; see {worker.log_path}")
+    emitted = sorted(orjson.loads(m.value())["emitted_ts"] for m in recs)
+    return len(records) / (emitted[-1] - emitted[0]), rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--sessions", type=int, default=20_000)
+    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--model-dir", type=Path, help="registry with a promoted 'default' model "
+                        "(default: train one on the shipped e-shop data)")
+    parser.add_argument("--engines", default="bare,agent,batch")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    stack = EmbeddedStack(home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0")
+    stack.up()
+    try:
+        model_dir = args.model_dir or home / "models"
+        if args.model_dir is None:
+            from models.datasets import eshop_path, read_clicks, sessionize
+            from models.train import TrainParams, train_model
+
+            registry = Registry(model_dir)
+            bundle = train_model(sessionize(read_clicks(eshop_path(), fmt="eshop")), TrainParams())
+            registry.promote("default", registry.register("default", bundle, {}))
+        bundle = Registry(model_dir).load("default")
+        items = bundle.item_list
+        records = make_records(args.events, items, args.sessions)
+        rows = []
+        engines = args.engines.split(",")
+        bare = None
+        if "bare" in engines:
+            topic = f"bare-{time.time_ns()}"
+            ensure_topics(stack.broker, [topic], 4)
+            produce(stack.broker, topic, records)
+            bare = asyncio.run(bare_consumer_rate(stack.broker, topic, len(records)))
+            rows.append(("bare aiokafka consumer (reads only)", bare, float("nan")))
+        names = {"agent": "faust agent (take_events + send per record)",
+                 "batch": "streamrec batch loop (shipped)"}
+        for engine in (e for e in engines if e in names):
+            rate, rss = worker_rate(stack, home, model_dir, engine, records, args.batch_size)
+            rows.append((names[engine], rate, rss))
+    finally:
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
+
+    print(f"\n{args.events:,} events, {args.sessions:,} sessions, model of {len(items):,} items, "
+          f"batch size {args.batch_size}, {os.cpu_count()} cores\n")
+    print("| contender | events/s | vs bare consumer | worker peak RSS |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, rate, rss in rows:
+        ratio = f"{rate / bare:.1%}" if bare else "-"
+        rss_s = "-" if rss != rss else f"{rss:.0f} MB"
+        print(f"| {name} | {rate:,.0f} | {ratio} | {rss_s} |")
+
+
+if __name__ == "__main__":
+    main()
