@@ -1,0 +1,122 @@
+"""Scale benchmark for the model: ~1M clicks over 40k items.
+
+1. Generate seeded Zipf + Markov sessions (``models.datasets.synthetic_sessions``) and
+   write them as a YOOCHOOSE-format file.
+2. Time ``streamrec train FILE`` end to end (read, Word2Vec, KMeans, neighbours, register).
+3. In a fresh process, time loading the promoted model and measure its memory.
+4. Measure ``recommend_batch`` throughput on session prefixes, one process.
+
+Usage: .venv/bin/python benchmarks/model_scale.py [--clicks 1000000] [--items 40000]
+Targets (issue 3): train < 120 s, load < 1 s and < 200 MB, >= 20,000 recs/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models.datasets import synthetic_sessions
+from models.ranking import recommend, recommend_batch
+from models.registry import Registry
+
+# Runs in a fresh interpreter so the RSS delta is the model alone (numpy already imported).
+_LOAD_PROBE = """
+import json, resource, sys, time
+import numpy as np
+from models.registry import Registry
+
+def rss_mb():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+before = rss_mb()
+started = time.perf_counter()
+bundle = Registry(sys.argv[1]).load("scale")
+bundle.index(bundle.item_list[0])  # build the item index, as the first request would
+loaded = time.perf_counter() - started
+after_load = rss_mb()
+# Touch every array, as serving eventually does, to count the memory-mapped pages too.
+touched = sum(float(np.asarray(getattr(bundle, n)).view(np.uint8).sum() % 7) for n in
+              ("vectors", "clusters", "neighbours", "neighbour_scores", "popularity"))
+print(json.dumps({"load_s": loaded, "rss_load_mb": after_load - before,
+                  "rss_touched_mb": rss_mb() - before, "items": bundle.n_items}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clicks", type=int, default=1_000_000)
+    parser.add_argument("--items", type=int, default=40_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=50_000)
+    args = parser.parse_args()
+    streamrec = str(Path(sys.executable).with_name("streamrec"))
+
+    with tempfile.TemporaryDirectory(prefix="streamrec-scale-") as tmp:
+        sessions = synthetic_sessions(args.clicks, args.items, seed=args.seed)
+        data = Path(tmp) / "clicks.tsv"
+        _write_yoochoose(sessions, data)
+        clicks = sum(map(len, sessions))
+        print(f"data: {clicks} clicks, {len(sessions)} sessions, "
+              f"{len({i for s in sessions for i in s})} distinct items ({data.stat().st_size >> 20} MB)")
+
+        env = {**os.environ, "STREAMREC_HOME": tmp, "STREAMREC_MODEL_DIR": str(Path(tmp) / "models")}
+        started = time.perf_counter()
+        subprocess.run([streamrec, "train", str(data), "--tenant", "scale"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        train_s = time.perf_counter() - started
+        registry = Registry(Path(tmp) / "models")
+        bundle = registry.load("scale")
+        timings = bundle.manifest["timings"]
+        size_mb = sum(f.stat().st_size for f in (registry.root / "scale" / bundle.version).iterdir()) / 2**20
+        print(f"train: {train_s:.1f} s wall for `streamrec train` (word2vec {timings['word2vec_s']:.1f} s, "
+              f"kmeans {timings['kmeans_s']:.1f} s, neighbours {timings['neighbours_s']:.1f} s); "
+              f"model on disk {size_mb:.1f} MB")
+
+        probe = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(registry.root)], env=env,
+                               check=True, capture_output=True, text=True)
+        load = json.loads(probe.stdout)
+        print(f"load: {load['load_s'] * 1000:.0f} ms, +{load['rss_load_mb']:.0f} MB RSS after load, "
+              f"+{load['rss_touched_mb']:.0f} MB with every array paged in ({load['items']} items)")
+
+        rng = np.random.default_rng(args.seed)
+        # Held-out-like requests: random prefixes of the generated sessions, as a stream sees them.
+        picks = rng.integers(0, len(sessions), size=args.requests)
+        requests = [sessions[i][: rng.integers(1, len(sessions[i]) + 1)] for i in picks]
+        for k in (10, 20):
+            for batch in (1000, 100):
+                best = min(_time_batches(bundle, requests, k, batch) for _ in range(3))
+                print(f"recommend_batch: k={k}, batches of {batch}: {len(requests) / best:,.0f} recs/s")
+        single = requests[:5000]
+        started = time.perf_counter()
+        for r in single:
+            recommend(bundle, r, 10)
+        print(f"recommend (one at a time): k=10: {len(single) / (time.perf_counter() - started):,.0f} recs/s")
+
+
+def _time_batches(bundle, requests: list[list[str]], k: int, batch: int) -> float:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    for lo in range(0, len(requests), batch):
+        recommend_batch(bundle, requests[lo : lo + batch], k)
+    return time.perf_counter() - started
+
+
+def _write_yoochoose(sessions: list[list[str]], path: Path) -> None:
+    t0 = 1_396_000_000
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("SessionId\tItemId\tTime\n")
+        for n, session in enumerate(sessions):
+            start = t0 + n * 10  # sessions spread over the log, clicks 30 s apart
+            fh.writelines(f"{n}\t{item}\t{start + 30 * j}\n" for j, item in enumerate(session))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Retraining with a quality gate: a candidate replaces the model in service only if it
+ranks the newest sessions at least as well.
+
+Pure: sessions and bundles in, a bundle and a decision out. The held-out slice is the
+newest ``holdout`` share of sessions by start time; the candidate is trained on the rest
+and is what gets promoted, so the next run's held-out slice (newer still) was never
+seen by the model it is compared against.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from models.bundle import ModelBundle
+from models.datasets import Session
+from models.evaluate import iter_cases, rank_metrics
+from models.ranking import recommend_batch
+from models.train import Progress, TrainParams, train_model
+
+GATE_METRICS = ("hr", "mrr")
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    metric: str = "hr"  # which metric decides: HR@k or MRR@k
+    margin: float = 0.0  # the candidate may be at most this much worse than the current one
+    k: int = 20
+    holdout: float = 0.2  # newest share of sessions held out for the comparison
+    min_sessions: int = 20  # fewer than this in the window: skip the tenant
+
+    def __post_init__(self) -> None:
+        if self.metric not in GATE_METRICS:
+            raise ValueError(f"gate metric must be one of {', '.join(GATE_METRICS)}")
+        if not 0 < self.holdout < 1:
+            raise ValueError("holdout must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class Scores:
+    hr: float
+    mrr: float
+    cases: int
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    action: str  # "promoted", "kept" (candidate rejected) or "skipped" (nothing trained)
+    reason: str
+    candidate: Scores | None = None
+    current: Scores | None = None
+    current_version: str | None = None
+    train_sessions: int = 0
+    holdout_sessions: int = 0
+    train_s: float = 0.0
+
+    def to_manifest(self, policy: GatePolicy) -> dict[str, Any]:
+        return {
+            "decision": self.action,
+            "reason": self.reason,
+            "policy": asdict(policy),
+            "candidate": asdict(self.candidate) if self.candidate else None,
+            "current": asdict(self.current) if self.current else None,
+            "current_version": self.current_version,
+            "train_sessions": self.train_sessions,
+            "holdout_sessions": self.holdout_sessions,
+        }
+
+
+def score_bundle(bundle: ModelBundle, sessions: Sequence[Sequence[str]], k: int) -> Scores:
+    """HR@k and MRR@k of the bundle's ranking on every prefix of ``sessions``."""
+    cases = list(iter_cases(sessions))
+    if not cases:
+        return Scores(0.0, 0.0, 0)
+    ranked = recommend_batch(bundle, [c.prefix for c in cases], k)
+    hr, mrr = rank_metrics([r.item_ids() for r in ranked], [c.target for c in cases], k)
+    return Scores(hr, mrr, len(cases))
+
+
+def split_holdout(sessions: Sequence[Session], share: float) -> tuple[list[Session], list[Session]]:
+    """(older, newest) by start time; the newest slice has at least one session."""
+    ordered = sorted(sessions, key=lambda s: s.start)
+    cut = min(len(ordered) - 1, max(1, round(len(ordered) * (1 - share))))
+    return ordered[:cut], ordered[cut:]
+
+
+def retrain(
+    sessions: Sequence[Session],
+    current: ModelBundle | None,
+    params: TrainParams,
+    policy: GatePolicy,
+    progress: Progress | None = None,
+) -> tuple[ModelBundle | None, GateDecision]:
+    """Train a candidate on the older sessions and gate it against ``current``."""
+    current_version = current.version if current is not None else None
+    if len(sessions) < policy.min_sessions:
+        return None, GateDecision(
+            "skipped", f"only {len(sessions)} sessions in the window (< {policy.min_sessions})",
+            current_version=current_version,
+        )
+    train, holdout = split_holdout(sessions, policy.holdout)
+    started = time.perf_counter()
+    candidate = train_model([s.items for s in train], params, progress)
+    decision = gate(candidate, current, [s.items for s in holdout], policy)
+    return candidate, replace(decision, train_sessions=len(train),
+                              train_s=time.perf_counter() - started)
+
+
+def gate(candidate: ModelBundle, current: ModelBundle | None,
+         holdout: Sequence[Sequence[str]], policy: GatePolicy) -> GateDecision:
+    """Promote ``candidate`` unless it ranks ``holdout`` worse than ``current`` by more
+    than the margin."""
+    cand = score_bundle(candidate, holdout, policy.k)
+    cur = score_bundle(current, holdout, policy.k) if current is not None else None
+    common = dict(candidate=cand, current=cur, holdout_sessions=len(holdout),
+                  current_version=current.version if current is not None else None)
+    name = f"{policy.metric.upper()}@{policy.k}"
+    if cur is None:
+        return GateDecision("promoted", f"first model ({name} {_m(cand, policy):.4f})", **common)
+    ok = _m(cand, policy) >= _m(cur, policy) - policy.margin
+    verdict = (f"{name} {_m(cand, policy):.4f} vs {_m(cur, policy):.4f} in service"
+               f" (margin {policy.margin:g})")
+    return GateDecision("promoted" if ok else "kept", verdict, **common)
+
+
+def _m(scores: Scores, policy: GatePolicy) -> float:
+    return float(getattr(scores, policy.metric))

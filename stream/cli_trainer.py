@@ -1,0 +1,98 @@
+"""``streamrec trainer``: periodic, gated retraining of every tenant from the click log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+
+import click
+from tqdm import tqdm
+
+from models.train import TrainParams
+from models.trainer import GATE_METRICS, GatePolicy
+from stream.config import Settings
+
+log = logging.getLogger("streamrec.trainer")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '1h', '7d' or plain seconds -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 1h or 7d")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@click.command("trainer")
+@click.option("--once", is_flag=True, help="One pass over all tenants, then exit.")
+@click.option("--every", type=Duration(), default="1h", show_default=True,
+              help="Time between passes when not --once.")
+@click.option("--window", type=Duration(), default="7d", show_default=True,
+              help="How far back to read clicks from the `clicks` topic.")
+@click.option("--tenant", "tenants", multiple=True, help="Only these tenants (repeatable).")
+@click.option("--gate-metric", type=click.Choice(GATE_METRICS), default="hr", show_default=True,
+              help="Metric that decides whether a candidate replaces the current model.")
+@click.option("--gate-margin", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="How much worse than the current model a candidate may be.")
+@click.option("--holdout", type=click.FloatRange(0.01, 0.9), default=0.2, show_default=True,
+              help="Newest share of sessions held out to compare candidate and current.")
+@click.option("--min-sessions", type=click.IntRange(2), default=20, show_default=True,
+              help="Tenants with fewer sessions in the window are skipped.")
+@click.option("--epochs", type=click.IntRange(1, 1000), help="Word2Vec epochs.")
+@click.option("--seed", type=int, help="Random seed for training.")
+@click.pass_obj
+def trainer(settings: Settings, once: bool, every: float, window: float, tenants: tuple[str, ...],
+            gate_metric: str, gate_margin: float, holdout: float, min_sessions: int,
+            epochs: int | None, seed: int | None) -> None:
+    """Retrain each tenant's model from the click log and promote it only if it is no worse.
+
+    For every tenant with clicks in the window (and mode `on`): build sessions, train
+    Word2Vec + KMeans on all but the newest sessions, compare the candidate with the
+    version in service on those newest sessions, register the candidate with both scores
+    in its manifest, and promote it (workers swap within seconds) only if it passes the
+    gate. Frozen and switched-off tenants are skipped.
+    """
+    from stream.trainer import run_once
+
+    policy = GatePolicy(metric=gate_metric, margin=gate_margin, holdout=holdout,
+                        min_sessions=min_sessions)
+    overrides = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
+    params = TrainParams(**overrides)
+    while True:
+        started = time.perf_counter()
+        bar = tqdm(desc="retraining", unit="tenant", disable=None)
+
+        def step(tenant: str) -> None:
+            bar.set_postfix_str(tenant, refresh=False)
+            bar.update()
+
+        outcomes = run_once(settings, window_s=window, params=params, policy=policy,
+                            tenants=tenants or None, progress=step)
+        bar.close()
+        counts = Counter(o.decision.action for o in outcomes)
+        click.echo(f"trainer: {len(outcomes)} tenant(s) in {time.perf_counter() - started:.1f}s: "
+                   + ", ".join(f"{counts[a]} {a}" for a in ("promoted", "kept", "skipped")))
+        if once:
+            return
+        log.info("next pass in %.0fs", every)
+        time.sleep(every)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(trainer)

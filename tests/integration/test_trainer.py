@@ -1,0 +1,83 @@
+"""The trainer job against the real broker: reads the click log, gates, promotes, and
+the worker switches; frozen and switched-off tenants are left alone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from models.datasets import read_clicks, sessionize
+from models.registry import Registry
+from models.train import TrainParams, train_model
+from models.trainer import GatePolicy
+from state.tenants import set_mode
+from stream.config import Settings
+from stream.devstack import EmbeddedStack
+from stream.events import ClickEvent
+from stream.trainer import run_once
+from tests.integration.helpers import WorkerProcess, produce
+from tests.integration.test_reliability import RecsCollector
+from tests.integration.test_worker import make_config
+
+
+def test_trainer_promotes_a_better_model_and_skips_frozen_and_off_tenants(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
+) -> None:
+    sessions = sessionize(read_clicks(eshop_csv, fmt="eshop"))[:1500]
+    registry = Registry(tmp_path / "models")
+    on, frozen, off = unique_name("on"), unique_name("frozen"), unique_name("off")
+    weak = train_model(sessions[:60], TrainParams(epochs=1, seed=2))
+    for tenant in (on, frozen):
+        registry.promote(tenant, registry.register(tenant, weak, {}))
+    client = redis.Redis.from_url(stack.redis_url)
+    set_mode(client, frozen, "freeze")
+    set_mode(client, off, "off")
+
+    cfg = make_config(stack, unique_name, tmp_path, tmp_path / "models")
+    cfg.extra_env["STREAMREC_MODEL_CHECK_INTERVAL_S"] = "60"  # only the notice is fast
+    start = time.time() - 3600
+    clicks = [ClickEvent(t, f"{t}-{n}", item, start + n + j / 100, event_id=f"{t}-{n}-{j}")
+              for t in (on, frozen, off) for n, s in enumerate(sessions) for j, item in enumerate(s)]
+    produce(stack.broker, cfg.clicks, [(c.session_id.encode(), c.to_json()) for c in clicks])
+    settings = Settings(broker=stack.broker, redis_url=stack.redis_url,
+                        model_dir=str(tmp_path / "models"), clicks_topic=cfg.clicks)
+
+    collector = RecsCollector(stack.broker, cfg.recs)
+    collector.start()
+    try:
+        with WorkerProcess(cfg) as worker:
+            assert collector.wait_for(len(clicks) * 2 // 3, timeout=120), worker.log()[-3000:]
+            outcomes = run_once(settings, window_s=86400, params=TrainParams(epochs=5, seed=3),
+                                policy=GatePolicy(), tenants=[on, frozen, off])
+            promoted_at = time.time()
+            by_tenant = {o.tenant: o for o in outcomes}
+            assert set(by_tenant) == {on, frozen, off}
+            assert by_tenant[on].decision.action == "promoted", by_tenant[on].decision.reason
+            assert by_tenant[frozen].decision.action == "skipped"
+            assert by_tenant[off].decision.action == "skipped"
+            new_version = by_tenant[on].version
+            assert registry.current_version(on) == new_version != "v1"
+            assert registry.current_version(frozen) == "v1"
+            assert registry.current_version(off) is None
+
+            # The worker serves the new version within 5 s of the promotion.
+            probe = [ClickEvent(on, f"probe-{i}", sessions[0][0], time.time(), event_id=f"p{i}")
+                     for i in range(40)]
+            for chunk in range(4):
+                produce(stack.broker, cfg.clicks,
+                        [(c.session_id.encode(), c.to_json()) for c in probe[chunk * 10:][:10]])
+                time.sleep(1.0)
+            assert collector.wait_for(len(clicks) * 2 // 3 + 40, timeout=30)
+            served = [(ts, v) for ts, v in collector.versions if v == new_version]
+            assert served and min(ts for ts, _ in served) - promoted_at < 5.0
+    finally:
+        collector.stop_flag.set()
+        collector.join(5)
+
+    manifest = registry.load(on).manifest
+    gate = manifest["gate"]
+    assert gate["decision"] == "promoted" and gate["candidate"]["hr"] > gate["current"]["hr"]
+    assert manifest["data_window"]["sessions"] > 0

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from models.datasets import Session, build_sessions, read_clicks
+from models.train import TrainParams, train_model
+from models.trainer import GatePolicy, gate, retrain, split_holdout
+from stream.cli_trainer import parse_duration
+
+PARAMS = TrainParams(epochs=5, seed=5)
+
+
+@pytest.fixture(scope="module")
+def eshop_split(eshop_csv: Path) -> tuple[list[list[str]], list[list[str]]]:
+    sessions = build_sessions(read_clicks(eshop_csv, fmt="eshop"))[-5000:]
+    train, holdout = split_holdout(sessions, 0.2)
+    return [s.items for s in train], [s.items for s in holdout]
+
+
+def test_split_holdout_takes_the_newest_sessions() -> None:
+    sessions = [Session(f"s{i}", ["a", "b"], float(t), float(t)) for i, t in enumerate([5, 1, 4, 2, 3])]
+    older, newest = split_holdout(sessions, 0.4)
+    assert [s.start for s in older] == [1, 2, 3] and [s.start for s in newest] == [4, 5]
+
+
+def test_gate_rejects_a_candidate_trained_on_shuffled_sessions(eshop_split) -> None:
+    train, holdout = eshop_split
+    current = train_model(train, PARAMS)
+    items = [i for s in train for i in s]
+    random.Random(1).shuffle(items)
+    shuffled, pos = [], 0
+    for s in train:  # same session lengths, items scattered: the sequences carry no signal
+        shuffled.append(items[pos:pos + len(s)])
+        pos += len(s)
+    candidate = train_model(shuffled, PARAMS)
+    decision = gate(candidate, current, holdout, GatePolicy())
+    assert decision.action == "kept", decision.reason
+    assert decision.candidate.hr < decision.current.hr
+
+
+def test_gate_promotes_a_better_candidate_and_a_first_model(eshop_split) -> None:
+    train, holdout = eshop_split
+    weak = train_model(train[:100], TrainParams(epochs=1, seed=5))
+    strong = train_model(train, PARAMS)
+    decision = gate(strong, weak, holdout, GatePolicy())
+    assert decision.action == "promoted" and decision.candidate.hr > decision.current.hr
+    assert gate(weak, None, holdout, GatePolicy()).action == "promoted"
+    # A margin lets a slightly worse candidate through; none does not.
+    lower = GatePolicy(margin=1.0)
+    assert gate(weak, strong, holdout, lower).action == "promoted"
+    assert gate(weak, strong, holdout, GatePolicy()).action == "kept"
+
+
+def test_retrain_skips_tenants_with_too_little_data() -> None:
+    sessions = [Session(f"s{i}", ["a", "b"], float(i), float(i)) for i in range(5)]
+    bundle, decision = retrain(sessions, None, PARAMS, GatePolicy(min_sessions=20))
+    assert bundle is None and decision.action == "skipped"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800),
+                                               ("1h", 3600), ("7d", 604800), ("1.5h", 5400)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1h", "1w", "h", "1 h x"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
