@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> faust.App:
         web_port=max(settings.web_port, 1),
         web_host="127.0.0.1",
     )
-    models = ModelCache(Registry(settings.registry_dir))
+    models = ModelCache(Registry(settings.registry_dir), max_models=settings.max_models)
     stats = WorkerStats()
     holder: dict[str, Any] = {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -54,11 +55,13 @@ class Duration(click.ParamType):
               help="Newest share of sessions held out to compare candidate and current.")
 @click.option("--min-sessions", type=click.IntRange(2), default=20, show_default=True,
               help="Tenants with fewer sessions in the window are skipped.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=os.cpu_count() or 1, show_default=True,
+              help="Tenants trained in parallel (processes).")
 @click.option("--epochs", type=click.IntRange(1, 1000), help="Word2Vec epochs.")
 @click.option("--seed", type=int, help="Random seed for training.")
 @click.pass_obj
 def trainer(settings: Settings, once: bool, every: float, window: float, tenants: tuple[str, ...],
-            gate_metric: str, gate_margin: float, holdout: float, min_sessions: int,
+            gate_metric: str, gate_margin: float, holdout: float, min_sessions: int, jobs: int,
             epochs: int | None, seed: int | None) -> None:
     """Retrain each tenant's model from the click log and promote it only if it is no worse.
 
@@ -83,7 +86,7 @@ def trainer(settings: Settings, once: bool, every: float, window: float, tenants
             bar.update()
 
         outcomes = run_once(settings, window_s=window, params=params, policy=policy,
-                            tenants=tenants or None, progress=step)
+                            tenants=tenants or None, progress=step, jobs=jobs)
         bar.close()
         counts = Counter(o.decision.action for o in outcomes)
         click.echo(f"trainer: {len(outcomes)} tenant(s) in {time.perf_counter() - started:.1f}s: "

@@ -45,6 +45,8 @@ class Settings:
     # Short group session timeout: the embedded broker's first join waits ~half of it.
     broker_session_timeout_s: float = 6.0
     model_check_interval_s: float = 2.0
+    # Tenants' models kept in memory at once (LRU); arrays are memory-mapped.
+    max_models: int = 1000
     web_port: int = 6066
     log_level: str = "info"
 

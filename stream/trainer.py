@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -108,32 +110,44 @@ def run_once(
     tenants: Iterable[str] | None = None,
     progress: Callable[[str], None] | None = None,
     now: float | None = None,
+    jobs: int = 1,
 ) -> list[TenantOutcome]:
     """One pass over every tenant with clicks in the window."""
     now = time.time() if now is None else now
-    registry = Registry(settings.registry_dir)
     started = time.perf_counter()
     logs = read_click_log(settings.broker, settings.clicks_topic, now - window_s, tenants)
     clicks = sum(len(v.item_ids) for v in logs.values())
     log.info("read %d clicks of %d tenants from %s in %.1fs", clicks, len(logs),
              settings.clicks_topic, time.perf_counter() - started)
     modes = _modes(settings)
+    window = (now - window_s, now)
+    jobs_args = [(settings, tenant, logs.pop(tenant), modes.get(tenant, "on"), params, policy, window)
+                 for tenant in sorted(logs)]
     outcomes = []
-    for tenant in sorted(logs):
-        if progress:
-            progress(tenant)
-        outcome = _retrain_tenant(settings, registry, tenant, logs.pop(tenant), modes.get(tenant, "on"),
-                                  params, policy, window=(now - window_s, now))
-        outcomes.append(outcome)
-        d = outcome.decision
-        log.info("tenant %s: %s%s: %s", tenant, d.action,
-                 f" {outcome.version}" if outcome.version else "", d.reason)
+    # Tenants are independent: train them in parallel processes (training holds the GIL
+    # for much of its time). Each process is single-threaded so they do not oversubscribe.
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("fork"),
+                             initializer=_single_threaded) as pool:
+        for outcome in pool.map(_retrain_tenant, *zip(*jobs_args), chunksize=1) if jobs_args else []:
+            outcomes.append(outcome)
+            if progress:
+                progress(outcome.tenant)
+            d = outcome.decision
+            log.info("tenant %s: %s%s: %s", outcome.tenant, d.action,
+                     f" {outcome.version}" if outcome.version else "", d.reason)
     return outcomes
 
 
-def _retrain_tenant(settings: Settings, registry: Registry, tenant: str, clicks: TenantLog,
-                    mode: str, params: TrainParams, policy: GatePolicy,
+def _single_threaded() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def _retrain_tenant(settings: Settings, tenant: str, clicks: TenantLog, mode: str,
+                    params: TrainParams, policy: GatePolicy,
                     window: tuple[float, float]) -> TenantOutcome:
+    registry = Registry(settings.registry_dir)
     if mode != "on":
         return TenantOutcome(tenant, GateDecision("skipped", f"tenant is {mode}"), None)
     try:

@@ -38,7 +38,7 @@ def test_never_seen_items_never_more_than_k_no_duplicates(bundle: ModelBundle, k
 
 
 def test_batch_equals_one_by_one(bundle: ModelBundle) -> None:
-    sessions = _random_sessions(bundle, 200, 99)
+    sessions = _random_sessions(bundle, 600, 99)  # more than one internal chunk
     assert recommend_batch(bundle, sessions, 10) == [recommend(bundle, s, 10) for s in sessions]
 
 

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from models.registry import Registry
+from models.train import TrainParams, train_model
+from stream.model_handle import ModelCache
+
+SESSIONS = [["a", "b", "c"], ["b", "c", "d"], ["c", "d", "a"], ["a", "c"]] * 5
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    reg = Registry(tmp_path)
+    bundle = train_model(SESSIONS, TrainParams(epochs=1, n_clusters=2, seed=1))
+    for tenant in ("t1", "t2", "t3"):
+        reg.promote(tenant, reg.register(tenant, bundle, {}))
+    return reg
+
+
+def test_loads_on_first_use_and_evicts_least_recently_used(registry: Registry) -> None:
+    cache = ModelCache(registry, max_models=2)
+
+    async def run() -> None:
+        assert (await cache.get("t1")).version == "v1"
+        await cache.get("t2")
+        await cache.get("t1")  # t1 is now the most recent
+        await cache.get("t3")  # evicts t2
+        assert set(cache.loaded()) == {"t1", "t3"}
+        assert await cache.get("nobody") is None  # no model: None, not an error
+
+    asyncio.run(run())
+
+
+def test_refresh_swaps_to_the_promoted_version_and_refuses_a_corrupt_one(registry: Registry) -> None:
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        first = await cache.get("t1")
+        v2 = registry.register("t1", first, {})
+        registry.promote("t1", v2)
+        await cache.refresh()
+        assert (await cache.get("t1")).version == v2 and cache.swaps == 1
+        v3 = registry.register("t1", first, {})
+        registry.promote("t1", v3)
+        (registry.root / "t1" / v3 / "manifest.json").write_text("{not json")
+        await cache.refresh()
+        assert (await cache.get("t1")).version == v2  # still serving v2
+        await cache.refresh()  # and does not retry the refused pointer every time
+        assert cache.swaps == 1
+
+    asyncio.run(run())
