@@ -67,27 +67,49 @@ def main() -> None:
         data = Path(tmp) / "clicks.tsv"
         _write_yoochoose(sessions, data)
         clicks = sum(map(len, sessions))
-        print(f"data: {clicks} clicks, {len(sessions)} sessions, "
-              f"{len({i for s in sessions for i in s})} distinct items ({data.stat().st_size >> 20} MB)")
+        print(
+            f"data: {clicks} clicks, {len(sessions)} sessions, "
+            f"{len({i for s in sessions for i in s})} distinct items ({data.stat().st_size >> 20} MB)"
+        )
 
-        env = {**os.environ, "STREAMREC_HOME": tmp, "STREAMREC_MODEL_DIR": str(Path(tmp) / "models")}
+        env = {
+            **os.environ,
+            "STREAMREC_HOME": tmp,
+            "STREAMREC_MODEL_DIR": str(Path(tmp) / "models"),
+        }
         started = time.perf_counter()
-        subprocess.run([streamrec, "train", str(data), "--tenant", "scale"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [streamrec, "train", str(data), "--tenant", "scale"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         train_s = time.perf_counter() - started
         registry = Registry(Path(tmp) / "models")
         bundle = registry.load("scale")
         timings = bundle.manifest["timings"]
-        size_mb = sum(f.stat().st_size for f in (registry.root / "scale" / bundle.version).iterdir()) / 2**20
-        print(f"train: {train_s:.1f} s wall for `streamrec train` (word2vec {timings['word2vec_s']:.1f} s, "
-              f"kmeans {timings['kmeans_s']:.1f} s, neighbours {timings['neighbours_s']:.1f} s); "
-              f"model on disk {size_mb:.1f} MB")
+        size_mb = (
+            sum(f.stat().st_size for f in (registry.root / "scale" / bundle.version).iterdir())
+            / 2**20
+        )
+        print(
+            f"train: {train_s:.1f} s wall for `streamrec train` (word2vec {timings['word2vec_s']:.1f} s, "
+            f"kmeans {timings['kmeans_s']:.1f} s, neighbours {timings['neighbours_s']:.1f} s); "
+            f"model on disk {size_mb:.1f} MB"
+        )
 
-        probe = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(registry.root)], env=env,
-                               check=True, capture_output=True, text=True)
+        probe = subprocess.run(
+            [sys.executable, "-c", _LOAD_PROBE, str(registry.root)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         load = json.loads(probe.stdout)
-        print(f"load: {load['load_s'] * 1000:.0f} ms, +{load['rss_load_mb']:.0f} MB RSS after load, "
-              f"+{load['rss_touched_mb']:.0f} MB with every array paged in ({load['items']} items)")
+        print(
+            f"load: {load['load_s'] * 1000:.0f} ms, +{load['rss_load_mb']:.0f} MB RSS after load, "
+            f"+{load['rss_touched_mb']:.0f} MB with every array paged in ({load['items']} items)"
+        )
 
         rng = np.random.default_rng(args.seed)
         # Held-out-like requests: random prefixes of the generated sessions, as a stream sees them.
@@ -96,12 +118,16 @@ def main() -> None:
         for k in (10, 20):
             for batch in (1000, 100, 10):
                 best = min(_time_batches(bundle, requests, k, batch) for _ in range(3))
-                print(f"recommend_batch: k={k}, batches of {batch}: {len(requests) / best:,.0f} recs/s")
+                print(
+                    f"recommend_batch: k={k}, batches of {batch}: {len(requests) / best:,.0f} recs/s"
+                )
         single = requests[:5000]
         started = time.perf_counter()
         for r in single:
             recommend(bundle, r, 10)
-        print(f"recommend (one at a time): k=10: {len(single) / (time.perf_counter() - started):,.0f} recs/s")
+        print(
+            f"recommend (one at a time): k=10: {len(single) / (time.perf_counter() - started):,.0f} recs/s"
+        )
 
 
 def _time_batches(bundle, requests: list[list[str]], k: int, batch: int) -> float:  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +38,11 @@ def main() -> None:
     yc_test = args.yoochoose / "yoochoose-clicks-100k_test.txt"
     datasets = {
         "e-shop clothing 2008, test = last 30 days": [
-            "--train", _rel(eshop_path()), "--split-days", "30"],
+            "--train",
+            _rel(eshop_path()),
+            "--split-days",
+            "30",
+        ],
         "YOOCHOOSE 100k, train_full / test": ["--train", _rel(yc_train), "--test", _rel(yc_test)],
     }
     for title, options in datasets.items():
@@ -55,11 +60,15 @@ def main() -> None:
     variants: dict[str, Callable[[], Recommender]] = {
         "streamrec (defaults)": lambda: Streamrec(base),
         "co-occurrence only (w_cos=0, w_cluster=0)": lambda: Streamrec(
-            replace(base, w_cos=0.0, w_cluster=0.0)),
+            replace(base, w_cos=0.0, w_cluster=0.0)
+        ),
         "embedding only (w_cooc=0, w_cluster=0)": lambda: Streamrec(
-            replace(base, w_cooc=0.0, w_cluster=0.0)),
+            replace(base, w_cooc=0.0, w_cluster=0.0)
+        ),
         "embedding + cluster boost (w_cooc=0)": lambda: Streamrec(replace(base, w_cooc=0.0)),
-        "no recency weighting (recency_decay=1)": lambda: Streamrec(replace(base, recency_decay=1.0)),
+        "no recency weighting (recency_decay=1)": lambda: Streamrec(
+            replace(base, recency_decay=1.0)
+        ),
         "last item only (context=1)": lambda: Streamrec(replace(base, context=1)),
         "Word2Vec 5 epochs": lambda: Streamrec(replace(base, epochs=5)),
         "item_knn alpha=0.75 shrink=20": lambda: ItemKNN(alpha=0.75, shrink=20.0),
@@ -88,8 +97,12 @@ def _run_cli(command: list[str]) -> dict:  # type: ignore[type-arg]
     streamrec = str(Path(sys.executable).with_name("streamrec"))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
-        subprocess.run([streamrec, *command[1:], "--json", str(out)], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [streamrec, *command[1:], "--json", str(out)],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         return json.loads(out.read_text())
 
 
@@ -105,12 +118,16 @@ def _table(report: dict) -> str:  # type: ignore[type-arg]
     for name, m in models.items():
         hr = f"**{m['hr']:.4f}**" if m["hr"] == best_hr else f"{m['hr']:.4f}"
         mrr = f"**{m['mrr']:.4f}**" if m["mrr"] == best_mrr else f"{m['mrr']:.4f}"
-        lines.append(f"| {name} | {hr} | {mrr} | {m['coverage']:.3f} | {m['popularity_rank']:.1f} "
-                     f"| {m['train_s']:.1f} | {m['recs_per_s']:,.0f} |")
+        lines.append(
+            f"| {name} | {hr} | {mrr} | {m['coverage']:.3f} | {m['popularity_rank']:.1f} "
+            f"| {m['train_s']:.1f} | {m['recs_per_s']:,.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def _sessions_split(train_path: Path, test_path: Path | None) -> tuple[list[list[str]], list[list[str]]]:
+def _sessions_split(
+    train_path: Path, test_path: Path | None
+) -> tuple[list[list[str]], list[list[str]]]:
     train = build_sessions(read_clicks(train_path))
     if test_path is None:
         train, test = split_last_days(train, 30)
@@ -120,6 +137,4 @@ def _sessions_split(train_path: Path, test_path: Path | None) -> tuple[list[list
 
 
 if __name__ == "__main__":
-    from collections.abc import Callable  # noqa: F401  (used in annotations above)
-
     main()

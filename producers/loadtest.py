@@ -42,9 +42,12 @@ from producers.client import ClickProducer
 from producers.replay import ReplayTable, iter_events, new_run_id, send_events
 from producers.timing import Pacer
 
-# Reader fetch wait: recommendations are picked up at most this late (a bound on the
-# measurement error), at the cost of a few idle fetches per second.
-_FETCH_WAIT_MS = 10
+# Reader fetch wait: a recommendation is picked up at most this late (a bound on the
+# measurement error). Shorter is not free: the embedded broker's cost per fetch grows
+# with the partition's length, so a reader fetching every 10 ms measurably slows the
+# system under test after some 10^4 messages (benchmarks/producers.md); 25 ms kept the
+# floor at ~12 ms p50 with little of that effect.
+_FETCH_WAIT_MS = 25
 # A plot with more points than this is unreadable and slow; latency over time is
 # subsampled evenly (percentile lines use every event).
 _MAX_SCATTER_POINTS = 50_000

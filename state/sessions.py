@@ -14,7 +14,8 @@ from state import keys
 # For each click i (KEYS[2i-1] = item list, KEYS[2i] = applied event ids): append the
 # item unless this event id was applied before or the item repeats the last one
 # (consecutive duplicates carry no signal); keep the newest ARGV[1] items; refresh TTLs
-# (ARGV[2]); reply with whether the event was new and the session's items, oldest first.
+# (ARGV[2]) on activity; reply with whether the event was new and the session's items,
+# oldest first.
 # One call carries a whole batch, so a batch costs one round trip and one command to
 # encode instead of one per click.
 APPEND_LUA = """
@@ -24,12 +25,13 @@ for i = 1, #KEYS / 2 do
   local items, events = KEYS[2 * i - 1], KEYS[2 * i]
   local item = ARGV[2 * i + 1]
   local fresh = redis.call('SADD', events, ARGV[2 * i + 2])
-  if fresh == 1 and redis.call('LINDEX', items, -1) ~= item then
-    redis.call('RPUSH', items, item)
-    redis.call('LTRIM', items, -cap, -1)
+  if fresh == 1 then
+    if redis.call('LINDEX', items, -1) ~= item and redis.call('RPUSH', items, item) > cap then
+      redis.call('LTRIM', items, -cap, -1)
+    end
+    redis.call('EXPIRE', items, ttl)
+    redis.call('EXPIRE', events, ttl)
   end
-  redis.call('EXPIRE', items, ttl)
-  redis.call('EXPIRE', events, ttl)
   out[i] = {fresh, redis.call('LRANGE', items, 0, -1)}
 end
 return out
@@ -81,7 +83,7 @@ class SessionStore:
         updates: list[SessionUpdate | None] = [None] * len(clicks)
         for group, reply in zip(groups, replies):
             for i, (fresh, items) in zip(group, reply):
-                updates[i] = SessionUpdate(bool(fresh), [_text(x) for x in items])
+                updates[i] = SessionUpdate(bool(fresh), _texts(items))
         return updates  # type: ignore[return-value]
 
     @staticmethod
@@ -110,7 +112,7 @@ class SessionStore:
 
     async def session_items(self, tenant: str, session_id: str) -> list[str]:
         raw = await self._client.lrange(keys.session_items(tenant, session_id), 0, -1)
-        return [_text(i) for i in raw]
+        return _texts(raw)
 
     async def store_last_recs(self, recs: Sequence[tuple[str, str, bytes]]) -> None:
         """Remember each session's latest recommendation JSON for HTTP pull."""
@@ -122,5 +124,8 @@ class SessionStore:
         await pipe.execute()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _texts(values: list[bytes] | list[str]) -> list[str]:
+    # A client made with decode_responses=True (the worker's) hands back str already.
+    if values and isinstance(values[0], bytes):
+        return [v.decode() for v in values]  # type: ignore[union-attr]
+    return values  # type: ignore[return-value]

@@ -26,7 +26,7 @@ from stream.config import Settings
 from stream.model_handle import ModelCache
 from stream.tenant_state import TenantDirectory
 from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
-from stream.processor import BatchProcessor, BatchResult, Inbound
+from stream.processor import BatchProcessor, BatchResult, Message
 
 log = logging.getLogger("streamrec.worker")
 
@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> faust.App:
     def processor() -> BatchProcessor:
         # Clients are built when the worker starts, never at import time.
         if "processor" not in holder:
-            redis = Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=0)
+            redis = Redis.from_url(settings.redis_url, socket_timeout=5, decode_responses=True)
             holder["redis"] = redis
             store = SessionStore(redis, cap=settings.session_cap, ttl_s=settings.session_ttl_s)
             tenants = TenantDirectory(redis, ttl_s=settings.model_check_interval_s)
@@ -74,7 +74,7 @@ def create_app(settings: Settings) -> faust.App:
             holder["processor"] = BatchProcessor(store, models, tenants, top_k=settings.top_k)
         return holder["processor"]
 
-    async def process_with_retry(batch: list[Inbound]) -> BatchResult:
+    async def process_with_retry(batch: list[Message]) -> BatchResult:
         # Redis down: hold the batch (so nothing is skipped or committed) and retry with
         # backoff; consumption stops because the agent does not take the next batch.
         delay = 0.1
@@ -152,8 +152,7 @@ def _add_agent(app: faust.App, settings: Settings, process: ProcessFn, done: Don
     @app.agent(clicks, name="recommend")
     async def recommend(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            batch = [Inbound(e.message.key, e.message.value, e.message.topic, e.message.partition,
-                             e.message.offset) for e in events]
+            batch = [e.message for e in events]
             result = await process(batch)
             pending = [await recs.send(key=o.session_id.encode(), value=o.payload)
                        for o in result.recommendations]

@@ -23,11 +23,11 @@ from confluent_kafka import KafkaException, Producer
 from mode import Service
 
 from stream.config import Settings
-from stream.processor import BatchResult, Inbound
+from stream.processor import BatchResult, Message
 
 log = logging.getLogger("streamrec.worker")
 
-ProcessFn = Callable[[list[Inbound]], Awaitable[BatchResult]]
+ProcessFn = Callable[[list[Message]], Awaitable[BatchResult]]
 DoneFn = Callable[[int, BatchResult], None]
 
 
@@ -149,10 +149,7 @@ class BatchLoop(Service):
 
     async def _handle(self, fetched: dict[TopicPartition, list]) -> None:
         assert self._consumer is not None and self._publisher is not None
-        batch = [
-            Inbound(r.key, r.value, r.topic, r.partition, r.offset)
-            for records in fetched.values() for r in records
-        ]
+        batch = [r for records in fetched.values() for r in records]
         started = time.perf_counter()
         result = await self._process(batch)
         delay = 0.2

@@ -119,29 +119,17 @@ def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickE
     return event_from_dict(data, default_ts=default_ts)
 
 
-@dataclass(frozen=True, slots=True)
-class Recommendation:
-    tenant: str
-    session_id: str
-    event_id: str
-    trigger_item: str
-    items: list[tuple[str, float]]
-    model_version: str | None
-    strategy: str
-    event_ts: float
-    emitted_ts: float
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "tenant": self.tenant,
-                "session_id": self.session_id,
-                "event_id": self.event_id,
-                "trigger_item": self.trigger_item,
-                "items": [{"item_id": i, "score": s} for i, s in self.items],
-                "model_version": self.model_version,
-                "strategy": self.strategy,
-                "event_ts": self.event_ts,
-                "emitted_ts": self.emitted_ts,
-            }
-        )
+def recommendation_json(event: ClickEvent, event_id: str, items: list[tuple[str, float]],
+                        strategy: str, model_version: str | None, emitted_ts: float) -> bytes:
+    """The recommendation record for ``event`` (topic ``recommendations``)."""
+    return orjson.dumps({
+        "tenant": event.tenant,
+        "session_id": event.session_id,
+        "event_id": event_id,
+        "trigger_item": event.item_id,
+        "items": [{"item_id": i, "score": s} for i, s in items],
+        "model_version": model_version,
+        "strategy": strategy,
+        "event_ts": event.ts,
+        "emitted_ts": emitted_ts,
+    })

@@ -11,19 +11,20 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from models.ranking import Ranked, recommend_batch
 from state.sessions import Click, SessionStore
-from stream.events import ClickEvent, InvalidEvent, Recommendation, parse_event
+from stream.events import ClickEvent, InvalidEvent, parse_event, recommendation_json
 from stream.model_handle import ModelCache
 from stream.tenant_state import TenantDirectory
 
 DLQ_REASON_HEADER = "streamrec-reason"
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """One consumed Kafka message, as much of it as processing needs."""
+class Message(Protocol):
+    """What processing reads of a consumed Kafka message (aiokafka's ConsumerRecord and
+    Faust's Message both have it, so batches are passed through without copying)."""
 
     key: bytes | None
     value: bytes | None
@@ -31,9 +32,20 @@ class Inbound:
     partition: int
     offset: int
 
-    @property
-    def position(self) -> str:
-        return f"{self.topic}:{self.partition}:{self.offset}"
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message built by hand (tests, tools)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+def position(msg: Message) -> str:
+    return f"{msg.topic}:{msg.partition}:{msg.offset}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +91,17 @@ class BatchProcessor:
         self._top_k = top_k
         self._clock = clock
 
-    async def process(self, batch: Sequence[Inbound]) -> BatchResult:
+    async def process(self, batch: Sequence[Message]) -> BatchResult:
         result = BatchResult()
         events: list[tuple[ClickEvent, str]] = []
         for msg in batch:
             try:
                 event = parse_event(msg.value)
             except InvalidEvent as exc:
-                result.dead_letters.append(DeadLetter(msg.key, msg.value, exc.reason, msg.position))
+                result.dead_letters.append(DeadLetter(msg.key, msg.value, exc.reason, position(msg)))
                 continue
             # Without an event id the message position identifies a re-delivery.
-            events.append((event, event.event_id or msg.position))
+            events.append((event, event.event_id or position(msg)))
         if not events:
             return result
 
@@ -124,18 +136,9 @@ class BatchProcessor:
             if r is None:
                 continue
             bundle = bundles[event.tenant]
-            rec = Recommendation(
-                tenant=event.tenant,
-                session_id=event.session_id,
-                event_id=eid,
-                trigger_item=event.item_id,
-                items=r.items,
-                model_version=bundle.version if bundle is not None else None,
-                strategy=r.strategy,
-                event_ts=event.ts,
-                emitted_ts=emitted,
-            )
-            result.recommendations.append(Outgoing(event.tenant, event.session_id, rec.to_json()))
+            payload = recommendation_json(event, eid, r.items, r.strategy,
+                                          bundle.version if bundle is not None else None, emitted)
+            result.recommendations.append(Outgoing(event.tenant, event.session_id, payload))
         return result
 
 

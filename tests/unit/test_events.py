@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, Recommendation, parse_event
+from stream.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, parse_event, recommendation_json
 
 
 def test_valid_event_round_trips() -> None:
@@ -45,8 +45,11 @@ def test_invalid_events_name_the_reason(raw: bytes | None, reason: str) -> None:
 
 
 def test_recommendation_json_follows_the_contract() -> None:
-    rec = Recommendation("t", "s", "e", "A1", [("B2", 0.5), ("C3", 0.25)], "v3", "embedding", 1.0, 2.0)
-    data = orjson.loads(rec.to_json())
+    click = ClickEvent("t", "s", "A1", 1.0)
+    data = orjson.loads(recommendation_json(click, "e", [("B2", 0.5), ("C3", 0.25)], "embedding",
+                                            "v3", 2.0))
     assert set(data) == {"tenant", "session_id", "event_id", "trigger_item", "items",
                          "model_version", "strategy", "event_ts", "emitted_ts"}
     assert data["items"] == [{"item_id": "B2", "score": 0.5}, {"item_id": "C3", "score": 0.25}]
+    assert (data["tenant"], data["session_id"], data["trigger_item"], data["event_ts"]) == (
+        "t", "s", "A1", 1.0)
