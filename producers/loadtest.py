@@ -48,6 +48,8 @@ from producers.timing import Pacer
 # system under test after some 10^4 messages (benchmarks/producers.md); 25 ms kept the
 # floor at ~12 ms p50 with little of that effect.
 _FETCH_WAIT_MS = 25
+# The report's latency-over-time table: one row per this many seconds of sending.
+LATENCY_WINDOW_S = 10.0
 # A plot with more points than this is unreadable and slow; latency over time is
 # subsampled evenly (percentile lines use every event).
 _MAX_SCATTER_POINTS = 50_000
@@ -407,7 +409,26 @@ def summarize(
         "lag_end": lag_end,
         "strategies": strategies or {},
         "duration_s": _round(send_span),
+        "latency_by_window": latency_windows(sent_at[answered_mask] - first_send, latency_ms),
     }
+
+
+def latency_windows(when_s: np.ndarray, latency_ms: np.ndarray,
+                    window_s: float = LATENCY_WINDOW_S) -> list[dict[str, float]]:
+    """p50/p99 per ``window_s`` of send time: shows drift that one percentile hides."""
+    if not len(latency_ms):
+        return []
+    # A last window of a few stragglers (sent a hair after the planned end) joins the one
+    # before it rather than standing alone.
+    last = max(1, round(float(np.max(when_s)) / window_s)) - 1
+    index = np.minimum(np.floor(when_s / window_s).astype(np.int64), last)
+    out = []
+    for w in np.unique(index).tolist():
+        chunk = latency_ms[index == w]
+        p50, p99 = np.percentile(chunk, [50, 99])
+        out.append({"from_s": w * window_s, "events": int(len(chunk)),
+                    "p50": round(float(p50), 2), "p99": round(float(p99), 2)})
+    return out
 
 
 def latency_summary(latency_ms: np.ndarray) -> dict[str, float | None]:
@@ -449,6 +470,12 @@ def markdown_report(report: dict[str, Any], command: str | None = None) -> str:
         f"| worker lag at end | {report['lag_end'] if report['lag_end'] is not None else 'n/a'} |",
         f"| strategies | {', '.join(f'{k}: {v:,}' for k, v in report['strategies'].items())} |",
     ]
+    windows = report.get("latency_by_window") or []
+    if len(windows) > 1:
+        lines += ["", "Latency by window of send time (ms):", "",
+                  "| from s | events | p50 | p99 |", "| ---: | ---: | ---: | ---: |"]
+        lines += [f"| {w['from_s']:g} | {w['events']:,} | {_num(w['p50'])} | {_num(w['p99'])} |"
+                  for w in windows]
     if command:
         lines += ["", "```", command, "```"]
     return "\n".join(lines) + "\n"

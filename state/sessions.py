@@ -37,6 +37,13 @@ end
 return out
 """
 
+SET_MANY_LUA = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+end
+return #KEYS
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Click:
@@ -59,6 +66,7 @@ class SessionStore:
         self._cap = cap
         self._ttl_s = ttl_s
         self._append = client.register_script(APPEND_LUA)
+        self._set_many = client.register_script(SET_MANY_LUA)
 
     async def append_clicks(
         self, clicks: Sequence[Click], count_for: Collection[str] = ()
@@ -100,14 +108,16 @@ class SessionStore:
             for item, n in per.items():
                 pipe.zincrby(keys.popularity(tenant), n, item)
 
-    def _slot_groups(self, clicks: Sequence[Click]) -> list[list[int]]:
-        """One group for a single Redis; one per hash slot on a cluster (a script may
-        only touch keys of one slot there). Order inside a group is the batch order."""
+    def _slot_groups(self, sessions: Sequence[tuple[str, str] | Click]) -> list[list[int]]:
+        """Indexes of ``(tenant, session_id)``s grouped for one script call each: one group
+        for a single Redis, one per hash slot on a cluster (a script may only touch keys of
+        one slot there). Order inside a group is the batch order."""
         if not self._cluster:
-            return [list(range(len(clicks)))]
+            return [list(range(len(sessions)))]
         by_slot: dict[int, list[int]] = {}
-        for i, c in enumerate(clicks):
-            by_slot.setdefault(key_slot(keys.session_tag(c.tenant, c.session_id).encode()), []).append(i)
+        for i, s in enumerate(sessions):
+            tenant, session_id = (s.tenant, s.session_id) if isinstance(s, Click) else s
+            by_slot.setdefault(key_slot(keys.session_tag(tenant, session_id).encode()), []).append(i)
         return list(by_slot.values())
 
     async def session_items(self, tenant: str, session_id: str) -> list[str]:
@@ -115,13 +125,21 @@ class SessionStore:
         return _texts(raw)
 
     async def store_last_recs(self, recs: Sequence[tuple[str, str, bytes]]) -> None:
-        """Remember each session's latest recommendation JSON for HTTP pull."""
+        """Remember each session's latest recommendation JSON (for HTTP pull), one script
+        call per batch: far cheaper to encode than a SET command per record."""
         if not recs:
             return
         pipe = self._client.pipeline(transaction=False)
-        for tenant, session_id, payload in recs:
-            pipe.set(keys.last_recs(tenant, session_id), payload, ex=self._ttl_s)
+        for group in self._slot_groups([(t, s) for t, s, _ in recs]):
+            await self._set_many(
+                keys=[keys.last_recs(recs[i][0], recs[i][1]) for i in group],
+                args=[self._ttl_s, *(recs[i][2] for i in group)],
+                client=pipe,
+            )
         await pipe.execute()
+
+    async def last_recs(self, tenant: str, session_id: str) -> bytes | str | None:
+        return await self._client.get(keys.last_recs(tenant, session_id))
 
 
 def _texts(values: list[bytes] | list[str]) -> list[str]:

@@ -25,6 +25,7 @@ from state.sessions import SessionStore
 from stream.config import Settings
 from stream.model_handle import ModelCache
 from stream.tenant_state import TenantDirectory
+from stream.web import WebService
 from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
 from stream.processor import BatchProcessor, BatchResult, Message
 
@@ -56,8 +57,6 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=1,
         producer_linger=0.002,
         web_enabled=settings.web_port > 0,
-        web_port=max(settings.web_port, 1),
-        web_host="127.0.0.1",
     )
     models = ModelCache(Registry(settings.registry_dir), max_models=settings.max_models)
     stats = WorkerStats()
@@ -67,12 +66,15 @@ def create_app(settings: Settings) -> faust.App:
         # Clients are built when the worker starts, never at import time.
         if "processor" not in holder:
             redis = Redis.from_url(settings.redis_url, socket_timeout=5, decode_responses=True)
-            holder["redis"] = redis
             store = SessionStore(redis, cap=settings.session_cap, ttl_s=settings.session_ttl_s)
             tenants = TenantDirectory(redis, ttl_s=settings.model_check_interval_s)
-            holder["tenants"] = tenants
+            holder.update(redis=redis, store=store, tenants=tenants)
             holder["processor"] = BatchProcessor(store, models, tenants, top_k=settings.top_k)
         return holder["processor"]
+
+    async def last_recs(tenant: str, session_id: str) -> str | None:
+        processor()
+        return await holder["store"].last_recs(tenant, session_id)
 
     async def process_with_retry(batch: list[Message]) -> BatchResult:
         # Redis down: hold the batch (so nothing is skipped or committed) and retry with
@@ -109,6 +111,9 @@ def create_app(settings: Settings) -> faust.App:
         _add_agent(app, settings, process_with_retry, count)
     else:
         raise ValueError(f"STREAMREC_ENGINE={settings.engine!r}: choose 'batch' or 'agent'")
+
+    if settings.web_port > 0:
+        app.web_server(WebService(settings, stats, models, last_recs))
 
     @app.timer(settings.model_check_interval_s)
     async def check_models() -> None:

@@ -139,6 +139,8 @@ class BatchProcessor:
             payload = recommendation_json(event, eid, r.items, r.strategy,
                                           bundle.version if bundle is not None else None, emitted)
             result.recommendations.append(Outgoing(event.tenant, event.session_id, payload))
+        await self._store.store_last_recs(
+            [(o.tenant, o.session_id, o.payload) for o in result.recommendations])
         return result
 
 

@@ -54,3 +54,23 @@ def test_tenants_and_sessions_are_separate(
                                           Click(t1, "s2", "z", "e1")]))
     assert [u.items for u in updates] == [["x"], ["y"], ["z"]]
     assert all(u.fresh for u in updates)
+
+
+def test_last_recommendations_are_kept_per_session(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    t = unique_name("tenant")
+
+    async def run() -> tuple[object, object, object]:
+        client = Redis.from_url(stack.redis_url)
+        try:
+            store = SessionStore(client, cap=3, ttl_s=60)
+            await store.store_last_recs([(t, "s1", b'{"n": 1}'), (t, "s2", b'{"n": 2}'),
+                                         (t, "s1", b'{"n": 3}')])
+            return (await store.last_recs(t, "s1"), await store.last_recs(t, "s2"),
+                    await client.ttl(keys.last_recs(t, "s1")))
+        finally:
+            await client.aclose()
+
+    s1, s2, ttl = asyncio.run(run())
+    assert (s1, s2) == (b'{"n": 3}', b'{"n": 2}') and 0 < ttl <= 60

@@ -395,6 +395,16 @@ def test_summarize_reports_counts_latency_and_throughput() -> None:
     orjson.dumps(report)  # plain JSON types only
 
 
+def test_latency_windows_show_drift() -> None:
+    sent = 1000.0 + np.arange(300) * 0.1  # 30 s
+    recv = sent + np.repeat([0.010, 0.020, 0.100], 100)
+    windows = summarize(sent, recv, offered_rate=10.0)["latency_by_window"]
+    assert [w["from_s"] for w in windows] == [0, 10, 20]
+    assert [w["events"] for w in windows] == [100, 100, 100]
+    assert [w["p50"] for w in windows] == pytest.approx([10.0, 20.0, 100.0])
+    assert "| 20 | 100 | 100 | 100 |" in markdown_report(summarize(sent, recv, offered_rate=10.0))
+
+
 def test_summarize_with_nothing_answered() -> None:
     report = summarize(np.array([1.0, 2.0]), np.array([np.nan, np.nan]), offered_rate=None)
     assert report["missing"] == 2 and report["throughput"] is None

@@ -1,0 +1,134 @@
+"""The worker's HTTP API (aiohttp), for apps that would rather not speak Kafka.
+
+    GET  /health                                          liveness + counters (JSON)
+    GET  /metrics                                         Prometheus text format
+    GET  /v1/{tenant}/sessions/{session_id}/recommendations   latest list for a session
+    POST /v1/{tenant}/events                              one click or a JSON array of clicks
+
+Events posted here are validated first (a bad one gets 400 and a reason, nothing is
+sent) and then produced to the ``clicks`` topic like any app's, keyed by session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from confluent_kafka import Producer
+from mode import Service
+
+from stream.config import Settings
+from stream.events import MAX_EVENT_BYTES, TENANT_RE, InvalidEvent, event_from_dict
+
+log = logging.getLogger("streamrec.web")
+MAX_POST_EVENTS = 1000
+
+
+def prometheus_text(counters: dict[str, float], gauges: dict[str, float]) -> str:
+    lines = []
+    for kind, values in (("counter", counters), ("gauge", gauges)):
+        for name, value in values.items():
+            lines += [f"# TYPE streamrec_{name} {kind}", f"streamrec_{name} {value}"]
+    return "\n".join(lines) + "\n"
+
+
+class WebService(Service):
+    def __init__(self, settings: Settings, stats: Any, models: Any,
+                 last_recs: Callable[[str, str], Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._settings = settings
+        self._stats = stats
+        self._models = models
+        self._last_recs = last_recs
+        self._runner: web.AppRunner | None = None
+        self._producer: Producer | None = None
+        self._boot_ts = time.time()
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_POST_EVENTS * MAX_EVENT_BYTES)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/v1/{tenant}/sessions/{session_id}/recommendations", self.recommendations)
+        app.router.add_post("/v1/{tenant}/events", self.post_events)
+        return app
+
+    async def on_start(self) -> None:
+        self._producer = Producer({"bootstrap.servers": self._settings.broker, "linger.ms": 2})
+        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, "0.0.0.0", self._settings.web_port).start()
+        except OSError as exc:
+            # A second worker on the same host: serve the stream anyway, just not HTTP.
+            log.error("HTTP API disabled: port %d is busy (%s); set STREAMREC_WEB_PORT to a "
+                      "free port or 0", self._settings.web_port, exc.strerror)
+            return
+        log.info("HTTP API on port %d", self._settings.web_port)
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.flush, 5)
+
+    def counters(self) -> dict[str, float]:
+        s = self._stats
+        return {"events_total": s.events_in, "recommendations_total": s.recommendations,
+                "dead_letters_total": s.dead_letters, "redelivered_total": s.duplicates,
+                "switched_off_total": s.suppressed, "batches_total": s.batches,
+                "model_swaps_total": self._models.swaps}
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "uptime_s": round(time.time() - self._boot_ts, 1),
+                                  **self.counters(), "models": self._models.loaded()},
+                                 dumps=lambda o: orjson.dumps(o).decode())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        gauges = {"models_loaded": len(self._models.loaded())}
+        return web.Response(text=prometheus_text(self.counters(), gauges),
+                            content_type="text/plain", charset="utf-8")
+
+    async def recommendations(self, request: web.Request) -> web.Response:
+        tenant, session_id = request.match_info["tenant"], request.match_info["session_id"]
+        payload = await self._last_recs(tenant, session_id)
+        if payload is None:
+            return _error(404, f"no recommendations for session {session_id!r} of tenant {tenant!r}")
+        body = payload.encode() if isinstance(payload, str) else payload
+        return web.Response(body=body, content_type="application/json")
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        if not TENANT_RE.match(tenant):
+            return _error(400, "tenant must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return _error(400, f"body is not valid JSON: {exc}")
+        items = body if isinstance(body, list) else [body]
+        if len(items) > MAX_POST_EVENTS:
+            return _error(413, f"at most {MAX_POST_EVENTS} events per request")
+        now = time.time()
+        events = []
+        for n, data in enumerate(items):
+            if isinstance(data, dict) and data.setdefault("tenant", tenant) != tenant:
+                return _error(400, f"event {n}: tenant {data['tenant']!r} differs from the URL's")
+            try:
+                events.append(event_from_dict(data, default_ts=now))
+            except InvalidEvent as exc:
+                return _error(400, f"event {n}: {exc.reason}")
+        assert self._producer is not None
+        for event in events:
+            self._producer.produce(self._settings.clicks_topic, event.to_json(), event.session_id)
+        remaining = await asyncio.to_thread(self._producer.flush, 10)
+        if remaining:
+            return _error(503, f"{remaining} event(s) not acknowledged by the broker; retry")
+        return web.json_response({"accepted": len(events)}, status=202)
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)

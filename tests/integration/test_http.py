@@ -1,0 +1,80 @@
+"""The worker's HTTP API: post clicks, pull the latest recommendations, health, metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from stream.devstack import EmbeddedStack, free_port
+from tests.integration.helpers import WorkerProcess
+from tests.integration.test_worker import make_config
+
+
+def _call(url: str, body: object | None = None) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _wait_for(url: str, timeout: float = 60) -> tuple[int, bytes]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, body = _call(url)
+        except (urllib.error.URLError, ConnectionError):
+            status, body = 0, b""
+        if status == 200 or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.3)
+
+
+def test_post_clicks_and_pull_recommendations(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
+    port = free_port()
+    cfg.extra_env["STREAMREC_WEB_PORT"] = str(port)
+    base = f"http://127.0.0.1:{port}"
+    with WorkerProcess(cfg) as worker:
+        assert _wait_for(f"{base}/health")[0] == 200, worker.log()[-3000:]
+        status, body = _call(f"{base}/v1/default/events", [
+            {"session_id": "web-1", "item_id": "A13"},
+            {"session_id": "web-1", "item_id": "A16", "event_id": "w2"},
+        ])
+        assert status == 202 and json.loads(body) == {"accepted": 2}
+
+        # Bad input: a reason, and nothing sent.
+        status, body = _call(f"{base}/v1/default/events", {"session_id": "web-2", "item_id": 7})
+        assert status == 400 and "item_id" in json.loads(body)["error"]
+        status, body = _call(f"{base}/v1/default/events", {"tenant": "other", "session_id": "s",
+                                                           "item_id": "A1"})
+        assert status == 400 and "differs" in json.loads(body)["error"]
+
+        url = f"{base}/v1/default/sessions/web-1/recommendations"
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = _call(url)
+            rec = json.loads(body) if status == 200 else {}
+            if rec.get("event_id") == "w2" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert rec.get("event_id") == "w2", (status, body)
+        assert rec["trigger_item"] == "A16" and rec["items"] and rec["model_version"]
+        assert all(i["item_id"] not in {"A13", "A16"} for i in rec["items"])
+        assert _call(f"{base}/v1/default/sessions/web-2/recommendations")[0] == 404
+
+        status, body = _call(f"{base}/metrics")
+        assert status == 200
+        metrics = dict(line.split(" ") for line in body.decode().splitlines()
+                       if line and not line.startswith("#"))
+        assert int(metrics["streamrec_events_total"]) >= 2
+        assert int(metrics["streamrec_recommendations_total"]) >= 2
