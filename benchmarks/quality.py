@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from models.baselines import ItemKNN, SessionKNN, Streamrec
+from models.baselines import ItemKNN, SessionKNN
 from models.datasets import build_sessions, eshop_path, read_clicks, split_last_days
 from models.evaluate import Recommender, evaluate
-from models.train import TrainParams
+from models.train import StreamrecModel, TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
 YOOCHOOSE = ROOT.parent / "shared" / "data" / "yoochoose-100k"
@@ -58,19 +58,19 @@ def main() -> None:
     }
     base = TrainParams()
     variants: dict[str, Callable[[], Recommender]] = {
-        "streamrec (defaults)": lambda: Streamrec(base),
-        "co-occurrence only (w_cos=0, w_cluster=0)": lambda: Streamrec(
+        "streamrec (defaults)": lambda: StreamrecModel(base),
+        "co-occurrence only (w_cos=0, w_cluster=0)": lambda: StreamrecModel(
             replace(base, w_cos=0.0, w_cluster=0.0)
         ),
-        "embedding only (w_cooc=0, w_cluster=0)": lambda: Streamrec(
+        "embedding only (w_cooc=0, w_cluster=0)": lambda: StreamrecModel(
             replace(base, w_cooc=0.0, w_cluster=0.0)
         ),
-        "embedding + cluster boost (w_cooc=0)": lambda: Streamrec(replace(base, w_cooc=0.0)),
-        "no recency weighting (recency_decay=1)": lambda: Streamrec(
+        "embedding + cluster boost (w_cooc=0)": lambda: StreamrecModel(replace(base, w_cooc=0.0)),
+        "no recency weighting (recency_decay=1)": lambda: StreamrecModel(
             replace(base, recency_decay=1.0)
         ),
-        "last item only (context=1)": lambda: Streamrec(replace(base, context=1)),
-        "Word2Vec 5 epochs": lambda: Streamrec(replace(base, epochs=5)),
+        "last item only (context=1)": lambda: StreamrecModel(replace(base, context=1)),
+        "Word2Vec 5 epochs": lambda: StreamrecModel(replace(base, epochs=5)),
         "item_knn alpha=0.75 shrink=20": lambda: ItemKNN(alpha=0.75, shrink=20.0),
         "item_knn alpha=0.5 shrink=100": lambda: ItemKNN(alpha=0.5, shrink=100.0),
         "sknn k=500 sample=5000": lambda: SessionKNN(k=500, sample_size=5000),

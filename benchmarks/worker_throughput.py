@@ -38,22 +38,35 @@ from stream.topics import ensure_topics  # noqa: E402
 from tests.integration.helpers import WorkerConfig, WorkerProcess, consume, produce  # noqa: E402
 
 
-def make_records(n: int, items: list[str], sessions: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
+def make_records(
+    n: int, items: list[str], sessions: int, seed: int = 1
+) -> list[tuple[bytes, bytes]]:
     rng = random.Random(seed)
     now = time.time()
     out = []
     for i in range(n):
         sid = f"s{rng.randrange(sessions)}"
-        event = {"tenant": "default", "session_id": sid, "item_id": rng.choice(items), "ts": now,
-                 "event_id": f"e{i}"}
+        event = {
+            "tenant": "default",
+            "session_id": sid,
+            "item_id": rng.choice(items),
+            "ts": now,
+            "event_id": f"e{i}",
+        }
         out.append((sid.encode(), orjson.dumps(event)))
     return out
 
 
 async def bare_consumer_rate(broker: str, topic: str, n: int) -> float:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, group_id=f"bare-{time.time_ns()}",
-                                auto_offset_reset="earliest", enable_auto_commit=False,
-                                session_timeout_ms=6000, max_poll_records=5000)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=broker,
+        group_id=f"bare-{time.time_ns()}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        max_poll_records=5000,
+    )
     await consumer.start()
     try:
         seen, started = 0, None
@@ -78,13 +91,25 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def worker_rate(stack: EmbeddedStack, home: Path, model_dir: Path, engine: str,
-                records: list[tuple[bytes, bytes]], batch_size: int) -> tuple[float, float]:
+def worker_rate(
+    stack: EmbeddedStack,
+    home: Path,
+    model_dir: Path,
+    engine: str,
+    records: list[tuple[bytes, bytes]],
+    batch_size: int,
+) -> tuple[float, float]:
     tag = f"{engine}-{time.time_ns()}"
-    cfg = WorkerConfig(stack, home / tag, model_dir, f"clicks-{tag}", f"recs-{tag}",
-                       f"dlq-{tag}", f"app-{tag}",
-                       extra_env={"STREAMREC_ENGINE": engine,
-                                  "STREAMREC_BATCH_SIZE": str(batch_size)})
+    cfg = WorkerConfig(
+        stack,
+        home / tag,
+        model_dir,
+        f"clicks-{tag}",
+        f"recs-{tag}",
+        f"dlq-{tag}",
+        f"app-{tag}",
+        extra_env={"STREAMREC_ENGINE": engine, "STREAMREC_BATCH_SIZE": str(batch_size)},
+    )
     ensure_topics(stack.broker, [cfg.clicks, cfg.recs, cfg.dlq], 4)
     produce(stack.broker, cfg.clicks, records)
     worker = WorkerProcess(cfg).start()
@@ -94,7 +119,9 @@ def worker_rate(stack: EmbeddedStack, home: Path, model_dir: Path, engine: str,
     finally:
         worker.stop()
     if len(recs) < len(records):
-        raise SystemExit(f"{engine}: only {len(recs)} of {len(records)} answered; see {worker.log_path}")
+        raise SystemExit(
+            f"{engine}: only {len(recs)} of {len(records)} answered; see {worker.log_path}"
+        )
     emitted = sorted(orjson.loads(m.value())["emitted_ts"] for m in recs)
     return len(records) / (emitted[-1] - emitted[0]), rss
 
@@ -104,13 +131,19 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--sessions", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=2000)
-    parser.add_argument("--model-dir", type=Path, help="registry with a promoted 'default' model "
-                        "(default: train one on the shipped e-shop data)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="registry with a promoted 'default' model "
+        "(default: train one on the shipped e-shop data)",
+    )
     parser.add_argument("--engines", default="bare,agent,batch")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
-    stack = EmbeddedStack(home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0")
+    stack = EmbeddedStack(
+        home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
+    )
     stack.up()
     try:
         model_dir = args.model_dir or home / "models"
@@ -133,8 +166,10 @@ def main() -> None:
             produce(stack.broker, topic, records)
             bare = asyncio.run(bare_consumer_rate(stack.broker, topic, len(records)))
             rows.append(("bare aiokafka consumer (reads only)", bare, float("nan")))
-        names = {"agent": "faust agent (take_events + send per record)",
-                 "batch": "streamrec batch loop (shipped)"}
+        names = {
+            "agent": "faust agent (take_events + send per record)",
+            "batch": "streamrec batch loop (shipped)",
+        }
         for engine in (e for e in engines if e in names):
             rate, rss = worker_rate(stack, home, model_dir, engine, records, args.batch_size)
             rows.append((names[engine], rate, rss))
@@ -142,8 +177,10 @@ def main() -> None:
         stack.down()
         shutil.rmtree(home, ignore_errors=True)
 
-    print(f"\n{args.events:,} events, {args.sessions:,} sessions, model of {len(items):,} items, "
-          f"batch size {args.batch_size}, {os.cpu_count()} cores\n")
+    print(
+        f"\n{args.events:,} events, {args.sessions:,} sessions, model of {len(items):,} items, "
+        f"batch size {args.batch_size}, {os.cpu_count()} cores\n"
+    )
     print("| contender | events/s | vs bare consumer | worker peak RSS |")
     print("| --- | ---: | ---: | ---: |")
     for name, rate, rss in rows:

@@ -23,8 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.evaluate import Recommender
-from models.ranking import recommend_batch
-from models.train import TrainParams, train_model
+from models.train import StreamrecModel, TrainParams, train_model
 
 
 class _Catalogue:
@@ -166,24 +165,11 @@ class SessionKNN(_Catalogue):
         return self.top_k((weights @ self.sessions).toarray(), seen, k)
 
 
-class Streamrec:
-    """streamrec's own model through the harness: ``train_model`` + ``recommend_batch``."""
-
-    def __init__(self, params: TrainParams | None = None) -> None:
-        self.params = params or TrainParams()
-
-    def fit(self, sessions: Sequence[Sequence[str]]) -> None:
-        self.bundle = train_model(sessions, self.params)
-
-    def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
-        return [r.item_ids() for r in recommend_batch(self.bundle, prefixes, k)]
-
-
 def model_factories(params: TrainParams | None = None) -> dict[str, Callable[[], Recommender]]:
     """Every model the harness knows, by the name ``--models`` uses."""
     params = params or TrainParams()
     return {
-        "streamrec": lambda: Streamrec(params),
+        "streamrec": lambda: StreamrecModel(params),
         "pop": Popular,
         "cluster_random": lambda: ClusterRandom(TrainParams(seed=params.seed)),
         "item_knn": ItemKNN,

@@ -27,7 +27,7 @@ _CHUNK = 256
 
 @dataclass(frozen=True)
 class RankParams:
-    context: int = 5
+    context: int = 3
     recency_decay: float = 0.3
     session_weight: float = 0.0
 
@@ -68,13 +68,14 @@ def recommend_batch(
         chunk = seen[lo : lo + _CHUNK]
         items, scores = _score_candidates(bundle, chunk, params)
         top_items, top_scores = _top_k(items, scores, k)
-        for known, row_items, row_scores in zip(
-            chunk, top_items.tolist(), top_scores.tolist(), strict=True
+        found = (top_items >= 0).sum(axis=1).tolist()  # real candidates sort before the -1s
+        for known, row_items, row_scores, n in zip(
+            chunk, top_items.tolist(), top_scores.tolist(), found, strict=True
         ):
-            top = [(names[i], s) for i, s in zip(row_items, row_scores, strict=True) if i >= 0]
+            top = list(zip(map(names.__getitem__, row_items[:n]), row_scores[:n], strict=True))
             strategy = "embedding" if top else ("cluster" if known else "popular")
-            if len(top) < k:
-                top += _fill(bundle, known, {i for i in row_items if i >= 0}, k - len(top))
+            if n < k:
+                top += _fill(bundle, known, set(row_items[:n]), k - n)
             results.append(Ranked(top, strategy))
     return results
 

@@ -97,31 +97,43 @@ def retrain(
     current_version = current.version if current is not None else None
     if len(sessions) < policy.min_sessions:
         return None, GateDecision(
-            "skipped", f"only {len(sessions)} sessions in the window (< {policy.min_sessions})",
+            "skipped",
+            f"only {len(sessions)} sessions in the window (< {policy.min_sessions})",
             current_version=current_version,
         )
     train, holdout = split_holdout(sessions, policy.holdout)
     started = time.perf_counter()
     candidate = train_model([s.items for s in train], params, progress)
     decision = gate(candidate, current, [s.items for s in holdout], policy)
-    return candidate, replace(decision, train_sessions=len(train),
-                              train_s=time.perf_counter() - started)
+    return candidate, replace(
+        decision, train_sessions=len(train), train_s=time.perf_counter() - started
+    )
 
 
-def gate(candidate: ModelBundle, current: ModelBundle | None,
-         holdout: Sequence[Sequence[str]], policy: GatePolicy) -> GateDecision:
+def gate(
+    candidate: ModelBundle,
+    current: ModelBundle | None,
+    holdout: Sequence[Sequence[str]],
+    policy: GatePolicy,
+) -> GateDecision:
     """Promote ``candidate`` unless it ranks ``holdout`` worse than ``current`` by more
     than the margin."""
     cand = score_bundle(candidate, holdout, policy.k)
     cur = score_bundle(current, holdout, policy.k) if current is not None else None
-    common = dict(candidate=cand, current=cur, holdout_sessions=len(holdout),
-                  current_version=current.version if current is not None else None)
+    common = dict(
+        candidate=cand,
+        current=cur,
+        holdout_sessions=len(holdout),
+        current_version=current.version if current is not None else None,
+    )
     name = f"{policy.metric.upper()}@{policy.k}"
     if cur is None:
         return GateDecision("promoted", f"first model ({name} {_m(cand, policy):.4f})", **common)
     ok = _m(cand, policy) >= _m(cur, policy) - policy.margin
-    verdict = (f"{name} {_m(cand, policy):.4f} vs {_m(cur, policy):.4f} in service"
-               f" (margin {policy.margin:g})")
+    verdict = (
+        f"{name} {_m(cand, policy):.4f} vs {_m(cur, policy):.4f} in service"
+        f" (margin {policy.margin:g})"
+    )
     return GateDecision("promoted" if ok else "kept", verdict, **common)
 
 

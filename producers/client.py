@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from models.errors import StreamrecError
@@ -38,6 +39,9 @@ DeliveryHook = Callable[[KafkaError | None, Message], None]
 # librdkafka polls delivery reports only when asked; serving them every so many sends
 # keeps the callbacks (and the counts) current without a poll per event.
 _POLL_EVERY = 1000
+# How often librdkafka reports statistics (for the idempotence state); a small JSON
+# document, parsed in microseconds.
+_STATS_INTERVAL_MS = 100
 
 
 class DeliveryError(StreamrecError):
@@ -156,10 +160,49 @@ class ClickProducer:
             extra=config,
         )
         conf["on_delivery"] = self._on_delivery
+        self._idempotent = idempotent
+        self._idempotence_state = ""
+        if idempotent and "stats_cb" not in conf:
+            # The statistics are the only place librdkafka says when the producer id is
+            # assigned, which is what wait_ready() waits for.
+            conf["statistics.interval.ms"] = _STATS_INTERVAL_MS
+            conf["stats_cb"] = self._on_stats
         try:
             self._producer = producer_factory(conf)
         except KafkaException as exc:
             raise StreamrecError(f"cannot create a Kafka producer: {exc}") from None
+
+    # -- starting ------------------------------------------------------------------------
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Return once the broker answers and events would go out at once.
+
+        An idempotent producer holds its first events until the broker has assigned it a
+        producer id (about 0.5 s); a replay or load test that stamps ``ts`` at send time
+        calls this first so those events do not carry the handshake.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            self._producer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise StreamrecError(
+                f"Kafka broker at {self.bootstrap_servers} does not answer: {exc}"
+            ) from None
+        while self._idempotent and self._idempotence_state != "Assigned":
+            if time.monotonic() > deadline:
+                raise StreamrecError(
+                    f"the broker at {self.bootstrap_servers} assigned no producer id within "
+                    f"{timeout:g} s (state {self._idempotence_state or 'unknown'}); "
+                    "try idempotent=False"
+                )
+            self._producer.poll(0.02)
+
+    def _on_stats(self, stats_json: str) -> None:
+        try:
+            state = orjson.loads(stats_json).get("eos", {}).get("idemp_state", "")
+        except orjson.JSONDecodeError:
+            return
+        self._idempotence_state = str(state)
 
     # -- sending -------------------------------------------------------------------------
 

@@ -341,6 +341,7 @@ def _warm_up(producer: ClickProducer, matcher: Matcher, table: ReplayTable,
     handshake (~0.5 s on the embedded broker), connections, a tenant's model load.
     """
     started = time.perf_counter()
+    producer.wait_ready()
     probe_ids = [f"{run_id}-warmup{i}" for i in range(len(config.tenants))]
     matcher.expect_probes(probe_ids)
     for tenant, event_id in zip(config.tenants, probe_ids, strict=True):
@@ -389,10 +390,10 @@ def summarize(
     last_send = float(np.nanmax(sent_at)) if sent else math.nan
     send_span = last_send - first_send if sent > 1 else 0.0
     send_rate = (sent - 1) / send_span if send_span > 0 else None
-    throughput = None
+    throughput = last_answer_s = None
     if answered:
-        span = float(np.max(recv_at[answered_mask])) - first_send
-        throughput = answered / span if span > 0 else None
+        last_answer_s = float(np.max(recv_at[answered_mask])) - first_send
+        throughput = answered / last_answer_s if last_answer_s > 0 else None
     return {
         # Offered = what was asked for; --max asks for "as fast as possible", i.e. what
         # the sender achieved.
@@ -409,6 +410,8 @@ def summarize(
         "lag_end": lag_end,
         "strategies": strategies or {},
         "duration_s": _round(send_span),
+        # First send -> last recommendation: with --max, how long the worker took for all.
+        "last_answer_s": _round(last_answer_s, 3),
         "latency_by_window": latency_windows(sent_at[answered_mask] - first_send, latency_ms),
     }
 
@@ -465,6 +468,7 @@ def markdown_report(report: dict[str, Any], command: str | None = None) -> str:
         f"| duplicates (re-delivered) | {report['duplicates']:,} |",
         f"| dead letters | {report['dead_letters']:,} |",
         f"| throughput (answered/s) | {_num(report['throughput'])} |",
+        f"| first send -> last recommendation | {_num(report['last_answer_s'])} s |",
         f"| latency p50 / p95 / p99 | {_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])} |",
         f"| latency max (mean) | {_ms(lat['max'])} ({_ms(lat['mean'])}) |",
         f"| worker lag at end | {report['lag_end'] if report['lag_end'] is not None else 'n/a'} |",
@@ -539,9 +543,12 @@ def plot_run(data: RunData, path: str | Path) -> Path:
         step = max(1, len(latency) // _MAX_SCATTER_POINTS)
         ax_time.scatter(when[::step], latency[::step], s=2, alpha=0.25, color="tab:blue",
                         label="event", rasterized=True)
-        seconds, p50, p99 = per_second_percentiles(when, latency)
-        ax_time.plot(seconds + 0.5, p50, color="tab:green", lw=1.5, label="p50 per second")
-        ax_time.plot(seconds + 0.5, p99, color="tab:red", lw=1.5, label="p99 per second")
+        # One-second buckets, or finer for short (--max) runs, so the lines have shape.
+        bucket_s = min(1.0, max(float(when.max()) / 20, 0.01))
+        starts, p50, p99 = bucket_percentiles(when, latency, bucket_s)
+        middle = starts + bucket_s / 2
+        ax_time.plot(middle, p50, color="tab:green", lw=1.5, label=f"p50 per {bucket_s:.2g} s")
+        ax_time.plot(middle, p99, color="tab:red", lw=1.5, label=f"p99 per {bucket_s:.2g} s")
         ax_time.set_yscale("log")
         _plain_log_axis(ax_time.yaxis)
         bins = np.logspace(np.log10(max(latency.min(), 0.1)), np.log10(latency.max() * 1.05), 60)
@@ -574,17 +581,17 @@ def plot_run(data: RunData, path: str | Path) -> Path:
     return path
 
 
-def per_second_percentiles(when: np.ndarray, latency: np.ndarray
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(second, p50, p99) for every whole second of send time that has events."""
-    buckets = np.floor(when).astype(np.int64)
+def bucket_percentiles(when: np.ndarray, latency: np.ndarray, bucket_s: float = 1.0
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bucket start, p50, p99) for every ``bucket_s`` of send time that has events."""
+    buckets = np.floor(when / bucket_s).astype(np.int64)
     order = np.argsort(buckets, kind="stable")
     buckets, latency = buckets[order], latency[order]
     seconds, starts = np.unique(buckets, return_index=True)
     groups = np.split(latency, starts[1:])
     p50 = np.array([np.percentile(g, 50) for g in groups])
     p99 = np.array([np.percentile(g, 99) for g in groups])
-    return seconds.astype(np.float64), p50, p99
+    return seconds.astype(np.float64) * bucket_s, p50, p99
 
 
 def plot_sweep(reports: Sequence[dict[str, Any]], path: str | Path) -> Path:

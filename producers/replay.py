@@ -198,6 +198,7 @@ def send_events(
     total = limit if limit is not None else None
     if limit is not None:
         events = itertools.islice(events, limit)
+    producer.wait_ready()
     before = producer.stats  # deliveries of earlier sends (a warm-up) are not ours
     bar = tqdm(total=total, unit="ev", unit_scale=True, disable=not progress, smoothing=0.1,
                mininterval=0.5, dynamic_ncols=True)

@@ -31,7 +31,7 @@ def register(group: click.Group) -> None:
         group.add_command(command)
 
 
-def _format_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def format_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--format",
@@ -63,7 +63,9 @@ def _train_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--clusters", type=click.IntRange(1, 10000), help="KMeans clusters [default: 10]."
         ),
         click.option(
-            "--epochs", type=click.IntRange(1, 1000), help="Word2Vec epochs [default: 20]."
+            "--epochs",
+            type=click.IntRange(1, 1000),
+            help="Word2Vec epochs [default: 20, fewer above 150k clicks].",
         ),
         click.option("--seed", type=int, help="Seed for every random choice [default: 42]."),
         click.option(
@@ -131,9 +133,14 @@ class _StageBars:
 @click.argument(
     "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@_format_options
+@format_options
 @click.option("--tenant", default="default", show_default=True)
 @_train_options
+@click.option(
+    "--eval-days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Also fit on all but the last N days and store HR/MRR@20 on those days in the manifest.",
+)
 @click.option(
     "--no-promote", is_flag=True, help="Register the version without putting it in service."
 )
@@ -158,6 +165,7 @@ def train(
     epochs: int | None,
     seed: int | None,
     workers: int | None,
+    eval_days: float | None,
     no_promote: bool,
     plots: Path | None,
 ) -> None:
@@ -165,7 +173,7 @@ def train(
 
     FILE defaults to the shipped e-shop clothing 2008 clickstream.
     """
-    from models.train import train_model
+    from models.train import holdout_metrics, train_model
 
     _quiet_libraries()
     started = time.perf_counter()
@@ -191,6 +199,12 @@ def train(
         bundle = train_model([s.items for s in sessions], params, progress=bars)
     finally:
         bars.close()
+    extra: dict[str, Any] = {}
+    if eval_days is not None:
+        click.echo(f"evaluating on the last {eval_days:g} days (a second fit on the days before)")
+        extra["metrics"] = holdout_metrics(sessions, eval_days, params)
+        shown = {k: v for k, v in extra["metrics"].items() if k.startswith(("hr", "mrr"))}
+        click.echo("  " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     registry = Registry(settings.registry_dir)
     data = {
         "source": str(path),
@@ -200,7 +214,7 @@ def train(
         "from_ts": min((s.start for s in sessions), default=None),
         "to_ts": max((s.end for s in sessions), default=None),
     }
-    version = registry.register(tenant, bundle, {"data": data})
+    version = registry.register(tenant, bundle, {"data": data, **extra})
     if not no_promote:
         registry.promote(tenant, version)
     if plots is not None:
@@ -276,7 +290,7 @@ MODEL_NAMES = ("streamrec", "pop", "cluster_random", "item_knn", "sknn")
     type=click.FloatRange(min=0, min_open=True),
     help="Instead of --test: sessions starting in the last N days of --train are the test set.",
 )
-@_format_options
+@format_options
 @click.option(
     "--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="List length."
 )

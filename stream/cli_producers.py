@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from models.errors import StreamrecError
-from stream.cli_models import _format_options as format_options
+from stream.cli_models import format_options
 from stream.config import Settings
 from stream.events import TENANT_RE
 
@@ -333,6 +333,8 @@ def loadtest(settings: Settings, rate: float, duration: float, max_mode: bool, e
     matches each one to its event by event_id and reports: achieved throughput, latency
     (event sent -> recommendation received) p50/p95/p99/max, events with no
     recommendation (missing), dead letters, and the worker group's lag at the end.
+    One warm-up click per tenant must be answered before the clock starts. Sessions get
+    fresh ids per run, so runs never share session state.
 
     \b
     Examples:

@@ -110,6 +110,21 @@ def test_loop_2_doubles_the_events_with_distinct_session_ids(
     assert all(items[s] == items[f"{s}-r1"] for s in originals)
 
 
+def test_synth_straight_to_kafka(stack: EmbeddedStack, unique_name: Callable[[str], str]) -> None:
+    from producers.synth import SynthParams, generate_clicks
+
+    topic = unique_name("clicks")
+    expected = generate_clicks(SynthParams(items=300, sessions=120, seed=4))
+    result = streamrec("synth", "--kafka", "--items", "300", "--sessions", "120", "--seed", "4",
+                       "--tenants", "2", "--broker", stack.broker, "--topic", topic,
+                       "--no-progress")
+    assert result.returncode == 0, result.stderr
+    events = decoded(read_all(stack.broker, topic, len(expected)))
+    assert sorted(e["item_id"] for e in events) == sorted(expected.item_ids.tolist())
+    assert {e["tenant"] for e in events} == {"default-0", "default-1"}
+    assert all(e["_key"] == e["session_id"] for e in events)
+
+
 def test_the_helper_reports_delivery_failures_when_the_broker_stops(tmp_path: Path) -> None:
     # A broker of its own: stopping the shared one would break the other tests.
     broker = Service("broker", "127.0.0.1", free_port(), tmp_path)

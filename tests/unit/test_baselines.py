@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.baselines import ClusterRandom, ItemKNN, Popular, SessionKNN, Streamrec, model_factories
+from models.baselines import ClusterRandom, ItemKNN, Popular, SessionKNN, model_factories
 from models.datasets import synthetic_sessions
-from models.train import TrainParams
+from models.train import StreamrecModel, TrainParams
 
 TOY = [["a", "b"], ["a", "b"], ["a", "b", "c"], ["c", "d"], ["d", "e"], ["e", "f"], ["f", "a"]] * 3
 
@@ -78,6 +78,6 @@ def test_every_model_keeps_the_ranking_contract(name: str) -> None:
 def test_streamrec_adapter_matches_the_serving_ranker() -> None:
     from models.ranking import recommend
 
-    model = Streamrec(TrainParams(epochs=2, n_clusters=3))
+    model = StreamrecModel(TrainParams(epochs=2, n_clusters=3))
     model.fit(TOY)
     assert model.recommend_batch([["a"]], 3) == [recommend(model.bundle, ["a"], 3).item_ids()]

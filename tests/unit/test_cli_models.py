@@ -27,9 +27,12 @@ def run(tmp_path: Path) -> Invoke:
 
 
 def test_train_on_the_shipped_data_then_similar(run: Invoke) -> None:
-    result = run("train", *FAST)
+    result = run("train", *FAST, "--eval-days", "30")
     assert result.exit_code == 0, result.output
     assert "registered and promoted default/v1: 217 items" in result.output
+    listing = run("models", "list").output
+    hr = float(listing.split("hr@20=")[1].split()[0])
+    assert 0.3 < hr < 1.0, listing  # popularity alone gets 0.23 on this split
     result = run("similar", "A13")
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.output.splitlines() if line.strip()[:1].isdigit()]

@@ -19,10 +19,10 @@ from producers.client import producer_config
 from producers.loadtest import (
     Matcher,
     RunData,
+    bucket_percentiles,
     latency_summary,
     markdown_report,
     markdown_sweep,
-    per_second_percentiles,
     plot_run,
     plot_sweep,
     summarize,
@@ -94,6 +94,7 @@ class FakeProducer:
         self.queue: list[FakeMessage] = []
         self.produced: list[FakeMessage] = []
         self.polls = 0
+        self.id_after_polls = 3  # the broker assigns a producer id after a few polls
 
     def produce(self, topic: str, value: bytes, key: str) -> None:
         if self.buffer_errors:
@@ -105,7 +106,12 @@ class FakeProducer:
 
     def poll(self, timeout: float = 0) -> int:
         self.polls += 1
+        if "stats_cb" in self.config and self.polls >= self.id_after_polls:
+            self.config["stats_cb"]('{"eos": {"idemp_state": "Assigned"}}')
         return self._deliver()
+
+    def list_topics(self, timeout: float = 0) -> object:
+        return object()
 
     def flush(self, timeout: float = 0) -> int:
         self._deliver()
@@ -224,6 +230,19 @@ def test_full_local_queue_applies_back_pressure_instead_of_failing() -> None:
     producer, (fake,) = make_producer(buffer_errors=3)
     producer.send({"session_id": "s", "item_id": "A1"})
     assert len(fake.produced) == 1 and fake.polls >= 3
+
+
+def test_wait_ready_waits_for_the_producer_id() -> None:
+    producer, (fake,) = make_producer()
+    producer.wait_ready(timeout=5)
+    assert fake.polls == 3
+    never, (stuck,) = make_producer()
+    stuck.id_after_polls = 10**9
+    with pytest.raises(Exception, match="assigned no producer id"):
+        never.wait_ready(timeout=0.1)
+    plain, (fake_plain,) = make_producer(idempotent=False)
+    plain.wait_ready()
+    assert fake_plain.polls == 0 and "stats_cb" not in fake_plain.config
 
 
 def test_a_closed_producer_refuses_to_send() -> None:
@@ -388,7 +407,8 @@ def test_summarize_reports_counts_latency_and_throughput() -> None:
     lat = report["latency_ms"]
     assert lat["max"] == pytest.approx(100.0) and lat["p50"] == pytest.approx(50.5, abs=1.5)
     assert lat["p50"] < lat["p95"] < lat["p99"] <= lat["max"]
-    assert report["throughput"] == pytest.approx(98 / (1000.99 + 0.1 - 1000.0), rel=0.01)
+    assert report["last_answer_s"] == pytest.approx(1.09)
+    assert report["throughput"] == pytest.approx(98 / 1.09, rel=0.01)
     for key in ("offered_rate", "sent", "answered", "missing", "dead_letters", "throughput",
                 "latency_ms", "lag_end"):
         assert key in report
@@ -459,12 +479,14 @@ def run_data(n: int = 2000, seed: int = 0) -> RunData:
     return RunData(report, sent, recv)
 
 
-def test_per_second_percentiles() -> None:
+def test_bucket_percentiles() -> None:
     when = np.array([0.1, 0.5, 0.9, 1.2, 3.7])
     latency = np.array([1.0, 2.0, 3.0, 10.0, 7.0])
-    seconds, p50, p99 = per_second_percentiles(when, latency)
-    assert seconds.tolist() == [0, 1, 3] and p50.tolist() == [2.0, 10.0, 7.0]
+    starts, p50, p99 = bucket_percentiles(when, latency)
+    assert starts.tolist() == [0, 1, 3] and p50.tolist() == [2.0, 10.0, 7.0]
     assert p99[0] == pytest.approx(2.98)
+    starts, p50, _ = bucket_percentiles(when, latency, bucket_s=0.5)
+    assert starts.tolist() == [0, 0.5, 1.0, 3.5] and p50.tolist() == [1.0, 2.5, 10.0, 7.0]
 
 
 def test_plots_and_markdown_are_written(tmp_path: Path) -> None:

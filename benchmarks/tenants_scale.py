@@ -1,0 +1,158 @@
+"""Many tenants: one ``trainer --once`` pass over all of them, and a worker holding all
+their models.
+
+    .venv/bin/python benchmarks/tenants_scale.py --tenants 1000 --sessions 2000
+
+On a private embedded stack: every tenant gets its own synthetic catalogue and
+clickstream (``producers.synth``: Zipf popularity, category Markov walks), all of it
+produced to ``clicks``. Then the real trainer pass runs (read the log from Kafka, build
+sessions, train, gate, register, promote) and is timed end to end. Finally a worker
+receives one click per tenant, so it loads every tenant's model, and its peak RSS is
+read from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Producer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.datasets import build_sessions  # noqa: E402
+from models.train import TrainParams  # noqa: E402
+from models.trainer import GatePolicy  # noqa: E402
+from producers.synth import SynthParams, generate_clicks  # noqa: E402
+from stream.config import Settings  # noqa: E402
+from stream.devstack import EmbeddedStack, free_port  # noqa: E402
+from stream.topics import ensure_topics  # noqa: E402
+from stream.trainer import run_once  # noqa: E402
+from tests.integration.helpers import WorkerConfig, WorkerProcess, consume  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker_throughput import peak_rss_mb  # noqa: E402
+
+
+def produce_tenants(
+    broker: str, topic: str, tenants: int, sessions: int, items: int
+) -> tuple[int, int]:
+    producer = Producer(
+        {"bootstrap.servers": broker, "linger.ms": 20, "queue.buffering.max.messages": 2_000_000}
+    )
+    clicks = n_sessions = 0
+    now = time.time()
+    for t in range(tenants):
+        c = generate_clicks(
+            SynthParams(items=items, sessions=sessions, seed=t, days=6, start_ts=now - 7 * 86400)
+        )
+        n_sessions += len(build_sessions(c))
+        tenant = f"shop-{t:04d}"
+        for sid, item, ts in zip(c.session_ids.tolist(), c.item_ids.tolist(), c.ts.tolist()):
+            key = f"{tenant}-{sid}"
+            producer.produce(
+                topic,
+                orjson.dumps({"tenant": tenant, "session_id": key, "item_id": item, "ts": ts}),
+                key,
+            )
+            clicks += 1
+        producer.poll(0)
+        if t % 50 == 49:
+            print(f"  produced {t + 1} tenants, {clicks:,} clicks", flush=True)
+    producer.flush(120)
+    return clicks, n_sessions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, default=2000, help="generated sessions per tenant")
+    parser.add_argument("--items", type=int, default=2000, help="catalogue size per tenant")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="streamrec-tenants-"))
+    stack = EmbeddedStack(
+        home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
+    )
+    stack.up()
+    try:
+        settings = Settings(home=str(home), broker=stack.broker, redis_url=stack.redis_url)
+        ensure_topics(
+            stack.broker, [settings.clicks_topic, settings.recs_topic, settings.dlq_topic], 4
+        )
+        started = time.perf_counter()
+        clicks, sessions = produce_tenants(
+            stack.broker, settings.clicks_topic, args.tenants, args.sessions, args.items
+        )
+        produce_s = time.perf_counter() - started
+        print(
+            f"produced {clicks:,} clicks ({sessions:,} sessions of 2+ clicks) in {produce_s:.0f}s"
+        )
+
+        started = time.perf_counter()
+        outcomes = run_once(
+            settings, window_s=8 * 86400, params=TrainParams(), policy=GatePolicy(), jobs=args.jobs
+        )
+        pass_s = time.perf_counter() - started
+        promoted = sum(o.decision.action == "promoted" for o in outcomes)
+        print(f"trainer --once: {len(outcomes)} tenants, {promoted} promoted, in {pass_s:.0f}s")
+        for o in outcomes:
+            if o.decision.action != "promoted":
+                print(f"  {o.tenant}: {o.decision.action}: {o.decision.reason}")
+
+        cfg = WorkerConfig(
+            stack,
+            home / "worker",
+            settings.registry_dir,
+            "probe-clicks",
+            "probe-recs",
+            "probe-dlq",
+            "probe-app",
+        )
+        ensure_topics(stack.broker, ["probe-clicks", "probe-recs", "probe-dlq"], 4)
+        producer = Producer({"bootstrap.servers": stack.broker})
+        for t in range(args.tenants):
+            producer.produce(
+                "probe-clicks",
+                orjson.dumps(
+                    {
+                        "tenant": f"shop-{t:04d}",
+                        "session_id": "probe",
+                        "item_id": "1",
+                        "ts": time.time(),
+                    }
+                ),
+                b"probe",
+            )
+        producer.flush(30)
+        del producer
+        with WorkerProcess(cfg) as worker:
+            got = consume(stack.broker, "probe-recs", args.tenants, timeout=600)
+            rss = peak_rss_mb(worker.proc.pid)  # type: ignore[union-attr]
+        versions = {orjson.loads(m.value())["model_version"] for m in got}
+    finally:
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
+
+    print()
+    print(
+        "| tenants | sessions/tenant | clicks | trainer --once | per tenant | worker RSS with all models |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        f"| {args.tenants:,} | {sessions / args.tenants:,.0f} | {clicks:,} | {pass_s:,.0f} s | "
+        f"{pass_s / max(1, args.tenants) * 1000:,.0f} ms | {rss:,.0f} MB "
+        f"({len(got)} answered, {len(versions - {None})} model versions) |"
+    )
+    print(f"\n(jobs={args.jobs}, {np.round(produce_s)} s to produce the click log, not counted)")
+
+
+if __name__ == "__main__":
+    main()
