@@ -54,7 +54,9 @@ def produce_tenants(
         )
         n_sessions += len(build_sessions(c))
         tenant = f"shop-{t:04d}"
-        for sid, item, ts in zip(c.session_ids.tolist(), c.item_ids.tolist(), c.ts.tolist()):
+        for sid, item, ts in zip(
+            c.session_ids.tolist(), c.item_ids.tolist(), c.ts.tolist(), strict=True
+        ):
             key = f"{tenant}-{sid}"
             producer.produce(
                 topic,
@@ -143,7 +145,7 @@ def main() -> None:
 
     print()
     print(
-        "| tenants | sessions/tenant | clicks | trainer --once | per tenant | worker RSS with all models |"
+        "| tenants | sessions/tenant | clicks | trainer --once | per tenant | worker RSS with all models |"  # noqa: E501
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     print(

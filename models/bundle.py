@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -139,7 +140,18 @@ def load_bundle(directory: str | Path, *, verify_checksums: bool = True) -> Mode
             )
         arrays[name] = arr
     _check_consistency(arrays, where)
+    for arr in arrays.values():
+        _release_pages(arr)
     return ModelBundle(version=str(manifest["version"]), manifest=manifest, **arrays)
+
+
+def _release_pages(arr: np.ndarray) -> None:
+    """Validation read every page of the memory map; hand them back, so a process holding
+    many models pays in resident memory only for the rows it actually ranks with (they
+    fault back in from the page cache on use)."""
+    mapping = getattr(arr, "_mmap", None)
+    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:

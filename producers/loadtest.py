@@ -87,8 +87,9 @@ def events_for(rate: float, duration_s: float) -> int:
 class TopicTail:
     """Reads new messages of some topics on a thread, from where they end at ``start()``."""
 
-    def __init__(self, broker: str, topics: Sequence[str],
-                 on_batch: Callable[[list[Message], float], None]) -> None:
+    def __init__(
+        self, broker: str, topics: Sequence[str], on_batch: Callable[[list[Message], float], None]
+    ) -> None:
         self._broker = broker
         self._topics = list(topics)
         self._on_batch = on_batch
@@ -98,15 +99,17 @@ class TopicTail:
         self.error: BaseException | None = None
 
     def start(self) -> None:
-        self._consumer = Consumer({
-            "bootstrap.servers": self._broker,
-            # Assigned, not subscribed: no group join (seconds on the embedded broker),
-            # nothing committed; the id is only required by the client.
-            "group.id": f"streamrec-loadtest-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": _FETCH_WAIT_MS,
-            "fetch.min.bytes": 1,
-        })
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": self._broker,
+                # Assigned, not subscribed: no group join (seconds on the embedded broker),
+                # nothing committed; the id is only required by the client.
+                "group.id": f"streamrec-loadtest-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": _FETCH_WAIT_MS,
+                "fetch.min.bytes": 1,
+            }
+        )
         self._consumer.assign(self._end_positions(self._consumer))
         self._thread.start()
 
@@ -119,13 +122,16 @@ class TopicTail:
         for topic in self._topics:
             meta = metadata.topics.get(topic)
             if meta is None or meta.error is not None or not meta.partitions:
-                raise StreamrecError(f"topic {topic!r} does not exist on {self._broker}; "
-                                     "is `streamrec worker` (or `streamrec dev up`) running?")
+                raise StreamrecError(
+                    f"topic {topic!r} does not exist on {self._broker}; "
+                    "is `streamrec worker` (or `streamrec dev up`) running?"
+                )
             for partition in meta.partitions:
                 # The embedded broker's high watermark can trail the true end by one
                 # batch; the few old messages re-read are not this run's and are skipped.
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                         timeout=10)
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
                 positions.append(TopicPartition(topic, partition, max(high, 0)))
         return positions
 
@@ -198,7 +204,7 @@ class Matcher:
         if not isinstance(event_id, str) or not event_id.startswith(prefix):
             return
         try:
-            seq = int(event_id[len(prefix):])
+            seq = int(event_id[len(prefix) :])
         except ValueError:
             self._match_probe(event_id)
             return
@@ -228,8 +234,9 @@ def group_lag(broker: str, group: str, topic: str, known_ends: dict[int, int] | 
     ``known_ends`` (partition -> next offset, from our own delivery reports) corrects
     the embedded broker's high watermark, which can trail the true end by a batch.
     """
-    consumer = Consumer({"bootstrap.servers": broker, "group.id": group,
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": broker, "group.id": group, "enable.auto.commit": False}
+    )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or not meta.partitions:
@@ -247,8 +254,9 @@ def group_lag(broker: str, group: str, topic: str, known_ends: dict[int, int] | 
         consumer.close()
 
 
-def settled_lag(broker: str, group: str, topic: str, known_ends: dict[int, int],
-                settle_s: float) -> int:
+def settled_lag(
+    broker: str, group: str, topic: str, known_ends: dict[int, int], settle_s: float
+) -> int:
     """The group's lag once it stops falling (commits are periodic), within ``settle_s``."""
     deadline = time.monotonic() + settle_s
     lag = group_lag(broker, group, topic, known_ends)
@@ -270,8 +278,9 @@ class RunData:
     recv_at: np.ndarray
 
 
-def run_loadtest(table: ReplayTable, config: LoadTestConfig,
-                 echo: Callable[[str], None] = print) -> RunData:
+def run_loadtest(
+    table: ReplayTable, config: LoadTestConfig, echo: Callable[[str], None] = print
+) -> RunData:
     if len(table) == 0:
         raise StreamrecError("the load-test source has no clicks")
     run_id = new_run_id("lt")
@@ -286,45 +295,66 @@ def run_loadtest(table: ReplayTable, config: LoadTestConfig,
 
     reader = TopicTail(config.broker, [config.recs_topic, config.dlq_topic], matcher.on_batch)
     reader.start()
-    producer = ClickProducer(config.broker, config.clicks_topic, linger_ms=config.linger_ms,
-                             on_delivery=track_end)
+    producer = ClickProducer(
+        config.broker, config.clicks_topic, linger_ms=config.linger_ms, on_delivery=track_end
+    )
     try:
         warmup_s = _warm_up(producer, matcher, table, config, run_id)
         echo(f"warm-up: the worker answered in {warmup_s:.2f} s; offering the load")
-        events = iter_events(table, loops=math.ceil(config.events / len(table)),
-                             tenants=config.tenants, session_prefix=f"{run_id}-")
-        result = send_events(producer, events, pacer=Pacer(rate=config.rate),
-                             limit=config.events, run_id=run_id, progress=config.progress,
-                             sent_at=sent_at)
+        events = iter_events(
+            table,
+            loops=math.ceil(config.events / len(table)),
+            tenants=config.tenants,
+            session_prefix=f"{run_id}-",
+        )
+        result = send_events(
+            producer,
+            events,
+            pacer=Pacer(rate=config.rate),
+            limit=config.events,
+            run_id=run_id,
+            progress=config.progress,
+            sent_at=sent_at,
+        )
         echo(result.summary())
         echo(f"waiting for recommendations (up to {config.drain_timeout_s:g} s without news)...")
         _drain(matcher, result.stats.delivered, config.drain_timeout_s)
     finally:
         producer.close(timeout=1.0)  # already closed unless the warm-up failed
         reader.stop()
-    lag = settled_lag(config.broker, config.worker_group, config.clicks_topic, ends,
-                      config.lag_settle_s)
+    lag = settled_lag(
+        config.broker, config.worker_group, config.clicks_topic, ends, config.lag_settle_s
+    )
     sent = result.sent
     report = summarize(
-        sent_at[:sent], recv_at[:sent],
-        offered_rate=config.rate, send_failed=result.stats.failed,
-        dead_letters=matcher.dead_letters, duplicates=matcher.duplicates, lag_end=lag,
+        sent_at[:sent],
+        recv_at[:sent],
+        offered_rate=config.rate,
+        send_failed=result.stats.failed,
+        dead_letters=matcher.dead_letters,
+        duplicates=matcher.duplicates,
+        lag_end=lag,
         strategies=dict(matcher.strategies),
     )
-    report.update({
-        "run_id": run_id,
-        "warmup_s": round(warmup_s, 3),
-        "mode": "max" if config.rate is None else "rate",
-        "planned_events": config.events,
-        "planned_duration_s": config.duration_s,
-        "source": config.source,
-        "tenants": list(config.tenants),
-        "broker": config.broker,
-        "topics": {"clicks": config.clicks_topic, "recommendations": config.recs_topic,
-                   "dlq": config.dlq_topic},
-        "worker_group": config.worker_group,
-        "started_at": _iso(float(sent_at[0])) if sent else None,
-    })
+    report.update(
+        {
+            "run_id": run_id,
+            "warmup_s": round(warmup_s, 3),
+            "mode": "max" if config.rate is None else "rate",
+            "planned_events": config.events,
+            "planned_duration_s": config.duration_s,
+            "source": config.source,
+            "tenants": list(config.tenants),
+            "broker": config.broker,
+            "topics": {
+                "clicks": config.clicks_topic,
+                "recommendations": config.recs_topic,
+                "dlq": config.dlq_topic,
+            },
+            "worker_group": config.worker_group,
+            "started_at": _iso(float(sent_at[0])) if sent else None,
+        }
+    )
     return RunData(report, sent_at[:sent], recv_at[:sent])
 
 
@@ -332,8 +362,13 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def _warm_up(producer: ClickProducer, matcher: Matcher, table: ReplayTable,
-             config: LoadTestConfig, run_id: str) -> float:
+def _warm_up(
+    producer: ClickProducer,
+    matcher: Matcher,
+    table: ReplayTable,
+    config: LoadTestConfig,
+    run_id: str,
+) -> float:
     """One click per tenant, answered, before the clock starts.
 
     It checks that a worker is there (rather than offering a minute of load into the
@@ -345,8 +380,14 @@ def _warm_up(producer: ClickProducer, matcher: Matcher, table: ReplayTable,
     probe_ids = [f"{run_id}-warmup{i}" for i in range(len(config.tenants))]
     matcher.expect_probes(probe_ids)
     for tenant, event_id in zip(config.tenants, probe_ids, strict=True):
-        producer.send({"tenant": tenant, "session_id": f"{run_id}-warmup",
-                       "item_id": str(table.item_ids[0]), "event_id": event_id})
+        producer.send(
+            {
+                "tenant": tenant,
+                "session_id": f"{run_id}-warmup",
+                "item_id": str(table.item_ids[0]),
+                "event_id": event_id,
+            }
+        )
     producer.flush(config.warmup_timeout_s)
     if not matcher.probes_answered.wait(config.warmup_timeout_s):
         raise StreamrecError(
@@ -416,8 +457,9 @@ def summarize(
     }
 
 
-def latency_windows(when_s: np.ndarray, latency_ms: np.ndarray,
-                    window_s: float = LATENCY_WINDOW_S) -> list[dict[str, float]]:
+def latency_windows(
+    when_s: np.ndarray, latency_ms: np.ndarray, window_s: float = LATENCY_WINDOW_S
+) -> list[dict[str, float]]:
     """p50/p99 per ``window_s`` of send time: shows drift that one percentile hides."""
     if not len(latency_ms):
         return []
@@ -429,8 +471,14 @@ def latency_windows(when_s: np.ndarray, latency_ms: np.ndarray,
     for w in np.unique(index).tolist():
         chunk = latency_ms[index == w]
         p50, p99 = np.percentile(chunk, [50, 99])
-        out.append({"from_s": w * window_s, "events": int(len(chunk)),
-                    "p50": round(float(p50), 2), "p99": round(float(p99), 2)})
+        out.append(
+            {
+                "from_s": w * window_s,
+                "events": int(len(chunk)),
+                "p50": round(float(p50), 2),
+                "p99": round(float(p99), 2),
+            }
+        )
     return out
 
 
@@ -476,10 +524,17 @@ def markdown_report(report: dict[str, Any], command: str | None = None) -> str:
     ]
     windows = report.get("latency_by_window") or []
     if len(windows) > 1:
-        lines += ["", "Latency by window of send time (ms):", "",
-                  "| from s | events | p50 | p99 |", "| ---: | ---: | ---: | ---: |"]
-        lines += [f"| {w['from_s']:g} | {w['events']:,} | {_num(w['p50'])} | {_num(w['p99'])} |"
-                  for w in windows]
+        lines += [
+            "",
+            "Latency by window of send time (ms):",
+            "",
+            "| from s | events | p50 | p99 |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {w['from_s']:g} | {w['events']:,} | {_num(w['p50'])} | {_num(w['p99'])} |"
+            for w in windows
+        ]
     if command:
         lines += ["", "```", command, "```"]
     return "\n".join(lines) + "\n"
@@ -537,12 +592,20 @@ def plot_run(data: RunData, path: str | Path) -> Path:
     when = data.sent_at[mask] - t0
     latency = (data.recv_at[mask] - data.sent_at[mask]) * 1000.0
     report = data.report
-    fig, (ax_time, ax_hist) = plt.subplots(1, 2, figsize=(13, 4.8),
-                                           gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax_time, ax_hist) = plt.subplots(
+        1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]}
+    )
     if len(latency):
         step = max(1, len(latency) // _MAX_SCATTER_POINTS)
-        ax_time.scatter(when[::step], latency[::step], s=2, alpha=0.25, color="tab:blue",
-                        label="event", rasterized=True)
+        ax_time.scatter(
+            when[::step],
+            latency[::step],
+            s=2,
+            alpha=0.25,
+            color="tab:blue",
+            label="event",
+            rasterized=True,
+        )
         # One-second buckets, or finer for short (--max) runs, so the lines have shape.
         bucket_s = min(1.0, max(float(when.max()) / 20, 0.01))
         starts, p50, p99 = bucket_percentiles(when, latency, bucket_s)
@@ -561,8 +624,9 @@ def plot_run(data: RunData, path: str | Path) -> Path:
         ax_hist.legend(loc="upper right", fontsize=8)
         ax_time.legend(loc="upper right", fontsize=8, markerscale=4)
     else:
-        ax_time.text(0.5, 0.5, "no recommendations received", ha="center",
-                     transform=ax_time.transAxes)
+        ax_time.text(
+            0.5, 0.5, "no recommendations received", ha="center", transform=ax_time.transAxes
+        )
     ax_time.set_xlabel("time since first event sent (s)")
     ax_time.set_ylabel("event -> recommendation latency (ms)")
     ax_time.grid(True, which="both", alpha=0.3)
@@ -581,8 +645,9 @@ def plot_run(data: RunData, path: str | Path) -> Path:
     return path
 
 
-def bucket_percentiles(when: np.ndarray, latency: np.ndarray, bucket_s: float = 1.0
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bucket_percentiles(
+    when: np.ndarray, latency: np.ndarray, bucket_s: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(bucket start, p50, p99) for every ``bucket_s`` of send time that has events."""
     buckets = np.floor(when / bucket_s).astype(np.int64)
     order = np.argsort(buckets, kind="stable")
@@ -600,8 +665,12 @@ def plot_sweep(reports: Sequence[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     offered = np.array([r["offered_rate"] or 0.0 for r in reports], dtype=float)
     fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for key, colour in (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red"),
-                        ("max", "tab:gray")):
+    for key, colour in (
+        ("p50", "tab:green"),
+        ("p95", "tab:orange"),
+        ("p99", "tab:red"),
+        ("max", "tab:gray"),
+    ):
         values = np.array([_nan(r["latency_ms"][key]) for r in reports])
         ax_lat.plot(offered, values, marker="o", color=colour, label=key)
     ax_lat.set_yscale("log")

@@ -54,7 +54,10 @@ class ReplayTable:
     def head(self, n: int) -> ReplayTable:
         """The first ``n`` clicks (session codes stay valid: they only get sparser)."""
         return ReplayTable(
-            self.session_ids[:n], self.item_ids[:n], self.offsets[:n], self.session_codes[:n],
+            self.session_ids[:n],
+            self.item_ids[:n],
+            self.offsets[:n],
+            self.session_codes[:n],
             self.n_sessions,
         )
 
@@ -70,7 +73,11 @@ def load_replay(
     order_col: str | None = None,
 ) -> ReplayTable:
     clicks = read_clicks(
-        path, fmt, session_col=session_col, item_col=item_col, time_col=time_col,
+        path,
+        fmt,
+        session_col=session_col,
+        item_col=item_col,
+        time_col=time_col,
         order_col=order_col,
     )
     return prepare_replay(clicks, seed=seed)
@@ -200,8 +207,15 @@ def send_events(
         events = itertools.islice(events, limit)
     producer.wait_ready()
     before = producer.stats  # deliveries of earlier sends (a warm-up) are not ours
-    bar = tqdm(total=total, unit="ev", unit_scale=True, disable=not progress, smoothing=0.1,
-               mininterval=0.5, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        unit="ev",
+        unit_scale=True,
+        disable=not progress,
+        smoothing=0.1,
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
     started = time.perf_counter()
     seq = -1
     unreported = 0
@@ -210,14 +224,16 @@ def send_events(
             if not pacer.unpaced:
                 pacer.wait(seq, offset)
             now = time.time()
-            producer.send({
-                "tenant": tenant,
-                "session_id": session_id,
-                "item_id": item_id,
-                "ts": now,
-                "event_type": "view",
-                "event_id": f"{run_id}-{seq}",
-            })
+            producer.send(
+                {
+                    "tenant": tenant,
+                    "session_id": session_id,
+                    "item_id": item_id,
+                    "ts": now,
+                    "event_type": "view",
+                    "event_id": f"{run_id}-{seq}",
+                }
+            )
             if sent_at is not None:
                 sent_at[seq] = now
             unreported += 1

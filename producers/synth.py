@@ -107,9 +107,9 @@ def build_catalog(params: SynthParams, rng: np.random.Generator) -> Catalog:
     n, c = params.items, params.n_categories
     # Every category gets one item, the rest are spread with uneven category sizes.
     size_weight = rng.lognormal(0.0, 0.75, size=c)
-    category = np.concatenate([
-        np.arange(c), rng.choice(c, size=n - c, p=size_weight / size_weight.sum())
-    ])
+    category = np.concatenate(
+        [np.arange(c), rng.choice(c, size=n - c, p=size_weight / size_weight.sum())]
+    )
     category.sort()
     cat_start = np.searchsorted(category, np.arange(c), side="left")
     cat_end = np.searchsorted(category, np.arange(c), side="right")
@@ -123,8 +123,15 @@ def build_catalog(params: SynthParams, rng: np.random.Generator) -> Catalog:
     neighbours = (np.arange(c)[:, None] + step) % c
     neighbour_cum = np.cumsum(rng.dirichlet(np.ones(k), size=c), axis=1)
     neighbour_cum[:, -1] = 1.0
-    return Catalog(item_ids, category.astype(np.int64), np.cumsum(weight), cat_start, cat_end,
-                   neighbours.astype(np.int64), neighbour_cum)
+    return Catalog(
+        item_ids,
+        category.astype(np.int64),
+        np.cumsum(weight),
+        cat_start,
+        cat_end,
+        neighbours.astype(np.int64),
+        neighbour_cum,
+    )
 
 
 def _draw_popular(cat: Catalog, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -141,8 +148,9 @@ def _draw_in_category(cat: Catalog, rng: np.random.Generator, cats: np.ndarray) 
     return np.clip(pos, start, end - 1)
 
 
-def _step_category(cat: Catalog, rng: np.random.Generator, cats: np.ndarray,
-                   stay: float) -> np.ndarray:
+def _step_category(
+    cat: Catalog, rng: np.random.Generator, cats: np.ndarray, stay: float
+) -> np.ndarray:
     moving = rng.random(len(cats)) >= stay
     moved = cats.copy()
     if moving.any():
@@ -179,8 +187,9 @@ class SynthChunk:
         return len(self.item_ids)
 
 
-def _walk_sessions(cat: Catalog, params: SynthParams, rng: np.random.Generator,
-                   lengths: np.ndarray) -> np.ndarray:
+def _walk_sessions(
+    cat: Catalog, params: SynthParams, rng: np.random.Generator, lengths: np.ndarray
+) -> np.ndarray:
     """Catalog positions of every click, session-major; one vectorised step per click index."""
     first = np.r_[0, np.cumsum(lengths)[:-1]]
     out = np.empty(int(lengths.sum()), dtype=np.int64)
@@ -222,13 +231,14 @@ def iter_synth(params: SynthParams, chunk_sessions: int = CHUNK_SESSIONS) -> Ite
     params.check()
     catalog_seq, starts_seq, chunks_seq = _seeds(params)
     cat = build_catalog(params, np.random.default_rng(catalog_seq))
-    starts = np.sort(np.random.default_rng(starts_seq).uniform(0.0, params.days * DAY_S,
-                                                               size=params.sessions))
+    starts = np.sort(
+        np.random.default_rng(starts_seq).uniform(0.0, params.days * DAY_S, size=params.sessions)
+    )
     n_chunks = math.ceil(params.sessions / chunk_sessions)
     for index, seq in enumerate(chunks_seq.spawn(n_chunks)):
         rng = np.random.default_rng(seq)
         lo = index * chunk_sessions
-        chunk_starts = starts[lo:lo + chunk_sessions]
+        chunk_starts = starts[lo : lo + chunk_sessions]
         lengths = session_lengths(params, rng, len(chunk_starts))
         pos = _walk_sessions(cat, params, rng, lengths)
         first = np.r_[0, np.cumsum(lengths)[:-1]]
@@ -274,8 +284,12 @@ def write_yoochoose(
         for chunk in iter_synth(params):
             fh.writelines(
                 f"{s}\t{i}\t{t:.3f}\n"
-                for s, i, t in zip(chunk.session_ids.tolist(), chunk.item_ids.tolist(),
-                                   chunk.ts.tolist(), strict=True)
+                for s, i, t in zip(
+                    chunk.session_ids.tolist(),
+                    chunk.item_ids.tolist(),
+                    chunk.ts.tolist(),
+                    strict=True,
+                )
             )
             clicks += len(chunk)
             if on_chunk is not None:

@@ -23,13 +23,19 @@ def notify_model_change(redis_url: str, tenant: str, version: str | None) -> int
     try:
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
         try:
-            return int(client.publish(keys.MODEL_CHANNEL,
-                                      orjson.dumps({"tenant": tenant, "version": version})))
+            return int(
+                client.publish(
+                    keys.MODEL_CHANNEL, orjson.dumps({"tenant": tenant, "version": version})
+                )
+            )
         finally:
             client.close()
     except redis.RedisError as exc:
-        log.warning("could not notify workers over Redis (%s); they will notice within "
-                    "their check interval", exc)
+        log.warning(
+            "could not notify workers over Redis (%s); they will notice within "
+            "their check interval",
+            exc,
+        )
         return 0
 
 

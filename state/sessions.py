@@ -82,15 +82,17 @@ class SessionStore:
             args: list[str | int] = [self._cap, self._ttl_s]
             for i in group:
                 c = clicks[i]
-                keys_ += (keys.session_items(c.tenant, c.session_id),
-                          keys.session_events(c.tenant, c.session_id))
+                keys_ += (
+                    keys.session_items(c.tenant, c.session_id),
+                    keys.session_events(c.tenant, c.session_id),
+                )
                 args += (c.item_id, c.event_id)
             await self._append(keys=keys_, args=args, client=pipe)
         self._count_clicks(pipe, clicks, count_for)
         replies = await pipe.execute()
         updates: list[SessionUpdate | None] = [None] * len(clicks)
-        for group, reply in zip(groups, replies):
-            for i, (fresh, items) in zip(group, reply):
+        for group, reply in zip(groups, replies[: len(groups)], strict=True):
+            for i, (fresh, items) in zip(group, reply, strict=True):
                 updates[i] = SessionUpdate(bool(fresh), _texts(items))
         return updates  # type: ignore[return-value]
 
@@ -117,7 +119,9 @@ class SessionStore:
         by_slot: dict[int, list[int]] = {}
         for i, s in enumerate(sessions):
             tenant, session_id = (s.tenant, s.session_id) if isinstance(s, Click) else s
-            by_slot.setdefault(key_slot(keys.session_tag(tenant, session_id).encode()), []).append(i)
+            by_slot.setdefault(key_slot(keys.session_tag(tenant, session_id).encode()), []).append(
+                i
+            )
         return list(by_slot.values())
 
     async def session_items(self, tenant: str, session_id: str) -> list[str]:

@@ -36,8 +36,10 @@ async def read_modes(client: Redis) -> dict[str, str]:
 
 
 async def most_popular(client: Redis, tenant: str, n: int) -> list[tuple[str, float]]:
-    return [(_text(i), float(s)) for i, s in
-            await client.zrevrange(keys.popularity(tenant), 0, n - 1, withscores=True)]
+    return [
+        (_text(i), float(s))
+        for i, s in await client.zrevrange(keys.popularity(tenant), 0, n - 1, withscores=True)
+    ]
 
 
 def _text(value: bytes | str) -> str:

@@ -1,17 +1,20 @@
-"""The Faust app: one agent on ``clicks`` that publishes to ``recommendations``.
+"""The Faust app: clicks in, recommendations out, plus model hot-swap timers and HTTP.
 
 ``create_app(settings)`` builds the app; the module attribute ``app`` (built on first
 access from the environment) lets ``faust -A stream.app worker`` find it too.
 
-At-least-once: ``take_events`` acks a batch only after the loop body finishes, and the
-body finishes only after the Redis writes and the delivery of every record it sent.
-Session updates are idempotent, so a re-delivered batch appends nothing twice.
+Two engines run the same :class:`BatchProcessor`: ``batch`` (default), the batch loop
+in ``stream.batch_loop``, and ``agent``, a textbook Faust agent kept as the reference
+the benchmarks compare against. Both are at-least-once: a batch's offsets are committed
+(``take_events`` acks it) only after its Redis writes and the delivery of every record
+it sent; session updates are idempotent, so a re-delivered batch appends nothing twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -22,24 +25,24 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from models.registry import Registry
 from state.notify import model_changes
 from state.sessions import SessionStore
+from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
 from stream.config import Settings
 from stream.model_handle import ModelCache
+from stream.processor import BatchProcessor, BatchResult, Message
 from stream.tenant_state import TenantDirectory
 from stream.web import WebService
-from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
-from stream.processor import BatchProcessor, BatchResult, Message
 
 log = logging.getLogger("streamrec.worker")
 
 
+@dataclass
 class WorkerStats:
-    def __init__(self) -> None:
-        self.events_in = 0
-        self.recommendations = 0
-        self.dead_letters = 0
-        self.duplicates = 0
-        self.suppressed = 0
-        self.batches = 0
+    events_in: int = 0
+    recommendations: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    suppressed: int = 0
+    batches: int = 0
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -86,7 +89,9 @@ def create_app(settings: Settings) -> faust.App:
                 result = await processor().process(batch)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if not failing:
-                    log.error("Redis unavailable (%s); holding %d events and retrying", exc, len(batch))
+                    log.error(
+                        "Redis unavailable (%s); holding %d events and retrying", exc, len(batch)
+                    )
                     failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -139,8 +144,13 @@ def create_app(settings: Settings) -> faust.App:
         log.info(
             "events=%d recommendations=%d dead_letters=%d redelivered=%d switched_off=%d "
             "batches=%d models=%s",
-            stats.events_in, stats.recommendations, stats.dead_letters, stats.duplicates,
-            stats.suppressed, stats.batches, models.loaded(),
+            stats.events_in,
+            stats.recommendations,
+            stats.dead_letters,
+            stats.duplicates,
+            stats.suppressed,
+            stats.batches,
+            models.loaded(),
         )
 
     app.streamrec_stats = stats  # type: ignore[attr-defined]
@@ -159,10 +169,14 @@ def _add_agent(app: faust.App, settings: Settings, process: ProcessFn, done: Don
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             batch = [e.message for e in events]
             result = await process(batch)
-            pending = [await recs.send(key=o.session_id.encode(), value=o.payload)
-                       for o in result.recommendations]
-            pending += [await dlq.send(key=d.key, value=d.value, headers=d.headers)
-                        for d in result.dead_letters]
+            pending = [
+                await recs.send(key=o.session_id.encode(), value=o.payload)
+                for o in result.recommendations
+            ]
+            pending += [
+                await dlq.send(key=d.key, value=d.value, headers=d.headers)
+                for d in result.dead_letters
+            ]
             # Delivered before the loop body ends, so before take_events acks the batch.
             await asyncio.gather(*pending)
             done(len(batch), result)

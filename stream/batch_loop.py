@@ -40,15 +40,17 @@ class RecordPublisher:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._producer = Producer({
-            "bootstrap.servers": settings.broker,
-            "linger.ms": 1,
-            "batch.num.messages": 10_000,
-            "queue.buffering.max.messages": 1_000_000,
-            "enable.idempotence": False,
-            "acks": "all",
-            "message.timeout.ms": 30_000,
-        })
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.broker,
+                "linger.ms": 1,
+                "batch.num.messages": 10_000,
+                "queue.buffering.max.messages": 1_000_000,
+                "enable.idempotence": False,
+                "acks": "all",
+                "message.timeout.ms": 30_000,
+            }
+        )
         self._failures: list[str] = []
 
     def _on_delivery(self, err: object, _msg: object) -> None:
@@ -86,7 +88,9 @@ class RecordPublisher:
 class BatchLoop(Service):
     """Consume ``clicks`` in batches, process, publish, then commit."""
 
-    def __init__(self, settings: Settings, process: ProcessFn, done: DoneFn, **kwargs: object) -> None:
+    def __init__(
+        self, settings: Settings, process: ProcessFn, done: DoneFn, **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._settings = settings
         self._process = process
@@ -133,8 +137,9 @@ class BatchLoop(Service):
         within_ms = max(1, int(self._settings.batch_within_s * 1000))
         while not self._stopping:
             try:
-                fetched = await self._consumer.getmany(timeout_ms=within_ms,
-                                                       max_records=self._settings.batch_size)
+                fetched = await self._consumer.getmany(
+                    timeout_ms=within_ms, max_records=self._settings.batch_size
+                )
             except KafkaError as exc:
                 log.warning("fetch failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)

@@ -41,8 +41,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 def _register_all() -> None:
-    from stream import (cli_dev, cli_models, cli_producers, cli_tenants, cli_trainer,
-                        cli_worker)
+    from stream import cli_dev, cli_models, cli_producers, cli_tenants, cli_trainer, cli_worker
 
     for module in (cli_dev, cli_models, cli_producers, cli_tenants, cli_trainer, cli_worker):
         module.register(cli)

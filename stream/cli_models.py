@@ -17,6 +17,7 @@ import click
 
 from models.datasets import FORMATS, Session, build_sessions, eshop_path, read_clicks
 from models.registry import Registry
+from state.notify import notify_model_change
 from stream.config import Settings
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ def train(
     version = registry.register(tenant, bundle, {"data": data, **extra})
     if not no_promote:
         registry.promote(tenant, version)
+        notify_model_change(settings.redis_url, tenant, version)
     if plots is not None:
         for name in _write_plots(registry.load(tenant, version), plots):
             click.echo(f"wrote {name}")
@@ -448,7 +450,8 @@ def models_list(settings: Settings, tenant: str | None) -> None:
 def models_promote(settings: Settings, tenant: str, version: str) -> None:
     """Validate VERSION and put it in service for TENANT."""
     Registry(settings.registry_dir).promote(tenant, version)
-    click.echo(f"{tenant}: {version} is now in service")
+    heard = notify_model_change(settings.redis_url, tenant, version)
+    click.echo(f"{tenant}: {version} is now in service ({heard} worker(s) notified)")
 
 
 @models_group.command("rollback")
@@ -460,4 +463,5 @@ def models_rollback(settings: Settings, tenant: str, version: str | None) -> Non
     registry = Registry(settings.registry_dir)
     before = registry.current_version(tenant)
     after = registry.rollback(tenant, version)
-    click.echo(f"{tenant}: rolled back {before} -> {after}")
+    heard = notify_model_change(settings.redis_url, tenant, after)
+    click.echo(f"{tenant}: rolled back {before} -> {after} ({heard} worker(s) notified)")

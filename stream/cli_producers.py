@@ -46,20 +46,38 @@ def _stacked(*options: Callable[..., Any]) -> Callable[[Callable[..., Any]], Cal
 _target_options = _stacked(
     click.option("--broker", help="Kafka bootstrap servers [env STREAMREC_BROKER]."),
     click.option("--topic", help="Clicks topic [env STREAMREC_CLICKS_TOPIC, default clicks]."),
-    click.option("--tenants", type=click.IntRange(1, 10_000), default=1, show_default=True,
-                 help="Spread sessions over this many tenants: NAME-0 .. NAME-(T-1)."),
-    click.option("--tenant", "tenant_name", default="default", show_default=True,
-                 help="Tenant of every event, or the name prefix with --tenants > 1."),
-    click.option("--linger-ms", type=click.FloatRange(0, 5000), default=5.0, show_default=True,
-                 help="Producer batching delay: higher = bigger batches, more throughput."),
+    click.option(
+        "--tenants",
+        type=click.IntRange(1, 10_000),
+        default=1,
+        show_default=True,
+        help="Spread sessions over this many tenants: NAME-0 .. NAME-(T-1).",
+    ),
+    click.option(
+        "--tenant",
+        "tenant_name",
+        default="default",
+        show_default=True,
+        help="Tenant of every event, or the name prefix with --tenants > 1.",
+    ),
+    click.option(
+        "--linger-ms",
+        type=click.FloatRange(0, 5000),
+        default=5.0,
+        show_default=True,
+        help="Producer batching delay: higher = bigger batches, more throughput.",
+    ),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
 )
 
 _pacing_options = _stacked(
     click.option("--rate", type=_POSITIVE, help="Events per second, evenly spaced."),
-    click.option("--speedup", type=_POSITIVE,
-                 help="Keep the original gaps between clicks, X times faster. Files without "
-                      "a time of day (the e-shop CSV) get plausible seconds, seeded."),
+    click.option(
+        "--speedup",
+        type=_POSITIVE,
+        help="Keep the original gaps between clicks, X times faster. Files without "
+        "a time of day (the e-shop CSV) get plausible seconds, seeded.",
+    ),
 )
 
 
@@ -132,22 +150,49 @@ def _load_table(file: Path | None, fmt: str, seed: int, cols: dict[str, str | No
 
 
 @click.command("replay")
-@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False,
-                                                         path_type=Path))
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @format_options
 @_pacing_options
-@click.option("--loop", "loops", type=click.IntRange(1, 1_000_000), default=1, show_default=True,
-              help="Replay the file N times; sessions get new ids in every loop after the first.")
+@click.option(
+    "--loop",
+    "loops",
+    type=click.IntRange(1, 1_000_000),
+    default=1,
+    show_default=True,
+    help="Replay the file N times; sessions get new ids in every loop after the first.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after N events (over all loops).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for the invented time of day of date-only files.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for the invented time of day of date-only files.",
+)
 @_target_options
 @click.pass_obj
-def replay(settings: Settings, file: Path | None, fmt: str, session_col: str | None,
-           item_col: str | None, time_col: str | None, order_col: str | None,
-           rate: float | None, speedup: float | None, loops: int, limit: int | None, seed: int,
-           broker: str | None, topic: str | None, tenants: int, tenant_name: str,
-           linger_ms: float, no_progress: bool) -> None:
+def replay(
+    settings: Settings,
+    file: Path | None,
+    fmt: str,
+    session_col: str | None,
+    item_col: str | None,
+    time_col: str | None,
+    order_col: str | None,
+    rate: float | None,
+    speedup: float | None,
+    loops: int,
+    limit: int | None,
+    seed: int,
+    broker: str | None,
+    topic: str | None,
+    tenants: int,
+    tenant_name: str,
+    linger_ms: float,
+    no_progress: bool,
+) -> None:
     """Replay a click log into the clicks topic, keyed by session id.
 
     \b
@@ -166,16 +211,23 @@ def replay(settings: Settings, file: Path | None, fmt: str, session_col: str | N
     settings = settings.with_(broker=broker, clicks_topic=topic)
     pacer = _pacer(rate, speedup)
     names = _tenants(tenants, tenant_name)
-    cols = {"session_col": session_col, "item_col": item_col, "time_col": time_col,
-            "order_col": order_col}
+    cols = {
+        "session_col": session_col,
+        "item_col": item_col,
+        "time_col": time_col,
+        "order_col": order_col,
+    }
     from producers.replay import iter_events, send_events
 
     _ensure_topics(settings, settings.clicks_topic)
     table = _load_table(file, fmt, seed, cols)
     total = len(table) * loops if limit is None else min(limit, len(table) * loops)
-    click.echo(f"replaying {total:,} events ({len(table):,} clicks in {table.n_sessions:,} "
-               f"sessions x {loops} loop(s)) to '{settings.clicks_topic}' at {settings.broker}, "
-               f"{_pace_text(rate, speedup)}", err=True)
+    click.echo(
+        f"replaying {total:,} events ({len(table):,} clicks in {table.n_sessions:,} "
+        f"sessions x {loops} loop(s)) to '{settings.clicks_topic}' at {settings.broker}, "
+        f"{_pace_text(rate, speedup)}",
+        err=True,
+    )
     producer = _producer(settings, settings.clicks_topic, linger_ms)
     events = iter_events(table, loops=loops, tenants=names)
     result = send_events(producer, events, pacer=pacer, limit=total, progress=not no_progress)
@@ -194,31 +246,78 @@ def _pace_text(rate: float | None, speedup: float | None) -> str:
 
 
 @click.command("synth")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a YOOCHOOSE-format TSV (SessionId ItemId Time; .gz compresses).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a YOOCHOOSE-format TSV (SessionId ItemId Time; .gz compresses).",
+)
 @click.option("--kafka", "to_kafka", is_flag=True, help="Send the stream to the clicks topic.")
-@click.option("--items", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True,
-              help="Catalogue size.")
-@click.option("--sessions", type=click.IntRange(min=1), default=20_000, show_default=True,
-              help="Sessions to generate (about 6.3 clicks each).")
-@click.option("--categories", type=click.IntRange(min=1),
-              help="Latent categories (product lines) [default: about sqrt(items)].")
-@click.option("--zipf", type=click.FloatRange(0, 5), default=1.05, show_default=True,
-              help="Popularity exponent (1.05 matches the rank/frequency slope of real data).")
-@click.option("--stay", type=click.FloatRange(0, 1), default=0.7, show_default=True,
-              help="Probability that a category step stays in the current category.")
-@click.option("--days", type=_POSITIVE, default=30.0, show_default=True,
-              help="Time span of the session starts.")
+@click.option(
+    "--items",
+    type=click.IntRange(1, 1_000_000),
+    default=10_000,
+    show_default=True,
+    help="Catalogue size.",
+)
+@click.option(
+    "--sessions",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="Sessions to generate (about 6.3 clicks each).",
+)
+@click.option(
+    "--categories",
+    type=click.IntRange(min=1),
+    help="Latent categories (product lines) [default: about sqrt(items)].",
+)
+@click.option(
+    "--zipf",
+    type=click.FloatRange(0, 5),
+    default=1.05,
+    show_default=True,
+    help="Popularity exponent (1.05 matches the rank/frequency slope of real data).",
+)
+@click.option(
+    "--stay",
+    type=click.FloatRange(0, 1),
+    default=0.7,
+    show_default=True,
+    help="Probability that a category step stays in the current category.",
+)
+@click.option(
+    "--days",
+    type=_POSITIVE,
+    default=30.0,
+    show_default=True,
+    help="Time span of the session starts.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @_pacing_options
 @click.option("--limit", type=click.IntRange(min=1), help="--kafka: stop after N events.")
 @_target_options
 @click.pass_obj
-def synth(settings: Settings, out: Path | None, to_kafka: bool, items: int, sessions: int,
-          categories: int | None, zipf: float, stay: float, days: float, seed: int,
-          rate: float | None, speedup: float | None, limit: int | None, broker: str | None,
-          topic: str | None, tenants: int, tenant_name: str, linger_ms: float,
-          no_progress: bool) -> None:
+def synth(
+    settings: Settings,
+    out: Path | None,
+    to_kafka: bool,
+    items: int,
+    sessions: int,
+    categories: int | None,
+    zipf: float,
+    stay: float,
+    days: float,
+    seed: int,
+    rate: float | None,
+    speedup: float | None,
+    limit: int | None,
+    broker: str | None,
+    topic: str | None,
+    tenants: int,
+    tenant_name: str,
+    linger_ms: float,
+    no_progress: bool,
+) -> None:
     """Generate a realistic synthetic clickstream, seeded: to a file or into Kafka.
 
     \b
@@ -235,10 +334,18 @@ def synth(settings: Settings, out: Path | None, to_kafka: bool, items: int, sess
     from producers.synth import SynthParams
 
     if bool(out) == to_kafka:
-        raise click.BadParameter("say where the stream goes: --out FILE or --kafka",
-                                 param_hint="--out/--kafka")
-    params = SynthParams(items=items, sessions=sessions, categories=categories, zipf=zipf,
-                         stay=stay, days=days, seed=seed)
+        raise click.BadParameter(
+            "say where the stream goes: --out FILE or --kafka", param_hint="--out/--kafka"
+        )
+    params = SynthParams(
+        items=items,
+        sessions=sessions,
+        categories=categories,
+        zipf=zipf,
+        stay=stay,
+        days=days,
+        seed=seed,
+    )
     try:
         params.check()
     except ValueError as exc:
@@ -255,11 +362,19 @@ def synth(settings: Settings, out: Path | None, to_kafka: bool, items: int, sess
     _ensure_topics(settings, settings.clicks_topic)
     table = prepare_replay(generate_clicks(params))
     total = len(table) if limit is None else min(limit, len(table))
-    click.echo(f"sending {total:,} synthetic clicks ({sessions:,} sessions, {items:,} items) to "
-               f"'{settings.clicks_topic}' ({_pace_text(rate, speedup)})", err=True)
+    click.echo(
+        f"sending {total:,} synthetic clicks ({sessions:,} sessions, {items:,} items) to "
+        f"'{settings.clicks_topic}' ({_pace_text(rate, speedup)})",
+        err=True,
+    )
     producer = _producer(settings, settings.clicks_topic, linger_ms)
-    result = send_events(producer, iter_events(table, tenants=names), pacer=pacer, limit=total,
-                         progress=not no_progress)
+    result = send_events(
+        producer,
+        iter_events(table, tenants=names),
+        pacer=pacer,
+        limit=total,
+        progress=not no_progress,
+    )
     _finish(result, "synth")
 
 
@@ -270,10 +385,13 @@ def _synth_to_file(out: Path, params: Any, *, progress: bool) -> None:
 
     with tqdm(total=params.sessions, unit="session", unit_scale=True, disable=not progress) as bar:
         clicks, sessions = write_yoochoose(
-            out, params, on_chunk=lambda chunk: bar.update(int(chunk.session_ids[-1]) - bar.n))
-    click.echo(f"synth: wrote {clicks:,} clicks in {sessions:,} sessions over {params.items:,} "
-               f"items to {out}; train on it with: streamrec train {shlex.quote(str(out))} "
-               "--format yoochoose")
+            out, params, on_chunk=lambda chunk: bar.update(int(chunk.session_ids[-1]) - bar.n)
+        )
+    click.echo(
+        f"synth: wrote {clicks:,} clicks in {sessions:,} sessions over {params.items:,} "
+        f"items to {out}; train on it with: streamrec train {shlex.quote(str(out))} "
+        "--format yoochoose"
+    )
 
 
 # -- loadtest -----------------------------------------------------------------------------
@@ -285,47 +403,99 @@ def _parse_sweep(value: str | None) -> list[float]:
     try:
         rates = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter("a comma-separated list of rates, e.g. 1000,2000,5000",
-                                 param_hint="--sweep") from None
+        raise click.BadParameter(
+            "a comma-separated list of rates, e.g. 1000,2000,5000", param_hint="--sweep"
+        ) from None
     if not rates or any(r <= 0 for r in rates):
         raise click.BadParameter("rates must be positive", param_hint="--sweep")
     return rates
 
 
 @click.command("loadtest")
-@click.option("--rate", type=_POSITIVE, default=1000.0, show_default=True,
-              help="Offered load in events per second.")
-@click.option("--duration", type=_POSITIVE, default=60.0, show_default=True,
-              help="Seconds of offered load.")
-@click.option("--max", "max_mode", is_flag=True,
-              help="Send --events as fast as possible and measure how long until every one "
-                   "is answered: the worker's sustained throughput.")
+@click.option(
+    "--rate",
+    type=_POSITIVE,
+    default=1000.0,
+    show_default=True,
+    help="Offered load in events per second.",
+)
+@click.option(
+    "--duration", type=_POSITIVE, default=60.0, show_default=True, help="Seconds of offered load."
+)
+@click.option(
+    "--max",
+    "max_mode",
+    is_flag=True,
+    help="Send --events as fast as possible and measure how long until every one "
+    "is answered: the worker's sustained throughput.",
+)
 @click.option("--events", type=click.IntRange(min=1), help="--max: how many events to send.")
-@click.option("--sweep", help="Comma-separated rates: one run of --duration each, then a plot "
-                              "of latency against offered load (find the knee).")
-@click.option("--source", default=None,
-              help="A click file to replay (looped as needed), or 'synth' "
-                   "[default: the shipped e-shop file, which the default model is trained on].")
+@click.option(
+    "--sweep",
+    help="Comma-separated rates: one run of --duration each, then a plot "
+    "of latency against offered load (find the knee).",
+)
+@click.option(
+    "--source",
+    default=None,
+    help="A click file to replay (looped as needed), or 'synth' "
+    "[default: the shipped e-shop file, which the default model is trained on].",
+)
 @format_options
-@click.option("--synth-items", type=click.IntRange(1, 1_000_000), default=10_000,
-              show_default=True, help="--source synth: catalogue size.")
+@click.option(
+    "--synth-items",
+    type=click.IntRange(1, 1_000_000),
+    default=10_000,
+    show_default=True,
+    help="--source synth: catalogue size.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the report here, with FILE.png (latency plots) and FILE.md beside it.")
-@click.option("--group", help="The worker's consumer group, for the lag [default: "
-                              "STREAMREC_APP_ID].")
-@click.option("--drain-timeout", type=_POSITIVE, default=30.0, show_default=True,
-              help="After the last send, give up waiting when no recommendation arrived for "
-                   "this many seconds.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report here, with FILE.png (latency plots) and FILE.md beside it.",
+)
+@click.option(
+    "--group", help="The worker's consumer group, for the lag [default: STREAMREC_APP_ID]."
+)
+@click.option(
+    "--drain-timeout",
+    type=_POSITIVE,
+    default=30.0,
+    show_default=True,
+    help="After the last send, give up waiting when no recommendation arrived for "
+    "this many seconds.",
+)
 @click.option("--check", is_flag=True, help="Exit 1 if any event is missing or dead-lettered.")
 @_target_options
 @click.pass_obj
-def loadtest(settings: Settings, rate: float, duration: float, max_mode: bool, events: int | None,
-             sweep: str | None, source: str | None, fmt: str, session_col: str | None,
-             item_col: str | None, time_col: str | None, order_col: str | None,
-             synth_items: int, seed: int, json_path: Path | None, group: str | None,
-             drain_timeout: float, check: bool, broker: str | None, topic: str | None,
-             tenants: int, tenant_name: str, linger_ms: float, no_progress: bool) -> None:
+def loadtest(
+    settings: Settings,
+    rate: float,
+    duration: float,
+    max_mode: bool,
+    events: int | None,
+    sweep: str | None,
+    source: str | None,
+    fmt: str,
+    session_col: str | None,
+    item_col: str | None,
+    time_col: str | None,
+    order_col: str | None,
+    synth_items: int,
+    seed: int,
+    json_path: Path | None,
+    group: str | None,
+    drain_timeout: float,
+    check: bool,
+    broker: str | None,
+    topic: str | None,
+    tenants: int,
+    tenant_name: str,
+    linger_ms: float,
+    no_progress: bool,
+) -> None:
     """Offer clicks to a running worker and measure latency and throughput end to end.
 
     \b
@@ -352,16 +522,22 @@ def loadtest(settings: Settings, rate: float, duration: float, max_mode: bool, e
     if max_mode and events is None:
         raise click.BadParameter("--max needs --events N", param_hint="--events")
     if events is not None and not max_mode:
-        raise click.BadParameter("--events goes with --max; otherwise use --rate and "
-                                 "--duration", param_hint="--events")
+        raise click.BadParameter(
+            "--events goes with --max; otherwise use --rate and --duration", param_hint="--events"
+        )
     settings = settings.with_(broker=broker, clicks_topic=topic)
     names = _tenants(tenants, tenant_name)
     plan: list[tuple[float | None, int]] = (
-        [(None, events or 0)] if max_mode
+        [(None, events or 0)]
+        if max_mode
         else [(r, lt.events_for(r, duration)) for r in (rates or [rate])]
     )
-    cols = {"session_col": session_col, "item_col": item_col, "time_col": time_col,
-            "order_col": order_col}
+    cols = {
+        "session_col": session_col,
+        "item_col": item_col,
+        "time_col": time_col,
+        "order_col": order_col,
+    }
     if source == "synth":
         biggest = max(n for _, n in plan)
         params = SynthParams(items=synth_items, sessions=max(1, math.ceil(biggest / 6)), seed=seed)
@@ -375,21 +551,34 @@ def loadtest(settings: Settings, rate: float, duration: float, max_mode: bool, e
     runs = []
     for run_rate, n_events in plan:
         config = lt.LoadTestConfig(
-            broker=settings.broker, clicks_topic=settings.clicks_topic,
-            recs_topic=settings.recs_topic, dlq_topic=settings.dlq_topic,
-            worker_group=group or settings.app_id, rate=run_rate, events=n_events,
-            tenants=names, drain_timeout_s=drain_timeout, linger_ms=linger_ms,
-            progress=not no_progress, source=source_text,
+            broker=settings.broker,
+            clicks_topic=settings.clicks_topic,
+            recs_topic=settings.recs_topic,
+            dlq_topic=settings.dlq_topic,
+            worker_group=group or settings.app_id,
+            rate=run_rate,
+            events=n_events,
+            tenants=names,
+            drain_timeout_s=drain_timeout,
+            linger_ms=linger_ms,
+            progress=not no_progress,
+            source=source_text,
         )
-        click.echo(f"load test: {n_events:,} events "
-                   f"{'as fast as possible' if run_rate is None else f'at {run_rate:,.0f}/s'} "
-                   f"to '{settings.clicks_topic}' at {settings.broker}", err=True)
+        click.echo(
+            f"load test: {n_events:,} events "
+            f"{'as fast as possible' if run_rate is None else f'at {run_rate:,.0f}/s'} "
+            f"to '{settings.clicks_topic}' at {settings.broker}",
+            err=True,
+        )
         data = lt.run_loadtest(table, config, echo=lambda line: click.echo(line, err=True))
         runs.append(data)
         click.echo(lt.markdown_report(data.report))
         if data.report["answered"] == 0:
-            click.echo("no recommendation came back: is `streamrec worker` running against "
-                       f"{settings.broker} with a trained model?", err=True)
+            click.echo(
+                "no recommendation came back: is `streamrec worker` running against "
+                f"{settings.broker} with a trained model?",
+                err=True,
+            )
     if json_path is not None:
         _write_loadtest_files(json_path, runs, command)
     if check:
@@ -413,6 +602,7 @@ def _write_loadtest_files(json_path: Path, runs: list[Any], command: str) -> Non
         written.append(lt.plot_sweep(reports, json_path.with_suffix(".png")))
         for data in runs:
             rate = data.report["offered_rate"]
-            written.append(lt.plot_run(data, json_path.with_name(
-                f"{json_path.stem}-{rate:.0f}.png")))
+            written.append(
+                lt.plot_run(data, json_path.with_name(f"{json_path.stem}-{rate:.0f}.png"))
+            )
     click.echo("wrote " + ", ".join(str(p) for p in written))

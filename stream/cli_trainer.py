@@ -31,7 +31,9 @@ def parse_duration(text: str) -> float:
 class Duration(click.ParamType):
     name = "duration"
 
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
         if isinstance(value, int | float):
             return float(value)
         try:
@@ -42,27 +44,73 @@ class Duration(click.ParamType):
 
 @click.command("trainer")
 @click.option("--once", is_flag=True, help="One pass over all tenants, then exit.")
-@click.option("--every", type=Duration(), default="1h", show_default=True,
-              help="Time between passes when not --once.")
-@click.option("--window", type=Duration(), default="7d", show_default=True,
-              help="How far back to read clicks from the `clicks` topic.")
+@click.option(
+    "--every",
+    type=Duration(),
+    default="1h",
+    show_default=True,
+    help="Time between passes when not --once.",
+)
+@click.option(
+    "--window",
+    type=Duration(),
+    default="7d",
+    show_default=True,
+    help="How far back to read clicks from the `clicks` topic.",
+)
 @click.option("--tenant", "tenants", multiple=True, help="Only these tenants (repeatable).")
-@click.option("--gate-metric", type=click.Choice(GATE_METRICS), default="hr", show_default=True,
-              help="Metric that decides whether a candidate replaces the current model.")
-@click.option("--gate-margin", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="How much worse than the current model a candidate may be.")
-@click.option("--holdout", type=click.FloatRange(0.01, 0.9), default=0.2, show_default=True,
-              help="Newest share of sessions held out to compare candidate and current.")
-@click.option("--min-sessions", type=click.IntRange(2), default=20, show_default=True,
-              help="Tenants with fewer sessions in the window are skipped.")
-@click.option("--jobs", type=click.IntRange(1, 64), default=os.cpu_count() or 1, show_default=True,
-              help="Tenants trained in parallel (processes).")
+@click.option(
+    "--gate-metric",
+    type=click.Choice(GATE_METRICS),
+    default="hr",
+    show_default=True,
+    help="Metric that decides whether a candidate replaces the current model.",
+)
+@click.option(
+    "--gate-margin",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="How much worse than the current model a candidate may be.",
+)
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0.01, 0.9),
+    default=0.2,
+    show_default=True,
+    help="Newest share of sessions held out to compare candidate and current.",
+)
+@click.option(
+    "--min-sessions",
+    type=click.IntRange(2),
+    default=20,
+    show_default=True,
+    help="Tenants with fewer sessions in the window are skipped.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=os.cpu_count() or 1,
+    show_default=True,
+    help="Tenants trained in parallel (processes).",
+)
 @click.option("--epochs", type=click.IntRange(1, 1000), help="Word2Vec epochs.")
 @click.option("--seed", type=int, help="Random seed for training.")
 @click.pass_obj
-def trainer(settings: Settings, once: bool, every: float, window: float, tenants: tuple[str, ...],
-            gate_metric: str, gate_margin: float, holdout: float, min_sessions: int, jobs: int,
-            epochs: int | None, seed: int | None) -> None:
+def trainer(
+    settings: Settings,
+    once: bool,
+    every: float,
+    window: float,
+    tenants: tuple[str, ...],
+    gate_metric: str,
+    gate_margin: float,
+    holdout: float,
+    min_sessions: int,
+    jobs: int,
+    epochs: int | None,
+    seed: int | None,
+) -> None:
     """Retrain each tenant's model from the click log and promote it only if it is no worse.
 
     For every tenant with clicks in the window (and mode `on`): build sessions, train
@@ -73,24 +121,34 @@ def trainer(settings: Settings, once: bool, every: float, window: float, tenants
     """
     from stream.trainer import run_once
 
-    policy = GatePolicy(metric=gate_metric, margin=gate_margin, holdout=holdout,
-                        min_sessions=min_sessions)
+    policy = GatePolicy(
+        metric=gate_metric, margin=gate_margin, holdout=holdout, min_sessions=min_sessions
+    )
     overrides = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
     params = TrainParams(**overrides)
     while True:
         started = time.perf_counter()
         bar = tqdm(desc="retraining", unit="tenant", disable=None)
 
-        def step(tenant: str) -> None:
+        def step(tenant: str, bar: tqdm = bar) -> None:
             bar.set_postfix_str(tenant, refresh=False)
             bar.update()
 
-        outcomes = run_once(settings, window_s=window, params=params, policy=policy,
-                            tenants=tenants or None, progress=step, jobs=jobs)
+        outcomes = run_once(
+            settings,
+            window_s=window,
+            params=params,
+            policy=policy,
+            tenants=tenants or None,
+            progress=step,
+            jobs=jobs,
+        )
         bar.close()
         counts = Counter(o.decision.action for o in outcomes)
-        click.echo(f"trainer: {len(outcomes)} tenant(s) in {time.perf_counter() - started:.1f}s: "
-                   + ", ".join(f"{counts[a]} {a}" for a in ("promoted", "kept", "skipped")))
+        click.echo(
+            f"trainer: {len(outcomes)} tenant(s) in {time.perf_counter() - started:.1f}s: "
+            + ", ".join(f"{counts[a]} {a}" for a in ("promoted", "kept", "skipped"))
+        )
         if once:
             return
         log.info("next pass in %.0fs", every)

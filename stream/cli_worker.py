@@ -13,11 +13,21 @@ from stream.config import Settings
 @click.option("--model-dir", help="Model registry directory [env STREAMREC_MODEL_DIR].")
 @click.option("--web-port", type=int, help="HTTP port for the worker's web server; 0 = off.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), help="Max events per batch.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              help="Worker log level.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Worker log level.",
+)
 @click.pass_obj
-def worker(settings: Settings, broker: str | None, redis_url: str | None, model_dir: str | None,
-           web_port: int | None, batch_size: int | None, log_level: str | None) -> None:
+def worker(
+    settings: Settings,
+    broker: str | None,
+    redis_url: str | None,
+    model_dir: str | None,
+    web_port: int | None,
+    batch_size: int | None,
+    log_level: str | None,
+) -> None:
     """Consume `clicks`, keep sessions in Redis, publish ranked items to `recommendations`.
 
     Malformed events go to `clicks.dlq` with the reason in the `streamrec-reason` header.
@@ -29,20 +39,40 @@ def worker(settings: Settings, broker: str | None, redis_url: str | None, model_
 
     from stream.app import create_app
 
-    settings = settings.with_(broker=broker, redis_url=redis_url, model_dir=model_dir,
-                              web_port=web_port, batch_size=batch_size,
-                              log_level=log_level)
+    settings = settings.with_(
+        broker=broker,
+        redis_url=redis_url,
+        model_dir=model_dir,
+        web_port=web_port,
+        batch_size=batch_size,
+        log_level=log_level,
+    )
     app = create_app(settings)
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
 
 @click.command("demo")
-@click.option("--events", type=click.IntRange(1, 165_474), default=20_000, show_default=True,
-              help="How many clicks of the shipped Kaggle file to replay.")
-@click.option("--rate", type=click.FloatRange(1, 1_000_000), default=2_000, show_default=True,
-              help="Events per second offered.")
-@click.option("--show", type=click.IntRange(0, 1000), default=8, show_default=True,
-              help="How many live recommendations to print.")
+@click.option(
+    "--events",
+    type=click.IntRange(1, 165_474),
+    default=20_000,
+    show_default=True,
+    help="How many clicks of the shipped Kaggle file to replay.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 1_000_000),
+    default=2_000,
+    show_default=True,
+    help="Events per second offered.",
+)
+@click.option(
+    "--show",
+    type=click.IntRange(0, 1000),
+    default=8,
+    show_default=True,
+    help="How many live recommendations to print.",
+)
 @click.pass_obj
 def demo(settings: Settings, events: int, rate: float, show: int) -> None:
     """Run everything end to end on a private embedded stack, then stop it all.

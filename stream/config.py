@@ -41,7 +41,7 @@ class Settings:
     # stream.take_events, kept as the reference the benchmarks compare against.
     engine: str = "batch"
     batch_size: int = 1000
-    batch_within_s: float = 0.01
+    batch_within_s: float = 0.02
     # Short group session timeout: the embedded broker's first join waits ~half of it.
     broker_session_timeout_s: float = 6.0
     model_check_interval_s: float = 2.0

@@ -9,6 +9,7 @@ stack started by ``streamrec dev up`` and can run twice in a row.
 from __future__ import annotations
 
 import gzip
+import itertools
 import shutil
 import signal
 import subprocess
@@ -59,33 +60,41 @@ def run_demo(settings: Settings, *, events: int, rate: float, show: int, echo: E
     home = Path(settings.home) / "demo"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    stack = EmbeddedStack(home / "run", f"127.0.0.1:{free_port()}",
-                          f"redis://127.0.0.1:{free_port()}/0")
+    stack = EmbeddedStack(
+        home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
+    )
     env = _demo_env(settings, stack, home)
     worker: subprocess.Popen[bytes] | None = None
     watch = Watch()
     watcher: threading.Thread | None = None
     try:
         echo(f"==> 1/5 starting the embedded broker ({stack.broker}) and Redis ({stack.redis_url})")
-        stack.up([settings.clicks_topic, settings.recs_topic, settings.dlq_topic],
-                 settings.partitions)
+        stack.up(
+            [settings.clicks_topic, settings.recs_topic, settings.dlq_topic], settings.partitions
+        )
 
         echo("==> 2/5 training Word2Vec + KMeans on the Kaggle e-shop clickstream")
         _run(["train"], env)
 
-        echo("==> 3/5 starting the stream worker (log: "
-             f"{home / 'worker.log'})")
+        echo(f"==> 3/5 starting the stream worker (log: {home / 'worker.log'})")
         with open(home / "worker.log", "wb") as logf:
-            worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env,
-                                      stdout=logf, stderr=subprocess.STDOUT)
-        watcher = threading.Thread(target=_watch, args=(stack.broker, settings, watch, show, echo),
-                                   daemon=True)
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "stream", "worker"],
+                env=env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+            )
+        watcher = threading.Thread(
+            target=_watch, args=(stack.broker, settings, watch, show, echo), daemon=True
+        )
         watcher.start()
         _wait_for_probe(stack.broker, settings, watch, worker, home)
 
         sample = _write_sample(home / "clicks-sample.csv.gz", events)
-        echo(f"==> 4/5 replaying {events:,} clicks at {rate:,.0f}/s into '{settings.clicks_topic}',"
-             f" plus {len(MALFORMED_SAMPLES)} malformed events")
+        echo(
+            f"==> 4/5 replaying {events:,} clicks at {rate:,.0f}/s into '{settings.clicks_topic}',"
+            f" plus {len(MALFORMED_SAMPLES)} malformed events"
+        )
         watch.first_send = time.time()
         _send_malformed(stack.broker, settings.clicks_topic)
         _run(["replay", str(sample), "--rate", str(rate)], env)
@@ -122,13 +131,15 @@ def _demo_env(settings: Settings, stack: EmbeddedStack, home: Path) -> dict[str,
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update({
-        "STREAMREC_HOME": str(home),
-        "STREAMREC_BROKER": stack.broker,
-        "STREAMREC_REDIS_URL": stack.redis_url,
-        "STREAMREC_WEB_PORT": "0",
-        "STREAMREC_APP_ID": "streamrec-demo",
-    })
+    env.update(
+        {
+            "STREAMREC_HOME": str(home),
+            "STREAMREC_BROKER": stack.broker,
+            "STREAMREC_REDIS_URL": stack.redis_url,
+            "STREAMREC_WEB_PORT": "0",
+            "STREAMREC_APP_ID": "streamrec-demo",
+        }
+    )
     return env
 
 
@@ -142,7 +153,7 @@ def _write_sample(path: Path, events: int) -> Path:
     """The first `events` clicks of the shipped file, same format."""
     with gzip.open(eshop_path(), "rt", newline="") as src, gzip.open(path, "wt", newline="") as dst:
         dst.write(src.readline())
-        for _, line in zip(range(events), src):
+        for line in itertools.islice(src, events):
             dst.write(line)
     return path
 
@@ -154,33 +165,44 @@ def _send_malformed(broker: str, topic: str) -> None:
     producer.flush(10)
 
 
-def _wait_for_probe(broker: str, settings: Settings, watch: Watch,
-                    worker: subprocess.Popen[bytes], home: Path) -> None:
+def _wait_for_probe(
+    broker: str, settings: Settings, watch: Watch, worker: subprocess.Popen[bytes], home: Path
+) -> None:
     """A few clicks, answered, before the replay: the worker has joined its group, loaded
     its model and fetched from every partition once."""
     producer = Producer({"bootstrap.servers": broker})
     for i in range(PROBES):
-        probe = {"tenant": "default", "session_id": f"{PROBE_SESSION}-{i}", "item_id": "A13",
-                 "ts": time.time(), "event_id": f"probe-{uuid.uuid4().hex}"}
-        producer.produce(settings.clicks_topic, key=probe["session_id"].encode(),
-                         value=orjson.dumps(probe))
+        probe = {
+            "tenant": "default",
+            "session_id": f"{PROBE_SESSION}-{i}",
+            "item_id": "A13",
+            "ts": time.time(),
+            "event_id": f"probe-{uuid.uuid4().hex}",
+        }
+        producer.produce(
+            settings.clicks_topic, key=probe["session_id"].encode(), value=orjson.dumps(probe)
+        )
     producer.flush(10)
     deadline = time.monotonic() + 90
     while not watch.probe_seen.wait(0.5):
         if worker.poll() is not None or time.monotonic() > deadline:
-            raise StreamrecError(f"the worker did not answer a first click; see {home / 'worker.log'}")
+            raise StreamrecError(
+                f"the worker did not answer a first click; see {home / 'worker.log'}"
+            )
 
 
 def _watch(broker: str, settings: Settings, watch: Watch, show: int, echo: Echo) -> None:
-    consumer = Consumer({
-        "bootstrap.servers": broker,
-        "group.id": f"demo-watch-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "session.timeout.ms": 6000,
-        # The embedded broker answers a fetch only when its wait is over, so keep it short.
-        "fetch.wait.max.ms": 5,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker,
+            "group.id": f"demo-watch-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            # The embedded broker answers a fetch only when its wait is over, so keep it short.
+            "fetch.wait.max.ms": 5,
+        }
+    )
     consumer.subscribe([settings.recs_topic, settings.dlq_topic])
     shown = 0
     try:
@@ -208,8 +230,10 @@ def _watch(broker: str, settings: Settings, watch: Watch, show: int, echo: Echo)
                 if shown < show:
                     shown += 1
                     items = ", ".join(f"{i['item_id']} {i['score']:.2f}" for i in rec["items"][:5])
-                    echo(f"  session {rec['session_id']:>6} clicked {rec['trigger_item']:>4} -> "
-                         f"{items}  [{rec['strategy']}, {rec['model_version']}, {latency:.1f} ms]")
+                    echo(
+                        f"  session {rec['session_id']:>6} clicked {rec['trigger_item']:>4} -> "
+                        f"{items}  [{rec['strategy']}, {rec['model_version']}, {latency:.1f} ms]"
+                    )
     finally:
         consumer.close()
 
@@ -218,12 +242,16 @@ def _summary(watch: Watch, sent: int, dead: int, echo: Echo) -> None:
     lat = np.asarray(watch.latencies_ms or [float("nan")])
     elapsed = max(watch.last_receive - watch.first_send, 1e-9)
     echo(f"  events in        {sent:>10,}")
-    echo(f"  recommendations  {watch.received:>10,}   "
-         f"({', '.join(f'{k} {v:,}' for k, v in sorted(watch.strategies.items()))})")
+    echo(
+        f"  recommendations  {watch.received:>10,}   "
+        f"({', '.join(f'{k} {v:,}' for k, v in sorted(watch.strategies.items()))})"
+    )
     echo(f"  dead-lettered    {dead:>10,}")
     echo(f"  model version    {', '.join(sorted(watch.versions)) or '-':>10}")
     echo(f"  throughput       {watch.received / elapsed:>10,.0f} recommendations/s")
-    echo(f"  latency p50      {np.percentile(lat, 50):>10.1f} ms   (click sent -> recommendation "
-         "received)")
+    echo(
+        f"  latency p50      {np.percentile(lat, 50):>10.1f} ms   (click sent -> recommendation "
+        "received)"
+    )
     echo(f"  latency p99      {np.percentile(lat, 99):>10.1f} ms")
     echo(f"  latency max      {lat.max():>10.1f} ms")

@@ -137,7 +137,9 @@ class Service:
     def start(self, timeout: float = 20.0) -> int:
         running = self.pid()
         if running is not None and answers_tcp(self.host, self.port):
-            log.info("%s already running (pid %d) on %s:%d", self.name, running, self.host, self.port)
+            log.info(
+                "%s already running (pid %d) on %s:%d", self.name, running, self.host, self.port
+            )
             return running
         if not port_is_free(self.host, self.port):
             raise StackError(

@@ -119,17 +119,25 @@ def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickE
     return event_from_dict(data, default_ts=default_ts)
 
 
-def recommendation_json(event: ClickEvent, event_id: str, items: list[tuple[str, float]],
-                        strategy: str, model_version: str | None, emitted_ts: float) -> bytes:
+def recommendation_json(
+    event: ClickEvent,
+    event_id: str,
+    items: list[tuple[str, float]],
+    strategy: str,
+    model_version: str | None,
+    emitted_ts: float,
+) -> bytes:
     """The recommendation record for ``event`` (topic ``recommendations``)."""
-    return orjson.dumps({
-        "tenant": event.tenant,
-        "session_id": event.session_id,
-        "event_id": event_id,
-        "trigger_item": event.item_id,
-        "items": [{"item_id": i, "score": s} for i, s in items],
-        "model_version": model_version,
-        "strategy": strategy,
-        "event_ts": event.ts,
-        "emitted_ts": emitted_ts,
-    })
+    return orjson.dumps(
+        {
+            "tenant": event.tenant,
+            "session_id": event.session_id,
+            "event_id": event_id,
+            "trigger_item": event.item_id,
+            "items": [{"item_id": i, "score": s} for i, s in items],
+            "model_version": model_version,
+            "strategy": strategy,
+            "event_ts": event.ts,
+            "emitted_ts": emitted_ts,
+        }
+    )

@@ -72,7 +72,9 @@ class ModelCache:
             except NoModelError:
                 slot = _Slot(None, None, time.monotonic())
             except (InvalidModelError, OSError, ValueError) as exc:
-                log.error("tenant %s: model version refused, keeping the one in service: %s", tenant, exc)
+                log.error(
+                    "tenant %s: model version refused, keeping the one in service: %s", tenant, exc
+                )
                 if previous is not None:
                     # Remember the refused pointer so we do not retry it on every check.
                     previous.version = version
@@ -83,11 +85,20 @@ class ModelCache:
                 slot = _Slot(bundle, version, time.monotonic())
                 if old is not None:
                     self.swaps += 1
-                    log.info("tenant %s: swapped model %s -> %s (%.0f ms)", tenant, old, version,
-                             (time.perf_counter() - started) * 1000)
+                    log.info(
+                        "tenant %s: swapped model %s -> %s (%.0f ms)",
+                        tenant,
+                        old,
+                        version,
+                        (time.perf_counter() - started) * 1000,
+                    )
                 else:
-                    log.info("tenant %s: loaded model %s (%.0f ms)", tenant, version,
-                             (time.perf_counter() - started) * 1000)
+                    log.info(
+                        "tenant %s: loaded model %s (%.0f ms)",
+                        tenant,
+                        version,
+                        (time.perf_counter() - started) * 1000,
+                    )
             self._slots[tenant] = slot
             self._slots.move_to_end(tenant)
             while len(self._slots) > self._max_models:

@@ -57,7 +57,10 @@ class DeadLetter:
 
     @property
     def headers(self) -> list[tuple[str, bytes]]:
-        return [(DLQ_REASON_HEADER, self.reason.encode()), ("streamrec-source", self.source.encode())]
+        return [
+            (DLQ_REASON_HEADER, self.reason.encode()),
+            ("streamrec-source", self.source.encode()),
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +101,9 @@ class BatchProcessor:
             try:
                 event = parse_event(msg.value)
             except InvalidEvent as exc:
-                result.dead_letters.append(DeadLetter(msg.key, msg.value, exc.reason, position(msg)))
+                result.dead_letters.append(
+                    DeadLetter(msg.key, msg.value, exc.reason, position(msg))
+                )
                 continue
             # Without an event id the message position identifies a re-delivery.
             events.append((event, event.event_id or position(msg)))
@@ -123,7 +128,7 @@ class BatchProcessor:
             bundle = bundles[tenant]
             if bundle is not None:
                 sessions = [updates[i].items for i in idx]
-                for i, r in zip(idx, recommend_batch(bundle, sessions, self._top_k)):
+                for i, r in zip(idx, recommend_batch(bundle, sessions, self._top_k), strict=True):
                     ranked[i] = r
             else:
                 popular = await self._tenants.popular(tenant)
@@ -136,11 +141,18 @@ class BatchProcessor:
             if r is None:
                 continue
             bundle = bundles[event.tenant]
-            payload = recommendation_json(event, eid, r.items, r.strategy,
-                                          bundle.version if bundle is not None else None, emitted)
+            payload = recommendation_json(
+                event,
+                eid,
+                r.items,
+                r.strategy,
+                bundle.version if bundle is not None else None,
+                emitted,
+            )
             result.recommendations.append(Outgoing(event.tenant, event.session_id, payload))
         await self._store.store_last_recs(
-            [(o.tenant, o.session_id, o.payload) for o in result.recommendations])
+            [(o.tenant, o.session_id, o.payload) for o in result.recommendations]
+        )
         return result
 
 

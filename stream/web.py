@@ -38,8 +38,14 @@ def prometheus_text(counters: dict[str, float], gauges: dict[str, float]) -> str
 
 
 class WebService(Service):
-    def __init__(self, settings: Settings, stats: Any, models: Any,
-                 last_recs: Callable[[str, str], Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stats: Any,
+        models: Any,
+        last_recs: Callable[[str, str], Any],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._settings = settings
         self._stats = stats
@@ -53,7 +59,9 @@ class WebService(Service):
         app = web.Application(client_max_size=MAX_POST_EVENTS * MAX_EVENT_BYTES)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/v1/{tenant}/sessions/{session_id}/recommendations", self.recommendations)
+        app.router.add_get(
+            "/v1/{tenant}/sessions/{session_id}/recommendations", self.recommendations
+        )
         app.router.add_post("/v1/{tenant}/events", self.post_events)
         return app
 
@@ -65,8 +73,12 @@ class WebService(Service):
             await web.TCPSite(self._runner, "0.0.0.0", self._settings.web_port).start()
         except OSError as exc:
             # A second worker on the same host: serve the stream anyway, just not HTTP.
-            log.error("HTTP API disabled: port %d is busy (%s); set STREAMREC_WEB_PORT to a "
-                      "free port or 0", self._settings.web_port, exc.strerror)
+            log.error(
+                "HTTP API disabled: port %d is busy (%s); set STREAMREC_WEB_PORT to a "
+                "free port or 0",
+                self._settings.web_port,
+                exc.strerror,
+            )
             return
         log.info("HTTP API on port %d", self._settings.web_port)
 
@@ -78,26 +90,42 @@ class WebService(Service):
 
     def counters(self) -> dict[str, float]:
         s = self._stats
-        return {"events_total": s.events_in, "recommendations_total": s.recommendations,
-                "dead_letters_total": s.dead_letters, "redelivered_total": s.duplicates,
-                "switched_off_total": s.suppressed, "batches_total": s.batches,
-                "model_swaps_total": self._models.swaps}
+        return {
+            "events_total": s.events_in,
+            "recommendations_total": s.recommendations,
+            "dead_letters_total": s.dead_letters,
+            "redelivered_total": s.duplicates,
+            "switched_off_total": s.suppressed,
+            "batches_total": s.batches,
+            "model_swaps_total": self._models.swaps,
+        }
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "uptime_s": round(time.time() - self._boot_ts, 1),
-                                  **self.counters(), "models": self._models.loaded()},
-                                 dumps=lambda o: orjson.dumps(o).decode())
+        return web.json_response(
+            {
+                "status": "ok",
+                "uptime_s": round(time.time() - self._boot_ts, 1),
+                **self.counters(),
+                "models": self._models.loaded(),
+            },
+            dumps=lambda o: orjson.dumps(o).decode(),
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         gauges = {"models_loaded": len(self._models.loaded())}
-        return web.Response(text=prometheus_text(self.counters(), gauges),
-                            content_type="text/plain", charset="utf-8")
+        return web.Response(
+            text=prometheus_text(self.counters(), gauges),
+            content_type="text/plain",
+            charset="utf-8",
+        )
 
     async def recommendations(self, request: web.Request) -> web.Response:
         tenant, session_id = request.match_info["tenant"], request.match_info["session_id"]
         payload = await self._last_recs(tenant, session_id)
         if payload is None:
-            return _error(404, f"no recommendations for session {session_id!r} of tenant {tenant!r}")
+            return _error(
+                404, f"no recommendations for session {session_id!r} of tenant {tenant!r}"
+            )
         body = payload.encode() if isinstance(payload, str) else payload
         return web.Response(body=body, content_type="application/json")
 

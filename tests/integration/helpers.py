@@ -18,7 +18,9 @@ from stream.devstack import EmbeddedStack
 
 
 def produce(broker: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
-    producer = Producer({"bootstrap.servers": broker, "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": broker, "linger.ms": 5, "queue.buffering.max.messages": 2_000_000}
+    )
     n = 0
     for key, value in records:
         producer.produce(topic, key=key, value=value)
@@ -30,13 +32,15 @@ def produce(broker: str, topic: str, records: Iterable[tuple[bytes | None, bytes
 
 def consume(broker: str, topic: str, expected: int, timeout: float = 60.0) -> list[Message]:
     """Read the topic from the beginning until `expected` messages arrived or timeout."""
-    consumer = Consumer({
-        "bootstrap.servers": broker,
-        "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "session.timeout.ms": 6000,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker,
+            "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
     consumer.subscribe([topic])
     out: list[Message] = []
     deadline = time.monotonic() + timeout
@@ -63,18 +67,20 @@ class WorkerConfig:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-        env.update({
-            "STREAMREC_BROKER": self.stack.broker,
-            "STREAMREC_REDIS_URL": self.stack.redis_url,
-            "STREAMREC_HOME": str(self.home),
-            "STREAMREC_MODEL_DIR": str(self.model_dir),
-            "STREAMREC_CLICKS_TOPIC": self.clicks,
-            "STREAMREC_RECS_TOPIC": self.recs,
-            "STREAMREC_DLQ_TOPIC": self.dlq,
-            "STREAMREC_APP_ID": self.app_id,
-            "STREAMREC_WEB_PORT": "0",
-            "STREAMREC_MODEL_CHECK_INTERVAL_S": "0.5",
-        })
+        env.update(
+            {
+                "STREAMREC_BROKER": self.stack.broker,
+                "STREAMREC_REDIS_URL": self.stack.redis_url,
+                "STREAMREC_HOME": str(self.home),
+                "STREAMREC_MODEL_DIR": str(self.model_dir),
+                "STREAMREC_CLICKS_TOPIC": self.clicks,
+                "STREAMREC_RECS_TOPIC": self.recs,
+                "STREAMREC_DLQ_TOPIC": self.dlq,
+                "STREAMREC_APP_ID": self.app_id,
+                "STREAMREC_WEB_PORT": "0",
+                "STREAMREC_MODEL_CHECK_INTERVAL_S": "0.5",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -92,7 +98,9 @@ class WorkerProcess:
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "stream", "worker"],
-                env=self.config.env(), stdout=logf, stderr=subprocess.STDOUT,
+                env=self.config.env(),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
             )
         return self
 

@@ -34,7 +34,7 @@ def test_promote_under_load_swaps_within_5s_and_refuses_a_corrupt_version(
         for start in range(0, len(events), 100):
             if stop.is_set():
                 return
-            chunk = events[start:start + 100]
+            chunk = events[start : start + 100]
             produce(stack.broker, cfg.clicks, [(e.session_id.encode(), e.to_json()) for e in chunk])
             time.sleep(0.1)
 

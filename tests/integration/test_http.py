@@ -16,8 +16,12 @@ from tests.integration.test_worker import make_config
 
 def _call(url: str, body: object | None = None) -> tuple[int, bytes]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method="POST" if data else "GET",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, resp.read()
@@ -46,17 +50,21 @@ def test_post_clicks_and_pull_recommendations(
     base = f"http://127.0.0.1:{port}"
     with WorkerProcess(cfg) as worker:
         assert _wait_for(f"{base}/health")[0] == 200, worker.log()[-3000:]
-        status, body = _call(f"{base}/v1/default/events", [
-            {"session_id": "web-1", "item_id": "A13"},
-            {"session_id": "web-1", "item_id": "A16", "event_id": "w2"},
-        ])
+        status, body = _call(
+            f"{base}/v1/default/events",
+            [
+                {"session_id": "web-1", "item_id": "A13"},
+                {"session_id": "web-1", "item_id": "A16", "event_id": "w2"},
+            ],
+        )
         assert status == 202 and json.loads(body) == {"accepted": 2}
 
         # Bad input: a reason, and nothing sent.
         status, body = _call(f"{base}/v1/default/events", {"session_id": "web-2", "item_id": 7})
         assert status == 400 and "item_id" in json.loads(body)["error"]
-        status, body = _call(f"{base}/v1/default/events", {"tenant": "other", "session_id": "s",
-                                                           "item_id": "A1"})
+        status, body = _call(
+            f"{base}/v1/default/events", {"tenant": "other", "session_id": "s", "item_id": "A1"}
+        )
         assert status == 400 and "differs" in json.loads(body)["error"]
 
         url = f"{base}/v1/default/sessions/web-1/recommendations"
@@ -74,7 +82,10 @@ def test_post_clicks_and_pull_recommendations(
 
         status, body = _call(f"{base}/metrics")
         assert status == 200
-        metrics = dict(line.split(" ") for line in body.decode().splitlines()
-                       if line and not line.startswith("#"))
+        metrics = dict(
+            line.split(" ")
+            for line in body.decode().splitlines()
+            if line and not line.startswith("#")
+        )
         assert int(metrics["streamrec_events_total"]) >= 2
         assert int(metrics["streamrec_recommendations_total"]) >= 2

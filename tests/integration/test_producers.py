@@ -42,8 +42,9 @@ def small_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def streamrec(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stream", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def replay(broker: str, topic: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -60,12 +61,14 @@ def read_all(broker: str, topic: str, expected: int) -> list[Message]:
 
 def consume_more(broker: str, topic: str, seen: list[Message]) -> list[Message]:
     everything = consume(broker, topic, len(seen) + 1, timeout=EXTRA_WAIT_S)
-    return everything[len(seen):]
+    return everything[len(seen) :]
 
 
 def decoded(messages: list[Message]) -> list[dict]:
-    return [orjson.loads(m.value()) | {"_key": m.key().decode(), "_partition": m.partition()}
-            for m in messages]
+    return [
+        orjson.loads(m.value()) | {"_key": m.key().decode(), "_partition": m.partition()}
+        for m in messages
+    ]
 
 
 def test_replay_delivers_every_event_exactly_once_with_session_keys(
@@ -115,9 +118,23 @@ def test_synth_straight_to_kafka(stack: EmbeddedStack, unique_name: Callable[[st
 
     topic = unique_name("clicks")
     expected = generate_clicks(SynthParams(items=300, sessions=120, seed=4))
-    result = streamrec("synth", "--kafka", "--items", "300", "--sessions", "120", "--seed", "4",
-                       "--tenants", "2", "--broker", stack.broker, "--topic", topic,
-                       "--no-progress")
+    result = streamrec(
+        "synth",
+        "--kafka",
+        "--items",
+        "300",
+        "--sessions",
+        "120",
+        "--seed",
+        "4",
+        "--tenants",
+        "2",
+        "--broker",
+        stack.broker,
+        "--topic",
+        topic,
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     events = decoded(read_all(stack.broker, topic, len(expected)))
     assert sorted(e["item_id"] for e in events) == sorted(expected.item_ids.tolist())
@@ -149,26 +166,53 @@ def test_the_helper_reports_delivery_failures_when_the_broker_stops(tmp_path: Pa
 
 
 def test_replay_to_a_broker_that_is_not_there_is_a_one_line_error(small_file: Path) -> None:
-    result = streamrec("replay", str(small_file), "--broker", f"127.0.0.1:{free_port()}",
-                       "--no-progress")
+    result = streamrec(
+        "replay", str(small_file), "--broker", f"127.0.0.1:{free_port()}", "--no-progress"
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("streamrec: error:") and "does not answer" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_a_small_load_test_against_a_real_worker(
-    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path,
+    stack: EmbeddedStack,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
     trained_model_dir: Path,
 ) -> None:
-    cfg = WorkerConfig(stack, tmp_path, trained_model_dir, unique_name("clicks"),
-                       unique_name("recs"), unique_name("dlq"), unique_name("app"))
+    cfg = WorkerConfig(
+        stack,
+        tmp_path,
+        trained_model_dir,
+        unique_name("clicks"),
+        unique_name("recs"),
+        unique_name("dlq"),
+        unique_name("app"),
+    )
     ensure_topics(stack.broker, [cfg.clicks, cfg.recs, cfg.dlq], partitions=4)
     report_path = tmp_path / "lt.json"
     with WorkerProcess(cfg) as worker:
         result = subprocess.run(
-            [sys.executable, "-m", "stream", "loadtest", "--rate", "200", "--duration", "3",
-             "--json", str(report_path), "--drain-timeout", "40", "--no-progress", "--check"],
-            env=cfg.env(), capture_output=True, text=True, timeout=180,
+            [
+                sys.executable,
+                "-m",
+                "stream",
+                "loadtest",
+                "--rate",
+                "200",
+                "--duration",
+                "3",
+                "--json",
+                str(report_path),
+                "--drain-timeout",
+                "40",
+                "--no-progress",
+                "--check",
+            ],
+            env=cfg.env(),
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert result.returncode == 0, result.stderr + worker.log()[-3000:]
     report = orjson.loads(report_path.read_bytes())

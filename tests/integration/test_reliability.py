@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from state import keys
 from stream.devstack import EmbeddedStack, Service, free_port
 from stream.events import ClickEvent
-from tests.integration.helpers import WorkerConfig, WorkerProcess, produce
+from tests.integration.helpers import WorkerProcess, produce
 from tests.integration.test_worker import make_config
 
 ITEMS = ["A13", "A16", "B4", "C17", "P1", "A2", "B10", "C5", "A1", "B1", "C1", "P2"]
@@ -59,13 +59,15 @@ class RecsCollector(threading.Thread):
         self.answered: set[str] = set()
         self.versions: list[tuple[float, str | None]] = []  # (emitted_ts, model_version)
         self.stop_flag = threading.Event()
-        self._consumer = Consumer({
-            "bootstrap.servers": broker,
-            "group.id": f"collector-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
-            "fetch.wait.max.ms": 10,
-        })
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": broker,
+                "group.id": f"collector-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+                "fetch.wait.max.ms": 10,
+            }
+        )
         self._consumer.subscribe([topic])
 
     def run(self) -> None:
@@ -92,7 +94,7 @@ async def _redis_sessions(url: str, tenant: str, sessions: list[str]) -> dict[st
         pipe = client.pipeline(transaction=False)
         for s in sessions:
             pipe.lrange(keys.session_items(tenant, s), 0, -1)
-        return dict(zip(sessions, await pipe.execute()))
+        return dict(zip(sessions, await pipe.execute(), strict=True))
     finally:
         await client.aclose()
 
@@ -161,13 +163,17 @@ def test_redis_outage_pauses_and_resumes_without_skipping(
     redis = Service("redis", "127.0.0.1", free_port(), tmp_path / "redis")
     redis.start()
     cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
-    own_stack = EmbeddedStack(tmp_path / "unused", stack.broker, f"redis://127.0.0.1:{redis.port}/0")
+    own_stack = EmbeddedStack(
+        tmp_path / "unused", stack.broker, f"redis://127.0.0.1:{redis.port}/0"
+    )
     cfg.stack = own_stack
     collector = RecsCollector(stack.broker, cfg.recs)
     collector.start()
     first, second = make_events(2_000, 100, seed=3), make_events(2_000, 100, seed=4)
-    second = [ClickEvent(e.tenant, e.session_id, e.item_id, e.ts, event_id=f"x{e.event_id}")
-              for e in second]
+    second = [
+        ClickEvent(e.tenant, e.session_id, e.item_id, e.ts, event_id=f"x{e.event_id}")
+        for e in second
+    ]
     try:
         with WorkerProcess(cfg) as worker:
             produce(stack.broker, cfg.clicks, _records(first))

@@ -37,8 +37,14 @@ def test_append_is_idempotent_capped_and_skips_repeats(
     ]
     updates, ttl = asyncio.run(_run(stack, clicks))
     assert [u.fresh for u in updates] == [True, True, True, False, True, True]
-    assert [u.items for u in updates] == [["a"], ["a"], ["a", "b"], ["a", "b"], ["a", "b", "c"],
-                                          ["b", "c", "d"]]
+    assert [u.items for u in updates] == [
+        ["a"],
+        ["a"],
+        ["a", "b"],
+        ["a", "b"],
+        ["a", "b", "c"],
+        ["b", "c", "d"],
+    ]
     assert 0 < ttl <= 60
     # Delivering the whole batch again changes nothing.
     again, _ = asyncio.run(_run(stack, clicks))
@@ -50,8 +56,12 @@ def test_tenants_and_sessions_are_separate(
     stack: EmbeddedStack, unique_name: Callable[[str], str]
 ) -> None:
     t1, t2 = unique_name("tenant"), unique_name("tenant")
-    updates, _ = asyncio.run(_run(stack, [Click(t1, "s", "x", "e1"), Click(t2, "s", "y", "e1"),
-                                          Click(t1, "s2", "z", "e1")]))
+    updates, _ = asyncio.run(
+        _run(
+            stack,
+            [Click(t1, "s", "x", "e1"), Click(t2, "s", "y", "e1"), Click(t1, "s2", "z", "e1")],
+        )
+    )
     assert [u.items for u in updates] == [["x"], ["y"], ["z"]]
     assert all(u.fresh for u in updates)
 
@@ -65,10 +75,14 @@ def test_last_recommendations_are_kept_per_session(
         client = Redis.from_url(stack.redis_url)
         try:
             store = SessionStore(client, cap=3, ttl_s=60)
-            await store.store_last_recs([(t, "s1", b'{"n": 1}'), (t, "s2", b'{"n": 2}'),
-                                         (t, "s1", b'{"n": 3}')])
-            return (await store.last_recs(t, "s1"), await store.last_recs(t, "s2"),
-                    await client.ttl(keys.last_recs(t, "s1")))
+            await store.store_last_recs(
+                [(t, "s1", b'{"n": 1}'), (t, "s2", b'{"n": 2}'), (t, "s1", b'{"n": 3}')]
+            )
+            return (
+                await store.last_recs(t, "s1"),
+                await store.last_recs(t, "s2"),
+                await client.ttl(keys.last_recs(t, "s1")),
+            )
         finally:
             await client.aclose()
 

@@ -36,8 +36,16 @@ def _train_for(registry: Registry, tenant: str, sessions: list[list[str]], prefi
 
 
 def _events(tenant: str, prefix: str, items: list[str], n: int, tag: str) -> list[ClickEvent]:
-    return [ClickEvent(tenant, f"{tag}-{i % 20}", f"{prefix}{items[i % len(items)]}", time.time(),
-                       event_id=f"{tenant}-{tag}-{i}") for i in range(n)]
+    return [
+        ClickEvent(
+            tenant,
+            f"{tag}-{i % 20}",
+            f"{prefix}{items[i % len(items)]}",
+            time.time(),
+            event_id=f"{tenant}-{tag}-{i}",
+        )
+        for i in range(n)
+    ]
 
 
 def _send(stack: EmbeddedStack, topic: str, events: list[ClickEvent]) -> None:
@@ -45,7 +53,9 @@ def _send(stack: EmbeddedStack, topic: str, events: list[ClickEvent]) -> None:
 
 
 def test_tenants_get_their_own_items_models_and_switch(
-    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path,
+    stack: EmbeddedStack,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
     shop_sessions: list[list[str]],
 ) -> None:
     registry = Registry(tmp_path / "models")
@@ -58,9 +68,12 @@ def test_tenants_get_their_own_items_models_and_switch(
     cfg = make_config(stack, unique_name, tmp_path, tmp_path / "models")
     items = sorted({i for s in shop_sessions[:200] for i in s})
 
-    first = (_events(a, "a:", items, 300, "x") + _events(b, "b:", items, 300, "x")
-             + _events(c, "c:", items, 300, "x"))
-    first = [e for trio in zip(first[:300], first[300:600], first[600:]) for e in trio]
+    first = (
+        _events(a, "a:", items, 300, "x")
+        + _events(b, "b:", items, 300, "x")
+        + _events(c, "c:", items, 300, "x")
+    )
+    first = [e for trio in zip(first[:300], first[300:600], first[600:], strict=True) for e in trio]
     with WorkerProcess(cfg) as worker:
         _send(stack, cfg.clicks, first)
         recs = consume(stack.broker, cfg.recs, len(first))
@@ -86,7 +99,9 @@ def test_tenants_get_their_own_items_models_and_switch(
         recs = consume(stack.broker, cfg.recs, len(first) + 51, timeout=10)
         assert len(recs) == len(first) + 50
         second_ids = {e.event_id for e in second}
-        new = [p for p in map(lambda m: orjson.loads(m.value()), recs) if p["event_id"] in second_ids]
+        new = [
+            p for p in map(lambda m: orjson.loads(m.value()), recs) if p["event_id"] in second_ids
+        ]
         assert len(new) == 50 and {p["tenant"] for p in new} == {a}
         assert client.llen(keys.session_items(b, "y-0")) > 0  # recorded while off
 
@@ -95,12 +110,16 @@ def test_tenants_get_their_own_items_models_and_switch(
         notify_model_change(stack.redis_url, b, None)
         time.sleep(1.0)
         third = _events(b, "b:", items, 20, "y")
-        third = [ClickEvent(e.tenant, e.session_id, e.item_id, e.ts, event_id=f"{e.event_id}-on")
-                 for e in third]
+        third = [
+            ClickEvent(e.tenant, e.session_id, e.item_id, e.ts, event_id=f"{e.event_id}-on")
+            for e in third
+        ]
         _send(stack, cfg.clicks, third)
         recs = consume(stack.broker, cfg.recs, len(first) + 50 + 20, timeout=30)
         assert len(recs) == len(first) + 70, worker.log()[-3000:]
         third_ids = {e.event_id for e in third}
-        back = [p for p in map(lambda m: orjson.loads(m.value()), recs) if p["event_id"] in third_ids]
+        back = [
+            p for p in map(lambda m: orjson.loads(m.value()), recs) if p["event_id"] in third_ids
+        ]
         assert len(back) == 20
         assert all(p["model_version"] == vb for p in back)

@@ -39,19 +39,32 @@ def test_trainer_promotes_a_better_model_and_skips_frozen_and_off_tenants(
     cfg = make_config(stack, unique_name, tmp_path, tmp_path / "models")
     cfg.extra_env["STREAMREC_MODEL_CHECK_INTERVAL_S"] = "60"  # only the notice is fast
     start = time.time() - 3600
-    clicks = [ClickEvent(t, f"{t}-{n}", item, start + n + j / 100, event_id=f"{t}-{n}-{j}")
-              for t in (on, frozen, off) for n, s in enumerate(sessions) for j, item in enumerate(s)]
+    clicks = [
+        ClickEvent(t, f"{t}-{n}", item, start + n + j / 100, event_id=f"{t}-{n}-{j}")
+        for t in (on, frozen, off)
+        for n, s in enumerate(sessions)
+        for j, item in enumerate(s)
+    ]
     produce(stack.broker, cfg.clicks, [(c.session_id.encode(), c.to_json()) for c in clicks])
-    settings = Settings(broker=stack.broker, redis_url=stack.redis_url,
-                        model_dir=str(tmp_path / "models"), clicks_topic=cfg.clicks)
+    settings = Settings(
+        broker=stack.broker,
+        redis_url=stack.redis_url,
+        model_dir=str(tmp_path / "models"),
+        clicks_topic=cfg.clicks,
+    )
 
     collector = RecsCollector(stack.broker, cfg.recs)
     collector.start()
     try:
         with WorkerProcess(cfg) as worker:
             assert collector.wait_for(len(clicks) * 2 // 3, timeout=120), worker.log()[-3000:]
-            outcomes = run_once(settings, window_s=86400, params=TrainParams(epochs=5, seed=3),
-                                policy=GatePolicy(), tenants=[on, frozen, off])
+            outcomes = run_once(
+                settings,
+                window_s=86400,
+                params=TrainParams(epochs=5, seed=3),
+                policy=GatePolicy(),
+                tenants=[on, frozen, off],
+            )
             promoted_at = time.time()
             by_tenant = {o.tenant: o for o in outcomes}
             assert set(by_tenant) == {on, frozen, off}
@@ -64,11 +77,16 @@ def test_trainer_promotes_a_better_model_and_skips_frozen_and_off_tenants(
             assert registry.current_version(off) is None
 
             # The worker serves the new version within 5 s of the promotion.
-            probe = [ClickEvent(on, f"probe-{i}", sessions[0][0], time.time(), event_id=f"p{i}")
-                     for i in range(40)]
+            probe = [
+                ClickEvent(on, f"probe-{i}", sessions[0][0], time.time(), event_id=f"p{i}")
+                for i in range(40)
+            ]
             for chunk in range(4):
-                produce(stack.broker, cfg.clicks,
-                        [(c.session_id.encode(), c.to_json()) for c in probe[chunk * 10:][:10]])
+                produce(
+                    stack.broker,
+                    cfg.clicks,
+                    [(c.session_id.encode(), c.to_json()) for c in probe[chunk * 10 :][:10]],
+                )
                 time.sleep(1.0)
             assert collector.wait_for(len(clicks) * 2 // 3 + 40, timeout=30)
             served = [(ts, v) for ts, v in collector.versions if v == new_version]

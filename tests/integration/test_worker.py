@@ -24,10 +24,18 @@ MALFORMED = [
 ]
 
 
-def make_config(stack: EmbeddedStack, unique_name: Callable[[str], str], home: Path,
-                model_dir: Path) -> WorkerConfig:
-    cfg = WorkerConfig(stack, home, model_dir, unique_name("clicks"), unique_name("recs"),
-                       unique_name("dlq"), unique_name("app"))
+def make_config(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], home: Path, model_dir: Path
+) -> WorkerConfig:
+    cfg = WorkerConfig(
+        stack,
+        home,
+        model_dir,
+        unique_name("clicks"),
+        unique_name("recs"),
+        unique_name("dlq"),
+        unique_name("app"),
+    )
     ensure_topics(stack.broker, [cfg.clicks, cfg.recs, cfg.dlq], partitions=4)
     return cfg
 
@@ -35,8 +43,13 @@ def make_config(stack: EmbeddedStack, unique_name: Callable[[str], str], home: P
 def clicks(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(start, start + n):
-        event = ClickEvent(tenant="default", session_id=f"s{i % 13}", item_id=ITEMS[i % len(ITEMS)],
-                           ts=time.time(), event_id=f"e{i}")
+        event = ClickEvent(
+            tenant="default",
+            session_id=f"s{i % 13}",
+            item_id=ITEMS[i % len(ITEMS)],
+            ts=time.time(),
+            event_id=f"e{i}",
+        )
         out.append((event.session_id.encode(), event.to_json()))
     return out
 
@@ -61,8 +74,10 @@ def test_every_click_is_answered_and_bad_input_is_dead_lettered(
 
     payloads = [orjson.loads(m.value()) for m in recs]
     assert len(payloads) == n_first + n_second
-    assert sorted(p["event_id"] for p in payloads) == sorted(f"e{i}" for i in range(n_first + n_second))
-    for msg, p in zip(recs, payloads):
+    assert sorted(p["event_id"] for p in payloads) == sorted(
+        f"e{i}" for i in range(n_first + n_second)
+    )
+    for msg, p in zip(recs, payloads, strict=True):
         assert msg.key().decode() == p["session_id"]
         assert p["model_version"]
         assert p["strategy"] in {"embedding", "cluster", "popular"}

@@ -8,8 +8,14 @@ from stream.config import Settings
 
 
 def test_env_overrides_defaults_with_types() -> None:
-    s = Settings.from_env({"STREAMREC_BROKER": "k:1", "STREAMREC_PARTITIONS": "8",
-                           "STREAMREC_BATCH_WITHIN_S": "0.5", "STREAMREC_HOME": "/x"})
+    s = Settings.from_env(
+        {
+            "STREAMREC_BROKER": "k:1",
+            "STREAMREC_PARTITIONS": "8",
+            "STREAMREC_BATCH_WITHIN_S": "0.5",
+            "STREAMREC_HOME": "/x",
+        }
+    )
     assert (s.broker, s.partitions, s.batch_within_s) == ("k:1", 8, 0.5)
     assert s.registry_dir == Path("/x/models") and s.run_dir == Path("/x/run")
 

@@ -3,7 +3,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, parse_event, recommendation_json
+from stream.events import (
+    MAX_EVENT_BYTES,
+    ClickEvent,
+    InvalidEvent,
+    parse_event,
+    recommendation_json,
+)
 
 
 def test_valid_event_round_trips() -> None:
@@ -13,7 +19,12 @@ def test_valid_event_round_trips() -> None:
 
 def test_defaults_for_optional_fields() -> None:
     event = parse_event(b'{"session_id": "s", "item_id": "i", "ts": 5}')
-    assert (event.tenant, event.event_type, event.event_id, event.ts) == ("default", "view", None, 5.0)
+    assert (event.tenant, event.event_type, event.event_id, event.ts) == (
+        "default",
+        "view",
+        None,
+        5.0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -46,10 +57,24 @@ def test_invalid_events_name_the_reason(raw: bytes | None, reason: str) -> None:
 
 def test_recommendation_json_follows_the_contract() -> None:
     click = ClickEvent("t", "s", "A1", 1.0)
-    data = orjson.loads(recommendation_json(click, "e", [("B2", 0.5), ("C3", 0.25)], "embedding",
-                                            "v3", 2.0))
-    assert set(data) == {"tenant", "session_id", "event_id", "trigger_item", "items",
-                         "model_version", "strategy", "event_ts", "emitted_ts"}
+    data = orjson.loads(
+        recommendation_json(click, "e", [("B2", 0.5), ("C3", 0.25)], "embedding", "v3", 2.0)
+    )
+    assert set(data) == {
+        "tenant",
+        "session_id",
+        "event_id",
+        "trigger_item",
+        "items",
+        "model_version",
+        "strategy",
+        "event_ts",
+        "emitted_ts",
+    }
     assert data["items"] == [{"item_id": "B2", "score": 0.5}, {"item_id": "C3", "score": 0.25}]
     assert (data["tenant"], data["session_id"], data["trigger_item"], data["event_ts"]) == (
-        "t", "s", "A1", 1.0)
+        "t",
+        "s",
+        "A1",
+        1.0,
+    )

@@ -35,7 +35,9 @@ def test_loads_on_first_use_and_evicts_least_recently_used(registry: Registry) -
     asyncio.run(run())
 
 
-def test_refresh_swaps_to_the_promoted_version_and_refuses_a_corrupt_one(registry: Registry) -> None:
+def test_refresh_swaps_to_the_promoted_version_and_refuses_a_corrupt_one(
+    registry: Registry,
+) -> None:
     cache = ModelCache(registry)
 
     async def run() -> None:

@@ -84,8 +84,13 @@ class FakeMessage:
 class FakeProducer:
     """Queues produce() calls and reports them on poll/flush, failing the chosen ones."""
 
-    def __init__(self, config: dict[str, Any], fail: Callable[[FakeMessage], str | None],
-                 buffer_errors: int = 0, stuck: bool = False) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        fail: Callable[[FakeMessage], str | None],
+        buffer_errors: int = 0,
+        stuck: bool = False,
+    ) -> None:
         self.config = config
         self.callback = config["on_delivery"]
         self.fail = fail
@@ -133,8 +138,9 @@ class FakeProducer:
         return n
 
 
-def make_producer(fail: Callable[[FakeMessage], str | None] = lambda m: None,
-                  **kwargs: Any) -> tuple[ClickProducer, list[FakeProducer]]:
+def make_producer(
+    fail: Callable[[FakeMessage], str | None] = lambda m: None, **kwargs: Any
+) -> tuple[ClickProducer, list[FakeProducer]]:
     made: list[FakeProducer] = []
     fake_args = {k: kwargs.pop(k) for k in ("buffer_errors", "stuck") if k in kwargs}
 
@@ -270,8 +276,9 @@ def test_producer_config_is_tuned_and_overridable() -> None:
         (None, None, 10**6, 1e9, 0.0),
     ],
 )
-def test_pacer_due_times(rate: float | None, speedup: float | None, seq: int, offset: float,
-                         due: float) -> None:
+def test_pacer_due_times(
+    rate: float | None, speedup: float | None, seq: int, offset: float, due: float
+) -> None:
     assert Pacer(rate, speedup).due(seq, offset) == pytest.approx(due)
 
 
@@ -305,8 +312,13 @@ def eshop_like_clicks() -> Clicks:
     """Two days, three sessions, date-only timestamps and an order column (like the e-shop)."""
     day1, day2 = 1207008000.0, 1207094400.0  # 2008-04-01 and -02, midnight UTC
     rows = [  # session, item, day, order (deliberately not in file order)
-        ("1", "A1", day1, 2), ("1", "A2", day1, 1), ("2", "B1", day1, 1), ("1", "A3", day1, 3),
-        ("3", "C1", day2, 1), ("3", "C2", day2, 2), ("2", "B2", day1, 2),
+        ("1", "A1", day1, 2),
+        ("1", "A2", day1, 1),
+        ("2", "B1", day1, 1),
+        ("1", "A3", day1, 3),
+        ("3", "C1", day2, 1),
+        ("3", "C2", day2, 2),
+        ("2", "B2", day1, 2),
     ]
     s, i, t, o = zip(*rows, strict=True)
     return Clicks(np.array(s), np.array(i), np.array(t, dtype=float), np.array(o))
@@ -319,8 +331,10 @@ def test_date_only_files_get_seeded_plausible_times_in_click_order() -> None:
     assert np.array_equal(table.offsets, again.offsets)
     assert not np.array_equal(table.offsets, other.offsets)
     assert np.all(np.diff(table.offsets) >= 0)
-    per_session = {s: [i for s2, i in zip(table.session_ids, table.item_ids, strict=True)
-                       if s2 == s] for s in ("1", "2", "3")}
+    per_session = {
+        s: [i for s2, i in zip(table.session_ids, table.item_ids, strict=True) if s2 == s]
+        for s in ("1", "2", "3")
+    }
     assert per_session == {"1": ["A2", "A1", "A3"], "2": ["B1", "B2"], "3": ["C1", "C2"]}
     # Session 3 happened a day later; clicks of a session are at most a dwell cap apart.
     assert table.offsets[list(table.session_ids).index("3")] > 0
@@ -329,8 +343,12 @@ def test_date_only_files_get_seeded_plausible_times_in_click_order() -> None:
 
 
 def test_real_timestamps_are_kept_and_ordered() -> None:
-    clicks = Clicks(np.array(["a", "b", "a"]), np.array(["x", "y", "z"]),
-                    np.array([1000.5, 1000.0, 1010.0]), np.arange(3))
+    clicks = Clicks(
+        np.array(["a", "b", "a"]),
+        np.array(["x", "y", "z"]),
+        np.array([1000.5, 1000.0, 1010.0]),
+        np.arange(3),
+    )
     table = prepare_replay(clicks)
     assert table.item_ids.tolist() == ["y", "x", "z"]
     assert table.offsets.tolist() == [0.0, 0.5, 10.0]
@@ -340,12 +358,14 @@ def test_loops_remap_session_ids_and_shift_time() -> None:
     table = prepare_replay(eshop_like_clicks())
     events = list(iter_events(table, loops=3))
     assert len(events) == 3 * len(table)
-    sessions_per_loop = [{e[1] for e in events[k * len(table):(k + 1) * len(table)]}
-                         for k in range(3)]
+    sessions_per_loop = [
+        {e[1] for e in events[k * len(table) : (k + 1) * len(table)]} for k in range(3)
+    ]
     assert sessions_per_loop[0] == {"1", "2", "3"}
     assert all(len(s) == 3 for s in sessions_per_loop)
     assert not (sessions_per_loop[0] & sessions_per_loop[1]) and not (
-        sessions_per_loop[1] & sessions_per_loop[2])
+        sessions_per_loop[1] & sessions_per_loop[2]
+    )
     offsets = [e[3] for e in events]
     assert offsets == sorted(offsets)
     assert offsets[len(table)] == pytest.approx(table.span + LOOP_GAP_S)
@@ -375,8 +395,14 @@ def test_send_events_stamps_send_time_and_unique_event_ids() -> None:
     producer, (fake,) = make_producer()
     table = prepare_replay(eshop_like_clicks())
     sent_at = np.full(10, np.nan)
-    result = send_events(producer, iter_events(table, loops=2), limit=10, run_id="run1",
-                         progress=False, sent_at=sent_at)
+    result = send_events(
+        producer,
+        iter_events(table, loops=2),
+        limit=10,
+        run_id="run1",
+        progress=False,
+        sent_at=sent_at,
+    )
     assert result.sent == 10 and result.stats.delivered == 10
     bodies = [orjson.loads(m.value_) for m in fake.produced]
     assert [b["event_id"] for b in bodies] == [f"run1-{i}" for i in range(10)]
@@ -388,8 +414,9 @@ def test_send_events_stamps_send_time_and_unique_event_ids() -> None:
 def test_send_events_respects_the_rate() -> None:
     producer, _ = make_producer()
     table = prepare_replay(eshop_like_clicks())
-    result = send_events(producer, iter_events(table, loops=10), pacer=Pacer(rate=200.0),
-                         limit=41, progress=False)
+    result = send_events(
+        producer, iter_events(table, loops=10), pacer=Pacer(rate=200.0), limit=41, progress=False
+    )
     assert result.elapsed_s == pytest.approx(0.2, abs=0.05)
 
 
@@ -409,8 +436,16 @@ def test_summarize_reports_counts_latency_and_throughput() -> None:
     assert lat["p50"] < lat["p95"] < lat["p99"] <= lat["max"]
     assert report["last_answer_s"] == pytest.approx(1.09)
     assert report["throughput"] == pytest.approx(98 / 1.09, rel=0.01)
-    for key in ("offered_rate", "sent", "answered", "missing", "dead_letters", "throughput",
-                "latency_ms", "lag_end"):
+    for key in (
+        "offered_rate",
+        "sent",
+        "answered",
+        "missing",
+        "dead_letters",
+        "throughput",
+        "latency_ms",
+        "lag_end",
+    ):
         assert key in report
     orjson.dumps(report)  # plain JSON types only
 
@@ -527,8 +562,9 @@ def test_bad_arguments_are_one_line_errors(args: list[str], message: str) -> Non
 
 def test_synth_cli_writes_a_trainable_file(tmp_path: Path) -> None:
     out = tmp_path / "synth.tsv.gz"
-    result = CliRunner().invoke(cli, ["synth", "--out", str(out), "--items", "500",
-                                      "--sessions", "300", "--no-progress"])
+    result = CliRunner().invoke(
+        cli, ["synth", "--out", str(out), "--items", "500", "--sessions", "300", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "streamrec train" in result.output and "--format yoochoose" in result.output
     table = load_replay(out, "yoochoose")

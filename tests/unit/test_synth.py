@@ -65,8 +65,7 @@ def test_session_lengths_look_like_real_sessions(small_stream: list) -> None:
 
 def test_clicks_stay_in_latent_categories(small_stream: list) -> None:
     catalog = make_catalog(SMALL)
-    category_of_item = dict(zip(catalog.item_ids.tolist(), catalog.category.tolist(),
-                                strict=True))
+    category_of_item = dict(zip(catalog.item_ids.tolist(), catalog.category.tolist(), strict=True))
     sessions = concat(small_stream, "session_ids")
     cats = np.array([category_of_item[i] for i in concat(small_stream, "item_ids").tolist()])
     same_session = sessions[1:] == sessions[:-1]
@@ -78,8 +77,9 @@ def test_clicks_stay_in_latent_categories(small_stream: list) -> None:
 
 def test_going_back_is_a_tunable_habit() -> None:
     def back_rate(back: float) -> float:
-        chunk = next(iter_synth(SynthParams(items=5_000, sessions=20_000, back=back,
-                                            related=0.2, seed=3)))
+        chunk = next(
+            iter_synth(SynthParams(items=5_000, sessions=20_000, back=back, related=0.2, seed=3))
+        )
         s, i = chunk.session_ids, chunk.item_ids
         two_back = (s[2:] == s[:-2]) & (s[2:] == s[1:-1])
         return float(np.mean((i[2:] == i[:-2])[two_back]))

@@ -21,7 +21,9 @@ def eshop_split(eshop_csv: Path) -> tuple[list[list[str]], list[list[str]]]:
 
 
 def test_split_holdout_takes_the_newest_sessions() -> None:
-    sessions = [Session(f"s{i}", ["a", "b"], float(t), float(t)) for i, t in enumerate([5, 1, 4, 2, 3])]
+    sessions = [
+        Session(f"s{i}", ["a", "b"], float(t), float(t)) for i, t in enumerate([5, 1, 4, 2, 3])
+    ]
     older, newest = split_holdout(sessions, 0.4)
     assert [s.start for s in older] == [1, 2, 3] and [s.start for s in newest] == [4, 5]
 
@@ -33,7 +35,7 @@ def test_gate_rejects_a_candidate_trained_on_shuffled_sessions(eshop_split) -> N
     random.Random(1).shuffle(items)
     shuffled, pos = [], 0
     for s in train:  # same session lengths, items scattered: the sequences carry no signal
-        shuffled.append(items[pos:pos + len(s)])
+        shuffled.append(items[pos : pos + len(s)])
         pos += len(s)
     candidate = train_model(shuffled, PARAMS)
     decision = gate(candidate, current, holdout, GatePolicy())
@@ -60,8 +62,10 @@ def test_retrain_skips_tenants_with_too_little_data() -> None:
     assert bundle is None and decision.action == "skipped"
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800),
-                                               ("1h", 3600), ("7d", 604800), ("1.5h", 5400)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("30m", 1800), ("1h", 3600), ("7d", 604800), ("1.5h", 5400)],
+)
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
