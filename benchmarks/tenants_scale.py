@@ -14,6 +14,7 @@ read from /proc.
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import tempfile
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2000, help="catalogue size per tenant")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("streamrec.trainer").setLevel(logging.INFO)
 
     home = Path(tempfile.mkdtemp(prefix="streamrec-tenants-"))
     stack = EmbeddedStack(

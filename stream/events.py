@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -22,6 +21,9 @@ DEFAULT_TENANT = "default"
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+_valid_tenants: set[str] = {DEFAULT_TENANT}
+
+
 class InvalidEvent(ValueError):
     """A click event that breaks the contract; ``reason`` is short and machine-greppable."""
 
@@ -30,8 +32,9 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class ClickEvent:
+class ClickEvent(NamedTuple):
+    # A NamedTuple: immutable like a frozen dataclass, several times cheaper to build,
+    # which matters at tens of thousands of events a second.
     tenant: str
     session_id: str
     item_id: str
@@ -60,6 +63,8 @@ class ClickEvent:
 
 def _id_field(data: dict[str, Any], name: str, *, required: bool) -> str | None:
     value = data.get(name)
+    if type(value) is str and 0 < len(value) <= MAX_ID_CHARS:
+        return value  # the common case, checked first
     if value is None:
         if required:
             raise InvalidEvent(f"missing field '{name}'")
@@ -78,26 +83,29 @@ def event_from_dict(data: Any, *, default_ts: float | None = None) -> ClickEvent
     if not isinstance(data, dict):
         raise InvalidEvent(f"event must be a JSON object, got {type(data).__name__}")
     tenant = data.get("tenant", DEFAULT_TENANT)
-    if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
-        raise InvalidEvent("field 'tenant' must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    if type(tenant) is not str or tenant not in _valid_tenants:
+        if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
+            raise InvalidEvent("field 'tenant' must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+        if len(_valid_tenants) < 100_000:  # remember good names; bounded
+            _valid_tenants.add(tenant)
     session_id = _id_field(data, "session_id", required=True)
     item_id = _id_field(data, "item_id", required=True)
     ts = data.get("ts", default_ts)
     if ts is None:
         raise InvalidEvent("missing field 'ts'")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) or ts < 0:
+    if type(ts) not in (float, int) or not math.isfinite(ts) or ts < 0:
         raise InvalidEvent("field 'ts' must be a non-negative number of unix seconds")
     event_type = data.get("event_type", "view")
-    if not isinstance(event_type, str) or not 0 < len(event_type) <= MAX_EVENT_TYPE_CHARS:
+    if type(event_type) is not str or not 0 < len(event_type) <= MAX_EVENT_TYPE_CHARS:
         raise InvalidEvent(f"field 'event_type' must be a string of 1-{MAX_EVENT_TYPE_CHARS} chars")
     return ClickEvent(
-        tenant=tenant,
-        session_id=session_id,  # type: ignore[arg-type]
-        item_id=item_id,  # type: ignore[arg-type]
-        ts=float(ts),
-        event_type=event_type,
-        event_id=_id_field(data, "event_id", required=False),
-        user_id=_id_field(data, "user_id", required=False),
+        tenant,
+        session_id,  # type: ignore[arg-type]
+        item_id,  # type: ignore[arg-type]
+        float(ts),
+        event_type,
+        _id_field(data, "event_id", required=False),
+        _id_field(data, "user_id", required=False),
     )
 
 

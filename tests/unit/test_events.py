@@ -44,6 +44,8 @@ def test_defaults_for_optional_fields() -> None:
         (b'{"session_id": "s", "item_id": "i"}', "missing field 'ts'"),
         (b'{"tenant": "a b", "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
         (b'{"tenant": "../x", "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
+        (b'{"tenant": ["x"], "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
+        (b'{"session_id": "s", "item_id": "i", "ts": NaN}', "not valid JSON"),
         (orjson.dumps({"session_id": "s", "item_id": "x" * 300, "ts": 1}), "longer than"),
         (orjson.dumps({"session_id": "s", "item_id": "x" * MAX_EVENT_BYTES, "ts": 1}), "larger"),
         (b'{"session_id": "s", "item_id": "i", "ts": 1, "event_type": 7}', "'event_type'"),
