@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -60,6 +61,8 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=1,
         producer_linger=0.002,
         web_enabled=settings.web_port > 0,
+        # Faust keeps its own state under datadir (default: the current directory).
+        datadir=str(Path(settings.home) / "faust"),
     )
     models = ModelCache(Registry(settings.registry_dir), max_models=settings.max_models)
     stats = WorkerStats()

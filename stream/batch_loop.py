@@ -144,7 +144,7 @@ class BatchLoop(Service):
                 log.warning("fetch failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if not fetched or self._stopping and not any(fetched.values()):
+            if not any(fetched.values()):
                 continue
             self._idle.clear()
             try:
