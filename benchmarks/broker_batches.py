@@ -46,15 +46,26 @@ def main() -> None:
     stack.services[0].start()
     try:
         ensure_topics(stack.broker, ["t"], 4)
-        producer = Producer({"bootstrap.servers": stack.broker, "linger.ms": args.linger_ms,
-                             "queue.buffering.max.messages": 1_000_000})
+        producer = Producer(
+            {
+                "bootstrap.servers": stack.broker,
+                "linger.ms": args.linger_ms,
+                "queue.buffering.max.messages": 1_000_000,
+            }
+        )
         pad = "x" * 150
         for i in range(args.prefill):
             producer.produce("t", orjson.dumps({"ts": 0, "pad": pad}), f"k{i % 5000}")
         producer.flush(60)
-        reader = Consumer({"bootstrap.servers": stack.broker, "group.id": "reader",
-                           "auto.offset.reset": "latest" if args.prefill else "earliest",
-                           "fetch.wait.max.ms": args.fetch_wait_ms, "session.timeout.ms": 6000})
+        reader = Consumer(
+            {
+                "bootstrap.servers": stack.broker,
+                "group.id": "reader",
+                "auto.offset.reset": "latest" if args.prefill else "earliest",
+                "fetch.wait.max.ms": args.fetch_wait_ms,
+                "session.timeout.ms": 6000,
+            }
+        )
         reader.subscribe(["t"])
         deadline = time.monotonic() + 8  # join the group before the clock starts
         while time.monotonic() < deadline and not reader.assignment():
@@ -87,8 +98,10 @@ def main() -> None:
 
     lat = np.asarray(latencies) * 1000
     step = max(1, len(lat) // 10)
-    print(f"linger.ms={args.linger_ms} fetch.wait.max.ms={args.fetch_wait_ms} "
-          f"prefill={args.prefill} rate={args.rate:g}/s, {len(lat):,} of {args.messages:,} received")
+    print(
+        f"linger.ms={args.linger_ms} fetch.wait.max.ms={args.fetch_wait_ms} "
+        f"prefill={args.prefill} rate={args.rate:g}/s, {len(lat):,} of {args.messages:,} received"
+    )
     print("| seconds | p50 ms | p99 ms |\n| --- | ---: | ---: |")
     for lo in range(0, len(lat), step):
         p50, p99 = np.percentile(lat[lo : lo + step], [50, 99])

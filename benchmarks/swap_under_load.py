@@ -34,11 +34,17 @@ from stream.topics import ensure_topics  # noqa: E402
 def one_run(models: Path, args: argparse.Namespace, swap: bool) -> tuple[dict, int]:
     home = Path(tempfile.mkdtemp(prefix="swap-"))
     shutil.copytree(models, home / "models")
-    stack = EmbeddedStack(home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0")
+    stack = EmbeddedStack(
+        home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
+    )
     stack.up()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update(STREAMREC_HOME=str(home), STREAMREC_BROKER=stack.broker,
-               STREAMREC_REDIS_URL=stack.redis_url, STREAMREC_WEB_PORT="0")
+    env.update(
+        STREAMREC_HOME=str(home),
+        STREAMREC_BROKER=stack.broker,
+        STREAMREC_REDIS_URL=stack.redis_url,
+        STREAMREC_WEB_PORT="0",
+    )
     ensure_topics(stack.broker, ["clicks", "recommendations", "clicks.dlq"], 4)
     registry = Registry(home / "models")
     swaps = 0
@@ -52,14 +58,30 @@ def one_run(models: Path, args: argparse.Namespace, swap: bool) -> tuple[dict, i
             notify_model_change(stack.redis_url, "default", version)
             swaps += 1
 
-    worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "stream", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     swapper = threading.Thread(target=promote_periodically, daemon=True)
     try:
         report = home / "report.json"
-        cmd = [sys.executable, "-m", "stream", "loadtest", "--rate", str(args.rate),
-               "--duration", str(args.duration), "--linger-ms", str(args.linger_ms),
-               "--no-progress", "--json", str(report)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stream",
+            "loadtest",
+            "--rate",
+            str(args.rate),
+            "--duration",
+            str(args.duration),
+            "--linger-ms",
+            str(args.linger_ms),
+            "--no-progress",
+            "--json",
+            str(report),
+        ]
         loadtest = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
         if swap:
             time.sleep(8)  # past the load test's warm-up
@@ -95,9 +117,11 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for swap, swaps, r in rows:
         lat = r["latency_ms"]
-        print(f"| {'promote every %gs' % args.every if swap else 'no swaps'} | {swaps} | "
-              f"{r['sent']:,} | {r['answered']:,} | {r['missing']} | {lat['p50']:.1f} | "
-              f"{lat['p99']:.1f} | {lat['max']:.1f} |")
+        print(
+            f"| {'promote every %gs' % args.every if swap else 'no swaps'} | {swaps} | "
+            f"{r['sent']:,} | {r['answered']:,} | {r['missing']} | {lat['p50']:.1f} | "
+            f"{lat['p99']:.1f} | {lat['max']:.1f} |"
+        )
     ratio = rows[1][2]["latency_ms"]["p99"] / rows[0][2]["latency_ms"]["p99"]
     print(f"\np99 with swaps / p99 without: {ratio:.2f}")
 

@@ -124,10 +124,6 @@ class SessionStore:
             )
         return list(by_slot.values())
 
-    async def session_items(self, tenant: str, session_id: str) -> list[str]:
-        raw = await self._client.lrange(keys.session_items(tenant, session_id), 0, -1)
-        return _texts(raw)
-
     async def store_last_recs(self, recs: Sequence[tuple[str, str, bytes]]) -> None:
         """Remember each session's latest recommendation JSON (for HTTP pull), one script
         call per batch: far cheaper to encode than a SET command per record."""

@@ -248,8 +248,10 @@ def _summary(watch: Watch, sent: int, dead: int, echo: Echo) -> None:
     )
     echo(f"  dead-lettered    {dead:>10,}")
     echo(f"  model version    {', '.join(sorted(watch.versions)) or '-':>10}")
-    echo(f"  throughput       {watch.received / elapsed:>10,.0f} recommendations/s   (first click "
-         "sent -> last recommendation received; the replay is paced)")
+    echo(
+        f"  throughput       {watch.received / elapsed:>10,.0f} recommendations/s   (first click "
+        "sent -> last recommendation received; the replay is paced)"
+    )
     echo(
         f"  latency p50      {np.percentile(lat, 50):>10.1f} ms   (click sent -> recommendation "
         "received)"

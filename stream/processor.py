@@ -33,17 +33,6 @@ class Message(Protocol):
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A message built by hand (tests, tools)."""
-
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-
-
 def position(msg: Message) -> str:
     return f"{msg.topic}:{msg.partition}:{msg.offset}"
 
