@@ -108,7 +108,15 @@ def worker_rate(
         f"recs-{tag}",
         f"dlq-{tag}",
         f"app-{tag}",
-        extra_env={"STREAMREC_ENGINE": engine, "STREAMREC_BATCH_SIZE": str(batch_size)},
+        extra_env={
+            "STREAMREC_ENGINE": engine,
+            "STREAMREC_BATCH_SIZE": str(batch_size),
+            **(
+                {"STREAMREC_BATCH_WITHIN_S": os.environ["BENCH_WITHIN"]}
+                if "BENCH_WITHIN" in os.environ
+                else {}
+            ),
+        },
     )
     ensure_topics(stack.broker, [cfg.clicks, cfg.recs, cfg.dlq], 4)
     produce(stack.broker, cfg.clicks, records)
