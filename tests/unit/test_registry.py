@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import models.registry as registry_module
-from models.bundle import ModelBundle, load_bundle, save_bundle
+from models.bundle import ARRAYS, ModelBundle, load_bundle, save_bundle
 from models.datasets import synthetic_sessions
 from models.errors import InvalidModelError, NoModelError
 from models.registry import Registry, UnknownVersionError
@@ -33,15 +33,7 @@ def registry(tmp_path: Path) -> Registry:
 def test_bundle_round_trip_is_exact_and_memory_mapped(bundle: ModelBundle, tmp_path: Path) -> None:
     save_bundle(bundle, tmp_path / "b")
     loaded = load_bundle(tmp_path / "b")
-    for name in (
-        "items",
-        "vectors",
-        "clusters",
-        "centroids",
-        "neighbours",
-        "neighbour_scores",
-        "popularity",
-    ):
+    for name in ARRAYS:
         assert np.array_equal(getattr(loaded, name), getattr(bundle, name)), name
     assert isinstance(loaded.vectors, np.memmap)
     assert loaded.manifest["params"] == bundle.manifest["params"]
