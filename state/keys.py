@@ -1,8 +1,8 @@
 """Every Redis key name in one place.
 
 Keys that one Lua call touches together share a hash tag (the part in braces), so the
-layout stays Redis-Cluster safe: a session's item list and its seen-event set live in
-the same slot.
+layout stays Redis-Cluster safe: a session's hash and its last recommendations live in the
+same slot.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ def session_tag(tenant: str, session_id: str) -> str:
     return f"{{{tenant}:{session_id}}}"
 
 
-def session_items(tenant: str, session_id: str) -> str:
-    """List of the session's items, oldest first, capped."""
-    return f"{PREFIX}:{session_tag(tenant, session_id)}:items"
+def session(tenant: str, session_id: str) -> str:
+    """Hash of one session: ``i`` its items joined by ``ITEM_SEP`` (oldest first, capped),
+    ``n`` how many, ``l`` the newest, and ``e:<event id>`` for every event applied (makes
+    re-delivery idempotent)."""
+    return f"{PREFIX}:{session_tag(tenant, session_id)}:s"
 
 
-def session_events(tenant: str, session_id: str) -> str:
-    """Set of event ids already applied to the session (makes re-delivery idempotent)."""
-    return f"{PREFIX}:{session_tag(tenant, session_id)}:events"
+# Item ids never contain control characters (the event contract rejects them), so one
+# can join a session's items into a single string: one reply value per session instead
+# of one per item.
+ITEM_SEP = "\x1f"
 
 
 def last_recs(tenant: str, session_id: str) -> str:

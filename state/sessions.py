@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
@@ -11,28 +12,38 @@ from redis.crc import key_slot
 
 from state import keys
 
-# For each click i (KEYS[2i-1] = item list, KEYS[2i] = applied event ids): append the
-# item unless this event id was applied before or the item repeats the last one
-# (consecutive duplicates carry no signal); keep the newest ARGV[1] items; refresh TTLs
-# (ARGV[2]) on activity; reply with whether the event was new and the session's items,
-# oldest first.
-# One call carries a whole batch, so a batch costs one round trip and one command to
-# encode instead of one per click.
+# For each click i (KEYS[i] = the session hash, see ``keys.session``): apply it unless
+# its event id was applied before or the item repeats the newest one (consecutive
+# duplicates carry no signal); keep the newest ARGV[1] items; refresh the TTL (ARGV[2])
+# on activity. Replies, flat, with whether each event was new and the session's items
+# joined by keys.ITEM_SEP, oldest first.
+# One call carries a whole batch: one round trip and one command to encode per batch,
+# and at most four Redis calls and one string per click.
 APPEND_LUA = """
-local cap, ttl = tonumber(ARGV[1]), ARGV[2]
+local cap, ttl, SEP = tonumber(ARGV[1]), ARGV[2], string.char(31)
 local out = {}
-for i = 1, #KEYS / 2 do
-  local items, events = KEYS[2 * i - 1], KEYS[2 * i]
-  local item = ARGV[2 * i + 1]
-  local fresh = redis.call('SADD', events, ARGV[2 * i + 2])
+for i = 1, #KEYS do
+  local key, item = KEYS[i], ARGV[2 * i + 1]
+  local fresh = redis.call('HSETNX', key, 'e:' .. ARGV[2 * i + 2], 1)
+  local s = redis.call('HMGET', key, 'i', 'n', 'l')
+  local items = s[1]
   if fresh == 1 then
-    if redis.call('LINDEX', items, -1) ~= item and redis.call('RPUSH', items, item) > cap then
-      redis.call('LTRIM', items, -cap, -1)
+    if not items then
+      items = item
+      redis.call('HSET', key, 'i', items, 'n', 1, 'l', item)
+    elseif s[3] ~= item then
+      local n = tonumber(s[2]) + 1
+      items = items .. SEP .. item
+      if n > cap then
+        items = string.sub(items, string.find(items, SEP, 1, true) + 1)
+        n = cap
+      end
+      redis.call('HSET', key, 'i', items, 'n', n, 'l', item)
     end
-    redis.call('EXPIRE', items, ttl)
-    redis.call('EXPIRE', events, ttl)
+    redis.call('EXPIRE', key, ttl)
   end
-  out[i] = {fresh, redis.call('LRANGE', items, 0, -1)}
+  out[2 * i - 1] = fresh
+  out[2 * i] = items
 end
 return out
 """
@@ -53,10 +64,22 @@ class Click:
     event_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class SessionUpdate:
+class SessionUpdate(NamedTuple):
     fresh: bool  # False when the event id had been applied already (a re-delivery)
-    items: list[str]  # the session after the update, oldest first
+    joined: str  # the session after the update, as stored: items joined by keys.ITEM_SEP
+
+    @property
+    def items(self) -> list[str]:
+        """The session after the update, oldest first."""
+        return self.joined.split(keys.ITEM_SEP) if self.joined else []
+
+
+def flatten(updates: Sequence[SessionUpdate]) -> tuple[list[str], list[int]]:
+    """Many sessions' items back to back (oldest first) and each session's length: one
+    join and one split for a whole batch instead of a split per session."""
+    sep = keys.ITEM_SEP
+    joined = [u.joined for u in updates]
+    return sep.join(joined).split(sep), [j.count(sep) + 1 for j in joined]
 
 
 class SessionStore:
@@ -82,19 +105,22 @@ class SessionStore:
             args: list[str | int] = [self._cap, self._ttl_s]
             for i in group:
                 c = clicks[i]
-                keys_ += (
-                    keys.session_items(c.tenant, c.session_id),
-                    keys.session_events(c.tenant, c.session_id),
-                )
+                keys_.append(keys.session(c.tenant, c.session_id))
                 args += (c.item_id, c.event_id)
             await self._append(keys=keys_, args=args, client=pipe)
         self._count_clicks(pipe, clicks, count_for)
         replies = await pipe.execute()
         updates: list[SessionUpdate | None] = [None] * len(clicks)
         for group, reply in zip(groups, replies[: len(groups)], strict=True):
-            for i, (fresh, items) in zip(group, reply, strict=True):
-                updates[i] = SessionUpdate(bool(fresh), _texts(items))
+            for j, i in enumerate(group):
+                updates[i] = SessionUpdate(reply[2 * j] == 1, _text(reply[2 * j + 1]))
         return updates  # type: ignore[return-value]
+
+    async def session_items(self, tenant: str, session_id: str) -> list[str]:
+        """A session's items, oldest first (empty for an unknown or expired session)."""
+        return SessionUpdate(
+            False, _text(await self._client.hget(keys.session(tenant, session_id), "i"))
+        ).items
 
     @staticmethod
     def _count_clicks(pipe: Pipeline, clicks: Sequence[Click], count_for: Collection[str]) -> None:
@@ -142,8 +168,8 @@ class SessionStore:
         return await self._client.get(keys.last_recs(tenant, session_id))
 
 
-def _texts(values: list[bytes] | list[str]) -> list[str]:
+def _text(value: bytes | str | None) -> str:
     # A client made with decode_responses=True (the worker's) hands back str already.
-    if values and isinstance(values[0], bytes):
-        return [v.decode() for v in values]  # type: ignore[union-attr]
-    return values  # type: ignore[return-value]
+    if isinstance(value, bytes):
+        return value.decode()
+    return value or ""

@@ -19,6 +19,8 @@ MAX_EVENT_TYPE_CHARS = 32
 DEFAULT_TENANT = "default"
 # Tenant names end up in Redis keys, file paths and metric labels: keep them tame.
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Item ids are stored joined by a control character (state.keys.ITEM_SEP).
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 _valid_tenants: set[str] = {DEFAULT_TENANT}
@@ -90,6 +92,8 @@ def event_from_dict(data: Any, *, default_ts: float | None = None) -> ClickEvent
             _valid_tenants.add(tenant)
     session_id = _id_field(data, "session_id", required=True)
     item_id = _id_field(data, "item_id", required=True)
+    if CONTROL_RE.search(item_id):  # type: ignore[arg-type]
+        raise InvalidEvent("field 'item_id' contains control characters")
     ts = data.get("ts", default_ts)
     if ts is None:
         raise InvalidEvent("missing field 'ts'")
@@ -130,7 +134,8 @@ def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickE
 def recommendation_json(
     event: ClickEvent,
     event_id: str,
-    items: list[tuple[str, float]],
+    item_ids: list[str],
+    scores: list[float],
     strategy: str,
     model_version: str | None,
     emitted_ts: float,
@@ -142,7 +147,7 @@ def recommendation_json(
             "session_id": event.session_id,
             "event_id": event_id,
             "trigger_item": event.item_id,
-            "items": [{"item_id": i, "score": s} for i, s in items],
+            "items": [{"item_id": i, "score": s} for i, s in zip(item_ids, scores, strict=True)],
             "model_version": model_version,
             "strategy": strategy,
             "event_ts": event.ts,

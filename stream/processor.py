@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from models.ranking import Ranked, recommend_batch
-from state.sessions import Click, SessionStore
+from models.ranking import Ranked, recommend_flat
+from state.sessions import Click, SessionStore, flatten
 from stream.events import ClickEvent, InvalidEvent, parse_event, recommendation_json
 from stream.model_handle import ModelCache
 from stream.tenant_state import TenantDirectory
@@ -116,8 +116,10 @@ class BatchProcessor:
                 continue
             bundle = bundles[tenant]
             if bundle is not None:
-                sessions = [updates[i].items for i in idx]
-                for i, r in zip(idx, recommend_batch(bundle, sessions, self._top_k), strict=True):
+                flat, lengths = flatten([updates[i] for i in idx])
+                for i, r in zip(
+                    idx, recommend_flat(bundle, flat, lengths, self._top_k), strict=True
+                ):
                     ranked[i] = r
             else:
                 popular = await self._tenants.popular(tenant)
@@ -133,7 +135,8 @@ class BatchProcessor:
             payload = recommendation_json(
                 event,
                 eid,
-                r.items,
+                r.ids,
+                r.scores,
                 r.strategy,
                 bundle.version if bundle is not None else None,
                 emitted,
@@ -148,4 +151,5 @@ class BatchProcessor:
 def popular_excluding(popular: Sequence[tuple[str, float]], seen: Sequence[str], k: int) -> Ranked:
     """Cold start: the tenant's most clicked items the session has not seen yet."""
     skip = set(seen)
-    return Ranked([(item, score) for item, score in popular if item not in skip][:k], "popular")
+    top = [(item, score) for item, score in popular if item not in skip][:k]
+    return Ranked([item for item, _ in top], [score for _, score in top], "popular")

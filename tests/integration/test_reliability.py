@@ -15,7 +15,7 @@ import orjson
 from confluent_kafka import Consumer
 from redis.asyncio import Redis
 
-from state import keys
+from state.sessions import SessionStore
 from stream.devstack import EmbeddedStack, Service, free_port
 from stream.events import ClickEvent
 from tests.integration.helpers import WorkerProcess, produce
@@ -91,10 +91,8 @@ class RecsCollector(threading.Thread):
 async def _redis_sessions(url: str, tenant: str, sessions: list[str]) -> dict[str, list[str]]:
     client = Redis.from_url(url, decode_responses=True)
     try:
-        pipe = client.pipeline(transaction=False)
-        for s in sessions:
-            pipe.lrange(keys.session_items(tenant, s), 0, -1)
-        return dict(zip(sessions, await pipe.execute(), strict=True))
+        store = SessionStore(client, cap=1, ttl_s=1)
+        return {s: await store.session_items(tenant, s) for s in sessions}
     finally:
         await client.aclose()
 

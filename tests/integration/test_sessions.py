@@ -17,7 +17,7 @@ async def _run(stack: EmbeddedStack, clicks: list[Click], cap: int = 3):
     try:
         store = SessionStore(client, cap=cap, ttl_s=60)
         updates = await store.append_clicks(clicks)
-        ttl = await client.ttl(keys.session_items(clicks[0].tenant, clicks[0].session_id))
+        ttl = await client.ttl(keys.session(clicks[0].tenant, clicks[0].session_id))
         return updates, ttl
     finally:
         await client.aclose()

@@ -49,6 +49,7 @@ def test_defaults_for_optional_fields() -> None:
         (orjson.dumps({"session_id": "s", "item_id": "x" * 300, "ts": 1}), "longer than"),
         (orjson.dumps({"session_id": "s", "item_id": "x" * MAX_EVENT_BYTES, "ts": 1}), "larger"),
         (b'{"session_id": "s", "item_id": "i", "ts": 1, "event_type": 7}', "'event_type'"),
+        (b'{"session_id": "s", "item_id": "a\\u001fb", "ts": 1}', "control characters"),
     ],
 )
 def test_invalid_events_name_the_reason(raw: bytes | None, reason: str) -> None:
@@ -60,7 +61,7 @@ def test_invalid_events_name_the_reason(raw: bytes | None, reason: str) -> None:
 def test_recommendation_json_follows_the_contract() -> None:
     click = ClickEvent("t", "s", "A1", 1.0)
     data = orjson.loads(
-        recommendation_json(click, "e", [("B2", 0.5), ("C3", 0.25)], "embedding", "v3", 2.0)
+        recommendation_json(click, "e", ["B2", "C3"], [0.5, 0.25], "embedding", "v3", 2.0)
     )
     assert set(data) == {
         "tenant",

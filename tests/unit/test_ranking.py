@@ -72,7 +72,7 @@ def test_recency_decay_weights_newer_items_more(bundle: ModelBundle) -> None:
 
 def test_empty_and_zero_k(bundle: ModelBundle) -> None:
     assert recommend_batch(bundle, [], 5) == []
-    assert recommend(bundle, ["x"], 0) == Ranked([], "popular")
+    assert recommend(bundle, ["x"], 0) == Ranked([], [], "popular")
 
 
 def test_similar_items_within_cluster_by_cosine(bundle: ModelBundle) -> None:
@@ -85,3 +85,31 @@ def test_similar_items_within_cluster_by_cosine(bundle: ModelBundle) -> None:
     assert all(bundle.clusters[bundle.index(x)] == cluster for x, _ in rows)
     assert [s for _, s in rows] == sorted((s for _, s in rows), reverse=True)
     assert similar_items(bundle, "never-seen") == []
+
+
+def _reference(bundle: ModelBundle, session: list[str], k: int, params: RankParams) -> list[str]:
+    """The ranking rule written plainly: newest `context` known items vote for their
+    neighbours, weighted recency_decay ** age; seen items out; best score, then item row."""
+    known = [bundle.index(x) for x in session if bundle.index(x) is not None]
+    votes: dict[int, float] = {}
+    context = known[-params.context :]
+    for age, i in enumerate(reversed(context)):
+        for j, s in zip(
+            bundle.neighbours[i].tolist(), bundle.neighbour_scores[i].tolist(), strict=False
+        ):
+            votes[j] = votes.get(j, 0.0) + s * params.recency_decay**age
+    ranked = sorted((j for j in votes if j not in set(known)), key=lambda j: (-votes[j], j))
+    return [bundle.item_list[j] for j in ranked[:k]]
+
+
+@pytest.mark.parametrize("context,decay", [(3, 0.3), (1, 0.5), (6, 0.9)])
+def test_compiled_ranking_matches_the_plain_rule(
+    bundle: ModelBundle, context: int, decay: float
+) -> None:
+    params = RankParams(context=context, recency_decay=decay)
+    sessions = _random_sessions(bundle, 400, context)
+    got = recommend_batch(bundle, sessions, 10, params)
+    for session, ranked in zip(sessions, got, strict=True):
+        expected = _reference(bundle, session, 10, params)
+        # Candidates come first; the rest of the list (if any) is fill-in at score 0.
+        assert ranked.item_ids()[: len(expected)] == expected
