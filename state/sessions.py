@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.client import Pipeline
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError, ResponseError
 
-from state import keys
+from state import keys, resp
 
 # For each click i (KEYS[i] = the session hash, see ``keys.session``): apply it unless
 # its event id was applied before or the item repeats the newest one (consecutive
@@ -88,8 +89,8 @@ class SessionStore:
         self._cluster = isinstance(client, RedisCluster)
         self._cap = cap
         self._ttl_s = ttl_s
-        self._append = client.register_script(APPEND_LUA)
-        self._set_many = client.register_script(SET_MANY_LUA)
+        self._scripts = {_sha1(text): text for text in (APPEND_LUA, SET_MANY_LUA)}
+        self._append, self._set_many = self._scripts
 
     async def append_clicks(
         self, clicks: Sequence[Click], count_for: Collection[str] = ()
@@ -99,17 +100,17 @@ class SessionStore:
         if not clicks:
             return []
         groups = self._slot_groups(clicks)
-        pipe = self._client.pipeline(transaction=False)
+        commands: list[list[str]] = []
         for group in groups:
             keys_: list[str] = []
-            args: list[str | int] = [self._cap, self._ttl_s]
+            args = [str(self._cap), str(self._ttl_s)]
             for i in group:
                 c = clicks[i]
                 keys_.append(keys.session(c.tenant, c.session_id))
                 args += (c.item_id, c.event_id)
-            await self._append(keys=keys_, args=args, client=pipe)
-        self._count_clicks(pipe, clicks, count_for)
-        replies = await pipe.execute()
+            commands.append(["EVALSHA", self._append, str(len(keys_)), *keys_, *args])
+        commands += self._count_clicks(clicks, count_for)
+        replies = await self._run(commands)
         updates: list[SessionUpdate | None] = [None] * len(clicks)
         for group, reply in zip(groups, replies[: len(groups)], strict=True):
             for j, i in enumerate(group):
@@ -123,7 +124,7 @@ class SessionStore:
         ).items
 
     @staticmethod
-    def _count_clicks(pipe: Pipeline, clicks: Sequence[Click], count_for: Collection[str]) -> None:
+    def _count_clicks(clicks: Sequence[Click], count_for: Collection[str]) -> list[list[str]]:
         """The set of tenants, and item click counts for cold-start popularity, in the
         batch's round trip. Approximate: a re-delivered event counts again."""
         counts: dict[str, dict[str, int]] = {}
@@ -131,10 +132,52 @@ class SessionStore:
             per = counts.setdefault(c.tenant, {})
             if c.tenant in count_for:
                 per[c.item_id] = per.get(c.item_id, 0) + 1
-        pipe.sadd(keys.TENANTS, *counts)
+        commands = [["SADD", keys.TENANTS, *counts]]
         for tenant, per in counts.items():
             for item, n in per.items():
-                pipe.zincrby(keys.popularity(tenant), n, item)
+                commands.append(["ZINCRBY", keys.popularity(tenant), str(n), item])
+        return commands
+
+    async def _run(self, commands: list[list[Any]]) -> list[Any]:
+        """Send ``commands`` in one round trip; their replies, in order."""
+        if self._cluster:
+            # redis-py routes each command to its slot's node; EVAL carries the script
+            # itself, so no node can answer NOSCRIPT.
+            pipe = self._client.pipeline(transaction=False)
+            for cmd in commands:
+                if cmd[0] == "EVALSHA":
+                    cmd = ["EVAL", self._scripts[cmd[1]], *cmd[2:]]
+                pipe.execute_command(*cmd)
+            return await pipe.execute()  # type: ignore[no-any-return]
+        replies = await self._roundtrip(commands)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            # Redis restarted and forgot the scripts. Re-running the batch is safe: the
+            # session updates are idempotent (the popularity counts are approximate).
+            for text in self._scripts.values():
+                await self._client.script_load(text)
+            replies = await self._roundtrip(commands)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    async def _roundtrip(self, commands: list[list[Any]]) -> list[Any]:
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(resp.pack_commands(commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread: never reuse it
+            raise
+        finally:
+            await pool.release(conn)
 
     def _slot_groups(self, sessions: Sequence[tuple[str, str] | Click]) -> list[list[int]]:
         """Indexes of ``(tenant, session_id)``s grouped for one script call each: one group
@@ -155,17 +198,26 @@ class SessionStore:
         call per batch: far cheaper to encode than a SET command per record."""
         if not recs:
             return
-        pipe = self._client.pipeline(transaction=False)
+        commands = []
         for group in self._slot_groups([(t, s) for t, s, _ in recs]):
-            await self._set_many(
-                keys=[keys.last_recs(recs[i][0], recs[i][1]) for i in group],
-                args=[self._ttl_s, *(recs[i][2] for i in group)],
-                client=pipe,
+            commands.append(
+                [
+                    "EVALSHA",
+                    self._set_many,
+                    str(len(group)),
+                    *(keys.last_recs(recs[i][0], recs[i][1]) for i in group),
+                    str(self._ttl_s),
+                    *(recs[i][2] for i in group),
+                ]
             )
-        await pipe.execute()
+        await self._run(commands)
 
     async def last_recs(self, tenant: str, session_id: str) -> bytes | str | None:
         return await self._client.get(keys.last_recs(tenant, session_id))
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def _text(value: bytes | str | None) -> str:
