@@ -2,8 +2,9 @@
 
 Faust's per-event stream machinery (channels, per-event acks, one producer future per
 record) costs ~150 us an event; this loop pays per batch instead: ``getmany`` from
-aiokafka, one Redis round trip, one vectorised ranking call, every record handed to
-librdkafka (confluent-kafka) in C, one delivery wait, one offset commit.
+aiokafka, one Redis round trip, one compiled ranking call, every record handed to
+librdkafka (confluent-kafka) in C, one delivery wait (overlapping the next batch), one
+offset commit.
 
 At-least-once: offsets are committed only after the batch's Redis writes succeeded and
 every record it produced was acknowledged by the broker. A rebalance waits for the
@@ -35,8 +36,21 @@ class DeliveryError(Exception):
     pass
 
 
+class Delivery:
+    """Delivery reports of one batch's records (librdkafka calls it once per record)."""
+
+    def __init__(self) -> None:
+        self.remaining = 0
+        self.failures: list[str] = []
+
+    def __call__(self, err: object, _msg: object = None) -> None:
+        self.remaining -= 1
+        if err is not None:
+            self.failures.append(str(err))
+
+
 class RecordPublisher:
-    """Produces a batch's records with librdkafka and waits until all are acknowledged."""
+    """Hands a batch's records to librdkafka; ``wait`` until all are acknowledged."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -51,42 +65,53 @@ class RecordPublisher:
                 "message.timeout.ms": 30_000,
             }
         )
-        self._failures: list[str] = []
 
-    def _on_delivery(self, err: object, _msg: object) -> None:
-        if err is not None:
-            self._failures.append(str(err))
-
-    async def publish(self, result: BatchResult) -> None:
-        """Send every record of the batch; raise :class:`DeliveryError` if any was lost."""
-        self._failures.clear()
+    def send(self, result: BatchResult) -> Delivery:
+        """Queue every record of the batch (in C, no waiting)."""
+        delivery = Delivery()
+        recs, dlq = self._settings.recs_topic, self._settings.dlq_topic
+        records = [(recs, o.payload, o.session_id, None) for o in result.recommendations]
+        records += [(dlq, d.value, d.key, d.headers) for d in result.dead_letters]
+        delivery.remaining = len(records)
         produce = self._producer.produce
-        recs, dlq, cb = self._settings.recs_topic, self._settings.dlq_topic, self._on_delivery
-        for attempt in range(3):
-            try:
-                for out in result.recommendations:
-                    produce(recs, out.payload, out.session_id, on_delivery=cb)
-                for dead in result.dead_letters:
-                    produce(dlq, dead.value, dead.key, headers=dead.headers, on_delivery=cb)
-                break
-            except BufferError:
-                # Local queue full: let librdkafka drain, then go on where we are.
-                await asyncio.to_thread(self._producer.flush, 1.0)
-                if attempt == 2:
-                    raise
-        remaining = await asyncio.to_thread(self._producer.flush, 30.0)
-        if remaining or self._failures:
+        for topic, value, key, headers in records:
+            while True:
+                try:
+                    produce(topic, value, key, headers=headers, on_delivery=delivery)
+                    break
+                except BufferError:
+                    self._producer.poll(0.1)  # local queue full: let librdkafka drain
+                except KafkaException as exc:
+                    delivery(exc)  # counted as failed; the batch is sent again
+                    break
+        return delivery
+
+    async def wait(self, delivery: Delivery, timeout: float = 30.0) -> None:
+        """Until every record of ``delivery`` is acknowledged; :class:`DeliveryError` if
+        any failed or the timeout passed."""
+        if delivery.remaining > 0:
+            await asyncio.to_thread(self._serve, delivery, time.monotonic() + timeout)
+        if delivery.remaining > 0 or delivery.failures:
             raise DeliveryError(
-                f"{remaining} records undelivered, {len(self._failures)} failed"
-                + (f" ({self._failures[0]})" if self._failures else "")
+                f"{delivery.remaining} records unacknowledged, {len(delivery.failures)} failed"
+                + (f" ({delivery.failures[0]})" if delivery.failures else "")
             )
+
+    def _serve(self, delivery: Delivery, deadline: float) -> None:
+        while delivery.remaining > 0 and time.monotonic() < deadline:
+            self._producer.poll(0.005)
 
     def close(self) -> None:
         self._producer.flush(10)
 
 
 class BatchLoop(Service):
-    """Consume ``clicks`` in batches, process, publish, then commit."""
+    """Consume ``clicks`` in batches, process, publish, then commit.
+
+    Batches overlap by one: while batch N's records wait for the broker's
+    acknowledgements (in a thread), batch N+1 is fetched and processed. Commits still
+    go in order, each after its own batch's delivery and its predecessor's commit.
+    """
 
     def __init__(
         self, settings: Settings, process: ProcessFn, done: DoneFn, **kwargs: object
@@ -97,9 +122,11 @@ class BatchLoop(Service):
         self._done = done
         self._consumer: AIOKafkaConsumer | None = None
         self._publisher: RecordPublisher | None = None
+        self._in_hand = 0  # batches fetched and not yet committed
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._draining = False  # a rebalance waits for the batches in hand: take no more
 
     async def on_start(self) -> None:
         s = self._settings
@@ -121,7 +148,7 @@ class BatchLoop(Service):
         self.add_future(self._run())
 
     async def on_stop(self) -> None:
-        # Finish the batch in hand (it commits), then leave the group.
+        # Finish the batches in hand (they commit), then leave the group.
         self._stopping = True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=8.0)
@@ -135,7 +162,11 @@ class BatchLoop(Service):
     async def _run(self) -> None:
         assert self._consumer is not None and self._publisher is not None
         within_ms = max(1, int(self._settings.batch_within_s * 1000))
+        previous: asyncio.Future[None] | None = None
         while not self._stopping:
+            if self._draining:
+                await asyncio.sleep(0.01)
+                continue
             try:
                 fetched = await self._consumer.getmany(
                     timeout_ms=within_ms, max_records=self._settings.batch_size
@@ -146,37 +177,71 @@ class BatchLoop(Service):
                 continue
             if not any(fetched.values()):
                 continue
-            self._idle.clear()
+            self._hold()
+            batch = [r for records in fetched.values() for r in records]
+            started = time.perf_counter()
             try:
-                await self._handle(fetched)
-            finally:
-                self._idle.set()
+                result = await self._process(batch)
+                delivery = self._publisher.send(result)
+            except BaseException:
+                self._release()
+                raise
+            # At most one older batch still waiting: wait for it before going on.
+            if previous is not None and not previous.done():
+                await asyncio.shield(previous)
+            previous = asyncio.ensure_future(
+                self._complete(fetched, batch, result, delivery, previous, started)
+            )
 
-    async def _handle(self, fetched: dict[TopicPartition, list]) -> None:
+    async def _complete(
+        self,
+        fetched: dict[TopicPartition, list],
+        batch: list[Message],
+        result: BatchResult,
+        delivery: Delivery,
+        previous: asyncio.Future[None] | None,
+        started: float,
+    ) -> None:
+        """Wait for the batch's acknowledgements (sending again on failure), then commit
+        after the batch before it."""
         assert self._consumer is not None and self._publisher is not None
-        batch = [r for records in fetched.values() for r in records]
-        started = time.perf_counter()
-        result = await self._process(batch)
-        delay = 0.2
-        while True:
-            try:
-                await self._publisher.publish(result)
-                break
-            except (DeliveryError, KafkaException, BufferError) as exc:
-                # Nothing is committed until delivery succeeds; records already delivered
-                # will be sent again, which at-least-once allows.
-                log.error("publishing failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
         try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # The partition moved to another worker; it will re-deliver from the last
-            # commit and the session updates are idempotent.
-            log.warning("offset commit failed after a rebalance (%s)", exc)
-        self._done(len(batch), result)
-        log.debug("batch of %d in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
+            delay = 0.2
+            while True:
+                try:
+                    await self._publisher.wait(delivery)
+                    break
+                except DeliveryError as exc:
+                    # Nothing is committed until delivery succeeds; records already
+                    # delivered will be sent again, which at-least-once allows.
+                    log.error("publishing failed (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    delivery = self._publisher.send(result)
+            if previous is not None:
+                await previous
+            offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
+            try:
+                await self._consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as exc:
+                # The partition moved to another worker; it will re-deliver from the last
+                # commit and the session updates are idempotent.
+                log.warning("offset commit failed after a rebalance (%s)", exc)
+            self._done(len(batch), result)
+            log.debug(
+                "batch of %d done in %.1f ms", len(batch), (time.perf_counter() - started) * 1000
+            )
+        finally:
+            self._release()
+
+    def _hold(self) -> None:
+        self._in_hand += 1
+        self._idle.clear()
+
+    def _release(self) -> None:
+        self._in_hand -= 1
+        if self._in_hand == 0:
+            self._idle.set()
 
 
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -184,11 +249,13 @@ class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
         self._loop = loop
 
     async def on_partitions_revoked(self, revoked: object) -> None:
-        # Let the batch in hand finish and commit before the partitions move.
+        # Let the batches in hand finish and commit before the partitions move.
+        self._loop._draining = True
         try:
             await asyncio.wait_for(self._loop._idle.wait(), timeout=10.0)
         except TimeoutError:
             log.warning("rebalance while a batch was still in hand after 10 s")
 
     async def on_partitions_assigned(self, assigned: object) -> None:
+        self._loop._draining = False
         log.info("assigned partitions: %s", sorted(tp.partition for tp in assigned))  # type: ignore[attr-defined]
