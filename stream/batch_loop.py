@@ -14,6 +14,7 @@ batch in hand, so a revoked partition's progress is committed by its old owner.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -37,14 +38,13 @@ class DeliveryError(Exception):
 
 
 class Delivery:
-    """Delivery reports of one batch's records (librdkafka calls it once per record)."""
+    """Failures among one batch's records: librdkafka reports only failed deliveries
+    (``delivery.report.only.error``), so a healthy batch costs no Python callback."""
 
     def __init__(self) -> None:
-        self.remaining = 0
         self.failures: list[str] = []
 
     def __call__(self, err: object, _msg: object = None) -> None:
-        self.remaining -= 1
         if err is not None:
             self.failures.append(str(err))
 
@@ -63,6 +63,7 @@ class RecordPublisher:
                 "enable.idempotence": False,
                 "acks": "all",
                 "message.timeout.ms": 30_000,
+                "delivery.report.only.error": True,
             }
         )
 
@@ -72,7 +73,6 @@ class RecordPublisher:
         recs, dlq = self._settings.recs_topic, self._settings.dlq_topic
         records = [(recs, o.payload, o.session_id, None) for o in result.recommendations]
         records += [(dlq, d.value, d.key, d.headers) for d in result.dead_letters]
-        delivery.remaining = len(records)
         produce = self._producer.produce
         for topic, value, key, headers in records:
             while True:
@@ -87,19 +87,15 @@ class RecordPublisher:
         return delivery
 
     async def wait(self, delivery: Delivery, timeout: float = 30.0) -> None:
-        """Until every record of ``delivery`` is acknowledged; :class:`DeliveryError` if
-        any failed or the timeout passed."""
-        if delivery.remaining > 0:
-            await asyncio.to_thread(self._serve, delivery, time.monotonic() + timeout)
-        if delivery.remaining > 0 or delivery.failures:
+        """Until every record queued so far (so every record of ``delivery``) is
+        acknowledged; :class:`DeliveryError` if any of its records failed or the timeout
+        passed."""
+        remaining = await asyncio.to_thread(self._producer.flush, timeout)
+        if remaining or delivery.failures:
             raise DeliveryError(
-                f"{delivery.remaining} records unacknowledged, {len(delivery.failures)} failed"
+                f"{remaining} records unacknowledged, {len(delivery.failures)} failed"
                 + (f" ({delivery.failures[0]})" if delivery.failures else "")
             )
-
-    def _serve(self, delivery: Delivery, deadline: float) -> None:
-        while delivery.remaining > 0 and time.monotonic() < deadline:
-            self._producer.poll(0.005)
 
     def close(self) -> None:
         self._producer.flush(10)
@@ -144,6 +140,12 @@ class BatchLoop(Service):
         )
         self._consumer.subscribe([s.clicks_topic], listener=_WaitForBatch(self))
         await self._consumer.start()
+        # Everything built so far (Faust, numba, clients) lives as long as the process:
+        # keep the garbage collector from walking it again every few batches (full
+        # collections over it were ~20 % of the loop's time at 10,000 events/s).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         log.info("consuming %s as group %s", s.clicks_topic, s.app_id)
         self.add_future(self._run())
 

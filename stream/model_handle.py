@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from models.bundle import ModelBundle
 from models.errors import InvalidModelError, NoModelError
+from models.ranking import recommend
 from models.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,13 @@ class ModelCache:
             if current != slot.version:
                 await self._load(tenant, previous=slot)
 
+    def _load_ready(self, tenant: str, version: str | None) -> ModelBundle:
+        """Load and validate a version, and rank once with it: the first ranking of a
+        process loads the compiled kernel, which should not happen inside a batch."""
+        bundle = self._registry.load(tenant, version)
+        recommend(bundle, [], 1)
+        return bundle
+
     async def _load(self, tenant: str, previous: _Slot | None = None) -> _Slot:
         lock = self._locks.setdefault(tenant, asyncio.Lock())
         async with lock:
@@ -68,7 +76,7 @@ class ModelCache:
             version: str | None = None
             try:
                 version = await asyncio.to_thread(self._registry.current_version, tenant)
-                bundle = await asyncio.to_thread(self._registry.load, tenant, version)
+                bundle = await asyncio.to_thread(self._load_ready, tenant, version)
             except NoModelError:
                 slot = _Slot(None, None, time.monotonic())
             except (InvalidModelError, OSError, ValueError) as exc:
