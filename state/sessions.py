@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis, RedisCluster
@@ -57,8 +56,7 @@ return #KEYS
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Click:
+class Click(NamedTuple):
     tenant: str
     session_id: str
     item_id: str
@@ -179,7 +177,7 @@ class SessionStore:
         finally:
             await pool.release(conn)
 
-    def _slot_groups(self, sessions: Sequence[tuple[str, str] | Click]) -> list[list[int]]:
+    def _slot_groups(self, sessions: Sequence[Sequence[str]]) -> list[list[int]]:
         """Indexes of ``(tenant, session_id)``s grouped for one script call each: one group
         for a single Redis, one per hash slot on a cluster (a script may only touch keys of
         one slot there). Order inside a group is the batch order."""
@@ -187,19 +185,19 @@ class SessionStore:
             return [list(range(len(sessions)))]
         by_slot: dict[int, list[int]] = {}
         for i, s in enumerate(sessions):
-            tenant, session_id = (s.tenant, s.session_id) if isinstance(s, Click) else s
+            tenant, session_id = s[0], s[1]  # a Click or a (tenant, session_id, ...)
             by_slot.setdefault(key_slot(keys.session_tag(tenant, session_id).encode()), []).append(
                 i
             )
         return list(by_slot.values())
 
     async def store_last_recs(self, recs: Sequence[tuple[str, str, bytes]]) -> None:
-        """Remember each session's latest recommendation JSON (for HTTP pull), one script
-        call per batch: far cheaper to encode than a SET command per record."""
+        """Remember each session's latest recommendation JSON (``(tenant, session_id,
+        payload)`` triples) for HTTP pull, one script call per batch."""
         if not recs:
             return
         commands = []
-        for group in self._slot_groups([(t, s) for t, s, _ in recs]):
+        for group in self._slot_groups(recs):
             commands.append(
                 [
                     "EVALSHA",

@@ -182,6 +182,7 @@ def _add_agent(app: faust.App, settings: Settings, process: ProcessFn, done: Don
             ]
             # Delivered before the loop body ends, so before take_events acks the batch.
             await asyncio.gather(*pending)
+            await result.settle()
             done(len(batch), result)
 
 

@@ -147,7 +147,7 @@ def recommendation_json(
             "session_id": event.session_id,
             "event_id": event_id,
             "trigger_item": event.item_id,
-            "items": [{"item_id": i, "score": s} for i, s in zip(item_ids, scores, strict=True)],
+            "items": [{"item_id": i, "score": s} for i, s in zip(item_ids, scores, strict=False)],
             "model_version": model_version,
             "strategy": strategy,
             "event_ts": event.ts,

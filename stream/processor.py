@@ -7,11 +7,13 @@ one vectorised call, and return the records to publish.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from models.ranking import Ranked, recommend_flat
 from state.sessions import Click, SessionStore, flatten
@@ -20,6 +22,8 @@ from stream.model_handle import ModelCache
 from stream.tenant_state import TenantDirectory
 
 DLQ_REASON_HEADER = "streamrec-reason"
+
+log = logging.getLogger("streamrec.worker")
 
 
 class Message(Protocol):
@@ -52,8 +56,7 @@ class DeadLetter:
         ]
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     tenant: str
     session_id: str
     payload: bytes
@@ -65,6 +68,19 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0  # re-delivered events (already applied to the session)
     suppressed: int = 0  # events of tenants switched off: recorded, not answered
+    # Writing each session's latest list for HTTP pull: runs while the records are
+    # being delivered, so it does not hold up the next batch.
+    last_recs_write: asyncio.Future[None] | None = None
+
+    async def settle(self) -> None:
+        """Wait for the batch's side writes. A failed last-recommendation write costs
+        only the HTTP pull view of these sessions (the next click rewrites it), so it is
+        logged, not retried."""
+        if self.last_recs_write is not None:
+            try:
+                await self.last_recs_write
+            except Exception as exc:  # noqa: BLE001 - any Redis failure, logged
+                log.warning("could not store the latest recommendations: %s", exc)
 
 
 class BatchProcessor:
@@ -142,8 +158,8 @@ class BatchProcessor:
                 emitted,
             )
             result.recommendations.append(Outgoing(event.tenant, event.session_id, payload))
-        await self._store.store_last_recs(
-            [(o.tenant, o.session_id, o.payload) for o in result.recommendations]
+        result.last_recs_write = asyncio.ensure_future(
+            self._store.store_last_recs(result.recommendations)
         )
         return result
 
