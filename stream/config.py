@@ -40,7 +40,7 @@ class Settings:
     # "batch": the fast batch loop (default); "agent": a plain Faust agent with
     # stream.take_events, kept as the reference the benchmarks compare against.
     engine: str = "batch"
-    batch_size: int = 1000
+    batch_size: int = 2000
     batch_within_s: float = 0.02
     # Short group session timeout: the embedded broker's first join waits ~half of it.
     broker_session_timeout_s: float = 6.0

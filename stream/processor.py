@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from models.ranking import Ranked, recommend_flat
-from state.sessions import Click, SessionStore, flatten
+from state.sessions import SessionStore, flatten
 from stream.events import ClickEvent, InvalidEvent, parse_event, recommendation_json
 from stream.model_handle import ModelCache
 from stream.tenant_state import TenantDirectory
@@ -101,7 +101,7 @@ class BatchProcessor:
 
     async def process(self, batch: Sequence[Message]) -> BatchResult:
         result = BatchResult()
-        events: list[tuple[ClickEvent, str]] = []
+        events: list[ClickEvent] = []  # each with an event id
         for msg in batch:
             try:
                 event = parse_event(msg.value)
@@ -110,17 +110,19 @@ class BatchProcessor:
                     DeadLetter(msg.key, msg.value, exc.reason, position(msg))
                 )
                 continue
-            # Without an event id the message position identifies a re-delivery.
-            events.append((event, event.event_id or position(msg)))
+            if event.event_id is None:
+                # Without an event id the message position identifies a re-delivery.
+                event = event._replace(event_id=position(msg))
+            events.append(event)
         if not events:
             return result
 
         by_tenant: dict[str, list[int]] = defaultdict(list)
-        for i, (event, _) in enumerate(events):
+        for i, event in enumerate(events):
             by_tenant[event.tenant].append(i)
         bundles = {t: await self._models.get(t) for t in by_tenant}
         updates = await self._store.append_clicks(
-            [Click(e.tenant, e.session_id, e.item_id, eid) for e, eid in events],
+            events,  # type: ignore[arg-type]  # every event_id is set above
             count_for=[t for t, b in bundles.items() if b is None],
         )
         result.duplicates = sum(1 for u in updates if not u.fresh)
@@ -143,14 +145,13 @@ class BatchProcessor:
                     ranked[i] = popular_excluding(popular, updates[i].items, self._top_k)
 
         emitted = self._clock()
-        for i, (event, eid) in enumerate(events):
-            r = ranked[i]
+        for event, r in zip(events, ranked, strict=True):
             if r is None:
                 continue
             bundle = bundles[event.tenant]
             payload = recommendation_json(
                 event,
-                eid,
+                event.event_id,  # type: ignore[arg-type]
                 r.ids,
                 r.scores,
                 r.strategy,
