@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 
 from models.ranking import Ranked, recommend_flat
 from state.sessions import SessionStore, flatten
-from stream.events import ClickEvent, InvalidEvent, parse_event, recommendation_json
+from stream.events import ClickEvent, InvalidEvent, RecommendationWriter, parse_event
 from stream.model_handle import ModelCache
 from stream.tenant_state import TenantDirectory
 
@@ -98,6 +98,7 @@ class BatchProcessor:
         self._tenants = tenants
         self._top_k = top_k
         self._clock = clock
+        self._writer = RecommendationWriter()
 
     async def process(self, batch: Sequence[Message]) -> BatchResult:
         result = BatchResult()
@@ -145,6 +146,7 @@ class BatchProcessor:
                     ranked[i] = popular_excluding(popular, updates[i].items, self._top_k)
 
         emitted = self._clock()
+        recommendation_json = self._writer
         for event, r in zip(events, ranked, strict=True):
             if r is None:
                 continue

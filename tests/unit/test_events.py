@@ -7,6 +7,7 @@ from stream.events import (
     MAX_EVENT_BYTES,
     ClickEvent,
     InvalidEvent,
+    RecommendationWriter,
     parse_event,
     recommendation_json,
 )
@@ -81,3 +82,15 @@ def test_recommendation_json_follows_the_contract() -> None:
         "A1",
         1.0,
     )
+
+
+def test_reused_writer_gives_the_same_records_as_a_fresh_one() -> None:
+    click = ClickEvent("default", "s1", "A1", 1.0, event_id="e1")
+    write = RecommendationWriter()
+    cases = [(["B", "C", "D"], [0.3, 0.2, 0.1]), (["E"], [0.9]), ([], []), (["F", "G"], [1, 2])]
+    for ids, scores in cases * 2:
+        got = write(click, "e1", ids, scores, "embedding", "v1", 2.0)
+        assert got == recommendation_json(click, "e1", ids, scores, "embedding", "v1", 2.0)
+        assert orjson.loads(got)["items"] == [
+            {"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)
+        ]
