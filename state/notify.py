@@ -18,10 +18,17 @@ from state import keys
 log = logging.getLogger(__name__)
 
 
-def notify_model_change(redis_url: str, tenant: str, version: str | None) -> int:
-    """Tell the workers that ``tenant``'s current version changed; returns how many heard."""
+def notify_model_change(redis_url: str | redis.Redis, tenant: str, version: str | None) -> int:
+    """Tell the workers that ``tenant``'s current version changed; returns how many heard.
+
+    ``redis_url`` is a URL (a connection just for this notice) or a client to reuse.
+    """
     try:
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+        client = (
+            redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+            if isinstance(redis_url, str)
+            else redis_url
+        )
         try:
             return int(
                 client.publish(
@@ -29,7 +36,8 @@ def notify_model_change(redis_url: str, tenant: str, version: str | None) -> int
                 )
             )
         finally:
-            client.close()
+            if client is not redis_url:
+                client.close()
     except redis.RedisError as exc:
         log.warning(
             "could not notify workers over Redis (%s); they will notice within "

@@ -92,7 +92,7 @@ class Duration(click.ParamType):
     type=click.IntRange(1, 64),
     default=os.cpu_count() or 1,
     show_default=True,
-    help="Tenants trained in parallel (processes).",
+    help="Processes reading the click log, then training tenants, in parallel.",
 )
 @click.option("--epochs", type=click.IntRange(1, 1000), help="Word2Vec epochs.")
 @click.option("--seed", type=int, help="Random seed for training.")
@@ -134,7 +134,7 @@ def trainer(
             bar.set_postfix_str(tenant, refresh=False)
             bar.update()
 
-        outcomes = run_once(
+        report = run_once(
             settings,
             window_s=window,
             params=params,
@@ -144,9 +144,11 @@ def trainer(
             jobs=jobs,
         )
         bar.close()
-        counts = Counter(o.decision.action for o in outcomes)
+        counts = Counter(o.decision.action for o in report.outcomes)
         click.echo(
-            f"trainer: {len(outcomes)} tenant(s) in {time.perf_counter() - started:.1f}s: "
+            f"trainer: {len(report.outcomes)} tenant(s) in "
+            f"{time.perf_counter() - started:.1f}s (reading {report.clicks} clicks: "
+            f"{report.read_s:.1f}s): "
             + ", ".join(f"{counts[a]} {a}" for a in ("promoted", "kept", "skipped"))
         )
         if once:

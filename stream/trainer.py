@@ -3,7 +3,8 @@ register, promote, notify.
 
 Kafka is the log of record: the job reads the ``clicks`` topic from the first offset
 inside the window up to the end offsets seen when it started, with no consumer group
-(it commits nothing, so it never competes with the workers).
+(it commits nothing, so it never competes with the workers). With ``jobs`` > 1 it reads
+the partitions in that many processes, then trains that many tenants at a time.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from itertools import repeat
 from multiprocessing import get_context
 
 import numpy as np
@@ -33,37 +35,69 @@ from stream.events import InvalidEvent, parse_event
 log = logging.getLogger("streamrec.trainer")
 
 
-@dataclass
-class TenantLog:
-    session_ids: list[str] = field(default_factory=list)
-    item_ids: list[str] = field(default_factory=list)
-    ts: list[float] = field(default_factory=list)
+# A click's place in the log, as one sortable number: partition << 40 | offset.
+_OFFSET_BITS = 40
 
-    def to_clicks(self) -> Clicks:
-        n = len(self.item_ids)
-        return Clicks(
-            np.asarray(self.session_ids, dtype=str),
-            np.asarray(self.item_ids, dtype=str),
-            np.asarray(self.ts, dtype=np.float64),
-            np.arange(n, dtype=np.int64),
-        )
+_Columns = tuple[list[str], list[str], list[float], list[int]]
 
 
 def read_click_log(
-    broker: str, topic: str, since_ts: float, tenants: Iterable[str] | None = None
-) -> dict[str, TenantLog]:
-    """Valid clicks per tenant from ``since_ts`` up to the end offsets at call time."""
-    wanted = set(tenants) if tenants else None
-    consumer = Consumer(
+    broker: str,
+    topic: str,
+    since_ts: float,
+    tenants: Iterable[str] | None = None,
+    *,
+    jobs: int = 1,
+) -> dict[str, Clicks]:
+    """Valid clicks per tenant from ``since_ts`` up to the end offsets at call time.
+
+    ``jobs`` processes read disjoint sets of the topic's partitions in parallel (one
+    reads in this process). Rows keep each partition's log order, partitions
+    interleaved; a click's ``order`` is its place in the log (partition, offset), so
+    ``build_sessions`` orders clicks with the same timestamp as the log does. A session
+    stays in one partition (messages are keyed by session id), so the result does not
+    depend on how the partitions were split among the readers.
+    """
+    wanted = frozenset(tenants) if tenants else None
+    groups = _split_partitions(_offset_ranges(broker, topic, since_ts), jobs)
+    if len(groups) <= 1:
+        parts = [_read_partitions(broker, topic, g, since_ts, wanted) for g in groups]
+    else:
+        # fork: the readers need nothing but their arguments; each opens its own
+        # consumer (the parent's was closed above, so no librdkafka thread is forked).
+        with ProcessPoolExecutor(max_workers=len(groups), mp_context=get_context("fork")) as pool:
+            parts = list(
+                pool.map(
+                    _read_partitions,
+                    repeat(broker),
+                    repeat(topic),
+                    groups,
+                    repeat(since_ts),
+                    repeat(wanted),
+                )
+            )
+    return _merge(parts)
+
+
+def _consumer(broker: str) -> Consumer:
+    return Consumer(
         {
             "bootstrap.servers": broker,
             "group.id": "streamrec-trainer",  # required by librdkafka; nothing is committed
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 50,
+            # When its local queue is full, librdkafka waits this long (default 1 s)
+            # before fetching that partition again; the reader empties it much sooner.
+            "fetch.queue.backoff.ms": 20,
         }
     )
-    logs: dict[str, TenantLog] = defaultdict(TenantLog)
+
+
+def _offset_ranges(broker: str, topic: str, since_ts: float) -> dict[int, tuple[int, int]]:
+    """``{partition: (first offset at or after since_ts, end offset now)}`` for the
+    partitions with anything to read."""
+    consumer = _consumer(broker)
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -74,30 +108,65 @@ def read_click_log(
             p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
             for p in meta.partitions
         }
-        todo = {
-            tp.partition
-            for tp in starts
-            if tp.offset != OFFSET_END and tp.offset >= 0 and tp.offset < ends[tp.partition]
-        }
-        consumer.assign([tp for tp in starts if tp.partition in todo])
+    finally:
+        consumer.close()
+    return {
+        tp.partition: (tp.offset, ends[tp.partition])
+        for tp in starts
+        if tp.offset != OFFSET_END and 0 <= tp.offset < ends[tp.partition]
+    }
 
-        def take(msg: Message) -> None:
-            try:
-                event = parse_event(msg.value())
-            except InvalidEvent:
-                return  # the worker dead-lettered it already
-            if event.ts < since_ts or (wanted is not None and event.tenant not in wanted):
-                return
-            entry = logs[event.tenant]
-            entry.session_ids.append(event.session_id)
-            entry.item_ids.append(event.item_id)
-            entry.ts.append(event.ts)
 
+def _split_partitions(
+    ranges: dict[int, tuple[int, int]], jobs: int
+) -> list[dict[int, tuple[int, int]]]:
+    """At most ``jobs`` groups of partitions with about as many messages each (the
+    biggest partition first, each to the group with the fewest messages so far)."""
+    groups: list[dict[int, tuple[int, int]]] = [{} for _ in range(max(1, min(jobs, len(ranges))))]
+    load = [0] * len(groups)
+    for p, (start, end) in sorted(ranges.items(), key=lambda kv: kv[1][0] - kv[1][1]):
+        i = load.index(min(load))
+        groups[i][p] = (start, end)
+        load[i] += end - start
+    return [g for g in groups if g]
+
+
+def _read_partitions(
+    broker: str,
+    topic: str,
+    ranges: dict[int, tuple[int, int]],
+    since_ts: float,
+    wanted: frozenset[str] | None,
+) -> dict[str, Clicks]:
+    """Valid clicks per tenant in ``ranges`` (``{partition: (start, end)}`` offsets)."""
+    columns: dict[str, _Columns] = {}
+
+    def take(msg: Message) -> None:
+        try:
+            event = parse_event(msg.value())
+        except InvalidEvent:
+            return  # the worker dead-lettered it already
+        if event.ts < since_ts or (wanted is not None and event.tenant not in wanted):
+            return
+        entry = columns.get(event.tenant)
+        if entry is None:
+            entry = columns[event.tenant] = ([], [], [], [])
+        entry[0].append(event.session_id)
+        entry[1].append(event.item_id)
+        entry[2].append(event.ts)
+        entry[3].append(msg.partition() << _OFFSET_BITS | msg.offset())
+
+    consumer = _consumer(broker)
+    try:
+        consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in ranges.items()])
+        todo = set(ranges)
         while todo:
-            for msg in consumer.consume(10_000, timeout=1.0):
+            # consume() waits for a full batch or the timeout: keep the wait short for
+            # the last, partial batches.
+            for msg in consumer.consume(10_000, timeout=0.1):
                 if msg.error() is None:
                     take(msg)
-                    if msg.offset() >= ends[msg.partition()] - 1:
+                    if msg.offset() >= ranges[msg.partition()][1] - 1:
                         todo.discard(msg.partition())
                 elif msg.error().code() == KafkaError._PARTITION_EOF:
                     todo.discard(msg.partition())
@@ -108,7 +177,40 @@ def read_click_log(
                 take(msg)
     finally:
         consumer.close()
-    return dict(logs)
+    # numpy columns: cheap to send back from a reader process and to a training one
+    out = {}
+    while columns:
+        tenant, (sids, items, ts, order) = columns.popitem()  # lists freed as they go
+        out[tenant] = Clicks(
+            np.asarray(sids, dtype=str),
+            np.asarray(items, dtype=str),
+            np.asarray(ts, dtype=np.float64),
+            np.asarray(order, dtype=np.int64),
+        )
+    return out
+
+
+def _merge(parts: list[dict[str, Clicks]]) -> dict[str, Clicks]:
+    """One ``Clicks`` per tenant from the readers' results."""
+    by_tenant: dict[str, list[Clicks]] = defaultdict(list)
+    for part in parts:
+        while part:
+            tenant, clicks = part.popitem()
+            by_tenant[tenant].append(clicks)
+    out = {}
+    for tenant in sorted(by_tenant):
+        chunks = by_tenant.pop(tenant)  # each reader's arrays freed once joined
+        out[tenant] = (
+            chunks[0]
+            if len(chunks) == 1
+            else Clicks(
+                np.concatenate([c.session_ids for c in chunks]),
+                np.concatenate([c.item_ids for c in chunks]),
+                np.concatenate([c.ts for c in chunks]),
+                np.concatenate([c.order for c in chunks]),
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -116,6 +218,14 @@ class TenantOutcome:
     tenant: str
     decision: GateDecision
     version: str | None  # the registered candidate, promoted or not
+
+
+@dataclass(frozen=True)
+class PassReport:
+    outcomes: list[TenantOutcome]  # one per tenant with clicks in the window, by name
+    clicks: int  # valid clicks read from the log
+    read_s: float  # reading and validating the log
+    train_s: float  # training, gating, registering and promoting every tenant
 
 
 def run_once(
@@ -128,48 +238,63 @@ def run_once(
     progress: Callable[[str], None] | None = None,
     now: float | None = None,
     jobs: int = 1,
-) -> list[TenantOutcome]:
-    """One pass over every tenant with clicks in the window."""
+) -> PassReport:
+    """One pass over every tenant with clicks in the window; ``jobs`` processes read the
+    log, then as many train the tenants."""
     now = time.time() if now is None else now
     started = time.perf_counter()
-    logs = read_click_log(settings.broker, settings.clicks_topic, now - window_s, tenants)
-    clicks = sum(len(v.item_ids) for v in logs.values())
+    logs = read_click_log(
+        settings.broker, settings.clicks_topic, now - window_s, tenants, jobs=jobs
+    )
+    clicks = sum(len(v) for v in logs.values())
+    read_s = time.perf_counter() - started
     log.info(
         "read %d clicks of %d tenants from %s in %.1fs",
         clicks,
         len(logs),
         settings.clicks_topic,
-        time.perf_counter() - started,
+        read_s,
     )
+    started = time.perf_counter()
     modes = _modes(settings)
     window = (now - window_s, now)
-    jobs_args = [
-        (settings, tenant, logs.pop(tenant), modes.get(tenant, "on"), params, policy, window)
-        for tenant in sorted(logs)
-    ]
-    outcomes = []
+    outcomes: list[TenantOutcome] = []
+
+    def done(outcome: TenantOutcome) -> None:
+        outcomes.append(outcome)
+        if progress:
+            progress(outcome.tenant)
+        d = outcome.decision
+        log.info(
+            "tenant %s: %s%s: %s",
+            outcome.tenant,
+            d.action,
+            f" {outcome.version}" if outcome.version else "",
+            d.reason,
+        )
+
+    for tenant in sorted(t for t in logs if modes.get(t, "on") != "on"):
+        del logs[tenant]
+        done(TenantOutcome(tenant, GateDecision("skipped", f"tenant is {modes[tenant]}"), None))
     # Tenants are independent: train them in parallel processes (training holds the GIL
     # for much of its time). Each process is single-threaded so they do not oversubscribe.
-    with ProcessPoolExecutor(
-        max_workers=max(1, jobs), mp_context=get_context("fork"), initializer=_single_threaded
-    ) as pool:
-        for outcome in (
-            pool.map(_retrain_tenant, *zip(*jobs_args, strict=True), chunksize=1)
-            if jobs_args
-            else []
-        ):
-            outcomes.append(outcome)
-            if progress:
-                progress(outcome.tenant)
-            d = outcome.decision
-            log.info(
-                "tenant %s: %s%s: %s",
-                outcome.tenant,
-                d.action,
-                f" {outcome.version}" if outcome.version else "",
-                d.reason,
-            )
-    return outcomes
+    # Biggest tenant first, so that the processes finish together rather than one of
+    # them training a big tenant alone at the end.
+    queue = sorted(logs, key=lambda t: (-len(logs[t]), t))
+    if queue:
+        with ProcessPoolExecutor(
+            max_workers=max(1, min(jobs, len(queue))),
+            mp_context=get_context("fork"),
+            initializer=_single_threaded,
+        ) as pool:
+            futures = [
+                pool.submit(_retrain_tenant, settings, t, logs.pop(t), params, policy, window)
+                for t in queue
+            ]
+            for future in as_completed(futures):
+                done(future.result())
+    outcomes.sort(key=lambda o: o.tenant)
+    return PassReport(outcomes, clicks, read_s, time.perf_counter() - started)
 
 
 def _single_threaded() -> None:
@@ -181,15 +306,12 @@ def _single_threaded() -> None:
 def _retrain_tenant(
     settings: Settings,
     tenant: str,
-    clicks: TenantLog,
-    mode: str,
+    clicks: Clicks,
     params: TrainParams,
     policy: GatePolicy,
     window: tuple[float, float],
 ) -> TenantOutcome:
     registry = Registry(settings.registry_dir)
-    if mode != "on":
-        return TenantOutcome(tenant, GateDecision("skipped", f"tenant is {mode}"), None)
     try:
         current = registry.load(tenant)
     except NoModelError:
@@ -201,7 +323,7 @@ def _retrain_tenant(
             exc,
         )
         current = None
-    sessions = build_sessions(clicks.to_clicks())
+    sessions = build_sessions(clicks)
     bundle, decision = retrain(sessions, current, params, policy)
     if bundle is None:
         return TenantOutcome(tenant, decision, None)
@@ -213,7 +335,7 @@ def _retrain_tenant(
             "data_window": {
                 "from": window[0],
                 "to": window[1],
-                "clicks": len(clicks.item_ids),
+                "clicks": len(clicks),
                 "sessions": len(sessions),
             },
             "metrics": {
@@ -224,8 +346,21 @@ def _retrain_tenant(
     )
     if decision.action == "promoted":
         registry.promote(tenant, version)
-        notify_model_change(settings.redis_url, tenant, version)
+        notify_model_change(_redis(settings.redis_url), tenant, version)
     return TenantOutcome(tenant, decision, version)
+
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def _redis(url: str) -> redis.Redis:
+    """One client per training process, reused for every tenant's notice."""
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = redis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=2
+        )
+    return client
 
 
 def _modes(settings: Settings) -> dict[str, str]:

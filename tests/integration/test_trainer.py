@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from models.datasets import read_clicks, sessionize
+from models.datasets import build_sessions, read_clicks, sessionize
 from models.registry import Registry
 from models.train import TrainParams, train_model
 from models.trainer import GatePolicy
@@ -17,7 +17,8 @@ from state.tenants import set_mode
 from stream.config import Settings
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent
-from stream.trainer import run_once
+from stream.topics import ensure_topics
+from stream.trainer import read_click_log, run_once
 from tests.integration.helpers import WorkerProcess, produce
 from tests.integration.test_reliability import RecsCollector
 from tests.integration.test_worker import make_config
@@ -64,7 +65,7 @@ def test_trainer_promotes_a_better_model_and_skips_frozen_and_off_tenants(
                 params=TrainParams(epochs=5, seed=3),
                 policy=GatePolicy(),
                 tenants=[on, frozen, off],
-            )
+            ).outcomes
             promoted_at = time.time()
             by_tenant = {o.tenant: o for o in outcomes}
             assert set(by_tenant) == {on, frozen, off}
@@ -99,3 +100,41 @@ def test_trainer_promotes_a_better_model_and_skips_frozen_and_off_tenants(
     gate = manifest["gate"]
     assert gate["decision"] == "promoted" and gate["candidate"]["hr"] > gate["current"]["hr"]
     assert manifest["data_window"]["sessions"] > 0
+
+
+def test_parallel_reading_keeps_every_click_in_order(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("clicks")
+    ensure_topics(stack.broker, [topic], 4)
+    tenants = [unique_name("shop") for _ in range(3)]
+    now = time.time()
+    expected: dict[str, dict[str, list[str]]] = {t: {} for t in tenants}
+    records = []
+    for n in range(150):
+        for t in tenants:
+            sid = f"{t}-s{n}"
+            items = [f"i{(n * 7 + j * 13) % 97}-{j}" for j in range(2 + n % 5)]
+            expected[t][sid] = items
+            # One timestamp for the whole session: only the log order orders its clicks.
+            records += [(sid.encode(), ClickEvent(t, sid, i, now - 60).to_json()) for i in items]
+    extra = unique_name("other")
+    records += [
+        (b"x", b"not json"),  # skipped: invalid
+        (b"old", ClickEvent(tenants[0], "old", "a", now - 7200).to_json()),  # before since
+        (b"old", ClickEvent(tenants[0], "old", "b", now - 7200).to_json()),
+        (b"o", ClickEvent(extra, "o", "a", now - 60).to_json()),  # not a wanted tenant
+        (b"o", ClickEvent(extra, "o", "b", now - 60).to_json()),
+    ]
+    produce(stack.broker, topic, records)
+
+    clicks = sum(len(v) for s in expected.values() for v in s.values())
+    for jobs in (1, 2, 3):
+        logs = read_click_log(stack.broker, topic, now - 3600, tenants, jobs=jobs)
+        assert sorted(logs) == sorted(tenants)
+        assert sum(len(c) for c in logs.values()) == clicks, jobs
+        for t in tenants:
+            got = {s.session_id: s.items for s in build_sessions(logs[t])}
+            assert got == expected[t], (jobs, t)
+    everyone = read_click_log(stack.broker, topic, now - 3600, jobs=2)
+    assert sorted(everyone) == sorted([*tenants, extra])

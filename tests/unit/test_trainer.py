@@ -74,3 +74,17 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_partitions_are_split_among_readers_once_each_and_evenly() -> None:
+    from stream.trainer import _split_partitions
+
+    ranges = {0: (0, 900), 1: (100, 200), 2: (0, 500), 3: (50, 450), 4: (0, 10)}
+    groups = _split_partitions(ranges, 2)
+    assert sorted(p for g in groups for p in g) == sorted(ranges)
+    assert all(g[p] == ranges[p] for g in groups for p in g)
+    loads = sorted(sum(e - s for s, e in g.values()) for g in groups)
+    assert loads == [910, 1000]
+    assert _split_partitions(ranges, 1) == [ranges]
+    assert len(_split_partitions(ranges, 8)) == 5  # no reader without a partition
+    assert _split_partitions({}, 2) == []
