@@ -170,18 +170,3 @@ class RecommendationWriter:
         record["event_ts"] = event.ts
         record["emitted_ts"] = emitted_ts
         return orjson.dumps(record)
-
-
-def recommendation_json(
-    event: ClickEvent,
-    event_id: str,
-    item_ids: list[str],
-    scores: list[float],
-    strategy: str,
-    model_version: str | None,
-    emitted_ts: float,
-) -> bytes:
-    """One recommendation record (see :class:`RecommendationWriter` for many)."""
-    return RecommendationWriter()(
-        event, event_id, item_ids, scores, strategy, model_version, emitted_ts
-    )

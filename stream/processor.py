@@ -146,12 +146,12 @@ class BatchProcessor:
                     ranked[i] = popular_excluding(popular, updates[i].items, self._top_k)
 
         emitted = self._clock()
-        recommendation_json = self._writer
+        write = self._writer
         for event, r in zip(events, ranked, strict=True):
             if r is None:
                 continue
             bundle = bundles[event.tenant]
-            payload = recommendation_json(
+            payload = write(
                 event,
                 event.event_id,  # type: ignore[arg-type]
                 r.ids,

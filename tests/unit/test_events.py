@@ -9,7 +9,6 @@ from stream.events import (
     InvalidEvent,
     RecommendationWriter,
     parse_event,
-    recommendation_json,
 )
 
 
@@ -62,7 +61,7 @@ def test_invalid_events_name_the_reason(raw: bytes | None, reason: str) -> None:
 def test_recommendation_json_follows_the_contract() -> None:
     click = ClickEvent("t", "s", "A1", 1.0)
     data = orjson.loads(
-        recommendation_json(click, "e", ["B2", "C3"], [0.5, 0.25], "embedding", "v3", 2.0)
+        RecommendationWriter()(click, "e", ["B2", "C3"], [0.5, 0.25], "embedding", "v3", 2.0)
     )
     assert set(data) == {
         "tenant",
@@ -90,7 +89,7 @@ def test_reused_writer_gives_the_same_records_as_a_fresh_one() -> None:
     cases = [(["B", "C", "D"], [0.3, 0.2, 0.1]), (["E"], [0.9]), ([], []), (["F", "G"], [1, 2])]
     for ids, scores in cases * 2:
         got = write(click, "e1", ids, scores, "embedding", "v1", 2.0)
-        assert got == recommendation_json(click, "e1", ids, scores, "embedding", "v1", 2.0)
+        assert got == RecommendationWriter()(click, "e1", ids, scores, "embedding", "v1", 2.0)
         assert orjson.loads(got)["items"] == [
             {"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)
         ]
