@@ -11,6 +11,7 @@ from pathlib import Path
 from models.registry import Registry
 from state.notify import notify_model_change
 from stream.devstack import EmbeddedStack
+from stream.events import ClickEvent
 from tests.integration.helpers import WorkerProcess, produce
 from tests.integration.test_reliability import RecsCollector, make_events
 from tests.integration.test_worker import make_config
@@ -25,7 +26,11 @@ def test_promote_under_load_swaps_within_5s_and_refuses_a_corrupt_version(
     cfg = make_config(stack, unique_name, tmp_path, model_dir)
     # A long periodic check: only the pub/sub notice can make the swap this fast.
     cfg.extra_env["STREAMREC_MODEL_CHECK_INTERVAL_S"] = "60"
-    events = make_events(12_000, sessions=400, seed=11)
+    # Far more clicks than the test needs: the load runs until the test stops it, so
+    # there is traffic before, during and after each promotion however late the
+    # worker starts (on a fresh clone it also compiles the ranking kernel).
+    events = make_events(60_000, sessions=400, seed=11)
+    sent: list[ClickEvent] = []
     collector = RecsCollector(stack.broker, cfg.recs)
     collector.start()
     stop = threading.Event()
@@ -36,6 +41,7 @@ def test_promote_under_load_swaps_within_5s_and_refuses_a_corrupt_version(
                 return
             chunk = events[start : start + 100]
             produce(stack.broker, cfg.clicks, [(e.session_id.encode(), e.to_json()) for e in chunk])
+            sent.extend(chunk)
             time.sleep(0.1)
 
     loader = threading.Thread(target=offer_load, daemon=True)
@@ -52,7 +58,9 @@ def test_promote_under_load_swaps_within_5s_and_refuses_a_corrupt_version(
             deadline = time.monotonic() + 10
             while not any(v == v2 for _, v in collector.versions) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            first_v2 = min(ts for ts, v in collector.versions if v == v2)
+            v2_times = [ts for ts, v in collector.versions if v == v2]
+            assert v2_times, f"no recommendation from {v2} within 10 s\n" + worker.log()[-3000:]
+            first_v2 = min(v2_times)
             assert first_v2 - promoted_at < 5.0
 
             # A corrupted version behind the pointer is refused; v2 keeps serving.
@@ -62,15 +70,10 @@ def test_promote_under_load_swaps_within_5s_and_refuses_a_corrupt_version(
             notify_model_change(stack.redis_url, "default", v3)
             marker = len(collector.versions)
             time.sleep(3)
-            loader.join(60)
-            # Clicks sent after the refused promotion (the load may have ended already
-            # on a slow machine): answered by v2.
-            after = [
-                e._replace(event_id=f"after-{e.event_id}")
-                for e in make_events(300, sessions=50, seed=12)
-            ]
-            produce(stack.broker, cfg.clicks, [(e.session_id.encode(), e.to_json()) for e in after])
-            assert collector.wait_for(len(events) + len(after), timeout=60), worker.log()[-3000:]
+            stop.set()
+            loader.join(10)
+            assert len(sent) < len(events), "the load ran out before the test ended"
+            assert collector.wait_for(len(sent), timeout=60), worker.log()[-3000:]
             log = worker.log()
     finally:
         stop.set()
@@ -80,4 +83,4 @@ def test_promote_under_load_swaps_within_5s_and_refuses_a_corrupt_version(
     assert "refused" in log and v3 in log
     assert {v for _, v in collector.versions[marker:]} == {v2}
     assert {v for _, v in collector.versions} <= {v1, v2}
-    assert collector.answered >= {e.event_id for e in events}
+    assert collector.answered >= {e.event_id for e in sent}
