@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/broker_batches.py --linger-ms 20
     .venv/bin/python benchmarks/broker_batches.py --linger-ms 1 --prefill 100000
 
-One producer sends at a fixed rate to a fresh 4-partition topic on a private embedded
+One producer sends at a fixed rate to a fresh topic (4 partitions unless told) on a private embedded
 broker; one reader stamps each message on arrival. Latency is printed per tenth of the
 run, so growth over time shows. ``--prefill`` first loads messages in a few large
 batches and measures only what comes after them.
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--linger-ms", type=int, default=1)
     parser.add_argument("--fetch-wait-ms", type=int, default=25)
     parser.add_argument("--prefill", type=int, default=0)
+    parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
 
     stack = EmbeddedStack(
@@ -45,7 +46,7 @@ def main() -> None:
     )
     stack.services[0].start()
     try:
-        ensure_topics(stack.broker, ["t"], 4)
+        ensure_topics(stack.broker, ["t"], args.partitions)
         producer = Producer(
             {
                 "bootstrap.servers": stack.broker,
@@ -100,7 +101,7 @@ def main() -> None:
     step = max(1, len(lat) // 10)
     print(
         f"linger.ms={args.linger_ms} fetch.wait.max.ms={args.fetch_wait_ms} "
-        f"prefill={args.prefill} rate={args.rate:g}/s, {len(lat):,} of {args.messages:,} received"
+        f"prefill={args.prefill} partitions={args.partitions} rate={args.rate:g}/s, {len(lat):,} of {args.messages:,} received"
     )
     print("| seconds | p50 ms | p99 ms |\n| --- | ---: | ---: |")
     for lo in range(0, len(lat), step):

