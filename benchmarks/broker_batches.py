@@ -101,7 +101,8 @@ def main() -> None:
     step = max(1, len(lat) // 10)
     print(
         f"linger.ms={args.linger_ms} fetch.wait.max.ms={args.fetch_wait_ms} "
-        f"prefill={args.prefill} partitions={args.partitions} rate={args.rate:g}/s, {len(lat):,} of {args.messages:,} received"
+        f"prefill={args.prefill} partitions={args.partitions} rate={args.rate:g}/s, "
+        f"{len(lat):,} of {args.messages:,} received"
     )
     print("| seconds | p50 ms | p99 ms |\n| --- | ---: | ---: |")
     for lo in range(0, len(lat), step):

@@ -118,7 +118,7 @@ def main() -> None:
     for swap, swaps, r in rows:
         lat = r["latency_ms"]
         print(
-            f"| {'promote every %gs' % args.every if swap else 'no swaps'} | {swaps} | "
+            f"| {f'promote every {args.every:g}s' if swap else 'no swaps'} | {swaps} | "
             f"{r['sent']:,} | {r['answered']:,} | {r['missing']} | {lat['p50']:.1f} | "
             f"{lat['p99']:.1f} | {lat['max']:.1f} |"
         )

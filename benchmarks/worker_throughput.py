@@ -12,7 +12,9 @@ one topic per contender; each contender then drains its copy:
 
 Worker throughput counts only answered events: recommendations on the output topic,
 from the first to the last ``emitted_ts`` (start-up and group join excluded). The
-worker's peak RSS is read from /proc at the end.
+worker's peak RSS is read from /proc at the end. CPU per event, of the worker and of
+Redis, is sampled from /proc over the same window: on a shared machine it moves much
+less from run to run than events/s does.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -91,6 +94,39 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+class CpuSampler(threading.Thread):
+    """CPU seconds used by some processes, sampled with the wall clock every 50 ms."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.stop = threading.Event()
+
+    def cpu(self, pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / self.TICK  # utime + stime
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            self.samples.append((time.time(), {k: self.cpu(p) for k, p in self.pids.items()}))
+
+    def used(self, name: str, start: float, end: float) -> float:
+        """CPU seconds ``name`` used between two wall-clock times (nearest samples)."""
+        times = [t for t, _ in self.samples]
+
+        def at(t: float) -> float:
+            i = min(range(len(times)), key=lambda j: abs(times[j] - t))
+            return self.samples[i][1][name]
+
+        return at(end) - at(start)
+
+
 def worker_rate(
     stack: EmbeddedStack,
     home: Path,
@@ -98,7 +134,8 @@ def worker_rate(
     engine: str,
     records: list[tuple[bytes, bytes]],
     batch_size: int,
-) -> tuple[float, float]:
+) -> tuple[float, float, float, float]:
+    """Events/s, peak RSS (MB), and worker and Redis CPU microseconds per event."""
     tag = f"{engine}-{time.time_ns()}"
     cfg = WorkerConfig(
         stack,
@@ -121,17 +158,23 @@ def worker_rate(
     ensure_topics(stack.broker, [cfg.clicks, cfg.recs, cfg.dlq], 4)
     produce(stack.broker, cfg.clicks, records)
     worker = WorkerProcess(cfg).start()
+    redis = next(s for s in stack.services if s.name == "redis")
+    sampler = CpuSampler({"worker": worker.proc.pid, "redis": redis.pid() or 0})  # type: ignore[union-attr]
+    sampler.start()
     try:
         recs = consume(stack.broker, cfg.recs, len(records), timeout=900)
         rss = peak_rss_mb(worker.proc.pid)  # type: ignore[union-attr]
     finally:
+        sampler.stop.set()
         worker.stop()
     if len(recs) < len(records):
         raise SystemExit(
             f"{engine}: only {len(recs)} of {len(records)} answered; see {worker.log_path}"
         )
     emitted = sorted(orjson.loads(m.value())["emitted_ts"] for m in recs)
-    return len(records) / (emitted[-1] - emitted[0]), rss
+    start, end = emitted[0], emitted[-1]
+    per_event = [sampler.used(n, start, end) / len(records) * 1e6 for n in ("worker", "redis")]
+    return len(records) / (end - start), rss, per_event[0], per_event[1]
 
 
 def main() -> None:
@@ -173,14 +216,14 @@ def main() -> None:
             ensure_topics(stack.broker, [topic], 4)
             produce(stack.broker, topic, records)
             bare = asyncio.run(bare_consumer_rate(stack.broker, topic, len(records)))
-            rows.append(("bare aiokafka consumer (reads only)", bare, float("nan")))
+            rows.append(("bare aiokafka consumer (reads only)", bare, *[float("nan")] * 3))
         names = {
             "agent": "faust agent (take_events + send per record)",
             "batch": "streamrec batch loop (shipped)",
         }
         for engine in (e for e in engines if e in names):
-            rate, rss = worker_rate(stack, home, model_dir, engine, records, args.batch_size)
-            rows.append((names[engine], rate, rss))
+            measured = worker_rate(stack, home, model_dir, engine, records, args.batch_size)
+            rows.append((names[engine], *measured))
     finally:
         stack.down()
         shutil.rmtree(home, ignore_errors=True)
@@ -189,12 +232,16 @@ def main() -> None:
         f"\n{args.events:,} events, {args.sessions:,} sessions, model of {len(items):,} items, "
         f"batch size {args.batch_size}, {os.cpu_count()} cores\n"
     )
-    print("| contender | events/s | vs bare consumer | worker peak RSS |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, rate, rss in rows:
+    print(
+        "| contender | events/s | vs bare consumer | worker peak RSS "
+        "| worker CPU / event | Redis CPU / event |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, rate, rss, worker_us, redis_us in rows:
         ratio = f"{rate / bare:.1%}" if bare else "-"
         rss_s = "-" if rss != rss else f"{rss:.0f} MB"
-        print(f"| {name} | {rate:,.0f} | {ratio} | {rss_s} |")
+        cpu = "| - | -" if worker_us != worker_us else f"| {worker_us:.1f} µs | {redis_us:.1f} µs"
+        print(f"| {name} | {rate:,.0f} | {ratio} | {rss_s} {cpu} |")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 """Every Redis key name in one place.
 
-Keys that one Lua call touches together share a hash tag (the part in braces), so the
-layout stays Redis-Cluster safe: a session's hash and its last recommendations live in the
-same slot.
+A Lua call touches only keys of one hash slot: the session keys carry a hash tag (the
+part in braces), and the batch's calls are grouped by slot on a cluster.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ def session_tag(tenant: str, session_id: str) -> str:
 
 def session(tenant: str, session_id: str) -> str:
     """Hash of one session: ``i`` its items joined by ``ITEM_SEP`` (oldest first, capped),
-    ``n`` how many, ``l`` the newest, and ``e:<event id>`` for every event applied (makes
-    re-delivery idempotent)."""
+    ``n`` how many, ``l`` the newest, ``le`` / ``lt`` the latest event's id and time, and
+    ``e:<event id>`` for every event applied (makes re-delivery idempotent)."""
     return f"{PREFIX}:{session_tag(tenant, session_id)}:s"
 
 
@@ -25,11 +24,6 @@ def session(tenant: str, session_id: str) -> str:
 # can join a session's items into a single string: one reply value per session instead
 # of one per item.
 ITEM_SEP = "\x1f"
-
-
-def last_recs(tenant: str, session_id: str) -> str:
-    """The latest recommendation JSON for the session (HTTP pull)."""
-    return f"{PREFIX}:{session_tag(tenant, session_id)}:recs"
 
 
 def popularity(tenant: str) -> str:

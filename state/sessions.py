@@ -12,33 +12,37 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from state import keys, resp
 
-# For each click i (KEYS[i] = the session hash, see ``keys.session``): apply it unless
-# its event id was applied before or the item repeats the newest one (consecutive
-# duplicates carry no signal); keep the newest ARGV[1] items; refresh the TTL (ARGV[2])
-# on activity. Replies, flat, with whether each event was new and the session's items
-# joined by keys.ITEM_SEP, oldest first.
+# For each click i (KEYS[i] = the session hash, see ``keys.session``; ARGV[3i..3i+2] =
+# item, event id, ts): apply it unless its event id was applied before; append the item
+# unless it repeats the newest one (consecutive duplicates carry no signal); keep the
+# newest ARGV[1] items; remember the click as the session's latest event (what HTTP pull
+# answers for); refresh the TTL (ARGV[2]) on activity. Replies, flat, with whether each
+# event was new and the session's items joined by keys.ITEM_SEP, oldest first.
 # One call carries a whole batch: one round trip and one command to encode per batch,
-# and at most four Redis calls and one string per click.
+# and three Redis calls and one string per click.
 APPEND_LUA = """
 local cap, ttl, SEP = tonumber(ARGV[1]), ARGV[2], string.char(31)
 local out = {}
 for i = 1, #KEYS do
-  local key, item = KEYS[i], ARGV[2 * i + 1]
-  local fresh = redis.call('HSETNX', key, 'e:' .. ARGV[2 * i + 2], 1)
-  local s = redis.call('HMGET', key, 'i', 'n', 'l')
-  local items = s[1]
-  if fresh == 1 then
+  local key, item, eid, ts = KEYS[i], ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  local seen = 'e:' .. eid
+  local s = redis.call('HMGET', key, seen, 'i', 'n', 'l')
+  local items, fresh = s[2], 0
+  if not s[1] then
+    fresh = 1
     if not items then
       items = item
-      redis.call('HSET', key, 'i', items, 'n', 1, 'l', item)
-    elseif s[3] ~= item then
-      local n = tonumber(s[2]) + 1
+      redis.call('HSET', key, seen, 1, 'le', eid, 'lt', ts, 'i', items, 'n', 1, 'l', item)
+    elseif s[4] ~= item then
+      local n = tonumber(s[3]) + 1
       items = items .. SEP .. item
       if n > cap then
         items = string.sub(items, string.find(items, SEP, 1, true) + 1)
         n = cap
       end
-      redis.call('HSET', key, 'i', items, 'n', n, 'l', item)
+      redis.call('HSET', key, seen, 1, 'le', eid, 'lt', ts, 'i', items, 'n', n, 'l', item)
+    else
+      redis.call('HSET', key, seen, 1, 'le', eid, 'lt', ts)
     end
     redis.call('EXPIRE', key, ttl)
   end
@@ -48,19 +52,13 @@ end
 return out
 """
 
-SET_MANY_LUA = """
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
-end
-return #KEYS
-"""
-
 
 class Click(NamedTuple):
     tenant: str
     session_id: str
     item_id: str
     event_id: str
+    ts: float = 0.0
 
 
 class SessionUpdate(NamedTuple):
@@ -71,6 +69,15 @@ class SessionUpdate(NamedTuple):
     def items(self) -> list[str]:
         """The session after the update, oldest first."""
         return self.joined.split(keys.ITEM_SEP) if self.joined else []
+
+
+class StoredSession(NamedTuple):
+    """A session as stored, with its latest event (the one its newest recommendation
+    answered)."""
+
+    joined: str  # items joined by keys.ITEM_SEP, oldest first
+    event_id: str
+    ts: float
 
 
 def flatten(updates: Sequence[SessionUpdate]) -> tuple[list[str], list[int]]:
@@ -87,8 +94,8 @@ class SessionStore:
         self._cluster = isinstance(client, RedisCluster)
         self._cap = cap
         self._ttl_s = ttl_s
-        self._scripts = {_sha1(text): text for text in (APPEND_LUA, SET_MANY_LUA)}
-        self._append, self._set_many = self._scripts
+        self._scripts = {_sha1(APPEND_LUA): APPEND_LUA}
+        (self._append,) = self._scripts
 
     async def append_clicks(
         self, clicks: Sequence[Click], count_for: Collection[str] = ()
@@ -105,7 +112,7 @@ class SessionStore:
             for i in group:
                 c = clicks[i]
                 keys_.append(keys.session(c.tenant, c.session_id))
-                args += (c.item_id, c.event_id)
+                args += (c.item_id, c.event_id, repr(c.ts))
             commands.append(["EVALSHA", self._append, str(len(keys_)), *keys_, *args])
         commands += self._count_clicks(clicks, count_for)
         replies = await self._run(commands)
@@ -115,11 +122,19 @@ class SessionStore:
                 updates[i] = SessionUpdate(reply[2 * j] == 1, _text(reply[2 * j + 1]))
         return updates  # type: ignore[return-value]
 
+    async def session(self, tenant: str, session_id: str) -> StoredSession | None:
+        """A session as stored; None for an unknown or expired one."""
+        joined, event_id, ts = await self._client.hmget(
+            keys.session(tenant, session_id), ["i", "le", "lt"]
+        )
+        if not joined:
+            return None
+        return StoredSession(_text(joined), _text(event_id), float(ts or 0))
+
     async def session_items(self, tenant: str, session_id: str) -> list[str]:
         """A session's items, oldest first (empty for an unknown or expired session)."""
-        return SessionUpdate(
-            False, _text(await self._client.hget(keys.session(tenant, session_id), "i"))
-        ).items
+        stored = await self.session(tenant, session_id)
+        return [] if stored is None else SessionUpdate(False, stored.joined).items
 
     @staticmethod
     def _count_clicks(clicks: Sequence[Click], count_for: Collection[str]) -> list[list[str]]:
@@ -190,28 +205,6 @@ class SessionStore:
                 i
             )
         return list(by_slot.values())
-
-    async def store_last_recs(self, recs: Sequence[tuple[str, str, bytes]]) -> None:
-        """Remember each session's latest recommendation JSON (``(tenant, session_id,
-        payload)`` triples) for HTTP pull, one script call per batch."""
-        if not recs:
-            return
-        commands = []
-        for group in self._slot_groups(recs):
-            commands.append(
-                [
-                    "EVALSHA",
-                    self._set_many,
-                    str(len(group)),
-                    *(keys.last_recs(recs[i][0], recs[i][1]) for i in group),
-                    str(self._ttl_s),
-                    *(recs[i][2] for i in group),
-                ]
-            )
-        await self._run(commands)
-
-    async def last_recs(self, tenant: str, session_id: str) -> bytes | str | None:
-        return await self._client.get(keys.last_recs(tenant, session_id))
 
 
 def _sha1(text: str) -> str:

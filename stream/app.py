@@ -78,9 +78,8 @@ def create_app(settings: Settings) -> faust.App:
             holder["processor"] = BatchProcessor(store, models, tenants, top_k=settings.top_k)
         return holder["processor"]
 
-    async def last_recs(tenant: str, session_id: str) -> str | None:
-        processor()
-        return await holder["store"].last_recs(tenant, session_id)
+    async def pull(tenant: str, session_id: str) -> bytes | None:
+        return await processor().recommend_session(tenant, session_id)
 
     async def process_with_retry(batch: list[Message]) -> BatchResult:
         # Redis down: hold the batch (so nothing is skipped or committed) and retry with
@@ -121,7 +120,7 @@ def create_app(settings: Settings) -> faust.App:
         raise ValueError(f"STREAMREC_ENGINE={settings.engine!r}: choose 'batch' or 'agent'")
 
     if settings.web_port > 0:
-        app.web_server(WebService(settings, stats, models, last_recs))
+        app.web_server(WebService(settings, stats, models, pull))
 
     @app.timer(settings.model_check_interval_s)
     async def check_models() -> None:
@@ -182,7 +181,6 @@ def _add_agent(app: faust.App, settings: Settings, process: ProcessFn, done: Don
             ]
             # Delivered before the loop body ends, so before take_events acks the batch.
             await asyncio.gather(*pending)
-            await result.settle()
             done(len(batch), result)
 
 

@@ -220,7 +220,6 @@ class BatchLoop(Service):
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     delivery = self._publisher.send(result)
-            await result.settle()
             if previous is not None:
                 await previous
             offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}

@@ -7,7 +7,6 @@ one vectorised call, and return the records to publish.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -15,8 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from models.bundle import ModelBundle
 from models.ranking import Ranked, recommend_flat
-from state.sessions import SessionStore, flatten
+from state.sessions import SessionStore, SessionUpdate, flatten
 from stream.events import ClickEvent, InvalidEvent, RecommendationWriter, parse_event
 from stream.model_handle import ModelCache
 from stream.tenant_state import TenantDirectory
@@ -68,19 +68,6 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0  # re-delivered events (already applied to the session)
     suppressed: int = 0  # events of tenants switched off: recorded, not answered
-    # Writing each session's latest list for HTTP pull: runs while the records are
-    # being delivered, so it does not hold up the next batch.
-    last_recs_write: asyncio.Future[None] | None = None
-
-    async def settle(self) -> None:
-        """Wait for the batch's side writes. A failed last-recommendation write costs
-        only the HTTP pull view of these sessions (the next click rewrites it), so it is
-        logged, not retried."""
-        if self.last_recs_write is not None:
-            try:
-                await self.last_recs_write
-            except Exception as exc:  # noqa: BLE001 - any Redis failure, logged
-                log.warning("could not store the latest recommendations: %s", exc)
 
 
 class BatchProcessor:
@@ -133,17 +120,9 @@ class BatchProcessor:
             if await self._tenants.mode(tenant) == "off":
                 result.suppressed += len(idx)  # recorded above, not answered
                 continue
-            bundle = bundles[tenant]
-            if bundle is not None:
-                flat, lengths = flatten([updates[i] for i in idx])
-                for i, r in zip(
-                    idx, recommend_flat(bundle, flat, lengths, self._top_k), strict=True
-                ):
-                    ranked[i] = r
-            else:
-                popular = await self._tenants.popular(tenant)
-                for i in idx:
-                    ranked[i] = popular_excluding(popular, updates[i].items, self._top_k)
+            answers = await self._rank(tenant, bundles[tenant], [updates[i] for i in idx])
+            for i, r in zip(idx, answers, strict=True):
+                ranked[i] = r
 
         emitted = self._clock()
         write = self._writer
@@ -161,10 +140,42 @@ class BatchProcessor:
                 emitted,
             )
             result.recommendations.append(Outgoing(event.tenant, event.session_id, payload))
-        result.last_recs_write = asyncio.ensure_future(
-            self._store.store_last_recs(result.recommendations)
-        )
         return result
+
+    async def recommend_session(self, tenant: str, session_id: str) -> bytes | None:
+        """The record answering the session's latest event, computed now from the session
+        as stored (HTTP pull); None for an unknown session or a tenant switched off.
+
+        The same JSON as that event's record on the topic, ranked by the same code (only
+        ``emitted_ts`` and, after a swap, ``model_version`` differ). Computing it on
+        request instead of storing every record in Redis saved a quarter of the batch
+        time (see BENCHMARKS.md)."""
+        stored = await self._store.session(tenant, session_id)
+        if stored is None or await self._tenants.mode(tenant) == "off":
+            return None
+        bundle = await self._models.get(tenant)
+        update = SessionUpdate(True, stored.joined)
+        (r,) = await self._rank(tenant, bundle, [update])
+        newest = update.items[-1]
+        return self._writer(
+            ClickEvent(tenant, session_id, newest, stored.ts),
+            stored.event_id,
+            r.ids,
+            r.scores,
+            r.strategy,
+            bundle.version if bundle is not None else None,
+            self._clock(),
+        )
+
+    async def _rank(
+        self, tenant: str, bundle: ModelBundle | None, updates: Sequence[SessionUpdate]
+    ) -> list[Ranked]:
+        """One tenant's sessions ranked: by its model, or popular items without one."""
+        if bundle is not None:
+            flat, lengths = flatten(updates)
+            return recommend_flat(bundle, flat, lengths, self._top_k)
+        popular = await self._tenants.popular(tenant)
+        return [popular_excluding(popular, u.items, self._top_k) for u in updates]
 
 
 def popular_excluding(popular: Sequence[tuple[str, float]], seen: Sequence[str], k: int) -> Ranked:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 from confluent_kafka import Producer
 from mode import Service
+from redis.exceptions import RedisError
 
 from stream.config import Settings
 from stream.events import MAX_EVENT_BYTES, TENANT_RE, InvalidEvent, event_from_dict
@@ -43,14 +44,14 @@ class WebService(Service):
         settings: Settings,
         stats: Any,
         models: Any,
-        last_recs: Callable[[str, str], Any],
+        pull: Callable[[str, str], Awaitable[bytes | None]],
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._settings = settings
         self._stats = stats
         self._models = models
-        self._last_recs = last_recs
+        self._pull = pull  # (tenant, session_id) -> the session's latest record
         self._runner: web.AppRunner | None = None
         self._producer: Producer | None = None
         self._boot_ts = time.time()
@@ -121,13 +122,15 @@ class WebService(Service):
 
     async def recommendations(self, request: web.Request) -> web.Response:
         tenant, session_id = request.match_info["tenant"], request.match_info["session_id"]
-        payload = await self._last_recs(tenant, session_id)
+        try:
+            payload = await self._pull(tenant, session_id)
+        except (RedisError, OSError) as exc:
+            return _error(503, f"the session store is unavailable: {exc}")
         if payload is None:
             return _error(
                 404, f"no recommendations for session {session_id!r} of tenant {tenant!r}"
             )
-        body = payload.encode() if isinstance(payload, str) else payload
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=payload, content_type="application/json")
 
     async def post_events(self, request: web.Request) -> web.Response:
         tenant = request.match_info["tenant"]

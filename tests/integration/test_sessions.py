@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 
+import orjson
 from redis.asyncio import Redis
 
+from models.registry import Registry
 from state import keys
 from state.sessions import Click, SessionStore
 from stream.devstack import EmbeddedStack
+from stream.model_handle import ModelCache
+from stream.processor import BatchProcessor
+from stream.tenant_state import TenantDirectory
 
 
 async def _run(stack: EmbeddedStack, clicks: list[Click], cap: int = 3):
@@ -66,25 +73,46 @@ def test_tenants_and_sessions_are_separate(
     assert all(u.fresh for u in updates)
 
 
-def test_last_recommendations_are_kept_per_session(
-    stack: EmbeddedStack, unique_name: Callable[[str], str]
+def test_pull_answers_with_the_record_of_the_sessions_latest_event(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], trained_model_dir: Path
 ) -> None:
-    t = unique_name("tenant")
+    """HTTP pull ranks the stored session on request: the same record as the topic got
+    for the session's latest event (only the emission time differs)."""
+    registry = Registry(trained_model_dir)
+    items = registry.load("default").item_list
+    sid = unique_name("pull")
 
-    async def run() -> tuple[object, object, object]:
-        client = Redis.from_url(stack.redis_url)
+    def msg(i: int, item: str, event_id: str) -> SimpleNamespace:
+        value = orjson.dumps(
+            {"session_id": sid, "item_id": item, "ts": 1_700_000_000.5 + i, "event_id": event_id}
+        )
+        return SimpleNamespace(key=sid.encode(), value=value, topic="clicks", partition=0, offset=i)
+
+    async def run() -> tuple[list[bytes], list[bytes | None]]:
+        client = Redis.from_url(stack.redis_url, decode_responses=True)
         try:
-            store = SessionStore(client, cap=3, ttl_s=60)
-            await store.store_last_recs(
-                [(t, "s1", b'{"n": 1}'), (t, "s2", b'{"n": 2}'), (t, "s1", b'{"n": 3}')]
+            processor = BatchProcessor(
+                SessionStore(client, cap=50, ttl_s=60),
+                ModelCache(registry),
+                TenantDirectory(client),
+                top_k=10,
+                clock=lambda: 42.0,
             )
-            return (
-                await store.last_recs(t, "s1"),
-                await store.last_recs(t, "s2"),
-                await client.ttl(keys.last_recs(t, "s1")),
-            )
+            first = await processor.process([msg(0, items[0], "p0"), msg(1, items[1], "p1")])
+            # p2 repeats the newest item (not appended, still the latest event); p1 again
+            # is a re-delivery and changes nothing.
+            second = await processor.process([msg(2, items[1], "p2"), msg(1, items[1], "p1")])
+            published = [o.payload for o in first.recommendations + second.recommendations]
+            pulled = [
+                await processor.recommend_session("default", sid),
+                await processor.recommend_session("default", "never-seen"),
+            ]
+            return published, pulled
         finally:
             await client.aclose()
 
-    s1, s2, ttl = asyncio.run(run())
-    assert (s1, s2) == (b'{"n": 3}', b'{"n": 2}') and 0 < ttl <= 60
+    published, (pulled, unknown) = asyncio.run(run())
+    latest = orjson.loads(published[2])
+    assert latest["event_id"] == "p2" and latest["event_ts"] == 1_700_000_002.5
+    assert pulled is not None and orjson.loads(pulled) == latest
+    assert unknown is None
