@@ -77,42 +77,67 @@ def test_pull_answers_with_the_record_of_the_sessions_latest_event(
     stack: EmbeddedStack, unique_name: Callable[[str], str], trained_model_dir: Path
 ) -> None:
     """HTTP pull ranks the stored session on request: the same record as the topic got
-    for the session's latest event (only the emission time differs)."""
+    for the session's latest event (only the emission time differs), by the tenant's
+    model or, for a tenant without one, by popularity; nothing once it is switched off."""
     registry = Registry(trained_model_dir)
     items = registry.load("default").item_list
-    sid = unique_name("pull")
+    sid, shop = unique_name("pull"), unique_name("shop")  # `shop` has no model
 
-    def msg(i: int, item: str, event_id: str) -> SimpleNamespace:
+    def msg(tenant: str, i: int, item: str, event_id: str) -> SimpleNamespace:
         value = orjson.dumps(
-            {"session_id": sid, "item_id": item, "ts": 1_700_000_000.5 + i, "event_id": event_id}
+            {
+                "tenant": tenant,
+                "session_id": sid,
+                "item_id": item,
+                "ts": 1_700_000_000.5 + i,
+                "event_id": event_id,
+            }
         )
         return SimpleNamespace(key=sid.encode(), value=value, topic="clicks", partition=0, offset=i)
 
-    async def run() -> tuple[list[bytes], list[bytes | None]]:
+    async def run() -> tuple[dict[str, list[bytes]], list[bytes | None]]:
         client = Redis.from_url(stack.redis_url, decode_responses=True)
+        tenants = TenantDirectory(client)
         try:
             processor = BatchProcessor(
                 SessionStore(client, cap=50, ttl_s=60),
                 ModelCache(registry),
-                TenantDirectory(client),
+                tenants,
                 top_k=10,
                 clock=lambda: 42.0,
             )
-            first = await processor.process([msg(0, items[0], "p0"), msg(1, items[1], "p1")])
-            # p2 repeats the newest item (not appended, still the latest event); p1 again
-            # is a re-delivery and changes nothing.
-            second = await processor.process([msg(2, items[1], "p2"), msg(1, items[1], "p1")])
-            published = [o.payload for o in first.recommendations + second.recommendations]
+            published: dict[str, list[bytes]] = {"default": [], shop: []}
+            for tenant in published:
+                first = await processor.process(
+                    [msg(tenant, 0, items[0], "p0"), msg(tenant, 1, items[1], "p1")]
+                )
+                # p2 repeats the newest item (not appended, still the latest event); p1
+                # again is a re-delivery and changes nothing.
+                second = await processor.process(
+                    [msg(tenant, 2, items[1], "p2"), msg(tenant, 1, items[1], "p1")]
+                )
+                published[tenant] = [
+                    o.payload for o in first.recommendations + second.recommendations
+                ]
             pulled = [
                 await processor.recommend_session("default", sid),
+                await processor.recommend_session(shop, sid),
                 await processor.recommend_session("default", "never-seen"),
             ]
+            await client.hset(keys.TENANT_MODES, shop, "off")
+            tenants.invalidate()
+            pulled.append(await processor.recommend_session(shop, sid))
             return published, pulled
         finally:
             await client.aclose()
 
-    published, (pulled, unknown) = asyncio.run(run())
-    latest = orjson.loads(published[2])
-    assert latest["event_id"] == "p2" and latest["event_ts"] == 1_700_000_002.5
-    assert pulled is not None and orjson.loads(pulled) == latest
-    assert unknown is None
+    published, (by_model, by_popularity, unknown, switched_off) = asyncio.run(run())
+    for tenant, pulled, strategy in (
+        ("default", by_model, "embedding"),
+        (shop, by_popularity, "popular"),
+    ):
+        latest = orjson.loads(published[tenant][2])
+        assert latest["event_id"] == "p2" and latest["event_ts"] == 1_700_000_002.5
+        assert latest["strategy"] == strategy
+        assert pulled is not None and orjson.loads(pulled) == latest
+    assert unknown is None and switched_off is None
