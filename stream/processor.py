@@ -57,8 +57,7 @@ class DeadLetter:
 
 
 class Outgoing(NamedTuple):
-    tenant: str
-    session_id: str
+    session_id: str  # the record's key
     payload: bytes
 
 
@@ -139,7 +138,7 @@ class BatchProcessor:
                 bundle.version if bundle is not None else None,
                 emitted,
             )
-            result.recommendations.append(Outgoing(event.tenant, event.session_id, payload))
+            result.recommendations.append(Outgoing(event.session_id, payload))
         return result
 
     async def recommend_session(self, tenant: str, session_id: str) -> bytes | None:
