@@ -18,16 +18,16 @@ from state import keys
 log = logging.getLogger(__name__)
 
 
-def notify_model_change(redis_url: str | redis.Redis, tenant: str, version: str | None) -> int:
+def notify_model_change(redis_or_url: str | redis.Redis, tenant: str, version: str | None) -> int:
     """Tell the workers that ``tenant``'s current version changed; returns how many heard.
 
-    ``redis_url`` is a URL (a connection just for this notice) or a client to reuse.
+    ``redis_or_url``: a client to reuse, or a URL (a connection just for this notice).
     """
     try:
         client = (
-            redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
-            if isinstance(redis_url, str)
-            else redis_url
+            redis.Redis.from_url(redis_or_url, socket_connect_timeout=2, socket_timeout=2)
+            if isinstance(redis_or_url, str)
+            else redis_or_url
         )
         try:
             return int(
@@ -36,7 +36,7 @@ def notify_model_change(redis_url: str | redis.Redis, tenant: str, version: str 
                 )
             )
         finally:
-            if client is not redis_url:
+            if client is not redis_or_url:
                 client.close()
     except redis.RedisError as exc:
         log.warning(

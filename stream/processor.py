@@ -124,21 +124,10 @@ class BatchProcessor:
                 ranked[i] = r
 
         emitted = self._clock()
-        write = self._writer
         for event, r in zip(events, ranked, strict=True):
-            if r is None:
-                continue
-            bundle = bundles[event.tenant]
-            payload = write(
-                event,
-                event.event_id,  # type: ignore[arg-type]
-                r.ids,
-                r.scores,
-                r.strategy,
-                bundle.version if bundle is not None else None,
-                emitted,
-            )
-            result.recommendations.append(Outgoing(event.session_id, payload))
+            if r is not None:
+                payload = self._record(event, r, bundles[event.tenant], emitted)
+                result.recommendations.append(Outgoing(event.session_id, payload))
         return result
 
     async def recommend_session(self, tenant: str, session_id: str) -> bytes | None:
@@ -155,15 +144,24 @@ class BatchProcessor:
         bundle = await self._models.get(tenant)
         update = SessionUpdate(True, stored.joined)
         (r,) = await self._rank(tenant, bundle, [update])
-        newest = update.items[-1]
+        latest = ClickEvent(
+            tenant, session_id, update.items[-1], stored.ts, event_id=stored.event_id
+        )
+        return self._record(latest, r, bundle, self._clock())
+
+    def _record(
+        self, event: ClickEvent, r: Ranked, bundle: ModelBundle | None, emitted: float
+    ) -> bytes:
+        """The recommendation record answering ``event`` (its event id is set)."""
+        version = bundle.version if bundle is not None else None
         return self._writer(
-            ClickEvent(tenant, session_id, newest, stored.ts),
-            stored.event_id,
+            event,
+            event.event_id,  # type: ignore[arg-type]
             r.ids,
             r.scores,
             r.strategy,
-            bundle.version if bundle is not None else None,
-            self._clock(),
+            version,
+            emitted,
         )
 
     async def _rank(
