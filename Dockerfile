@@ -14,7 +14,11 @@ COPY producers ./producers
 RUN pip install .
 
 # The registry is a shared volume; workers watch its CURRENT pointers for hot swaps.
-ENV STREAMREC_HOME=/data STREAMREC_MODEL_DIR=/data/models
+# numba caches compiled kernels beside the source or under $HOME; `nobody` can write
+# neither (site-packages is root's, its home does not exist), so it gets a directory of
+# its own. tests/integration/test_image_user.py runs the entry point this way.
+ENV STREAMREC_HOME=/data STREAMREC_MODEL_DIR=/data/models NUMBA_CACHE_DIR=/tmp/streamrec-numba
+RUN mkdir -p /data && chown nobody:nogroup /data
 VOLUME ["/data"]
 USER nobody
 ENTRYPOINT ["streamrec"]
