@@ -26,11 +26,11 @@ from typing import Any
 
 from models.bundle import MANIFEST, ModelBundle, load_bundle, save_bundle
 from models.errors import InvalidModelError, NoModelError, StreamrecError
+from models.names import is_tenant
 
 CURRENT = "CURRENT"
 HISTORY = "HISTORY.jsonl"
-_VERSION_RE = re.compile(r"^v(\d+)$")
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_VERSION_RE = re.compile(r"v(\d+)")
 
 
 class UnknownVersionError(StreamrecError):
@@ -57,9 +57,7 @@ class Registry:
     def tenants(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and _TENANT_RE.match(p.name)
-        )
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_tenant(p.name))
 
     def versions(self, tenant: str) -> list[VersionInfo]:
         """All versions of a tenant, oldest first."""
@@ -169,7 +167,7 @@ class Registry:
 
     # -- internals -------------------------------------------------------------------------
     def _tenant_dir(self, tenant: str) -> Path:
-        if not _TENANT_RE.match(tenant):
+        if not is_tenant(tenant):
             raise StreamrecError(
                 f"tenant {tenant!r} is not a valid name "
                 "(letters, digits, '_', '.', '-'; at most 64)"
@@ -177,7 +175,7 @@ class Registry:
         return self.root / tenant
 
     def _version_dir(self, tenant: str, version: str) -> Path:
-        if not _VERSION_RE.match(version):
+        if not _VERSION_RE.fullmatch(version):
             raise UnknownVersionError(f"{version!r} is not a version name (like v3)")
         return self._tenant_dir(tenant) / version
 
@@ -185,7 +183,9 @@ class Registry:
         tenant_dir = self._tenant_dir(tenant)
         if not tenant_dir.is_dir():
             return []
-        names = [p.name for p in tenant_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
+        names = [
+            p.name for p in tenant_dir.iterdir() if p.is_dir() and _VERSION_RE.fullmatch(p.name)
+        ]
         return sorted(names, key=lambda v: int(v[1:]))
 
     def _next_number(self, tenant: str) -> int:

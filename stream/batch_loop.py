@@ -17,15 +17,17 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from confluent_kafka import KafkaError as RecordError
 from confluent_kafka import KafkaException, Producer
 from mode import Service
 
 from stream.config import Settings
-from stream.processor import BatchResult, Message
+from stream.processor import UNDELIVERABLE, BatchResult, DeadLetter, Message, position
 
 log = logging.getLogger("streamrec.worker")
 
@@ -33,8 +35,54 @@ ProcessFn = Callable[[list[Message]], Awaitable[BatchResult]]
 DoneFn = Callable[[int, BatchResult], None]
 
 
-class DeliveryError(Exception):
-    pass
+# Errors that say a record can never be published as it is: retrying cannot help, so
+# it is dead-lettered at once (as a stand-in, see DeadLetter.stand_in).
+_PERMANENT = {
+    getattr(RecordError, name)
+    for name in (
+        "MSG_SIZE_TOO_LARGE",
+        "_MSG_SIZE_TOO_LARGE",
+        "INVALID_MSG",
+        "INVALID_MSG_SIZE",
+        "CORRUPT_MESSAGE",
+        "INVALID_RECORD",
+        "RECORD_LIST_TOO_LARGE",
+        "INVALID_TIMESTAMP",
+        "_INVALID_ARG",
+        "_BAD_MSG",
+        "_KEY_SERIALIZATION",
+        "_VALUE_SERIALIZATION",
+        "INVALID_TOPIC_EXCEPTION",
+        "TOPIC_AUTHORIZATION_FAILED",
+        "POLICY_VIOLATION",
+        "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+    )
+    if hasattr(RecordError, name)
+}
+# Attempts at publishing a record that fails for a transient reason (broker away, timed
+# out) before it is dead-lettered and its partition moves on.
+PUBLISH_ATTEMPTS = 5
+_FLUSH_SLICE_S = 0.5  # short flushes, so a stop never waits behind a long one
+# SIGTERM to exit, even with a batch stuck; the rest of the worker's shutdown fits in 10 s.
+STOP_BUDGET_S = 6.0
+
+
+def is_permanent(error: RecordError) -> bool:
+    return error.code() in _PERMANENT or error.fatal()
+
+
+class Failure(NamedTuple):
+    """A record librdkafka refused or could not deliver."""
+
+    error: RecordError
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+
+    @property
+    def reason(self) -> str:
+        return f"{self.error.name()}: {self.error.str()}"
 
 
 class Delivery:
@@ -42,11 +90,14 @@ class Delivery:
     (``delivery.report.only.error``), so a healthy batch costs no Python callback."""
 
     def __init__(self) -> None:
-        self.failures: list[str] = []
+        self.failures: list[Failure] = []
 
-    def __call__(self, err: object, _msg: object = None) -> None:
+    def __call__(self, err: RecordError | None, msg: Any = None) -> None:
         if err is not None:
-            self.failures.append(str(err))
+            self.failures.append(Failure(err, msg.topic(), msg.key(), msg.value(), msg.headers()))
+
+
+Record = tuple[str, bytes | None, bytes | str | None, list[tuple[str, bytes]] | None]
 
 
 class RecordPublisher:
@@ -69,10 +120,15 @@ class RecordPublisher:
 
     def send(self, result: BatchResult) -> Delivery:
         """Queue every record of the batch (in C, no waiting)."""
-        delivery = Delivery()
         recs, dlq = self._settings.recs_topic, self._settings.dlq_topic
-        records = [(recs, o.payload, o.session_id, None) for o in result.recommendations]
+        records: list[Record] = [
+            (recs, o.payload, o.session_id, None) for o in result.recommendations
+        ]
         records += [(dlq, d.value, d.key, d.headers) for d in result.dead_letters]
+        return self.send_records(records)
+
+    def send_records(self, records: Sequence[Record]) -> Delivery:
+        delivery = Delivery()
         produce = self._producer.produce
         for topic, value, key, headers in records:
             while True:
@@ -82,23 +138,22 @@ class RecordPublisher:
                 except BufferError:
                     self._producer.poll(0.1)  # local queue full: let librdkafka drain
                 except KafkaException as exc:
-                    delivery(exc)  # counted as failed; the batch is sent again
+                    # Refused before queueing (too large, for one): reported like a
+                    # failed delivery.
+                    encoded = key.encode() if isinstance(key, str) else key
+                    delivery.failures.append(Failure(exc.args[0], topic, encoded, value, headers))
                     break
         return delivery
 
-    async def wait(self, delivery: Delivery, timeout: float = 30.0) -> None:
-        """Until every record queued so far (so every record of ``delivery``) is
-        acknowledged; :class:`DeliveryError` if any of its records failed or the timeout
-        passed."""
-        remaining = await asyncio.to_thread(self._producer.flush, timeout)
-        if remaining or delivery.failures:
-            raise DeliveryError(
-                f"{remaining} records unacknowledged, {len(delivery.failures)} failed"
-                + (f" ({delivery.failures[0]})" if delivery.failures else "")
-            )
+    async def wait(self) -> None:
+        """Until every record queued so far is acknowledged or has failed (librdkafka
+        gives up on a record after ``message.timeout.ms``); failures land in their
+        :class:`Delivery`."""
+        while await asyncio.to_thread(self._producer.flush, _FLUSH_SLICE_S):
+            pass
 
-    def close(self) -> None:
-        self._producer.flush(10)
+    def close(self, timeout: float) -> None:
+        self._producer.flush(timeout)
 
 
 class BatchLoop(Service):
@@ -123,6 +178,11 @@ class BatchLoop(Service):
         self._idle.set()
         self._stopping = False
         self._draining = False  # a rebalance waits for the batches in hand: take no more
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._committed: dict[TopicPartition, int] = {}
+        self._first_seen: dict[TopicPartition, int] = {}  # where this worker started
+        self._last_commit = time.monotonic()
+        self._oldest = time.monotonic()  # when the oldest batch in hand was fetched
 
     async def on_start(self) -> None:
         s = self._settings
@@ -150,16 +210,44 @@ class BatchLoop(Service):
         self.add_future(self._run())
 
     async def on_stop(self) -> None:
-        # Finish the batches in hand (they commit), then leave the group.
+        # Finish the batches in hand (they commit), then leave the group; all within
+        # STOP_BUDGET_S, even with a batch stuck (Redis away, broker away).
         self._stopping = True
+        deadline = time.monotonic() + STOP_BUDGET_S
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=8.0)
+            await asyncio.wait_for(self._idle.wait(), timeout=STOP_BUDGET_S * 0.6)
         except TimeoutError:
             log.warning("stopping with a batch still in hand; it will be re-delivered")
+            for task in self._tasks:
+                task.cancel()
         if self._consumer is not None:
-            await self._consumer.stop()
+            try:
+                await asyncio.wait_for(
+                    self._consumer.stop(), timeout=max(0.5, deadline - time.monotonic() - 1)
+                )
+            except TimeoutError:
+                log.warning("the consumer did not leave its group in time")
         if self._publisher is not None:
-            await asyncio.to_thread(self._publisher.close)
+            await asyncio.to_thread(self._publisher.close, max(0.1, deadline - time.monotonic()))
+
+    def progress(self) -> dict[str, float | int | None]:
+        """For health: seconds since the last commit, events waiting on the partitions
+        this worker holds (from the last fetch's high watermarks), the oldest batch's
+        age."""
+        lag = None
+        if self._consumer is not None:
+            lag = 0
+            for tp in self._consumer.assignment():
+                high = self._consumer.highwater(tp)
+                done = self._committed.get(tp, self._first_seen.get(tp))
+                if high is not None and done is not None:
+                    lag += max(0, high - done)
+        now = time.monotonic()
+        return {
+            "since_commit_s": round(now - self._last_commit, 1),
+            "lag": lag,
+            "batch_age_s": round(now - self._oldest, 1) if self._in_hand else 0.0,
+        }
 
     async def _run(self) -> None:
         assert self._consumer is not None and self._publisher is not None
@@ -179,6 +267,9 @@ class BatchLoop(Service):
                 continue
             if not any(fetched.values()):
                 continue
+            for tp, records in fetched.items():
+                if records:
+                    self._first_seen.setdefault(tp, records[0].offset)
             self._hold()
             batch = [r for records in fetched.values() for r in records]
             started = time.perf_counter()
@@ -194,6 +285,8 @@ class BatchLoop(Service):
             previous = asyncio.ensure_future(
                 self._complete(fetched, batch, result, delivery, previous, started)
             )
+            self._tasks.add(previous)
+            previous.add_done_callback(self._tasks.discard)
 
     async def _complete(
         self,
@@ -204,22 +297,11 @@ class BatchLoop(Service):
         previous: asyncio.Future[None] | None,
         started: float,
     ) -> None:
-        """Wait for the batch's acknowledgements (sending again on failure), then commit
-        after the batch before it."""
+        """Wait for the batch's acknowledgements (dead-lettering what cannot be
+        published), then commit after the batch before it."""
         assert self._consumer is not None and self._publisher is not None
         try:
-            delay = 0.2
-            while True:
-                try:
-                    await self._publisher.wait(delivery)
-                    break
-                except DeliveryError as exc:
-                    # Nothing is committed until delivery succeeds; records already
-                    # delivered will be sent again, which at-least-once allows.
-                    log.error("publishing failed (%s); retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    delivery = self._publisher.send(result)
+            await self._deliver(batch, result, delivery)
             if previous is not None:
                 await previous
             offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
@@ -229,6 +311,9 @@ class BatchLoop(Service):
                 # The partition moved to another worker; it will re-deliver from the last
                 # commit and the session updates are idempotent.
                 log.warning("offset commit failed after a rebalance (%s)", exc)
+            else:
+                self._committed.update(offsets)
+            self._last_commit = time.monotonic()
             self._done(len(batch), result)
             log.debug(
                 "batch of %d done in %.1f ms", len(batch), (time.perf_counter() - started) * 1000
@@ -236,7 +321,49 @@ class BatchLoop(Service):
         finally:
             self._release()
 
+    async def _deliver(self, batch: list[Message], result: BatchResult, delivery: Delivery) -> None:
+        """Until every record of the batch is acknowledged, or stands in ``clicks.dlq``.
+
+        Only failed records are sent again (never the whole batch). A record that can
+        never be published (too large, or another permanent error) is dead-lettered at
+        once, as a stand-in; one failing for a transient reason is retried with backoff,
+        PUBLISH_ATTEMPTS times in all, then dead-lettered the same way, so the partition
+        moves on. Stand-ins themselves are small and retried until the broker takes
+        them: committing without them would lose the click."""
+        assert self._publisher is not None
+        await self._publisher.wait()
+        attempt, delay, by_payload = 1, 0.2, None
+        while delivery.failures:
+            failures, resend, dead = delivery.failures, [], []
+            for f in failures:
+                final = f.topic == self._settings.dlq_topic and _header(f, UNDELIVERABLE)
+                if final or (not is_permanent(f.error) and attempt < PUBLISH_ATTEMPTS):
+                    resend.append((f.topic, f.value, f.key, f.headers))
+                    continue
+                if by_payload is None:
+                    by_payload = {o.payload: o for o in result.recommendations}
+                why = (
+                    f"undeliverable to {f.topic}: {f.reason}"
+                    if is_permanent(f.error)
+                    else f"undeliverable to {f.topic} after {attempt} attempts: {f.reason}"
+                )
+                dead.append(_dead_letter(f, why, batch, by_payload))
+            if resend:
+                log.error(
+                    "publishing %d record(s) failed (%s); attempt %d, retrying in %.1fs",
+                    len(resend), failures[0].reason, attempt, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                attempt += 1
+            result.dead_letters.extend(dead)
+            records = resend + [(self._settings.dlq_topic, d.value, d.key, d.headers) for d in dead]
+            delivery = self._publisher.send_records(records)
+            await self._publisher.wait()
+
     def _hold(self) -> None:
+        if self._in_hand == 0:
+            self._oldest = time.monotonic()
         self._in_hand += 1
         self._idle.clear()
 
@@ -261,3 +388,32 @@ class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: object) -> None:
         self._loop._draining = False
         log.info("assigned partitions: %s", sorted(tp.partition for tp in assigned))  # type: ignore[attr-defined]
+
+
+def _header(failure: Failure, name: str) -> bytes | None:
+    for key, value in failure.headers or ():
+        if key == name:
+            return value
+    return None
+
+
+def _dead_letter(
+    failure: Failure, reason: str, batch: list[Message], by_payload: dict[bytes, Any]
+) -> DeadLetter:
+    """The dead letter standing for a record that could not be published: a dead letter
+    keeps its origin; a recommendation takes the position of the click it answered."""
+    source = _header(failure, "streamrec-source")
+    if source is not None:
+        first = _header(failure, "streamrec-reason")
+        if first is not None:
+            reason = f"{first.decode(errors='replace')}; {reason}"
+        where = source.decode(errors="replace")
+    else:
+        answered = by_payload.get(failure.value or b"")
+        where = f"{failure.topic}:-1:-1" if answered is None else position(batch[answered.index])
+    size = _header(failure, "streamrec-original-size")
+    if size is not None:  # already a stand-in: keep what it says of the original
+        sha = (_header(failure, "streamrec-sha256") or b"").decode()
+        return DeadLetter(failure.key, failure.value, reason, where, int(size), sha, True)
+    dead = DeadLetter(failure.key, failure.value, reason, where, undeliverable=True)
+    return dead.stand_in(reason) if is_permanent(failure.error) else dead

@@ -17,9 +17,9 @@ from typing import Any
 import click
 
 from models.errors import StreamrecError
+from models.names import is_tenant
 from stream.cli_models import format_options
 from stream.config import Settings
-from stream.events import TENANT_RE
 
 _FILE_HELP = "FILE defaults to the shipped e-shop clothing 2008 clickstream (Kaggle / UCI #553)."
 _POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -85,7 +85,7 @@ def _tenants(count: int, name: str) -> list[str]:
     from producers.replay import tenant_names
 
     # The suffix "-N" keeps a valid name valid, as long as it stays within 64 chars.
-    if not TENANT_RE.match(name) or len(name) > 56:
+    if not is_tenant(name) or len(name) > 56:
         raise click.BadParameter(
             f"{name!r} is not a tenant name: letters, digits, '_', '.', '-' (up to 56)",
             param_hint="--tenant",

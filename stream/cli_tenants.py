@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 import redis
 
+from models.names import TENANT_RULE, is_tenant
 from models.registry import Registry
 from state.notify import notify_model_change
 from state.tenants import MODES, list_tenants, set_mode
 from stream.config import Settings
-from stream.events import TENANT_RE
 
 
 def _client(settings: Settings) -> redis.Redis:
@@ -33,8 +33,8 @@ def tenant() -> None:
 @click.pass_obj
 def tenant_mode(settings: Settings, name: str, mode: str) -> None:
     """Switch tenant NAME on, freeze it, or switch it off."""
-    if not TENANT_RE.match(name):
-        raise click.BadParameter("must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", param_hint="NAME")
+    if not is_tenant(name):
+        raise click.BadParameter(TENANT_RULE, param_hint="NAME")
     try:
         set_mode(_client(settings), name, mode)
     except redis.RedisError as exc:

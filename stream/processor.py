@@ -7,11 +7,12 @@ one vectorised call, and return the records to publish.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
 from models.bundle import ModelBundle
@@ -22,6 +23,13 @@ from stream.model_handle import ModelCache
 from stream.tenant_state import TenantDirectory
 
 DLQ_REASON_HEADER = "streamrec-reason"
+# A dead letter carries the original bytes up to this size; a larger message (the broker
+# may accept up to its own limit, ~1 MiB) is replaced by a stand-in (see ``stand_in``) so
+# the dead letter itself can always be published.
+DLQ_MAX_ORIGINAL_BYTES = 512 * 1024
+STAND_IN_HEAD_BYTES = 1024
+STAND_IN_KEY_BYTES = 1024
+UNDELIVERABLE = "streamrec-undeliverable"
 
 log = logging.getLogger("streamrec.worker")
 
@@ -44,21 +52,72 @@ def position(msg: Message) -> str:
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     key: bytes | None
-    value: bytes | None  # the original bytes, untouched
+    value: bytes | None  # the original bytes, untouched (a stand-in's: the first bytes)
     reason: str
     source: str  # topic:partition:offset
+    # Set on a stand-in: the original's size and SHA-256 (hex).
+    original_size: int | None = None
+    sha256: str | None = None
+    # A record the worker produced and could not publish (dead-lettered, not dropped).
+    undeliverable: bool = False
+
+    @classmethod
+    def of(cls, msg: Message, reason: str) -> DeadLetter:
+        """The dead letter of a consumed message: the original bytes, or a stand-in when
+        they are too large to publish."""
+        dead = cls(msg.key, msg.value, reason, position(msg))
+        size = len(msg.value or b"") + len(msg.key or b"")
+        return dead if size <= DLQ_MAX_ORIGINAL_BYTES else dead.stand_in(reason)
+
+    def stand_in(self, reason: str) -> DeadLetter:
+        """A small record standing for one that can never be published as it is: its
+        first bytes, original size, SHA-256 and the reason."""
+        if self.original_size is not None:
+            return replace(self, reason=reason)
+        value = self.value or b""
+        key = self.key[:STAND_IN_KEY_BYTES] if self.key is not None else None
+        return DeadLetter(
+            key,
+            value[:STAND_IN_HEAD_BYTES],
+            reason,
+            self.source,
+            len(value),
+            hashlib.sha256(value).hexdigest(),
+            self.undeliverable,
+        )
 
     @property
     def headers(self) -> list[tuple[str, bytes]]:
-        return [
+        topic, partition, offset = _split_source(self.source)
+        headers = [
             (DLQ_REASON_HEADER, self.reason.encode()),
             ("streamrec-source", self.source.encode()),
+            ("streamrec-topic", topic.encode()),
+            ("streamrec-partition", partition.encode()),
+            ("streamrec-offset", offset.encode()),
         ]
+        if self.original_size is not None:
+            headers += [
+                ("streamrec-stand-in", b"1"),
+                ("streamrec-original-size", str(self.original_size).encode()),
+                ("streamrec-sha256", (self.sha256 or "").encode()),
+            ]
+        if self.undeliverable:
+            headers.append((UNDELIVERABLE, b"1"))
+        return headers
+
+
+def _split_source(source: str) -> tuple[str, str, str]:
+    """``topic:partition:offset`` (the topic may itself contain ':')."""
+    topic, _, rest = source.rpartition(":")
+    topic, _, partition = topic.rpartition(":")
+    return topic, partition, rest
 
 
 class Outgoing(NamedTuple):
     session_id: str  # the record's key
     payload: bytes
+    index: int = -1  # the answered click's place in the batch (for a dead letter of it)
 
 
 @dataclass
@@ -89,18 +148,18 @@ class BatchProcessor:
     async def process(self, batch: Sequence[Message]) -> BatchResult:
         result = BatchResult()
         events: list[ClickEvent] = []  # each with an event id
-        for msg in batch:
+        at: list[int] = []  # each event's place in the batch
+        for j, msg in enumerate(batch):
             try:
                 event = parse_event(msg.value)
             except InvalidEvent as exc:
-                result.dead_letters.append(
-                    DeadLetter(msg.key, msg.value, exc.reason, position(msg))
-                )
+                result.dead_letters.append(DeadLetter.of(msg, exc.reason))
                 continue
             if event.event_id is None:
                 # Without an event id the message position identifies a re-delivery.
                 event = event._replace(event_id=position(msg))
             events.append(event)
+            at.append(j)
         if not events:
             return result
 
@@ -124,10 +183,10 @@ class BatchProcessor:
                 ranked[i] = r
 
         emitted = self._clock()
-        for event, r in zip(events, ranked, strict=True):
+        for event, r, j in zip(events, ranked, at, strict=True):
             if r is not None:
                 payload = self._record(event, r, bundles[event.tenant], emitted)
-                result.recommendations.append(Outgoing(event.session_id, payload))
+                result.recommendations.append(Outgoing(event.session_id, payload, j))
         return result
 
     async def recommend_session(self, tenant: str, session_id: str) -> bytes | None:

@@ -23,8 +23,9 @@ from confluent_kafka import Producer
 from mode import Service
 from redis.exceptions import RedisError
 
+from models.names import TENANT_RULE, is_tenant
 from stream.config import Settings
-from stream.events import MAX_EVENT_BYTES, TENANT_RE, InvalidEvent, event_from_dict
+from stream.events import MAX_EVENT_BYTES, InvalidEvent, event_from_dict
 
 log = logging.getLogger("streamrec.web")
 MAX_POST_EVENTS = 1000
@@ -134,8 +135,8 @@ class WebService(Service):
 
     async def post_events(self, request: web.Request) -> web.Response:
         tenant = request.match_info["tenant"]
-        if not TENANT_RE.match(tenant):
-            return _error(400, "tenant must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+        if not is_tenant(tenant):
+            return _error(400, f"tenant {TENANT_RULE}")
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:

@@ -1,0 +1,62 @@
+"""No poison pill: a message that can never be published as it is does not stop the worker."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Producer
+
+from stream.devstack import EmbeddedStack
+from tests.integration.helpers import WorkerProcess, consume, produce
+from tests.integration.test_worker import clicks, make_config
+
+# About 1 MB: more than the worker's producer may send (message.max.bytes 1,000,000), so
+# it cannot be dead-lettered as it is; the broker takes it.
+BIG = orjson.dumps({"session_id": "big", "item_id": "A13", "ts": 1.0, "pad": "x" * 1_000_000})
+
+
+def _produce_big(broker: str, topic: str) -> None:
+    producer = Producer({"bootstrap.servers": broker, "message.max.bytes": 2_000_000})
+    producer.produce(topic, key=b"big", value=BIG)
+    assert producer.flush(15) == 0
+
+
+def test_a_1mb_message_is_dead_lettered_as_a_stand_in_and_the_stream_goes_on(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
+    first = clicks(31)
+    produce(stack.broker, cfg.clicks, first[:15])
+    _produce_big(stack.broker, cfg.clicks)
+    produce(stack.broker, cfg.clicks, first[15:])
+
+    with WorkerProcess(cfg) as worker:
+        dead = consume(stack.broker, cfg.dlq, 1, timeout=60)
+        assert len(dead) == 1, worker.log()[-3000:]
+        recs = consume(stack.broker, cfg.recs, 31, timeout=60)
+        assert sorted(orjson.loads(m.value())["event_id"] for m in recs) == sorted(
+            f"e{i}" for i in range(31)
+        )
+        # Consumption goes on after it.
+        produce(stack.broker, cfg.clicks, clicks(10, start=31))
+        recs = consume(stack.broker, cfg.recs, 41, timeout=60)
+        assert worker.alive()
+        log = worker.log()
+
+    answered = [orjson.loads(m.value())["event_id"] for m in recs]
+    assert set(answered) == {f"e{i}" for i in range(41)}
+    # At-least-once, not a batch published again and again.
+    assert len(answered) <= 2 * 41, f"{len(answered)} records for 41 clicks"
+    msg = dead[0]
+    headers = {k: v for k, v in msg.headers() or []}
+    assert b"larger than" in headers["streamrec-reason"]
+    assert headers["streamrec-stand-in"] == b"1"
+    assert int(headers["streamrec-original-size"]) == len(BIG)
+    assert headers["streamrec-sha256"].decode() == hashlib.sha256(BIG).hexdigest()
+    assert headers["streamrec-topic"].decode() == cfg.clicks
+    assert int(headers["streamrec-offset"]) >= 0 and headers["streamrec-partition"].isdigit()
+    assert BIG.startswith(msg.value()) and 0 < len(msg.value()) <= 1024
+    assert "publishing" not in log, log[-3000:]

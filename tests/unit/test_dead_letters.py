@@ -1,0 +1,59 @@
+"""Dead letters that can always be published: stand-ins for records too large to send."""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+
+from confluent_kafka import KafkaError
+
+from stream.batch_loop import Failure, RecordPublisher, _dead_letter, is_permanent
+from stream.config import Settings
+from stream.processor import DLQ_MAX_ORIGINAL_BYTES, DeadLetter, Outgoing
+
+
+def _msg(value: bytes, offset: int = 7) -> SimpleNamespace:
+    return SimpleNamespace(key=b"k", value=value, topic="clicks", partition=2, offset=offset)
+
+
+def test_a_small_dead_letter_keeps_the_original_bytes() -> None:
+    dead = DeadLetter.of(_msg(b"{bad"), "value is not valid JSON")
+    assert dead.value == b"{bad" and dead.original_size is None
+    headers = dict(dead.headers)
+    assert headers["streamrec-topic"] == b"clicks"
+    assert headers["streamrec-partition"] == b"2" and headers["streamrec-offset"] == b"7"
+    assert "streamrec-stand-in" not in headers
+
+
+def test_a_huge_message_becomes_a_stand_in() -> None:
+    big = b"x" * (DLQ_MAX_ORIGINAL_BYTES + 1)
+    dead = DeadLetter.of(_msg(big), "message larger than 16384 bytes")
+    assert len(dead.value or b"") == 1024 and big.startswith(dead.value or b"")
+    headers = dict(dead.headers)
+    assert headers["streamrec-stand-in"] == b"1"
+    assert headers["streamrec-original-size"] == str(len(big)).encode()
+    assert headers["streamrec-sha256"] == hashlib.sha256(big).hexdigest().encode()
+    assert headers["streamrec-reason"] == b"message larger than 16384 bytes"
+
+
+def test_a_record_the_producer_refuses_is_a_permanent_failure_with_its_data() -> None:
+    publisher = RecordPublisher(Settings(broker="127.0.0.1:1"))
+    delivery = publisher.send_records([("recs", b"y" * 2_000_000, "s-1", None)])
+    (failure,) = delivery.failures
+    assert is_permanent(failure.error) and failure.key == b"s-1"
+    assert not is_permanent(KafkaError(KafkaError._MSG_TIMED_OUT))
+
+
+def test_an_undeliverable_recommendation_is_dead_lettered_at_the_click_it_answered() -> None:
+    payload = b"z" * 2_000_000
+    batch = [_msg(b"{}", offset=40), _msg(b"{}", offset=41)]
+    failure = Failure(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), "recs", b"s-1", payload, None)
+    dead = _dead_letter(
+        failure,
+        "undeliverable",
+        batch,
+        {payload: Outgoing("s-1", payload, 1)},  # type: ignore[arg-type]
+    )
+    headers = dict(dead.headers)
+    assert dead.source == "clicks:2:41" and headers["streamrec-undeliverable"] == b"1"
+    assert headers["streamrec-original-size"] == b"2000000" and len(dead.value or b"") == 1024
