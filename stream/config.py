@@ -49,6 +49,13 @@ class Settings:
     max_models: int = 1000
     web_port: int = 6066
     log_level: str = "info"
+    # The embedded broker `dev up`, the demo and the tests start: auto | kafka | tansu.
+    # auto = Apache Kafka when a JDK >= 17 and its jars (or Maven to fetch them) are here.
+    embedded_broker: str = "auto"
+    # Apache Kafka's jars: KAFKA_HOME/libs if set, else fetched into
+    # <cache_dir>/kafka-<version> (default: the user cache directory, ~/.cache/streamrec).
+    kafka_home: str = ""
+    cache_dir: str = ""
 
     @property
     def run_dir(self) -> Path:
@@ -67,6 +74,8 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _coerce(f.name, raw, type(getattr(cls(), f.name)))
+        if "kafka_home" not in values and env.get("KAFKA_HOME"):
+            values["kafka_home"] = env["KAFKA_HOME"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, Producer
 from models.datasets import eshop_path
 from models.errors import StreamrecError
 from stream.config import Settings
-from stream.devstack import EmbeddedStack, free_port
+from stream.devstack import EmbeddedStack, free_port, stack_for
 
 Echo = Callable[[str], None]
 MALFORMED_SAMPLES = [
@@ -60,15 +60,18 @@ def run_demo(settings: Settings, *, events: int, rate: float, show: int, echo: E
     home = Path(settings.home) / "demo"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    stack = EmbeddedStack(
-        home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
+    stack = stack_for(
+        settings, home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
     )
     env = _demo_env(settings, stack, home)
     worker: subprocess.Popen[bytes] | None = None
     watch = Watch()
     watcher: threading.Thread | None = None
     try:
-        echo(f"==> 1/5 starting the embedded broker ({stack.broker}) and Redis ({stack.redis_url})")
+        echo(
+            f"==> 1/5 starting the embedded broker, {stack.broker_why}, on {stack.broker} "
+            f"and Redis ({stack.redis_url})"
+        )
         stack.up(
             [settings.clicks_topic, settings.recs_topic, settings.dlq_topic], settings.partitions
         )

@@ -1,4 +1,4 @@
-"""The embedded stack: a Kafka-compatible broker (Tansu) and Redis as background processes.
+"""The embedded stack: a broker (Apache Kafka or Tansu) and Redis as background processes.
 
 ``streamrec dev up`` starts both under a run directory (pid files, logs), waits until
 they answer and creates the topics; ``dev down`` stops them; ``dev status`` reports.
@@ -18,9 +18,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from models.errors import StreamrecError
+from stream.kafka_broker import KafkaDist, KafkaNode, choose_kind
+
+if TYPE_CHECKING:
+    from stream.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +120,20 @@ class Service:
     host: str
     port: int
     run_dir: Path
+    # The broker's kind ("kafka" or "tansu") and, for Kafka, the node to run.
+    kind: str = "tansu"
+    kafka: KafkaNode | None = None
+
+    @property
+    def kind_file(self) -> Path:
+        return self.run_dir / f"{self.name}.kind"
+
+    def running_kind(self) -> str | None:
+        """The kind of broker this run directory last started (None if unknown)."""
+        try:
+            return self.kind_file.read_text().strip() or None
+        except OSError:
+            return None
 
     @property
     def pid_file(self) -> Path:
@@ -138,6 +157,8 @@ class Service:
         return pid
 
     def command(self) -> list[str]:
+        if self.name == "broker" and self.kafka is not None:
+            return self.kafka.prepare()
         if self.name == "broker":
             url = f"tcp://{self.host}:{self.port}"
             return [
@@ -163,9 +184,17 @@ class Service:
         lib = mimalloc_library()
         return None if lib is None else {**os.environ, "LD_PRELOAD": lib}
 
-    def start(self, timeout: float = 20.0) -> int:
+    def start(self, timeout: float | None = None) -> int:
+        # A JVM takes a few seconds more than a static binary to listen.
+        timeout = timeout or (60.0 if self.kafka is not None else 20.0)
         running = self.pid()
         if running is not None and answers_tcp(self.host, self.port):
+            other = self.running_kind()
+            if self.name == "broker" and other and other != self.kind:
+                raise StackError(
+                    f"a {other} broker is already running on {self.host}:{self.port}; "
+                    f"run `streamrec dev down` first to switch to {self.kind}"
+                )
             log.info(
                 "%s already running (pid %d) on %s:%d", self.name, running, self.host, self.port
             )
@@ -189,6 +218,8 @@ class Service:
                 start_new_session=True,  # survives the CLI that started it; Ctrl-C stays ours
             )
         self.pid_file.write_text(str(proc.pid))
+        if self.name == "broker":
+            self.kind_file.write_text(self.kind)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -225,6 +256,43 @@ class Service:
         return True
 
 
+def stack_for(
+    settings: Settings,
+    run_dir: Path | None = None,
+    broker: str | None = None,
+    redis_url: str | None = None,
+) -> EmbeddedStack:
+    """The embedded stack as configured (``embedded_broker``, ``kafka_home``, ``cache_dir``);
+    addresses and run directory default to the settings' own."""
+    dist = KafkaDist(
+        Path(settings.cache_dir) if settings.cache_dir else default_cache_dir(),
+        kafka_home=settings.kafka_home,
+    )
+    return EmbeddedStack(
+        run_dir or settings.run_dir,
+        broker or settings.broker,
+        redis_url or settings.redis_url,
+        broker_kind=settings.embedded_broker,
+        kafka=dist,
+        partitions=settings.partitions,
+    )
+
+
+def default_cache_dir() -> Path:
+    """The user cache directory for fetched jars (``$XDG_CACHE_HOME/streamrec``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "streamrec"
+
+
+def broker_service(
+    host: str, port: int, run_dir: Path, kind: str, node: KafkaNode | None = None
+) -> Service:
+    """The broker as a :class:`Service`; Kafka's controller gets a free port at each start."""
+    if kind == "kafka" and node is None:
+        node = KafkaNode(KafkaDist(default_cache_dir()), host, port, 0, run_dir)
+    return Service("broker", host, port, run_dir, kind=kind, kafka=node)
+
+
 def _alive(pid: int) -> bool:
     try:
         # Reap it if it is our child, so a zombie does not look alive.
@@ -241,15 +309,43 @@ def _alive(pid: int) -> bool:
 class EmbeddedStack:
     """Broker + Redis for a laptop, the demo and the tests."""
 
-    def __init__(self, run_dir: Path, broker: str, redis_url: str) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        broker: str,
+        redis_url: str,
+        broker_kind: str = "auto",
+        kafka: KafkaDist | None = None,
+        partitions: int = 4,
+    ) -> None:
         bhost, bport = split_host_port(broker, 9092)
         parsed = urlparse(redis_url)
         self.broker = broker
         self.redis_url = redis_url
+        self.kafka_dist = kafka or KafkaDist(default_cache_dir())
+        self.broker_kind, self.broker_why = choose_kind(broker_kind, self.kafka_dist)
+        node = None
+        if self.broker_kind == "kafka":
+            node = KafkaNode(self.kafka_dist, bhost, bport, 0, run_dir, partitions)
         self.services = [
-            Service("broker", bhost, bport, run_dir),
+            broker_service(bhost, bport, run_dir, self.broker_kind, node),
             Service("redis", parsed.hostname or "127.0.0.1", parsed.port or 6379, run_dir),
         ]
+
+    def another_broker(self, run_dir: Path) -> Service:
+        """A second broker of the same kind on a free port (tests that stop a broker)."""
+        host, port = "127.0.0.1", free_port()
+        node = None
+        if self.broker_kind == "kafka":
+            node = KafkaNode(self.kafka_dist, host, port, 0, run_dir)
+        return broker_service(host, port, run_dir, self.broker_kind, node)
+
+    @property
+    def broker_label(self) -> str:
+        """What runs as the broker: the kind a running stack was started with, else ours."""
+        kind = self.services[0].running_kind() if self.services[0].pid() else None
+        kind = kind or self.broker_kind
+        return self.kafka_dist.label() if kind == "kafka" else "Tansu"
 
     def up(self, topics: list[str] | None = None, partitions: int = 4) -> None:
         started: list[Service] = []

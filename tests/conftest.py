@@ -11,15 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from stream.devstack import EmbeddedStack, free_port
+from stream.config import Settings
+from stream.devstack import EmbeddedStack, free_port, stack_for
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    """STREAMREC_EMBEDDED_BROKER=auto|kafka|tansu picks the broker, as for `dev up`."""
     run_dir = tmp_path_factory.mktemp("stack")
-    embedded = EmbeddedStack(
-        run_dir, f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
+    embedded = stack_for(
+        Settings.from_env(),
+        run_dir,
+        f"127.0.0.1:{free_port()}",
+        f"redis://127.0.0.1:{free_port()}/0",
     )
+    print(f"\nembedded broker: {embedded.broker_why}")
     embedded.up()
     try:
         yield embedded

@@ -16,7 +16,7 @@ from confluent_kafka import Message
 from models.datasets import read_clicks
 from producers import ClickProducer, DeliveryError
 from producers.replay import prepare_replay
-from stream.devstack import EmbeddedStack, Service, free_port
+from stream.devstack import EmbeddedStack, free_port
 from stream.topics import ensure_topics
 from tests.integration.helpers import WorkerConfig, WorkerProcess, consume
 
@@ -142,9 +142,11 @@ def test_synth_straight_to_kafka(stack: EmbeddedStack, unique_name: Callable[[st
     assert all(e["_key"] == e["session_id"] for e in events)
 
 
-def test_the_helper_reports_delivery_failures_when_the_broker_stops(tmp_path: Path) -> None:
+def test_the_helper_reports_delivery_failures_when_the_broker_stops(
+    stack: EmbeddedStack, tmp_path: Path
+) -> None:
     # A broker of its own: stopping the shared one would break the other tests.
-    broker = Service("broker", "127.0.0.1", free_port(), tmp_path)
+    broker = stack.another_broker(tmp_path)
     broker.start()
     address = f"127.0.0.1:{broker.port}"
     try:
