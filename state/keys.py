@@ -6,17 +6,34 @@ part in braces), and the batch's calls are grouped by slot on a cluster.
 
 from __future__ import annotations
 
+import re
+
 PREFIX = "sr"
+# Characters that would make a key ambiguous or move its hash tag: the separator, the
+# braces and the escape character itself. Tenant names cannot contain any of them
+# (models.names); ids can, and are percent-escaped, so that no two (tenant, session)
+# pairs share a key. Ids without them (nearly all) are used as they are.
+_SPECIAL = re.compile(r"[%:{}]")
+
+
+def _escape(char: re.Match[str]) -> str:
+    return f"%{ord(char.group()):02X}"
+
+
+def encode_id(value: str) -> str:
+    """An id as it appears inside a key: ``%``, ``:``, ``{`` and ``}`` percent-escaped."""
+    return _SPECIAL.sub(_escape, value) if _SPECIAL.search(value) else value
 
 
 def session_tag(tenant: str, session_id: str) -> str:
-    return f"{{{tenant}:{session_id}}}"
+    return f"{{{tenant}:{encode_id(session_id)}}}"
 
 
 def session(tenant: str, session_id: str) -> str:
     """Hash of one session: ``i`` its items joined by ``ITEM_SEP`` (oldest first, capped),
     ``n`` how many, ``l`` the newest, ``le`` / ``lt`` the latest event's id and time, and
-    ``e:<event id>`` for every event applied (makes re-delivery idempotent)."""
+    what makes re-delivery idempotent in constant space: ``o:<topic>:<partition>`` the
+    highest offset applied from there, ``r`` the newest event ids (``rn`` of them)."""
     return f"{PREFIX}:{session_tag(tenant, session_id)}:s"
 
 

@@ -12,37 +12,65 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from state import keys, resp
 
-# For each click i (KEYS[i] = the session hash, see ``keys.session``; ARGV[3i..3i+2] =
-# item, event id, ts): apply it unless its event id was applied before; append the item
-# unless it repeats the newest one (consecutive duplicates carry no signal); keep the
-# newest ARGV[1] items; remember the click as the session's latest event (what HTTP pull
-# answers for); refresh the TTL (ARGV[2]) on activity. Replies, flat, with whether each
-# event was new and the session's items joined by keys.ITEM_SEP, oldest first.
+# For each click i (KEYS[i] = the session hash, see ``keys.session``; ARGV[5i-1..5i+3] =
+# item, event id, ts, origin ("topic:partition", or "" when unknown) and offset there (-1
+# when unknown)): apply it unless it was applied before; append the item unless it
+# repeats the newest one (consecutive duplicates carry no signal); keep the newest
+# ARGV[1] items; remember the click as the session's latest event (what HTTP pull answers
+# for); refresh the TTL (ARGV[2]) on activity. Replies, flat, with whether each event was
+# new and the session's items joined by keys.ITEM_SEP, oldest first.
+#
+# "Applied before" costs constant memory per session, whatever the traffic: a session's
+# events arrive in partition order, so the highest offset applied per origin partition
+# (``o:<origin>``) recognises a re-delivered batch, and a ring of the last ARGV[3] event
+# ids (``r``, ``rn`` entries) recognises the same event sent twice (an app's retry)
+# or clicks that carry no offset.
 # One call carries a whole batch: one round trip and one command to encode per batch,
 # and three Redis calls and one string per click.
 APPEND_LUA = """
-local cap, ttl, SEP = tonumber(ARGV[1]), ARGV[2], string.char(31)
+local cap, ttl, ring_n, SEP = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), string.char(31)
 local out = {}
 for i = 1, #KEYS do
-  local key, item, eid, ts = KEYS[i], ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
-  local seen = 'e:' .. eid
-  local s = redis.call('HMGET', key, seen, 'i', 'n', 'l')
-  local items, fresh = s[2], 0
-  if not s[1] then
+  local a = 5 * i - 1
+  local key, item, eid, ts = KEYS[i], ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local ofield, off = 'o:' .. ARGV[a + 3], tonumber(ARGV[a + 4])
+  local s = redis.call('HMGET', key, 'i', 'n', 'l', 'r', 'rn', ofield)
+  local items, ring, seen = s[1], s[4], false
+  if off >= 0 and s[6] and tonumber(s[6]) >= off then
+    seen = true
+  elseif ring and string.find(ring, eid, 1, true) then
+    seen = string.find(SEP .. ring .. SEP, SEP .. eid .. SEP, 1, true) ~= nil
+  end
+  local fresh = 0
+  if not seen then
     fresh = 1
+    local rn = tonumber(s[5] or 0) + 1
+    if ring then
+      ring = ring .. SEP .. eid
+      if rn > ring_n then
+        ring = string.sub(ring, string.find(ring, SEP, 1, true) + 1)
+        rn = ring_n
+      end
+    else
+      ring, rn = eid, 1
+    end
+    local set = {'le', eid, 'lt', ts, 'r', ring, 'rn', rn}
+    if off >= 0 then
+      set[9], set[10] = ofield, off
+    end
     if not items then
       items = item
-      redis.call('HSET', key, seen, 1, 'le', eid, 'lt', ts, 'i', items, 'n', 1, 'l', item)
-    elseif s[4] ~= item then
-      local n = tonumber(s[3]) + 1
+      redis.call('HSET', key, 'i', items, 'n', 1, 'l', item, unpack(set))
+    elseif s[3] ~= item then
+      local n = tonumber(s[2]) + 1
       items = items .. SEP .. item
       if n > cap then
         items = string.sub(items, string.find(items, SEP, 1, true) + 1)
         n = cap
       end
-      redis.call('HSET', key, seen, 1, 'le', eid, 'lt', ts, 'i', items, 'n', n, 'l', item)
+      redis.call('HSET', key, 'i', items, 'n', n, 'l', item, unpack(set))
     else
-      redis.call('HSET', key, seen, 1, 'le', eid, 'lt', ts)
+      redis.call('HSET', key, unpack(set))
     end
     redis.call('EXPIRE', key, ttl)
   end
@@ -51,6 +79,8 @@ for i = 1, #KEYS do
 end
 return out
 """
+# Event ids remembered per session besides the offsets (see APPEND_LUA).
+RECENT_EVENT_IDS = 32
 
 
 class Click(NamedTuple):
@@ -98,21 +128,28 @@ class SessionStore:
         (self._append,) = self._scripts
 
     async def append_clicks(
-        self, clicks: Sequence[Click], count_for: Collection[str] = ()
+        self,
+        clicks: Sequence[Click],
+        count_for: Collection[str] = (),
+        origins: Sequence[tuple[str, int]] | None = None,
     ) -> list[SessionUpdate]:
         """Apply a batch of clicks in order, in one round trip; also count item clicks of
-        the tenants in ``count_for`` (those without a model, served popular items)."""
+        the tenants in ``count_for`` (those without a model, served popular items).
+
+        ``origins`` gives each click's ("topic:partition", offset) when it was consumed
+        from Kafka; a re-delivered offset is recognised without remembering its id."""
         if not clicks:
             return []
         groups = self._slot_groups(clicks)
         commands: list[list[str]] = []
         for group in groups:
             keys_: list[str] = []
-            args = [str(self._cap), str(self._ttl_s)]
+            args = [str(self._cap), str(self._ttl_s), str(RECENT_EVENT_IDS)]
             for i in group:
                 c = clicks[i]
+                origin, offset = origins[i] if origins is not None else ("", -1)
                 keys_.append(keys.session(c.tenant, c.session_id))
-                args += (c.item_id, c.event_id, repr(c.ts))
+                args += (c.item_id, c.event_id, repr(c.ts), origin, str(offset))
             commands.append(["EVALSHA", self._append, str(len(keys_)), *keys_, *args])
         commands += self._count_clicks(clicks, count_for)
         replies = await self._run(commands)

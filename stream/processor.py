@@ -149,6 +149,8 @@ class BatchProcessor:
         result = BatchResult()
         events: list[ClickEvent] = []  # each with an event id
         at: list[int] = []  # each event's place in the batch
+        origins: list[tuple[str, int]] = []  # each event's partition and offset
+        partition_names: dict[tuple[str, int], str] = {}
         for j, msg in enumerate(batch):
             try:
                 event = parse_event(msg.value)
@@ -160,6 +162,11 @@ class BatchProcessor:
                 event = event._replace(event_id=position(msg))
             events.append(event)
             at.append(j)
+            tp = (msg.topic, msg.partition)
+            name = partition_names.get(tp)
+            if name is None:
+                name = partition_names[tp] = f"{msg.topic}:{msg.partition}"
+            origins.append((name, msg.offset))
         if not events:
             return result
 
@@ -170,6 +177,7 @@ class BatchProcessor:
         updates = await self._store.append_clicks(
             events,  # type: ignore[arg-type]  # every event_id is set above
             count_for=[t for t, b in bundles.items() if b is None],
+            origins=origins,
         )
         result.duplicates = sum(1 for u in updates if not u.fresh)
 

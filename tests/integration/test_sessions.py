@@ -141,3 +141,62 @@ def test_pull_answers_with_the_record_of_the_sessions_latest_event(
         assert latest["strategy"] == strategy
         assert pulled is not None and orjson.loads(pulled) == latest
     assert unknown is None and switched_off is None
+
+
+async def _append(stack: EmbeddedStack, clicks: list[Click], origins=None, cap: int = 50):
+    client = Redis.from_url(stack.redis_url)
+    try:
+        store = SessionStore(client, cap=cap, ttl_s=60)
+        return await store.append_clicks(clicks, origins=origins)
+    finally:
+        await client.aclose()
+
+
+def test_twenty_thousand_clicks_keep_a_sessions_footprint_bounded(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    """Idempotency costs constant memory: no field per event."""
+    t, s = unique_name("tenant"), "hot"
+    clicks = [Click(t, s, f"item-{i % 97}", f"event-{i:08d}") for i in range(20_000)]
+    origins = [("clicks:0", i) for i in range(20_000)]
+
+    async def run() -> tuple[int, int, list[bool]]:
+        for at in range(0, 20_000, 2_000):
+            await _append(stack, clicks[at : at + 2_000], origins[at : at + 2_000])
+        # The last batch re-delivered (longer than the ring of recent ids): nothing new.
+        again = await _append(stack, clicks[-2_000:], origins[-2_000:])
+        client = Redis.from_url(stack.redis_url)
+        try:
+            key = keys.session(t, s)
+            return await client.hlen(key), await client.memory_usage(key), [u.fresh for u in again]
+        finally:
+            await client.aclose()
+
+    fields, memory, again = asyncio.run(run())
+    assert not any(again)
+    assert fields <= 10, f"{fields} fields"
+    # 50 items, 32 recent ids and a few fields; it was 5.5 MB with one field per event.
+    assert memory < 8 * 1024, f"{memory} bytes"
+
+
+def test_the_same_event_sent_twice_at_another_offset_is_applied_once(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    t = unique_name("tenant")
+    clicks = [Click(t, "s", "a", "e1"), Click(t, "s", "b", "e2"), Click(t, "s", "b", "e2")]
+    updates = asyncio.run(
+        _append(stack, clicks, [("clicks:1", 5), ("clicks:1", 6), ("clicks:1", 9)])
+    )
+    assert [u.fresh for u in updates] == [True, True, False]
+    assert updates[-1].items == ["a", "b"]
+
+
+def test_ids_with_separators_never_share_a_key(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    t = unique_name("tenant")
+    ids = ["x:y", "x%3Ay", "x}y", "{x", "x"]
+    updates = asyncio.run(_append(stack, [Click(t, sid, f"item-{sid}", "e1") for sid in ids]))
+    assert [u.items for u in updates] == [[f"item-{sid}"] for sid in ids]
+    assert len({keys.session(t, sid) for sid in ids}) == len(ids)
+    assert keys.session("default", "x:y") != keys.session("default:x", "y")
