@@ -30,6 +30,10 @@ from models.names import is_tenant
 
 CURRENT = "CURRENT"
 HISTORY = "HISTORY.jsonl"
+# The tenant's on / freeze / off switch, kept here (durable) and cached in Redis: a Redis
+# restart must not switch a tenant back on.
+MODE = "MODE"
+MODES = ("on", "freeze", "off")
 _VERSION_RE = re.compile(r"v(\d+)")
 
 
@@ -80,6 +84,13 @@ class Registry:
             )
         return infos
 
+    def version_dir(self, tenant: str, version: str) -> Path:
+        return self._version_dir(tenant, version)
+
+    def promoted_versions(self, tenant: str) -> list[str]:
+        """Versions promoted and not rolled back, oldest first (the last is in service)."""
+        return self._promotion_stack(tenant)
+
     def pointer_path(self, tenant: str) -> Path:
         """The CURRENT file; workers stat it to notice a swap cheaply."""
         return self._tenant_dir(tenant) / CURRENT
@@ -111,7 +122,31 @@ class Registry:
             )
         return bundle
 
+    def mode(self, tenant: str) -> str | None:
+        """The tenant's switch as last set with :meth:`set_mode`; None if never set."""
+        try:
+            value = (self._tenant_dir(tenant) / MODE).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return value if value in MODES else None
+
+    def modes(self) -> dict[str, str]:
+        """Every tenant whose switch was set, with its mode."""
+        out = {}
+        for tenant in self.tenants():
+            mode = self.mode(tenant)
+            if mode is not None:
+                out[tenant] = mode
+        return out
+
     # -- writing ---------------------------------------------------------------------------
+    def set_mode(self, tenant: str, mode: str) -> None:
+        if mode not in MODES:
+            raise StreamrecError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        tenant_dir = self._tenant_dir(tenant)
+        tenant_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(tenant_dir / MODE, mode + "\n")
+
     def register(
         self, tenant: str, bundle: ModelBundle, extra_manifest: dict[str, Any] | None = None
     ) -> str:
@@ -130,6 +165,10 @@ class Registry:
                     "parent": self.current_version(tenant),
                 }
                 save_bundle(replace(bundle, version=version, manifest=manifest), staging)
+                # A registered version never changes: read-only files keep a mistaken
+                # write (or truncation) from reaching arrays a worker has mapped.
+                for path in staging.iterdir():
+                    path.chmod(0o444)
                 _fsync_dir(staging)
                 target = self._version_dir(tenant, version)
                 try:

@@ -48,8 +48,12 @@ def popularity(tenant: str) -> str:
     return f"{PREFIX}:pop:{{{tenant}}}"
 
 
-# Hash tenant -> mode (on / freeze / off); a tenant absent from it is "on".
+# Hash tenant -> mode (on / freeze / off); a tenant absent from it is "on". A cache of
+# the modes kept in the model registry (durable): the field MODES_LOADED (never a tenant
+# name, which starts with a letter or digit) says it was filled from there since Redis
+# last started empty.
 TENANT_MODES = f"{PREFIX}:tenant-modes"
+MODES_LOADED = "_loaded"
 # Set of every tenant that has sent a click.
 TENANTS = f"{PREFIX}:tenants"
 # Pub/sub channel for "a tenant's model or mode changed" notices.

@@ -26,13 +26,25 @@ def list_tenants(client: redis.Redis) -> dict[str, str]:
     pipe.smembers(keys.TENANTS)
     pipe.hgetall(keys.TENANT_MODES)
     members, modes = pipe.execute()
-    names = {_text(m) for m in members} | {_text(t) for t in modes}
     decoded = {_text(k): _text(v) for k, v in modes.items()}
+    decoded.pop(keys.MODES_LOADED, None)
+    names = {_text(m) for m in members} | set(decoded)
     return {t: decoded.get(t, "on") for t in sorted(names)}
 
 
-async def read_modes(client: Redis) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in (await client.hgetall(keys.TENANT_MODES)).items()}
+async def read_modes(client: Redis) -> dict[str, str] | None:
+    """The cached modes; None when the cache was not filled from the durable store since
+    Redis started (see ``keys.MODES_LOADED``)."""
+    raw = await client.hgetall(keys.TENANT_MODES)
+    modes = {_text(k): _text(v) for k, v in raw.items()}
+    if modes.pop(keys.MODES_LOADED, None) is None:
+        return None
+    return modes
+
+
+async def cache_modes(client: Redis, modes: dict[str, str]) -> None:
+    """Fill the cache from the durable store (what it holds wins over the cache)."""
+    await client.hset(keys.TENANT_MODES, mapping={**modes, keys.MODES_LOADED: "1"})
 
 
 async def most_popular(client: Redis, tenant: str, n: int) -> list[tuple[str, float]]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import faust
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.registry import Registry
@@ -29,11 +32,49 @@ from state.sessions import SessionStore
 from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
 from stream.config import Settings
 from stream.model_handle import ModelCache
-from stream.processor import BatchProcessor, BatchResult, Message
+from stream.processor import BatchProcessor, BatchResult, DeadLetter, Message
 from stream.tenant_state import TenantDirectory
 from stream.web import WebService
 
 log = logging.getLogger("streamrec.worker")
+
+
+# /health says "degraded" when events wait and nothing was committed for this long.
+STALL_AFTER_S = 30.0
+
+
+class DeadLetterLog:
+    """Dead letters logged as a summary per reason at most every INTERVAL_S (a fuzzing
+    client once made one WARNING line per message, 10,512 of them)."""
+
+    INTERVAL_S = 10.0
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._example: dict[str, str] = {}
+        self._last = time.monotonic() - self.INTERVAL_S
+
+    def add(self, dead_letters: list[DeadLetter]) -> None:
+        for dead in dead_letters:
+            # The reason's kind, without the details that vary from one message to the next.
+            kind = dead.reason.split(":", 1)[0][:100]
+            self._counts[kind] += 1
+            self._example.setdefault(kind, dead.source)
+        if time.monotonic() - self._last >= self.INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._counts:
+            log.warning(
+                "dead letters: %s",
+                "; ".join(
+                    f"{n} x {kind} (e.g. {self._example[kind]})"
+                    for kind, n in self._counts.most_common()
+                ),
+            )
+            self._counts.clear()
+            self._example.clear()
+        self._last = time.monotonic()
 
 
 @dataclass
@@ -64,16 +105,20 @@ def create_app(settings: Settings) -> faust.App:
         # Faust keeps its own state under datadir (default: the current directory).
         datadir=str(Path(settings.home) / "faust"),
     )
-    models = ModelCache(Registry(settings.registry_dir), max_models=settings.max_models)
+    registry = Registry(settings.registry_dir)
+    models = ModelCache(registry, max_models=settings.max_models)
     stats = WorkerStats()
     holder: dict[str, Any] = {}
+    dead_log = DeadLetterLog()
 
     def processor() -> BatchProcessor:
         # Clients are built when the worker starts, never at import time.
         if "processor" not in holder:
             redis = Redis.from_url(settings.redis_url, socket_timeout=5, decode_responses=True)
             store = SessionStore(redis, cap=settings.session_cap, ttl_s=settings.session_ttl_s)
-            tenants = TenantDirectory(redis, ttl_s=settings.model_check_interval_s)
+            tenants = TenantDirectory(
+                redis, ttl_s=settings.model_check_interval_s, durable=registry.modes
+            )
             holder.update(redis=redis, store=store, tenants=tenants)
             holder["processor"] = BatchProcessor(store, models, tenants, top_k=settings.top_k)
         return holder["processor"]
@@ -109,18 +154,42 @@ def create_app(settings: Settings) -> faust.App:
         stats.dead_letters += len(result.dead_letters)
         stats.duplicates += result.duplicates
         stats.suppressed += result.suppressed
-        for dead in result.dead_letters:
-            log.warning("dead letter %s: %s", dead.source, dead.reason)
+        if result.dead_letters:
+            dead_log.add(result.dead_letters)
 
+    loop: BatchLoop | None = None
     if settings.engine == "batch":
-        app.service(BatchLoop(settings, process_with_retry, count))
+        loop = BatchLoop(settings, process_with_retry, count)
+        app.service(loop)
     elif settings.engine == "agent":
         _add_agent(app, settings, process_with_retry, count)
     else:
         raise ValueError(f"STREAMREC_ENGINE={settings.engine!r}: choose 'batch' or 'agent'")
 
+    async def probe() -> dict[str, Any]:
+        """Why the worker is degraded, if it is (for /health)."""
+        reasons: list[str] = []
+        processor()
+        try:
+            await asyncio.wait_for(holder["redis"].ping(), timeout=1.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            reasons.append(f"redis unreachable: {exc or type(exc).__name__}")
+        progress = loop.progress() if loop is not None else {}
+        lag, since = progress.get("lag"), progress.get("since_commit_s") or 0.0
+        if lag and since > STALL_AFTER_S:
+            reasons.append(
+                f"consumption stalled: no commit for {since:.0f} s, {lag} events waiting"
+            )
+        not_loaded = models.problems()
+        reasons += not_loaded
+        return {"reasons": reasons, "ready": not reasons, "consumer": progress}
+
     if settings.web_port > 0:
-        app.web_server(WebService(settings, stats, models, pull))
+        app.web_server(WebService(settings, stats, models, pull, probe))
+
+    @app.timer(DeadLetterLog.INTERVAL_S)
+    async def log_dead_letters() -> None:
+        dead_log.flush()
 
     @app.timer(settings.model_check_interval_s)
     async def check_models() -> None:

@@ -179,6 +179,7 @@ class BatchLoop(Service):
         self._stopping = False
         self._draining = False  # a rebalance waits for the batches in hand: take no more
         self._tasks: set[asyncio.Future[None]] = set()
+        self._runner: asyncio.Future[None] | None = None
         self._committed: dict[TopicPartition, int] = {}
         self._first_seen: dict[TopicPartition, int] = {}  # where this worker started
         self._last_commit = time.monotonic()
@@ -207,7 +208,7 @@ class BatchLoop(Service):
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
         log.info("consuming %s as group %s", s.clicks_topic, s.app_id)
-        self.add_future(self._run())
+        self._runner = self.add_future(self._run())
 
     async def on_stop(self) -> None:
         # Finish the batches in hand (they commit), then leave the group; all within
@@ -218,8 +219,9 @@ class BatchLoop(Service):
             await asyncio.wait_for(self._idle.wait(), timeout=STOP_BUDGET_S * 0.6)
         except TimeoutError:
             log.warning("stopping with a batch still in hand; it will be re-delivered")
-            for task in self._tasks:
-                task.cancel()
+            for task in [*self._tasks, self._runner]:
+                if task is not None:
+                    task.cancel()
         if self._consumer is not None:
             try:
                 await asyncio.wait_for(

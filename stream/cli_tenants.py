@@ -35,6 +35,8 @@ def tenant_mode(settings: Settings, name: str, mode: str) -> None:
     """Switch tenant NAME on, freeze it, or switch it off."""
     if not is_tenant(name):
         raise click.BadParameter(TENANT_RULE, param_hint="NAME")
+    # The registry holds it durably (it survives a Redis restart); Redis caches it.
+    Registry(settings.registry_dir).set_mode(name, mode)
     try:
         set_mode(_client(settings), name, mode)
     except redis.RedisError as exc:
@@ -49,7 +51,7 @@ def tenant_list(settings: Settings) -> None:
     """Every tenant that has sent clicks or has a model, with its mode and model."""
     registry = Registry(settings.registry_dir)
     try:
-        modes = list_tenants(_client(settings))
+        modes = {**list_tenants(_client(settings)), **registry.modes()}
     except redis.RedisError as exc:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
     names = sorted(set(modes) | set(registry.tenants()))

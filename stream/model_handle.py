@@ -11,7 +11,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from models.bundle import ModelBundle
 from models.errors import InvalidModelError, NoModelError
@@ -26,6 +27,9 @@ class _Slot:
     bundle: ModelBundle | None
     version: str | None  # the CURRENT pointer's value when last checked
     checked_at: float
+    # Size of every file of the loaded version, checked against the manifest's checksums
+    # at load: a file whose size changes later (truncated in place) is never read again.
+    sizes: dict[Path, int] = field(default_factory=dict)
 
 
 class ModelCache:
@@ -41,6 +45,18 @@ class ModelCache:
     def loaded(self) -> dict[str, str | None]:
         return {t: (s.bundle.version if s.bundle else None) for t, s in self._slots.items()}
 
+    def problems(self) -> list[str]:
+        """Tenants whose version in service (the CURRENT pointer) is not the one loaded."""
+        out = []
+        for tenant, slot in self._slots.items():
+            serving = slot.bundle.version if slot.bundle else None
+            if slot.version is not None and serving != slot.version:
+                out.append(
+                    f"tenant {tenant}: version {slot.version} in service is not loaded "
+                    f"(serving {serving or 'no model'})"
+                )
+        return out
+
     async def get(self, tenant: str) -> ModelBundle | None:
         slot = self._slots.get(tenant)
         if slot is None:
@@ -50,21 +66,45 @@ class ModelCache:
         return slot.bundle
 
     async def refresh(self, tenants: list[str] | None = None) -> None:
-        """Swap in newly promoted versions (of ``tenants``, default every tenant in memory)."""
+        """Swap in newly promoted versions (of ``tenants``, default every tenant in memory);
+        drop a loaded version whose files changed size under it."""
         for tenant in list(self._slots) if tenants is None else tenants:
             slot = self._slots.get(tenant)
             if slot is None:
                 continue  # not in memory: it will load the current version on first use
+            if slot.sizes and not await asyncio.to_thread(_same_sizes, slot.sizes):
+                log.error(
+                    "tenant %s: the files of model %s changed on disk; no longer serving it",
+                    tenant,
+                    slot.bundle.version if slot.bundle else None,
+                )
+                slot.bundle, slot.sizes = None, {}
+                await self._load(tenant, previous=slot)
+                continue
             current = await asyncio.to_thread(self._registry.current_version, tenant)
             if current != slot.version:
                 await self._load(tenant, previous=slot)
 
-    def _load_ready(self, tenant: str, version: str | None) -> ModelBundle:
-        """Load and validate a version, and rank once with it: the first ranking of a
-        process loads the compiled kernel, which should not happen inside a batch."""
+    def _fallback(self, tenant: str, refused: str | None) -> tuple[ModelBundle, dict[Path, int]]:
+        """The newest valid version from the tenant's promotion history."""
+        for version in reversed(self._registry.promoted_versions(tenant)):
+            if version == refused:
+                continue
+            try:
+                return self._load_ready(tenant, version)
+            except (InvalidModelError, OSError, ValueError):
+                continue
+        raise NoModelError(f"tenant {tenant!r}: no valid version in the history")
+
+    def _load_ready(self, tenant: str, version: str | None) -> tuple[ModelBundle, dict[Path, int]]:
+        """Load and validate a version (checksums), note its files' sizes, and rank once
+        with it: the first ranking of a process loads the compiled kernel, which should
+        not happen inside a batch."""
         bundle = self._registry.load(tenant, version)
+        directory = self._registry.version_dir(tenant, bundle.version)
+        sizes = {f: f.stat().st_size for f in directory.iterdir() if f.is_file()}
         recommend(bundle, [], 1)
-        return bundle
+        return bundle, sizes
 
     async def _load(self, tenant: str, previous: _Slot | None = None) -> _Slot:
         lock = self._locks.setdefault(tenant, asyncio.Lock())
@@ -76,21 +116,36 @@ class ModelCache:
             version: str | None = None
             try:
                 version = await asyncio.to_thread(self._registry.current_version, tenant)
-                bundle = await asyncio.to_thread(self._load_ready, tenant, version)
+                bundle, sizes = await asyncio.to_thread(self._load_ready, tenant, version)
             except NoModelError:
                 slot = _Slot(None, None, time.monotonic())
             except (InvalidModelError, OSError, ValueError) as exc:
-                log.error(
-                    "tenant %s: model version refused, keeping the one in service: %s", tenant, exc
-                )
-                if previous is not None:
+                if previous is not None and previous.bundle is not None:
+                    log.error(
+                        "tenant %s: model version refused, keeping the one in service: %s",
+                        tenant,
+                        exc,
+                    )
                     # Remember the refused pointer so we do not retry it on every check.
                     previous.version = version
                     return previous
-                slot = _Slot(None, version, time.monotonic())
+                # Nothing in service (start-up, or its files changed): the newest valid
+                # version of the history, reported as not ready (see ``problems``).
+                try:
+                    bundle, sizes = await asyncio.to_thread(self._fallback, tenant, version)
+                except NoModelError:
+                    bundle, sizes = None, {}
+                log.error(
+                    "tenant %s: model version %s refused (%s); serving %s",
+                    tenant,
+                    version,
+                    exc,
+                    f"{bundle.version} from its history" if bundle else "popular items",
+                )
+                slot = _Slot(bundle, version, time.monotonic(), sizes)
             else:
                 old = previous.bundle.version if previous and previous.bundle else None
-                slot = _Slot(bundle, version, time.monotonic())
+                slot = _Slot(bundle, version, time.monotonic(), sizes)
                 if old is not None:
                     self.swaps += 1
                     log.info(
@@ -113,3 +168,10 @@ class ModelCache:
                 evicted, _ = self._slots.popitem(last=False)
                 log.info("tenant %s: model evicted from memory (LRU)", evicted)
             return slot
+
+
+def _same_sizes(sizes: dict[Path, int]) -> bool:
+    try:
+        return all(path.stat().st_size == size for path, size in sizes.items())
+    except OSError:
+        return False

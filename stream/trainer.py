@@ -365,8 +365,10 @@ def _redis(url: str) -> redis.Redis:
 
 def _modes(settings: Settings) -> dict[str, str]:
     # Without the modes a frozen tenant could be retrained: better not to run at all.
+    # The registry's (durable) modes win over Redis's cache, which a restart may empty.
     try:
-        return list_tenants(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3))
+        cached = list_tenants(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3))
+        return {**cached, **Registry(settings.registry_dir).modes()}
     except redis.RedisError as exc:
         raise StreamrecError(
             f"cannot read tenant modes from Redis at {settings.redis_url}: {exc}"

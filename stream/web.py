@@ -23,12 +23,15 @@ from confluent_kafka import Producer
 from mode import Service
 from redis.exceptions import RedisError
 
-from models.names import TENANT_RULE, is_tenant
+from models.names import ID_RULE, TENANT_RULE, is_id, is_tenant
 from stream.config import Settings
 from stream.events import MAX_EVENT_BYTES, InvalidEvent, event_from_dict
 
 log = logging.getLogger("streamrec.web")
 MAX_POST_EVENTS = 1000
+# A body that has not arrived within this many seconds gets 408: a stalled upload must
+# not hold a connection open for ever.
+BODY_TIMEOUT_S = 10.0
 
 
 def prometheus_text(counters: dict[str, float], gauges: dict[str, float]) -> str:
@@ -46,6 +49,7 @@ class WebService(Service):
         stats: Any,
         models: Any,
         pull: Callable[[str, str], Awaitable[bytes | None]],
+        probe: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -53,6 +57,8 @@ class WebService(Service):
         self._stats = stats
         self._models = models
         self._pull = pull  # (tenant, session_id) -> the session's latest record
+        # -> {"reasons": [why the worker is degraded], "ready": bool, ...details}
+        self._probe = probe
         self._runner: web.AppRunner | None = None
         self._producer: Producer | None = None
         self._boot_ts = time.time()
@@ -103,13 +109,22 @@ class WebService(Service):
         }
 
     async def health(self, request: web.Request) -> web.Response:
+        """``ok``, or ``degraded`` with the reasons (Redis unreachable, consumption stalled
+        with events waiting, a tenant's version in service not loaded); 503 when
+        degraded, so a load balancer or orchestrator can act on it."""
+        checks: dict[str, Any] = {"reasons": [], "ready": True}
+        if self._probe is not None:
+            checks = await self._probe()
+        reasons = checks.get("reasons", [])
         return web.json_response(
             {
-                "status": "ok",
+                "status": "degraded" if reasons else "ok",
+                **checks,
                 "uptime_s": round(time.time() - self._boot_ts, 1),
                 **self.counters(),
                 "models": self._models.loaded(),
             },
+            status=503 if reasons else 200,
             dumps=lambda o: orjson.dumps(o).decode(),
         )
 
@@ -123,6 +138,10 @@ class WebService(Service):
 
     async def recommendations(self, request: web.Request) -> web.Response:
         tenant, session_id = request.match_info["tenant"], request.match_info["session_id"]
+        if not is_tenant(tenant):
+            return _error(400, f"tenant {TENANT_RULE}")
+        if not is_id(session_id):
+            return _error(400, f"session id {ID_RULE}")
         try:
             payload = await self._pull(tenant, session_id)
         except (RedisError, OSError) as exc:
@@ -138,7 +157,11 @@ class WebService(Service):
         if not is_tenant(tenant):
             return _error(400, f"tenant {TENANT_RULE}")
         try:
-            body = orjson.loads(await request.read())
+            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+        except TimeoutError:
+            return _error(408, f"the body did not arrive within {BODY_TIMEOUT_S:.0f} s")
+        try:
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             return _error(400, f"body is not valid JSON: {exc}")
         items = body if isinstance(body, list) else [body]
@@ -147,6 +170,9 @@ class WebService(Service):
         now = time.time()
         events = []
         for n, data in enumerate(items):
+            # The same limit as a Kafka message (the worker dead-letters larger ones).
+            if len(raw) > MAX_EVENT_BYTES and len(orjson.dumps(data)) > MAX_EVENT_BYTES:
+                return _error(413, f"event {n} is larger than {MAX_EVENT_BYTES} bytes as JSON")
             if isinstance(data, dict) and data.setdefault("tenant", tenant) != tenant:
                 return _error(400, f"event {n}: tenant {data['tenant']!r} differs from the URL's")
             try:

@@ -55,3 +55,54 @@ def test_refresh_swaps_to_the_promoted_version_and_refuses_a_corrupt_one(
         assert cache.swaps == 1
 
     asyncio.run(run())
+
+
+def test_registered_files_are_read_only(registry: Registry) -> None:
+    files = list((registry.root / "t1" / "v1").iterdir())
+    assert files and all(f.stat().st_mode & 0o222 == 0 for f in files)
+
+
+def test_a_corrupt_current_at_start_serves_the_newest_valid_version_and_is_not_ready(
+    registry: Registry,
+) -> None:
+    bundle = registry.load("t1")
+    registry.promote("t1", registry.register("t1", bundle, {}))  # v2
+    v3 = registry.register("t1", bundle, {})
+    registry.promote("t1", v3)
+    arrays = registry.root / "t1" / v3
+    target = next(p for p in sorted(arrays.iterdir()) if p.suffix == ".npy")
+    target.chmod(0o644)
+    target.write_bytes(target.read_bytes()[:-8])  # truncated in place
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        assert (await cache.get("t1")).version == "v2"
+        (problem,) = cache.problems()
+        assert "version v3 in service is not loaded" in problem and "v2" in problem
+
+    asyncio.run(run())
+
+
+def test_a_loaded_version_whose_file_shrinks_is_dropped_for_a_valid_one(
+    registry: Registry,
+) -> None:
+    bundle = registry.load("t1")
+    v2 = registry.register("t1", bundle, {})
+    registry.promote("t1", v2)
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        assert (await cache.get("t1")).version == v2
+        assert cache.problems() == []
+        # Another file of the same name and a different size replaces one of v2's.
+        victim = next(
+            p for p in sorted((registry.root / "t1" / v2).iterdir()) if p.suffix == ".npy"
+        )
+        data = victim.read_bytes()
+        victim.unlink()
+        victim.write_bytes(data[:-8])
+        await cache.refresh()
+        assert (await cache.get("t1")).version == "v1"
+        assert cache.problems()
+
+    asyncio.run(run())
