@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from models.errors import StreamrecError
 from stream.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, event_from_dict
+from stream.kafka_config import KafkaClientConfig, kafka_config
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection refused, ...) go through Python logging under
@@ -84,7 +85,7 @@ class DeliveryStats:
 
 
 def producer_config(
-    bootstrap_servers: str,
+    bootstrap_servers: str | KafkaClientConfig,
     *,
     linger_ms: float = 5.0,
     batch_size: int = 1_000_000,
@@ -93,26 +94,21 @@ def producer_config(
     message_timeout_ms: int = 30_000,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """librdkafka settings tuned for many small JSON events."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
-        # A few ms of linger fills batches at high rates and costs little at low ones.
-        "linger.ms": linger_ms,
-        "batch.size": batch_size,
-        "compression.type": compression,
-        # Idempotence: librdkafka's retries never duplicate or reorder a session's events.
-        "enable.idempotence": idempotent,
-        "acks": "all",
-        "message.timeout.ms": message_timeout_ms,
-        # Room for bursts (replays, load tests) before produce() pushes back.
-        "queue.buffering.max.messages": 1_000_000,
-        # Same key -> partition mapping as the Java client and aiokafka (Faust), so a
-        # session lands on the same partition whoever produced it.
-        "partitioner": "murmur2_random",
-        "logger": RDKAFKA_LOG,
-    }
-    config.update(extra or {})
-    return config
+    """librdkafka settings tuned for many small JSON events, on top of the common ones
+    (security, acks, the Java-compatible partitioner) from :mod:`stream.kafka_config`."""
+    return kafka_config(bootstrap_servers).producer(
+        {
+            # A few ms of linger fills batches at high rates and costs little at low ones.
+            "linger.ms": linger_ms,
+            "batch.size": batch_size,
+            "compression.type": compression,
+            # Idempotence: librdkafka's retries never duplicate or reorder a session's events.
+            "enable.idempotence": idempotent,
+            "message.timeout.ms": message_timeout_ms,
+            "logger": RDKAFKA_LOG,
+            **(extra or {}),
+        }
+    )
 
 
 class ClickProducer:
@@ -126,7 +122,7 @@ class ClickProducer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: str | KafkaClientConfig,
         topic: str = "clicks",
         *,
         linger_ms: float = 5.0,
@@ -140,7 +136,8 @@ class ClickProducer:
         producer_factory: Callable[[dict[str, Any]], Any] = Producer,
     ) -> None:
         self.topic = topic
-        self.bootstrap_servers = bootstrap_servers
+        # A plain address, or the settings of a secured cluster (KafkaClientConfig).
+        self.bootstrap_servers = kafka_config(bootstrap_servers).bootstrap_servers
         self._assign_event_ids = assign_event_ids
         self._hook = on_delivery
         self._sent = 0

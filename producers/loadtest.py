@@ -41,6 +41,7 @@ from models.errors import StreamrecError
 from producers.client import ClickProducer
 from producers.replay import ReplayTable, iter_events, new_run_id, send_events
 from producers.timing import Pacer
+from stream.kafka_config import KafkaClientConfig, kafka_config
 
 # Reader fetch wait: a recommendation is picked up at most this late (a bound on the
 # measurement error). Shorter is not free: the embedded broker's cost per fetch grows
@@ -57,7 +58,7 @@ _MAX_SCATTER_POINTS = 50_000
 
 @dataclass(frozen=True)
 class LoadTestConfig:
-    broker: str
+    broker: str | KafkaClientConfig
     clicks_topic: str = "clicks"
     recs_topic: str = "recommendations"
     dlq_topic: str = "clicks.dlq"
@@ -88,7 +89,10 @@ class TopicTail:
     """Reads new messages of some topics on a thread, from where they end at ``start()``."""
 
     def __init__(
-        self, broker: str, topics: Sequence[str], on_batch: Callable[[list[Message], float], None]
+        self,
+        broker: str | KafkaClientConfig,
+        topics: Sequence[str],
+        on_batch: Callable[[list[Message], float], None],
     ) -> None:
         self._broker = broker
         self._topics = list(topics)
@@ -100,15 +104,12 @@ class TopicTail:
 
     def start(self) -> None:
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": self._broker,
+            kafka_config(self._broker).consumer(
                 # Assigned, not subscribed: no group join (seconds on the embedded broker),
                 # nothing committed; the id is only required by the client.
-                "group.id": f"streamrec-loadtest-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": _FETCH_WAIT_MS,
-                "fetch.min.bytes": 1,
-            }
+                f"streamrec-loadtest-{uuid.uuid4().hex[:8]}",
+                {"fetch.wait.max.ms": _FETCH_WAIT_MS, "fetch.min.bytes": 1},
+            )
         )
         self._consumer.assign(self._end_positions(self._consumer))
         self._thread.start()
@@ -228,15 +229,18 @@ class Matcher:
 # -- consumer lag -------------------------------------------------------------------------
 
 
-def group_lag(broker: str, group: str, topic: str, known_ends: dict[int, int] | None = None) -> int:
+def group_lag(
+    broker: str | KafkaClientConfig,
+    group: str,
+    topic: str,
+    known_ends: dict[int, int] | None = None,
+) -> int:
     """Events of ``topic`` that ``group`` has not committed yet.
 
     ``known_ends`` (partition -> next offset, from our own delivery reports) corrects
     the embedded broker's high watermark, which can trail the true end by a batch.
     """
-    consumer = Consumer(
-        {"bootstrap.servers": broker, "group.id": group, "enable.auto.commit": False}
-    )
+    consumer = Consumer(kafka_config(broker).consumer(group))
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or not meta.partitions:
@@ -255,7 +259,11 @@ def group_lag(broker: str, group: str, topic: str, known_ends: dict[int, int] | 
 
 
 def settled_lag(
-    broker: str, group: str, topic: str, known_ends: dict[int, int], settle_s: float
+    broker: str | KafkaClientConfig,
+    group: str,
+    topic: str,
+    known_ends: dict[int, int],
+    settle_s: float,
 ) -> int:
     """The group's lag once it stops falling (commits are periodic), within ``settle_s``."""
     deadline = time.monotonic() + settle_s
@@ -345,7 +353,7 @@ def run_loadtest(
             "planned_duration_s": config.duration_s,
             "source": config.source,
             "tenants": list(config.tenants),
-            "broker": config.broker,
+            "broker": kafka_config(config.broker).bootstrap_servers,
             "topics": {
                 "clicks": config.clicks_topic,
                 "recommendations": config.recs_topic,

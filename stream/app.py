@@ -99,7 +99,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.broker_session_timeout_s,
         broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
-        producer_acks=1,
+        # Security and acks from the one Kafka client configuration (stream/kafka_config.py).
+        broker_credentials=settings.kafka.faust_credentials(),
+        producer_acks=settings.kafka.faust_acks(),
         producer_linger=0.002,
         web_enabled=settings.web_port > 0,
         # Faust keeps its own state under datadir (default: the current directory).

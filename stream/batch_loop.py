@@ -106,16 +106,14 @@ class RecordPublisher:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._producer = Producer(
-            {
-                "bootstrap.servers": settings.broker,
-                "linger.ms": 1,
-                "batch.num.messages": 10_000,
-                "queue.buffering.max.messages": 1_000_000,
-                "enable.idempotence": False,
-                "acks": "all",
-                "message.timeout.ms": 30_000,
-                "delivery.report.only.error": True,
-            }
+            settings.kafka.producer(
+                {
+                    "linger.ms": 1,
+                    "batch.num.messages": 10_000,
+                    "enable.idempotence": False,
+                    "delivery.report.only.error": True,
+                }
+            )
         )
 
     def send(self, result: BatchResult) -> Delivery:
@@ -189,7 +187,7 @@ class BatchLoop(Service):
         s = self._settings
         self._publisher = RecordPublisher(s)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.broker,
+            **s.kafka.aiokafka(),
             group_id=s.app_id,
             client_id=f"{s.app_id}-clicks",
             enable_auto_commit=False,

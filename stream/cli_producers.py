@@ -113,7 +113,7 @@ def _ensure_topics(settings: Settings, *topics: str) -> None:
         # Without -v, "connection refused" lines from librdkafka would bury the summary;
         # failures still show up in the delivery counts and the final line.
         RDKAFKA_LOG.setLevel(logging.CRITICAL)
-    admin = AdminClient({"bootstrap.servers": settings.broker, "logger": RDKAFKA_LOG})
+    admin = AdminClient({**settings.kafka.admin(), "logger": RDKAFKA_LOG})
     try:
         admin.list_topics(timeout=5)
     except KafkaException as exc:
@@ -121,13 +121,13 @@ def _ensure_topics(settings: Settings, *topics: str) -> None:
             f"Kafka broker at {settings.broker} does not answer ({exc.args[0].str()}); start "
             "one with `streamrec dev up` or point --broker / STREAMREC_BROKER at yours"
         ) from None
-    ensure_topics(settings.broker, list(topics), settings.partitions, timeout=10)
+    ensure_topics(settings.kafka, list(topics), settings.partitions, timeout=10)
 
 
 def _producer(settings: Settings, topic: str, linger_ms: float) -> Any:
     from producers import ClickProducer
 
-    return ClickProducer(settings.broker, topic, linger_ms=linger_ms)
+    return ClickProducer(settings.kafka, topic, linger_ms=linger_ms)
 
 
 def _finish(result: Any, what: str) -> None:
@@ -551,7 +551,7 @@ def loadtest(
     runs = []
     for run_rate, n_events in plan:
         config = lt.LoadTestConfig(
-            broker=settings.broker,
+            broker=settings.kafka,
             clicks_topic=settings.clicks_topic,
             recs_topic=settings.recs_topic,
             dlq_topic=settings.dlq_topic,

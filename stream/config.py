@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stream.kafka_config import KafkaClientConfig
 
 DEFAULT_BROKER = "127.0.0.1:19092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
@@ -56,6 +59,26 @@ class Settings:
     # <cache_dir>/kafka-<version> (default: the user cache directory, ~/.cache/streamrec).
     kafka_home: str = ""
     cache_dir: str = ""
+    # Kafka clients (stream/kafka_config.py): security, acks, topics streamrec creates.
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_ca_file: str = ""
+    kafka_ssl_cert_file: str = ""
+    kafka_ssl_key_file: str = ""
+    kafka_ssl_key_password: str = field(default="", repr=False)
+    kafka_acks: str = "all"
+    kafka_replication_factor: int = 1
+    # Must cover the trainer's window (default 7 days): the click log is the training data.
+    kafka_retention_hours: float = 336.0
+
+    @property
+    def kafka(self) -> KafkaClientConfig:
+        """Every Kafka client's settings (bootstrap, security, acks, topic defaults)."""
+        from stream.kafka_config import KafkaClientConfig
+
+        return KafkaClientConfig.from_settings(self)
 
     @property
     def run_dir(self) -> Path:

@@ -29,6 +29,7 @@ from models.datasets import eshop_path
 from models.errors import StreamrecError
 from stream.config import Settings
 from stream.devstack import EmbeddedStack, free_port, stack_for
+from stream.kafka_config import KafkaClientConfig
 
 Echo = Callable[[str], None]
 MALFORMED_SAMPLES = [
@@ -98,7 +99,7 @@ def run_demo(settings: Settings, *, events: int, rate: float, show: int, echo: E
             f"==> 4/5 replaying {events:,} clicks at {rate:,.0f}/s into '{settings.clicks_topic}',"
             f" plus {len(MALFORMED_SAMPLES)} malformed events"
         )
-        _send_malformed(stack.broker, settings.clicks_topic)
+        _send_malformed(KafkaClientConfig(stack.broker), settings.clicks_topic)
         _run(["replay", str(sample), "--rate", str(rate)], env)
         sent = events  # replay exits non-zero unless every event was delivered
 
@@ -160,8 +161,8 @@ def _write_sample(path: Path, events: int) -> Path:
     return path
 
 
-def _send_malformed(broker: str, topic: str) -> None:
-    producer = Producer({"bootstrap.servers": broker})
+def _send_malformed(kafka: KafkaClientConfig, topic: str) -> None:
+    producer = Producer(kafka.producer())
     for raw in MALFORMED_SAMPLES:
         producer.produce(topic, key=b"demo-bad", value=raw)
     producer.flush(10)
@@ -172,7 +173,7 @@ def _wait_for_probe(
 ) -> None:
     """A few clicks, answered, before the replay: the worker has joined its group, loaded
     its model and fetched from every partition once."""
-    producer = Producer({"bootstrap.servers": broker})
+    producer = Producer(KafkaClientConfig(broker).producer())
     for i in range(PROBES):
         probe = {
             "tenant": "default",
@@ -195,15 +196,14 @@ def _wait_for_probe(
 
 def _watch(broker: str, settings: Settings, watch: Watch, show: int, echo: Echo) -> None:
     consumer = Consumer(
-        {
-            "bootstrap.servers": broker,
-            "group.id": f"demo-watch-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-            # The embedded broker answers a fetch only when its wait is over, so keep it short.
-            "fetch.wait.max.ms": 5,
-        }
+        KafkaClientConfig(broker).consumer(
+            f"demo-watch-{uuid.uuid4().hex[:8]}",
+            {
+                "session.timeout.ms": 6000,
+                # Tansu answers a fetch only when its wait is over, so keep it short.
+                "fetch.wait.max.ms": 5,
+            },
+        )
     )
     consumer.subscribe([settings.recs_topic, settings.dlq_topic])
     shown = 0

@@ -31,6 +31,7 @@ from state.notify import notify_model_change
 from state.tenants import list_tenants
 from stream.config import Settings
 from stream.events import InvalidEvent, parse_event
+from stream.kafka_config import KafkaClientConfig, kafka_config
 
 log = logging.getLogger("streamrec.trainer")
 
@@ -42,7 +43,7 @@ _Columns = tuple[list[str], list[str], list[float], list[int]]
 
 
 def read_click_log(
-    broker: str,
+    broker: str | KafkaClientConfig,
     topic: str,
     since_ts: float,
     tenants: Iterable[str] | None = None,
@@ -79,22 +80,24 @@ def read_click_log(
     return _merge(parts)
 
 
-def _consumer(broker: str) -> Consumer:
+def _consumer(broker: str | KafkaClientConfig) -> Consumer:
     return Consumer(
-        {
-            "bootstrap.servers": broker,
-            "group.id": "streamrec-trainer",  # required by librdkafka; nothing is committed
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 50,
-            # When its local queue is full, librdkafka waits this long (default 1 s)
-            # before fetching that partition again; the reader empties it much sooner.
-            "fetch.queue.backoff.ms": 20,
-        }
+        kafka_config(broker).consumer(
+            "streamrec-trainer",  # required by librdkafka; nothing is committed
+            {
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 50,
+                # When its local queue is full, librdkafka waits this long (default 1 s)
+                # before fetching that partition again; the reader empties it much sooner.
+                "fetch.queue.backoff.ms": 20,
+            },
+        )
     )
 
 
-def _offset_ranges(broker: str, topic: str, since_ts: float) -> dict[int, tuple[int, int]]:
+def _offset_ranges(
+    broker: str | KafkaClientConfig, topic: str, since_ts: float
+) -> dict[int, tuple[int, int]]:
     """``{partition: (first offset at or after since_ts, end offset now)}`` for the
     partitions with anything to read."""
     consumer = _consumer(broker)
@@ -132,7 +135,7 @@ def _split_partitions(
 
 
 def _read_partitions(
-    broker: str,
+    broker: str | KafkaClientConfig,
     topic: str,
     ranges: dict[int, tuple[int, int]],
     since_ts: float,
@@ -243,9 +246,7 @@ def run_once(
     log, then as many train the tenants."""
     now = time.time() if now is None else now
     started = time.perf_counter()
-    logs = read_click_log(
-        settings.broker, settings.clicks_topic, now - window_s, tenants, jobs=jobs
-    )
+    logs = read_click_log(settings.kafka, settings.clicks_topic, now - window_s, tenants, jobs=jobs)
     clicks = sum(len(v) for v in logs.values())
     read_s = time.perf_counter() - started
     log.info(

@@ -74,7 +74,11 @@ class WebService(Service):
         return app
 
     async def on_start(self) -> None:
-        self._producer = Producer({"bootstrap.servers": self._settings.broker, "linger.ms": 2})
+        # The same partitioner as ClickProducer (stream/kafka_config.py): a session's
+        # clicks land on one partition whether they came over HTTP or from the helper.
+        self._producer = Producer(
+            self._settings.kafka.producer({"linger.ms": 2, "enable.idempotence": True})
+        )
         self._runner = web.AppRunner(self.make_app(), access_log=None)
         await self._runner.setup()
         try:

@@ -60,3 +60,11 @@ def _no_user_streamrec_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("STREAMREC_"):
             monkeypatch.delenv(key)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Everything under tests/integration needs the embedded stack: `-m integration` runs it
+    # (CI runs it a second time on the other broker).
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
