@@ -168,13 +168,18 @@ class Service:
                 "--advertised-listener-url", url,
                 "--storage-engine", "memory://tansu/",
             ]  # fmt: skip
+        # AOF (fsync every second) under the run directory: sessions and the cached
+        # tenant modes survive a Redis restart (the modes are also in the registry).
+        data_dir = self.run_dir / "redis-data"
+        data_dir.mkdir(parents=True, exist_ok=True)
         return [
             redis_binary(),
             "--bind", self.host,
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.run_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--dir", str(data_dir),
         ]  # fmt: skip
 
     def environment(self) -> dict[str, str] | None:

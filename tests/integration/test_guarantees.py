@@ -1,0 +1,157 @@
+"""What survives what: tenant modes across a Redis restart, honest health, a quick SIGTERM
+with a batch stuck, and ids that cannot reach another tenant's data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+import redis
+
+from stream.devstack import EmbeddedStack, Service, free_port
+from stream.events import MAX_EVENT_BYTES, ClickEvent
+from tests.integration.helpers import WorkerConfig, WorkerProcess, consume, produce
+from tests.integration.test_http import _call, _wait_for
+from tests.integration.test_worker import make_config
+
+
+def _own_redis(tmp_path: Path) -> Service:
+    service = Service("redis", "127.0.0.1", free_port(), tmp_path / "redis")
+    service.start()
+    return service
+
+
+def _with_redis(cfg: WorkerConfig, service: Service) -> None:
+    cfg.stack = SimpleNamespace(  # type: ignore[assignment]
+        broker=cfg.stack.broker, redis_url=f"redis://127.0.0.1:{service.port}/0"
+    )
+
+
+def _clicks(tenant: str, n: int, tag: str) -> list[tuple[bytes, bytes]]:
+    out = []
+    for i in range(n):
+        e = ClickEvent(tenant, f"{tag}-{i % 5}", f"I{i % 7}", time.time(), event_id=f"{tag}-{i}")
+        out.append((e.session_id.encode(), e.to_json()))
+    return out
+
+
+def _tenants_answered(broker: str, topic: str, expected: int, timeout: float) -> list[str]:
+    return [orjson.loads(m.value())["tenant"] for m in consume(broker, topic, expected, timeout)]
+
+
+def test_a_tenant_switched_off_stays_off_after_redis_restarts_empty(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    own = _own_redis(tmp_path)
+    cfg = make_config(stack, unique_name, tmp_path, tmp_path / "models")
+    _with_redis(cfg, own)
+    off, on = unique_name("off"), unique_name("on")
+    try:
+        # Through the CLI, as an operator would.
+        done = subprocess.run(
+            [sys.executable, "-m", "stream", "tenant", "mode", off, "off"],
+            env=cfg.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        with WorkerProcess(cfg) as worker:
+            produce(stack.broker, cfg.clicks, _clicks(off, 20, "a") + _clicks(on, 20, "b"))
+            answered = _tenants_answered(stack.broker, cfg.recs, 20, timeout=60)
+            assert answered == [on] * 20, worker.log()[-3000:]
+
+            client = redis.Redis(port=own.port)
+            try:
+                client.shutdown(nosave=True)
+            except redis.ConnectionError:
+                pass
+            own.stop()
+            # Whatever Redis kept on disk is gone too: the registry holds the switch.
+            shutil.rmtree(own.run_dir / "redis-data")
+            own.start()
+            produce(stack.broker, cfg.clicks, _clicks(off, 20, "c") + _clicks(on, 20, "d"))
+            answered = _tenants_answered(stack.broker, cfg.recs, 40, timeout=60)
+            assert len(answered) == 40, worker.log()[-3000:]
+            # Nothing more arrives for the tenant switched off.
+            answered = _tenants_answered(stack.broker, cfg.recs, 41, timeout=5)
+            assert answered == [on] * 40, worker.log()[-3000:]
+            assert worker.alive()
+    finally:
+        own.stop()
+
+
+def test_health_says_degraded_without_redis_and_sigterm_exits_with_a_batch_stuck(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    own = _own_redis(tmp_path)
+    cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
+    _with_redis(cfg, own)
+    port = free_port()
+    cfg.extra_env["STREAMREC_WEB_PORT"] = str(port)
+    health = f"http://127.0.0.1:{port}/health"
+    try:
+        worker = WorkerProcess(cfg).start()
+        try:
+            assert _wait_for(health)[0] == 200, worker.log()[-3000:]
+            produce(stack.broker, cfg.clicks, _clicks("default", 10, "h"))
+            assert len(consume(stack.broker, cfg.recs, 10, timeout=60)) == 10
+            own.stop()
+            produce(stack.broker, cfg.clicks, _clicks("default", 10, "i"))  # stuck
+            time.sleep(2)
+            status, body = _call(health)
+            report = json.loads(body)
+            assert status == 503 and report["status"] == "degraded", report
+            assert any("redis unreachable" in r for r in report["reasons"]), report
+            started = time.monotonic()
+            rc = worker.stop(signal.SIGTERM, timeout=30)
+            took = time.monotonic() - started
+        finally:
+            worker.stop(signal.SIGKILL)
+        assert took < 10, f"SIGTERM took {took:.1f}s\n" + worker.log()[-3000:]
+        assert rc == 0, worker.log()[-3000:]
+    finally:
+        own.stop()
+
+
+def test_ids_cannot_reach_another_tenants_data_and_bad_paths_get_4xx(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
+    port = free_port()
+    cfg.extra_env["STREAMREC_WEB_PORT"] = str(port)
+    base = f"http://127.0.0.1:{port}"
+    sid = f"{unique_name('x')}:y"
+    with WorkerProcess(cfg) as worker:
+        assert _wait_for(f"{base}/health")[0] == 200, worker.log()[-3000:]
+        status, _ = _call(f"{base}/v1/default/events", {"session_id": sid, "item_id": "A13"})
+        assert status == 202
+        quoted = urllib.parse.quote(sid, safe="")
+        status, body = _wait_for(f"{base}/v1/default/sessions/{quoted}/recommendations")
+        assert status == 200 and json.loads(body)["session_id"] == sid
+        # The same characters split another way: another tenant, which is not a valid name.
+        head, tail = sid.split(":")
+        status, body = _call(f"{base}/v1/default:{head}/sessions/{tail}/recommendations")
+        assert status == 400, body
+        status, body = _call(f"{base}/v1/{unique_name('t')}/sessions/{quoted}/recommendations")
+        assert status == 404, body
+        for bad in ("shop%0A", "shop%0D", "-shop", "a" * 65):
+            status, body = _call(f"{base}/v1/{bad}/events", {"session_id": "s", "item_id": "A"})
+            assert status == 400, (bad, body)
+            status, body = _call(f"{base}/v1/{bad}/sessions/s/recommendations")
+            assert status == 400, (bad, body)
+        status, body = _call(f"{base}/v1/default/sessions/s%0A/recommendations")
+        assert status == 400, body
+        big = {"session_id": "s", "item_id": "A13", "pad": "x" * MAX_EVENT_BYTES}
+        assert _call(f"{base}/v1/default/events", big)[0] == 413
+        assert _call(f"{base}/v1/default/events", [big])[0] == 413
+        assert worker.alive()
