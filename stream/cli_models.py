@@ -18,6 +18,7 @@ import click
 from models.datasets import FORMATS, Session, build_sessions, eshop_path, read_clicks
 from models.registry import Registry
 from state.notify import notify_model_change
+from stream.cli_params import TENANT
 from stream.config import Settings
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class _StageBars:
     "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 @format_options
-@click.option("--tenant", default="default", show_default=True)
+@click.option("--tenant", default="default", show_default=True, type=TENANT)
 @_train_options
 @click.option(
     "--eval-days",
@@ -250,7 +251,7 @@ def _write_plots(bundle: Any, directory: Path) -> list[Path]:
 @click.command()
 @click.argument("item")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--tenant", default="default", show_default=True)
+@click.option("--tenant", default="default", show_default=True, type=TENANT)
 @click.option("--any-cluster", is_flag=True, help="Search all items, not only ITEM's cluster.")
 @click.pass_obj
 def similar(settings: Settings, item: str, k: int, tenant: str, any_cluster: bool) -> None:
@@ -414,7 +415,7 @@ def models_group() -> None:
 
 
 @models_group.command("list")
-@click.argument("tenant", required=False)
+@click.argument("tenant", required=False, type=TENANT)
 @click.pass_obj
 def models_list(settings: Settings, tenant: str | None) -> None:
     """Versions of TENANT (default: every tenant); `*` marks the one in service."""
@@ -444,7 +445,7 @@ def models_list(settings: Settings, tenant: str | None) -> None:
 
 
 @models_group.command("promote")
-@click.argument("tenant")
+@click.argument("tenant", type=TENANT)
 @click.argument("version")
 @click.pass_obj
 def models_promote(settings: Settings, tenant: str, version: str) -> None:
@@ -455,7 +456,7 @@ def models_promote(settings: Settings, tenant: str, version: str) -> None:
 
 
 @models_group.command("rollback")
-@click.argument("tenant", default="default")
+@click.argument("tenant", default="default", type=TENANT)
 @click.argument("version", required=False)
 @click.pass_obj
 def models_rollback(settings: Settings, tenant: str, version: str | None) -> None:

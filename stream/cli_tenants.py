@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 import redis
 
-from models.names import TENANT_RULE, is_tenant
 from models.registry import Registry
 from state.notify import notify_model_change
 from state.tenants import MODES, list_tenants, set_mode
+from stream.cli_params import TENANT
 from stream.config import Settings
 
 
@@ -28,13 +28,11 @@ def tenant() -> None:
 
 
 @tenant.command("mode")
-@click.argument("name")
+@click.argument("name", type=TENANT)
 @click.argument("mode", type=click.Choice(MODES))
 @click.pass_obj
 def tenant_mode(settings: Settings, name: str, mode: str) -> None:
     """Switch tenant NAME on, freeze it, or switch it off."""
-    if not is_tenant(name):
-        raise click.BadParameter(TENANT_RULE, param_hint="NAME")
     # The registry holds it durably (it survives a Redis restart); Redis caches it.
     Registry(settings.registry_dir).set_mode(name, mode)
     try:

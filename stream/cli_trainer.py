@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from models.train import TrainParams
 from models.trainer import GATE_METRICS, GatePolicy
+from stream.cli_params import TENANT
 from stream.config import Settings
 
 log = logging.getLogger("streamrec.trainer")
@@ -58,7 +59,9 @@ class Duration(click.ParamType):
     show_default=True,
     help="How far back to read clicks from the `clicks` topic.",
 )
-@click.option("--tenant", "tenants", multiple=True, help="Only these tenants (repeatable).")
+@click.option(
+    "--tenant", "tenants", multiple=True, type=TENANT, help="Only these tenants (repeatable)."
+)
 @click.option(
     "--gate-metric",
     type=click.Choice(GATE_METRICS),

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from stream.kafka_config import KafkaClientConfig
@@ -72,6 +73,21 @@ class Settings:
     kafka_replication_factor: int = 1
     # Must cover the trainer's window (default 7 days): the click log is the training data.
     kafka_retention_hours: float = 336.0
+
+    def __post_init__(self) -> None:
+        # A bad port is a one-line error at start-up, not a traceback from a socket later.
+        if not 0 <= self.web_port <= 65535:
+            raise ValueError(f"web port {self.web_port} is not a port (0-65535; 0 = off)")
+        for address in self.broker.split(","):
+            host, _, port = address.strip().rpartition(":")
+            if host and not (port.isdigit() and 0 < int(port) <= 65535):
+                raise ValueError(f"broker address {address!r} has no valid port (1-65535)")
+        try:
+            redis_port = urlparse(self.redis_url).port
+        except ValueError:
+            redis_port = 0
+        if redis_port == 0:
+            raise ValueError(f"Redis URL {self.redis_url!r} has no valid port (1-65535)")
 
     @property
     def kafka(self) -> KafkaClientConfig:

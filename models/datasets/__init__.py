@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import calendar
 import csv
+import functools
 import gzip
 import io
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -65,6 +67,22 @@ class Session:
     end: float
 
 
+def _naming_the_file(read: Callable[..., Clicks]) -> Callable[..., Clicks]:
+    """A file that cannot be decoded (a truncated gzip, bytes that are not UTF-8) is a
+    DataFormatError naming it, not an EOFError (which a CLI takes for Ctrl-D)."""
+
+    @functools.wraps(read)
+    def wrapper(path: str | Path, *args: Any, **kwargs: Any) -> Clicks:
+        try:
+            return read(path, *args, **kwargs)
+        except (EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError) as exc:
+            what = "is truncated" if isinstance(exc, EOFError) else "cannot be decoded"
+            raise DataFormatError(f"{path}: {what} ({exc})") from None
+
+    return wrapper
+
+
+@_naming_the_file
 def read_clicks(
     path: str | Path,
     fmt: Format | str = "auto",
