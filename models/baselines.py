@@ -1,69 +1,113 @@
 """The classic session-based baselines, and streamrec itself, behind one small interface.
 
+Each baseline is the plain textbook version that ``../shared/data/REFERENCE.md`` describes,
+so the harness can be checked against its numbers:
+
 - ``pop``: the most clicked training items.
+- ``transitions``: the items that most often came right after the last click (counted
+  once per training session).
+- ``sr``: sequential rules (Ludewig and Jannach 2018): j after i up to 10 clicks later,
+  weight 1/distance, read off the last click.
+- ``item_knn``: cosine over session co-occurrence with the last click (Hidasi et al.
+  2016; ``shrink`` adds their shrinkage term, 0 by default as in the reference).
+- ``item2vec``: gensim skip-gram 64-d vectors, nearest by cosine to the last click.
 - ``cluster_random``: the tutorial's method, random members of the last item's KMeans
   cluster (Word2Vec + KMeans with the tutorial's settings).
-- ``item_knn``: items that co-occur in training sessions with the last item, cosine
-  (Hidasi et al. 2016, with their shrinkage term).
-- ``sknn``: session-based kNN (Jannach & Ludewig 2017): the k training sessions most
-  similar (cosine over item sets) to the current one, drawn from the most recent
-  sessions that share an item with it; items score by the summed similarity.
+- ``sknn``: session kNN (Jannach and Ludewig 2017): the k training sessions most similar
+  (cosine over item sets) among the ``sample_size`` most recent ones sharing an item.
+- ``vsknn``: V-SKNN (Ludewig and Jannach 2018): as sknn, but the similarity is the
+  session's items weighted linearly by position (i/n for the i-th of n clicks) summed
+  over the items a neighbour shares.
 
-Every model returns ``k`` items, never one already in the session, and fills up with
-popular items where its own evidence runs out, so the comparison is about ranking.
+Models rank every item they know and may return items already in the session (the
+literature protocol); the harness applies serving rules afterwards. Ties, and the tail of
+lists a model has no evidence for, follow the order in which items first appear in
+training: that is what the reference numbers were computed with.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 
 from models.evaluate import Recommender
-from models.train import StreamrecModel, TrainParams, train_model
+from models.train import StreamrecModel, TrainParams
 
 
 class _Catalogue:
-    """Item index and popularity shared by the baselines."""
+    """Item index (first appearance in training) shared by the baselines."""
 
     def fit_catalogue(self, sessions: Sequence[Sequence[str]]) -> None:
-        counts = Counter(item for s in sessions for item in s)
-        self.items = [item for item, _ in counts.most_common()]  # most popular first
-        self.index = {item: i for i, item in enumerate(self.items)}
-        # A tiny popularity bonus: breaks ties and fills short lists with popular items.
-        n = len(self.items)
-        self.tie_break = (n - np.arange(n)) / (n + 1.0) * 1e-9
+        index: dict[str, int] = {}
+        for s in sessions:
+            for item in s:
+                if item not in index:
+                    index[item] = len(index)
+        self.index = index
+        self.items = list(index)
+        self.codes = [self.encode(s) for s in sessions]
+        flat = np.concatenate(self.codes) if self.codes else np.zeros(0, dtype=np.int64)
+        self.counts = np.bincount(flat, minlength=len(self.items)).astype(np.float64)
 
-    def known(self, prefix: Sequence[str]) -> list[int]:
-        return [self.index[x] for x in prefix if x in self.index]
+    def encode(self, prefix: Sequence[str]) -> np.ndarray:
+        """Item rows of a session, items the model does not know dropped."""
+        get = self.index.get
+        return np.fromiter((i for i in map(get, prefix) if i is not None), dtype=np.int64, count=-1)
 
-    def binary_rows(self, sessions: Sequence[Sequence[int]]) -> sp.csr_matrix:
+    def last_items(self, prefixes: Sequence[Sequence[str]]) -> np.ndarray:
+        """The row of each prefix's last click, -1 when the model does not know it."""
+        get = self.index.get
+        return np.array([get(p[-1], -1) if len(p) else -1 for p in prefixes], dtype=np.int64)
+
+    def binary_rows(self, sessions: Sequence[np.ndarray]) -> sp.csr_matrix:
         """One row per session, 1 for each item it contains."""
-        rows = np.repeat(np.arange(len(sessions)), [len(s) for s in sessions])
-        cols = np.fromiter((i for s in sessions for i in s), dtype=np.int64, count=len(rows))
+        lengths = [len(s) for s in sessions]
+        rows = np.repeat(np.arange(len(sessions)), lengths)
+        cols = np.concatenate(sessions) if sessions else np.zeros(0, dtype=np.int64)
         matrix = sp.csr_matrix(
             (np.ones(len(rows)), (rows, cols)), shape=(len(sessions), len(self.items))
         )
         matrix.data[:] = 1.0  # repeated clicks count once
         return matrix
 
-    def top_k(self, scores: np.ndarray, seen: Sequence[Sequence[int]], k: int) -> list[list[str]]:
-        """Best ``k`` per row of a dense [rows, n_items] score matrix, seen items excluded."""
-        scores = scores + self.tie_break
-        for row, known in enumerate(seen):
-            scores[row, known] = -np.inf
+    def rows_of(self, matrix: sp.csr_matrix, last: np.ndarray) -> np.ndarray:
+        """Dense rows ``matrix[last]``, zero where ``last`` is -1."""
+        scores = matrix[np.maximum(last, 0)].toarray()
+        scores[last < 0] = 0.0
+        return scores
+
+    def top_k(self, scores: np.ndarray, k: int) -> list[list[str]]:
+        """Best ``k`` per row of a dense [rows, n_items] score matrix; ties by item row."""
         k = min(k, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        best = np.take_along_axis(scores, top, axis=1)
-        return [
-            [self.items[i] for i, s in zip(r, b, strict=True) if s > -np.inf]
-            for r, b in zip(top.tolist(), best.tolist(), strict=True)
-        ]
+        top = np.empty((scores.shape[0], k), dtype=np.int64)
+        top_k_rows(np.ascontiguousarray(scores, dtype=np.float64), top)
+        names = self.items
+        return [[names[i] for i in row] for row in top.tolist()]
+
+
+@njit(cache=True, nogil=True)
+def top_k_rows(scores, out):  # pragma: no cover - compiled; checked through the baselines' tests
+    """Best ``out.shape[1]`` columns per row by (score desc, column asc), one pass, no sort."""
+    k = out.shape[1]
+    best = np.empty(k, dtype=np.float64)
+    for r in range(scores.shape[0]):
+        kept = 0
+        for j in range(scores.shape[1]):
+            s = scores[r, j]
+            if kept == k and not s > best[k - 1]:
+                continue  # columns come in ascending order: a tie never displaces
+            pos = min(kept, k - 1)
+            while pos > 0 and s > best[pos - 1]:
+                best[pos] = best[pos - 1]
+                out[r, pos] = out[r, pos - 1]
+                pos -= 1
+            best[pos] = s
+            out[r, pos] = j
+            kept = min(kept + 1, k)
 
 
 class Popular(_Catalogue):
@@ -71,8 +115,60 @@ class Popular(_Catalogue):
         self.fit_catalogue(sessions)
 
     def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
-        seen = [self.known(p) for p in prefixes]
-        return self.top_k(np.zeros((len(prefixes), len(self.items))), seen, k)
+        return self.top_k(np.tile(self.counts, (len(prefixes), 1)), k)
+
+
+def transition_counts(codes: Sequence[np.ndarray], n: int, *, per_session: bool) -> sp.csr_matrix:
+    """[n, n] counts of "b came right after a"; ``per_session`` counts a pair once a session."""
+    a = np.concatenate([s[:-1] for s in codes]) if codes else np.zeros(0, dtype=np.int64)
+    b = np.concatenate([s[1:] for s in codes]) if codes else np.zeros(0, dtype=np.int64)
+    if per_session:
+        session = np.repeat(np.arange(len(codes)), [max(0, len(s) - 1) for s in codes])
+        keys = np.unique((session * n + a) * n + b)
+        a, b = (keys // n) % n, keys % n
+    return sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+
+
+class Transitions(_Catalogue):
+    """Most frequent next item after the last click, counted once per training session."""
+
+    def fit(self, sessions: Sequence[Sequence[str]]) -> None:
+        self.fit_catalogue(sessions)
+        self.follows = transition_counts(self.codes, len(self.items), per_session=True)
+
+    def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
+        return self.top_k(self.rows_of(self.follows, self.last_items(prefixes)), k)
+
+
+def sequential_rules(codes: Sequence[np.ndarray], n: int, steps: int = 10) -> sp.csr_matrix:
+    """[n, n] rule weights: j after i within ``steps`` clicks, weight 1/distance."""
+    flat = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64)
+    session = np.repeat(np.arange(len(codes)), [len(s) for s in codes])
+    rows, cols, weights = [], [], []
+    for gap in range(1, steps + 1):
+        same = session[:-gap] == session[gap:]
+        rows.append(flat[:-gap][same])
+        cols.append(flat[gap:][same])
+        weights.append(np.full(int(same.sum()), 1.0 / gap))
+    if not rows:
+        return sp.csr_matrix((n, n))
+    return sp.csr_matrix(
+        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
+
+
+class SequentialRules(_Catalogue):
+    """SR (Ludewig and Jannach 2018), read off the last click."""
+
+    def __init__(self, steps: int = 10) -> None:
+        self.steps = steps
+
+    def fit(self, sessions: Sequence[Sequence[str]]) -> None:
+        self.fit_catalogue(sessions)
+        self.rules = sequential_rules(self.codes, len(self.items), self.steps)
+
+    def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
+        return self.top_k(self.rows_of(self.rules, self.last_items(prefixes)), k)
 
 
 class ClusterRandom(_Catalogue):
@@ -84,6 +180,8 @@ class ClusterRandom(_Catalogue):
         self.rng = np.random.default_rng(self.params.seed)
 
     def fit(self, sessions: Sequence[Sequence[str]]) -> None:
+        from models.train import train_model
+
         self.fit_catalogue(sessions)
         bundle = train_model(sessions, self.params)
         self.cluster = np.full(len(self.items), -1)
@@ -91,24 +189,24 @@ class ClusterRandom(_Catalogue):
             self.cluster[self.index[item]] = cluster
 
     def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
-        seen = [self.known(p) for p in prefixes]
+        last = self.last_items(prefixes)
         scores = np.zeros((len(prefixes), len(self.items)))
-        for row, known in enumerate(seen):
-            if known and self.cluster[known[-1]] >= 0:
-                members = self.cluster == self.cluster[known[-1]]
+        for row, item in enumerate(last.tolist()):
+            if item >= 0 and self.cluster[item] >= 0:
+                members = self.cluster == self.cluster[item]
                 scores[row, members] = 1.0 + self.rng.random(int(members.sum()))
-        return self.top_k(scores, seen, k)
+        return self.top_k(scores, k)
 
 
 class ItemKNN(_Catalogue):
-    """sim(i, j) = |sessions with i and j| / (|i|^alpha * |j|^(1-alpha) + shrink)."""
+    """sim(i, j) = |sessions with i and j| / (|i|^alpha * |j|^(1-alpha) + shrink), j != i."""
 
-    def __init__(self, alpha: float = 0.5, shrink: float = 20.0) -> None:
+    def __init__(self, alpha: float = 0.5, shrink: float = 0.0) -> None:
         self.alpha, self.shrink = alpha, shrink
 
     def fit(self, sessions: Sequence[Sequence[str]]) -> None:
         self.fit_catalogue(sessions)
-        x = self.binary_rows([self.known(s) for s in sessions])
+        x = self.binary_rows(self.codes)
         cooc = (x.T @ x).tocsr()
         cooc.setdiag(0)
         cooc.eliminate_zeros()
@@ -120,58 +218,119 @@ class ItemKNN(_Catalogue):
         self.sim = sp.csr_matrix((coo.data / denominator, (coo.row, coo.col)), shape=cooc.shape)
 
     def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
-        seen = [self.known(p) for p in prefixes]
-        last = [known[-1] if known else -1 for known in seen]
-        scores = self.sim[np.maximum(last, 0)].toarray()
-        scores[np.asarray(last) < 0] = 0.0
-        return self.top_k(scores, seen, k)
+        return self.top_k(self.rows_of(self.sim, self.last_items(prefixes)), k)
+
+
+class Item2Vec(_Catalogue):
+    """Skip-gram item vectors (gensim), the items nearest by cosine to the last click."""
+
+    def __init__(self, vector_size: int = 64, seed: int = 42) -> None:
+        self.vector_size, self.seed = vector_size, seed
+
+    def fit(self, sessions: Sequence[Sequence[str]]) -> None:
+        from gensim.models import Word2Vec
+
+        from models.train import auto_epochs
+
+        self.fit_catalogue(sessions)
+        clicks = int(sum(map(len, sessions)))
+        w2v = Word2Vec(
+            [list(s) for s in sessions],
+            vector_size=self.vector_size,
+            window=5,
+            min_count=1,
+            sg=1,
+            epochs=auto_epochs(clicks),
+            seed=self.seed,
+            workers=1,
+        )
+        vectors = np.stack([w2v.wv[item] for item in self.items]).astype(np.float64)
+        self.vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
+        last = self.last_items(prefixes)
+        scores = self.vectors[np.maximum(last, 0)] @ self.vectors.T
+        scores[np.arange(len(last)), np.maximum(last, 0)] = -np.inf  # not the item itself
+        scores[last < 0] = 0.0
+        return self.top_k(scores, k)
 
 
 class SessionKNN(_Catalogue):
-    """SKNN: neighbours among the ``sample_size`` most recent sessions sharing an item."""
+    """SKNN (``weighting="cosine"``) and V-SKNN (``weighting="position"``).
 
-    def __init__(self, k: int = 100, sample_size: int = 1000) -> None:
-        self.k, self.sample_size = k, sample_size
+    Neighbour candidates are the ``sample_size`` most recent training sessions that share
+    an item with the current one (sessions arrive oldest first, see models.datasets);
+    the ``k`` most similar vote for their items with their similarity.
+    """
+
+    def __init__(self, k: int = 100, sample_size: int = 1000, weighting: str = "cosine") -> None:
+        if weighting not in ("cosine", "position"):
+            raise ValueError(f"unknown weighting {weighting!r}")
+        self.k, self.sample_size, self.weighting = k, sample_size, weighting
 
     def fit(self, sessions: Sequence[Sequence[str]]) -> None:
-        # Sessions arrive ordered by start time (see models.datasets): higher row = more recent.
         self.fit_catalogue(sessions)
-        self.sessions = self.binary_rows([self.known(s) for s in sessions])
+        self.sessions = self.binary_rows(self.codes)
+        self.by_item = self.sessions.T.tocsr()  # item -> sessions, ascending (oldest first)
         self.lengths = np.asarray(self.sessions.sum(axis=1)).ravel()
 
-    def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
-        seen = [self.known(p) for p in prefixes]
-        queries = self.binary_rows(seen)
-        overlap = (queries @ self.sessions.T).tocsr()  # shared items per (query, session)
-        q_len = np.asarray(queries.sum(axis=1)).ravel()
+    def neighbour_weights(self, prefixes: Sequence[Sequence[str]]) -> sp.csr_matrix:
+        """[prefixes, training sessions]: each prefix's k neighbours and their similarity."""
         rows, cols, sims = [], [], []
-        for row in range(len(prefixes)):
-            lo, hi = overlap.indptr[row], overlap.indptr[row + 1]
-            neighbours, shared = overlap.indices[lo:hi], overlap.data[lo:hi]
+        for row, prefix in enumerate(prefixes):
+            codes = self.encode(prefix)
+            if not len(codes):
+                continue
+            # Weight of each distinct item: its latest position i (1-based) over n.
+            weight = dict(
+                zip(codes.tolist(), (np.arange(len(codes)) + 1) / len(codes), strict=True)
+            )
+            items = np.fromiter(weight, dtype=np.int64, count=len(weight))
+            if self.weighting == "cosine":
+                w = np.ones(len(items))
+            else:
+                w = np.fromiter(weight.values(), dtype=np.float64, count=len(weight))
+            sub = self.by_item[items]
+            neighbours = np.unique(sub.indices)
             if len(neighbours) > self.sample_size:
-                recent = np.argsort(neighbours)[-self.sample_size :]
-                neighbours, shared = neighbours[recent], shared[recent]
-            sim = shared / np.sqrt(q_len[row] * self.lengths[neighbours])
+                neighbours = neighbours[-self.sample_size :]
+            sim = np.asarray(sub[:, neighbours].T @ w).ravel()
+            if self.weighting == "cosine":
+                sim = sim / np.sqrt(len(items) * self.lengths[neighbours])
             if len(sim) > self.k:
                 best = np.argpartition(-sim, self.k - 1)[: self.k]
                 neighbours, sim = neighbours[best], sim[best]
             rows.append(np.full(len(sim), row))
             cols.append(neighbours)
             sims.append(sim)
-        weights = sp.csr_matrix(
+        if not rows:
+            return sp.csr_matrix((len(prefixes), self.sessions.shape[0]))
+        return sp.csr_matrix(
             (np.concatenate(sims), (np.concatenate(rows), np.concatenate(cols))),
             shape=(len(prefixes), self.sessions.shape[0]),
         )
-        return self.top_k((weights @ self.sessions).toarray(), seen, k)
+
+    def scores(self, prefixes: Sequence[Sequence[str]]) -> np.ndarray:
+        return np.asarray((self.neighbour_weights(prefixes) @ self.sessions).todense())
+
+    def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
+        return self.top_k(self.scores(prefixes), k)
 
 
 def model_factories(params: TrainParams | None = None) -> dict[str, Callable[[], Recommender]]:
     """Every model the harness knows, by the name ``--models`` uses."""
+    from models.hybrid import HybridModel
+
     params = params or TrainParams()
     return {
+        "hybrid": lambda: HybridModel(seed=params.seed),
         "streamrec": lambda: StreamrecModel(params),
         "pop": Popular,
-        "cluster_random": lambda: ClusterRandom(TrainParams(seed=params.seed)),
+        "transitions": Transitions,
+        "sr": SequentialRules,
         "item_knn": ItemKNN,
+        "item2vec": lambda: Item2Vec(seed=params.seed),
+        "cluster_random": lambda: ClusterRandom(TrainParams(seed=params.seed)),
         "sknn": SessionKNN,
+        "vsknn": lambda: SessionKNN(weighting="position"),
     }

@@ -89,10 +89,13 @@ def _train_params(**given: Any) -> TrainParams:
     return TrainParams.from_dict(given)
 
 
-def _read_sessions(path: Path, fmt: str, cols: dict[str, str | None]) -> tuple[list[Session], int]:
-    """Sessions (ordered, repeats collapsed, one-click sessions dropped) and the raw click count."""
+def _read_sessions(
+    path: Path, fmt: str, cols: dict[str, str | None], *, collapse_repeats: bool = True
+) -> tuple[list[Session], int]:
+    """Sessions (ordered, one-click sessions dropped; consecutive repeats collapsed unless
+    told otherwise) and the raw click count."""
     clicks = read_clicks(path, fmt, **cols)
-    return build_sessions(clicks, min_length=2), len(clicks)
+    return build_sessions(clicks, min_length=2, collapse_repeats=collapse_repeats), len(clicks)
 
 
 def _quiet_libraries() -> None:
@@ -272,7 +275,19 @@ def similar(settings: Settings, item: str, k: int, tenant: str, any_cluster: boo
         click.echo(f"  {rank:>4}  {other:<12} {score:7.3f}")
 
 
-MODEL_NAMES = ("streamrec", "pop", "cluster_random", "item_knn", "sknn")
+MODEL_NAMES = (
+    "hybrid",
+    "streamrec",
+    "pop",
+    "transitions",
+    "sr",
+    "item_knn",
+    "item2vec",
+    "cluster_random",
+    "sknn",
+    "vsknn",
+)
+DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsknn")
 
 
 @click.command()
@@ -293,16 +308,44 @@ MODEL_NAMES = ("streamrec", "pop", "cluster_random", "item_knn", "sknn")
     type=click.FloatRange(min=0, min_open=True),
     help="Instead of --test: sessions starting in the last N days of --train are the test set.",
 )
+@click.option(
+    "--valid",
+    "valid_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Validation clicks: models that tune settings choose them on this split only.",
+)
+@click.option(
+    "--valid-days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Instead of --valid: the last N days of the training sessions are the validation split.",
+)
 @format_options
+@click.option("--category-col", help="csv: column with the item's category (optional).")
+@click.option(
+    "--protocol",
+    type=click.Choice(("next-item", "serving")),
+    default="next-item",
+    show_default=True,
+    help="next-item: the literature protocol (nothing filtered, repeats kept); "
+    "serving: the same cases with the --exclude rule applied after ranking.",
+)
+@click.option(
+    "--exclude",
+    type=click.Choice(("none", "current", "seen")),
+    default="current",
+    show_default=True,
+    help="serving: what a list may not contain (the item being looked at, or any item "
+    "of the session).",
+)
 @click.option(
     "--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="List length."
 )
 @click.option(
     "--models",
     "model_list",
-    default=",".join(MODEL_NAMES),
+    default=",".join(DEFAULT_MODELS),
     show_default=True,
-    help="Comma-separated models to compare.",
+    help=f"Comma-separated models to compare, from: {', '.join(MODEL_NAMES)}.",
 )
 @click.option(
     "--json",
@@ -317,11 +360,16 @@ def evaluate(
     train_file: Path | None,
     test_file: Path | None,
     split_days: float | None,
+    valid_file: Path | None,
+    valid_days: float | None,
     fmt: str,
     session_col: str | None,
     item_col: str | None,
     time_col: str | None,
     order_col: str | None,
+    category_col: str | None,
+    protocol: str,
+    exclude: str,
     k: int,
     model_list: str,
     json_out: Path | None,
@@ -329,7 +377,8 @@ def evaluate(
 ) -> None:
     """Compare streamrec with baselines on next-item prediction (HR@K, MRR@K, coverage, speed).
 
-    Every prefix of every test session is a case: clicks 1..i predict click i+1.
+    Every prefix of every test session is a case: clicks 1..i predict click i+1, consecutive
+    repeats kept. Settings a model tunes are chosen on --valid / --valid-days only.
     """
     from models.baselines import model_factories
     from models.datasets import split_last_days
@@ -348,23 +397,37 @@ def evaluate(
         raise click.BadParameter(
             "give exactly one of --test FILE or --split-days N", param_hint="--test"
         )
+    if valid_file is not None and valid_days is not None:
+        raise click.BadParameter(
+            "give at most one of --valid FILE or --valid-days N", param_hint="--valid"
+        )
     cols = {
         "session_col": session_col,
         "item_col": item_col,
         "time_col": time_col,
         "order_col": order_col,
+        "category_col": category_col,
     }
     train_path = train_file or eshop_path()
-    train_sessions, _ = _read_sessions(train_path, fmt, cols)
+    train_sessions, _ = _read_sessions(train_path, fmt, cols, collapse_repeats=False)
     if test_file is not None:
-        test_sessions, _ = _read_sessions(test_file, fmt, cols)
+        test_sessions, _ = _read_sessions(test_file, fmt, cols, collapse_repeats=False)
     else:
         train_sessions, test_sessions = split_last_days(train_sessions, split_days or 0)
+    valid_sessions: list[Session] | None = None
+    fit_part: list[Session] | None = None
+    if valid_file is not None:
+        valid_sessions, _ = _read_sessions(valid_file, fmt, cols, collapse_repeats=False)
+    elif valid_days is not None:
+        # Tuning sees only the training sessions: the last days of them play the test.
+        fit_part, valid_sessions = split_last_days(train_sessions, valid_days)
     factories = model_factories(_train_params(**train_options))
     click.echo(
         f"train: {len(train_sessions)} sessions from {train_path}; "
         f"test: {len(test_sessions)} sessions"
         + (f" (last {split_days:g} days)" if split_days else f" from {test_file}")
+        + f"; protocol {protocol}"
+        + (f" (exclude {exclude})" if protocol == "serving" else "")
     )
     results: dict[str, Any] = {}
     cases = 0
@@ -373,6 +436,10 @@ def evaluate(
         [s.items for s in train_sessions],
         [s.items for s in test_sessions],
         k=k,
+        protocol=protocol,
+        exclude=exclude,
+        valid=[s.items for s in valid_sessions] if valid_sessions is not None else None,
+        tune_train=[s.items for s in fit_part] if fit_part is not None else None,
     ):
         cases = metrics.cases
         results[name] = metrics.as_dict()
@@ -380,8 +447,13 @@ def evaluate(
     click.echo(_metrics_table(results, k, cases))
     if json_out is not None:
         payload = {
+            "protocol": protocol,
+            "exclude": exclude if protocol == "serving" else "none",
             "cases": cases,
             "k": k,
+            "tuned_on": str(valid_file)
+            if valid_file
+            else (f"last {valid_days:g} days of train" if valid_days else None),
             "models": {
                 n: {key: v for key, v in m.items() if key != "cases"} for n, m in results.items()
             },

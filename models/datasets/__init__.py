@@ -19,7 +19,7 @@ import gzip
 import io
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ class Clicks:
     item_ids: np.ndarray  # unicode str [n]
     ts: np.ndarray  # float64 unix seconds [n]; all zero when the file has no time column
     order: np.ndarray  # int64 [n]: position inside the session, or the row number
+    categories: np.ndarray | None = None  # unicode str [n] when the file names a category
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -91,6 +92,7 @@ def read_clicks(
     item_col: str | None = None,
     time_col: str | None = None,
     order_col: str | None = None,
+    category_col: str | None = None,
     delimiter: str | None = None,
 ) -> Clicks:
     """Read a click log; raise DataFormatError with a fix-it hint when it does not fit."""
@@ -111,14 +113,14 @@ def read_clicks(
         if fmt == "yoochoose":
             delimiter = delimiter or "\t"
             header = _header(first, delimiter, _YOOCHOOSE_COLUMNS, path)
-            return _read_generic(fh, header, delimiter, path, *_YOOCHOOSE_COLUMNS, None)
+            return _read_generic(fh, header, delimiter, path, *_YOOCHOOSE_COLUMNS, None, None)
         if not session_col or not item_col:
             raise DataFormatError("--format csv needs --session-col and --item-col")
         delimiter = delimiter or _sniff_delimiter(first)
-        wanted = tuple(c for c in (session_col, item_col, time_col, order_col) if c)
+        wanted = tuple(c for c in (session_col, item_col, time_col, order_col, category_col) if c)
         header = _header(first, delimiter, wanted, path)
         return _read_generic(
-            fh, header, delimiter, path, session_col, item_col, time_col, order_col
+            fh, header, delimiter, path, session_col, item_col, time_col, order_col, category_col
         )
 
 
@@ -127,12 +129,17 @@ def read_yoochoose(path: str | Path) -> Clicks:
     return read_clicks(path, "yoochoose")
 
 
-def build_sessions(clicks: Clicks, min_length: int = 2) -> list[Session]:
+def build_sessions(
+    clicks: Clicks, min_length: int = 2, *, collapse_repeats: bool = True
+) -> list[Session]:
     """Group clicks into sessions ordered by (time, order).
 
-    Consecutive repeats of the same item are collapsed (a page reload is not a new
-    signal) and sessions shorter than ``min_length`` afterwards are dropped. Sessions
-    come out sorted by start time so "most recent" and time splits are slices.
+    With ``collapse_repeats`` consecutive repeats of the same item are collapsed (a page
+    reload is not a new signal, the worker's view); the literature protocol keeps them
+    (``collapse_repeats=False``). Sessions shorter than ``min_length`` afterwards are
+    dropped. Sessions come out sorted by start time, ties in order of first appearance
+    in the file (files without time list sessions oldest first), so "most recent" and
+    time splits are slices.
     """
     n = len(clicks)
     if n == 0:
@@ -147,16 +154,30 @@ def build_sessions(clicks: Clicks, min_length: int = 2) -> list[Session]:
     items_sorted = clicks.item_ids[perm].tolist()
     ts_sorted = clicks.ts[perm]
     sids = clicks.session_ids[perm]
-    sessions: list[Session] = []
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        items = _collapse_repeats(items_sorted[s:e])
+    # The first row of each session in the file, to order sessions that start together.
+    first_row = np.minimum.reduceat(perm, starts) if len(starts) else starts
+    found: list[tuple[float, int, Session]] = []
+    for s, e, row in zip(starts.tolist(), ends.tolist(), first_row.tolist(), strict=True):
+        items = items_sorted[s:e]
+        if collapse_repeats:
+            items = _collapse_repeats(items)
         if len(items) >= min_length:
-            sessions.append(
-                Session(str(sids[s]), items, float(ts_sorted[s]), float(ts_sorted[e - 1]))
+            found.append(
+                (
+                    float(ts_sorted[s]),
+                    row,
+                    Session(str(sids[s]), items, float(ts_sorted[s]), float(ts_sorted[e - 1])),
+                )
             )
-    # Stable sort keeps file order for sessions that start at the same time.
-    sessions.sort(key=lambda x: x.start)
-    return sessions
+    found.sort(key=lambda x: (x[0], x[1]))
+    return [x[2] for x in found]
+
+
+def item_categories(clicks: Clicks) -> dict[str, str]:
+    """Item -> category (the last one the file gives), empty when the file has none."""
+    if clicks.categories is None:
+        return {}
+    return dict(zip(clicks.item_ids.tolist(), clicks.categories.tolist(), strict=True))
 
 
 def sessionize(clicks: Clicks, min_length: int = 2) -> list[list[str]]:
@@ -264,20 +285,27 @@ def _read_generic(
     item_col: str,
     time_col: str | None,
     order_col: str | None,
+    category_col: str | None,
 ) -> Clicks:
     s, i = header.index(session_col), header.index(item_col)
     t = header.index(time_col) if time_col else None
     o = header.index(order_col) if order_col else None
-    sessions, items, ts, order = [], [], [], []
+    c = header.index(category_col) if category_col else None
+    sessions, items, ts, order, categories = [], [], [], [], []
     try:
         for n, row in enumerate(_rows(fh, delimiter, len(header), path)):
             sessions.append(row[s].strip())
             items.append(row[i].strip())
             ts.append(_parse_time(row[t]) if t is not None else 0.0)
             order.append(int(row[o]) if o is not None else n)
+            if c is not None:
+                categories.append(row[c].strip())
     except ValueError as exc:
         raise DataFormatError(f"{path}: bad time or order value ({exc})") from exc
-    return _columns(sessions, items, ts, order)
+    clicks = _columns(sessions, items, ts, order)
+    if c is None:
+        return clicks
+    return replace(clicks, categories=np.asarray(categories, dtype=str))
 
 
 def _parse_time(raw: str) -> float:

@@ -135,14 +135,16 @@ def test_evaluate_with_split_days_writes_the_json_the_issue_asks_for(
         "10",
         "--k",
         "10",
+        "--models",
+        "streamrec,pop,transitions,item_knn,vsknn",
         *FAST,
         "--json",
         str(out),
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["k"] == 10 and report["cases"] > 100
-    assert set(report["models"]) == {"streamrec", "pop", "cluster_random", "item_knn", "sknn"}
+    assert report["k"] == 10 and report["cases"] > 100 and report["protocol"] == "next-item"
+    assert set(report["models"]) == {"streamrec", "pop", "transitions", "item_knn", "vsknn"}
     for metrics in report["models"].values():
         assert {"hr", "mrr", "coverage", "train_s", "recs_per_s"} <= set(metrics)
         assert 0 <= metrics["mrr"] <= metrics["hr"] <= 1
@@ -160,3 +162,57 @@ def test_evaluate_with_a_test_file_and_bad_options(run: Invoke, tmp_path: Path) 
     assert both.exit_code == 2 and "exactly one of --test" in both.output
     unknown = run("evaluate", "--train", str(train), "--split-days", "3", "--models", "pop,gru4rec")
     assert unknown.exit_code == 2 and "gru4rec" in unknown.output
+    serving = run(
+        "evaluate",
+        "--train",
+        str(train),
+        "--test",
+        str(test),
+        "--valid",
+        str(test),
+        "--models",
+        "pop",
+        "--protocol",
+        "serving",
+        "--exclude",
+        "seen",
+    )
+    assert serving.exit_code == 0 and "exclude seen" in serving.output
+    bad = run("evaluate", "--train", str(train), "--test", str(test), "--exclude", "all")
+    assert bad.exit_code == 2 and "--exclude" in bad.output
+
+
+def test_evaluate_reads_gzipped_csv_with_categories(run: Invoke, tmp_path: Path) -> None:
+    import gzip
+
+    rows = ["session_id,item_id,category,position"]
+    for n in range(60):
+        items = ["a", "b", "b", "c"] if n % 2 else ["c", "d", "a"]
+        rows += [f"s{n},{item},k{item},{p}" for p, item in enumerate(items)]
+    path = tmp_path / "clicks.csv.gz"
+    path.write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+    result = run(
+        "evaluate",
+        "--train",
+        str(path),
+        "--test",
+        str(path),
+        "--format",
+        "csv",
+        "--session-col",
+        "session_id",
+        "--item-col",
+        "item_id",
+        "--order-col",
+        "position",
+        "--category-col",
+        "category",
+        "--models",
+        "transitions",
+        "--json",
+        str(tmp_path / "out.json"),
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out.json").read_text())
+    # 30 sessions of 4 clicks and 30 of 3, repeats kept: 30 * 3 + 30 * 2 cases.
+    assert report["cases"] == 150

@@ -76,3 +76,55 @@ def test_rank_metrics_counts_only_the_top_k() -> None:
     assert rank_metrics([["x", "y", "t"]], ["t"], k=2) == (0.0, 0.0)
     assert rank_metrics([["x", "y", "t"]], ["t"], k=3) == (1.0, pytest.approx(1 / 3))
     assert rank_metrics([], [], k=5) == (0.0, 0.0)
+
+
+def test_protocol_counts_n_minus_one_cases_per_session_and_keeps_repeats() -> None:
+    sessions = [["a", "a", "b", "a"], ["c", "d"], ["e"]]
+    cases = list(iter_cases(sessions))
+    assert len(cases) == sum(len(s) - 1 for s in sessions) == 4
+    assert [c.target for c in cases] == ["a", "b", "a", "d"]  # the repeat "a" is a case
+    model = FixedList(["a", "b"])
+    [(_, m)] = list(evaluate({"m": lambda: model}, TRAIN, sessions, k=1))
+    assert m.cases == 4
+    assert m.hr == pytest.approx(2 / 4)  # next-item: "a" may be recommended after "a"
+    assert model.prefixes == [["a"], ["a", "a"], ["a", "a", "b"], ["c"]]
+
+
+@pytest.mark.parametrize(
+    ("exclude", "hr"),
+    [
+        ("none", 2 / 4),  # both "a" targets hit at rank 1
+        ("current", 2 / 4),  # after "a" the list starts with "b": cases 2 and 3 hit
+        ("seen", 1 / 4),  # only a -> b survives ("a" is always seen when it is the target)
+    ],
+)
+def test_serving_protocol_filters_after_ranking(exclude: str, hr: float) -> None:
+    sessions = [["a", "a", "b", "a"], ["c", "d"]]
+    model = FixedList(["a", "b", "x"])
+    [(_, m)] = list(
+        evaluate({"m": lambda: model}, TRAIN, sessions, k=1, protocol="serving", exclude=exclude)
+    )
+    assert m.hr == pytest.approx(hr)
+
+
+def test_the_serving_filter_never_lets_an_excluded_item_through() -> None:
+    from models.evaluate import apply_exclude
+
+    lists = [["a", "b", "c", "d"]] * 3
+    prefixes = [["a"], ["b", "a"], ["c", "b", "a"]]
+    assert apply_exclude(lists, prefixes, "current", 2) == [["b", "c"], ["b", "c"], ["b", "c"]]
+    assert apply_exclude(lists, prefixes, "seen", 2) == [["b", "c"], ["c", "d"], ["d"]]
+    assert apply_exclude(lists, prefixes, "none", 2) == [["a", "b"]] * 3
+    with pytest.raises(ValueError):
+        list(evaluate({"m": lambda: FixedList([])}, TRAIN, TEST, protocol="serving", exclude="x"))
+
+
+def test_tuning_sees_the_validation_split_and_never_the_test() -> None:
+    class Tuned(FixedList):
+        def tune(self, train: Sequence[Sequence[str]], valid: Sequence[Sequence[str]]) -> None:
+            self.tuned_on = [list(s) for s in valid]
+
+    model = Tuned(["b"])
+    valid = [["b", "c"]]
+    list(evaluate({"m": lambda: model}, TRAIN, TEST, valid=valid))
+    assert model.tuned_on == valid
