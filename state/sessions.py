@@ -12,31 +12,34 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from state import keys, resp
 
-# For each click i (KEYS[i] = the session hash, see ``keys.session``; ARGV[5i-1..5i+3] =
-# item, event id, ts, origin ("topic:partition", or "" when unknown) and offset there (-1
-# when unknown)): apply it unless it was applied before; append the item unless it
-# repeats the newest one (consecutive duplicates carry no signal); keep the newest
-# ARGV[1] items; remember the click as the session's latest event (what HTTP pull answers
-# for); refresh the TTL (ARGV[2]) on activity. Replies, flat, with whether each event was
-# new and the session's items joined by keys.ITEM_SEP, oldest first.
+# One call per (hash slot, origin partition) group. ARGV[1..4]: the item cap, the TTL,
+# the ring's size in bytes (see below), and ``o:<origin>``, the field of the partition
+# the group's clicks were consumed from ("o:" when unknown). For each click i (KEYS[i] =
+# the session hash, see ``keys.session``; ARGV[4i+1..4i+4] = item, event id, ts, offset
+# in the origin partition or -1): apply it unless it was applied before; append the item
+# unless it repeats the newest one (consecutive duplicates carry no signal); keep the
+# newest ARGV[1] items; remember the click as the session's latest event (what HTTP
+# pull answers for); refresh the TTL (ARGV[2]) on activity. Replies, flat, with whether
+# each event was new and the session's items joined by keys.ITEM_SEP, oldest first.
 #
 # "Applied before" costs constant memory per session, whatever the traffic: a session's
-# events arrive in partition order, so the highest offset applied per origin partition
-# (``o:<origin>``) recognises a re-delivered batch, and a ring of the last ARGV[3] event
-# ids (``r``, ``rn`` entries) recognises the same event sent twice (an app's retry)
-# or clicks that carry no offset.
-# One call carries a whole batch: one round trip and one command to encode per batch,
-# and three Redis calls and one string per click.
+# events arrive in partition order, so the highest offset applied from each origin
+# partition recognises a re-delivered batch, and the newest event ids (``r``, joined
+# by keys.ITEM_SEP, at most ARGV[3] bytes, the newest last: also the latest event's id)
+# recognise the same event sent twice (an app's retry) or clicks without an offset.
+# One call carries a whole batch (per partition): one round trip per batch, and three
+# Redis calls and one string per click.
 APPEND_LUA = """
-local cap, ttl, ring_n, SEP = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), string.char(31)
+local cap, ttl, ring_max, ofield = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local SEP = string.char(31)
 local out = {}
 for i = 1, #KEYS do
-  local a = 5 * i - 1
-  local key, item, eid, ts = KEYS[i], ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local ofield, off = 'o:' .. ARGV[a + 3], tonumber(ARGV[a + 4])
-  local s = redis.call('HMGET', key, 'i', 'n', 'l', 'r', 'rn', ofield)
+  local a = 4 * i + 1
+  local key, item, eid, ts, off = KEYS[i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local s = redis.call('HMGET', key, 'i', 'n', 'l', 'r', ofield)
   local items, ring, seen = s[1], s[4], false
-  if off >= 0 and s[6] and tonumber(s[6]) >= off then
+  off = tonumber(off)
+  if off >= 0 and s[5] and tonumber(s[5]) >= off then
     seen = true
   elseif ring and string.find(ring, eid, 1, true) then
     seen = string.find(SEP .. ring .. SEP, SEP .. eid .. SEP, 1, true) ~= nil
@@ -44,23 +47,17 @@ for i = 1, #KEYS do
   local fresh = 0
   if not seen then
     fresh = 1
-    local rn = tonumber(s[5] or 0) + 1
     if ring then
       ring = ring .. SEP .. eid
-      if rn > ring_n then
+      while #ring > ring_max do
         ring = string.sub(ring, string.find(ring, SEP, 1, true) + 1)
-        rn = ring_n
       end
     else
-      ring, rn = eid, 1
-    end
-    local set = {'le', eid, 'lt', ts, 'r', ring, 'rn', rn}
-    if off >= 0 then
-      set[9], set[10] = ofield, off
+      ring = eid
     end
     if not items then
       items = item
-      redis.call('HSET', key, 'i', items, 'n', 1, 'l', item, unpack(set))
+      redis.call('HSET', key, 'i', items, 'n', 1, 'l', item, 'lt', ts, 'r', ring, ofield, off)
     elseif s[3] ~= item then
       local n = tonumber(s[2]) + 1
       items = items .. SEP .. item
@@ -68,9 +65,9 @@ for i = 1, #KEYS do
         items = string.sub(items, string.find(items, SEP, 1, true) + 1)
         n = cap
       end
-      redis.call('HSET', key, 'i', items, 'n', n, 'l', item, unpack(set))
+      redis.call('HSET', key, 'i', items, 'n', n, 'l', item, 'lt', ts, 'r', ring, ofield, off)
     else
-      redis.call('HSET', key, unpack(set))
+      redis.call('HSET', key, 'lt', ts, 'r', ring, ofield, off)
     end
     redis.call('EXPIRE', key, ttl)
   end
@@ -79,8 +76,9 @@ for i = 1, #KEYS do
 end
 return out
 """
-# Event ids remembered per session besides the offsets (see APPEND_LUA).
-RECENT_EVENT_IDS = 32
+# Bytes of recent event ids kept per session besides the offsets (see APPEND_LUA): about
+# 25 ids of 20 characters, at least 2 of the longest allowed (256).
+RECENT_IDS_BYTES = 520
 
 
 class Click(NamedTuple):
@@ -141,15 +139,18 @@ class SessionStore:
         if not clicks:
             return []
         groups = self._slot_groups(clicks)
+        if origins is not None:
+            groups = [g for group in groups for g in _by_origin(group, origins)]
         commands: list[list[str]] = []
         for group in groups:
+            origin = origins[group[0]][0] if origins is not None else ""
             keys_: list[str] = []
-            args = [str(self._cap), str(self._ttl_s), str(RECENT_EVENT_IDS)]
+            args = [str(self._cap), str(self._ttl_s), str(RECENT_IDS_BYTES), f"o:{origin}"]
             for i in group:
                 c = clicks[i]
-                origin, offset = origins[i] if origins is not None else ("", -1)
                 keys_.append(keys.session(c.tenant, c.session_id))
-                args += (c.item_id, c.event_id, repr(c.ts), origin, str(offset))
+                offset = origins[i][1] if origins is not None else -1
+                args += (c.item_id, c.event_id, repr(c.ts), str(offset))
             commands.append(["EVALSHA", self._append, str(len(keys_)), *keys_, *args])
         commands += self._count_clicks(clicks, count_for)
         replies = await self._run(commands)
@@ -161,12 +162,14 @@ class SessionStore:
 
     async def session(self, tenant: str, session_id: str) -> StoredSession | None:
         """A session as stored; None for an unknown or expired one."""
-        joined, event_id, ts = await self._client.hmget(
-            keys.session(tenant, session_id), ["i", "le", "lt"]
+        joined, recent, ts, older = await self._client.hmget(
+            keys.session(tenant, session_id), ["i", "r", "lt", "le"]
         )
         if not joined:
             return None
-        return StoredSession(_text(joined), _text(event_id), float(ts or 0))
+        # The newest of the recent event ids is the latest event's ("le" before issue 11).
+        event_id = _text(recent).rpartition(keys.ITEM_SEP)[2] if recent else _text(older)
+        return StoredSession(_text(joined), event_id, float(ts or 0))
 
     async def session_items(self, tenant: str, session_id: str) -> list[str]:
         """A session's items, oldest first (empty for an unknown or expired session)."""
@@ -242,6 +245,17 @@ class SessionStore:
                 i
             )
         return list(by_slot.values())
+
+
+def _by_origin(group: list[int], origins: Sequence[tuple[str, int]]) -> list[list[int]]:
+    """A group split by origin partition (one script call each), order kept inside."""
+    first = origins[group[0]][0]
+    if all(origins[i][0] == first for i in group):
+        return [group]
+    split: dict[str, list[int]] = {}
+    for i in group:
+        split.setdefault(origins[i][0], []).append(i)
+    return list(split.values())
 
 
 def _sha1(text: str) -> str:
