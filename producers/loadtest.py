@@ -4,10 +4,12 @@ One run: a reader thread tails ``recommendations`` and ``clicks.dlq`` from their
 end; the sender offers ``events`` clicks (open loop, at ``rate`` or as fast as
 possible), each with ``event_id = f"{run_id}-{seq}"`` and ``ts`` = send time; every
 recommendation whose ``event_id`` belongs to the run is matched to its event by ``seq``.
-Latency is receipt time minus send time, both on this machine's clock, so it covers
-the broker twice, the worker and Redis. After the last send the run waits until every
-event is answered (or nothing new arrives for ``drain_timeout_s``), then reads the
-worker group's lag on the clicks topic.
+Latency is receipt time minus the time the event was *due* (intended send time), both on
+this machine's clock, so it covers the broker twice, the worker and Redis, and a sender
+that falls behind cannot hide its backlog (coordinated omission); latency from the actual
+send time and how late the sender was are reported beside it. After the last send the
+run waits until every event is answered (or nothing new arrives for ``drain_timeout_s``),
+then reads the worker group's lag on the clicks topic.
 
 The report (:func:`summarize`) is a plain dict; :func:`plot_run`, :func:`plot_sweep` and
 :func:`markdown_report` turn reports into a PNG and a markdown summary.
@@ -284,6 +286,7 @@ class RunData:
     report: dict[str, Any]
     sent_at: np.ndarray
     recv_at: np.ndarray
+    intended_at: np.ndarray | None = None
 
 
 def run_loadtest(
@@ -293,6 +296,7 @@ def run_loadtest(
         raise StreamrecError("the load-test source has no clicks")
     run_id = new_run_id("lt")
     sent_at = np.full(config.events, np.nan)
+    intended_at = np.full(config.events, np.nan)
     recv_at = np.full(config.events, np.nan)
     matcher = Matcher(run_id, config.recs_topic, config.dlq_topic, recv_at)
     ends: dict[int, int] = {}
@@ -323,6 +327,7 @@ def run_loadtest(
             run_id=run_id,
             progress=config.progress,
             sent_at=sent_at,
+            intended_at=intended_at,
         )
         echo(result.summary())
         echo(f"waiting for recommendations (up to {config.drain_timeout_s:g} s without news)...")
@@ -337,6 +342,7 @@ def run_loadtest(
     report = summarize(
         sent_at[:sent],
         recv_at[:sent],
+        intended_at=intended_at[:sent],
         offered_rate=config.rate,
         send_failed=result.stats.failed,
         dead_letters=matcher.dead_letters,
@@ -363,7 +369,7 @@ def run_loadtest(
             "started_at": _iso(float(sent_at[0])) if sent else None,
         }
     )
-    return RunData(report, sent_at[:sent], recv_at[:sent])
+    return RunData(report, sent_at[:sent], recv_at[:sent], intended_at[:sent])
 
 
 def _iso(ts: float) -> str:
@@ -423,6 +429,7 @@ def summarize(
     sent_at: np.ndarray,
     recv_at: np.ndarray,
     *,
+    intended_at: np.ndarray | None = None,
     offered_rate: float | None,
     send_failed: int = 0,
     dead_letters: int = 0,
@@ -430,11 +437,19 @@ def summarize(
     lag_end: int | None = None,
     strategies: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The load-test report from per-event send and receipt times (unix seconds, NaN = none)."""
+    """The load-test report from per-event send and receipt times (unix seconds, NaN = none).
+
+    ``latency_ms`` counts from the intended send time when given (else the send time);
+    ``latency_from_send_ms`` from the actual send; ``sender_late_ms`` is the difference."""
     sent = int(np.count_nonzero(~np.isnan(sent_at)))
     answered_mask = ~np.isnan(recv_at)
     answered = int(np.count_nonzero(answered_mask))
-    latency_ms = (recv_at[answered_mask] - sent_at[answered_mask]) * 1000.0
+    due_at = (
+        sent_at if intended_at is None else np.where(np.isnan(intended_at), sent_at, intended_at)
+    )
+    latency_ms = (recv_at[answered_mask] - due_at[answered_mask]) * 1000.0
+    service_ms = (recv_at[answered_mask] - sent_at[answered_mask]) * 1000.0
+    late_ms = (sent_at - due_at)[~np.isnan(sent_at)] * 1000.0
     first_send = float(np.nanmin(sent_at)) if sent else math.nan
     last_send = float(np.nanmax(sent_at)) if sent else math.nan
     send_span = last_send - first_send if sent > 1 else 0.0
@@ -456,6 +471,8 @@ def summarize(
         "dead_letters": dead_letters,
         "throughput": _round(throughput),
         "latency_ms": latency_summary(latency_ms),
+        "latency_from_send_ms": latency_summary(service_ms),
+        "sender_late_ms": latency_summary(np.maximum(late_ms, 0.0)),
         "lag_end": lag_end,
         "strategies": strategies or {},
         "duration_s": _round(send_span),
@@ -527,6 +544,7 @@ def markdown_report(report: dict[str, Any], command: str | None = None) -> str:
         f"| first send -> last recommendation | {_num(report['last_answer_s'])} s |",
         f"| latency p50 / p95 / p99 | {_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])} |",
         f"| latency max (mean) | {_ms(lat['max'])} ({_ms(lat['mean'])}) |",
+        *_from_send_rows(report),
         f"| worker lag at end | {report['lag_end'] if report['lag_end'] is not None else 'n/a'} |",
         f"| strategies | {', '.join(f'{k}: {v:,}' for k, v in report['strategies'].items())} |",
     ]
@@ -546,6 +564,16 @@ def markdown_report(report: dict[str, Any], command: str | None = None) -> str:
     if command:
         lines += ["", "```", command, "```"]
     return "\n".join(lines) + "\n"
+
+
+def _from_send_rows(report: dict[str, Any]) -> list[str]:
+    svc, late = report.get("latency_from_send_ms"), report.get("sender_late_ms")
+    if not svc or not late:
+        return []
+    return [
+        f"| from actual send p50 / p99 | {_ms(svc['p50'])} / {_ms(svc['p99'])} |",
+        f"| sender late p99 / max | {_ms(late['p99'])} / {_ms(late['max'])} |",
+    ]
 
 
 def markdown_sweep(reports: Sequence[dict[str, Any]], command: str | None = None) -> str:
@@ -598,7 +626,8 @@ def plot_run(data: RunData, path: str | Path) -> Path:
     mask = ~np.isnan(data.recv_at)
     t0 = float(np.nanmin(data.sent_at)) if len(data.sent_at) else 0.0
     when = data.sent_at[mask] - t0
-    latency = (data.recv_at[mask] - data.sent_at[mask]) * 1000.0
+    due = data.sent_at if data.intended_at is None else data.intended_at
+    latency = (data.recv_at[mask] - due[mask]) * 1000.0  # from the intended send time
     report = data.report
     fig, (ax_time, ax_hist) = plt.subplots(
         1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]}

@@ -193,12 +193,15 @@ def send_events(
     run_id: str | None = None,
     progress: bool = True,
     sent_at: np.ndarray | None = None,
+    intended_at: np.ndarray | None = None,
     close_timeout: float = 60.0,
 ) -> SendResult:
     """Send ``events`` (at most ``limit``), then close ``producer``, waiting for delivery.
 
     Event ``seq`` gets ``event_id = f"{run_id}-{seq}"`` and ``ts`` = its send time, which
-    is also written to ``sent_at[seq]`` when given (the load test matches on both).
+    is also written to ``sent_at[seq]`` when given (the load test matches on both);
+    ``intended_at[seq]`` gets the time the pacer meant it to go out (= the send time when
+    unpaced).
     """
     run_id = run_id or new_run_id()
     pacer = pacer or Pacer()
@@ -236,6 +239,8 @@ def send_events(
             )
             if sent_at is not None:
                 sent_at[seq] = now
+            if intended_at is not None:
+                intended_at[seq] = now if pacer.unpaced else pacer.intended(seq, offset)
             unreported += 1
             if unreported >= _PROGRESS_EVERY:
                 bar.update(unreported)

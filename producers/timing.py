@@ -58,6 +58,7 @@ class Pacer:
         self._clock = clock
         self._sleep = sleep
         self._start: float | None = None
+        self._start_wall = 0.0  # time.time() when the first event was due
 
     @property
     def unpaced(self) -> bool:
@@ -71,10 +72,17 @@ class Pacer:
             return offset / self.speedup
         return 0.0
 
+    def intended(self, seq: int, offset: float) -> float:
+        """Wall-clock time (``time.time()``) at which event ``seq`` was due. A sender that
+        falls behind sends late; latency measured from this time keeps that backlog in
+        the figures (no coordinated omission)."""
+        return self._start_wall + self.due(seq, offset)
+
     def wait(self, seq: int, offset: float) -> None:
         now = self._clock()
         if self._start is None:
             self._start = now
+            self._start_wall = time.time()
         ahead = self._start + self.due(seq, offset) - now
         if ahead > _MIN_SLEEP_S:
             self._sleep(ahead)

@@ -569,3 +569,30 @@ def test_synth_cli_writes_a_trainable_file(tmp_path: Path) -> None:
     assert "streamrec train" in result.output and "--format yoochoose" in result.output
     table = load_replay(out, "yoochoose")
     assert table.n_sessions == 300 and not math.isnan(table.span)
+
+
+def test_latency_counts_from_the_intended_send_time_when_the_sender_falls_behind() -> None:
+    # 100 events due every 10 ms; the sender stalled 500 ms before event 50 and then sent
+    # the backlog at once. Each event is answered 5 ms after it actually went out.
+    intended = 1000.0 + np.arange(100) * 0.01
+    sent = intended.copy()
+    sent[50:] = np.maximum(intended[50:], intended[50] + 0.5)
+    recv = sent + 0.005
+    report = summarize(sent, recv, intended_at=intended, offered_rate=100.0)
+    assert report["latency_from_send_ms"]["p99"] == pytest.approx(5.0)
+    # From the intended time the stall shows: event 50 waited 505 ms.
+    assert report["latency_ms"]["max"] == pytest.approx(505.0)
+    assert report["latency_ms"]["p99"] > 400
+    assert report["sender_late_ms"]["max"] == pytest.approx(500.0)
+    # Without intended times the same run looks perfect: that is the omission.
+    assert summarize(sent, recv, offered_rate=100.0)["latency_ms"]["max"] == pytest.approx(5.0)
+
+
+def test_pacer_reports_when_each_event_was_due() -> None:
+    now = [0.0]
+    pacer = Pacer(rate=100.0, clock=lambda: now[0], sleep=lambda s: None)
+    pacer.wait(0, 0.0)
+    start = pacer.intended(0, 0.0)
+    now[0] = 5.0  # far behind: the pacer does not wait, the due time stays
+    pacer.wait(30, 0.0)
+    assert pacer.intended(30, 0.0) - start == pytest.approx(0.3)
