@@ -137,6 +137,8 @@ def worker_rate(
 ) -> tuple[float, float, float, float]:
     """Events/s, peak RSS (MB), and worker and Redis CPU microseconds per event."""
     tag = f"{engine}-{time.time_ns()}"
+    delivery = "exactly_once" if engine.endswith("-eos") else "at_least_once"
+    engine = engine.removesuffix("-eos")
     cfg = WorkerConfig(
         stack,
         home / tag,
@@ -147,6 +149,7 @@ def worker_rate(
         f"app-{tag}",
         extra_env={
             "STREAMREC_ENGINE": engine,
+            "STREAMREC_DELIVERY": delivery,
             "STREAMREC_BATCH_SIZE": str(batch_size),
             **(
                 {"STREAMREC_BATCH_WITHIN_S": os.environ["BENCH_WITHIN"]}
@@ -188,13 +191,22 @@ def main() -> None:
         help="registry with a promoted 'default' model "
         "(default: train one on the shipped e-shop data)",
     )
-    parser.add_argument("--engines", default="bare,agent,batch")
+    parser.add_argument(
+        "--engines",
+        default="bare,agent,batch",
+        help="bare, agent, batch, batch-eos (batch loop with STREAMREC_DELIVERY=exactly_once)",
+    )
+    parser.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     stack = EmbeddedStack(
-        home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
+        home / "run",
+        f"127.0.0.1:{free_port()}",
+        f"redis://127.0.0.1:{free_port()}/0",
+        broker_kind=args.broker,
     )
+    print(f"broker: {stack.broker_why}")
     stack.up()
     try:
         model_dir = args.model_dir or home / "models"
@@ -220,6 +232,7 @@ def main() -> None:
         names = {
             "agent": "faust agent (take_events + send per record)",
             "batch": "streamrec batch loop (shipped)",
+            "batch-eos": "streamrec batch loop, exactly once (transactions)",
         }
         for engine in (e for e in engines if e in names):
             measured = worker_rate(stack, home, model_dir, engine, records, args.batch_size)
@@ -230,7 +243,7 @@ def main() -> None:
 
     print(
         f"\n{args.events:,} events, {args.sessions:,} sessions, model of {len(items):,} items, "
-        f"batch size {args.batch_size}, {os.cpu_count()} cores\n"
+        f"batch size {args.batch_size}, {os.cpu_count()} cores, broker {stack.broker_why}\n"
     )
     print(
         "| contender | events/s | vs bare consumer | worker peak RSS "

@@ -265,7 +265,14 @@ offsets.topic.num.partitions=4
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=4
+# A killed worker's open transaction holds back read_committed readers until it times
+# out (the worker asks for 10 s); look for such transactions every second, not every 10.
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 group.initial.rebalance.delay.ms=0
+# The group coordinator batches its writes for this long (default 5 ms): every offset
+# commit, and so every batch of the worker, waited for it.
+group.coordinator.append.linger.ms=0
+share.coordinator.append.linger.ms=0
 auto.create.topics.enable=true
 num.network.threads=2
 num.io.threads=4
