@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,4 +155,14 @@ def test_ids_cannot_reach_another_tenants_data_and_bad_paths_get_4xx(
         big = {"session_id": "s", "item_id": "A13", "pad": "x" * MAX_EVENT_BYTES}
         assert _call(f"{base}/v1/default/events", big)[0] == 413
         assert _call(f"{base}/v1/default/events", [big])[0] == 413
+        # A stalled upload is answered 408 and closed, not held open for ever.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(
+                b"POST /v1/default/events HTTP/1.1\r\nHost: x\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"session'
+            )
+            started = time.monotonic()
+            answer = conn.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert time.monotonic() - started < 15
         assert worker.alive()
