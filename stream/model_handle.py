@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.bundle import ModelBundle
-from models.errors import InvalidModelError, NoModelError
+from models.errors import NoModelError, StreamrecError
 from models.ranking import recommend
 from models.registry import Registry
 
@@ -92,7 +92,7 @@ class ModelCache:
                 continue
             try:
                 return self._load_ready(tenant, version)
-            except (InvalidModelError, OSError, ValueError):
+            except (StreamrecError, OSError, ValueError):
                 continue
         raise NoModelError(f"tenant {tenant!r}: no valid version in the history")
 
@@ -119,7 +119,8 @@ class ModelCache:
                 bundle, sizes = await asyncio.to_thread(self._load_ready, tenant, version)
             except NoModelError:
                 slot = _Slot(None, None, time.monotonic())
-            except (InvalidModelError, OSError, ValueError) as exc:
+            except (StreamrecError, OSError, ValueError) as exc:
+                # An invalid version, or a CURRENT naming none (torn or garbled).
                 if previous is not None and previous.bundle is not None:
                     log.error(
                         "tenant %s: model version refused, keeping the one in service: %s",

@@ -106,3 +106,14 @@ def test_a_loaded_version_whose_file_shrinks_is_dropped_for_a_valid_one(
         assert cache.problems()
 
     asyncio.run(run())
+
+
+def test_a_garbled_current_at_start_serves_the_version_in_the_history(registry: Registry) -> None:
+    registry.pointer_path("t2").write_text("v9\x00\x00")
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        assert (await cache.get("t2")).version == "v1"
+        assert cache.problems()
+
+    asyncio.run(run())
