@@ -43,6 +43,18 @@ log = logging.getLogger("streamrec.worker")
 STALL_AFTER_S = 30.0
 
 
+def stall_reason(progress: dict[str, Any], after_s: float = STALL_AFTER_S) -> str | None:
+    """Why consumption counts as stalled, from ``BatchLoop.progress()``: events wait and
+    nothing was committed for ``after_s``, or one batch has been in hand that long."""
+    lag, since = progress.get("lag") or 0, progress.get("since_commit_s") or 0.0
+    if lag and since > after_s:
+        return f"consumption stalled: no commit for {since:.0f} s, {lag} events waiting"
+    age = progress.get("batch_age_s") or 0.0
+    if age > after_s:
+        return f"consumption stalled: a batch in hand for {age:.0f} s"
+    return None
+
+
 class DeadLetterLog:
     """Dead letters logged as a summary per reason at most every INTERVAL_S (a fuzzing
     client once made one WARNING line per message, 10,512 of them)."""
@@ -177,11 +189,9 @@ def create_app(settings: Settings) -> faust.App:
         except (RedisError, OSError, TimeoutError) as exc:
             reasons.append(f"redis unreachable: {exc or type(exc).__name__}")
         progress = loop.progress() if loop is not None else {}
-        lag, since = progress.get("lag"), progress.get("since_commit_s") or 0.0
-        if lag and since > STALL_AFTER_S:
-            reasons.append(
-                f"consumption stalled: no commit for {since:.0f} s, {lag} events waiting"
-            )
+        stalled = stall_reason(progress)
+        if stalled:
+            reasons.append(stalled)
         not_loaded = models.problems()
         reasons += not_loaded
         return {"reasons": reasons, "ready": not reasons, "consumer": progress}
