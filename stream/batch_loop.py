@@ -9,6 +9,12 @@ offset commit.
 At-least-once: offsets are committed only after the batch's Redis writes succeeded and
 every record it produced was acknowledged by the broker. A rebalance waits for the
 batch in hand, so a revoked partition's progress is committed by its old owner.
+
+Exactly-once (``STREAMREC_DELIVERY=exactly_once``, Apache Kafka only): each batch's
+recommendations, dead letters and consumed offsets go in one Kafka transaction
+(stream/transactions.py); batches do not overlap then, and a ``read_committed`` reader
+sees every recommendation once even when a worker is killed. Session updates in Redis
+are idempotent either way.
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ from mode import Service
 
 from stream.config import Settings
 from stream.processor import UNDELIVERABLE, BatchResult, DeadLetter, Message, position
+from stream.transactions import Failure as TxFailure
+from stream.transactions import (
+    FencedError,
+    TransactionalPublisher,
+    aiokafka_group_metadata,
+    check_delivery_mode,
+)
 
 log = logging.getLogger("streamrec.worker")
 
@@ -171,6 +184,7 @@ class BatchLoop(Service):
         self._done = done
         self._consumer: AIOKafkaConsumer | None = None
         self._publisher: RecordPublisher | None = None
+        self._txn: TransactionalPublisher | None = None  # exactly-once mode
         self._in_hand = 0  # batches fetched and not yet committed
         self._idle = asyncio.Event()
         self._idle.set()
@@ -186,6 +200,10 @@ class BatchLoop(Service):
     async def on_start(self) -> None:
         s = self._settings
         self._publisher = RecordPublisher(s)
+        if check_delivery_mode(s.delivery) == "exactly_once":
+            self._txn = TransactionalPublisher(s)
+            await asyncio.to_thread(self._txn.start)
+            log.info("exactly-once: transactional id %s", self._txn.transactional_id)
         self._consumer = AIOKafkaConsumer(
             **s.kafka.aiokafka(),
             group_id=s.app_id,
@@ -229,6 +247,8 @@ class BatchLoop(Service):
                 log.warning("the consumer did not leave its group in time")
         if self._publisher is not None:
             await asyncio.to_thread(self._publisher.close, max(0.1, deadline - time.monotonic()))
+        if self._txn is not None:
+            await asyncio.to_thread(self._txn.close, max(0.1, deadline - time.monotonic()))
 
     def progress(self) -> dict[str, float | int | None]:
         """For health: seconds since the last commit, events waiting on the partitions
@@ -273,6 +293,13 @@ class BatchLoop(Service):
             self._hold()
             batch = [r for records in fetched.values() for r in records]
             started = time.perf_counter()
+            if self._txn is not None:
+                try:
+                    result = await self._process(batch)
+                    await self._transact(fetched, batch, result, started)
+                finally:
+                    self._release()
+                continue
             try:
                 result = await self._process(batch)
                 delivery = self._publisher.send(result)
@@ -360,6 +387,82 @@ class BatchLoop(Service):
             records = resend + [(self._settings.dlq_topic, d.value, d.key, d.headers) for d in dead]
             delivery = self._publisher.send_records(records)
             await self._publisher.wait()
+
+    async def _transact(
+        self,
+        fetched: dict[TopicPartition, list],
+        batch: list[Message],
+        result: BatchResult,
+        started: float,
+    ) -> None:
+        """Publish the batch's records and commit its offsets in one transaction.
+
+        A record refused at once (too large) is replaced by its dead-letter stand-in in
+        the same transaction. When the transaction fails it is aborted (nothing of it is
+        visible) and tried again: records that failed for good, or PUBLISH_ATTEMPTS
+        times, stand in ``clicks.dlq`` instead, as in at-least-once mode."""
+        assert self._consumer is not None and self._txn is not None
+        s = self._settings
+        ends = {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
+        offsets = {(tp.topic, tp.partition): end for tp, end in ends.items()}
+        records: list[Record] = [
+            (s.recs_topic, o.payload, o.session_id, None) for o in result.recommendations
+        ]
+        records += [(s.dlq_topic, d.value, d.key, d.headers) for d in result.dead_letters]
+        by_payload = {o.payload: o for o in result.recommendations}
+        made: list[DeadLetter] = []
+
+        def dead_letter(f: TxFailure, why: str) -> DeadLetter:
+            topic, value, key, headers = f.record
+            raw_key = key.encode() if isinstance(key, str) else key
+            return _dead_letter(
+                Failure(f.error, topic, raw_key, value, headers), why, batch, by_payload
+            )
+
+        def stand_in(f: TxFailure) -> Record:
+            dead = dead_letter(f, f"undeliverable to {f.record[0]}: {f.reason}")
+            made.append(dead)
+            return (s.dlq_topic, dead.value, dead.key, dead.headers)
+
+        attempt, delay = 1, 0.2
+        while True:
+            made.clear()
+            metadata = aiokafka_group_metadata(self._consumer, s.app_id)
+            try:
+                failures, _ = await asyncio.to_thread(
+                    self._txn.transact, records, offsets, metadata, stand_in
+                )
+            except FencedError as exc:
+                # The partitions moved on: the new owner processes the batch again (its
+                # session updates are idempotent); this producer is spent.
+                log.warning("%s; the batch is left to the partitions' new owner", exc)
+                self._txn = TransactionalPublisher(s)
+                await asyncio.to_thread(self._txn.start)
+                return
+            if not failures:
+                break
+            index = {id(r): i for i, r in enumerate(records)}
+            for f in failures:
+                i = index.get(id(f.record))
+                if i is None or f.purged:
+                    continue
+                if is_permanent(f.error) or attempt >= PUBLISH_ATTEMPTS:
+                    why = f"undeliverable to {f.record[0]} after {attempt} attempts: {f.reason}"
+                    dead = dead_letter(f, why)
+                    result.dead_letters.append(dead)
+                    records[i] = (s.dlq_topic, dead.value, dead.key, dead.headers)
+            log.error("transaction attempt %d failed; retrying in %.1fs", attempt, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            attempt += 1
+        result.dead_letters.extend(made)
+        self._committed.update(ends)
+        self._last_commit = time.monotonic()
+        self._done(len(batch), result)
+        log.debug(
+            "batch of %d committed in a transaction in %.1f ms",
+            len(batch), (time.perf_counter() - started) * 1000,
+        )  # fmt: skip
 
     def _hold(self) -> None:
         if self._in_hand == 0:

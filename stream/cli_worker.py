@@ -14,6 +14,12 @@ from stream.config import Settings
 @click.option("--web-port", type=int, help="HTTP port for the worker's web server; 0 = off.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), help="Max events per batch.")
 @click.option(
+    "--delivery",
+    type=click.Choice(["at_least_once", "exactly_once"]),
+    help="exactly_once: outputs and offsets in one Kafka transaction per batch (Apache Kafka "
+    "only) [env STREAMREC_DELIVERY, default at_least_once].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="Worker log level.",
@@ -26,6 +32,7 @@ def worker(
     model_dir: str | None,
     web_port: int | None,
     batch_size: int | None,
+    delivery: str | None,
     log_level: str | None,
 ) -> None:
     """Consume `clicks`, keep sessions in Redis, publish ranked items to `recommendations`.
@@ -45,8 +52,13 @@ def worker(
         model_dir=model_dir,
         web_port=web_port,
         batch_size=batch_size,
+        delivery=delivery,
         log_level=log_level,
     )
+    from stream.transactions import check_delivery_mode, probe_transactions
+
+    if check_delivery_mode(settings.delivery) == "exactly_once":
+        probe_transactions(settings)  # a broker without transactions: one line, now
     app = create_app(settings)
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 

@@ -44,6 +44,9 @@ class Settings:
     # "batch": the fast batch loop (default); "agent": a plain Faust agent with
     # stream.take_events, kept as the reference the benchmarks compare against.
     engine: str = "batch"
+    # at_least_once (default) or exactly_once: each batch's outputs and offsets in one
+    # Kafka transaction (Apache Kafka only; see stream/transactions.py).
+    delivery: str = "at_least_once"
     batch_size: int = 2000
     batch_within_s: float = 0.02
     # Short group session timeout: the embedded broker's first join waits ~half of it.

@@ -1,0 +1,134 @@
+"""Exactly-once output on Apache Kafka: kill -9 the worker three times mid-stream and a
+read_committed reader still sees one recommendation per valid click and one dead letter
+per bad one; on Tansu the worker refuses the mode in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer
+
+from stream.devstack import EmbeddedStack
+from tests.integration.helpers import WorkerProcess, produce
+from tests.integration.test_reliability import (
+    _records,
+    _redis_sessions,
+    expected_sessions,
+    make_events,
+)
+from tests.integration.test_worker import make_config
+
+BAD = [b"{not json", orjson.dumps({"session_id": "x", "ts": 1.0}), b"\xff\xfe"]
+
+
+class CommittedReader(threading.Thread):
+    """Counts every record a read_committed consumer sees on some topics, by event id
+    (recommendations) or by value (dead letters)."""
+
+    def __init__(self, broker: str, topics: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.seen: Counter[str] = Counter()
+        self.dead: Counter[bytes] = Counter()
+        self.stop_flag = threading.Event()
+        self._topics = topics
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": broker,
+                "group.id": f"eos-reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "session.timeout.ms": 6000,
+            }
+        )
+
+    def run(self) -> None:
+        self._consumer.subscribe(self._topics)
+        try:
+            while not self.stop_flag.is_set():
+                for msg in self._consumer.consume(2000, timeout=0.1):
+                    if msg.error() is not None:
+                        continue
+                    if msg.topic() == self._topics[0]:
+                        self.seen[orjson.loads(msg.value())["event_id"]] += 1
+                    else:
+                        self.dead[msg.value()] += 1
+        finally:
+            self._consumer.close()
+
+    def wait_for(self, n: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while len(self.seen) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return len(self.seen) >= n
+
+
+def test_exactly_once_survives_three_kill9s_without_duplicates(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    if stack.broker_kind != "kafka":
+        pytest.skip("exactly-once needs Apache Kafka's transactions")
+    cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
+    cfg.extra_env["STREAMREC_DELIVERY"] = "exactly_once"
+    events = make_events(100_000, sessions=3_000, seed=11)
+    records = _records(events)
+    step = len(records) // (len(BAD) + 1)
+    for i, bad in enumerate(BAD):  # spread through the stream, so kills can land near them
+        records.insert((i + 1) * step, (b"bad", bad))
+    produce(stack.broker, cfg.clicks, records)
+    reader = CommittedReader(stack.broker, [cfg.recs, cfg.dlq])
+    reader.start()
+    rng = random.Random(5)
+    try:
+        for round_ in range(3):
+            worker = WorkerProcess(cfg, name=f"worker-{round_}").start()
+            # A killed worker's open transaction holds the reader back until it times
+            # out (~10 s), so the targets allow for that.
+            target = len(reader.seen) + rng.randrange(5_000, 20_000)
+            assert reader.wait_for(target, timeout=150), worker.log()[-3000:]
+            time.sleep(rng.random())
+            worker.stop(signal.SIGKILL)
+        with WorkerProcess(cfg, name="worker-final") as worker:
+            assert reader.wait_for(len(events), timeout=180), worker.log()[-3000:]
+            time.sleep(3)  # room for a duplicate to show up, if there were one
+    finally:
+        reader.stop_flag.set()
+        reader.join(10)
+
+    assert set(reader.seen) >= {e.event_id for e in events}
+    duplicated = {k: n for k, n in reader.seen.items() if n > 1}
+    assert not duplicated, f"{len(duplicated)} recommendations seen twice: {list(duplicated)[:5]}"
+    assert sorted(reader.dead) == sorted(BAD) and set(reader.dead.values()) == {1}
+    want = expected_sessions(events)
+    assert asyncio.run(_redis_sessions(stack.redis_url, "default", sorted(want))) == want
+
+
+def test_exactly_once_on_tansu_is_a_one_line_error(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    if stack.broker_kind != "tansu":
+        pytest.skip("Tansu only")
+    cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
+    cfg.extra_env["STREAMREC_DELIVERY"] = "exactly_once"
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "worker"],
+        env=cfg.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Tansu" in lines[0] and "at_least_once" in lines[0], result.stderr
