@@ -317,13 +317,16 @@ class SessionKNN(_Catalogue):
         return self.top_k(self.scores(prefixes), k)
 
 
-def model_factories(params: TrainParams | None = None) -> dict[str, Callable[[], Recommender]]:
-    """Every model the harness knows, by the name ``--models`` uses."""
+def model_factories(
+    params: TrainParams | None = None, categories: dict[str, str] | None = None
+) -> dict[str, Callable[[], Recommender]]:
+    """Every model the harness knows, by the name ``--models`` uses; ``categories``
+    (item -> category, when the data has them) feed the models that use them."""
     from models.hybrid import HybridModel
 
     params = params or TrainParams()
     return {
-        "hybrid": lambda: HybridModel(seed=params.seed),
+        "hybrid": lambda: HybridModel(seed=params.seed, categories=categories),
         "streamrec": lambda: StreamrecModel(params),
         "pop": Popular,
         "transitions": Transitions,

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,9 +55,13 @@ class Metrics:
     popularity_rank: float  # mean training-popularity rank of recommended items (1 = most popular)
     train_s: float
     recs_per_s: float
+    settings: dict[str, Any] | None = None  # what a model chose (``model.report()``), if any
 
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["settings"] is None:
+            del out["settings"]
+        return out
 
 
 def iter_cases(sessions: Iterable[Sequence[str]]) -> Iterator[Case]:
@@ -163,5 +167,6 @@ def evaluate(
                 else 0.0,
                 train_s=train_s,
                 recs_per_s=len(cases) / rank_s if rank_s > 0 else float("inf"),
+                settings=model.report() if callable(getattr(model, "report", None)) else None,
             ),
         )

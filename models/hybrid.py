@@ -41,11 +41,25 @@ from models.baselines import (
     transition_counts,
 )
 
-SOURCES = ("vsknn", "sknn", "transitions", "rules", "item_knn", "own", "embedding", "popular")
+SOURCES = (
+    "vsknn",
+    "sknn",
+    "transitions",
+    "sequence",
+    "rules",
+    "item_knn",
+    "own",
+    "embedding",
+    "category",
+    "popular",
+)
 FEATURES = (
     "vsknn",
     "sknn",
     "transitions",
+    "after_2",
+    "after_3",
+    "after_prefix",
     "rules",
     "item_knn",
     "own_recency",
@@ -54,6 +68,8 @@ FEATURES = (
     "emb_last",
     "emb_session",
     "same_cluster",
+    "same_category",
+    "category_share",
     "popularity",
 )
 # Which features each source contributes (for the ablation "source removed").
@@ -61,10 +77,12 @@ SOURCE_FEATURES = {
     "vsknn": ("vsknn",),
     "sknn": ("sknn",),
     "transitions": ("transitions",),
+    "sequence": ("after_2", "after_3", "after_prefix"),
     "rules": ("rules",),
     "item_knn": ("item_knn",),
     "own": ("own_recency", "own_count", "is_current"),
     "embedding": ("emb_last", "emb_session", "same_cluster"),
+    "category": ("same_category", "category_share"),
     "popular": ("popularity",),
 }
 
@@ -79,6 +97,7 @@ class HybridParams:
     ranker: str = "linear"  # "linear" (learned) or "blend" (the fixed blend only)
     fit_share: float = 0.2
     fit_cases: int = 15000
+    tune_cases: int = 6000
     l2: float = 1e-3
     vector_size: int = 32
     n_clusters: int = 50
@@ -89,10 +108,13 @@ class HybridParams:
             "vsknn": 1.0,
             "sknn": 0.5,
             "transitions": 0.5,
+            "after_2": 0.3,
+            "after_prefix": 0.3,
             "rules": 0.3,
             "item_knn": 0.1,
             "own_recency": 0.6,
             "emb_session": 0.02,
+            "same_category": 0.02,
             "popularity": 0.001,
         }
     )
@@ -101,18 +123,30 @@ class HybridParams:
 class _Sources(_Catalogue):
     """Every source fitted on one set of training sessions; dense scores per batch."""
 
-    def __init__(self, params: HybridParams) -> None:
+    def __init__(self, params: HybridParams, categories: dict[str, str] | None = None) -> None:
         self.params = params
+        self.categories = categories or {}
 
     def fit(self, sessions: Sequence[Sequence[str]]) -> None:
         p = self.params
         self.fit_catalogue(sessions)
         n = len(self.items)
+        codes: dict[str, int] = {}
+        # -1: unknown category, never a match.
+        self.category = np.array(
+            [
+                codes.setdefault(self.categories[x], len(codes)) if x in self.categories else -1
+                for x in self.items
+            ],
+            dtype=np.int64,
+        )
+        self.n_categories = max(1, len(codes))
         self.knn = SessionKNN(p.k_neighbours, p.sample_size)
         self.knn.fit(sessions)
         counts = transition_counts(self.codes, n, per_session=True)
         self.transitions = _row_normalised(counts)
         self.rules = _row_normalised(sequential_rules(self.codes, n))
+        self.after = {order: _Continuations(self.codes, n, order) for order in ("2", "3", "prefix")}
         iknn = ItemKNN()
         iknn.fit(sessions)
         self.item_knn = iknn.sim
@@ -146,6 +180,8 @@ class _Sources(_Catalogue):
         out[col["sknn"]] = _max_normalised((cw @ self.knn.sessions).toarray())
         out[col["transitions"]] = self.rows_of(self.transitions, last)
         out[col["rules"]] = self.rows_of(self.rules, last)
+        for order, table in self.after.items():
+            out[col[f"after_{order}"]] = table.scores(codes)
         out[col["item_knn"]] = self.rows_of(self.item_knn, last)
         rows, cols, recency = [], [], []
         for r, c in enumerate(codes):
@@ -171,6 +207,19 @@ class _Sources(_Catalogue):
         out[col["same_cluster"]] = (
             self.cluster[None, :] == self.cluster[np.maximum(last, 0)][:, None]
         ) & has[:, None]
+        if (self.category >= 0).any():
+            cat = self.category
+            last_cat = cat[np.maximum(last, 0)]
+            out[col["same_category"]] = (cat[None, :] == last_cat[:, None]) & (
+                (last_cat >= 0) & has
+            )[:, None]
+            share = np.zeros((b, self.n_categories + 1))
+            for r, c in enumerate(codes):
+                if len(c):
+                    w = p.own_decay ** np.arange(len(c) - 1, -1, -1)
+                    np.add.at(share[r], cat[c], w / w.sum())  # -1 lands in the spare column
+            out[col["category_share"]] = share[:, cat]
+            out[col["category_share"]][:, cat < 0] = 0.0
         out[col["popularity"]] = self.log_pop
         for source in p.without:
             for name in SOURCE_FEATURES[source]:
@@ -224,27 +273,71 @@ class _Sources(_Catalogue):
 class HybridModel:
     """``models.evaluate.Recommender``: sources + learned ranking stage (module docstring)."""
 
-    def __init__(self, params: HybridParams | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        params: HybridParams | None = None,
+        seed: int | None = None,
+        categories: dict[str, str] | None = None,
+    ) -> None:
         params = params or HybridParams()
         self.params = replace(params, seed=seed) if seed is not None else params
+        self.categories = categories or {}
         self.weights: np.ndarray | None = None
+        self.tuning: dict[str, dict[str, float]] = {}
+        self._fitted_on: object = None
 
     def settings(self) -> dict[str, Any]:
         return asdict(self.params)
 
+    def report(self) -> dict[str, Any]:
+        """The ranking stage in use, what tuning measured, and the learned weights."""
+        out: dict[str, Any] = {"ranker": self.params.ranker, "tuning": self.tuning}
+        if self.weights is not None and self.params.ranker == "linear":
+            names = [f"{t}:{f}" for t in ("raw", "sqrt", "rank") for f in FEATURES] + ["position"]
+            out["weights"] = dict(
+                zip(names, (self.weights / self.scale).round(4).tolist(), strict=True)
+            )
+        return out
+
+    def tune(self, train: Sequence[Sequence[str]], valid: Sequence[Sequence[str]]) -> None:
+        """Choose the ranking stage (learned or fixed blend) by HR@20 + MRR@20 on up to
+        ``tune_cases`` cases of ``valid``; the model stays fitted on ``train``."""
+        from models.evaluate import iter_cases, rank_metrics
+
+        self._fit(train, learn=True)
+        cases = list(iter_cases(valid))
+        if len(cases) > self.params.tune_cases:
+            rng = np.random.default_rng(self.params.seed)
+            keep = np.sort(rng.choice(len(cases), self.params.tune_cases, replace=False))
+            cases = [cases[i] for i in keep.tolist()]
+        prefixes, targets = [c.prefix for c in cases], [c.target for c in cases]
+        for ranker in ("linear", "blend"):
+            self.params = replace(self.params, ranker=ranker)
+            hr, mrr = rank_metrics(self.recommend_batch(prefixes, 20), targets, 20)
+            self.tuning[ranker] = {"hr@20": hr, "mrr@20": mrr, "cases": len(cases)}
+        best = max(self.tuning, key=lambda r: self.tuning[r]["hr@20"] + self.tuning[r]["mrr@20"])
+        self.params = replace(self.params, ranker=best)
+
     def fit(self, sessions: Sequence[Sequence[str]]) -> None:
+        if self._fitted_on is sessions:  # tune() already fitted on exactly these sessions
+            return
+        self._fit(sessions, learn=self.params.ranker == "linear")
+
+    def _fit(self, sessions: Sequence[Sequence[str]], *, learn: bool) -> None:
         p = self.params
         blend = np.array([p.blend.get(name, 0.0) for name in FEATURES], dtype=np.float32)
         self.blend = blend
-        if p.ranker == "linear":
+        self.weights = None
+        if learn:
             cut = int(len(sessions) * (1 - p.fit_share))
             older, newer = sessions[:cut], sessions[cut:]
-            base = _Sources(p)
+            base = _Sources(p, self.categories)
             base.fit(older)
             prefixes, targets = _sample_cases(newer, p.fit_cases, p.seed)
             self.weights, self.scale = _fit_ranker(base, prefixes, targets, blend, p)
-        self.sources = _Sources(p)
+        self.sources = _Sources(p, self.categories)
         self.sources.fit(sessions)
+        self._fitted_on = sessions
 
     def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
         out: list[list[str]] = []
@@ -256,7 +349,7 @@ class HybridModel:
     def _rank(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
         feats = self.sources.features(prefixes)
         cand, prior = _candidates(feats, self.blend, max(k, self.params.n_candidates))
-        if self.weights is None:
+        if self.weights is None or self.params.ranker == "blend":
             scores = np.take_along_axis(prior, cand, axis=1)
         else:
             scores = _transform(_gather(feats, cand), self.scale) @ self.weights
@@ -282,11 +375,20 @@ def _gather(feats: np.ndarray, cand: np.ndarray) -> np.ndarray:
     return np.moveaxis(feats[:, rows, cand], 0, -1)
 
 
+N_TRANSFORMED = 3 * len(FEATURES) + 1
+
+
 def _transform(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Features the linear ranker sees: raw (scaled) plus square roots (a cheap bend)."""
+    """Features the linear ranker sees, from [cases, candidates, features] in candidate
+    order: raw, square root (a cheap bend), 1 / (1 + rank of the candidate by that
+    feature within its case), and log of the candidate's position; divided by ``scale``."""
     x = x.astype(np.float64)
-    both = np.concatenate((x, np.sqrt(np.clip(x, 0.0, None))), axis=-1)
-    return both / scale
+    rank = np.argsort(np.argsort(-x, axis=1, kind="stable"), axis=1, kind="stable")
+    position = np.broadcast_to(
+        np.log1p(np.arange(x.shape[1], dtype=np.float64))[None, :, None], (*x.shape[:2], 1)
+    )
+    parts = (x, np.sqrt(np.clip(x, 0.0, None)), 1.0 / (1.0 + rank), position)
+    return np.concatenate(parts, axis=-1) / scale
 
 
 def _sample_cases(
@@ -326,19 +428,21 @@ def _fit_ranker(
             continue
         blocks.append(_gather(feats, cand)[found])
         labels.append(where[found].argmax(axis=1))
-    width = 2 * len(FEATURES)
+    width = N_TRANSFORMED
     if not blocks:
         return np.zeros(width), np.ones(width)
     x_raw = np.concatenate(blocks)  # [cases, c, f]
     y = np.concatenate(labels)
     scale = np.ones(width)
-    flat = _transform(x_raw, scale).reshape(-1, width)
+    flat = _transform(x_raw[: min(len(x_raw), 2000)], scale).reshape(-1, width)
     scale = np.maximum(flat.std(axis=0), 1e-6)
-    x = _transform(x_raw, scale)
+    # float32 halves the memory of the largest array; L-BFGS keeps its state in float64.
+    x = _transform(x_raw, scale).astype(np.float32)
+    del x_raw
     rows = np.arange(len(y))
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        s = x @ w
+        s = (x @ w.astype(np.float32)).astype(np.float64)
         s -= s.max(axis=1, keepdims=True)
         e = np.exp(s)
         z = e.sum(axis=1, keepdims=True)
@@ -346,13 +450,47 @@ def _fit_ranker(
         value = -(s[rows, y] - np.log(z[:, 0])).mean() + p.l2 * (w @ w)
         grad_s = prob
         grad_s[rows, y] -= 1.0
-        grad = np.einsum("nc,ncf->f", grad_s, x) / len(y) + 2 * p.l2 * w
-        return float(value), grad
+        grad = np.einsum("nc,ncf->f", grad_s.astype(np.float32), x) / len(y) + 2 * p.l2 * w
+        return float(value), grad.astype(np.float64)
 
     start = np.zeros(width)
     start[: len(FEATURES)] = blend * scale[: len(FEATURES)]
     fit = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 300})
     return fit.x, scale
+
+
+class _Continuations:
+    """What followed the same last ``order`` clicks (or the same whole prefix) in
+    training: P(next = j | context), a variable-order Markov chain over exact contexts."""
+
+    def __init__(self, codes: Sequence[np.ndarray], n: int, order: str) -> None:
+        self.length = None if order == "prefix" else int(order)
+        contexts: dict[tuple[int, ...], int] = {}
+        rows, cols = [], []
+        for s in codes:
+            values = s.tolist()
+            for i in range(1, len(values)):
+                if self.length is not None and i < self.length:
+                    continue
+                key = tuple(values[:i] if self.length is None else values[i - self.length : i])
+                rows.append(contexts.setdefault(key, len(contexts)))
+                cols.append(values[i])
+        self.contexts = contexts
+        counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(max(1, len(contexts)), n))
+        self.table = _row_normalised(counts)
+
+    def scores(self, codes: Sequence[np.ndarray]) -> np.ndarray:
+        rows = np.full(len(codes), -1, dtype=np.int64)
+        for r, c in enumerate(codes):
+            values = c.tolist()
+            if self.length is not None:
+                if len(values) < self.length:
+                    continue
+                values = values[-self.length :]
+            rows[r] = self.contexts.get(tuple(values), -1)
+        out = self.table[np.maximum(rows, 0)].toarray()
+        out[rows < 0] = 0.0
+        return out
 
 
 def _row_normalised(m: sp.csr_matrix) -> sp.csr_matrix:

@@ -381,7 +381,7 @@ def evaluate(
     repeats kept. Settings a model tunes are chosen on --valid / --valid-days only.
     """
     from models.baselines import model_factories
-    from models.datasets import split_last_days
+    from models.datasets import item_categories, split_last_days
     from models.evaluate import evaluate as run_evaluation
 
     _quiet_libraries()
@@ -421,7 +421,8 @@ def evaluate(
     elif valid_days is not None:
         # Tuning sees only the training sessions: the last days of them play the test.
         fit_part, valid_sessions = split_last_days(train_sessions, valid_days)
-    factories = model_factories(_train_params(**train_options))
+    categories = item_categories(read_clicks(train_path, fmt, **cols)) if category_col else None
+    factories = model_factories(_train_params(**train_options), categories)
     click.echo(
         f"train: {len(train_sessions)} sessions from {train_path}; "
         f"test: {len(test_sessions)} sessions"
