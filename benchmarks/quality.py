@@ -1,11 +1,13 @@
-"""Recommendation quality: streamrec against the baselines on both datasets.
+"""Recommendation quality: the hybrid model against every baseline on four sets.
 
-Runs the two `streamrec evaluate` commands that BENCHMARKS.md quotes (so the table is
-exactly what a user gets), then, through the Python API on the same cases, an
-ablation of the streamrec ranker and the strongest baselines under other settings.
-Prints Markdown.
+Runs the `streamrec evaluate` commands that BENCHMARKS.md and benchmarks/quality.md quote
+(literature protocol and serving protocol with --exclude current, test splits, the hybrid's
+settings chosen on a validation split), then, with --ablation SET, the hybrid with each
+candidate source removed and with the fixed blend instead of the learned ranker (through
+the Python API, on the same cases). Prints Markdown; keeps each JSON report in --out.
 
-Usage: .venv/bin/python benchmarks/quality.py [--yoochoose DIR] [--skip-extra]
+Usage: .venv/bin/python benchmarks/quality.py [--sets tmall,yoochoose-cgg,yoochoose-100k,eshop]
+       [--protocols next-item,serving] [--ablation yoochoose-100k] [--out DIR]
 """
 
 from __future__ import annotations
@@ -14,96 +16,101 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from models.baselines import ItemKNN, SessionKNN
-from models.datasets import build_sessions, eshop_path, read_clicks, split_last_days
-from models.evaluate import Recommender, evaluate
-from models.train import StreamrecModel, TrainParams
-
 ROOT = Path(__file__).resolve().parents[1]
-YOOCHOOSE = ROOT.parent / "shared" / "data" / "yoochoose-100k"
+DATA = Path("..") / "shared" / "data"
 K = 20
+MODELS = "hybrid,streamrec,pop,transitions,sr,item_knn,item2vec,cluster_random,sknn,vsknn"
+CGG = [
+    "--format",
+    "csv",
+    "--session-col",
+    "session_id",
+    "--item-col",
+    "item_id",
+    "--order-col",
+    "position",
+    "--category-col",
+    "category",
+]
+
+
+def _cgg(name: str) -> list[str]:
+    folder = DATA / name
+    return [
+        "--train",
+        str(folder / "train.csv.gz"),
+        "--valid",
+        str(folder / "valid.csv.gz"),
+        "--test",
+        str(folder / "test.csv.gz"),
+        *CGG,
+    ]
+
+
+SETS: dict[str, tuple[str, list[str]]] = {
+    "tmall": ("tmall-cgg: train / valid / test", _cgg("tmall-cgg")),
+    "yoochoose-cgg": ("yoochoose-cgg: train / valid / test", _cgg("yoochoose-cgg")),
+    "yoochoose-100k": (
+        "yoochoose-100k: train_full (last day = valid) / test",
+        [
+            "--train",
+            str(DATA / "yoochoose-100k" / "yoochoose-clicks-100k_train_full.txt"),
+            "--valid-days",
+            "1",
+            "--test",
+            str(DATA / "yoochoose-100k" / "yoochoose-clicks-100k_test.txt"),
+        ],
+    ),
+    "eshop": (
+        "e-shop clothing 2008: test = last 30 days, valid = the 30 days before",
+        [
+            "--train",
+            "models/datasets/eshop-clothing-2008.csv.gz",
+            "--split-days",
+            "30",
+            "--valid-days",
+            "30",
+        ],
+    ),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--yoochoose", type=Path, default=YOOCHOOSE)
-    parser.add_argument("--skip-extra", action="store_true", help="Only the two CLI runs.")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--protocols", default="next-item,serving")
+    parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--ablation", default="", help="Comma-separated sets to ablate.")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/streamrec-quality"))
     args = parser.parse_args()
-    yc_train = args.yoochoose / "yoochoose-clicks-100k_train_full.txt"
-    yc_test = args.yoochoose / "yoochoose-clicks-100k_test.txt"
-    datasets = {
-        "e-shop clothing 2008, test = last 30 days": [
-            "--train",
-            _rel(eshop_path()),
-            "--split-days",
-            "30",
-        ],
-        "YOOCHOOSE 100k, train_full / test": ["--train", _rel(yc_train), "--test", _rel(yc_test)],
-    }
-    for title, options in datasets.items():
-        command = ["streamrec", "evaluate", *options, "--k", str(K)]
-        print(f"### {title}\n\n```\n{' '.join(command)} --json OUT.json\n```\n")
-        print(_table(_run_cli(command)))
-
-    if args.skip_extra:
-        return
-    splits = {
-        "e-shop": _sessions_split(eshop_path(), None),
-        "YOOCHOOSE": _sessions_split(yc_train, yc_test),
-    }
-    base = TrainParams()
-    variants: dict[str, Callable[[], Recommender]] = {
-        "streamrec (defaults)": lambda: StreamrecModel(base),
-        "co-occurrence only (w_cos=0, w_cluster=0)": lambda: StreamrecModel(
-            replace(base, w_cos=0.0, w_cluster=0.0)
-        ),
-        "embedding only (w_cooc=0, w_cluster=0)": lambda: StreamrecModel(
-            replace(base, w_cooc=0.0, w_cluster=0.0)
-        ),
-        "embedding + cluster boost (w_cooc=0)": lambda: StreamrecModel(replace(base, w_cooc=0.0)),
-        "no recency weighting (recency_decay=1)": lambda: StreamrecModel(
-            replace(base, recency_decay=1.0)
-        ),
-        "last item only (context=1)": lambda: StreamrecModel(replace(base, context=1)),
-        "Word2Vec 5 epochs": lambda: StreamrecModel(replace(base, epochs=5)),
-        "item_knn alpha=0.75 shrink=20": lambda: ItemKNN(alpha=0.75, shrink=20.0),
-        "item_knn alpha=0.5 shrink=100": lambda: ItemKNN(alpha=0.5, shrink=100.0),
-        "sknn k=500 sample=5000": lambda: SessionKNN(k=500, sample_size=5000),
-    }
-    print("### Ablation and other baseline settings (HR@20 / MRR@20)\n")
-    print("| variant | " + " | ".join(splits) + " |")
-    print("| --- |" + " --- |" * len(splits))
-    scores: dict[str, list[str]] = {name: [] for name in variants}
-    for train, test in splits.values():
-        for name, metrics in evaluate(variants, train, test, k=K):
-            scores[name].append(f"{metrics.hr:.4f} / {metrics.mrr:.4f}")
-    for name, cells in scores.items():
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for key in [s for s in args.sets.split(",") if s]:
+        title, options = SETS[key]
+        for protocol in [p for p in args.protocols.split(",") if p]:
+            command = ["streamrec", "evaluate", *options, "--models", args.models, "--k", str(K)]
+            command += ["--protocol", protocol]
+            if protocol == "serving":
+                command += ["--exclude", "current"]
+            out = args.out / f"{key}-{protocol}.json"
+            print(f"### {title}, {protocol}\n\n```\n{' '.join(command)} --json OUT.json\n```\n")
+            _run_cli(command, out)
+            print(_table(json.loads(out.read_text())), flush=True)
+    for key in [s for s in args.ablation.split(",") if s]:
+        print(_ablation(key), flush=True)
 
 
-def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(Path("..") / path.resolve().relative_to(ROOT.parent))
-
-
-def _run_cli(command: list[str]) -> dict:  # type: ignore[type-arg]
+def _run_cli(command: list[str], out: Path) -> None:
     streamrec = str(Path(sys.executable).with_name("streamrec"))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.json"
-        subprocess.run(
-            [streamrec, *command[1:], "--json", str(out)],
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        return json.loads(out.read_text())
+    subprocess.run(
+        [streamrec, *command[1:], "--json", str(out)],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _table(report: dict) -> str:  # type: ignore[type-arg]
@@ -111,29 +118,72 @@ def _table(report: dict) -> str:  # type: ignore[type-arg]
     best_hr = max(m["hr"] for m in models.values())
     best_mrr = max(m["mrr"] for m in models.values())
     lines = [
-        f"{report['cases']} cases.\n",
+        f"{report['cases']} cases, protocol {report['protocol']}"
+        + (f" (exclude {report['exclude']})" if report["protocol"] == "serving" else "")
+        + (f"; tuned on {report['tuned_on']}" if report.get("tuned_on") else "")
+        + ".\n",
         "| model | HR@20 | MRR@20 | coverage@20 | mean popularity rank | train s | recs/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in models.items():
         hr = f"**{m['hr']:.4f}**" if m["hr"] == best_hr else f"{m['hr']:.4f}"
         mrr = f"**{m['mrr']:.4f}**" if m["mrr"] == best_mrr else f"{m['mrr']:.4f}"
+        label = name
+        if m.get("settings", {}).get("ranker"):
+            label += f" (ranker chosen on valid: {m['settings']['ranker']})"
         lines.append(
-            f"| {name} | {hr} | {mrr} | {m['coverage']:.3f} | {m['popularity_rank']:.1f} "
+            f"| {label} | {hr} | {mrr} | {m['coverage']:.3f} | {m['popularity_rank']:.1f} "
             f"| {m['train_s']:.1f} | {m['recs_per_s']:,.0f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def _sessions_split(
-    train_path: Path, test_path: Path | None
-) -> tuple[list[list[str]], list[list[str]]]:
-    train = build_sessions(read_clicks(train_path))
-    if test_path is None:
-        train, test = split_last_days(train, 30)
+def _ablation(key: str) -> str:
+    """The hybrid with each source removed, and with the fixed blend, on the test split."""
+    from models.datasets import build_sessions, item_categories, read_clicks, split_last_days
+    from models.evaluate import evaluate
+    from models.hybrid import SOURCES, HybridModel, HybridParams
+
+    _, options = SETS[key]
+    opts = dict(zip(options[::2], options[1::2], strict=False))
+    cols = {}
+    if "--session-col" in opts:
+        cols = {
+            "fmt": "csv",
+            "session_col": "session_id",
+            "item_col": "item_id",
+            "order_col": "position",
+            "category_col": "category",
+        }
+
+    def load(path: str) -> list:  # type: ignore[type-arg]
+        return build_sessions(read_clicks(ROOT / path, **cols), collapse_repeats=False)
+
+    train = load(opts["--train"])
+    categories = item_categories(read_clicks(ROOT / opts["--train"], **cols)) if cols else {}
+    if "--test" in opts:
+        test = load(opts["--test"])
     else:
-        test = build_sessions(read_clicks(test_path))
-    return [s.items for s in train], [s.items for s in test]
+        train, test = split_last_days(train, float(opts["--split-days"]))
+    base = HybridParams(ranker="linear")
+    variants = {
+        "hybrid, learned ranker": base,
+        "hybrid, fixed blend": replace(base, ranker="blend"),
+    }
+    for source in SOURCES:
+        variants[f"without {source}"] = replace(base, without=(source,))
+    lines = [
+        f"### Ablation on {key} (test split, literature protocol, learned ranker unless said)\n",
+        "| variant | HR@20 | MRR@20 |",
+        "| --- | ---: | ---: |",
+    ]
+    factories = {
+        name: (lambda p=p: HybridModel(p, categories=categories)) for name, p in variants.items()
+    }
+    for name, m in evaluate(factories, [s.items for s in train], [s.items for s in test], k=K):
+        lines.append(f"| {name} | {m.hr:.4f} | {m.mrr:.4f} |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
