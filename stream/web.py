@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from mode import Service
 from redis.exceptions import RedisError
 
+from models.errors import StreamrecError
 from models.names import ID_RULE, TENANT_RULE, is_id, is_tenant
 from stream.config import Settings
 from stream.events import MAX_EVENT_BYTES, InvalidEvent, event_from_dict
@@ -150,6 +151,8 @@ class WebService(Service):
             payload = await self._pull(tenant, session_id)
         except (RedisError, OSError) as exc:
             return _error(503, f"the session store is unavailable: {exc}")
+        except StreamrecError as exc:  # the tenant's model cannot be read just now
+            return _error(503, str(exc))
         if payload is None:
             return _error(
                 404, f"no recommendations for session {session_id!r} of tenant {tenant!r}"
