@@ -178,6 +178,11 @@ def choose_kind(requested: str, dist: KafkaDist) -> tuple[str, str]:
     if requested == "kafka":
         return "kafka", f"{dist.label()} (asked for)"
     problem = dist.problem()
+    if problem is None and not dist.has_jars():
+        try:
+            dist.ensure_jars()  # once; a failed fetch falls back rather than stops
+        except KafkaSetupError as exc:
+            return "tansu", f"Tansu ({exc})"
     if problem is None:
         return "kafka", f"{dist.label()} (a JDK >= {MIN_JAVA} is here)"
     return "tansu", f"Tansu ({problem})"

@@ -92,3 +92,17 @@ def test_a_failed_fetch_is_one_line_pointing_at_its_log(
     message = str(err.value)
     assert "\n" not in message and "fetch.log" in message and "Maven Central" in message
     assert "Could not resolve" in (dist.fetched_dir / "fetch.log").read_text()
+
+
+def test_auto_falls_back_to_tansu_when_the_fetch_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    mvn = tools / "mvn"
+    mvn.write_text("#!/bin/sh\nexit 1\n")
+    mvn.chmod(mvn.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
+    jdk = fake_jdk(tmp_path / "jdk", 'openjdk version "17.0.1"')
+    kind, why = choose_kind("auto", KafkaDist(tmp_path / "cache", java_home=str(jdk)))
+    assert kind == "tansu" and "fetching Apache Kafka" in why
