@@ -139,6 +139,8 @@ def worker_rate(
     tag = f"{engine}-{time.time_ns()}"
     delivery = "exactly_once" if engine.endswith("-eos") else "at_least_once"
     engine = engine.removesuffix("-eos")
+    feedback = "0" if engine.endswith("-nofeedback") else "1"
+    engine = engine.removesuffix("-nofeedback")
     cfg = WorkerConfig(
         stack,
         home / tag,
@@ -150,6 +152,7 @@ def worker_rate(
         extra_env={
             "STREAMREC_ENGINE": engine,
             "STREAMREC_DELIVERY": delivery,
+            "STREAMREC_FEEDBACK": feedback,
             "STREAMREC_BATCH_SIZE": str(batch_size),
             **(
                 {"STREAMREC_BATCH_WITHIN_S": os.environ["BENCH_WITHIN"]}
@@ -194,7 +197,8 @@ def main() -> None:
     parser.add_argument(
         "--engines",
         default="bare,agent,batch",
-        help="bare, agent, batch, batch-eos (batch loop with STREAMREC_DELIVERY=exactly_once)",
+        help="bare, agent, batch, batch-eos (batch loop with STREAMREC_DELIVERY=exactly_once), "
+        "batch-nofeedback (STREAMREC_FEEDBACK=0: no hits, lists or counters)",
     )
     parser.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
     args = parser.parse_args()
@@ -233,6 +237,7 @@ def main() -> None:
             "agent": "faust agent (take_events + send per record)",
             "batch": "streamrec batch loop (shipped)",
             "batch-eos": "streamrec batch loop, exactly once (transactions)",
+            "batch-nofeedback": "streamrec batch loop, feedback counting off",
         }
         for engine in (e for e in engines if e in names):
             measured = worker_rate(stack, home, model_dir, engine, records, args.batch_size)

@@ -59,3 +59,41 @@ MODES_LOADED = "_loaded"
 TENANTS = f"{PREFIX}:tenants"
 # Pub/sub channel for "a tenant's model or mode changed" notices.
 MODEL_CHANNEL = f"{PREFIX}:models"
+
+
+def counters(tenant: str, bucket: int) -> str:
+    """Hash of one tenant's feedback counters in one time bucket (``bucket`` = its start,
+    unix seconds): fields ``<variant>:<counter>`` (see ``state.feedback.COUNTERS``).
+    Expires after the retention. The tenant's buckets share a hash slot."""
+    return f"{PREFIX}:fb:{{{tenant}}}:{bucket}"
+
+
+def parse_counters(key: str) -> tuple[str, int]:
+    """``(tenant, bucket)`` of a ``counters`` key."""
+    tag, _, bucket = key.rpartition(":")
+    return tag.split("{", 1)[1].rstrip("}"), int(bucket)
+
+
+# Hash tenant -> the tenant's policy as JSON (fixed / ab / bandit, arms, shares): a cache
+# of the POLICY files in the registry, filled like TENANT_MODES (POLICIES_LOADED).
+POLICIES = f"{PREFIX}:policies"
+POLICIES_LOADED = "_loaded"
+
+
+# Hash key digest (SHA-256 hex) -> "<tenant> <key id>": a cache of the KEYS.json files
+# in the registry, filled like TENANT_MODES (field KEYS_LOADED).
+API_KEYS = f"{PREFIX}:api-keys"
+KEYS_LOADED = "_loaded"
+# Hash tenant -> serving rules as JSON: a cache of the RULES.json files in the registry.
+TENANT_RULES = f"{PREFIX}:tenant-rules"
+RULES_LOADED = "_loaded"
+
+
+def catalogue(tenant: str) -> str:
+    """Hash item id -> the item's catalogue entry as JSON (available, category, tags)."""
+    return f"{PREFIX}:cat:{{{tenant}}}"
+
+
+def catalogue_version(tenant: str) -> str:
+    """Counter bumped by every catalogue change: workers reload the catalogue when it moves."""
+    return f"{PREFIX}:cat:{{{tenant}}}:v"

@@ -20,7 +20,10 @@ from state import keys, resp
 # unless it repeats the newest one (consecutive duplicates carry no signal); keep the
 # newest ARGV[1] items; remember the click as the session's latest event (what HTTP
 # pull answers for); refresh the TTL (ARGV[2]) on activity. Replies, flat, with whether
-# each event was new and the session's items joined by keys.ITEM_SEP, oldest first.
+# each event was new, the session's items joined by keys.ITEM_SEP, oldest first, and
+# the implicit feedback: 0, or the session's previous recommendation list (field ``p``,
+# see ``state.feedback``) when the click's item is in it. A click consumes that list
+# (``p`` emptied): each list is judged by the one click that followed it.
 #
 # "Applied before" costs constant memory per session, whatever the traffic: a session's
 # events arrive in partition order, so the highest offset applied from each origin
@@ -36,8 +39,8 @@ local out = {}
 for i = 1, #KEYS do
   local a = 4 * i + 1
   local key, item, eid, ts, off = KEYS[i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local s = redis.call('HMGET', key, 'i', 'n', 'l', 'r', ofield)
-  local items, ring, seen = s[1], s[4], false
+  local s = redis.call('HMGET', key, 'i', 'n', 'l', 'r', ofield, 'p')
+  local items, ring, seen, prev, hit = s[1], s[4], false, s[6], 0
   off = tonumber(off)
   if off >= 0 and s[5] and tonumber(s[5]) >= off then
     seen = true
@@ -47,6 +50,10 @@ for i = 1, #KEYS do
   local fresh = 0
   if not seen then
     fresh = 1
+    if prev and prev ~= '' then
+      if string.find(SEP .. prev .. SEP, SEP .. item .. SEP, 1, true) then hit = prev end
+      redis.call('HSET', key, 'p', '')
+    end
     if ring then
       ring = ring .. SEP .. eid
       while #ring > ring_max do
@@ -71,10 +78,21 @@ for i = 1, #KEYS do
     end
     redis.call('EXPIRE', key, ttl)
   end
-  out[2 * i - 1] = fresh
-  out[2 * i] = items
+  out[3 * i - 2] = fresh
+  out[3 * i - 1] = items
+  out[3 * i] = hit
 end
 return out
+"""
+# The lists recommended in the previous batch (state.feedback), one per session: written
+# at the start of the next batch's round trip, before its clicks are applied, and only
+# to a session that still exists (an expired one is not brought back without a TTL).
+# KEYS[i] the session hash, ARGV[i] the list as ``variant SEP rec_id SEP item SEP ...``.
+STORE_LISTS_LUA = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], 'p', ARGV[i]) end
+end
+return #KEYS
 """
 # Bytes of recent event ids kept per session besides the offsets (see APPEND_LUA): about
 # 25 ids of 20 characters, at least 2 of the longest allowed (256).
@@ -92,6 +110,9 @@ class Click(NamedTuple):
 class SessionUpdate(NamedTuple):
     fresh: bool  # False when the event id had been applied already (a re-delivery)
     joined: str  # the session after the update, as stored: items joined by keys.ITEM_SEP
+    # The previous recommendation list (as stored, see state.feedback) when this click's
+    # item was in it: an implicit hit. None otherwise.
+    hit: str | None = None
 
     @property
     def items(self) -> list[str]:
@@ -122,26 +143,31 @@ class SessionStore:
         self._cluster = isinstance(client, RedisCluster)
         self._cap = cap
         self._ttl_s = ttl_s
-        self._scripts = {_sha1(APPEND_LUA): APPEND_LUA}
-        (self._append,) = self._scripts
+        self._scripts = {_sha1(APPEND_LUA): APPEND_LUA, _sha1(STORE_LISTS_LUA): STORE_LISTS_LUA}
+        self._append, self._store_lists = self._scripts
 
     async def append_clicks(
         self,
         clicks: Sequence[Click],
         count_for: Collection[str] = (),
         origins: Sequence[tuple[str, int]] | None = None,
+        before: Sequence[list[str]] = (),
     ) -> list[SessionUpdate]:
         """Apply a batch of clicks in order, in one round trip; also count item clicks of
         the tenants in ``count_for`` (those without a model, served popular items).
 
         ``origins`` gives each click's ("topic:partition", offset) when it was consumed
-        from Kafka; a re-delivered offset is recognised without remembering its id."""
+        from Kafka; a re-delivered offset is recognised without remembering its id.
+        ``before``: commands sent first in the same round trip (the previous batch's
+        feedback writes, see ``state.feedback``); their replies are dropped."""
         if not clicks:
+            if before:
+                await self._run(list(before))
             return []
         groups = self._slot_groups(clicks)
         if origins is not None:
             groups = [g for group in groups for g in _by_origin(group, origins)]
-        commands: list[list[str]] = []
+        commands: list[list[str]] = list(before)
         for group in groups:
             origin = origins[group[0]][0] if origins is not None else ""
             keys_: list[str] = []
@@ -153,12 +179,40 @@ class SessionStore:
                 args += (c.item_id, c.event_id, repr(c.ts), str(offset))
             commands.append(["EVALSHA", self._append, str(len(keys_)), *keys_, *args])
         commands += self._count_clicks(clicks, count_for)
-        replies = await self._run(commands)
+        replies = (await self._run(commands))[len(before) :]
         updates: list[SessionUpdate | None] = [None] * len(clicks)
         for group, reply in zip(groups, replies[: len(groups)], strict=True):
             for j, i in enumerate(group):
-                updates[i] = SessionUpdate(reply[2 * j] == 1, _text(reply[2 * j + 1]))
+                hit = reply[3 * j + 2]
+                updates[i] = SessionUpdate(
+                    reply[3 * j] == 1, _text(reply[3 * j + 1]), None if hit == 0 else _text(hit)
+                )
         return updates  # type: ignore[return-value]
+
+    def store_lists_commands(self, lists: dict[tuple[str, str], str]) -> list[list[str]]:
+        """Commands writing each ``(tenant, session_id)``'s latest recommendation list
+        (one script call per hash slot), to send with the next batch (``before``)."""
+        if not lists:
+            return []
+        pairs = list(lists)
+        out = []
+        for group in self._slot_groups(pairs):
+            keys_ = [keys.session(*pairs[i]) for i in group]
+            out.append(
+                [
+                    "EVALSHA",
+                    self._store_lists,
+                    str(len(keys_)),
+                    *keys_,
+                    *(lists[pairs[i]] for i in group),
+                ]
+            )
+        return out
+
+    async def run(self, commands: list[list[str]]) -> list[Any]:
+        """Send ``commands`` in one round trip (scripts of this store reloaded if Redis
+        forgot them); their replies."""
+        return await self._run(commands) if commands else []
 
     async def session(self, tenant: str, session_id: str) -> StoredSession | None:
         """A session as stored; None for an unknown or expired one."""

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.registry import Registry
+from state.feedback import FeedbackRecorder
 from state.notify import model_changes
 from state.sessions import SessionStore
 from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
@@ -134,7 +135,17 @@ def create_app(settings: Settings) -> faust.App:
                 redis, ttl_s=settings.model_check_interval_s, durable=registry.modes
             )
             holder.update(redis=redis, store=store, tenants=tenants)
-            holder["processor"] = BatchProcessor(store, models, tenants, top_k=settings.top_k)
+            feedback = (
+                FeedbackRecorder(
+                    bucket_s=settings.feedback_bucket_s,
+                    retention_s=int(settings.feedback_retention_h * 3600),
+                )
+                if settings.feedback
+                else None
+            )
+            holder["processor"] = BatchProcessor(
+                store, models, tenants, top_k=settings.top_k, feedback=feedback
+            )
         return holder["processor"]
 
     async def pull(tenant: str, session_id: str) -> bytes | None:
@@ -202,6 +213,15 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(DeadLetterLog.INTERVAL_S)
     async def log_dead_letters() -> None:
         dead_log.flush()
+
+    @app.timer(1.0)
+    async def flush_feedback() -> None:
+        # Counters go out with the next batch; without traffic, from here.
+        if "processor" in holder:
+            try:
+                await holder["processor"].flush_feedback()
+            except (RedisError, OSError) as exc:
+                log.debug("feedback flush failed (%s); kept for the next batch", exc)
 
     @app.timer(settings.model_check_interval_s)
     async def check_models() -> None:

@@ -35,12 +35,20 @@ class Settings:
     clicks_topic: str = "clicks"
     recs_topic: str = "recommendations"
     dlq_topic: str = "clicks.dlq"
+    # Explicit feedback from apps (click / add_to_cart / purchase of a recommended item).
+    feedback_topic: str = "feedback"
     partitions: int = 4
     app_id: str = "streamrec-worker"
     # Session state in Redis: the newest `session_cap` items are kept for `session_ttl_s`.
     session_cap: int = 50
     session_ttl_s: int = 24 * 3600
     top_k: int = 10
+    # Feedback counting (implicit hits, explicit feedback) per tenant x variant, in Redis
+    # buckets of feedback_bucket_s kept feedback_retention_h hours; off only to measure
+    # what it costs.
+    feedback: bool = True
+    feedback_bucket_s: int = 60
+    feedback_retention_h: float = 168.0
     # "batch": the fast batch loop (default); "agent": a plain Faust agent with
     # stream.take_events, kept as the reference the benchmarks compare against.
     engine: str = "batch"
@@ -55,6 +63,16 @@ class Settings:
     # Tenants' models kept in memory at once (LRU); arrays are memory-mapped.
     max_models: int = 1000
     web_port: int = 6066
+    # HTTP listens on loopback unless told otherwise (0.0.0.0 in a container).
+    web_host: str = "127.0.0.1"
+    # The admin API (/v1/admin/...) is off without a token.
+    admin_token: str = field(default="", repr=False)
+    # Tenant routes need a key even for a tenant that has none yet (else a tenant is
+    # open until its first key is created).
+    require_keys: bool = False
+    # A click for an unknown tenant creates it (embedded default); off, it is
+    # dead-lettered and HTTP answers 404.
+    auto_create_tenants: bool = True
     log_level: str = "info"
     # The embedded broker `dev up`, the demo and the tests start: auto | kafka | tansu.
     # auto = Apache Kafka when a JDK >= 17 and its jars (or Maven to fetch them) are here.

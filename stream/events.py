@@ -149,6 +149,8 @@ class RecommendationWriter:
         strategy: str,
         model_version: str | None,
         emitted_ts: float,
+        rec_id: str | None = None,
+        variant: str | None = None,
     ) -> bytes:
         items = self._items
         while len(items) < len(item_ids):
@@ -160,9 +162,11 @@ class RecommendationWriter:
         record["tenant"] = event.tenant
         record["session_id"] = event.session_id
         record["event_id"] = event_id
+        record["rec_id"] = rec_id
         record["trigger_item"] = event.item_id
         record["items"] = items[: len(item_ids)]
         record["model_version"] = model_version
+        record["variant"] = variant
         record["strategy"] = strategy
         record["event_ts"] = event.ts
         record["emitted_ts"] = emitted_ts

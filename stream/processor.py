@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -16,7 +17,11 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
 from models.bundle import ModelBundle
-from models.ranking import Ranked, recommend_flat
+from models.experiments import POPULAR
+from models.ranking import Ranked, recommend_flat, similar_items
+from models.rules import Catalogue, Request, ServingRules, apply_rules, banned_mask
+from state.feedback import LIST_ITEMS, FeedbackRecorder, decode_list, encode_list
+from state.keys import ITEM_SEP
 from state.sessions import SessionStore, SessionUpdate, flatten
 from stream.events import ClickEvent, InvalidEvent, RecommendationWriter, parse_event
 from stream.model_handle import ModelCache
@@ -137,6 +142,7 @@ class BatchProcessor:
         *,
         top_k: int,
         clock: Callable[[], float] = time.time,
+        feedback: FeedbackRecorder | None = None,
     ) -> None:
         self._store = store
         self._models = models
@@ -144,6 +150,14 @@ class BatchProcessor:
         self._top_k = top_k
         self._clock = clock
         self._writer = RecommendationWriter()
+        # A click of an unknown tenant creates it; off, it is dead-lettered.
+        self.auto_create_tenants = True
+        # Implicit feedback and counters (None: off, as for the benchmark's baseline).
+        self.feedback = feedback
+        # rec_id = variant, this process's tag and a counter: unique without coordination
+        # and it names the variant, so explicit feedback is attributed without a lookup.
+        self._rec_tag = f"-{os.urandom(4).hex()}-"
+        self._rec_n = 0
 
     async def process(self, batch: Sequence[Message]) -> BatchResult:
         result = BatchResult()
@@ -151,11 +165,18 @@ class BatchProcessor:
         at: list[int] = []  # each event's place in the batch
         origins: list[tuple[str, int]] = []  # each event's partition and offset
         partition_names: dict[tuple[str, int], str] = {}
+        admitted: dict[str, bool] = {}  # tenant -> exists (or was just created)
         for j, msg in enumerate(batch):
             try:
                 event = parse_event(msg.value)
             except InvalidEvent as exc:
                 result.dead_letters.append(DeadLetter.of(msg, exc.reason))
+                continue
+            ok = admitted.get(event.tenant)
+            if ok is None:
+                ok = admitted[event.tenant] = await self._admit(event.tenant)
+            if not ok:
+                result.dead_letters.append(DeadLetter.of(msg, unknown_tenant(event.tenant)))
                 continue
             if event.event_id is None:
                 # Without an event id the message position identifies a re-delivery.
@@ -174,11 +195,20 @@ class BatchProcessor:
         for i, event in enumerate(events):
             by_tenant[event.tenant].append(i)
         bundles = {t: await self._models.get(t) for t in by_tenant}
-        updates = await self._store.append_clicks(
-            events,  # type: ignore[arg-type]  # every event_id is set above
-            count_for=[t for t, b in bundles.items() if b is None],
-            origins=origins,
-        )
+        fb = self.feedback
+        # The previous batch's lists and counts go out first in this batch's round trip.
+        taken = fb.take() if fb is not None else ({}, [])
+        try:
+            updates = await self._store.append_clicks(
+                events,  # type: ignore[arg-type]  # every event_id is set above
+                count_for=[t for t, b in bundles.items() if b is None],
+                origins=origins,
+                before=self._store.store_lists_commands(taken[0]) + taken[1],
+            )
+        except BaseException:
+            if fb is not None:
+                fb.restore(taken)
+            raise
         result.duplicates = sum(1 for u in updates if not u.fresh)
 
         ranked: list[Ranked | None] = [None] * len(events)
@@ -191,13 +221,61 @@ class BatchProcessor:
                 ranked[i] = r
 
         emitted = self._clock()
-        for event, r, j in zip(events, ranked, at, strict=True):
-            if r is not None:
-                payload = self._record(event, r, bundles[event.tenant], emitted)
-                result.recommendations.append(Outgoing(event.session_id, payload, j))
+        if fb is None:
+            for event, r, j in zip(events, ranked, at, strict=True):
+                if r is not None:
+                    payload = self._record(event, r, bundles[event.tenant], emitted)
+                    result.recommendations.append(Outgoing(event.session_id, payload, j))
+            return result
+        # With feedback: each click is judged against the list its session was shown
+        # last (from Redis for the session's first click of the batch, else the list
+        # answering its previous click in this batch), then its own list is remembered.
+        shown: dict[tuple[str, str], str | None] = {}
+        for event, r, j, u in zip(events, ranked, at, updates, strict=True):
+            key = (event.tenant, event.session_id)
+            if u.fresh:
+                prev = shown[key] if key in shown else u.hit
+                if prev is not None:
+                    variant, _, items = decode_list(prev)
+                    if event.item_id in items:
+                        fb.hit(event.tenant, variant, items.index(event.item_id) + 1)
+            if r is None:
+                shown[key] = None
+                continue
+            bundle = bundles[event.tenant]
+            variant = bundle.version if bundle is not None else POPULAR
+            self._rec_n += 1
+            rec_id = f"{variant}{self._rec_tag}{self._rec_n:x}"
+            payload = self._record(event, r, bundle, emitted, rec_id, variant)
+            result.recommendations.append(Outgoing(event.session_id, payload, j))
+            shown[key] = encode_list(variant, rec_id, r.ids[:LIST_ITEMS])
+            if u.fresh:
+                fb.recommended(event.tenant, variant)
+        for (tenant, session_id), stored in shown.items():
+            if stored is not None:
+                fb.shown(tenant, session_id, stored)
         return result
 
-    async def recommend_session(self, tenant: str, session_id: str) -> bytes | None:
+    async def flush_feedback(self) -> None:
+        """Write the feedback recorded since the last batch (when no batch came for a
+        while: the counters should not wait for traffic)."""
+        fb = self.feedback
+        if fb is None or not fb.pending():
+            return
+        taken = fb.take()
+        try:
+            await self._store.run(self._store.store_lists_commands(taken[0]) + taken[1])
+        except BaseException:
+            fb.restore(taken)
+            raise
+
+    async def recommend_session(
+        self,
+        tenant: str,
+        session_id: str,
+        n: int | None = None,
+        request: Request | None = None,
+    ) -> bytes | None:
         """The record answering the session's latest event, computed now from the session
         as stored (HTTP pull); None for an unknown session or a tenant switched off.
 
@@ -210,17 +288,55 @@ class BatchProcessor:
             return None
         bundle = await self._models.get(tenant)
         update = SessionUpdate(True, stored.joined)
-        (r,) = await self._rank(tenant, bundle, [update])
+        (r,) = await self._rank(tenant, bundle, [update], n, request)
         latest = ClickEvent(
             tenant, session_id, update.items[-1], stored.ts, event_id=stored.event_id
         )
         return self._record(latest, r, bundle, self._clock())
 
+    async def recommend_items(
+        self, tenant: str, items: Sequence[str], n: int, request: Request | None = None
+    ) -> tuple[Ranked, str | None]:
+        """A session the caller holds (oldest first) ranked like a stored one, under the
+        tenant's rules; nothing is stored. (ranked, model version)"""
+        bundle = await self._models.get(tenant)
+        update = SessionUpdate(True, ITEM_SEP.join(items))
+        (r,) = await self._rank(tenant, bundle, [update], n, request)
+        return r, bundle.version if bundle is not None else None
+
+    async def similar(
+        self, tenant: str, item_id: str, n: int, request: Request | None = None
+    ) -> tuple[list[tuple[str, float]], str] | None:
+        """The item's nearest neighbours by embedding that the tenant's rules allow; None
+        when the tenant's model does not know the item."""
+        bundle = await self._models.get(tenant)
+        if bundle is None or bundle.index(item_id) is None:
+            return None
+        rules, catalogue, _ = await self._tenants.serving(tenant, bundle)
+        # Rank more than n so the list can be refilled after filtering.
+        pool = similar_items(bundle, item_id, k=bundle.n_items, same_cluster=False)
+        top = apply_rules(pool, [item_id], rules.with_exclude("current"), catalogue, n, request)
+        return top, bundle.version
+
+    @property
+    def tenants(self) -> TenantDirectory:
+        return self._tenants
+
     def _record(
-        self, event: ClickEvent, r: Ranked, bundle: ModelBundle | None, emitted: float
+        self,
+        event: ClickEvent,
+        r: Ranked,
+        bundle: ModelBundle | None,
+        emitted: float,
+        rec_id: str | None = None,
+        variant: str | None = None,
     ) -> bytes:
         """The recommendation record answering ``event`` (its event id is set)."""
         version = bundle.version if bundle is not None else None
+        if rec_id is None:
+            variant = version or POPULAR
+            self._rec_n += 1
+            rec_id = f"{variant}{self._rec_tag}{self._rec_n:x}"
         return self._writer(
             event,
             event.event_id,  # type: ignore[arg-type]
@@ -229,17 +345,64 @@ class BatchProcessor:
             r.strategy,
             version,
             emitted,
+            rec_id,
+            variant,
         )
 
+    async def _admit(self, tenant: str) -> bool:
+        """Does the tenant exist (created now when auto-creation is on)?"""
+        if await self._tenants.exists(tenant):
+            return True
+        if not self.auto_create_tenants:
+            return False
+        await self._tenants.create(tenant)
+        log.info("tenant %s created by its first click", tenant)
+        return True
+
     async def _rank(
-        self, tenant: str, bundle: ModelBundle | None, updates: Sequence[SessionUpdate]
+        self,
+        tenant: str,
+        bundle: ModelBundle | None,
+        updates: Sequence[SessionUpdate],
+        k: int | None = None,
+        request: Request | None = None,
     ) -> list[Ranked]:
-        """One tenant's sessions ranked: by its model, or popular items without one."""
+        """One tenant's sessions ranked, its serving rules applied (and the request's):
+        by its model, or popular items without one."""
+        k = k or self._top_k
+        rules, catalogue, banned = await self._tenants.serving(tenant, bundle)
         if bundle is not None:
+            if request is not None and (request.exclude_items or request.categories):
+                only_request = Catalogue(category=catalogue.category)
+                extra = banned_mask(bundle.item_list, NO_RULES, only_request, request)
+                banned = extra if banned is None else banned | extra
             flat, lengths = flatten(updates)
-            return recommend_flat(bundle, flat, lengths, self._top_k)
+            return recommend_flat(bundle, flat, lengths, k, banned=banned, exclude=rules.exclude)
         popular = await self._tenants.popular(tenant)
-        return [popular_excluding(popular, u.items, self._top_k) for u in updates]
+        return [popular_ruled(popular, u.items, rules, catalogue, k, request) for u in updates]
+
+
+NO_RULES = ServingRules(exclude="none")
+
+
+def unknown_tenant(tenant: str) -> str:
+    return (
+        f"unknown tenant: {tenant!r} does not exist (create it with `streamrec tenant create`, "
+        "or set STREAMREC_AUTO_CREATE_TENANTS=1)"
+    )
+
+
+def popular_ruled(
+    popular: Sequence[tuple[str, float]],
+    seen: Sequence[str],
+    rules: ServingRules,
+    catalogue: Catalogue,
+    k: int,
+    request: Request | None = None,
+) -> Ranked:
+    """Cold start: the tenant's most clicked items its rules allow."""
+    top = apply_rules(popular, seen, rules, catalogue, k, request)
+    return Ranked([item for item, _ in top], [score for _, score in top], "popular")
 
 
 def popular_excluding(popular: Sequence[tuple[str, float]], seen: Sequence[str], k: int) -> Ranked:

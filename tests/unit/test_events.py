@@ -61,12 +61,16 @@ def test_invalid_events_name_the_reason(raw: bytes | None, reason: str) -> None:
 def test_recommendation_json_follows_the_contract() -> None:
     click = ClickEvent("t", "s", "A1", 1.0)
     data = orjson.loads(
-        RecommendationWriter()(click, "e", ["B2", "C3"], [0.5, 0.25], "embedding", "v3", 2.0)
+        RecommendationWriter()(
+            click, "e", ["B2", "C3"], [0.5, 0.25], "embedding", "v3", 2.0, "v3-x-1", "v3"
+        )
     )
     assert set(data) == {
         "tenant",
         "session_id",
         "event_id",
+        "rec_id",
+        "variant",
         "trigger_item",
         "items",
         "model_version",
@@ -81,6 +85,7 @@ def test_recommendation_json_follows_the_contract() -> None:
         "A1",
         1.0,
     )
+    assert (data["rec_id"], data["variant"]) == ("v3-x-1", "v3")
 
 
 def test_reused_writer_gives_the_same_records_as_a_fresh_one() -> None:

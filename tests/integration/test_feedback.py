@@ -1,0 +1,85 @@
+"""Implicit feedback in the real Redis: a click on an item of the session's previous
+list is a hit for the variant that served it, counted once, in the batch's round trip."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+from redis.asyncio import Redis
+
+from models.ranking import recommend
+from models.registry import Registry
+from state.feedback import FeedbackRecorder, read_buckets, totals
+from state.sessions import SessionStore
+from stream.devstack import EmbeddedStack
+from stream.model_handle import ModelCache
+from stream.processor import BatchProcessor
+from stream.tenant_state import TenantDirectory
+
+
+def _msg(sid: str, offset: int, item: str) -> SimpleNamespace:
+    value = orjson.dumps(
+        {"tenant": "default", "session_id": sid, "item_id": item, "ts": 1e9 + offset,
+         "event_id": f"{sid}-{offset}"}
+    )  # fmt: skip
+    return SimpleNamespace(key=sid.encode(), value=value, topic="c", partition=0, offset=offset)
+
+
+def test_a_click_on_a_recommended_item_is_a_hit_for_its_variant(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], trained_model_dir: Path
+) -> None:
+    registry = Registry(trained_model_dir)
+    version = registry.current_version("default")
+    bundle = registry.load("default")
+    items = bundle.item_list
+    a, b = unique_name("sa"), unique_name("sb")
+
+    async def run() -> tuple[list[dict], dict]:
+        client = Redis.from_url(stack.redis_url, decode_responses=True)
+        feedback = FeedbackRecorder(bucket_s=60, clock=lambda: 1_800_000_000.0)
+        processor = BatchProcessor(
+            SessionStore(client, cap=50, ttl_s=60),
+            ModelCache(registry),
+            TenantDirectory(client),
+            top_k=10,
+            feedback=feedback,
+        )
+        try:
+            first = await processor.process([_msg(a, 0, items[0]), _msg(b, 0, items[0])])
+            recs = [orjson.loads(o.payload) for o in first.recommendations]
+            shown_a = [i["item_id"] for i in recs[0]["items"]]
+            not_shown = next(i for i in items if i not in shown_a and i != items[0])
+            # Next batch: session a clicks its 3rd recommended item (a hit at 3); session
+            # b clicks something it was not shown (a miss).
+            second = await processor.process([_msg(a, 1, shown_a[2]), _msg(b, 1, not_shown)])
+            then = orjson.loads(second.recommendations[0].payload)["items"]
+            then_shown = [i["item_id"] for i in then]
+            # Then a hit at 1 read from Redis, and in the same batch a hit at 2 on the
+            # list that click got (known in advance: the ranking is deterministic).
+            after = [items[0], shown_a[2], then_shown[0]]
+            next_list = recommend(bundle, after, 10).ids
+            third = await processor.process([_msg(a, 2, then_shown[0]), _msg(a, 3, next_list[1])])
+            # Re-delivery of the second batch: no hit counted twice.
+            await processor.process([_msg(a, 1, shown_a[2]), _msg(b, 1, not_shown)])
+            await processor.flush_feedback()
+            recs += [
+                orjson.loads(o.payload) for o in second.recommendations + third.recommendations
+            ]
+            buckets = await read_buckets(client, "default", 1_800_000_000 - 60, 1_800_000_000, 60)
+            return recs, totals(buckets)
+        finally:
+            await client.aclose()
+
+    # The counters are per tenant, and the test shares tenant "default": use a bucket no
+    # other test writes to (the recorder's clock above).
+    recs, counted = asyncio.run(run())
+    assert all(r["variant"] == version and r["rec_id"].startswith(f"{version}-") for r in recs)
+    assert len({r["rec_id"] for r in recs}) == len(recs)
+    c = counted[version]
+    assert c.recommendations == 6  # 2 + 2 + 2 fresh clicks answered; the re-delivery not
+    assert c.hits == 3
+    assert c.hit_position_sum == 3 + 1 + 2
