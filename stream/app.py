@@ -30,6 +30,7 @@ from models.registry import Registry
 from state.feedback import FeedbackRecorder
 from state.notify import model_changes
 from state.sessions import SessionStore
+from stream import web_feedback  # noqa: F401  (its routes join the API at import)
 from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
 from stream.config import Settings
 from stream.model_handle import ModelCache
@@ -146,6 +147,7 @@ def create_app(settings: Settings) -> faust.App:
             holder["processor"] = BatchProcessor(
                 store, models, tenants, top_k=settings.top_k, feedback=feedback
             )
+            holder["processor"].feedback_topic = settings.feedback_topic
         return holder["processor"]
 
     async def pull(tenant: str, session_id: str) -> bytes | None:

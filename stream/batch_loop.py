@@ -32,8 +32,10 @@ from confluent_kafka import KafkaError as RecordError
 from confluent_kafka import KafkaException, Producer
 from mode import Service
 
+from models.errors import StreamrecError
 from stream.config import Settings
 from stream.processor import UNDELIVERABLE, BatchResult, DeadLetter, Message, position
+from stream.topics import ensure_topics
 from stream.transactions import Failure as TxFailure
 from stream.transactions import (
     FencedError,
@@ -215,7 +217,18 @@ class BatchLoop(Service):
             max_poll_records=s.batch_size,
             fetch_max_wait_ms=max(1, int(s.batch_within_s * 1000)),
         )
-        self._consumer.subscribe([s.clicks_topic], listener=_WaitForBatch(self))
+        topics = [s.clicks_topic]
+        if s.feedback:
+            # Explicit feedback rides the same batches (stream.processor tells it apart by
+            # topic); created here so that apps can send it before anyone else made it.
+            topics.append(s.feedback_topic)
+            try:
+                await asyncio.to_thread(
+                    ensure_topics, s.kafka, [s.feedback_topic], s.partitions, 10.0
+                )
+            except StreamrecError as exc:
+                log.warning("cannot create the feedback topic (%s); subscribing anyway", exc)
+        self._consumer.subscribe(topics, listener=_WaitForBatch(self))
         await self._consumer.start()
         # Everything built so far (Faust, numba, clients) lives as long as the process:
         # keep the garbage collector from walking it again every few batches (full

@@ -41,9 +41,27 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 def _register_all() -> None:
-    from stream import cli_dev, cli_models, cli_producers, cli_tenants, cli_trainer, cli_worker
+    from stream import (
+        cli_dev,
+        cli_experiments,
+        cli_models,
+        cli_producers,
+        cli_stats,
+        cli_tenants,
+        cli_trainer,
+        cli_worker,
+    )
 
-    for module in (cli_dev, cli_models, cli_producers, cli_tenants, cli_trainer, cli_worker):
+    for module in (
+        cli_dev,
+        cli_models,
+        cli_producers,
+        cli_tenants,
+        cli_trainer,
+        cli_worker,
+        cli_stats,
+        cli_experiments,
+    ):
         module.register(cli)
 
 

@@ -10,7 +10,7 @@ from stream.kafka_broker import BROKER_KINDS
 
 
 def stack_topics(settings: Settings) -> list[str]:
-    return [settings.clicks_topic, settings.recs_topic, settings.dlq_topic]
+    return [settings.clicks_topic, settings.recs_topic, settings.dlq_topic, settings.feedback_topic]
 
 
 @click.group("dev")

@@ -171,3 +171,63 @@ class RecommendationWriter:
         record["event_ts"] = event.ts
         record["emitted_ts"] = emitted_ts
         return orjson.dumps(record)
+
+
+FEEDBACK_TYPES = ("click", "add_to_cart", "purchase")
+
+
+class FeedbackEvent(NamedTuple):
+    """Explicit feedback on a recommendation (topic ``feedback``, key = session id)."""
+
+    tenant: str
+    session_id: str
+    item_id: str
+    type: str
+    ts: float
+    rec_id: str | None = None
+
+    def to_json(self) -> bytes:
+        d: dict[str, Any] = {
+            "tenant": self.tenant,
+            "session_id": self.session_id,
+            "item_id": self.item_id,
+            "type": self.type,
+            "ts": self.ts,
+        }
+        if self.rec_id is not None:
+            d["rec_id"] = self.rec_id
+        return orjson.dumps(d)
+
+
+def feedback_from_dict(data: Any, *, default_ts: float | None = None) -> FeedbackEvent:
+    """Validate decoded feedback by the rules of a click; raises :class:`InvalidEvent`."""
+    if not isinstance(data, dict):
+        raise InvalidEvent(f"feedback must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind not in FEEDBACK_TYPES:
+        raise InvalidEvent(f"field 'type' must be one of {', '.join(FEEDBACK_TYPES)}")
+    # The click rules for tenant, ids and ts (event_type is not part of feedback).
+    click = event_from_dict(
+        {k: v for k, v in data.items() if k != "event_type"}, default_ts=default_ts
+    )
+    return FeedbackEvent(
+        click.tenant,
+        click.session_id,
+        click.item_id,
+        kind,
+        click.ts,
+        _id_field(data, "rec_id", required=False),
+    )
+
+
+def parse_feedback(raw: bytes | None, *, default_ts: float | None = None) -> FeedbackEvent:
+    """Decode and validate one feedback message value; raises :class:`InvalidEvent`."""
+    if raw is None:
+        raise InvalidEvent("empty message (no value)")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"message larger than {MAX_EVENT_BYTES} bytes")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"value is not valid JSON: {exc}") from None
+    return feedback_from_dict(data, default_ts=default_ts)

@@ -17,13 +17,19 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
 from models.bundle import ModelBundle
-from models.experiments import POPULAR
+from models.experiments import POPULAR, is_variant
 from models.ranking import Ranked, recommend_flat, similar_items
 from models.rules import Catalogue, Request, ServingRules, apply_rules, banned_mask
 from state.feedback import LIST_ITEMS, FeedbackRecorder, decode_list, encode_list
 from state.keys import ITEM_SEP
 from state.sessions import SessionStore, SessionUpdate, flatten
-from stream.events import ClickEvent, InvalidEvent, RecommendationWriter, parse_event
+from stream.events import (
+    ClickEvent,
+    InvalidEvent,
+    RecommendationWriter,
+    parse_event,
+    parse_feedback,
+)
 from stream.model_handle import ModelCache
 from stream.tenant_state import TenantDirectory
 
@@ -131,6 +137,7 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0  # re-delivered events (already applied to the session)
     suppressed: int = 0  # events of tenants switched off: recorded, not answered
+    feedback: int = 0  # explicit feedback messages counted
 
 
 class BatchProcessor:
@@ -154,6 +161,7 @@ class BatchProcessor:
         self.auto_create_tenants = True
         # Implicit feedback and counters (None: off, as for the benchmark's baseline).
         self.feedback = feedback
+        self.feedback_topic = "feedback"  # messages from this topic are feedback, not clicks
         # rec_id = variant, this process's tag and a counter: unique without coordination
         # and it names the variant, so explicit feedback is attributed without a lookup.
         self._rec_tag = f"-{os.urandom(4).hex()}-"
@@ -167,6 +175,9 @@ class BatchProcessor:
         partition_names: dict[tuple[str, int], str] = {}
         admitted: dict[str, bool] = {}  # tenant -> exists (or was just created)
         for j, msg in enumerate(batch):
+            if msg.topic == self.feedback_topic:
+                await self._explicit(msg, result)
+                continue
             try:
                 event = parse_event(msg.value)
             except InvalidEvent as exc:
@@ -255,6 +266,27 @@ class BatchProcessor:
             if stored is not None:
                 fb.shown(tenant, session_id, stored)
         return result
+
+    async def _explicit(self, msg: Message, result: BatchResult) -> None:
+        """Count one explicit feedback message for the variant that served it: the one
+        its rec_id names, else the one serving the session now."""
+        try:
+            fb = parse_feedback(msg.value)
+        except InvalidEvent as exc:
+            result.dead_letters.append(DeadLetter.of(msg, f"feedback: {exc.reason}"))
+            return
+        if self.feedback is None:
+            return
+        variant = fb.rec_id.partition("-")[0] if fb.rec_id else ""
+        if not is_variant(variant):
+            variant = await self.variant_of(fb.tenant, fb.session_id)
+        self.feedback.explicit(fb.tenant, variant, fb.type)
+        result.feedback += 1
+
+    async def variant_of(self, tenant: str, session_id: str) -> str:
+        """The variant serving a session now."""
+        bundle = await self._models.get(tenant)
+        return bundle.version if bundle is not None else POPULAR
 
     async def flush_feedback(self) -> None:
         """Write the feedback recorded since the last batch (when no batch came for a

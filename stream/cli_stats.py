@@ -1,0 +1,49 @@
+"""``streamrec stats TENANT``: online hit rate per variant, from the feedback counters."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+import orjson
+import redis.exceptions
+from redis.asyncio import Redis
+
+from stream.cli_params import TENANT
+from stream.config import Settings
+from stream.feedback_stats import parse_since, stats_table, tenant_stats
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
+async def _read(settings: Settings, tenant: str, since_s: float) -> dict:
+    client = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    try:
+        return await tenant_stats(client, tenant, since_s, settings.feedback_bucket_s)
+    finally:
+        await client.aclose()
+
+
+@click.command("stats")
+@click.argument("tenant", type=TENANT)
+@click.option("--since", "since_s", default="1h", callback=_since, show_default=True,
+              help="Window: 30m, 1h, 7d ...")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def stats(settings: Settings, tenant: str, since_s: float, as_json: bool) -> None:
+    """Recommendations, implicit hits, hit rate with its 95 % Wilson interval, and
+    purchases, per variant (model version or popular) of TENANT."""
+    try:
+        report = asyncio.run(_read(settings, tenant, since_s))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
+    click.echo(orjson.dumps(report).decode() if as_json else stats_table(report))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(stats)

@@ -1,0 +1,125 @@
+"""Feedback routes: ``POST /v1/{tenant}/feedback`` (explicit feedback into the topic) and
+``GET /v1/{tenant}/stats`` (the counters per variant, as ``streamrec stats --json``).
+
+Plugged into the API by ``stream.web.ROUTERS`` at import (``stream.app`` imports it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from redis.exceptions import RedisError
+
+from stream.events import MAX_EVENT_BYTES, InvalidEvent, feedback_from_dict
+from stream.web import (
+    MAX_POST_EVENTS,
+    ROUTERS,
+    ApiError,
+    WebContext,
+    error_responses,
+    json_body,
+    read_body,
+)
+from stream.web_auth import Tenant
+
+FEEDBACK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "session_id": {"type": "string", "minLength": 1, "maxLength": 256},
+        "item_id": {"type": "string", "minLength": 1, "maxLength": 256},
+        "type": {"type": "string", "enum": ["click", "add_to_cart", "purchase"]},
+        "rec_id": {"type": "string", "description": "the recommendation it answers"},
+        "ts": {"type": "number", "description": "unix seconds; default: now"},
+        "tenant": {"type": "string", "description": "must match the URL's, if given"},
+    },
+    "required": ["session_id", "item_id", "type"],
+}
+
+
+def routes(ctx: WebContext) -> APIRouter:
+    router = APIRouter(prefix="/v1/{tenant}", tags=["feedback"])
+
+    @router.post(
+        "/feedback",
+        status_code=202,
+        summary="Post explicit feedback (one object or an array of up to 1,000)",
+        responses=error_responses(400, 401, 403, 408, 413, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                FEEDBACK_SCHEMA,
+                                {"type": "array", "items": FEEDBACK_SCHEMA, "maxItems": 1000},
+                            ]
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def post_feedback(tenant: Tenant, request: Request) -> dict[str, Any]:
+        """Validated like clicks (400 with a reason, nothing sent), then produced to the
+        ``feedback`` topic keyed by session; the worker counts it for the variant that
+        served the recommendation (``rec_id``) or the session."""
+        raw = await read_body(request)
+        body = json_body(raw)
+        items = body if isinstance(body, list) else [body]
+        if len(items) > MAX_POST_EVENTS:
+            raise ApiError(413, f"at most {MAX_POST_EVENTS} feedback objects per request")
+        now = time.time()
+        out = []
+        for n, data in enumerate(items):
+            if len(raw) > MAX_EVENT_BYTES and len(orjson.dumps(data)) > MAX_EVENT_BYTES:
+                raise ApiError(413, f"feedback {n} is larger than {MAX_EVENT_BYTES} bytes")
+            if isinstance(data, dict) and data.setdefault("tenant", tenant) != tenant:
+                raise ApiError(
+                    400, f"feedback {n}: tenant {data['tenant']!r} differs from the URL's"
+                )
+            try:
+                out.append(feedback_from_dict(data, default_ts=now))
+            except InvalidEvent as exc:
+                raise ApiError(400, f"feedback {n}: {exc.reason}") from None
+        producer = ctx.producer
+        if producer is None:
+            raise ApiError(503, "the worker is starting")
+        for fb in out:
+            producer.produce(ctx.settings.feedback_topic, fb.to_json(), fb.session_id)
+        remaining = await asyncio.to_thread(producer.flush, 10)
+        if remaining:
+            raise ApiError(503, f"{remaining} feedback message(s) not acknowledged; retry")
+        return {"accepted": len(out)}
+
+    @router.get(
+        "/stats",
+        summary="Recommendations, hits, hit rate (Wilson 95 % interval) per variant",
+        responses=error_responses(400, 401, 403, 503),
+    )
+    async def stats(
+        tenant: Tenant, since: Annotated[str, Query(description="e.g. 1h, 30m, 7d")] = "1h"
+    ) -> dict[str, Any]:
+        from stream.feedback_stats import parse_since, tenant_stats
+
+        try:
+            since_s = parse_since(since)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        processor = ctx.backend()
+        client = getattr(getattr(processor, "_tenants", None), "_client", None)
+        if client is None:
+            raise ApiError(503, "the worker is starting")
+        try:
+            return await tenant_stats(client, tenant, since_s, ctx.settings.feedback_bucket_s)
+        except (RedisError, OSError) as exc:
+            raise ApiError(503, f"the counter store is unavailable: {exc}") from None
+
+    return router
+
+
+ROUTERS.append(routes)
