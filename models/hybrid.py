@@ -60,6 +60,7 @@ FEATURES = (
     "after_2",
     "after_3",
     "after_prefix",
+    "after_prefix_long",
     "rules",
     "item_knn",
     "own_recency",
@@ -77,7 +78,7 @@ SOURCE_FEATURES = {
     "vsknn": ("vsknn",),
     "sknn": ("sknn",),
     "transitions": ("transitions",),
-    "sequence": ("after_2", "after_3", "after_prefix"),
+    "sequence": ("after_2", "after_3", "after_prefix", "after_prefix_long"),
     "rules": ("rules",),
     "item_knn": ("item_knn",),
     "own": ("own_recency", "own_count", "is_current"),
@@ -182,6 +183,10 @@ class _Sources(_Catalogue):
         out[col["rules"]] = self.rows_of(self.rules, last)
         for order, table in self.after.items():
             out[col[f"after_{order}"]] = table.scores(codes)
+        # A longer whole-prefix match is stronger evidence than a short one (a back-off
+        # model's confidence): let the ranker weigh it by the prefix's length.
+        lengths = np.log1p(np.array([len(c) for c in codes], dtype=np.float32))
+        out[col["after_prefix_long"]] = out[col["after_prefix"]] * lengths[:, None]
         out[col["item_knn"]] = self.rows_of(self.item_knn, last)
         rows, cols, recency = [], [], []
         for r, c in enumerate(codes):

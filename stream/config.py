@@ -49,6 +49,8 @@ class Settings:
     feedback: bool = True
     feedback_bucket_s: int = 60
     feedback_retention_h: float = 168.0
+    # How often a worker recomputes its bandits' shares from the counters.
+    bandit_interval_s: float = 5.0
     # "batch": the fast batch loop (default); "agent": a plain Faust agent with
     # stream.take_events, kept as the reference the benchmarks compare against.
     engine: str = "batch"

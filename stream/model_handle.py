@@ -41,6 +41,11 @@ class ModelCache:
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self.swaps = 0
+        # Versions other than the one in service (an experiment's arms), by (tenant,
+        # version), LRU as well; a version that failed to load is retried after a while.
+        self._arms: OrderedDict[tuple[str, str], ModelBundle] = OrderedDict()
+        self._arm_failed: dict[tuple[str, str], float] = {}
+        self._arm_lock = asyncio.Lock()
 
     def loaded(self) -> dict[str, str | None]:
         return {t: (s.bundle.version if s.bundle else None) for t, s in self._slots.items()}
@@ -64,6 +69,39 @@ class ModelCache:
         else:
             self._slots.move_to_end(tenant)
         return slot.bundle
+
+    async def get_version(self, tenant: str, version: str) -> ModelBundle | None:
+        """A given version of the tenant (an experiment's arm): the one in service when
+        it is that one, else loaded and kept beside it; None if it cannot be loaded."""
+        current = await self.get(tenant)
+        if current is not None and current.version == version:
+            return current
+        key = (tenant, version)
+        bundle = self._arms.get(key)
+        if bundle is not None:
+            self._arms.move_to_end(key)
+            return bundle
+        if time.monotonic() - self._arm_failed.get(key, float("-inf")) < 30.0:
+            return None
+        async with self._arm_lock:
+            bundle = self._arms.get(key)
+            if bundle is not None:
+                return bundle
+            started = time.perf_counter()
+            try:
+                bundle, _ = await asyncio.to_thread(self._load_ready, tenant, version)
+            except (StreamrecError, OSError, ValueError) as exc:
+                log.error("tenant %s: experiment arm %s cannot be loaded: %s", tenant, version, exc)
+                self._arm_failed[key] = time.monotonic()
+                return None
+            self._arms[key] = bundle
+            while len(self._arms) > self._max_models:
+                self._arms.popitem(last=False)
+            log.info(
+                "tenant %s: loaded model %s as an experiment arm (%.0f ms)",
+                tenant, version, (time.perf_counter() - started) * 1000,
+            )  # fmt: skip
+            return bundle
 
     async def refresh(self, tenants: list[str] | None = None) -> None:
         """Swap in newly promoted versions (of ``tenants``, default every tenant in memory);

@@ -31,6 +31,7 @@ from stream.events import (
     parse_feedback,
 )
 from stream.model_handle import ModelCache
+from stream.policies import PolicyDirectory
 from stream.tenant_state import TenantDirectory
 
 DLQ_REASON_HEADER = "streamrec-reason"
@@ -162,6 +163,9 @@ class BatchProcessor:
         # Implicit feedback and counters (None: off, as for the benchmark's baseline).
         self.feedback = feedback
         self.feedback_topic = "feedback"  # messages from this topic are feedback, not clicks
+        # Tenants' policies (ab, bandit): which version serves which session. None: the
+        # version in service serves everything.
+        self.policies: PolicyDirectory | None = None
         # rec_id = variant, this process's tag and a counter: unique without coordination
         # and it names the variant, so explicit feedback is attributed without a lookup.
         self._rec_tag = f"-{os.urandom(4).hex()}-"
@@ -223,26 +227,29 @@ class BatchProcessor:
         result.duplicates = sum(1 for u in updates if not u.fresh)
 
         ranked: list[Ranked | None] = [None] * len(events)
+        served: list[ModelBundle | None] = [None] * len(events)  # the variant of each
         for tenant, idx in by_tenant.items():
             if await self._tenants.mode(tenant) == "off":
                 result.suppressed += len(idx)  # recorded above, not answered
                 continue
-            answers = await self._rank(tenant, bundles[tenant], [updates[i] for i in idx])
-            for i, r in zip(idx, answers, strict=True):
-                ranked[i] = r
+            for bundle, group in await self._arms(tenant, bundles[tenant], idx, events):
+                answers = await self._rank(tenant, bundle, [updates[i] for i in group])
+                for i, r in zip(group, answers, strict=True):
+                    ranked[i] = r
+                    served[i] = bundle
 
         emitted = self._clock()
         if fb is None:
-            for event, r, j in zip(events, ranked, at, strict=True):
+            for event, r, j, bundle in zip(events, ranked, at, served, strict=True):
                 if r is not None:
-                    payload = self._record(event, r, bundles[event.tenant], emitted)
+                    payload = self._record(event, r, bundle, emitted)
                     result.recommendations.append(Outgoing(event.session_id, payload, j))
             return result
         # With feedback: each click is judged against the list its session was shown
         # last (from Redis for the session's first click of the batch, else the list
         # answering its previous click in this batch), then its own list is remembered.
         shown: dict[tuple[str, str], str | None] = {}
-        for event, r, j, u in zip(events, ranked, at, updates, strict=True):
+        for event, r, j, u, bundle in zip(events, ranked, at, updates, served, strict=True):
             key = (event.tenant, event.session_id)
             if u.fresh:
                 prev = shown[key] if key in shown else u.hit
@@ -253,7 +260,6 @@ class BatchProcessor:
             if r is None:
                 shown[key] = None
                 continue
-            bundle = bundles[event.tenant]
             variant = bundle.version if bundle is not None else POPULAR
             self._rec_n += 1
             rec_id = f"{variant}{self._rec_tag}{self._rec_n:x}"
@@ -285,8 +291,42 @@ class BatchProcessor:
 
     async def variant_of(self, tenant: str, session_id: str) -> str:
         """The variant serving a session now."""
-        bundle = await self._models.get(tenant)
+        bundle = await self.bundle_for(tenant, session_id)
         return bundle.version if bundle is not None else POPULAR
+
+    async def bundle_for(self, tenant: str, session_id: str) -> ModelBundle | None:
+        """The model serving one session under the tenant's policy."""
+        bundle = await self._models.get(tenant)
+        ((served, _),) = await self._arms(tenant, bundle, [0], [(tenant, session_id)])
+        return served
+
+    async def _arms(
+        self,
+        tenant: str,
+        bundle: ModelBundle | None,
+        idx: list[int],
+        sessions: Sequence[Sequence[str]],
+    ) -> list[tuple[ModelBundle | None, list[int]]]:
+        """The tenant's events (``idx`` into ``sessions``, each ``(tenant, session_id,
+        ...)``) by the version serving them: all to the one in service under a fixed
+        policy, else each session to its arm (a version that cannot be loaded is
+        replaced by the one in service)."""
+        policy = await self.policies.get(tenant) if self.policies is not None else None
+        if policy is None or bundle is None:
+            return [(bundle, idx)]
+        shares = self.policies.shares(tenant, policy)  # type: ignore[union-attr]
+        by_arm: dict[str, list[int]] = {}
+        assign = self.policies.assign  # type: ignore[union-attr]
+        for i in idx:
+            by_arm.setdefault(assign(tenant, sessions[i][1], shares), []).append(i)
+        out: dict[str, tuple[ModelBundle | None, list[int]]] = {}
+        for arm, group in by_arm.items():
+            served = await self._models.get_version(tenant, arm) or bundle
+            if served.version in out:
+                out[served.version][1].extend(group)
+            else:
+                out[served.version] = (served, group)
+        return list(out.values())
 
     async def flush_feedback(self) -> None:
         """Write the feedback recorded since the last batch (when no batch came for a
@@ -318,7 +358,7 @@ class BatchProcessor:
         stored = await self._store.session(tenant, session_id)
         if stored is None or await self._tenants.mode(tenant) == "off":
             return None
-        bundle = await self._models.get(tenant)
+        bundle = await self.bundle_for(tenant, session_id)
         update = SessionUpdate(True, stored.joined)
         (r,) = await self._rank(tenant, bundle, [update], n, request)
         latest = ClickEvent(
