@@ -70,10 +70,17 @@ def recommend_flat(
     lengths: Sequence[int],
     k: int,
     params: RankParams | None = None,
+    *,
+    banned: np.ndarray | None = None,
+    exclude: str = "seen",
 ) -> list[Ranked]:
     """``recommend_batch`` for sessions given back to back: session r is the next
     ``lengths[r]`` items of ``flat``. The whole batch goes through C loops and one
-    compiled kernel; Python touches each recommended item once."""
+    compiled kernel; Python touches each recommended item once.
+
+    ``banned``: a boolean per model item (``models.rules.banned_mask``), never returned;
+    ``exclude``: which of the session's own items are left out, ``seen`` (all),
+    ``current`` (the newest click) or ``none``."""
     if k <= 0 or not len(lengths):
         return [Ranked([], [], "popular") for _ in lengths]
     params = params or RankParams.of(bundle)
@@ -82,7 +89,7 @@ def recommend_flat(
     )
     ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=ptr[1:])
-    top_items, top_scores, known = rank_codes(bundle, codes, ptr, k, params)
+    top_items, top_scores, known = rank_codes(bundle, codes, ptr, k, params, banned, exclude)
     names = bundle.item_list
     results = []
     for r, (row_items, row_scores, n_known) in enumerate(
@@ -94,8 +101,14 @@ def recommend_flat(
         n = row_items.index(-1)
         ids, scores = list(map(names.__getitem__, row_items[:n])), row_scores[:n]
         strategy = "embedding" if n else ("cluster" if n_known else "popular")
-        session = [c for c in codes[ptr[r] : ptr[r + 1]].tolist() if c >= 0]
-        for item in _fill(bundle, session, set(row_items[:n]), k - n):
+        row = codes[ptr[r] : ptr[r + 1]].tolist()
+        session = [c for c in row if c >= 0]
+        skip = set(row_items[:n])
+        if exclude == "seen":
+            skip.update(session)
+        elif exclude == "current" and row and row[-1] >= 0:
+            skip.add(row[-1])
+        for item in _fill(bundle, session, skip, k - n, banned):
             ids.append(names[item])
             scores.append(0.0)
         results.append(Ranked(ids, scores, strategy))
@@ -103,7 +116,13 @@ def recommend_flat(
 
 
 def rank_codes(
-    bundle: ModelBundle, codes: np.ndarray, ptr: np.ndarray, k: int, params: RankParams
+    bundle: ModelBundle,
+    codes: np.ndarray,
+    ptr: np.ndarray,
+    k: int,
+    params: RankParams,
+    banned: np.ndarray | None = None,
+    exclude: str = "seen",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best ``k`` neighbour-list candidates per session, as item rows and scores, plus
     how many of each session's newest ``context`` items the model knows.
@@ -117,6 +136,8 @@ def rank_codes(
     out_items = np.empty((rows, k), dtype=np.int64)
     out_scores = np.empty((rows, k), dtype=np.float64)
     known = np.empty(rows, dtype=np.int64)
+    if banned is None or banned.shape[0] != bundle.n_items:
+        banned = _no_ban(bundle.n_items)
     _rank_kernel(
         codes,
         ptr,
@@ -126,11 +147,24 @@ def rank_codes(
         np.asarray(bundle.neighbour_scores),
         np.asarray(bundle.vectors),
         float(params.session_weight),
+        banned,
+        _EXCLUDE_CODES[exclude],
         out_items,
         out_scores,
         known,
     )
     return out_items, out_scores, known
+
+
+_EXCLUDE_CODES = {"none": 0, "current": 1, "seen": 2}
+_NO_BAN: dict[int, np.ndarray] = {}
+
+
+def _no_ban(n: int) -> np.ndarray:
+    mask = _NO_BAN.get(n)
+    if mask is None:
+        mask = _NO_BAN[n] = np.zeros(n, dtype=np.bool_)
+    return mask
 
 
 @njit(cache=True, nogil=True)
@@ -143,6 +177,8 @@ def _rank_kernel(
     neighbour_scores,
     vectors,
     session_weight,
+    banned,
+    exclude_mode,
     out_items,
     out_scores,
     known,
@@ -165,7 +201,9 @@ def _rank_kernel(
         for p in range(hi - 1, lo - 1, -1):
             i = codes[p]
             if i >= 0:
-                stamp[i] = -tag
+                # 2 = seen: every session item is left out; 1 = current: the newest click
+                if exclude_mode == 2 or (exclude_mode == 1 and p == hi - 1):
+                    stamp[i] = -tag
                 if used < context:
                     newest[used] = i
                     used += 1
@@ -176,7 +214,7 @@ def _rank_kernel(
             i = newest[age]
             for slot in range(m):
                 j = neighbours[i, slot]
-                if stamp[j] == -tag:
+                if stamp[j] == -tag or banned[j]:
                     continue
                 vote = neighbour_scores[i, slot] * w
                 if stamp[j] != tag:
@@ -219,16 +257,22 @@ def _rank_kernel(
             out_scores[r, c] = -np.inf
 
 
-def _fill(bundle: ModelBundle, known: list[int], taken: set[int], count: int) -> list[int]:
-    """Pad with the newest item's cluster (most popular first), then globally popular items."""
-    exclude = taken | set(known)
+def _fill(
+    bundle: ModelBundle,
+    known: list[int],
+    exclude: set[int],
+    count: int,
+    banned: np.ndarray | None = None,
+) -> list[int]:
+    """Pad with the newest item's cluster (most popular first), then globally popular
+    items, none of ``exclude`` or ``banned``."""
     pool: list[int] = []
     if known:
         popular, clusters = np.asarray(bundle.popularity), np.asarray(bundle.clusters)
         pool = popular[clusters[popular] == clusters[known[-1]]].tolist()
     out: list[int] = []
     for i in itertools.chain(pool, bundle.popularity_list):
-        if i not in exclude:
+        if i not in exclude and (banned is None or not banned[i]):
             exclude.add(i)
             out.append(i)
             if len(out) == count:

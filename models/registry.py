@@ -34,6 +34,10 @@ HISTORY = "HISTORY.jsonl"
 # restart must not switch a tenant back on.
 MODE = "MODE"
 MODES = ("on", "freeze", "off")
+# The tenant's API keys as SHA-256 digests, never the keys: {key_id: {"sha256", "created"}}.
+KEYS = "KEYS.json"
+# The tenant's serving rules (models.rules.ServingRules as JSON).
+RULES = "RULES.json"
 _VERSION_RE = re.compile(r"v(\d+)")
 
 
@@ -146,6 +150,72 @@ class Registry:
         tenant_dir = self._tenant_dir(tenant)
         tenant_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(tenant_dir / MODE, mode + "\n")
+
+    # -- tenants: existence, keys, serving rules (durable; Redis caches them) ------------
+    def exists(self, tenant: str) -> bool:
+        return is_tenant(tenant) and self._tenant_dir(tenant).is_dir()
+
+    def create_tenant(self, tenant: str) -> bool:
+        """Create the tenant (its directory and its ``on`` switch); False if it existed."""
+        tenant_dir = self._tenant_dir(tenant)
+        if tenant_dir.is_dir():
+            return False
+        tenant_dir.mkdir(parents=True, exist_ok=True)
+        if not (tenant_dir / MODE).exists():
+            _atomic_write(tenant_dir / MODE, "on\n")
+        return True
+
+    def tenant_modes(self) -> dict[str, str]:
+        """Every tenant that exists, with its mode (``on`` unless set)."""
+        return {t: self.mode(t) or "on" for t in self.tenants()}
+
+    def keys(self, tenant: str) -> dict[str, dict[str, Any]]:
+        return self._read_json(tenant, KEYS)
+
+    def all_keys(self) -> dict[str, tuple[str, str]]:
+        """Every key's digest -> (tenant, key id)."""
+        return {
+            entry["sha256"]: (tenant, key_id)
+            for tenant in self.tenants()
+            for key_id, entry in self.keys(tenant).items()
+        }
+
+    def add_key(self, tenant: str, key_id: str, sha256: str) -> None:
+        keys = self.keys(tenant)
+        keys[key_id] = {
+            "sha256": sha256,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _atomic_write(self._tenant_dir(tenant) / KEYS, json.dumps(keys, indent=1) + "\n")
+
+    def revoke_key(self, tenant: str, key_id: str) -> str | None:
+        """Remove a key; its digest, or None if the tenant has no such key."""
+        keys = self.keys(tenant)
+        entry = keys.pop(key_id, None)
+        if entry is None:
+            return None
+        _atomic_write(self._tenant_dir(tenant) / KEYS, json.dumps(keys, indent=1) + "\n")
+        return str(entry["sha256"])
+
+    def rules(self, tenant: str) -> dict[str, Any]:
+        return self._read_json(tenant, RULES)
+
+    def all_rules(self) -> dict[str, dict[str, Any]]:
+        return {t: r for t in self.tenants() if (r := self.rules(t))}
+
+    def set_rules(self, tenant: str, rules: dict[str, Any]) -> None:
+        _atomic_write(self._tenant_dir(tenant) / RULES, json.dumps(rules, sort_keys=True) + "\n")
+
+    def _read_json(self, tenant: str, name: str) -> dict[str, Any]:
+        try:
+            text = (self._tenant_dir(tenant) / name).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise StreamrecError(f"tenant {tenant!r}: {name} is not valid JSON: {exc}") from None
+        return value if isinstance(value, dict) else {}
 
     def register(
         self, tenant: str, bundle: ModelBundle, extra_manifest: dict[str, Any] | None = None

@@ -62,3 +62,17 @@ async def model_changes(client: Redis) -> AsyncIterator[str]:
                 log.warning("ignored a malformed model-change notice: %r", msg["data"])
     finally:
         await pubsub.aclose()
+
+
+async def notify_change(client: Redis, tenant: str) -> int:
+    """``notify_model_change`` from async code: workers drop their cached control state
+    (modes, rules, keys, catalogue) for ``tenant`` and look at its model now."""
+    try:
+        return int(
+            await client.publish(
+                keys.MODEL_CHANNEL, orjson.dumps({"tenant": tenant, "version": None})
+            )
+        )
+    except (redis.RedisError, OSError) as exc:
+        log.warning("could not notify workers over Redis (%s)", exc)
+        return 0

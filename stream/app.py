@@ -26,7 +26,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from models.policy_file import all_policies
 from models.registry import Registry
 from state.feedback import FeedbackRecorder
 from state.notify import model_changes
@@ -35,7 +34,6 @@ from stream import web_feedback  # noqa: F401  (its routes join the API at impor
 from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
 from stream.config import Settings
 from stream.model_handle import ModelCache
-from stream.policies import PolicyDirectory
 from stream.processor import BatchProcessor, BatchResult, DeadLetter, Message
 from stream.tenant_state import TenantDirectory
 from stream.web import WebService
@@ -135,7 +133,10 @@ def create_app(settings: Settings) -> faust.App:
             redis = Redis.from_url(settings.redis_url, socket_timeout=5, decode_responses=True)
             store = SessionStore(redis, cap=settings.session_cap, ttl_s=settings.session_ttl_s)
             tenants = TenantDirectory(
-                redis, ttl_s=settings.model_check_interval_s, durable=registry.modes
+                redis,
+                ttl_s=settings.model_check_interval_s,
+                durable=registry.tenant_modes,
+                registry=registry,
             )
             holder.update(redis=redis, store=store, tenants=tenants)
             feedback = (
@@ -150,12 +151,7 @@ def create_app(settings: Settings) -> faust.App:
                 store, models, tenants, top_k=settings.top_k, feedback=feedback
             )
             holder["processor"].feedback_topic = settings.feedback_topic
-            holder["processor"].policies = holder["policies"] = PolicyDirectory(
-                redis,
-                durable=lambda: all_policies(registry),
-                ttl_s=settings.model_check_interval_s,
-                bucket_s=settings.feedback_bucket_s,
-            )
+            holder["processor"].auto_create_tenants = settings.auto_create_tenants
         return holder["processor"]
 
     async def pull(tenant: str, session_id: str) -> bytes | None:
@@ -215,24 +211,23 @@ def create_app(settings: Settings) -> faust.App:
             reasons.append(stalled)
         not_loaded = models.problems()
         reasons += not_loaded
-        return {"reasons": reasons, "ready": not reasons, "consumer": progress}
+        # Ready: the above, and partitions assigned (the batch engine owns its group).
+        not_ready = list(reasons)
+        if loop is not None and not progress.get("assigned"):
+            not_ready.append("no partitions assigned yet")
+        return {
+            "reasons": reasons,
+            "ready": not not_ready,
+            "not_ready": not_ready,
+            "consumer": progress,
+        }
 
     if settings.web_port > 0:
-        app.web_server(WebService(settings, stats, models, pull, probe))
+        app.web_server(WebService(settings, stats, models, pull, probe, backend=processor))
 
     @app.timer(DeadLetterLog.INTERVAL_S)
     async def log_dead_letters() -> None:
         dead_log.flush()
-
-    async def refresh_bandits() -> None:
-        # A bandit's shares follow its counters every few seconds, never per event.
-        if "policies" in holder:
-            try:
-                await holder["policies"].refresh_bandits()
-            except (RedisError, OSError) as exc:
-                log.warning("bandit shares not recomputed (%s)", exc)
-
-    app.timer(settings.bandit_interval_s)(refresh_bandits)
 
     @app.timer(1.0)
     async def flush_feedback() -> None:
@@ -256,8 +251,6 @@ def create_app(settings: Settings) -> faust.App:
                 async for tenant in model_changes(client):
                     if "tenants" in holder:
                         holder["tenants"].invalidate()
-                    if "policies" in holder:
-                        holder["policies"].invalidate()
                     await models.refresh([tenant])
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 await asyncio.sleep(2.0)

@@ -277,6 +277,7 @@ class BatchLoop(Service):
                     lag += max(0, high - done)
         now = time.monotonic()
         return {
+            "assigned": len(self._consumer.assignment()) if self._consumer is not None else 0,
             "since_commit_s": round(now - self._last_commit, 1),
             "lag": lag,
             "batch_age_s": round(now - self._oldest, 1) if self._in_hand else 0.0,

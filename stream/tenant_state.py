@@ -12,13 +12,29 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
 from redis.asyncio import Redis
 
+from models.bundle import ModelBundle
+from models.registry import Registry
+from models.rules import Catalogue, ServingRules, banned_mask
+from state.control import (
+    cache_keys,
+    cache_rules,
+    cache_tenant,
+    catalogue_versions,
+    read_catalogue,
+    read_keys,
+    read_rules,
+    tenant_known,
+)
 from state.tenants import cache_modes, most_popular, read_modes
 
 log = logging.getLogger("streamrec.worker")
 
 POPULAR_DEPTH = 200
+# A catalogue change is seen within this long even if its notice is lost.
+CATALOGUE_CHECK_S = 1.0
 
 
 class TenantDirectory:
@@ -28,6 +44,7 @@ class TenantDirectory:
         *,
         ttl_s: float = 2.0,
         durable: Callable[[], dict[str, str]] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self._client = client
         self._ttl_s = ttl_s
@@ -36,6 +53,16 @@ class TenantDirectory:
         self._modes: dict[str, str] = {}
         self._modes_at = float("-inf")
         self._popular: dict[str, tuple[float, list[tuple[str, float]]]] = {}
+        self._registry = registry
+        self._keys: dict[str, str] = {}  # digest -> tenant
+        self._keys_at = float("-inf")
+        self._rules: dict[str, ServingRules] = {}
+        self._rules_at = float("-inf")
+        # tenant -> (catalogue version, catalogue); checked every CATALOGUE_CHECK_S
+        self._catalogues: dict[str, tuple[int, Catalogue]] = {}
+        self._catalogue_at: dict[str, float] = {}
+        # tenant -> ((model version, catalogue version, rules), mask)
+        self._masks: dict[str, tuple[tuple[object, ...], np.ndarray]] = {}
 
     async def mode(self, tenant: str) -> str:
         now = time.monotonic()
@@ -61,4 +88,97 @@ class TenantDirectory:
 
     def invalidate(self) -> None:
         self._modes_at = float("-inf")
+        self._keys_at = float("-inf")
+        self._rules_at = float("-inf")
+        self._catalogue_at.clear()
         self._popular.clear()
+
+    # -- existence -----------------------------------------------------------------------
+    async def exists(self, tenant: str) -> bool:
+        await self.mode(tenant)
+        if tenant in self._modes:
+            return True
+        # Created since the cache was read (by the admin API, the CLI, another worker)?
+        if await tenant_known(self._client, tenant):
+            self._modes[tenant] = "on"
+            return True
+        return False
+
+    async def create(self, tenant: str) -> None:
+        """Create the tenant: durable in the registry first, then the Redis cache."""
+        if self._registry is not None:
+            await asyncio.to_thread(self._registry.create_tenant, tenant)
+        await cache_tenant(self._client, tenant)
+        self._modes.setdefault(tenant, "on")
+
+    # -- keys ----------------------------------------------------------------------------
+    async def _key_map(self) -> dict[str, str]:
+        now = time.monotonic()
+        if now - self._keys_at > self._ttl_s:
+            found = await read_keys(self._client)
+            if found is None:
+                durable = await asyncio.to_thread(self._registry.all_keys) if self._registry else {}
+                await cache_keys(self._client, durable)
+                found = {d: t for d, (t, _) in durable.items()}
+            self._keys, self._keys_at = found, now
+        return self._keys
+
+    async def key_owner(self, digest: str) -> str | None:
+        """The tenant owning the key with this digest (a revoked key is gone within the
+        cache's few seconds, at once where the revocation's notice arrives)."""
+        return (await self._key_map()).get(digest)
+
+    async def has_keys(self, tenant: str) -> bool:
+        return tenant in (await self._key_map()).values()
+
+    # -- serving rules and catalogue -----------------------------------------------------
+    async def rules(self, tenant: str) -> ServingRules:
+        now = time.monotonic()
+        if now - self._rules_at > self._ttl_s:
+            found = await read_rules(self._client)
+            if found is None:
+                durable = (
+                    await asyncio.to_thread(self._registry.all_rules) if self._registry else {}
+                )
+                await cache_rules(self._client, durable)
+                found = durable
+            parsed = {}
+            for name, data in found.items():
+                try:
+                    parsed[name] = ServingRules.from_dict(data)
+                except ValueError as exc:
+                    log.error("tenant %s: serving rules ignored: %s", name, exc)
+            self._rules, self._rules_at = parsed, now
+        return self._rules.get(tenant, DEFAULT_RULES)
+
+    async def catalogue(self, tenant: str) -> tuple[int, Catalogue]:
+        now = time.monotonic()
+        cached = self._catalogues.get(tenant)
+        if cached is not None and now - self._catalogue_at.get(tenant, -1e18) <= CATALOGUE_CHECK_S:
+            return cached
+        version = (await catalogue_versions(self._client, [tenant]))[tenant]
+        if cached is None or cached[0] != version:
+            version, entries = await read_catalogue(self._client, tenant)
+            cached = (version, Catalogue.from_entries(entries))
+            self._catalogues[tenant] = cached
+        self._catalogue_at[tenant] = now
+        return cached
+
+    async def serving(
+        self, tenant: str, bundle: ModelBundle | None
+    ) -> tuple[ServingRules, Catalogue, np.ndarray | None]:
+        """The tenant's rules, catalogue and (with a model) the mask of its banned items,
+        rebuilt only when the model, the catalogue or the rules changed."""
+        rules = await self.rules(tenant)
+        version, catalogue = await self.catalogue(tenant)
+        if bundle is None:
+            return rules, catalogue, None
+        stamp = (bundle.version, id(bundle), version, rules)
+        cached = self._masks.get(tenant)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, banned_mask(bundle.item_list, rules, catalogue))
+            self._masks[tenant] = cached
+        return rules, catalogue, cached[1]
+
+
+DEFAULT_RULES = ServingRules()

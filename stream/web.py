@@ -1,9 +1,14 @@
-"""The worker's HTTP API (aiohttp), for apps that would rather not speak Kafka.
+"""The worker's HTTP API: FastAPI served by uvicorn on the worker's own event loop.
 
-    GET  /health                                          liveness + counters (JSON)
-    GET  /metrics                                         Prometheus text format
-    GET  /v1/{tenant}/sessions/{session_id}/recommendations   latest list for a session
-    POST /v1/{tenant}/events                              one click or a JSON array of clicks
+The routes live by role, each module a function ``routes(ctx) -> APIRouter``:
+
+    stream/web.py         health (live / ready), metrics, the app and its server
+    stream/web_tenant.py  /v1/{tenant}/...: events, recommendations, similar items,
+                          the catalogue (tenant key)
+    stream/web_admin.py   /v1/admin/...: tenants, keys, models (admin token only)
+
+A new module plugs in with one line in ``ROUTERS`` below. The spec is at
+``/openapi.json``, interactive docs at ``/docs``.
 
 Events posted here are validated first (a bad one gets 400 and a reason, nothing is
 sent) and then produced to the ``clicks`` topic like any app's, keyed by session.
@@ -13,26 +18,91 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import web
 from confluent_kafka import Producer
-from mode import Service
-from redis.exceptions import RedisError
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from faust.contrib.asgi import AsgiService
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.errors import StreamrecError
-from models.names import ID_RULE, TENANT_RULE, is_id, is_tenant
 from stream.config import Settings
-from stream.events import MAX_EVENT_BYTES, InvalidEvent, event_from_dict
+from stream.events import MAX_EVENT_BYTES
 
 log = logging.getLogger("streamrec.web")
 MAX_POST_EVENTS = 1000
+MAX_BODY_BYTES = MAX_POST_EVENTS * MAX_EVENT_BYTES
 # A body that has not arrived within this many seconds gets 408: a stalled upload must
 # not hold a connection open for ever.
 BODY_TIMEOUT_S = 10.0
+
+
+class ApiError(Exception):
+    """An answer other than success: its status and the reason given to the client."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a route (all ``{"error": reason}``)."""
+    text = {
+        400: "bad input, with the reason",
+        401: "no valid key",
+        403: "a key that does not reach this tenant",
+        404: "unknown tenant, session or item",
+        408: "the body did not arrive in time",
+        413: "body or event over the limit",
+        503: "Redis, the broker or the model unavailable, with the reason",
+    }
+    schema = {
+        "type": "object",
+        "properties": {"error": {"type": "string"}},
+        "required": ["error"],
+    }
+    return {
+        c: {"description": text[c], "content": {"application/json": {"schema": schema}}}
+        for c in codes
+    }
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, at most ``limit`` bytes (else 413), arrived within
+    ``BODY_TIMEOUT_S`` (else 408)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+
+    async def receive() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"body over {limit} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), BODY_TIMEOUT_S)
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {BODY_TIMEOUT_S:.0f} s") from None
+    return b"".join(chunks)
+
+
+def json_body(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None
 
 
 def prometheus_text(counters: dict[str, float], gauges: dict[str, float]) -> str:
@@ -43,66 +113,25 @@ def prometheus_text(counters: dict[str, float], gauges: dict[str, float]) -> str
     return "\n".join(lines) + "\n"
 
 
-class WebService(Service):
-    def __init__(
-        self,
-        settings: Settings,
-        stats: Any,
-        models: Any,
-        pull: Callable[[str, str], Awaitable[bytes | None]],
-        probe: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self._settings = settings
-        self._stats = stats
-        self._models = models
-        self._pull = pull  # (tenant, session_id) -> the session's latest record
-        # -> {"reasons": [why the worker is degraded], "ready": bool, ...details}
-        self._probe = probe
-        self._runner: web.AppRunner | None = None
-        self._producer: Producer | None = None
-        self._boot_ts = time.time()
+@dataclass
+class WebContext:
+    """What the routes reach: settings, the worker's counters and models, and the
+    worker's clients (built when it starts, never at import time)."""
 
-    def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_POST_EVENTS * MAX_EVENT_BYTES)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get(
-            "/v1/{tenant}/sessions/{session_id}/recommendations", self.recommendations
-        )
-        app.router.add_post("/v1/{tenant}/events", self.post_events)
-        return app
-
-    async def on_start(self) -> None:
-        # The same partitioner as ClickProducer (stream/kafka_config.py): a session's
-        # clicks land on one partition whether they came over HTTP or from the helper.
-        self._producer = Producer(
-            self._settings.kafka.producer({"linger.ms": 2, "enable.idempotence": True})
-        )
-        self._runner = web.AppRunner(self.make_app(), access_log=None)
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, "0.0.0.0", self._settings.web_port).start()
-        except OSError as exc:
-            # A second worker on the same host: serve the stream anyway, just not HTTP.
-            log.error(
-                "HTTP API disabled: port %d is busy (%s); set STREAMREC_WEB_PORT to a "
-                "free port or 0",
-                self._settings.web_port,
-                exc.strerror,
-            )
-            return
-        log.info("HTTP API on port %d", self._settings.web_port)
-
-    async def on_stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._producer is not None:
-            await asyncio.to_thread(self._producer.flush, 5)
+    settings: Settings
+    stats: Any
+    models: Any  # stream.model_handle.ModelCache
+    # The worker's batch processor (ranking, session store, tenant directory).
+    backend: Callable[[], Any]
+    # -> {"reasons": [why the worker is degraded], "ready": bool, ...details}
+    probe: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    # (tenant, session_id) -> the session's latest record (kept for older callers).
+    pull: Callable[[str, str], Awaitable[bytes | None]] | None = None
+    producer: Producer | None = None
+    boot_ts: float = field(default_factory=time.time)
 
     def counters(self) -> dict[str, float]:
-        s = self._stats
+        s = self.stats
         return {
             "events_total": s.events_in,
             "recommendations_total": s.recommendations,
@@ -110,90 +139,156 @@ class WebService(Service):
             "redelivered_total": s.duplicates,
             "switched_off_total": s.suppressed,
             "batches_total": s.batches,
-            "model_swaps_total": self._models.swaps,
+            "model_swaps_total": self.models.swaps,
         }
 
-    async def health(self, request: web.Request) -> web.Response:
-        """``ok``, or ``degraded`` with the reasons (Redis unreachable, consumption stalled
-        with events waiting, a tenant's version in service not loaded); 503 when
-        degraded, so a load balancer or orchestrator can act on it."""
-        checks: dict[str, Any] = {"reasons": [], "ready": True}
-        if self._probe is not None:
-            checks = await self._probe()
-        reasons = checks.get("reasons", [])
-        return web.json_response(
+
+def health_routes(ctx: WebContext) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    async def checks() -> dict[str, Any]:
+        if ctx.probe is None:
+            return {"reasons": [], "ready": True}
+        return await ctx.probe()
+
+    @router.get("/health", summary="Health with reasons and counters")
+    async def health() -> JSONResponse:
+        """``ok``, or ``degraded`` (503) with the reasons (Redis unreachable, consumption
+        stalled with events waiting, a tenant's version in service not loaded)."""
+        report = await checks()
+        reasons = report.get("reasons", [])
+        return JSONResponse(
             {
                 "status": "degraded" if reasons else "ok",
-                **checks,
-                "uptime_s": round(time.time() - self._boot_ts, 1),
-                **self.counters(),
-                "models": self._models.loaded(),
+                **report,
+                "uptime_s": round(time.time() - ctx.boot_ts, 1),
+                **ctx.counters(),
+                "models": ctx.models.loaded(),
             },
-            status=503 if reasons else 200,
-            dumps=lambda o: orjson.dumps(o).decode(),
+            status_code=503 if reasons else 200,
         )
 
-    async def metrics(self, request: web.Request) -> web.Response:
-        gauges = {"models_loaded": len(self._models.loaded())}
-        return web.Response(
-            text=prometheus_text(self.counters(), gauges),
-            content_type="text/plain",
-            charset="utf-8",
+    @router.get("/health/live", summary="Liveness: the worker's event loop answers")
+    async def live() -> dict[str, str]:
+        return {"status": "live"}
+
+    @router.get(
+        "/health/ready",
+        summary="Readiness: Redis answers, partitions assigned, models in service loaded",
+        responses=error_responses(503),
+    )
+    async def ready() -> JSONResponse:
+        report = await checks()
+        not_ready = report.get("not_ready", report.get("reasons", []))
+        if not_ready:
+            return JSONResponse({"error": "; ".join(not_ready), **report}, status_code=503)
+        return JSONResponse({"status": "ready", **report})
+
+    @router.get("/metrics", summary="Prometheus text", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        gauges = {"models_loaded": len(ctx.models.loaded())}
+        return PlainTextResponse(prometheus_text(ctx.counters(), gauges))
+
+    return router
+
+
+def _routers() -> list[Callable[[WebContext], APIRouter]]:
+    """Every route module; add yours here (one line)."""
+    from stream import web_admin, web_tenant
+
+    return [health_routes, web_tenant.routes, web_admin.routes]
+
+
+ROUTERS: list[Callable[[WebContext], APIRouter]] = []  # extra modules, appended at import
+
+
+def create_api(ctx: WebContext) -> FastAPI:
+    api = FastAPI(
+        title="streamrec",
+        version="1",
+        description="Real-time session-based recommendations: post clicks, pull lists, "
+        "manage the catalogue. Tenant routes take `Authorization: Bearer <tenant key>`; "
+        "admin routes the admin token.",
+    )
+    api.state.ctx = ctx  # for the dependencies in stream.web_auth
+    for make in [*_routers(), *ROUTERS]:
+        api.include_router(make(ctx))
+
+    @api.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.reason}, status_code=exc.status)
+
+    @api.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        reasons = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        ]
+        return JSONResponse({"error": "; ".join(reasons)}, status_code=400)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    return api
+
+
+class WebService(AsgiService):
+    """The API on the worker's loop through Faust's ASGI support (uvicorn; Faust keeps
+    the process signals)."""
+
+    driver_version = "FastAPI on uvicorn"
+    server_shutdown_timeout = 4.0
+
+    def __init__(
+        self,
+        settings: Settings,
+        stats: Any,
+        models: Any,
+        pull: Callable[[str, str], Awaitable[bytes | None]] | None = None,
+        probe: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        backend: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._settings = settings
+        self.ctx = WebContext(
+            settings, stats, models, backend or (lambda: None), probe=probe, pull=pull
+        )
+        super().__init__(
+            create_api(self.ctx),
+            host=settings.web_host,
+            port=settings.web_port,
+            uvicorn_options={
+                "access_log": False,  # request lines are never logged
+                "lifespan": "off",
+                "timeout_graceful_shutdown": 2,
+            },
+            **kwargs,
         )
 
-    async def recommendations(self, request: web.Request) -> web.Response:
-        tenant, session_id = request.match_info["tenant"], request.match_info["session_id"]
-        if not is_tenant(tenant):
-            return _error(400, f"tenant {TENANT_RULE}")
-        if not is_id(session_id):
-            return _error(400, f"session id {ID_RULE}")
+    async def on_start(self) -> None:
+        # The same partitioner as ClickProducer (stream/kafka_config.py): a session's
+        # clicks land on one partition whether they came over HTTP or from the helper.
+        self.ctx.producer = Producer(
+            self._settings.kafka.producer({"linger.ms": 2, "enable.idempotence": True})
+        )
         try:
-            payload = await self._pull(tenant, session_id)
-        except (RedisError, OSError) as exc:
-            return _error(503, f"the session store is unavailable: {exc}")
-        except StreamrecError as exc:  # the tenant's model cannot be read just now
-            return _error(503, str(exc))
-        if payload is None:
-            return _error(
-                404, f"no recommendations for session {session_id!r} of tenant {tenant!r}"
+            # Bound here, not by uvicorn, which exits the process on a busy port.
+            sock = socket.create_server((self.host, self.port))
+        except OSError as exc:
+            # A second worker on the same host: serve the stream anyway, just not HTTP.
+            log.error(
+                "HTTP API disabled: cannot listen on %s:%d (%s); set STREAMREC_WEB_PORT to a "
+                "free port or 0",
+                self.host,
+                self.port,
+                exc.strerror,
             )
-        return web.Response(body=payload, content_type="application/json")
+            return
+        self._server = self._create_server()
+        self._serve_fut = self.add_future(self._server.serve(sockets=[sock]))
+        log.info("HTTP API on %s:%d (docs at /docs)", self.host, self.port)
 
-    async def post_events(self, request: web.Request) -> web.Response:
-        tenant = request.match_info["tenant"]
-        if not is_tenant(tenant):
-            return _error(400, f"tenant {TENANT_RULE}")
-        try:
-            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
-        except TimeoutError:
-            return _error(408, f"the body did not arrive within {BODY_TIMEOUT_S:.0f} s")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return _error(400, f"body is not valid JSON: {exc}")
-        items = body if isinstance(body, list) else [body]
-        if len(items) > MAX_POST_EVENTS:
-            return _error(413, f"at most {MAX_POST_EVENTS} events per request")
-        now = time.time()
-        events = []
-        for n, data in enumerate(items):
-            # The same limit as a Kafka message (the worker dead-letters larger ones).
-            if len(raw) > MAX_EVENT_BYTES and len(orjson.dumps(data)) > MAX_EVENT_BYTES:
-                return _error(413, f"event {n} is larger than {MAX_EVENT_BYTES} bytes as JSON")
-            if isinstance(data, dict) and data.setdefault("tenant", tenant) != tenant:
-                return _error(400, f"event {n}: tenant {data['tenant']!r} differs from the URL's")
-            try:
-                events.append(event_from_dict(data, default_ts=now))
-            except InvalidEvent as exc:
-                return _error(400, f"event {n}: {exc.reason}")
-        assert self._producer is not None
-        for event in events:
-            self._producer.produce(self._settings.clicks_topic, event.to_json(), event.session_id)
-        remaining = await asyncio.to_thread(self._producer.flush, 10)
-        if remaining:
-            return _error(503, f"{remaining} event(s) not acknowledged by the broker; retry")
-        return web.json_response({"accepted": len(events)}, status=202)
-
-
-def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self.ctx.producer is not None:
+            await asyncio.to_thread(self.ctx.producer.flush, 5)

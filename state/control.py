@@ -1,0 +1,111 @@
+"""Tenants' control state in Redis: existence, API key digests, serving rules, catalogue.
+
+Existence, keys and rules are durable in the model registry (``models.registry``) and
+cached here, each hash with a ``_loaded`` field saying it was filled from the registry
+since Redis last started empty (like the modes in ``state.tenants``). The catalogue lives
+in Redis only (AOF): it is data the shop sends again, not configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+import redis
+from redis.asyncio import Redis
+
+from state import keys
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# -- existence (the modes hash: a tenant exists once it has a mode there) --------------
+async def tenant_known(client: Redis, tenant: str) -> bool:
+    return bool(await client.hexists(keys.TENANT_MODES, tenant))
+
+
+async def cache_tenant(client: Redis, tenant: str) -> None:
+    pipe = client.pipeline(transaction=False)
+    pipe.hsetnx(keys.TENANT_MODES, tenant, "on")
+    pipe.sadd(keys.TENANTS, tenant)
+    await pipe.execute()
+
+
+def cache_tenant_sync(client: redis.Redis, tenant: str) -> None:
+    pipe = client.pipeline(transaction=False)
+    pipe.hsetnx(keys.TENANT_MODES, tenant, "on")
+    pipe.sadd(keys.TENANTS, tenant)
+    pipe.execute()
+
+
+# -- keys ------------------------------------------------------------------------------
+async def read_keys(client: Redis) -> dict[str, str] | None:
+    """digest -> tenant; None when the cache was not filled since Redis started."""
+    raw = {_text(k): _text(v) for k, v in (await client.hgetall(keys.API_KEYS)).items()}
+    if raw.pop(keys.KEYS_LOADED, None) is None:
+        return None
+    return {digest: value.split(" ", 1)[0] for digest, value in raw.items()}
+
+
+async def cache_keys(client: Redis, entries: Mapping[str, tuple[str, str]]) -> None:
+    mapping = {d: f"{t} {k}" for d, (t, k) in entries.items()}
+    await client.hset(keys.API_KEYS, mapping={**mapping, keys.KEYS_LOADED: "1"})
+
+
+def add_key_sync(client: redis.Redis, digest: str, tenant: str, key_id: str) -> None:
+    client.hset(keys.API_KEYS, digest, f"{tenant} {key_id}")
+
+
+def drop_key_sync(client: redis.Redis, digest: str) -> None:
+    client.hdel(keys.API_KEYS, digest)
+
+
+# -- serving rules ---------------------------------------------------------------------
+async def read_rules(client: Redis) -> dict[str, dict[str, Any]] | None:
+    raw = {_text(k): _text(v) for k, v in (await client.hgetall(keys.TENANT_RULES)).items()}
+    if raw.pop(keys.RULES_LOADED, None) is None:
+        return None
+    return {t: orjson.loads(v) for t, v in raw.items()}
+
+
+async def cache_rules(client: Redis, rules: Mapping[str, Mapping[str, Any]]) -> None:
+    mapping = {t: orjson.dumps(r) for t, r in rules.items()}
+    await client.hset(keys.TENANT_RULES, mapping={**mapping, keys.RULES_LOADED: "1"})
+
+
+def set_rules_sync(client: redis.Redis, tenant: str, rules: Mapping[str, Any]) -> None:
+    client.hset(keys.TENANT_RULES, tenant, orjson.dumps(rules))
+
+
+# -- catalogue -------------------------------------------------------------------------
+async def put_items(client: Redis, tenant: str, entries: Mapping[str, Mapping[str, Any]]) -> int:
+    """Store catalogue entries; returns the catalogue's new version."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(keys.catalogue(tenant), mapping={i: orjson.dumps(e) for i, e in entries.items()})
+    pipe.incr(keys.catalogue_version(tenant))
+    return int((await pipe.execute())[-1])
+
+
+async def get_item(client: Redis, tenant: str, item_id: str) -> dict[str, Any] | None:
+    raw = await client.hget(keys.catalogue(tenant), item_id)
+    return None if raw is None else orjson.loads(raw)
+
+
+async def read_catalogue(client: Redis, tenant: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(version, item -> entry)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.get(keys.catalogue_version(tenant))
+    pipe.hgetall(keys.catalogue(tenant))
+    version, raw = await pipe.execute()
+    return int(version or 0), {_text(i): orjson.loads(e) for i, e in raw.items()}
+
+
+async def catalogue_versions(client: Redis, tenants: Iterable[str]) -> dict[str, int]:
+    names = list(tenants)
+    if not names:
+        return {}
+    values = await client.mget([keys.catalogue_version(t) for t in names])
+    return {t: int(v or 0) for t, v in zip(names, values, strict=True)}

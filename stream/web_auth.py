@@ -1,0 +1,86 @@
+"""Who may call what: tenant keys and the admin token, as FastAPI dependencies.
+
+- Tenant routes: ``Authorization: Bearer <key>``. A key of this tenant or the admin
+  token passes; another tenant's key is 403; no key or an unknown one is 401 when the
+  tenant has keys (or ``STREAMREC_REQUIRE_KEYS`` is on), else the tenant is open.
+- Admin routes: the admin token only (401 without it, 403 for a tenant key); with no
+  ``STREAMREC_ADMIN_TOKEN`` configured they are not served at all.
+
+Keys are compared by SHA-256 digest; neither keys nor digests are logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from models.names import TENANT_RULE, is_tenant
+from stream.web import ApiError, WebContext
+
+bearer = HTTPBearer(auto_error=False, description="a tenant key or the admin token")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def is_admin(ctx: WebContext, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    token = ctx.settings.admin_token
+    return bool(
+        token
+        and credentials is not None
+        and hmac.compare_digest(credentials.credentials.encode(), token.encode())
+    )
+
+
+def _ctx(request: Request) -> WebContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+async def tenant_access(
+    request: Request,
+    tenant: Annotated[str, Path(description="the tenant (shop) name")],
+    credentials: Credentials,
+) -> str:
+    """The path's tenant, once the caller may reach it."""
+    ctx = _ctx(request)
+    if True:
+        if not is_tenant(tenant):
+            raise ApiError(400, f"tenant {TENANT_RULE}")
+        if is_admin(ctx, credentials):
+            return tenant
+        processor = ctx.backend()
+        directory = getattr(processor, "tenants", None)
+        if directory is None:
+            raise ApiError(503, "the worker is starting")
+        owner: Any = None
+        if credentials is not None:
+            owner = await directory.key_owner(digest(credentials.credentials))
+        if owner is not None:
+            if owner != tenant:
+                raise ApiError(403, "this key belongs to another tenant")
+            return tenant
+        if ctx.settings.require_keys or await directory.has_keys(tenant):
+            raise ApiError(401, "a valid key is required (Authorization: Bearer <key>)")
+        return tenant
+
+
+Tenant = Annotated[str, Depends(tenant_access)]
+
+
+async def admin_access(request: Request, credentials: Credentials) -> None:
+    ctx = _ctx(request)
+    if True:
+        if is_admin(ctx, credentials):
+            return
+        if credentials is not None:
+            processor = ctx.backend()
+            directory = getattr(processor, "tenants", None)
+            if directory is not None and await directory.key_owner(digest(credentials.credentials)):
+                raise ApiError(403, "a tenant key does not reach the admin API")
+        raise ApiError(401, "the admin token is required (Authorization: Bearer <token>)")
