@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from models.policy_file import all_policies
 from models.registry import Registry
 from state.feedback import FeedbackRecorder
 from state.notify import model_changes
@@ -34,6 +35,7 @@ from stream import web_feedback  # noqa: F401  (its routes join the API at impor
 from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
 from stream.config import Settings
 from stream.model_handle import ModelCache
+from stream.policies import PolicyDirectory
 from stream.processor import BatchProcessor, BatchResult, DeadLetter, Message
 from stream.tenant_state import TenantDirectory
 from stream.web import WebService
@@ -151,6 +153,12 @@ def create_app(settings: Settings) -> faust.App:
                 store, models, tenants, top_k=settings.top_k, feedback=feedback
             )
             holder["processor"].feedback_topic = settings.feedback_topic
+            holder["processor"].policies = holder["policies"] = PolicyDirectory(
+                redis,
+                durable=lambda: all_policies(registry),
+                ttl_s=settings.model_check_interval_s,
+                bucket_s=settings.feedback_bucket_s,
+            )
             holder["processor"].auto_create_tenants = settings.auto_create_tenants
         return holder["processor"]
 
@@ -229,6 +237,16 @@ def create_app(settings: Settings) -> faust.App:
     async def log_dead_letters() -> None:
         dead_log.flush()
 
+    async def refresh_bandits() -> None:
+        # A bandit's shares follow its counters every few seconds, never per event.
+        if "policies" in holder:
+            try:
+                await holder["policies"].refresh_bandits()
+            except (RedisError, OSError) as exc:
+                log.warning("bandit shares not recomputed (%s)", exc)
+
+    app.timer(settings.bandit_interval_s)(refresh_bandits)
+
     @app.timer(1.0)
     async def flush_feedback() -> None:
         # Counters go out with the next batch; without traffic, from here.
@@ -251,6 +269,8 @@ def create_app(settings: Settings) -> faust.App:
                 async for tenant in model_changes(client):
                     if "tenants" in holder:
                         holder["tenants"].invalidate()
+                    if "policies" in holder:
+                        holder["policies"].invalidate()
                     await models.refresh([tenant])
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 await asyncio.sleep(2.0)
