@@ -1,0 +1,78 @@
+"""A tenant's serving policy, kept durably in the registry (``<tenant>/POLICY.json``),
+beside its MODE: a Redis restart must not end an experiment. Redis caches it
+(``state.policies``).
+
+``{"policy": "fixed" | "ab" | "bandit", "arms": {"v3": share, ...}, "control": "v3",
+"candidate": "v5", "discount": 0.999, "started": unix_ts, "min_recommendations": N,
+"alpha": 0.05, "rollout": {...} (a staged rollout, see stream.rollout)}``; no file (or
+``fixed``) means today's behaviour: the CURRENT version serves everything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from models.errors import StreamrecError
+from models.experiments import POLICIES, is_variant
+from models.registry import Registry, _atomic_write
+
+POLICY = "POLICY.json"
+
+
+def _path(registry: Registry, tenant: str) -> Path:
+    return registry.pointer_path(tenant).parent / POLICY
+
+
+def check_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """The policy if well formed; raises StreamrecError saying what is wrong."""
+    kind = policy.get("policy")
+    if kind not in POLICIES:
+        raise StreamrecError(f"policy must be one of {', '.join(POLICIES)}, not {kind!r}")
+    arms = policy.get("arms") or {}
+    if kind != "fixed":
+        if not isinstance(arms, dict) or len(arms) < 2:
+            raise StreamrecError(f"a {kind} policy needs at least two arms")
+        for arm, share in arms.items():
+            if not is_variant(arm) or arm == "popular":
+                raise StreamrecError(f"arm {arm!r} is not a version name (like v3)")
+            if not isinstance(share, int | float) or not 0 <= share <= 1:
+                raise StreamrecError(f"arm {arm}: share {share!r} is not between 0 and 1")
+    return policy
+
+
+def read_policy(registry: Registry, tenant: str) -> dict[str, Any] | None:
+    """The tenant's policy; None when it has none (fixed)."""
+    try:
+        text = _path(registry, tenant).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        policy = json.loads(text)
+    except ValueError as exc:
+        raise StreamrecError(f"tenant {tenant!r}: {POLICY} is not valid JSON: {exc}") from None
+    if not isinstance(policy, dict) or policy.get("policy") in (None, "fixed"):
+        return None
+    return policy
+
+
+def write_policy(registry: Registry, tenant: str, policy: dict[str, Any] | None) -> None:
+    """Set the tenant's policy (None: back to fixed)."""
+    path = _path(registry, tenant)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if policy is None:
+        policy = {"policy": "fixed"}
+    _atomic_write(path, json.dumps(check_policy(policy), sort_keys=True) + "\n")
+
+
+def all_policies(registry: Registry) -> dict[str, dict[str, Any]]:
+    out = {}
+    for tenant in registry.tenants():
+        try:
+            policy = read_policy(registry, tenant)
+        except StreamrecError:
+            continue
+        if policy is not None:
+            out[tenant] = policy
+    return out

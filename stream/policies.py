@@ -1,0 +1,199 @@
+"""Which version serves which session: each tenant's policy (fixed, ab, bandit), cached
+in the worker, the bandit's shares recomputed every few seconds from the counters, and
+an experiment's status (shared by the worker, the CLI and the dashboard).
+
+Assignment is sticky: a session's fixed point in [0, 1) (a hash of tenant and session
+id) falls in one arm's slice of the shares, so one session sees one variant for as
+long as the shares hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from models.experiments import (
+    ab_decision,
+    assignment_point,
+    discounted,
+    pick_arm,
+    thompson_shares,
+    two_proportion_p,
+    wilson,
+)
+from state.feedback import VariantCounts, read_buckets, totals
+from state.policies import cache_policies, read_policies
+
+log = logging.getLogger("streamrec.worker")
+
+Buckets = list[tuple[int, dict[str, VariantCounts]]]
+
+
+def arm_buckets(buckets: Buckets, arms: list[str]) -> dict[str, list[tuple[float, float, float]]]:
+    """Per arm: ``(bucket start, hits, recommendations)`` per bucket."""
+    out: dict[str, list[tuple[float, float, float]]] = {a: [] for a in arms}
+    for start, per in buckets:
+        for arm in arms:
+            c = per.get(arm)
+            if c is not None:
+                out[arm].append((float(start), float(c.hits), float(c.recommendations)))
+    return out
+
+
+def bandit_shares(
+    policy: dict[str, Any], buckets: Buckets, now: float, bucket_s: int
+) -> dict[str, float]:
+    """Thompson sampling shares of a bandit policy from its arms' discounted counts."""
+    arms = sorted(policy["arms"])
+    discount = float(policy.get("discount", 0.999))
+    per_arm = arm_buckets(buckets, arms)
+    counts = {a: discounted(per_arm[a], now, discount, bucket_s) for a in arms}
+    return thompson_shares(counts, floor=float(policy.get("floor", 0.01)))
+
+
+def experiment_status(
+    tenant: str,
+    policy: dict[str, Any] | None,
+    buckets: Buckets,
+    shares: dict[str, float] | None = None,
+    serving: str | None = None,
+) -> dict[str, Any]:
+    """``{"tenant", "policy", "arms": {v: {share, recommendations, hits, hit_rate, ci}},
+    "decision", "p_value"}`` from the counters since the experiment started."""
+    if policy is None:
+        return {
+            "tenant": tenant,
+            "policy": "fixed",
+            "arms": {serving: {"share": 1.0}} if serving else {},
+            "decision": None,
+            "p_value": None,
+        }
+    arms = sorted(policy["arms"])
+    shares = shares or policy["arms"]
+    counted = totals(buckets)
+    out_arms = {}
+    for arm in arms:
+        c = counted.get(arm, VariantCounts())
+        low, high = wilson(c.hits, c.recommendations)
+        out_arms[arm] = {
+            "share": round(float(shares.get(arm, 0.0)), 4),
+            "recommendations": c.recommendations,
+            "hits": c.hits,
+            "hit_rate": round(c.hit_rate, 6),
+            "ci": [round(low, 6), round(high, 6)],
+        }
+    kind = policy["policy"]
+    control, candidate = policy.get("control"), policy.get("candidate")
+    if kind == "ab" and control in out_arms and candidate in out_arms:
+        c, x = out_arms[control], out_arms[candidate]
+        decision, p = ab_decision(
+            (c["hits"], c["recommendations"]),
+            (x["hits"], x["recommendations"]),
+            alpha=float(policy.get("alpha", 0.05)),
+            min_recommendations=int(policy.get("min_recommendations", 1000)),
+        )
+    else:
+        # A bandit decides by itself; the p-value compares its two busiest arms.
+        decision = "running"
+        top = sorted(out_arms.values(), key=lambda a: -a["recommendations"])[:2]
+        p = (
+            two_proportion_p(
+                top[0]["hits"], top[0]["recommendations"], top[1]["hits"], top[1]["recommendations"]
+            )
+            if len(top) == 2
+            else 1.0
+        )
+    status: dict[str, Any] = {
+        "tenant": tenant,
+        "policy": kind,
+        "arms": out_arms,
+        "decision": decision,
+        "p_value": round(p, 6),
+        "started": policy.get("started"),
+    }
+    if kind == "ab":
+        status.update(control=control, candidate=candidate)
+    if "rollout" in policy:
+        status["rollout"] = policy["rollout"]
+    return status
+
+
+class PolicyDirectory:
+    """The worker's view of every tenant's policy, read from Redis every ``ttl_s`` (the
+    durable files refill Redis when it started empty), and the bandits' shares."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        durable: Callable[[], dict[str, dict[str, Any]]],
+        ttl_s: float = 2.0,
+        bucket_s: int = 60,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._durable = durable
+        self._ttl_s = ttl_s
+        self._bucket_s = bucket_s
+        self._clock = clock
+        self._policies: dict[str, dict[str, Any]] = {}
+        self._at = float("-inf")
+        self._bandit: dict[str, dict[str, float]] = {}  # tenant -> shares
+
+    async def policies(self) -> dict[str, dict[str, Any]]:
+        now = time.monotonic()
+        if now - self._at > self._ttl_s:
+            policies = await read_policies(self._client)
+            if policies is None:
+                policies = await asyncio.to_thread(self._durable)
+                await cache_policies(self._client, policies)
+                if policies:
+                    log.info("tenant policies loaded into Redis from the registry: %s", policies)
+            self._policies = policies
+            self._at = now
+        return self._policies
+
+    async def get(self, tenant: str) -> dict[str, Any] | None:
+        """The tenant's policy, None for fixed."""
+        policy = (await self.policies()).get(tenant)
+        if policy is None or policy.get("policy") == "fixed":
+            return None
+        return policy
+
+    def shares(self, tenant: str, policy: dict[str, Any]) -> list[tuple[str, float]]:
+        """The arms' shares in a fixed order (a bandit's as last computed)."""
+        shares = self._bandit.get(tenant) if policy["policy"] == "bandit" else None
+        if shares is None:
+            shares = policy["arms"]
+        return sorted(shares.items())
+
+    def assign(self, tenant: str, session_id: str, shares: list[tuple[str, float]]) -> str:
+        return pick_arm(assignment_point(tenant, session_id), shares)
+
+    async def refresh_bandits(self) -> None:
+        """Recompute every bandit's shares from its counters (every few seconds, never
+        per event)."""
+        now = self._clock()
+        for tenant, policy in (await self.policies()).items():
+            if policy.get("policy") != "bandit":
+                continue
+            since = float(policy.get("started", now - 3600))
+            buckets = await read_buckets(self._client, tenant, since, now, self._bucket_s)
+            shares = bandit_shares(policy, buckets, now, self._bucket_s)
+            if shares != self._bandit.get(tenant):
+                log.debug("tenant %s: bandit shares %s", tenant, shares)
+            self._bandit[tenant] = shares
+        for tenant in list(self._bandit):
+            if (self._policies.get(tenant) or {}).get("policy") != "bandit":
+                del self._bandit[tenant]
+
+    def bandit_shares_now(self) -> dict[str, dict[str, float]]:
+        return dict(self._bandit)
+
+    def invalidate(self) -> None:
+        self._at = float("-inf")

@@ -1,0 +1,171 @@
+"""Acceptance of issue 14 on the real broker and Redis: one tenant, a good version
+(trained on real sessions) and a bad one (trained on the same sessions with their items
+shuffled). A bandit moves the traffic to the good one; an A/B test at 50/50 decides to
+promote it; `stats` shows the good one's hit rate above the bad one's."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from models.datasets import read_clicks, sessionize
+from models.registry import Registry
+from models.train import TrainParams, train_model
+from stream.devstack import EmbeddedStack
+from stream.topics import ensure_topics
+from tests.integration.helpers import WorkerProcess, consume, produce
+from tests.integration.test_worker import make_config
+
+RATE = 2500  # clicks a second: the replay lasts long enough for the shares to move
+
+
+@pytest.fixture(scope="module")
+def eshop_sessions(eshop_csv: Path) -> list[list[str]]:
+    return sessionize(read_clicks(eshop_csv, fmt="eshop"))
+
+
+def shuffled(sessions: list[list[str]], seed: int = 3) -> list[list[str]]:
+    """The same sessions (lengths, item popularity) with the items shuffled among them:
+    nothing left of what follows what."""
+    rng = random.Random(seed)
+    items = [i for s in sessions for i in s]
+    rng.shuffle(items)
+    out, at = [], 0
+    for s in sessions:
+        out.append(items[at : at + len(s)])
+        at += len(s)
+    return out
+
+
+def replay(
+    tenant: str, sessions: list[list[str]], n: int, prefix: str, seed: int = 1
+) -> Iterator[tuple[bytes, bytes]]:
+    """``n`` clicks of real sessions, 200 sessions open at a time, interleaved."""
+    rng = random.Random(seed)
+    order = list(range(len(sessions)))
+    rng.shuffle(order)
+    queue = iter(order)
+    open_: list[tuple[str, list[str], int]] = []
+    sent = 0
+    k = 0
+    while sent < n:
+        while len(open_) < 200:
+            j = next(queue, None)
+            if j is None:
+                queue = iter(order)
+                k += 1
+                continue
+            open_.append((f"{prefix}-{k}-{j}", sessions[j], 0))
+        slot = rng.randrange(len(open_))
+        sid, items, pos = open_[slot]
+        event = {
+            "tenant": tenant,
+            "session_id": sid,
+            "item_id": items[pos],
+            "ts": time.time(),
+            "event_id": f"{sid}-{pos}",
+        }
+        yield sid.encode(), orjson.dumps(event)
+        sent += 1
+        if pos + 1 < len(items):
+            open_[slot] = (sid, items, pos + 1)
+        else:
+            open_.pop(slot)
+
+
+def paced(broker: str, topic: str, records: Iterator[tuple[bytes, bytes]]) -> int:
+    chunk: list[tuple[bytes, bytes]] = []
+    started, sent = time.monotonic(), 0
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == RATE // 10:
+            sent += produce(broker, topic, chunk)
+            chunk = []
+            time.sleep(max(0.0, started + sent / RATE - time.monotonic()))
+    return sent + (produce(broker, topic, chunk) if chunk else 0)
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "stream", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.timeout(900)
+def test_bandit_and_ab_find_the_good_version(
+    stack: EmbeddedStack,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    trained_model_dir: Path,
+    eshop_sessions: list[list[str]],
+) -> None:
+    tenant = unique_name("abshop")
+    registry = Registry(tmp_path / "models")
+    bad = train_model(shuffled(eshop_sessions), TrainParams(seed=7))
+    registry.promote(tenant, registry.register(tenant, bad, {}))  # v1, in service
+    good = registry.register(tenant, Registry(trained_model_dir).load("default"), {})  # v2
+    assert (registry.current_version(tenant), good) == ("v1", "v2")
+
+    cfg = make_config(stack, unique_name, tmp_path, tmp_path / "models")
+    feedback_topic = unique_name("feedback")
+    ensure_topics(stack.broker, [feedback_topic], partitions=4)
+    cfg.extra_env.update(
+        {
+            "STREAMREC_FEEDBACK_TOPIC": feedback_topic,
+            # One-second buckets: each phase counts only its own traffic.
+            "STREAMREC_FEEDBACK_BUCKET_S": "1",
+            "STREAMREC_BANDIT_INTERVAL_S": "1",
+        }
+    )
+    env = cfg.env()
+    with WorkerProcess(cfg) as worker:
+        # Bandit: 50,000 clicks.
+        cli(env, "bandit", "start", tenant, "v1", "v2", "--discount", "0.999")
+        n = paced(stack.broker, cfg.clicks, replay(tenant, eshop_sessions, 50_000, "bandit"))
+        recs = consume(stack.broker, cfg.recs, n, timeout=180)
+        assert len(recs) >= n, worker.log()[-3000:]
+        records = sorted((orjson.loads(m.value()) for m in recs), key=lambda r: r["emitted_ts"])
+        last = records[-10_000:]
+        from_good = sum(r["variant"] == "v2" for r in last) / len(last)
+        assert from_good >= 0.8, (from_good, worker.log()[-2000:])
+        time.sleep(2.5)  # the last batch's counts go out
+        report = json.loads(cli(env, "stats", tenant, "--since", "1h", "--json"))
+        v1, v2 = report["variants"]["v1"], report["variants"]["v2"]
+        assert v2["hit_rate"] > v1["hit_rate"], report
+        assert v2["ci"][0] > v1["ci"][1], report  # apart beyond doubt
+        print(f"\nbandit: {from_good:.1%} of the last 10,000 from v2; hit rate v1 "
+              f"{v1['hit_rate']:.3f} {v1['ci']}, v2 {v2['hit_rate']:.3f} {v2['ci']}")  # fmt: skip
+        status = json.loads(cli(env, "experiment", "status", tenant, "--json"))
+        assert status["policy"] == "bandit" and status["arms"]["v2"]["share"] > 0.8, status
+        cli(env, "experiment", "stop", tenant, "--keep")
+
+        # A/B at 50/50: the decision becomes "promote" for the good version.
+        cli(env, "experiment", "start", tenant, "--variant", "v2", "--share", "0.5",
+            "--min-recommendations", "1000")  # fmt: skip
+        status = json.loads(cli(env, "experiment", "status", tenant, "--json"))
+        assert status["policy"] == "ab" and status["decision"] == "running", status
+        paced(stack.broker, cfg.clicks, replay(tenant, eshop_sessions, 15_000, "ab", seed=2))
+        deadline = time.monotonic() + 60
+        while True:
+            status = json.loads(cli(env, "experiment", "status", tenant, "--json"))
+            if status["decision"] != "running" or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert status["decision"] == "promote" and status["p_value"] < 0.05, status
+        arms = status["arms"]
+        print(f"A/B: {status['decision']} p={status['p_value']:.2g} {arms}")
+        assert set(arms) == {"v1", "v2"} and arms["v1"]["share"] == arms["v2"]["share"] == 0.5
+        assert abs(arms["v1"]["recommendations"] / arms["v2"]["recommendations"] - 1) < 0.2
+        cli(env, "experiment", "stop", tenant, "--promote")
+        assert registry.current_version(tenant) == "v2"
+        assert json.loads(cli(env, "experiment", "status", tenant, "--json"))["policy"] == "fixed"
