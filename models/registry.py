@@ -172,10 +172,11 @@ class Registry:
     def keys(self, tenant: str) -> dict[str, dict[str, Any]]:
         return self._read_json(tenant, KEYS)
 
-    def all_keys(self) -> dict[str, tuple[str, str]]:
-        """Every key's digest -> (tenant, key id)."""
+    def all_keys(self) -> dict[str, tuple[str, str, bool]]:
+        """Every key's digest -> (tenant, key id, active). A revoked key stays listed
+        (inactive): a tenant that ever had a key never becomes open again."""
         return {
-            entry["sha256"]: (tenant, key_id)
+            entry["sha256"]: (tenant, key_id, not entry.get("revoked"))
             for tenant in self.tenants()
             for key_id, entry in self.keys(tenant).items()
         }
@@ -189,10 +190,10 @@ class Registry:
         _atomic_write(self._tenant_dir(tenant) / KEYS, json.dumps(keys, indent=1) + "\n")
 
     def revoke_key(self, tenant: str, key_id: str) -> str | None:
-        """Remove a key; its digest, or None if the tenant has no such key."""
+        """Mark a key revoked; its digest, or None if the tenant has no such active key."""
         keys = self.keys(tenant)
-        entry = keys.pop(key_id, None)
-        if entry is None:
+        entry = keys.get(key_id)
+        if entry is None or entry.get("revoked"):
             return None
         _atomic_write(self._tenant_dir(tenant) / KEYS, json.dumps(keys, indent=1) + "\n")
         return str(entry["sha256"])
@@ -222,6 +223,7 @@ class Registry:
     ) -> str:
         """Store ``bundle`` as the next version (not promoted) and return its name."""
         tenant_dir = self._tenant_dir(tenant)
+        entry["revoked"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         tenant_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=tenant_dir))
         try:

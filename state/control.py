@@ -42,16 +42,24 @@ def cache_tenant_sync(client: redis.Redis, tenant: str) -> None:
 
 
 # -- keys ------------------------------------------------------------------------------
-async def read_keys(client: Redis) -> dict[str, str] | None:
-    """digest -> tenant; None when the cache was not filled since Redis started."""
+# A field's value: "<tenant> <key id>", plus " revoked" once revoked (kept, so that a
+# tenant that ever had a key is never open again).
+async def read_keys(client: Redis) -> dict[str, tuple[str, bool]] | None:
+    """digest -> (tenant, active); None when the cache was not filled since Redis started."""
     raw = {_text(k): _text(v) for k, v in (await client.hgetall(keys.API_KEYS)).items()}
     if raw.pop(keys.KEYS_LOADED, None) is None:
         return None
-    return {digest: value.split(" ", 1)[0] for digest, value in raw.items()}
+    out = {}
+    for digest, value in raw.items():
+        parts = value.split(" ")
+        out[digest] = (parts[0], len(parts) < 3)
+    return out
 
 
-async def cache_keys(client: Redis, entries: Mapping[str, tuple[str, str]]) -> None:
-    mapping = {d: f"{t} {k}" for d, (t, k) in entries.items()}
+async def cache_keys(client: Redis, entries: Mapping[str, tuple[str, str, bool]]) -> None:
+    mapping = {
+        d: f"{t} {k}" + ("" if active else " revoked") for d, (t, k, active) in entries.items()
+    }
     await client.hset(keys.API_KEYS, mapping={**mapping, keys.KEYS_LOADED: "1"})
 
 
@@ -59,8 +67,8 @@ def add_key_sync(client: redis.Redis, digest: str, tenant: str, key_id: str) -> 
     client.hset(keys.API_KEYS, digest, f"{tenant} {key_id}")
 
 
-def drop_key_sync(client: redis.Redis, digest: str) -> None:
-    client.hdel(keys.API_KEYS, digest)
+def revoke_key_sync(client: redis.Redis, digest: str, tenant: str, key_id: str) -> None:
+    client.hset(keys.API_KEYS, digest, f"{tenant} {key_id} revoked")
 
 
 # -- serving rules ---------------------------------------------------------------------

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import TypeVar
+
 import click
 import redis
 
+from models.errors import StreamrecError
 from models.registry import Registry
-from state.notify import notify_model_change
-from state.tenants import MODES, list_tenants, set_mode
+from models.rules import EXCLUDE_MODES, ServingRules
+from state.tenants import MODES, list_tenants
 from stream.cli_params import TENANT
 from stream.config import Settings
+from stream.tenant_control import TenantControl
+
+T = TypeVar("T")
 
 
 def _client(settings: Settings) -> redis.Redis:
@@ -18,7 +26,7 @@ def _client(settings: Settings) -> redis.Redis:
 
 @click.group("tenant")
 def tenant() -> None:
-    """Tenants (shops) and their switch.
+    """Tenants (shops): create, switch, serving rules, API keys.
 
     \b
       on      retrained and hot-swapped (default)
@@ -27,20 +35,114 @@ def tenant() -> None:
     """
 
 
+@tenant.command("create")
+@click.argument("name", type=TENANT)
+@click.pass_obj
+def tenant_create(settings: Settings, name: str) -> None:
+    """Create tenant NAME (in the registry, durable; cached in Redis)."""
+    created = _control(settings, lambda c: c.create(name))
+    click.echo(f"tenant {name}: {'created' if created else 'exists already'}")
+
+
 @tenant.command("mode")
 @click.argument("name", type=TENANT)
 @click.argument("mode", type=click.Choice(MODES))
 @click.pass_obj
 def tenant_mode(settings: Settings, name: str, mode: str) -> None:
-    """Switch tenant NAME on, freeze it, or switch it off."""
+    """Switch tenant NAME on, freeze it, or switch it off (it must exist)."""
     # The registry holds it durably (it survives a Redis restart); Redis caches it.
-    Registry(settings.registry_dir).set_mode(name, mode)
+    heard = _control(settings, lambda c: c.set_mode(name, mode))
+    click.echo(f"tenant {name}: {mode} ({heard} worker(s) notified)")
+
+
+@tenant.command("set")
+@click.argument("name", type=TENANT)
+@click.option(
+    "--exclude",
+    type=click.Choice(EXCLUDE_MODES),
+    help="the session's items kept out of its list: none, current (the item being "
+    "viewed; default) or seen (every item of the session)",
+)
+@click.option("--block", multiple=True, help="an item never recommended (repeatable)")
+@click.option("--unblock", multiple=True, help="take an item off the blocklist")
+@click.option("--include-category", multiple=True, help="only recommend these categories")
+@click.option("--exclude-category", multiple=True, help="never recommend these categories")
+@click.option("--clear-categories", is_flag=True, help="drop both category lists first")
+@click.pass_obj
+def tenant_set(
+    settings: Settings,
+    name: str,
+    exclude: str | None,
+    block: tuple[str, ...],
+    unblock: tuple[str, ...],
+    include_category: tuple[str, ...],
+    exclude_category: tuple[str, ...],
+    clear_categories: bool,
+) -> None:
+    """Serving rules of tenant NAME, applied after ranking in the worker and over HTTP."""
+
+    def change(control: TenantControl) -> dict[str, object]:
+        rules = ServingRules.from_dict(control.rules(name))
+        include = set() if clear_categories else set(rules.include_categories)
+        excluded = set() if clear_categories else set(rules.exclude_categories)
+        updated = ServingRules(
+            exclude or rules.exclude,
+            frozenset((set(rules.blocklist) | set(block)) - set(unblock)),
+            frozenset(include | set(include_category)),
+            frozenset(excluded | set(exclude_category)),
+        )
+        return control.set_rules(name, updated)
+
+    click.echo(f"tenant {name}: {json.dumps(_control(settings, change))}")
+
+
+@tenant.group("key")
+def tenant_key() -> None:
+    """API keys of a tenant (Authorization: Bearer <key> on /v1/{tenant}/...)."""
+
+
+@tenant_key.command("create")
+@click.argument("name", type=TENANT)
+@click.pass_obj
+def key_create(settings: Settings, name: str) -> None:
+    """Create a key for tenant NAME; it is printed once and stored only as a digest."""
+    key_id, key = _control(settings, lambda c: c.create_key(name))
+    click.echo(f"tenant {name}: key {key_id} created; it is shown this once:", err=True)
+    click.echo(key)
+
+
+@tenant_key.command("revoke")
+@click.argument("name", type=TENANT)
+@click.argument("key_id")
+@click.pass_obj
+def key_revoke(settings: Settings, name: str, key_id: str) -> None:
+    """Revoke tenant NAME's key KEY_ID (the id `key create` printed, or the key itself)."""
+    _control(settings, lambda c: c.revoke_key(name, key_id))
+    click.echo(f"tenant {name}: key revoked")
+
+
+@tenant_key.command("list")
+@click.argument("name", type=TENANT)
+@click.pass_obj
+def key_list(settings: Settings, name: str) -> None:
+    """The ids and creation times of tenant NAME's keys (never the keys)."""
+
+    def keys(control: TenantControl) -> dict[str, dict[str, object]]:
+        control.require(name)
+        return control.registry.keys(name)
+
+    for key_id, entry in sorted(_control(settings, keys).items()):
+        click.echo(f"{key_id}  created {entry.get('created', '?')}")
+
+
+def _control(settings: Settings, action: Callable[[TenantControl], T]) -> T:
+    """Run an admin action; a failure is one line, not a traceback."""
     try:
-        set_mode(_client(settings), name, mode)
+        return action(TenantControl(settings))
+    except StreamrecError as exc:
+        raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
-    heard = notify_model_change(settings.redis_url, name, None)
-    click.echo(f"tenant {name}: {mode} ({heard} worker(s) notified)")
 
 
 @tenant.command("list")
@@ -49,7 +151,7 @@ def tenant_list(settings: Settings) -> None:
     """Every tenant that has sent clicks or has a model, with its mode and model."""
     registry = Registry(settings.registry_dir)
     try:
-        modes = {**list_tenants(_client(settings)), **registry.modes()}
+        modes = {**list_tenants(_client(settings)), **registry.tenant_modes()}
     except redis.RedisError as exc:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
     names = sorted(set(modes) | set(registry.tenants()))

@@ -12,7 +12,7 @@ import redis
 from models.errors import StreamrecError
 from models.registry import Registry
 from models.rules import ServingRules
-from state.control import add_key_sync, cache_tenant_sync, drop_key_sync, set_rules_sync
+from state.control import add_key_sync, cache_tenant_sync, revoke_key_sync, set_rules_sync
 from state.notify import notify_model_change
 from state.tenants import set_mode as cache_mode
 from stream.config import Settings
@@ -86,8 +86,8 @@ class TenantControl:
             key_id = key_id[len(KEY_PREFIX) :].split("_", 1)[0]
         sha = self.registry.revoke_key(tenant, key_id)
         if sha is None:
-            raise UnknownTenantError(f"tenant {tenant!r} has no key {key_id!r}")
-        drop_key_sync(self._redis(), sha)
+            raise UnknownTenantError(f"tenant {tenant!r} has no active key {key_id!r}")
+        revoke_key_sync(self._redis(), sha, tenant, key_id)
         self._notify(tenant)
 
     def promote(self, tenant: str, version: str) -> None:

@@ -54,7 +54,7 @@ class TenantDirectory:
         self._modes_at = float("-inf")
         self._popular: dict[str, tuple[float, list[tuple[str, float]]]] = {}
         self._registry = registry
-        self._keys: dict[str, str] = {}  # digest -> tenant
+        self._keys: dict[str, tuple[str, bool]] = {}  # digest -> (tenant, active)
         self._keys_at = float("-inf")
         self._rules: dict[str, ServingRules] = {}
         self._rules_at = float("-inf")
@@ -86,6 +86,10 @@ class TenantDirectory:
             self._popular[tenant] = cached
         return cached[1]
 
+    @property
+    def client(self) -> Redis:
+        return self._client
+
     def invalidate(self) -> None:
         self._modes_at = float("-inf")
         self._keys_at = float("-inf")
@@ -112,24 +116,26 @@ class TenantDirectory:
         self._modes.setdefault(tenant, "on")
 
     # -- keys ----------------------------------------------------------------------------
-    async def _key_map(self) -> dict[str, str]:
+    async def _key_map(self) -> dict[str, tuple[str, bool]]:
         now = time.monotonic()
         if now - self._keys_at > self._ttl_s:
             found = await read_keys(self._client)
             if found is None:
                 durable = await asyncio.to_thread(self._registry.all_keys) if self._registry else {}
                 await cache_keys(self._client, durable)
-                found = {d: t for d, (t, _) in durable.items()}
+                found = {d: (t, active) for d, (t, _, active) in durable.items()}
             self._keys, self._keys_at = found, now
         return self._keys
 
     async def key_owner(self, digest: str) -> str | None:
         """The tenant owning the key with this digest (a revoked key is gone within the
         cache's few seconds, at once where the revocation's notice arrives)."""
-        return (await self._key_map()).get(digest)
+        entry = (await self._key_map()).get(digest)
+        return entry[0] if entry is not None and entry[1] else None
 
     async def has_keys(self, tenant: str) -> bool:
-        return tenant in (await self._key_map()).values()
+        """Has the tenant ever had a key (then every call needs a valid one)?"""
+        return any(t == tenant for t, _ in (await self._key_map()).values())
 
     # -- serving rules and catalogue -----------------------------------------------------
     async def rules(self, tenant: str) -> ServingRules:

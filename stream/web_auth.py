@@ -49,25 +49,28 @@ async def tenant_access(
 ) -> str:
     """The path's tenant, once the caller may reach it."""
     ctx = _ctx(request)
-    if True:
-        if not is_tenant(tenant):
-            raise ApiError(400, f"tenant {TENANT_RULE}")
-        if is_admin(ctx, credentials):
-            return tenant
-        processor = ctx.backend()
-        directory = getattr(processor, "tenants", None)
-        if directory is None:
-            raise ApiError(503, "the worker is starting")
-        owner: Any = None
+    if not is_tenant(tenant):
+        raise ApiError(400, f"tenant {TENANT_RULE}")
+    directory = getattr(ctx.backend(), "tenants", None)
+    if directory is None:
+        raise ApiError(503, "the worker is starting")
+    if not is_admin(ctx, credentials):
+        owner = None
         if credentials is not None:
             owner = await directory.key_owner(digest(credentials.credentials))
-        if owner is not None:
-            if owner != tenant:
-                raise ApiError(403, "this key belongs to another tenant")
-            return tenant
-        if ctx.settings.require_keys or await directory.has_keys(tenant):
+        if owner is not None and owner != tenant:
+            raise ApiError(403, "this key belongs to another tenant")
+        if owner is None and (ctx.settings.require_keys or await directory.has_keys(tenant)):
             raise ApiError(401, "a valid key is required (Authorization: Bearer <key>)")
-        return tenant
+    await _existing(ctx, directory, tenant)
+    return tenant
+
+
+async def _existing(ctx: WebContext, directory: Any, tenant: str) -> None:
+    """404 for a tenant that was never created, unless auto-creation is on (then its
+    first click or catalogue write creates it)."""
+    if not ctx.settings.auto_create_tenants and not await directory.exists(tenant):
+        raise ApiError(404, f"unknown tenant {tenant!r}")
 
 
 Tenant = Annotated[str, Depends(tenant_access)]
@@ -75,12 +78,10 @@ Tenant = Annotated[str, Depends(tenant_access)]
 
 async def admin_access(request: Request, credentials: Credentials) -> None:
     ctx = _ctx(request)
-    if True:
-        if is_admin(ctx, credentials):
-            return
-        if credentials is not None:
-            processor = ctx.backend()
-            directory = getattr(processor, "tenants", None)
-            if directory is not None and await directory.key_owner(digest(credentials.credentials)):
-                raise ApiError(403, "a tenant key does not reach the admin API")
-        raise ApiError(401, "the admin token is required (Authorization: Bearer <token>)")
+    if is_admin(ctx, credentials):
+        return
+    if credentials is not None:
+        directory = getattr(ctx.backend(), "tenants", None)
+        if directory is not None and await directory.key_owner(digest(credentials.credentials)):
+            raise ApiError(403, "a tenant key does not reach the admin API")
+    raise ApiError(401, "the admin token is required (Authorization: Bearer <token>)")

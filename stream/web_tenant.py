@@ -7,16 +7,22 @@ Every route takes the tenant's key (``Authorization: Bearer ...``, see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Response
+from fastapi import Request as HttpRequest
 from redis.exceptions import RedisError
 
 from models.errors import StreamrecError
 from models.names import ID_RULE, is_id
+from models.rules import Request
+from state.control import get_item, put_items
+from state.notify import notify_change
 from stream.events import MAX_EVENT_BYTES, InvalidEvent, event_from_dict
 from stream.web import (
     MAX_POST_EVENTS,
@@ -41,6 +47,16 @@ CLICK_SCHEMA: dict[str, Any] = {
     },
     "required": ["session_id", "item_id"],
 }
+
+
+MAX_N = 100
+MAX_SESSION_ITEMS = 200
+MAX_BULK_ITEMS = 10_000
+N = Annotated[int, Query(ge=1, le=MAX_N, description="how many items (default: top_k)")]
+Exclude = Annotated[list[str], Query(description="item ids never to return (repeatable)")]
+Category = Annotated[
+    list[str], Query(description="only items of these catalogue categories (repeatable)")
+]
 
 
 def _checked_id(value: str, what: str) -> str:
@@ -79,7 +95,7 @@ def routes(ctx: WebContext) -> APIRouter:
             }
         },
     )
-    async def post_events(tenant: Tenant, request: Request) -> dict[str, Any]:
+    async def post_events(tenant: Tenant, request: HttpRequest) -> dict[str, Any]:
         """Validated (400 with a reason, nothing sent; 413 for an event over 16 KiB),
         then produced to ``clicks``. Events without an ``event_id`` get one; the answer
         lists every event's id, in order."""
@@ -116,6 +132,13 @@ def routes(ctx: WebContext) -> APIRouter:
             raise ApiError(503, f"{remaining} event(s) not acknowledged by the broker; retry")
         return {"accepted": len(events), "event_ids": [e.event_id for e in events]}
 
+    def options(exclude: list[str], category: list[str]) -> Request | None:
+        for item in exclude:
+            _checked_id(item, "exclude item id")
+        if not exclude and not category:
+            return None
+        return Request(frozenset(exclude), frozenset(category))
+
     @router.get(
         "/sessions/{session_id}/recommendations",
         summary="The ranked list answering the session's latest click",
@@ -124,21 +147,252 @@ def routes(ctx: WebContext) -> APIRouter:
     async def session_recommendations(
         tenant: Tenant,
         session_id: Annotated[str, Path(description="the session id")],
+        n: N | None = None,
+        exclude: Exclude = [],  # noqa: B006  (FastAPI copies defaults)
+        category: Category = [],  # noqa: B006
     ) -> Response:
         """The same JSON as the ``recommendations`` topic's record, ranked now from the
-        session as stored (after a model swap, from the new version)."""
+        session as stored (after a model swap, from the new version), with the tenant's
+        serving rules and the catalogue applied, and this request's ``exclude`` and
+        ``category``; the list is refilled so ``n`` items come back when enough
+        candidates exist."""
         _checked_id(session_id, "session id")
-        try:
-            payload = await backend().recommend_session(tenant, session_id)
-        except (RedisError, OSError) as exc:
-            raise ApiError(503, f"the session store is unavailable: {exc}") from None
-        except StreamrecError as exc:  # the tenant's model cannot be read just now
-            raise ApiError(503, str(exc)) from None
+        async with serving_errors():
+            payload = await backend().recommend_session(
+                tenant, session_id, n, options(exclude, category)
+            )
         if payload is None:
             raise ApiError(
                 404, f"no recommendations for session {session_id!r} of tenant {tenant!r}"
             )
         return Response(payload, media_type="application/json")
 
-    _ = Query  # used by the routes added below
+    @router.post(
+        "/recommendations",
+        summary="Rank a session the caller holds (stateless: nothing is stored)",
+        responses=error_responses(400, 401, 403, 404, 413, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": RANK_SCHEMA}},
+            }
+        },
+    )
+    async def rank(tenant: Tenant, request: HttpRequest) -> dict[str, Any]:
+        body = json_body(await read_body(request, MAX_EVENT_BYTES * 4))
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object with 'items'")
+        items, n = body.get("items"), body.get("n", ctx.settings.top_k)
+        exclude, category = body.get("exclude", []), body.get("category", [])
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_SESSION_ITEMS:
+            raise ApiError(400, f"items must be a list of 1 to {MAX_SESSION_ITEMS} item ids")
+        for item in items:
+            _checked_id(item, "item id")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+            raise ApiError(400, f"n must be an integer from 1 to {MAX_N}")
+        if not _strings(exclude) or not _strings(category):
+            raise ApiError(400, "exclude and category must be lists of strings")
+        async with serving_errors():
+            ranked, version = await backend().recommend_items(
+                tenant, items, n, options(exclude, category)
+            )
+        return {
+            "tenant": tenant,
+            "items": [{"item_id": i, "score": s} for i, s in ranked.items],
+            "strategy": ranked.strategy,
+            "model_version": version,
+        }
+
+    @router.get(
+        "/items/{item_id}/similar",
+        summary="The item's nearest neighbours by embedding (the tenant's rules applied)",
+        responses=error_responses(400, 401, 403, 404, 503),
+    )
+    async def similar(
+        tenant: Tenant,
+        item_id: Annotated[str, Path(description="the item id")],
+        n: N = 10,
+    ) -> dict[str, Any]:
+        _checked_id(item_id, "item id")
+        async with serving_errors():
+            found = await backend().similar(tenant, item_id, n)
+        if found is None:
+            raise ApiError(
+                404, f"tenant {tenant!r}: the model in service does not know {item_id!r}"
+            )
+        items, version = found
+        return {
+            "tenant": tenant,
+            "item_id": item_id,
+            "items": [{"item_id": i, "score": s} for i, s in items],
+            "model_version": version,
+        }
+
+    # -- the catalogue ---------------------------------------------------------------------
+    async def store_items(tenant: str, entries: dict[str, dict[str, Any]]) -> int:
+        directory = backend().tenants
+        async with serving_errors():
+            if not await directory.exists(tenant):
+                await directory.create(tenant)  # allowed: auto-creation is on (see Tenant)
+            version = await put_items(directory.client, tenant, entries)
+            await notify_change(directory.client, tenant)
+        return version
+
+    @router.get(
+        "/items/{item_id}",
+        summary="The item's catalogue entry",
+        responses=error_responses(400, 401, 403, 404, 503),
+    )
+    async def get_catalogue_item(
+        tenant: Tenant, item_id: Annotated[str, Path(description="the item id")]
+    ) -> dict[str, Any]:
+        _checked_id(item_id, "item id")
+        async with serving_errors():
+            entry = await get_item(backend().tenants.client, tenant, item_id)
+        if entry is None or entry.get("deleted"):
+            raise ApiError(404, f"item {item_id!r} is not in tenant {tenant!r}'s catalogue")
+        return {"item_id": item_id, **entry}
+
+    @router.put(
+        "/items/{item_id}",
+        summary="Add or change a catalogue item (applied to recommendations within a second)",
+        responses=error_responses(400, 401, 403, 404, 413, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ITEM_SCHEMA}},
+            }
+        },
+    )
+    async def put_item(
+        tenant: Tenant,
+        item_id: Annotated[str, Path(description="the item id")],
+        request: HttpRequest,
+    ) -> dict[str, Any]:
+        _checked_id(item_id, "item id")
+        entry = catalogue_entry(json_body(await read_body(request, MAX_EVENT_BYTES)))
+        version = await store_items(tenant, {item_id: entry})
+        return {"item_id": item_id, **entry, "catalogue_version": version}
+
+    @router.delete(
+        "/items/{item_id}",
+        summary="Remove an item from the catalogue: it is never recommended again",
+        responses=error_responses(400, 401, 403, 404, 503),
+    )
+    async def delete_item(
+        tenant: Tenant, item_id: Annotated[str, Path(description="the item id")]
+    ) -> dict[str, Any]:
+        _checked_id(item_id, "item id")
+        async with serving_errors():
+            entry = await get_item(backend().tenants.client, tenant, item_id)
+        if entry is None or entry.get("deleted"):
+            raise ApiError(404, f"item {item_id!r} is not in tenant {tenant!r}'s catalogue")
+        # A tombstone, not a removal: a deleted product must stay out of the lists.
+        version = await store_items(tenant, {item_id: {"available": False, "deleted": True}})
+        return {"item_id": item_id, "deleted": True, "catalogue_version": version}
+
+    @router.post(
+        "/items",
+        summary=f"Add or change up to {MAX_BULK_ITEMS:,} catalogue items",
+        responses=error_responses(400, 401, 403, 404, 408, 413, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "array",
+                            "maxItems": MAX_BULK_ITEMS,
+                            "items": {
+                                **ITEM_SCHEMA,
+                                "properties": {
+                                    **ITEM_SCHEMA["properties"],
+                                    "item_id": {"type": "string"},
+                                },
+                                "required": ["item_id"],
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def bulk_items(tenant: Tenant, request: HttpRequest) -> dict[str, Any]:
+        body = json_body(await read_body(request))
+        if not isinstance(body, list) or not 0 < len(body) <= MAX_BULK_ITEMS:
+            raise ApiError(400, f"the body must be a list of 1 to {MAX_BULK_ITEMS} items")
+        entries: dict[str, dict[str, Any]] = {}
+        for n, data in enumerate(body):
+            if not isinstance(data, dict) or not isinstance(data.get("item_id"), str):
+                raise ApiError(400, f"item {n}: an object with a string 'item_id' is required")
+            item_id = _checked_id(data.pop("item_id"), f"item {n}: item id")
+            try:
+                entries[item_id] = catalogue_entry(data)
+            except ApiError as exc:
+                raise ApiError(400, f"item {n}: {exc.reason}") from None
+        version = await store_items(tenant, entries)
+        return {"stored": len(entries), "catalogue_version": version}
+
     return router
+
+
+ITEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "available": {"type": "boolean", "description": "false: never recommended"},
+        "category": {"type": ["string", "null"], "maxLength": 256},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 256}},
+    },
+}
+
+RANK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "items": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 256},
+            "minItems": 1,
+            "maxItems": MAX_SESSION_ITEMS,
+            "description": "the session's items, oldest first",
+        },
+        "n": {"type": "integer", "minimum": 1, "maximum": MAX_N},
+        "exclude": {"type": "array", "items": {"type": "string"}},
+        "category": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["items"],
+}
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def catalogue_entry(data: Any) -> dict[str, Any]:
+    """A catalogue entry from a request body: ``available`` (default true), ``category``,
+    ``tags``; anything else is a 400."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "a catalogue item is a JSON object")
+    unknown = set(data) - {"available", "category", "tags"}
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+    available = data.get("available", True)
+    category = data.get("category")
+    tags = data.get("tags", [])
+    if not isinstance(available, bool):
+        raise ApiError(400, "available must be true or false")
+    if category is not None and not (isinstance(category, str) and is_id(category)):
+        raise ApiError(400, f"category {ID_RULE}")
+    if not _strings(tags) or not all(is_id(t) for t in tags):
+        raise ApiError(400, f"tags must be a list of strings; each {ID_RULE}")
+    return {"available": available, "category": category, "tags": tags}
+
+
+@contextlib.asynccontextmanager
+async def serving_errors() -> AsyncIterator[None]:
+    """Redis or the model unavailable: 503 with the reason."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise ApiError(503, f"the session store is unavailable: {exc}") from None
+    except StreamrecError as exc:  # the tenant's model cannot be read just now
+        raise ApiError(503, str(exc)) from None

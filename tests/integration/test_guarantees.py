@@ -57,14 +57,21 @@ def test_a_tenant_switched_off_stays_off_after_redis_restarts_empty(
     _with_redis(cfg, own)
     off, on = unique_name("off"), unique_name("on")
     try:
-        # Through the CLI, as an operator would.
-        done = subprocess.run(
-            [sys.executable, "-m", "stream", "tenant", "mode", off, "off"],
-            env=cfg.env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        # Through the CLI, as an operator would: a tenant must exist before its switch.
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "stream", "tenant", *args],
+                env=cfg.env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        done = cli("mode", off, "off")
+        assert done.returncode == 1 and "unknown tenant" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert cli("create", off).returncode == 0
+        done = cli("mode", off, "off")
         assert done.returncode == 0, done.stderr
         with WorkerProcess(cfg) as worker:
             produce(stack.broker, cfg.clicks, _clicks(off, 20, "a") + _clicks(on, 20, "b"))

@@ -1,0 +1,191 @@
+"""The production HTTP API on a real worker: spec and docs, keys and the admin token,
+tenants that must exist, the catalogue and serving rules at serving time, readiness."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream.devstack import EmbeddedStack, free_port
+from stream.events import ClickEvent
+from tests.integration.helpers import WorkerProcess, consume, produce
+from tests.integration.test_worker import make_config
+
+ADMIN = "admin-token-for-tests"
+
+
+def call(
+    url: str, body: object | None = None, *, key: str | None = None, method: str | None = None
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(
+        url, data=data, method=method or ("POST" if data else "GET"), headers=headers
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    except (urllib.error.URLError, ConnectionError):
+        return 0, None  # not listening yet
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_keys_tenants_catalogue_and_rules(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(trained_model_dir, models)  # keys and rules are written there
+    cfg = make_config(stack, unique_name, tmp_path, models)
+    port = free_port()
+    cfg.extra_env.update(
+        STREAMREC_WEB_PORT=str(port),
+        STREAMREC_ADMIN_TOKEN=ADMIN,
+        STREAMREC_AUTO_CREATE_TENANTS="0",
+    )
+    base = f"http://127.0.0.1:{port}"
+    shop, other, ghost = "default", unique_name("other"), unique_name("ghost")
+    with WorkerProcess(cfg) as worker:
+        assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[-3000:]
+        assert call(f"{base}/health/live") == (200, {"status": "live"})
+
+        # The published spec and the interactive docs.
+        status, spec = call(f"{base}/openapi.json")
+        assert status == 200 and "/v1/{tenant}/events" in spec["paths"]
+        for path in ("/v1/{tenant}/items/{item_id}", "/v1/admin/tenants/{tenant}/keys"):
+            assert path in spec["paths"], sorted(spec["paths"])
+        assert call(f"{base}/docs")[0] == 200
+
+        # Admin: the token only.
+        assert call(f"{base}/v1/admin/tenants")[0] == 401
+        assert call(f"{base}/v1/admin/tenants", key="wrong")[0] == 401
+        status, _ = call(f"{base}/v1/admin/tenants/{other}", {}, key=ADMIN, method="PUT")
+        assert status == 201
+        status, body = call(
+            f"{base}/v1/admin/tenants/{ghost}/mode/off", {}, key=ADMIN, method="PUT"
+        )
+        assert status == 404 and "unknown tenant" in body["error"], body  # never created
+        status, created = call(f"{base}/v1/admin/tenants/{shop}/keys", {}, key=ADMIN)
+        assert status == 201 and created["key"].startswith("srk_"), created
+        shop_key = created["key"]
+        other_key = call(f"{base}/v1/admin/tenants/{other}/keys", {}, key=ADMIN)[1]["key"]
+        assert shop_key not in worker.log() and other_key not in worker.log()
+        assert call(f"{base}/v1/admin/tenants", key=shop_key)[0] == 403
+
+        # A tenant key reaches its own tenant only.
+        events = f"{base}/v1/{shop}/events"
+        click = {"session_id": "api-1", "item_id": "A13"}
+        assert call(events, click)[0] == 401  # the tenant has a key now
+        assert call(events, click, key="srk_nope")[0] == 401
+        assert call(events, click, key=other_key)[0] == 403
+        status, body = call(events, [click, {**click, "item_id": "A16"}], key=shop_key)
+        assert status == 202 and len(body["event_ids"]) == 2, body
+        assert call(f"{base}/v1/{other}/sessions/api-1/recommendations", key=other_key)[0] == 404
+        assert call(f"{base}/v1/{shop}/sessions/api-1/recommendations", key=other_key)[0] == 403
+
+        # An unknown tenant: 404 over HTTP, dead-lettered on Kafka (auto-creation off).
+        status, body = call(f"{base}/v1/{ghost}/events", click, key=ADMIN)
+        assert status == 404 and "unknown tenant" in body["error"], body
+        event = ClickEvent(ghost, "g-1", "A13", time.time(), event_id="g-1")
+        produce(stack.broker, cfg.clicks, [(b"g-1", event.to_json())])
+        (dead,) = consume(stack.broker, cfg.dlq, 1, timeout=60)
+        assert "unknown tenant" in dict(dead.headers())["streamrec-reason"].decode()
+
+        # Serving: the list, then an item marked unavailable vanishes from the next one.
+        recs = f"{base}/v1/{shop}/sessions/api-1/recommendations"
+
+        def latest() -> list[str]:
+            status, body = call(f"{recs}?n=10", key=shop_key)
+            return [i["item_id"] for i in body["items"]] if status == 200 else []
+
+        assert wait_until(lambda: len(latest()) == 10), worker.log()[-3000:]
+        first = latest()
+        assert "A16" not in first  # the tenant's default rule: not the item being viewed
+        gone = first[0]
+        status, body = call(
+            f"{base}/v1/{shop}/items/{gone}", {"available": False}, key=shop_key, method="PUT"
+        )
+        assert status == 200 and body["available"] is False, body
+        started = time.monotonic()
+        assert wait_until(lambda: gone not in latest(), 5)
+        assert time.monotonic() - started < 2.5
+        after = latest()
+        assert len(after) == 10 and gone not in after  # refilled
+        assert after[:9] == first[1:10]
+
+        # The recommendations topic applies the same rules.
+        extra = ClickEvent(shop, "api-1", "A16", time.time(), event_id="api-1-again")
+        produce(stack.broker, cfg.clicks, [(b"api-1", extra.to_json())])
+        answers = [orjson.loads(m.value()) for m in consume(stack.broker, cfg.recs, 3, timeout=60)]
+        mine = [a for a in answers if a["event_id"] == "api-1-again"]
+        assert mine and all(i["item_id"] != gone for i in mine[0]["items"]), answers
+
+        # Request filters and categories.
+        assert gone not in latest()
+        status, body = call(
+            f"{base}/v1/{shop}/items",
+            [
+                {"item_id": after[1], "category": "shoes"},
+                {"item_id": after[2], "category": "shoes"},
+            ],
+            key=shop_key,
+        )
+        assert status == 200 and body["stored"] == 2, body
+        status, body = call(f"{recs}?n=5&category=shoes", key=shop_key)
+        assert status == 200, body
+        assert {i["item_id"] for i in body["items"]} <= {after[1], after[2]}
+        status, body = call(f"{recs}?n=5&exclude={after[0]}", key=shop_key)
+        assert status == 200 and after[0] not in [i["item_id"] for i in body["items"]]
+
+        # Tenant rules through the admin API: a blocklist.
+        rules = {"exclude": "seen", "blocklist": [after[3]]}
+        status, body = call(f"{base}/v1/admin/tenants/{shop}/rules", rules, key=ADMIN, method="PUT")
+        assert status == 200 and body["blocklist"] == [after[3]], body
+        assert wait_until(lambda: after[3] not in latest() and "A13" not in latest(), 5)
+
+        # Stateless ranking and similar items.
+        status, body = call(
+            f"{base}/v1/{shop}/recommendations", {"items": ["A13"], "n": 4}, key=shop_key
+        )
+        assert status == 200 and len(body["items"]) == 4, body
+        assert all(i["item_id"] not in {gone, after[3], "A13"} for i in body["items"])
+        status, body = call(f"{base}/v1/{shop}/items/A13/similar?n=3", key=shop_key)
+        assert status == 200 and len(body["items"]) == 3, body
+        assert call(f"{base}/v1/{shop}/items/nope/similar", key=shop_key)[0] == 404
+        assert call(f"{base}/v1/{shop}/items/A13/similar?n=0", key=shop_key)[0] == 400
+
+        # Deleted from the catalogue: gone, and 404 afterwards.
+        assert call(f"{base}/v1/{shop}/items/{gone}", key=shop_key, method="DELETE")[0] == 200
+        assert call(f"{base}/v1/{shop}/items/{gone}", key=shop_key)[0] == 404
+
+        # A revoked key stops working.
+        key_id = created["key_id"]
+        assert (
+            call(f"{base}/v1/admin/tenants/{shop}/keys/{key_id}", key=ADMIN, method="DELETE")[0]
+            == 200
+        )
+        assert wait_until(lambda: call(f"{recs}", key=shop_key)[0] == 401, 5)
+        assert worker.alive()
