@@ -91,6 +91,34 @@ class Registry:
     def version_dir(self, tenant: str, version: str) -> Path:
         return self._version_dir(tenant, version)
 
+    def manifest(self, tenant: str, version: str) -> dict[str, Any]:
+        """A version's manifest as stored ({} when unreadable)."""
+        return self._manifest(tenant, version)
+
+    def prune_unpromoted(
+        self, tenant: str, keep: int, protect: tuple[str, ...] | set[str] = ()
+    ) -> list[str]:
+        """Delete the oldest versions never promoted beyond the newest ``keep`` of them;
+        never the one in service, one in the promotion history (a rollback target) or
+        one in ``protect`` (an experiment's arms). The names deleted."""
+        promoted = set(self._promotion_stack(tenant)) | {
+            e["version"] for e in self._history(tenant)
+        }
+        current = self.current_version(tenant)
+        unpromoted = [
+            v
+            for v in self._version_names(tenant)
+            if v not in promoted and v != current and v not in protect
+        ]
+        doomed = unpromoted[: max(0, len(unpromoted) - keep)]
+        for version in doomed:
+            path = self._version_dir(tenant, version)
+            # Renamed away first, so no reader ever sees half a version.
+            trash = path.with_name(f".deleted-{version}-{time.time_ns()}")
+            os.replace(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        return doomed
+
     def promoted_versions(self, tenant: str) -> list[str]:
         """Versions promoted and not rolled back, oldest first (the last is in service)."""
         return self._promotion_stack(tenant)

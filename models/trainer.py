@@ -1,5 +1,6 @@
 """Retraining with a quality gate: a candidate replaces the model in service only if it
-ranks the newest sessions at least as well.
+ranks the newest sessions better, by at least the gate's margin (a copy of the same
+model on the same data must not be promoted again and again).
 
 Pure: sessions and bundles in, a bundle and a decision out. The held-out slice is the
 newest ``holdout`` share of sessions by start time; the candidate is trained on the rest
@@ -26,7 +27,9 @@ GATE_METRICS = ("hr", "mrr")
 @dataclass(frozen=True)
 class GatePolicy:
     metric: str = "hr"  # which metric decides: HR@k or MRR@k
-    margin: float = 0.0  # the candidate may be at most this much worse than the current one
+    # The candidate must beat the current one by at least this much (absolute HR or MRR);
+    # negative: it may be that much worse.
+    margin: float = 0.005
     k: int = 20
     holdout: float = 0.2  # newest share of sessions held out for the comparison
     min_sessions: int = 20  # fewer than this in the window: skip the tenant
@@ -36,6 +39,8 @@ class GatePolicy:
             raise ValueError(f"gate metric must be one of {', '.join(GATE_METRICS)}")
         if not 0 < self.holdout < 1:
             raise ValueError("holdout must be between 0 and 1")
+        if not -1 <= self.margin <= 1:
+            raise ValueError("margin must be between -1 and 1")
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,8 @@ def gate(
     holdout: Sequence[Sequence[str]],
     policy: GatePolicy,
 ) -> GateDecision:
-    """Promote ``candidate`` unless it ranks ``holdout`` worse than ``current`` by more
-    than the margin."""
+    """Promote ``candidate`` if it ranks ``holdout`` better than ``current`` by at least
+    the margin."""
     cand = score_bundle(candidate, holdout, policy.k)
     cur = score_bundle(current, holdout, policy.k) if current is not None else None
     common = dict(
@@ -129,7 +134,7 @@ def gate(
     name = f"{policy.metric.upper()}@{policy.k}"
     if cur is None:
         return GateDecision("promoted", f"first model ({name} {_m(cand, policy):.4f})", **common)
-    ok = _m(cand, policy) >= _m(cur, policy) - policy.margin
+    ok = _m(cand, policy) >= _m(cur, policy) + policy.margin
     verdict = (
         f"{name} {_m(cand, policy):.4f} vs {_m(cur, policy):.4f} in service"
         f" (margin {policy.margin:g})"

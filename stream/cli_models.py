@@ -487,6 +487,33 @@ def models_group() -> None:
     """List, promote and roll back model versions per tenant."""
 
 
+def gate_line(manifest: dict) -> str:
+    """The trainer's gate decision for a version: both scores and the hold-out."""
+    gate = manifest.get("gate")
+    if not isinstance(gate, dict):
+        return ""
+    metric = (gate.get("policy") or {}).get("metric", "hr")
+    k = (gate.get("policy") or {}).get("k", "")
+    cand, cur = gate.get("candidate") or {}, gate.get("current") or {}
+
+    def score(s: dict) -> str:
+        return f"{s[metric]:.4f}" if isinstance(s.get(metric), float | int) else "-"
+
+    window = manifest.get("data_window") or {}
+    when = ""
+    if isinstance(window.get("from"), float | int) and isinstance(window.get("to"), float | int):
+        fmt = "%Y-%m-%d %H:%M"
+        when = (
+            f" of the window {time.strftime(fmt, time.gmtime(window['from']))} - "
+            f"{time.strftime(fmt, time.gmtime(window['to']))} UTC"
+        )
+    return (
+        f"gate: {gate.get('decision', '?')}, {metric.upper()}@{k} {score(cand)} vs "
+        f"{score(cur)} ({gate.get('current_version') or 'none'} in service), on the newest "
+        f"{gate.get('holdout_sessions', '?')} sessions{when} held out"
+    )
+
+
 @models_group.command("list")
 @click.argument("tenant", required=False, type=TENANT)
 @click.pass_obj
@@ -515,6 +542,9 @@ def models_list(settings: Settings, tenant: str | None) -> None:
                 f" {mark} {info.version:<6} {info.created or '-':<21} parent={parent:<6} "
                 f"items={items} {metrics}{note}".rstrip()
             )
+            gate = gate_line(registry.manifest(name, info.version))
+            if gate:
+                click.echo(f"          {gate}")
 
 
 @models_group.command("promote")

@@ -71,10 +71,19 @@ class Duration(click.ParamType):
 )
 @click.option(
     "--gate-margin",
-    type=click.FloatRange(0, 1),
-    default=0.0,
+    type=click.FloatRange(-1, 1),
+    default=GatePolicy.margin,
     show_default=True,
-    help="How much worse than the current model a candidate may be.",
+    help="How much better than the current model a candidate must be (negative: how much "
+    "worse it may be).",
+)
+@click.option(
+    "--keep-unpromoted",
+    type=click.IntRange(0),
+    default=5,
+    show_default=True,
+    help="Versions never promoted kept per tenant (older ones deleted; never one in "
+    "service, in the promotion history or in an experiment).",
 )
 @click.option(
     "--holdout",
@@ -108,19 +117,21 @@ def trainer(
     tenants: tuple[str, ...],
     gate_metric: str,
     gate_margin: float,
+    keep_unpromoted: int,
     holdout: float,
     min_sessions: int,
     jobs: int,
     epochs: int | None,
     seed: int | None,
 ) -> None:
-    """Retrain each tenant's model from the click log and promote it only if it is no worse.
+    """Retrain each tenant's model from the click log and promote it only if it is better.
 
     For every tenant with clicks in the window (and mode `on`): build sessions, train
     Word2Vec + KMeans on all but the newest sessions, compare the candidate with the
     version in service on those newest sessions, register the candidate with both scores
-    in its manifest, and promote it (workers swap within seconds) only if it passes the
-    gate. Frozen and switched-off tenants are skipped.
+    in its manifest, and promote it (workers swap within seconds) only if it beats the
+    version in service by the gate's margin. Frozen and switched-off tenants are
+    skipped, and so is a tenant with no new clicks since its last trained version.
     """
     from stream.trainer import run_once
 
@@ -145,6 +156,7 @@ def trainer(
             tenants=tenants or None,
             progress=step,
             jobs=jobs,
+            keep_unpromoted=keep_unpromoted,
         )
         bar.close()
         counts = Counter(o.decision.action for o in report.outcomes)

@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, TopicPart
 
 from models.datasets import Clicks, build_sessions
 from models.errors import InvalidModelError, NoModelError, StreamrecError
+from models.policy_file import read_policy
 from models.registry import Registry
 from models.train import TrainParams
 from models.trainer import GateDecision, GatePolicy, retrain
@@ -241,6 +242,7 @@ def run_once(
     progress: Callable[[str], None] | None = None,
     now: float | None = None,
     jobs: int = 1,
+    keep_unpromoted: int = 5,
 ) -> PassReport:
     """One pass over every tenant with clicks in the window; ``jobs`` processes read the
     log, then as many train the tenants."""
@@ -289,7 +291,16 @@ def run_once(
             initializer=_single_threaded,
         ) as pool:
             futures = [
-                pool.submit(_retrain_tenant, settings, t, logs.pop(t), params, policy, window)
+                pool.submit(
+                    _retrain_tenant,
+                    settings,
+                    t,
+                    logs.pop(t),
+                    params,
+                    policy,
+                    window,
+                    keep_unpromoted,
+                )  # fmt: skip
                 for t in queue
             ]
             for future in as_completed(futures):
@@ -311,6 +322,7 @@ def _retrain_tenant(
     params: TrainParams,
     policy: GatePolicy,
     window: tuple[float, float],
+    keep_unpromoted: int = 5,
 ) -> TenantOutcome:
     registry = Registry(settings.registry_dir)
     try:
@@ -324,6 +336,15 @@ def _retrain_tenant(
             exc,
         )
         current = None
+    offsets = log_positions(clicks)
+    last = _last_trained(registry, tenant)
+    if last is not None and not has_new_clicks(offsets, last[1]):
+        decision = GateDecision(
+            "skipped",
+            f"no new clicks since {last[0]} was trained",
+            current_version=current.version if current is not None else None,
+        )
+        return TenantOutcome(tenant, decision, None)
     sessions = build_sessions(clicks)
     bundle, decision = retrain(sessions, current, params, policy)
     if bundle is None:
@@ -338,6 +359,9 @@ def _retrain_tenant(
                 "to": window[1],
                 "clicks": len(clicks),
                 "sessions": len(sessions),
+                # The newest offset read per partition: the next pass skips the tenant
+                # unless one of them moved.
+                "offsets": {str(p): o for p, o in offsets.items()},
             },
             "metrics": {
                 f"hr@{policy.k}": decision.candidate.hr if decision.candidate else None,
@@ -348,7 +372,49 @@ def _retrain_tenant(
     if decision.action == "promoted":
         registry.promote(tenant, version)
         notify_model_change(_redis(settings.redis_url), tenant, version)
+    _prune(registry, tenant, keep_unpromoted)
     return TenantOutcome(tenant, decision, version)
+
+
+def log_positions(clicks: Clicks) -> dict[int, int]:
+    """The newest offset read per partition, from each click's place in the log."""
+    if not len(clicks):
+        return {}
+    order = np.asarray(clicks.order, dtype=np.int64)
+    partitions = order >> _OFFSET_BITS
+    offsets = order & ((1 << _OFFSET_BITS) - 1)
+    return {int(p): int(offsets[partitions == p].max()) for p in np.unique(partitions)}
+
+
+def has_new_clicks(now: dict[int, int], trained: dict[int, int]) -> bool:
+    """Does the window hold a click the last trained version did not see?"""
+    return any(o > trained.get(p, -1) for p, o in now.items())
+
+
+def _last_trained(registry: Registry, tenant: str) -> tuple[str, dict[int, int]] | None:
+    """The newest registered version with the log positions it was trained up to."""
+    for info in reversed(registry.versions(tenant)):
+        window = registry.manifest(tenant, info.version).get("data_window") or {}
+        offsets = window.get("offsets")
+        if isinstance(offsets, dict):
+            try:
+                return info.version, {int(p): int(o) for p, o in offsets.items()}
+            except (TypeError, ValueError):
+                return None
+        return None  # trained elsewhere (streamrec train): no positions to compare
+    return None
+
+
+def _prune(registry: Registry, tenant: str, keep: int) -> None:
+    """At most ``keep`` unpromoted versions (never an experiment's arms)."""
+    try:
+        policy = read_policy(registry, tenant)
+    except StreamrecError:
+        policy = None
+    protect = set((policy or {}).get("arms") or ())
+    deleted = registry.prune_unpromoted(tenant, keep, protect)
+    if deleted:
+        log.info("tenant %s: deleted unpromoted version(s) %s", tenant, ", ".join(deleted))
 
 
 _clients: dict[str, redis.Redis] = {}

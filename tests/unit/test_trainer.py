@@ -50,10 +50,20 @@ def test_gate_promotes_a_better_candidate_and_a_first_model(eshop_split) -> None
     decision = gate(strong, weak, holdout, GatePolicy())
     assert decision.action == "promoted" and decision.candidate.hr > decision.current.hr
     assert gate(weak, None, holdout, GatePolicy()).action == "promoted"
-    # A margin lets a slightly worse candidate through; none does not.
-    lower = GatePolicy(margin=1.0)
+    # A negative margin lets a slightly worse candidate through; the default does not.
+    lower = GatePolicy(margin=-1.0)
     assert gate(weak, strong, holdout, lower).action == "promoted"
     assert gate(weak, strong, holdout, GatePolicy()).action == "kept"
+
+
+def test_the_same_model_again_is_not_promoted(eshop_split) -> None:
+    """No churn: a candidate equal to the version in service does not pass the default
+    (positive) margin."""
+    train, holdout = eshop_split
+    model = train_model(train, PARAMS)
+    decision = gate(model, model, holdout, GatePolicy())
+    assert decision.action == "kept" and decision.candidate == decision.current
+    assert gate(model, model, holdout, GatePolicy(margin=0.0)).action == "promoted"
 
 
 def test_retrain_skips_tenants_with_too_little_data() -> None:
