@@ -1,0 +1,107 @@
+"""Fuzzing the parsers with hypothesis: every payload is either accepted (and then
+satisfies the contract) or rejected with InvalidEvent and a reason; nothing else is ever
+raised. At least 10,000 generated payloads per parser (bounded: a few seconds each)."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.names import is_id, is_tenant
+from stream.events import (
+    MAX_EVENT_BYTES,
+    InvalidEvent,
+    event_from_dict,
+    feedback_from_dict,
+    parse_event,
+    parse_feedback,
+)
+
+EXAMPLES = 10_000
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+text = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["", "A13", "s-1", "x:y", "a\n", "\x00", "é", "{", "a" * 300, "default"]),
+)
+scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),  # what JSON encoders emit
+    st.floats(allow_nan=True, allow_infinity=True),
+    text,
+)
+json_value = st.recursive(
+    scalar,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+)
+# Near-valid objects (the interesting cases) mixed with arbitrary JSON values.
+click_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "tenant": st.one_of(text, scalar),
+        "session_id": st.one_of(text, scalar),
+        "item_id": st.one_of(text, scalar),
+        "ts": scalar,
+        "event_type": st.one_of(text, scalar),
+        "event_id": st.one_of(text, scalar),
+        "user_id": st.one_of(text, scalar),
+        "type": st.one_of(st.sampled_from(["click", "add_to_cart", "purchase"]), scalar),
+        "rec_id": st.one_of(text, scalar),
+        "extra": json_value,
+    },
+)
+payload = st.one_of(click_like, click_like, json_value)
+raw_bytes = st.one_of(
+    st.binary(max_size=200),
+    payload.map(lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS)).filter(bool),
+)
+
+
+def _checked(parse, value) -> str:  # noqa: ANN001
+    try:
+        event = parse(value)
+    except InvalidEvent as exc:
+        assert exc.reason, "a rejection names its reason"
+        return "rejected"
+    assert is_tenant(event.tenant)
+    assert is_id(event.session_id) and is_id(event.item_id)
+    assert isinstance(event.ts, float) and math.isfinite(event.ts)
+    return "accepted"
+
+
+# Each test sees EXAMPLES payloads: objects (as an HTTP body's events) and raw bytes (as
+# a Kafka message's value).
+either = st.one_of(payload.map(lambda v: ("dict", v)), raw_bytes.map(lambda v: ("raw", v)))
+
+
+@FUZZ
+@given(either)
+def test_click_parser_accepts_or_rejects_with_a_reason(case: tuple[str, object]) -> None:
+    kind, value = case
+    if kind == "dict":
+        _checked(lambda v: event_from_dict(v, default_ts=1.0), value)
+    elif _checked(lambda v: parse_event(v, default_ts=1.0), value) == "accepted":
+        assert len(value) <= MAX_EVENT_BYTES  # type: ignore[arg-type]
+
+
+@FUZZ
+@given(either)
+def test_feedback_parser_accepts_or_rejects_with_a_reason(case: tuple[str, object]) -> None:
+    kind, value = case
+    parse = feedback_from_dict if kind == "dict" else parse_feedback
+    try:
+        event = parse(value, default_ts=1.0)  # type: ignore[arg-type]
+    except InvalidEvent as exc:
+        assert exc.reason
+        return
+    assert is_tenant(event.tenant) and is_id(event.session_id) and is_id(event.item_id)
