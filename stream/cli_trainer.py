@@ -106,6 +106,29 @@ class Duration(click.ParamType):
     show_default=True,
     help="Processes reading the click log, then training tenants, in parallel.",
 )
+@click.option(
+    "--rollout",
+    type=click.Choice(("direct", "staged")),
+    default="direct",
+    show_default=True,
+    help="direct: a candidate that passes the gate is promoted at once; staged: it serves "
+    "10 %, 50 %, then 100 % of sessions while its online hit rate is not worse, and is "
+    "rolled back if it is.",
+)
+@click.option(
+    "--rollout-min-recommendations",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Recommendations per arm before a stage is judged.",
+)
+@click.option(
+    "--rollout-check",
+    type=Duration(),
+    default="10s",
+    show_default=True,
+    help="How often running rollouts are looked at, between passes.",
+)
 @click.option("--epochs", type=click.IntRange(1, 1000), help="Word2Vec epochs.")
 @click.option("--seed", type=int, help="Random seed for training.")
 @click.pass_obj
@@ -121,6 +144,9 @@ def trainer(
     holdout: float,
     min_sessions: int,
     jobs: int,
+    rollout: str,
+    rollout_min_recommendations: int,
+    rollout_check: float,
     epochs: int | None,
     seed: int | None,
 ) -> None:
@@ -133,7 +159,18 @@ def trainer(
     version in service by the gate's margin. Frozen and switched-off tenants are
     skipped, and so is a tenant with no new clicks since its last trained version.
     """
+    from stream.rollout import RolloutSettings, check_rollouts
     from stream.trainer import run_once
+
+    staged = (
+        RolloutSettings(min_recommendations=rollout_min_recommendations)
+        if rollout == "staged"
+        else None
+    )
+
+    def look() -> None:
+        for tenant, step in check_rollouts(settings):
+            click.echo(f"trainer: tenant {tenant}: rollout {step}")
 
     policy = GatePolicy(
         metric=gate_metric, margin=gate_margin, holdout=holdout, min_sessions=min_sessions
@@ -157,6 +194,7 @@ def trainer(
             progress=step,
             jobs=jobs,
             keep_unpromoted=keep_unpromoted,
+            rollout=staged,
         )
         bar.close()
         counts = Counter(o.decision.action for o in report.outcomes)
@@ -164,12 +202,21 @@ def trainer(
             f"trainer: {len(report.outcomes)} tenant(s) in "
             f"{time.perf_counter() - started:.1f}s (reading {report.clicks} clicks: "
             f"{report.read_s:.1f}s): "
-            + ", ".join(f"{counts[a]} {a}" for a in ("promoted", "kept", "skipped"))
+            + ", ".join(
+                f"{counts[a]} {a}"
+                for a in ("promoted", "rollout", "kept", "skipped")
+                if counts[a] or a != "rollout"
+            )
         )
         if once:
+            look()
             return
         log.info("next pass in %.0fs", every)
-        time.sleep(every)
+        # Between passes, running rollouts move on (or back) as their counters say.
+        next_pass = time.monotonic() + every
+        while time.monotonic() < next_pass:
+            look()
+            time.sleep(max(0.0, min(rollout_check, next_pass - time.monotonic())))
 
 
 def register(group: click.Group) -> None:

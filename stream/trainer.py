@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from multiprocessing import get_context
 
@@ -33,6 +33,7 @@ from state.tenants import list_tenants
 from stream.config import Settings
 from stream.events import InvalidEvent, parse_event
 from stream.kafka_config import KafkaClientConfig, kafka_config
+from stream.rollout import RolloutSettings, start_rollout
 
 log = logging.getLogger("streamrec.trainer")
 
@@ -243,9 +244,11 @@ def run_once(
     now: float | None = None,
     jobs: int = 1,
     keep_unpromoted: int = 5,
+    rollout: RolloutSettings | None = None,
 ) -> PassReport:
     """One pass over every tenant with clicks in the window; ``jobs`` processes read the
-    log, then as many train the tenants."""
+    log, then as many train the tenants. ``rollout``: staged rollouts (else a candidate
+    that passes the gate is promoted at once)."""
     now = time.time() if now is None else now
     started = time.perf_counter()
     logs = read_click_log(settings.kafka, settings.clicks_topic, now - window_s, tenants, jobs=jobs)
@@ -300,6 +303,7 @@ def run_once(
                     policy,
                     window,
                     keep_unpromoted,
+                    rollout,
                 )  # fmt: skip
                 for t in queue
             ]
@@ -323,6 +327,7 @@ def _retrain_tenant(
     policy: GatePolicy,
     window: tuple[float, float],
     keep_unpromoted: int = 5,
+    rollout: RolloutSettings | None = None,
 ) -> TenantOutcome:
     registry = Registry(settings.registry_dir)
     try:
@@ -336,6 +341,14 @@ def _retrain_tenant(
             exc,
         )
         current = None
+    try:
+        running = read_policy(registry, tenant)
+    except StreamrecError:
+        running = None
+    if running is not None:
+        # An experiment, bandit or rollout decides this tenant's versions for now.
+        decision = GateDecision("skipped", f"a {running['policy']} policy is running")
+        return TenantOutcome(tenant, decision, None)
     offsets = log_positions(clicks)
     last = _last_trained(registry, tenant)
     if last is not None and not has_new_clicks(offsets, last[1]):
@@ -370,8 +383,15 @@ def _retrain_tenant(
         },
     )
     if decision.action == "promoted":
-        registry.promote(tenant, version)
-        notify_model_change(_redis(settings.redis_url), tenant, version)
+        if rollout is not None and current is not None:
+            # Staged: the candidate earns its traffic online (stream.rollout).
+            start_rollout(settings, tenant, version, current.version, rollout)
+            decision = replace(
+                decision, action="rollout", reason=f"{decision.reason}; staged rollout started"
+            )
+        else:
+            registry.promote(tenant, version)
+            notify_model_change(_redis(settings.redis_url), tenant, version)
     _prune(registry, tenant, keep_unpromoted)
     return TenantOutcome(tenant, decision, version)
 

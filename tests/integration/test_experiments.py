@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from models.datasets import read_clicks, sessionize
+from models.policy_file import read_policy, rollout_history
 from models.registry import Registry
 from models.train import TrainParams, train_model
 from stream.devstack import EmbeddedStack
@@ -169,3 +170,80 @@ def test_bandit_and_ab_find_the_good_version(
         cli(env, "experiment", "stop", tenant, "--promote")
         assert registry.current_version(tenant) == "v2"
         assert json.loads(cli(env, "experiment", "status", tenant, "--json"))["policy"] == "fixed"
+
+
+@pytest.mark.timeout(600)
+def test_staged_rollout_of_a_bad_candidate_ends_in_rollback(
+    stack: EmbeddedStack,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    trained_model_dir: Path,
+    eshop_sessions: list[list[str]],
+) -> None:
+    """The trainer trains a candidate on a click log of shuffled sessions; a gate margin
+    of -1 lets it through; online, at its first stage (10 %), it is worse than the good
+    version in service and is rolled back."""
+    tenant = unique_name("rollout")
+    registry = Registry(tmp_path / "models")
+    registry.promote(
+        tenant, registry.register(tenant, Registry(trained_model_dir).load("default"), {})
+    )
+    cfg = make_config(stack, unique_name, tmp_path, tmp_path / "models")
+    feedback_topic = unique_name("feedback")
+    ensure_topics(stack.broker, [feedback_topic], partitions=4)
+    cfg.extra_env.update(
+        {"STREAMREC_FEEDBACK_TOPIC": feedback_topic, "STREAMREC_FEEDBACK_BUCKET_S": "1"}
+    )
+    env = cfg.env()
+    start = time.time() - 1800
+    log = [
+        (f"log-{n}".encode(), orjson.dumps(
+            {"tenant": tenant, "session_id": f"log-{n}", "item_id": item,
+             "ts": start + n * 0.1 + j * 0.01, "event_id": f"log-{n}-{j}"}))
+        for n, s in enumerate(shuffled(eshop_sessions)[:2000])
+        for j, item in enumerate(s)
+    ]  # fmt: skip
+    trainer = None
+    try:
+        with WorkerProcess(cfg) as worker:
+            # The log's (shuffled) traffic is answered before the rollout begins, so
+            # the rollout's counters see only the live traffic below.
+            produce(stack.broker, cfg.clicks, log)
+            assert len(consume(stack.broker, cfg.recs, len(log), timeout=120)) >= len(log)
+            trainer = subprocess.Popen(
+                [sys.executable, "-m", "stream", "trainer", "--tenant", tenant,
+                 "--rollout", "staged", "--gate-margin", "-1", "--every", "1h",
+                 "--rollout-check", "1s", "--rollout-min-recommendations", "300",
+                 "--epochs", "2", "--jobs", "1"],
+                env=env, stdout=open(tmp_path / "trainer.log", "wb"), stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            deadline = time.monotonic() + 180
+            while read_policy(registry, tenant) is None:
+                assert time.monotonic() < deadline and trainer.poll() is None, (
+                    tmp_path / "trainer.log"
+                ).read_text()[-3000:]
+                time.sleep(0.5)
+            policy = read_policy(registry, tenant)
+            assert policy["candidate"] == "v2" and policy["arms"]["v2"] == 0.1, policy
+            assert registry.current_version(tenant) == "v1"
+
+            traffic = replay(tenant, eshop_sessions, 40_000, "live", seed=4)
+            deadline = time.monotonic() + 120
+            while read_policy(registry, tenant) is not None:
+                assert time.monotonic() < deadline, worker.log()[-2000:]
+                chunk = [next(traffic) for _ in range(RATE // 2)]
+                produce(stack.broker, cfg.clicks, chunk)
+                time.sleep(0.5)
+    finally:
+        if trainer is not None:
+            trainer.terminate()
+            trainer.wait(15)
+    steps = [e["action"] for e in rollout_history(registry, tenant)]
+    assert steps == ["rollout-start", "rollout-rollback"], steps
+    back = rollout_history(registry, tenant)[-1]
+    assert back["candidate_hit_rate"] < back["control_hit_rate"], back
+    print(f"\nrollout: {back}")
+    assert registry.current_version(tenant) == "v1"
+    assert "v2" not in registry.promoted_versions(tenant)
+    text = (tmp_path / "trainer.log").read_text()
+    assert "rollout-start v2" in text and "rollout-rollback v2" in text, text[-3000:]
