@@ -30,7 +30,9 @@ class Settings:
     # Where the embedded stack keeps pids/logs and where the model registry lives.
     home: str = field(default_factory=_home_default)
     broker: str = DEFAULT_BROKER
-    redis_url: str = DEFAULT_REDIS_URL
+    # redis://[:password@]host:port/db, or rediss:// for TLS; the password is never printed
+    # (see ``redis_display``).
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
     model_dir: str = ""  # default: <home>/models
     clicks_topic: str = "clicks"
     recs_topic: str = "recommendations"
@@ -120,6 +122,11 @@ class Settings:
         return KafkaClientConfig.from_settings(self)
 
     @property
+    def redis_display(self) -> str:
+        """The Redis URL for messages: any password replaced by ``***``."""
+        return redact_url(self.redis_url)
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.home) / "run"
 
@@ -143,6 +150,16 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def redact_url(url: str) -> str:
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
 
 
 def _coerce(name: str, raw: str, typ: type) -> Any:

@@ -57,8 +57,10 @@ def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:
 def test_keys_tenants_catalogue_and_rules(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
 ) -> None:
+    shop, other, ghost = unique_name("shop"), unique_name("other"), unique_name("ghost")
     models = tmp_path / "models"
-    shutil.copytree(trained_model_dir, models)  # keys and rules are written there
+    # The trained tenant under a name of its own: keys and rules are written there.
+    shutil.copytree(trained_model_dir / "default", models / shop)
     cfg = make_config(stack, unique_name, tmp_path, models)
     port = free_port()
     cfg.extra_env.update(
@@ -67,7 +69,6 @@ def test_keys_tenants_catalogue_and_rules(
         STREAMREC_AUTO_CREATE_TENANTS="0",
     )
     base = f"http://127.0.0.1:{port}"
-    shop, other, ghost = "default", unique_name("other"), unique_name("ghost")
     with WorkerProcess(cfg) as worker:
         assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[-3000:]
         assert call(f"{base}/health/live") == (200, {"status": "live"})
@@ -189,3 +190,71 @@ def test_keys_tenants_catalogue_and_rules(
         )
         assert wait_until(lambda: call(f"{recs}", key=shop_key)[0] == 401, 5)
         assert worker.alive()
+
+
+def test_a_redis_with_a_password(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    """Worker, HTTP and CLI against a Redis started with requirepass; the password never
+    appears in the worker's log or in the CLI's messages."""
+    import subprocess
+    import sys
+
+    import redis
+
+    from stream.devstack import redis_binary
+
+    password = "s3cret-" + unique_name("pw")
+    port = free_port()
+    (tmp_path / "redis").mkdir()
+    server = subprocess.Popen(
+        [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--requirepass", password, "--dir", str(tmp_path / "redis")],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: _answers(port, password), 20)
+        with __import__("pytest").raises(redis.AuthenticationError):
+            redis.Redis(port=port).set("x", 1)  # the password is really required
+        cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
+        web = free_port()
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+        cfg.extra_env.update(STREAMREC_REDIS_URL=url, STREAMREC_WEB_PORT=str(web))
+        env = {**cfg.env(), "STREAMREC_REDIS_URL": url}
+        tenant = unique_name("pw")
+        done = subprocess.run(
+            [sys.executable, "-m", "stream", "tenant", "create", tenant],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        wrong = {**env, "STREAMREC_REDIS_URL": f"redis://:{password}x@127.0.0.1:{port}/0"}
+        done = subprocess.run(
+            [sys.executable, "-m", "stream", "tenant", "create", tenant],
+            env=wrong, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert password not in done.stderr + done.stdout
+
+        cfg.stack = type("S", (), {"broker": stack.broker, "redis_url": url})()  # type: ignore[assignment]
+        with WorkerProcess(cfg) as worker:
+            base = f"http://127.0.0.1:{web}"
+            assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[
+                -3000:
+            ]
+            status, _ = call(f"{base}/v1/default/events", {"session_id": "pw-1", "item_id": "A13"})
+            assert status == 202
+            recs = f"{base}/v1/default/sessions/pw-1/recommendations"
+            assert wait_until(lambda: call(recs)[0] == 200, 30), worker.log()[-3000:]
+            assert password not in worker.log()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _answers(port: int, password: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(port=port, password=password, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
