@@ -34,6 +34,7 @@ from state.sessions import SessionStore
 from stream import web_feedback  # noqa: F401  (its routes join the API at import)
 from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
 from stream.config import Settings
+from stream.metrics import WorkerMetrics
 from stream.model_handle import ModelCache
 from stream.policies import PolicyDirectory
 from stream.processor import BatchProcessor, BatchResult, DeadLetter, Message
@@ -101,6 +102,7 @@ class WorkerStats:
     duplicates: int = 0
     suppressed: int = 0
     batches: int = 0
+    feedback: int = 0
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -165,6 +167,14 @@ def create_app(settings: Settings) -> faust.App:
     async def pull(tenant: str, session_id: str) -> bytes | None:
         return await processor().recommend_session(tenant, session_id)
 
+    metrics = WorkerMetrics(
+        stats=stats,
+        models=models,
+        progress=lambda: loop.progress() if loop is not None else {},
+        modes=registry.tenant_modes,
+        max_tenants=settings.metrics_max_tenants,
+    )
+
     async def process_with_retry(batch: list[Message]) -> BatchResult:
         # Redis down: hold the batch (so nothing is skipped or committed) and retry with
         # backoff; consumption stops because the agent does not take the next batch.
@@ -172,7 +182,9 @@ def create_app(settings: Settings) -> faust.App:
         failing = False
         while True:
             try:
+                started = time.perf_counter()
                 result = await processor().process(batch)
+                metrics.batch(result, time.perf_counter() - started)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if not failing:
                     log.error(
@@ -193,6 +205,7 @@ def create_app(settings: Settings) -> faust.App:
         stats.dead_letters += len(result.dead_letters)
         stats.duplicates += result.duplicates
         stats.suppressed += result.suppressed
+        stats.feedback += result.feedback
         if result.dead_letters:
             dead_log.add(result.dead_letters)
 
@@ -231,7 +244,9 @@ def create_app(settings: Settings) -> faust.App:
         }
 
     if settings.web_port > 0:
-        app.web_server(WebService(settings, stats, models, pull, probe, backend=processor))
+        web = WebService(settings, stats, models, pull, probe, backend=processor)
+        web.ctx.metrics = metrics.render
+        app.web_server(web)
 
     @app.timer(DeadLetterLog.INTERVAL_S)
     async def log_dead_letters() -> None:

@@ -53,6 +53,8 @@ class Settings:
     feedback_retention_h: float = 168.0
     # How often a worker recomputes its bandits' shares from the counters.
     bandit_interval_s: float = 5.0
+    # /metrics labels at most this many tenants by name (the rest as "_other").
+    metrics_max_tenants: int = 50
     # "batch": the fast batch loop (default); "agent": a plain Faust agent with
     # stream.take_events, kept as the reference the benchmarks compare against.
     engine: str = "batch"

@@ -46,6 +46,7 @@ class ModelCache:
         self._arms: OrderedDict[tuple[str, str], ModelBundle] = OrderedDict()
         self._arm_failed: dict[tuple[str, str], float] = {}
         self._arm_lock = asyncio.Lock()
+        self.loads = 0  # versions loaded (start-up, swaps, experiment arms)
 
     def loaded(self) -> dict[str, str | None]:
         return {t: (s.bundle.version if s.bundle else None) for t, s in self._slots.items()}
@@ -95,6 +96,7 @@ class ModelCache:
                 self._arm_failed[key] = time.monotonic()
                 return None
             self._arms[key] = bundle
+            self.loads += 1
             while len(self._arms) > self._max_models:
                 self._arms.popitem(last=False)
             log.info(
@@ -185,6 +187,7 @@ class ModelCache:
             else:
                 old = previous.bundle.version if previous and previous.bundle else None
                 slot = _Slot(bundle, version, time.monotonic(), sizes)
+                self.loads += 1
                 if old is not None:
                     self.swaps += 1
                     log.info(

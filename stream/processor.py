@@ -139,6 +139,11 @@ class BatchResult:
     duplicates: int = 0  # re-delivered events (already applied to the session)
     suppressed: int = 0  # events of tenants switched off: recorded, not answered
     feedback: int = 0  # explicit feedback messages counted
+    # For metrics: records by (tenant, variant, strategy), implicit hits by (tenant,
+    # variant), and each answered event's lag (emitted - event time), in seconds.
+    by_variant: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    hits: dict[tuple[str, str], int] = field(default_factory=dict)
+    lags: list[float] = field(default_factory=list)
 
 
 class BatchProcessor:
@@ -239,12 +244,17 @@ class BatchProcessor:
                     served[i] = bundle
 
         emitted = self._clock()
+        by_variant, lags = result.by_variant, result.lags
         if fb is None:
             for event, r, j, bundle in zip(events, ranked, at, served, strict=True):
                 if r is not None:
                     payload = self._record(event, r, bundle, emitted)
                     result.recommendations.append(Outgoing(event.session_id, payload, j))
+                    key3 = (event.tenant, bundle.version if bundle else POPULAR, r.strategy)
+                    by_variant[key3] = by_variant.get(key3, 0) + 1
+                    lags.append(emitted - event.ts)
             return result
+        fresh: dict[tuple[str, str], int] = {}  # recommendations counted, per variant
         # With feedback: each click is judged against the list its session was shown
         # last (from Redis for the session's first click of the batch, else the list
         # answering its previous click in this batch), then its own list is remembered.
@@ -257,6 +267,8 @@ class BatchProcessor:
                     variant, _, items = decode_list(prev)
                     if event.item_id in items:
                         fb.hit(event.tenant, variant, items.index(event.item_id) + 1)
+                        hit_key = (event.tenant, variant)
+                        result.hits[hit_key] = result.hits.get(hit_key, 0) + 1
             if r is None:
                 shown[key] = None
                 continue
@@ -266,8 +278,14 @@ class BatchProcessor:
             payload = self._record(event, r, bundle, emitted, rec_id, variant)
             result.recommendations.append(Outgoing(event.session_id, payload, j))
             shown[key] = encode_list(variant, rec_id, r.ids[:LIST_ITEMS])
+            key3 = (event.tenant, variant, r.strategy)
+            by_variant[key3] = by_variant.get(key3, 0) + 1
+            lags.append(emitted - event.ts)
             if u.fresh:
-                fb.recommended(event.tenant, variant)
+                key2 = (event.tenant, variant)
+                fresh[key2] = fresh.get(key2, 0) + 1
+        for (tenant, variant), n in fresh.items():
+            fb.recommended(tenant, variant, n)
         for (tenant, session_id), stored in shown.items():
             if stored is not None:
                 fb.shown(tenant, session_id, stored)

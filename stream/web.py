@@ -129,6 +129,8 @@ class WebContext:
     pull: Callable[[str, str], Awaitable[bytes | None]] | None = None
     producer: Producer | None = None
     boot_ts: float = field(default_factory=time.time)
+    # -> the Prometheus exposition (stream.metrics); None: the plain counters below.
+    metrics: Callable[[], bytes] | None = None
 
     def counters(self) -> dict[str, float]:
         s = self.stats
@@ -186,6 +188,8 @@ def health_routes(ctx: WebContext) -> APIRouter:
 
     @router.get("/metrics", summary="Prometheus text", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
+        if ctx.metrics is not None:
+            return PlainTextResponse(ctx.metrics(), media_type="text/plain; version=0.0.4")
         gauges = {"models_loaded": len(ctx.models.loaded())}
         return PlainTextResponse(prometheus_text(ctx.counters(), gauges))
 

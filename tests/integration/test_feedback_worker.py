@@ -97,6 +97,23 @@ def test_feedback_is_counted_per_variant_and_bad_feedback_dead_lettered(
         assert v1["recommendations"] == 2 and v1["hits"] == 1 and v1["purchases"] == 1, report
         assert v1["hit_rate"] == 0.5 and 0 < v1["ci"][0] < 0.5 < v1["ci"][1] < 1
         assert v1["mean_hit_position"] == 2
+
+        # /metrics: labelled by tenant, variant and strategy, hits, dead letters by reason.
+        status, body = _call(f"{base}/metrics")
+        text = body.decode()
+        assert status == 200 and "# HELP streamrec_hits_total" in text
+        assert f'streamrec_hits_total{{tenant="{tenant}",variant="v1"}} 1.0' in text, text
+        assert f'tenant="{tenant}",variant="v1"' in text.split("recommendations_by_variant")[-1]
+        assert 'streamrec_dead_letters_by_reason_total{reason="feedback"} 1.0' in text
+        for name in (
+            "batch_seconds_bucket",
+            "event_lag_seconds_count",
+            "consumer_lag",
+            "model_loads_total",
+            "model_swaps_total",
+            'tenants{mode="on"}',
+        ):
+            assert f"streamrec_{name}" in text, name  # fmt: skip
     table = stats(env, tenant)
     assert table.returncode == 0 and "v1" in table.stdout and "50.00%" in table.stdout
     bad = stats(env, tenant, "--since", "soon")

@@ -94,8 +94,8 @@ def test_post_clicks_and_pull_recommendations(
                 for line in body.decode().splitlines()
                 if line and not line.startswith("#")
             )
-            if int(metrics["streamrec_events_total"]) >= 2 or time.monotonic() > deadline:
+            if float(metrics["streamrec_events_total"]) >= 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert int(metrics["streamrec_events_total"]) >= 2
-        assert int(metrics["streamrec_recommendations_total"]) >= 2
+        assert float(metrics["streamrec_events_total"]) >= 2
+        assert float(metrics["streamrec_recommendations_total"]) >= 2

@@ -1,0 +1,194 @@
+"""``/metrics`` through prometheus_client: the worker's counters with HELP texts, labels
+``tenant``, ``variant`` and ``strategy`` where they make sense, histograms of batch time
+and event-to-recommendation lag, consumer lag, model loads and swaps, dead letters by
+reason, tenants by mode.
+
+Bounded cardinality, whatever the traffic:
+
+- ``tenant``: the first ``max_tenants`` tenants seen by this worker keep their name
+  (STREAMREC_METRICS_MAX_TENANTS, default 50); any other is counted as ``_other``.
+  Dashboards for more tenants read ``streamrec stats`` / ``/v1/{tenant}/stats`` (Redis).
+- ``variant``: a model version (``v3``) or ``popular``: a tenant serves one version, or
+  the few arms of an experiment; anything else is ``_other``.
+- ``strategy``: one of ``models.ranking.STRATEGIES``.
+- ``reason`` (dead letters): the reason's kind (the text before its first ``:``), at
+  most 30 distinct kinds, then ``_other``.
+- ``mode``: on, freeze, off.
+
+So a worker exports at most ``max_tenants x (versions per tenant) x 3`` recommendation
+series. Per-event work is a dict count in the batch; histograms observe at most
+``LAG_SAMPLES`` events per batch (evenly spread), not every event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import Counter as PCounter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from models.experiments import is_variant
+from models.ranking import STRATEGIES
+
+OTHER = "_other"
+MAX_REASONS = 30
+LAG_SAMPLES = 100
+
+
+class LabelBudget:
+    """Label values kept as they are up to a budget; later new ones become ``_other``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._known:
+            return value
+        if len(self._known) < self.limit:
+            self._known.add(value)
+            return value
+        return OTHER
+
+
+class WorkerMetrics:
+    def __init__(
+        self,
+        *,
+        stats: Any,
+        models: Any,
+        progress: Callable[[], dict[str, Any]] | None = None,
+        modes: Callable[[], dict[str, str]] | None = None,
+        max_tenants: int = 50,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.tenant = LabelBudget(max_tenants)
+        self.reason = LabelBudget(MAX_REASONS)
+        r = self.registry
+        self.recs = PCounter(
+            "streamrec_recommendations_by_variant",
+            "Recommendations published, by tenant, variant (model version or popular) and "
+            "strategy (the source that filled the top of the list).",
+            ["tenant", "variant", "strategy"],
+            registry=r,
+        )
+        self.hits = PCounter(
+            "streamrec_hits",
+            "Implicit hits: clicks on an item of the session's previous list, by the "
+            "variant that served that list.",
+            ["tenant", "variant"],
+            registry=r,
+        )
+        self.dead = PCounter(
+            "streamrec_dead_letters_by_reason",
+            "Messages dead-lettered, by the kind of reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "streamrec_batch_seconds",
+            "Time to process one batch (validate, Redis round trip, rank, serialise).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.lag_seconds = Histogram(
+            "streamrec_event_lag_seconds",
+            "Event time to recommendation emitted (sampled, at most 100 events a batch); "
+            "includes the app's clock skew.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        r.register(_Pulled(stats, models, progress, modes))
+
+    def batch(self, result: Any, seconds: float) -> None:
+        """Record one processed batch (``stream.processor.BatchResult``)."""
+        self.batch_seconds.observe(seconds)
+        for (tenant, variant, strategy), n in result.by_variant.items():
+            self.recs.labels(
+                self.tenant(tenant),
+                variant if is_variant(variant) else OTHER,
+                strategy if strategy in STRATEGIES else OTHER,
+            ).inc(n)
+        for (tenant, variant), n in result.hits.items():
+            self.hits.labels(self.tenant(tenant), variant if is_variant(variant) else OTHER).inc(n)
+        if result.dead_letters:
+            kinds = Counter(d.reason.split(":", 1)[0][:60] for d in result.dead_letters)
+            for kind, n in kinds.items():
+                self.dead.labels(self.reason(kind)).inc(n)
+        lags = result.lags
+        if lags:
+            step = max(1, len(lags) // LAG_SAMPLES)
+            for lag in lags[::step]:
+                self.lag_seconds.observe(max(0.0, lag))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Pulled:
+    """Values read when Prometheus scrapes: totals kept by the worker, consumer lag,
+    models, tenants by mode."""
+
+    def __init__(
+        self,
+        stats: Any,
+        models: Any,
+        progress: Callable[[], dict[str, Any]] | None,
+        modes: Callable[[], dict[str, str]] | None,
+    ) -> None:
+        self._stats = stats
+        self._models = models
+        self._progress = progress
+        self._modes = modes
+        self._modes_cache: tuple[float, dict[str, str]] = (float("-inf"), {})
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        s = self._stats
+        for name, value, text in (
+            ("events", s.events_in, "Click messages consumed (valid or not)."),
+            ("recommendations", s.recommendations, "Recommendations published."),
+            ("dead_letters", s.dead_letters, "Messages dead-lettered."),
+            ("redelivered", s.duplicates, "Re-delivered events (applied before)."),
+            ("switched_off", s.suppressed, "Events of tenants switched off (not answered)."),
+            ("batches", s.batches, "Batches processed."),
+            ("feedback", getattr(s, "feedback", 0), "Explicit feedback messages counted."),
+            ("model_swaps", self._models.swaps, "Hot swaps to a newly promoted version."),
+            ("model_loads", getattr(self._models, "loads", 0), "Model versions loaded."),
+        ):
+            yield CounterMetricFamily(f"streamrec_{name}", text, value=value)
+        yield GaugeMetricFamily(
+            "streamrec_models_loaded", "Tenants with a model in memory.", len(self._models.loaded())
+        )
+        if self._progress is not None:
+            progress = self._progress()
+            lag = progress.get("lag")
+            if lag is not None:
+                yield GaugeMetricFamily(
+                    "streamrec_consumer_lag",
+                    "Events waiting on the partitions this worker holds.",
+                    lag,
+                )
+            yield GaugeMetricFamily(
+                "streamrec_seconds_since_commit",
+                "Seconds since this worker last committed offsets.",
+                progress.get("since_commit_s") or 0.0,
+            )
+        if self._modes is not None:
+            at, modes = self._modes_cache
+            if time.monotonic() - at > 10:
+                modes = self._modes()
+                self._modes_cache = (time.monotonic(), modes)
+            by_mode = GaugeMetricFamily(
+                "streamrec_tenants", "Tenants by mode (on, freeze, off).", labels=["mode"]
+            )
+            counted = Counter(modes.values())
+            for mode in ("on", "freeze", "off"):
+                by_mode.add_metric([mode], counted.get(mode, 0))
+            yield by_mode
