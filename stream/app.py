@@ -31,7 +31,7 @@ from models.registry import Registry
 from state.feedback import FeedbackRecorder
 from state.notify import model_changes
 from state.sessions import SessionStore
-from stream import web_feedback  # noqa: F401  (its routes join the API at import)
+from stream import dashboard, web_feedback  # noqa: F401  (their routes join the API)
 from stream.batch_loop import BatchLoop, DoneFn, ProcessFn
 from stream.config import Settings
 from stream.metrics import WorkerMetrics
