@@ -1,0 +1,81 @@
+"""Feedback bookkeeping and policy status, without Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from state import keys
+from state.feedback import (
+    FeedbackRecorder,
+    VariantCounts,
+    decode_list,
+    encode_list,
+    parse_bucket,
+    totals,
+)
+from stream.feedback_stats import parse_since
+from stream.policies import bandit_shares, experiment_status
+
+
+def test_recorder_batches_counts_and_lists_and_gives_them_back_on_failure() -> None:
+    fb = FeedbackRecorder(bucket_s=60, clock=lambda: 1_000_030.0)
+    fb.recommended("t", "v1", 3)
+    fb.hit("t", "v1", 2)
+    fb.explicit("t", "v1", "purchase")
+    fb.shown("t", "s1", encode_list("v1", "v1-x-1", ["a", "b"]))
+    lists, commands = fb.take()
+    assert not fb.pending()
+    key = keys.counters("t", 1_000_020)
+    assert ["HINCRBY", key, "v1:r", "3"] in commands
+    assert ["HINCRBY", key, "v1:h", "1"] in commands and ["HINCRBY", key, "v1:ps", "2"] in commands
+    assert ["HINCRBY", key, "v1:b", "1"] in commands and commands[-1][0] == "EXPIRE"
+    assert decode_list(lists[("t", "s1")]) == ("v1", "v1-x-1", ["a", "b"])
+    fb.recommended("t", "v1", 1)  # recorded while the failed round trip was out
+    fb.restore((lists, commands))
+    _, again = fb.take()
+    assert ["HINCRBY", key, "v1:r", "4"] in again
+    assert keys.parse_counters(key) == ("t", 1_000_020)
+
+
+def test_a_bucket_parses_per_variant_and_ignores_unknown_fields() -> None:
+    raw = {"v1:r": "10", "v1:h": "3", "popular:r": "5", "forged:r": "9", "v1:zz": "1"}
+    parsed = parse_bucket(raw)
+    assert set(parsed) == {"v1", "popular"}
+    assert (parsed["v1"].recommendations, parsed["v1"].hits) == (10, 3)
+    total = totals([(0, parsed), (60, parse_bucket({"v1:r": "5"}))])
+    assert total["v1"].recommendations == 15 and total["v1"].hit_rate == pytest.approx(0.2)
+
+
+def test_experiment_status_decides_from_the_counters() -> None:
+    policy = {"policy": "ab", "arms": {"v1": 0.5, "v2": 0.5}, "control": "v1",
+              "candidate": "v2", "min_recommendations": 100, "started": 0}  # fmt: skip
+    buckets = [(0, {"v1": VariantCounts(1000, 100), "v2": VariantCounts(1000, 200)})]
+    status = experiment_status("t", policy, buckets)
+    assert status["decision"] == "promote" and status["p_value"] < 0.001
+    assert status["arms"]["v2"]["hit_rate"] == 0.2 and status["arms"]["v1"]["share"] == 0.5
+    low, high = status["arms"]["v2"]["ci"]
+    assert low < 0.2 < high
+    fixed = experiment_status("t", None, [], serving="v1")
+    assert fixed["policy"] == "fixed" and fixed["arms"] == {"v1": {"share": 1.0}}
+
+
+def test_bandit_shares_follow_the_discounted_counts() -> None:
+    policy = {"policy": "bandit", "arms": {"v1": 0.5, "v2": 0.5}, "discount": 0.5}
+    # v1 was better long ago, v2 is better now: forgetting lets v2 win.
+    old = (0, {"v1": VariantCounts(1000, 500), "v2": VariantCounts(1000, 100)})
+    new = (600, {"v1": VariantCounts(200, 20), "v2": VariantCounts(200, 60)})
+    shares = bandit_shares(policy, [old, new], now=600, bucket_s=60)
+    assert shares["v2"] > 0.9
+    remember = bandit_shares({**policy, "discount": 1.0}, [old, new], now=600, bucket_s=60)
+    assert remember["v1"] > 0.9
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("1h", 3600), ("30m", 1800), ("90", 90)])
+def test_parse_since(text: str, seconds: float) -> None:
+    assert parse_since(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "soon", "-1h", "1w"])
+def test_parse_since_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_since(text)
