@@ -221,7 +221,9 @@ class KafkaNode:
         log4j.write_text(_LOG4J)
         base = [java, *HEAP, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
         if not (self.data_dir / "meta.properties").is_file():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # one in 64 would read as an option to -t
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
             fmt = subprocess.run(
                 [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
                  "--ignore-formatted"],
