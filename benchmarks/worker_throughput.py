@@ -127,6 +127,50 @@ class CpuSampler(threading.Thread):
         return at(end) - at(start)
 
 
+def with_rules(stack: EmbeddedStack, model_dir: Path, home: Path) -> Path:
+    """A copy of the registry whose tenant has serving rules (exclude seen, 10 % of the
+    items blocklisted, one category of ten excluded) and a catalogue in Redis with 10 %
+    of the items unavailable: what a shop's rules cost the batch path."""
+    import redis
+
+    from state import keys
+
+    copy = home / "models"
+    shutil.copytree(model_dir, copy)
+    registry = Registry(copy)
+    items = registry.load("default").item_list
+    rng = random.Random(3)
+    registry.set_rules(
+        "default",
+        {
+            "exclude": "seen",
+            "blocklist": rng.sample(items, len(items) // 10),
+            "exclude_categories": ["c0"],
+        },
+    )
+    entries = {
+        item: orjson.dumps(
+            {"available": rng.random() > 0.1, "category": f"c{rng.randrange(10)}", "tags": []}
+        )
+        for item in items
+    }
+    client = redis.Redis.from_url(stack.redis_url)
+    client.hset(keys.catalogue("default"), mapping=entries)
+    client.incr(keys.catalogue_version("default"))
+    client.delete(keys.TENANT_RULES)  # refilled from this registry by the worker
+    return copy
+
+
+def clear_catalogue(stack: EmbeddedStack) -> None:
+    import redis
+
+    from state import keys
+
+    client = redis.Redis.from_url(stack.redis_url)
+    client.delete(keys.catalogue("default"), keys.catalogue_version("default"))
+    client.delete(keys.TENANT_RULES)  # the cache, refilled from the next registry
+
+
 def worker_rate(
     stack: EmbeddedStack,
     home: Path,
@@ -141,6 +185,10 @@ def worker_rate(
     engine = engine.removesuffix("-eos")
     feedback = "0" if engine.endswith("-nofeedback") else "1"
     engine = engine.removesuffix("-nofeedback")
+    rules = engine.endswith("-rules")
+    engine = engine.removesuffix("-rules")
+    if rules:
+        model_dir = with_rules(stack, model_dir, home / tag)
     cfg = WorkerConfig(
         stack,
         home / tag,
@@ -173,6 +221,8 @@ def worker_rate(
     finally:
         sampler.stop.set()
         worker.stop()
+    if rules:
+        clear_catalogue(stack)
     if len(recs) < len(records):
         raise SystemExit(
             f"{engine}: only {len(recs)} of {len(records)} answered; see {worker.log_path}"
@@ -198,7 +248,9 @@ def main() -> None:
         "--engines",
         default="bare,agent,batch",
         help="bare, agent, batch, batch-eos (batch loop with STREAMREC_DELIVERY=exactly_once), "
-        "batch-nofeedback (STREAMREC_FEEDBACK=0: no hits, lists or counters)",
+        "batch-nofeedback (STREAMREC_FEEDBACK=0: no hits, lists or counters), "
+        "batch-rules (serving rules and a catalogue: a blocklist, unavailable items, an "
+        "excluded category)",
     )
     parser.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
     args = parser.parse_args()
@@ -238,6 +290,7 @@ def main() -> None:
             "batch": "streamrec batch loop (shipped)",
             "batch-eos": "streamrec batch loop, exactly once (transactions)",
             "batch-nofeedback": "streamrec batch loop, feedback counting off",
+            "batch-rules": "streamrec batch loop, serving rules + catalogue",
         }
         for engine in (e for e in engines if e in names):
             measured = worker_rate(stack, home, model_dir, engine, records, args.batch_size)
