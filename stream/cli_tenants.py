@@ -142,7 +142,9 @@ def _control(settings: Settings, action: Callable[[TenantControl], T]) -> T:
     except StreamrecError as exc:
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_display}: {exc}") from None
+        raise click.ClickException(
+            f"cannot reach Redis at {settings.redis_display}: {exc}"
+        ) from None
 
 
 @tenant.command("list")
@@ -153,7 +155,9 @@ def tenant_list(settings: Settings) -> None:
     try:
         modes = {**list_tenants(_client(settings)), **registry.tenant_modes()}
     except redis.RedisError as exc:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_display}: {exc}") from None
+        raise click.ClickException(
+            f"cannot reach Redis at {settings.redis_display}: {exc}"
+        ) from None
     names = sorted(set(modes) | set(registry.tenants()))
     if not names:
         click.echo("no tenants yet")

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.exceptions import RedisError
 
 from models.names import TENANT_RULE, is_tenant
 from stream.web import ApiError, WebContext
@@ -48,9 +49,17 @@ async def tenant_access(
     credentials: Credentials,
 ) -> str:
     """The path's tenant, once the caller may reach it."""
-    ctx = _ctx(request)
     if not is_tenant(tenant):
         raise ApiError(400, f"tenant {TENANT_RULE}")
+    try:
+        return await _tenant_access(_ctx(request), tenant, credentials)
+    except (RedisError, OSError) as exc:
+        raise ApiError(503, f"Redis is unavailable, keys cannot be checked: {exc}") from None
+
+
+async def _tenant_access(
+    ctx: WebContext, tenant: str, credentials: HTTPAuthorizationCredentials | None
+) -> str:
     directory = getattr(ctx.backend(), "tenants", None)
     if directory is None:
         raise ApiError(503, "the worker is starting")
@@ -82,6 +91,10 @@ async def admin_access(request: Request, credentials: Credentials) -> None:
         return
     if credentials is not None:
         directory = getattr(ctx.backend(), "tenants", None)
-        if directory is not None and await directory.key_owner(digest(credentials.credentials)):
+        try:
+            owner = directory and await directory.key_owner(digest(credentials.credentials))
+        except (RedisError, OSError):
+            owner = None  # not the admin token either way: 401 below
+        if owner:
             raise ApiError(403, "a tenant key does not reach the admin API")
     raise ApiError(401, "the admin token is required (Authorization: Bearer <token>)")

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
+from confluent_kafka import KafkaException
 from fastapi import APIRouter, Path, Query, Response
 from fastapi import Request as HttpRequest
 from redis.exceptions import RedisError
@@ -125,8 +126,13 @@ def routes(ctx: WebContext) -> APIRouter:
         if producer is None:
             raise ApiError(503, "the worker is starting")
         topic = ctx.settings.clicks_topic
-        for event in events:
-            producer.produce(topic, event.to_json(), event.session_id)
+        try:
+            for event in events:
+                producer.produce(topic, event.to_json(), event.session_id)
+        except (BufferError, KafkaException) as exc:
+            raise ApiError(
+                503, f"the broker is not taking events just now ({exc}); retry"
+            ) from None
         remaining = await asyncio.to_thread(producer.flush, 10)
         if remaining:
             raise ApiError(503, f"{remaining} event(s) not acknowledged by the broker; retry")
