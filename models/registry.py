@@ -223,6 +223,7 @@ class Registry:
         entry = keys.get(key_id)
         if entry is None or entry.get("revoked"):
             return None
+        entry["revoked"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         _atomic_write(self._tenant_dir(tenant) / KEYS, json.dumps(keys, indent=1) + "\n")
         return str(entry["sha256"])
 
@@ -251,7 +252,6 @@ class Registry:
     ) -> str:
         """Store ``bundle`` as the next version (not promoted) and return its name."""
         tenant_dir = self._tenant_dir(tenant)
-        entry["revoked"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         tenant_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=tenant_dir))
         try:
