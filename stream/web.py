@@ -29,6 +29,7 @@ from confluent_kafka import Producer
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from faust.contrib.asgi import AsgiService
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -207,7 +208,10 @@ ROUTERS: list[Callable[[WebContext], APIRouter]] = []  # extra modules, appended
 
 
 def create_api(ctx: WebContext) -> FastAPI:
-    api = FastAPI(
+    # FastAPIOffline: /docs served with the Swagger UI files from the wheel, not a CDN.
+    api = FastAPIOffline(
+        redoc_url=None,
+        static_url="/docs-static",
         title="streamrec",
         version="1",
         description="Real-time session-based recommendations: post clicks, pull lists, "

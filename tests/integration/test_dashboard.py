@@ -136,6 +136,16 @@ def test_dashboard_shows_what_the_api_returns(
                 assert shown == f"{mode}: {n}"
             errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             assert not errors, errors
+            # /docs renders the API's operations from files the worker serves itself.
+            driver.get(f"{base}/docs")
+            WebDriverWait(driver, 20).until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+            )
+            paths = {e.text for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+            assert "/v1/{tenant}/events" in {p.replace("\u200b", "") for p in paths}, paths
+            driver.save_screenshot(str(tmp_path / "docs.png"))
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert not errors, errors
         finally:
             driver.quit()
     assert shot.stat().st_size > 10_000
