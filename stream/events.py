@@ -112,12 +112,17 @@ def event_from_dict(data: Any, *, default_ts: float | None = None) -> ClickEvent
 
 def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickEvent:
     """Decode and validate one Kafka message value; raises :class:`InvalidEvent`."""
+    return event_from_dict(_decode(raw), default_ts=default_ts)
+
+
+def _decode(raw: bytes | None) -> Any:
+    """The JSON in one message value, within the size limit; :class:`InvalidEvent` if not."""
     if raw is None:
         raise InvalidEvent("empty message (no value)")
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"message larger than {MAX_EVENT_BYTES} bytes")
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         # orjson rejects invalid UTF-8 too; say which it was.
         try:
@@ -125,7 +130,6 @@ def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickE
         except UnicodeDecodeError:
             raise InvalidEvent("value is not valid UTF-8") from None
         raise InvalidEvent(f"value is not valid JSON: {exc}") from None
-    return event_from_dict(data, default_ts=default_ts)
 
 
 class RecommendationWriter:
@@ -222,12 +226,4 @@ def feedback_from_dict(data: Any, *, default_ts: float | None = None) -> Feedbac
 
 def parse_feedback(raw: bytes | None, *, default_ts: float | None = None) -> FeedbackEvent:
     """Decode and validate one feedback message value; raises :class:`InvalidEvent`."""
-    if raw is None:
-        raise InvalidEvent("empty message (no value)")
-    if len(raw) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"message larger than {MAX_EVENT_BYTES} bytes")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"value is not valid JSON: {exc}") from None
-    return feedback_from_dict(data, default_ts=default_ts)
+    return feedback_from_dict(_decode(raw), default_ts=default_ts)

@@ -75,6 +75,14 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def json_request_body(schema: dict[str, Any], many: int = 0) -> dict[str, Any]:
+    """``openapi_extra`` for a route reading a JSON body it parses itself: ``schema``,
+    or with ``many`` either one such object or an array of up to ``many``."""
+    if many:
+        schema = {"oneOf": [schema, {"type": "array", "items": schema, "maxItems": many}]}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, at most ``limit`` bytes (else 413), arrived within
     ``BODY_TIMEOUT_S`` (else 408)."""

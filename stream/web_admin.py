@@ -17,7 +17,14 @@ from models.names import TENANT_RULE, is_tenant
 from models.registry import MODES, Registry
 from models.rules import ServingRules
 from stream.tenant_control import TenantControl, UnknownTenantError
-from stream.web import ApiError, WebContext, error_responses, json_body, read_body
+from stream.web import (
+    ApiError,
+    WebContext,
+    error_responses,
+    json_body,
+    json_request_body,
+    read_body,
+)
 from stream.web_auth import admin_access
 
 ADMIN_ERRORS = error_responses(400, 401, 403, 404, 503)
@@ -80,12 +87,7 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.put(
         "/tenants/{tenant}/rules",
         summary="Set serving rules (exclude none|current|seen, blocklist, categories)",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": RULES_SCHEMA}},
-            }
-        },
+        openapi_extra=json_request_body(RULES_SCHEMA),
     )
     async def put_rules(tenant: TenantName, request: Request) -> dict[str, Any]:
         body = json_body(await read_body(request, 1 << 20))

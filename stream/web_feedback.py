@@ -22,6 +22,7 @@ from stream.web import (
     WebContext,
     error_responses,
     json_body,
+    json_request_body,
     read_body,
 )
 from stream.web_auth import Tenant
@@ -48,21 +49,7 @@ def routes(ctx: WebContext) -> APIRouter:
         status_code=202,
         summary="Post explicit feedback (one object or an array of up to 1,000)",
         responses=error_responses(400, 401, 403, 408, 413, 503),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                FEEDBACK_SCHEMA,
-                                {"type": "array", "items": FEEDBACK_SCHEMA, "maxItems": 1000},
-                            ]
-                        }
-                    }
-                },
-            }
-        },
+        openapi_extra=json_request_body(FEEDBACK_SCHEMA, many=MAX_POST_EVENTS),
     )
     async def post_feedback(tenant: Tenant, request: Request) -> dict[str, Any]:
         """Validated like clicks (400 with a reason, nothing sent), then produced to the

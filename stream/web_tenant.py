@@ -31,6 +31,7 @@ from stream.web import (
     WebContext,
     error_responses,
     json_body,
+    json_request_body,
     read_body,
 )
 from stream.web_auth import Tenant
@@ -80,21 +81,7 @@ def routes(ctx: WebContext) -> APIRouter:
         status_code=202,
         summary="Post one click or an array of up to 1,000",
         responses=error_responses(400, 401, 403, 404, 408, 413, 503),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                CLICK_SCHEMA,
-                                {"type": "array", "items": CLICK_SCHEMA, "maxItems": 1000},
-                            ]
-                        }
-                    }
-                },
-            }
-        },
+        openapi_extra=json_request_body(CLICK_SCHEMA, many=MAX_POST_EVENTS),
     )
     async def post_events(tenant: Tenant, request: HttpRequest) -> dict[str, Any]:
         """Validated (400 with a reason, nothing sent; 413 for an event over 16 KiB),
@@ -177,12 +164,7 @@ def routes(ctx: WebContext) -> APIRouter:
         "/recommendations",
         summary="Rank a session the caller holds (stateless: nothing is stored)",
         responses=error_responses(400, 401, 403, 404, 413, 503),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": RANK_SCHEMA}},
-            }
-        },
+        openapi_extra=json_request_body(RANK_SCHEMA),
     )
     async def rank(tenant: Tenant, request: HttpRequest) -> dict[str, Any]:
         body = json_body(await read_body(request, MAX_EVENT_BYTES * 4))
@@ -244,6 +226,14 @@ def routes(ctx: WebContext) -> APIRouter:
             await notify_change(directory.client, tenant)
         return version
 
+    async def catalogue_item(tenant: str, item_id: str) -> dict[str, Any]:
+        _checked_id(item_id, "item id")
+        async with serving_errors():
+            entry = await get_item(backend().tenants.client, tenant, item_id)
+        if entry is None or entry.get("deleted"):
+            raise ApiError(404, f"item {item_id!r} is not in tenant {tenant!r}'s catalogue")
+        return entry
+
     @router.get(
         "/items/{item_id}",
         summary="The item's catalogue entry",
@@ -252,23 +242,13 @@ def routes(ctx: WebContext) -> APIRouter:
     async def get_catalogue_item(
         tenant: Tenant, item_id: Annotated[str, Path(description="the item id")]
     ) -> dict[str, Any]:
-        _checked_id(item_id, "item id")
-        async with serving_errors():
-            entry = await get_item(backend().tenants.client, tenant, item_id)
-        if entry is None or entry.get("deleted"):
-            raise ApiError(404, f"item {item_id!r} is not in tenant {tenant!r}'s catalogue")
-        return {"item_id": item_id, **entry}
+        return {"item_id": item_id, **await catalogue_item(tenant, item_id)}
 
     @router.put(
         "/items/{item_id}",
         summary="Add or change a catalogue item (applied to recommendations within a second)",
         responses=error_responses(400, 401, 403, 404, 413, 503),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": ITEM_SCHEMA}},
-            }
-        },
+        openapi_extra=json_request_body(ITEM_SCHEMA),
     )
     async def put_item(
         tenant: Tenant,
@@ -288,11 +268,7 @@ def routes(ctx: WebContext) -> APIRouter:
     async def delete_item(
         tenant: Tenant, item_id: Annotated[str, Path(description="the item id")]
     ) -> dict[str, Any]:
-        _checked_id(item_id, "item id")
-        async with serving_errors():
-            entry = await get_item(backend().tenants.client, tenant, item_id)
-        if entry is None or entry.get("deleted"):
-            raise ApiError(404, f"item {item_id!r} is not in tenant {tenant!r}'s catalogue")
+        await catalogue_item(tenant, item_id)  # 404 unless it is there
         # A tombstone, not a removal: a deleted product must stay out of the lists.
         version = await store_items(tenant, {item_id: {"available": False, "deleted": True}})
         return {"item_id": item_id, "deleted": True, "catalogue_version": version}
