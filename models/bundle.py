@@ -70,13 +70,6 @@ class ModelBundle:
     def popularity_list(self) -> list[int]:
         return self.popularity.tolist()
 
-    @cached_property
-    def popularity_rank(self) -> np.ndarray:
-        """0 for the most clicked item, n-1 for the least."""
-        rank = np.empty(self.n_items, dtype=np.int64)
-        rank[self.popularity] = np.arange(self.n_items)
-        return rank
-
     @property
     def ranking(self) -> dict[str, Any]:
         """Ranking parameters chosen at training time (see ``models.ranking``)."""

@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,13 +211,6 @@ class ClickProducer:
             raise InvalidEvent(f"event is larger than {MAX_EVENT_BYTES} bytes as JSON")
         self._produce(checked.session_id, value)
         return checked
-
-    def send_many(self, events: Iterable[ClickEvent | Mapping[str, Any]]) -> int:
-        n = 0
-        for event in events:
-            self.send(event)
-            n += 1
-        return n
 
     def validate(self, event: ClickEvent | Mapping[str, Any]) -> ClickEvent:
         """The worker's validation, applied here; raises :class:`InvalidEvent`."""

@@ -51,16 +51,6 @@ class ReplayTable:
     def span(self) -> float:
         return float(self.offsets[-1]) if len(self) else 0.0
 
-    def head(self, n: int) -> ReplayTable:
-        """The first ``n`` clicks (session codes stay valid: they only get sparser)."""
-        return ReplayTable(
-            self.session_ids[:n],
-            self.item_ids[:n],
-            self.offsets[:n],
-            self.session_codes[:n],
-            self.n_sessions,
-        )
-
 
 def load_replay(
     path: str | Path,

@@ -98,10 +98,6 @@ class Catalog:
     neighbours: np.ndarray  # int64 [categories, k]
     neighbour_cum: np.ndarray  # float64 [categories, k]: cumulative transition probability
 
-    def popularity(self) -> np.ndarray:
-        """Probability of each position being drawn by popularity."""
-        return np.diff(self.cum_weight, prepend=0.0) / self.cum_weight[-1]
-
 
 def build_catalog(params: SynthParams, rng: np.random.Generator) -> Catalog:
     n, c = params.items, params.n_categories

@@ -306,8 +306,6 @@ def create_app(settings: Settings) -> faust.App:
             models.loaded(),
         )
 
-    app.streamrec_stats = stats  # type: ignore[attr-defined]
-    app.streamrec_models = models  # type: ignore[attr-defined]
     return app
 
 
