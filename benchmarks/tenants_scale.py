@@ -32,8 +32,8 @@ from confluent_kafka import Producer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.datasets import build_sessions  # noqa: E402
+from models.gate import GatePolicy  # noqa: E402
 from models.train import TrainParams  # noqa: E402
-from models.trainer import GatePolicy  # noqa: E402
 from producers.synth import SynthParams, generate_clicks  # noqa: E402
 from stream.config import Settings  # noqa: E402
 from stream.devstack import EmbeddedStack, free_port  # noqa: E402

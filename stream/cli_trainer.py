@@ -11,8 +11,8 @@ from collections import Counter
 import click
 from tqdm import tqdm
 
+from models.gate import GATE_METRICS, GatePolicy
 from models.train import TrainParams
-from models.trainer import GATE_METRICS, GatePolicy
 from stream.cli_params import TENANT
 from stream.config import Settings
 

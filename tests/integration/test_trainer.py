@@ -10,15 +10,16 @@ from pathlib import Path
 import redis
 
 from models.datasets import build_sessions, read_clicks, sessionize
+from models.gate import GatePolicy
 from models.registry import Registry
 from models.train import TrainParams, train_model
-from models.trainer import GatePolicy
 from state.tenants import set_mode
+from stream.click_log import read_click_log
 from stream.config import Settings
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent
 from stream.topics import ensure_topics
-from stream.trainer import read_click_log, run_once
+from stream.trainer import run_once
 from tests.integration.helpers import WorkerProcess, produce
 from tests.integration.test_reliability import RecsCollector
 from tests.integration.test_worker import make_config

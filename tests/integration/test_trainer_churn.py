@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models.datasets import read_clicks, sessionize
+from models.gate import GatePolicy
 from models.registry import Registry
 from models.train import TrainParams
-from models.trainer import GatePolicy
 from stream.config import Settings
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from models.datasets import Session, build_sessions, read_clicks
+from models.gate import GatePolicy, gate, retrain, split_holdout
 from models.train import TrainParams, train_model
-from models.trainer import GatePolicy, gate, retrain, split_holdout
 from stream.cli_trainer import parse_duration
 
 PARAMS = TrainParams(epochs=5, seed=5)
@@ -87,7 +87,7 @@ def test_parse_duration_rejects(text: str) -> None:
 
 
 def test_partitions_are_split_among_readers_once_each_and_evenly() -> None:
-    from stream.trainer import _split_partitions
+    from stream.click_log import _split_partitions
 
     ranges = {0: (0, 900), 1: (100, 200), 2: (0, 500), 3: (50, 450), 4: (0, 10)}
     groups = _split_partitions(ranges, 2)
