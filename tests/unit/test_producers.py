@@ -16,17 +16,9 @@ from click.testing import CliRunner
 from models.datasets import Clicks, eshop_path
 from producers import ClickEvent, ClickProducer, DeliveryError, InvalidEvent
 from producers.client import producer_config
-from producers.loadtest import (
-    Matcher,
-    RunData,
-    bucket_percentiles,
-    latency_summary,
-    markdown_report,
-    markdown_sweep,
-    plot_run,
-    plot_sweep,
-    summarize,
-)
+from producers.loadtest.plots import bucket_percentiles, plot_run, plot_sweep
+from producers.loadtest.report import latency_summary, markdown_report, markdown_sweep, summarize
+from producers.loadtest.run import Matcher, RunData
 from producers.replay import (
     DAY_S,
     LOOP_GAP_S,
