@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
+from models.errors import InvalidSettingError
 from models.evaluate import Recommender
 from models.train import StreamrecModel, TrainParams
 
@@ -265,7 +266,7 @@ class SessionKNN(_Catalogue):
 
     def __init__(self, k: int = 100, sample_size: int = 1000, weighting: str = "cosine") -> None:
         if weighting not in ("cosine", "position"):
-            raise ValueError(f"unknown weighting {weighting!r}")
+            raise InvalidSettingError(f"unknown weighting {weighting!r}")
         self.k, self.sample_size, self.weighting = k, sample_size, weighting
 
     def fit(self, sessions: Sequence[Sequence[str]]) -> None:

@@ -17,3 +17,8 @@ class InvalidModelError(StreamrecError):
 
 class NoModelError(StreamrecError):
     """A tenant has no promoted model version yet."""
+
+
+class InvalidSettingError(StreamrecError, ValueError):
+    """A setting or argument outside what it may be (still a ValueError, for callers that
+    validate input that way)."""

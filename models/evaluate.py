@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from models.errors import InvalidSettingError
+
 PROTOCOLS = ("next-item", "serving")
 EXCLUDES = ("none", "current", "seen")
 
@@ -79,7 +81,9 @@ def excluded_items(prefix: Sequence[str], exclude: str) -> set[str]:
         return {prefix[-1]}
     if exclude == "seen":
         return set(prefix)
-    raise ValueError(f"unknown exclude rule {exclude!r}; choose one of {', '.join(EXCLUDES)}")
+    raise InvalidSettingError(
+        f"unknown exclude rule {exclude!r}; choose one of {', '.join(EXCLUDES)}"
+    )
 
 
 def apply_exclude(
@@ -124,7 +128,9 @@ def evaluate(
     case of ``test`` under ``protocol``; yield as each ends. Tuning fits on ``tune_train``
     (default ``train``) when ``valid`` lies inside ``train``."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        raise InvalidSettingError(
+            f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}"
+        )
     rule = exclude if protocol == "serving" else "none"
     excluded_items([], rule)  # reject an unknown rule before any model is fitted
     cases = list(iter_cases(test))

@@ -17,6 +17,7 @@ from typing import Any
 
 from models.bundle import ModelBundle
 from models.datasets import Session
+from models.errors import InvalidSettingError
 from models.evaluate import iter_cases, rank_metrics
 from models.ranking import recommend_batch
 from models.train import Progress, TrainParams, train_model
@@ -36,11 +37,11 @@ class GatePolicy:
 
     def __post_init__(self) -> None:
         if self.metric not in GATE_METRICS:
-            raise ValueError(f"gate metric must be one of {', '.join(GATE_METRICS)}")
+            raise InvalidSettingError(f"gate metric must be one of {', '.join(GATE_METRICS)}")
         if not 0 < self.holdout < 1:
-            raise ValueError("holdout must be between 0 and 1")
+            raise InvalidSettingError("holdout must be between 0 and 1")
         if not -1 <= self.margin <= 1:
-            raise ValueError("margin must be between -1 and 1")
+            raise InvalidSettingError("margin must be between -1 and 1")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from models.errors import InvalidSettingError
+
 EXCLUDE_MODES = ("none", "current", "seen")
 
 
@@ -28,19 +30,19 @@ class ServingRules:
 
     def __post_init__(self) -> None:
         if self.exclude not in EXCLUDE_MODES:
-            raise ValueError(f"exclude must be one of {', '.join(EXCLUDE_MODES)}")
+            raise InvalidSettingError(f"exclude must be one of {', '.join(EXCLUDE_MODES)}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServingRules:
         def names(key: str) -> frozenset[str]:
             value = data.get(key) or []
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"{key} must be a list of strings")
+                raise InvalidSettingError(f"{key} must be a list of strings")
             return frozenset(value)
 
         exclude = data.get("exclude", "current")
         if not isinstance(exclude, str):
-            raise ValueError("exclude must be a string")
+            raise InvalidSettingError("exclude must be a string")
         return cls(
             exclude,
             names("blocklist"),

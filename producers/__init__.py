@@ -7,7 +7,8 @@ loadtest`` commands.
 
 from __future__ import annotations
 
-from producers.client import ClickProducer, DeliveryError, DeliveryStats
+from producers.client import ClickProducer, DeliveryStats
+from stream.delivery import DeliveryError
 from stream.events import ClickEvent, InvalidEvent
 
 __all__ = ["ClickEvent", "ClickProducer", "DeliveryError", "DeliveryStats", "InvalidEvent"]

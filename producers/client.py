@@ -27,6 +27,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from models.errors import StreamrecError
+from stream.delivery import DeliveryError
 from stream.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, event_from_dict
 from stream.kafka_config import KafkaClientConfig, kafka_config
 
@@ -43,10 +44,6 @@ _POLL_EVERY = 1000
 # How often librdkafka reports statistics (for the idempotence state); a small JSON
 # document, parsed in microseconds.
 _STATS_INTERVAL_MS = 100
-
-
-class DeliveryError(StreamrecError):
-    """Some events were not delivered (broker down, timeout, topic missing, ...)."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +141,7 @@ class ClickProducer:
         self._delivered = 0
         self._failed = 0
         self._errors: Counter[str] = Counter()
-        self._first_error: str | None = None
+        self._first_error: KafkaError | None = None
         self._since_poll = 0
         self._closed = False
         conf = producer_config(
@@ -244,7 +241,7 @@ class ClickProducer:
             self._failed += 1
             self._errors[err.name()] += 1
             if self._first_error is None:
-                self._first_error = f"{err.name()}: {err.str()}"
+                self._first_error = err
         if self._hook is not None:
             self._hook(err, msg)
 
@@ -277,10 +274,11 @@ class ClickProducer:
     def raise_for_failures(self) -> None:
         """Raise :class:`DeliveryError` if any event failed to be delivered."""
         stats = self.stats
-        if stats.failed:
+        if stats.failed and self._first_error is not None:
             raise DeliveryError(
-                f"{stats.failed:,} of {stats.sent:,} events were not delivered to "
-                f"{self.topic} at {self.bootstrap_servers} (first error: {stats.first_error})"
+                self._first_error,
+                message=f"{stats.failed:,} of {stats.sent:,} events were not delivered to "
+                f"{self.topic} at {self.bootstrap_servers} (first error: {stats.first_error})",
             )
 
     @property
@@ -290,7 +288,11 @@ class ClickProducer:
             delivered=self._delivered,
             failed=self._failed,
             errors=dict(self._errors),
-            first_error=self._first_error,
+            first_error=(
+                None
+                if self._first_error is None
+                else f"{self._first_error.name()}: {self._first_error.str()}"
+            ),
         )
 
     def __enter__(self) -> ClickProducer:

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.datasets import Clicks, read_clicks
+from models.errors import InvalidSettingError
 from producers.client import ClickProducer, DeliveryStats
 from producers.timing import Pacer, dwell_gaps, segment_cumsum
 
@@ -117,7 +118,7 @@ def spread_within_day(clicks: Clicks, *, seed: int = 0) -> np.ndarray:
 def tenant_names(count: int, name: str = "default") -> list[str]:
     """``name`` alone, or ``name-0 .. name-(count-1)`` to spread sessions over tenants."""
     if count < 1:
-        raise ValueError("the number of tenants must be at least 1")
+        raise InvalidSettingError("the number of tenants must be at least 1")
     return [name] if count == 1 else [f"{name}-{i}" for i in range(count)]
 
 

@@ -33,6 +33,7 @@ from typing import TextIO
 import numpy as np
 
 from models.datasets import Clicks
+from models.errors import InvalidSettingError
 from producers.timing import dwell_gaps, segment_cumsum
 
 MAX_ITEMS = 1_000_000
@@ -70,20 +71,20 @@ class SynthParams:
     def check(self) -> None:
         """Raise ValueError naming the first parameter out of range."""
         if not 1 <= self.items <= MAX_ITEMS:
-            raise ValueError(f"items must be between 1 and {MAX_ITEMS:,}")
+            raise InvalidSettingError(f"items must be between 1 and {MAX_ITEMS:,}")
         if self.sessions < 1:
-            raise ValueError("sessions must be at least 1")
+            raise InvalidSettingError("sessions must be at least 1")
         if not 1 <= self.n_categories <= self.items:
-            raise ValueError("categories must be between 1 and the number of items")
+            raise InvalidSettingError("categories must be between 1 and the number of items")
         if self.zipf < 0:
-            raise ValueError("the Zipf exponent must not be negative")
+            raise InvalidSettingError("the Zipf exponent must not be negative")
         for name in ("stay", "related", "back"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a probability: between 0 and 1")
+                raise InvalidSettingError(f"{name} is a probability: between 0 and 1")
         if self.related + self.back > 1.0:
-            raise ValueError("related + back must not exceed 1")
+            raise InvalidSettingError("related + back must not exceed 1")
         if self.days <= 0:
-            raise ValueError("days must be positive")
+            raise InvalidSettingError("days must be positive")
 
 
 @dataclass(frozen=True)

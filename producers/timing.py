@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from models.errors import InvalidSettingError
+
 # Seconds between two clicks of a session, fitted on the YOOCHOOSE slice in
 # ../shared/data (median 56 s, 90th percentile 300 s): log-normal, capped at 30 min
 # because a longer pause would end the session.
@@ -50,9 +52,9 @@ class Pacer:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if rate is not None and speedup is not None:
-            raise ValueError("choose either a rate or a speedup, not both")
+            raise InvalidSettingError("choose either a rate or a speedup, not both")
         if (rate is not None and rate <= 0) or (speedup is not None and speedup <= 0):
-            raise ValueError("rate and speedup must be positive")
+            raise InvalidSettingError("rate and speedup must be positive")
         self.rate = rate
         self.speedup = speedup
         self._clock = clock

@@ -24,7 +24,7 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -34,9 +34,9 @@ from mode import Service
 
 from models.errors import StreamrecError
 from stream.config import Settings
+from stream.delivery import DeliveryError, Record
 from stream.processor import UNDELIVERABLE, BatchResult, DeadLetter, Message, position
 from stream.topics import ensure_topics
-from stream.transactions import Failure as TxFailure
 from stream.transactions import (
     FencedError,
     TransactionalPublisher,
@@ -86,33 +86,17 @@ def is_permanent(error: RecordError) -> bool:
     return error.code() in _PERMANENT or error.fatal()
 
 
-class Failure(NamedTuple):
-    """A record librdkafka refused or could not deliver."""
-
-    error: RecordError
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] | None
-
-    @property
-    def reason(self) -> str:
-        return f"{self.error.name()}: {self.error.str()}"
-
-
 class Delivery:
     """Failures among one batch's records: librdkafka reports only failed deliveries
     (``delivery.report.only.error``), so a healthy batch costs no Python callback."""
 
     def __init__(self) -> None:
-        self.failures: list[Failure] = []
+        self.failures: list[DeliveryError] = []
 
     def __call__(self, err: RecordError | None, msg: Any = None) -> None:
         if err is not None:
-            self.failures.append(Failure(err, msg.topic(), msg.key(), msg.value(), msg.headers()))
-
-
-Record = tuple[str, bytes | None, bytes | str | None, list[tuple[str, bytes]] | None]
+            record = (msg.topic(), msg.value(), msg.key(), msg.headers())
+            self.failures.append(DeliveryError(err, record))
 
 
 class RecordPublisher:
@@ -153,8 +137,8 @@ class RecordPublisher:
                 except KafkaException as exc:
                     # Refused before queueing (too large, for one): reported like a
                     # failed delivery.
-                    encoded = key.encode() if isinstance(key, str) else key
-                    delivery.failures.append(Failure(exc.args[0], topic, encoded, value, headers))
+                    record = (topic, value, key, headers)
+                    delivery.failures.append(DeliveryError(exc.args[0], record))
                     break
         return delivery
 
@@ -426,15 +410,11 @@ class BatchLoop(Service):
         by_payload = {o.payload: o for o in result.recommendations}
         made: list[DeadLetter] = []
 
-        def dead_letter(f: TxFailure, why: str) -> DeadLetter:
-            topic, value, key, headers = f.record
-            raw_key = key.encode() if isinstance(key, str) else key
-            return _dead_letter(
-                Failure(f.error, topic, raw_key, value, headers), why, batch, by_payload
-            )
+        def dead_letter(f: DeliveryError, why: str) -> DeadLetter:
+            return _dead_letter(f, why, batch, by_payload)
 
-        def stand_in(f: TxFailure) -> Record:
-            dead = dead_letter(f, f"undeliverable to {f.record[0]}: {f.reason}")
+        def stand_in(f: DeliveryError) -> Record:
+            dead = dead_letter(f, f"undeliverable to {f.topic}: {f.reason}")
             made.append(dead)
             return (s.dlq_topic, dead.value, dead.key, dead.headers)
 
@@ -461,7 +441,7 @@ class BatchLoop(Service):
                 if i is None or f.purged:
                     continue
                 if is_permanent(f.error) or attempt >= PUBLISH_ATTEMPTS:
-                    why = f"undeliverable to {f.record[0]} after {attempt} attempts: {f.reason}"
+                    why = f"undeliverable to {f.topic} after {attempt} attempts: {f.reason}"
                     dead = dead_letter(f, why)
                     result.dead_letters.append(dead)
                     records[i] = (s.dlq_topic, dead.value, dead.key, dead.headers)
@@ -507,7 +487,7 @@ class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("assigned partitions: %s", sorted(tp.partition for tp in assigned))  # type: ignore[attr-defined]
 
 
-def _header(failure: Failure, name: str) -> bytes | None:
+def _header(failure: DeliveryError, name: str) -> bytes | None:
     for key, value in failure.headers or ():
         if key == name:
             return value
@@ -515,7 +495,7 @@ def _header(failure: Failure, name: str) -> bytes | None:
 
 
 def _dead_letter(
-    failure: Failure, reason: str, batch: list[Message], by_payload: dict[bytes, Any]
+    failure: DeliveryError, reason: str, batch: list[Message], by_payload: dict[bytes, Any]
 ) -> DeadLetter:
     """The dead letter standing for a record that could not be published: a dead letter
     keeps its origin; a recommendation takes the position of the click it answered."""

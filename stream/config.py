@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from models.errors import InvalidSettingError
+
 if TYPE_CHECKING:
     from stream.kafka_config import KafkaClientConfig
 
@@ -104,17 +106,17 @@ class Settings:
     def __post_init__(self) -> None:
         # A bad port is a one-line error at start-up, not a traceback from a socket later.
         if not 0 <= self.web_port <= 65535:
-            raise ValueError(f"web port {self.web_port} is not a port (0-65535; 0 = off)")
+            raise InvalidSettingError(f"web port {self.web_port} is not a port (0-65535; 0 = off)")
         for address in self.broker.split(","):
             host, _, port = address.strip().rpartition(":")
             if host and not (port.isdigit() and 0 < int(port) <= 65535):
-                raise ValueError(f"broker address {address!r} has no valid port (1-65535)")
+                raise InvalidSettingError(f"broker address {address!r} has no valid port (1-65535)")
         try:
             redis_port = urlparse(self.redis_url).port
         except ValueError:
             redis_port = 0
         if redis_port == 0:
-            raise ValueError(f"Redis URL {self.redis_url!r} has no valid port (1-65535)")
+            raise InvalidSettingError(f"Redis URL {self.redis_url!r} has no valid port (1-65535)")
 
     @property
     def kafka(self) -> KafkaClientConfig:
@@ -170,4 +172,6 @@ def _coerce(name: str, raw: str, typ: type) -> Any:
             return raw.strip().lower() in {"1", "true", "yes", "on"}
         return typ(raw)
     except ValueError as exc:
-        raise ValueError(f"STREAMREC_{name.upper()}={raw!r} is not a valid {typ.__name__}") from exc
+        raise InvalidSettingError(
+            f"STREAMREC_{name.upper()}={raw!r} is not a valid {typ.__name__}"
+        ) from exc

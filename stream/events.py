@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from models.errors import StreamrecError
 from models.names import MAX_ID_CHARS, TENANT_PATTERN, has_control, is_tenant
 
 # The one maximum size of an event, as JSON bytes: for a Kafka message value and for each
@@ -24,8 +25,9 @@ DEFAULT_TENANT = "default"
 _valid_tenants: set[str] = {DEFAULT_TENANT}
 
 
-class InvalidEvent(ValueError):
-    """A click event that breaks the contract; ``reason`` is short and machine-greppable."""
+class InvalidEvent(StreamrecError, ValueError):
+    """A click event that breaks the contract; ``reason`` is short and machine-greppable.
+    (Still a ValueError: callers that validate input catch that.)"""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -23,6 +23,7 @@ from confluent_kafka import TopicPartition as RdTopicPartition
 
 from models.errors import StreamrecError
 from stream.config import Settings
+from stream.delivery import DeliveryError, Record
 
 log = logging.getLogger("streamrec.worker")
 
@@ -30,10 +31,6 @@ DELIVERY_MODES = ("at_least_once", "exactly_once")
 # How long an open transaction of a killed worker holds back read_committed readers of
 # its partitions before the broker aborts it.
 TRANSACTION_TIMEOUT_MS = 10_000
-# Errors a record gets because its transaction was aborted, not because of the record.
-_PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}  # type: ignore[attr-defined]
-
-Record = tuple[str, bytes | None, bytes | str | None, list[tuple[str, bytes]] | None]
 
 
 class FencedError(StreamrecError):
@@ -91,24 +88,6 @@ def probe_transactions(settings: Settings, timeout: float = 10.0) -> None:
         publisher.close(1.0)
 
 
-class Failure:
-    """A record that did not make it into a committed transaction."""
-
-    __slots__ = ("error", "record")
-
-    def __init__(self, error: KafkaError, record: Record) -> None:
-        self.error = error
-        self.record = record
-
-    @property
-    def purged(self) -> bool:
-        return self.error.code() in _PURGED
-
-    @property
-    def reason(self) -> str:
-        return f"{self.error.name()}: {self.error.str()}"
-
-
 class TransactionalPublisher:
     """One transaction per batch: records + offsets, committed together or not at all."""
 
@@ -152,16 +131,16 @@ class TransactionalPublisher:
         records: Sequence[Record],
         offsets: dict[tuple[str, int], int],
         metadata: bytes,
-        stand_in: Callable[[Failure], Record],
+        stand_in: Callable[[DeliveryError], Record],
         timeout: float = 30.0,
-    ) -> tuple[list[Failure], list[Record]]:
+    ) -> tuple[list[DeliveryError], list[Record]]:
         """Publish ``records`` and commit ``offsets`` in one transaction (blocking: run
         it in a thread). A record librdkafka refuses at once (too large) is replaced by
         ``stand_in(failure)`` in the same transaction. Returns ``([], stand-ins)`` once
         committed, or the failures of an aborted transaction (nothing of it is visible)
         and the stand-ins it had made; raises :class:`FencedError` when another worker
         took over."""
-        failures: list[Failure] = []
+        failures: list[DeliveryError] = []
         stand_ins: list[Record] = []
         producer = self._producer
         try:
@@ -203,20 +182,22 @@ class TransactionalPublisher:
             log.error("transaction failed (%s); aborting it", error.str())
             self._abort(timeout)
             if not failures:
-                failures.append(Failure(error, records[0] if records else ("", None, None, None)))
+                failures.append(DeliveryError(error, records[0] if records else None))
             return failures, stand_ins
 
-    def _produce(self, records: Sequence[Record], failures: list[Failure]) -> list[Failure]:
+    def _produce(
+        self, records: Sequence[Record], failures: list[DeliveryError]
+    ) -> list[DeliveryError]:
         """Queue the records; a failed delivery lands in ``failures`` (via the callback);
         returns the records refused before queueing."""
-        refused: list[Failure] = []
+        refused: list[DeliveryError] = []
         produce = self._producer.produce
         for record in records:
             topic, value, key, headers = record
 
             def report(err: KafkaError | None, _msg: object, record: Record = record) -> None:
                 if err is not None:
-                    failures.append(Failure(err, record))
+                    failures.append(DeliveryError(err, record))
 
             while True:
                 try:
@@ -225,7 +206,7 @@ class TransactionalPublisher:
                 except BufferError:
                     self._producer.poll(0.1)
                 except KafkaException as exc:
-                    refused.append(Failure(exc.args[0], record))
+                    refused.append(DeliveryError(exc.args[0], record))
                     break
         return refused
 

@@ -33,6 +33,7 @@ from fastapi_offline import FastAPIOffline
 from faust.contrib.asgi import AsgiService
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models.errors import StreamrecError
 from stream.config import Settings
 from stream.events import MAX_EVENT_BYTES
 
@@ -44,7 +45,7 @@ MAX_BODY_BYTES = MAX_POST_EVENTS * MAX_EVENT_BYTES
 BODY_TIMEOUT_S = 10.0
 
 
-class ApiError(Exception):
+class ApiError(StreamrecError):
     """An answer other than success: its status and the reason given to the client."""
 
     def __init__(self, status: int, reason: str) -> None:

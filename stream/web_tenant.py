@@ -374,6 +374,8 @@ async def serving_errors() -> AsyncIterator[None]:
     """Redis or the model unavailable: 503 with the reason."""
     try:
         yield
+    except ApiError:
+        raise  # already an answer (ApiError is a StreamrecError too)
     except (RedisError, OSError) as exc:
         raise ApiError(503, f"the session store is unavailable: {exc}") from None
     except StreamrecError as exc:  # the tenant's model cannot be read just now

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 from confluent_kafka import KafkaError
 
-from stream.batch_loop import Failure, RecordPublisher, _dead_letter, is_permanent
+from stream.batch_loop import RecordPublisher, _dead_letter, is_permanent
 from stream.config import Settings
+from stream.delivery import DeliveryError
 from stream.processor import DLQ_MAX_ORIGINAL_BYTES, DeadLetter, Outgoing
 
 
@@ -47,7 +48,8 @@ def test_a_record_the_producer_refuses_is_a_permanent_failure_with_its_data() ->
 def test_an_undeliverable_recommendation_is_dead_lettered_at_the_click_it_answered() -> None:
     payload = b"z" * 2_000_000
     batch = [_msg(b"{}", offset=40), _msg(b"{}", offset=41)]
-    failure = Failure(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), "recs", b"s-1", payload, None)
+    record = ("recs", payload, b"s-1", None)
+    failure = DeliveryError(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), record)
     dead = _dead_letter(
         failure,
         "undeliverable",
