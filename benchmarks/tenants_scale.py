@@ -87,7 +87,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("streamrec.trainer").setLevel(logging.INFO)
+    logging.getLogger("streamrec.stream.trainer").setLevel(logging.INFO)
 
     home = Path(tempfile.mkdtemp(prefix="streamrec-tenants-"))
     stack = EmbeddedStack(

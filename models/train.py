@@ -34,7 +34,7 @@ from models.errors import DataFormatError
 from models.evaluate import evaluate
 from models.ranking import RankParams, recommend_batch
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"streamrec.{__name__}")
 
 Progress = Callable[[str, float], None]
 

@@ -31,10 +31,10 @@ from stream.delivery import DeliveryError
 from stream.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, event_from_dict
 from stream.kafka_config import KafkaClientConfig, kafka_config
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"streamrec.{__name__}")
 # librdkafka's own log lines (connection refused, ...) go through Python logging under
 # this name instead of straight to stderr, so an app (or the CLI) decides what to show.
-RDKAFKA_LOG = logging.getLogger("producers.rdkafka")
+RDKAFKA_LOG = logging.getLogger(f"streamrec.{__name__}.rdkafka")
 
 DeliveryHook = Callable[[KafkaError | None, Message], None]
 

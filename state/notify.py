@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from state import keys
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"streamrec.{__name__}")
 
 
 def notify_model_change(redis_or_url: str | redis.Redis, tenant: str, version: str | None) -> int:

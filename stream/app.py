@@ -41,7 +41,7 @@ from stream.processor import BatchProcessor, BatchResult, DeadLetter, Message
 from stream.tenant_state import TenantDirectory
 from stream.web import WebService
 
-log = logging.getLogger("streamrec.worker")
+log = logging.getLogger(f"streamrec.{__name__}")
 
 
 # /health says "degraded" when events wait and nothing was committed for this long.

@@ -44,7 +44,7 @@ from stream.transactions import (
     check_delivery_mode,
 )
 
-log = logging.getLogger("streamrec.worker")
+log = logging.getLogger(f"streamrec.{__name__}")
 
 ProcessFn = Callable[[list[Message]], Awaitable[BatchResult]]
 DoneFn = Callable[[int, BatchResult], None]

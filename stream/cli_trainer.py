@@ -16,7 +16,7 @@ from models.train import TrainParams
 from stream.cli_params import TENANT
 from stream.config import Settings
 
-log = logging.getLogger("streamrec.trainer")
+log = logging.getLogger(f"streamrec.{__name__}")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

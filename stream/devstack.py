@@ -27,7 +27,7 @@ from stream.kafka_broker import KafkaDist, KafkaNode, choose_kind
 if TYPE_CHECKING:
     from stream.config import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"streamrec.{__name__}")
 
 
 class StackError(StreamrecError):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from models.errors import StreamrecError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"streamrec.{__name__}")
 
 # aiokafka 0.14 (Faust's and the worker's consumer) speaks the protocol versions that
 # Kafka 4 kept; checked against 4.1 (groups, commits, transactions).

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from stream.config import Settings
 
-RDKAFKA_LOG = logging.getLogger("streamrec.rdkafka")
+RDKAFKA_LOG = logging.getLogger(f"streamrec.{__name__}.rdkafka")
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")

@@ -19,7 +19,7 @@ from models.errors import NoModelError, StreamrecError
 from models.ranking import recommend
 from models.registry import Registry
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"streamrec.{__name__}")
 
 
 @dataclass

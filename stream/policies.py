@@ -29,7 +29,7 @@ from models.experiments import (
 from state.feedback import VariantCounts, read_buckets, totals
 from state.policies import cache_policies, read_policies
 
-log = logging.getLogger("streamrec.worker")
+log = logging.getLogger(f"streamrec.{__name__}")
 
 Buckets = list[tuple[int, dict[str, VariantCounts]]]
 

@@ -43,7 +43,7 @@ STAND_IN_HEAD_BYTES = 1024
 STAND_IN_KEY_BYTES = 1024
 UNDELIVERABLE = "streamrec-undeliverable"
 
-log = logging.getLogger("streamrec.worker")
+log = logging.getLogger(f"streamrec.{__name__}")
 
 
 class Message(Protocol):

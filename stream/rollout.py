@@ -28,7 +28,7 @@ from state.notify import notify_model_change
 from state.policies import set_policy
 from stream.config import Settings
 
-log = logging.getLogger("streamrec.trainer")
+log = logging.getLogger(f"streamrec.{__name__}")
 
 STAGES = (0.1, 0.5, 1.0)
 

@@ -30,7 +30,7 @@ from state.control import (
 )
 from state.tenants import cache_modes, most_popular, read_modes
 
-log = logging.getLogger("streamrec.worker")
+log = logging.getLogger(f"streamrec.{__name__}")
 
 POPULAR_DEPTH = 200
 # A catalogue change is seen within this long even if its notice is lost.

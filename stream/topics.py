@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from models.errors import StreamrecError
 from stream.kafka_config import KafkaClientConfig, kafka_config
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"streamrec.{__name__}")
 
 
 def ensure_topics(

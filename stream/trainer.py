@@ -37,6 +37,18 @@ class TenantOutcome:
     decision: GateDecision
     version: str | None  # the registered candidate, promoted or not
 
+    def describe(self) -> str:
+        """The decision as one line an operator reads: what happened, then why."""
+        d, head = self.decision, f"tenant {self.tenant}"
+        if d.action == "promoted":
+            return f"{head}: PROMOTED {self.version}: {d.reason}"
+        if d.action == "rollout":
+            return f"{head}: ROLLOUT of {self.version} started: {d.reason}"
+        if d.action == "kept":
+            serving = d.current_version or "the version in service"
+            return f"{head}: KEPT {serving} ({self.version} registered, not promoted): {d.reason}"
+        return f"{head}: SKIPPED: {d.reason}"
+
 
 @dataclass(frozen=True)
 class PassReport:
@@ -63,6 +75,7 @@ def run_once(
     log, then as many train the tenants. ``rollout``: staged rollouts (else a candidate
     that passes the gate is promoted at once)."""
     now = time.time() if now is None else now
+    _quiet_training_libraries()
     started = time.perf_counter()
     logs = read_click_log(settings.kafka, settings.clicks_topic, now - window_s, tenants, jobs=jobs)
     clicks = sum(len(v) for v in logs.values())
@@ -83,14 +96,7 @@ def run_once(
         outcomes.append(outcome)
         if progress:
             progress(outcome.tenant)
-        d = outcome.decision
-        log.info(
-            "tenant %s: %s%s: %s",
-            outcome.tenant,
-            d.action,
-            f" {outcome.version}" if outcome.version else "",
-            d.reason,
-        )
+        log.info("%s", outcome.describe())
 
     for tenant in sorted(t for t in logs if modes.get(t, "on") != "on"):
         del logs[tenant]
@@ -124,6 +130,13 @@ def run_once(
                 done(future.result())
     outcomes.sort(key=lambda o: o.tenant)
     return PassReport(outcomes, clicks, read_s, time.perf_counter() - started)
+
+
+def _quiet_training_libraries() -> None:
+    # gensim logs every epoch at INFO: a pass over many tenants would bury the decisions.
+    # Set before the training processes fork, so they inherit it.
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("gensim").setLevel(logging.WARNING)
 
 
 def _single_threaded() -> None:

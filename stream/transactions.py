@@ -25,7 +25,7 @@ from models.errors import StreamrecError
 from stream.config import Settings
 from stream.delivery import DeliveryError, Record
 
-log = logging.getLogger("streamrec.worker")
+log = logging.getLogger(f"streamrec.{__name__}")
 
 DELIVERY_MODES = ("at_least_once", "exactly_once")
 # How long an open transaction of a killed worker holds back read_committed readers of

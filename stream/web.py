@@ -37,7 +37,7 @@ from models.errors import StreamrecError
 from stream.config import Settings
 from stream.events import MAX_EVENT_BYTES
 
-log = logging.getLogger("streamrec.web")
+log = logging.getLogger(f"streamrec.{__name__}")
 MAX_POST_EVENTS = 1000
 MAX_BODY_BYTES = MAX_POST_EVENTS * MAX_EVENT_BYTES
 # A body that has not arrived within this many seconds gets 408: a stalled upload must

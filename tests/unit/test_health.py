@@ -31,7 +31,7 @@ def test_dead_letters_are_logged_as_one_summary_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     summary = DeadLetterLog()
-    caplog.set_level(logging.WARNING, "streamrec.worker")
+    caplog.set_level(logging.WARNING, "streamrec.stream")
     for i in range(1000):
         reason = "value is not valid JSON: unexpected character" if i % 2 else "missing field 'ts'"
         summary.add([DeadLetter(None, b"x", reason, f"clicks:0:{i}")])

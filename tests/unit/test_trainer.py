@@ -98,3 +98,20 @@ def test_partitions_are_split_among_readers_once_each_and_evenly() -> None:
     assert _split_partitions(ranges, 1) == [ranges]
     assert len(_split_partitions(ranges, 8)) == 5  # no reader without a partition
     assert _split_partitions({}, 2) == []
+
+
+def test_each_decision_reads_as_one_line_with_its_reason() -> None:
+    from models.gate import GateDecision
+    from stream.trainer import TenantOutcome
+
+    kept = GateDecision("kept", "HR@20 0.2 vs 0.3 in service", current_version="v1")
+    lines = [
+        TenantOutcome("a", GateDecision("promoted", "first model"), "v1").describe(),
+        TenantOutcome("b", kept, "v2").describe(),
+        TenantOutcome("c", GateDecision("skipped", "tenant is frozen"), None).describe(),
+    ]
+    assert lines == [
+        "tenant a: PROMOTED v1: first model",
+        "tenant b: KEPT v1 (v2 registered, not promoted): HR@20 0.2 vs 0.3 in service",
+        "tenant c: SKIPPED: tenant is frozen",
+    ]
