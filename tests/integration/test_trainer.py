@@ -7,17 +7,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
 from models.datasets import build_sessions, read_clicks, sessionize
 from models.gate import GatePolicy
 from models.registry import Registry
 from models.train import TrainParams, train_model
-from state.tenants import set_mode
 from stream.click_log import read_click_log
 from stream.config import Settings
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent
+from stream.tenant_control import TenantControl
 from stream.topics import ensure_topics
 from stream.trainer import run_once
 from tests.integration.helpers import WorkerProcess, produce
@@ -34,9 +32,12 @@ def test_trainer_promotes_a_better_model_and_skips_frozen_and_off_tenants(
     weak = train_model(sessions[:60], TrainParams(epochs=1, seed=2))
     for tenant in (on, frozen):
         registry.promote(tenant, registry.register(tenant, weak, {}))
-    client = redis.Redis.from_url(stack.redis_url)
-    set_mode(client, frozen, "freeze")
-    set_mode(client, off, "off")
+    # Through the admin path (registry first, then the Redis cache), as the CLI does: a
+    # mode written only to Redis is a cache entry the worker's start-up refill replaces.
+    control = TenantControl(Settings(redis_url=stack.redis_url, model_dir=str(tmp_path / "models")))
+    control.create(off)
+    control.set_mode(frozen, "freeze")
+    control.set_mode(off, "off")
 
     cfg = make_config(stack, unique_name, tmp_path, tmp_path / "models")
     cfg.extra_env["STREAMREC_MODEL_CHECK_INTERVAL_S"] = "60"  # only the notice is fast
