@@ -12,11 +12,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from models.errors import StreamrecError
+
 if TYPE_CHECKING:
     from stream.kafka_config import KafkaClientConfig
 
 DEFAULT_BROKER = "127.0.0.1:19092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
+
+
+class ConfigError(StreamrecError, ValueError):
+    """A setting (a STREAMREC_* variable or the flag that overrides it) cannot work."""
+
+
+ENGINES = ("batch", "agent")
 
 
 def _home_default() -> str:
@@ -103,18 +112,20 @@ class Settings:
 
     def __post_init__(self) -> None:
         # A bad port is a one-line error at start-up, not a traceback from a socket later.
+        if self.engine not in ENGINES:
+            raise ConfigError(f"STREAMREC_ENGINE={self.engine!r}: choose 'batch' or 'agent'")
         if not 0 <= self.web_port <= 65535:
-            raise ValueError(f"web port {self.web_port} is not a port (0-65535; 0 = off)")
+            raise ConfigError(f"web port {self.web_port} is not a port (0-65535; 0 = off)")
         for address in self.broker.split(","):
             host, _, port = address.strip().rpartition(":")
             if host and not (port.isdigit() and 0 < int(port) <= 65535):
-                raise ValueError(f"broker address {address!r} has no valid port (1-65535)")
+                raise ConfigError(f"broker address {address!r} has no valid port (1-65535)")
         try:
             redis_port = urlparse(self.redis_url).port
         except ValueError:
             redis_port = 0
         if redis_port == 0:
-            raise ValueError(f"Redis URL {self.redis_url!r} has no valid port (1-65535)")
+            raise ConfigError(f"Redis URL {self.redis_url!r} has no valid port (1-65535)")
 
     @property
     def kafka(self) -> KafkaClientConfig:
@@ -170,4 +181,6 @@ def _coerce(name: str, raw: str, typ: type) -> Any:
             return raw.strip().lower() in {"1", "true", "yes", "on"}
         return typ(raw)
     except ValueError as exc:
-        raise ValueError(f"STREAMREC_{name.upper()}={raw!r} is not a valid {typ.__name__}") from exc
+        raise ConfigError(
+            f"STREAMREC_{name.upper()}={raw!r} is not a valid {typ.__name__}"
+        ) from exc
