@@ -126,10 +126,6 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.obj = Settings.from_env()
 
 
-# A path given on the command line that cannot be read or written: the message names it.
-_FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr, never a traceback."""
     try:
@@ -137,15 +133,21 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("streamrec: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `streamrec tenant`: its help
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"streamrec: error: {exc.format_message()}{_usage_hint(exc)}", err=True)
         sys.exit(exc.exit_code)
     except StreamrecError as exc:
         click.echo(f"streamrec: error: {exc}", err=True)
         sys.exit(1)
-    except _FILE_ERRORS as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"streamrec: error: {where}{exc.strerror or exc}", err=True)
+    except OSError as exc:
+        # A path that cannot be read or written (a bad --out, a read-only registry) is the
+        # user's to fix, and the message names it; other OS errors keep their traceback.
+        if exc.filename is None:
+            raise
+        click.echo(f"streamrec: error: {exc.filename}: {exc.strerror or exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
