@@ -49,6 +49,9 @@ TENANT = TenantName()
 # "--tenants N" appends "-0" .. "-(N-1)": a prefix of 56 characters stays a valid name.
 TENANT_PREFIX = TenantName(max_length=56)
 POSITIVE = click.FloatRange(min=0, min_open=True)
+CLICK_LOG = click.Path(exists=True, dir_okay=False, path_type=Path)
+# train's and replay's FILE; without it they read the shipped e-shop clickstream.
+click_log_argument = click.argument("file", required=False, type=CLICK_LOG)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -19,6 +19,7 @@ from models.errors import StreamrecError
 from stream.cli.params import (
     POSITIVE,
     ColumnSpec,
+    click_log_argument,
     column_options,
     pacing_options,
     setting_option,
@@ -93,9 +94,7 @@ def _load_table(file: Path | None, spec: ColumnSpec, seed: int) -> Any:
 
 
 @click.command("replay")
-@click.argument(
-    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click_log_argument
 @column_options()
 @pacing_options
 @click.option(

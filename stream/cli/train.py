@@ -18,7 +18,15 @@ import click
 from models.datasets import Session, build_sessions, eshop_path
 from models.registry import Registry
 from state.notify import notify_model_change
-from stream.cli.params import ColumnSpec, column_options, stacked, tenant_option, uses
+from stream.cli.params import (
+    CLICK_LOG,
+    ColumnSpec,
+    click_log_argument,
+    column_options,
+    stacked,
+    tenant_option,
+    uses,
+)
 from stream.config import Settings
 
 if TYPE_CHECKING:
@@ -108,9 +116,7 @@ class _StageBars:
 
 
 @click.command(epilog=uses("registry", "redis"))
-@click.argument(
-    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click_log_argument
 @column_options()
 @tenant_option(help="Tenant the version is registered for.")
 @_train_options
@@ -257,14 +263,14 @@ DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsk
 @click.option(
     "--train",
     "train_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=CLICK_LOG,
     show_default=_SHIPPED,
     help="Training clicks.",
 )
 @click.option(
     "--test",
     "test_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=CLICK_LOG,
     help="Test clicks, same format as --train.",
 )
 @click.option(
@@ -275,7 +281,7 @@ DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsk
 @click.option(
     "--valid",
     "valid_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=CLICK_LOG,
     help="Validation clicks: models that tune settings choose them on this split only.",
 )
 @click.option(
