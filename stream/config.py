@@ -21,6 +21,9 @@ DEFAULT_BROKER = "127.0.0.1:19092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
 
 
+ENGINES = ("batch", "agent")
+
+
 def _home_default() -> str:
     return str(Path.cwd() / ".streamrec")
 
@@ -105,6 +108,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         # A bad port is a one-line error at start-up, not a traceback from a socket later.
+        if self.engine not in ENGINES:
+            raise InvalidSettingError(
+                f"STREAMREC_ENGINE={self.engine!r}: choose 'batch' or 'agent'"
+            )
         if not 0 <= self.web_port <= 65535:
             raise InvalidSettingError(f"web port {self.web_port} is not a port (0-65535; 0 = off)")
         for address in self.broker.split(","):

@@ -87,3 +87,72 @@ def test_invalid_ports_are_refused(
         monkeypatch.setenv(key, value)
     code, err = _run(args, capsys)
     assert code == 1 and "port" in err and err.count("\n") == 1
+
+
+def test_settings_that_cannot_work_are_one_line_errors(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMREC_PARTITIONS", "four")
+    code, err = _run(["models", "list"], capsys)
+    assert code == 1 and "STREAMREC_PARTITIONS='four'" in err and err.count("\n") == 1
+    monkeypatch.delenv("STREAMREC_PARTITIONS")
+    monkeypatch.setenv("STREAMREC_ENGINE", "turbo")
+    code, err = _run(["worker"], capsys)  # refused before Faust starts
+    assert code == 1 and "STREAMREC_ENGINE='turbo'" in err and err.count("\n") == 1
+
+
+def test_an_option_read_from_its_variable_is_checked_like_the_flag(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMREC_BATCH_SIZE", "0")
+    code, err = _run(["worker"], capsys)
+    assert code == 2 and "STREAMREC_BATCH_SIZE" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["evaluate", "--models", "pop,nope"], "unknown model(s) nope"),
+        (["evaluate", "--k", "0"], "'--k': 0 is not in the range"),
+        (["trainer", "--every", "5x"], "'5x' is not a duration"),
+        (["train", "--format", "parquet"], "'parquet' is not one of"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+)
+def test_usage_errors_are_one_line_pointing_at_the_help(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(args, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert "--help'" in err and "Traceback" not in err
+
+
+def test_a_path_that_cannot_be_written_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "synth.tsv"
+    args = ["synth", "--out", str(out), "--items", "9", "--sessions", "9", "--no-progress"]
+    code, err = _run(args, capsys)
+    assert code == 1 and err.startswith(f"streamrec: error: {blocker}:") and err.count("\n") == 1
+
+
+def test_a_bug_is_not_dressed_up_as_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only streamrec's own errors and click's usage errors become one line: a ValueError
+    from a bug keeps its traceback, so it gets reported and fixed."""
+    import stream.cli.models
+
+    def broken(*args: object) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(stream.cli.models, "Registry", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["models", "list"])
+
+
+def test_a_group_without_a_subcommand_shows_its_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, err = _run(["tenant"], capsys)
+    assert code == 2 and err.startswith("Usage: streamrec tenant") and "error" not in err

@@ -8,7 +8,7 @@ import pytest
 from models.datasets import Session, build_sessions, read_clicks
 from models.gate import GatePolicy, gate, retrain, split_holdout
 from models.train import TrainParams, train_model
-from stream.cli_trainer import parse_duration
+from stream.cli.params import parse_duration
 
 PARAMS = TrainParams(epochs=5, seed=5)
 

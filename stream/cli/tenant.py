@@ -13,7 +13,7 @@ from models.errors import StreamrecError
 from models.registry import Registry
 from models.rules import EXCLUDE_MODES, ServingRules
 from state.tenants import MODES, list_tenants
-from stream.cli_params import TENANT
+from stream.cli.params import TENANT, uses
 from stream.config import Settings
 from stream.tenant_control import TenantControl
 
@@ -24,7 +24,7 @@ def _client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
 
 
-@click.group("tenant")
+@click.group("tenant", epilog=uses("registry", "redis"))
 def tenant() -> None:
     """Tenants (shops): create, switch, serving rules, API keys.
 
@@ -165,7 +165,3 @@ def tenant_list(settings: Settings) -> None:
     click.echo(f"{'tenant':24s} {'mode':7s} model")
     for name in names:
         click.echo(f"{name:24s} {modes.get(name, 'on'):7s} {registry.current_version(name) or '-'}")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(tenant)

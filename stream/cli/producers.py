@@ -10,86 +10,30 @@ import logging
 import math
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from models.errors import StreamrecError
-from models.names import is_tenant
-from stream.cli_models import format_options
+from stream.cli.params import (
+    POSITIVE,
+    ColumnSpec,
+    click_log_argument,
+    column_options,
+    pacing_options,
+    setting_option,
+    target_options,
+    uses,
+)
 from stream.config import Settings
 
-_FILE_HELP = "FILE defaults to the shipped e-shop clothing 2008 clickstream (Kaggle / UCI #553)."
-_POSITIVE = click.FloatRange(min=0, min_open=True)
-
-
-def register(group: click.Group) -> None:
-    """Add this module's commands to ``group``."""
-    for command in (replay, synth, loadtest):
-        group.add_command(command)
-
-
-# -- shared options -----------------------------------------------------------------------
-
-
-def _stacked(*options: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
-
-
-_target_options = _stacked(
-    click.option("--broker", help="Kafka bootstrap servers [env STREAMREC_BROKER]."),
-    click.option("--topic", help="Clicks topic [env STREAMREC_CLICKS_TOPIC, default clicks]."),
-    click.option(
-        "--tenants",
-        type=click.IntRange(1, 10_000),
-        default=1,
-        show_default=True,
-        help="Spread sessions over this many tenants: NAME-0 .. NAME-(T-1).",
-    ),
-    click.option(
-        "--tenant",
-        "tenant_name",
-        default="default",
-        show_default=True,
-        help="Tenant of every event, or the name prefix with --tenants > 1.",
-    ),
-    click.option(
-        "--linger-ms",
-        type=click.FloatRange(0, 5000),
-        default=5.0,
-        show_default=True,
-        help="Producer batching delay: higher = bigger batches, more throughput.",
-    ),
-    click.option("--no-progress", is_flag=True, help="No progress bar."),
-)
-
-_pacing_options = _stacked(
-    click.option("--rate", type=_POSITIVE, help="Events per second, evenly spaced."),
-    click.option(
-        "--speedup",
-        type=_POSITIVE,
-        help="Keep the original gaps between clicks, X times faster. Files without "
-        "a time of day (the e-shop CSV) get plausible seconds, seeded.",
-    ),
-)
+# -- shared steps --------------------------------------------------------------------------
 
 
 def _tenants(count: int, name: str) -> list[str]:
     from producers.replay import tenant_names
 
-    # The suffix "-N" keeps a valid name valid, as long as it stays within 64 chars.
-    if not is_tenant(name) or len(name) > 56:
-        raise click.BadParameter(
-            f"{name!r} is not a tenant name: letters, digits, '_', '.', '-' (up to 56)",
-            param_hint="--tenant",
-        )
     return tenant_names(count, name)
 
 
@@ -139,28 +83,25 @@ def _finish(result: Any, what: str) -> None:
         )
 
 
-def _load_table(file: Path | None, fmt: str, seed: int, cols: dict[str, str | None]) -> Any:
+def _load_table(file: Path | None, spec: ColumnSpec, seed: int) -> Any:
     from models.datasets import eshop_path
     from producers.replay import load_replay
 
-    return load_replay(file or eshop_path(), fmt, seed=seed, **cols)
+    return load_replay(file or eshop_path(), spec.fmt, seed=seed, **spec.columns())
 
 
 # -- replay -------------------------------------------------------------------------------
 
 
 @click.command("replay")
-@click.argument(
-    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
-@format_options
-@_pacing_options
+@click_log_argument
+@column_options()
+@pacing_options
 @click.option(
     "--loop",
     "loops",
     type=click.IntRange(1, 1_000_000),
     default=1,
-    show_default=True,
     help="Replay the file N times; sessions get new ids in every loop after the first.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after N events (over all loops).")
@@ -168,19 +109,14 @@ def _load_table(file: Path | None, fmt: str, seed: int, cols: dict[str, str | No
     "--seed",
     type=int,
     default=0,
-    show_default=True,
     help="Seed for the invented time of day of date-only files.",
 )
-@_target_options
+@target_options
 @click.pass_obj
 def replay(
     settings: Settings,
     file: Path | None,
-    fmt: str,
-    session_col: str | None,
-    item_col: str | None,
-    time_col: str | None,
-    order_col: str | None,
+    spec: ColumnSpec,
     rate: float | None,
     speedup: float | None,
     loops: int,
@@ -211,16 +147,10 @@ def replay(
     settings = settings.with_(broker=broker, clicks_topic=topic)
     pacer = _pacer(rate, speedup)
     names = _tenants(tenants, tenant_name)
-    cols = {
-        "session_col": session_col,
-        "item_col": item_col,
-        "time_col": time_col,
-        "order_col": order_col,
-    }
     from producers.replay import iter_events, send_events
 
     _ensure_topics(settings, settings.clicks_topic)
-    table = _load_table(file, fmt, seed, cols)
+    table = _load_table(file, spec, seed)
     total = len(table) * loops if limit is None else min(limit, len(table) * loops)
     click.echo(
         f"replaying {total:,} events ({len(table):,} clicks in {table.n_sessions:,} "
@@ -256,46 +186,42 @@ def _pace_text(rate: float | None, speedup: float | None) -> str:
     "--items",
     type=click.IntRange(1, 1_000_000),
     default=10_000,
-    show_default=True,
     help="Catalogue size.",
 )
 @click.option(
     "--sessions",
     type=click.IntRange(min=1),
     default=20_000,
-    show_default=True,
     help="Sessions to generate (about 6.3 clicks each).",
 )
 @click.option(
     "--categories",
     type=click.IntRange(min=1),
-    help="Latent categories (product lines) [default: about sqrt(items)].",
+    show_default="about sqrt(items)",
+    help="Latent categories (product lines).",
 )
 @click.option(
     "--zipf",
     type=click.FloatRange(0, 5),
     default=1.05,
-    show_default=True,
     help="Popularity exponent (1.05 matches the rank/frequency slope of real data).",
 )
 @click.option(
     "--stay",
     type=click.FloatRange(0, 1),
     default=0.7,
-    show_default=True,
     help="Probability that a category step stays in the current category.",
 )
 @click.option(
     "--days",
-    type=_POSITIVE,
+    type=POSITIVE,
     default=30.0,
-    show_default=True,
     help="Time span of the session starts.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@_pacing_options
+@click.option("--seed", type=int, default=0)
+@pacing_options
 @click.option("--limit", type=click.IntRange(min=1), help="--kafka: stop after N events.")
-@_target_options
+@target_options
 @click.pass_obj
 def synth(
     settings: Settings,
@@ -411,17 +337,14 @@ def _parse_sweep(value: str | None) -> list[float]:
     return rates
 
 
-@click.command("loadtest")
+@click.command("loadtest", epilog=uses("topics"))
 @click.option(
     "--rate",
-    type=_POSITIVE,
+    type=POSITIVE,
     default=1000.0,
-    show_default=True,
     help="Offered load in events per second.",
 )
-@click.option(
-    "--duration", type=_POSITIVE, default=60.0, show_default=True, help="Seconds of offered load."
-)
+@click.option("--duration", type=POSITIVE, default=60.0, help="Seconds of offered load.")
 @click.option(
     "--max",
     "max_mode",
@@ -437,38 +360,33 @@ def _parse_sweep(value: str | None) -> list[float]:
 )
 @click.option(
     "--source",
-    default=None,
-    help="A click file to replay (looped as needed), or 'synth' "
-    "[default: the shipped e-shop file, which the default model is trained on].",
+    show_default="the shipped e-shop file, which the default model is trained on",
+    help="A click file to replay (looped as needed), or 'synth'.",
 )
-@format_options
+@column_options()
 @click.option(
     "--synth-items",
     type=click.IntRange(1, 1_000_000),
     default=10_000,
-    show_default=True,
     help="--source synth: catalogue size.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0)
 @click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the report here, with FILE.png (latency plots) and FILE.md beside it.",
 )
-@click.option(
-    "--group", help="The worker's consumer group, for the lag [default: STREAMREC_APP_ID]."
-)
+@setting_option("--group", setting="app_id", help="The worker's consumer group, for the lag.")
 @click.option(
     "--drain-timeout",
-    type=_POSITIVE,
+    type=POSITIVE,
     default=30.0,
-    show_default=True,
     help="After the last send, give up waiting when no recommendation arrived for "
     "this many seconds.",
 )
 @click.option("--check", is_flag=True, help="Exit 1 if any event is missing or dead-lettered.")
-@_target_options
+@target_options
 @click.pass_obj
 def loadtest(
     settings: Settings,
@@ -478,11 +396,7 @@ def loadtest(
     events: int | None,
     sweep: str | None,
     source: str | None,
-    fmt: str,
-    session_col: str | None,
-    item_col: str | None,
-    time_col: str | None,
-    order_col: str | None,
+    spec: ColumnSpec,
     synth_items: int,
     seed: int,
     json_path: Path | None,
@@ -532,19 +446,13 @@ def loadtest(
         if max_mode
         else [(r, lt.events_for(r, duration)) for r in (rates or [rate])]
     )
-    cols = {
-        "session_col": session_col,
-        "item_col": item_col,
-        "time_col": time_col,
-        "order_col": order_col,
-    }
     if source == "synth":
         biggest = max(n for _, n in plan)
         params = SynthParams(items=synth_items, sessions=max(1, math.ceil(biggest / 6)), seed=seed)
         table = prepare_replay(generate_clicks(params))
         source_text = f"synth (items={synth_items}, seed={seed})"
     else:
-        table = _load_table(Path(source) if source else None, fmt, seed, cols)
+        table = _load_table(Path(source) if source else None, spec, seed)
         source_text = source or "shipped e-shop clothing 2008 clickstream"
     _ensure_topics(settings, settings.clicks_topic, settings.recs_topic, settings.dlq_topic)
     command = "streamrec " + shlex.join(sys.argv[1:])

@@ -1,7 +1,8 @@
-"""Model commands: ``train``, ``similar``, ``evaluate`` and ``models list|promote|rollback``.
+"""Offline model commands: ``train``, ``similar`` and ``evaluate``.
 
 Thin wrappers over ``models``: parse options, read the data, call the pure code, print.
-No broker or Redis here; the registry directory comes from ``Settings.registry_dir``.
+No broker here (``train`` tells the workers of a promotion through Redis); the registry
+directory comes from ``Settings.registry_dir``.
 """
 
 from __future__ import annotations
@@ -9,76 +10,56 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from models.datasets import FORMATS, Session, build_sessions, eshop_path, read_clicks
+from models.datasets import Session, build_sessions, eshop_path
 from models.registry import Registry
 from state.notify import notify_model_change
-from stream.cli_params import TENANT
+from stream.cli.params import (
+    CLICK_LOG,
+    ColumnSpec,
+    click_log_argument,
+    column_options,
+    stacked,
+    tenant_option,
+    uses,
+)
 from stream.config import Settings
 
 if TYPE_CHECKING:
     from models.train import TrainParams
 
-_DEFAULTS_HINT = "default: the shipped e-shop clothing 2008 clickstream"
+_SHIPPED = "the shipped e-shop clothing 2008 clickstream"
 
 
-def register(group: click.Group) -> None:
-    """Add this module's commands to ``group``."""
-    for command in (train, similar, evaluate, models_group):
-        group.add_command(command)
-
-
-def format_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(FORMATS),
-            default="auto",
-            show_default=True,
-            help="Input format: eshop (Kaggle CSV), yoochoose (TSV), csv (name the columns).",
-        ),
-        click.option("--session-col", help="csv: column holding the session id."),
-        click.option("--item-col", help="csv: column holding the item id."),
-        click.option("--time-col", help="csv: column with timestamps (unix seconds or ISO 8601)."),
-        click.option("--order-col", help="csv: column with the click's position in its session."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _train_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option(
-            "--vector-size", type=click.IntRange(2, 1000), help="Embedding size [default: 10]."
-        ),
-        click.option(
-            "--window", type=click.IntRange(1, 100), help="Word2Vec context window [default: 5]."
-        ),
-        click.option(
-            "--clusters", type=click.IntRange(1, 10000), help="KMeans clusters [default: 10]."
-        ),
-        click.option(
-            "--epochs",
-            type=click.IntRange(1, 1000),
-            help="Word2Vec epochs [default: 20, fewer above 150k clicks].",
-        ),
-        click.option("--seed", type=int, help="Seed for every random choice [default: 42]."),
-        click.option(
-            "--workers",
-            type=click.IntRange(1, 64),
-            help="Word2Vec threads; more than 1 is faster but not reproducible [default: 1].",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+# None = the tuned default of TrainParams (shown, not passed, so the tuning stays in one place).
+_train_options = stacked(
+    click.option(
+        "--vector-size", type=click.IntRange(2, 1000), show_default="10", help="Embedding size."
+    ),
+    click.option(
+        "--window", type=click.IntRange(1, 100), show_default="5", help="Word2Vec context window."
+    ),
+    click.option(
+        "--clusters", type=click.IntRange(1, 10000), show_default="10", help="KMeans clusters."
+    ),
+    click.option(
+        "--epochs",
+        type=click.IntRange(1, 1000),
+        show_default="20, fewer above 150k clicks",
+        help="Word2Vec epochs.",
+    ),
+    click.option("--seed", type=int, show_default="42", help="Seed for every random choice."),
+    click.option(
+        "--workers",
+        type=click.IntRange(1, 64),
+        show_default="1",
+        help="Word2Vec threads; more than 1 is faster but not reproducible.",
+    ),
+)
 
 
 def _train_params(**given: Any) -> TrainParams:
@@ -90,11 +71,11 @@ def _train_params(**given: Any) -> TrainParams:
 
 
 def _read_sessions(
-    path: Path, fmt: str, cols: dict[str, str | None], *, collapse_repeats: bool = True
+    path: Path, spec: ColumnSpec, *, collapse_repeats: bool = True
 ) -> tuple[list[Session], int]:
     """Sessions (ordered, one-click sessions dropped; consecutive repeats collapsed unless
     told otherwise) and the raw click count."""
-    clicks = read_clicks(path, fmt, **cols)
+    clicks = spec.read(path)
     return build_sessions(clicks, min_length=2, collapse_repeats=collapse_repeats), len(clicks)
 
 
@@ -134,12 +115,10 @@ class _StageBars:
             self._bar = None
 
 
-@click.command()
-@click.argument(
-    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
-@format_options
-@click.option("--tenant", default="default", show_default=True, type=TENANT)
+@click.command(epilog=uses("registry", "redis"))
+@click_log_argument
+@column_options()
+@tenant_option(help="Tenant the version is registered for.")
 @_train_options
 @click.option(
     "--eval-days",
@@ -158,11 +137,7 @@ class _StageBars:
 def train(
     settings: Settings,
     file: Path | None,
-    fmt: str,
-    session_col: str | None,
-    item_col: str | None,
-    time_col: str | None,
-    order_col: str | None,
+    spec: ColumnSpec,
     tenant: str,
     vector_size: int | None,
     window: int | None,
@@ -183,14 +158,8 @@ def train(
     _quiet_libraries()
     started = time.perf_counter()
     path = file or eshop_path()
-    cols = {
-        "session_col": session_col,
-        "item_col": item_col,
-        "time_col": time_col,
-        "order_col": order_col,
-    }
     click.echo(f"reading {path}")
-    sessions, n_clicks = _read_sessions(path, fmt, cols)
+    sessions, n_clicks = _read_sessions(path, spec)
     params = _train_params(
         vector_size=vector_size,
         window=window,
@@ -213,7 +182,7 @@ def train(
     registry = Registry(settings.registry_dir)
     data = {
         "source": str(path),
-        "format": fmt,
+        "format": spec.fmt,
         "clicks": n_clicks,
         "sessions": len(sessions),
         "from_ts": min((s.start for s in sessions), default=None),
@@ -251,10 +220,10 @@ def _write_plots(bundle: Any, directory: Path) -> list[Path]:
     return written
 
 
-@click.command()
+@click.command(epilog=uses("registry"))
 @click.argument("item")
-@click.option("--k", default=5, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--tenant", default="default", show_default=True, type=TENANT)
+@click.option("--k", default=5, type=click.IntRange(1, 1000), help="How many items.")
+@tenant_option()
 @click.option("--any-cluster", is_flag=True, help="Search all items, not only ITEM's cluster.")
 @click.pass_obj
 def similar(settings: Settings, item: str, k: int, tenant: str, any_cluster: bool) -> None:
@@ -294,13 +263,14 @@ DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsk
 @click.option(
     "--train",
     "train_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help=f"Training clicks [{_DEFAULTS_HINT}].",
+    type=CLICK_LOG,
+    show_default=_SHIPPED,
+    help="Training clicks.",
 )
 @click.option(
     "--test",
     "test_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=CLICK_LOG,
     help="Test clicks, same format as --train.",
 )
 @click.option(
@@ -311,7 +281,7 @@ DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsk
 @click.option(
     "--valid",
     "valid_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=CLICK_LOG,
     help="Validation clicks: models that tune settings choose them on this split only.",
 )
 @click.option(
@@ -319,13 +289,11 @@ DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsk
     type=click.FloatRange(min=0, min_open=True),
     help="Instead of --valid: the last N days of the training sessions are the validation split.",
 )
-@format_options
-@click.option("--category-col", help="csv: column with the item's category (optional).")
+@column_options(category=True)
 @click.option(
     "--protocol",
     type=click.Choice(("next-item", "serving")),
     default="next-item",
-    show_default=True,
     help="next-item: the literature protocol (nothing filtered, repeats kept); "
     "serving: the same cases with the --exclude rule applied after ranking.",
 )
@@ -333,18 +301,14 @@ DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsk
     "--exclude",
     type=click.Choice(("none", "current", "seen")),
     default="current",
-    show_default=True,
     help="serving: what a list may not contain (the item being looked at, or any item "
     "of the session).",
 )
-@click.option(
-    "--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="List length."
-)
+@click.option("--k", default=20, type=click.IntRange(1, 1000), help="List length.")
 @click.option(
     "--models",
     "model_list",
     default=",".join(DEFAULT_MODELS),
-    show_default=True,
     help=f"Comma-separated models to compare, from: {', '.join(MODEL_NAMES)}.",
 )
 @click.option(
@@ -362,12 +326,7 @@ def evaluate(
     split_days: float | None,
     valid_file: Path | None,
     valid_days: float | None,
-    fmt: str,
-    session_col: str | None,
-    item_col: str | None,
-    time_col: str | None,
-    order_col: str | None,
-    category_col: str | None,
+    spec: ColumnSpec,
     protocol: str,
     exclude: str,
     k: int,
@@ -401,27 +360,20 @@ def evaluate(
         raise click.BadParameter(
             "give at most one of --valid FILE or --valid-days N", param_hint="--valid"
         )
-    cols = {
-        "session_col": session_col,
-        "item_col": item_col,
-        "time_col": time_col,
-        "order_col": order_col,
-        "category_col": category_col,
-    }
     train_path = train_file or eshop_path()
-    train_sessions, _ = _read_sessions(train_path, fmt, cols, collapse_repeats=False)
+    train_sessions, _ = _read_sessions(train_path, spec, collapse_repeats=False)
     if test_file is not None:
-        test_sessions, _ = _read_sessions(test_file, fmt, cols, collapse_repeats=False)
+        test_sessions, _ = _read_sessions(test_file, spec, collapse_repeats=False)
     else:
         train_sessions, test_sessions = split_last_days(train_sessions, split_days or 0)
     valid_sessions: list[Session] | None = None
     fit_part: list[Session] | None = None
     if valid_file is not None:
-        valid_sessions, _ = _read_sessions(valid_file, fmt, cols, collapse_repeats=False)
+        valid_sessions, _ = _read_sessions(valid_file, spec, collapse_repeats=False)
     elif valid_days is not None:
         # Tuning sees only the training sessions: the last days of them play the test.
         fit_part, valid_sessions = split_last_days(train_sessions, valid_days)
-    categories = item_categories(read_clicks(train_path, fmt, **cols)) if category_col else None
+    categories = item_categories(spec.read(train_path)) if spec.category_col else None
     factories = model_factories(_train_params(**train_options), categories)
     click.echo(
         f"train: {len(train_sessions)} sessions from {train_path}; "
@@ -480,92 +432,3 @@ def _metrics_table(results: dict[str, dict[str, Any]], k: int, cases: int) -> st
             f"{m['train_s']:>8.1f} {m['recs_per_s']:>9.0f}"
         )
     return "\n".join(lines)
-
-
-@click.group("models")
-def models_group() -> None:
-    """List, promote and roll back model versions per tenant."""
-
-
-def gate_line(manifest: dict) -> str:
-    """The trainer's gate decision for a version: both scores and the hold-out."""
-    gate = manifest.get("gate")
-    if not isinstance(gate, dict):
-        return ""
-    metric = (gate.get("policy") or {}).get("metric", "hr")
-    k = (gate.get("policy") or {}).get("k", "")
-    cand, cur = gate.get("candidate") or {}, gate.get("current") or {}
-
-    def score(s: dict) -> str:
-        return f"{s[metric]:.4f}" if isinstance(s.get(metric), float | int) else "-"
-
-    window = manifest.get("data_window") or {}
-    when = ""
-    if isinstance(window.get("from"), float | int) and isinstance(window.get("to"), float | int):
-        fmt = "%Y-%m-%d %H:%M"
-        when = (
-            f" of the window {time.strftime(fmt, time.gmtime(window['from']))} - "
-            f"{time.strftime(fmt, time.gmtime(window['to']))} UTC"
-        )
-    return (
-        f"gate: {gate.get('decision', '?')}, {metric.upper()}@{k} {score(cand)} vs "
-        f"{score(cur)} ({gate.get('current_version') or 'none'} in service), on the newest "
-        f"{gate.get('holdout_sessions', '?')} sessions{when} held out"
-    )
-
-
-@models_group.command("list")
-@click.argument("tenant", required=False, type=TENANT)
-@click.pass_obj
-def models_list(settings: Settings, tenant: str | None) -> None:
-    """Versions of TENANT (default: every tenant); `*` marks the one in service."""
-    registry = Registry(settings.registry_dir)
-    tenants = [tenant] if tenant else registry.tenants()
-    if not tenants:
-        click.echo(f"no models in {registry.root}; run `streamrec train`")
-        return
-    for name in tenants:
-        click.echo(f"{name}:")
-        infos = registry.versions(name)
-        if not infos:
-            click.echo("  (no versions)")
-        for info in infos:
-            mark = "*" if info.current else " "
-            metrics = " ".join(
-                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in sorted(info.metrics.items())
-            )
-            parent = info.parent or "-"
-            items = info.counts.get("items", "?") if info.valid else "?"
-            note = "" if info.valid else "  (unreadable manifest)"
-            click.echo(
-                f" {mark} {info.version:<6} {info.created or '-':<21} parent={parent:<6} "
-                f"items={items} {metrics}{note}".rstrip()
-            )
-            gate = gate_line(registry.manifest(name, info.version))
-            if gate:
-                click.echo(f"          {gate}")
-
-
-@models_group.command("promote")
-@click.argument("tenant", type=TENANT)
-@click.argument("version")
-@click.pass_obj
-def models_promote(settings: Settings, tenant: str, version: str) -> None:
-    """Validate VERSION and put it in service for TENANT."""
-    Registry(settings.registry_dir).promote(tenant, version)
-    heard = notify_model_change(settings.redis_url, tenant, version)
-    click.echo(f"{tenant}: {version} is now in service ({heard} worker(s) notified)")
-
-
-@models_group.command("rollback")
-@click.argument("tenant", default="default", type=TENANT)
-@click.argument("version", required=False)
-@click.pass_obj
-def models_rollback(settings: Settings, tenant: str, version: str | None) -> None:
-    """Put VERSION (default: the previously promoted one) back in service for TENANT."""
-    registry = Registry(settings.registry_dir)
-    before = registry.current_version(tenant)
-    after = registry.rollback(tenant, version)
-    heard = notify_model_change(settings.redis_url, tenant, after)
-    click.echo(f"{tenant}: rolled back {before} -> {after} ({heard} worker(s) notified)")

@@ -9,7 +9,7 @@ import orjson
 import redis.exceptions
 from redis.asyncio import Redis
 
-from stream.cli_params import TENANT
+from stream.cli.params import TENANT, json_flag, uses
 from stream.config import Settings
 from stream.feedback_stats import parse_since, stats_table, tenant_stats
 
@@ -29,11 +29,11 @@ async def _read(settings: Settings, tenant: str, since_s: float) -> dict:
         await client.aclose()
 
 
-@click.command("stats")
+@click.command("stats", epilog=uses("redis"))
 @click.argument("tenant", type=TENANT)
-@click.option("--since", "since_s", default="1h", callback=_since, show_default=True,
+@click.option("--since", "since_s", default="1h", callback=_since,
               help="Window: 30m, 1h, 7d ...")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_flag
 @click.pass_obj
 def stats(settings: Settings, tenant: str, since_s: float, as_json: bool) -> None:
     """Recommendations, implicit hits, hit rate with its 95 % Wilson interval, and
@@ -43,7 +43,3 @@ def stats(settings: Settings, tenant: str, since_s: float, as_json: bool) -> Non
     except (redis.exceptions.RedisError, OSError) as exc:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
     click.echo(orjson.dumps(report).decode() if as_json else stats_table(report))
-
-
-def register(group: click.Group) -> None:
-    group.add_command(stats)

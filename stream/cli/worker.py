@@ -4,24 +4,43 @@ from __future__ import annotations
 
 import click
 
+from stream.cli.params import broker_option, setting_option, uses
 from stream.config import Settings
 
 
-@click.command("worker")
-@click.option("--broker", help="Kafka bootstrap servers [env STREAMREC_BROKER].")
-@click.option("--redis-url", help="Redis URL [env STREAMREC_REDIS_URL].")
-@click.option("--model-dir", help="Model registry directory [env STREAMREC_MODEL_DIR].")
-@click.option("--web-port", type=int, help="HTTP port for the worker's web server; 0 = off.")
-@click.option("--batch-size", type=click.IntRange(1, 100_000), help="Max events per batch.")
-@click.option(
+@click.command("worker", epilog=uses("home", "topics"))
+@broker_option
+@setting_option("--redis-url", setting="redis_url", help="Redis URL (rediss:// for TLS).")
+@setting_option(
+    "--model-dir",
+    setting="model_dir",
+    default=None,
+    show_default="$STREAMREC_HOME/models",
+    help="Model registry directory.",
+)
+@setting_option(
+    "--web-port",
+    setting="web_port",
+    type=int,
+    help="HTTP port for the worker's web server; 0 = off.",
+)
+@setting_option(
+    "--batch-size",
+    setting="batch_size",
+    type=click.IntRange(1, 100_000),
+    help="Max events per batch.",
+)
+@setting_option(
     "--delivery",
+    setting="delivery",
     type=click.Choice(["at_least_once", "exactly_once"]),
     help="exactly_once: outputs and offsets in one Kafka transaction per batch (Apache Kafka "
-    "only) [env STREAMREC_DELIVERY, default at_least_once].",
+    "only).",
 )
-@click.option(
+@setting_option(
     "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
+    setting="log_level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     help="Worker log level.",
 )
 @click.pass_obj
@@ -68,21 +87,18 @@ def worker(
     "--events",
     type=click.IntRange(1, 165_474),
     default=20_000,
-    show_default=True,
     help="How many clicks of the shipped Kaggle file to replay.",
 )
 @click.option(
     "--rate",
     type=click.FloatRange(1, 1_000_000),
     default=2_000,
-    show_default=True,
     help="Events per second offered.",
 )
 @click.option(
     "--show",
     type=click.IntRange(0, 1000),
     default=8,
-    show_default=True,
     help="How many live recommendations to print.",
 )
 @click.pass_obj
@@ -97,8 +113,3 @@ def demo(settings: Settings, events: int, rate: float, show: int) -> None:
     from stream.demo import run_demo
 
     raise SystemExit(run_demo(settings, events=events, rate=rate, show=show, echo=click.echo))
-
-
-def register(group: click.Group) -> None:
-    group.add_command(worker)
-    group.add_command(demo)

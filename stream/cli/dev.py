@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from stream.cli.params import setting_option, uses
 from stream.config import Settings
 from stream.devstack import stack_for
 from stream.kafka_broker import BROKER_KINDS
@@ -13,7 +14,7 @@ def stack_topics(settings: Settings) -> list[str]:
     return [settings.clicks_topic, settings.recs_topic, settings.dlq_topic, settings.feedback_topic]
 
 
-@click.group("dev")
+@click.group("dev", epilog=uses("home", "broker", "redis", "topics"))
 def dev() -> None:
     """Run the embedded broker (Apache Kafka or Tansu) and Redis in the background.
 
@@ -26,11 +27,12 @@ def dev() -> None:
 
 
 @dev.command("up")
-@click.option(
+@setting_option(
     "--broker",
     "kind",
+    setting="embedded_broker",
     type=click.Choice(BROKER_KINDS),
-    help="auto: Apache Kafka if a JDK >= 17 is here, else Tansu [env STREAMREC_EMBEDDED_BROKER].",
+    help="auto: Apache Kafka if a JDK >= 17 is here, else Tansu.",
 )
 @click.pass_obj
 def dev_up(settings: Settings, kind: str | None) -> None:
@@ -66,7 +68,3 @@ def dev_status(settings: Settings, check: bool) -> None:
         click.echo(f"{name:7s} {state:14s} pid {pid or '-'}  {address}{what}")
     if check and not all(r[3] for r in rows):
         raise SystemExit(1)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(dev)

@@ -18,7 +18,7 @@ from models.registry import Registry
 from state.feedback import read_buckets
 from state.notify import notify_model_change
 from state.policies import set_policy
-from stream.cli_params import TENANT
+from stream.cli.params import TENANT, json_flag, uses
 from stream.config import Settings
 from stream.policies import bandit_shares, experiment_status
 
@@ -104,7 +104,7 @@ def status_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.group("experiment")
+@click.group("experiment", epilog=uses("registry", "redis"))
 def experiment() -> None:
     """A/B tests between the version in service and a candidate, and their status.
 
@@ -122,14 +122,12 @@ def experiment() -> None:
     "--share",
     type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
     default=0.1,
-    show_default=True,
     help="The candidate's share of sessions.",
 )
 @click.option(
     "--min-recommendations",
     type=click.IntRange(1),
     default=1000,
-    show_default=True,
     help="Per arm, before the test may decide.",
 )
 @click.pass_obj
@@ -164,7 +162,7 @@ def experiment_start(
 
 @experiment.command("status")
 @click.argument("tenant", type=TENANT)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_flag
 @click.pass_obj
 def experiment_status_cmd(settings: Settings, tenant: str, as_json: bool) -> None:
     """Each arm's share, recommendations, hits, hit rate and 95 % interval; for an A/B
@@ -207,7 +205,7 @@ def experiment_stop(settings: Settings, tenant: str, action: str | None) -> None
     )
 
 
-@click.group("bandit")
+@click.group("bandit", epilog=uses("registry", "redis"))
 def bandit() -> None:
     """A multi-armed bandit over model versions (Thompson sampling on hit rate)."""
 
@@ -219,14 +217,12 @@ def bandit() -> None:
     "--discount",
     type=click.FloatRange(0.0, 1.0, min_open=True),
     default=0.999,
-    show_default=True,
     help="Weight of counts per minute of age (forgetting).",
 )
 @click.option(
     "--floor",
     type=click.FloatRange(0.0, 0.5),
     default=0.01,
-    show_default=True,
     help="Smallest share of an arm (it keeps being explored).",
 )
 @click.pass_obj
@@ -252,8 +248,3 @@ def bandit_start(
     }
     heard = apply_policy(settings, tenant, policy)
     click.echo(f"tenant {tenant}: bandit over {', '.join(arms)} ({heard} worker(s) notified)")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(experiment)
-    group.add_command(bandit)

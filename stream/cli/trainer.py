@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections import Counter
 
@@ -13,50 +12,24 @@ from tqdm import tqdm
 
 from models.gate import GATE_METRICS, GatePolicy
 from models.train import TrainParams
-from stream.cli_params import TENANT
+from stream.cli.params import TENANT, Duration, uses
 from stream.config import Settings
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-
-def parse_duration(text: str) -> float:
-    """'90s', '30m', '1h', '7d' or plain seconds -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 1h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
-
-
-class Duration(click.ParamType):
-    name = "duration"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-@click.command("trainer")
+@click.command("trainer", epilog=uses("registry", "redis", "broker", "topics"))
 @click.option("--once", is_flag=True, help="One pass over all tenants, then exit.")
 @click.option(
     "--every",
     type=Duration(),
     default="1h",
-    show_default=True,
     help="Time between passes when not --once.",
 )
 @click.option(
     "--window",
     type=Duration(),
     default="7d",
-    show_default=True,
     help="How far back to read clicks from the `clicks` topic.",
 )
 @click.option(
@@ -66,14 +39,12 @@ class Duration(click.ParamType):
     "--gate-metric",
     type=click.Choice(GATE_METRICS),
     default="hr",
-    show_default=True,
     help="Metric that decides whether a candidate replaces the current model.",
 )
 @click.option(
     "--gate-margin",
     type=click.FloatRange(-1, 1),
     default=GatePolicy.margin,
-    show_default=True,
     help="How much better than the current model a candidate must be (negative: how much "
     "worse it may be).",
 )
@@ -81,7 +52,6 @@ class Duration(click.ParamType):
     "--keep-unpromoted",
     type=click.IntRange(0),
     default=5,
-    show_default=True,
     help="Versions never promoted kept per tenant (older ones deleted; never one in "
     "service, in the promotion history or in an experiment).",
 )
@@ -89,28 +59,24 @@ class Duration(click.ParamType):
     "--holdout",
     type=click.FloatRange(0.01, 0.9),
     default=0.2,
-    show_default=True,
     help="Newest share of sessions held out to compare candidate and current.",
 )
 @click.option(
     "--min-sessions",
     type=click.IntRange(2),
     default=20,
-    show_default=True,
     help="Tenants with fewer sessions in the window are skipped.",
 )
 @click.option(
     "--jobs",
     type=click.IntRange(1, 64),
     default=os.cpu_count() or 1,
-    show_default=True,
     help="Processes reading the click log, then training tenants, in parallel.",
 )
 @click.option(
     "--rollout",
     type=click.Choice(("direct", "staged")),
     default="direct",
-    show_default=True,
     help="direct: a candidate that passes the gate is promoted at once; staged: it serves "
     "10 %, 50 %, then 100 % of sessions while its online hit rate is not worse, and is "
     "rolled back if it is.",
@@ -119,18 +85,21 @@ class Duration(click.ParamType):
     "--rollout-min-recommendations",
     type=click.IntRange(1),
     default=1000,
-    show_default=True,
     help="Recommendations per arm before a stage is judged.",
 )
 @click.option(
     "--rollout-check",
     type=Duration(),
     default="10s",
-    show_default=True,
     help="How often running rollouts are looked at, between passes.",
 )
-@click.option("--epochs", type=click.IntRange(1, 1000), help="Word2Vec epochs.")
-@click.option("--seed", type=int, help="Random seed for training.")
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 1000),
+    show_default="20, fewer above 150k clicks",
+    help="Word2Vec epochs.",
+)
+@click.option("--seed", type=int, show_default="42", help="Random seed for training.")
 @click.pass_obj
 def trainer(
     settings: Settings,
@@ -217,7 +186,3 @@ def trainer(
         while time.monotonic() < next_pass:
             look()
             time.sleep(max(0.0, min(rollout_check, next_pass - time.monotonic())))
-
-
-def register(group: click.Group) -> None:
-    group.add_command(trainer)
