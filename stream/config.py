@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
+    from state.connection import RedisSettings
     from stream.kafka_config import KafkaClientConfig
 
 DEFAULT_BROKER = "127.0.0.1:19092"
@@ -33,6 +34,14 @@ class Settings:
     # redis://[:password@]host:port/db, or rediss:// for TLS; the password is never printed
     # (see ``redis_display``).
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    # Every Redis client (state/connection.py): timeouts, retries of a command that failed
+    # on the connection (jittered backoff), and with rediss:// the CA / client certificate.
+    redis_connect_timeout_s: float = 3.0
+    redis_timeout_s: float = 5.0
+    redis_retries: int = 3
+    redis_ssl_ca_file: str = ""
+    redis_ssl_cert_file: str = ""
+    redis_ssl_key_file: str = ""
     model_dir: str = ""  # default: <home>/models
     clicks_topic: str = "clicks"
     recs_topic: str = "recommendations"
@@ -115,6 +124,8 @@ class Settings:
             redis_port = 0
         if redis_port == 0:
             raise ValueError(f"Redis URL {self.redis_url!r} has no valid port (1-65535)")
+        if self.redis_ssl_ca_file or self.redis_ssl_cert_file or self.redis_ssl_key_file:
+            self.redis  # noqa: B018  (TLS files need rediss://: said at start-up, not later)
 
     @property
     def kafka(self) -> KafkaClientConfig:
@@ -122,6 +133,21 @@ class Settings:
         from stream.kafka_config import KafkaClientConfig
 
         return KafkaClientConfig.from_settings(self)
+
+    @property
+    def redis(self) -> RedisSettings:
+        """Every Redis client's settings (URL, timeouts, TLS, retry policy)."""
+        from state.connection import RedisSettings
+
+        return RedisSettings(
+            url=self.redis_url,
+            connect_timeout_s=self.redis_connect_timeout_s,
+            timeout_s=self.redis_timeout_s,
+            ssl_ca_file=self.redis_ssl_ca_file,
+            ssl_cert_file=self.redis_ssl_cert_file,
+            ssl_key_file=self.redis_ssl_key_file,
+            retries=self.redis_retries,
+        )
 
     @property
     def redis_display(self) -> str:

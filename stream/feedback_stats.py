@@ -7,9 +7,8 @@ import re
 import time
 from typing import Any
 
-from redis.asyncio import Redis
-
 from models.experiments import wilson
+from state.connection import AsyncRedis as Redis
 from state.feedback import VariantCounts, read_buckets, totals
 
 _SINCE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
