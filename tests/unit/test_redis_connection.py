@@ -20,7 +20,6 @@ from state.connection import (
     sync_client,
 )
 
-
 REPLIES = {b"PING": b"+PONG\r\n", b"HELLO": b"%1\r\n$5\r\nproto\r\n:3\r\n"}
 
 
