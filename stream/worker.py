@@ -282,10 +282,13 @@ class Worker(Service):
             client = async_client(self.settings.redis, subscriber=True)
             try:
                 async for tenant in model_changes(client):
-                    if self._processor is not None:
-                        self._processor.tenants.invalidate()
                     if self._policies is not None:
                         self._policies.invalidate()
+                    if self._processor is not None:
+                        self._processor.tenants.invalidate()
+                        # Read now, not at the next batch: a mode change is logged when
+                        # it happens, traffic or not.
+                        await self._processor.tenants.mode(tenant)
                     await self.models.refresh([tenant])
             except UNAVAILABLE:
                 await asyncio.sleep(2.0)
