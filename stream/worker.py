@@ -155,10 +155,6 @@ class Worker(Service):
         assert self._processor is not None
         return self._processor
 
-    @property
-    def tenants(self) -> TenantDirectory:
-        return self.processor.tenants
-
     def _connect(self) -> None:
         if self._processor is not None:
             return
