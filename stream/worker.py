@@ -286,7 +286,7 @@ class Worker(Service):
                         # it happens, traffic or not.
                         await self._processor.tenants.mode(tenant)
                     await self.models.refresh([tenant])
-            except UNAVAILABLE:
+            except (RedisError, OSError):  # unreachable, or a reply the mode read refused
                 await asyncio.sleep(2.0)
             finally:
                 await client.aclose()
