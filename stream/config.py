@@ -124,8 +124,9 @@ class Settings:
             redis_port = 0
         if redis_port == 0:
             raise ValueError(f"Redis URL {self.redis_url!r} has no valid port (1-65535)")
-        if self.redis_ssl_ca_file or self.redis_ssl_cert_file or self.redis_ssl_key_file:
-            self.redis  # noqa: B018  (TLS files need rediss://: said at start-up, not later)
+        tls = self.redis_ssl_ca_file or self.redis_ssl_cert_file or self.redis_ssl_key_file
+        if tls or self.redis_retries < 0:
+            self.redis  # noqa: B018  (its checks said at start-up, not at the first connection)
 
     @property
     def kafka(self) -> KafkaClientConfig:
