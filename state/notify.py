@@ -14,21 +14,23 @@ import redis
 from redis.asyncio import Redis
 
 from state import keys
+from state.connection import RedisSettings, sync_client
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
 
-def notify_model_change(redis_or_url: str | redis.Redis, tenant: str, version: str | None) -> int:
+def notify_model_change(
+    target: RedisSettings | str | redis.Redis, tenant: str, version: str | None
+) -> int:
     """Tell the workers that ``tenant``'s current version changed; returns how many heard.
 
-    ``redis_or_url``: a client to reuse, or a URL (a connection just for this notice).
+    ``target``: a client to reuse, or the settings (or just the URL) of one made for
+    this notice.
     """
     try:
-        client = (
-            redis.Redis.from_url(redis_or_url, socket_connect_timeout=2, socket_timeout=2)
-            if isinstance(redis_or_url, str)
-            else redis_or_url
-        )
+        if isinstance(target, str):
+            target = RedisSettings(target)
+        client = sync_client(target) if isinstance(target, RedisSettings) else target
         try:
             return int(
                 client.publish(
@@ -36,7 +38,7 @@ def notify_model_change(redis_or_url: str | redis.Redis, tenant: str, version: s
                 )
             )
         finally:
-            if client is not redis_or_url:
+            if client is not target:  # made here
                 client.close()
     except redis.RedisError as exc:
         log.warning(

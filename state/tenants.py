@@ -1,26 +1,51 @@
-"""Tenants in Redis: who has sent clicks, each one's on / freeze / off switch, and
-click counts per item for tenants that have no model yet."""
+"""Tenants in Redis: who has sent clicks, each one's on / freeze / off switch, click
+counts per item for tenants that have no model yet, and the worker's ``TenantDirectory``.
+
+The directory is what the worker needs to know per tenant besides its model. Modes,
+keys, rules and cold-start popular items live in Redis; reading them on every batch
+would cost a round trip, so they are cached for ``ttl_s`` and dropped at once when a
+change notice arrives.
+"""
 
 from __future__ import annotations
 
-import redis
-from redis.asyncio import Redis
+import asyncio
+import logging
+import time
+from collections.abc import Callable
 
+import numpy as np
+
+from models.bundle import ModelBundle
+from models.errors import InvalidSettingError
+from models.registry import Registry
+from models.rules import Catalogue, ServingRules, banned_mask
 from state import keys
+from state.connection import AsyncRedis, SyncRedis
+from state.control import (
+    cache_keys,
+    cache_rules,
+    cache_tenant,
+    catalogue_versions,
+    read_catalogue,
+    read_keys,
+    read_rules,
+    tenant_known,
+)
 
 MODES = ("on", "freeze", "off")
 
 
-def set_mode(client: redis.Redis, tenant: str, mode: str) -> None:
+def set_mode(client: SyncRedis, tenant: str, mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        raise InvalidSettingError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     pipe = client.pipeline(transaction=False)
     pipe.hset(keys.TENANT_MODES, tenant, mode)
     pipe.sadd(keys.TENANTS, tenant)
     pipe.execute()
 
 
-def list_tenants(client: redis.Redis) -> dict[str, str]:
+def list_tenants(client: SyncRedis) -> dict[str, str]:
     """Every known tenant with its mode."""
     pipe = client.pipeline(transaction=False)
     pipe.smembers(keys.TENANTS)
@@ -32,7 +57,7 @@ def list_tenants(client: redis.Redis) -> dict[str, str]:
     return {t: decoded.get(t, "on") for t in sorted(names)}
 
 
-async def read_modes(client: Redis) -> dict[str, str] | None:
+async def read_modes(client: AsyncRedis) -> dict[str, str] | None:
     """The cached modes; None when the cache was not filled from the durable store since
     Redis started (see ``keys.MODES_LOADED``)."""
     raw = await client.hgetall(keys.TENANT_MODES)
@@ -42,12 +67,12 @@ async def read_modes(client: Redis) -> dict[str, str] | None:
     return modes
 
 
-async def cache_modes(client: Redis, modes: dict[str, str]) -> None:
+async def cache_modes(client: AsyncRedis, modes: dict[str, str]) -> None:
     """Fill the cache from the durable store (what it holds wins over the cache)."""
     await client.hset(keys.TENANT_MODES, mapping={**modes, keys.MODES_LOADED: "1"})
 
 
-async def most_popular(client: Redis, tenant: str, n: int) -> list[tuple[str, float]]:
+async def most_popular(client: AsyncRedis, tenant: str, n: int) -> list[tuple[str, float]]:
     return [
         (_text(i), float(s))
         for i, s in await client.zrevrange(keys.popularity(tenant), 0, n - 1, withscores=True)
@@ -56,3 +81,179 @@ async def most_popular(client: Redis, tenant: str, n: int) -> list[tuple[str, fl
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+log = logging.getLogger(f"streamrec.{__name__}")
+
+POPULAR_DEPTH = 200
+# A catalogue change is seen within this long even if its notice is lost.
+CATALOGUE_CHECK_S = 1.0
+
+
+class TenantDirectory:
+    def __init__(
+        self,
+        client: AsyncRedis,
+        *,
+        ttl_s: float = 2.0,
+        durable: Callable[[], dict[str, str]] | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+        # Reads the modes from the durable store (the registry): Redis only caches them.
+        self._durable = durable
+        self._modes: dict[str, str] = {}
+        self._modes_at = float("-inf")
+        self._modes_read = False  # the first read logs modes, later ones their changes
+        self._popular: dict[str, tuple[float, list[tuple[str, float]]]] = {}
+        self._registry = registry
+        self._keys: dict[str, tuple[str, bool]] = {}  # digest -> (tenant, active)
+        self._keys_at = float("-inf")
+        self._rules: dict[str, ServingRules] = {}
+        self._rules_at = float("-inf")
+        # tenant -> (catalogue version, catalogue); checked every CATALOGUE_CHECK_S
+        self._catalogues: dict[str, tuple[int, Catalogue]] = {}
+        self._catalogue_at: dict[str, float] = {}
+        # tenant -> ((model version, catalogue version, rules), mask)
+        self._masks: dict[str, tuple[tuple[object, ...], np.ndarray]] = {}
+
+    async def mode(self, tenant: str) -> str:
+        now = time.monotonic()
+        if now - self._modes_at > self._ttl_s:
+            modes = await read_modes(self._client)
+            if modes is None:
+                # Redis started empty (restart without persistence): refill the cache.
+                durable = await asyncio.to_thread(self._durable) if self._durable else {}
+                await cache_modes(self._client, durable)
+                log.info("tenant modes loaded into Redis from the registry: %s", durable)
+                modes = await read_modes(self._client) or durable
+            # The loop's name must not shadow ``tenant``, read below.
+            for name, before, after in mode_changes(self._modes, modes):
+                if not self._modes_read:
+                    log.info("tenant %s: mode %s", name, after)
+                else:
+                    log.info("tenant %s: mode %s -> %s", name, before, after)
+            self._modes, self._modes_at, self._modes_read = modes, now, True
+        return self._modes.get(tenant, "on")
+
+    async def popular(self, tenant: str) -> list[tuple[str, float]]:
+        now = time.monotonic()
+        cached = self._popular.get(tenant)
+        if cached is None or now - cached[0] > self._ttl_s:
+            cached = (now, await most_popular(self._client, tenant, POPULAR_DEPTH))
+            self._popular[tenant] = cached
+        return cached[1]
+
+    @property
+    def client(self) -> AsyncRedis:
+        return self._client
+
+    def invalidate(self) -> None:
+        self._modes_at = float("-inf")
+        self._keys_at = float("-inf")
+        self._rules_at = float("-inf")
+        self._catalogue_at.clear()
+        self._popular.clear()
+
+    # -- existence -----------------------------------------------------------------------
+    async def exists(self, tenant: str) -> bool:
+        await self.mode(tenant)
+        if tenant in self._modes:
+            return True
+        # Created since the cache was read (by the admin API, the CLI, another worker)?
+        if await tenant_known(self._client, tenant):
+            self._modes[tenant] = "on"
+            return True
+        return False
+
+    async def create(self, tenant: str) -> None:
+        """Create the tenant: durable in the registry first, then the Redis cache."""
+        if self._registry is not None:
+            await asyncio.to_thread(self._registry.create_tenant, tenant)
+        await cache_tenant(self._client, tenant)
+        self._modes.setdefault(tenant, "on")
+
+    # -- keys ----------------------------------------------------------------------------
+    async def _key_map(self) -> dict[str, tuple[str, bool]]:
+        now = time.monotonic()
+        if now - self._keys_at > self._ttl_s:
+            found = await read_keys(self._client)
+            if found is None:
+                durable = await asyncio.to_thread(self._registry.all_keys) if self._registry else {}
+                await cache_keys(self._client, durable)
+                found = {d: (t, active) for d, (t, _, active) in durable.items()}
+            self._keys, self._keys_at = found, now
+        return self._keys
+
+    async def key_owner(self, digest: str) -> str | None:
+        """The tenant owning the key with this digest (a revoked key is gone within the
+        cache's few seconds, at once where the revocation's notice arrives)."""
+        entry = (await self._key_map()).get(digest)
+        return entry[0] if entry is not None and entry[1] else None
+
+    async def has_keys(self, tenant: str) -> bool:
+        """Has the tenant ever had a key (then every call needs a valid one)?"""
+        return any(t == tenant for t, _ in (await self._key_map()).values())
+
+    # -- serving rules and catalogue -----------------------------------------------------
+    async def rules(self, tenant: str) -> ServingRules:
+        now = time.monotonic()
+        if now - self._rules_at > self._ttl_s:
+            found = await read_rules(self._client)
+            if found is None:
+                durable = (
+                    await asyncio.to_thread(self._registry.all_rules) if self._registry else {}
+                )
+                await cache_rules(self._client, durable)
+                found = durable
+            parsed = {}
+            for name, data in found.items():
+                try:
+                    parsed[name] = ServingRules.from_dict(data)
+                except ValueError as exc:
+                    log.error("tenant %s: serving rules ignored: %s", name, exc)
+            self._rules, self._rules_at = parsed, now
+        return self._rules.get(tenant, DEFAULT_RULES)
+
+    async def catalogue(self, tenant: str) -> tuple[int, Catalogue]:
+        now = time.monotonic()
+        cached = self._catalogues.get(tenant)
+        if cached is not None and now - self._catalogue_at.get(tenant, -1e18) <= CATALOGUE_CHECK_S:
+            return cached
+        version = (await catalogue_versions(self._client, [tenant]))[tenant]
+        if cached is None or cached[0] != version:
+            version, entries = await read_catalogue(self._client, tenant)
+            cached = (version, Catalogue.from_entries(entries))
+            self._catalogues[tenant] = cached
+        self._catalogue_at[tenant] = now
+        return cached
+
+    async def serving(
+        self, tenant: str, bundle: ModelBundle | None
+    ) -> tuple[ServingRules, Catalogue, np.ndarray | None]:
+        """The tenant's rules, catalogue and (with a model) the mask of its banned items,
+        rebuilt only when the model, the catalogue or the rules changed."""
+        rules = await self.rules(tenant)
+        version, catalogue = await self.catalogue(tenant)
+        if bundle is None:
+            return rules, catalogue, None
+        stamp = (bundle.version, id(bundle), version, rules)
+        cached = self._masks.get(tenant)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, banned_mask(bundle.item_list, rules, catalogue))
+            self._masks[tenant] = cached
+        return rules, catalogue, cached[1]
+
+
+DEFAULT_RULES = ServingRules()
+
+
+def mode_changes(old: dict[str, str], new: dict[str, str]) -> list[tuple[str, str, str]]:
+    """``(tenant, before, after)`` for each tenant whose mode differs (a tenant with no
+    entry is on)."""
+    return [
+        (t, old.get(t, "on"), new.get(t, "on"))
+        for t in sorted(old.keys() | new.keys())
+        if old.get(t, "on") != new.get(t, "on")
+    ]

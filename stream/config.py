@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from models.errors import InvalidSettingError
 
 if TYPE_CHECKING:
+    from state.connection import RedisSettings
     from stream.kafka_config import KafkaClientConfig
 
 DEFAULT_BROKER = "127.0.0.1:19092"
@@ -38,6 +39,14 @@ class Settings:
     # redis://[:password@]host:port/db, or rediss:// for TLS; the password is never printed
     # (see ``redis_display``).
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    # Every Redis client (state/connection.py): timeouts, retries of a command that failed
+    # on the connection (jittered backoff), and with rediss:// the CA / client certificate.
+    redis_connect_timeout_s: float = 3.0
+    redis_timeout_s: float = 5.0
+    redis_retries: int = 3
+    redis_ssl_ca_file: str = ""
+    redis_ssl_cert_file: str = ""
+    redis_ssl_key_file: str = ""
     model_dir: str = ""  # default: <home>/models
     clicks_topic: str = "clicks"
     recs_topic: str = "recommendations"
@@ -124,6 +133,9 @@ class Settings:
             redis_port = 0
         if redis_port == 0:
             raise InvalidSettingError(f"Redis URL {self.redis_url!r} has no valid port (1-65535)")
+        tls = self.redis_ssl_ca_file or self.redis_ssl_cert_file or self.redis_ssl_key_file
+        if tls or self.redis_retries < 0:
+            self.redis  # noqa: B018  (its checks said at start-up, not at the first connection)
 
     @property
     def kafka(self) -> KafkaClientConfig:
@@ -131,6 +143,21 @@ class Settings:
         from stream.kafka_config import KafkaClientConfig
 
         return KafkaClientConfig.from_settings(self)
+
+    @property
+    def redis(self) -> RedisSettings:
+        """Every Redis client's settings (URL, timeouts, TLS, retry policy)."""
+        from state.connection import RedisSettings
+
+        return RedisSettings(
+            url=self.redis_url,
+            connect_timeout_s=self.redis_connect_timeout_s,
+            timeout_s=self.redis_timeout_s,
+            ssl_ca_file=self.redis_ssl_ca_file,
+            ssl_cert_file=self.redis_ssl_cert_file,
+            ssl_key_file=self.redis_ssl_key_file,
+            retries=self.redis_retries,
+        )
 
     @property
     def redis_display(self) -> str:

@@ -17,11 +17,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
-from redis.exceptions import RedisError
 
 from models.errors import StreamrecError
 from models.policy_file import all_policies
 from models.registry import Registry
+from state.connection import RedisError
 from state.feedback import read_buckets, totals
 from stream.feedback_stats import stats_json
 from stream.policies import experiment_status

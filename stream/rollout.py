@@ -18,11 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from models.experiments import staged_verdict
 from models.policy_file import log_rollout, read_policy, write_policy
 from models.registry import Registry
+from state.connection import SyncRedis, sync_client
 from state.feedback import read_buckets_sync, totals
 from state.notify import notify_model_change
 from state.policies import set_policy
@@ -43,12 +42,12 @@ class RolloutSettings:
 def apply(settings: Settings, tenant: str, policy: dict[str, Any] | None) -> None:
     """Write a policy durably, then to Redis's cache, and tell the workers."""
     write_policy(Registry(settings.registry_dir), tenant, policy)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+    client = sync_client(settings.redis)
     try:
         set_policy(client, tenant, policy)
     finally:
         client.close()
-    notify_model_change(settings.redis_url, tenant, None)
+    notify_model_change(settings.redis, tenant, None)
 
 
 def start_rollout(
@@ -98,7 +97,7 @@ def check_rollouts(settings: Settings, now: float | None = None) -> list[tuple[s
     moved (``advance``, ``promote``, ``rollback``)."""
     registry = Registry(settings.registry_dir)
     now = time.time() if now is None else now
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    client = sync_client(settings.redis)
     moved: list[tuple[str, str]] = []
     try:
         for tenant in registry.tenants():
@@ -118,7 +117,7 @@ def check_rollouts(settings: Settings, now: float | None = None) -> list[tuple[s
 def _look(
     settings: Settings,
     registry: Registry,
-    client: redis.Redis,
+    client: SyncRedis,
     tenant: str,
     policy: dict[str, Any],
     now: float,
@@ -155,7 +154,7 @@ def _look(
     if nxt >= len(stages) or stages[nxt] >= 1.0:
         registry.promote(tenant, candidate)
         apply(settings, tenant, None)
-        notify_model_change(settings.redis_url, tenant, candidate)
+        notify_model_change(settings.redis, tenant, candidate)
         _record(settings, tenant, "rollout-promote", policy, **rates)
         return "promote"
     share = float(stages[nxt])

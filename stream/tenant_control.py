@@ -7,11 +7,10 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-import redis
-
 from models.errors import StreamrecError
 from models.registry import Registry
 from models.rules import ServingRules
+from state.connection import SyncRedis, sync_client
 from state.control import add_key_sync, cache_tenant_sync, revoke_key_sync, set_rules_sync
 from state.notify import notify_model_change
 from state.tenants import set_mode as cache_mode
@@ -29,13 +28,11 @@ class TenantControl:
         self._settings = settings
         self.registry = Registry(settings.registry_dir)
 
-    def _redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            self._settings.redis_url, socket_connect_timeout=3, socket_timeout=5
-        )
+    def _redis(self) -> SyncRedis:
+        return sync_client(self._settings.redis)
 
     def _notify(self, tenant: str, version: str | None = None) -> int:
-        return notify_model_change(self._settings.redis_url, tenant, version)
+        return notify_model_change(self._settings.redis, tenant, version)
 
     def require(self, tenant: str) -> None:
         if not self.registry.exists(tenant):

@@ -14,14 +14,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 
-import redis
-
 from models.datasets import Clicks, build_sessions
 from models.errors import InvalidModelError, NoModelError, StreamrecError
 from models.gate import GateDecision, GatePolicy, retrain
 from models.policy_file import read_policy
 from models.registry import Registry
 from models.train import TrainParams
+from state.connection import RedisError, RedisSettings, SyncRedis, sync_client
 from state.notify import notify_model_change
 from state.tenants import list_tenants
 from stream.click_log import has_new_clicks, log_positions, read_click_log
@@ -217,7 +216,7 @@ def _retrain_tenant(
             )
         else:
             registry.promote(tenant, version)
-            notify_model_change(_redis(settings.redis_url), tenant, version)
+            notify_model_change(_redis(settings.redis), tenant, version)
     _prune(registry, tenant, keep_unpromoted)
     return TenantOutcome(tenant, decision, version)
 
@@ -248,16 +247,14 @@ def _prune(registry: Registry, tenant: str, keep: int) -> None:
         log.info("tenant %s: deleted unpromoted version(s) %s", tenant, ", ".join(deleted))
 
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[RedisSettings, SyncRedis] = {}
 
 
-def _redis(url: str) -> redis.Redis:
+def _redis(settings: RedisSettings) -> SyncRedis:
     """One client per training process, reused for every tenant's notice."""
-    client = _clients.get(url)
+    client = _clients.get(settings)
     if client is None:
-        client = _clients[url] = redis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=2
-        )
+        client = _clients[settings] = sync_client(settings)
     return client
 
 
@@ -265,9 +262,9 @@ def _modes(settings: Settings) -> dict[str, str]:
     # Without the modes a frozen tenant could be retrained: better not to run at all.
     # The registry's (durable) modes win over Redis's cache, which a restart may empty.
     try:
-        cached = list_tenants(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3))
+        cached = list_tenants(_redis(settings.redis))
         return {**cached, **Registry(settings.registry_dir).modes()}
-    except redis.RedisError as exc:
+    except RedisError as exc:
         raise StreamrecError(
-            f"cannot read tenant modes from Redis at {settings.redis_url}: {exc}"
+            f"cannot read tenant modes from Redis at {settings.redis_display}: {exc}"
         ) from None

@@ -10,12 +10,12 @@ import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from redis.exceptions import RedisError
 
 from models.errors import StreamrecError
 from models.names import TENANT_RULE, is_tenant
 from models.registry import MODES, Registry
 from models.rules import ServingRules
+from state.connection import RedisError
 from stream.tenant_control import TenantControl, UnknownTenantError
 from stream.web import (
     ApiError,

@@ -17,9 +17,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from redis.exceptions import RedisError
 
 from models.names import TENANT_RULE, is_tenant
+from state.connection import RedisError
 from stream.web import ApiError, WebContext
 
 bearer = HTTPBearer(auto_error=False, description="a tenant key or the admin token")

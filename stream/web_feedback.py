@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from redis.exceptions import RedisError
 
+from state.connection import RedisError
 from stream.events import MAX_EVENT_BYTES, InvalidEvent, feedback_from_dict
 from stream.web import (
     MAX_POST_EVENTS,

@@ -17,11 +17,11 @@ import orjson
 from confluent_kafka import KafkaException
 from fastapi import APIRouter, Path, Query, Response
 from fastapi import Request as HttpRequest
-from redis.exceptions import RedisError
 
 from models.errors import StreamrecError
 from models.names import ID_RULE, is_id
 from models.rules import Request
+from state.connection import RedisError
 from state.control import get_item, put_items
 from state.notify import notify_change
 from stream.events import MAX_EVENT_BYTES, InvalidEvent, event_from_dict

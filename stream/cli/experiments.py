@@ -9,12 +9,11 @@ from typing import Any
 
 import click
 import orjson
-import redis
-from redis.asyncio import Redis
 
 from models.errors import StreamrecError
 from models.policy_file import read_policy, write_policy
 from models.registry import Registry
+from state.connection import RedisError, SyncRedis, async_client, sync_client
 from state.feedback import read_buckets
 from state.notify import notify_model_change
 from state.policies import set_policy
@@ -23,8 +22,8 @@ from stream.config import Settings
 from stream.policies import bandit_shares, experiment_status
 
 
-def _client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+def _client(settings: Settings) -> SyncRedis:
+    return sync_client(settings.redis)
 
 
 def _version(registry: Registry, tenant: str, version: str) -> str:
@@ -43,12 +42,12 @@ def apply_policy(settings: Settings, tenant: str, policy: dict[str, Any] | None)
     write_policy(registry, tenant, policy)
     try:
         set_policy(_client(settings), tenant, policy)
-    except redis.RedisError as exc:
+    except RedisError as exc:
         raise click.ClickException(
             f"policy saved in the registry, but Redis at {settings.redis_url} is unreachable "
             f"({exc}); workers pick it up when Redis is back"
         ) from None
-    return notify_model_change(settings.redis_url, tenant, None)
+    return notify_model_change(settings.redis, tenant, None)
 
 
 def status(settings: Settings, tenant: str, now: float | None = None) -> dict[str, Any]:
@@ -61,7 +60,7 @@ def status(settings: Settings, tenant: str, now: float | None = None) -> dict[st
         return experiment_status(tenant, None, [], serving=serving)
 
     async def read() -> list:
-        client = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+        client = async_client(settings.redis)
         try:
             since = float(policy.get("started", now - 3600))
             return await read_buckets(client, tenant, since, now, settings.feedback_bucket_s)
@@ -70,7 +69,7 @@ def status(settings: Settings, tenant: str, now: float | None = None) -> dict[st
 
     try:
         buckets = asyncio.run(read())
-    except (redis.RedisError, OSError) as exc:
+    except (RedisError, OSError) as exc:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
     shares = None
     if policy["policy"] == "bandit":

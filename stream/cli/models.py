@@ -87,7 +87,7 @@ def models_list(settings: Settings, tenant: str | None) -> None:
 def models_promote(settings: Settings, tenant: str, version: str) -> None:
     """Validate VERSION and put it in service for TENANT."""
     Registry(settings.registry_dir).promote(tenant, version)
-    heard = notify_model_change(settings.redis_url, tenant, version)
+    heard = notify_model_change(settings.redis, tenant, version)
     click.echo(f"{tenant}: {version} is now in service ({heard} worker(s) notified)")
 
 
@@ -100,5 +100,5 @@ def models_rollback(settings: Settings, tenant: str, version: str | None) -> Non
     registry = Registry(settings.registry_dir)
     before = registry.current_version(tenant)
     after = registry.rollback(tenant, version)
-    heard = notify_model_change(settings.redis_url, tenant, after)
+    heard = notify_model_change(settings.redis, tenant, after)
     click.echo(f"{tenant}: rolled back {before} -> {after} ({heard} worker(s) notified)")

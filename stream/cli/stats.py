@@ -6,9 +6,8 @@ import asyncio
 
 import click
 import orjson
-import redis.exceptions
-from redis.asyncio import Redis
 
+from state.connection import RedisError, async_client
 from stream.cli.params import TENANT, json_flag, uses
 from stream.config import Settings
 from stream.feedback_stats import parse_since, stats_table, tenant_stats
@@ -22,7 +21,7 @@ def _since(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 
 async def _read(settings: Settings, tenant: str, since_s: float) -> dict:
-    client = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    client = async_client(settings.redis)
     try:
         return await tenant_stats(client, tenant, since_s, settings.feedback_bucket_s)
     finally:
@@ -40,6 +39,6 @@ def stats(settings: Settings, tenant: str, since_s: float, as_json: bool) -> Non
     purchases, per variant (model version or popular) of TENANT."""
     try:
         report = asyncio.run(_read(settings, tenant, since_s))
-    except (redis.exceptions.RedisError, OSError) as exc:
+    except (RedisError, OSError) as exc:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
     click.echo(orjson.dumps(report).decode() if as_json else stats_table(report))

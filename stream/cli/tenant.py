@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import click
-import redis
 
 from models.errors import StreamrecError
 from models.registry import Registry
 from models.rules import EXCLUDE_MODES, ServingRules
+from state.connection import RedisError, SyncRedis, sync_client
 from state.tenants import MODES, list_tenants
 from stream.cli.params import TENANT, uses
 from stream.config import Settings
@@ -20,8 +20,8 @@ from stream.tenant_control import TenantControl
 T = TypeVar("T")
 
 
-def _client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+def _client(settings: Settings) -> SyncRedis:
+    return sync_client(settings.redis)
 
 
 @click.group("tenant", epilog=uses("registry", "redis"))
@@ -141,7 +141,7 @@ def _control(settings: Settings, action: Callable[[TenantControl], T]) -> T:
         return action(TenantControl(settings))
     except StreamrecError as exc:
         raise click.ClickException(str(exc)) from None
-    except redis.RedisError as exc:
+    except RedisError as exc:
         raise click.ClickException(
             f"cannot reach Redis at {settings.redis_display}: {exc}"
         ) from None
@@ -154,7 +154,7 @@ def tenant_list(settings: Settings) -> None:
     registry = Registry(settings.registry_dir)
     try:
         modes = {**list_tenants(_client(settings)), **registry.tenant_modes()}
-    except redis.RedisError as exc:
+    except RedisError as exc:
         raise click.ClickException(
             f"cannot reach Redis at {settings.redis_display}: {exc}"
         ) from None

@@ -191,7 +191,7 @@ def train(
     version = registry.register(tenant, bundle, {"data": data, **extra})
     if not no_promote:
         registry.promote(tenant, version)
-        notify_model_change(settings.redis_url, tenant, version)
+        notify_model_change(settings.redis, tenant, version)
     if plots is not None:
         for name in _write_plots(registry.load(tenant, version), plots):
             click.echo(f"wrote {name}")

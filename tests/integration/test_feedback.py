@@ -15,10 +15,10 @@ from models.ranking import recommend
 from models.registry import Registry
 from state.feedback import FeedbackRecorder, read_buckets, totals
 from state.sessions import SessionStore
+from state.tenants import TenantDirectory
 from stream.devstack import EmbeddedStack
 from stream.model_handle import ModelCache
 from stream.processor import BatchProcessor
-from stream.tenant_state import TenantDirectory
 
 
 def _msg(sid: str, offset: int, item: str) -> SimpleNamespace:

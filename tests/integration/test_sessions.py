@@ -13,10 +13,10 @@ from redis.asyncio import Redis
 from models.registry import Registry
 from state import keys
 from state.sessions import Click, SessionStore
+from state.tenants import TenantDirectory
 from stream.devstack import EmbeddedStack
 from stream.model_handle import ModelCache
 from stream.processor import BatchProcessor
-from stream.tenant_state import TenantDirectory
 
 
 async def _run(stack: EmbeddedStack, clicks: list[Click], cap: int = 3):

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from stream.app import DeadLetterLog, stall_reason
 from stream.processor import DeadLetter
+from stream.worker import DeadLetterLog, stall_reason
 
 
 @pytest.mark.parametrize(

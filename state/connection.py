@@ -1,0 +1,114 @@
+"""Every Redis client streamrec makes, built in one place: URL, timeouts, TLS and the
+retry policy come from one ``RedisSettings`` (``stream.config.Settings.redis``), so the
+worker, the trainer, the CLI and the admin API cannot drift apart.
+
+The retry policy is redis-py's own ``Retry`` with equal-jitter exponential backoff: a
+command that fails on a dropped connection or a timeout is retried a few times, each
+client waiting a different, growing pause (so workers that lost Redis together do not
+reconnect in lockstep). It is short on purpose: a Redis that stays away surfaces as an
+error within seconds, and the worker's own hold-and-retry (``hold_retry``) takes over
+there. redis-py's default (10 retries) could keep a command in the air for a minute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from models.errors import InvalidSettingError
+
+SyncRedis = redis.Redis
+
+__all__ = [
+    "UNAVAILABLE",
+    "AsyncRedis",
+    "RedisError",
+    "RedisSettings",
+    "SyncRedis",
+    "async_client",
+    "hold_retry",
+    "sync_client",
+]
+
+# Redis cannot be reached now (as opposed to a command it refused): worth retrying.
+UNAVAILABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """How to reach Redis. ``url``: redis://[:password@]host:port/db, or rediss:// for
+    TLS (then the ``ssl_*`` files, if given, name the CA and the client certificate)."""
+
+    url: str = field(default="redis://127.0.0.1:16379/0", repr=False)
+    connect_timeout_s: float = 3.0
+    # Every command's reply; a pub/sub subscriber waits without one (see ``subscriber``).
+    timeout_s: float = 5.0
+    ssl_ca_file: str = ""
+    ssl_cert_file: str = ""
+    ssl_key_file: str = ""
+    # Retries of a command that failed on the connection, with backoff between
+    # ``backoff_base_s`` and ``backoff_cap_s`` (equal jitter).
+    retries: int = 3
+    backoff_base_s: float = 0.05
+    backoff_cap_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        tls_files = self.ssl_ca_file or self.ssl_cert_file or self.ssl_key_file
+        if tls_files and urlparse(self.url).scheme != "rediss":
+            raise InvalidSettingError("Redis TLS files are set but the Redis URL is not rediss://")
+        if self.retries < 0:
+            raise InvalidSettingError(f"Redis retries must be 0 or more, not {self.retries}")
+
+    def backoff(self) -> EqualJitterBackoff:
+        return EqualJitterBackoff(cap=self.backoff_cap_s, base=self.backoff_base_s)
+
+    def client_options(self, *, subscriber: bool = False) -> dict[str, Any]:
+        """Keyword arguments of ``from_url`` for either client, retry policy excepted."""
+        options: dict[str, Any] = {
+            "socket_connect_timeout": self.connect_timeout_s,
+            "socket_timeout": None if subscriber else self.timeout_s,
+        }
+        for option, path in (
+            ("ssl_ca_certs", self.ssl_ca_file),
+            ("ssl_certfile", self.ssl_cert_file),
+            ("ssl_keyfile", self.ssl_key_file),
+        ):
+            if path:
+                options[option] = path
+        return options
+
+
+def async_client(
+    settings: RedisSettings, *, decode_responses: bool = False, subscriber: bool = False
+) -> AsyncRedis:
+    """An asyncio client (connects on first use). ``subscriber``: for pub/sub, whose reads
+    wait for the next message without a timeout."""
+    return AsyncRedis.from_url(
+        settings.url,
+        decode_responses=decode_responses,
+        retry=AsyncRetry(settings.backoff(), settings.retries),
+        **settings.client_options(subscriber=subscriber),
+    )
+
+
+def sync_client(settings: RedisSettings) -> SyncRedis:
+    """A blocking client, for the CLI, the trainer and admin calls made in a thread."""
+    return SyncRedis.from_url(
+        settings.url, retry=Retry(settings.backoff(), settings.retries), **settings.client_options()
+    )
+
+
+def hold_retry(base_s: float = 0.1, cap_s: float = 5.0) -> AsyncRetry:
+    """The worker's policy while Redis is away: retry for as long as it takes (a batch
+    is held, never skipped), with backoff growing to ``cap_s``."""
+    return AsyncRetry(EqualJitterBackoff(cap=cap_s, base=base_s), -1, UNAVAILABLE)  # type: ignore[arg-type]

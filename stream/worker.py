@@ -1,0 +1,307 @@
+"""The worker: one ``mode.Service`` that owns what the stream, the timers and the HTTP
+views share: the session store and tenant directory (Redis), the model cache, the
+counters and the policy while Redis is away. ``stream.app.create_app`` declares the
+Faust app around it.
+
+Two engines run the same :class:`BatchProcessor`: ``batch`` (default), the batch loop in
+``stream.batch_loop`` (a child service of the worker), and ``agent``, a textbook Faust
+agent (declared in ``stream.app``) kept as the reference the benchmarks compare against.
+Both are at-least-once: a batch's offsets are committed only after its Redis writes and
+the delivery of every record it sent; session updates are idempotent, so a re-delivered
+batch appends nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass
+from typing import Any
+
+from mode import Service, ServiceT
+
+from models.policy_file import all_policies
+from models.registry import Registry
+from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client, hold_retry
+from state.feedback import FeedbackRecorder
+from state.notify import model_changes
+from state.sessions import SessionStore
+from state.tenants import TenantDirectory
+from stream.batch_loop import BatchLoop
+from stream.config import Settings
+from stream.metrics import WorkerMetrics
+from stream.model_handle import ModelCache
+from stream.policies import PolicyDirectory
+from stream.processor import BatchProcessor, BatchResult, DeadLetter, Message
+
+log = logging.getLogger(f"streamrec.{__name__}")
+
+# /health says "degraded" when events wait and nothing was committed for this long.
+STALL_AFTER_S = 30.0
+# The periodic counters line, written only when something changed since the last one.
+REPORT_INTERVAL_S = 30.0
+
+
+def stall_reason(progress: dict[str, Any], after_s: float = STALL_AFTER_S) -> str | None:
+    """Why consumption counts as stalled, from ``BatchLoop.progress()``: events wait and
+    nothing was committed for ``after_s``, or one batch has been in hand that long."""
+    lag, since = progress.get("lag") or 0, progress.get("since_commit_s") or 0.0
+    if lag and since > after_s:
+        return f"consumption stalled: no commit for {since:.0f} s, {lag} events waiting"
+    age = progress.get("batch_age_s") or 0.0
+    if age > after_s:
+        return f"consumption stalled: a batch in hand for {age:.0f} s"
+    return None
+
+
+class DeadLetterLog:
+    """Dead letters logged as a summary per reason at most every INTERVAL_S (a fuzzing
+    client once made one WARNING line per message, 10,512 of them)."""
+
+    INTERVAL_S = 10.0
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._example: dict[str, str] = {}
+        self._last = time.monotonic() - self.INTERVAL_S
+
+    def add(self, dead_letters: list[DeadLetter]) -> None:
+        for dead in dead_letters:
+            # The reason's kind, without the details that vary from one message to the next.
+            kind = dead.reason.split(":", 1)[0][:100]
+            self._counts[kind] += 1
+            self._example.setdefault(kind, dead.source)
+        if time.monotonic() - self._last >= self.INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._counts:
+            log.warning(
+                "dead letters: %s",
+                "; ".join(
+                    f"{n} x {kind} (e.g. {self._example[kind]})"
+                    for kind, n in self._counts.most_common()
+                ),
+            )
+            self._counts.clear()
+            self._example.clear()
+        self._last = time.monotonic()
+
+
+@dataclass
+class WorkerStats:
+    events_in: int = 0
+    recommendations: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    suppressed: int = 0
+    batches: int = 0
+    feedback: int = 0
+
+
+class Worker(Service):
+    """Clicks in, recommendations out. Redis clients are made when the worker starts (or
+    when an HTTP view needs them first), never at import time."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.registry_dir)
+        self.models = ModelCache(self.registry, max_models=settings.max_models)
+        self.stats = WorkerStats()
+        self.dead_letters = DeadLetterLog()
+        # The batch engine's consumer, a child service (started after ``on_start``).
+        self.consumer = (
+            BatchLoop(settings, self.process, self.count) if settings.engine == "batch" else None
+        )
+        self.metrics = WorkerMetrics(
+            stats=self.stats,
+            models=self.models,
+            progress=self.progress,
+            modes=self.registry.tenant_modes,
+            max_tenants=settings.metrics_max_tenants,
+        )
+        self._redis: AsyncRedis | None = None
+        self._processor: BatchProcessor | None = None
+        self._policies: PolicyDirectory | None = None
+        # Redis away: the batch is held (nothing skipped, nothing committed) and retried.
+        self._hold = hold_retry()
+        self._reported = self._snapshot()
+        super().__init__(**kwargs)
+
+    def on_init_dependencies(self) -> Iterable[ServiceT]:
+        return [self.consumer] if self.consumer is not None else []
+
+    async def on_start(self) -> None:
+        self._connect()
+
+    async def on_shutdown(self) -> None:
+        # After the consumer (a child) finished its batches in hand.
+        if self._redis is not None:
+            try:
+                await asyncio.wait_for(self._redis.aclose(), timeout=1.0)
+            except (TimeoutError, *UNAVAILABLE):
+                pass
+
+    # -- what the stream, the timers and the views share -----------------------------------
+    @property
+    def processor(self) -> BatchProcessor:
+        if self._processor is None:
+            self._connect()
+        assert self._processor is not None
+        return self._processor
+
+    def _connect(self) -> None:
+        if self._processor is not None:
+            return
+        s, registry = self.settings, self.registry
+        self._redis = redis = async_client(s.redis, decode_responses=True)
+        store = SessionStore(redis, cap=s.session_cap, ttl_s=s.session_ttl_s)
+        tenants = TenantDirectory(
+            redis, ttl_s=s.model_check_interval_s, durable=registry.tenant_modes, registry=registry
+        )
+        feedback = (
+            FeedbackRecorder(
+                bucket_s=s.feedback_bucket_s, retention_s=int(s.feedback_retention_h * 3600)
+            )
+            if s.feedback
+            else None
+        )
+        processor = BatchProcessor(store, self.models, tenants, top_k=s.top_k, feedback=feedback)
+        processor.feedback_topic = s.feedback_topic
+        processor.policies = self._policies = PolicyDirectory(
+            redis,
+            durable=lambda: all_policies(registry),
+            ttl_s=s.model_check_interval_s,
+            bucket_s=s.feedback_bucket_s,
+        )
+        processor.auto_create_tenants = s.auto_create_tenants
+        self._processor = processor
+
+    # -- the stream ----------------------------------------------------------------------
+    async def process(self, batch: list[Message]) -> BatchResult:
+        """One batch, held and retried for as long as Redis is away: consumption stops
+        because the engine does not take the next batch until this one returns."""
+        failures = 0
+
+        async def attempt() -> BatchResult:
+            started = time.perf_counter()
+            result = await self.processor.process(batch)
+            self.metrics.batch(result, time.perf_counter() - started)
+            return result
+
+        async def failed(exc: BaseException) -> None:
+            nonlocal failures
+            failures += 1
+            if failures == 1:
+                log.error("Redis unavailable (%s); holding %d events and retrying", exc, len(batch))
+
+        result = await self._hold.call_with_retry(attempt, failed)
+        if failures:
+            log.warning("Redis is back; resuming")
+        return result
+
+    def count(self, n_events: int, result: BatchResult) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.events_in += n_events
+        stats.recommendations += len(result.recommendations)
+        stats.dead_letters += len(result.dead_letters)
+        stats.duplicates += result.duplicates
+        stats.suppressed += result.suppressed
+        stats.feedback += result.feedback
+        if result.dead_letters:
+            self.dead_letters.add(result.dead_letters)
+
+    def progress(self) -> dict[str, Any]:
+        return self.consumer.progress() if self.consumer is not None else {}
+
+    # -- HTTP ----------------------------------------------------------------------------
+    async def pull(self, tenant: str, session_id: str) -> bytes | None:
+        return await self.processor.recommend_session(tenant, session_id)
+
+    async def probe(self) -> dict[str, Any]:
+        """Why the worker is degraded, if it is (for /health)."""
+        reasons: list[str] = []
+        self._connect()
+        assert self._redis is not None
+        try:
+            await asyncio.wait_for(self._redis.ping(), timeout=1.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            reasons.append(f"redis unreachable: {exc or type(exc).__name__}")
+        progress = self.progress()
+        stalled = stall_reason(progress)
+        if stalled:
+            reasons.append(stalled)
+        reasons += self.models.problems()
+        # Ready: the above, and partitions assigned (the batch engine owns its group).
+        not_ready = list(reasons)
+        if self.consumer is not None and not progress.get("assigned"):
+            not_ready.append("no partitions assigned yet")
+        return {
+            "reasons": reasons,
+            "ready": not not_ready,
+            "not_ready": not_ready,
+            "consumer": progress,
+        }
+
+    # -- timers (declared in stream.app) -------------------------------------------------
+    async def flush_dead_letters(self) -> None:
+        self.dead_letters.flush()
+
+    async def refresh_bandits(self) -> None:
+        # A bandit's shares follow its counters every few seconds, never per event.
+        if self._policies is not None:
+            try:
+                await self._policies.refresh_bandits()
+            except (RedisError, OSError) as exc:
+                log.warning("bandit shares not recomputed (%s)", exc)
+
+    async def flush_feedback(self) -> None:
+        # Counters go out with the next batch; without traffic, from here.
+        if self._processor is not None:
+            try:
+                await self._processor.flush_feedback()
+            except (RedisError, OSError) as exc:
+                log.debug("feedback flush failed (%s); kept for the next batch", exc)
+
+    async def check_models(self) -> None:
+        await self.models.refresh()
+
+    async def listen_for_models(self) -> None:
+        # Pub/sub makes a swap near-instant; the ``check_models`` timer is the backstop.
+        while True:
+            client = async_client(self.settings.redis, subscriber=True)
+            try:
+                async for tenant in model_changes(client):
+                    if self._policies is not None:
+                        self._policies.invalidate()
+                    if self._processor is not None:
+                        self._processor.tenants.invalidate()
+                        # Read now, not at the next batch: a mode change is logged when
+                        # it happens, traffic or not.
+                        await self._processor.tenants.mode(tenant)
+                    await self.models.refresh([tenant])
+            except (RedisError, OSError):  # unreachable, or a reply the mode read refused
+                await asyncio.sleep(2.0)
+            finally:
+                await client.aclose()
+
+    async def report(self) -> None:
+        """The counters, when they changed since the last line: an idle worker is quiet."""
+        now = self._snapshot()
+        if now == self._reported:
+            return
+        self._reported = now
+        s, loaded = self.stats, self.models.loaded()
+        log.info(
+            "events=%d recommendations=%d dead_letters=%d redelivered=%d switched_off=%d "
+            "batches=%d models=%s",
+            s.events_in, s.recommendations, s.dead_letters, s.duplicates, s.suppressed,
+            s.batches, loaded,
+        )  # fmt: skip
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        return (*astuple(self.stats), tuple(sorted(self.models.loaded().items())))
