@@ -165,7 +165,22 @@ class TenantDirectory:
         if await tenant_known(self._client, tenant):
             self._modes[tenant] = "on"
             return True
+        # The registry is the store of record: a tenant whose directory was made without
+        # touching this Redis (`streamrec train --tenant`, a restored backup) exists.
+        if self._registry is not None:
+            mode = await asyncio.to_thread(self._durable_mode, tenant)
+            if mode is not None:
+                await cache_modes(self._client, {tenant: mode})
+                await cache_tenant(self._client, tenant)
+                self._modes[tenant] = mode
+                return True
         return False
+
+    def _durable_mode(self, tenant: str) -> str | None:
+        assert self._registry is not None
+        if not self._registry.exists(tenant):
+            return None
+        return self._registry.mode(tenant) or "on"
 
     async def create(self, tenant: str) -> None:
         """Create the tenant: durable in the registry first, then the Redis cache."""
