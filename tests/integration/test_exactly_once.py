@@ -21,14 +21,14 @@ import pytest
 from confluent_kafka import Consumer
 
 from stream.devstack import EmbeddedStack
-from tests.integration.helpers import WorkerProcess, produce
-from tests.integration.test_reliability import (
-    _records,
-    _redis_sessions,
+from stream.testing import WorkerProcess, produce
+from tests.integration.helpers import (
     expected_sessions,
+    make_config,
     make_events,
+    records,
+    redis_sessions,
 )
-from tests.integration.test_worker import make_config
 
 BAD = [b"{not json", orjson.dumps({"session_id": "x", "ts": 1.0}), b"\xff\xfe"]
 
@@ -83,11 +83,11 @@ def test_exactly_once_survives_three_kill9s_without_duplicates(
     cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
     cfg.extra_env["STREAMREC_DELIVERY"] = "exactly_once"
     events = make_events(100_000, sessions=3_000, seed=11)
-    records = _records(events)
-    step = len(records) // (len(BAD) + 1)
+    stream_records = records(events)
+    step = len(stream_records) // (len(BAD) + 1)
     for i, bad in enumerate(BAD):  # spread through the stream, so kills can land near them
-        records.insert((i + 1) * step, (b"bad", bad))
-    produce(stack.broker, cfg.clicks, records)
+        stream_records.insert((i + 1) * step, (b"bad", bad))
+    produce(stack.broker, cfg.clicks, stream_records)
     reader = CommittedReader(stack.broker, [cfg.recs, cfg.dlq])
     reader.start()
     rng = random.Random(5)
@@ -115,7 +115,7 @@ def test_exactly_once_survives_three_kill9s_without_duplicates(
     assert not duplicated, f"{len(duplicated)} recommendations seen twice: {list(duplicated)[:5]}"
     assert sorted(reader.dead) == sorted(BAD) and set(reader.dead.values()) == {1}
     want = expected_sessions(events)
-    assert asyncio.run(_redis_sessions(stack.redis_url, "default", sorted(want))) == want
+    assert asyncio.run(redis_sessions(stack.redis_url, "default", sorted(want))) == want
 
 
 def test_exactly_once_on_tansu_is_a_one_line_error(

@@ -18,8 +18,8 @@ from state.notify import notify_model_change
 from state.tenants import set_mode
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent
-from tests.integration.helpers import WorkerProcess, consume, produce
-from tests.integration.test_worker import make_config
+from stream.testing import WorkerProcess, consume, produce
+from tests.integration.helpers import make_config
 
 
 @pytest.fixture(scope="module")
