@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer
 from redis.asyncio import Redis
 
 from state.sessions import SessionStore
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent
-from stream.testing import WorkerConfig
+from stream.testing import WorkerConfig, topic_reader
 from stream.topics import ensure_topics
 
 ITEMS = ["A13", "A16", "B4", "C17", "P1", "A2", "B10", "C5"]
@@ -109,16 +108,7 @@ class RecsCollector(threading.Thread):
         self.answered: set[str] = set()
         self.versions: list[tuple[float, str | None]] = []  # (emitted_ts, model_version)
         self.stop_flag = threading.Event()
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": broker,
-                "group.id": f"collector-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": 6000,
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        self._consumer.subscribe([topic])
+        self._consumer = topic_reader(broker, [topic], {"fetch.wait.max.ms": 10})
 
     def run(self) -> None:
         try:

@@ -11,17 +11,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer
 
 from stream.devstack import EmbeddedStack
-from stream.testing import WorkerProcess, produce
+from stream.testing import WorkerProcess, produce, topic_reader
 from tests.integration.helpers import (
     expected_sessions,
     make_config,
@@ -43,19 +41,9 @@ class CommittedReader(threading.Thread):
         self.dead: Counter[bytes] = Counter()
         self.stop_flag = threading.Event()
         self._topics = topics
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": broker,
-                "group.id": f"eos-reader-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "session.timeout.ms": 6000,
-            }
-        )
+        self._consumer = topic_reader(broker, topics, {"isolation.level": "read_committed"})
 
     def run(self) -> None:
-        self._consumer.subscribe(self._topics)
         try:
             while not self.stop_flag.is_set():
                 for msg in self._consumer.consume(2000, timeout=0.1):
