@@ -9,11 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 
 from stream.devstack import EmbeddedStack, free_port
 from stream.events import ClickEvent
 from stream.testing import WorkerProcess, consume, produce
 from tests.integration.helpers import ADMIN, call, make_config, wait_until
+
+pytestmark = pytest.mark.broker_agnostic
 
 
 def test_keys_tenants_catalogue_and_rules(

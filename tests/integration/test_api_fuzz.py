@@ -26,6 +26,8 @@ from stream.testing import WorkerConfig, WorkerProcess
 from stream.topics import ensure_topics
 from tests.integration.helpers import ADMIN, call, wait_until
 
+pytestmark = pytest.mark.broker_agnostic
+
 EXAMPLES = 25  # per operation (~20 operations)
 CHECKS = [
     not_a_server_error,

@@ -21,6 +21,8 @@ from stream.testing import WorkerProcess, consume, produce
 from stream.topics import ensure_topics
 from tests.integration.helpers import http_call, make_config, wait_for_ok
 
+pytestmark = pytest.mark.broker_agnostic
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 

@@ -25,6 +25,8 @@ from stream.testing import WorkerProcess, consume, produce
 from stream.topics import ensure_topics
 from tests.integration.helpers import make_config
 
+pytestmark = pytest.mark.broker_agnostic
+
 RATE = 2500  # clicks a second: the replay lasts long enough for the shares to move
 
 

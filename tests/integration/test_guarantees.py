@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
+import pytest
 import redis
 
 from stream.devstack import EmbeddedStack, Service, free_port
@@ -48,6 +49,7 @@ def _tenants_answered(broker: str, topic: str, expected: int, timeout: float) ->
     return [orjson.loads(m.value())["tenant"] for m in consume(broker, topic, expected, timeout)]
 
 
+@pytest.mark.broker_agnostic
 def test_a_tenant_switched_off_stays_off_after_redis_restarts_empty(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -130,6 +132,7 @@ def test_health_says_degraded_without_redis_and_sigterm_exits_with_a_batch_stuck
         own.stop()
 
 
+@pytest.mark.broker_agnostic
 def test_ids_cannot_reach_another_tenants_data_and_bad_paths_get_4xx(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
 ) -> None:

@@ -21,6 +21,8 @@ from stream.events import ClickEvent
 from stream.testing import WorkerProcess, consume, produce
 from tests.integration.helpers import make_config
 
+pytestmark = pytest.mark.broker_agnostic
+
 
 @pytest.fixture(scope="module")
 def shop_sessions(eshop_csv: Path) -> list[list[str]]:
