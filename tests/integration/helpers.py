@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from confluent_kafka import Message
 from redis.asyncio import Redis
 
 from state.sessions import SessionStore
@@ -100,32 +101,55 @@ async def redis_sessions(url: str, tenant: str, sessions: list[str]) -> dict[str
         await client.aclose()
 
 
-class RecsCollector(threading.Thread):
-    """Reads the recommendations topic in the background, remembering answered event ids."""
+class TopicWatcher(threading.Thread):
+    """Reads topics from the beginning in the background, handing each record to
+    :meth:`record`; :meth:`wait_for` waits until :meth:`count` reaches a number."""
 
-    def __init__(self, broker: str, topic: str) -> None:
+    def __init__(
+        self, broker: str, topics: list[str], extra: dict[str, str | int] | None = None
+    ) -> None:
         super().__init__(daemon=True)
-        self.answered: set[str] = set()
-        self.versions: list[tuple[float, str | None]] = []  # (emitted_ts, model_version)
         self.stop_flag = threading.Event()
-        self._consumer = topic_reader(broker, [topic], {"fetch.wait.max.ms": 10})
+        self.topics = topics
+        self._consumer = topic_reader(broker, topics, {"fetch.wait.max.ms": 10, **(extra or {})})
+
+    def record(self, msg: Message) -> None:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        raise NotImplementedError
 
     def run(self) -> None:
         try:
             while not self.stop_flag.is_set():
                 for msg in self._consumer.consume(2000, timeout=0.1):
                     if msg.error() is None:
-                        rec = orjson.loads(msg.value())
-                        self.answered.add(rec["event_id"])
-                        self.versions.append((rec["emitted_ts"], rec["model_version"]))
+                        self.record(msg)
         finally:
             self._consumer.close()
 
     def wait_for(self, n: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while len(self.answered) < n and time.monotonic() < deadline:
+        while self.count() < n and time.monotonic() < deadline:
             time.sleep(0.1)
-        return len(self.answered) >= n
+        return self.count() >= n
+
+
+class RecsCollector(TopicWatcher):
+    """Remembers the event ids answered on a recommendations topic."""
+
+    def __init__(self, broker: str, topic: str) -> None:
+        super().__init__(broker, [topic])
+        self.answered: set[str] = set()
+        self.versions: list[tuple[float, str | None]] = []  # (emitted_ts, model_version)
+
+    def record(self, msg: Message) -> None:
+        rec = orjson.loads(msg.value())
+        self.answered.add(rec["event_id"])
+        self.versions.append((rec["emitted_ts"], rec["model_version"]))
+
+    def count(self) -> int:
+        return len(self.answered)
 
 
 def http_call(

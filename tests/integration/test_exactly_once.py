@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,10 +16,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Message
 
 from stream.devstack import EmbeddedStack
-from stream.testing import WorkerProcess, produce, topic_reader
+from stream.testing import WorkerProcess, produce
 from tests.integration.helpers import (
+    TopicWatcher,
     expected_sessions,
     make_config,
     make_events,
@@ -31,36 +32,23 @@ from tests.integration.helpers import (
 BAD = [b"{not json", orjson.dumps({"session_id": "x", "ts": 1.0}), b"\xff\xfe"]
 
 
-class CommittedReader(threading.Thread):
+class CommittedReader(TopicWatcher):
     """Counts every record a read_committed consumer sees on some topics, by event id
     (recommendations) or by value (dead letters)."""
 
     def __init__(self, broker: str, topics: list[str]) -> None:
-        super().__init__(daemon=True)
+        super().__init__(broker, topics, {"isolation.level": "read_committed"})
         self.seen: Counter[str] = Counter()
         self.dead: Counter[bytes] = Counter()
-        self.stop_flag = threading.Event()
-        self._topics = topics
-        self._consumer = topic_reader(broker, topics, {"isolation.level": "read_committed"})
 
-    def run(self) -> None:
-        try:
-            while not self.stop_flag.is_set():
-                for msg in self._consumer.consume(2000, timeout=0.1):
-                    if msg.error() is not None:
-                        continue
-                    if msg.topic() == self._topics[0]:
-                        self.seen[orjson.loads(msg.value())["event_id"]] += 1
-                    else:
-                        self.dead[msg.value()] += 1
-        finally:
-            self._consumer.close()
+    def record(self, msg: Message) -> None:
+        if msg.topic() == self.topics[0]:
+            self.seen[orjson.loads(msg.value())["event_id"]] += 1
+        else:
+            self.dead[msg.value()] += 1
 
-    def wait_for(self, n: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while len(self.seen) < n and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return len(self.seen) >= n
+    def count(self) -> int:
+        return len(self.seen)
 
 
 def test_exactly_once_survives_three_kill9s_without_duplicates(
