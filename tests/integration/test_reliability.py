@@ -118,7 +118,7 @@ def test_two_workers_share_partitions_and_survive_a_kill(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
 ) -> None:
     cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
-    events = make_events(40_000, sessions=2_000, seed=5)
+    events = make_events(20_000, sessions=2_000, seed=5)
     collector = RecsCollector(stack.broker, cfg.recs)
     collector.start()
     workers = [WorkerProcess(cfg, name=f"w{i}").start() for i in range(2)]
