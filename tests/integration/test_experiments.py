@@ -27,7 +27,7 @@ from tests.integration.helpers import make_config
 
 pytestmark = pytest.mark.broker_agnostic
 
-RATE = 2500  # clicks a second: the replay lasts long enough for the shares to move
+RATE = 5000  # clicks a second: the replay lasts long enough for the shares to move
 
 
 @pytest.fixture(scope="module")
