@@ -13,7 +13,6 @@ batches and measures only what comes after them.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import threading
 import time
@@ -23,10 +22,8 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, Producer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stream.devstack import EmbeddedStack, free_port  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
+from stream.devstack import EmbeddedStack, free_port
+from stream.topics import ensure_topics
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +23,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stream.devstack import EmbeddedStack, free_port  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
-from tests.integration.helpers import WorkerConfig, WorkerProcess  # noqa: E402
+from stream.devstack import EmbeddedStack, free_port
+from stream.testing import WorkerConfig, WorkerProcess
+from stream.topics import ensure_topics
 
 
 async def wait_ready(base: str, timeout: float = 90) -> None:

@@ -16,18 +16,16 @@ import importlib.util
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 
+from redis.asyncio import Redis
+
+from stream.devstack import Service, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from redis.asyncio import Redis  # noqa: E402
-
-from stream.devstack import Service, free_port  # noqa: E402
 
 BATCH = 2000
 

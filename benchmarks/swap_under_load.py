@@ -21,14 +21,12 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.datasets import eshop_path, read_clicks, sessionize  # noqa: E402
-from models.registry import Registry  # noqa: E402
-from models.train import TrainParams, train_model  # noqa: E402
-from state.notify import notify_model_change  # noqa: E402
-from stream.devstack import EmbeddedStack, free_port  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
+from models.datasets import eshop_path, read_clicks, sessionize
+from models.registry import Registry
+from models.train import TrainParams, train_model
+from state.notify import notify_model_change
+from stream.devstack import EmbeddedStack, free_port
+from stream.topics import ensure_topics
 
 
 def one_run(models: Path, args: argparse.Namespace, swap: bool) -> tuple[dict, int]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -29,20 +28,15 @@ import numpy as np
 import orjson
 from confluent_kafka import Producer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.datasets import build_sessions  # noqa: E402
-from models.gate import GatePolicy  # noqa: E402
-from models.train import TrainParams  # noqa: E402
-from producers.synth import SynthParams, generate_clicks  # noqa: E402
-from stream.config import Settings  # noqa: E402
-from stream.devstack import EmbeddedStack, free_port  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
-from stream.trainer import run_once  # noqa: E402
-from tests.integration.helpers import WorkerConfig, WorkerProcess, consume  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from worker_throughput import peak_rss_mb  # noqa: E402
+from models.datasets import build_sessions
+from models.gate import GatePolicy
+from models.train import TrainParams
+from producers.synth import SynthParams, generate_clicks
+from stream.config import Settings
+from stream.devstack import EmbeddedStack, free_port
+from stream.testing import WorkerConfig, WorkerProcess, consume
+from stream.topics import ensure_topics
+from stream.trainer import run_once
 
 
 def produce_tenants(
@@ -159,7 +153,7 @@ def main() -> None:
         del producer
         with WorkerProcess(cfg) as worker:
             got = consume(stack.broker, "probe-recs", args.tenants, timeout=600)
-            rss = peak_rss_mb(worker.proc.pid)  # type: ignore[union-attr]
+            rss = worker.peak_rss_mb()
         versions = {orjson.loads(m.value())["model_version"] for m in got}
     finally:
         stack.down()

@@ -24,7 +24,6 @@ import asyncio
 import os
 import random
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -33,12 +32,10 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.registry import Registry  # noqa: E402
-from stream.devstack import EmbeddedStack, free_port  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
-from tests.integration.helpers import WorkerConfig, WorkerProcess, consume, produce  # noqa: E402
+from models.registry import Registry
+from stream.devstack import EmbeddedStack, free_port
+from stream.testing import WorkerConfig, WorkerProcess, consume, produce
+from stream.topics import ensure_topics
 
 
 def make_records(
@@ -82,16 +79,6 @@ async def bare_consumer_rate(broker: str, topic: str, n: int) -> float:
         return n / (time.perf_counter() - (started or time.perf_counter()))
     finally:
         await consumer.stop()
-
-
-def peak_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 class CpuSampler(threading.Thread):
@@ -217,7 +204,7 @@ def worker_rate(
     sampler.start()
     try:
         recs = consume(stack.broker, cfg.recs, len(records), timeout=900)
-        rss = peak_rss_mb(worker.proc.pid)  # type: ignore[union-attr]
+        rss = worker.peak_rss_mb()
     finally:
         sampler.stop.set()
         worker.stop()

@@ -8,8 +8,9 @@ app before it is sent).
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
+import msgspec
 import orjson
 
 from models.errors import StreamrecError
@@ -112,8 +113,55 @@ def event_from_dict(data: Any, *, default_ts: float | None = None) -> ClickEvent
     )
 
 
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class _WireClick(msgspec.Struct):
+    """The typed shape of a click as sent: a valid one decodes in one C pass."""
+
+    session_id: _Id
+    item_id: _Id
+    tenant: str = DEFAULT_TENANT
+    ts: float | None = None
+    event_type: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_TYPE_CHARS)] = "view"
+    event_id: _Id | None = None
+    user_id: _Id | None = None
+
+
+_wire_click = msgspec.json.Decoder(_WireClick)
+
+
 def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickEvent:
-    """Decode and validate one Kafka message value; raises :class:`InvalidEvent`."""
+    """Decode and validate one Kafka message value; raises :class:`InvalidEvent`.
+
+    msgspec decodes and types a valid event about a quarter cheaper than orjson plus the
+    checks of :func:`event_from_dict` (benchmarks/event_parse.py); whatever it does not
+    accept at once takes that path, whose checks name the reason."""
+    if raw is not None and len(raw) <= MAX_EVENT_BYTES:
+        try:
+            wire = _wire_click.decode(raw)
+        except (msgspec.MsgspecError, ValueError):  # ValueError: invalid UTF-8
+            pass
+        else:
+            ts = wire.ts
+            if (
+                ts is not None  # absent or null: the checks below decide
+                and 0 <= ts < math.inf
+                and wire.tenant in _valid_tenants
+                and not has_control(wire.session_id)
+                and not has_control(wire.item_id)
+                and (wire.event_id is None or not has_control(wire.event_id))
+                and (wire.user_id is None or not has_control(wire.user_id))
+            ):
+                return ClickEvent(
+                    wire.tenant,
+                    wire.session_id,
+                    wire.item_id,
+                    ts,
+                    wire.event_type,
+                    wire.event_id,
+                    wire.user_id,
+                )
     return event_from_dict(_decode(raw), default_ts=default_ts)
 
 

@@ -63,8 +63,8 @@ def _no_user_streamrec_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Everything under tests/integration needs the embedded stack: `-m integration` runs it
-    # (CI runs it a second time on the other broker).
+    # Everything under tests/integration needs the embedded stack: `-m integration` runs it.
+    # CI runs those not marked broker_agnostic a second time on Tansu (.ci/run).
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)

@@ -3,55 +3,20 @@ tenants that must exist, the catalogue and serving rules at serving time, readin
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
+import pytest
 
 from stream.devstack import EmbeddedStack, free_port
 from stream.events import ClickEvent
-from tests.integration.helpers import WorkerProcess, consume, produce
-from tests.integration.test_worker import make_config
+from stream.testing import WorkerProcess, consume, produce
+from tests.integration.helpers import ADMIN, call, make_config, wait_until
 
-ADMIN = "admin-token-for-tests"
-
-
-def call(
-    url: str, body: object | None = None, *, key: str | None = None, method: str | None = None
-) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(
-        url, data=data, method=method or ("POST" if data else "GET"), headers=headers
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            raw, status = resp.read(), resp.status
-    except urllib.error.HTTPError as err:
-        raw, status = err.read(), err.code
-    except (urllib.error.URLError, ConnectionError):
-        return 0, None  # not listening yet
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
+pytestmark = pytest.mark.broker_agnostic
 
 
 def test_keys_tenants_catalogue_and_rules(

@@ -22,9 +22,11 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from stream.devstack import EmbeddedStack, Service, free_port
+from stream.testing import WorkerConfig, WorkerProcess
 from stream.topics import ensure_topics
-from tests.integration.helpers import WorkerConfig, WorkerProcess
-from tests.integration.test_api import ADMIN, call, wait_until
+from tests.integration.helpers import ADMIN, call, wait_until
+
+pytestmark = pytest.mark.broker_agnostic
 
 EXAMPLES = 25  # per operation (~20 operations)
 CHECKS = [

@@ -17,10 +17,11 @@ import pytest
 from models.datasets import read_clicks, sessionize
 from models.registry import Registry
 from stream.devstack import EmbeddedStack, free_port
+from stream.testing import WorkerProcess, consume, produce
 from stream.topics import ensure_topics
-from tests.integration.helpers import WorkerProcess, consume, produce
-from tests.integration.test_http import _call, _wait_for
-from tests.integration.test_worker import make_config
+from tests.integration.helpers import http_call, make_config, wait_for_ok
+
+pytestmark = pytest.mark.broker_agnostic
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -83,19 +84,19 @@ def test_dashboard_shows_what_the_api_returns(
     ]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     with WorkerProcess(cfg) as worker:
-        assert _wait_for(f"{base}/health")[0] == 200, worker.log()[-3000:]
+        assert wait_for_ok(f"{base}/health")[0] == 200, worker.log()[-3000:]
         produce(stack.broker, cfg.clicks, clicks)
         assert len(consume(stack.broker, cfg.recs, len(clicks), timeout=60)) >= len(clicks)
         deadline = time.monotonic() + 20
         while True:  # the last batch's counters go out within a second or two
-            status, body = _call(f"{base}/v1/{tenant}/stats?since=3600")
+            status, body = http_call(f"{base}/v1/{tenant}/stats?since=3600")
             stats = json.loads(body)
             counted = sum(v["recommendations"] for v in stats.get("variants", {}).values())
             if counted >= len(clicks) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         assert status == 200 and counted == len(clicks), stats
-        data = json.loads(_call(f"{base}/dashboard/data.json?since=3600")[1])
+        data = json.loads(http_call(f"{base}/dashboard/data.json?since=3600")[1])
 
         driver = browser()
         try:
@@ -125,7 +126,7 @@ def test_dashboard_shows_what_the_api_returns(
             experiment = box.find_element(By.CSS_SELECTOR, "p.experiment")
             # The decision the API gives (two copies of one model: usually "running").
             shown_decision = experiment.get_attribute("data-decision")
-            api = json.loads(_call(f"{base}/dashboard/data.json?since=3600")[1])
+            api = json.loads(http_call(f"{base}/dashboard/data.json?since=3600")[1])
             (entry,) = [t for t in api["tenants"] if t["tenant"] == tenant]
             assert (
                 shown_decision == entry["experiment"]["decision"] in ("running", "promote", "keep")

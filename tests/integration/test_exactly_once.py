@@ -9,70 +9,46 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Message
 
 from stream.devstack import EmbeddedStack
-from tests.integration.helpers import WorkerProcess, produce
-from tests.integration.test_reliability import (
-    _records,
-    _redis_sessions,
+from stream.testing import WorkerProcess, produce
+from tests.integration.helpers import (
+    TopicWatcher,
     expected_sessions,
+    make_config,
     make_events,
+    records,
+    redis_sessions,
 )
-from tests.integration.test_worker import make_config
 
 BAD = [b"{not json", orjson.dumps({"session_id": "x", "ts": 1.0}), b"\xff\xfe"]
 
 
-class CommittedReader(threading.Thread):
+class CommittedReader(TopicWatcher):
     """Counts every record a read_committed consumer sees on some topics, by event id
     (recommendations) or by value (dead letters)."""
 
     def __init__(self, broker: str, topics: list[str]) -> None:
-        super().__init__(daemon=True)
+        super().__init__(broker, topics, {"isolation.level": "read_committed"})
         self.seen: Counter[str] = Counter()
         self.dead: Counter[bytes] = Counter()
-        self.stop_flag = threading.Event()
-        self._topics = topics
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": broker,
-                "group.id": f"eos-reader-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "session.timeout.ms": 6000,
-            }
-        )
 
-    def run(self) -> None:
-        self._consumer.subscribe(self._topics)
-        try:
-            while not self.stop_flag.is_set():
-                for msg in self._consumer.consume(2000, timeout=0.1):
-                    if msg.error() is not None:
-                        continue
-                    if msg.topic() == self._topics[0]:
-                        self.seen[orjson.loads(msg.value())["event_id"]] += 1
-                    else:
-                        self.dead[msg.value()] += 1
-        finally:
-            self._consumer.close()
+    def record(self, msg: Message) -> None:
+        if msg.topic() == self.topics[0]:
+            self.seen[orjson.loads(msg.value())["event_id"]] += 1
+        else:
+            self.dead[msg.value()] += 1
 
-    def wait_for(self, n: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while len(self.seen) < n and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return len(self.seen) >= n
+    def count(self) -> int:
+        return len(self.seen)
 
 
 def test_exactly_once_survives_three_kill9s_without_duplicates(
@@ -83,11 +59,11 @@ def test_exactly_once_survives_three_kill9s_without_duplicates(
     cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
     cfg.extra_env["STREAMREC_DELIVERY"] = "exactly_once"
     events = make_events(100_000, sessions=3_000, seed=11)
-    records = _records(events)
-    step = len(records) // (len(BAD) + 1)
+    stream_records = records(events)
+    step = len(stream_records) // (len(BAD) + 1)
     for i, bad in enumerate(BAD):  # spread through the stream, so kills can land near them
-        records.insert((i + 1) * step, (b"bad", bad))
-    produce(stack.broker, cfg.clicks, records)
+        stream_records.insert((i + 1) * step, (b"bad", bad))
+    produce(stack.broker, cfg.clicks, stream_records)
     reader = CommittedReader(stack.broker, [cfg.recs, cfg.dlq])
     reader.start()
     rng = random.Random(5)
@@ -115,7 +91,7 @@ def test_exactly_once_survives_three_kill9s_without_duplicates(
     assert not duplicated, f"{len(duplicated)} recommendations seen twice: {list(duplicated)[:5]}"
     assert sorted(reader.dead) == sorted(BAD) and set(reader.dead.values()) == {1}
     want = expected_sessions(events)
-    assert asyncio.run(_redis_sessions(stack.redis_url, "default", sorted(want))) == want
+    assert asyncio.run(redis_sessions(stack.redis_url, "default", sorted(want))) == want
 
 
 def test_exactly_once_on_tansu_is_a_one_line_error(

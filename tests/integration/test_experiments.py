@@ -21,11 +21,13 @@ from models.policy_file import read_policy, rollout_history
 from models.registry import Registry
 from models.train import TrainParams, train_model
 from stream.devstack import EmbeddedStack
+from stream.testing import WorkerProcess, consume, produce
 from stream.topics import ensure_topics
-from tests.integration.helpers import WorkerProcess, consume, produce
-from tests.integration.test_worker import make_config
+from tests.integration.helpers import make_config
 
-RATE = 2500  # clicks a second: the replay lasts long enough for the shares to move
+pytestmark = pytest.mark.broker_agnostic
+
+RATE = 5000  # clicks a second: the replay lasts long enough for the shares to move
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from models.ranking import recommend
@@ -19,6 +20,8 @@ from state.tenants import TenantDirectory
 from stream.devstack import EmbeddedStack
 from stream.model_handle import ModelCache
 from stream.processor import BatchProcessor
+
+pytestmark = pytest.mark.broker_agnostic
 
 
 def _msg(sid: str, offset: int, item: str) -> SimpleNamespace:

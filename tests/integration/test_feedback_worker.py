@@ -13,10 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stream.devstack import EmbeddedStack, free_port
+from stream.testing import WorkerProcess, consume, produce
 from stream.topics import ensure_topics
-from tests.integration.helpers import WorkerProcess, consume, produce
-from tests.integration.test_http import _call, _wait_for
-from tests.integration.test_worker import make_config
+from tests.integration.helpers import http_call, make_config, wait_for_ok
 
 
 def stats(cfg_env: dict[str, str], tenant: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -45,14 +44,14 @@ def test_feedback_is_counted_per_variant_and_bad_feedback_dead_lettered(
     base = f"http://127.0.0.1:{port}"
     env = cfg.env()
     with WorkerProcess(cfg) as worker:
-        assert _wait_for(f"{base}/health")[0] == 200, worker.log()[-3000:]
-        status, body = _call(
+        assert wait_for_ok(f"{base}/health")[0] == 200, worker.log()[-3000:]
+        status, body = http_call(
             f"{base}/v1/{tenant}/events", {"session_id": "s1", "item_id": "A13", "event_id": "c1"}
         )
         assert status == 202, body
         deadline = time.monotonic() + 30
         while True:
-            status, body = _call(f"{base}/v1/{tenant}/sessions/s1/recommendations")
+            status, body = http_call(f"{base}/v1/{tenant}/sessions/s1/recommendations")
             if status == 200 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -62,19 +61,19 @@ def test_feedback_is_counted_per_variant_and_bad_feedback_dead_lettered(
 
         # A purchase of a recommended item, attributed by rec_id; a click on the second
         # recommended item (an implicit hit at position 2).
-        status, body = _call(
+        status, body = http_call(
             f"{base}/v1/{tenant}/feedback",
             {"session_id": "s1", "item_id": shown[0], "type": "purchase", "rec_id": rec["rec_id"]},
         )
         assert status == 202 and json.loads(body) == {"accepted": 1}, body
-        status, body = _call(
+        status, body = http_call(
             f"{base}/v1/{tenant}/events",
             {"session_id": "s1", "item_id": shown[1], "event_id": "c2"},
         )
         assert status == 202, body
 
         # Bad feedback over HTTP: 400 and a reason; on the topic: dead-lettered.
-        status, body = _call(
+        status, body = http_call(
             f"{base}/v1/{tenant}/feedback", {"session_id": "s1", "item_id": "A1", "type": "like"}
         )
         assert status == 400 and "type" in json.loads(body)["error"]
@@ -99,7 +98,7 @@ def test_feedback_is_counted_per_variant_and_bad_feedback_dead_lettered(
         assert v1["mean_hit_position"] == 2
 
         # /metrics: labelled by tenant, variant and strategy, hits, dead letters by reason.
-        status, body = _call(f"{base}/metrics")
+        status, body = http_call(f"{base}/metrics")
         text = body.decode()
         assert status == 200 and "# HELP streamrec_hits_total" in text
         assert f'streamrec_hits_total{{tenant="{tenant}",variant="v1"}} 1.0' in text, text

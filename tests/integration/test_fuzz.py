@@ -12,8 +12,8 @@ from confluent_kafka import Producer
 
 from stream.devstack import EmbeddedStack
 from stream.processor import DLQ_MAX_ORIGINAL_BYTES, STAND_IN_HEAD_BYTES
-from tests.integration.helpers import WorkerProcess, consume
-from tests.integration.test_worker import make_config
+from stream.testing import WorkerProcess, consume
+from tests.integration.helpers import make_config
 
 N = 10_000
 

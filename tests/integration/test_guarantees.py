@@ -16,13 +16,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
+import pytest
 import redis
 
 from stream.devstack import EmbeddedStack, Service, free_port
 from stream.events import MAX_EVENT_BYTES, ClickEvent
-from tests.integration.helpers import WorkerConfig, WorkerProcess, consume, produce
-from tests.integration.test_http import _call, _wait_for
-from tests.integration.test_worker import make_config
+from stream.testing import WorkerConfig, WorkerProcess, consume, produce
+from tests.integration.helpers import http_call, make_config, wait_for_ok
 
 
 def _own_redis(tmp_path: Path) -> Service:
@@ -49,6 +49,7 @@ def _tenants_answered(broker: str, topic: str, expected: int, timeout: float) ->
     return [orjson.loads(m.value())["tenant"] for m in consume(broker, topic, expected, timeout)]
 
 
+@pytest.mark.broker_agnostic
 def test_a_tenant_switched_off_stays_off_after_redis_restarts_empty(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -110,13 +111,13 @@ def test_health_says_degraded_without_redis_and_sigterm_exits_with_a_batch_stuck
     try:
         worker = WorkerProcess(cfg).start()
         try:
-            assert _wait_for(health)[0] == 200, worker.log()[-3000:]
+            assert wait_for_ok(health)[0] == 200, worker.log()[-3000:]
             produce(stack.broker, cfg.clicks, _clicks("default", 10, "h"))
             assert len(consume(stack.broker, cfg.recs, 10, timeout=60)) == 10
             own.stop()
             produce(stack.broker, cfg.clicks, _clicks("default", 10, "i"))  # stuck
             time.sleep(2)
-            status, body = _call(health)
+            status, body = http_call(health)
             report = json.loads(body)
             assert status == 503 and report["status"] == "degraded", report
             assert any("redis unreachable" in r for r in report["reasons"]), report
@@ -131,6 +132,7 @@ def test_health_says_degraded_without_redis_and_sigterm_exits_with_a_batch_stuck
         own.stop()
 
 
+@pytest.mark.broker_agnostic
 def test_ids_cannot_reach_another_tenants_data_and_bad_paths_get_4xx(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
 ) -> None:
@@ -140,28 +142,28 @@ def test_ids_cannot_reach_another_tenants_data_and_bad_paths_get_4xx(
     base = f"http://127.0.0.1:{port}"
     sid = f"{unique_name('x')}:y"
     with WorkerProcess(cfg) as worker:
-        assert _wait_for(f"{base}/health")[0] == 200, worker.log()[-3000:]
-        status, _ = _call(f"{base}/v1/default/events", {"session_id": sid, "item_id": "A13"})
+        assert wait_for_ok(f"{base}/health")[0] == 200, worker.log()[-3000:]
+        status, _ = http_call(f"{base}/v1/default/events", {"session_id": sid, "item_id": "A13"})
         assert status == 202
         quoted = urllib.parse.quote(sid, safe="")
-        status, body = _wait_for(f"{base}/v1/default/sessions/{quoted}/recommendations")
+        status, body = wait_for_ok(f"{base}/v1/default/sessions/{quoted}/recommendations")
         assert status == 200 and json.loads(body)["session_id"] == sid
         # The same characters split another way: another tenant, which is not a valid name.
         head, tail = sid.split(":")
-        status, body = _call(f"{base}/v1/default:{head}/sessions/{tail}/recommendations")
+        status, body = http_call(f"{base}/v1/default:{head}/sessions/{tail}/recommendations")
         assert status == 400, body
-        status, body = _call(f"{base}/v1/{unique_name('t')}/sessions/{quoted}/recommendations")
+        status, body = http_call(f"{base}/v1/{unique_name('t')}/sessions/{quoted}/recommendations")
         assert status == 404, body
         for bad in ("shop%0A", "shop%0D", "-shop", "a" * 65):
-            status, body = _call(f"{base}/v1/{bad}/events", {"session_id": "s", "item_id": "A"})
+            status, body = http_call(f"{base}/v1/{bad}/events", {"session_id": "s", "item_id": "A"})
             assert status == 400, (bad, body)
-            status, body = _call(f"{base}/v1/{bad}/sessions/s/recommendations")
+            status, body = http_call(f"{base}/v1/{bad}/sessions/s/recommendations")
             assert status == 400, (bad, body)
-        status, body = _call(f"{base}/v1/default/sessions/s%0A/recommendations")
+        status, body = http_call(f"{base}/v1/default/sessions/s%0A/recommendations")
         assert status == 400, body
         big = {"session_id": "s", "item_id": "A13", "pad": "x" * MAX_EVENT_BYTES}
-        assert _call(f"{base}/v1/default/events", big)[0] == 413
-        assert _call(f"{base}/v1/default/events", [big])[0] == 413
+        assert http_call(f"{base}/v1/default/events", big)[0] == 413
+        assert http_call(f"{base}/v1/default/events", [big])[0] == 413
         # A stalled upload is answered 408 and closed, not held open for ever.
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
             conn.sendall(

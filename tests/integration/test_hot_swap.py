@@ -8,13 +8,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from models.registry import Registry
 from state.notify import notify_model_change
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent
-from tests.integration.helpers import WorkerProcess, produce
-from tests.integration.test_reliability import RecsCollector, make_events
-from tests.integration.test_worker import make_config
+from stream.testing import WorkerProcess, produce
+from tests.integration.helpers import RecsCollector, make_config, make_events
+
+pytestmark = pytest.mark.broker_agnostic
 
 
 def test_promote_under_load_swaps_within_5s_and_refuses_a_corrupt_version(

@@ -4,41 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from stream.devstack import EmbeddedStack, free_port
-from tests.integration.helpers import WorkerProcess
-from tests.integration.test_worker import make_config
-
-
-def _call(url: str, body: object | None = None) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url,
-        data=data,
-        method="POST" if data else "GET",
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def _wait_for(url: str, timeout: float = 60) -> tuple[int, bytes]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, body = _call(url)
-        except (urllib.error.URLError, ConnectionError):
-            status, body = 0, b""
-        if status == 200 or time.monotonic() > deadline:
-            return status, body
-        time.sleep(0.3)
+from stream.testing import WorkerProcess
+from tests.integration.helpers import http_call, make_config, wait_for_ok
 
 
 def test_post_clicks_and_pull_recommendations(
@@ -49,8 +20,8 @@ def test_post_clicks_and_pull_recommendations(
     cfg.extra_env["STREAMREC_WEB_PORT"] = str(port)
     base = f"http://127.0.0.1:{port}"
     with WorkerProcess(cfg) as worker:
-        assert _wait_for(f"{base}/health")[0] == 200, worker.log()[-3000:]
-        status, body = _call(
+        assert wait_for_ok(f"{base}/health")[0] == 200, worker.log()[-3000:]
+        status, body = http_call(
             f"{base}/v1/default/events",
             [
                 {"session_id": "web-1", "item_id": "A13"},
@@ -62,9 +33,9 @@ def test_post_clicks_and_pull_recommendations(
         assert len(answer["event_ids"]) == 2 and answer["event_ids"][1] == "w2"
 
         # Bad input: a reason, and nothing sent.
-        status, body = _call(f"{base}/v1/default/events", {"session_id": "web-2", "item_id": 7})
+        status, body = http_call(f"{base}/v1/default/events", {"session_id": "web-2", "item_id": 7})
         assert status == 400 and "item_id" in json.loads(body)["error"]
-        status, body = _call(
+        status, body = http_call(
             f"{base}/v1/default/events", {"tenant": "other", "session_id": "s", "item_id": "A1"}
         )
         assert status == 400 and "differs" in json.loads(body)["error"]
@@ -72,7 +43,7 @@ def test_post_clicks_and_pull_recommendations(
         url = f"{base}/v1/default/sessions/web-1/recommendations"
         deadline = time.monotonic() + 30
         while True:
-            status, body = _call(url)
+            status, body = http_call(url)
             rec = json.loads(body) if status == 200 else {}
             if rec.get("event_id") == "w2" or time.monotonic() > deadline:
                 break
@@ -81,13 +52,13 @@ def test_post_clicks_and_pull_recommendations(
         assert rec["trigger_item"] == "A16" and rec["items"] and rec["model_version"]
         # The tenant's default rule (exclude current): never the item being looked at.
         assert all(i["item_id"] != "A16" for i in rec["items"])
-        assert _call(f"{base}/v1/default/sessions/web-2/recommendations")[0] == 404
+        assert http_call(f"{base}/v1/default/sessions/web-2/recommendations")[0] == 404
 
         # The batch is counted once its records are delivered, just after its session
         # updates can be read: give the counters a moment.
         deadline = time.monotonic() + 10
         while True:
-            status, body = _call(f"{base}/metrics")
+            status, body = http_call(f"{base}/metrics")
             assert status == 200
             metrics = dict(
                 line.split(" ")

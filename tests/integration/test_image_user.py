@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+# No broker: CI runs it once, in the Apache Kafka pass.
+pytestmark = [pytest.mark.integration, pytest.mark.broker_agnostic]
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,9 +12,8 @@ import orjson
 
 from producers import ClickProducer
 from stream.devstack import EmbeddedStack, free_port
-from tests.integration.helpers import WorkerProcess, consume
-from tests.integration.test_http import _call, _wait_for
-from tests.integration.test_worker import make_config
+from stream.testing import WorkerProcess, consume
+from tests.integration.helpers import http_call, make_config, wait_for_ok
 
 SESSIONS = [f"part-{i}" for i in range(40)]
 
@@ -27,13 +26,13 @@ def test_a_session_lands_on_one_partition_over_http_and_the_helper(
     cfg.extra_env["STREAMREC_WEB_PORT"] = str(port)
     base = f"http://127.0.0.1:{port}"
     with WorkerProcess(cfg) as worker:
-        assert _wait_for(f"{base}/health")[0] == 200, worker.log()[-3000:]
+        assert wait_for_ok(f"{base}/health")[0] == 200, worker.log()[-3000:]
         body = [
             {"session_id": s, "item_id": "A13", "event_id": f"http-{s}-{k}"}
             for s in SESSIONS
             for k in range(3)
         ]
-        status, answer = _call(f"{base}/v1/default/events", body)
+        status, answer = http_call(f"{base}/v1/default/events", body)
         assert status == 202, answer
     with ClickProducer(stack.broker, cfg.clicks) as producer:
         for s in SESSIONS:

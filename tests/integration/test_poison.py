@@ -10,8 +10,8 @@ import orjson
 from confluent_kafka import Producer
 
 from stream.devstack import EmbeddedStack
-from tests.integration.helpers import WorkerProcess, consume, produce
-from tests.integration.test_worker import clicks, make_config
+from stream.testing import WorkerProcess, consume, produce
+from tests.integration.helpers import clicks, make_config
 
 # About 1 MB: more than the worker's producer may send (message.max.bytes 1,000,000), so
 # it cannot be dead-lettered as it is; the broker takes it.

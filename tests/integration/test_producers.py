@@ -17,8 +17,8 @@ from models.datasets import read_clicks
 from producers import ClickProducer, DeliveryError
 from producers.replay import prepare_replay
 from stream.devstack import EmbeddedStack, free_port
+from stream.testing import WorkerConfig, WorkerProcess, consume
 from stream.topics import ensure_topics
-from tests.integration.helpers import WorkerConfig, WorkerProcess, consume
 
 # How long to keep reading after the expected count, to catch duplicates.
 EXTRA_WAIT_S = 3.0

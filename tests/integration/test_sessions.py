@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from models.registry import Registry
@@ -17,6 +18,8 @@ from state.tenants import TenantDirectory
 from stream.devstack import EmbeddedStack
 from stream.model_handle import ModelCache
 from stream.processor import BatchProcessor
+
+pytestmark = pytest.mark.broker_agnostic
 
 
 async def _run(stack: EmbeddedStack, clicks: list[Click], cap: int = 3):

@@ -18,8 +18,10 @@ from state.notify import notify_model_change
 from state.tenants import set_mode
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent
-from tests.integration.helpers import WorkerProcess, consume, produce
-from tests.integration.test_worker import make_config
+from stream.testing import WorkerProcess, consume, produce
+from tests.integration.helpers import make_config
+
+pytestmark = pytest.mark.broker_agnostic
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,10 @@ from stream.config import Settings
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent
 from stream.tenant_control import TenantControl
+from stream.testing import WorkerProcess, produce
 from stream.topics import ensure_topics
 from stream.trainer import run_once
-from tests.integration.helpers import WorkerProcess, produce
-from tests.integration.test_reliability import RecsCollector
-from tests.integration.test_worker import make_config
+from tests.integration.helpers import RecsCollector, make_config
 
 
 def test_trainer_promotes_a_better_model_and_skips_frozen_and_off_tenants(

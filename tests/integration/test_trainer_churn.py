@@ -16,9 +16,9 @@ from models.train import TrainParams
 from stream.config import Settings
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent
+from stream.testing import produce
 from stream.topics import ensure_topics
 from stream.trainer import run_once
-from tests.integration.helpers import produce
 
 
 def test_unchanged_data_is_not_retrained_and_unpromoted_versions_are_bounded(

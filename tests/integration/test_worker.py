@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
 from stream.devstack import EmbeddedStack
-from stream.events import ClickEvent
-from stream.topics import ensure_topics
-from tests.integration.helpers import WorkerConfig, WorkerProcess, consume, produce
-
-ITEMS = ["A13", "A16", "B4", "C17", "P1", "A2", "B10", "C5"]
+from stream.testing import WorkerProcess, consume, produce
+from tests.integration.helpers import ITEMS, clicks, make_config
 
 MALFORMED = [
     b"{not json",
@@ -22,36 +18,6 @@ MALFORMED = [
     orjson.dumps({"session_id": "s1", "item_id": "A" * 100_000, "ts": 1.0}),  # oversized
     b'{"session_id": "s1", "item_id": "\xff\xfe", "ts": 1.0}',  # invalid UTF-8
 ]
-
-
-def make_config(
-    stack: EmbeddedStack, unique_name: Callable[[str], str], home: Path, model_dir: Path
-) -> WorkerConfig:
-    cfg = WorkerConfig(
-        stack,
-        home,
-        model_dir,
-        unique_name("clicks"),
-        unique_name("recs"),
-        unique_name("dlq"),
-        unique_name("app"),
-    )
-    ensure_topics(stack.broker, [cfg.clicks, cfg.recs, cfg.dlq], partitions=4)
-    return cfg
-
-
-def clicks(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
-    out = []
-    for i in range(start, start + n):
-        event = ClickEvent(
-            tenant="default",
-            session_id=f"s{i % 13}",
-            item_id=ITEMS[i % len(ITEMS)],
-            ts=time.time(),
-            event_id=f"e{i}",
-        )
-        out.append((event.session_id.encode(), event.to_json()))
-    return out
 
 
 def test_every_click_is_answered_and_bad_input_is_dead_lettered(

@@ -50,6 +50,19 @@ def test_defaults_for_optional_fields() -> None:
         (orjson.dumps({"session_id": "s", "item_id": "x" * MAX_EVENT_BYTES, "ts": 1}), "larger"),
         (b'{"session_id": "s", "item_id": "i", "ts": 1, "event_type": 7}', "'event_type'"),
         (b'{"session_id": "s", "item_id": "a\\u001fb", "ts": 1}', "control characters"),
+        # Each field once more where the typed decoder (msgspec) would accept the shape.
+        (b'{"session_id": "a\\nb", "item_id": "i", "ts": 1}', "'session_id' contains control"),
+        (b'{"session_id": "s", "item_id": "i", "ts": 1, "event_id": "\\u0000"}', "'event_id'"),
+        (b'{"session_id": "s", "item_id": "i", "ts": 1, "user_id": "u\\u007f"}', "'user_id'"),
+        (b'{"session_id": "s", "item_id": "i", "ts": 1, "event_id": ""}', "'event_id' is empty"),
+        (
+            orjson.dumps({"session_id": "s", "item_id": "i", "ts": 1, "user_id": "u" * 300}),
+            "longer",
+        ),
+        (b'{"session_id": "s", "item_id": "i", "ts": null}', "missing field 'ts'"),
+        (b'{"session_id": "s", "item_id": "i", "ts": 1e400}', "not valid JSON"),
+        (b'{"tenant": null, "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
+        (b'{"session_id": "s", "item_id": "i", "ts": 1, "event_type": ""}', "'event_type'"),
     ],
 )
 def test_invalid_events_name_the_reason(raw: bytes | None, reason: str) -> None:

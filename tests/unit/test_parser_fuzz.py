@@ -14,6 +14,7 @@ from models.names import is_id, is_tenant
 from stream.events import (
     MAX_EVENT_BYTES,
     InvalidEvent,
+    _decode,
     event_from_dict,
     feedback_from_dict,
     parse_event,
@@ -90,8 +91,25 @@ def test_click_parser_accepts_or_rejects_with_a_reason(case: tuple[str, object])
     kind, value = case
     if kind == "dict":
         _checked(lambda v: event_from_dict(v, default_ts=1.0), value)
-    elif _checked(lambda v: parse_event(v, default_ts=1.0), value) == "accepted":
-        assert len(value) <= MAX_EVENT_BYTES  # type: ignore[arg-type]
+    else:
+        if _checked(lambda v: parse_event(v, default_ts=1.0), value) == "accepted":
+            assert len(value) <= MAX_EVENT_BYTES  # type: ignore[arg-type]
+        # parse_event decodes with msgspec first: it must accept exactly what the checks
+        # of event_from_dict accept, with the same event, and reject with their reason.
+        for default_ts in (None, 1.0):
+            typed = _outcome(parse_event, value, default_ts)
+            assert typed == _outcome(_checks_only, value, default_ts)
+
+
+def _checks_only(raw: bytes, default_ts: float | None) -> object:
+    return event_from_dict(_decode(raw), default_ts=default_ts)
+
+
+def _outcome(parse, raw: bytes, default_ts: float | None) -> object:  # noqa: ANN001
+    try:
+        return parse(raw, default_ts=default_ts)
+    except InvalidEvent as exc:
+        return exc.reason
 
 
 @FUZZ
