@@ -170,11 +170,7 @@ def routes(ctx: WebContext) -> APIRouter:
         summary="The item's nearest neighbours by embedding (the tenant's rules applied)",
         responses=error_responses(400, 401, 403, 404, 503),
     )
-    async def similar(
-        tenant: Tenant,
-        item_id: ItemId,
-        n: N = 10,
-    ) -> dict[str, Any]:
+    async def similar(tenant: Tenant, item_id: ItemId, n: N = 10) -> dict[str, Any]:
         _checked_id(item_id, "item id")
         async with serving_errors():
             found = await backend().similar(tenant, item_id, n)
@@ -222,11 +218,7 @@ def routes(ctx: WebContext) -> APIRouter:
         responses=error_responses(400, 401, 403, 404, 413, 503),
         openapi_extra=json_request_body(ITEM_SCHEMA),
     )
-    async def put_item(
-        tenant: Tenant,
-        item_id: ItemId,
-        request: HttpRequest,
-    ) -> dict[str, Any]:
+    async def put_item(tenant: Tenant, item_id: ItemId, request: HttpRequest) -> dict[str, Any]:
         _checked_id(item_id, "item id")
         entry = catalogue_entry(json_body(await read_body(request, MAX_EVENT_BYTES)))
         version = await store_items(tenant, {item_id: entry})
