@@ -11,13 +11,12 @@ beside its MODE: a Redis restart must not end an experiment. Redis caches it
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from models.errors import StreamrecError
 from models.experiments import POLICIES, is_variant
-from models.registry import HISTORY, Registry, _atomic_write
+from models.registry import Registry, _atomic_write
 
 POLICY = "POLICY.json"
 
@@ -84,24 +83,12 @@ def log_rollout(registry: Registry, tenant: str, entry: dict[str, Any]) -> None:
     entry names the ``candidate``, not a ``version``: promotions and rollbacks, which
     decide what is in service, stay the only entries with a version."""
     assert "version" not in entry
-    path = registry.pointer_path(tenant).parent / HISTORY
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    registry.append_history(tenant, entry)
 
 
 def rollout_history(registry: Registry, tenant: str) -> list[dict[str, Any]]:
-    path = registry.pointer_path(tenant).parent / HISTORY
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and str(entry.get("action", "")).startswith("rollout-"):
-            out.append(entry)
-    return out
+    return [
+        e
+        for e in registry.history_entries(tenant)
+        if str(e.get("action", "")).startswith("rollout-")
+    ]

@@ -352,12 +352,20 @@ class Registry:
         previous = self.current_version(tenant)
         _atomic_write(tenant_dir / CURRENT, version + "\n")
         entry = {"action": action, "version": version, "previous": previous, "ts": time.time()}
-        with open(tenant_dir / HISTORY, "a", encoding="utf-8") as fh:
+        self.append_history(tenant, entry)
+
+    def append_history(self, tenant: str, entry: dict[str, Any]) -> None:
+        """One entry at the end of the tenant's ``HISTORY.jsonl``, on disk when this
+        returns (promotions, rollbacks and rollout steps share the file)."""
+        path = self._tenant_dir(tenant) / HISTORY
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
-    def _history(self, tenant: str) -> list[dict[str, Any]]:
+    def history_entries(self, tenant: str) -> list[dict[str, Any]]:
+        """Every entry of the tenant's ``HISTORY.jsonl``, oldest first."""
         path = self._tenant_dir(tenant) / HISTORY
         if not path.is_file():
             return []
@@ -367,9 +375,13 @@ class Registry:
                 entry = json.loads(line)
             except ValueError:
                 continue  # a torn last line after a crash: ignore it, the pointer is the truth
-            if isinstance(entry, dict) and isinstance(entry.get("version"), str):
+            if isinstance(entry, dict):
                 entries.append(entry)
         return entries
+
+    def _history(self, tenant: str) -> list[dict[str, Any]]:
+        # Promotions and rollbacks: the only entries with a version.
+        return [e for e in self.history_entries(tenant) if isinstance(e.get("version"), str)]
 
     def _promotion_stack(self, tenant: str) -> list[str]:
         """Promotions push, rollbacks pop back to their target: the top is what is in service."""

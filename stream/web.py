@@ -22,10 +22,10 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -34,8 +34,9 @@ from faust.contrib.asgi import AsgiService
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import StreamrecError
+from models.names import MAX_ID_CHARS
 from stream.config import Settings
-from stream.events import MAX_EVENT_BYTES
+from stream.events import MAX_EVENT_BYTES, InvalidEvent
 
 log = logging.getLogger(f"streamrec.{__name__}")
 MAX_POST_EVENTS = 1000
@@ -43,6 +44,8 @@ MAX_BODY_BYTES = MAX_POST_EVENTS * MAX_EVENT_BYTES
 # A body that has not arrived within this many seconds gets 408: a stalled upload must
 # not hold a connection open for ever.
 BODY_TIMEOUT_S = 10.0
+# The JSON schema of a session, item or event id (models.names.is_id checks the rest).
+ID_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
 
 
 class ApiError(StreamrecError):
@@ -113,6 +116,71 @@ def json_body(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from None
+
+
+class Record(Protocol):
+    """What the POST routes produce: a click or a feedback message."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    def to_json(self) -> bytes: ...
+
+
+R = TypeVar("R", bound=Record)
+R_co = TypeVar("R_co", bound=Record, covariant=True)
+
+
+class Parser(Protocol[R_co]):
+    """``stream.events.event_from_dict`` or ``feedback_from_dict``."""
+
+    def __call__(self, data: Any, *, default_ts: float | None = None) -> R_co: ...
+
+
+async def read_records(
+    request: Request,
+    tenant: str,
+    parse: Parser[R],
+    what: tuple[str, str],
+) -> list[R]:
+    """The body's records (one JSON object or an array of up to ``MAX_POST_EVENTS``),
+    each parsed by ``parse``. ``what`` names them in the reasons
+    (singular, plural). Any bad one is a 4xx naming it, and then none is taken."""
+    one, many = what
+    raw = await read_body(request)
+    body = json_body(raw)
+    items = body if isinstance(body, list) else [body]
+    if len(items) > MAX_POST_EVENTS:
+        raise ApiError(413, f"at most {MAX_POST_EVENTS} {many} per request")
+    now = time.time()
+    records = []
+    for n, data in enumerate(items):
+        # The same limit as a Kafka message (the worker dead-letters larger ones).
+        if len(raw) > MAX_EVENT_BYTES and len(orjson.dumps(data)) > MAX_EVENT_BYTES:
+            raise ApiError(413, f"{one} {n} is larger than {MAX_EVENT_BYTES} bytes as JSON")
+        if isinstance(data, dict) and data.setdefault("tenant", tenant) != tenant:
+            raise ApiError(400, f"{one} {n}: tenant {data['tenant']!r} differs from the URL's")
+        try:
+            records.append(parse(data, default_ts=now))
+        except InvalidEvent as exc:
+            raise ApiError(400, f"{one} {n}: {exc.reason}") from None
+    return records
+
+
+async def produce_records(ctx: WebContext, topic: str, records: list[R], what: str) -> None:
+    """Every record to ``topic`` keyed by session and acknowledged by the broker, else a
+    503 telling the client to retry."""
+    producer = ctx.producer
+    if producer is None:
+        raise ApiError(503, "the worker is starting")
+    try:
+        for record in records:
+            producer.produce(topic, record.to_json(), record.session_id)
+    except (BufferError, KafkaException) as exc:
+        raise ApiError(503, f"the broker is not taking {what}s just now ({exc}); retry") from None
+    remaining = await asyncio.to_thread(producer.flush, 10)
+    if remaining:
+        raise ApiError(503, f"{remaining} {what}(s) not acknowledged by the broker; retry")
 
 
 def prometheus_text(counters: dict[str, float], gauges: dict[str, float]) -> str:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 
 from models.errors import StreamrecError
-from models.names import TENANT_RULE, is_tenant
 from models.registry import MODES, Registry
 from models.rules import ServingRules
 from state.connection import RedisError
@@ -25,10 +24,9 @@ from stream.web import (
     json_request_body,
     read_body,
 )
-from stream.web_auth import admin_access
+from stream.web_auth import TenantName, admin_access
 
 ADMIN_ERRORS = error_responses(400, 401, 403, 404, 503)
-TenantName = Annotated[str, Path(description="the tenant (shop) name")]
 
 
 def routes(ctx: WebContext) -> APIRouter:
@@ -42,11 +40,6 @@ def routes(ctx: WebContext) -> APIRouter:
         return APIRouter()  # off: no admin token configured
     registry = Registry(ctx.settings.registry_dir)
     control = TenantControl(ctx.settings)
-
-    def tenant_of(name: str) -> str:
-        if not is_tenant(name):
-            raise ApiError(400, f"tenant {TENANT_RULE}")
-        return name
 
     async def run(fn: Any, *args: Any) -> Any:
         try:
@@ -70,19 +63,19 @@ def routes(ctx: WebContext) -> APIRouter:
 
     @router.put("/tenants/{tenant}", status_code=201, summary="Create a tenant")
     async def create_tenant(tenant: TenantName) -> dict[str, Any]:
-        created = await run(control.create, tenant_of(tenant))
+        created = await run(control.create, tenant)
         return {"tenant": tenant, "created": created}
 
     @router.put("/tenants/{tenant}/mode/{mode}", summary="Switch a tenant on, freeze or off")
     async def set_mode(tenant: TenantName, mode: str) -> dict[str, Any]:
         if mode not in MODES:
             raise ApiError(400, f"mode must be one of {', '.join(MODES)}")
-        await run(control.set_mode, tenant_of(tenant), mode)
+        await run(control.set_mode, tenant, mode)
         return {"tenant": tenant, "mode": mode}
 
     @router.get("/tenants/{tenant}/rules", summary="The tenant's serving rules")
     async def get_rules(tenant: TenantName) -> dict[str, Any]:
-        return await run(control.rules, tenant_of(tenant))
+        return await run(control.rules, tenant)
 
     @router.put(
         "/tenants/{tenant}/rules",
@@ -97,33 +90,33 @@ def routes(ctx: WebContext) -> APIRouter:
             rules = ServingRules.from_dict(body)
         except (ValueError, TypeError) as exc:
             raise ApiError(400, str(exc)) from None
-        return await run(control.set_rules, tenant_of(tenant), rules)
+        return await run(control.set_rules, tenant, rules)
 
     @router.post("/tenants/{tenant}/keys", status_code=201, summary="Create a tenant key")
     async def create_key(tenant: TenantName) -> dict[str, Any]:
         """The key is in this answer only; it is stored as a SHA-256 digest."""
-        key_id, key = await run(control.create_key, tenant_of(tenant))
+        key_id, key = await run(control.create_key, tenant)
         return {"tenant": tenant, "key_id": key_id, "key": key}
 
     @router.delete("/tenants/{tenant}/keys/{key_id}", summary="Revoke a tenant key")
     async def revoke_key(tenant: TenantName, key_id: str) -> dict[str, Any]:
-        await run(control.revoke_key, tenant_of(tenant), key_id)
+        await run(control.revoke_key, tenant, key_id)
         return {"tenant": tenant, "revoked": key_id}
 
     @router.get("/tenants/{tenant}/models", summary="The tenant's model versions")
     async def list_models(tenant: TenantName) -> dict[str, Any]:
-        await run(control.require, tenant_of(tenant))
+        await run(control.require, tenant)
         infos = await run(registry.versions, tenant)
         return {"tenant": tenant, "versions": [dataclasses.asdict(i) for i in infos]}
 
     @router.post("/tenants/{tenant}/models/{version}/promote", summary="Promote a version")
     async def promote(tenant: TenantName, version: str) -> dict[str, Any]:
-        await run(control.promote, tenant_of(tenant), version)
+        await run(control.promote, tenant, version)
         return {"tenant": tenant, "current": version}
 
     @router.post("/tenants/{tenant}/models/rollback", summary="Roll back to the previous version")
     async def rollback(tenant: TenantName) -> dict[str, Any]:
-        current = await run(control.rollback, tenant_of(tenant))
+        current = await run(control.rollback, tenant)
         return {"tenant": tenant, "current": current}
 
     return router

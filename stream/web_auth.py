@@ -43,14 +43,19 @@ def _ctx(request: Request) -> WebContext:
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
-async def tenant_access(
-    request: Request,
-    tenant: Annotated[str, Path(description="the tenant (shop) name")],
-    credentials: Credentials,
-) -> str:
-    """The path's tenant, once the caller may reach it."""
+def tenant_name(tenant: Annotated[str, Path(description="the tenant (shop) name")]) -> str:
+    """The path's tenant, if it is a valid name (400 if not)."""
     if not is_tenant(tenant):
         raise ApiError(400, f"tenant {TENANT_RULE}")
+    return tenant
+
+
+# For the admin routes, which check the token, not the tenant's keys.
+TenantName = Annotated[str, Depends(tenant_name)]
+
+
+async def tenant_access(request: Request, tenant: TenantName, credentials: Credentials) -> str:
+    """The path's tenant, once the caller may reach it."""
     try:
         return await _tenant_access(_ctx(request), tenant, credentials)
     except (RedisError, OSError) as exc:

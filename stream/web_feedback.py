@@ -6,32 +6,30 @@ Plugged into the API by ``stream.web.ROUTERS`` at import (``stream.app`` imports
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Query, Request
 
 from state.connection import RedisError
-from stream.events import MAX_EVENT_BYTES, InvalidEvent, feedback_from_dict
+from stream.events import feedback_from_dict
 from stream.web import (
+    ID_SCHEMA,
     MAX_POST_EVENTS,
     ROUTERS,
     ApiError,
     WebContext,
     error_responses,
-    json_body,
     json_request_body,
-    read_body,
+    produce_records,
+    read_records,
 )
 from stream.web_auth import Tenant
 
 FEEDBACK_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "session_id": {"type": "string", "minLength": 1, "maxLength": 256},
-        "item_id": {"type": "string", "minLength": 1, "maxLength": 256},
+        "session_id": ID_SCHEMA,
+        "item_id": ID_SCHEMA,
         "type": {"type": "string", "enum": ["click", "add_to_cart", "purchase"]},
         "rec_id": {"type": "string", "description": "the recommendation it answers"},
         "ts": {"type": "number", "description": "unix seconds; default: now"},
@@ -55,32 +53,10 @@ def routes(ctx: WebContext) -> APIRouter:
         """Validated like clicks (400 with a reason, nothing sent), then produced to the
         ``feedback`` topic keyed by session; the worker counts it for the variant that
         served the recommendation (``rec_id``) or the session."""
-        raw = await read_body(request)
-        body = json_body(raw)
-        items = body if isinstance(body, list) else [body]
-        if len(items) > MAX_POST_EVENTS:
-            raise ApiError(413, f"at most {MAX_POST_EVENTS} feedback objects per request")
-        now = time.time()
-        out = []
-        for n, data in enumerate(items):
-            if len(raw) > MAX_EVENT_BYTES and len(orjson.dumps(data)) > MAX_EVENT_BYTES:
-                raise ApiError(413, f"feedback {n} is larger than {MAX_EVENT_BYTES} bytes")
-            if isinstance(data, dict) and data.setdefault("tenant", tenant) != tenant:
-                raise ApiError(
-                    400, f"feedback {n}: tenant {data['tenant']!r} differs from the URL's"
-                )
-            try:
-                out.append(feedback_from_dict(data, default_ts=now))
-            except InvalidEvent as exc:
-                raise ApiError(400, f"feedback {n}: {exc.reason}") from None
-        producer = ctx.producer
-        if producer is None:
-            raise ApiError(503, "the worker is starting")
-        for fb in out:
-            producer.produce(ctx.settings.feedback_topic, fb.to_json(), fb.session_id)
-        remaining = await asyncio.to_thread(producer.flush, 10)
-        if remaining:
-            raise ApiError(503, f"{remaining} feedback message(s) not acknowledged; retry")
+        out = await read_records(
+            request, tenant, feedback_from_dict, ("feedback", "feedback objects")
+        )
+        await produce_records(ctx, ctx.settings.feedback_topic, out, "feedback message")
         return {"accepted": len(out)}
 
     @router.get(

@@ -6,15 +6,11 @@ Every route takes the tenant's key (``Authorization: Bearer ...``, see
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
-from confluent_kafka import KafkaException
 from fastapi import APIRouter, Path, Query, Response
 from fastapi import Request as HttpRequest
 
@@ -24,23 +20,26 @@ from models.rules import Request
 from state.connection import RedisError
 from state.control import get_item, put_items
 from state.notify import notify_change
-from stream.events import MAX_EVENT_BYTES, InvalidEvent, event_from_dict
+from stream.events import MAX_EVENT_BYTES, ClickEvent, event_from_dict
 from stream.web import (
+    ID_SCHEMA,
     MAX_POST_EVENTS,
     ApiError,
     WebContext,
     error_responses,
     json_body,
     json_request_body,
+    produce_records,
     read_body,
+    read_records,
 )
 from stream.web_auth import Tenant
 
 CLICK_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "session_id": {"type": "string", "minLength": 1, "maxLength": 256},
-        "item_id": {"type": "string", "minLength": 1, "maxLength": 256},
+        "session_id": ID_SCHEMA,
+        "item_id": ID_SCHEMA,
         "ts": {"type": "number", "description": "unix seconds; default: now"},
         "event_type": {"type": "string"},
         "event_id": {"type": "string", "description": "assigned when missing"},
@@ -56,9 +55,18 @@ MAX_SESSION_ITEMS = 200
 MAX_BULK_ITEMS = 10_000
 N = Annotated[int, Query(ge=1, le=MAX_N, description="how many items (default: top_k)")]
 Exclude = Annotated[list[str], Query(description="item ids never to return (repeatable)")]
+ItemId = Annotated[str, Path(description="the item id")]
+SessionId = Annotated[str, Path(description="the session id")]
 Category = Annotated[
     list[str], Query(description="only items of these catalogue categories (repeatable)")
 ]
+
+
+def _click(data: Any, *, default_ts: float | None = None) -> ClickEvent:
+    # An id of our own, so the client can match its events to the answer's event_ids.
+    if isinstance(data, dict) and data.get("event_id") is None:
+        data["event_id"] = uuid.uuid4().hex
+    return event_from_dict(data, default_ts=default_ts)
 
 
 def _checked_id(value: str, what: str) -> str:
@@ -87,42 +95,8 @@ def routes(ctx: WebContext) -> APIRouter:
         """Validated (400 with a reason, nothing sent; 413 for an event over 16 KiB),
         then produced to ``clicks``. Events without an ``event_id`` get one; the answer
         lists every event's id, in order."""
-        raw = await read_body(request)
-        body = json_body(raw)
-        items = body if isinstance(body, list) else [body]
-        if len(items) > MAX_POST_EVENTS:
-            raise ApiError(413, f"at most {MAX_POST_EVENTS} events per request")
-        now = time.time()
-        events = []
-        for n, data in enumerate(items):
-            # The same limit as a Kafka message (the worker dead-letters larger ones).
-            if len(raw) > MAX_EVENT_BYTES and len(orjson.dumps(data)) > MAX_EVENT_BYTES:
-                raise ApiError(413, f"event {n} is larger than {MAX_EVENT_BYTES} bytes as JSON")
-            if isinstance(data, dict):
-                if data.setdefault("tenant", tenant) != tenant:
-                    raise ApiError(
-                        400, f"event {n}: tenant {data['tenant']!r} differs from the URL's"
-                    )
-                if data.get("event_id") is None:
-                    data["event_id"] = uuid.uuid4().hex
-            try:
-                events.append(event_from_dict(data, default_ts=now))
-            except InvalidEvent as exc:
-                raise ApiError(400, f"event {n}: {exc.reason}") from None
-        producer = ctx.producer
-        if producer is None:
-            raise ApiError(503, "the worker is starting")
-        topic = ctx.settings.clicks_topic
-        try:
-            for event in events:
-                producer.produce(topic, event.to_json(), event.session_id)
-        except (BufferError, KafkaException) as exc:
-            raise ApiError(
-                503, f"the broker is not taking events just now ({exc}); retry"
-            ) from None
-        remaining = await asyncio.to_thread(producer.flush, 10)
-        if remaining:
-            raise ApiError(503, f"{remaining} event(s) not acknowledged by the broker; retry")
+        events = await read_records(request, tenant, _click, ("event", "events"))
+        await produce_records(ctx, ctx.settings.clicks_topic, events, "event")
         return {"accepted": len(events), "event_ids": [e.event_id for e in events]}
 
     def options(exclude: list[str], category: list[str]) -> Request | None:
@@ -139,7 +113,7 @@ def routes(ctx: WebContext) -> APIRouter:
     )
     async def session_recommendations(
         tenant: Tenant,
-        session_id: Annotated[str, Path(description="the session id")],
+        session_id: SessionId,
         n: N | None = None,
         exclude: Exclude = [],  # noqa: B006  (FastAPI copies defaults)
         category: Category = [],  # noqa: B006
@@ -196,11 +170,7 @@ def routes(ctx: WebContext) -> APIRouter:
         summary="The item's nearest neighbours by embedding (the tenant's rules applied)",
         responses=error_responses(400, 401, 403, 404, 503),
     )
-    async def similar(
-        tenant: Tenant,
-        item_id: Annotated[str, Path(description="the item id")],
-        n: N = 10,
-    ) -> dict[str, Any]:
+    async def similar(tenant: Tenant, item_id: ItemId, n: N = 10) -> dict[str, Any]:
         _checked_id(item_id, "item id")
         async with serving_errors():
             found = await backend().similar(tenant, item_id, n)
@@ -239,9 +209,7 @@ def routes(ctx: WebContext) -> APIRouter:
         summary="The item's catalogue entry",
         responses=error_responses(400, 401, 403, 404, 503),
     )
-    async def get_catalogue_item(
-        tenant: Tenant, item_id: Annotated[str, Path(description="the item id")]
-    ) -> dict[str, Any]:
+    async def get_catalogue_item(tenant: Tenant, item_id: ItemId) -> dict[str, Any]:
         return {"item_id": item_id, **await catalogue_item(tenant, item_id)}
 
     @router.put(
@@ -250,11 +218,7 @@ def routes(ctx: WebContext) -> APIRouter:
         responses=error_responses(400, 401, 403, 404, 413, 503),
         openapi_extra=json_request_body(ITEM_SCHEMA),
     )
-    async def put_item(
-        tenant: Tenant,
-        item_id: Annotated[str, Path(description="the item id")],
-        request: HttpRequest,
-    ) -> dict[str, Any]:
+    async def put_item(tenant: Tenant, item_id: ItemId, request: HttpRequest) -> dict[str, Any]:
         _checked_id(item_id, "item id")
         entry = catalogue_entry(json_body(await read_body(request, MAX_EVENT_BYTES)))
         version = await store_items(tenant, {item_id: entry})
@@ -265,9 +229,7 @@ def routes(ctx: WebContext) -> APIRouter:
         summary="Remove an item from the catalogue: it is never recommended again",
         responses=error_responses(400, 401, 403, 404, 503),
     )
-    async def delete_item(
-        tenant: Tenant, item_id: Annotated[str, Path(description="the item id")]
-    ) -> dict[str, Any]:
+    async def delete_item(tenant: Tenant, item_id: ItemId) -> dict[str, Any]:
         await catalogue_item(tenant, item_id)  # 404 unless it is there
         # A tombstone, not a removal: a deleted product must stay out of the lists.
         version = await store_items(tenant, {item_id: {"available": False, "deleted": True}})
@@ -332,7 +294,7 @@ RANK_SCHEMA: dict[str, Any] = {
     "properties": {
         "items": {
             "type": "array",
-            "items": {"type": "string", "minLength": 1, "maxLength": 256},
+            "items": ID_SCHEMA,
             "minItems": 1,
             "maxItems": MAX_SESSION_ITEMS,
             "description": "the session's items, oldest first",

@@ -92,6 +92,22 @@ def stacked(*options: Decorator) -> Decorator:
     return decorate
 
 
+def packed(name: str, cls: type, *options: Decorator) -> Decorator:
+    """Several options handed to the command as one argument ``name``: a ``cls`` (a
+    dataclass whose fields are the options' parameter names) built from their values."""
+    names = tuple(f.name for f in fields(cls))
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def with_packed(*args: Any, **kwargs: Any) -> Any:
+            given = {n: kwargs.pop(n) for n in names if n in kwargs}
+            return func(*args, **{name: cls(**given)}, **kwargs)
+
+        return stacked(*options)(with_packed)
+
+    return decorate
+
+
 def _setting_default(name: str) -> Any:
     field = next(f for f in fields(Settings) if f.name == name)
     return None if field.default is MISSING else field.default
@@ -164,9 +180,6 @@ class ColumnSpec:
         return read_clicks(path, self.fmt, **self.columns(), category_col=self.category_col)
 
 
-_SPEC_FIELDS = tuple(f.name for f in fields(ColumnSpec))
-
-
 def column_options(*, category: bool = False) -> Decorator:
     """``--format`` and the csv column options, handed to the command as one ``spec``
     argument (a ColumnSpec). ``category``: also ``--category-col``."""
@@ -192,20 +205,32 @@ def column_options(*, category: bool = False) -> Decorator:
             click.option("--category-col", help="csv: column with the item's category (optional).")
         )
 
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(func)
-        def with_spec(*args: Any, **kwargs: Any) -> Any:
-            given = {name: kwargs.pop(name) for name in _SPEC_FIELDS if name in kwargs}
-            return func(*args, spec=ColumnSpec(**given), **kwargs)
-
-        return stacked(*options)(with_spec)
-
-    return decorate
+    return packed("spec", ColumnSpec, *options)
 
 
 # -- where producer commands send clicks (replay, synth, loadtest) --------------------------
 
-target_options = stacked(
+
+@dataclass(frozen=True)
+class Target:
+    """Where a producer command sends clicks, and how."""
+
+    broker: str | None
+    topic: str | None
+    tenants: int
+    tenant_name: str
+    linger_ms: float
+    no_progress: bool
+
+    def settings(self, settings: Settings) -> Settings:
+        """``settings`` with the --broker and --topic given."""
+        return settings.with_(broker=self.broker, clicks_topic=self.topic)
+
+
+# Handed to the command as one ``target`` argument (a Target).
+target_options = packed(
+    "target",
+    Target,
     broker_option,
     setting_option("--topic", setting="clicks_topic", help="Topic the clicks go to."),
     click.option(

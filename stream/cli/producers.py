@@ -19,6 +19,7 @@ from models.errors import StreamrecError
 from stream.cli.params import (
     POSITIVE,
     ColumnSpec,
+    Target,
     click_log_argument,
     column_options,
     pacing_options,
@@ -31,10 +32,10 @@ from stream.config import Settings
 # -- shared steps --------------------------------------------------------------------------
 
 
-def _tenants(count: int, name: str) -> list[str]:
+def _tenants(target: Target) -> list[str]:
     from producers.replay import tenant_names
 
-    return tenant_names(count, name)
+    return tenant_names(target.tenants, target.tenant_name)
 
 
 def _pacer(rate: float | None, speedup: float | None) -> Any:
@@ -122,12 +123,7 @@ def replay(
     loops: int,
     limit: int | None,
     seed: int,
-    broker: str | None,
-    topic: str | None,
-    tenants: int,
-    tenant_name: str,
-    linger_ms: float,
-    no_progress: bool,
+    target: Target,
 ) -> None:
     """Replay a click log into the clicks topic, keyed by session id.
 
@@ -144,9 +140,9 @@ def replay(
       streamrec replay --rate 2000 --loop 10       # 1.65 M events at 2,000/s
       streamrec replay clicks.tsv --speedup 60 --tenants 3
     """
-    settings = settings.with_(broker=broker, clicks_topic=topic)
+    settings = target.settings(settings)
     pacer = _pacer(rate, speedup)
-    names = _tenants(tenants, tenant_name)
+    names = _tenants(target)
     from producers.replay import iter_events, send_events
 
     _ensure_topics(settings, settings.clicks_topic)
@@ -158,9 +154,11 @@ def replay(
         f"{_pace_text(rate, speedup)}",
         err=True,
     )
-    producer = _producer(settings, settings.clicks_topic, linger_ms)
+    producer = _producer(settings, settings.clicks_topic, target.linger_ms)
     events = iter_events(table, loops=loops, tenants=names)
-    result = send_events(producer, events, pacer=pacer, limit=total, progress=not no_progress)
+    result = send_events(
+        producer, events, pacer=pacer, limit=total, progress=not target.no_progress
+    )
     _finish(result, "replay")
 
 
@@ -237,12 +235,7 @@ def synth(
     rate: float | None,
     speedup: float | None,
     limit: int | None,
-    broker: str | None,
-    topic: str | None,
-    tenants: int,
-    tenant_name: str,
-    linger_ms: float,
-    no_progress: bool,
+    target: Target,
 ) -> None:
     """Generate a realistic synthetic clickstream, seeded: to a file or into Kafka.
 
@@ -277,11 +270,11 @@ def synth(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if out is not None:
-        _synth_to_file(out, params, progress=not no_progress)
+        _synth_to_file(out, params, progress=not target.no_progress)
         return
-    settings = settings.with_(broker=broker, clicks_topic=topic)
+    settings = target.settings(settings)
     pacer = _pacer(rate, speedup)
-    names = _tenants(tenants, tenant_name)
+    names = _tenants(target)
     from producers.replay import iter_events, prepare_replay, send_events
     from producers.synth import generate_clicks
 
@@ -293,13 +286,13 @@ def synth(
         f"'{settings.clicks_topic}' ({_pace_text(rate, speedup)})",
         err=True,
     )
-    producer = _producer(settings, settings.clicks_topic, linger_ms)
+    producer = _producer(settings, settings.clicks_topic, target.linger_ms)
     result = send_events(
         producer,
         iter_events(table, tenants=names),
         pacer=pacer,
         limit=total,
-        progress=not no_progress,
+        progress=not target.no_progress,
     )
     _finish(result, "synth")
 
@@ -403,12 +396,7 @@ def loadtest(
     group: str | None,
     drain_timeout: float,
     check: bool,
-    broker: str | None,
-    topic: str | None,
-    tenants: int,
-    tenant_name: str,
-    linger_ms: float,
-    no_progress: bool,
+    target: Target,
 ) -> None:
     """Offer clicks to a running worker and measure latency and throughput end to end.
 
@@ -439,8 +427,8 @@ def loadtest(
         raise click.BadParameter(
             "--events goes with --max; otherwise use --rate and --duration", param_hint="--events"
         )
-    settings = settings.with_(broker=broker, clicks_topic=topic)
-    names = _tenants(tenants, tenant_name)
+    settings = target.settings(settings)
+    names = _tenants(target)
     plan: list[tuple[float | None, int]] = (
         [(None, events or 0)]
         if max_mode
@@ -468,8 +456,8 @@ def loadtest(
             events=n_events,
             tenants=names,
             drain_timeout_s=drain_timeout,
-            linger_ms=linger_ms,
-            progress=not no_progress,
+            linger_ms=target.linger_ms,
+            progress=not target.no_progress,
             source=source_text,
         )
         click.echo(

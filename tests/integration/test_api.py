@@ -54,6 +54,10 @@ def test_keys_tenants_catalogue_and_rules(
             f"{base}/v1/admin/tenants/{ghost}/mode/off", {}, key=ADMIN, method="PUT"
         )
         assert status == 404 and "unknown tenant" in body["error"], body  # never created
+        # A bad name: 400 with the rule, as on the tenant routes (one check, web_auth).
+        status, body = call(f"{base}/v1/admin/tenants/-bad", {}, key=ADMIN, method="PUT")
+        assert status == 400 and "must match" in body["error"], body
+        assert call(f"{base}/v1/-bad/items/x", key=ADMIN)[0] == 400
         status, created = call(f"{base}/v1/admin/tenants/{shop}/keys", {}, key=ADMIN)
         assert status == 201 and created["key"].startswith("srk_"), created
         shop_key = created["key"]
