@@ -112,7 +112,9 @@ class ModelBundle:
             return blend_weights()
         out = np.asarray(weights, dtype=np.float64)
         if out.shape != (N_WEIGHTS,) or not np.isfinite(out).all():
-            raise InvalidModelError(f"model {self.version}: ranker weights are not {N_WEIGHTS} numbers")
+            raise InvalidModelError(
+                f"model {self.version}: ranker weights are not {N_WEIGHTS} numbers"
+            )
         return out
 
     @property

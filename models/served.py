@@ -403,7 +403,8 @@ def served_kernel(
                 if x > 0.0:
                     s += w_sqrt[f] * np.sqrt(x)
             if kept == k and not (
-                s > out_scores[r, last_k] or (s == out_scores[r, last_k] and j < out_items[r, last_k])
+                s > out_scores[r, last_k]
+                or (s == out_scores[r, last_k] and j < out_items[r, last_k])
             ):
                 continue
             pos = min(kept, last_k)
