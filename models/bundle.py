@@ -45,6 +45,10 @@ ARRAYS = (
     "sessions_items",
     "item_sessions_ptr",
     "item_sessions_idx",
+    "context_keys",
+    "context_ptr",
+    "context_idx",
+    "context_w",
 )
 # CSR triples (ptr, indices, weights or None), indices over items or sessions.
 _CSR = (
@@ -52,6 +56,7 @@ _CSR = (
     ("rules_ptr", "rules_idx", "rules_w", "items"),
     ("sessions_ptr", "sessions_items", None, "items"),
     ("item_sessions_ptr", "item_sessions_idx", None, "sessions"),
+    ("context_ptr", "context_idx", "context_w", "items"),
 )
 
 
@@ -79,6 +84,10 @@ class ModelBundle:
     sessions_items: np.ndarray
     item_sessions_ptr: np.ndarray  # [n + 1]: each item's most recent sessions, oldest first
     item_sessions_idx: np.ndarray
+    context_keys: np.ndarray  # uint64 [contexts], sorted: hashes of click contexts
+    context_ptr: np.ndarray  # [contexts + 1]: P(next | context), best first
+    context_idx: np.ndarray
+    context_w: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -255,9 +264,12 @@ def _check_consistency(a: dict[str, np.ndarray], where: str) -> None:
     if log_pop.dtype != np.float32 or log_pop.shape != (n,) or not np.isfinite(log_pop).all():
         fail(f"log_popularity must be finite float32 [{n}]")
     n_sessions = len(a["sessions_ptr"]) - 1
+    keys = a["context_keys"]
+    if keys.dtype != np.uint64 or keys.ndim != 1 or (keys.size > 1 and (np.diff(keys) <= 0).any()):
+        fail("context_keys must be strictly increasing uint64")
     for ptr_name, idx_name, w_name, over in _CSR:
         ptr, idx = a[ptr_name], a[idx_name]
-        rows = n_sessions if ptr_name == "sessions_ptr" else n
+        rows = {"sessions_ptr": n_sessions, "context_ptr": len(a["context_keys"])}.get(ptr_name, n)
         bound = n if over == "items" else n_sessions
         if ptr.dtype != np.int64 or ptr.shape != (rows + 1,) or idx.dtype != np.int32:
             fail(f"{ptr_name} must be int64 [{rows + 1}] and {idx_name} int32")

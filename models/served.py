@@ -8,6 +8,9 @@ At train time every source becomes plain arrays in the bundle (CSR lists, best f
 - a session index for session-kNN: each training session's distinct items
   (``sessions_*``) and, per item, the most recent ``sample_size`` sessions holding it
   (``item_sessions_*``), oldest first;
+- sequence continuations: what followed the same last 2 or 3 clicks, or the same whole
+  prefix, in training (a variable-order Markov chain over exact contexts, as the hybrid's
+  ``_Continuations``), keyed by a 64-bit hash of the context (``context_*``);
 - the existing blended Word2Vec / co-occurrence / cluster neighbour lists.
 
 At serve time ``served_kernel`` takes a whole batch in one compiled pass. Per session it
@@ -41,13 +44,30 @@ FEATURES = (
     "emb_session",
     "same_cluster",
     "popularity",
+    "after_2",
+    "after_3",
+    "after_prefix",
+    "after_prefix_long",
 )
 N_FEATURES = len(FEATURES)
 N_WEIGHTS = 2 * N_FEATURES  # raw features, then their square roots
 # The source each feature belongs to; the ``strategy`` of a list is the source whose
 # features contribute most to the score of its top item. Indices into STRATEGIES.
-STRATEGIES = ("embedding", "cluster", "popular", "session_knn", "transitions", "rules", "own")
-FEATURE_SOURCE = np.array([3, 3, 4, 5, 0, 6, 6, 6, 0, 0, 1, 2], dtype=np.int64)
+STRATEGIES = (
+    "embedding",
+    "cluster",
+    "popular",
+    "session_knn",
+    "transitions",
+    "rules",
+    "own",
+    "sequence",
+)
+FEATURE_SOURCE = np.array([3, 3, 4, 5, 0, 6, 6, 6, 0, 0, 1, 2, 7, 7, 7, 7], dtype=np.int64)
+# Seeds of the context hashes: the last 2 clicks, the last 3, the whole prefix.
+_SEEDS = np.array([2, 3, 0], dtype=np.uint64)
+_FNV_PRIME = np.uint64(1099511628211)
+_FNV_OFFSET = np.uint64(14695981039346656037)
 # Used to pick the candidates the ranker is first fitted on, and by models too small to
 # fit a ranker. Roughly the hybrid's fixed blend (models/hybrid.py).
 BLEND = {
@@ -59,6 +79,8 @@ BLEND = {
     "own_recency": 0.6,
     "emb_session": 0.02,
     "popularity": 0.001,
+    "after_2": 0.3,
+    "after_prefix": 0.3,
 }
 SOURCE_ARRAYS = (
     "transitions_ptr",
@@ -71,6 +93,10 @@ SOURCE_ARRAYS = (
     "sessions_items",
     "item_sessions_ptr",
     "item_sessions_idx",
+    "context_keys",
+    "context_ptr",
+    "context_idx",
+    "context_w",
 )
 
 
@@ -126,7 +152,60 @@ def build_sources(
     iptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.minimum(counts, sample_size), out=iptr[1:])
     out["item_sessions_ptr"], out["item_sessions_idx"] = iptr, sess[keep].astype(np.int32)
+    out.update(_continuations(codes, n, top))
     return out
+
+
+def _continuations(codes: Sequence[np.ndarray], n: int, top: int) -> dict[str, np.ndarray]:
+    """P(next | context) for the hashed contexts of every click after the first."""
+    flat = np.concatenate(codes).astype(np.int64) if codes else np.zeros(0, np.int64)
+    ptr = np.zeros(len(codes) + 1, dtype=np.int64)
+    np.cumsum([len(c) for c in codes], out=ptr[1:])
+    keys, targets = _context_pairs(flat, ptr)
+    if len(keys):
+        unique_keys, rows = np.unique(keys, return_inverse=True)
+    else:
+        unique_keys, rows = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    counts = sp.csr_matrix(
+        (np.ones(len(rows)), (rows.ravel(), targets)), shape=(len(unique_keys), n)
+    )
+    cptr, cidx, cw = _top_csr(_row_normalised(counts), top)
+    return {"context_keys": unique_keys, "context_ptr": cptr, "context_idx": cidx, "context_w": cw}
+
+
+@njit(cache=True)
+def _context_hash(codes, lo, hi, seed):  # pragma: no cover - compiled
+    h = _FNV_OFFSET ^ seed
+    for p in range(lo, hi):
+        h = (h ^ np.uint64(codes[p] + 1)) * _FNV_PRIME
+    return h
+
+
+@njit(cache=True)
+def _context_pairs(flat, ptr):  # pragma: no cover - compiled
+    """(context hash, next item) for every click after the first of every session."""
+    keys = np.empty(3 * flat.size, dtype=np.uint64)
+    targets = np.empty(3 * flat.size, dtype=np.int64)
+    count = 0
+    for r in range(ptr.size - 1):
+        lo, hi = ptr[r], ptr[r + 1]
+        for i in range(lo + 1, hi):
+            for which in range(3):
+                start = lo if which == 2 else i - 2 - which
+                if start < lo:
+                    continue
+                keys[count] = _context_hash(flat, start, i, _SEEDS[which])
+                targets[count] = flat[i]
+                count += 1
+    return keys[:count], targets[:count]
+
+
+@njit(cache=True, nogil=True)
+def _context_row(keys, h):  # pragma: no cover - compiled
+    q = np.searchsorted(keys, h)
+    if q < keys.size and keys[q] == h:
+        return q
+    return -1
 
 
 def _transition_counts(codes: Sequence[np.ndarray], n: int) -> sp.csr_matrix:
@@ -235,6 +314,10 @@ def served_kernel(
     s_items,
     is_ptr,
     is_idx,
+    c_keys,
+    c_ptr,
+    c_idx,
+    c_w,
     k_sessions,
     sample_size,
     vectors,
@@ -264,6 +347,7 @@ def served_kernel(
     excluded = np.zeros(n, dtype=np.int64)
     cand = np.empty(n, dtype=np.int64)
     newest = np.empty(context, dtype=np.int64)
+    known_codes = np.empty(max(1, codes.size), dtype=np.int64)
     dist = np.empty(n, dtype=np.int64)
     dist_w = np.empty(n, dtype=np.float64)
     s_stamp = np.zeros(max(1, n_sessions), dtype=np.int64)
@@ -290,6 +374,7 @@ def served_kernel(
         if n_known == 0:
             continue
         found = 0
+        n_seen = 0
         used = 0
         age = 0
         n_dist = 0
@@ -336,6 +421,25 @@ def served_kernel(
             j = tr_idx[q]
             found = _touch(j, tag, stamp, feats, cand, found)
             feats[j, 2] = tr_w[q]
+        # Sequence continuations over the known clicks (oldest first).
+        for p in range(lo, hi):
+            if codes[p] >= 0:
+                known_codes[n_seen] = codes[p]
+                n_seen += 1
+        long_weight = np.log1p(n_seen)
+        for which in range(3):
+            start = 0 if which == 2 else n_seen - 2 - which
+            if start < 0:
+                continue
+            row = _context_row(c_keys, _context_hash(known_codes, start, n_seen, _SEEDS[which]))
+            if row < 0:
+                continue
+            for q in range(c_ptr[row], c_ptr[row + 1]):
+                j = c_idx[q]
+                found = _touch(j, tag, stamp, feats, cand, found)
+                feats[j, 12 + which] = c_w[q]
+                if which == 2:
+                    feats[j, 15] = c_w[q] * long_weight
         # Session kNN: candidate sessions share an item; keep the most recent sample_size.
         nt = 0
         for d in range(n_dist):
@@ -420,7 +524,7 @@ def served_kernel(
             kept = min(kept + 1, k)
         if kept > 0:
             j = out_items[r, 0]
-            contribution = np.zeros(7, dtype=np.float64)
+            contribution = np.zeros(len(STRATEGIES), dtype=np.float64)
             for f in range(nf):
                 x = feats[j, f]
                 part = w_raw[f] * x
