@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from models.bundle import ModelBundle
-from models.served import SOURCE_ARRAYS, STRATEGIES, blend_weights, served_kernel
+from models.served import SOURCE_ARRAYS, STRATEGIES, blend_weights, prior_weights, served_kernel
 
 RANKERS = ("linear", "blend", "neighbours")
 
@@ -36,7 +36,9 @@ class RankParams:
     session_weight: float = 0.0
     own_decay: float = 0.6  # the session's own items and its vector: weight per click of age
     k_sessions: int = 100  # session-kNN neighbours
-    sample_size: int = 1000  # ... among this many most recent sessions sharing an item
+    sample_size: int = 500  # ... among this many most recent sessions sharing an item
+    per_source: int = 30  # entries read from each neighbour / rule / transition list
+    candidates: int = 100  # kept by the fixed blend for the ranker to order
     ranker: str = "linear"
 
     @classmethod
@@ -173,6 +175,9 @@ def rank_codes(
             *(np.asarray(getattr(bundle, name)) for name in SOURCE_ARRAYS),
             int(params.k_sessions),
             int(params.sample_size),
+            int(params.per_source),
+            int(params.candidates),
+            _PRIOR,
             np.asarray(bundle.vectors),
             np.asarray(bundle.clusters),
             np.asarray(bundle.log_popularity),
@@ -206,6 +211,7 @@ def rank_codes(
 
 
 _NO_FEATS = np.zeros((0, 0, 0), dtype=np.float64)
+_PRIOR = prior_weights()
 _EXCLUDE_CODES = {"none": 0, "current": 1, "seen": 2}
 _NO_BAN: dict[int, np.ndarray] = {}
 

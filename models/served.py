@@ -15,11 +15,13 @@ At train time every source becomes plain arrays in the bundle (CSR lists, best f
 
 At serve time ``served_kernel`` takes a whole batch in one compiled pass. Per session it
 gathers candidates from the session's own items, the neighbour lists and rules of its
-newest ``context`` clicks, the transitions of the last click and the items of its
-session-kNN neighbours (V-SKNN and SKNN weights from one candidate search), computes
-``FEATURES`` for each candidate and scores it with a linear model over the features and
-their square roots. The weights are fitted at train time on next-click cases of the
-training log (``fit_ranker``) and stored as JSON in the manifest.
+newest ``context`` clicks, the transitions of the last click, its sequence continuations
+and the items of its session-kNN neighbours (V-SKNN's k nearest, voting with V-SKNN and
+SKNN similarity), and computes ``FEATURES`` for each. Two stages, as the hybrid: a fixed
+blend of the gathered source scores keeps the best ``candidates``, then a linear model
+over the features and their square roots orders those. Its weights are fitted at train
+time on next-click cases of the training log (``fit_ranker``) and stored as JSON in the
+manifest.
 """
 
 from __future__ import annotations
@@ -98,6 +100,14 @@ SOURCE_ARRAYS = (
     "context_idx",
     "context_w",
 )
+
+
+def prior_weights() -> np.ndarray:
+    """The blend over the features gathered before stage two (module docstring)."""
+    w = blend_weights()[:N_FEATURES].copy()
+    w[[FEATURES.index(name) for name in ("emb_last", "emb_session", "same_cluster")]] = 0.0
+    w[FEATURES.index("popularity")] = 0.0
+    return w
 
 
 def blend_weights() -> np.ndarray:
@@ -255,43 +265,39 @@ def _top_csr(m: sp.csr_matrix, top: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 @njit(cache=True, nogil=True)
-def _touch(j, tag, stamp, feats, cand, found):  # pragma: no cover - compiled
+def _touch(j, tag, stamp, slot, feats, cand, found):  # pragma: no cover - compiled
+    """Make item j a candidate of row ``tag`` (features zeroed) if it is not one yet.
+    Features live in candidate order (``slot[j]``), so the rows in use stay in cache."""
     if stamp[j] != tag:
         stamp[j] = tag
-        feats[j, :] = 0.0
+        slot[j] = found
+        feats[found, :] = 0.0
         cand[found] = j
         found += 1
     return found
 
 
 @njit(cache=True, nogil=True)
-def _select(values, ids, limit, newest_first, out):  # pragma: no cover - compiled
-    """Write into ``out`` the ``limit`` entries of ``ids`` with the largest ``values``
-    (ties: larger id first when ``newest_first``); returns how many. O(len) expected."""
+def _select(values, limit, out):  # pragma: no cover - compiled
+    """Write into ``out`` the positions of the ``limit`` largest ``values``, ties going to
+    the earlier position; returns how many. O(len) expected."""
     m = values.size
     if m <= limit:
         for q in range(m):
             out[q] = q
         return m
     threshold = np.partition(values, m - limit)[m - limit]
-    count = 0
+    above = 0
     for q in range(m):
         if values[q] > threshold:
-            out[count] = q
-            count += 1
-    # Fill up with ties at the threshold, preferring the newest (largest id) sessions.
-    if newest_first:
-        ties = np.empty(m - count, dtype=np.int64)
-        nt = 0
-        for q in range(m):
+            above += 1
+    ties = limit - above
+    count = 0
+    for q in range(m):
+        if values[q] > threshold or (values[q] == threshold and ties > 0):
             if values[q] == threshold:
-                ties[nt] = q
-                nt += 1
-        order = np.argsort(-ids[ties[:nt]].astype(np.float64), kind="mergesort")
-        for t in range(nt):
-            if count == limit:
-                break
-            out[count] = ties[order[t]]
+                ties -= 1
+            out[count] = q
             count += 1
     return count
 
@@ -320,6 +326,9 @@ def served_kernel(
     c_w,
     k_sessions,
     sample_size,
+    per_source,
+    n_candidates,
+    prior,
     vectors,
     clusters,
     log_pop,
@@ -341,20 +350,21 @@ def served_kernel(
     nf = N_FEATURES
     k = out_items.shape[1]
     context = weight_by_age.size
-    n_sessions = s_ptr.size - 1
     feats = np.empty((n, nf), dtype=np.float64)  # a row is zeroed when first touched
     stamp = np.zeros(n, dtype=np.int64)
+    slot = np.empty(n, dtype=np.int64)
     excluded = np.zeros(n, dtype=np.int64)
     cand = np.empty(n, dtype=np.int64)
     newest = np.empty(context, dtype=np.int64)
     known_codes = np.empty(max(1, codes.size), dtype=np.int64)
     dist = np.empty(n, dtype=np.int64)
     dist_w = np.empty(n, dtype=np.float64)
-    s_stamp = np.zeros(max(1, n_sessions), dtype=np.int64)
-    s_vsim = np.empty(max(1, n_sessions), dtype=np.float64)
-    s_count = np.empty(max(1, n_sessions), dtype=np.float64)
-    touched = np.empty(max(1, is_idx.size), dtype=np.int64)
-    chosen = np.empty(max(1, sample_size), dtype=np.int64)
+    heads = np.empty(n, dtype=np.int64)
+    sample = np.empty(max(1, sample_size), dtype=np.int64)
+    s_vsim = np.empty(max(1, sample_size), dtype=np.float64)
+    s_count = np.empty(max(1, sample_size), dtype=np.float64)
+    pool = np.empty(n, dtype=np.int64)
+    pool_prior = np.empty(n, dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
     w_raw = weights[:nf]
@@ -387,40 +397,40 @@ def served_kernel(
             if exclude_mode == 2 or (exclude_mode == 1 and p == hi - 1):
                 excluded[i] = tag
             new = stamp[i] != tag
-            found = _touch(i, tag, stamp, feats, cand, found)
+            found = _touch(i, tag, stamp, slot, feats, cand, found)
             if new:  # first (newest) occurrence: V-SKNN weight of its latest position
                 dist[n_dist] = i
                 dist_w[n_dist] = (n_known - age) / n_known
                 n_dist += 1
-            feats[i, 5] += own_decay**age
-            feats[i, 6] += 1.0
+            feats[slot[i], 5] += own_decay**age
+            feats[slot[i], 6] += 1.0
             session_vec += own_decay**age * vectors[i]
             if age == 0:
                 last = i
-                feats[i, 7] = 1.0
+                feats[slot[i], 7] = 1.0
             if used < context:
                 newest[used] = i
                 used += 1
             age += 1
         for d in range(n_dist):
             i = dist[d]
-            feats[i, 6] = np.log1p(feats[i, 6])
+            feats[slot[i], 6] = np.log1p(feats[slot[i], 6])
         # Neighbour lists and sequential rules of the newest clicks, oldest vote first.
         for a in range(used - 1, -1, -1):
             i = newest[a]
             w = weight_by_age[a]
-            for slot in range(m):
-                j = neighbours[i, slot]
-                found = _touch(j, tag, stamp, feats, cand, found)
-                feats[j, 4] += w * neighbour_scores[i, slot]
-            for q in range(ru_ptr[i], ru_ptr[i + 1]):
+            for q in range(min(m, per_source)):
+                j = neighbours[i, q]
+                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                feats[slot[j], 4] += w * neighbour_scores[i, q]
+            for q in range(ru_ptr[i], min(ru_ptr[i + 1], ru_ptr[i] + per_source)):
                 j = ru_idx[q]
-                found = _touch(j, tag, stamp, feats, cand, found)
-                feats[j, 3] += w * ru_w[q]
-        for q in range(tr_ptr[last], tr_ptr[last + 1]):
+                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                feats[slot[j], 3] += w * ru_w[q]
+        for q in range(tr_ptr[last], min(tr_ptr[last + 1], tr_ptr[last] + per_source)):
             j = tr_idx[q]
-            found = _touch(j, tag, stamp, feats, cand, found)
-            feats[j, 2] = tr_w[q]
+            found = _touch(j, tag, stamp, slot, feats, cand, found)
+            feats[slot[j], 2] = tr_w[q]
         # Sequence continuations over the known clicks (oldest first).
         for p in range(lo, hi):
             if codes[p] >= 0:
@@ -434,75 +444,112 @@ def served_kernel(
             row = _context_row(c_keys, _context_hash(known_codes, start, n_seen, _SEEDS[which]))
             if row < 0:
                 continue
-            for q in range(c_ptr[row], c_ptr[row + 1]):
+            for q in range(c_ptr[row], min(c_ptr[row + 1], c_ptr[row] + per_source)):
                 j = c_idx[q]
-                found = _touch(j, tag, stamp, feats, cand, found)
-                feats[j, 12 + which] = c_w[q]
+                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                feats[slot[j], 12 + which] = c_w[q]
                 if which == 2:
-                    feats[j, 15] = c_w[q] * long_weight
-        # Session kNN: candidate sessions share an item; keep the most recent sample_size.
-        nt = 0
+                    feats[slot[j], 15] = c_w[q] * long_weight
+        # Session kNN: the most recent sample_size training sessions sharing an item, by
+        # a merge of the items' session lists from their newest ends (each list is
+        # ascending, so a session's every shared item comes up in the same step).
         for d in range(n_dist):
             i = dist[d]
-            w = dist_w[d]
-            for q in range(is_ptr[i], is_ptr[i + 1]):
-                s = is_idx[q]
-                if s_stamp[s] != tag:
-                    s_stamp[s] = tag
-                    s_vsim[s] = 0.0
-                    s_count[s] = 0.0
-                    touched[nt] = s
-                    nt += 1
-                s_vsim[s] += w
-                s_count[s] += 1.0
-        if nt > 0:
-            ids = touched[:nt]
-            n_chosen = _select(ids.astype(np.float64), ids, sample_size, False, chosen)
-            sample = ids[chosen[:n_chosen]].copy()
-            for mode in range(2):  # 0: V-SKNN (position weights), 1: SKNN (cosine)
-                sims = np.empty(n_chosen, dtype=np.float64)
-                for q in range(n_chosen):
-                    s = sample[q]
-                    if mode == 0:
-                        sims[q] = s_vsim[s]
-                    else:
-                        sims[q] = s_count[s] / np.sqrt(n_dist * (s_ptr[s + 1] - s_ptr[s]))
-                n_top = _select(sims, sample, k_sessions, True, top)
+            heads[d] = is_ptr[i + 1] - 1
+        n_chosen = 0
+        while n_chosen < sample_size:
+            newest_s = -1
+            for d in range(n_dist):
+                i = dist[d]
+                if heads[d] >= is_ptr[i] and is_idx[heads[d]] > newest_s:
+                    newest_s = is_idx[heads[d]]
+            if newest_s < 0:
+                break
+            v = 0.0
+            shared = 0.0
+            for d in range(n_dist):
+                i = dist[d]
+                if heads[d] >= is_ptr[i] and is_idx[heads[d]] == newest_s:
+                    v += dist_w[d]
+                    shared += 1.0
+                    heads[d] -= 1
+            sample[n_chosen] = newest_s
+            s_vsim[n_chosen] = v
+            s_count[n_chosen] = shared
+            n_chosen += 1
+        if n_chosen > 0:
+            # The k most similar by V-SKNN's position weights vote twice: with that
+            # similarity (vsknn) and with SKNN's cosine (sknn). One pass over their items;
+            # SKNN's own top k would cost a second one for little (chosen on valid).
+            n_top = _select(s_vsim[:n_chosen], k_sessions, top)  # ties: the newest session
+            for t in range(n_top):
+                s = sample[top[t]]
+                v = s_vsim[top[t]]
+                cosine = s_count[top[t]] / np.sqrt(n_dist * (s_ptr[s + 1] - s_ptr[s]))
+                for q in range(s_ptr[s], s_ptr[s + 1]):
+                    j = s_items[q]
+                    found = _touch(j, tag, stamp, slot, feats, cand, found)
+                    feats[slot[j], 0] += v
+                    feats[slot[j], 1] += cosine
+            for mode in range(2):
                 best = 0.0
-                for t in range(n_top):
-                    s = sample[top[t]]
-                    v = sims[top[t]]
-                    for q in range(s_ptr[s], s_ptr[s + 1]):
-                        j = s_items[q]
-                        found = _touch(j, tag, stamp, feats, cand, found)
-                        feats[j, mode] += v
                 for c in range(found):
-                    best = max(best, feats[cand[c], mode])
+                    best = max(best, feats[c, mode])
                 if best > 0.0:
                     for c in range(found):
-                        feats[cand[c], mode] /= best
+                        feats[c, mode] /= best
         norm = np.sqrt(np.sum(session_vec * session_vec))
         if norm > 1e-12:
             session_vec /= norm
-        # Score every candidate; keep the best k allowed ones in an insertion buffer.
-        kept = 0
-        last_k = k - 1
+        # Stage one: the allowed candidates' fixed-blend prior over the gathered features;
+        # the best n_candidates go on (ties in gathering order, which depends on the
+        # session alone). Stage two scores those with every feature and the ranker.
+        n_pool = 0
         for c in range(found):
             j = cand[c]
+            if excluded[j] == tag or banned[j]:
+                continue
+            pr = 0.0
+            for f in range(nf):
+                if prior[f] != 0.0:
+                    pr += prior[f] * feats[slot[j], f]
+            pool[n_pool] = j
+            pool_prior[n_pool] = pr
+            n_pool += 1
+        if n_pool > n_candidates:
+            threshold = np.partition(pool_prior[:n_pool], n_pool - n_candidates)[
+                n_pool - n_candidates
+            ]
+            above = 0
+            for c in range(n_pool):
+                if pool_prior[c] > threshold:
+                    above += 1
+            ties = n_candidates - above
+            kept_pool = 0
+            for c in range(n_pool):
+                pc = pool_prior[c]
+                if pc > threshold or (pc == threshold and ties > 0):
+                    if pc == threshold:
+                        ties -= 1
+                    pool[kept_pool] = pool[c]
+                    kept_pool += 1
+            n_pool = kept_pool
+        kept = 0
+        last_k = k - 1
+        for c in range(n_pool):
+            j = pool[c]
             e_last = 0.0
             e_sess = 0.0
             for x in range(vectors.shape[1]):
                 e_last += vectors[j, x] * vectors[last, x]
                 e_sess += vectors[j, x] * session_vec[x]
-            feats[j, 8] = e_last
-            feats[j, 9] = e_sess
-            feats[j, 10] = 1.0 if clusters[j] == clusters[last] else 0.0
-            feats[j, 11] = log_pop[j]
-            if excluded[j] == tag or banned[j]:
-                continue
+            feats[slot[j], 8] = e_last
+            feats[slot[j], 9] = e_sess
+            feats[slot[j], 10] = 1.0 if clusters[j] == clusters[last] else 0.0
+            feats[slot[j], 11] = log_pop[j]
             s = 0.0
             for f in range(nf):
-                x = feats[j, f]
+                x = feats[slot[j], f]
                 s += w_raw[f] * x
                 if x > 0.0:
                     s += w_sqrt[f] * np.sqrt(x)
@@ -526,7 +573,7 @@ def served_kernel(
             j = out_items[r, 0]
             contribution = np.zeros(len(STRATEGIES), dtype=np.float64)
             for f in range(nf):
-                x = feats[j, f]
+                x = feats[slot[j], f]
                 part = w_raw[f] * x
                 if x > 0.0:
                     part += w_sqrt[f] * np.sqrt(x)
@@ -534,45 +581,38 @@ def served_kernel(
             strategy[r] = np.argmax(contribution)
         if out_feats.shape[0] > 0:
             for c in range(kept):
-                out_feats[r, c, :] = feats[out_items[r, c], :]
+                out_feats[r, c, :] = feats[slot[out_items[r, c]], :]
 
 
 # ---------------------------------------------------------------- train time: the ranker
 
 
 def fit_ranker(
-    rank_features: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    rank_features: Callable[[], tuple[np.ndarray, np.ndarray]],
     targets: np.ndarray,
     *,
-    candidates: int,
     l2: float,
-    rounds: int = 2,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Softmax over each case's candidates with the next click as the label (L2,
-    L-BFGS). ``rank_features(weights, k)`` returns, for the cases of ``targets``, (items [cases, k], features
-    [cases, k, F]) ranked by ``weights``. Round one fits on the fixed blend's top
-    ``candidates``, later rounds on the learned weights' own top ``candidates`` (the
-    hard negatives serving will meet). Deterministic: no random choice here."""
-    weights = blend_weights()
-    info: dict[str, float] = {"cases": 0.0}
-    for _ in range(rounds):
-        items, feats = rank_features(weights, candidates)
-        where = items == targets[:, None]
-        found = where.any(axis=1)
-        info["cases"] = float(found.sum())
-        info["recall"] = float(found.mean()) if len(found) else 0.0
-        if found.sum() < 20:
-            return blend_weights(), info
-        x_raw = feats[found]
-        mask = items[found] >= 0
-        y = where[found].argmax(axis=1)
-        x = np.concatenate((x_raw, np.sqrt(np.clip(x_raw, 0.0, None))), axis=-1)
-        scale = np.maximum(x[mask].std(axis=0), 1e-6)
-        xs = (x / scale).astype(np.float32)
-        start = weights * scale
-        w = _softmax_fit(xs, mask, y, start, l2)
-        weights = w / scale
-    return weights, info
+    L-BFGS). ``rank_features()`` returns, for the cases of ``targets``, the candidates
+    serving would score (items [cases, c], -1 padded) and their features [cases, c, F].
+    Deterministic: no random choice here. The fixed blend when too few cases hold
+    their next click among the candidates."""
+    items, feats = rank_features()
+    where = items == targets[:, None]
+    found = where.any(axis=1)
+    info: dict[str, float] = {"cases": float(found.sum())}
+    info["recall"] = float(found.mean()) if len(found) else 0.0
+    if found.sum() < 20:
+        return blend_weights(), info
+    x_raw = feats[found]
+    mask = items[found] >= 0
+    y = where[found].argmax(axis=1)
+    x = np.concatenate((x_raw, np.sqrt(np.clip(x_raw, 0.0, None))), axis=-1)
+    scale = np.maximum(x[mask].std(axis=0), 1e-6)
+    xs = (x / scale).astype(np.float32)
+    w = _softmax_fit(xs, mask, y, blend_weights() * scale, l2)
+    return w / scale, info
 
 
 def _softmax_fit(

@@ -83,13 +83,14 @@ class TrainParams:
     source_top: int = 100  # transitions / sequential rules kept per item
     rule_steps: int = 10
     k_sessions: int = 100
-    sample_size: int = 1000
+    sample_size: int = 500
+    per_source: int = 30
     index_sessions: int = 500_000  # most recent training sessions in the session-kNN index
     own_decay: float = 0.6
     ranker: str = "linear"  # "linear" (fitted), "blend" (fixed), "neighbours" (the old rule)
     fit_share: float = 0.2
     fit_cases: int = 10_000
-    fit_candidates: int = 100
+    candidates: int = 100
     l2: float = 1e-3
     seed: int = 42
     # One worker makes gensim deterministic for a fixed seed; more trade that for speed.
@@ -108,6 +109,8 @@ class TrainParams:
             own_decay=self.own_decay,
             k_sessions=self.k_sessions,
             sample_size=self.sample_size,
+            per_source=self.per_source,
+            candidates=self.candidates,
             ranker=self.ranker,
         )
 
@@ -159,16 +162,22 @@ def _learn_ranker(sessions: list[list[str]], params: TrainParams) -> tuple[np.nd
     targets = np.array([get(t, -2) for _, t in cases], dtype=np.int64)  # -2 never matches
     rank_params = params.rank_params()
 
-    def rank_features(weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def rank_features() -> tuple[np.ndarray, np.ndarray]:
+        k = rank_params.candidates  # every candidate serving would score, as a list
         feats = np.zeros((len(cases), k, len(FEATURES)), dtype=np.float64)
         items, *_ = rank_codes(
-            base, codes, ptr, k, rank_params, exclude="none", out_feats=feats, weights=weights
+            base,
+            codes,
+            ptr,
+            k,
+            rank_params,
+            exclude="none",
+            out_feats=feats,
+            weights=blend_weights(),
         )
         return items, feats
 
-    weights, info = fit_ranker(
-        rank_features, targets, candidates=params.fit_candidates, l2=params.l2
-    )
+    weights, info = fit_ranker(rank_features, targets, l2=params.l2)
     return weights, {**info, "sessions": len(older), "sampled": len(cases)}
 
 
