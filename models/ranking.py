@@ -61,9 +61,11 @@ class Ranked:
         return self.ids
 
 
-def recommend(bundle: ModelBundle, session_items: Sequence[str], k: int) -> Ranked:
+def recommend(
+    bundle: ModelBundle, session_items: Sequence[str], k: int, *, exclude: str = "seen"
+) -> Ranked:
     """Top ``k`` items for a session (oldest click first)."""
-    return recommend_batch(bundle, [session_items], k)[0]
+    return recommend_batch(bundle, [session_items], k, exclude=exclude)[0]
 
 
 def recommend_batch(
