@@ -144,6 +144,7 @@ def rank_codes(
     exclude: str = "seen",
     out_feats: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Best ``k`` candidates per session, as item rows and scores, how many of each
     session's items the model knows (its newest ``context`` for the neighbours rule),
@@ -179,7 +180,7 @@ def rank_codes(
             int(params.sample_size),
             int(params.per_source),
             int(params.candidates),
-            _PRIOR,
+            _PRIOR if prior is None else prior,
             np.asarray(bundle.vectors),
             np.asarray(bundle.clusters),
             np.asarray(bundle.log_popularity),

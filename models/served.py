@@ -360,6 +360,7 @@ def served_kernel(
     dist = np.empty(n, dtype=np.int64)
     dist_w = np.empty(n, dtype=np.float64)
     heads = np.empty(n, dtype=np.int64)
+    head_s = np.empty(n, dtype=np.int64)  # the session at each head, -1 when exhausted
     sample = np.empty(max(1, sample_size), dtype=np.int64)
     s_vsim = np.empty(max(1, sample_size), dtype=np.float64)
     s_count = np.empty(max(1, sample_size), dtype=np.float64)
@@ -367,6 +368,8 @@ def served_kernel(
     pool_prior = np.empty(n, dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
+    prior_f = np.flatnonzero(prior[:nf] != 0.0)
+    n_prior = prior_f.size
     w_raw = weights[:nf]
     w_sqrt = weights[nf : 2 * nf]
     for r in range(ptr.size - 1):
@@ -456,23 +459,23 @@ def served_kernel(
         for d in range(n_dist):
             i = dist[d]
             heads[d] = is_ptr[i + 1] - 1
+            head_s[d] = is_idx[heads[d]] if heads[d] >= is_ptr[i] else -1
         n_chosen = 0
         while n_chosen < sample_size:
             newest_s = -1
             for d in range(n_dist):
-                i = dist[d]
-                if heads[d] >= is_ptr[i] and is_idx[heads[d]] > newest_s:
-                    newest_s = is_idx[heads[d]]
+                if head_s[d] > newest_s:
+                    newest_s = head_s[d]
             if newest_s < 0:
                 break
             v = 0.0
             shared = 0.0
             for d in range(n_dist):
-                i = dist[d]
-                if heads[d] >= is_ptr[i] and is_idx[heads[d]] == newest_s:
+                if head_s[d] == newest_s:
                     v += dist_w[d]
                     shared += 1.0
                     heads[d] -= 1
+                    head_s[d] = is_idx[heads[d]] if heads[d] >= is_ptr[dist[d]] else -1
             sample[n_chosen] = newest_s
             s_vsim[n_chosen] = v
             s_count[n_chosen] = shared
@@ -510,9 +513,9 @@ def served_kernel(
             if excluded[j] == tag or banned[j]:
                 continue
             pr = 0.0
-            for f in range(nf):
-                if prior[f] != 0.0:
-                    pr += prior[f] * feats[slot[j], f]
+            row_j = slot[j]
+            for t in range(n_prior):
+                pr += prior[prior_f[t]] * feats[row_j, prior_f[t]]
             pool[n_pool] = j
             pool_prior[n_pool] = pr
             n_pool += 1
