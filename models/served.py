@@ -635,5 +635,5 @@ def _softmax_fit(
         grad = np.einsum("nc,ncf->f", grad_s.astype(np.float32), x) / len(y) + 2 * l2 * w
         return float(value), grad.astype(np.float64)
 
-    fit = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 200})
+    fit = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 60})
     return np.asarray(fit.x, dtype=np.float64)
