@@ -22,7 +22,9 @@ import numpy as np
 from models.errors import InvalidModelError
 
 BUNDLE_FORMAT = "streamrec-bundle"
-BUNDLE_FORMAT_VERSION = 1
+# 2: candidate sources and the ranker (models.served). A version-1 bundle is refused with
+# a message that says to retrain; the trainer writes version 2 from then on.
+BUNDLE_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ARRAYS = (
     "items",
@@ -32,6 +34,29 @@ ARRAYS = (
     "neighbours",
     "neighbour_scores",
     "popularity",
+    "log_popularity",
+    "transitions_ptr",
+    "transitions_idx",
+    "transitions_w",
+    "rules_ptr",
+    "rules_idx",
+    "rules_w",
+    "sessions_ptr",
+    "sessions_items",
+    "item_sessions_ptr",
+    "item_sessions_idx",
+    "context_keys",
+    "context_ptr",
+    "context_idx",
+    "context_w",
+)
+# CSR triples (ptr, indices, weights or None), indices over items or sessions.
+_CSR = (
+    ("transitions_ptr", "transitions_idx", "transitions_w", "items"),
+    ("rules_ptr", "rules_idx", "rules_w", "items"),
+    ("sessions_ptr", "sessions_items", None, "items"),
+    ("item_sessions_ptr", "item_sessions_idx", None, "sessions"),
+    ("context_ptr", "context_idx", "context_w", "items"),
 )
 
 
@@ -47,6 +72,22 @@ class ModelBundle:
     neighbours: np.ndarray  # int32 [n, m], best first
     neighbour_scores: np.ndarray  # float32 [n, m], descending per row
     popularity: np.ndarray  # int32 [n], item indices, most clicked first
+    log_popularity: np.ndarray  # float32 [n], log(1 + clicks) / log(1 + max clicks)
+    # Candidate sources of models.served, CSR: ptr int64 [rows + 1], idx int32, w float32.
+    transitions_ptr: np.ndarray  # [n + 1]: P(next | last click), best first
+    transitions_idx: np.ndarray
+    transitions_w: np.ndarray
+    rules_ptr: np.ndarray  # [n + 1]: sequential rules, best first
+    rules_idx: np.ndarray
+    rules_w: np.ndarray
+    sessions_ptr: np.ndarray  # [sessions + 1]: each training session's distinct items
+    sessions_items: np.ndarray
+    item_sessions_ptr: np.ndarray  # [n + 1]: each item's most recent sessions, oldest first
+    item_sessions_idx: np.ndarray
+    context_keys: np.ndarray  # uint64 [contexts], sorted: hashes of click contexts
+    context_ptr: np.ndarray  # [contexts + 1]: P(next | context), best first
+    context_idx: np.ndarray
+    context_w: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -69,6 +110,21 @@ class ModelBundle:
     @cached_property
     def popularity_list(self) -> list[int]:
         return self.popularity.tolist()
+
+    @cached_property
+    def ranker_weights(self) -> np.ndarray:
+        """The learned ranking stage's weights (models.served), or its fixed blend."""
+        from models.served import N_WEIGHTS, blend_weights
+
+        weights = self.manifest.get("ranker", {}).get("weights")
+        if weights is None:
+            return blend_weights()
+        out = np.asarray(weights, dtype=np.float64)
+        if out.shape != (N_WEIGHTS,) or not np.isfinite(out).all():
+            raise InvalidModelError(
+                f"model {self.version}: ranker weights are not {N_WEIGHTS} numbers"
+            )
+        return out
 
     @property
     def ranking(self) -> dict[str, Any]:
@@ -160,7 +216,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
         raise InvalidModelError(
             f"model {directory}: bundle format {manifest.get('format_version')!r} is not supported "
-            f"(this streamrec reads {BUNDLE_FORMAT_VERSION})"
+            f"(this streamrec reads {BUNDLE_FORMAT_VERSION}); retrain it with `streamrec train`"
         )
     if not isinstance(manifest.get("version"), str) or not isinstance(manifest.get("arrays"), dict):
         raise InvalidModelError(f"model {directory}: {MANIFEST} lacks a version or array list")
@@ -204,6 +260,27 @@ def _check_consistency(a: dict[str, np.ndarray], where: str) -> None:
         fail("popularity is not a permutation of the items")
     if len(np.unique(items)) != n:
         fail("item ids are not unique")
+    log_pop = a["log_popularity"]
+    if log_pop.dtype != np.float32 or log_pop.shape != (n,) or not np.isfinite(log_pop).all():
+        fail(f"log_popularity must be finite float32 [{n}]")
+    n_sessions = len(a["sessions_ptr"]) - 1
+    keys = a["context_keys"]
+    if keys.dtype != np.uint64 or keys.ndim != 1 or (keys.size > 1 and (np.diff(keys) <= 0).any()):
+        fail("context_keys must be strictly increasing uint64")
+    for ptr_name, idx_name, w_name, over in _CSR:
+        ptr, idx = a[ptr_name], a[idx_name]
+        rows = {"sessions_ptr": n_sessions, "context_ptr": len(a["context_keys"])}.get(ptr_name, n)
+        bound = n if over == "items" else n_sessions
+        if ptr.dtype != np.int64 or ptr.shape != (rows + 1,) or idx.dtype != np.int32:
+            fail(f"{ptr_name} must be int64 [{rows + 1}] and {idx_name} int32")
+        if ptr[0] != 0 or ptr[-1] != len(idx) or (np.diff(ptr) < 0).any():
+            fail(f"{ptr_name} is not a valid CSR row pointer for {idx_name}")
+        if idx.size and (idx.min() < 0 or idx.max() >= bound):
+            fail(f"{idx_name} out of range")
+        if w_name is not None:
+            w = a[w_name]
+            if w.dtype != np.float32 or w.shape != idx.shape or not np.isfinite(w).all():
+                fail(f"{w_name} must be finite float32 with the shape of {idx_name}")
 
 
 def _sha256(path: Path) -> str:

@@ -1,6 +1,9 @@
 """Ranking: a pure function of a ModelBundle and a session's items.
 
-A session's newest ``context`` known items each vote for their precomputed neighbours,
+By default (``RankParams.ranker`` "linear", or "blend" for the fixed blend) ranking is
+``models.served``: candidates from several sources scored by the linear ranking stage
+fitted at train time. ``ranker="neighbours"`` is the earlier rule, kept for comparison:
+a session's newest ``context`` known items each vote for their precomputed neighbours,
 weighted ``recency_decay ** age`` (age 0 = the newest click), optionally plus the
 cosine between a candidate and the recency-weighted session vector. Items already in
 the session are never returned. When the neighbour lists run dry the newest item's
@@ -21,8 +24,9 @@ import numpy as np
 from numba import njit
 
 from models.bundle import ModelBundle
+from models.served import SOURCE_ARRAYS, STRATEGIES, blend_weights, prior_weights, served_kernel
 
-STRATEGIES = ("embedding", "cluster", "popular")
+RANKERS = ("linear", "blend", "neighbours")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,12 @@ class RankParams:
     context: int = 3
     recency_decay: float = 0.3
     session_weight: float = 0.0
+    own_decay: float = 0.6  # the session's own items and its vector: weight per click of age
+    k_sessions: int = 100  # session-kNN neighbours
+    sample_size: int = 500  # ... among this many most recent sessions sharing an item
+    per_source: int = 30  # entries read from each neighbour / rule / transition list
+    candidates: int = 100  # kept by the fixed blend for the ranker to order
+    ranker: str = "linear"
 
     @classmethod
     def of(cls, bundle: ModelBundle) -> RankParams:
@@ -51,17 +61,24 @@ class Ranked:
         return self.ids
 
 
-def recommend(bundle: ModelBundle, session_items: Sequence[str], k: int) -> Ranked:
+def recommend(
+    bundle: ModelBundle, session_items: Sequence[str], k: int, *, exclude: str = "seen"
+) -> Ranked:
     """Top ``k`` items for a session (oldest click first)."""
-    return recommend_batch(bundle, [session_items], k)[0]
+    return recommend_batch(bundle, [session_items], k, exclude=exclude)[0]
 
 
 def recommend_batch(
-    bundle: ModelBundle, sessions: Sequence[Sequence[str]], k: int, params: RankParams | None = None
+    bundle: ModelBundle,
+    sessions: Sequence[Sequence[str]],
+    k: int,
+    params: RankParams | None = None,
+    *,
+    exclude: str = "seen",
 ) -> list[Ranked]:
     """``recommend`` for many sessions at once (same result per session)."""
     flat = list(itertools.chain.from_iterable(sessions))
-    return recommend_flat(bundle, flat, list(map(len, sessions)), k, params)
+    return recommend_flat(bundle, flat, list(map(len, sessions)), k, params, exclude=exclude)
 
 
 def recommend_flat(
@@ -89,18 +106,20 @@ def recommend_flat(
     )
     ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=ptr[1:])
-    top_items, top_scores, known = rank_codes(bundle, codes, ptr, k, params, banned, exclude)
+    top_items, top_scores, known, strategies = rank_codes(
+        bundle, codes, ptr, k, params, banned, exclude
+    )
     names = bundle.item_list
     results = []
-    for r, (row_items, row_scores, n_known) in enumerate(
-        zip(top_items.tolist(), top_scores.tolist(), known.tolist(), strict=True)
+    for r, (row_items, row_scores, n_known, source) in enumerate(
+        zip(top_items.tolist(), top_scores.tolist(), known.tolist(), strategies, strict=True)
     ):
         if row_items[-1] >= 0:  # the common case: k real candidates
-            results.append(Ranked(list(map(names.__getitem__, row_items)), row_scores, "embedding"))
+            results.append(Ranked(list(map(names.__getitem__, row_items)), row_scores, source))
             continue
         n = row_items.index(-1)
         ids, scores = list(map(names.__getitem__, row_items[:n])), row_scores[:n]
-        strategy = "embedding" if n else ("cluster" if n_known else "popular")
+        strategy = source if n else ("cluster" if n_known else "popular")
         row = codes[ptr[r] : ptr[r + 1]].tolist()
         session = [c for c in row if c >= 0]
         skip = set(row_items[:n])
@@ -123,13 +142,18 @@ def rank_codes(
     params: RankParams,
     banned: np.ndarray | None = None,
     exclude: str = "seen",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best ``k`` neighbour-list candidates per session, as item rows and scores, plus
-    how many of each session's newest ``context`` items the model knows.
+    out_feats: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Best ``k`` candidates per session, as item rows and scores, how many of each
+    session's items the model knows (its newest ``context`` for the neighbours rule),
+    and the strategy (source) of each session's top item.
 
     Session r is ``codes[ptr[r]:ptr[r + 1]]``, item rows oldest first, -1 for items the
     model does not know. Rows are padded with item -1 / score -inf when a session has
-    fewer than ``k`` candidates.
+    fewer than ``k`` candidates. ``out_feats`` ([rows, k, len(models.served.FEATURES)],
+    float64), when given, receives the ranked items' features (to fit the ranker).
     """
     rows = ptr.size - 1
     context = max(1, params.context)
@@ -138,6 +162,38 @@ def rank_codes(
     known = np.empty(rows, dtype=np.int64)
     if banned is None or banned.shape[0] != bundle.n_items:
         banned = _no_ban(bundle.n_items)
+    if params.ranker not in RANKERS:
+        raise ValueError(f"unknown ranker {params.ranker!r}; choose one of {', '.join(RANKERS)}")
+    if params.ranker != "neighbours":
+        if weights is None:
+            weights = bundle.ranker_weights if params.ranker == "linear" else blend_weights()
+        strategy = np.empty(rows, dtype=np.int64)
+        served_kernel(
+            codes,
+            ptr,
+            params.recency_decay ** np.arange(context, dtype=np.float64),
+            float(params.own_decay),
+            np.asarray(bundle.neighbours),
+            np.asarray(bundle.neighbour_scores),
+            *(np.asarray(getattr(bundle, name)) for name in SOURCE_ARRAYS),
+            int(params.k_sessions),
+            int(params.sample_size),
+            int(params.per_source),
+            int(params.candidates),
+            _PRIOR if prior is None else prior,
+            np.asarray(bundle.vectors),
+            np.asarray(bundle.clusters),
+            np.asarray(bundle.log_popularity),
+            weights,
+            banned,
+            _EXCLUDE_CODES[exclude],
+            out_items,
+            out_scores,
+            out_feats if out_feats is not None else _NO_FEATS,
+            known,
+            strategy,
+        )
+        return out_items, out_scores, known, [STRATEGIES[s] for s in strategy.tolist()]
     _rank_kernel(
         codes,
         ptr,
@@ -153,9 +209,12 @@ def rank_codes(
         out_scores,
         known,
     )
-    return out_items, out_scores, known
+    fallback = ["embedding" if row[0] >= 0 else "popular" for row in out_items.tolist()]
+    return out_items, out_scores, known, fallback
 
 
+_NO_FEATS = np.zeros((0, 0, 0), dtype=np.float64)
+_PRIOR = prior_weights()
 _EXCLUDE_CODES = {"none": 0, "current": 1, "seen": 2}
 _NO_BAN: dict[int, np.ndarray] = {}
 

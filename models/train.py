@@ -1,4 +1,5 @@
-"""Sessions -> Word2Vec item embeddings -> KMeans clusters -> neighbour lists -> ModelBundle.
+"""Sessions -> Word2Vec item embeddings -> KMeans clusters -> neighbour lists, candidate
+sources and a learned ranking stage (``models.served``) -> ModelBundle.
 
 Everything the ranker needs per request is computed here, once: each item's best
 ``n_neighbours`` candidates with a blended score
@@ -12,6 +13,12 @@ item i are the items of i's own cluster closest by cosine plus every item that e
 followed i: comparing all n^2 pairs would take minutes at 40,000 items, while clusters
 cut the work about n_clusters-fold and keep the tutorial's "similar items from the same
 cluster" at the core.
+
+The ranking stage is fitted on next-click cases of the training log itself: a model is
+built on the older ``1 - fit_share`` of the sessions, cases are sampled from the newest
+``fit_share`` and ranked by it, and the linear ranker learns which candidate was clicked;
+then the served model is built on every session with those weights. It never sees a
+validation or test click.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from models.bundle import ModelBundle
 from models.datasets import Session, split_last_days
 from models.errors import DataFormatError
 from models.evaluate import evaluate
-from models.ranking import RankParams, recommend_batch
+from models.ranking import RankParams, rank_codes, recommend_batch
+from models.served import FEATURES, blend_weights, build_sources, fit_ranker
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -71,6 +79,19 @@ class TrainParams:
     context: int = 3  # 3 ranks as well as 5 (recency_decay makes older clicks count little)
     recency_decay: float = 0.3
     session_weight: float = 0.0
+    # Candidate sources and the ranking stage (models.served).
+    source_top: int = 100  # transitions / sequential rules kept per item
+    rule_steps: int = 10
+    k_sessions: int = 100
+    sample_size: int = 500
+    per_source: int = 30
+    index_sessions: int = 500_000  # most recent training sessions in the session-kNN index
+    own_decay: float = 0.6
+    ranker: str = "linear"  # "linear" (fitted), "blend" (fixed), "neighbours" (the old rule)
+    fit_share: float = 0.2
+    fit_cases: int = 10_000
+    candidates: int = 100
+    l2: float = 1e-3
     seed: int = 42
     # One worker makes gensim deterministic for a fixed seed; more trade that for speed.
     workers: int = 1
@@ -85,6 +106,12 @@ class TrainParams:
             context=self.context,
             recency_decay=self.recency_decay,
             session_weight=self.session_weight,
+            own_decay=self.own_decay,
+            k_sessions=self.k_sessions,
+            sample_size=self.sample_size,
+            per_source=self.per_source,
+            candidates=self.candidates,
+            ranker=self.ranker,
         )
 
 
@@ -99,6 +126,63 @@ def train_model(
     sessions = [list(s) for s in sessions if len(s) >= 1]
     if not sessions:
         raise DataFormatError("no sessions to train on (are all sessions a single click?)")
+    started = time.perf_counter()
+    ranker: dict[str, Any] = {"kind": params.ranker}
+    if params.ranker == "linear":
+        report("ranker", 0.0)
+        t = time.perf_counter()
+        weights, info = _learn_ranker(sessions, params)
+        ranker.update(weights=weights.tolist(), fit=info, fit_s=time.perf_counter() - t)
+        report("ranker", 1.0)
+    bundle = _build(sessions, params, report)
+    manifest = bundle.manifest
+    manifest["ranker"] = {"features": list(FEATURES), **ranker}
+    manifest["timings"]["total_s"] = time.perf_counter() - started
+    return bundle
+
+
+def _learn_ranker(sessions: list[list[str]], params: TrainParams) -> tuple[np.ndarray, dict]:
+    """Weights of the linear ranking stage (module docstring); the fixed blend when the
+    log is too small to hold enough cases."""
+    cut = int(len(sessions) * (1 - params.fit_share))
+    older, newer = sessions[:cut], sessions[cut:]
+    cases = [(s[:i], s[i]) for s in newer for i in range(1, len(s))]
+    if len(older) < 10 or len(cases) < 50:
+        return blend_weights(), {"cases": 0, "reason": "too few sessions to fit a ranker"}
+    if len(cases) > params.fit_cases:
+        rng = np.random.default_rng(params.seed)
+        keep = np.sort(rng.choice(len(cases), params.fit_cases, replace=False))
+        cases = [cases[i] for i in keep.tolist()]
+    base = _build(older, params, lambda stage, fraction: None)
+    get = base._index.get
+    flat = [get(x, -1) for prefix, _ in cases for x in prefix]
+    codes = np.asarray(flat, dtype=np.int64)
+    ptr = np.zeros(len(cases) + 1, dtype=np.int64)
+    np.cumsum([len(prefix) for prefix, _ in cases], out=ptr[1:])
+    targets = np.array([get(t, -2) for _, t in cases], dtype=np.int64)  # -2 never matches
+    rank_params = params.rank_params()
+
+    def rank_features() -> tuple[np.ndarray, np.ndarray]:
+        k = rank_params.candidates  # every candidate serving would score, as a list
+        feats = np.zeros((len(cases), k, len(FEATURES)), dtype=np.float64)
+        items, *_ = rank_codes(
+            base,
+            codes,
+            ptr,
+            k,
+            rank_params,
+            exclude="none",
+            out_feats=feats,
+            weights=blend_weights(),
+        )
+        return items, feats
+
+    weights, info = fit_ranker(rank_features, targets, l2=params.l2)
+    return weights, {**info, "sessions": len(older), "sampled": len(cases)}
+
+
+def _build(sessions: list[list[str]], params: TrainParams, report: Progress) -> ModelBundle:
+    """Every array of the bundle from ``sessions``; the ranker weights are set apart."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -124,6 +208,21 @@ def train_model(
     neighbours, scores = _neighbour_lists(vectors, clusters, follows, params, report)
     timings["neighbours_s"] = time.perf_counter() - t
 
+    report("sources", 0.0)
+    t = time.perf_counter()
+    recent = sessions[-params.index_sessions :] if params.index_sessions > 0 else sessions
+    sources = build_sources(
+        [np.fromiter((index[x] for x in s if x in index), dtype=np.int64) for s in sessions],
+        n,
+        top=params.source_top,
+        rule_steps=params.rule_steps,
+        sample_size=params.sample_size,
+        index_from=len(sessions) - len(recent),
+    )
+    log_pop = (np.log1p(counts) / np.log1p(max(1, int(counts.max())))).astype(np.float32)
+    timings["sources_s"] = time.perf_counter() - t
+    report("sources", 1.0)
+
     # Stable sort: equally popular items keep Word2Vec's (frequency) order.
     popularity = np.argsort(-counts, kind="stable").astype(np.int32)
     manifest = {
@@ -131,7 +230,7 @@ def train_model(
         "word2vec_epochs": w2v.epochs,
         "ranking": asdict(params.rank_params()),
         "counts": {"items": n, "sessions": len(sessions), "clicks": int(sum(map(len, sessions)))},
-        "timings": {**timings, "total_s": time.perf_counter() - started},
+        "timings": {**timings, "build_s": time.perf_counter() - started},
     }
     return ModelBundle(
         version="unregistered",
@@ -142,6 +241,8 @@ def train_model(
         neighbours=neighbours,
         neighbour_scores=scores,
         popularity=popularity,
+        log_popularity=log_pop,
+        **sources,
         manifest=manifest,
     )
 
@@ -315,7 +416,8 @@ class StreamrecModel:
         self.bundle = train_model(sessions, self.params)
 
     def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
-        return [r.item_ids() for r in recommend_batch(self.bundle, prefixes, k)]
+        # The literature protocol: session items allowed; the harness applies serving rules.
+        return [r.item_ids() for r in recommend_batch(self.bundle, prefixes, k, exclude="none")]
 
 
 def holdout_metrics(

@@ -49,24 +49,27 @@ def test_unknown_items_fall_back_to_popular(bundle: ModelBundle) -> None:
     assert recommend(bundle, [], 3).strategy == "popular"
 
 
+NEIGHBOURS = RankParams(ranker="neighbours")  # the earlier rule, kept for comparison
+
+
 def test_known_items_use_the_neighbour_lists(bundle: ModelBundle) -> None:
     item = bundle.item_list[0]
-    ranked = recommend(bundle, [item], 5)
+    [ranked] = recommend_batch(bundle, [[item]], 5, NEIGHBOURS)
     assert ranked.strategy == "embedding"
     assert ranked.item_ids() == [bundle.item_list[j] for j in bundle.neighbours[0, :5]]
 
 
 def test_recency_decay_weights_newer_items_more(bundle: ModelBundle) -> None:
     a, b = bundle.item_list[0], bundle.item_list[1]
-    only_newest = RankParams(context=5, recency_decay=0.0)
+    only_newest = RankParams(context=5, recency_decay=0.0, ranker="neighbours")
     expected = [bundle.item_list[j] for j in bundle.neighbours[1] if j != 0][:3]
     assert recommend_batch(bundle, [[a, b]], 3, only_newest)[0].item_ids() == expected
-    no_decay = RankParams(context=5, recency_decay=1.0)
+    no_decay = RankParams(context=5, recency_decay=1.0, ranker="neighbours")
     forward, backward = recommend_batch(bundle, [[a, b], [b, a]], 10, no_decay)
     assert forward.items == backward.items
     assert (
-        recommend_batch(bundle, [[a, b]], 10)[0].items
-        != recommend_batch(bundle, [[b, a]], 10)[0].items
+        recommend_batch(bundle, [[a, b]], 10, NEIGHBOURS)[0].items
+        != recommend_batch(bundle, [[b, a]], 10, NEIGHBOURS)[0].items
     )
 
 
@@ -106,7 +109,7 @@ def _reference(bundle: ModelBundle, session: list[str], k: int, params: RankPara
 def test_compiled_ranking_matches_the_plain_rule(
     bundle: ModelBundle, context: int, decay: float
 ) -> None:
-    params = RankParams(context=context, recency_decay=decay)
+    params = RankParams(context=context, recency_decay=decay, ranker="neighbours")
     sessions = _random_sessions(bundle, 400, context)
     got = recommend_batch(bundle, sessions, 10, params)
     for session, ranked in zip(sessions, got, strict=True):

@@ -1,0 +1,162 @@
+"""The served model (models.served): the kernel on a hand-made bundle with known answers,
+a deterministic ranker, serving rules that never let an excluded item through, and a
+bundle that round-trips through disk and the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.bundle import ModelBundle, load_bundle, save_bundle
+from models.datasets import synthetic_sessions
+from models.errors import InvalidModelError
+from models.ranking import STRATEGIES, RankParams, recommend_batch, recommend_flat
+from models.registry import Registry
+from models.served import FEATURES, N_WEIGHTS, build_sources
+from models.train import TrainParams, train_model
+
+ITEMS = ["a", "b", "c", "d", "e"]
+# b follows a in two sessions, c in one; d and e only ever appear together.
+SESSIONS = [["a", "b"], ["a", "b"], ["a", "c"], ["d", "e"]]
+
+
+def _hand_made(weights: dict[str, float]) -> ModelBundle:
+    n = len(ITEMS)
+    index = {x: i for i, x in enumerate(ITEMS)}
+    codes = [np.array([index[x] for x in s], dtype=np.int64) for s in SESSIONS]
+    sources = build_sources(codes, n, top=10, rule_steps=3, sample_size=10)
+    w = np.zeros(N_WEIGHTS)
+    for name, value in weights.items():
+        w[FEATURES.index(name)] = value
+    angle = np.arange(n, dtype=np.float32)
+    return ModelBundle(
+        version="hand",
+        items=np.array(ITEMS),
+        vectors=np.stack((np.cos(angle), np.sin(angle)), axis=1).astype(np.float32),
+        clusters=np.array([0, 0, 0, 1, 1], dtype=np.int32),
+        centroids=np.zeros((2, 2), dtype=np.float32),
+        neighbours=np.array([[1], [2], [3], [4], [0]], dtype=np.int32),
+        neighbour_scores=np.ones((n, 1), dtype=np.float32),
+        popularity=np.arange(n, dtype=np.int32),
+        log_popularity=np.linspace(1.0, 0.0, n).astype(np.float32),
+        **sources,
+        manifest={"ranking": {"context": 1}, "ranker": {"weights": w.tolist()}},
+    )
+
+
+def _rank(bundle: ModelBundle, session: list[str], k: int, exclude: str = "none") -> list[str]:
+    return recommend_batch(bundle, [session], k, exclude=exclude)[0].item_ids()
+
+
+def test_transitions_rank_by_how_often_the_next_item_followed() -> None:
+    bundle = _hand_made({"transitions": 1.0})
+    assert bundle.transitions_w[bundle.transitions_ptr[0] : bundle.transitions_ptr[1]].tolist() == [
+        pytest.approx(2 / 3),
+        pytest.approx(1 / 3),
+    ]
+    assert _rank(bundle, ["a"], 2) == ["b", "c"]
+
+
+def test_own_items_by_recency_and_the_current_rule() -> None:
+    bundle = _hand_made({"own_recency": 1.0})
+    # Own items only score: newest first, then fill-in (cluster, then popular) at 0.
+    assert _rank(bundle, ["c", "a", "b"], 3) == ["b", "a", "c"]
+    assert _rank(bundle, ["c", "a", "b"], 2, exclude="current") == ["a", "c"]
+    assert "b" not in _rank(bundle, ["c", "a", "b"], 5, exclude="current")
+    assert not {"a", "b", "c"} & set(_rank(bundle, ["c", "a", "b"], 2, exclude="seen"))
+
+
+def test_session_knn_votes_with_neighbour_similarity() -> None:
+    bundle = _hand_made({"vsknn": 1.0})
+    # The three sessions holding a are the neighbours (similarity 1 each): a 3, b 2, c 1.
+    ranked = recommend_batch(bundle, [["a"]], 3, exclude="none")[0]
+    assert ranked.item_ids() == ["a", "b", "c"]
+    assert ranked.scores == pytest.approx([1.0, 2 / 3, 1 / 3])
+    assert ranked.strategy == "session_knn"
+    assert _rank(bundle, ["d"], 1, exclude="current") == ["e"]
+
+
+def test_strategy_names_the_main_source_of_the_top_item() -> None:
+    bundle = _hand_made({"transitions": 1.0, "own_recency": 0.1})
+    assert recommend_batch(bundle, [["a"]], 1, exclude="none")[0].strategy == "transitions"
+    assert recommend_batch(bundle, [["zzz"]], 1)[0].strategy == "popular"
+    assert set(STRATEGIES) >= {"embedding", "cluster", "popular", "own", "session_knn"}
+
+
+@pytest.fixture(scope="module")
+def trained() -> ModelBundle:
+    sessions = synthetic_sessions(8000, 200, seed=3)
+    return train_model(sessions, TrainParams(epochs=2, n_clusters=4, n_neighbours=10, seed=7))
+
+
+def test_ranker_is_fitted_and_deterministic_for_a_seed(trained: ModelBundle) -> None:
+    ranker = trained.manifest["ranker"]
+    assert ranker["kind"] == "linear" and ranker["fit"]["cases"] > 100
+    sessions = synthetic_sessions(8000, 200, seed=3)
+    again = train_model(sessions, TrainParams(epochs=2, n_clusters=4, n_neighbours=10, seed=7))
+    assert again.manifest["ranker"]["weights"] == ranker["weights"]
+    other = train_model(sessions, TrainParams(epochs=2, n_clusters=4, n_neighbours=10, seed=8))
+    assert other.manifest["ranker"]["weights"] != ranker["weights"]
+
+
+def test_the_learned_ranker_beats_the_old_rule_on_held_out_cases(trained: ModelBundle) -> None:
+    test = synthetic_sessions(3000, 200, seed=4)
+    cases = [(s[:i], s[i]) for s in test for i in range(1, len(s))]
+
+    def hit_rate(params: RankParams | None) -> float:
+        lists = recommend_batch(trained, [p for p, _ in cases], 20, params, exclude="none")
+        return float(np.mean([t in r.item_ids() for (_, t), r in zip(cases, lists, strict=True)]))
+
+    assert hit_rate(None) > hit_rate(RankParams(ranker="neighbours"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    session=st.lists(st.sampled_from([f"i{n}" for n in range(40)] + ["unknown"]), max_size=8),
+    banned_rows=st.sets(st.integers(0, 199), max_size=60),
+    exclude=st.sampled_from(["none", "current", "seen"]),
+    k=st.integers(1, 30),
+)
+def test_no_excluded_item_ever_gets_through(
+    trained: ModelBundle, session: list[str], banned_rows: set[int], exclude: str, k: int
+) -> None:
+    banned = np.zeros(trained.n_items, dtype=np.bool_)
+    banned[[r for r in banned_rows if r < trained.n_items]] = True
+    [ranked] = recommend_flat(trained, session, [len(session)], k, banned=banned, exclude=exclude)
+    ids = ranked.item_ids()
+    assert len(ids) == len(set(ids)) <= k
+    assert not any(banned[trained.index(x)] for x in ids)
+    if exclude == "seen":
+        assert not set(ids) & set(session)
+    if exclude == "current" and session:
+        assert session[-1] not in ids
+    assert ranked.strategy in STRATEGIES
+
+
+def test_bundle_round_trips_through_disk_and_registry(trained: ModelBundle, tmp_path: Path) -> None:
+    save_bundle(trained, tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b")
+    sessions = synthetic_sessions(500, 200, seed=9)
+    assert recommend_batch(loaded, sessions, 10) == recommend_batch(trained, sessions, 10)
+    assert np.array_equal(loaded.ranker_weights, trained.ranker_weights)
+    registry = Registry(tmp_path / "registry")
+    version = registry.register("shop", trained)
+    assert recommend_batch(registry.load("shop", version), sessions, 10) == recommend_batch(
+        trained, sessions, 10
+    )
+
+
+def test_a_version_1_bundle_is_refused_with_a_clear_message(
+    trained: ModelBundle, tmp_path: Path
+) -> None:
+    save_bundle(trained, tmp_path / "b")
+    manifest = (tmp_path / "b" / "manifest.json").read_text()
+    (tmp_path / "b" / "manifest.json").write_text(
+        manifest.replace('"format_version": 2', '"format_version": 1')
+    )
+    with pytest.raises(InvalidModelError, match="retrain it with `streamrec train`"):
+        load_bundle(tmp_path / "b")
