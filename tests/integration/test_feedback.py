@@ -64,7 +64,7 @@ def test_a_click_on_a_recommended_item_is_a_hit_for_its_variant(
             # Then a hit at 1 read from Redis, and in the same batch a hit at 2 on the
             # list that click got (known in advance: the ranking is deterministic).
             after = [items[0], shown_a[2], then_shown[0]]
-            next_list = recommend(bundle, after, 10).ids
+            next_list = recommend(bundle, after, 10, exclude="current").ids  # the default rule
             third = await processor.process([_msg(a, 2, then_shown[0]), _msg(a, 3, next_list[1])])
             # Re-delivery of the second batch: no hit counted twice.
             await processor.process([_msg(a, 1, shown_a[2]), _msg(b, 1, not_shown)])
