@@ -54,6 +54,15 @@ _train_options = stacked(
     ),
     click.option("--seed", type=int, show_default="42", help="Seed for every random choice."),
     click.option(
+        "--ranker",
+        type=click.Choice(["linear", "blend", "neighbours"]),
+        show_default="linear",
+        help="How the served model orders candidates: linear = a ranker fitted on the "
+        "training log (best lists); blend = a fixed mix of the same sources; neighbours = "
+        "issue 3's neighbour-list rule (about 3x the worker's events/s, far weaker lists; "
+        "see BENCHMARKS.md).",
+    ),
+    click.option(
         "--workers",
         type=click.IntRange(1, 64),
         show_default="1",
@@ -145,6 +154,7 @@ def train(
     epochs: int | None,
     seed: int | None,
     workers: int | None,
+    ranker: str | None,
     eval_days: float | None,
     no_promote: bool,
     plots: Path | None,
@@ -167,6 +177,7 @@ def train(
         epochs=epochs,
         seed=seed,
         workers=workers,
+        ranker=ranker,
     )
     bars = _StageBars()
     try:

@@ -100,6 +100,12 @@ log = logging.getLogger(f"streamrec.{__name__}")
     help="Word2Vec epochs.",
 )
 @click.option("--seed", type=int, show_default="42", help="Random seed for training.")
+@click.option(
+    "--ranker",
+    type=click.Choice(["linear", "blend", "neighbours"]),
+    show_default="linear",
+    help="How the served model orders candidates (see `streamrec train --help`).",
+)
 @click.pass_obj
 def trainer(
     settings: Settings,
@@ -118,6 +124,7 @@ def trainer(
     rollout_check: float,
     epochs: int | None,
     seed: int | None,
+    ranker: str | None,
 ) -> None:
     """Retrain each tenant's model from the click log and promote it only if it is better.
 
@@ -144,7 +151,8 @@ def trainer(
     policy = GatePolicy(
         metric=gate_metric, margin=gate_margin, holdout=holdout, min_sessions=min_sessions
     )
-    overrides = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
+    given = {"epochs": epochs, "seed": seed, "ranker": ranker}
+    overrides = {k: v for k, v in given.items() if v is not None}
     params = TrainParams(**overrides)
     while True:
         started = time.perf_counter()
