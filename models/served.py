@@ -370,9 +370,7 @@ def served_kernel(
     pool_prior = np.empty(n, dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
-    vote_stamp = np.zeros(n, dtype=np.int64)
-    vote_v = np.empty(n, dtype=np.float64)
-    vote_c = np.empty(n, dtype=np.float64)
+    votes = np.zeros((n, 2), dtype=np.float64)  # kept zero between sessions
     voted = np.empty(n, dtype=np.int64)
     only = np.empty(n, dtype=np.int64)
     only_prior = np.empty(n, dtype=np.float64)
@@ -531,19 +529,19 @@ def served_kernel(
                 cosine = s_count[top[t]] / np.sqrt(n_dist * (s_ptr[s + 1] - s_ptr[s]))
                 for q in range(s_ptr[s], s_ptr[s + 1]):
                     j = s_items[q]
-                    if vote_stamp[j] != tag:
-                        vote_stamp[j] = tag
-                        vote_v[j] = 0.0
-                        vote_c[j] = 0.0
+                    x_v = votes[j, 0]
+                    if x_v == 0.0:  # votes are > 0: first vote for j in this session
                         voted[n_voted] = j
                         n_voted += 1
-                    vote_v[j] += v
-                    vote_c[j] += cosine
+                    x_v += v
+                    x_c = votes[j, 1] + cosine
+                    votes[j, 0] = x_v
+                    votes[j, 1] = x_c
                     # Votes only grow, so the running maximum is the final one.
-                    if vote_v[j] > best_v:
-                        best_v = vote_v[j]
-                    if vote_c[j] > best_c:
-                        best_c = vote_c[j]
+                    if x_v > best_v:
+                        best_v = x_v
+                    if x_c > best_c:
+                        best_c = x_c
         # Both votes are scaled to a maximum of 1; only the rows read are divided, the
         # pool's before stage two, the others as the prior reads them.
         div_v = best_v if best_v > 0.0 else 1.0
@@ -557,16 +555,16 @@ def served_kernel(
         for e in range(n_voted):
             j = voted[e]
             if stamp[j] == tag:  # gathered by another source: its row takes the votes
-                feats[slot[j], 0] = vote_v[j]
-                feats[slot[j], 1] = vote_c[j]
+                feats[slot[j], 0] = votes[j, 0]
+                feats[slot[j], 1] = votes[j, 1]
             elif excluded[j] != tag and not banned[j]:
                 pr = 0.0
                 for t in range(n_prior):
                     f = prior_f[t]
                     if f == 0:
-                        pr += prior[0] * (vote_v[j] / div_v)
+                        pr += prior[0] * (votes[j, 0] / div_v)
                     elif f == 1:
-                        pr += prior[1] * (vote_c[j] / div_c)
+                        pr += prior[1] * (votes[j, 1] / div_c)
                 only[n_only] = j
                 only_prior[n_only] = pr
                 n_only += 1
@@ -578,8 +576,11 @@ def served_kernel(
         for e in range(n_keep):
             j = only[e]
             found = _touch(j, tag, stamp, slot, feats, cand, found)
-            feats[slot[j], 0] = vote_v[j]
-            feats[slot[j], 1] = vote_c[j]
+            feats[slot[j], 0] = votes[j, 0]
+            feats[slot[j], 1] = votes[j, 1]
+        for e in range(n_voted):  # zero again for the next session
+            votes[voted[e], 0] = 0.0
+            votes[voted[e], 1] = 0.0
         norm = np.sqrt(np.sum(session_vec * session_vec))
         if norm > 1e-12:
             session_vec /= norm
