@@ -17,6 +17,7 @@ batch of one, so both always agree.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -134,6 +135,31 @@ def recommend_flat(
     return results
 
 
+class _Scratch(threading.local):
+    """Per thread (kernels release the GIL): the kernel's item-sized scratch arrays."""
+
+    def __init__(self) -> None:
+        self.n = -1
+        self.tag = 0
+
+
+_SCRATCH = _Scratch()
+
+
+def _scratch(n: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(stamp, excluded, votes, tag base) for a batch of ``rows`` sessions over ``n``
+    items (``served_kernel``): fresh arrays when ``n`` changes, else the last ones."""
+    s = _SCRATCH
+    if s.n != n:
+        s.n, s.tag = n, 0
+        s.stamp = np.zeros(n, dtype=np.int64)
+        s.excluded = np.zeros(n, dtype=np.int64)
+        s.votes = np.zeros((n, 2), dtype=np.float64)
+    base = s.tag
+    s.tag += rows
+    return s.stamp, s.excluded, s.votes, base
+
+
 def rank_codes(
     bundle: ModelBundle,
     codes: np.ndarray,
@@ -192,6 +218,7 @@ def rank_codes(
             out_feats if out_feats is not None else _NO_FEATS,
             known,
             strategy,
+            *_scratch(bundle.n_items, rows),
         )
         return out_items, out_scores, known, [STRATEGIES[s] for s in strategy.tolist()]
     _rank_kernel(

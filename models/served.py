@@ -340,20 +340,27 @@ def served_kernel(
     out_feats,
     known,
     strategy,
+    stamp,
+    excluded,
+    votes,
+    tag_base,
 ):  # pragma: no cover - compiled; checked against hand-made bundles in the tests
     """Rank every session of the batch (module docstring). Session r is
     ``codes[ptr[r]:ptr[r+1]]`` (item rows oldest first, -1 unknown). Writes the best
     ``k`` by (score desc, item asc) into out_items / out_scores (padded -1 / -inf), the
     candidates' features into out_feats when it has rows, how many known clicks each
-    session has, and the index into STRATEGIES of the top item's main source."""
+    session has, and the index into STRATEGIES of the top item's main source.
+
+    ``stamp`` and ``excluded`` (int64 per item, below ``tag_base + 1`` everywhere) and
+    ``votes`` ([items, 2], zero) are scratch the caller keeps between batches, so a small
+    batch does not pay for clearing item-sized arrays; the kernel leaves ``votes`` zero
+    and its stamps at most ``tag_base + rows``."""
     n, m = neighbours.shape
     nf = N_FEATURES
     k = out_items.shape[1]
     context = weight_by_age.size
     feats = np.empty((n, nf), dtype=np.float64)  # a row is zeroed when first touched
-    stamp = np.zeros(n, dtype=np.int64)
     slot = np.empty(n, dtype=np.int64)
-    excluded = np.zeros(n, dtype=np.int64)
     cand = np.empty(n, dtype=np.int64)
     newest = np.empty(context, dtype=np.int64)
     known_codes = np.empty(max(1, codes.size), dtype=np.int64)
@@ -370,7 +377,6 @@ def served_kernel(
     pool_prior = np.empty(n, dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
-    votes = np.zeros((n, 2), dtype=np.float64)  # kept zero between sessions
     voted = np.empty(n, dtype=np.int64)
     only = np.empty(n, dtype=np.int64)
     only_prior = np.empty(n, dtype=np.float64)
@@ -382,7 +388,7 @@ def served_kernel(
     w_raw = weights[:nf]
     w_sqrt = weights[nf : 2 * nf]
     for r in range(ptr.size - 1):
-        tag = r + 1
+        tag = tag_base + r + 1
         lo, hi = ptr[r], ptr[r + 1]
         n_known = 0
         for p in range(lo, hi):
