@@ -111,12 +111,14 @@ def recommend_flat(
         bundle, codes, ptr, k, params, banned, exclude
     )
     names = bundle.item_list
+    # Rows padded with -1 are rebuilt below; an empty model has only those.
+    id_rows = bundle.item_objects[top_items].tolist() if bundle.n_items else []
     results = []
     for r, (row_items, row_scores, n_known, source) in enumerate(
         zip(top_items.tolist(), top_scores.tolist(), known.tolist(), strategies, strict=True)
     ):
         if row_items[-1] >= 0:  # the common case: k real candidates
-            results.append(Ranked(list(map(names.__getitem__, row_items)), row_scores, source))
+            results.append(Ranked(id_rows[r], row_scores, source))
             continue
         n = row_items.index(-1)
         ids, scores = list(map(names.__getitem__, row_items[:n])), row_scores[:n]
