@@ -100,6 +100,13 @@ class ModelBundle:
         return self.items.tolist()
 
     @cached_property
+    def item_objects(self) -> np.ndarray:
+        """``item_list`` as an object array: a batch's ids are one fancy index away."""
+        out = np.empty(len(self.item_list), dtype=object)
+        out[:] = self.item_list
+        return out
+
+    @cached_property
     def _index(self) -> dict[str, int]:
         return {item: i for i, item in enumerate(self.item_list)}
 

@@ -17,6 +17,7 @@ batch of one, so both always agree.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -36,7 +37,7 @@ class RankParams:
     session_weight: float = 0.0
     own_decay: float = 0.6  # the session's own items and its vector: weight per click of age
     k_sessions: int = 100  # session-kNN neighbours
-    sample_size: int = 500  # ... among this many most recent sessions sharing an item
+    sample_size: int = 200  # ... among this many most recent sessions sharing an item
     per_source: int = 30  # entries read from each neighbour / rule / transition list
     candidates: int = 100  # kept by the fixed blend for the ranker to order
     ranker: str = "linear"
@@ -110,12 +111,14 @@ def recommend_flat(
         bundle, codes, ptr, k, params, banned, exclude
     )
     names = bundle.item_list
+    # Rows padded with -1 are rebuilt below; an empty model has only those.
+    id_rows = bundle.item_objects[top_items].tolist() if bundle.n_items else []
     results = []
     for r, (row_items, row_scores, n_known, source) in enumerate(
         zip(top_items.tolist(), top_scores.tolist(), known.tolist(), strategies, strict=True)
     ):
         if row_items[-1] >= 0:  # the common case: k real candidates
-            results.append(Ranked(list(map(names.__getitem__, row_items)), row_scores, source))
+            results.append(Ranked(id_rows[r], row_scores, source))
             continue
         n = row_items.index(-1)
         ids, scores = list(map(names.__getitem__, row_items[:n])), row_scores[:n]
@@ -132,6 +135,31 @@ def recommend_flat(
             scores.append(0.0)
         results.append(Ranked(ids, scores, strategy))
     return results
+
+
+class _Scratch(threading.local):
+    """Per thread (kernels release the GIL): the kernel's item-sized scratch arrays."""
+
+    def __init__(self) -> None:
+        self.n = -1
+        self.tag = 0
+
+
+_SCRATCH = _Scratch()
+
+
+def _scratch(n: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(stamp, excluded, votes, tag base) for a batch of ``rows`` sessions over ``n``
+    items (``served_kernel``): fresh arrays when ``n`` changes, else the last ones."""
+    s = _SCRATCH
+    if s.n != n:
+        s.n, s.tag = n, 0
+        s.stamp = np.zeros(n, dtype=np.int64)
+        s.excluded = np.zeros(n, dtype=np.int64)
+        s.votes = np.zeros((n, 2), dtype=np.float64)
+    base = s.tag
+    s.tag += rows
+    return s.stamp, s.excluded, s.votes, base
 
 
 def rank_codes(
@@ -192,6 +220,7 @@ def rank_codes(
             out_feats if out_feats is not None else _NO_FEATS,
             known,
             strategy,
+            *_scratch(bundle.n_items, rows),
         )
         return out_items, out_scores, known, [STRATEGIES[s] for s in strategy.tolist()]
     _rank_kernel(

@@ -340,27 +340,36 @@ def served_kernel(
     out_feats,
     known,
     strategy,
+    stamp,
+    excluded,
+    votes,
+    tag_base,
 ):  # pragma: no cover - compiled; checked against hand-made bundles in the tests
     """Rank every session of the batch (module docstring). Session r is
     ``codes[ptr[r]:ptr[r+1]]`` (item rows oldest first, -1 unknown). Writes the best
     ``k`` by (score desc, item asc) into out_items / out_scores (padded -1 / -inf), the
     candidates' features into out_feats when it has rows, how many known clicks each
-    session has, and the index into STRATEGIES of the top item's main source."""
+    session has, and the index into STRATEGIES of the top item's main source.
+
+    ``stamp`` and ``excluded`` (int64 per item, below ``tag_base + 1`` everywhere) and
+    ``votes`` ([items, 2], zero) are scratch the caller keeps between batches, so a small
+    batch does not pay for clearing item-sized arrays; the kernel leaves ``votes`` zero
+    and its stamps at most ``tag_base + rows``."""
     n, m = neighbours.shape
     nf = N_FEATURES
     k = out_items.shape[1]
     context = weight_by_age.size
     feats = np.empty((n, nf), dtype=np.float64)  # a row is zeroed when first touched
-    stamp = np.zeros(n, dtype=np.int64)
     slot = np.empty(n, dtype=np.int64)
-    excluded = np.zeros(n, dtype=np.int64)
     cand = np.empty(n, dtype=np.int64)
     newest = np.empty(context, dtype=np.int64)
     known_codes = np.empty(max(1, codes.size), dtype=np.int64)
     dist = np.empty(n, dtype=np.int64)
     dist_w = np.empty(n, dtype=np.float64)
     heads = np.empty(n, dtype=np.int64)
-    head_s = np.empty(n, dtype=np.int64)  # the session at each head, -1 when exhausted
+    head_s = np.empty(n, dtype=np.int64)  # the session at each live list's head
+    head_lo = np.empty(n, dtype=np.int64)
+    head_w = np.empty(n, dtype=np.float64)
     sample = np.empty(max(1, sample_size), dtype=np.int64)
     s_vsim = np.empty(max(1, sample_size), dtype=np.float64)
     s_count = np.empty(max(1, sample_size), dtype=np.float64)
@@ -368,12 +377,18 @@ def served_kernel(
     pool_prior = np.empty(n, dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
+    voted = np.empty(n, dtype=np.int64)
+    only = np.empty(n, dtype=np.int64)
+    only_prior = np.empty(n, dtype=np.float64)
+    only_pos = np.empty(n, dtype=np.int64)
     prior_f = np.flatnonzero(prior[:nf] != 0.0)
+    # The cut of voted items below is exact only for prior weights >= 0.
+    vote_cut = n_candidates if prior[:nf].min() >= 0.0 else n
     n_prior = prior_f.size
     w_raw = weights[:nf]
     w_sqrt = weights[nf : 2 * nf]
     for r in range(ptr.size - 1):
-        tag = r + 1
+        tag = tag_base + r + 1
         lo, hi = ptr[r], ptr[r + 1]
         n_known = 0
         for p in range(lo, hi):
@@ -456,30 +471,59 @@ def served_kernel(
         # Session kNN: the most recent sample_size training sessions sharing an item, by
         # a merge of the items' session lists from their newest ends (each list is
         # ascending, so a session's every shared item comes up in the same step).
+        # Exhausted lists are dropped in place (order kept, so the sums are the same), and
+        # a last live list is copied: most prefixes are short, so this is the common end.
+        n_live = 0
+        newest_s = -1
         for d in range(n_dist):
             i = dist[d]
-            heads[d] = is_ptr[i + 1] - 1
-            head_s[d] = is_idx[heads[d]] if heads[d] >= is_ptr[i] else -1
+            if is_ptr[i + 1] > is_ptr[i]:
+                heads[n_live] = is_ptr[i + 1] - 1
+                head_lo[n_live] = is_ptr[i]
+                head_s[n_live] = is_idx[is_ptr[i + 1] - 1]
+                head_w[n_live] = dist_w[d]
+                newest_s = max(newest_s, head_s[n_live])
+                n_live += 1
         n_chosen = 0
-        while n_chosen < sample_size:
-            newest_s = -1
-            for d in range(n_dist):
-                if head_s[d] > newest_s:
-                    newest_s = head_s[d]
-            if newest_s < 0:
-                break
+        while n_chosen < sample_size and n_live > 1:
             v = 0.0
             shared = 0.0
-            for d in range(n_dist):
-                if head_s[d] == newest_s:
-                    v += dist_w[d]
+            next_s = -1
+            kept_live = 0
+            for d in range(n_live):
+                hs = head_s[d]
+                h = heads[d]
+                if hs == newest_s:
+                    v += head_w[d]
                     shared += 1.0
-                    heads[d] -= 1
-                    head_s[d] = is_idx[heads[d]] if heads[d] >= is_ptr[dist[d]] else -1
+                    h -= 1
+                    if h < head_lo[d]:
+                        continue
+                    hs = is_idx[h]
+                heads[kept_live] = h
+                head_lo[kept_live] = head_lo[d]
+                head_s[kept_live] = hs
+                head_w[kept_live] = head_w[d]
+                kept_live += 1
+                if hs > next_s:
+                    next_s = hs
+            n_live = kept_live
             sample[n_chosen] = newest_s
             s_vsim[n_chosen] = v
             s_count[n_chosen] = shared
             n_chosen += 1
+            newest_s = next_s
+        if n_live == 1:
+            h = heads[0]
+            while n_chosen < sample_size and h >= head_lo[0]:
+                sample[n_chosen] = is_idx[h]
+                s_vsim[n_chosen] = head_w[0]
+                s_count[n_chosen] = 1.0
+                n_chosen += 1
+                h -= 1
+        best_v = 0.0
+        best_c = 0.0
+        n_voted = 0
         if n_chosen > 0:
             # The k most similar by V-SKNN's position weights vote twice: with that
             # similarity (vsknn) and with SKNN's cosine (sknn). One pass over their items;
@@ -491,16 +535,58 @@ def served_kernel(
                 cosine = s_count[top[t]] / np.sqrt(n_dist * (s_ptr[s + 1] - s_ptr[s]))
                 for q in range(s_ptr[s], s_ptr[s + 1]):
                     j = s_items[q]
-                    found = _touch(j, tag, stamp, slot, feats, cand, found)
-                    feats[slot[j], 0] += v
-                    feats[slot[j], 1] += cosine
-            for mode in range(2):
-                best = 0.0
-                for c in range(found):
-                    best = max(best, feats[c, mode])
-                if best > 0.0:
-                    for c in range(found):
-                        feats[c, mode] /= best
+                    x_v = votes[j, 0]
+                    if x_v == 0.0:  # votes are > 0: first vote for j in this session
+                        voted[n_voted] = j
+                        n_voted += 1
+                    x_v += v
+                    x_c = votes[j, 1] + cosine
+                    votes[j, 0] = x_v
+                    votes[j, 1] = x_c
+                    # Votes only grow, so the running maximum is the final one.
+                    if x_v > best_v:
+                        best_v = x_v
+                    if x_c > best_c:
+                        best_c = x_c
+        # Both votes are scaled to a maximum of 1; only the rows read are divided, the
+        # pool's before stage two, the others as the prior reads them.
+        div_v = best_v if best_v > 0.0 else 1.0
+        div_c = best_c if best_c > 0.0 else 1.0
+        # Voted items no other source gathered have only the two votes: with prior weights
+        # and features >= 0, one outside the best n_candidates of them by its vote prior
+        # has n_candidates allowed items at least as good before it in gathering order,
+        # so it cannot reach the pool. Only those best become candidates (the same pool,
+        # ties included), which spares a feature row for most voted items.
+        n_only = 0
+        for e in range(n_voted):
+            j = voted[e]
+            if stamp[j] == tag:  # gathered by another source: its row takes the votes
+                feats[slot[j], 0] = votes[j, 0]
+                feats[slot[j], 1] = votes[j, 1]
+            elif excluded[j] != tag and not banned[j]:
+                pr = 0.0
+                for t in range(n_prior):
+                    f = prior_f[t]
+                    if f == 0:
+                        pr += prior[0] * (votes[j, 0] / div_v)
+                    elif f == 1:
+                        pr += prior[1] * (votes[j, 1] / div_c)
+                only[n_only] = j
+                only_prior[n_only] = pr
+                n_only += 1
+        n_keep = n_only
+        if n_only > vote_cut:
+            n_keep = _select(only_prior[:n_only], vote_cut, only_pos)
+            for e in range(n_keep):
+                only[e] = only[only_pos[e]]  # positions ascend: in place is safe
+        for e in range(n_keep):
+            j = only[e]
+            found = _touch(j, tag, stamp, slot, feats, cand, found)
+            feats[slot[j], 0] = votes[j, 0]
+            feats[slot[j], 1] = votes[j, 1]
+        for e in range(n_voted):  # zero again for the next session
+            votes[voted[e], 0] = 0.0
+            votes[voted[e], 1] = 0.0
         norm = np.sqrt(np.sum(session_vec * session_vec))
         if norm > 1e-12:
             session_vec /= norm
@@ -515,7 +601,13 @@ def served_kernel(
             pr = 0.0
             row_j = slot[j]
             for t in range(n_prior):
-                pr += prior[prior_f[t]] * feats[row_j, prior_f[t]]
+                f = prior_f[t]
+                x = feats[row_j, f]
+                if f == 0:
+                    x /= div_v
+                elif f == 1:
+                    x /= div_c
+                pr += prior[f] * x
             pool[n_pool] = j
             pool_prior[n_pool] = pr
             n_pool += 1
@@ -541,6 +633,8 @@ def served_kernel(
         last_k = k - 1
         for c in range(n_pool):
             j = pool[c]
+            feats[slot[j], 0] /= div_v
+            feats[slot[j], 1] /= div_c
             e_last = 0.0
             e_sess = 0.0
             for x in range(vectors.shape[1]):

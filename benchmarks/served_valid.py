@@ -1,0 +1,85 @@
+"""Validation-split sweep of the served model's settings (tmall-cgg valid, yoochoose-100k
+last day of ``train_full``; literature protocol, HR@20 / MRR@20).
+
+One bundle is trained with the given ``TrainParams`` overrides (the ranker refitted with
+them); its validation cases are then ranked with the trained settings and with each
+serve-time variant (``RankParams`` overrides, no refit).
+
+Usage: .venv/bin/python benchmarks/served_valid.py tmall|yoochoose [name=value ...]
+           [--serve name=value[,name=value] ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+
+from models.datasets import Session, build_sessions, read_clicks, split_last_days
+from models.evaluate import iter_cases
+from models.ranking import RankParams, rank_codes
+from models.train import TrainParams, train_model
+
+DATA = "/work/shared/data"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("set", choices=("tmall", "yoochoose"))
+    parser.add_argument("train", nargs="*", help="TrainParams overrides, name=value")
+    parser.add_argument("--serve", nargs="*", default=[], help="RankParams variants")
+    parser.add_argument("--data", default=DATA)
+    args = parser.parse_args()
+
+    train_over = _overrides(TrainParams(), args.train)
+    if args.set == "tmall":
+        cols = {"session_col": "session_id", "item_col": "item_id", "order_col": "position"}
+        train = _sessions(f"{args.data}/tmall-cgg/train.csv.gz", "csv", cols)
+        valid = _sessions(f"{args.data}/tmall-cgg/valid.csv.gz", "csv", cols)
+    else:
+        path = f"{args.data}/yoochoose-100k/yoochoose-clicks-100k_train_full.txt"
+        full = _sessions(path, "auto", {})
+        train, valid = split_last_days(full, 1)
+    started = time.perf_counter()
+    bundle = train_model([s.items for s in train], TrainParams(**train_over))
+    took = time.perf_counter() - started
+    print(f"{args.set} trained with {train_over or 'defaults'} in {took:.0f} s")
+    cases = list(iter_cases([s.items for s in valid]))
+    get = bundle._index.get
+    codes = np.array([get(x, -1) for c in cases for x in c.prefix], dtype=np.int64)
+    ptr = np.zeros(len(cases) + 1, dtype=np.int64)
+    np.cumsum([len(c.prefix) for c in cases], out=ptr[1:])
+    targets = np.array([get(c.target, -2) for c in cases])
+    trained = RankParams.of(bundle)
+    for spec in ["", *args.serve]:
+        params = dataclasses.replace(
+            trained, **_overrides(trained, spec.split(",") if spec else [])
+        )
+        items, *_ = rank_codes(bundle, codes, ptr, 20, params, exclude="none")
+        hit = items == targets[:, None]
+        rank = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)
+        mrr = np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0).mean()
+        print(
+            f"  serve {spec or 'as trained'}: HR@20 {hit.any(axis=1).mean():.4f}  MRR@20 {mrr:.4f}"
+        )
+
+
+def _sessions(path: str, fmt: str, cols: dict[str, str]) -> list[Session]:
+    """As ``streamrec evaluate`` reads them: repeats kept, one-click sessions dropped."""
+    return build_sessions(read_clicks(path, fmt, **cols), min_length=2, collapse_repeats=False)
+
+
+def _overrides(defaults: object, pairs: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if not hasattr(defaults, name):
+            raise SystemExit(f"unknown setting {name!r}")
+        out[name] = type(getattr(defaults, name))(value)
+    return out
+
+
+if __name__ == "__main__":
+    main()
