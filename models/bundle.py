@@ -26,15 +26,8 @@ BUNDLE_FORMAT = "streamrec-bundle"
 # a message that says to retrain; the trainer writes version 2 from then on.
 BUNDLE_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-ARRAYS = (
-    "items",
-    "vectors",
-    "clusters",
-    "centroids",
-    "neighbours",
-    "neighbour_scores",
-    "popularity",
-    "log_popularity",
+# The candidate sources of the served model (models.served), as CSR arrays.
+SOURCE_ARRAYS = (
     "transitions_ptr",
     "transitions_idx",
     "transitions_w",
@@ -49,6 +42,17 @@ ARRAYS = (
     "context_ptr",
     "context_idx",
     "context_w",
+)
+ARRAYS = (
+    "items",
+    "vectors",
+    "clusters",
+    "centroids",
+    "neighbours",
+    "neighbour_scores",
+    "popularity",
+    "log_popularity",
+    *SOURCE_ARRAYS,
 )
 # CSR triples (ptr, indices, weights or None), indices over items or sessions.
 _CSR = (

@@ -24,8 +24,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 from numba import njit
 
-from models.bundle import ModelBundle
-from models.served import SOURCE_ARRAYS, STRATEGIES, blend_weights, prior_weights, served_kernel
+from models.bundle import SOURCE_ARRAYS, ModelBundle
+from models.served import STRATEGIES, blend_weights, prior_weights, push_top, served_kernel
 
 RANKERS = ("linear", "blend", "neighbours")
 
@@ -324,22 +324,7 @@ def _rank_kernel(
         for c in range(found):
             j = cand[c]
             s = total[j]
-            last = k - 1
-            if kept == k and not (
-                s > out_scores[r, last] or (s == out_scores[r, last] and j < out_items[r, last])
-            ):
-                continue
-            pos = min(kept, last)
-            while pos > 0 and (
-                s > out_scores[r, pos - 1]
-                or (s == out_scores[r, pos - 1] and j < out_items[r, pos - 1])
-            ):
-                out_scores[r, pos] = out_scores[r, pos - 1]
-                out_items[r, pos] = out_items[r, pos - 1]
-                pos -= 1
-            out_scores[r, pos] = s
-            out_items[r, pos] = j
-            kept = min(kept + 1, k)
+            kept = push_top(out_scores, out_items, r, kept, k, s, j)
         for c in range(kept, k):
             out_items[r, c] = -1
             out_scores[r, c] = -np.inf

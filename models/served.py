@@ -84,22 +84,6 @@ BLEND = {
     "after_2": 0.3,
     "after_prefix": 0.3,
 }
-SOURCE_ARRAYS = (
-    "transitions_ptr",
-    "transitions_idx",
-    "transitions_w",
-    "rules_ptr",
-    "rules_idx",
-    "rules_w",
-    "sessions_ptr",
-    "sessions_items",
-    "item_sessions_ptr",
-    "item_sessions_idx",
-    "context_keys",
-    "context_ptr",
-    "context_idx",
-    "context_w",
-)
 
 
 def prior_weights() -> np.ndarray:
@@ -181,6 +165,29 @@ def _continuations(codes: Sequence[np.ndarray], n: int, top: int) -> dict[str, n
     )
     cptr, cidx, cw = _top_csr(_row_normalised(counts), top)
     return {"context_keys": unique_keys, "context_ptr": cptr, "context_idx": cidx, "context_w": cw}
+
+
+@njit(cache=True, nogil=True, inline="always")
+def push_top(
+    out_scores: np.ndarray, out_items: np.ndarray, r: int, kept: int, k: int, s: float, j: int
+) -> int:
+    """Insert item ``j`` scored ``s`` into row ``r``'s top ``k`` (``kept`` filled so far;
+    scores descending, ties to the lower item id); returns the new fill."""
+    last = k - 1
+    if kept == k and not (
+        s > out_scores[r, last] or (s == out_scores[r, last] and j < out_items[r, last])
+    ):
+        return kept
+    pos = min(kept, last)
+    while pos > 0 and (
+        s > out_scores[r, pos - 1] or (s == out_scores[r, pos - 1] and j < out_items[r, pos - 1])
+    ):
+        out_scores[r, pos] = out_scores[r, pos - 1]
+        out_items[r, pos] = out_items[r, pos - 1]
+        pos -= 1
+    out_scores[r, pos] = s
+    out_items[r, pos] = j
+    return min(kept + 1, k)
 
 
 @njit(cache=True)
@@ -630,7 +637,6 @@ def served_kernel(
                     kept_pool += 1
             n_pool = kept_pool
         kept = 0
-        last_k = k - 1
         for c in range(n_pool):
             j = pool[c]
             feats[slot[j], 0] /= div_v
@@ -650,22 +656,7 @@ def served_kernel(
                 s += w_raw[f] * x
                 if x > 0.0:
                     s += w_sqrt[f] * np.sqrt(x)
-            if kept == k and not (
-                s > out_scores[r, last_k]
-                or (s == out_scores[r, last_k] and j < out_items[r, last_k])
-            ):
-                continue
-            pos = min(kept, last_k)
-            while pos > 0 and (
-                s > out_scores[r, pos - 1]
-                or (s == out_scores[r, pos - 1] and j < out_items[r, pos - 1])
-            ):
-                out_scores[r, pos] = out_scores[r, pos - 1]
-                out_items[r, pos] = out_items[r, pos - 1]
-                pos -= 1
-            out_scores[r, pos] = s
-            out_items[r, pos] = j
-            kept = min(kept + 1, k)
+            kept = push_top(out_scores, out_items, r, kept, k, s, j)
         if kept > 0:
             j = out_items[r, 0]
             contribution = np.zeros(len(STRATEGIES), dtype=np.float64)
