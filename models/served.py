@@ -382,6 +382,7 @@ def served_kernel(
     s_count = np.empty(max(1, sample_size), dtype=np.float64)
     pool = np.empty(n, dtype=np.int64)
     pool_prior = np.empty(n, dtype=np.float64)
+    pool_pos = np.empty(n, dtype=np.int64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
     voted = np.empty(n, dtype=np.int64)
@@ -619,23 +620,10 @@ def served_kernel(
             pool_prior[n_pool] = pr
             n_pool += 1
         if n_pool > n_candidates:
-            threshold = np.partition(pool_prior[:n_pool], n_pool - n_candidates)[
-                n_pool - n_candidates
-            ]
-            above = 0
+            # Positions come back increasing, so the pool compacts in place.
+            n_pool = _select(pool_prior[:n_pool], n_candidates, pool_pos)
             for c in range(n_pool):
-                if pool_prior[c] > threshold:
-                    above += 1
-            ties = n_candidates - above
-            kept_pool = 0
-            for c in range(n_pool):
-                pc = pool_prior[c]
-                if pc > threshold or (pc == threshold and ties > 0):
-                    if pc == threshold:
-                        ties -= 1
-                    pool[kept_pool] = pool[c]
-                    kept_pool += 1
-            n_pool = kept_pool
+                pool[c] = pool[pool_pos[c]]
         kept = 0
         for c in range(n_pool):
             j = pool[c]
