@@ -16,7 +16,7 @@ import numpy as np
 
 from models.datasets import build_sessions, read_clicks
 from models.evaluate import iter_cases
-from models.ranking import RankParams, rank_codes
+from models.ranking import RankParams, encode_sessions, rank_codes
 from models.served import FEATURE_SOURCE, FEATURES, STRATEGIES, blend_weights, prior_weights
 from models.train import TrainParams, train_model
 
@@ -32,10 +32,8 @@ def main() -> None:
 
     bundle = train_model(sessions("yoochoose-clicks-100k_train_full.txt"), TrainParams())
     cases = list(iter_cases(sessions("yoochoose-clicks-100k_test.txt")))
+    codes, ptr = encode_sessions(bundle, [c.prefix for c in cases])
     get = bundle._index.get
-    codes = np.array([get(x, -1) for c in cases for x in c.prefix], dtype=np.int64)
-    ptr = np.zeros(len(cases) + 1, dtype=np.int64)
-    np.cumsum([len(c.prefix) for c in cases], out=ptr[1:])
     targets = np.array([get(c.target, -2) for c in cases])
     params = RankParams.of(bundle)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from models.datasets import Session, build_sessions, read_clicks, split_last_days
 from models.evaluate import iter_cases
-from models.ranking import RankParams, rank_codes
+from models.ranking import RankParams, encode_sessions, rank_codes
 from models.train import TrainParams, train_model
 
 DATA = "/work/shared/data"
@@ -47,10 +47,8 @@ def main() -> None:
     took = time.perf_counter() - started
     print(f"{args.set} trained with {train_over or 'defaults'} in {took:.0f} s")
     cases = list(iter_cases([s.items for s in valid]))
+    codes, ptr = encode_sessions(bundle, [c.prefix for c in cases])
     get = bundle._index.get
-    codes = np.array([get(x, -1) for c in cases for x in c.prefix], dtype=np.int64)
-    ptr = np.zeros(len(cases) + 1, dtype=np.int64)
-    np.cumsum([len(c.prefix) for c in cases], out=ptr[1:])
     targets = np.array([get(c.target, -2) for c in cases])
     trained = RankParams.of(bundle)
     for spec in ["", *args.serve]:

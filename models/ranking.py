@@ -82,6 +82,27 @@ def recommend_batch(
     return recommend_flat(bundle, flat, list(map(len, sessions)), k, params, exclude=exclude)
 
 
+def encode_flat(
+    bundle: ModelBundle, flat: Sequence[str], lengths: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sessions given back to back as the kernel reads them: item codes (-1 for an item
+    the model does not know) and the CSR pointer (session r is ``codes[ptr[r]:ptr[r+1]]``)."""
+    codes = np.fromiter(
+        map(bundle._index.get, flat, itertools.repeat(-1)), dtype=np.int64, count=len(flat)
+    )
+    ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=ptr[1:])
+    return codes, ptr
+
+
+def encode_sessions(
+    bundle: ModelBundle, sessions: Sequence[Sequence[str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`encode_flat` of whole sessions."""
+    flat = list(itertools.chain.from_iterable(sessions))
+    return encode_flat(bundle, flat, [len(s) for s in sessions])
+
+
 def recommend_flat(
     bundle: ModelBundle,
     flat: Sequence[str],
@@ -102,11 +123,7 @@ def recommend_flat(
     if k <= 0 or not len(lengths):
         return [Ranked([], [], "popular") for _ in lengths]
     params = params or RankParams.of(bundle)
-    codes = np.fromiter(
-        map(bundle._index.get, flat, itertools.repeat(-1)), dtype=np.int64, count=len(flat)
-    )
-    ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=ptr[1:])
+    codes, ptr = encode_flat(bundle, flat, lengths)
     top_items, top_scores, known, strategies = rank_codes(
         bundle, codes, ptr, k, params, banned, exclude
     )

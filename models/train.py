@@ -39,7 +39,7 @@ from models.bundle import ModelBundle
 from models.datasets import Session, split_last_days
 from models.errors import DataFormatError
 from models.evaluate import evaluate
-from models.ranking import RankParams, rank_codes, recommend_batch
+from models.ranking import RankParams, encode_sessions, rank_codes, recommend_batch
 from models.served import FEATURES, blend_weights, build_sources, fit_ranker
 
 log = logging.getLogger(f"streamrec.{__name__}")
@@ -154,11 +154,8 @@ def _learn_ranker(sessions: list[list[str]], params: TrainParams) -> tuple[np.nd
         keep = np.sort(rng.choice(len(cases), params.fit_cases, replace=False))
         cases = [cases[i] for i in keep.tolist()]
     base = _build(older, params, lambda stage, fraction: None)
+    codes, ptr = encode_sessions(base, [prefix for prefix, _ in cases])
     get = base._index.get
-    flat = [get(x, -1) for prefix, _ in cases for x in prefix]
-    codes = np.asarray(flat, dtype=np.int64)
-    ptr = np.zeros(len(cases) + 1, dtype=np.int64)
-    np.cumsum([len(prefix) for prefix, _ in cases], out=ptr[1:])
     targets = np.array([get(t, -2) for _, t in cases], dtype=np.int64)  # -2 never matches
     rank_params = params.rank_params()
 
