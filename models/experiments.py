@@ -11,7 +11,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import norm
 
 POLICIES = ("fixed", "ab", "bandit")
 # A variant is a model version (v3) or the cold-start fallback.
@@ -49,7 +48,7 @@ def two_proportion_p(h1: float, n1: float, h2: float, n2: float) -> float:
     if se == 0:
         return 1.0
     z = (h1 / n1 - h2 / n2) / se
-    return float(2 * norm.sf(abs(z)))
+    return math.erfc(abs(z) / math.sqrt(2))  # two-sided: 2 * P(Z > |z|)
 
 
 def ab_decision(
@@ -88,7 +87,7 @@ def staged_verdict(
     if se == 0:
         return "advance"
     z = (hx / nx - hc / nc) / se
-    return "worse" if norm.cdf(z) < alpha else "advance"
+    return "worse" if 0.5 * math.erfc(-z / math.sqrt(2)) < alpha else "advance"  # P(Z <= z)
 
 
 def thompson_shares(

@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
-from scipy.optimize import minimize
 
 FEATURES = (
     "vsknn",
@@ -707,6 +706,8 @@ def _softmax_fit(
         grad_s[rows, y] -= 1.0
         grad = np.einsum("nc,ncf->f", grad_s.astype(np.float32), x) / len(y) + 2 * l2 * w
         return float(value), grad.astype(np.float64)
+
+    from scipy.optimize import minimize  # training only: kept off the worker's start-up
 
     fit = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 60})
     return np.asarray(fit.x, dtype=np.float64)
