@@ -284,15 +284,43 @@ def _touch(j, tag, stamp, slot, feats, cand, found):  # pragma: no cover - compi
 
 
 @njit(cache=True, nogil=True)
-def _select(values, limit, out):  # pragma: no cover - compiled
+def _kth_largest(buf, m, rank):  # pragma: no cover - compiled
+    """The ``rank``-th largest (0 = the largest) of ``buf[:m]``, which it reorders:
+    quickselect in place (``np.partition`` would allocate a copy per call)."""
+    lo, hi = 0, m - 1
+    while lo < hi:
+        pivot = buf[(lo + hi) >> 1]
+        i, j = lo, hi
+        while i <= j:
+            while buf[i] > pivot:
+                i += 1
+            while buf[j] < pivot:
+                j -= 1
+            if i <= j:
+                buf[i], buf[j] = buf[j], buf[i]
+                i += 1
+                j -= 1
+        if rank <= j:
+            hi = j
+        elif rank >= i:
+            lo = i
+        else:
+            break
+    return buf[rank]
+
+
+@njit(cache=True, nogil=True)
+def _select(values, limit, out, buf):  # pragma: no cover - compiled
     """Write into ``out`` the positions of the ``limit`` largest ``values``, ties going to
-    the earlier position; returns how many. O(len) expected."""
+    the earlier position; returns how many. O(len) expected; ``buf`` is scratch at least
+    as long as ``values``."""
     m = values.size
     if m <= limit:
         for q in range(m):
             out[q] = q
         return m
-    threshold = np.partition(values, m - limit)[m - limit]
+    buf[:m] = values
+    threshold = _kth_largest(buf, m, limit - 1)
     above = 0
     for q in range(m):
         if values[q] > threshold:
@@ -382,15 +410,14 @@ def served_kernel(
     pool = np.empty(n, dtype=np.int64)
     pool_prior = np.empty(n, dtype=np.float64)
     pool_pos = np.empty(n, dtype=np.int64)
+    select_buf = np.empty(max(n, sample_size, 1), dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
-    voted = np.empty(n, dtype=np.int64)
+    voted = np.empty(n + 1, dtype=np.int64)  # + 1: written before it is known to be new
     only = np.empty(n, dtype=np.int64)
-    only_prior = np.empty(n, dtype=np.float64)
-    only_pos = np.empty(n, dtype=np.int64)
     prior_f = np.flatnonzero(prior[:nf] != 0.0)
-    # The cut of voted items below is exact only for prior weights >= 0.
-    vote_cut = n_candidates if prior[:nf].min() >= 0.0 else n
+    prior_s = np.empty(nf, dtype=np.float64)  # the prior with the votes' scaling folded in
+    contribution = np.empty(len(STRATEGIES), dtype=np.float64)
     n_prior = prior_f.size
     w_raw = weights[:nf]
     w_sqrt = weights[nf : 2 * nf]
@@ -535,71 +562,50 @@ def served_kernel(
             # The k most similar by V-SKNN's position weights vote twice: with that
             # similarity (vsknn) and with SKNN's cosine (sknn). One pass over their items;
             # SKNN's own top k would cost a second one for little (chosen on valid).
-            n_top = _select(s_vsim[:n_chosen], k_sessions, top)  # ties: the newest session
+            # Ties go to the newest session.
+            n_top = _select(s_vsim[:n_chosen], k_sessions, top, select_buf)
             for t in range(n_top):
                 s = sample[top[t]]
                 v = s_vsim[top[t]]
                 cosine = s_count[top[t]] / np.sqrt(n_dist * (s_ptr[s + 1] - s_ptr[s]))
                 for q in range(s_ptr[s], s_ptr[s + 1]):
                     j = s_items[q]
-                    x_v = votes[j, 0]
-                    if x_v == 0.0:  # votes are > 0: first vote for j in this session
-                        voted[n_voted] = j
-                        n_voted += 1
-                    x_v += v
-                    x_c = votes[j, 1] + cosine
-                    votes[j, 0] = x_v
-                    votes[j, 1] = x_c
-                    # Votes only grow, so the running maximum is the final one.
-                    if x_v > best_v:
-                        best_v = x_v
-                    if x_c > best_c:
-                        best_c = x_c
+                    # Written always, kept only on j's first vote (votes are > 0): no
+                    # branch to mispredict in the hottest loop.
+                    voted[n_voted] = j
+                    n_voted += votes[j, 0] == 0.0
+                    votes[j, 0] += v
+                    votes[j, 1] += cosine
+            for e in range(n_voted):
+                j = voted[e]
+                best_v = max(best_v, votes[j, 0])
+                best_c = max(best_c, votes[j, 1])
         # Both votes are scaled to a maximum of 1; only the rows read are divided, the
         # pool's before stage two, the others as the prior reads them.
         div_v = best_v if best_v > 0.0 else 1.0
         div_c = best_c if best_c > 0.0 else 1.0
-        # Voted items no other source gathered have only the two votes: with prior weights
-        # and features >= 0, one outside the best n_candidates of them by its vote prior
-        # has n_candidates allowed items at least as good before it in gathering order,
-        # so it cannot reach the pool. Only those best become candidates (the same pool,
-        # ties included), which spares a feature row for most voted items.
+        prior_s[:] = prior[:nf]
+        prior_s[0] /= div_v
+        prior_s[1] /= div_c
+        # Voted items another source gathered take their votes in their rows; the others
+        # have only the two votes, so their prior needs no row: one is made only for
+        # those that reach the pool (most voted items never do).
         n_only = 0
         for e in range(n_voted):
             j = voted[e]
-            if stamp[j] == tag:  # gathered by another source: its row takes the votes
+            if stamp[j] == tag:
                 feats[slot[j], 0] = votes[j, 0]
                 feats[slot[j], 1] = votes[j, 1]
             elif excluded[j] != tag and not banned[j]:
-                pr = 0.0
-                for t in range(n_prior):
-                    f = prior_f[t]
-                    if f == 0:
-                        pr += prior[0] * (votes[j, 0] / div_v)
-                    elif f == 1:
-                        pr += prior[1] * (votes[j, 1] / div_c)
                 only[n_only] = j
-                only_prior[n_only] = pr
                 n_only += 1
-        n_keep = n_only
-        if n_only > vote_cut:
-            n_keep = _select(only_prior[:n_only], vote_cut, only_pos)
-            for e in range(n_keep):
-                only[e] = only[only_pos[e]]  # positions ascend: in place is safe
-        for e in range(n_keep):
-            j = only[e]
-            found = _touch(j, tag, stamp, slot, feats, cand, found)
-            feats[slot[j], 0] = votes[j, 0]
-            feats[slot[j], 1] = votes[j, 1]
-        for e in range(n_voted):  # zero again for the next session
-            votes[voted[e], 0] = 0.0
-            votes[voted[e], 1] = 0.0
         norm = np.sqrt(np.sum(session_vec * session_vec))
         if norm > 1e-12:
             session_vec /= norm
-        # Stage one: the allowed candidates' fixed-blend prior over the gathered features;
-        # the best n_candidates go on (ties in gathering order, which depends on the
-        # session alone). Stage two scores those with every feature and the ranker.
+        # Stage one: the allowed candidates' fixed-blend prior; the best n_candidates go
+        # on (ties in gathering order: the other sources' items, then the voted-only ones
+        # in voting order; both depend on the session alone). Stage two scores those with
+        # every feature and the ranker.
         n_pool = 0
         for c in range(found):
             j = cand[c]
@@ -609,20 +615,29 @@ def served_kernel(
             row_j = slot[j]
             for t in range(n_prior):
                 f = prior_f[t]
-                x = feats[row_j, f]
-                if f == 0:
-                    x /= div_v
-                elif f == 1:
-                    x /= div_c
-                pr += prior[f] * x
+                pr += prior_s[f] * feats[row_j, f]
             pool[n_pool] = j
             pool_prior[n_pool] = pr
             n_pool += 1
+        for e in range(n_only):
+            j = only[e]
+            pool[n_pool] = j
+            pool_prior[n_pool] = prior_s[0] * votes[j, 0] + prior_s[1] * votes[j, 1]
+            n_pool += 1
         if n_pool > n_candidates:
             # Positions come back increasing, so the pool compacts in place.
-            n_pool = _select(pool_prior[:n_pool], n_candidates, pool_pos)
+            n_pool = _select(pool_prior[:n_pool], n_candidates, pool_pos, select_buf)
             for c in range(n_pool):
                 pool[c] = pool[pool_pos[c]]
+        for c in range(n_pool):
+            j = pool[c]
+            if stamp[j] != tag:  # voted only: its row now
+                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                feats[slot[j], 0] = votes[j, 0]
+                feats[slot[j], 1] = votes[j, 1]
+        for e in range(n_voted):  # zero again for the next session
+            votes[voted[e], 0] = 0.0
+            votes[voted[e], 1] = 0.0
         kept = 0
         for c in range(n_pool):
             j = pool[c]
@@ -646,7 +661,7 @@ def served_kernel(
             kept = push_top(out_scores, out_items, r, kept, k, s, j)
         if kept > 0:
             j = out_items[r, 0]
-            contribution = np.zeros(len(STRATEGIES), dtype=np.float64)
+            contribution[:] = 0.0
             for f in range(nf):
                 x = feats[slot[j], f]
                 part = w_raw[f] * x

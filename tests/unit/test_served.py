@@ -16,7 +16,7 @@ from models.datasets import synthetic_sessions
 from models.errors import InvalidModelError
 from models.ranking import STRATEGIES, RankParams, recommend_batch, recommend_flat
 from models.registry import Registry
-from models.served import FEATURES, N_WEIGHTS, build_sources
+from models.served import FEATURES, N_WEIGHTS, _select, build_sources
 from models.train import TrainParams, train_model
 
 ITEMS = ["a", "b", "c", "d", "e"]
@@ -160,3 +160,20 @@ def test_a_version_1_bundle_is_refused_with_a_clear_message(
     )
     with pytest.raises(InvalidModelError, match="retrain it with `streamrec train`"):
         load_bundle(tmp_path / "b")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(-5, 5).map(float), min_size=1, max_size=60),
+    st.integers(1, 70),
+)
+def test_select_keeps_the_largest_with_ties_to_the_earlier_position(
+    values: list[float], limit: int
+) -> None:
+    # Few distinct values: ties at the threshold are the common case here.
+    out = np.empty(len(values), dtype=np.int64)
+    buf = np.empty(len(values), dtype=np.float64)
+    count = _select(np.array(values), limit, out, buf)
+    # The reference: a stable sort by value, descending, keeps the earlier of equals.
+    expected = sorted(sorted(range(len(values)), key=lambda q: -values[q])[:limit])
+    assert out[:count].tolist() == expected
