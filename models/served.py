@@ -277,7 +277,8 @@ def _touch(j, tag, stamp, slot, feats, cand, found):  # pragma: no cover - compi
     if stamp[j] != tag:
         stamp[j] = tag
         slot[j] = found
-        feats[found, :] = 0.0
+        for f in range(feats.shape[1]):  # a slice assignment costs more at this size
+            feats[found, f] = 0.0
         cand[found] = j
         found += 1
     return found
