@@ -76,6 +76,9 @@ class Settings:
     # Kafka transaction (Apache Kafka only; see stream/transactions.py).
     delivery: str = "at_least_once"
     batch_size: int = 2000
+    # Threads that share the ranking of one large batch (the compiled kernel releases the
+    # GIL); 1 keeps the worker on one core.
+    rank_threads: int = 2
     batch_within_s: float = 0.02
     # Short group session timeout: the embedded broker's first join waits ~half of it.
     broker_session_timeout_s: float = 6.0
@@ -121,6 +124,8 @@ class Settings:
             raise InvalidSettingError(
                 f"STREAMREC_ENGINE={self.engine!r}: choose 'batch' or 'agent'"
             )
+        if self.rank_threads < 1:
+            raise InvalidSettingError(f"STREAMREC_RANK_THREADS={self.rank_threads}: at least 1")
         if not 0 <= self.web_port <= 65535:
             raise InvalidSettingError(f"web port {self.web_port} is not a port (0-65535; 0 = off)")
         for address in self.broker.split(","):

@@ -156,8 +156,10 @@ class BatchProcessor:
         top_k: int,
         clock: Callable[[], float] = time.time,
         feedback: FeedbackRecorder | None = None,
+        rank_threads: int = 1,
     ) -> None:
         self._store = store
+        self._rank_threads = rank_threads
         self._models = models
         self._tenants = tenants
         self._top_k = top_k
@@ -467,7 +469,15 @@ class BatchProcessor:
                 extra = banned_mask(bundle.item_list, NO_RULES, only_request, request)
                 banned = extra if banned is None else banned | extra
             flat, lengths = flatten(updates)
-            return recommend_flat(bundle, flat, lengths, k, banned=banned, exclude=rules.exclude)
+            return recommend_flat(
+                bundle,
+                flat,
+                lengths,
+                k,
+                banned=banned,
+                exclude=rules.exclude,
+                threads=self._rank_threads,
+            )
         popular = await self._tenants.popular(tenant)
         return [popular_ruled(popular, u.items, rules, catalogue, k, request) for u in updates]
 

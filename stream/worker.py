@@ -169,7 +169,14 @@ class Worker(Service):
             if s.feedback
             else None
         )
-        processor = BatchProcessor(store, self.models, tenants, top_k=s.top_k, feedback=feedback)
+        processor = BatchProcessor(
+            store,
+            self.models,
+            tenants,
+            top_k=s.top_k,
+            feedback=feedback,
+            rank_threads=s.rank_threads,
+        )
         processor.feedback_topic = s.feedback_topic
         processor.policies = self._policies = PolicyDirectory(
             redis,

@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 from models.bundle import ModelBundle, load_bundle, save_bundle
 from models.datasets import synthetic_sessions
 from models.errors import InvalidModelError
-from models.ranking import STRATEGIES, RankParams, recommend_batch, recommend_flat
+from models.ranking import (
+    MIN_ROWS_PER_THREAD,
+    STRATEGIES,
+    RankParams,
+    encode_sessions,
+    rank_codes,
+    recommend_batch,
+    recommend_flat,
+)
 from models.registry import Registry
 from models.served import FEATURES, N_WEIGHTS, _select, build_sources
 from models.train import TrainParams, train_model
@@ -112,6 +120,20 @@ def test_the_learned_ranker_beats_the_old_rule_on_held_out_cases(trained: ModelB
         return float(np.mean([t in r.item_ids() for (_, t), r in zip(cases, lists, strict=True)]))
 
     assert hit_rate(None) > hit_rate(RankParams(ranker="neighbours"))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_batch_ranked_by_several_threads_is_ranked_the_same(
+    trained: ModelBundle, threads: int
+) -> None:
+    sessions = synthetic_sessions(3000, 200, seed=5)  # rows a thread: above the minimum
+    codes, ptr = encode_sessions(trained, sessions)
+    params = RankParams.of(trained)
+    one = rank_codes(trained, codes, ptr, 20, params, exclude="current", threads=1)
+    many = rank_codes(trained, codes, ptr, 20, params, exclude="current", threads=threads)
+    assert len(sessions) >= threads * MIN_ROWS_PER_THREAD
+    for a, b in zip(one, many, strict=True):
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
 
 
 @settings(max_examples=60, deadline=None)
