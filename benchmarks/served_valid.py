@@ -1,11 +1,12 @@
 """Validation-split sweep of the served model's settings (tmall-cgg valid, yoochoose-100k
-last day of ``train_full``; literature protocol, HR@20 / MRR@20).
+last day of ``train_full``, the shipped e-shop data's 30 days before its last 30; the
+literature protocol, HR@20 / MRR@20).
 
 One bundle is trained with the given ``TrainParams`` overrides (the ranker refitted with
 them); its validation cases are then ranked with the trained settings and with each
 serve-time variant (``RankParams`` overrides, no refit).
 
-Usage: .venv/bin/python benchmarks/served_valid.py tmall|yoochoose [name=value ...]
+Usage: .venv/bin/python benchmarks/served_valid.py tmall|yoochoose|eshop [name=value ...]
            [--serve name=value[,name=value] ...]
 """
 
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 
-from models.datasets import Session, build_sessions, read_clicks, split_last_days
+from models.datasets import Session, build_sessions, eshop_path, read_clicks, split_last_days
 from models.evaluate import iter_cases
 from models.ranking import RankParams, encode_sessions, rank_codes
 from models.train import TrainParams, train_model
@@ -27,7 +28,7 @@ DATA = "/work/shared/data"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("set", choices=("tmall", "yoochoose"))
+    parser.add_argument("set", choices=("tmall", "yoochoose", "eshop"))
     parser.add_argument("train", nargs="*", help="TrainParams overrides, name=value")
     parser.add_argument("--serve", nargs="*", default=[], help="RankParams variants")
     parser.add_argument("--data", default=DATA)
@@ -38,6 +39,9 @@ def main() -> None:
         cols = {"session_col": "session_id", "item_col": "item_id", "order_col": "position"}
         train = _sessions(f"{args.data}/tmall-cgg/train.csv.gz", "csv", cols)
         valid = _sessions(f"{args.data}/tmall-cgg/valid.csv.gz", "csv", cols)
+    elif args.set == "eshop":  # as `streamrec evaluate --split-days 30 --valid-days 30`
+        rest, _test = split_last_days(_sessions(str(eshop_path()), "eshop", {}), 30)
+        train, valid = split_last_days(rest, 30)
     else:
         path = f"{args.data}/yoochoose-100k/yoochoose-clicks-100k_train_full.txt"
         full = _sessions(path, "auto", {})
