@@ -168,6 +168,8 @@ def worker_rate(
 ) -> tuple[float, float, float, float]:
     """Events/s, peak RSS (MB), and worker and Redis CPU microseconds per event."""
     tag = f"{engine}-{time.time_ns()}"
+    threads = "1" if engine.endswith("-1thread") else "2"
+    engine = engine.removesuffix("-1thread")
     delivery = "exactly_once" if engine.endswith("-eos") else "at_least_once"
     engine = engine.removesuffix("-eos")
     feedback = "0" if engine.endswith("-nofeedback") else "1"
@@ -189,6 +191,7 @@ def worker_rate(
             "STREAMREC_DELIVERY": delivery,
             "STREAMREC_FEEDBACK": feedback,
             "STREAMREC_BATCH_SIZE": str(batch_size),
+            "STREAMREC_RANK_THREADS": threads,
             **(
                 {"STREAMREC_BATCH_WITHIN_S": os.environ["BENCH_WITHIN"]}
                 if "BENCH_WITHIN" in os.environ
@@ -237,7 +240,7 @@ def main() -> None:
         help="bare, agent, batch, batch-eos (batch loop with STREAMREC_DELIVERY=exactly_once), "
         "batch-nofeedback (STREAMREC_FEEDBACK=0: no hits, lists or counters), "
         "batch-rules (serving rules and a catalogue: a blocklist, unavailable items, an "
-        "excluded category)",
+        "excluded category), batch-1thread (STREAMREC_RANK_THREADS=1: ranking on one core)",
     )
     parser.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
     args = parser.parse_args()
@@ -278,6 +281,7 @@ def main() -> None:
             "batch-eos": "streamrec batch loop, exactly once (transactions)",
             "batch-nofeedback": "streamrec batch loop, feedback counting off",
             "batch-rules": "streamrec batch loop, serving rules + catalogue",
+            "batch-1thread": "streamrec batch loop, ranking on one thread",
         }
         for engine in (e for e in engines if e in names):
             measured = worker_rate(stack, home, model_dir, engine, records, args.batch_size)

@@ -1,0 +1,69 @@
+"""Ranking cost of the served model per session, in one process (no broker, no Redis).
+
+    .venv/bin/python benchmarks/served_speed.py [--model-dir M] [--threads 1,2]
+
+Trains the default model on the shipped e-shop data (or loads tenant ``default`` from
+``--model-dir``), draws 20,000 session prefixes from that data (seeded) and ranks them
+in batches of ``--batch`` with the serving default ``exclude="current"``. Reports, per
+thread count, the best of ``--rounds`` rounds: CPU time per session (process time, all
+threads: the steadier figure on a shared machine) and sessions per second (wall clock).
+To compare two trees side by side, run this script from each with its own PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+from models.datasets import eshop_path, read_clicks, sessionize
+from models.ranking import RankParams, encode_flat, rank_codes
+from models.registry import Registry
+from models.train import TrainParams, train_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, help="registry with tenant 'default'")
+    parser.add_argument("--sessions", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    data = sessionize(read_clicks(eshop_path(), fmt="eshop"))
+    if args.model_dir:
+        bundle = Registry(args.model_dir).load("default")
+    else:
+        bundle = train_model(data, TrainParams())
+    rng = random.Random(1)
+    prefixes = []
+    for _ in range(args.sessions):
+        session = rng.choice(data)
+        prefixes.append(session[: rng.randrange(1, len(session) + 1)])
+    codes, ptr = encode_flat(bundle, [i for p in prefixes for i in p], list(map(len, prefixes)))
+    params = RankParams.of(bundle)
+    print(f"{bundle.n_items} items, {len(prefixes):,} prefixes, batches of {args.batch}")
+    for threads in map(int, args.threads.split(",")):
+        cpu, wall = [], []
+        for _ in range(args.rounds):
+            c0, w0 = time.process_time(), time.perf_counter()
+            for s in range(0, len(prefixes), args.batch):
+                e = min(s + args.batch, len(prefixes))
+                rows = ptr[s : e + 1] - ptr[s]
+                # threads=1 is left out so that trees from before the option run this too.
+                more = {"threads": threads} if threads != 1 else {}
+                rank_codes(
+                    bundle, codes[ptr[s] : ptr[e]], rows, 20, params, exclude="current", **more
+                )
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - w0)
+        print(
+            f"threads {threads}: {1e6 * min(cpu) / len(prefixes):.1f} us CPU per session, "
+            f"{len(prefixes) / min(wall):,.0f} sessions/s"
+        )
+
+
+if __name__ == "__main__":
+    main()
