@@ -99,6 +99,75 @@ def test_a_tenant_switched_off_stays_off_after_redis_restarts_empty(
         own.stop()
 
 
+@pytest.mark.broker_agnostic
+def test_rules_keys_and_experiments_survive_redis_restarting_empty(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    """The rest of the control state: each has its copy in the registry (RULES.json,
+    KEYS.json, POLICY.json), so a Redis that lost everything is refilled from there."""
+    from models.ranking import recommend
+    from models.registry import Registry
+
+    own = _own_redis(tmp_path)
+    models = tmp_path / "models"
+    shutil.copytree(trained_model_dir, models)
+    registry = Registry(models)
+    bundle = registry.load("default")
+    candidate = registry.register("default", bundle, {})
+    # What the model ranks first after A13, blocked: it shows up unless the rules hold.
+    blocked = recommend(bundle, ["A13"], 3, exclude="current").ids
+    cfg = make_config(stack, unique_name, tmp_path, models)
+    _with_redis(cfg, own)
+    port = free_port()
+    cfg.extra_env["STREAMREC_WEB_PORT"] = str(port)
+    base = f"http://127.0.0.1:{port}/v1/default"
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "stream", *args],
+            env=cfg.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    try:
+        cli("tenant", "set", "default", *(f"--block={item}" for item in blocked))
+        key = cli("tenant", "key", "create", "default")
+        cli("experiment", "start", "default", "--variant", candidate, "--share", "0.5")
+        client = redis.Redis(port=own.port)
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass
+        own.stop()
+        shutil.rmtree(own.run_dir / "redis-data")
+        own.start()
+        assert redis.Redis(port=own.port).dbsize() == 0
+
+        with WorkerProcess(cfg) as worker:
+            assert wait_for_ok(f"http://127.0.0.1:{port}/health")[0] == 200, worker.log()[-3000:]
+            event = {"session_id": "s", "item_id": "A13"}
+            status, body = http_call(f"{base}/events", event)
+            assert status == 401, body  # the key survived: the tenant is not open
+            events = [
+                {"session_id": f"{unique_name('s')}", "item_id": "A13", "event_id": f"k{i}"}
+                for i in range(40)
+            ]
+            status, body = http_call(f"{base}/events", events, key=key)
+            assert status == 202, body
+            recs = [orjson.loads(m.value()) for m in consume(stack.broker, cfg.recs, 40, 60)]
+            assert len(recs) == 40, worker.log()[-3000:]
+            shown = {i["item_id"] for r in recs for i in r["items"]}
+            assert shown and not shown & set(blocked), (blocked, shown)  # the rules held
+            variants = {r["variant"] for r in recs}
+            assert variants == {"v1", candidate}, variants  # the experiment held
+    finally:
+        own.stop()
+
+
 def test_health_says_degraded_without_redis_and_sigterm_exits_with_a_batch_stuck(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
 ) -> None:
