@@ -230,6 +230,9 @@ def test_ids_cannot_reach_another_tenants_data_and_bad_paths_get_4xx(
             assert status == 400, (bad, body)
         status, body = http_call(f"{base}/v1/default/sessions/s%0A/recommendations")
         assert status == 400, body
+        newline = {"tenant": "default\n", "session_id": "s", "item_id": "A13"}
+        status, body = http_call(f"{base}/v1/default/events", newline)
+        assert status == 400, body
         big = {"session_id": "s", "item_id": "A13", "pad": "x" * MAX_EVENT_BYTES}
         assert http_call(f"{base}/v1/default/events", big)[0] == 413
         assert http_call(f"{base}/v1/default/events", [big])[0] == 413
