@@ -247,3 +247,42 @@ def test_ids_cannot_reach_another_tenants_data_and_bad_paths_get_4xx(
             assert answer.startswith(b"HTTP/1.1 408"), answer
             assert time.monotonic() - started < 15
         assert worker.alive()
+
+
+@pytest.mark.broker_agnostic
+def test_the_embedded_redis_keeps_sessions_across_a_restart(tmp_path: Path) -> None:
+    """AOF under the run directory (fsync every second): a session written more than a
+    second before a restart without saving is still there."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from state.sessions import Click, SessionStore
+
+    own = _own_redis(tmp_path)
+    url = f"redis://127.0.0.1:{own.port}/0"
+
+    async def session(write: bool) -> list[str]:
+        client = Redis.from_url(url)
+        try:
+            store = SessionStore(client, cap=50, ttl_s=3600)
+            if write:
+                clicks = [Click("default", "s-aof", f"I{i}", f"e{i}") for i in range(5)]
+                await store.append_clicks(clicks)
+            return await store.session_items("default", "s-aof")
+        finally:
+            await client.aclose()
+
+    try:
+        assert asyncio.run(session(write=True)) == [f"I{i}" for i in range(5)]
+        time.sleep(1.5)
+        try:
+            redis.Redis(port=own.port).shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass
+        own.stop()
+        assert any((own.run_dir / "redis-data").rglob("*.aof"))
+        own.start()
+        assert asyncio.run(session(write=False)) == [f"I{i}" for i in range(5)]
+    finally:
+        own.stop()
