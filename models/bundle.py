@@ -12,6 +12,7 @@ import hashlib
 import json
 import mmap
 import os
+import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -173,8 +174,13 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
         os.fsync(fh.fileno())
 
 
-def load_bundle(directory: str | Path, *, verify_checksums: bool = True) -> ModelBundle:
-    """Load and validate a bundle; InvalidModelError says what is wrong."""
+def load_bundle(
+    directory: str | Path, *, verify_checksums: bool = True, private: bool = False
+) -> ModelBundle:
+    """Load and validate a bundle; InvalidModelError says what is wrong.
+
+    ``private`` (the worker): map a verified copy of each file of our own instead of the
+    file itself (see ``_map_private_copy``)."""
     directory = Path(directory)
     where = str(directory)
     manifest = _read_manifest(directory)
@@ -187,12 +193,12 @@ def load_bundle(directory: str | Path, *, verify_checksums: bool = True) -> Mode
             raise InvalidModelError(f"model {where}: manifest does not describe {name}.npy")
         if not path.is_file():
             raise InvalidModelError(f"model {where}: {name}.npy is missing")
-        if verify_checksums and _sha256(path) != meta.get("sha256"):
-            raise InvalidModelError(f"model {where}: {name}.npy does not match its checksum")
-        try:
-            arr = np.load(path, allow_pickle=False, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise InvalidModelError(f"model {where}: {name}.npy is unreadable ({exc})") from exc
+        if private:
+            arr = _map_private_copy(path, meta.get("sha256"), where)
+        else:
+            if verify_checksums and _sha256(path) != meta.get("sha256"):
+                raise InvalidModelError(f"model {where}: {name}.npy does not match its checksum")
+            arr = _map(path, where, path.name)
         if list(arr.shape) != list(meta.get("shape", [])) or arr.dtype.str != meta.get("dtype"):
             raise InvalidModelError(
                 f"model {where}: {name}.npy is {arr.dtype.str}{list(arr.shape)}, "
@@ -203,6 +209,35 @@ def load_bundle(directory: str | Path, *, verify_checksums: bool = True) -> Mode
     for arr in arrays.values():
         _release_pages(arr)
     return ModelBundle(version=str(manifest["version"]), manifest=manifest, **arrays)
+
+
+def _map(path: Path, where: str, name: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError) as exc:
+        raise InvalidModelError(f"model {where}: {name} is unreadable ({exc})") from exc
+
+
+def _map_private_copy(path: Path, sha256: object, where: str) -> np.ndarray:
+    """Map a copy of ``path`` that only this process holds, checked against ``sha256``.
+
+    A mapped file truncated in place kills the process that reads it (SIGBUS), and read-only
+    modes do not stop root. So the file is copied (in ``TMPDIR``) while it is hashed, the
+    copy is refused unless it matches, then mapped and unlinked at once: what is mapped is
+    exactly what was verified, nothing can change it, and nothing is left behind. The cost
+    is one more write of the model per load and one copy per process in the page cache."""
+    digest = hashlib.sha256()
+    fd, copy = tempfile.mkstemp(prefix="streamrec-model-", suffix=".npy")
+    try:
+        with open(fd, "wb") as dst, open(path, "rb") as src:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                dst.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise InvalidModelError(f"model {where}: {path.name} does not match its checksum")
+        return _map(Path(copy), where, path.name)
+    finally:
+        os.unlink(copy)
 
 
 def _release_pages(arr: np.ndarray) -> None:

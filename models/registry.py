@@ -134,8 +134,11 @@ class Registry:
             return None
         return value or None
 
-    def load(self, tenant: str, version: str | None = None) -> ModelBundle:
-        """Load a version (default: the current one), fully validated."""
+    def load(
+        self, tenant: str, version: str | None = None, *, private: bool = False
+    ) -> ModelBundle:
+        """Load a version (default: the current one), fully validated; ``private`` maps
+        verified copies of its files (``models.bundle.load_bundle``)."""
         if version is None:
             version = self.current_version(tenant)
             if version is None:
@@ -147,7 +150,7 @@ class Registry:
             raise InvalidModelError(
                 f"tenant {tenant!r}: version {version} does not exist in {self.root}"
             )
-        bundle = load_bundle(path)
+        bundle = load_bundle(path, private=private)
         if bundle.version != version:
             raise InvalidModelError(
                 f"tenant {tenant!r}: directory {version} holds a bundle named {bundle.version}"

@@ -140,7 +140,8 @@ class ModelCache:
         """Load and validate a version (checksums), note its files' sizes, and rank once
         with it: the first ranking of a process loads the compiled kernel, which should
         not happen inside a batch."""
-        bundle = self._registry.load(tenant, version)
+        # A private copy: a registry file truncated in place cannot crash the worker.
+        bundle = self._registry.load(tenant, version, private=True)
         directory = self._registry.version_dir(tenant, bundle.version)
         sizes = {f: f.stat().st_size for f in directory.iterdir() if f.is_file()}
         recommend(bundle, [], 1)

@@ -57,6 +57,12 @@ def stall_reason(progress: dict[str, Any], after_s: float = STALL_AFTER_S) -> st
     return None
 
 
+def unreachable(what: str, exc: BaseException) -> str:
+    """A /health reason; a timeout's message is empty (a hung Redis said "redis
+    unreachable: " and nothing more), so its type stands in."""
+    return f"{what} unreachable: {str(exc) or type(exc).__name__}"
+
+
 class DeadLetterLog:
     """Dead letters logged as a summary per reason at most every INTERVAL_S (a fuzzing
     client once made one WARNING line per message, 10,512 of them)."""
@@ -237,7 +243,7 @@ class Worker(Service):
         try:
             await asyncio.wait_for(self._redis.ping(), timeout=1.0)
         except (RedisError, OSError, TimeoutError) as exc:
-            reasons.append(f"redis unreachable: {exc or type(exc).__name__}")
+            reasons.append(unreachable("redis", exc))
         progress = self.progress()
         stalled = stall_reason(progress)
         if stalled:

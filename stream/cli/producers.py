@@ -145,8 +145,10 @@ def replay(
     names = _tenants(target)
     from producers.replay import iter_events, send_events
 
-    _ensure_topics(settings, settings.clicks_topic)
+    # The file first: a file that cannot be read is its own one-line error, whatever the
+    # broker's state, and nothing is created on the broker for it.
     table = _load_table(file, spec, seed)
+    _ensure_topics(settings, settings.clicks_topic)
     total = len(table) * loops if limit is None else min(limit, len(table) * loops)
     click.echo(
         f"replaying {total:,} events ({len(table):,} clicks in {table.n_sessions:,} "

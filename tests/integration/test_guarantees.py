@@ -99,6 +99,75 @@ def test_a_tenant_switched_off_stays_off_after_redis_restarts_empty(
         own.stop()
 
 
+@pytest.mark.broker_agnostic
+def test_rules_keys_and_experiments_survive_redis_restarting_empty(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    """The rest of the control state: each has its copy in the registry (RULES.json,
+    KEYS.json, POLICY.json), so a Redis that lost everything is refilled from there."""
+    from models.ranking import recommend
+    from models.registry import Registry
+
+    own = _own_redis(tmp_path)
+    models = tmp_path / "models"
+    shutil.copytree(trained_model_dir, models)
+    registry = Registry(models)
+    bundle = registry.load("default")
+    candidate = registry.register("default", bundle, {})
+    # What the model ranks first after A13, blocked: it shows up unless the rules hold.
+    blocked = recommend(bundle, ["A13"], 3, exclude="current").ids
+    cfg = make_config(stack, unique_name, tmp_path, models)
+    _with_redis(cfg, own)
+    port = free_port()
+    cfg.extra_env["STREAMREC_WEB_PORT"] = str(port)
+    base = f"http://127.0.0.1:{port}/v1/default"
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "stream", *args],
+            env=cfg.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    try:
+        cli("tenant", "set", "default", *(f"--block={item}" for item in blocked))
+        key = cli("tenant", "key", "create", "default")
+        cli("experiment", "start", "default", "--variant", candidate, "--share", "0.5")
+        client = redis.Redis(port=own.port)
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass
+        own.stop()
+        shutil.rmtree(own.run_dir / "redis-data")
+        own.start()
+        assert redis.Redis(port=own.port).dbsize() == 0
+
+        with WorkerProcess(cfg) as worker:
+            assert wait_for_ok(f"http://127.0.0.1:{port}/health")[0] == 200, worker.log()[-3000:]
+            event = {"session_id": "s", "item_id": "A13"}
+            status, body = http_call(f"{base}/events", event)
+            assert status == 401, body  # the key survived: the tenant is not open
+            events = [
+                {"session_id": f"{unique_name('s')}", "item_id": "A13", "event_id": f"k{i}"}
+                for i in range(40)
+            ]
+            status, body = http_call(f"{base}/events", events, key=key)
+            assert status == 202, body
+            recs = [orjson.loads(m.value()) for m in consume(stack.broker, cfg.recs, 40, 60)]
+            assert len(recs) == 40, worker.log()[-3000:]
+            shown = {i["item_id"] for r in recs for i in r["items"]}
+            assert shown and not shown & set(blocked), (blocked, shown)  # the rules held
+            variants = {r["variant"] for r in recs}
+            assert variants == {"v1", candidate}, variants  # the experiment held
+    finally:
+        own.stop()
+
+
 def test_health_says_degraded_without_redis_and_sigterm_exits_with_a_batch_stuck(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
 ) -> None:
@@ -161,6 +230,9 @@ def test_ids_cannot_reach_another_tenants_data_and_bad_paths_get_4xx(
             assert status == 400, (bad, body)
         status, body = http_call(f"{base}/v1/default/sessions/s%0A/recommendations")
         assert status == 400, body
+        newline = {"tenant": "default\n", "session_id": "s", "item_id": "A13"}
+        status, body = http_call(f"{base}/v1/default/events", newline)
+        assert status == 400, body
         big = {"session_id": "s", "item_id": "A13", "pad": "x" * MAX_EVENT_BYTES}
         assert http_call(f"{base}/v1/default/events", big)[0] == 413
         assert http_call(f"{base}/v1/default/events", [big])[0] == 413
@@ -175,3 +247,42 @@ def test_ids_cannot_reach_another_tenants_data_and_bad_paths_get_4xx(
             assert answer.startswith(b"HTTP/1.1 408"), answer
             assert time.monotonic() - started < 15
         assert worker.alive()
+
+
+@pytest.mark.broker_agnostic
+def test_the_embedded_redis_keeps_sessions_across_a_restart(tmp_path: Path) -> None:
+    """AOF under the run directory (fsync every second): a session written more than a
+    second before a restart without saving is still there."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from state.sessions import Click, SessionStore
+
+    own = _own_redis(tmp_path)
+    url = f"redis://127.0.0.1:{own.port}/0"
+
+    async def session(write: bool) -> list[str]:
+        client = Redis.from_url(url)
+        try:
+            store = SessionStore(client, cap=50, ttl_s=3600)
+            if write:
+                clicks = [Click("default", "s-aof", f"I{i}", f"e{i}") for i in range(5)]
+                await store.append_clicks(clicks)
+            return await store.session_items("default", "s-aof")
+        finally:
+            await client.aclose()
+
+    try:
+        assert asyncio.run(session(write=True)) == [f"I{i}" for i in range(5)]
+        time.sleep(1.5)
+        try:
+            redis.Redis(port=own.port).shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass
+        own.stop()
+        assert any((own.run_dir / "redis-data").rglob("*.aof"))
+        own.start()
+        assert asyncio.run(session(write=False)) == [f"I{i}" for i in range(5)]
+    finally:
+        own.stop()

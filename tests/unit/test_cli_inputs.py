@@ -26,26 +26,46 @@ def truncated_gz(tmp_path: Path) -> Path:
     return path
 
 
+# Every command that reads a click log: the file is read before any broker is contacted
+# (STREAMREC_BROKER points at a closed port), so its error is the one reported.
+READERS = [
+    ["train", "{path}"],
+    ["evaluate", "--train", "{path}", "--split-days", "1"],
+    ["evaluate", "--test", "{path}"],
+    ["replay", "{path}"],
+]
+
+
+@pytest.mark.parametrize("command", READERS, ids=lambda c: " ".join(c[:2]))
 def test_a_truncated_gzip_is_a_one_line_error_naming_the_file(
+    command: list[str],
     truncated_gz: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
-    code, err = _run(["train", str(truncated_gz)], capsys)
-    assert code == 1
+    monkeypatch.setenv("STREAMREC_BROKER", "127.0.0.1:1")
+    code, err = _run([a.format(path=truncated_gz) for a in command], capsys)
+    assert code == 1, err
     assert f"{truncated_gz}: is truncated" in err and "Traceback" not in err
+    assert err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("command", READERS, ids=lambda c: " ".join(c[:2]))
 def test_undecodable_bytes_are_a_one_line_error_naming_the_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    command: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STREAMREC_BROKER", "127.0.0.1:1")
     path = tmp_path / "clicks.tsv"
     path.write_bytes(b"SessionId\tItemId\tTime\n" + b"s1\t\xff\xfe\t1\n" * 3)
-    code, err = _run(["train", str(path)], capsys)
-    assert code == 1 and f"{path}: cannot be decoded" in err
+    code, err = _run([a.format(path=path) for a in command], capsys)
+    assert code == 1, err
+    assert f"{path}: cannot be decoded" in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize(
@@ -73,6 +93,8 @@ def test_names_are_refused_before_any_work(
     ("env", "args"),
     [
         ({}, ["worker", "--web-port", "70000"]),
+        ({}, ["worker", "--web-port", "-1"]),
+        ({"STREAMREC_WEB_PORT": "-1"}, ["worker"]),
         ({"STREAMREC_BROKER": "127.0.0.1:99999"}, ["dev", "status"]),
         ({"STREAMREC_REDIS_URL": "redis://127.0.0.1:0/0"}, ["dev", "status"]),
     ],

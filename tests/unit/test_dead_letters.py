@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from types import SimpleNamespace
 
+import pytest
 from confluent_kafka import KafkaError
 
-from stream.batch_loop import RecordPublisher, _dead_letter, is_permanent
+from stream.batch_loop import (
+    PUBLISH_ATTEMPTS,
+    BatchLoop,
+    Delivery,
+    RecordPublisher,
+    _dead_letter,
+    is_permanent,
+)
 from stream.config import Settings
 from stream.delivery import DeliveryError
-from stream.processor import DLQ_MAX_ORIGINAL_BYTES, DeadLetter, Outgoing
+from stream.processor import DLQ_MAX_ORIGINAL_BYTES, BatchResult, DeadLetter, Outgoing
 
 
 def _msg(value: bytes, offset: int = 7) -> SimpleNamespace:
@@ -59,3 +68,45 @@ def test_an_undeliverable_recommendation_is_dead_lettered_at_the_click_it_answer
     headers = dict(dead.headers)
     assert dead.source == "clicks:2:41" and headers["streamrec-undeliverable"] == b"1"
     assert headers["streamrec-original-size"] == b"2000000" and len(dead.value or b"") == 1024
+
+
+class _Broker:
+    """A publisher whose broker never takes a record for ``recs`` (a transient error each
+    time) and takes everything else."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def wait(self) -> None:
+        return None
+
+    def send_records(self, records: list) -> Delivery:
+        delivery = Delivery()
+        for record in records:
+            self.sent.append(record[0])
+            if record[0] == "recs":
+                failure = DeliveryError(KafkaError(KafkaError._MSG_TIMED_OUT), record)
+                delivery.failures.append(failure)
+        return delivery
+
+
+def test_a_transient_failure_is_retried_a_bounded_number_of_times_then_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_wait(_: float) -> None:
+        return None
+
+    monkeypatch.setattr("stream.batch_loop.asyncio.sleep", no_wait)
+    loop = BatchLoop(Settings(broker="127.0.0.1:1"), process=None, done=None)  # type: ignore[arg-type]
+    broker = _Broker()
+    loop._publisher = broker  # type: ignore[assignment]
+    payload = b'{"items": []}'
+    result = BatchResult(recommendations=[Outgoing("s-1", payload, 0)])
+    delivery = broker.send_records([("recs", payload, b"s-1", None)])
+
+    asyncio.run(loop._deliver([_msg(b"{}", offset=9)], result, delivery))
+
+    assert broker.sent.count("recs") == PUBLISH_ATTEMPTS
+    (dead,) = result.dead_letters
+    assert f"after {PUBLISH_ATTEMPTS} attempts" in dead.reason and dead.source == "clicks:2:9"
+    assert broker.sent[-1] == Settings().dlq_topic  # then the partition moves on

@@ -44,6 +44,8 @@ def test_defaults_for_optional_fields() -> None:
         (b'{"session_id": "s", "item_id": "i"}', "missing field 'ts'"),
         (b'{"tenant": "a b", "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
         (b'{"tenant": "../x", "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
+        # A full match: "$" would let a trailing newline through, as one tenant more.
+        (b'{"tenant": "shop\\n", "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must"),
         (b'{"tenant": ["x"], "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
         (b'{"session_id": "s", "item_id": "i", "ts": NaN}', "not valid JSON"),
         (orjson.dumps({"session_id": "s", "item_id": "x" * 300, "ts": 1}), "longer than"),

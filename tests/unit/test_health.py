@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from stream.processor import DeadLetter
-from stream.worker import DeadLetterLog, stall_reason
+from stream.worker import DeadLetterLog, stall_reason, unreachable
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,9 @@ def test_dead_letters_are_logged_as_one_summary_per_interval(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2  # the first at once, then the rest in one summary
     assert "500 x value is not valid JSON" in lines[1] and "499 x missing field 'ts'" in lines[1]
+
+
+def test_an_unreachable_redis_is_named_with_a_reason_even_on_a_timeout() -> None:
+    assert unreachable("redis", TimeoutError()) == "redis unreachable: TimeoutError"
+    refused = ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+    assert unreachable("redis", refused).endswith("Connection refused.")

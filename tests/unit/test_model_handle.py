@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ def test_registered_files_are_read_only(registry: Registry) -> None:
 
 
 def test_a_corrupt_current_at_start_serves_the_newest_valid_version_and_is_not_ready(
-    registry: Registry,
+    registry: Registry, caplog: pytest.LogCaptureFixture
 ) -> None:
     bundle = registry.load("t1")
     registry.promote("t1", registry.register("t1", bundle, {}))  # v2
@@ -80,7 +81,10 @@ def test_a_corrupt_current_at_start_serves_the_newest_valid_version_and_is_not_r
         (problem,) = cache.problems()
         assert "version v3 in service is not loaded" in problem and "v2" in problem
 
+    caplog.set_level(logging.ERROR, "streamrec.stream")
     asyncio.run(run())
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "v3 refused" in error.getMessage() and "serving v2" in error.getMessage()
 
 
 def test_a_loaded_version_whose_file_shrinks_is_dropped_for_a_valid_one(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,6 +175,48 @@ def test_corrupted_versions_are_refused_and_the_current_one_stays(
     assert registry.load("t").version == "v1"
     with pytest.raises(InvalidModelError):
         registry.load("t", v2)
+    with pytest.raises(InvalidModelError, match=message):
+        registry.load("t", v2, private=True)
+
+
+# Loads a version as the worker does, truncates every file of it in place, then reads
+# every array: a process that mapped the files themselves dies of SIGBUS there.
+_TRUNCATE_UNDER_A_READER = """
+import sys
+from pathlib import Path
+import numpy as np
+from models.registry import Registry
+registry = Registry(sys.argv[1])
+bundle = registry.load("t", private=sys.argv[2] == "private")
+for path in (registry.root / "t" / "v1").glob("*.npy"):
+    path.chmod(0o644)
+    with open(path, "r+b") as fh:
+        fh.truncate(128)
+total = sum(
+    float(np.asarray(getattr(bundle, n), dtype=np.float64).sum())
+    for n in ("vectors", "neighbours", "sessions_items", "context_idx")
+)
+print("read", total)
+"""
+
+
+def test_a_private_load_survives_its_files_truncated_in_place(
+    registry: Registry, bundle: ModelBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.promote("t", registry.register("t", bundle))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    done = subprocess.run(
+        [sys.executable, "-c", _TRUNCATE_UNDER_A_READER, str(registry.root), "private"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("read")
+    # The copies were unlinked as soon as they were mapped.
+    assert list(scratch.iterdir()) == []
 
 
 def test_a_corrupted_current_version_fails_to_load_without_moving_the_pointer(
