@@ -183,9 +183,10 @@ class BatchProcessor:
         origins: list[tuple[str, int]] = []  # each event's partition and offset
         partition_names: dict[tuple[str, int], str] = {}
         admitted: dict[str, bool] = {}  # tenant -> exists (or was just created)
+        known: dict[str, bool] = {}  # tenant -> exists (feedback never creates one)
         for j, msg in enumerate(batch):
             if msg.topic == self.feedback_topic:
-                await self._explicit(msg, result)
+                await self._explicit(msg, result, known)
                 continue
             try:
                 event = parse_event(msg.value)
@@ -291,13 +292,22 @@ class BatchProcessor:
                 fb.shown(tenant, session_id, stored)
         return result
 
-    async def _explicit(self, msg: Message, result: BatchResult) -> None:
+    async def _explicit(self, msg: Message, result: BatchResult, known: dict[str, bool]) -> None:
         """Count one explicit feedback message for the variant that served it: the one
-        its rec_id names, else the one serving the session now."""
+        its rec_id names, else the one serving the session now. Feedback for a tenant
+        that does not exist is dead-lettered: it must not create counters (or a tenant)
+        for any name a producer sends."""
         try:
             fb = parse_feedback(msg.value)
         except InvalidEvent as exc:
             result.dead_letters.append(DeadLetter.of(msg, f"feedback: {exc.reason}"))
+            return
+        exists = known.get(fb.tenant)
+        if exists is None:
+            exists = known[fb.tenant] = await self._tenants.exists(fb.tenant)
+        if not exists:
+            reason = f"feedback: unknown tenant: {fb.tenant!r} does not exist"
+            result.dead_letters.append(DeadLetter.of(msg, reason))
             return
         if self.feedback is None:
             return
