@@ -50,10 +50,11 @@ log = logging.getLogger(f"streamrec.{__name__}")
 )
 @click.option(
     "--keep-unpromoted",
-    type=click.IntRange(0),
+    type=click.IntRange(1),
     default=5,
-    help="Versions never promoted kept per tenant (older ones deleted; never one in "
-    "service, in the promotion history or in an experiment).",
+    help="Versions never promoted kept per tenant, at least the newest, whose log "
+    "positions tell the next pass whether there are new clicks (older ones deleted; never "
+    "one in service, in the promotion history or in an experiment).",
 )
 @click.option(
     "--holdout",
