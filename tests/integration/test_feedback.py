@@ -108,3 +108,45 @@ def test_a_click_on_a_recommended_item_is_a_hit_for_its_variant(
     assert c.recommendations == 6  # 2 + 2 + 2 fresh clicks answered; the re-delivery not
     assert c.hits == 3
     assert c.hit_position_sum == 3 + 1 + 2
+
+
+def test_a_tenant_without_a_model_is_served_and_counted_as_popular(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    tenant = unique_name("coldshop")
+
+    def msg(sid: str, offset: int, item: str) -> SimpleNamespace:
+        value = orjson.dumps(
+            {"tenant": tenant, "session_id": sid, "item_id": item, "ts": 1e9 + offset,
+             "event_id": f"{sid}-{offset}"}
+        )  # fmt: skip
+        return SimpleNamespace(key=sid.encode(), value=value, topic="c", partition=0, offset=offset)
+
+    async def run() -> tuple[list[dict], dict]:
+        client = Redis.from_url(stack.redis_url, decode_responses=True)
+        processor = BatchProcessor(
+            SessionStore(client, cap=50, ttl_s=60),
+            ModelCache(Registry(tmp_path / "empty")),
+            TenantDirectory(client, ttl_s=0),
+            top_k=10,
+            feedback=FeedbackRecorder(bucket_s=60, clock=lambda: 1_800_000_000.0),
+        )
+        try:
+            await processor.process([msg(f"w{i}", 0, f"I{i % 4}") for i in range(8)])
+            first = await processor.process([msg("s", 0, "I0")])
+            (rec,) = [orjson.loads(o.payload) for o in first.recommendations]
+            clicked = rec["items"][0]["item_id"]
+            second = await processor.process([msg("s", 1, clicked)])
+            await processor.flush_feedback()
+            recs = [rec, *(orjson.loads(o.payload) for o in second.recommendations)]
+            buckets = await read_buckets(client, tenant, 1_800_000_000, 1_800_000_000, 60)
+            return recs, totals(buckets)
+        finally:
+            await client.aclose()
+
+    recs, counted = asyncio.run(run())
+    assert all(r["variant"] == "popular" and r["model_version"] is None for r in recs), recs
+    assert all(r["rec_id"].startswith("popular-") and r["strategy"] == "popular" for r in recs)
+    assert set(counted) == {"popular"}
+    c = counted["popular"]
+    assert (c.recommendations, c.hits, c.hit_position_sum) == (10, 1, 1)
