@@ -136,7 +136,7 @@ def trainer(
     version in service by the gate's margin. Frozen and switched-off tenants are
     skipped, and so is a tenant with no new clicks since its last trained version.
     """
-    from stream.rollout import RolloutSettings, check_rollouts
+    from stream.rollout import RolloutSettings, look_at_rollouts
     from stream.trainer import run_once
 
     staged = (
@@ -146,7 +146,7 @@ def trainer(
     )
 
     def look() -> None:
-        for tenant, step in check_rollouts(settings):
+        for tenant, step in look_at_rollouts(settings):
             click.echo(f"trainer: tenant {tenant}: rollout {step}")
 
     policy = GatePolicy(

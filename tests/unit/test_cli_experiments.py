@@ -3,6 +3,7 @@ policy is never silently replaced, and a staged rollout stopped by hand is recor
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,14 @@ from models.policy_file import read_policy, rollout_history, write_policy
 from models.registry import Registry
 from stream.cli import main
 
+NOW = time.time()
 ROLLOUT = {
     "policy": "ab",
     "arms": {"v1": 0.9, "v2": 0.1},
     "control": "v1",
     "candidate": "v2",
-    "started": 1.0,
-    "rollout": {"stages": [0.1, 0.5, 1.0], "stage": 0, "stage_started": 1.0},
+    "started": NOW - 60,
+    "rollout": {"stages": [0.1, 0.5, 1.0], "stage": 0, "stage_started": NOW - 60},
 }
 
 
@@ -66,3 +68,16 @@ def test_a_rollout_stopped_by_hand_is_in_the_history(
         "v2",
         "keep",
     )
+
+
+def test_the_trainers_look_at_rollouts_survives_redis_away(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stream.config import Settings
+    from stream.rollout import look_at_rollouts
+
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", model_dir=str(registry.root))
+    with caplog.at_level("WARNING", logger="streamrec"):
+        assert look_at_rollouts(settings) == []
+    assert "rollouts not looked at: Redis at" in caplog.text
+    assert read_policy(registry, "shop") == ROLLOUT  # waits where it was
