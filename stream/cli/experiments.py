@@ -121,7 +121,8 @@ def experiment() -> None:
     """A/B tests between the version in service and a candidate, and their status.
 
     \b
-    Assignment is sticky: a session keeps its arm (a hash of tenant and session id).
+    Assignment is sticky: a new session gets an arm by a hash of tenant and session id,
+    then keeps it while it has a share (sessions already running stay on their version).
     Hit rate = implicit hits (a click on an item of the session's previous list) per
     recommendation, from the feedback counters (`streamrec stats`).
     """

@@ -17,6 +17,7 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
+from models.experiments import assignment_point, pick_arm
 from models.policy_file import all_policies, read_policy, rollout_history
 from models.registry import Registry
 from state.feedback import FeedbackRecorder
@@ -27,7 +28,7 @@ from stream.devstack import EmbeddedStack
 from stream.model_handle import ModelCache
 from stream.policies import PolicyDirectory
 from stream.processor import BatchProcessor
-from stream.rollout import RolloutSettings, check_rollouts, start_rollout
+from stream.rollout import RolloutSettings, apply, check_rollouts, start_rollout
 from stream.tenant_control import TenantControl
 
 pytestmark = pytest.mark.broker_agnostic
@@ -160,3 +161,60 @@ def test_freeze_keeps_the_arms_serving_and_off_answers_nothing(
     assert frozen == on  # frozen: the same sessions on the same arms
     assert off == []
     assert read_policy(registry, tenant)["arms"] == {"v1": 0.5, "v2": 0.5}
+
+
+def test_a_session_keeps_its_arm_when_the_shares_move(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    """A bandit's shares move every few seconds; a session stays on the arm that served
+    its previous list (one session sees one variant), new sessions follow the shares."""
+    tenant = unique_name("sticky")
+    registry = _two_versions(trained_model_dir, tmp_path / "models", tenant)
+    settings = Settings(
+        broker=stack.broker, redis_url=stack.redis_url, model_dir=str(tmp_path / "models")
+    )
+    policy = {"policy": "ab", "arms": {"v1": 0.5, "v2": 0.5}, "control": "v1", "candidate": "v2"}
+    apply(settings, tenant, policy)
+    item = registry.load(tenant).item_list[0]
+
+    async def run() -> tuple[dict[str, str], dict[str, str]]:
+        client = Redis.from_url(stack.redis_url, decode_responses=True)
+        processor = BatchProcessor(
+            SessionStore(client, cap=50, ttl_s=60),
+            ModelCache(registry),
+            TenantDirectory(client, ttl_s=0, durable=registry.tenant_modes, registry=registry),
+            top_k=10,
+            feedback=FeedbackRecorder(bucket_s=60),
+        )
+        processor.policies = PolicyDirectory(
+            client, durable=lambda: all_policies(registry), ttl_s=0
+        )
+
+        async def batch(sessions: list[str], n: int) -> dict[str, str]:
+            result = await processor.process([_click(tenant, s, n, item) for s in sessions])
+            records = (orjson.loads(o.payload) for o in result.recommendations)
+            return {r["session_id"]: r["variant"] for r in records}
+
+        try:
+            old = [f"old{i}" for i in range(400)]
+            first = await batch(old, 0)
+            await asyncio.to_thread(
+                apply, settings, tenant, {**policy, "arms": {"v1": 0.1, "v2": 0.9}}
+            )
+            second = await batch(old + [f"new{i}" for i in range(400)], 1)
+        finally:
+            await client.aclose()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert {v for v in first.values()} == {"v1", "v2"}
+    assert all(second[s] == v for s, v in first.items())  # no session changed arm
+    new = [v for s, v in second.items() if s.startswith("new")]
+    assert new.count("v2") / len(new) > 0.8  # new sessions follow the new shares
+    # By the hash alone, some of the old sessions would have moved to v2.
+    moved = [
+        s
+        for s, v in first.items()
+        if pick_arm(assignment_point(tenant, s), [("v1", 0.1), ("v2", 0.9)]) != v
+    ]
+    assert len(moved) > 50
