@@ -19,11 +19,13 @@ from state import keys, resp
 # in the origin partition or -1): apply it unless it was applied before; append the item
 # unless it repeats the newest one (consecutive duplicates carry no signal); keep the
 # newest ARGV[1] items; remember the click as the session's latest event (what HTTP
-# pull answers for); refresh the TTL (ARGV[2]) on activity. Replies, flat, with whether
-# each event was new, the session's items joined by keys.ITEM_SEP, oldest first, and
-# the implicit feedback: 0, or the session's previous recommendation list (field ``p``,
-# see ``state.feedback``) when the click's item is in it. A click consumes that list
-# (``p`` emptied): each list is judged by the one click that followed it.
+# pull answers for); refresh the TTL (ARGV[2]) on activity. Replies, flat, four per
+# click: whether the event was new, the session's items joined by keys.ITEM_SEP, oldest
+# first, the implicit feedback: 0, or the session's previous recommendation list (field
+# ``p``, see ``state.feedback``) when the click's item is in it, and the variant that
+# list came from (0 without one): under an experiment the session stays on that arm.
+# A click consumes the list (``p`` emptied): each list is judged by the one click that
+# followed it.
 #
 # "Applied before" costs constant memory per session, whatever the traffic: a session's
 # events arrive in partition order, so the highest offset applied from each origin
@@ -40,7 +42,10 @@ for i = 1, #KEYS do
   local a = 4 * i + 1
   local key, item, eid, ts, off = KEYS[i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local s = redis.call('HMGET', key, 'i', 'n', 'l', 'r', ofield, 'p')
-  local items, ring, seen, prev, hit = s[1], s[4], false, s[6], 0
+  local items, ring, seen, prev, hit, shown_by = s[1], s[4], false, s[6], 0, 0
+  if prev and prev ~= '' then
+    shown_by = string.sub(prev, 1, (string.find(prev, SEP, 1, true) or (#prev + 1)) - 1)
+  end
   off = tonumber(off)
   if off >= 0 and s[5] and tonumber(s[5]) >= off then
     seen = true
@@ -78,9 +83,10 @@ for i = 1, #KEYS do
     end
     redis.call('EXPIRE', key, ttl)
   end
-  out[3 * i - 2] = fresh
-  out[3 * i - 1] = items
-  out[3 * i] = hit
+  out[4 * i - 3] = fresh
+  out[4 * i - 2] = items
+  out[4 * i - 1] = hit
+  out[4 * i] = shown_by
 end
 return out
 """
@@ -113,6 +119,8 @@ class SessionUpdate(NamedTuple):
     # The previous recommendation list (as stored, see state.feedback) when this click's
     # item was in it: an implicit hit. None otherwise.
     hit: str | None = None
+    # The variant of the session's previous list (None without one): its arm so far.
+    shown_by: str | None = None
 
     @property
     def items(self) -> list[str]:
@@ -183,9 +191,12 @@ class SessionStore:
         updates: list[SessionUpdate | None] = [None] * len(clicks)
         for group, reply in zip(groups, replies[: len(groups)], strict=True):
             for j, i in enumerate(group):
-                hit = reply[3 * j + 2]
+                hit, shown_by = reply[4 * j + 2], reply[4 * j + 3]
                 updates[i] = SessionUpdate(
-                    reply[3 * j] == 1, _text(reply[3 * j + 1]), None if hit == 0 else _text(hit)
+                    reply[4 * j] == 1,
+                    _text(reply[4 * j + 1]),
+                    None if hit == 0 else _text(hit),
+                    None if shown_by == 0 else _text(shown_by),
                 )
         return updates  # type: ignore[return-value]
 

@@ -169,15 +169,28 @@ function svgEl(tag, attrs) {
   return e;
 }
 function chart(series, t0, t1) {
-  const W = 560, H = 160, P = 30;
+  // Plot area inside margins: left for the rate labels, right for the legend, below for
+  // the times, so no label sits on a line.
+  const W = 660, H = 190, L = 58, R = 96, T = 12, B = 28;
   const svg = svgEl("svg", {width: W, height: H, class: "chart"});
   let top = 0.05;
   for (const pts of Object.values(series)) for (const p of pts) top = Math.max(top, p[1]);
-  const x = (t) => P + (W - 2 * P) * (t - t0) / Math.max(1, t1 - t0);
-  const y = (r) => H - P + (-(H - 2 * P) * r / top);
-  svg.appendChild(svgEl("line", {x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: "#999"}));
-  svg.appendChild(svgEl("line", {x1: P, y1: P, x2: P, y2: H - P, stroke: "#999"}));
-  const label = svgEl("text", {x: 2, y: P}); label.textContent = pct(top); svg.appendChild(label);
+  top = Math.min(1, Math.ceil(top * 20) / 20);  // a round top: the next 5 %
+  const x = (t) => L + (W - L - R) * (t - t0) / Math.max(1, t1 - t0);
+  const y = (r) => H - B - (H - T - B) * r / top;
+  const text = (attrs, s) => {
+    const e = svgEl("text", {class: "axis", ...attrs}); e.textContent = s; svg.appendChild(e);
+  };
+  for (const r of [0, top / 2, top]) {
+    svg.appendChild(svgEl("line", {x1: L, y1: y(r), x2: W - R, y2: y(r),
+                                   stroke: r ? "#eee" : "#999"}));
+    text({x: L - 6, y: y(r) + 4, "text-anchor": "end"}, pct(r).replace(".00", ""));
+  }
+  svg.appendChild(svgEl("line", {x1: L, y1: T, x2: L, y2: H - B, stroke: "#999"}));
+  const clock = (t) => new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit",
+                                                                   minute: "2-digit"});
+  text({x: L, y: H - B + 16, "text-anchor": "start"}, clock(t0));
+  text({x: W - R, y: H - B + 16, "text-anchor": "end"}, clock(t1));
   Object.entries(series).forEach(([variant, pts], i) => {
     const color = COLORS[i % COLORS.length];
     const d = pts.map((p, j) => (j ? "L" : "M") + x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1));
@@ -186,7 +199,10 @@ function chart(series, t0, t1) {
     for (const pt of pts) {
       svg.appendChild(svgEl("circle", {cx: x(pt[0]), cy: y(pt[1]), r: 3, fill: color}));
     }
-    const t = svgEl("text", {x: W - P + 4 - 80, y: P + 14 * i, style: "fill: " + color});
+    svg.appendChild(svgEl("line", {x1: W - R + 12, y1: T + 8 + 16 * i, x2: W - R + 30,
+                                   y2: T + 8 + 16 * i, stroke: color, "stroke-width": 3}));
+    const t = svgEl("text", {x: W - R + 36, y: T + 12 + 16 * i, class: "legend",
+                             style: "fill: " + color});
     t.textContent = variant; svg.appendChild(t);
   });
   return svg;
@@ -234,6 +250,7 @@ function render(data) {
     }
     box.appendChild(table);
     if (Object.keys(t.series).length) {
+      box.appendChild(el("div", {class: "muted"}, "online hit rate per variant over time"));
       box.appendChild(chart(t.series, data.generated - data.since_s, data.generated));
     }
     if (t.experiment) {

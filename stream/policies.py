@@ -2,9 +2,10 @@
 in the worker, the bandit's shares recomputed every few seconds from the counters, and
 an experiment's status (shared by the worker, the CLI and the dashboard).
 
-Assignment is sticky: a session's fixed point in [0, 1) (a hash of tenant and session
-id) falls in one arm's slice of the shares, so one session sees one variant for as
-long as the shares hold.
+Assignment is sticky: a new session's fixed point in [0, 1) (a hash of tenant and
+session id) falls in one arm's slice of the shares; after that the session stays on the
+arm that served its previous list while that arm has a share (``BatchProcessor._arms``),
+so one session sees one variant while a bandit's shares move.
 """
 
 from __future__ import annotations

@@ -185,9 +185,10 @@ class BatchProcessor:
         origins: list[tuple[str, int]] = []  # each event's partition and offset
         partition_names: dict[tuple[str, int], str] = {}
         admitted: dict[str, bool] = {}  # tenant -> exists (or was just created)
+        known: dict[str, bool] = {}  # tenant -> exists (feedback never creates one)
         for j, msg in enumerate(batch):
             if msg.topic == self.feedback_topic:
-                await self._explicit(msg, result)
+                await self._explicit(msg, result, known)
                 continue
             try:
                 event = parse_event(msg.value)
@@ -239,7 +240,7 @@ class BatchProcessor:
             if await self._tenants.mode(tenant) == "off":
                 result.suppressed += len(idx)  # recorded above, not answered
                 continue
-            for bundle, group in await self._arms(tenant, bundles[tenant], idx, events):
+            for bundle, group in await self._arms(tenant, bundles[tenant], idx, events, updates):
                 answers = await self._rank(tenant, bundle, [updates[i] for i in group])
                 for i, r in zip(group, answers, strict=True):
                     ranked[i] = r
@@ -293,13 +294,22 @@ class BatchProcessor:
                 fb.shown(tenant, session_id, stored)
         return result
 
-    async def _explicit(self, msg: Message, result: BatchResult) -> None:
+    async def _explicit(self, msg: Message, result: BatchResult, known: dict[str, bool]) -> None:
         """Count one explicit feedback message for the variant that served it: the one
-        its rec_id names, else the one serving the session now."""
+        its rec_id names, else the one serving the session now. Feedback for a tenant
+        that does not exist is dead-lettered: it must not create counters (or a tenant)
+        for any name a producer sends."""
         try:
             fb = parse_feedback(msg.value)
         except InvalidEvent as exc:
             result.dead_letters.append(DeadLetter.of(msg, f"feedback: {exc.reason}"))
+            return
+        exists = known.get(fb.tenant)
+        if exists is None:
+            exists = known[fb.tenant] = await self._tenants.exists(fb.tenant)
+        if not exists:
+            reason = f"feedback: unknown tenant: {fb.tenant!r} does not exist"
+            result.dead_letters.append(DeadLetter.of(msg, reason))
             return
         if self.feedback is None:
             return
@@ -326,19 +336,38 @@ class BatchProcessor:
         bundle: ModelBundle | None,
         idx: list[int],
         sessions: Sequence[Sequence[str]],
+        updates: Sequence[SessionUpdate] | None = None,
     ) -> list[tuple[ModelBundle | None, list[int]]]:
         """The tenant's events (``idx`` into ``sessions``, each ``(tenant, session_id,
         ...)``) by the version serving them: all to the one in service under a fixed
         policy, else each session to its arm (a version that cannot be loaded is
-        replaced by the one in service)."""
+        replaced by the one in service).
+
+        A session stays on the arm that served its previous list (``updates[i].shown_by``)
+        while that arm has a share: a bandit's shares move every few seconds, and the
+        hash alone would move the sessions near a slice's edge from arm to arm. Sessions
+        without a previous list (new ones, or feedback off) are placed by the hash."""
         policy = await self.policies.get(tenant) if self.policies is not None else None
         if policy is None or bundle is None:
             return [(bundle, idx)]
         shares = self.policies.shares(tenant, policy)  # type: ignore[union-attr]
+        serving = {arm for arm, share in shares if share > 0}
+        # One arm per session, even when only one of its clicks in the batch carries the
+        # list's variant (a click consumes the list).
+        kept: dict[str, str] = {}
+        if updates is not None:
+            for i in idx:
+                arm = updates[i].shown_by
+                if arm in serving:
+                    kept.setdefault(sessions[i][1], arm)  # type: ignore[arg-type]
         by_arm: dict[str, list[int]] = {}
         assign = self.policies.assign  # type: ignore[union-attr]
         for i in idx:
-            by_arm.setdefault(assign(tenant, sessions[i][1], shares), []).append(i)
+            sid = sessions[i][1]
+            arm = kept.get(sid)
+            if arm is None:
+                arm = kept[sid] = assign(tenant, sid, shares)
+            by_arm.setdefault(arm, []).append(i)
         out: dict[str, tuple[ModelBundle | None, list[int]]] = {}
         for arm, group in by_arm.items():
             served = await self._models.get_version(tenant, arm) or bundle

@@ -21,7 +21,7 @@ from typing import Any
 from models.experiments import staged_verdict
 from models.policy_file import log_rollout, read_policy, write_policy
 from models.registry import Registry
-from state.connection import SyncRedis, sync_client
+from state.connection import RedisError, SyncRedis, sync_client
 from state.feedback import read_buckets_sync, totals
 from state.notify import notify_model_change
 from state.policies import set_policy
@@ -112,6 +112,20 @@ def check_rollouts(settings: Settings, now: float | None = None) -> list[tuple[s
     finally:
         client.close()
     return moved
+
+
+def look_at_rollouts(settings: Settings) -> list[tuple[str, str]]:
+    """:func:`check_rollouts` for the trainer's loop: Redis away is a warning and no
+    step (the rollouts wait where they are), not the end of the trainer."""
+    try:
+        return check_rollouts(settings)
+    except (RedisError, OSError) as exc:
+        log.warning(
+            "rollouts not looked at: Redis at %s unavailable (%s); next look in a while",
+            settings.redis_display,
+            exc,
+        )
+        return []
 
 
 def _look(

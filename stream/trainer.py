@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from multiprocessing import get_context
 
 from models.datasets import Clicks, build_sessions
-from models.errors import InvalidModelError, NoModelError, StreamrecError
+from models.errors import InvalidModelError, InvalidSettingError, NoModelError, StreamrecError
 from models.gate import GateDecision, GatePolicy, retrain
 from models.policy_file import read_policy
 from models.registry import Registry
@@ -73,6 +73,12 @@ def run_once(
     """One pass over every tenant with clicks in the window; ``jobs`` processes read the
     log, then as many train the tenants. ``rollout``: staged rollouts (else a candidate
     that passes the gate is promoted at once)."""
+    if keep_unpromoted < 1:
+        # The newest candidate holds the log positions it was trained on: deleted, the
+        # next pass would retrain on unchanged data (churn).
+        raise InvalidSettingError(
+            f"keep_unpromoted must be at least 1 (the newest candidate), not {keep_unpromoted}"
+        )
     now = time.time() if now is None else now
     _quiet_training_libraries()
     started = time.perf_counter()

@@ -11,7 +11,7 @@ import click
 import orjson
 
 from models.errors import StreamrecError
-from models.policy_file import read_policy, write_policy
+from models.policy_file import log_rollout, read_policy, write_policy
 from models.registry import Registry
 from state.connection import RedisError, SyncRedis, async_client, sync_client
 from state.feedback import read_buckets
@@ -34,6 +34,19 @@ def _version(registry: Registry, tenant: str, version: str) -> str:
 
 def _mode(settings: Settings, registry: Registry, tenant: str) -> str:
     return registry.mode(tenant) or "on"
+
+
+def _none_running(registry: Registry, tenant: str) -> None:
+    """A new experiment must not silently replace a running one (its counts and, for a
+    staged rollout, its record in the history would end without a decision)."""
+    running = read_policy(registry, tenant)
+    if running is None:
+        return
+    what = "a staged rollout" if "rollout" in running else f"a {running['policy']} policy"
+    raise StreamrecError(
+        f"tenant {tenant!r} runs {what} over {', '.join(sorted(running['arms']))}: "
+        f"stop it first (`streamrec experiment stop {tenant} --keep` or --promote)"
+    )
 
 
 def apply_policy(settings: Settings, tenant: str, policy: dict[str, Any] | None) -> int:
@@ -108,7 +121,8 @@ def experiment() -> None:
     """A/B tests between the version in service and a candidate, and their status.
 
     \b
-    Assignment is sticky: a session keeps its arm (a hash of tenant and session id).
+    Assignment is sticky: a new session gets an arm by a hash of tenant and session id,
+    then keeps it while it has a share (sessions already running stay on their version).
     Hit rate = implicit hits (a click on an item of the session's previous list) per
     recommendation, from the feedback counters (`streamrec stats`).
     """
@@ -135,6 +149,7 @@ def experiment_start(
 ) -> None:
     """Serve VARIANT to a share of TENANT's sessions, the version in service to the rest."""
     registry = Registry(settings.registry_dir)
+    _none_running(registry, tenant)
     control = registry.current_version(tenant)
     if control is None:
         raise StreamrecError(f"tenant {tenant!r} has no version in service to compare with")
@@ -197,6 +212,14 @@ def experiment_stop(settings: Settings, tenant: str, action: str | None) -> None
             winner = max(arms, key=lambda a: (arms[a]["hit_rate"], arms[a]["recommendations"]))
         if winner != registry.current_version(tenant):
             registry.promote(tenant, winner)
+    if "rollout" in policy:
+        # A staged rollout ended by hand: its history says so, as it says every step.
+        log_rollout(
+            registry,
+            tenant,
+            {"action": "rollout-stop", "candidate": policy["candidate"],
+             "control": policy["control"], "decision": action, "ts": time.time()},
+        )  # fmt: skip
     heard = apply_policy(settings, tenant, None)
     serving = registry.current_version(tenant)
     click.echo(
@@ -233,6 +256,7 @@ def bandit_start(
     if len(set(versions)) < 2:
         raise click.UsageError("a bandit needs at least two different versions")
     registry = Registry(settings.registry_dir)
+    _none_running(registry, tenant)
     for v in versions:
         _version(registry, tenant, v)
     if _mode(settings, registry, tenant) != "on":

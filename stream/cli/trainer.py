@@ -50,10 +50,11 @@ log = logging.getLogger(f"streamrec.{__name__}")
 )
 @click.option(
     "--keep-unpromoted",
-    type=click.IntRange(0),
+    type=click.IntRange(1),
     default=5,
-    help="Versions never promoted kept per tenant (older ones deleted; never one in "
-    "service, in the promotion history or in an experiment).",
+    help="Versions never promoted kept per tenant, at least the newest, whose log "
+    "positions tell the next pass whether there are new clicks (older ones deleted; never "
+    "one in service, in the promotion history or in an experiment).",
 )
 @click.option(
     "--holdout",
@@ -135,7 +136,7 @@ def trainer(
     version in service by the gate's margin. Frozen and switched-off tenants are
     skipped, and so is a tenant with no new clicks since its last trained version.
     """
-    from stream.rollout import RolloutSettings, check_rollouts
+    from stream.rollout import RolloutSettings, look_at_rollouts
     from stream.trainer import run_once
 
     staged = (
@@ -145,7 +146,7 @@ def trainer(
     )
 
     def look() -> None:
-        for tenant, step in check_rollouts(settings):
+        for tenant, step in look_at_rollouts(settings):
             click.echo(f"trainer: tenant {tenant}: rollout {step}")
 
     policy = GatePolicy(

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from models.datasets import read_clicks, sessionize
 from models.registry import Registry
+from state.feedback import FeedbackRecorder
 from stream.devstack import EmbeddedStack, free_port
 from stream.testing import WorkerProcess, consume, produce
 from stream.topics import ensure_topics
@@ -82,6 +84,19 @@ def test_dashboard_shows_what_the_api_returns(
         for n, s in enumerate(sessions)
         for j, item in enumerate(s)
     ]  # fmt: skip
+    # Earlier traffic in the window, counted as the worker counts it, so that the chart
+    # has a line over time to draw (the live clicks below all land in the newest bucket).
+    history = 0
+    for minutes_ago in (50, 40, 30, 20, 10):
+        recorder = FeedbackRecorder(bucket_s=60, clock=lambda m=minutes_ago: now - 60 * m)
+        for variant, rate in (("v1", 0.1 + minutes_ago / 500), ("v2", 0.3 - minutes_ago / 500)):
+            recorder.recommended(tenant, variant, 200)
+            for _ in range(round(200 * rate)):
+                recorder.hit(tenant, variant, 1)
+            history += 200
+        with redis.Redis.from_url(stack.redis_url) as client:
+            for command in recorder.take()[1]:
+                client.execute_command(*command)
     base = f"http://127.0.0.1:{port}"
     with WorkerProcess(cfg) as worker:
         assert wait_for_ok(f"{base}/health")[0] == 200, worker.log()[-3000:]
@@ -92,10 +107,10 @@ def test_dashboard_shows_what_the_api_returns(
             status, body = http_call(f"{base}/v1/{tenant}/stats?since=3600")
             stats = json.loads(body)
             counted = sum(v["recommendations"] for v in stats.get("variants", {}).values())
-            if counted >= len(clicks) or time.monotonic() > deadline:
+            if counted >= history + len(clicks) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        assert status == 200 and counted == len(clicks), stats
+        assert status == 200 and counted == history + len(clicks), stats
         data = json.loads(http_call(f"{base}/dashboard/data.json?since=3600")[1])
 
         driver = browser()
@@ -114,7 +129,7 @@ def test_dashboard_shows_what_the_api_returns(
 
             assert cell(row, "mode") == "on" and cell(row, "policy") == "ab"
             assert cell(row, "version") == registry.current_version(tenant)
-            assert int(cell(row, "recommendations")) == len(clicks)
+            assert int(cell(row, "recommendations")) == history + len(clicks)
             box = driver.find_element(By.CSS_SELECTOR, f'div.tenant[data-tenant="{tenant}"]')
             for variant, v in stats["variants"].items():
                 line = box.find_element(By.CSS_SELECTOR, f'tr[data-variant="{variant}"]')
@@ -122,7 +137,17 @@ def test_dashboard_shows_what_the_api_returns(
                 assert int(cell(line, "hits")) == v["hits"]
                 assert cell(line, "hit_rate") == f"{v['hit_rate']:.4f}"
             assert set(stats["variants"]) == {"v1", "v2"}
-            assert box.find_elements(By.CSS_SELECTOR, "svg path[data-variant]")
+            # A line per variant through the buckets with traffic (6+), between labelled
+            # axes (rates and times) and a legend.
+            lines = box.find_elements(By.CSS_SELECTOR, "svg path[data-variant]")
+            assert sorted(e.get_attribute("data-variant") for e in lines) == ["v1", "v2"]
+            assert all(e.get_attribute("d").count("L") >= 5 for e in lines), [
+                e.get_attribute("d") for e in lines
+            ]
+            axis = [e.text for e in box.find_elements(By.CSS_SELECTOR, "svg text.axis")]
+            assert axis[0] == "0 %" and len(axis) == 5 and all(axis), axis
+            legend = box.find_elements(By.CSS_SELECTOR, "svg text.legend")
+            assert [e.text for e in legend] == ["v1", "v2"]
             experiment = box.find_element(By.CSS_SELECTOR, "p.experiment")
             # The decision the API gives (two copies of one model: usually "running").
             shown_decision = experiment.get_attribute("data-decision")

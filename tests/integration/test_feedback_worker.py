@@ -77,11 +77,24 @@ def test_feedback_is_counted_per_variant_and_bad_feedback_dead_lettered(
             f"{base}/v1/{tenant}/feedback", {"session_id": "s1", "item_id": "A1", "type": "like"}
         )
         assert status == 400 and "type" in json.loads(body)["error"]
-        produce(stack.broker, feedback_topic, [(b"s1", b'{"tenant": "x", "session_id": "s1"}')])
-        (dead,) = consume(stack.broker, cfg.dlq, 1, timeout=30)
-        reason = dict(dead.headers())["streamrec-reason"].decode()
-        assert reason.startswith("feedback: "), reason
-        assert dict(dead.headers())["streamrec-topic"].decode() == feedback_topic
+        # Valid feedback for a tenant that does not exist is dead-lettered too: it
+        # creates neither the tenant nor counters.
+        stranger = unique_name("nosuchshop")
+        unknown = {"tenant": stranger, "session_id": "s1", "item_id": shown[0], "type": "click",
+                   "ts": time.time()}  # fmt: skip
+        produce(
+            stack.broker,
+            feedback_topic,
+            [
+                (b"s1", b'{"tenant": "x", "session_id": "s1"}'),
+                (b"s1", json.dumps(unknown).encode()),
+            ],
+        )
+        dead = consume(stack.broker, cfg.dlq, 2, timeout=30)
+        reasons = sorted(dict(d.headers())["streamrec-reason"].decode() for d in dead)
+        assert len(reasons) == 2 and all(r.startswith("feedback: ") for r in reasons), reasons
+        assert sum(f"unknown tenant: {stranger!r}" in r for r in reasons) == 1, reasons
+        assert all(dict(d.headers())["streamrec-topic"].decode() == feedback_topic for d in dead)
 
         deadline = time.monotonic() + 30
         while True:
@@ -103,7 +116,7 @@ def test_feedback_is_counted_per_variant_and_bad_feedback_dead_lettered(
         assert status == 200 and "# HELP streamrec_hits_total" in text
         assert f'streamrec_hits_total{{tenant="{tenant}",variant="v1"}} 1.0' in text, text
         assert f'tenant="{tenant}",variant="v1"' in text.split("recommendations_by_variant")[-1]
-        assert 'streamrec_dead_letters_by_reason_total{reason="feedback"} 1.0' in text
+        assert 'streamrec_dead_letters_by_reason_total{reason="feedback"} 2.0' in text
         for name in (
             "batch_seconds_bucket",
             "event_lag_seconds_count",
@@ -113,6 +126,8 @@ def test_feedback_is_counted_per_variant_and_bad_feedback_dead_lettered(
             'tenants{mode="on"}',
         ):
             assert f"streamrec_{name}" in text, name  # fmt: skip
+    nothing = stats(env, stranger, "--json")
+    assert nothing.returncode == 0 and json.loads(nothing.stdout)["variants"] == {}, nothing
     table = stats(env, tenant)
     assert table.returncode == 0 and "v1" in table.stdout and "50.00%" in table.stdout
     bad = stats(env, tenant, "--since", "soon")

@@ -3,13 +3,17 @@ bounded number of versions that were never promoted."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from models.datasets import read_clicks, sessionize
+from models.errors import InvalidSettingError
 from models.gate import GatePolicy
 from models.registry import Registry
 from models.train import TrainParams
@@ -49,12 +53,12 @@ def test_unchanged_data_is_not_retrained_and_unpromoted_versions_are_bounded(
     )
     registry = Registry(settings.registry_dir)
 
-    def one_pass(**kw: object):  # type: ignore[no-untyped-def]
+    def one_pass(margin: float = GatePolicy.margin, **kw: object):  # type: ignore[no-untyped-def]
         (outcome,) = run_once(
             settings,
             window_s=86400,
             params=TrainParams(epochs=2, seed=3),
-            policy=GatePolicy(min_sessions=20),
+            policy=GatePolicy(min_sessions=20, margin=margin),
             tenants=[tenant],
             **kw,  # type: ignore[arg-type]
         ).outcomes
@@ -66,16 +70,21 @@ def test_unchanged_data_is_not_retrained_and_unpromoted_versions_are_bounded(
     assert again.decision.action == "skipped" and "no new clicks" in again.decision.reason
     assert [v.version for v in registry.versions(tenant)] == ["v1"]
 
-    # New clicks: retrained; the same data plus a little cannot beat v1 by the margin
-    # every time, so several candidates pile up unpromoted: at most `keep` stay.
+    # New clicks: retrained, but a margin no candidate can beat keeps each one out of
+    # service, so candidates would pile up: only the newest `keep` (1) stay, never the
+    # version in service.
     for round_ in range(3):
         send(sessions[:30], f"b{round_}-")
-        one_pass(keep_unpromoted=1)
+        kept = one_pass(margin=1.0, keep_unpromoted=1)
+        assert kept.decision.action == "kept" and kept.version == f"v{round_ + 2}"
     infos = registry.versions(tenant)
-    unpromoted = [v.version for v in infos if not v.promoted]
-    assert len(unpromoted) <= 1, [v.version for v in infos]
-    assert registry.current_version(tenant) in [v.version for v in infos]
-    assert all(v.version in {i.version for i in infos} for v in infos if v.promoted)
+    assert [(v.version, v.promoted) for v in infos] == [("v1", True), ("v4", False)]
+    assert registry.current_version(tenant) == "v1"
+    # The kept candidate holds the log positions it was trained on: no new clicks since.
+    again = one_pass()
+    assert again.decision.action == "skipped" and "no new clicks since v4" in again.decision.reason
+    with pytest.raises(InvalidSettingError, match="keep_unpromoted"):
+        one_pass(keep_unpromoted=0)  # the newest candidate's positions must survive
 
     listing = subprocess.run(
         [sys.executable, "-m", "stream", "models", "list", tenant],
@@ -85,4 +94,11 @@ def test_unchanged_data_is_not_retrained_and_unpromoted_versions_are_bounded(
         timeout=60,
     )
     assert listing.returncode == 0, listing.stderr
-    assert "gate: promoted, HR@20" in listing.stdout and "held out" in listing.stdout
+    # Each version's gate decision, both scores and the hold-out they came from.
+    lines = listing.stdout.splitlines()
+    assert re.search(r"gate: promoted, HR@20 \d\.\d{4} vs - \(none in service\)", lines[2]), lines
+    assert re.search(
+        r"gate: kept, HR@20 \d\.\d{4} vs \d\.\d{4} \(v1 in service\), on the newest \d+ "
+        r"sessions of the window .* UTC held out",
+        lines[4],
+    ), lines

@@ -79,3 +79,37 @@ def test_parse_since(text: str, seconds: float) -> None:
 def test_parse_since_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_since(text)
+
+
+def test_stats_json_has_the_issues_shape_with_wilson_intervals_and_a_table() -> None:
+    from models.experiments import wilson
+    from stream.feedback_stats import stats_json, stats_table
+
+    counts = {"v3": VariantCounts(1000, 50, 80, purchases=4), "popular": VariantCounts(10, 0)}
+    report = stats_json("shop", counts, 3600)
+    assert report["tenant"] == "shop" and set(report["variants"]) == {"v3", "popular"}
+    v3 = report["variants"]["v3"]
+    assert {"recommendations", "hits", "hit_rate", "ci", "purchases"} <= set(v3)
+    assert (v3["recommendations"], v3["hits"], v3["hit_rate"], v3["purchases"]) == (
+        1000, 50, 0.05, 4
+    )  # fmt: skip
+    assert v3["ci"] == pytest.approx(list(wilson(50, 1000)), abs=1e-6) and len(v3["ci"]) == 2
+    table = stats_table(report).splitlines()
+    assert table[1].split() == ["variant", "recs", "hits", "hit", "rate", "95%", "CI", "purchases"]
+    assert table[3].split() == ["v3", "1000", "50", "5.00%", "3.81%", "-", "6.53%", "4"]
+
+
+def test_experiment_status_json_has_the_issues_shape_for_ab_and_bandit() -> None:
+    buckets = [(0, {"v1": VariantCounts(100, 10), "v2": VariantCounts(100, 20)})]
+    arm_keys = {"share", "recommendations", "hits", "hit_rate", "ci"}
+    ab = {"policy": "ab", "arms": {"v1": 0.9, "v2": 0.1}, "control": "v1", "candidate": "v2"}
+    bandit = {"policy": "bandit", "arms": {"v1": 0.5, "v2": 0.5}}
+    for policy in (ab, bandit):
+        shares = bandit_shares(bandit, buckets, 0, 60) if policy is bandit else None
+        status = experiment_status("t", policy, buckets, shares)
+        assert {"tenant", "policy", "arms", "decision", "p_value"} <= set(status)
+        assert status["policy"] == policy["policy"] and status["decision"] == "running"
+        assert all(set(a) == arm_keys for a in status["arms"].values()), status
+        assert sum(a["share"] for a in status["arms"].values()) == pytest.approx(1, abs=1e-3)
+        assert 0 <= status["p_value"] <= 1
+    assert experiment_status("t", bandit, buckets, shares)["arms"]["v2"]["share"] > 0.5

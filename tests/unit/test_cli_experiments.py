@@ -1,0 +1,83 @@
+"""`streamrec experiment` / `bandit` on a registry alone (Redis unreachable): a running
+policy is never silently replaced, and a staged rollout stopped by hand is recorded."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from models.policy_file import read_policy, rollout_history, write_policy
+from models.registry import Registry
+from stream.cli import main
+
+NOW = time.time()
+ROLLOUT = {
+    "policy": "ab",
+    "arms": {"v1": 0.9, "v2": 0.1},
+    "control": "v1",
+    "candidate": "v2",
+    "started": NOW - 60,
+    "rollout": {"stages": [0.1, 0.5, 1.0], "stage": 0, "stage_started": NOW - 60},
+}
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    monkeypatch.setenv("STREAMREC_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("STREAMREC_REDIS_URL", "redis://127.0.0.1:1/0")  # nobody listens
+    registry = Registry(tmp_path / "models")
+    write_policy(registry, "shop", ROLLOUT)
+    return registry
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    return int(exit_.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["experiment", "start", "shop", "--variant", "v3"],
+        ["bandit", "start", "shop", "v1", "v3"],
+    ],
+)
+def test_a_running_policy_is_not_replaced(
+    registry: Registry, args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(args, capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "runs a staged rollout over v1, v2: stop it first" in err
+    assert read_policy(registry, "shop") == ROLLOUT
+
+
+def test_a_rollout_stopped_by_hand_is_in_the_history(
+    registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Redis is away: the stop is durable in the registry, and the message says the
+    # workers learn of it when Redis is back.
+    code, err = _run(["experiment", "stop", "shop", "--keep"], capsys)
+    assert code == 1 and "policy saved in the registry" in err and err.count("\n") == 1, err
+    assert read_policy(registry, "shop") is None
+    (entry,) = rollout_history(registry, "shop")
+    assert (entry["action"], entry["candidate"], entry["decision"]) == (
+        "rollout-stop",
+        "v2",
+        "keep",
+    )
+
+
+def test_the_trainers_look_at_rollouts_survives_redis_away(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stream.config import Settings
+    from stream.rollout import look_at_rollouts
+
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", model_dir=str(registry.root))
+    with caplog.at_level("WARNING", logger="streamrec"):
+        assert look_at_rollouts(settings) == []
+    assert "rollouts not looked at: Redis at" in caplog.text
+    assert read_policy(registry, "shop") == ROLLOUT  # waits where it was
