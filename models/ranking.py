@@ -41,7 +41,7 @@ class RankParams:
     k_sessions: int = 100  # session-kNN neighbours
     sample_size: int = 200  # ... among this many most recent sessions sharing an item
     per_source: int = 30  # entries read from each neighbour / rule / transition list
-    candidates: int = 100  # kept by the fixed blend for the ranker to order
+    candidates: int = 200  # kept by the fixed blend for the ranker to order
     ranker: str = "linear"
 
     @classmethod

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -90,7 +90,12 @@ class TrainParams:
     ranker: str = "linear"  # "linear" (fitted), "blend" (fixed), "neighbours" (the old rule)
     fit_share: float = 0.2
     fit_cases: int = 10_000
-    candidates: int = 100
+    # Kept by the fixed blend for the ranker to order: 200 when serving (chosen on valid:
+    # +1.7 HR@20 points on e-shop, whose 217 items all become candidates, equal on tmall
+    # and yoochoose), 100 per case when fitting (a ranker fitted on 100 ranks 200 as well
+    # on valid, at half the fit's time and memory).
+    candidates: int = 200
+    fit_candidates: int = 100
     l2: float = 1e-3
     seed: int = 42
     # One worker makes gensim deterministic for a fixed seed; more trade that for speed.
@@ -157,10 +162,10 @@ def _learn_ranker(sessions: list[list[str]], params: TrainParams) -> tuple[np.nd
     codes, ptr = encode_sessions(base, [prefix for prefix, _ in cases])
     get = base._index.get
     targets = np.array([get(t, -2) for _, t in cases], dtype=np.int64)  # -2 never matches
-    rank_params = params.rank_params()
+    rank_params = replace(params.rank_params(), candidates=params.fit_candidates)
 
     def rank_features() -> tuple[np.ndarray, np.ndarray]:
-        k = rank_params.candidates  # every candidate serving would score, as a list
+        k = params.fit_candidates  # every candidate the fit scores, as a list
         feats = np.zeros((len(cases), k, len(FEATURES)), dtype=np.float64)
         items, *_ = rank_codes(
             base,
