@@ -37,6 +37,8 @@ def test_keys_tenants_catalogue_and_rules(
     with WorkerProcess(cfg) as worker:
         assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[-3000:]
         assert call(f"{base}/health/live") == (200, {"status": "live"})
+        # Ready means the version in service is in memory already: no click waits for it.
+        assert call(f"{base}/health")[1]["models"].get(shop) == "v1"
 
         # The published spec and the interactive docs.
         status, spec = call(f"{base}/openapi.json")
