@@ -44,7 +44,7 @@ def apply_policy(settings: Settings, tenant: str, policy: dict[str, Any] | None)
         set_policy(_client(settings), tenant, policy)
     except RedisError as exc:
         raise click.ClickException(
-            f"policy saved in the registry, but Redis at {settings.redis_url} is unreachable "
+            f"policy saved in the registry, but Redis at {settings.redis_display} is unreachable "
             f"({exc}); workers pick it up when Redis is back"
         ) from None
     return notify_model_change(settings.redis, tenant, None)
@@ -70,7 +70,9 @@ def status(settings: Settings, tenant: str, now: float | None = None) -> dict[st
     try:
         buckets = asyncio.run(read())
     except (RedisError, OSError) as exc:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
+        raise click.ClickException(
+            f"cannot reach Redis at {settings.redis_display}: {exc}"
+        ) from None
     shares = None
     if policy["policy"] == "bandit":
         shares = bandit_shares(policy, buckets, now, settings.feedback_bucket_s)

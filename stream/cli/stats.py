@@ -40,5 +40,7 @@ def stats(settings: Settings, tenant: str, since_s: float, as_json: bool) -> Non
     try:
         report = asyncio.run(_read(settings, tenant, since_s))
     except (RedisError, OSError) as exc:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
+        raise click.ClickException(
+            f"cannot reach Redis at {settings.redis_display}: {exc}"
+        ) from None
     click.echo(orjson.dumps(report).decode() if as_json else stats_table(report))

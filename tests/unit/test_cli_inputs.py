@@ -156,3 +156,32 @@ def test_a_group_without_a_subcommand_shows_its_help(
 ) -> None:
     code, err = _run(["tenant"], capsys)
     assert code == 2 and err.startswith("Usage: streamrec tenant") and "error" not in err
+
+
+SECRET = "pa55-never-printed"
+
+
+@pytest.mark.parametrize(
+    ("url", "args"),
+    [
+        (f"redis://:{SECRET}@127.0.0.1:99999/0", ["dev", "status"]),  # refused as a setting
+        (f"redis://:{SECRET}@127.0.0.1:1/0", ["stats", "default"]),  # unreachable
+        (f"redis://:{SECRET}@127.0.0.1:1/0", ["tenant", "create", "shop"]),
+    ],
+)
+def test_a_redis_password_is_never_printed(
+    url: str,
+    args: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STREAMREC_REDIS_URL", url)
+    monkeypatch.setenv("STREAMREC_REDIS_RETRIES", "0")
+    monkeypatch.setenv("STREAMREC_REDIS_CONNECT_TIMEOUT_S", "0.5")
+    if args[0] == "stats":
+        (tmp_path / "home" / "models" / "default").mkdir(parents=True)
+    code, err = _run(args, capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert SECRET not in err and "***" in err, err
