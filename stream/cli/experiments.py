@@ -17,7 +17,7 @@ from state.connection import RedisError, SyncRedis, async_client, sync_client
 from state.feedback import read_buckets
 from state.notify import notify_model_change
 from state.policies import set_policy
-from stream.cli.params import TENANT, json_flag, uses
+from stream.cli.params import EXISTING_TENANT, json_flag, uses
 from stream.config import Settings
 from stream.policies import bandit_shares, experiment_status
 
@@ -117,7 +117,7 @@ def experiment() -> None:
 
 
 @experiment.command("start")
-@click.argument("tenant", type=TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @click.option("--variant", required=True, help="The candidate version (like v5).")
 @click.option(
     "--share",
@@ -162,7 +162,7 @@ def experiment_start(
 
 
 @experiment.command("status")
-@click.argument("tenant", type=TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @json_flag
 @click.pass_obj
 def experiment_status_cmd(settings: Settings, tenant: str, as_json: bool) -> None:
@@ -173,7 +173,7 @@ def experiment_status_cmd(settings: Settings, tenant: str, as_json: bool) -> Non
 
 
 @experiment.command("stop")
-@click.argument("tenant", type=TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @click.option(
     "--promote",
     "action",
@@ -212,7 +212,7 @@ def bandit() -> None:
 
 
 @bandit.command("start")
-@click.argument("tenant", type=TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @click.argument("versions", nargs=-1, required=True)
 @click.option(
     "--discount",
