@@ -254,3 +254,57 @@ def _answers(port: int, password: str) -> bool:
         return bool(redis.Redis(port=port, password=password, socket_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+def test_no_admin_api_without_a_token_413_and_503_with_redis_down(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    """No admin token: the admin routes are not served (nor in the spec). Over 1,000
+    events in a request: 413. Redis down: the tenant routes answer 503 with the reason,
+    /health/ready too; never a 500."""
+    from stream.devstack import Service
+
+    own = Service("redis", "127.0.0.1", free_port(), tmp_path / "redis")
+    own.start()
+    try:
+        cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
+        cfg.stack = type(
+            "S", (), {"broker": stack.broker, "redis_url": f"redis://127.0.0.1:{own.port}/0"}
+        )()  # type: ignore[assignment]
+        port = free_port()
+        cfg.extra_env.update(
+            STREAMREC_WEB_PORT=str(port),
+            STREAMREC_REDIS_RETRIES="0",
+            STREAMREC_REDIS_CONNECT_TIMEOUT_S="1",
+        )
+        cfg.extra_env.pop("STREAMREC_ADMIN_TOKEN", None)
+        base = f"http://127.0.0.1:{port}"
+        with WorkerProcess(cfg) as worker:
+            assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[
+                -3000:
+            ]
+            spec = call(f"{base}/openapi.json")[1]
+            assert not [p for p in spec["paths"] if p.startswith("/v1/admin")], spec["paths"]
+            assert call(f"{base}/v1/admin/tenants", key="anything")[0] == 404
+            assert call(f"{base}/v1/admin/tenants/x", {}, method="PUT")[0] == 404
+
+            click = {"session_id": "r-1", "item_id": "A13"}
+            status, body = call(f"{base}/v1/default/events", [click] * 1001)
+            assert status == 413 and "at most 1000" in body["error"], body
+            assert call(f"{base}/v1/default/events", [click] * 1000)[0] == 202
+            recs = f"{base}/v1/default/sessions/r-1/recommendations"
+            assert wait_until(lambda: call(recs)[0] == 200, 30), worker.log()[-3000:]
+
+            own.stop()
+            status, body = call(recs)
+            assert status == 503 and "unavailable" in body["error"], body
+            status, body = call(f"{base}/v1/default/recommendations", {"items": ["A13"]})
+            assert status in (200, 503), body  # ranked from the model alone, or 503
+            status, body = call(f"{base}/v1/default/items/A13", {"available": False}, method="PUT")
+            assert status == 503 and body["error"], body
+            status, body = call(f"{base}/health/ready")
+            assert status == 503 and "redis" in body["error"].lower(), body
+            assert "Traceback" not in worker.log(), worker.log()[-3000:]
+            assert worker.alive()
+    finally:
+        own.stop()
