@@ -76,6 +76,8 @@ def test_keys_tenants_catalogue_and_rules(
         assert call(events, click, key=other_key)[0] == 403
         status, body = call(events, [click, {**click, "item_id": "A16"}], key=shop_key)
         assert status == 202 and len(body["event_ids"]) == 2, body
+        assigned = body["event_ids"][1]  # none was given: the API made one up
+        assert assigned and body["event_ids"][0] != assigned, body
         assert call(f"{base}/v1/{other}/sessions/api-1/recommendations", key=other_key)[0] == 404
         assert call(f"{base}/v1/{shop}/sessions/api-1/recommendations", key=other_key)[0] == 403
 
@@ -95,6 +97,8 @@ def test_keys_tenants_catalogue_and_rules(
             return [i["item_id"] for i in body["items"]] if status == 200 else []
 
         assert wait_until(lambda: len(latest()) == 10), worker.log()[-3000:]
+        # ... and the list answering the click carries it.
+        assert call(f"{recs}?n=10", key=shop_key)[1]["event_id"] == assigned
         first = latest()
         assert "A16" not in first  # the tenant's default rule: not the item being viewed
         gone = first[0]
