@@ -33,6 +33,7 @@ def test_keys_tenants_catalogue_and_rules(
         STREAMREC_WEB_PORT=str(port),
         STREAMREC_ADMIN_TOKEN=ADMIN,
         STREAMREC_AUTO_CREATE_TENANTS="0",
+        STREAMREC_REQUIRE_KEYS="1",  # as in docker-compose
     )
     base = f"http://127.0.0.1:{port}"
     with WorkerProcess(cfg) as worker:
@@ -53,6 +54,9 @@ def test_keys_tenants_catalogue_and_rules(
         assert call(f"{base}/v1/admin/tenants", key="wrong")[0] == 401
         status, _ = call(f"{base}/v1/admin/tenants/{other}", {}, key=ADMIN, method="PUT")
         assert status == 201
+        # Keys required: a tenant that has none yet is not open either.
+        status, body = call(f"{base}/v1/{other}/events", {"session_id": "o", "item_id": "A1"})
+        assert status == 401 and "key" in body["error"], body
         status, body = call(
             f"{base}/v1/admin/tenants/{ghost}/mode/off", {}, key=ADMIN, method="PUT"
         )
@@ -67,6 +71,11 @@ def test_keys_tenants_catalogue_and_rules(
         other_key = call(f"{base}/v1/admin/tenants/{other}/keys", {}, key=ADMIN)[1]["key"]
         assert shop_key not in worker.log() and other_key not in worker.log()
         assert call(f"{base}/v1/admin/tenants", key=shop_key)[0] == 403
+        # Every tenant's numbers on the dashboard: the admin token only, when keys are required.
+        dashboard = f"{base}/dashboard/data.json"
+        assert call(dashboard)[0] == 401 and call(dashboard, key=shop_key)[0] == 403
+        status, body = call(dashboard, key=ADMIN)
+        assert status == 200 and shop in {t["tenant"] for t in body["tenants"]}, body
 
         # A tenant key reaches its own tenant only.
         events = f"{base}/v1/{shop}/events"
