@@ -3,6 +3,7 @@ tenants that must exist, the catalogue and serving rules at serving time, readin
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Callable
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from models.registry import Registry
+from state.keys import API_KEYS
 from stream.devstack import EmbeddedStack, free_port
 from stream.events import ClickEvent
 from stream.testing import WorkerProcess, consume, produce
@@ -68,6 +71,12 @@ def test_keys_tenants_catalogue_and_rules(
         status, created = call(f"{base}/v1/admin/tenants/{shop}/keys", {}, key=ADMIN)
         assert status == 201 and created["key"].startswith("srk_"), created
         shop_key = created["key"]
+        # Stored as its SHA-256 only: in the registry (durable) and in Redis (the cache).
+        sha = hashlib.sha256(shop_key.encode()).hexdigest()
+        stored = (models / shop / "KEYS.json").read_text()
+        assert sha in stored and shop_key not in stored
+        cached = redis.Redis.from_url(stack.redis_url, decode_responses=True).hgetall(API_KEYS)
+        assert sha in cached and not any(shop_key in f + v for f, v in cached.items())
         other_key = call(f"{base}/v1/admin/tenants/{other}/keys", {}, key=ADMIN)[1]["key"]
         assert shop_key not in worker.log() and other_key not in worker.log()
         assert call(f"{base}/v1/admin/tenants", key=shop_key)[0] == 403
@@ -151,6 +160,16 @@ def test_keys_tenants_catalogue_and_rules(
         status, body = call(f"{base}/v1/admin/tenants/{shop}/rules", rules, key=ADMIN, method="PUT")
         assert status == 200 and body["blocklist"] == [after[3]], body
         assert wait_until(lambda: after[3] not in latest() and "A13" not in latest(), 5)
+        # ... and a category kept out: the shoes go, the list is refilled to n.
+        assert {after[1], after[2]} <= set(latest())  # listed until then
+        rules = {**rules, "exclude_categories": ["shoes"]}
+        status, body = call(f"{base}/v1/admin/tenants/{shop}/rules", rules, key=ADMIN, method="PUT")
+        assert status == 200 and body["exclude_categories"] == ["shoes"], body
+        assert wait_until(lambda: not {after[1], after[2]} & set(latest()), 5)
+        assert len(latest()) == 10
+        rules["exclude_categories"] = []
+        status, _ = call(f"{base}/v1/admin/tenants/{shop}/rules", rules, key=ADMIN, method="PUT")
+        assert status == 200
 
         # Stateless ranking and similar items.
         status, body = call(
@@ -209,8 +228,6 @@ def test_a_redis_with_a_password(
     import subprocess
     import sys
 
-    import redis
-
     from stream.devstack import redis_binary
 
     password = "s3cret-" + unique_name("pw")
@@ -223,7 +240,7 @@ def test_a_redis_with_a_password(
     )  # fmt: skip
     try:
         assert wait_until(lambda: _answers(port, password), 20)
-        with __import__("pytest").raises(redis.AuthenticationError):
+        with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port).set("x", 1)  # the password is really required
         cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
         web = free_port()
@@ -261,8 +278,6 @@ def test_a_redis_with_a_password(
 
 
 def _answers(port: int, password: str) -> bool:
-    import redis
-
     try:
         return bool(redis.Redis(port=port, password=password, socket_timeout=1).ping())
     except redis.RedisError:
