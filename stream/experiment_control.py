@@ -14,7 +14,7 @@ from typing import Any
 
 from models.errors import StreamrecError
 from models.policy_file import read_policy, write_policy
-from models.registry import Registry
+from models.registry import Registry, UnknownVersionError
 from state.connection import RedisError, async_client, sync_client
 from state.feedback import read_buckets
 from state.notify import notify_model_change
@@ -27,6 +27,11 @@ ACTIONS = ("promote", "keep")
 
 def _version(registry: Registry, tenant: str, version: str) -> str:
     """A version that exists and loads (fully validated), else a one-line error."""
+    known = [info.version for info in registry.versions(tenant)]
+    if version not in known:
+        raise UnknownVersionError(
+            f"tenant {tenant!r} has no version {version} (versions: {', '.join(known) or 'none'})"
+        )
     registry.load(tenant, version)
     return version
 

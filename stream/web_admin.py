@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from models.errors import StreamrecError
-from models.registry import MODES, Registry
+from models.registry import MODES, Registry, UnknownVersionError
 from models.rules import ServingRules
 from state.connection import RedisError
 from stream import experiment_control as experiments
@@ -46,7 +46,7 @@ def routes(ctx: WebContext) -> APIRouter:
     async def run(fn: Any, *args: Any) -> Any:
         try:
             return await asyncio.to_thread(fn, *args)
-        except UnknownTenantError as exc:
+        except (UnknownTenantError, UnknownVersionError) as exc:
             raise ApiError(404, str(exc)) from None
         except StreamrecError as exc:
             raise ApiError(400, str(exc)) from None

@@ -196,7 +196,11 @@ def test_keys_tenants_catalogue_and_rules(
         assert status == 200 and body["policy"] == "ab" and set(body["arms"]) == {"v1", v2}, body
         assert call(experiment, key=shop_key)[0] == 403
         assert call(f"{base}/v1/admin/tenants/{ghost}/experiment", key=ADMIN)[0] == 404
-        for bad in ({"variant": "v9"}, {"variant": v2, "share": True}, {"share": 0.5}, []):
+        status, body = call(experiment, {"variant": "v9"}, key=ADMIN)
+        assert status == 404 and "no version v9" in body["error"], body
+        status, body = call(f"{base}/v1/admin/tenants/{shop}/models/v9/promote", {}, key=ADMIN)
+        assert status == 404 and "no version v9" in body["error"], body
+        for bad in ({"variant": v2, "share": True}, {"share": 0.5}, []):
             status, body = call(experiment, bad, key=ADMIN)
             assert status == 400 and body["error"], (bad, body)
         status, body = call(f"{experiment}/stop", {"action": "keep"}, key=ADMIN)
