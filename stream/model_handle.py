@@ -87,20 +87,27 @@ class ModelCache:
             if tenant not in self._slots
         ]
 
-    async def preload(self) -> None:
-        """Load every tenant's version in service (see :meth:`in_service`) at start-up,
-        so a tenant's first click does not wait for its model and readiness can tell."""
+    async def preload(self) -> int:
+        """Load every tenant's version in service (see :meth:`in_service`) that is not in
+        memory, while the cache has room: at start-up, so a tenant's first click does not
+        wait for its model and readiness can tell, then on every check, for a tenant that
+        got its first version since. How many were loaded."""
         started = time.perf_counter()
         serving = await asyncio.to_thread(self.in_service)
+        loaded = 0
         for tenant in serving:
+            if len(self._slots) >= self._max_models:
+                break  # full: the LRU decides (and readiness does not wait, see not_loaded)
             if tenant not in self._slots:
                 await self._load(tenant)
-        if serving:
+                loaded += 1
+        if loaded:
             log.info(
                 "models in service loaded for %d tenant(s) (%.0f ms)",
-                len(serving),
+                loaded,
                 (time.perf_counter() - started) * 1000,
             )
+        return loaded
 
     async def get(self, tenant: str) -> ModelBundle | None:
         slot = self._slots.get(tenant)

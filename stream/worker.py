@@ -285,6 +285,12 @@ class Worker(Service):
 
     async def check_models(self) -> None:
         await self.models.refresh()
+        # A tenant whose first version was promoted since start-up: loaded now, not at
+        # its next click (and /health/ready does not wait for that click).
+        try:
+            await self.models.preload()
+        except (StreamrecError, OSError) as exc:
+            log.warning("models in service not loaded (%s); loaded on first use", exc)
 
     async def listen_for_models(self) -> None:
         # Pub/sub makes a swap near-instant; the ``check_models`` timer is the backstop.

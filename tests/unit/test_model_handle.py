@@ -151,3 +151,17 @@ def test_readiness_does_not_wait_for_more_tenants_than_the_cache_holds(
         assert cache.not_loaded(cache.in_service()) == []
 
     asyncio.run(run())
+
+
+def test_a_tenant_promoted_after_start_is_loaded_by_the_next_check(registry: Registry) -> None:
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        assert await cache.preload() == 3
+        bundle = await cache.get("t1")
+        registry.promote("t4", registry.register("t4", bundle, {}))  # a new tenant's first
+        assert cache.not_loaded(cache.in_service()) != []  # not ready until it is loaded
+        assert await cache.preload() == 1 and cache.loaded()["t4"] == "v1"
+        assert await cache.preload() == 0  # nothing left to load: a cheap check
+
+    asyncio.run(run())
