@@ -137,7 +137,9 @@ class Settings:
         except ValueError:
             redis_port = 0
         if redis_port == 0:
-            raise InvalidSettingError(f"Redis URL {self.redis_url!r} has no valid port (1-65535)")
+            raise InvalidSettingError(
+                f"Redis URL {redact_url(self.redis_url)!r} has no valid port (1-65535)"
+            )
         tls = self.redis_ssl_ca_file or self.redis_ssl_cert_file or self.redis_ssl_key_file
         if tls or self.redis_retries < 0:
             self.redis  # noqa: B018  (its checks said at start-up, not at the first connection)
@@ -196,13 +198,14 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (also in a URL whose port
+    is invalid: it may be quoted by the error saying so)."""
     parts = urlparse(url)
-    if parts.password is None:
+    credentials, at, address = parts.netloc.rpartition("@")
+    if not at or ":" not in credentials:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
+    user = credentials.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{address}").geturl()
 
 
 def _coerce(name: str, raw: str, typ: type) -> Any:

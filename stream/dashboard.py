@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from models.errors import StreamrecError
@@ -25,7 +25,8 @@ from state.connection import RedisError
 from state.feedback import read_buckets, totals
 from stream.feedback_stats import stats_json
 from stream.policies import experiment_status
-from stream.web import ROUTERS, ApiError, WebContext
+from stream.web import ROUTERS, ApiError, WebContext, error_responses
+from stream.web_auth import Credentials, admin_access
 
 # Tenants drawn (most recommendations in the window first); the rest are listed.
 MAX_CHARTED = 12
@@ -116,10 +117,21 @@ def routes(ctx: WebContext) -> APIRouter:
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE)
 
-    @router.get("/dashboard/data.json", summary="What the dashboard draws")
+    @router.get(
+        "/dashboard/data.json",
+        summary="What the dashboard draws (the admin token when keys are required)",
+        responses=error_responses(400, 401, 403, 503),
+    )
     async def data(
+        request: Request,
         since: Annotated[float, Query(gt=0, le=30 * 86400, description="seconds")] = 3600,
+        credentials: Credentials = None,
     ) -> dict[str, Any]:
+        """Every tenant's numbers: where every tenant route needs a key
+        (``STREAMREC_REQUIRE_KEYS``), they need the admin token (``/dashboard#token=...``
+        sends it)."""
+        if ctx.settings.require_keys:
+            await admin_access(request, credentials)
         return await dashboard_data(ctx, since)
 
     return router
@@ -266,7 +278,11 @@ function render(data) {
 }
 async function refresh() {
   const since = new URLSearchParams(location.search).get("since") || "3600";
-  const res = await fetch("dashboard/data.json?since=" + encodeURIComponent(since));
+  // Locked down (STREAMREC_REQUIRE_KEYS=1): the admin token, from /dashboard#token=...
+  // (a fragment never reaches a server or a log).
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  const headers = token ? {"Authorization": "Bearer " + token} : {};
+  const res = await fetch("dashboard/data.json?since=" + encodeURIComponent(since), {headers});
   if (!res.ok) { document.getElementById("updated").textContent = "error " + res.status; return; }
   render(await res.json());
   document.body.setAttribute("data-loaded", "1");

@@ -63,6 +63,52 @@ class ModelCache:
                 )
         return out
 
+    def in_service(self) -> dict[str, str]:
+        """Tenant -> version in service (the registry's CURRENT pointers), at most
+        ``max_models`` tenants: what a ready worker has in memory. Reads files."""
+        serving: dict[str, str] = {}
+        for tenant in self._registry.tenants():
+            version = self._registry.current_version(tenant)
+            if version is not None:
+                serving[tenant] = version
+                if len(serving) >= self._max_models:
+                    break
+        return serving
+
+    def not_loaded(self, serving: dict[str, str]) -> list[str]:
+        """Tenants of ``serving`` (see :meth:`in_service`) not in memory yet. A full cache
+        cannot hold them all (tenants without a model take slots too): then none is
+        reported, the LRU decides."""
+        if len(self._slots) >= self._max_models:
+            return []
+        return [
+            f"tenant {tenant}: version {version} in service not loaded yet"
+            for tenant, version in serving.items()
+            if tenant not in self._slots
+        ]
+
+    async def preload(self) -> int:
+        """Load every tenant's version in service (see :meth:`in_service`) that is not in
+        memory, while the cache has room: at start-up, so a tenant's first click does not
+        wait for its model and readiness can tell, then on every check, for a tenant that
+        got its first version since. How many were loaded."""
+        started = time.perf_counter()
+        serving = await asyncio.to_thread(self.in_service)
+        loaded = 0
+        for tenant in serving:
+            if len(self._slots) >= self._max_models:
+                break  # full: the LRU decides (and readiness does not wait, see not_loaded)
+            if tenant not in self._slots:
+                await self._load(tenant)
+                loaded += 1
+        if loaded:
+            log.info(
+                "models in service loaded for %d tenant(s) (%.0f ms)",
+                loaded,
+                (time.perf_counter() - started) * 1000,
+            )
+        return loaded
+
     async def get(self, tenant: str) -> ModelBundle | None:
         slot = self._slots.get(tenant)
         if slot is None:

@@ -173,14 +173,24 @@ async def produce_records(ctx: WebContext, topic: str, records: list[R], what: s
     producer = ctx.producer
     if producer is None:
         raise ApiError(503, "the worker is starting")
+    # flush() counts undelivered records only: one the broker refused (an unknown topic,
+    # a timeout) is reported here, and must not be answered 202.
+    refused: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            refused.append(str(err))
+
     try:
         for record in records:
-            producer.produce(topic, record.to_json(), record.session_id)
+            producer.produce(topic, record.to_json(), record.session_id, on_delivery=delivered)
     except (BufferError, KafkaException) as exc:
         raise ApiError(503, f"the broker is not taking {what}s just now ({exc}); retry") from None
     remaining = await asyncio.to_thread(producer.flush, 10)
     if remaining:
         raise ApiError(503, f"{remaining} {what}(s) not acknowledged by the broker; retry")
+    if refused:
+        raise ApiError(503, f"{len(refused)} {what}(s) refused by the broker ({refused[0]}); retry")
 
 
 def prometheus_text(counters: dict[str, float], gauges: dict[str, float]) -> str:

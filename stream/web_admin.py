@@ -1,7 +1,8 @@
 """Admin routes, ``/v1/admin/...`` (the admin token only; not served without one):
 tenants (create, mode, serving rules), tenant keys (create, revoke), models (list,
-promote, rollback). The same operations as ``streamrec tenant`` and ``streamrec models``,
-on the same durable store (the registry) with Redis as its cache."""
+promote, rollback), experiments and bandits (start, status, stop). The same operations
+as ``streamrec tenant|models|experiment|bandit``, on the same durable store (the
+registry) with Redis as its cache."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from models.errors import StreamrecError
-from models.registry import MODES, Registry
+from models.registry import MODES, Registry, UnknownVersionError
 from models.rules import ServingRules
 from state.connection import RedisError
+from stream import experiment_control as experiments
 from stream.tenant_control import TenantControl, UnknownTenantError
 from stream.web import (
     ApiError,
@@ -44,7 +46,7 @@ def routes(ctx: WebContext) -> APIRouter:
     async def run(fn: Any, *args: Any) -> Any:
         try:
             return await asyncio.to_thread(fn, *args)
-        except UnknownTenantError as exc:
+        except (UnknownTenantError, UnknownVersionError) as exc:
             raise ApiError(404, str(exc)) from None
         except StreamrecError as exc:
             raise ApiError(400, str(exc)) from None
@@ -119,7 +121,118 @@ def routes(ctx: WebContext) -> APIRouter:
         current = await run(control.rollback, tenant)
         return {"tenant": tenant, "current": current}
 
+    # -- experiments and bandits ---------------------------------------------------------
+    async def body_object(request: Request) -> dict[str, Any]:
+        body = json_body(await read_body(request, 1 << 16))
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return body
+
+    @router.get("/tenants/{tenant}/experiment", summary="The experiment's arms and decision")
+    async def experiment_status(tenant: TenantName) -> dict[str, Any]:
+        """Each arm's share, recommendations, hits, hit rate and 95 % interval; for an
+        A/B test the decision and its p-value (as ``streamrec experiment status``)."""
+        await run(control.require, tenant)
+        return await run(experiments.status, ctx.settings, tenant)
+
+    @router.post(
+        "/tenants/{tenant}/experiment",
+        status_code=201,
+        summary="Start an A/B test: a candidate version to a share of the sessions",
+        openapi_extra=json_request_body(AB_SCHEMA),
+    )
+    async def start_experiment(tenant: TenantName, request: Request) -> dict[str, Any]:
+        body = await body_object(request)
+        variant, share = body.get("variant"), body.get("share", 0.1)
+        least = body.get("min_recommendations", 1000)
+        if not isinstance(variant, str) or not variant:
+            raise ApiError(400, "variant (the candidate version, like v5) is required")
+        if not _number(share) or not _integer(least):
+            raise ApiError(400, "share must be a number, min_recommendations an integer")
+        await run(control.require, tenant)
+        policy, heard = await run(
+            experiments.start_ab, ctx.settings, tenant, variant, float(share), least
+        )
+        return {"tenant": tenant, **policy, "workers_notified": heard}
+
+    @router.post(
+        "/tenants/{tenant}/bandit",
+        status_code=201,
+        summary="Start a bandit (Thompson sampling on hit rate) over two or more versions",
+        openapi_extra=json_request_body(BANDIT_SCHEMA),
+    )
+    async def start_bandit(tenant: TenantName, request: Request) -> dict[str, Any]:
+        body = await body_object(request)
+        versions = body.get("versions")
+        discount, floor = body.get("discount", 0.999), body.get("floor", 0.01)
+        if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
+            raise ApiError(400, "versions must be a list of model versions")
+        if not _number(discount) or not _number(floor):
+            raise ApiError(400, "discount and floor must be numbers")
+        await run(control.require, tenant)
+        policy, heard = await run(
+            experiments.start_bandit, ctx.settings, tenant, versions, float(discount), float(floor)
+        )
+        return {"tenant": tenant, **policy, "workers_notified": heard}
+
+    @router.post(
+        "/tenants/{tenant}/experiment/stop",
+        summary="End the experiment or bandit: promote the candidate, or keep the version",
+        openapi_extra=json_request_body(STOP_SCHEMA),
+    )
+    async def stop_experiment(tenant: TenantName, request: Request) -> dict[str, Any]:
+        action = (await body_object(request)).get("action")
+        if action not in experiments.ACTIONS:
+            raise ApiError(400, f"action must be one of {', '.join(experiments.ACTIONS)}")
+        await run(control.require, tenant)
+        serving, heard = await run(experiments.stop, ctx.settings, tenant, action)
+        return {"tenant": tenant, "current": serving, "workers_notified": heard}
+
     return router
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+AB_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "variant": {"type": "string", "minLength": 1, "description": "the candidate version"},
+        "share": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "exclusiveMaximum": 1,
+            "description": "the candidate's share of sessions (default 0.1)",
+        },
+        "min_recommendations": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "per arm, before the test may decide (default 1000)",
+        },
+    },
+    "required": ["variant"],
+}
+
+BANDIT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "versions": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+        "discount": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "floor": {"type": "number", "minimum": 0, "maximum": 0.5},
+    },
+    "required": ["versions"],
+}
+
+STOP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"action": {"type": "string", "enum": ["promote", "keep"]}},
+    "required": ["action"],
+}
 
 
 RULES_SCHEMA: dict[str, Any] = {

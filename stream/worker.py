@@ -23,6 +23,7 @@ from typing import Any
 
 from mode import Service, ServiceT
 
+from models.errors import StreamrecError
 from models.policy_file import all_policies
 from models.registry import Registry
 from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client, hold_retry
@@ -142,6 +143,14 @@ class Worker(Service):
 
     async def on_start(self) -> None:
         self._connect()
+        # In the background: the stream starts at once; /health/ready waits for them.
+        self.add_future(self._preload_models())
+
+    async def _preload_models(self) -> None:
+        try:
+            await self.models.preload()
+        except (StreamrecError, OSError) as exc:
+            log.error("models in service not preloaded (%s); loaded on first use", exc)
 
     async def on_shutdown(self) -> None:
         # After the consumer (a child) finished its batches in hand.
@@ -249,8 +258,15 @@ class Worker(Service):
         if stalled:
             reasons.append(stalled)
         reasons += self.models.problems()
-        # Ready: the above, and partitions assigned (the batch engine owns its group).
+        # Ready: the above, partitions assigned (the batch engine owns its group) and
+        # every tenant's version in service in memory (preloaded at start-up).
         not_ready = list(reasons)
+        try:
+            serving = await asyncio.to_thread(self.models.in_service)
+        except OSError as exc:
+            not_ready.append(f"the model registry cannot be read: {exc}")
+        else:
+            not_ready += self.models.not_loaded(serving)
         if self.consumer is not None and not progress.get("assigned"):
             not_ready.append("no partitions assigned yet")
         return {
@@ -282,6 +298,12 @@ class Worker(Service):
 
     async def check_models(self) -> None:
         await self.models.refresh()
+        # A tenant whose first version was promoted since start-up: loaded now, not at
+        # its next click (and /health/ready does not wait for that click).
+        try:
+            await self.models.preload()
+        except (StreamrecError, OSError) as exc:
+            log.warning("models in service not loaded (%s); loaded on first use", exc)
 
     async def listen_for_models(self) -> None:
         # Pub/sub makes a swap near-instant; the ``check_models`` timer is the backstop.

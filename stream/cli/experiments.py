@@ -3,93 +3,24 @@ versions serve a tenant's sessions, and what the online hit rates say."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import click
 import orjson
 
-from models.errors import StreamrecError
-from models.policy_file import log_rollout, read_policy, write_policy
-from models.registry import Registry
-from state.connection import RedisError, SyncRedis, async_client, sync_client
-from state.feedback import read_buckets
-from state.notify import notify_model_change
-from state.policies import set_policy
-from stream.cli.params import TENANT, json_flag, uses
+from state.connection import RedisError
+from stream import experiment_control as experiments
+from stream.cli.params import EXISTING_TENANT, json_flag, uses
 from stream.config import Settings
-from stream.policies import bandit_shares, experiment_status
 
 
-def _client(settings: Settings) -> SyncRedis:
-    return sync_client(settings.redis)
-
-
-def _version(registry: Registry, tenant: str, version: str) -> str:
-    """A version that exists and loads (fully validated), else a one-line error."""
-    registry.load(tenant, version)
-    return version
-
-
-def _mode(settings: Settings, registry: Registry, tenant: str) -> str:
-    return registry.mode(tenant) or "on"
-
-
-def _none_running(registry: Registry, tenant: str) -> None:
-    """A new experiment must not silently replace a running one (its counts and, for a
-    staged rollout, its record in the history would end without a decision)."""
-    running = read_policy(registry, tenant)
-    if running is None:
-        return
-    what = "a staged rollout" if "rollout" in running else f"a {running['policy']} policy"
-    raise StreamrecError(
-        f"tenant {tenant!r} runs {what} over {', '.join(sorted(running['arms']))}: "
-        f"stop it first (`streamrec experiment stop {tenant} --keep` or --promote)"
-    )
-
-
-def apply_policy(settings: Settings, tenant: str, policy: dict[str, Any] | None) -> int:
-    """Write the policy durably (registry), then to Redis's cache; tell the workers."""
-    registry = Registry(settings.registry_dir)
-    write_policy(registry, tenant, policy)
+def status(settings: Settings, tenant: str) -> dict[str, Any]:
     try:
-        set_policy(_client(settings), tenant, policy)
-    except RedisError as exc:
-        raise click.ClickException(
-            f"policy saved in the registry, but Redis at {settings.redis_url} is unreachable "
-            f"({exc}); workers pick it up when Redis is back"
-        ) from None
-    return notify_model_change(settings.redis, tenant, None)
-
-
-def status(settings: Settings, tenant: str, now: float | None = None) -> dict[str, Any]:
-    """The experiment's status as ``experiment status --json`` prints it."""
-    registry = Registry(settings.registry_dir)
-    policy = read_policy(registry, tenant)
-    serving = registry.current_version(tenant)
-    now = time.time() if now is None else now
-    if policy is None:
-        return experiment_status(tenant, None, [], serving=serving)
-
-    async def read() -> list:
-        client = async_client(settings.redis)
-        try:
-            since = float(policy.get("started", now - 3600))
-            return await read_buckets(client, tenant, since, now, settings.feedback_bucket_s)
-        finally:
-            await client.aclose()
-
-    try:
-        buckets = asyncio.run(read())
+        return experiments.status(settings, tenant)
     except (RedisError, OSError) as exc:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
-    shares = None
-    if policy["policy"] == "bandit":
-        shares = bandit_shares(policy, buckets, now, settings.feedback_bucket_s)
-    report = experiment_status(tenant, policy, buckets, shares, serving)
-    report["serving"] = serving
-    return report
+        raise click.ClickException(
+            f"cannot reach Redis at {settings.redis_display}: {exc}"
+        ) from None
 
 
 def status_table(report: dict[str, Any]) -> str:
@@ -129,7 +60,7 @@ def experiment() -> None:
 
 
 @experiment.command("start")
-@click.argument("tenant", type=TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @click.option("--variant", required=True, help="The candidate version (like v5).")
 @click.option(
     "--share",
@@ -148,26 +79,8 @@ def experiment_start(
     settings: Settings, tenant: str, variant: str, share: float, min_recommendations: int
 ) -> None:
     """Serve VARIANT to a share of TENANT's sessions, the version in service to the rest."""
-    registry = Registry(settings.registry_dir)
-    _none_running(registry, tenant)
-    control = registry.current_version(tenant)
-    if control is None:
-        raise StreamrecError(f"tenant {tenant!r} has no version in service to compare with")
-    _version(registry, tenant, variant)
-    if variant == control:
-        raise StreamrecError(f"{variant} is the version in service already")
-    if _mode(settings, registry, tenant) != "on":
-        raise StreamrecError(f"tenant {tenant!r} is {registry.mode(tenant)}: switch it on first")
-    policy = {
-        "policy": "ab",
-        "arms": {control: round(1 - share, 6), variant: share},
-        "control": control,
-        "candidate": variant,
-        "started": time.time(),
-        "min_recommendations": min_recommendations,
-        "alpha": 0.05,
-    }
-    heard = apply_policy(settings, tenant, policy)
+    policy, heard = experiments.start_ab(settings, tenant, variant, share, min_recommendations)
+    control = policy["control"]
     click.echo(
         f"tenant {tenant}: A/B {control} {1 - share:.0%} / {variant} {share:.0%} "
         f"({heard} worker(s) notified)"
@@ -175,7 +88,7 @@ def experiment_start(
 
 
 @experiment.command("status")
-@click.argument("tenant", type=TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @json_flag
 @click.pass_obj
 def experiment_status_cmd(settings: Settings, tenant: str, as_json: bool) -> None:
@@ -186,7 +99,7 @@ def experiment_status_cmd(settings: Settings, tenant: str, as_json: bool) -> Non
 
 
 @experiment.command("stop")
-@click.argument("tenant", type=TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @click.option(
     "--promote",
     "action",
@@ -199,29 +112,12 @@ def experiment_stop(settings: Settings, tenant: str, action: str | None) -> None
     """End the experiment or bandit: back to one version for every session."""
     if action is None:
         raise click.UsageError("say --promote or --keep")
-    registry = Registry(settings.registry_dir)
-    policy = read_policy(registry, tenant)
-    if policy is None:
-        raise StreamrecError(f"tenant {tenant!r} runs no experiment")
-    winner = None
-    if action == "promote":
-        if policy["policy"] == "ab":
-            winner = policy["candidate"]
-        else:
-            arms = status(settings, tenant)["arms"]
-            winner = max(arms, key=lambda a: (arms[a]["hit_rate"], arms[a]["recommendations"]))
-        if winner != registry.current_version(tenant):
-            registry.promote(tenant, winner)
-    if "rollout" in policy:
-        # A staged rollout ended by hand: its history says so, as it says every step.
-        log_rollout(
-            registry,
-            tenant,
-            {"action": "rollout-stop", "candidate": policy["candidate"],
-             "control": policy["control"], "decision": action, "ts": time.time()},
-        )  # fmt: skip
-    heard = apply_policy(settings, tenant, None)
-    serving = registry.current_version(tenant)
+    try:
+        serving, heard = experiments.stop(settings, tenant, action)
+    except (RedisError, OSError) as exc:  # a bandit's best arm is read from the counters
+        raise click.ClickException(
+            f"cannot reach Redis at {settings.redis_display}: {exc}"
+        ) from None
     click.echo(
         f"tenant {tenant}: experiment stopped, {serving} serves ({heard} worker(s) notified)"
     )
@@ -233,7 +129,7 @@ def bandit() -> None:
 
 
 @bandit.command("start")
-@click.argument("tenant", type=TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @click.argument("versions", nargs=-1, required=True)
 @click.option(
     "--discount",
@@ -255,19 +151,6 @@ def bandit_start(
     workers recompute the shares from the counters every few seconds."""
     if len(set(versions)) < 2:
         raise click.UsageError("a bandit needs at least two different versions")
-    registry = Registry(settings.registry_dir)
-    _none_running(registry, tenant)
-    for v in versions:
-        _version(registry, tenant, v)
-    if _mode(settings, registry, tenant) != "on":
-        raise StreamrecError(f"tenant {tenant!r} is {registry.mode(tenant)}: switch it on first")
-    arms = sorted(set(versions))
-    policy = {
-        "policy": "bandit",
-        "arms": {v: round(1 / len(arms), 6) for v in arms},
-        "discount": discount,
-        "floor": floor,
-        "started": time.time(),
-    }
-    heard = apply_policy(settings, tenant, policy)
+    policy, heard = experiments.start_bandit(settings, tenant, versions, discount, floor)
+    arms = list(policy["arms"])
     click.echo(f"tenant {tenant}: bandit over {', '.join(arms)} ({heard} worker(s) notified)")

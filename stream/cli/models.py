@@ -11,7 +11,7 @@ import click
 
 from models.registry import Registry
 from state.notify import notify_model_change
-from stream.cli.params import TENANT, uses
+from stream.cli.params import EXISTING_TENANT, uses
 from stream.config import Settings
 
 
@@ -48,7 +48,7 @@ def gate_line(manifest: dict) -> str:
 
 
 @models_group.command("list")
-@click.argument("tenant", required=False, type=TENANT)
+@click.argument("tenant", required=False, type=EXISTING_TENANT)
 @click.pass_obj
 def models_list(settings: Settings, tenant: str | None) -> None:
     """Versions of TENANT (default: every tenant); `*` marks the one in service."""
@@ -81,7 +81,7 @@ def models_list(settings: Settings, tenant: str | None) -> None:
 
 
 @models_group.command("promote")
-@click.argument("tenant", type=TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @click.argument("version")
 @click.pass_obj
 def models_promote(settings: Settings, tenant: str, version: str) -> None:
@@ -92,7 +92,7 @@ def models_promote(settings: Settings, tenant: str, version: str) -> None:
 
 
 @models_group.command("rollback")
-@click.argument("tenant", default="default", type=TENANT)
+@click.argument("tenant", default="default", type=EXISTING_TENANT)
 @click.argument("version", required=False)
 @click.pass_obj
 def models_rollback(settings: Settings, tenant: str, version: str | None) -> None:

@@ -45,7 +45,25 @@ class TenantName(click.ParamType):
         return str(value)
 
 
+class ExistingTenant(TenantName):
+    """A tenant that was created already: commands on an unknown tenant are an error,
+    never a new tenant (``streamrec tenant create`` makes one)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        name = super().convert(value, param, ctx)
+        settings = ctx.find_object(Settings) if ctx is not None else None
+        if settings is not None:
+            from models.registry import Registry  # numpy behind it: only when used
+
+            if not Registry(settings.registry_dir).exists(name):
+                raise click.ClickException(
+                    f"unknown tenant {name!r}: create it first (`streamrec tenant create {name}`)"
+                )
+        return name
+
+
 TENANT = TenantName()
+EXISTING_TENANT = ExistingTenant()
 # "--tenants N" appends "-0" .. "-(N-1)": a prefix of 56 characters stays a valid name.
 TENANT_PREFIX = TenantName(max_length=56)
 POSITIVE = click.FloatRange(min=0, min_open=True)

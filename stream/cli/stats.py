@@ -8,7 +8,7 @@ import click
 import orjson
 
 from state.connection import RedisError, async_client
-from stream.cli.params import TENANT, json_flag, uses
+from stream.cli.params import EXISTING_TENANT, json_flag, uses
 from stream.config import Settings
 from stream.feedback_stats import parse_since, stats_table, tenant_stats
 
@@ -29,7 +29,7 @@ async def _read(settings: Settings, tenant: str, since_s: float) -> dict:
 
 
 @click.command("stats", epilog=uses("redis"))
-@click.argument("tenant", type=TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @click.option("--since", "since_s", default="1h", callback=_since,
               help="Window: 30m, 1h, 7d ...")  # fmt: skip
 @json_flag
@@ -40,5 +40,7 @@ def stats(settings: Settings, tenant: str, since_s: float, as_json: bool) -> Non
     try:
         report = asyncio.run(_read(settings, tenant, since_s))
     except (RedisError, OSError) as exc:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
+        raise click.ClickException(
+            f"cannot reach Redis at {settings.redis_display}: {exc}"
+        ) from None
     click.echo(orjson.dumps(report).decode() if as_json else stats_table(report))

@@ -3,6 +3,7 @@ tenants that must exist, the catalogue and serving rules at serving time, readin
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Callable
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
+from models.registry import Registry
+from state.keys import API_KEYS
 from stream.devstack import EmbeddedStack, free_port
 from stream.events import ClickEvent
 from stream.testing import WorkerProcess, consume, produce
@@ -32,11 +36,14 @@ def test_keys_tenants_catalogue_and_rules(
         STREAMREC_WEB_PORT=str(port),
         STREAMREC_ADMIN_TOKEN=ADMIN,
         STREAMREC_AUTO_CREATE_TENANTS="0",
+        STREAMREC_REQUIRE_KEYS="1",  # as in docker-compose
     )
     base = f"http://127.0.0.1:{port}"
     with WorkerProcess(cfg) as worker:
         assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[-3000:]
         assert call(f"{base}/health/live") == (200, {"status": "live"})
+        # Ready means the version in service is in memory already: no click waits for it.
+        assert call(f"{base}/health")[1]["models"].get(shop) == "v1"
 
         # The published spec and the interactive docs.
         status, spec = call(f"{base}/openapi.json")
@@ -50,6 +57,9 @@ def test_keys_tenants_catalogue_and_rules(
         assert call(f"{base}/v1/admin/tenants", key="wrong")[0] == 401
         status, _ = call(f"{base}/v1/admin/tenants/{other}", {}, key=ADMIN, method="PUT")
         assert status == 201
+        # Keys required: a tenant that has none yet is not open either.
+        status, body = call(f"{base}/v1/{other}/events", {"session_id": "o", "item_id": "A1"})
+        assert status == 401 and "key" in body["error"], body
         status, body = call(
             f"{base}/v1/admin/tenants/{ghost}/mode/off", {}, key=ADMIN, method="PUT"
         )
@@ -61,9 +71,20 @@ def test_keys_tenants_catalogue_and_rules(
         status, created = call(f"{base}/v1/admin/tenants/{shop}/keys", {}, key=ADMIN)
         assert status == 201 and created["key"].startswith("srk_"), created
         shop_key = created["key"]
+        # Stored as its SHA-256 only: in the registry (durable) and in Redis (the cache).
+        sha = hashlib.sha256(shop_key.encode()).hexdigest()
+        stored = (models / shop / "KEYS.json").read_text()
+        assert sha in stored and shop_key not in stored
+        cached = redis.Redis.from_url(stack.redis_url, decode_responses=True).hgetall(API_KEYS)
+        assert sha in cached and not any(shop_key in f + v for f, v in cached.items())
         other_key = call(f"{base}/v1/admin/tenants/{other}/keys", {}, key=ADMIN)[1]["key"]
         assert shop_key not in worker.log() and other_key not in worker.log()
         assert call(f"{base}/v1/admin/tenants", key=shop_key)[0] == 403
+        # Every tenant's numbers on the dashboard: the admin token only, when keys are required.
+        dashboard = f"{base}/dashboard/data.json"
+        assert call(dashboard)[0] == 401 and call(dashboard, key=shop_key)[0] == 403
+        status, body = call(dashboard, key=ADMIN)
+        assert status == 200 and shop in {t["tenant"] for t in body["tenants"]}, body
 
         # A tenant key reaches its own tenant only.
         events = f"{base}/v1/{shop}/events"
@@ -73,6 +94,8 @@ def test_keys_tenants_catalogue_and_rules(
         assert call(events, click, key=other_key)[0] == 403
         status, body = call(events, [click, {**click, "item_id": "A16"}], key=shop_key)
         assert status == 202 and len(body["event_ids"]) == 2, body
+        assigned = body["event_ids"][1]  # none was given: the API made one up
+        assert assigned and body["event_ids"][0] != assigned, body
         assert call(f"{base}/v1/{other}/sessions/api-1/recommendations", key=other_key)[0] == 404
         assert call(f"{base}/v1/{shop}/sessions/api-1/recommendations", key=other_key)[0] == 403
 
@@ -92,6 +115,8 @@ def test_keys_tenants_catalogue_and_rules(
             return [i["item_id"] for i in body["items"]] if status == 200 else []
 
         assert wait_until(lambda: len(latest()) == 10), worker.log()[-3000:]
+        # ... and the list answering the click carries it.
+        assert call(f"{recs}?n=10", key=shop_key)[1]["event_id"] == assigned
         first = latest()
         assert "A16" not in first  # the tenant's default rule: not the item being viewed
         gone = first[0]
@@ -101,7 +126,7 @@ def test_keys_tenants_catalogue_and_rules(
         assert status == 200 and body["available"] is False, body
         started = time.monotonic()
         assert wait_until(lambda: gone not in latest(), 5)
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 1.0  # within a second, as promised
         after = latest()
         assert len(after) == 10 and gone not in after  # refilled
         assert after[:9] == first[1:10]
@@ -135,6 +160,16 @@ def test_keys_tenants_catalogue_and_rules(
         status, body = call(f"{base}/v1/admin/tenants/{shop}/rules", rules, key=ADMIN, method="PUT")
         assert status == 200 and body["blocklist"] == [after[3]], body
         assert wait_until(lambda: after[3] not in latest() and "A13" not in latest(), 5)
+        # ... and a category kept out: the shoes go, the list is refilled to n.
+        assert {after[1], after[2]} <= set(latest())  # listed until then
+        rules = {**rules, "exclude_categories": ["shoes"]}
+        status, body = call(f"{base}/v1/admin/tenants/{shop}/rules", rules, key=ADMIN, method="PUT")
+        assert status == 200 and body["exclude_categories"] == ["shoes"], body
+        assert wait_until(lambda: not {after[1], after[2]} & set(latest()), 5)
+        assert len(latest()) == 10
+        rules["exclude_categories"] = []
+        status, _ = call(f"{base}/v1/admin/tenants/{shop}/rules", rules, key=ADMIN, method="PUT")
+        assert status == 200
 
         # Stateless ranking and similar items.
         status, body = call(
@@ -150,6 +185,34 @@ def test_keys_tenants_catalogue_and_rules(
         # Deleted from the catalogue: gone, and 404 afterwards.
         assert call(f"{base}/v1/{shop}/items/{gone}", key=shop_key, method="DELETE")[0] == 200
         assert call(f"{base}/v1/{shop}/items/{gone}", key=shop_key)[0] == 404
+
+        # Experiments through the admin API: an A/B test, its status, stopped; a bandit.
+        registry = Registry(models)
+        v2 = registry.register(shop, registry.load(shop), {})
+        experiment = f"{base}/v1/admin/tenants/{shop}/experiment"
+        status, body = call(experiment, {"variant": v2, "share": 0.5}, key=ADMIN)
+        assert status == 201 and body["arms"] == {"v1": 0.5, v2: 0.5}, body
+        status, body = call(experiment, key=ADMIN)
+        assert status == 200 and body["policy"] == "ab" and set(body["arms"]) == {"v1", v2}, body
+        assert call(experiment, key=shop_key)[0] == 403
+        assert call(f"{base}/v1/admin/tenants/{ghost}/experiment", key=ADMIN)[0] == 404
+        status, body = call(experiment, {"variant": "v9"}, key=ADMIN)
+        assert status == 404 and "no version v9" in body["error"], body
+        status, body = call(f"{base}/v1/admin/tenants/{shop}/models/v9/promote", {}, key=ADMIN)
+        assert status == 404 and "no version v9" in body["error"], body
+        for bad in ({"variant": v2, "share": True}, {"share": 0.5}, []):
+            status, body = call(experiment, bad, key=ADMIN)
+            assert status == 400 and body["error"], (bad, body)
+        status, body = call(f"{experiment}/stop", {"action": "keep"}, key=ADMIN)
+        assert status == 200 and body["current"] == "v1", body
+        assert call(experiment, key=ADMIN)[1]["policy"] == "fixed"
+        status, body = call(
+            f"{base}/v1/admin/tenants/{shop}/bandit", {"versions": ["v1", v2]}, key=ADMIN
+        )
+        assert status == 201 and body["policy"] == "bandit", body
+        assert call(f"{experiment}/stop", {"action": "sideways"}, key=ADMIN)[0] == 400
+        assert call(f"{experiment}/stop", {"action": "keep"}, key=ADMIN)[0] == 200
+        assert call(f"{experiment}/stop", {"action": "keep"}, key=ADMIN)[0] == 400  # none runs
 
         # A revoked key stops working.
         key_id = created["key_id"]
@@ -169,8 +232,6 @@ def test_a_redis_with_a_password(
     import subprocess
     import sys
 
-    import redis
-
     from stream.devstack import redis_binary
 
     password = "s3cret-" + unique_name("pw")
@@ -183,7 +244,7 @@ def test_a_redis_with_a_password(
     )  # fmt: skip
     try:
         assert wait_until(lambda: _answers(port, password), 20)
-        with __import__("pytest").raises(redis.AuthenticationError):
+        with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port).set("x", 1)  # the password is really required
         cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
         web = free_port()
@@ -221,9 +282,61 @@ def test_a_redis_with_a_password(
 
 
 def _answers(port: int, password: str) -> bool:
-    import redis
-
     try:
         return bool(redis.Redis(port=port, password=password, socket_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+def test_no_admin_api_without_a_token_413_and_503_with_redis_down(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    """No admin token: the admin routes are not served (nor in the spec). Over 1,000
+    events in a request: 413. Redis down: the tenant routes answer 503 with the reason,
+    /health/ready too; never a 500."""
+    from stream.devstack import Service
+
+    own = Service("redis", "127.0.0.1", free_port(), tmp_path / "redis")
+    own.start()
+    try:
+        cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
+        cfg.stack = type(
+            "S", (), {"broker": stack.broker, "redis_url": f"redis://127.0.0.1:{own.port}/0"}
+        )()  # type: ignore[assignment]
+        port = free_port()
+        cfg.extra_env.update(
+            STREAMREC_WEB_PORT=str(port),
+            STREAMREC_REDIS_RETRIES="0",
+            STREAMREC_REDIS_CONNECT_TIMEOUT_S="1",
+        )
+        cfg.extra_env.pop("STREAMREC_ADMIN_TOKEN", None)
+        base = f"http://127.0.0.1:{port}"
+        with WorkerProcess(cfg) as worker:
+            assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[
+                -3000:
+            ]
+            spec = call(f"{base}/openapi.json")[1]
+            assert not [p for p in spec["paths"] if p.startswith("/v1/admin")], spec["paths"]
+            assert call(f"{base}/v1/admin/tenants", key="anything")[0] == 404
+            assert call(f"{base}/v1/admin/tenants/x", {}, method="PUT")[0] == 404
+
+            click = {"session_id": "r-1", "item_id": "A13"}
+            status, body = call(f"{base}/v1/default/events", [click] * 1001)
+            assert status == 413 and "at most 1000" in body["error"], body
+            assert call(f"{base}/v1/default/events", [click] * 1000)[0] == 202
+            recs = f"{base}/v1/default/sessions/r-1/recommendations"
+            assert wait_until(lambda: call(recs)[0] == 200, 30), worker.log()[-3000:]
+
+            own.stop()
+            status, body = call(recs)
+            assert status == 503 and "unavailable" in body["error"], body
+            status, body = call(f"{base}/v1/default/recommendations", {"items": ["A13"]})
+            assert status in (200, 503), body  # ranked from the model alone, or 503
+            status, body = call(f"{base}/v1/default/items/A13", {"available": False}, method="PUT")
+            assert status == 503 and body["error"], body
+            status, body = call(f"{base}/health/ready")
+            assert status == 503 and "redis" in body["error"].lower(), body
+            assert "Traceback" not in worker.log(), worker.log()[-3000:]
+            assert worker.alive()
+    finally:
+        own.stop()

@@ -182,3 +182,62 @@ def test_a_group_without_a_subcommand_shows_its_help(
 ) -> None:
     code, err = _run(["tenant"], capsys)
     assert code == 2 and err.startswith("Usage: streamrec tenant") and "error" not in err
+
+
+SECRET = "pa55-never-printed"
+
+
+@pytest.mark.parametrize(
+    ("url", "args"),
+    [
+        (f"redis://:{SECRET}@127.0.0.1:99999/0", ["dev", "status"]),  # refused as a setting
+        (f"redis://:{SECRET}@127.0.0.1:1/0", ["stats", "default"]),  # unreachable
+        (f"redis://:{SECRET}@127.0.0.1:1/0", ["tenant", "create", "shop"]),
+    ],
+)
+def test_a_redis_password_is_never_printed(
+    url: str,
+    args: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STREAMREC_REDIS_URL", url)
+    monkeypatch.setenv("STREAMREC_REDIS_RETRIES", "0")
+    monkeypatch.setenv("STREAMREC_REDIS_CONNECT_TIMEOUT_S", "0.5")
+    if args[0] == "stats":
+        (tmp_path / "home" / "models" / "default").mkdir(parents=True)
+    code, err = _run(args, capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert SECRET not in err and "***" in err, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tenant", "mode", "ghost", "off"],
+        ["tenant", "set", "ghost", "--block", "A1"],
+        ["tenant", "key", "create", "ghost"],
+        ["tenant", "key", "revoke", "ghost", "k1"],
+        ["models", "list", "ghost"],
+        ["models", "promote", "ghost", "v1"],
+        ["models", "rollback", "ghost"],
+        ["stats", "ghost"],
+        ["experiment", "start", "ghost", "--variant", "v2"],
+        ["experiment", "status", "ghost"],
+        ["experiment", "stop", "ghost", "--keep"],
+        ["bandit", "start", "ghost", "v1", "v2"],
+    ],
+)
+def test_commands_on_an_unknown_tenant_are_an_error_and_create_nothing(
+    args: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMREC_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "models" / "shop").mkdir(parents=True)  # another tenant exists
+    code, err = _run(args, capsys)
+    assert code == 1 and "unknown tenant 'ghost'" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "home" / "models" / "ghost").exists()

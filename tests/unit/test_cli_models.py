@@ -106,6 +106,9 @@ def test_user_errors_are_one_line(
     code, err = _main(capsys, monkeypatch, home, "train", str(bad))
     assert code == 1 and "cannot tell the format" in err
     code, err = _main(capsys, monkeypatch, home, "models", "promote", "default", "v7")
+    assert code == 1 and "unknown tenant 'default'" in err  # nothing trained yet
+    (home / "models" / "default").mkdir(parents=True)
+    code, err = _main(capsys, monkeypatch, home, "models", "promote", "default", "v7")
     assert code == 1 and "no version v7" in err
 
 

@@ -28,3 +28,15 @@ def test_flags_win_over_env() -> None:
 def test_bad_value_names_the_variable() -> None:
     with pytest.raises(ValueError, match="STREAMREC_PARTITIONS"):
         Settings.from_env({"STREAMREC_PARTITIONS": "many"})
+
+
+def test_http_listens_on_loopback_unless_told_otherwise() -> None:
+    assert Settings.from_env({}).web_host == "127.0.0.1"
+    assert Settings.from_env({"STREAMREC_WEB_HOST": "0.0.0.0"}).web_host == "0.0.0.0"
+    # The secrets stay out of the settings' repr (it may be logged).
+    shown = repr(
+        Settings.from_env(
+            {"STREAMREC_ADMIN_TOKEN": "tok-123", "STREAMREC_REDIS_URL": "redis://:pw-9@h:1/0"}
+        )
+    )
+    assert "tok-123" not in shown and "pw-9" not in shown

@@ -121,3 +121,51 @@ def test_a_garbled_current_at_start_serves_the_version_in_the_history(registry: 
         assert cache.problems()
 
     asyncio.run(run())
+
+
+def test_preload_loads_every_version_in_service_and_readiness_waits_for_it(
+    registry: Registry,
+) -> None:
+    cache = ModelCache(registry)
+    registry.create_tenant("no-model")  # exists, nothing in service: not waited for
+
+    async def run() -> None:
+        serving = cache.in_service()
+        assert serving == {"t1": "v1", "t2": "v1", "t3": "v1"}
+        await cache.get("t2")  # a click of t2 loads it; t1 and t3 are still not in memory
+        waiting = cache.not_loaded(serving)
+        assert len(waiting) == 2 and all("not loaded yet" in w for w in waiting), waiting
+        await cache.preload()
+        assert cache.loaded() == {"t1": "v1", "t2": "v1", "t3": "v1"}
+        assert cache.not_loaded(cache.in_service()) == []
+
+    asyncio.run(run())
+
+
+def test_readiness_does_not_wait_for_more_tenants_than_the_cache_holds(
+    registry: Registry,
+) -> None:
+    cache = ModelCache(registry, max_models=2)
+
+    async def run() -> None:
+        assert len(cache.in_service()) == 2
+        await cache.preload()
+        assert len(cache.loaded()) == 2
+        await cache.get("somebody-else")  # evicts one of them: the LRU decides
+        assert cache.not_loaded(cache.in_service()) == []
+
+    asyncio.run(run())
+
+
+def test_a_tenant_promoted_after_start_is_loaded_by_the_next_check(registry: Registry) -> None:
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        assert await cache.preload() == 3
+        bundle = await cache.get("t1")
+        registry.promote("t4", registry.register("t4", bundle, {}))  # a new tenant's first
+        assert cache.not_loaded(cache.in_service()) != []  # not ready until it is loaded
+        assert await cache.preload() == 1 and cache.loaded()["t4"] == "v1"
+        assert await cache.preload() == 0  # nothing left to load: a cheap check
+
+    asyncio.run(run())
