@@ -135,6 +135,8 @@ class StoredSession(NamedTuple):
     joined: str  # items joined by keys.ITEM_SEP, oldest first
     event_id: str
     ts: float
+    # The variant of the session's latest stored list (None without one): its arm so far.
+    shown_by: str | None = None
 
 
 def flatten(updates: Sequence[SessionUpdate]) -> tuple[list[str], list[int]]:
@@ -227,14 +229,15 @@ class SessionStore:
 
     async def session(self, tenant: str, session_id: str) -> StoredSession | None:
         """A session as stored; None for an unknown or expired one."""
-        joined, recent, ts, older = await self._client.hmget(
-            keys.session(tenant, session_id), ["i", "r", "lt", "le"]
+        joined, recent, ts, older, shown = await self._client.hmget(
+            keys.session(tenant, session_id), ["i", "r", "lt", "le", "p"]
         )
         if not joined:
             return None
         # The newest of the recent event ids is the latest event's ("le" before issue 11).
         event_id = _text(recent).rpartition(keys.ITEM_SEP)[2] if recent else _text(older)
-        return StoredSession(_text(joined), event_id, float(ts or 0))
+        shown_by = _text(shown).partition(keys.ITEM_SEP)[0] if shown else None
+        return StoredSession(_text(joined), event_id, float(ts or 0), shown_by)
 
     async def session_items(self, tenant: str, session_id: str) -> list[str]:
         """A session's items, oldest first (empty for an unknown or expired session)."""

@@ -321,13 +321,18 @@ class BatchProcessor:
 
     async def variant_of(self, tenant: str, session_id: str) -> str:
         """The variant serving a session now."""
-        bundle = await self.bundle_for(tenant, session_id)
+        stored = await self._store.session(tenant, session_id)
+        bundle = await self.bundle_for(tenant, session_id, stored.shown_by if stored else None)
         return bundle.version if bundle is not None else POPULAR
 
-    async def bundle_for(self, tenant: str, session_id: str) -> ModelBundle | None:
-        """The model serving one session under the tenant's policy."""
+    async def bundle_for(
+        self, tenant: str, session_id: str, shown_by: str | None = None
+    ) -> ModelBundle | None:
+        """The model serving one session under the tenant's policy (``shown_by``: the
+        variant of its latest list, the arm it stays on while that arm has a share)."""
         bundle = await self._models.get(tenant)
-        ((served, _),) = await self._arms(tenant, bundle, [0], [(tenant, session_id)])
+        update = [SessionUpdate(False, "", shown_by=shown_by)]
+        ((served, _),) = await self._arms(tenant, bundle, [0], [(tenant, session_id)], update)
         return served
 
     async def _arms(
@@ -407,7 +412,7 @@ class BatchProcessor:
         stored = await self._store.session(tenant, session_id)
         if stored is None or await self._tenants.mode(tenant) == "off":
             return None
-        bundle = await self.bundle_for(tenant, session_id)
+        bundle = await self.bundle_for(tenant, session_id, stored.shown_by)
         update = SessionUpdate(True, stored.joined)
         (r,) = await self._rank(tenant, bundle, [update], n, request)
         latest = ClickEvent(

@@ -177,7 +177,7 @@ def test_a_session_keeps_its_arm_when_the_shares_move(
     apply(settings, tenant, policy)
     item = registry.load(tenant).item_list[0]
 
-    async def run() -> tuple[dict[str, str], dict[str, str]]:
+    async def run() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
         client = Redis.from_url(stack.redis_url, decode_responses=True)
         processor = BatchProcessor(
             SessionStore(client, cap=50, ttl_s=60),
@@ -202,11 +202,19 @@ def test_a_session_keeps_its_arm_when_the_shares_move(
                 apply, settings, tenant, {**policy, "arms": {"v1": 0.1, "v2": 0.9}}
             )
             second = await batch(old + [f"new{i}" for i in range(400)], 1)
+            await processor.flush_feedback()  # the lists go out with the next batch, or now
+            # HTTP pull and explicit feedback without a rec_id name the same arm.
+            pulled = {}
+            for s in old:
+                record = orjson.loads(await processor.recommend_session(tenant, s) or b"{}")
+                pulled[s] = record["variant"]
+                assert await processor.variant_of(tenant, s) == pulled[s]
         finally:
             await client.aclose()
-        return first, second
+        return first, second, pulled
 
-    first, second = asyncio.run(run())
+    first, second, pulled = asyncio.run(run())
+    assert pulled == {s: second[s] for s in pulled}
     assert {v for v in first.values()} == {"v1", "v2"}
     assert all(second[s] == v for s, v in first.items())  # no session changed arm
     new = [v for s, v in second.items() if s.startswith("new")]
