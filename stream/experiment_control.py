@@ -107,7 +107,6 @@ def start_ab(
     if min_recommendations < 1:
         raise StreamrecError("min_recommendations must be at least 1")
     registry = Registry(settings.registry_dir)
-    _none_running(registry, tenant)
     control = registry.current_version(tenant)
     if control is None:
         raise StreamrecError(f"tenant {tenant!r} has no version in service to compare with")
@@ -115,6 +114,7 @@ def start_ab(
     if variant == control:
         raise StreamrecError(f"{variant} is the version in service already")
     _require_on(registry, tenant)
+    _none_running(registry, tenant)
     policy = {
         "policy": "ab",
         "arms": {control: round(1 - share, 6), variant: share},
@@ -140,10 +140,10 @@ def start_bandit(
     if not 0.0 < discount <= 1.0 or not 0.0 <= floor <= 0.5:
         raise StreamrecError("discount must be in (0, 1] and floor in [0, 0.5]")
     registry = Registry(settings.registry_dir)
-    _none_running(registry, tenant)
     for v in versions:
         _version(registry, tenant, v)
     _require_on(registry, tenant)
+    _none_running(registry, tenant)
     arms = sorted(set(versions))
     policy = {
         "policy": "bandit",
