@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from models.bundle import ModelBundle
+from models.datasets import synthetic_sessions
 from models.policy_file import read_policy, rollout_history, write_policy
 from models.registry import Registry
+from models.train import TrainParams, train_model
 from stream.cli import main
 
 NOW = time.time()
@@ -23,11 +26,19 @@ ROLLOUT = {
 }
 
 
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    return train_model(synthetic_sessions(2000, 60, seed=1), TrainParams(epochs=1, n_clusters=3))
+
+
 @pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle: ModelBundle) -> Registry:
     monkeypatch.setenv("STREAMREC_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("STREAMREC_REDIS_URL", "redis://127.0.0.1:1/0")  # nobody listens
     registry = Registry(tmp_path / "models")
+    for _ in range(3):  # v1 (in service), v2 (the rollout's candidate), v3
+        registry.register("shop", bundle, {})
+    registry.promote("shop", "v1")
     write_policy(registry, "shop", ROLLOUT)
     return registry
 
