@@ -12,6 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
+from state import keys
 from stream.devstack import EmbeddedStack, free_port
 from stream.testing import WorkerProcess, consume, produce
 from stream.topics import ensure_topics
@@ -126,8 +129,15 @@ def test_feedback_is_counted_per_variant_and_bad_feedback_dead_lettered(
             'tenants{mode="on"}',
         ):
             assert f"streamrec_{name}" in text, name  # fmt: skip
+    # The stranger's feedback created neither the tenant nor counters under its name.
     nothing = stats(env, stranger, "--json")
-    assert nothing.returncode == 0 and json.loads(nothing.stdout)["variants"] == {}, nothing
+    assert nothing.returncode == 1 and "unknown tenant" in nothing.stderr, nothing
+    client = redis.Redis.from_url(stack.redis_url)
+
+    def counters(name: str) -> list[bytes]:
+        return list(client.scan_iter(keys.counters(name, 0).rpartition(":")[0] + ":*"))
+
+    assert counters(tenant) and not counters(stranger)
     table = stats(env, tenant)
     assert table.returncode == 0 and "v1" in table.stdout and "50.00%" in table.stdout
     bad = stats(env, tenant, "--since", "soon")
