@@ -104,6 +104,9 @@ class WorkerConfig:
                 "STREAMREC_CLICKS_TOPIC": self.clicks,
                 "STREAMREC_RECS_TOPIC": self.recs,
                 "STREAMREC_DLQ_TOPIC": self.dlq,
+                # Its own feedback topic too: workers of other tests would otherwise read
+                # (and dead-letter) each other's feedback on the shared default topic.
+                "STREAMREC_FEEDBACK_TOPIC": f"{self.clicks}.feedback",
                 "STREAMREC_APP_ID": self.app_id,
                 "STREAMREC_WEB_PORT": "0",
                 "STREAMREC_MODEL_CHECK_INTERVAL_S": "0.5",
