@@ -245,7 +245,11 @@ def _build(
     index = {item: i for i, item in enumerate(embedded.items)}
     codes = [np.fromiter((index[x] for x in s if x in index), dtype=np.int64) for s in sessions]
     follows = _follow_probabilities(sessions, index, params.cooc_window)
-    neighbours, scores = _neighbour_lists(vectors, clusters, follows, params, report)
+    # The served kernel reads no more than ``per_source`` entries of any list: longer
+    # lists would be pages every loaded model maps and never uses. The old rule reads all.
+    cap = params.per_source if params.ranker != "neighbours" else None
+    width = params.n_neighbours if cap is None else min(params.n_neighbours, cap)
+    neighbours, scores = _neighbour_lists(vectors, clusters, follows, width, params, report)
     timings["neighbours_s"] = time.perf_counter() - t
 
     report("sources", 0.0)
@@ -254,7 +258,7 @@ def _build(
     sources = build_sources(
         codes,
         n,
-        top=params.source_top,
+        top=params.source_top if cap is None else min(params.source_top, cap),
         rule_steps=params.rule_steps,
         sample_size=params.sample_size,
         index_from=len(sessions) - len(recent),
@@ -398,12 +402,13 @@ def _neighbour_lists(
     vectors: np.ndarray,
     clusters: np.ndarray,
     follows: sp.csr_matrix,
+    width: int,
     params: TrainParams,
     report: Progress,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``n_neighbours`` items per item by the blended score (module docstring)."""
+    """Top ``width`` items per item by the blended score (module docstring)."""
     n = len(vectors)
-    m = max(0, min(params.n_neighbours, n - 1))
+    m = max(0, min(width, n - 1))
     if m == 0:
         return np.zeros((n, 0), dtype=np.int32), np.zeros((n, 0), dtype=np.float32)
     # Candidate pairs: in-cluster cosine neighbours, plus all observed "j followed i" pairs.
