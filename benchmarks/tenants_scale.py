@@ -77,6 +77,17 @@ def _cpu_s() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def _rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory now (VmRSS), of which anonymous and file-backed (the models'
+    memory-mapped arrays), MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) / 1024
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tenants", type=int, default=1000)
@@ -163,6 +174,7 @@ def main() -> None:
         with WorkerProcess(cfg) as worker:
             got = consume(stack.broker, "probe-recs", args.tenants, timeout=600)
             rss = worker.peak_rss_mb()
+            now_rss = _rss_mb(worker.proc.pid) if worker.proc is not None else {}
         versions = {orjson.loads(m.value())["model_version"] for m in got}
     finally:
         stack.down()
@@ -183,6 +195,10 @@ def main() -> None:
             f"({len(got)} answered, {len(versions - {None})} model versions) |"
         )
     print(f"\n(jobs={args.jobs}, {np.round(produce_s)} s to produce the click log, not counted)")
+    print(
+        "worker memory once every tenant was answered: "
+        + ", ".join(f"{k} {v:,.0f} MB" for k, v in now_rss.items())
+    )
 
 
 if __name__ == "__main__":
