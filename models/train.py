@@ -202,7 +202,7 @@ class _Embedded:
     vectors: np.ndarray
     clusters: np.ndarray
     centroids: np.ndarray
-    epochs: int
+    epochs: dict[str, int]  # Word2Vec passes: over the older sessions, then over all
     timings: dict[str, float]
 
 
@@ -213,7 +213,7 @@ def _embed(
     ``sessions[:cut]`` as the ranker's fit-time model sees them (``_word2vec``)."""
     report("word2vec", 0.0)
     t = time.perf_counter()
-    w2v, older_vectors = _word2vec(sessions, cut, params, report)
+    w2v, older_vectors, passes = _word2vec(sessions, cut, params, report)
     vectors = _l2_normalise(w2v.wv.vectors.astype(np.float32))
     timings = {"word2vec_s": time.perf_counter() - t}
     report("kmeans", 0.0)
@@ -226,10 +226,10 @@ def _embed(
         keep = np.array([i for i, item in enumerate(items) if item in present], dtype=np.int64)
         if len(keep):
             sub = _l2_normalise(older_vectors[keep])
-            older = _Embedded([items[i] for i in keep.tolist()], sub, *_kmeans(sub, params), 0, {})
+            older = _Embedded([items[i] for i in keep.tolist()], sub, *_kmeans(sub, params), {}, {})
     timings["kmeans_s"] = time.perf_counter() - t
     report("kmeans", 1.0)
-    return _Embedded(items, vectors, clusters, centroids, w2v.epochs, timings), older
+    return _Embedded(items, vectors, clusters, centroids, passes, timings), older
 
 
 def _build(
@@ -275,6 +275,7 @@ def _build(
     popularity = np.argsort(-counts, kind="stable").astype(np.int32)
     manifest = {
         "params": asdict(params),
+        # Passes over the older sessions, then over every session (``_word2vec``).
         "word2vec_epochs": embedded.epochs,
         "ranking": asdict(params.rank_params()),
         "counts": {"items": n, "sessions": len(sessions), "clicks": int(sum(map(len, sessions)))},
@@ -313,7 +314,7 @@ def auto_epochs(n_clicks: int) -> int:
 
 def _word2vec(
     sessions: list[list[str]], cut: int, params: TrainParams, report: Progress
-) -> tuple[Word2Vec, np.ndarray | None]:
+) -> tuple[Word2Vec, np.ndarray | None, dict[str, int]]:
     """Word2Vec over ``sessions``; with ``cut`` > 0, first over ``sessions[:cut]`` alone,
     whose vectors are returned as well (the ranker's fit-time model: they never saw the
     newer sessions its cases come from), then ``WARM_SHARE`` as many passes over every
@@ -349,14 +350,14 @@ def _word2vec(
             model.train(sessions, total_examples=len(sessions), epochs=warm, callbacks=callbacks)
         finally:
             quiet.setLevel(level)
-        return model, older_vectors
+        return model, older_vectors, {"older": epochs, "all": warm}
     model.train(
         sessions,
         total_examples=model.corpus_count,
         epochs=epochs,
         callbacks=[_EpochProgress(epochs, report)],
     )
-    return model, None
+    return model, None, {"older": 0, "all": epochs}
 
 
 def _l2_normalise(vectors: np.ndarray) -> np.ndarray:
