@@ -54,6 +54,9 @@ Progress = Callable[[str, float], None]
 # Passes over every session, as a share of ``epochs``, that continue the embeddings of
 # the ranker's fit-time model into the served model's (``_word2vec``).
 WARM_SHARE = 0.25
+# Fewer older sessions or newer next-click cases than these: no ranker fit (fixed blend).
+MIN_FIT_SESSIONS = 10
+MIN_FIT_CASES = 50
 
 
 @dataclass(frozen=True)
@@ -136,9 +139,12 @@ def train_model(
     if not sessions:
         raise DataFormatError("no sessions to train on (are all sessions a single click?)")
     started = time.perf_counter()
-    # The ranker is fitted on a model of the older sessions (module docstring).
+    # The ranker is fitted on a model of the older sessions (module docstring); with too
+    # few of them there is no fit, and Word2Vec trains on every session from the start.
     cut = int(len(sessions) * (1 - params.fit_share)) if params.ranker == "linear" else 0
-    embedded, older = _embed(sessions, cut, params, report)
+    n_cases = sum(len(s) - 1 for s in sessions[cut:])
+    fits = params.ranker == "linear" and cut >= MIN_FIT_SESSIONS and n_cases >= MIN_FIT_CASES
+    embedded, older = _embed(sessions, cut if fits else 0, params, report)
     bundle = _build(sessions, embedded, params, report)
     ranker: dict[str, Any] = {"kind": params.ranker}
     if params.ranker == "linear":
@@ -161,7 +167,7 @@ def _learn_ranker(
     small to hold enough cases."""
     older, newer = sessions[:cut], sessions[cut:]
     cases = [(s[:i], s[i]) for s in newer for i in range(1, len(s))]
-    if len(older) < 10 or len(cases) < 50:
+    if len(older) < MIN_FIT_SESSIONS or len(cases) < MIN_FIT_CASES:
         return blend_weights(), {"cases": 0, "reason": "too few sessions to fit a ranker"}
     if len(cases) > params.fit_cases:
         rng = np.random.default_rng(params.seed)
