@@ -100,8 +100,12 @@ class ModelBundle:
 
     @cached_property
     def item_list(self) -> list[str]:
-        # Python strings once, so ranking does not box numpy scalars per result.
-        return self.items.tolist()
+        # Python strings once, so ranking does not box numpy scalars per result. Nothing
+        # reads ``items`` after this, so its mapped pages go back (they fault in again if
+        # something does): a worker holding many models keeps only the strings.
+        out = self.items.tolist()
+        _release_pages(self.items)
+        return out
 
     @cached_property
     def item_objects(self) -> np.ndarray:
