@@ -101,7 +101,7 @@ def main() -> None:
         stages += f"; ranker fit {ranker.get('fit_s', 0.0):.1f} s on {ranker.get('fit', {})}"
         print(
             f"train: {train_s:.1f} s wall for `streamrec train` ({stages}; "
-            f"{bundle.manifest['word2vec_epochs']} Word2Vec epochs); model on disk {size_mb:.1f} MB"
+            f"Word2Vec epochs {bundle.manifest['word2vec_epochs']}); model on disk {size_mb:.1f} MB"
         )
 
         probe = subprocess.run(

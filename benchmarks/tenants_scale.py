@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -70,6 +71,23 @@ def produce_tenants(
     return clicks, n_sessions
 
 
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process and its waited-for children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory now (VmRSS), of which anonymous and file-backed (the models'
+    memory-mapped arrays), MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) / 1024
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tenants", type=int, default=1000)
@@ -102,9 +120,10 @@ def main() -> None:
             f"produced {clicks:,} clicks ({sessions:,} sessions of 2+ clicks) in {produce_s:.0f}s"
         )
 
-        passes = []  # (pass seconds, read seconds, report)
+        passes = []  # (pass seconds, read seconds, CPU seconds, report)
         for n in range(1, args.passes + 1):
             started = time.perf_counter()
+            cpu = _cpu_s()
             report = run_once(
                 settings,
                 window_s=8 * 86400,
@@ -113,11 +132,12 @@ def main() -> None:
                 jobs=args.jobs,
             )
             pass_s = time.perf_counter() - started
-            passes.append((pass_s, report.read_s, report))
+            cpu = _cpu_s() - cpu  # this process and its (finished) training processes
+            passes.append((pass_s, report.read_s, cpu, report))
             actions = Counter(o.decision.action for o in report.outcomes)
             print(
                 f"trainer --once, pass {n}: {len(report.outcomes)} tenants in {pass_s:.1f}s "
-                f"(reading {report.clicks:,} clicks: {report.read_s:.1f}s): "
+                f"(reading {report.clicks:,} clicks: {report.read_s:.1f}s; CPU {cpu:.1f}s): "
                 + ", ".join(f"{c} {a}" for a, c in sorted(actions.items())),
                 flush=True,
             )
@@ -154,6 +174,7 @@ def main() -> None:
         with WorkerProcess(cfg) as worker:
             got = consume(stack.broker, "probe-recs", args.tenants, timeout=600)
             rss = worker.peak_rss_mb()
+            now_rss = _rss_mb(worker.proc.pid) if worker.proc is not None else {}
         versions = {orjson.loads(m.value())["model_version"] for m in got}
     finally:
         stack.down()
@@ -162,17 +183,22 @@ def main() -> None:
     print()
     print(
         "| tenants | sessions/tenant | clicks | pass | trainer --once | of which reading the log "
-        "| per tenant | worker RSS with all models |"
+        "| per tenant | CPU per tenant | worker RSS with all models |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for n, (pass_s, read_s, _) in enumerate(passes, 1):
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, (pass_s, read_s, cpu_s, _) in enumerate(passes, 1):
         print(
             f"| {args.tenants:,} | {sessions / args.tenants:,.0f} | {clicks:,} | {n} | "
             f"{pass_s:,.1f} s | {read_s:,.1f} s | "
-            f"{pass_s / max(1, args.tenants) * 1000:,.0f} ms | {rss:,.0f} MB "
+            f"{pass_s / max(1, args.tenants) * 1000:,.0f} ms | "
+            f"{cpu_s / max(1, args.tenants) * 1000:,.0f} ms | {rss:,.0f} MB "
             f"({len(got)} answered, {len(versions - {None})} model versions) |"
         )
     print(f"\n(jobs={args.jobs}, {np.round(produce_s)} s to produce the click log, not counted)")
+    print(
+        "worker memory once every tenant was answered: "
+        + ", ".join(f"{k} {v:,.0f} MB" for k, v in now_rss.items())
+    )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ import numpy as np
 from models.errors import InvalidModelError
 
 BUNDLE_FORMAT = "streamrec-bundle"
-# 2: candidate sources and the ranker (models.served). A version-1 bundle is refused with
-# a message that says to retrain; the trainer writes version 2 from then on.
-BUNDLE_FORMAT_VERSION = 2
+# 2: candidate sources and the ranker (models.served). 3: their row pointers are int32.
+# An older bundle is refused with a message that says to retrain.
+BUNDLE_FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 # The candidate sources of the served model (models.served), as CSR arrays.
 SOURCE_ARRAYS = (
@@ -78,7 +78,7 @@ class ModelBundle:
     neighbour_scores: np.ndarray  # float32 [n, m], descending per row
     popularity: np.ndarray  # int32 [n], item indices, most clicked first
     log_popularity: np.ndarray  # float32 [n], log(1 + clicks) / log(1 + max clicks)
-    # Candidate sources of models.served, CSR: ptr int64 [rows + 1], idx int32, w float32.
+    # Candidate sources of models.served, CSR: ptr int32 [rows + 1], idx int32, w float32.
     transitions_ptr: np.ndarray  # [n + 1]: P(next | last click), best first
     transitions_idx: np.ndarray
     transitions_w: np.ndarray
@@ -101,8 +101,12 @@ class ModelBundle:
 
     @cached_property
     def item_list(self) -> list[str]:
-        # Python strings once, so ranking does not box numpy scalars per result.
-        return self.items.tolist()
+        # Python strings once, so ranking does not box numpy scalars per result. Nothing
+        # reads ``items`` after this, so its mapped pages go back (they fault in again if
+        # something does): a worker holding many models keeps only the strings.
+        out = self.items.tolist()
+        _release_pages(self.items)
+        return out
 
     @cached_property
     def item_objects(self) -> np.ndarray:
@@ -113,7 +117,9 @@ class ModelBundle:
 
     @cached_property
     def _index(self) -> dict[str, int]:
-        return {item: i for i, item in enumerate(self.item_list)}
+        # Row numbers are the same int objects in every model: a worker holding many
+        # models would otherwise keep 28 bytes an item for each.
+        return dict(zip(self.item_list, _row_numbers(len(self.item_list)), strict=True))
 
     def index(self, item_id: str) -> int | None:
         """Row of ``item_id``, or None when the model has never seen it."""
@@ -142,6 +148,16 @@ class ModelBundle:
     def ranking(self) -> dict[str, Any]:
         """Ranking parameters chosen at training time (see ``models.ranking``)."""
         return dict(self.manifest.get("ranking", {}))
+
+
+_ROWS: list[int] = []
+
+
+def _row_numbers(n: int) -> list[int]:
+    """``list(range(n))`` made of shared int objects (grown on demand, never shrunk)."""
+    if len(_ROWS) < n:
+        _ROWS.extend(range(len(_ROWS), n))
+    return _ROWS[:n]
 
 
 def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
@@ -317,8 +333,8 @@ def _check_consistency(a: dict[str, np.ndarray], where: str) -> None:
         ptr, idx = a[ptr_name], a[idx_name]
         rows = {"sessions_ptr": n_sessions, "context_ptr": len(a["context_keys"])}.get(ptr_name, n)
         bound = n if over == "items" else n_sessions
-        if ptr.dtype != np.int64 or ptr.shape != (rows + 1,) or idx.dtype != np.int32:
-            fail(f"{ptr_name} must be int64 [{rows + 1}] and {idx_name} int32")
+        if ptr.dtype != np.int32 or ptr.shape != (rows + 1,) or idx.dtype != np.int32:
+            fail(f"{ptr_name} must be int32 [{rows + 1}] and {idx_name} int32")
         if ptr[0] != 0 or ptr[-1] != len(idx) or (np.diff(ptr) < 0).any():
             fail(f"{ptr_name} is not a valid CSR row pointer for {idx_name}")
         if idx.size and (idx.min() < 0 or idx.max() >= bound):

@@ -151,9 +151,12 @@ def recommend_flat(
             skip.update(session)
         elif exclude == "current" and row and row[-1] >= 0:
             skip.add(row[-1])
+        # Padding ranks below every real candidate: 0, or the last score when a linear
+        # ranker's scores went negative.
+        pad = min(0.0, scores[-1]) if scores else 0.0
         for item in _fill(bundle, session, skip, k - n, banned):
             ids.append(names[item])
-            scores.append(0.0)
+            scores.append(pad)
         results.append(Ranked(ids, scores, strategy))
     return results
 

@@ -13,6 +13,9 @@ At train time every source becomes plain arrays in the bundle (CSR lists, best f
   ``_Continuations``), keyed by a 64-bit hash of the context (``context_*``);
 - the existing blended Word2Vec / co-occurrence / cluster neighbour lists.
 
+Row pointers are int32. The kernel reads at most ``per_source`` entries of a list, so
+the trainer keeps no more than that many (a loaded model's pages are its memory).
+
 At serve time ``served_kernel`` takes a whole batch in one compiled pass. Per session it
 gathers candidates from the session's own items, the neighbour lists and rules of its
 newest ``context`` clicks, the transitions of the last click, its sequence continuations
@@ -129,10 +132,8 @@ def build_sources(
         _, first = np.unique(c, return_index=True)
         distinct.append(c[np.sort(first)])
     lengths = np.array([len(d) for d in distinct], dtype=np.int64)
-    ptr = np.zeros(len(distinct) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=ptr[1:])
     items = np.concatenate(distinct).astype(np.int32) if distinct else np.zeros(0, np.int32)
-    out["sessions_ptr"], out["sessions_items"] = ptr, items
+    out["sessions_ptr"], out["sessions_items"] = _row_pointer(lengths), items
     # item -> its most recent ``sample_size`` sessions: the most recent ``sample_size`` of a
     # union of such lists are exactly the most recent of the full lists' union.
     session_of = np.repeat(np.arange(len(distinct), dtype=np.int64), lengths)
@@ -142,8 +143,7 @@ def build_sources(
     counts = np.diff(starts)
     rank_from_end = starts[by_item + 1] - 1 - np.arange(len(by_item))
     keep = rank_from_end < sample_size
-    iptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.minimum(counts, sample_size), out=iptr[1:])
+    iptr = _row_pointer(np.minimum(counts, sample_size))
     out["item_sessions_ptr"], out["item_sessions_idx"] = iptr, sess[keep].astype(np.int32)
     out.update(_continuations(codes, n, top))
     return out
@@ -262,9 +262,19 @@ def _top_csr(m: sp.csr_matrix, top: int) -> tuple[np.ndarray, np.ndarray, np.nda
     rows, cols, data = rows[order], cols[order], data[order]
     starts = np.searchsorted(rows, np.arange(m.shape[0]))
     keep = (np.arange(len(rows)) - starts[rows]) < top
-    ptr = np.zeros(m.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows[keep], minlength=m.shape[0]), out=ptr[1:])
+    ptr = _row_pointer(np.bincount(rows[keep], minlength=m.shape[0]))
     return ptr, cols[keep].astype(np.int32), data[keep].astype(np.float32)
+
+
+def _row_pointer(lengths: np.ndarray) -> np.ndarray:
+    """CSR row pointer (int32: half the bytes of int64 in every loaded model; a model
+    would need over 2**31 list entries, 8 GB of indices alone, to overflow it)."""
+    total = int(np.sum(lengths))
+    if total >= 2**31:
+        raise ValueError(f"{total} list entries do not fit an int32 row pointer")
+    ptr = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=ptr[1:])
+    return ptr
 
 
 # ---------------------------------------------------------------- serve time: the kernel
@@ -696,13 +706,18 @@ def fit_ranker(
     info["recall"] = float(found.mean()) if len(found) else 0.0
     if found.sum() < 20:
         return blend_weights(), info
-    x_raw = feats[found]
+    # float32 throughout, in one array: the fit's time was mostly copies of [cases,
+    # candidates, features] float64 arrays.
+    raw = feats[found].astype(np.float32)
     mask = items[found] >= 0
     y = where[found].argmax(axis=1)
-    x = np.concatenate((x_raw, np.sqrt(np.clip(x_raw, 0.0, None))), axis=-1)
-    scale = np.maximum(x[mask].std(axis=0), 1e-6)
-    xs = (x / scale).astype(np.float32)
-    w = _softmax_fit(xs, mask, y, blend_weights() * scale, l2)
+    nf = raw.shape[-1]
+    x = np.empty((*raw.shape[:-1], 2 * nf), dtype=np.float32)
+    x[..., :nf] = raw
+    np.sqrt(np.maximum(raw, 0.0), out=x[..., nf:])
+    scale = np.maximum(x[mask].std(axis=0, dtype=np.float64), 1e-6)
+    x /= scale.astype(np.float32)
+    w = _softmax_fit(x, mask, y, blend_weights() * scale, l2)
     return w / scale, info
 
 
@@ -711,16 +726,17 @@ def _softmax_fit(
 ) -> np.ndarray:
     rows = np.arange(len(y))
     penalty = np.where(mask, 0.0, -1e9)
+    flat = x.reshape(-1, x.shape[-1])  # two matrix-vector products per step (BLAS)
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        s = (x @ w.astype(np.float32)).astype(np.float64) + penalty
+        s = (flat @ w.astype(np.float32)).reshape(mask.shape).astype(np.float64) + penalty
         s -= s.max(axis=1, keepdims=True)
         e = np.exp(s)
         z = e.sum(axis=1, keepdims=True)
         value = -(s[rows, y] - np.log(z[:, 0])).mean() + l2 * (w @ w)
         grad_s = e / z
         grad_s[rows, y] -= 1.0
-        grad = np.einsum("nc,ncf->f", grad_s.astype(np.float32), x) / len(y) + 2 * l2 * w
+        grad = grad_s.astype(np.float32).ravel() @ flat / len(y) + 2 * l2 * w
         return float(value), grad.astype(np.float64)
 
     from scipy.optimize import minimize  # training only: kept off the worker's start-up

@@ -4,6 +4,7 @@ bundle that round-trips through disk and the registry."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -172,16 +173,34 @@ def test_bundle_round_trips_through_disk_and_registry(trained: ModelBundle, tmp_
     )
 
 
-def test_a_version_1_bundle_is_refused_with_a_clear_message(
-    trained: ModelBundle, tmp_path: Path
+@pytest.mark.parametrize("older", [1, 2])
+def test_an_older_bundle_is_refused_with_a_clear_message(
+    trained: ModelBundle, tmp_path: Path, older: int
 ) -> None:
     save_bundle(trained, tmp_path / "b")
     manifest = (tmp_path / "b" / "manifest.json").read_text()
     (tmp_path / "b" / "manifest.json").write_text(
-        manifest.replace('"format_version": 2', '"format_version": 1')
+        manifest.replace('"format_version": 3', f'"format_version": {older}')
     )
     with pytest.raises(InvalidModelError, match="retrain it with `streamrec train`"):
         load_bundle(tmp_path / "b")
+
+
+def test_a_row_pointer_of_another_dtype_is_refused(trained: ModelBundle, tmp_path: Path) -> None:
+    """A version-2 pointer (int64) behind a version-3 manifest: manifest and file agree,
+    the bundle's own dtype check refuses it."""
+    wide = dataclasses.replace(trained, context_ptr=trained.context_ptr.astype(np.int64))
+    save_bundle(wide, tmp_path / "w")
+    with pytest.raises(InvalidModelError, match="context_ptr must be int32"):
+        load_bundle(tmp_path / "w")
+
+
+def test_lists_are_kept_no_longer_than_serving_reads(trained: ModelBundle) -> None:
+    per_source = trained.ranking["per_source"]
+    assert trained.neighbours.shape[1] <= per_source
+    for name in ("transitions", "rules", "context"):
+        ptr = getattr(trained, f"{name}_ptr")
+        assert ptr.dtype == np.int32 and np.diff(ptr).max() <= per_source
 
 
 @settings(max_examples=300, deadline=None)

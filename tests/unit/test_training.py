@@ -7,7 +7,7 @@ import pytest
 
 from models.datasets import synthetic_sessions
 from models.errors import DataFormatError
-from models.train import TrainParams, train_model
+from models.train import WARM_SHARE, TrainParams, _embed, train_model
 
 SESSIONS = synthetic_sessions(4000, 120, seed=7)
 FAST = TrainParams(epochs=3, n_clusters=6, n_neighbours=20, seed=11)
@@ -72,3 +72,17 @@ def test_tiny_catalogues_and_empty_input() -> None:
     assert len(bundle.centroids) == 2 and bundle.neighbours.shape == (2, 1)
     with pytest.raises(DataFormatError):
         train_model([], FAST)
+
+
+def test_the_fit_time_model_knows_only_the_older_sessions() -> None:
+    """The ranker is fitted on a model of the older sessions: its items (and vectors) come
+    from them alone, and Word2Vec's passes over them are counted apart."""
+    sessions = [list(s) for s in SESSIONS] + [["only-new-1", "only-new-2"]] * 5
+    cut = len(SESSIONS)
+    served, older = _embed(sessions, cut, FAST, lambda stage, fraction: None)
+    assert older is not None
+    assert set(older.items) == {x for s in sessions[:cut] for x in s}
+    assert {"only-new-1", "only-new-2"} <= set(served.items)
+    assert served.epochs == {"older": FAST.epochs, "all": max(1, round(FAST.epochs * WARM_SHARE))}
+    rows = [served.items.index(x) for x in older.items]
+    assert not np.allclose(older.vectors, served.vectors[rows])  # the served run went on
