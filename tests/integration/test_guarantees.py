@@ -37,6 +37,17 @@ def _with_redis(cfg: WorkerConfig, service: Service) -> None:
     )
 
 
+def _restart_redis_empty(own: Service) -> None:
+    """SHUTDOWN NOSAVE, its data directory removed, started again: Redis comes back empty."""
+    try:
+        redis.Redis(port=own.port).shutdown(nosave=True)
+    except redis.ConnectionError:
+        pass
+    own.stop()
+    shutil.rmtree(own.run_dir / "redis-data")
+    own.start()
+
+
 def _clicks(tenant: str, n: int, tag: str) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(n):
@@ -79,15 +90,8 @@ def test_a_tenant_switched_off_stays_off_after_redis_restarts_empty(
             answered = _tenants_answered(stack.broker, cfg.recs, 20, timeout=60)
             assert answered == [on] * 20, worker.log()[-3000:]
 
-            client = redis.Redis(port=own.port)
-            try:
-                client.shutdown(nosave=True)
-            except redis.ConnectionError:
-                pass
-            own.stop()
             # Whatever Redis kept on disk is gone too: the registry holds the switch.
-            shutil.rmtree(own.run_dir / "redis-data")
-            own.start()
+            _restart_redis_empty(own)
             produce(stack.broker, cfg.clicks, _clicks(off, 20, "c") + _clicks(on, 20, "d"))
             answered = _tenants_answered(stack.broker, cfg.recs, 40, timeout=60)
             assert len(answered) == 40, worker.log()[-3000:]
@@ -137,14 +141,7 @@ def test_rules_keys_and_experiments_survive_redis_restarting_empty(
         cli("tenant", "set", "default", *(f"--block={item}" for item in blocked))
         key = cli("tenant", "key", "create", "default")
         cli("experiment", "start", "default", "--variant", candidate, "--share", "0.5")
-        client = redis.Redis(port=own.port)
-        try:
-            client.shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass
-        own.stop()
-        shutil.rmtree(own.run_dir / "redis-data")
-        own.start()
+        _restart_redis_empty(own)
         assert redis.Redis(port=own.port).dbsize() == 0
 
         with WorkerProcess(cfg) as worker:
