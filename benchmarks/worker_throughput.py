@@ -33,6 +33,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from models.registry import Registry
+from stream.config import Settings
 from stream.devstack import EmbeddedStack, free_port
 from stream.testing import WorkerConfig, WorkerProcess, consume, produce
 from stream.topics import ensure_topics
@@ -227,7 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--sessions", type=int, default=20_000)
-    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
     parser.add_argument(
         "--model-dir",
         type=Path,
