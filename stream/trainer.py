@@ -265,12 +265,17 @@ def _redis(settings: RedisSettings) -> SyncRedis:
 
 
 def _modes(settings: Settings) -> dict[str, str]:
-    # Without the modes a frozen tenant could be retrained: better not to run at all.
-    # The registry's (durable) modes win over Redis's cache, which a restart may empty.
+    # The registry's modes are the durable ones (every switch is written there first) and
+    # win over Redis's cache, which a restart may empty. So with Redis away a frozen
+    # tenant is still known, and the pass goes on from the registry alone.
+    durable = Registry(settings.registry_dir).modes()
     try:
         cached = list_tenants(_redis(settings.redis))
-        return {**cached, **Registry(settings.registry_dir).modes()}
     except RedisError as exc:
-        raise StreamrecError(
-            f"cannot read tenant modes from Redis at {settings.redis_display}: {exc}"
-        ) from None
+        log.warning(
+            "tenant modes from the registry only: Redis at %s is unreachable (%s)",
+            settings.redis_display,
+            exc,
+        )
+        return durable
+    return {**cached, **durable}

@@ -10,6 +10,7 @@ from collections import Counter
 import click
 from tqdm import tqdm
 
+from models.errors import StreamrecError
 from models.gate import GATE_METRICS, GatePolicy
 from models.train import TrainParams
 from stream.cli.params import TENANT, Duration, uses
@@ -163,33 +164,42 @@ def trainer(
             bar.set_postfix_str(tenant, refresh=False)
             bar.update()
 
-        report = run_once(
-            settings,
-            window_s=window,
-            params=params,
-            policy=policy,
-            tenants=tenants or None,
-            progress=step,
-            jobs=jobs,
-            keep_unpromoted=keep_unpromoted,
-            rollout=staged,
-        )
-        bar.close()
-        counts = Counter(o.decision.action for o in report.outcomes)
-        click.echo(
-            f"trainer: {len(report.outcomes)} tenant(s) in "
-            f"{time.perf_counter() - started:.1f}s (reading {report.clicks} clicks: "
-            f"{report.read_s:.1f}s): "
-            + ", ".join(
-                f"{counts[a]} {a}"
-                for a in ("promoted", "rollout", "kept", "skipped")
-                if counts[a] or a != "rollout"
+        try:
+            report = run_once(
+                settings,
+                window_s=window,
+                params=params,
+                policy=policy,
+                tenants=tenants or None,
+                progress=step,
+                jobs=jobs,
+                keep_unpromoted=keep_unpromoted,
+                rollout=staged,
             )
-        )
-        if once:
-            look()
-            return
-        log.info("next pass in %.0fs", every)
+        except StreamrecError as exc:
+            bar.close()
+            if once:
+                raise
+            # The broker or Redis away for a while must not end the periodic trainer: the
+            # models in service keep serving, and the next pass tries again.
+            log.error("trainer: this pass failed: %s; the next one in %.0fs", exc, every)
+        else:
+            bar.close()
+            counts = Counter(o.decision.action for o in report.outcomes)
+            click.echo(
+                f"trainer: {len(report.outcomes)} tenant(s) in "
+                f"{time.perf_counter() - started:.1f}s (reading {report.clicks} clicks: "
+                f"{report.read_s:.1f}s): "
+                + ", ".join(
+                    f"{counts[a]} {a}"
+                    for a in ("promoted", "rollout", "kept", "skipped")
+                    if counts[a] or a != "rollout"
+                )
+            )
+            if once:
+                look()
+                return
+            log.info("next pass in %.0fs", every)
         # Between passes, running rollouts move on (or back) as their counters say.
         next_pass = time.monotonic() + every
         while time.monotonic() < next_pass:

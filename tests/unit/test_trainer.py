@@ -115,3 +115,49 @@ def test_each_decision_reads_as_one_line_with_its_reason() -> None:
         "tenant b: KEPT v1 (v2 registered, not promoted): HR@20 0.2 vs 0.3 in service",
         "tenant c: SKIPPED: tenant is frozen",
     ]
+
+
+def test_with_redis_away_the_modes_come_from_the_registry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from models.registry import Registry
+    from stream.config import Settings
+    from stream.trainer import _modes
+
+    Registry(tmp_path / "models").set_mode("shop", "freeze")
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", model_dir=str(tmp_path / "models"))
+    with caplog.at_level("WARNING", logger="streamrec"):
+        assert _modes(settings) == {"shop": "freeze"}  # a frozen tenant stays frozen
+    assert "from the registry only" in caplog.text
+
+
+def test_a_failed_pass_does_not_end_the_periodic_trainer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import stream.trainer
+    from models.errors import StreamrecError
+    from stream.cli import main
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def run_once(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StreamrecError("cannot reach the broker")
+        raise Stop  # the second pass came: the loop went on
+
+    monkeypatch.setattr(stream.trainer, "run_once", run_once)
+    monkeypatch.setenv("STREAMREC_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("STREAMREC_REDIS_URL", "redis://127.0.0.1:1/0")
+    with caplog.at_level("ERROR", logger="streamrec"), pytest.raises(Stop):
+        main(["trainer", "--every", "1s", "--rollout-check", "1s"])
+    assert len(calls) == 2
+    assert "this pass failed: cannot reach the broker" in caplog.text
+    # With --once the same failure is the command's one-line error.
+    calls.clear()
+    with pytest.raises(SystemExit) as exit_:
+        main(["trainer", "--once"])
+    assert exit_.value.code == 1 and calls == [1]
