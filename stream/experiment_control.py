@@ -60,13 +60,16 @@ def apply_policy(settings: Settings, tenant: str, policy: dict[str, Any] | None)
     The number of workers that heard."""
     registry = Registry(settings.registry_dir)
     write_policy(registry, tenant, policy)
+    client = sync_client(settings.redis)
     try:
-        set_policy(sync_client(settings.redis), tenant, policy)
+        set_policy(client, tenant, policy)
     except RedisError as exc:
         raise StreamrecError(
             f"policy saved in the registry, but Redis at {settings.redis_display} is "
             f"unreachable ({exc}); workers pick it up when Redis is back"
         ) from None
+    finally:
+        client.close()
     return notify_model_change(settings.redis, tenant, None)
 
 

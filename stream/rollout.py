@@ -18,14 +18,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from models.errors import StreamrecError
 from models.experiments import staged_verdict
-from models.policy_file import log_rollout, read_policy, write_policy
+from models.policy_file import log_rollout, read_policy
 from models.registry import Registry
 from state.connection import RedisError, SyncRedis, sync_client
 from state.feedback import read_buckets_sync, totals
 from state.notify import notify_model_change
-from state.policies import set_policy
 from stream.config import Settings
+from stream.experiment_control import apply_policy
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -37,17 +38,6 @@ class RolloutSettings:
     min_recommendations: int = 1000  # per arm and stage, before a stage may be judged
     alpha: float = 0.05
     stages: tuple[float, ...] = STAGES
-
-
-def apply(settings: Settings, tenant: str, policy: dict[str, Any] | None) -> None:
-    """Write a policy durably, then to Redis's cache, and tell the workers."""
-    write_policy(Registry(settings.registry_dir), tenant, policy)
-    client = sync_client(settings.redis)
-    try:
-        set_policy(client, tenant, policy)
-    finally:
-        client.close()
-    notify_model_change(settings.redis, tenant, None)
 
 
 def start_rollout(
@@ -66,7 +56,7 @@ def start_rollout(
         "alpha": rollout.alpha,
         "rollout": {"stages": list(rollout.stages), "stage": 0, "stage_started": now},
     }
-    apply(settings, tenant, policy)
+    apply_policy(settings, tenant, policy)
     _record(settings, tenant, "rollout-start", policy, share=share)
     return policy
 
@@ -116,10 +106,11 @@ def check_rollouts(settings: Settings, now: float | None = None) -> list[tuple[s
 
 def look_at_rollouts(settings: Settings) -> list[tuple[str, str]]:
     """:func:`check_rollouts` for the trainer's loop: Redis away is a warning and no
-    step (the rollouts wait where they are), not the end of the trainer."""
+    step (the rollouts wait where they are), not the end of the trainer. A step whose
+    policy reached the registry but not Redis is a ``StreamrecError`` saying so."""
     try:
         return check_rollouts(settings)
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, StreamrecError) as exc:
         log.warning(
             "rollouts not looked at: Redis at %s unavailable (%s); next look in a while",
             settings.redis_display,
@@ -160,14 +151,14 @@ def _look(
     if verdict == "hold":
         return None
     if verdict == "worse":
-        apply(settings, tenant, None)
+        apply_policy(settings, tenant, None)
         _record(settings, tenant, "rollout-rollback", policy, **rates)
         return "rollback"
     stages = rollout["stages"]
     nxt = int(rollout["stage"]) + 1
     if nxt >= len(stages) or stages[nxt] >= 1.0:
         registry.promote(tenant, candidate)
-        apply(settings, tenant, None)
+        apply_policy(settings, tenant, None)
         notify_model_change(settings.redis, tenant, candidate)
         _record(settings, tenant, "rollout-promote", policy, **rates)
         return "promote"
@@ -177,6 +168,6 @@ def _look(
         "arms": {control: round(1 - share, 6), candidate: share},
         "rollout": {**rollout, "stage": nxt, "stage_started": now},
     }
-    apply(settings, tenant, policy)
+    apply_policy(settings, tenant, policy)
     _record(settings, tenant, "rollout-stage", policy, share=share, **rates)
     return "advance"

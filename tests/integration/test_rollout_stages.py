@@ -25,10 +25,11 @@ from state.sessions import SessionStore
 from state.tenants import TenantDirectory
 from stream.config import Settings
 from stream.devstack import EmbeddedStack
+from stream.experiment_control import apply_policy as apply
 from stream.model_handle import ModelCache
 from stream.policies import PolicyDirectory
 from stream.processor import BatchProcessor
-from stream.rollout import RolloutSettings, apply, check_rollouts, start_rollout
+from stream.rollout import RolloutSettings, check_rollouts, start_rollout
 from stream.tenant_control import TenantControl
 
 pytestmark = pytest.mark.broker_agnostic
