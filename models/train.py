@@ -155,7 +155,10 @@ def train_model(
     if params.ranker == "linear":
         report("ranker", 0.0)
         t = time.perf_counter()
-        weights, info = _learn_ranker(sessions, cut, older, params)
+        if fits and older is not None:
+            weights, info = _learn_ranker(sessions, cut, older, params)
+        else:
+            weights, info = blend_weights(), {"cases": 0, "reason": "too few sessions to fit"}
         ranker.update(weights=weights.tolist(), fit=info, fit_s=time.perf_counter() - t)
         report("ranker", 1.0)
     manifest = bundle.manifest
@@ -165,21 +168,17 @@ def train_model(
 
 
 def _learn_ranker(
-    sessions: list[list[str]], cut: int, embedded: _Embedded | None, params: TrainParams
+    sessions: list[list[str]], cut: int, embedded: _Embedded, params: TrainParams
 ) -> tuple[np.ndarray, dict]:
     """Weights of the linear ranking stage (module docstring) from a model of
-    ``sessions[:cut]`` (embedded as ``embedded``); the fixed blend when the log is too
-    small to hold enough cases."""
+    ``sessions[:cut]`` (embedded as ``embedded``), fitted on next-click cases of the
+    newer sessions."""
     older, newer = sessions[:cut], sessions[cut:]
     cases = [(s[:i], s[i]) for s in newer for i in range(1, len(s))]
-    if len(older) < MIN_FIT_SESSIONS or len(cases) < MIN_FIT_CASES:
-        return blend_weights(), {"cases": 0, "reason": "too few sessions to fit a ranker"}
     if len(cases) > params.fit_cases:
         rng = np.random.default_rng(params.seed)
         keep = np.sort(rng.choice(len(cases), params.fit_cases, replace=False))
         cases = [cases[i] for i in keep.tolist()]
-    if embedded is None or not embedded.items:
-        return blend_weights(), {"cases": 0, "reason": "no embedded item in the older sessions"}
     base = _build(older, embedded, params, lambda stage, fraction: None)
     codes, ptr = encode_sessions(base, [prefix for prefix, _ in cases])
     get = base._index.get
