@@ -328,7 +328,7 @@ def model_factories(
     params = params or TrainParams()
     return {
         "hybrid": lambda: HybridModel(seed=params.seed, categories=categories),
-        "streamrec": lambda: StreamrecModel(params),
+        "streamrec": lambda: StreamrecModel(params, categories),
         "pop": Popular,
         "transitions": Transitions,
         "sr": SequentialRules,

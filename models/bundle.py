@@ -24,8 +24,11 @@ from models.errors import InvalidModelError
 
 BUNDLE_FORMAT = "streamrec-bundle"
 # 2: candidate sources and the ranker (models.served). 3: their row pointers are int32.
-# An older bundle is refused with a message that says to retrain.
-BUNDLE_FORMAT_VERSION = 3
+# 4: item categories and the ranker's two category features; a version-3 bundle loads as
+# one without categories (its ranker weighs them 0), so it ranks exactly as before. An
+# older bundle is refused with a message that says to retrain.
+BUNDLE_FORMAT_VERSION = 4
+READABLE_FORMATS = (3, 4)
 MANIFEST = "manifest.json"
 # The candidate sources of the served model (models.served), as CSR arrays.
 SOURCE_ARRAYS = (
@@ -43,6 +46,8 @@ SOURCE_ARRAYS = (
     "context_ptr",
     "context_idx",
     "context_w",
+    "category_ptr",
+    "category_items",
 )
 ARRAYS = (
     "items",
@@ -53,6 +58,7 @@ ARRAYS = (
     "neighbour_scores",
     "popularity",
     "log_popularity",
+    "item_category",
     *SOURCE_ARRAYS,
 )
 # CSR triples (ptr, indices, weights or None), indices over items or sessions.
@@ -62,7 +68,16 @@ _CSR = (
     ("sessions_ptr", "sessions_items", None, "items"),
     ("item_sessions_ptr", "item_sessions_idx", None, "sessions"),
     ("context_ptr", "context_idx", "context_w", "items"),
+    ("category_ptr", "category_items", None, "items"),
 )
+
+
+# Arrays a version-3 bundle lacks, as a model without categories has them.
+_SINCE_4 = {
+    "item_category": lambda n: np.full(n, -1, dtype=np.int32),
+    "category_ptr": lambda n: np.zeros(1, dtype=np.int32),
+    "category_items": lambda n: np.zeros(0, dtype=np.int32),
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,7 @@ class ModelBundle:
     neighbour_scores: np.ndarray  # float32 [n, m], descending per row
     popularity: np.ndarray  # int32 [n], item indices, most clicked first
     log_popularity: np.ndarray  # float32 [n], log(1 + clicks) / log(1 + max clicks)
+    item_category: np.ndarray  # int32 [n], each item's category code, -1 when not known
     # Candidate sources of models.served, CSR: ptr int32 [rows + 1], idx int32, w float32.
     transitions_ptr: np.ndarray  # [n + 1]: P(next | last click), best first
     transitions_idx: np.ndarray
@@ -93,6 +109,8 @@ class ModelBundle:
     context_ptr: np.ndarray  # [contexts + 1]: P(next | context), best first
     context_idx: np.ndarray
     context_w: np.ndarray
+    category_ptr: np.ndarray  # [categories + 1]: each category's most clicked items, best first
+    category_items: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -132,12 +150,16 @@ class ModelBundle:
     @cached_property
     def ranker_weights(self) -> np.ndarray:
         """The learned ranking stage's weights (models.served), or its fixed blend."""
-        from models.served import N_WEIGHTS, blend_weights
+        from models.served import N_FEATURES, N_WEIGHTS, blend_weights
 
         weights = self.manifest.get("ranker", {}).get("weights")
         if weights is None:
             return blend_weights()
         out = np.asarray(weights, dtype=np.float64)
+        if self.manifest.get("format_version") == 3 and out.shape == (N_WEIGHTS - 6,):
+            # Fitted before the three category features: they weigh nothing.
+            half, zeros = N_FEATURES - 3, [0.0] * 3
+            out = np.concatenate((out[:half], zeros, out[half:], zeros))
         if out.shape != (N_WEIGHTS,) or not np.isfinite(out).all():
             raise InvalidModelError(
                 f"model {self.version}: ranker weights are not {N_WEIGHTS} numbers"
@@ -205,6 +227,9 @@ def load_bundle(
     for name in ARRAYS:
         path = directory / f"{name}.npy"
         meta = described.get(name)
+        if manifest["format_version"] == 3 and name in _SINCE_4:
+            arrays[name] = _SINCE_4[name](len(arrays["items"]))
+            continue
         if not isinstance(meta, dict):
             raise InvalidModelError(f"model {where}: manifest does not describe {name}.npy")
         if not path.is_file():
@@ -275,7 +300,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise InvalidModelError(f"model {directory}: {MANIFEST} is not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise InvalidModelError(f"model {directory}: {MANIFEST} is not a streamrec bundle manifest")
-    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMATS:
         raise InvalidModelError(
             f"model {directory}: bundle format {manifest.get('format_version')!r} is not supported "
             f"(this streamrec reads {BUNDLE_FORMAT_VERSION}); retrain it with `streamrec train`"
@@ -325,13 +350,20 @@ def _check_consistency(a: dict[str, np.ndarray], where: str) -> None:
     log_pop = a["log_popularity"]
     if log_pop.dtype != np.float32 or log_pop.shape != (n,) or not np.isfinite(log_pop).all():
         fail(f"log_popularity must be finite float32 [{n}]")
+    category = a["item_category"]
+    if category.dtype != np.int32 or category.shape != (n,) or (n and category.min() < -1):
+        fail(f"item_category must be int32 [{n}], -1 or a category code")
     n_sessions = len(a["sessions_ptr"]) - 1
     keys = a["context_keys"]
     if keys.dtype != np.uint64 or keys.ndim != 1 or (keys.size > 1 and (np.diff(keys) <= 0).any()):
         fail("context_keys must be strictly increasing uint64")
     for ptr_name, idx_name, w_name, over in _CSR:
         ptr, idx = a[ptr_name], a[idx_name]
-        rows = {"sessions_ptr": n_sessions, "context_ptr": len(a["context_keys"])}.get(ptr_name, n)
+        rows = {
+            "sessions_ptr": n_sessions,
+            "context_ptr": len(keys),
+            "category_ptr": int(category.max(initial=-1)) + 1,
+        }.get(ptr_name, n)
         bound = n if over == "items" else n_sessions
         if ptr.dtype != np.int32 or ptr.shape != (rows + 1,) or idx.dtype != np.int32:
             fail(f"{ptr_name} must be int32 [{rows + 1}] and {idx_name} int32")

@@ -11,7 +11,7 @@ seen by the model it is compared against.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -98,8 +98,10 @@ def retrain(
     params: TrainParams,
     policy: GatePolicy,
     progress: Progress | None = None,
+    categories: Mapping[str, str] | None = None,
 ) -> tuple[ModelBundle | None, GateDecision]:
-    """Train a candidate on the older sessions and gate it against ``current``."""
+    """Train a candidate on the older sessions and gate it against ``current``
+    (``categories``: item -> category where known, see ``train_model``)."""
     current_version = current.version if current is not None else None
     if len(sessions) < policy.min_sessions:
         return None, GateDecision(
@@ -109,7 +111,7 @@ def retrain(
         )
     train, holdout = split_holdout(sessions, policy.holdout)
     started = time.perf_counter()
-    candidate = train_model([s.items for s in train], params, progress)
+    candidate = train_model([s.items for s in train], params, progress, categories)
     decision = gate(candidate, current, [s.items for s in holdout], policy)
     return candidate, replace(
         decision, train_sessions=len(train), train_s=time.perf_counter() - started

@@ -253,6 +253,7 @@ def rank_codes(
             _PRIOR if prior is None else prior,
             np.asarray(bundle.vectors),
             np.asarray(bundle.clusters),
+            np.asarray(bundle.item_category),
             np.asarray(bundle.log_popularity),
             weights,
             banned,

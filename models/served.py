@@ -11,18 +11,23 @@ At train time every source becomes plain arrays in the bundle (CSR lists, best f
 - sequence continuations: what followed the same last 2 or 3 clicks, or the same whole
   prefix, in training (a variable-order Markov chain over exact contexts, as the hybrid's
   ``_Continuations``), keyed by a 64-bit hash of the context (``context_*``);
-- the existing blended Word2Vec / co-occurrence / cluster neighbour lists.
+- the existing blended Word2Vec / co-occurrence / cluster neighbour lists;
+- when items have categories (``item_category``, from ``--category-col`` or the tenant's
+  catalogue), each category's most clicked items (``category_*``).
 
 Row pointers are int32. The kernel reads at most ``per_source`` entries of a list, so
 the trainer keeps no more than that many (a loaded model's pages are its memory).
 
 At serve time ``served_kernel`` takes a whole batch in one compiled pass. Per session it
 gathers candidates from the session's own items, the neighbour lists and rules of its
-newest ``context`` clicks, the transitions of the last click, its sequence continuations
-and the items of its session-kNN neighbours (V-SKNN's k nearest, voting with V-SKNN and
-SKNN similarity), and computes ``FEATURES`` for each. Two stages, as the hybrid: a fixed
-blend of the gathered source scores keeps the best ``candidates``, then a linear model
-over the features and their square roots orders those. Its weights are fitted at train
+newest ``context`` clicks, the transitions of the last click, its sequence continuations,
+the items of its session-kNN neighbours (V-SKNN's k nearest, voting with V-SKNN and
+SKNN similarity) and the top of the last click's category, and computes ``FEATURES`` for
+each; the category features (same category as the last click, the session's
+recency-weighted share of the item's category) are 0 for items without one. Two stages,
+as the hybrid: a fixed blend of the gathered source scores keeps the best
+``candidates``, then a linear model over the features and their square roots orders
+those. Its weights are fitted at train
 time on next-click cases of the training log (``fit_ranker``) and stored as JSON in the
 manifest.
 """
@@ -52,6 +57,9 @@ FEATURES = (
     "after_3",
     "after_prefix",
     "after_prefix_long",
+    "same_category",
+    "category_share",
+    "category_top",
 )
 N_FEATURES = len(FEATURES)
 N_WEIGHTS = 2 * N_FEATURES  # raw features, then their square roots
@@ -66,8 +74,9 @@ STRATEGIES = (
     "rules",
     "own",
     "sequence",
+    "category",
 )
-FEATURE_SOURCE = np.array([3, 3, 4, 5, 0, 6, 6, 6, 0, 0, 1, 2, 7, 7, 7, 7], dtype=np.int64)
+FEATURE_SOURCE = np.array([3, 3, 4, 5, 0, 6, 6, 6, 0, 0, 1, 2, 7, 7, 7, 7, 8, 8, 8], dtype=np.int64)
 # Seeds of the context hashes: the last 2 clicks, the last 3, the whole prefix.
 _SEEDS = np.array([2, 3, 0], dtype=np.uint64)
 _FNV_PRIME = np.uint64(1099511628211)
@@ -85,6 +94,7 @@ BLEND = {
     "popularity": 0.001,
     "after_2": 0.3,
     "after_prefix": 0.3,
+    "category_top": 0.05,
 }
 
 
@@ -147,6 +157,23 @@ def build_sources(
     out["item_sessions_ptr"], out["item_sessions_idx"] = iptr, sess[keep].astype(np.int32)
     out.update(_continuations(codes, n, top))
     return out
+
+
+def category_lists(
+    item_category: np.ndarray, popularity: np.ndarray, *, top: int
+) -> dict[str, np.ndarray]:
+    """Each category's ``top`` most clicked items, best first (``popularity``: item rows,
+    most clicked first), as CSR over the category codes of ``item_category`` (-1: none)."""
+    n_categories = int(item_category.max(initial=-1)) + 1
+    ranked = popularity[item_category[popularity] >= 0]
+    of = item_category[ranked]
+    order = np.argsort(of, kind="stable")  # by category, most clicked first within one
+    ranked, of = ranked[order], of[order]
+    starts = np.searchsorted(of, np.arange(n_categories + 1))
+    keep = np.arange(len(ranked)) - starts[of] < top
+    ptr = np.zeros(n_categories + 1, dtype=np.int32)
+    np.cumsum(np.bincount(of[keep], minlength=n_categories), out=ptr[1:])
+    return {"category_ptr": ptr, "category_items": ranked[keep].astype(np.int32)}
 
 
 def _continuations(codes: Sequence[np.ndarray], n: int, top: int) -> dict[str, np.ndarray]:
@@ -369,6 +396,8 @@ def served_kernel(
     c_ptr,
     c_idx,
     c_w,
+    cat_ptr,
+    cat_items,
     k_sessions,
     sample_size,
     per_source,
@@ -376,6 +405,7 @@ def served_kernel(
     prior,
     vectors,
     clusters,
+    categories,
     log_pop,
     weights,
     banned,
@@ -453,6 +483,7 @@ def served_kernel(
         n_dist = 0
         last = -1
         session_vec[:] = 0.0
+        recency_total = 0.0
         for p in range(hi - 1, lo - 1, -1):
             i = codes[p]
             if i < 0:
@@ -468,6 +499,7 @@ def served_kernel(
             feats[slot[i], 5] += own_decay**age
             feats[slot[i], 6] += 1.0
             session_vec += own_decay**age * vectors[i]
+            recency_total += own_decay**age
             if age == 0:
                 last = i
                 feats[slot[i], 7] = 1.0
@@ -494,6 +526,14 @@ def served_kernel(
             j = tr_idx[q]
             found = _touch(j, tag, stamp, slot, feats, cand, found)
             feats[slot[j], 2] = tr_w[q]
+        # The most clicked items of the last click's category, scored by their rank there.
+        cat = categories[last]
+        if 0 <= cat < cat_ptr.size - 1:
+            start = cat_ptr[cat]
+            for q in range(start, min(cat_ptr[cat + 1], start + per_source)):
+                j = cat_items[q]
+                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                feats[slot[j], 18] = 1.0 / (1.0 + q - start)
         # Sequence continuations over the known clicks (oldest first).
         for p in range(lo, hi):
             if codes[p] >= 0:
@@ -663,6 +703,15 @@ def served_kernel(
             feats[slot[j], 9] = e_sess
             feats[slot[j], 10] = 1.0 if clusters[j] == clusters[last] else 0.0
             feats[slot[j], 11] = log_pop[j]
+            cat = categories[j]
+            if cat >= 0:
+                feats[slot[j], 16] = 1.0 if cat == categories[last] else 0.0
+                share = 0.0
+                for d in range(n_dist):
+                    i = dist[d]
+                    if categories[i] == cat:
+                        share += feats[slot[i], 5]
+                feats[slot[j], 17] = share / recency_total
             s = 0.0
             for f in range(nf):
                 x = feats[slot[j], f]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -46,7 +46,7 @@ from models.datasets import Session, split_last_days
 from models.errors import DataFormatError
 from models.evaluate import evaluate
 from models.ranking import RankParams, encode_sessions, rank_codes, recommend_batch
-from models.served import FEATURES, blend_weights, build_sources, fit_ranker
+from models.served import FEATURES, blend_weights, build_sources, category_lists, fit_ranker
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -136,8 +136,10 @@ def train_model(
     sessions: Sequence[Sequence[str]],
     params: TrainParams | None = None,
     progress: Progress | None = None,
+    categories: Mapping[str, str] | None = None,
 ) -> ModelBundle:
-    """Train a bundle (version "unregistered"; the registry names it)."""
+    """Train a bundle (version "unregistered"; the registry names it). ``categories``
+    (item -> category, where known) feed the ranker's category features."""
     params = params or TrainParams()
     report = progress or (lambda stage, fraction: None)
     sessions = [list(s) for s in sessions if len(s) >= 1]
@@ -150,13 +152,14 @@ def train_model(
     n_cases = sum(len(s) - 1 for s in sessions[cut:])
     fits = params.ranker == "linear" and cut >= MIN_FIT_SESSIONS and n_cases >= MIN_FIT_CASES
     embedded, older = _embed(sessions, cut if fits else 0, params, report)
-    bundle = _build(sessions, embedded, params, report)
+    categories = categories or {}
+    bundle = _build(sessions, embedded, params, report, categories)
     ranker: dict[str, Any] = {"kind": params.ranker}
     if params.ranker == "linear":
         report("ranker", 0.0)
         t = time.perf_counter()
         if fits and older is not None:
-            weights, info = _learn_ranker(sessions, cut, older, params)
+            weights, info = _learn_ranker(sessions, cut, older, params, categories)
         else:
             weights, info = blend_weights(), {"cases": 0, "reason": "too few sessions to fit"}
         ranker.update(weights=weights.tolist(), fit=info, fit_s=time.perf_counter() - t)
@@ -168,7 +171,11 @@ def train_model(
 
 
 def _learn_ranker(
-    sessions: list[list[str]], cut: int, embedded: _Embedded, params: TrainParams
+    sessions: list[list[str]],
+    cut: int,
+    embedded: _Embedded,
+    params: TrainParams,
+    categories: Mapping[str, str],
 ) -> tuple[np.ndarray, dict]:
     """Weights of the linear ranking stage (module docstring) from a model of
     ``sessions[:cut]`` (embedded as ``embedded``), fitted on next-click cases of the
@@ -179,7 +186,7 @@ def _learn_ranker(
         rng = np.random.default_rng(params.seed)
         keep = np.sort(rng.choice(len(cases), params.fit_cases, replace=False))
         cases = [cases[i] for i in keep.tolist()]
-    base = _build(older, embedded, params, lambda stage, fraction: None)
+    base = _build(older, embedded, params, lambda stage, fraction: None, categories)
     codes, ptr = encode_sessions(base, [prefix for prefix, _ in cases])
     get = base._index.get
     targets = np.array([get(t, -2) for _, t in cases], dtype=np.int64)  # -2 never matches
@@ -243,7 +250,11 @@ def _embed(
 
 
 def _build(
-    sessions: list[list[str]], embedded: _Embedded, params: TrainParams, report: Progress
+    sessions: list[list[str]],
+    embedded: _Embedded,
+    params: TrainParams,
+    report: Progress,
+    categories: Mapping[str, str],
 ) -> ModelBundle:
     """Every array of the bundle from ``sessions`` and their embedded items (others are
     left out); the ranker weights are set apart."""
@@ -281,14 +292,30 @@ def _build(
     timings["sources_s"] = time.perf_counter() - t
     report("sources", 1.0)
 
+    # Category codes in order of first appearance among the items (-1: not known).
+    codes_of: dict[str, int] = {}
+    item_category = np.fromiter(
+        (
+            codes_of.setdefault(categories[x], len(codes_of)) if x in categories else -1
+            for x in embedded.items
+        ),
+        dtype=np.int32,
+        count=n,
+    )
     # Stable sort: equally popular items keep Word2Vec's (frequency) order.
     popularity = np.argsort(-counts, kind="stable").astype(np.int32)
+    sources.update(category_lists(item_category, popularity, top=cap or n))
     manifest = {
         "params": asdict(params),
         # Passes over the older sessions, then over every session (``_word2vec``).
         "word2vec_epochs": embedded.epochs,
         "ranking": asdict(params.rank_params()),
-        "counts": {"items": n, "sessions": len(sessions), "clicks": int(sum(map(len, sessions)))},
+        "counts": {
+            "items": n,
+            "sessions": len(sessions),
+            "clicks": int(sum(map(len, sessions))),
+            "categories": len(codes_of),
+        },
         "timings": {**timings, "build_s": time.perf_counter() - started},
     }
     return ModelBundle(
@@ -301,6 +328,7 @@ def _build(
         neighbour_scores=scores,
         popularity=popularity,
         log_popularity=log_pop,
+        item_category=item_category,
         **sources,
         manifest=manifest,
     )
@@ -491,11 +519,14 @@ def _cluster_cosine_pairs(
 class StreamrecModel:
     """streamrec's model as an ``models.evaluate.Recommender``: train_model + recommend_batch."""
 
-    def __init__(self, params: TrainParams | None = None) -> None:
+    def __init__(
+        self, params: TrainParams | None = None, categories: Mapping[str, str] | None = None
+    ) -> None:
         self.params = params or TrainParams()
+        self.categories = categories
 
     def fit(self, sessions: Sequence[Sequence[str]]) -> None:
-        self.bundle = train_model(sessions, self.params)
+        self.bundle = train_model(sessions, self.params, categories=self.categories)
 
     def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
         # The literature protocol: session items allowed; the harness applies serving rules.
@@ -503,13 +534,17 @@ class StreamrecModel:
 
 
 def holdout_metrics(
-    sessions: Sequence[Session], days: float, params: TrainParams, k: int = 20
+    sessions: Sequence[Session],
+    days: float,
+    params: TrainParams,
+    k: int = 20,
+    categories: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Offline metrics for a model trained with ``params``: fit on all but the last ``days``
     days, score next-item prediction on those days (what ``streamrec evaluate`` does)."""
     train, test = split_last_days(sessions, days)
     [(_, m)] = evaluate(
-        {"streamrec": lambda: StreamrecModel(params)},
+        {"streamrec": lambda: StreamrecModel(params, categories)},
         [s.items for s in train],
         [s.items for s in test],
         k=k,

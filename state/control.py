@@ -111,6 +111,24 @@ async def read_catalogue(client: Redis, tenant: str) -> tuple[int, dict[str, dic
     return int(version or 0), {_text(i): orjson.loads(e) for i, e in raw.items()}
 
 
+def catalogue_categories(client: redis.Redis, tenants: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Tenant -> item -> category, for the items of each tenant's catalogue that name one
+    (the trainer's category features; a pipeline of one HGETALL a tenant)."""
+    names = list(tenants)
+    pipe = client.pipeline(transaction=False)
+    for tenant in names:
+        pipe.hgetall(keys.catalogue(tenant))
+    out: dict[str, dict[str, str]] = {}
+    for tenant, raw in zip(names, pipe.execute(), strict=True):
+        found = {}
+        for item, entry in raw.items():
+            category = orjson.loads(entry).get("category")
+            if category:
+                found[_text(item)] = str(category)
+        out[tenant] = found
+    return out
+
+
 async def catalogue_versions(client: Redis, tenants: Iterable[str]) -> dict[str, int]:
     names = list(tenants)
     if not names:

@@ -21,6 +21,7 @@ from models.policy_file import read_policy
 from models.registry import Registry
 from models.train import TrainParams
 from state.connection import RedisError, RedisSettings, SyncRedis, sync_client
+from state.control import catalogue_categories
 from state.notify import notify_model_change
 from state.tenants import list_tenants
 from stream.click_log import has_new_clicks, log_positions, read_click_log
@@ -111,6 +112,7 @@ def run_once(
     # Biggest tenant first, so that the processes finish together rather than one of
     # them training a big tenant alone at the end.
     queue = sorted(logs, key=lambda t: (-len(logs[t]), t))
+    categories = _categories(settings, queue)
     if queue:
         with ProcessPoolExecutor(
             max_workers=max(1, min(jobs, len(queue))),
@@ -128,6 +130,7 @@ def run_once(
                     window,
                     keep_unpromoted,
                     rollout,
+                    categories.get(t),
                 )  # fmt: skip
                 for t in queue
             ]
@@ -159,6 +162,7 @@ def _retrain_tenant(
     window: tuple[float, float],
     keep_unpromoted: int = 5,
     rollout: RolloutSettings | None = None,
+    categories: dict[str, str] | None = None,
 ) -> TenantOutcome:
     registry = Registry(settings.registry_dir)
     try:
@@ -190,7 +194,7 @@ def _retrain_tenant(
         )
         return TenantOutcome(tenant, decision, None)
     sessions = build_sessions(clicks)
-    bundle, decision = retrain(sessions, current, params, policy)
+    bundle, decision = retrain(sessions, current, params, policy, categories=categories)
     if bundle is None:
         return TenantOutcome(tenant, decision, None)
     version = registry.register(
@@ -262,6 +266,22 @@ def _redis(settings: RedisSettings) -> SyncRedis:
     if client is None:
         client = _clients[settings] = sync_client(settings)
     return client
+
+
+def _categories(settings: Settings, tenants: list[str]) -> dict[str, dict[str, str]]:
+    """Each tenant's item categories from its catalogue: the ranker's category features.
+    Without Redis the pass trains without them rather than not at all."""
+    if not tenants:
+        return {}
+    try:
+        return catalogue_categories(_redis(settings.redis), tenants)
+    except RedisError as exc:
+        log.warning(
+            "training without item categories: Redis at %s is unreachable (%s)",
+            settings.redis_display,
+            exc,
+        )
+        return {}
 
 
 def _modes(settings: Settings) -> dict[str, str]:

@@ -126,7 +126,7 @@ class _StageBars:
 
 @click.command(epilog=uses("registry", "redis"))
 @click_log_argument
-@column_options()
+@column_options(category=True)
 @tenant_option(help="Tenant the version is registered for.")
 @_train_options
 @click.option(
@@ -161,15 +161,20 @@ def train(
 ) -> None:
     """Train item embeddings and clusters on FILE and register (and promote) a model version.
 
-    FILE defaults to the shipped e-shop clothing 2008 clickstream.
+    FILE defaults to the shipped e-shop clothing 2008 clickstream. With --category-col the
+    ranker also weighs each candidate's category against the session's (the periodic
+    trainer takes categories from the tenant's catalogue instead).
     """
+    from models.datasets import item_categories
     from models.train import holdout_metrics, train_model
 
     _quiet_libraries()
     started = time.perf_counter()
     path = file or eshop_path()
     click.echo(f"reading {path}")
-    sessions, n_clicks = _read_sessions(path, spec)
+    clicks = spec.read(path)
+    sessions, n_clicks = build_sessions(clicks, min_length=2), len(clicks)
+    categories = item_categories(clicks) or None
     params = _train_params(
         vector_size=vector_size,
         window=window,
@@ -181,13 +186,15 @@ def train(
     )
     bars = _StageBars()
     try:
-        bundle = train_model([s.items for s in sessions], params, progress=bars)
+        bundle = train_model(
+            [s.items for s in sessions], params, progress=bars, categories=categories
+        )
     finally:
         bars.close()
     extra: dict[str, Any] = {}
     if eval_days is not None:
         click.echo(f"evaluating on the last {eval_days:g} days (a second fit on the days before)")
-        extra["metrics"] = holdout_metrics(sessions, eval_days, params)
+        extra["metrics"] = holdout_metrics(sessions, eval_days, params, categories=categories)
         shown = {k: v for k, v in extra["metrics"].items() if k.startswith(("hr", "mrr"))}
         click.echo("  " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     registry = Registry(settings.registry_dir)
@@ -210,7 +217,7 @@ def train(
     state = "registered" if no_promote else "registered and promoted"
     click.echo(
         f"{state} {tenant}/{version}: {counts['items']} items, {counts['sessions']} sessions, "
-        f"{n_clicks} clicks, {len(bundle.centroids)} clusters "
+        f"{n_clicks} clicks, {len(bundle.centroids)} clusters, {counts['categories']} categories "
         f"in {time.perf_counter() - started:.1f}s "
         f"({registry.root / tenant / version})"
     )

@@ -3,14 +3,18 @@ the worker switches; frozen and switched-off tenants are left alone."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from redis.asyncio import Redis as AsyncRedis
 
 from models.datasets import build_sessions, read_clicks, sessionize
 from models.gate import GatePolicy
 from models.registry import Registry
 from models.train import TrainParams, train_model
+from state.control import put_items
 from stream.click_log import read_click_log
 from stream.config import Settings
 from stream.devstack import EmbeddedStack
@@ -139,3 +143,62 @@ def test_parallel_reading_keeps_every_click_in_order(
             assert got == expected[t], (jobs, t)
     everyone = read_click_log(stack.broker, topic, now - 3600, jobs=2)
     assert sorted(everyone) == sorted([*tenants, extra])
+
+
+def test_the_trainer_takes_item_categories_from_the_tenants_catalogue(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Categories written through the catalogue reach the trained model (its category
+    codes and the ranker's category features); a tenant without a catalogue has none."""
+    with_catalogue, without = unique_name("cat"), unique_name("plain")
+    topic = unique_name("clicks")
+    ensure_topics(stack.broker, [topic], 1)
+    # Items i0..i39 in 4 categories; sessions walk within a category, so it predicts.
+    category = {f"i{n}": f"c{n % 4}" for n in range(40)}
+    now = time.time() - 3600
+    records = []
+    for t in (with_catalogue, without):
+        for s in range(300):
+            items = [f"i{(s * 7 + 4 * j) % 40}" for j in range(2 + s % 4)]
+            for j, item in enumerate(items):
+                event = ClickEvent(t, f"{t}-{s}", item, now + s + j / 10, event_id=f"{t}{s}-{j}")
+                records.append((event.session_id.encode(), event.to_json()))
+    produce(stack.broker, topic, records)
+
+    async def write_catalogue() -> None:
+        client = AsyncRedis.from_url(stack.redis_url)
+        try:
+            entries = {item: {"available": True, "category": c} for item, c in category.items()}
+            entries["i0"] = {"available": True}  # an entry without a category
+            await put_items(client, with_catalogue, entries)
+        finally:
+            await client.aclose()
+
+    asyncio.run(write_catalogue())
+    settings = Settings(
+        broker=stack.broker,
+        redis_url=stack.redis_url,
+        model_dir=str(tmp_path / "models"),
+        clicks_topic=topic,
+    )
+    outcomes = run_once(
+        settings,
+        window_s=86400,
+        params=TrainParams(epochs=2, seed=3),
+        policy=GatePolicy(min_sessions=50),
+        tenants=[with_catalogue, without],
+    ).outcomes
+    assert all(o.version for o in outcomes), [o.describe() for o in outcomes]
+    registry = Registry(tmp_path / "models")
+    model = registry.load(
+        with_catalogue, next(o.version for o in outcomes if o.tenant == with_catalogue)
+    )
+    assert model.manifest["counts"]["categories"] == 4
+    codes = dict(zip(model.item_list, model.item_category.tolist(), strict=True))
+    assert codes["i0"] == -1
+    for a in codes:
+        for b in codes:
+            if "i0" not in (a, b):
+                assert (codes[a] == codes[b]) == (category[a] == category[b])
+    plain = registry.load(without, next(o.version for o in outcomes if o.tenant == without))
+    assert plain.manifest["counts"]["categories"] == 0 and (plain.item_category == -1).all()

@@ -5,6 +5,7 @@ bundle that round-trips through disk and the registry."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from models.ranking import (
     recommend_flat,
 )
 from models.registry import Registry
-from models.served import FEATURES, N_WEIGHTS, _select, build_sources
+from models.served import FEATURES, N_WEIGHTS, _select, build_sources, category_lists
 from models.train import TrainParams, train_model
 
 ITEMS = ["a", "b", "c", "d", "e"]
@@ -33,7 +34,7 @@ ITEMS = ["a", "b", "c", "d", "e"]
 SESSIONS = [["a", "b"], ["a", "b"], ["a", "c"], ["d", "e"]]
 
 
-def _hand_made(weights: dict[str, float]) -> ModelBundle:
+def _hand_made(weights: dict[str, float], categories: list[int] | None = None) -> ModelBundle:
     n = len(ITEMS)
     index = {x: i for i, x in enumerate(ITEMS)}
     codes = [np.array([index[x] for x in s], dtype=np.int64) for s in SESSIONS]
@@ -42,6 +43,9 @@ def _hand_made(weights: dict[str, float]) -> ModelBundle:
     for name, value in weights.items():
         w[FEATURES.index(name)] = value
     angle = np.arange(n, dtype=np.float32)
+    item_category = np.array(categories or [-1] * n, dtype=np.int32)
+    popularity = np.arange(n, dtype=np.int32)
+    sources.update(category_lists(item_category, popularity, top=10))
     return ModelBundle(
         version="hand",
         items=np.array(ITEMS),
@@ -50,8 +54,9 @@ def _hand_made(weights: dict[str, float]) -> ModelBundle:
         centroids=np.zeros((2, 2), dtype=np.float32),
         neighbours=np.array([[1], [2], [3], [4], [0]], dtype=np.int32),
         neighbour_scores=np.ones((n, 1), dtype=np.float32),
-        popularity=np.arange(n, dtype=np.int32),
+        popularity=popularity,
         log_popularity=np.linspace(1.0, 0.0, n).astype(np.float32),
+        item_category=item_category,
         **sources,
         manifest={"ranking": {"context": 1}, "ranker": {"weights": w.tolist()}},
     )
@@ -94,6 +99,43 @@ def test_strategy_names_the_main_source_of_the_top_item() -> None:
     assert recommend_batch(bundle, [["a"]], 1, exclude="none")[0].strategy == "transitions"
     assert recommend_batch(bundle, [["zzz"]], 1)[0].strategy == "popular"
     assert set(STRATEGIES) >= {"embedding", "cluster", "popular", "own", "session_knn"}
+
+
+# a, c and e are one category, d another; b has none.
+CATEGORIES = [0, -1, 0, 1, 0]
+
+
+def test_a_category_lifts_the_candidate_that_shares_the_last_clicks() -> None:
+    # Transitions alone rank b (2/3) above c (1/3); c shares a's category, b has none.
+    plain = _hand_made({"transitions": 1.0}, CATEGORIES)
+    assert _rank(plain, ["a"], 2, exclude="current") == ["b", "c"]
+    bundle = _hand_made({"transitions": 0.1, "same_category": 1.0}, CATEGORIES)
+    # e (a's category too) comes from the top of the category, with no transition.
+    assert _rank(bundle, ["a"], 3, exclude="current") == ["c", "e", "b"]
+    assert recommend_batch(bundle, [["a"]], 1, exclude="current")[0].strategy == "category"
+    # No categories: the same weights leave the transitions' order.
+    uncategorised = _hand_made({"transitions": 0.1, "same_category": 1.0})
+    assert _rank(uncategorised, ["a"], 2, exclude="current") == ["b", "c"]
+
+
+def test_the_category_share_is_the_sessions_recency_weighted_share() -> None:
+    bundle = _hand_made({"own_recency": 1e-6, "category_share": 1.0}, CATEGORIES)
+    feats = np.zeros((1, 5, len(FEATURES)))
+    codes, ptr = encode_sessions(bundle, [["d", "a"]])  # a newest (weight 1), d 0.6
+    items, *_ = rank_codes(
+        bundle, codes, ptr, 5, RankParams.of(bundle), exclude="none", out_feats=feats
+    )
+    column = feats[0, :, FEATURES.index("category_share")]
+    share = dict(zip(items[0].tolist(), column.tolist(), strict=True))
+    # a, c and e share the newest click's category, d the older one's; b has none.
+    assert share == pytest.approx({0: 1 / 1.6, 2: 1 / 1.6, 4: 1 / 1.6, 3: 0.6 / 1.6, 1: 0.0})
+
+
+def test_the_top_of_the_last_clicks_category_are_candidates() -> None:
+    bundle = _hand_made({"category_top": 1.0}, CATEGORIES)
+    ranked = recommend_batch(bundle, [["e"]], 3, exclude="none")[0]
+    assert ranked.item_ids() == ["a", "c", "e"]  # category 0, most clicked first
+    assert ranked.scores == pytest.approx([1.0, 1 / 2, 1 / 3])
 
 
 @pytest.fixture(scope="module")
@@ -180,10 +222,37 @@ def test_an_older_bundle_is_refused_with_a_clear_message(
     save_bundle(trained, tmp_path / "b")
     manifest = (tmp_path / "b" / "manifest.json").read_text()
     (tmp_path / "b" / "manifest.json").write_text(
-        manifest.replace('"format_version": 3', f'"format_version": {older}')
+        manifest.replace('"format_version": 4', f'"format_version": {older}')
     )
     with pytest.raises(InvalidModelError, match="retrain it with `streamrec train`"):
         load_bundle(tmp_path / "b")
+
+
+def test_a_format_3_bundle_serves_as_before_without_categories(
+    trained: ModelBundle, tmp_path: Path
+) -> None:
+    """A bundle written before categories (no category arrays, 3 x 2 fewer ranker
+    weights) loads and ranks exactly as the same model with no categories."""
+    save_bundle(trained, tmp_path / "b")
+    path = tmp_path / "b" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 3
+    for name in ("item_category", "category_ptr", "category_items"):
+        del manifest["arrays"][name]
+        (tmp_path / "b" / f"{name}.npy").unlink()
+    half, new = len(FEATURES), [FEATURES.index(f) for f in FEATURES if "category" in f]
+    drop = set(new) | {half + i for i in new}
+    weights = manifest["ranker"]["weights"]
+    manifest["ranker"]["weights"] = [w for i, w in enumerate(weights) if i not in drop]
+    path.write_text(json.dumps(manifest))
+    old = load_bundle(tmp_path / "b")
+    assert (old.item_category == -1).all() and len(old.category_items) == 0
+    assert old.ranker_weights[sorted(drop)].tolist() == [0.0] * len(drop)
+    sessions = synthetic_sessions(500, 200, seed=9)
+    for exclude in ("none", "current", "seen"):
+        assert recommend_batch(old, sessions, 10, exclude=exclude) == recommend_batch(
+            trained, sessions, 10, exclude=exclude
+        )
 
 
 def test_a_row_pointer_of_another_dtype_is_refused(trained: ModelBundle, tmp_path: Path) -> None:
