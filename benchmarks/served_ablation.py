@@ -1,10 +1,13 @@
-"""Serve-time ablation of the served model on yoochoose-100k (test split, literature protocol).
+"""Serve-time ablation of the served model (test split, literature protocol).
 
-One bundle is trained on ``train_full``; then each source's features (and its share of the
-first-stage blend) are switched off at serve time, without refitting the ranker, and the
-ranker is replaced by the fixed blend. Prints a Markdown table (HR@20 / MRR@20).
+One bundle is trained on the set's training split (``train_full`` for yoochoose-100k;
+``train`` with item categories for the -cgg sets); then each source's features (and its
+share of the first-stage blend) are switched off at serve time, without refitting the
+ranker, and the ranker is replaced by the fixed blend. Prints a Markdown table
+(HR@20 / MRR@20).
 
-Usage: .venv/bin/python benchmarks/served_ablation.py [--data ../shared/data/yoochoose-100k]
+Usage: .venv/bin/python benchmarks/served_ablation.py [--set yoochoose-100k|tmall-cgg|yoochoose-cgg]
+           [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -14,24 +17,43 @@ from pathlib import Path
 
 import numpy as np
 
-from models.datasets import build_sessions, read_clicks
+from models.datasets import build_sessions, item_categories, read_clicks
 from models.evaluate import iter_cases
 from models.ranking import RankParams, encode_sessions, rank_codes
 from models.served import FEATURE_SOURCE, FEATURES, STRATEGIES, blend_weights, prior_weights
 from models.train import TrainParams, train_model
 
+CGG_COLUMNS = {
+    "session_col": "session_id",
+    "item_col": "item_id",
+    "order_col": "position",
+    "category_col": "category",
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/yoochoose-100k"))
+    parser.add_argument(
+        "--set", default="yoochoose-100k", choices=("yoochoose-100k", "tmall-cgg", "yoochoose-cgg")
+    )
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
+    folder = args.data / args.set
+    categories: dict[str, str] = {}
 
     def sessions(name: str) -> list[list[str]]:
-        clicks = read_clicks(args.data / name, "yoochoose")
+        if args.set == "yoochoose-100k":
+            clicks = read_clicks(folder / name, "yoochoose")
+        else:
+            clicks = read_clicks(folder / name, "csv", **CGG_COLUMNS)
+            categories.update(item_categories(clicks))
         return [s.items for s in build_sessions(clicks, 2, collapse_repeats=False)]
 
-    bundle = train_model(sessions("yoochoose-clicks-100k_train_full.txt"), TrainParams())
-    cases = list(iter_cases(sessions("yoochoose-clicks-100k_test.txt")))
+    cgg = args.set != "yoochoose-100k"
+    train = sessions("train.csv.gz" if cgg else "yoochoose-clicks-100k_train_full.txt")
+    test = sessions("test.csv.gz" if cgg else "yoochoose-clicks-100k_test.txt")
+    bundle = train_model(train, TrainParams(), categories=categories)
+    cases = list(iter_cases(test))
     codes, ptr = encode_sessions(bundle, [c.prefix for c in cases])
     get = bundle._index.get
     targets = np.array([get(c.target, -2) for c in cases])
