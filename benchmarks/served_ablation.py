@@ -1,4 +1,4 @@
-"""Serve-time ablation of the served model (test split, literature protocol).
+"""Serve-time ablation of the served model (test split, or valid, literature protocol).
 
 One bundle is trained on the set's training split (``train_full`` for yoochoose-100k;
 ``train`` with item categories for the -cgg sets); then each source's features (and its
@@ -7,7 +7,9 @@ ranker, and the ranker is replaced by the fixed blend. Prints a Markdown table
 (HR@20 / MRR@20).
 
 Usage: .venv/bin/python benchmarks/served_ablation.py [--set yoochoose-100k|tmall-cgg|yoochoose-cgg]
-           [--data ../shared/data]
+           [--split test|valid] [--data ../shared/data]
+
+``--split valid`` ranks the -cgg sets' validation cases instead (the same bundle).
 """
 
 from __future__ import annotations
@@ -36,22 +38,26 @@ def main() -> None:
     parser.add_argument(
         "--set", default="yoochoose-100k", choices=("yoochoose-100k", "tmall-cgg", "yoochoose-cgg")
     )
+    parser.add_argument("--split", default="test", choices=("test", "valid"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
+    if args.split == "valid" and args.set == "yoochoose-100k":
+        parser.error("--split valid: only the -cgg sets have a validation file")
     folder = args.data / args.set
     categories: dict[str, str] = {}
 
-    def sessions(name: str) -> list[list[str]]:
+    def sessions(name: str, *, train: bool = False) -> list[list[str]]:
         if args.set == "yoochoose-100k":
             clicks = read_clicks(folder / name, "yoochoose")
         else:
             clicks = read_clicks(folder / name, "csv", **CGG_COLUMNS)
-            categories.update(item_categories(clicks))
+            if train:  # as `streamrec evaluate`: the training file's categories only
+                categories.update(item_categories(clicks))
         return [s.items for s in build_sessions(clicks, 2, collapse_repeats=False)]
 
     cgg = args.set != "yoochoose-100k"
-    train = sessions("train.csv.gz" if cgg else "yoochoose-clicks-100k_train_full.txt")
-    test = sessions("test.csv.gz" if cgg else "yoochoose-clicks-100k_test.txt")
+    train = sessions("train.csv.gz" if cgg else "yoochoose-clicks-100k_train_full.txt", train=True)
+    test = sessions(f"{args.split}.csv.gz" if cgg else "yoochoose-clicks-100k_test.txt")
     bundle = train_model(train, TrainParams(), categories=categories)
     cases = list(iter_cases(test))
     codes, ptr = encode_sessions(bundle, [c.prefix for c in cases])

@@ -1,9 +1,12 @@
 """Ranking cost of the served model per session, in one process (no broker, no Redis).
 
     .venv/bin/python benchmarks/served_speed.py [--model-dir M] [--threads 1,2]
+        [--set eshop|tmall-cgg] [--no-categories]
 
 Trains the default model on the shipped e-shop data (or loads tenant ``default`` from
-``--model-dir``), draws 20,000 session prefixes from that data (seeded) and ranks them
+``--model-dir``; or ``--set tmall-cgg``: trains on ``../shared/data/tmall-cgg/train``
+with its item categories unless ``--no-categories``, prefixes from its test split),
+draws 20,000 session prefixes from that data (seeded) and ranks them
 in batches of ``--batch`` with the serving default ``exclude="current"``. Reports, per
 thread count, the best of ``--rounds`` rounds: CPU time per session (process time, all
 threads: the steadier figure on a shared machine) and sessions per second (wall clock).
@@ -17,7 +20,7 @@ import random
 import time
 from pathlib import Path
 
-from models.datasets import eshop_path, read_clicks, sessionize
+from models.datasets import eshop_path, item_categories, read_clicks, sessionize
 from models.ranking import RankParams, encode_flat, rank_codes
 from models.registry import Registry
 from models.train import TrainParams, train_model
@@ -30,13 +33,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--set", default="eshop", choices=("eshop", "tmall-cgg"))
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--no-categories", action="store_true")
     args = parser.parse_args()
 
-    data = sessionize(read_clicks(eshop_path(), fmt="eshop"))
+    categories: dict[str, str] = {}
+    if args.set == "tmall-cgg":
+        cols = {"session_col": "session_id", "item_col": "item_id", "order_col": "position"}
+        train = read_clicks(
+            args.data / "tmall-cgg/train.csv.gz", "csv", category_col="category", **cols
+        )
+        categories = {} if args.no_categories else item_categories(train)
+        train_sessions = sessionize(train)
+        data = sessionize(read_clicks(args.data / "tmall-cgg/test.csv.gz", "csv", **cols))
+    else:
+        data = train_sessions = sessionize(read_clicks(eshop_path(), fmt="eshop"))
     if args.model_dir:
         bundle = Registry(args.model_dir).load("default")
     else:
-        bundle = train_model(data, TrainParams())
+        bundle = train_model(train_sessions, TrainParams(), categories=categories or None)
     rng = random.Random(1)
     prefixes = []
     for _ in range(args.sessions):

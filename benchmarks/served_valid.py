@@ -1,12 +1,13 @@
-"""Validation-split sweep of the served model's settings (tmall-cgg valid, yoochoose-100k
-last day of ``train_full``, the shipped e-shop data's 30 days before its last 30; the
-literature protocol, HR@20 / MRR@20).
+"""Validation-split sweep of the served model's settings (tmall-cgg and yoochoose-cgg
+valid, yoochoose-100k last day of ``train_full``, the shipped e-shop data's 30 days before
+its last 30; the literature protocol, HR@20 / MRR@20). The -cgg sets train with their
+item categories (``--no-categories`` without).
 
 One bundle is trained with the given ``TrainParams`` overrides (the ranker refitted with
 them); its validation cases are then ranked with the trained settings and with each
 serve-time variant (``RankParams`` overrides, no refit).
 
-Usage: .venv/bin/python benchmarks/served_valid.py tmall|yoochoose|eshop [name=value ...]
+Usage: .venv/bin/python benchmarks/served_valid.py tmall|ycgg|yoochoose|eshop [name=value ...]
            [--serve name=value[,name=value] ...]
 """
 
@@ -18,7 +19,14 @@ import time
 
 import numpy as np
 
-from models.datasets import Session, build_sessions, eshop_path, read_clicks, split_last_days
+from models.datasets import (
+    Session,
+    build_sessions,
+    eshop_path,
+    item_categories,
+    read_clicks,
+    split_last_days,
+)
 from models.evaluate import iter_cases
 from models.ranking import RankParams, encode_sessions, rank_codes
 from models.train import TrainParams, train_model
@@ -28,17 +36,23 @@ DATA = "/work/shared/data"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("set", choices=("tmall", "yoochoose", "eshop"))
+    parser.add_argument("set", choices=("tmall", "ycgg", "yoochoose", "eshop"))
     parser.add_argument("train", nargs="*", help="TrainParams overrides, name=value")
     parser.add_argument("--serve", nargs="*", default=[], help="RankParams variants")
     parser.add_argument("--data", default=DATA)
+    parser.add_argument("--no-categories", action="store_true", help="-cgg sets without them")
     args = parser.parse_args()
 
     train_over = _overrides(TrainParams(), args.train)
-    if args.set == "tmall":
+    categories: dict[str, str] = {}
+    if args.set in ("tmall", "ycgg"):
+        where = f"{args.data}/{'tmall' if args.set == 'tmall' else 'yoochoose'}-cgg"
         cols = {"session_col": "session_id", "item_col": "item_id", "order_col": "position"}
-        train = _sessions(f"{args.data}/tmall-cgg/train.csv.gz", "csv", cols)
-        valid = _sessions(f"{args.data}/tmall-cgg/valid.csv.gz", "csv", cols)
+        clicks = read_clicks(f"{where}/train.csv.gz", "csv", category_col="category", **cols)
+        train = build_sessions(clicks, min_length=2, collapse_repeats=False)
+        valid = _sessions(f"{where}/valid.csv.gz", "csv", cols)
+        if not args.no_categories:
+            categories = item_categories(clicks)
     elif args.set == "eshop":  # as `streamrec evaluate --split-days 30 --valid-days 30`
         rest, _test = split_last_days(_sessions(str(eshop_path()), "eshop", {}), 30)
         train, valid = split_last_days(rest, 30)
@@ -47,9 +61,12 @@ def main() -> None:
         full = _sessions(path, "auto", {})
         train, valid = split_last_days(full, 1)
     started = time.perf_counter()
-    bundle = train_model([s.items for s in train], TrainParams(**train_over))
+    bundle = train_model(
+        [s.items for s in train], TrainParams(**train_over), categories=categories or None
+    )
     took = time.perf_counter() - started
-    print(f"{args.set} trained with {train_over or 'defaults'} in {took:.0f} s")
+    with_categories = f", {len(set(categories.values()))} categories" if categories else ""
+    print(f"{args.set} trained with {train_over or 'defaults'}{with_categories} in {took:.0f} s")
     cases = list(iter_cases([s.items for s in valid]))
     codes, ptr = encode_sessions(bundle, [c.prefix for c in cases])
     get = bundle._index.get
