@@ -9,10 +9,12 @@ SHA-256, so a truncated, swapped or edited file is refused instead of served.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import mmap
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -117,35 +119,28 @@ class ModelBundle:
     def n_items(self) -> int:
         return len(self.items)
 
-    @cached_property
+    @property
     def item_list(self) -> list[str]:
-        # Python strings once, so ranking does not box numpy scalars per result. Nothing
-        # reads ``items`` after this, so its mapped pages go back (they fault in again if
-        # something does): a worker holding many models keeps only the strings.
-        out = self.items.tolist()
-        _release_pages(self.items)
-        return out
+        """The item ids as Python strings, a new list each call (tests, tools, plots; the
+        request path uses ``rows``, ``index`` and ``ids``, which keep no object per item)."""
+        return self.items.tolist()
 
     @cached_property
-    def item_objects(self) -> np.ndarray:
-        """``item_list`` as an object array: a batch's ids are one fancy index away."""
-        out = np.empty(len(self.item_list), dtype=object)
-        out[:] = self.item_list
-        return out
+    def _ids(self) -> ItemIndex:
+        return ItemIndex(self.items)
 
-    @cached_property
-    def _index(self) -> dict[str, int]:
-        # Row numbers are the same int objects in every model: a worker holding many
-        # models would otherwise keep 28 bytes an item for each.
-        return dict(zip(self.item_list, _row_numbers(len(self.item_list)), strict=True))
+    def rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Row of each id (int64), -1 for an id the model has never seen."""
+        return self._ids.rows(item_ids)
 
     def index(self, item_id: str) -> int | None:
         """Row of ``item_id``, or None when the model has never seen it."""
-        return self._index.get(item_id)
+        row = int(self._ids.rows([item_id])[0])
+        return None if row < 0 else row
 
-    @cached_property
-    def popularity_list(self) -> list[int]:
-        return self.popularity.tolist()
+    def ids(self, rows: np.ndarray) -> list:
+        """The ids of ``rows`` (any shape), as nested lists of Python strings."""
+        return self.items[rows].tolist()
 
     @cached_property
     def ranker_weights(self) -> np.ndarray:
@@ -172,14 +167,51 @@ class ModelBundle:
         return dict(self.manifest.get("ranking", {}))
 
 
-_ROWS: list[int] = []
+class ItemIndex:
+    """Item id -> row without a Python object per item (a worker holds a model per
+    tenant): the ids' ``hash()`` values sorted (int64), with the row of each. A batch is
+    a ``searchsorted``; every hash match is confirmed by comparing the strings, so a
+    collision can never give an id another item's row."""
 
+    __slots__ = ("_items", "_keys", "_rows")
 
-def _row_numbers(n: int) -> list[int]:
-    """``list(range(n))`` made of shared int objects (grown on demand, never shrunk)."""
-    if len(_ROWS) < n:
-        _ROWS.extend(range(len(_ROWS), n))
-    return _ROWS[:n]
+    def __init__(self, items: np.ndarray) -> None:
+        hashes = np.fromiter(map(hash, items.tolist()), dtype=np.int64, count=len(items))
+        order = np.argsort(hashes, kind="stable")
+        self._items = items
+        self._keys = hashes[order]
+        self._rows = order.astype(np.int32 if len(items) < 2**31 else np.int64)
+
+    def rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Row of each id (int64), -1 where no item has it."""
+        n = len(ids)
+        if not len(self._keys):
+            return np.full(n, -1, dtype=np.int64)
+        keys = np.fromiter(map(hash, ids), dtype=np.int64, count=n)
+        pos = np.searchsorted(self._keys, keys)
+        np.minimum(pos, len(self._keys) - 1, out=pos)
+        hit = self._keys[pos] == keys
+        out = np.where(hit, self._rows[pos], -1).astype(np.int64)
+        # The ids the hashes point at must be the ids asked for (one C-level list
+        # comparison in the usual case, where they all are).
+        found = self._items[out[hit]].tolist()
+        asked = list(itertools.compress(ids, hit.tolist()))
+        if found != asked:
+            for j, name, want in zip(np.flatnonzero(hit).tolist(), found, asked, strict=True):
+                if name != want:
+                    out[j] = self._scan(want, int(pos[j]))
+        return out
+
+    def _scan(self, item_id: str, pos: int) -> int:
+        """Row of ``item_id`` among the items whose hash equals the one at ``pos`` (a
+        collision, or an unknown id whose hash some item has), -1 if none."""
+        key = self._keys[pos]
+        while pos < len(self._keys) and self._keys[pos] == key:
+            row = int(self._rows[pos])
+            if self._items[row] == item_id:
+                return row
+            pos += 1
+        return -1
 
 
 def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
