@@ -281,7 +281,10 @@ def load_bundle(
     _check_consistency(arrays, where)
     for arr in arrays.values():
         _release_pages(arr)
-    return ModelBundle(version=str(manifest["version"]), manifest=manifest, **arrays)
+    # The arrays' descriptions (checksums, shapes) are checked; nothing reads them after
+    # (save_bundle describes the arrays anew), and a worker holds a model per tenant.
+    kept = {key: value for key, value in manifest.items() if key != "arrays"}
+    return ModelBundle(version=str(manifest["version"]), manifest=kept, **arrays)
 
 
 def _map(path: Path, where: str, name: str) -> np.ndarray:
