@@ -140,7 +140,7 @@ class ModelBundle:
 
     def ids(self, rows: np.ndarray) -> list:
         """The ids of ``rows`` (any shape), as nested lists of Python strings."""
-        return self.items[rows].tolist()
+        return self._ids.ids(rows)
 
     @cached_property
     def ranker_weights(self) -> np.ndarray:
@@ -168,12 +168,14 @@ class ModelBundle:
 
 
 class ItemIndex:
-    """Item id -> row without a Python object per item (a worker holds a model per
+    """Item id <-> row without a Python object per item (a worker holds a model per
     tenant): the ids' ``hash()`` values sorted (int64), with the row of each. A batch is
     a ``searchsorted``; every hash match is confirmed by comparing the strings, so a
-    collision can never give an id another item's row."""
+    collision can never give an id another item's row. An id is decoded from ``items``
+    the first time it is needed and kept, so a model holds the strings of the items it
+    has served or been asked about, not of all of them."""
 
-    __slots__ = ("_items", "_keys", "_rows")
+    __slots__ = ("_decoded", "_items", "_keys", "_names", "_rows")
 
     def __init__(self, items: np.ndarray) -> None:
         hashes = np.fromiter(map(hash, items.tolist()), dtype=np.int64, count=len(items))
@@ -181,6 +183,8 @@ class ItemIndex:
         self._items = items
         self._keys = hashes[order]
         self._rows = order.astype(np.int32 if len(items) < 2**31 else np.int64)
+        self._names = np.full(len(items), None, dtype=object)
+        self._decoded = np.zeros(len(items), dtype=np.bool_)
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """Row of each id (int64), -1 where no item has it."""
@@ -194,13 +198,24 @@ class ItemIndex:
         out = np.where(hit, self._rows[pos], -1).astype(np.int64)
         # The ids the hashes point at must be the ids asked for (one C-level list
         # comparison in the usual case, where they all are).
-        found = self._items[out[hit]].tolist()
-        asked = list(itertools.compress(ids, hit.tolist()))
+        if hit.all():
+            found, asked = self.ids(out), list(ids)
+        else:
+            found, asked = self.ids(out[hit]), list(itertools.compress(ids, hit.tolist()))
         if found != asked:
             for j, name, want in zip(np.flatnonzero(hit).tolist(), found, asked, strict=True):
                 if name != want:
                     out[j] = self._scan(want, int(pos[j]))
         return out
+
+    def ids(self, rows: np.ndarray) -> list:
+        """The ids of ``rows`` (valid rows, any shape) as nested lists of Python strings."""
+        rows = np.asarray(rows)
+        if not self._decoded[rows].all():
+            new = np.unique(rows[~self._decoded[rows]])
+            self._names[new] = self._items[new].tolist()
+            self._decoded[new] = True  # after the names: a thread reading sees them set
+        return self._names[rows].tolist()
 
     def _scan(self, item_id: str, pos: int) -> int:
         """Row of ``item_id`` among the items whose hash equals the one at ``pos`` (a

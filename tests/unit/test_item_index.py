@@ -58,3 +58,7 @@ def test_a_bundle_looks_up_and_names_its_items() -> None:
     assert bundle.index("nope") is None
     rows = np.array([[3, 1], [0, 2]])
     assert bundle.ids(rows) == [[names[3], names[1]], [names[0], names[2]]]
+    # Decoded once and kept: the same objects, plain str (orjson serialises no np.str_).
+    again = bundle.ids(np.arange(len(names)))
+    assert again == names and all(type(x) is str for x in again)
+    assert bundle.ids(np.array([3]))[0] is again[3]
