@@ -61,8 +61,8 @@ def main() -> None:
     bundle = train_model(train, TrainParams(), categories=categories)
     cases = list(iter_cases(test))
     codes, ptr = encode_sessions(bundle, [c.prefix for c in cases])
-    get = bundle._index.get
-    targets = np.array([get(c.target, -2) for c in cases])
+    targets = bundle.rows([c.target for c in cases])
+    targets[targets < 0] = -2  # never matches
     params = RankParams.of(bundle)
 
     def metrics(weights: np.ndarray, prior: np.ndarray | None) -> str:

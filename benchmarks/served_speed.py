@@ -1,6 +1,6 @@
 """Ranking cost of the served model per session, in one process (no broker, no Redis).
 
-    .venv/bin/python benchmarks/served_speed.py [--model-dir M] [--threads 1,2]
+    .venv/bin/python benchmarks/served_speed.py [--model-dir M] [--threads 1,2] [--whole]
         [--set eshop|tmall-cgg] [--no-categories]
 
 Trains the default model on the shipped e-shop data (or loads tenant ``default`` from
@@ -10,6 +10,8 @@ draws 20,000 session prefixes from that data (seeded) and ranks them
 in batches of ``--batch`` with the serving default ``exclude="current"``. Reports, per
 thread count, the best of ``--rounds`` rounds: CPU time per session (process time, all
 threads: the steadier figure on a shared machine) and sessions per second (wall clock).
+``--whole`` times ``recommend_flat`` instead of the kernel alone: the ids looked up,
+ranked, and the results' ids and scores as Python lists, as the worker does.
 To compare two trees side by side, run this script from each with its own PYTHONPATH.
 """
 
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 from models.datasets import eshop_path, item_categories, read_clicks, sessionize
-from models.ranking import RankParams, encode_flat, rank_codes
+from models.ranking import RankParams, encode_flat, rank_codes, recommend_flat
 from models.registry import Registry
 from models.train import TrainParams, train_model
 
@@ -33,6 +35,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--whole", action="store_true", help="time recommend_flat (ids in, ids out)"
+    )
     parser.add_argument("--set", default="eshop", choices=("eshop", "tmall-cgg"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--no-categories", action="store_true")
@@ -60,7 +65,8 @@ def main() -> None:
         prefixes.append(session[: rng.randrange(1, len(session) + 1)])
     codes, ptr = encode_flat(bundle, [i for p in prefixes for i in p], list(map(len, prefixes)))
     params = RankParams.of(bundle)
-    print(f"{bundle.n_items} items, {len(prefixes):,} prefixes, batches of {args.batch}")
+    what = "recommend_flat" if args.whole else "rank_codes"
+    print(f"{bundle.n_items} items, {len(prefixes):,} prefixes, batches of {args.batch}, {what}")
     for threads in map(int, args.threads.split(",")):
         cpu, wall = [], []
         for _ in range(args.rounds):
@@ -70,6 +76,11 @@ def main() -> None:
                 rows = ptr[s : e + 1] - ptr[s]
                 # threads=1 is left out so that trees from before the option run this too.
                 more = {"threads": threads} if threads != 1 else {}
+                if args.whole:
+                    flat = [i for p in prefixes[s:e] for i in p]
+                    lengths = [len(p) for p in prefixes[s:e]]
+                    recommend_flat(bundle, flat, lengths, 20, params, exclude="current", **more)
+                    continue
                 rank_codes(
                     bundle, codes[ptr[s] : ptr[e]], rows, 20, params, exclude="current", **more
                 )

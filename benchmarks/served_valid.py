@@ -69,8 +69,8 @@ def main() -> None:
     print(f"{args.set} trained with {train_over or 'defaults'}{with_categories} in {took:.0f} s")
     cases = list(iter_cases([s.items for s in valid]))
     codes, ptr = encode_sessions(bundle, [c.prefix for c in cases])
-    get = bundle._index.get
-    targets = np.array([get(c.target, -2) for c in cases])
+    targets = bundle.rows([c.target for c in cases])
+    targets[targets < 0] = -2  # never matches
     trained = RankParams.of(bundle)
     for spec in ["", *args.serve]:
         params = dataclasses.replace(

@@ -9,10 +9,12 @@ SHA-256, so a truncated, swapped or edited file is refused instead of served.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import mmap
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -117,35 +119,28 @@ class ModelBundle:
     def n_items(self) -> int:
         return len(self.items)
 
-    @cached_property
+    @property
     def item_list(self) -> list[str]:
-        # Python strings once, so ranking does not box numpy scalars per result. Nothing
-        # reads ``items`` after this, so its mapped pages go back (they fault in again if
-        # something does): a worker holding many models keeps only the strings.
-        out = self.items.tolist()
-        _release_pages(self.items)
-        return out
+        """The item ids as Python strings, a new list each call (tests, tools, plots; the
+        request path uses ``rows``, ``index`` and ``ids``, which keep no object per item)."""
+        return self.items.tolist()
 
     @cached_property
-    def item_objects(self) -> np.ndarray:
-        """``item_list`` as an object array: a batch's ids are one fancy index away."""
-        out = np.empty(len(self.item_list), dtype=object)
-        out[:] = self.item_list
-        return out
+    def _ids(self) -> ItemIndex:
+        return ItemIndex(self.items)
 
-    @cached_property
-    def _index(self) -> dict[str, int]:
-        # Row numbers are the same int objects in every model: a worker holding many
-        # models would otherwise keep 28 bytes an item for each.
-        return dict(zip(self.item_list, _row_numbers(len(self.item_list)), strict=True))
+    def rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Row of each id (int64), -1 for an id the model has never seen."""
+        return self._ids.rows(item_ids)
 
     def index(self, item_id: str) -> int | None:
         """Row of ``item_id``, or None when the model has never seen it."""
-        return self._index.get(item_id)
+        row = int(self._ids.rows([item_id])[0])
+        return None if row < 0 else row
 
-    @cached_property
-    def popularity_list(self) -> list[int]:
-        return self.popularity.tolist()
+    def ids(self, rows: np.ndarray) -> list:
+        """The ids of ``rows`` (any shape), as nested lists of Python strings."""
+        return self._ids.ids(rows)
 
     @cached_property
     def ranker_weights(self) -> np.ndarray:
@@ -172,14 +167,66 @@ class ModelBundle:
         return dict(self.manifest.get("ranking", {}))
 
 
-_ROWS: list[int] = []
+class ItemIndex:
+    """Item id <-> row without a Python object per item (a worker holds a model per
+    tenant): the ids' ``hash()`` values sorted (int64), with the row of each. A batch is
+    a ``searchsorted``; every hash match is confirmed by comparing the strings, so a
+    collision can never give an id another item's row. An id is decoded from ``items``
+    the first time it is needed and kept, so a model holds the strings of the items it
+    has served or been asked about, not of all of them."""
 
+    __slots__ = ("_decoded", "_items", "_keys", "_names", "_rows")
 
-def _row_numbers(n: int) -> list[int]:
-    """``list(range(n))`` made of shared int objects (grown on demand, never shrunk)."""
-    if len(_ROWS) < n:
-        _ROWS.extend(range(len(_ROWS), n))
-    return _ROWS[:n]
+    def __init__(self, items: np.ndarray) -> None:
+        hashes = np.fromiter(map(hash, items.tolist()), dtype=np.int64, count=len(items))
+        order = np.argsort(hashes, kind="stable")
+        self._items = items
+        self._keys = hashes[order]
+        self._rows = order.astype(np.int32 if len(items) < 2**31 else np.int64)
+        self._names = np.full(len(items), None, dtype=object)
+        self._decoded = np.zeros(len(items), dtype=np.bool_)
+
+    def rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Row of each id (int64), -1 where no item has it."""
+        n = len(ids)
+        if not len(self._keys):
+            return np.full(n, -1, dtype=np.int64)
+        keys = np.fromiter(map(hash, ids), dtype=np.int64, count=n)
+        pos = np.searchsorted(self._keys, keys)
+        np.minimum(pos, len(self._keys) - 1, out=pos)
+        hit = self._keys[pos] == keys
+        out = np.where(hit, self._rows[pos], -1).astype(np.int64)
+        # The ids the hashes point at must be the ids asked for (one C-level list
+        # comparison in the usual case, where they all are).
+        if hit.all():
+            found, asked = self.ids(out), list(ids)
+        else:
+            found, asked = self.ids(out[hit]), list(itertools.compress(ids, hit.tolist()))
+        if found != asked:
+            for j, name, want in zip(np.flatnonzero(hit).tolist(), found, asked, strict=True):
+                if name != want:
+                    out[j] = self._scan(want, int(pos[j]))
+        return out
+
+    def ids(self, rows: np.ndarray) -> list:
+        """The ids of ``rows`` (valid rows, any shape) as nested lists of Python strings."""
+        rows = np.asarray(rows)
+        if not self._decoded[rows].all():
+            new = np.unique(rows[~self._decoded[rows]])
+            self._names[new] = self._items[new].tolist()
+            self._decoded[new] = True  # after the names: a thread reading sees them set
+        return self._names[rows].tolist()
+
+    def _scan(self, item_id: str, pos: int) -> int:
+        """Row of ``item_id`` among the items whose hash equals the one at ``pos`` (a
+        collision, or an unknown id whose hash some item has), -1 if none."""
+        key = self._keys[pos]
+        while pos < len(self._keys) and self._keys[pos] == key:
+            row = int(self._rows[pos])
+            if self._items[row] == item_id:
+                return row
+            pos += 1
+        return -1
 
 
 def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
@@ -249,7 +296,10 @@ def load_bundle(
     _check_consistency(arrays, where)
     for arr in arrays.values():
         _release_pages(arr)
-    return ModelBundle(version=str(manifest["version"]), manifest=manifest, **arrays)
+    # The arrays' descriptions (checksums, shapes) are checked; nothing reads them after
+    # (save_bundle describes the arrays anew), and a worker holds a model per tenant.
+    kept = {key: value for key, value in manifest.items() if key != "arrays"}
+    return ModelBundle(version=str(manifest["version"]), manifest=kept, **arrays)
 
 
 def _map(path: Path, where: str, name: str) -> np.ndarray:
@@ -276,16 +326,38 @@ def _map_private_copy(path: Path, sha256: object, where: str) -> np.ndarray:
                 dst.write(chunk)
         if digest.hexdigest() != sha256:
             raise InvalidModelError(f"model {where}: {path.name} does not match its checksum")
-        return _map(Path(copy), where, path.name)
+        return _map_plain(copy, where, path.name)
     finally:
         os.unlink(copy)
+
+
+def _map_plain(path: str, where: str, name: str) -> np.ndarray:
+    """The array of a ``.npy`` file as a plain ndarray over a read-only ``mmap`` of it (an
+    ``np.memmap`` keeps a dict and a Path per array: ~1 KB, 25 times per model)."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise ValueError(f"format version {version}")
+            read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+            shape, fortran, dtype = read_header(fh, max_header_size=10_000)
+            if dtype.hasobject:
+                raise ValueError("object arrays are not loaded (allow_pickle=False)")
+            offset = fh.tell()
+            mapping = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        count = int(np.prod(shape, dtype=np.int64))
+        if offset + count * dtype.itemsize > len(mapping):
+            raise ValueError("the file is shorter than its header says")
+        return np.ndarray(shape, dtype, mapping, offset, order="F" if fortran else "C")
+    except (ValueError, OSError) as exc:
+        raise InvalidModelError(f"model {where}: {name} is unreadable ({exc})") from exc
 
 
 def _release_pages(arr: np.ndarray) -> None:
     """Validation read every page of the memory map; hand them back, so a process holding
     many models pays in resident memory only for the rows it actually ranks with (they
     fault back in from the page cache on use)."""
-    mapping = getattr(arr, "_mmap", None)
+    mapping = getattr(arr, "_mmap", arr.base)
     if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
         mapping.madvise(mmap.MADV_DONTNEED)
 

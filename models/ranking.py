@@ -89,9 +89,7 @@ def encode_flat(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sessions given back to back as the kernel reads them: item codes (-1 for an item
     the model does not know) and the CSR pointer (session r is ``codes[ptr[r]:ptr[r+1]]``)."""
-    codes = np.fromiter(
-        map(bundle._index.get, flat, itertools.repeat(-1)), dtype=np.int64, count=len(flat)
-    )
+    codes = bundle.rows(flat)
     ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=ptr[1:])
     return codes, ptr
@@ -131,9 +129,8 @@ def recommend_flat(
     top_items, top_scores, known, strategies = rank_codes(
         bundle, codes, ptr, k, params, banned, exclude, threads=threads
     )
-    names = bundle.item_list
     # Rows padded with -1 are rebuilt below; an empty model has only those.
-    id_rows = bundle.item_objects[top_items].tolist() if bundle.n_items else []
+    id_rows = bundle.ids(top_items) if bundle.n_items else []
     results = []
     for r, (row_items, row_scores, n_known, source) in enumerate(
         zip(top_items.tolist(), top_scores.tolist(), known.tolist(), strategies, strict=True)
@@ -142,7 +139,7 @@ def recommend_flat(
             results.append(Ranked(id_rows[r], row_scores, source))
             continue
         n = row_items.index(-1)
-        ids, scores = list(map(names.__getitem__, row_items[:n])), row_scores[:n]
+        ids, scores = id_rows[r][:n] if n else [], row_scores[:n]
         strategy = source if n else ("cluster" if n_known else "popular")
         row = codes[ptr[r] : ptr[r + 1]].tolist()
         session = [c for c in row if c >= 0]
@@ -154,9 +151,9 @@ def recommend_flat(
         # Padding ranks below every real candidate: 0, or the last score when a linear
         # ranker's scores went negative.
         pad = min(0.0, scores[-1]) if scores else 0.0
-        for item in _fill(bundle, session, skip, k - n, banned):
-            ids.append(names[item])
-            scores.append(pad)
+        fill = _fill(bundle, session, skip, k - n, banned)
+        ids.extend(bundle.ids(np.array(fill, dtype=np.int64)))
+        scores.extend([pad] * len(fill))
         results.append(Ranked(ids, scores, strategy))
     return results
 
@@ -403,13 +400,19 @@ def _fill(
         popular, clusters = np.asarray(bundle.popularity), np.asarray(bundle.clusters)
         pool = popular[clusters[popular] == clusters[known[-1]]].tolist()
     out: list[int] = []
-    for i in itertools.chain(pool, bundle.popularity_list):
+    for i in itertools.chain(pool, _chunks(bundle.popularity)):
         if i not in exclude and (banned is None or not banned[i]):
             exclude.add(i)
             out.append(i)
             if len(out) == count:
                 break
     return out
+
+
+def _chunks(rows: np.ndarray, size: int = 256):
+    """``rows.tolist()`` a chunk at a time: a caller that stops early boxes few ints."""
+    for start in range(0, len(rows), size):
+        yield from rows[start : start + size].tolist()
 
 
 def similar_items(
@@ -427,4 +430,4 @@ def similar_items(
         pool = pool[clusters == clusters[i]]
     pool = pool[pool != i]
     best = pool[np.lexsort((pool, -cos[pool]))][:k]
-    return [(bundle.item_list[j], float(cos[j])) for j in best.tolist()]
+    return list(zip(bundle.ids(best), cos[best].tolist(), strict=True))

@@ -143,7 +143,7 @@ def apply_rules(
 
 
 def banned_mask(
-    items: Sequence[str],
+    items: Sequence[str] | np.ndarray,
     rules: ServingRules,
     catalogue: Catalogue,
     request: Request | None = None,
@@ -159,7 +159,7 @@ def banned_mask(
         or (request is not None and (request.exclude_items or request.categories))
     ):
         return mask
-    for i, item in enumerate(items):
+    for i, item in enumerate(items.tolist() if isinstance(items, np.ndarray) else items):
         if not is_allowed(item, rules, catalogue, request):
             mask[i] = True
     return mask

@@ -188,8 +188,8 @@ def _learn_ranker(
         cases = [cases[i] for i in keep.tolist()]
     base = _build(older, embedded, params, lambda stage, fraction: None, categories)
     codes, ptr = encode_sessions(base, [prefix for prefix, _ in cases])
-    get = base._index.get
-    targets = np.array([get(t, -2) for _, t in cases], dtype=np.int64)  # -2 never matches
+    targets = base.rows([t for _, t in cases])
+    targets[targets < 0] = -2  # never matches
     rank_params = replace(params.rank_params(), candidates=params.fit_candidates)
 
     def rank_features() -> tuple[np.ndarray, np.ndarray]:

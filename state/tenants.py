@@ -256,7 +256,7 @@ class TenantDirectory:
         stamp = (bundle.version, id(bundle), version, rules)
         cached = self._masks.get(tenant)
         if cached is None or cached[0] != stamp:
-            cached = (stamp, banned_mask(bundle.item_list, rules, catalogue))
+            cached = (stamp, banned_mask(bundle.items, rules, catalogue))
             self._masks[tenant] = cached
         return rules, catalogue, cached[1]
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from models.bundle import ModelBundle
 from models.errors import NoModelError, StreamrecError
@@ -29,7 +29,8 @@ class _Slot:
     checked_at: float
     # Size of every file of the loaded version, checked against the manifest's checksums
     # at load: a file whose size changes later (truncated in place) is never read again.
-    sizes: dict[Path, int] = field(default_factory=dict)
+    # Paths as str: a Path object is ~3 times the size, and a worker holds 1,000 models.
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 class ModelCache:
@@ -171,7 +172,7 @@ class ModelCache:
             if current != slot.version:
                 await self._load(tenant, previous=slot)
 
-    def _fallback(self, tenant: str, refused: str | None) -> tuple[ModelBundle, dict[Path, int]]:
+    def _fallback(self, tenant: str, refused: str | None) -> tuple[ModelBundle, dict[str, int]]:
         """The newest valid version from the tenant's promotion history."""
         for version in reversed(self._registry.promoted_versions(tenant)):
             if version == refused:
@@ -182,14 +183,14 @@ class ModelCache:
                 continue
         raise NoModelError(f"tenant {tenant!r}: no valid version in the history")
 
-    def _load_ready(self, tenant: str, version: str | None) -> tuple[ModelBundle, dict[Path, int]]:
+    def _load_ready(self, tenant: str, version: str | None) -> tuple[ModelBundle, dict[str, int]]:
         """Load and validate a version (checksums), note its files' sizes, and rank once
         with it: the first ranking of a process loads the compiled kernel, which should
         not happen inside a batch."""
         # A private copy: a registry file truncated in place cannot crash the worker.
         bundle = self._registry.load(tenant, version, private=True)
         directory = self._registry.version_dir(tenant, bundle.version)
-        sizes = {f: f.stat().st_size for f in directory.iterdir() if f.is_file()}
+        sizes = {str(f): f.stat().st_size for f in directory.iterdir() if f.is_file()}
         recommend(bundle, [], 1)
         return bundle, sizes
 
@@ -259,8 +260,8 @@ class ModelCache:
             return slot
 
 
-def _same_sizes(sizes: dict[Path, int]) -> bool:
+def _same_sizes(sizes: dict[str, int]) -> bool:
     try:
-        return all(path.stat().st_size == size for path, size in sizes.items())
+        return all(os.stat(path).st_size == size for path, size in sizes.items())
     except OSError:
         return False

@@ -500,7 +500,7 @@ class BatchProcessor:
         if bundle is not None:
             if request is not None and (request.exclude_items or request.categories):
                 only_request = Catalogue(category=catalogue.category)
-                extra = banned_mask(bundle.item_list, NO_RULES, only_request, request)
+                extra = banned_mask(bundle.items, NO_RULES, only_request, request)
                 banned = extra if banned is None else banned | extra
             flat, lengths = flatten(updates)
             return recommend_flat(
