@@ -574,25 +574,32 @@ def served_kernel(
             v = 0.0
             shared = 0.0
             next_s = -1
-            kept_live = 0
+            ended = False
             for d in range(n_live):
                 hs = head_s[d]
-                h = heads[d]
                 if hs == newest_s:
                     v += head_w[d]
                     shared += 1.0
-                    h -= 1
+                    h = heads[d] - 1
+                    heads[d] = h
                     if h < head_lo[d]:
+                        head_s[d] = -1  # session rows are >= 0
+                        ended = True
                         continue
                     hs = is_idx[h]
-                heads[kept_live] = h
-                head_lo[kept_live] = head_lo[d]
-                head_s[kept_live] = hs
-                head_w[kept_live] = head_w[d]
-                kept_live += 1
+                    head_s[d] = hs
                 if hs > next_s:
                     next_s = hs
-            n_live = kept_live
+            if ended:  # rare: drop the ended lists, order kept
+                kept_live = 0
+                for d in range(n_live):
+                    if head_s[d] >= 0:
+                        heads[kept_live] = heads[d]
+                        head_lo[kept_live] = head_lo[d]
+                        head_s[kept_live] = head_s[d]
+                        head_w[kept_live] = head_w[d]
+                        kept_live += 1
+                n_live = kept_live
             sample[n_chosen] = newest_s
             s_vsim[n_chosen] = v
             s_count[n_chosen] = shared
