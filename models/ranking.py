@@ -139,7 +139,7 @@ def recommend_flat(
             results.append(Ranked(id_rows[r], row_scores, source))
             continue
         n = row_items.index(-1)
-        ids, scores = id_rows[r][:n] if n else [], row_scores[:n]
+        ids, scores = id_rows[r][:n], row_scores[:n]
         strategy = source if n else ("cluster" if n_known else "popular")
         row = codes[ptr[r] : ptr[r + 1]].tolist()
         session = [c for c in row if c >= 0]
