@@ -1,7 +1,7 @@
 """Ranking cost of the served model per session, in one process (no broker, no Redis).
 
     .venv/bin/python benchmarks/served_speed.py [--model-dir M] [--threads 1,2] [--whole]
-        [--set eshop|tmall-cgg] [--no-categories]
+        [--set eshop|tmall-cgg] [--no-categories] [--uniform] [--serve name=value[,...] ...]
 
 Trains the default model on the shipped e-shop data (or loads tenant ``default`` from
 ``--model-dir``; or ``--set tmall-cgg``: trains on ``../shared/data/tmall-cgg/train``
@@ -12,15 +12,22 @@ thread count, the best of ``--rounds`` rounds: CPU time per session (process tim
 threads: the steadier figure on a shared machine) and sessions per second (wall clock).
 ``--whole`` times ``recommend_flat`` instead of the kernel alone: the ids looked up,
 ranked, and the results' ids and scores as Python lists, as the worker does.
+``--uniform``: sessions of 1-10 clicks drawn uniformly from the catalogue instead (what
+``worker_throughput.py`` sends). ``--serve``: ranking-setting variants timed one after
+the other on the same model (``RankParams`` overrides, e.g. ``sample_size=100``; the
+first line is always the model's own settings), to see where the kernel's time goes.
 To compare two trees side by side, run this script from each with its own PYTHONPATH.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import time
 from pathlib import Path
+
+from served_valid import overrides
 
 from models.datasets import eshop_path, item_categories, read_clicks, sessionize
 from models.ranking import RankParams, encode_flat, rank_codes, recommend_flat
@@ -41,6 +48,8 @@ def main() -> None:
     parser.add_argument("--set", default="eshop", choices=("eshop", "tmall-cgg"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--no-categories", action="store_true")
+    parser.add_argument("--uniform", action="store_true", help="random sessions of 1-10 clicks")
+    parser.add_argument("--serve", nargs="*", default=[], help="RankParams variants")
     args = parser.parse_args()
 
     categories: dict[str, str] = {}
@@ -60,36 +69,44 @@ def main() -> None:
         bundle = train_model(train_sessions, TrainParams(), categories=categories or None)
     rng = random.Random(1)
     prefixes = []
+    items = list(bundle.items)
     for _ in range(args.sessions):
+        if args.uniform:
+            prefixes.append([rng.choice(items) for _ in range(rng.randrange(1, 11))])
+            continue
         session = rng.choice(data)
         prefixes.append(session[: rng.randrange(1, len(session) + 1)])
     codes, ptr = encode_flat(bundle, [i for p in prefixes for i in p], list(map(len, prefixes)))
-    params = RankParams.of(bundle)
+    trained = RankParams.of(bundle)
     what = "recommend_flat" if args.whole else "rank_codes"
     print(f"{bundle.n_items} items, {len(prefixes):,} prefixes, batches of {args.batch}, {what}")
-    for threads in map(int, args.threads.split(",")):
-        cpu, wall = [], []
-        for _ in range(args.rounds):
-            c0, w0 = time.process_time(), time.perf_counter()
-            for s in range(0, len(prefixes), args.batch):
-                e = min(s + args.batch, len(prefixes))
-                rows = ptr[s : e + 1] - ptr[s]
-                # threads=1 is left out so that trees from before the option run this too.
-                more = {"threads": threads} if threads != 1 else {}
-                if args.whole:
-                    flat = [i for p in prefixes[s:e] for i in p]
-                    lengths = [len(p) for p in prefixes[s:e]]
-                    recommend_flat(bundle, flat, lengths, 20, params, exclude="current", **more)
-                    continue
-                rank_codes(
-                    bundle, codes[ptr[s] : ptr[e]], rows, 20, params, exclude="current", **more
-                )
-            cpu.append(time.process_time() - c0)
-            wall.append(time.perf_counter() - w0)
-        print(
-            f"threads {threads}: {1e6 * min(cpu) / len(prefixes):.1f} us CPU per session, "
-            f"{len(prefixes) / min(wall):,.0f} sessions/s"
-        )
+    for spec in ["", *args.serve]:
+        pairs = spec.split(",") if spec else []
+        params = dataclasses.replace(trained, **overrides(trained, pairs))
+        label = f"{spec or 'as trained'}: " if args.serve else ""
+        for threads in map(int, args.threads.split(",")):
+            cpu, wall = [], []
+            for _ in range(args.rounds):
+                c0, w0 = time.process_time(), time.perf_counter()
+                for s in range(0, len(prefixes), args.batch):
+                    e = min(s + args.batch, len(prefixes))
+                    rows = ptr[s : e + 1] - ptr[s]
+                    # threads=1 is left out so that trees from before the option run this.
+                    more = {"threads": threads} if threads != 1 else {}
+                    if args.whole:
+                        flat = [i for p in prefixes[s:e] for i in p]
+                        lengths = [len(p) for p in prefixes[s:e]]
+                        recommend_flat(bundle, flat, lengths, 20, params, exclude="current", **more)
+                        continue
+                    rank_codes(
+                        bundle, codes[ptr[s] : ptr[e]], rows, 20, params, exclude="current", **more
+                    )
+                cpu.append(time.process_time() - c0)
+                wall.append(time.perf_counter() - w0)
+            print(
+                f"{label}threads {threads}: {1e6 * min(cpu) / len(prefixes):.1f} us CPU per "
+                f"session, {len(prefixes) / min(wall):,.0f} sessions/s"
+            )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--no-categories", action="store_true", help="-cgg sets without them")
     args = parser.parse_args()
 
-    train_over = _overrides(TrainParams(), args.train)
+    train_over = overrides(TrainParams(), args.train)
     categories: dict[str, str] = {}
     if args.set in ("tmall", "ycgg"):
         where = f"{args.data}/{'tmall' if args.set == 'tmall' else 'yoochoose'}-cgg"
@@ -73,9 +73,7 @@ def main() -> None:
     targets[targets < 0] = -2  # never matches
     trained = RankParams.of(bundle)
     for spec in ["", *args.serve]:
-        params = dataclasses.replace(
-            trained, **_overrides(trained, spec.split(",") if spec else [])
-        )
+        params = dataclasses.replace(trained, **overrides(trained, spec.split(",") if spec else []))
         items, *_ = rank_codes(bundle, codes, ptr, 20, params, exclude="none")
         hit = items == targets[:, None]
         rank = np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0)
@@ -90,7 +88,8 @@ def _sessions(path: str, fmt: str, cols: dict[str, str]) -> list[Session]:
     return build_sessions(read_clicks(path, fmt, **cols), min_length=2, collapse_repeats=False)
 
 
-def _overrides(defaults: object, pairs: list[str]) -> dict[str, object]:
+def overrides(defaults: object, pairs: list[str]) -> dict[str, object]:
+    """``name=value`` pairs as keyword overrides of a dataclass's fields (typed alike)."""
     out: dict[str, object] = {}
     for pair in pairs:
         name, _, value = pair.partition("=")
