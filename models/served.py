@@ -322,55 +322,61 @@ def _touch(j, tag, stamp, slot, feats, cand, found):  # pragma: no cover - compi
 
 
 @njit(cache=True, nogil=True)
-def _kth_largest(buf, m, rank):  # pragma: no cover - compiled
-    """The ``rank``-th largest (0 = the largest) of ``buf[:m]``, which it reorders:
-    quickselect in place (``np.partition`` would allocate a copy per call)."""
-    lo, hi = 0, m - 1
-    while lo < hi:
-        pivot = buf[(lo + hi) >> 1]
-        i, j = lo, hi
-        while i <= j:
-            while buf[i] > pivot:
-                i += 1
-            while buf[j] < pivot:
-                j -= 1
-            if i <= j:
-                buf[i], buf[j] = buf[j], buf[i]
-                i += 1
-                j -= 1
-        if rank <= j:
-            hi = j
-        elif rank >= i:
-            lo = i
+def _kth_largest(values, rank, bufs):  # pragma: no cover - compiled
+    """The ``rank``-th largest (0 = the largest) of ``values``: quickselect whose passes
+    have no data-dependent branch (each value is written to both ends of the next
+    buffer, and only one end's count moves), so it costs the same on any input order.
+    ``bufs``: [2, >= len(values)] scratch."""
+    n = values.size
+    src = values
+    which = 0
+    while True:
+        pivot = src[n >> 1]
+        dst = bufs[which]
+        above = 0
+        below = 0
+        for i in range(n):
+            x = src[i]
+            dst[above] = x
+            dst[n - 1 - below] = x
+            above += x > pivot
+            below += x < pivot
+        if rank < above:
+            n = above
+            src = dst[:n]
+        elif rank < n - below:
+            return pivot
         else:
-            break
-    return buf[rank]
+            rank -= n - below
+            src = dst[n - below : n]
+            n = below
+        which = 1 - which
 
 
 @njit(cache=True, nogil=True)
-def _select(values, limit, out, buf):  # pragma: no cover - compiled
+def _select(values, limit, out, bufs):  # pragma: no cover - compiled
     """Write into ``out`` the positions of the ``limit`` largest ``values``, ties going to
-    the earlier position; returns how many. O(len) expected; ``buf`` is scratch at least
-    as long as ``values``."""
+    the earlier position; returns how many. O(len) expected; ``bufs`` is [2, len] scratch
+    at least."""
     m = values.size
     if m <= limit:
         for q in range(m):
             out[q] = q
         return m
-    buf[:m] = values
-    threshold = _kth_largest(buf, m, limit - 1)
+    threshold = _kth_largest(values, limit - 1, bufs)
     above = 0
     for q in range(m):
-        if values[q] > threshold:
-            above += 1
+        above += values[q] > threshold
     ties = limit - above
     count = 0
-    for q in range(m):
-        if values[q] > threshold or (values[q] == threshold and ties > 0):
-            if values[q] == threshold:
-                ties -= 1
-            out[count] = q
-            count += 1
+    q = 0
+    while count < limit:
+        x = values[q]
+        take = (x > threshold) | ((x == threshold) & (ties > 0))
+        out[count] = q
+        count += take
+        ties -= (x == threshold) & take
+        q += 1
     return count
 
 
@@ -451,7 +457,7 @@ def served_kernel(
     pool = np.empty(n, dtype=np.int64)
     pool_prior = np.empty(n, dtype=np.float64)
     pool_pos = np.empty(n, dtype=np.int64)
-    select_buf = np.empty(max(n, sample_size, 1), dtype=np.float64)
+    select_buf = np.empty((2, max(n, sample_size, 1)), dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
     voted = np.empty(n + 1, dtype=np.int64)  # + 1: written before it is known to be new
