@@ -44,22 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     train_over = overrides(TrainParams(), args.train)
-    categories: dict[str, str] = {}
-    if args.set in ("tmall", "ycgg"):
-        where = f"{args.data}/{'tmall' if args.set == 'tmall' else 'yoochoose'}-cgg"
-        cols = {"session_col": "session_id", "item_col": "item_id", "order_col": "position"}
-        clicks = read_clicks(f"{where}/train.csv.gz", "csv", category_col="category", **cols)
-        train = build_sessions(clicks, min_length=2, collapse_repeats=False)
-        valid = _sessions(f"{where}/valid.csv.gz", "csv", cols)
-        if not args.no_categories:
-            categories = item_categories(clicks)
-    elif args.set == "eshop":  # as `streamrec evaluate --split-days 30 --valid-days 30`
-        rest, _test = split_last_days(_sessions(str(eshop_path()), "eshop", {}), 30)
-        train, valid = split_last_days(rest, 30)
-    else:
-        path = f"{args.data}/yoochoose-100k/yoochoose-clicks-100k_train_full.txt"
-        full = _sessions(path, "auto", {})
-        train, valid = split_last_days(full, 1)
+    train, valid, categories = training_and_valid(args.set, args.data, args.no_categories)
     started = time.perf_counter()
     bundle = train_model(
         [s.items for s in train], TrainParams(**train_over), categories=categories or None
@@ -86,6 +71,28 @@ def main() -> None:
 def _sessions(path: str, fmt: str, cols: dict[str, str]) -> list[Session]:
     """As ``streamrec evaluate`` reads them: repeats kept, one-click sessions dropped."""
     return build_sessions(read_clicks(path, fmt, **cols), min_length=2, collapse_repeats=False)
+
+
+def training_and_valid(
+    which: str, data: str, no_categories: bool = False
+) -> tuple[list[Session], list[Session], dict[str, str]]:
+    """The set's training and validation sessions, and its item categories (-cgg sets)."""
+    categories: dict[str, str] = {}
+    if which in ("tmall", "ycgg"):
+        where = f"{data}/{'tmall' if which == 'tmall' else 'yoochoose'}-cgg"
+        cols = {"session_col": "session_id", "item_col": "item_id", "order_col": "position"}
+        clicks = read_clicks(f"{where}/train.csv.gz", "csv", category_col="category", **cols)
+        train = build_sessions(clicks, min_length=2, collapse_repeats=False)
+        valid = _sessions(f"{where}/valid.csv.gz", "csv", cols)
+        if not no_categories:
+            categories = item_categories(clicks)
+    elif which == "eshop":  # as `streamrec evaluate --split-days 30 --valid-days 30`
+        rest, _test = split_last_days(_sessions(str(eshop_path()), "eshop", {}), 30)
+        train, valid = split_last_days(rest, 30)
+    else:
+        path = f"{data}/yoochoose-100k/yoochoose-clicks-100k_train_full.txt"
+        train, valid = split_last_days(_sessions(path, "auto", {}), 1)
+    return train, valid, categories
 
 
 def overrides(defaults: object, pairs: list[str]) -> dict[str, object]:
