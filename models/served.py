@@ -582,20 +582,18 @@ def served_kernel(
             next_s = -1
             ended = False
             for d in range(n_live):
-                hs = head_s[d]
-                if hs == newest_s:
-                    v += head_w[d]
-                    shared += 1.0
-                    h = heads[d] - 1
-                    heads[d] = h
-                    if h < head_lo[d]:
-                        head_s[d] = -1  # session rows are >= 0
-                        ended = True
-                        continue
-                    hs = is_idx[h]
-                    head_s[d] = hs
-                if hs > next_s:
-                    next_s = hs
+                # No branch on the data: every list steps by 0 or 1 and re-reads its head
+                # (the sums get the same terms: + 0.0 changes nothing).
+                step = head_s[d] == newest_s
+                v += head_w[d] * step
+                shared += step
+                h = heads[d] - step
+                heads[d] = h
+                lo_d = head_lo[d]
+                hs = is_idx[max(h, lo_d)] if h >= lo_d else -1  # session rows are >= 0
+                ended |= h < lo_d
+                head_s[d] = hs
+                next_s = max(next_s, hs)
             if ended:  # rare: drop the ended lists, order kept
                 kept_live = 0
                 for d in range(n_live):
