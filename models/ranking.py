@@ -39,7 +39,7 @@ class RankParams:
     session_weight: float = 0.0
     own_decay: float = 0.6  # the session's own items and its vector: weight per click of age
     k_sessions: int = 100  # session-kNN neighbours
-    sample_size: int = 200  # ... among this many most recent sessions sharing an item
+    sample_size: int = 100  # ... among this many most recent sessions sharing an item
     per_source: int = 30  # entries read from each neighbour / rule / transition list
     candidates: int = 200  # kept by the fixed blend for the ranker to order
     ranker: str = "linear"
