@@ -28,7 +28,7 @@ from served_valid import DATA, training_and_valid
 import models.train as train_module
 from models.evaluate import iter_cases
 from models.ranking import RankParams, encode_sessions, rank_codes
-from models.served import FEATURES, _softmax_fit, blend_weights
+from models.served import FEATURES, blend_weights, fit_scaled
 from models.train import TrainParams, train_model
 
 NF = len(FEATURES)
@@ -94,11 +94,9 @@ def fit(fit_cases: dict, columns: Columns, l2: float = 1e-3) -> np.ndarray:
     found = where.any(axis=1)
     mask = fit_cases["items"][found] >= 0
     x = design(fit_cases["feats"][found], columns)
-    scale = np.maximum(x[mask].std(axis=0, dtype=np.float64), 1e-6)
-    x /= scale.astype(np.float32)
     start = np.zeros(x.shape[-1])
-    start[: 2 * NF] = blend_weights() * scale[: 2 * NF]
-    return _softmax_fit(x, mask, where[found].argmax(axis=1), start, l2) / scale
+    start[: 2 * NF] = blend_weights()
+    return fit_scaled(x, mask, where[found].argmax(axis=1), start, l2)
 
 
 def score(d: dict, columns: Columns, w: np.ndarray) -> tuple[float, float]:

@@ -775,10 +775,18 @@ def fit_ranker(
     x = np.empty((*raw.shape[:-1], 2 * nf), dtype=np.float32)
     x[..., :nf] = raw
     np.sqrt(np.maximum(raw, 0.0), out=x[..., nf:])
+    return fit_scaled(x, mask, y, blend_weights(), l2), info
+
+
+def fit_scaled(
+    x: np.ndarray, mask: np.ndarray, y: np.ndarray, start: np.ndarray, l2: float
+) -> np.ndarray:
+    """Weights over the columns of ``x`` ([cases, candidates, columns] float32, scaled in
+    place to unit spread for the fit; ``mask``: real candidates, ``y``: the clicked one),
+    from ``start``; both in the columns' own units."""
     scale = np.maximum(x[mask].std(axis=0, dtype=np.float64), 1e-6)
     x /= scale.astype(np.float32)
-    w = _softmax_fit(x, mask, y, blend_weights() * scale, l2)
-    return w / scale, info
+    return _softmax_fit(x, mask, y, start * scale, l2) / scale
 
 
 def _softmax_fit(
