@@ -12,9 +12,9 @@ one topic per contender; each contender then drains its copy:
 
 Worker throughput counts only answered events: recommendations on the output topic,
 from the first to the last ``emitted_ts`` (start-up and group join excluded). The
-worker's peak RSS is read from /proc at the end. CPU per event, of the worker and of
-Redis, is sampled from /proc over the same window: on a shared machine it moves much
-less from run to run than events/s does.
+worker's peak RSS is read from /proc at the end. CPU per event, of the worker, of Redis
+and of the broker, is sampled from /proc over the same window: on a shared machine it
+moves much less from run to run than events/s does.
 """
 
 from __future__ import annotations
@@ -204,7 +204,9 @@ def worker_rate(
     produce(stack.broker, cfg.clicks, records)
     worker = WorkerProcess(cfg).start()
     redis = next(s for s in stack.services if s.name == "redis")
-    sampler = CpuSampler({"worker": worker.proc.pid, "redis": redis.pid() or 0})  # type: ignore[union-attr]
+    broker = next(s for s in stack.services if s.name == "broker")
+    pids = {"worker": worker.proc.pid, "redis": redis.pid(), "broker": broker.pid()}  # type: ignore[union-attr]
+    sampler = CpuSampler({k: p or 0 for k, p in pids.items()})
     sampler.start()
     try:
         recs = consume(stack.broker, cfg.recs, len(records), timeout=900)
@@ -220,8 +222,10 @@ def worker_rate(
         )
     emitted = sorted(orjson.loads(m.value())["emitted_ts"] for m in recs)
     start, end = emitted[0], emitted[-1]
-    per_event = [sampler.used(n, start, end) / len(records) * 1e6 for n in ("worker", "redis")]
-    return len(records) / (end - start), rss, per_event[0], per_event[1]
+    per_event = [
+        sampler.used(n, start, end) / len(records) * 1e6 for n in ("worker", "redis", "broker")
+    ]
+    return len(records) / (end - start), rss, *per_event
 
 
 def main() -> None:
@@ -275,7 +279,7 @@ def main() -> None:
             ensure_topics(stack.broker, [topic], 4)
             produce(stack.broker, topic, records)
             bare = asyncio.run(bare_consumer_rate(stack.broker, topic, len(records)))
-            rows.append(("bare aiokafka consumer (reads only)", bare, *[float("nan")] * 3))
+            rows.append(("bare aiokafka consumer (reads only)", bare, *[float("nan")] * 4))
         names = {
             "agent": "faust agent (take_events + send per record)",
             "batch": "streamrec batch loop (shipped)",
@@ -297,13 +301,13 @@ def main() -> None:
     )
     print(
         "| contender | events/s | vs bare consumer | worker peak RSS "
-        "| worker CPU / event | Redis CPU / event |"
+        "| worker CPU / event | Redis CPU / event | broker CPU / event |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, rate, rss, worker_us, redis_us in rows:
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, rate, rss, *cpu_us in rows:
         ratio = f"{rate / bare:.1%}" if bare else "-"
         rss_s = "-" if rss != rss else f"{rss:.0f} MB"
-        cpu = "| - | -" if worker_us != worker_us else f"| {worker_us:.1f} µs | {redis_us:.1f} µs"
+        cpu = " ".join("| -" if us != us else f"| {us:.1f} µs" for us in cpu_us)
         print(f"| {name} | {rate:,.0f} | {ratio} | {rss_s} {cpu} |")
 
 
