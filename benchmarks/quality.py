@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path("..") / "shared" / "data"
 K = 20
-MODELS = "hybrid,streamrec,pop,transitions,sr,item_knn,item2vec,cluster_random,sknn,vsknn"
+MODELS = "hybrid,streamrec,pop,transitions,sr,item_knn,item2vec,cluster_random,sknn,vsknn,stan"
 CGG = [
     "--format",
     "csv",

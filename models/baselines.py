@@ -18,6 +18,12 @@ so the harness can be checked against its numbers:
 - ``vsknn``: V-SKNN (Ludewig and Jannach 2018): as sknn, but the similarity is the
   session's items weighted linearly by position (i/n for the i-th of n clicks) summed
   over the items a neighbour shares.
+- ``stan``: STAN (Garg et al. 2019): as sknn, but the session's items are weighted by
+  exp((i - n) / lambda_1) in the cosine, and a neighbour votes for each of its items
+  with exp(-|position - position of the most recent shared item| / lambda_3) times its
+  similarity: what follows (or precedes) the matching click counts most. The paper's
+  second factor, the neighbour's age in time, is left out (the -cgg sets have no
+  timestamps; neighbours are already the most recent sessions sharing an item).
 
 Models rank every item they know and may return items already in the session (the
 literature protocol); the harness applies serving rules afterwards. Ties, and the tail of
@@ -264,10 +270,17 @@ class SessionKNN(_Catalogue):
     the ``k`` most similar vote for their items with their similarity.
     """
 
-    def __init__(self, k: int = 100, sample_size: int = 1000, weighting: str = "cosine") -> None:
-        if weighting not in ("cosine", "position"):
+    def __init__(
+        self,
+        k: int = 100,
+        sample_size: int = 1000,
+        weighting: str = "cosine",
+        lambda_1: float = 1.0,
+    ) -> None:
+        if weighting not in ("cosine", "position", "exponential"):
             raise InvalidSettingError(f"unknown weighting {weighting!r}")
         self.k, self.sample_size, self.weighting = k, sample_size, weighting
+        self.lambda_1 = lambda_1  # "exponential": exp((i - n) / lambda_1) for the i-th of n
 
     def fit(self, sessions: Sequence[Sequence[str]]) -> None:
         self.fit_catalogue(sessions)
@@ -291,12 +304,14 @@ class SessionKNN(_Catalogue):
                 w = np.ones(len(items))
             else:
                 w = np.fromiter(weight.values(), dtype=np.float64, count=len(weight))
+                if self.weighting == "exponential":
+                    w = np.exp((w - 1.0) * len(codes) / self.lambda_1)
             sub = self.by_item[items]
             neighbours = np.unique(sub.indices)
             if len(neighbours) > self.sample_size:
                 neighbours = neighbours[-self.sample_size :]
             sim = np.asarray(sub[:, neighbours].T @ w).ravel()
-            if self.weighting == "cosine":
+            if self.weighting != "position":
                 sim = sim / np.sqrt(len(items) * self.lengths[neighbours])
             if len(sim) > self.k:
                 best = np.argpartition(-sim, self.k - 1)[: self.k]
@@ -318,6 +333,70 @@ class SessionKNN(_Catalogue):
         return self.top_k(self.scores(prefixes), k)
 
 
+class STAN(SessionKNN):
+    """STAN (Garg et al. 2019; module docstring). ``lambda_1`` / ``lambda_3`` default to
+    half the mean training session length and the mean length: the best factors of
+    0.5 / 1 / 2 on the four validation splits (benchmarks/stan_valid.py, quality.md)."""
+
+    def __init__(
+        self,
+        k: int = 100,
+        sample_size: int = 1000,
+        lambda_1: float | None = None,
+        lambda_3: float | None = None,
+    ) -> None:
+        super().__init__(k, sample_size, weighting="exponential")
+        self.lambdas = (lambda_1, lambda_3)
+
+    def fit(self, sessions: Sequence[Sequence[str]]) -> None:
+        super().fit(sessions)
+        mean = float(np.mean([len(c) for c in self.codes])) if self.codes else 1.0
+        self.lambda_1 = self.lambdas[0] or 0.5 * mean
+        self.lambda_3 = self.lambdas[1] or mean
+        self.flat = np.concatenate(self.codes) if self.codes else np.zeros(0, dtype=np.int64)
+        self.ptr = np.zeros(len(self.codes) + 1, dtype=np.int64)
+        np.cumsum([len(c) for c in self.codes], out=self.ptr[1:])
+
+    def scores(self, prefixes: Sequence[Sequence[str]]) -> np.ndarray:
+        neighbours = self.neighbour_weights(prefixes)
+        recency = np.zeros(len(self.items), dtype=np.int64)
+        out = np.zeros((len(prefixes), len(self.items)), dtype=np.float64)
+        for row, prefix in enumerate(prefixes):
+            codes = self.encode(prefix)
+            lo, hi = neighbours.indptr[row], neighbours.indptr[row + 1]
+            if not len(codes) or lo == hi:
+                continue
+            recency[codes] = np.arange(1, len(codes) + 1)  # latest position of each
+            _stan_votes(
+                self.flat, self.ptr, neighbours.indices[lo:hi], neighbours.data[lo:hi],
+                recency, self.lambda_3, out[row],
+            )  # fmt: skip
+            recency[codes] = 0
+        return out
+
+
+@njit(cache=True, nogil=True)
+def _stan_votes(flat, ptr, sessions, sims, recency, lambda_3, out):  # pragma: no cover - compiled
+    """Each neighbour's items, weighted by their distance to its most recent item of the
+    session (the item's nearest occurrence when it repeats), times its similarity."""
+    for t in range(len(sessions)):
+        lo, hi = ptr[sessions[t]], ptr[sessions[t] + 1]
+        anchor, best = lo, 0
+        for q in range(lo, hi):
+            if recency[flat[q]] > best:  # the first occurrence of the most recent item
+                best = recency[flat[q]]
+                anchor = q
+        for q in range(lo, hi):
+            j = flat[q]
+            nearest = q  # the occurrence of j nearest to the anchor gives its weight
+            for r in range(lo, hi):
+                d, dn = abs(r - anchor), abs(nearest - anchor)
+                if flat[r] == j and (d < dn or (d == dn and r < nearest)):
+                    nearest = r
+            if nearest == q:  # counted once, at its nearest occurrence
+                out[j] += sims[t] * np.exp(-abs(q - anchor) / lambda_3)
+
+
 def model_factories(
     params: TrainParams | None = None, categories: dict[str, str] | None = None
 ) -> dict[str, Callable[[], Recommender]]:
@@ -337,4 +416,5 @@ def model_factories(
         "cluster_random": lambda: ClusterRandom(TrainParams(seed=params.seed)),
         "sknn": SessionKNN,
         "vsknn": lambda: SessionKNN(weighting="position"),
+        "stan": STAN,
     }

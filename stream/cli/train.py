@@ -273,8 +273,9 @@ MODEL_NAMES = (
     "cluster_random",
     "sknn",
     "vsknn",
+    "stan",
 )
-DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsknn")
+DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsknn", "stan")
 
 
 @click.command()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from models.baselines import (
+    STAN,
     ClusterRandom,
     ItemKNN,
     Popular,
@@ -119,3 +121,33 @@ def test_streamrec_adapter_matches_the_serving_ranker() -> None:
     # The harness's literature protocol: session items allowed (serving rules come after).
     expected = recommend(model.bundle, ["a"], 3, exclude="none").item_ids()
     assert model.recommend_batch([["a"]], 3) == [expected]
+
+
+def test_stan_weights_a_neighbours_items_by_their_distance_to_the_shared_click() -> None:
+    model = STAN(k=1, lambda_1=1.0, lambda_3=1.0)
+    model.fit([["a", "b", "c", "d", "e"]])
+    # c is shared: it weighs 1, b and d e^-1, a and e e^-2 (ties: first appearance).
+    assert model.recommend_batch([["c"]], 5) == [["c", "b", "d", "a", "e"]]
+    # The most recent shared click is the anchor: after e then a, the items near a lead.
+    assert model.recommend_batch([["e", "a"]], 3) == [["a", "b", "c"]]
+    vsknn = SessionKNN(k=1, weighting="position")
+    vsknn.fit([["a", "b", "c", "d", "e"]])
+    assert vsknn.recommend_batch([["c"]], 5) == [["a", "b", "c", "d", "e"]]
+
+
+def test_stan_counts_a_repeated_item_once_at_its_nearest_occurrence() -> None:
+    model = STAN(k=1, lambda_1=1.0, lambda_3=1.0)
+    model.fit([["x", "a", "y", "z", "x"]])
+    scores = model.scores([["a"]])[0]
+    index = model.index
+    # x is 1 step before a and 3 after it: it takes e^-1 once, not e^-1 + e^-3.
+    assert scores[index["x"]] == pytest.approx(scores[index["y"]])
+    assert scores[index["z"]] == pytest.approx(scores[index["a"]] * np.exp(-2.0))
+
+
+def test_stan_weights_the_sessions_recent_clicks_more() -> None:
+    model = STAN(k=1, lambda_1=1.0, lambda_3=1.0)
+    model.fit([["a", "x"], ["b", "y"]])
+    # Query b then a: a weighs 1, b e^-1, so the a-session is the neighbour.
+    assert model.recommend_batch([["b", "a"]], 2) == [["a", "x"]]
+    assert model.recommend_batch([["a", "b"]], 2) == [["b", "y"]]
