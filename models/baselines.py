@@ -263,7 +263,9 @@ class Item2Vec(_Catalogue):
 
 
 class SessionKNN(_Catalogue):
-    """SKNN (``weighting="cosine"``) and V-SKNN (``weighting="position"``).
+    """SKNN (``weighting="cosine"``), V-SKNN (``weighting="position"``), and STAN's
+    similarity (``weighting="exponential"``: the cosine with the session's clicks weighted
+    exp((i - n) / lambda_1); see :class:`STAN`).
 
     Neighbour candidates are the ``sample_size`` most recent training sessions that share
     an item with the current one (sessions arrive oldest first, see models.datasets);
@@ -360,6 +362,7 @@ class STAN(SessionKNN):
     def scores(self, prefixes: Sequence[Sequence[str]]) -> np.ndarray:
         neighbours = self.neighbour_weights(prefixes)
         recency = np.zeros(len(self.items), dtype=np.int64)
+        dist = np.full(len(self.items), -1, dtype=np.int64)
         out = np.zeros((len(prefixes), len(self.items)), dtype=np.float64)
         for row, prefix in enumerate(prefixes):
             codes = self.encode(prefix)
@@ -369,16 +372,17 @@ class STAN(SessionKNN):
             recency[codes] = np.arange(1, len(codes) + 1)  # latest position of each
             _stan_votes(
                 self.flat, self.ptr, neighbours.indices[lo:hi], neighbours.data[lo:hi],
-                recency, self.lambda_3, out[row],
+                recency, self.lambda_3, dist, out[row],
             )  # fmt: skip
             recency[codes] = 0
         return out
 
 
 @njit(cache=True, nogil=True)
-def _stan_votes(flat, ptr, sessions, sims, recency, lambda_3, out):  # pragma: no cover - compiled
-    """Each neighbour's items, weighted by their distance to its most recent item of the
-    session (the item's nearest occurrence when it repeats), times its similarity."""
+def _stan_votes(flat, ptr, sessions, sims, recency, lambda_3, dist, out):  # pragma: no cover
+    """Each neighbour's items, weighted by their distance to its occurrence of the
+    session's most recent item, times its similarity; an item that repeats counts once,
+    at its nearest occurrence. ``dist``: scratch per item, -1 between calls."""
     for t in range(len(sessions)):
         lo, hi = ptr[sessions[t]], ptr[sessions[t] + 1]
         anchor, best = lo, 0
@@ -387,14 +391,14 @@ def _stan_votes(flat, ptr, sessions, sims, recency, lambda_3, out):  # pragma: n
                 best = recency[flat[q]]
                 anchor = q
         for q in range(lo, hi):
+            d = abs(q - anchor)
+            if dist[flat[q]] < 0 or d < dist[flat[q]]:
+                dist[flat[q]] = d
+        for q in range(lo, hi):
             j = flat[q]
-            nearest = q  # the occurrence of j nearest to the anchor gives its weight
-            for r in range(lo, hi):
-                d, dn = abs(r - anchor), abs(nearest - anchor)
-                if flat[r] == j and (d < dn or (d == dn and r < nearest)):
-                    nearest = r
-            if nearest == q:  # counted once, at its nearest occurrence
-                out[j] += sims[t] * np.exp(-abs(q - anchor) / lambda_3)
+            if dist[j] >= 0:
+                out[j] += sims[t] * np.exp(-dist[j] / lambda_3)
+                dist[j] = -1
 
 
 def model_factories(
