@@ -141,6 +141,30 @@ def embedding_map_figure(bundle: ModelBundle, max_points: int = 5000, seed: int 
     return fig
 
 
+def evaluation_figure(results: dict[str, dict[str, float]], k: int, title: str) -> Figure:
+    """Horizontal bars: HR@k and MRR@k of each model (``results``: name -> metrics with
+    ``hr`` and ``mrr``), the best HR on top, each bar labelled with its value."""
+    names = sorted(results, key=lambda n: (-results[n]["hr"], -results[n]["mrr"], n))
+    fig = _figure(8, 1.2 + 0.45 * len(names))
+    ax = fig.add_subplot()
+    y = np.arange(len(names))[::-1].astype(float)
+    for offset, key, label, colour in (
+        (0.2, "hr", f"HR@{k}", "#1f77b4"),
+        (-0.2, "mrr", f"MRR@{k}", "#ff7f0e"),
+    ):
+        values = [results[n][key] for n in names]
+        bars = ax.barh(y + offset, values, height=0.38, color=colour, label=label)
+        ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=7)
+    ax.set_yticks(y)
+    ax.set_yticklabels(names)
+    top = max((max(m["hr"], m["mrr"]) for m in results.values()), default=1.0)
+    ax.set_xlim(0, min(1.0, top * 1.15) or 1.0)
+    ax.set_xlabel("share of cases")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
 def thin_labels(
     points: np.ndarray,
     order: list[int],

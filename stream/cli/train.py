@@ -336,6 +336,13 @@ DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsk
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the results as JSON to this file.",
 )
+@click.option(
+    "--plot",
+    "plot_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also draw HR@K and MRR@K of every model as a bar chart (PNG) to this file "
+    "(needs the plots extra, matplotlib).",
+)
 @_train_options
 @click.pass_obj
 def evaluate(
@@ -351,6 +358,7 @@ def evaluate(
     k: int,
     model_list: str,
     json_out: Path | None,
+    plot_out: Path | None,
     **train_options: Any,
 ) -> None:
     """Compare streamrec with baselines on next-item prediction (HR@K, MRR@K, coverage, speed).
@@ -379,6 +387,10 @@ def evaluate(
         raise click.BadParameter(
             "give at most one of --valid FILE or --valid-days N", param_hint="--valid"
         )
+    if plot_out is not None:
+        from models.plots import require_matplotlib
+
+        require_matplotlib()  # before the long run, not after it
     train_path = train_file or eshop_path()
     train_sessions, _ = _read_sessions(train_path, spec, collapse_repeats=False)
     if test_file is not None:
@@ -432,6 +444,13 @@ def evaluate(
         }
         json_out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         click.echo(f"wrote {json_out}")
+    if plot_out is not None:
+        from models.plots import evaluation_figure
+
+        rule = f", exclude {exclude}" if protocol == "serving" else ""
+        title = f"{train_path.name}: {cases:,} cases, protocol {protocol}{rule}"
+        evaluation_figure(results, k, title).savefig(plot_out, dpi=120, bbox_inches="tight")
+        click.echo(f"wrote {plot_out}")
 
 
 def _metrics_table(results: dict[str, dict[str, Any]], k: int, cases: int) -> str:

@@ -143,8 +143,11 @@ def test_evaluate_with_split_days_writes_the_json_the_issue_asks_for(
         *FAST,
         "--json",
         str(out),
+        "--plot",
+        str(tmp_path / "eval.png"),
     )
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(out.read_text())
     assert report["k"] == 10 and report["cases"] > 100 and report["protocol"] == "next-item"
     assert set(report["models"]) == {"streamrec", "pop", "transitions", "item_knn", "vsknn"}

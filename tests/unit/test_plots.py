@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.errors import StreamrecError
-from models.plots import require_matplotlib, thin_labels
+from models.plots import evaluation_figure, require_matplotlib, thin_labels
 
 
 def test_labels_keep_their_distance_and_limit() -> None:
@@ -36,3 +36,18 @@ def test_no_matplotlib_is_one_line_saying_what_to_install(
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import raises ImportError
     with pytest.raises(StreamrecError, match=r"pip install 'streamrec\[plots\]'"):
         require_matplotlib()
+
+
+def test_the_evaluation_chart_puts_the_best_hr_on_top_with_both_measures() -> None:
+    results = {
+        "pop": {"hr": 0.10, "mrr": 0.02},
+        "streamrec": {"hr": 0.70, "mrr": 0.30},
+        "vsknn": {"hr": 0.50, "mrr": 0.35},
+    }
+    ax = evaluation_figure(results, 20, "a title").axes[0]
+    # Top to bottom by HR@20 (MRR@20 does not reorder them).
+    height = {t.get_text(): t.get_position()[1] for t in ax.get_yticklabels()}
+    assert sorted(height, key=height.__getitem__, reverse=True) == ["streamrec", "vsknn", "pop"]
+    widths = sorted(round(p.get_width(), 2) for p in ax.patches)
+    assert widths == [0.02, 0.1, 0.3, 0.35, 0.5, 0.7]  # one HR and one MRR bar per model
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["HR@20", "MRR@20"]
