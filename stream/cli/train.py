@@ -448,7 +448,12 @@ def evaluate(
         from models.plots import evaluation_figure
 
         rule = f", exclude {exclude}" if protocol == "serving" else ""
-        title = f"{train_path.name}: {cases:,} cases, protocol {protocol}{rule}"
+        tested = (
+            f"{test_file.parent.name}/{test_file.name}"
+            if test_file is not None
+            else f"{train_path.name}, last {split_days:g} days"
+        )
+        title = f"{tested}: {cases:,} cases, protocol {protocol}{rule}"
         evaluation_figure(results, k, title).savefig(plot_out, dpi=120, bbox_inches="tight")
         click.echo(f"wrote {plot_out}")
 
