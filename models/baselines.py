@@ -369,7 +369,7 @@ class STAN(SessionKNN):
             lo, hi = neighbours.indptr[row], neighbours.indptr[row + 1]
             if not len(codes) or lo == hi:
                 continue
-            recency[codes] = np.arange(1, len(codes) + 1)  # latest position of each
+            np.maximum.at(recency, codes, np.arange(1, len(codes) + 1))  # latest position
             _stan_votes(
                 self.flat, self.ptr, neighbours.indices[lo:hi], neighbours.data[lo:hi],
                 recency, self.lambda_3, dist, out[row],

@@ -387,10 +387,14 @@ def evaluate(
         raise click.BadParameter(
             "give at most one of --valid FILE or --valid-days N", param_hint="--valid"
         )
+    # Outputs are checked before the long run, not after it.
+    for flag, out in (("--json", json_out), ("--plot", plot_out)):
+        if out is not None and not out.resolve().parent.is_dir():
+            raise click.BadParameter(f"no directory {out.parent} to write into", param_hint=flag)
     if plot_out is not None:
         from models.plots import require_matplotlib
 
-        require_matplotlib()  # before the long run, not after it
+        require_matplotlib()
     train_path = train_file or eshop_path()
     train_sessions, _ = _read_sessions(train_path, spec, collapse_repeats=False)
     if test_file is not None:

@@ -168,6 +168,13 @@ def test_evaluate_with_a_test_file_and_bad_options(run: Invoke, tmp_path: Path) 
     assert both.exit_code == 2 and "exactly one of --test" in both.output
     unknown = run("evaluate", "--train", str(train), "--split-days", "3", "--models", "pop,gru4rec")
     assert unknown.exit_code == 2 and "gru4rec" in unknown.output
+    nowhere = tmp_path / "missing" / "eval.png"
+    no_dir = run("evaluate", "--train", str(train), "--test", str(test), "--plot", str(nowhere))
+    assert (
+        no_dir.exit_code == 2
+        and "no directory" in no_dir.output
+        and "Traceback" not in no_dir.output
+    )
     serving = run(
         "evaluate",
         "--train",
