@@ -263,9 +263,7 @@ class Item2Vec(_Catalogue):
 
 
 class SessionKNN(_Catalogue):
-    """SKNN (``weighting="cosine"``), V-SKNN (``weighting="position"``), and STAN's
-    similarity (``weighting="exponential"``: the cosine with the session's clicks weighted
-    exp((i - n) / lambda_1); see :class:`STAN`).
+    """SKNN (``weighting="cosine"``) and V-SKNN (``weighting="position"``).
 
     Neighbour candidates are the ``sample_size`` most recent training sessions that share
     an item with the current one (sessions arrive oldest first, see models.datasets);
@@ -277,12 +275,10 @@ class SessionKNN(_Catalogue):
         k: int = 100,
         sample_size: int = 1000,
         weighting: str = "cosine",
-        lambda_1: float = 1.0,
     ) -> None:
-        if weighting not in ("cosine", "position", "exponential"):
+        if weighting not in ("cosine", "position"):
             raise InvalidSettingError(f"unknown weighting {weighting!r}")
         self.k, self.sample_size, self.weighting = k, sample_size, weighting
-        self.lambda_1 = lambda_1  # "exponential": exp((i - n) / lambda_1) for the i-th of n
 
     def fit(self, sessions: Sequence[Sequence[str]]) -> None:
         self.fit_catalogue(sessions)
@@ -302,18 +298,15 @@ class SessionKNN(_Catalogue):
                 zip(codes.tolist(), (np.arange(len(codes)) + 1) / len(codes), strict=True)
             )
             items = np.fromiter(weight, dtype=np.int64, count=len(weight))
-            if self.weighting == "cosine":
-                w = np.ones(len(items))
-            else:
-                w = np.fromiter(weight.values(), dtype=np.float64, count=len(weight))
-                if self.weighting == "exponential":
-                    w = np.exp((w - 1.0) * len(codes) / self.lambda_1)
+            w = self._click_weights(
+                np.fromiter(weight.values(), dtype=np.float64, count=len(weight)), len(codes)
+            )
             sub = self.by_item[items]
             neighbours = np.unique(sub.indices)
             if len(neighbours) > self.sample_size:
                 neighbours = neighbours[-self.sample_size :]
             sim = np.asarray(sub[:, neighbours].T @ w).ravel()
-            if self.weighting != "position":
+            if self.weighting == "cosine":
                 sim = sim / np.sqrt(len(items) * self.lengths[neighbours])
             if len(sim) > self.k:
                 best = np.argpartition(-sim, self.k - 1)[: self.k]
@@ -327,6 +320,11 @@ class SessionKNN(_Catalogue):
             (np.concatenate(sims), (np.concatenate(rows), np.concatenate(cols))),
             shape=(len(prefixes), self.sessions.shape[0]),
         )
+
+    def _click_weights(self, latest: np.ndarray, n: int) -> np.ndarray:
+        """Weight of each distinct click in the similarity (``latest``: its latest
+        position over ``n``): i/n for V-SKNN, 1 for SKNN."""
+        return latest if self.weighting == "position" else np.ones(len(latest))
 
     def scores(self, prefixes: Sequence[Sequence[str]]) -> np.ndarray:
         return np.asarray((self.neighbour_weights(prefixes) @ self.sessions).todense())
@@ -347,8 +345,11 @@ class STAN(SessionKNN):
         lambda_1: float | None = None,
         lambda_3: float | None = None,
     ) -> None:
-        super().__init__(k, sample_size, weighting="exponential")
+        super().__init__(k, sample_size)  # the cosine, with the click weights below
         self.lambdas = (lambda_1, lambda_3)
+
+    def _click_weights(self, latest: np.ndarray, n: int) -> np.ndarray:
+        return np.exp((latest - 1.0) * n / self.lambda_1)  # exp((i - n) / lambda_1)
 
     def fit(self, sessions: Sequence[Sequence[str]]) -> None:
         super().fit(sessions)
