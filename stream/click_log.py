@@ -20,7 +20,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, TopicPart
 
 from models.datasets import Clicks
 from models.errors import StreamrecError
-from stream.events import InvalidEvent, parse_event
+from stream.events import ClickEvent, InvalidEvent, parse_event
 from stream.kafka_config import KafkaClientConfig, kafka_config
 
 # A click's place in the log, as one sortable number: partition << 40 | offset.
@@ -132,9 +132,8 @@ def _read_partitions(
     columns: dict[str, _Columns] = {}
 
     def take(msg: Message) -> None:
-        try:
-            event = parse_event(msg.value())
-        except InvalidEvent:
+        event = click_of(msg.value(), msg.timestamp()[1])
+        if event is None:
             return  # the worker dead-lettered it already
         if event.ts < since_ts or (wanted is not None and event.tenant not in wanted):
             return
@@ -178,6 +177,15 @@ def _read_partitions(
             np.asarray(order, dtype=np.int64),
         )
     return out
+
+
+def click_of(value: bytes | None, timestamp_ms: int | None = None) -> ClickEvent | None:
+    """One record of the log as the worker reads it: its click, or None for a record
+    the worker dead-letters."""
+    try:
+        return parse_event(value)
+    except InvalidEvent:
+        return None
 
 
 def _merge(parts: list[dict[str, Clicks]]) -> dict[str, Clicks]:

@@ -146,13 +146,18 @@ async def read_records(
     """The body's records (one JSON object or an array of up to ``MAX_POST_EVENTS``),
     each parsed by ``parse``. ``what`` names them in the reasons
     (singular, plural). Any bad one is a 4xx naming it, and then none is taken."""
+    return parse_records(await read_body(request), tenant, parse, what, time.time())
+
+
+def parse_records(
+    raw: bytes, tenant: str, parse: Parser[R], what: tuple[str, str], now: float
+) -> list[R]:
+    """The records of a body (see :func:`read_records`); :class:`ApiError` if any is bad."""
     one, many = what
-    raw = await read_body(request)
     body = json_body(raw)
     items = body if isinstance(body, list) else [body]
     if len(items) > MAX_POST_EVENTS:
         raise ApiError(413, f"at most {MAX_POST_EVENTS} {many} per request")
-    now = time.time()
     records = []
     for n, data in enumerate(items):
         # The same limit as a Kafka message (the worker dead-letters larger ones).
