@@ -9,6 +9,8 @@ the partitions in that many processes. Each click keeps its place in the log
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -20,8 +22,10 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, TopicPart
 
 from models.datasets import Clicks
 from models.errors import StreamrecError
-from stream.events import ClickEvent, InvalidEvent, parse_event
+from stream.events import ClickEvent, parse_event
 from stream.kafka_config import KafkaClientConfig, kafka_config
+
+log = logging.getLogger(f"streamrec.{__name__}")
 
 # A click's place in the log, as one sortable number: partition << 40 | offset.
 _OFFSET_BITS = 40
@@ -130,11 +134,15 @@ def _read_partitions(
 ) -> dict[str, Clicks]:
     """Valid clicks per tenant in ``ranges`` (``{partition: (start, end)}`` offsets)."""
     columns: dict[str, _Columns] = {}
+    now = time.time()
+    skipped = 0
 
     def take(msg: Message) -> None:
-        event = click_of(msg.value(), msg.timestamp()[1])
+        nonlocal skipped
+        event = click_of(msg.value(), msg.timestamp()[1], now)
         if event is None:
-            return  # the worker dead-lettered it already
+            skipped += 1  # the worker dead-lettered it already
+            return
         if event.ts < since_ts or (wanted is not None and event.tenant not in wanted):
             return
         entry = columns.get(event.tenant)
@@ -166,6 +174,13 @@ def _read_partitions(
                 take(msg)
     finally:
         consumer.close()
+    if skipped:
+        log.warning(
+            "%s: skipped %d invalid record(s) in partition(s) %s (dead-lettered by the worker)",
+            topic,
+            skipped,
+            ",".join(map(str, sorted(ranges))),
+        )
     # numpy columns: cheap to send back from a reader process and to a training one
     out = {}
     while columns:
@@ -179,12 +194,15 @@ def _read_partitions(
     return out
 
 
-def click_of(value: bytes | None, timestamp_ms: int | None = None) -> ClickEvent | None:
-    """One record of the log as the worker reads it: its click, or None for a record
-    the worker dead-letters."""
+def click_of(
+    value: bytes | None, timestamp_ms: int | None = None, now: float | None = None
+) -> ClickEvent | None:
+    """One record of the log as the worker reads it: its click (without ``ts``, at the
+    record's timestamp), or None for a record the worker dead-letters. Never raises."""
+    default_ts = timestamp_ms / 1000 if timestamp_ms is not None and timestamp_ms >= 0 else None
     try:
-        return parse_event(value)
-    except InvalidEvent:
+        return parse_event(value, default_ts=default_ts, now=now)
+    except Exception:  # InvalidEvent, or anything a hostile record might still cause
         return None
 
 

@@ -8,6 +8,7 @@ app before it is sent).
 from __future__ import annotations
 
 import math
+import time
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
@@ -21,6 +22,12 @@ from models.names import MAX_ID_CHARS, TENANT_PATTERN, has_control, is_tenant
 MAX_EVENT_BYTES = 16 * 1024
 MAX_EVENT_TYPE_CHARS = 32
 DEFAULT_TENANT = "default"
+# The times a click may carry: from 2000-01-01T00:00:00Z to a day ahead of the reader's
+# clock (clocks drift; a click from the far past or future is a producer's bug and would
+# skew the lag metric and the training window).
+MIN_TS = 946_684_800.0
+MAX_TS_AHEAD_S = 86_400.0
+TS_OUT_OF_RANGE = "ts out of range"
 
 
 _valid_tenants: set[str] = {DEFAULT_TENANT}
@@ -82,8 +89,11 @@ def _id_field(data: dict[str, Any], name: str, *, required: bool) -> str | None:
     raise InvalidEvent(f"field '{name}' contains control characters")
 
 
-def event_from_dict(data: Any, *, default_ts: float | None = None) -> ClickEvent:
-    """Validate an already-decoded event; raises :class:`InvalidEvent`."""
+def event_from_dict(
+    data: Any, *, default_ts: float | None = None, now: float | None = None
+) -> ClickEvent:
+    """Validate an already-decoded event; raises :class:`InvalidEvent`. ``now``: the
+    clock the range of ``ts`` is checked against (default: read here)."""
     if not isinstance(data, dict):
         raise InvalidEvent(f"event must be a JSON object, got {type(data).__name__}")
     tenant = data.get("tenant", DEFAULT_TENANT)
@@ -97,27 +107,36 @@ def event_from_dict(data: Any, *, default_ts: float | None = None) -> ClickEvent
     ts = data.get("ts", default_ts)
     if ts is None:
         raise InvalidEvent("missing field 'ts'")
-    if type(ts) not in (float, int) or not math.isfinite(ts) or ts < 0:
-        raise InvalidEvent("field 'ts' must be a non-negative number of unix seconds")
+    # An int may be beyond any float (a dict from an app): compared as it is, never
+    # converted before it is known to be in range.
+    if type(ts) is not int and (type(ts) is not float or not math.isfinite(ts)):
+        raise InvalidEvent("field 'ts' must be a finite number of unix seconds")
     event_type = data.get("event_type", "view")
     if type(event_type) is not str or not 0 < len(event_type) <= MAX_EVENT_TYPE_CHARS:
         raise InvalidEvent(f"field 'event_type' must be a string of 1-{MAX_EVENT_TYPE_CHARS} chars")
+    event_id = _id_field(data, "event_id", required=False)
+    user_id = _id_field(data, "user_id", required=False)
+    if not MIN_TS <= ts <= (time.time() if now is None else now) + MAX_TS_AHEAD_S:
+        raise InvalidEvent(TS_OUT_OF_RANGE)
     return ClickEvent(
         tenant,
         session_id,  # type: ignore[arg-type]
         item_id,  # type: ignore[arg-type]
         float(ts),
         event_type,
-        _id_field(data, "event_id", required=False),
-        _id_field(data, "user_id", required=False),
+        event_id,
+        user_id,
     )
 
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 
 
-class _WireClick(msgspec.Struct):
-    """The typed shape of a click as sent: a valid one decodes in one C pass."""
+class _WireClick(msgspec.Struct, forbid_unknown_fields=True):
+    """The typed shape of a click as sent: a valid one decodes in one C pass. Other
+    members take the checked path: msgspec skips what it ignores without validating it
+    (invalid UTF-8, out-of-range numbers), and orjson, which the HTTP API uses, rejects
+    those."""
 
     session_id: _Id
     item_id: _Id
@@ -131,8 +150,12 @@ class _WireClick(msgspec.Struct):
 _wire_click = msgspec.json.Decoder(_WireClick)
 
 
-def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickEvent:
-    """Decode and validate one Kafka message value; raises :class:`InvalidEvent`.
+def parse_event(
+    raw: bytes | None, *, default_ts: float | None = None, now: float | None = None
+) -> ClickEvent:
+    """Decode and validate one Kafka message value; raises :class:`InvalidEvent` and
+    nothing else, whatever the bytes. ``default_ts``: the time of a click without ``ts``
+    (its Kafka record's timestamp); ``now``: as for :func:`event_from_dict`.
 
     msgspec decodes and types a valid event about a quarter cheaper than orjson plus the
     checks of :func:`event_from_dict` (benchmarks/event_parse.py); whatever it does not
@@ -140,13 +163,13 @@ def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickE
     if raw is not None and len(raw) <= MAX_EVENT_BYTES:
         try:
             wire = _wire_click.decode(raw)
-        except (msgspec.MsgspecError, ValueError):  # ValueError: invalid UTF-8
+        except Exception:  # e.g. RecursionError, deeply nested: the checked path decides
             pass
         else:
             ts = wire.ts
             if (
                 ts is not None  # absent or null: the checks below decide
-                and 0 <= ts < math.inf
+                and MIN_TS <= ts <= (time.time() if now is None else now) + MAX_TS_AHEAD_S
                 and wire.tenant in _valid_tenants
                 and not has_control(wire.session_id)
                 and not has_control(wire.item_id)
@@ -162,7 +185,7 @@ def parse_event(raw: bytes | None, *, default_ts: float | None = None) -> ClickE
                     wire.event_id,
                     wire.user_id,
                 )
-    return event_from_dict(_decode(raw), default_ts=default_ts)
+    return event_from_dict(_decode(raw), default_ts=default_ts, now=now)
 
 
 def _decode(raw: bytes | None) -> Any:
@@ -253,7 +276,9 @@ class FeedbackEvent(NamedTuple):
         return orjson.dumps(d)
 
 
-def feedback_from_dict(data: Any, *, default_ts: float | None = None) -> FeedbackEvent:
+def feedback_from_dict(
+    data: Any, *, default_ts: float | None = None, now: float | None = None
+) -> FeedbackEvent:
     """Validate decoded feedback by the rules of a click; raises :class:`InvalidEvent`."""
     if not isinstance(data, dict):
         raise InvalidEvent(f"feedback must be a JSON object, got {type(data).__name__}")
@@ -262,7 +287,7 @@ def feedback_from_dict(data: Any, *, default_ts: float | None = None) -> Feedbac
         raise InvalidEvent(f"field 'type' must be one of {', '.join(FEEDBACK_TYPES)}")
     # The click rules for tenant, ids and ts (event_type is not part of feedback).
     click = event_from_dict(
-        {k: v for k, v in data.items() if k != "event_type"}, default_ts=default_ts
+        {k: v for k, v in data.items() if k != "event_type"}, default_ts=default_ts, now=now
     )
     return FeedbackEvent(
         click.tenant,
@@ -274,6 +299,8 @@ def feedback_from_dict(data: Any, *, default_ts: float | None = None) -> Feedbac
     )
 
 
-def parse_feedback(raw: bytes | None, *, default_ts: float | None = None) -> FeedbackEvent:
+def parse_feedback(
+    raw: bytes | None, *, default_ts: float | None = None, now: float | None = None
+) -> FeedbackEvent:
     """Decode and validate one feedback message value; raises :class:`InvalidEvent`."""
-    return feedback_from_dict(_decode(raw), default_ts=default_ts)
+    return feedback_from_dict(_decode(raw), default_ts=default_ts, now=now)

@@ -16,10 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
+from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaException
+
 from models.bundle import ModelBundle
 from models.experiments import POPULAR, is_variant
 from models.ranking import Ranked, recommend_flat, similar_items
 from models.rules import Catalogue, Request, ServingRules, apply_rules, banned_mask
+from state.connection import RedisError
 from state.feedback import LIST_ITEMS, FeedbackRecorder, decode_list, encode_list
 from state.keys import ITEM_SEP
 from state.sessions import SessionStore, SessionUpdate, flatten
@@ -45,10 +49,21 @@ UNDELIVERABLE = "streamrec-undeliverable"
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
+# What stops a batch (to be retried whole): the loop's own infrastructure failing. Any
+# other exception while handling one record is that record's fault, or a bug it hit:
+# the record is dead-lettered and the batch goes on.
+INFRASTRUCTURE: tuple[type[BaseException], ...] = (
+    RedisError,
+    OSError,  # and ConnectionError, TimeoutError
+    KafkaError,
+    KafkaException,
+)
+
 
 class Message(Protocol):
     """What processing reads of a consumed Kafka message (aiokafka's ConsumerRecord and
-    Faust's Message both have it, so batches are passed through without copying)."""
+    Faust's Message both have it, so batches are passed through without copying). Its
+    ``timestamp`` (ms), when it has one, is the time of a click without ``ts``."""
 
     key: bytes | None
     value: bytes | None
@@ -186,20 +201,36 @@ class BatchProcessor:
         partition_names: dict[tuple[str, int], str] = {}
         admitted: dict[str, bool] = {}  # tenant -> exists (or was just created)
         known: dict[str, bool] = {}  # tenant -> exists (feedback never creates one)
+        bundles: dict[str, ModelBundle | None] = {}
+        failed = _Failures(batch, result)
+        now = time.time()  # the end of the range of ts, once per batch
         for j, msg in enumerate(batch):
-            if msg.topic == self.feedback_topic:
-                await self._explicit(msg, result, known)
-                continue
             try:
-                event = parse_event(msg.value)
+                if msg.topic == self.feedback_topic:
+                    await self._explicit(msg, result, known, now)
+                    continue
+                # Kafka's own timestamp (ms) stands for a missing ts.
+                stamp = getattr(msg, "timestamp", None)
+                event = parse_event(
+                    msg.value,
+                    default_ts=stamp / 1000 if stamp is not None and stamp >= 0 else None,
+                    now=now,
+                )
+                ok = admitted.get(event.tenant)
+                if ok is None:
+                    ok = admitted[event.tenant] = await self._admit(event.tenant)
+                if not ok:
+                    result.dead_letters.append(DeadLetter.of(msg, unknown_tenant(event.tenant)))
+                    continue
+                if event.tenant not in bundles:
+                    bundles[event.tenant] = await self._models.get(event.tenant)
             except InvalidEvent as exc:
                 result.dead_letters.append(DeadLetter.of(msg, exc.reason))
                 continue
-            ok = admitted.get(event.tenant)
-            if ok is None:
-                ok = admitted[event.tenant] = await self._admit(event.tenant)
-            if not ok:
-                result.dead_letters.append(DeadLetter.of(msg, unknown_tenant(event.tenant)))
+            except INFRASTRUCTURE:
+                raise
+            except Exception as exc:
+                failed.add(j, exc)
                 continue
             if event.event_id is None:
                 # Without an event id the message position identifies a re-delivery.
@@ -212,12 +243,12 @@ class BatchProcessor:
                 name = partition_names[tp] = f"{msg.topic}:{msg.partition}"
             origins.append((name, msg.offset))
         if not events:
+            failed.report()
             return result
 
         by_tenant: dict[str, list[int]] = defaultdict(list)
         for i, event in enumerate(events):
             by_tenant[event.tenant].append(i)
-        bundles = {t: await self._models.get(t) for t in by_tenant}
         fb = self.feedback
         # The previous batch's lists and counts go out first in this batch's round trip.
         taken = fb.take() if fb is not None else ({}, [])
@@ -237,25 +268,39 @@ class BatchProcessor:
         ranked: list[Ranked | None] = [None] * len(events)
         served: list[ModelBundle | None] = [None] * len(events)  # the variant of each
         for tenant, idx in by_tenant.items():
-            if await self._tenants.mode(tenant) == "off":
-                result.suppressed += len(idx)  # recorded above, not answered
-                continue
-            for bundle, group in await self._arms(tenant, bundles[tenant], idx, events, updates):
-                answers = await self._rank(tenant, bundle, [updates[i] for i in group])
-                for i, r in zip(group, answers, strict=True):
-                    ranked[i] = r
-                    served[i] = bundle
+            answer = (tenant, bundles[tenant], events, updates, ranked, served, result)
+            try:
+                await self._answer(idx, *answer)
+            except INFRASTRUCTURE:
+                raise
+            except Exception:
+                # Whatever one session did to the tenant's ranking, the others are
+                # answered: one at a time now, and the records that fail alone are
+                # dead-lettered.
+                for i in idx:
+                    ranked[i] = None
+                    try:
+                        await self._answer([i], *answer)
+                    except INFRASTRUCTURE:
+                        raise
+                    except Exception as exc:
+                        failed.add(at[i], exc)
 
         emitted = self._clock()
         by_variant, lags = result.by_variant, result.lags
         if fb is None:
             for event, r, j, bundle in zip(events, ranked, at, served, strict=True):
                 if r is not None:
-                    payload = self._record(event, r, bundle, emitted)
+                    try:
+                        payload = self._record(event, r, bundle, emitted)
+                    except Exception as exc:
+                        failed.add(j, exc)
+                        continue
                     result.recommendations.append(Outgoing(event.session_id, payload, j))
                     key3 = (event.tenant, bundle.version if bundle else POPULAR, r.strategy)
                     by_variant[key3] = by_variant.get(key3, 0) + 1
                     lags.append(emitted - event.ts)
+            failed.report()
             return result
         fresh: dict[tuple[str, str], int] = {}  # recommendations counted, per variant
         # With feedback: each click is judged against the list its session was shown
@@ -278,7 +323,11 @@ class BatchProcessor:
             variant = bundle.version if bundle is not None else POPULAR
             self._rec_n += 1
             rec_id = f"{variant}{self._rec_tag}{self._rec_n:x}"
-            payload = self._record(event, r, bundle, emitted, rec_id, variant)
+            try:
+                payload = self._record(event, r, bundle, emitted, rec_id, variant)
+            except Exception as exc:
+                failed.add(j, exc)
+                continue
             result.recommendations.append(Outgoing(event.session_id, payload, j))
             shown[key] = encode_list(variant, rec_id, r.ids[:LIST_ITEMS])
             key3 = (event.tenant, variant, r.strategy)
@@ -292,15 +341,45 @@ class BatchProcessor:
         for (tenant, session_id), stored in shown.items():
             if stored is not None:
                 fb.shown(tenant, session_id, stored)
+        failed.report()
         return result
 
-    async def _explicit(self, msg: Message, result: BatchResult, known: dict[str, bool]) -> None:
+    async def _answer(
+        self,
+        idx: list[int],
+        tenant: str,
+        bundle: ModelBundle | None,
+        events: list[ClickEvent],
+        updates: list[SessionUpdate],
+        ranked: list[Ranked | None],
+        served: list[ModelBundle | None],
+        result: BatchResult,
+    ) -> None:
+        """Rank one tenant's events ``idx`` (into ``ranked`` and ``served``), by the
+        versions its policy assigns them; none when the tenant is switched off."""
+        if await self._tenants.mode(tenant) == "off":
+            result.suppressed += len(idx)  # recorded, not answered
+            return
+        for arm, group in await self._arms(tenant, bundle, idx, events, updates):
+            answers = await self._rank(tenant, arm, [updates[i] for i in group])
+            for i, r in zip(group, answers, strict=True):
+                ranked[i] = r
+                served[i] = arm
+
+    async def _explicit(
+        self, msg: Message, result: BatchResult, known: dict[str, bool], now: float
+    ) -> None:
         """Count one explicit feedback message for the variant that served it: the one
         its rec_id names, else the one serving the session now. Feedback for a tenant
         that does not exist is dead-lettered: it must not create counters (or a tenant)
         for any name a producer sends."""
+        stamp = getattr(msg, "timestamp", None)
         try:
-            fb = parse_feedback(msg.value)
+            fb = parse_feedback(
+                msg.value,
+                default_ts=stamp / 1000 if stamp is not None and stamp >= 0 else None,
+                now=now,
+            )
         except InvalidEvent as exc:
             result.dead_letters.append(DeadLetter.of(msg, f"feedback: {exc.reason}"))
             return
@@ -517,6 +596,36 @@ class BatchProcessor:
 
 
 NO_RULES = ServingRules(exclude="none")
+
+
+class _Failures:
+    """The records of a batch dead-lettered on an unexpected error (a bug they hit):
+    each is named by the exception's type, and the first is logged with its traceback
+    once per batch."""
+
+    def __init__(self, batch: Sequence[Message], result: BatchResult) -> None:
+        self._batch = batch
+        self._result = result
+        self._first: tuple[int, BaseException] | None = None
+        self._count = 0
+
+    def add(self, j: int, exc: BaseException) -> None:
+        msg = self._batch[j]
+        self._result.dead_letters.append(DeadLetter.of(msg, f"internal: {type(exc).__name__}"))
+        self._count += 1
+        if self._first is None:
+            self._first = (j, exc)
+
+    def report(self) -> None:
+        if self._first is None:
+            return
+        j, exc = self._first
+        log.error(
+            "%d record(s) dead-lettered on an internal error, the first at %s",
+            self._count,
+            position(self._batch[j]),
+            exc_info=exc,
+        )
 
 
 def unknown_tenant(tenant: str) -> str:

@@ -160,16 +160,29 @@ def parse_records(
         raise ApiError(413, f"at most {MAX_POST_EVENTS} {many} per request")
     records = []
     for n, data in enumerate(items):
-        # The same limit as a Kafka message (the worker dead-letters larger ones).
-        if len(raw) > MAX_EVENT_BYTES and len(orjson.dumps(data)) > MAX_EVENT_BYTES:
+        # The same limit as a Kafka message (the worker dead-letters larger ones): a lone
+        # object is measured as sent, like a message value; one of an array, as JSON.
+        if len(raw) > MAX_EVENT_BYTES and (items is not body or _json_size(data) > MAX_EVENT_BYTES):
             raise ApiError(413, f"{one} {n} is larger than {MAX_EVENT_BYTES} bytes as JSON")
-        if isinstance(data, dict) and data.setdefault("tenant", tenant) != tenant:
-            raise ApiError(400, f"{one} {n}: tenant {data['tenant']!r} differs from the URL's")
+        if isinstance(data, dict):
+            given = data.setdefault("tenant", tenant)
+            if given != tenant:
+                # Not repr() of any value: a deeply nested one exhausts the stack.
+                named = repr(given) if type(given) is str else f"of type {type(given).__name__}"
+                raise ApiError(400, f"{one} {n}: tenant {named} differs from the URL's")
         try:
             records.append(parse(data, default_ts=now))
         except InvalidEvent as exc:
             raise ApiError(400, f"{one} {n}: {exc.reason}") from None
     return records
+
+
+def _json_size(data: Any) -> int:
+    """Bytes of ``data`` as JSON; nested beyond what the encoder writes: too large."""
+    try:
+        return len(orjson.dumps(data))
+    except TypeError:  # orjson.JSONEncodeError
+        return MAX_EVENT_BYTES + 1
 
 
 async def produce_records(ctx: WebContext, topic: str, records: list[R], what: str) -> None:

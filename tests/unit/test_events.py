@@ -18,12 +18,12 @@ def test_valid_event_round_trips() -> None:
 
 
 def test_defaults_for_optional_fields() -> None:
-    event = parse_event(b'{"session_id": "s", "item_id": "i", "ts": 5}')
+    event = parse_event(b'{"session_id": "s", "item_id": "i", "ts": 1700000005}')
     assert (event.tenant, event.event_type, event.event_id, event.ts) == (
         "default",
         "view",
         None,
-        5.0,
+        1700000005.0,
     )
 
 
@@ -40,7 +40,8 @@ def test_defaults_for_optional_fields() -> None:
         (b'{"session_id": "s", "item_id": "", "ts": 1}', "'item_id' is empty"),
         (b'{"session_id": "s", "item_id": "i", "ts": "yesterday"}', "'ts' must be"),
         (b'{"session_id": "s", "item_id": "i", "ts": true}', "'ts' must be"),
-        (b'{"session_id": "s", "item_id": "i", "ts": -1}', "'ts' must be"),
+        (b'{"session_id": "s", "item_id": "i", "ts": -1}', "ts out of range"),
+        (b'{"session_id": "s", "item_id": "i", "ts": 946684799.9}', "ts out of range"),
         (b'{"session_id": "s", "item_id": "i"}', "missing field 'ts'"),
         (b'{"tenant": "a b", "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
         (b'{"tenant": "../x", "session_id": "s", "item_id": "i", "ts": 1}', "'tenant' must match"),
