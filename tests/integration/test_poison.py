@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import orjson
 from confluent_kafka import Producer
 
+from models.registry import Registry
 from stream.devstack import EmbeddedStack
+from stream.events import ClickEvent
 from stream.testing import WorkerProcess, consume, produce
 from tests.integration.helpers import clicks, make_config
 
@@ -60,3 +66,46 @@ def test_a_1mb_message_is_dead_lettered_as_a_stand_in_and_the_stream_goes_on(
     assert int(headers["streamrec-offset"]) >= 0 and headers["streamrec-partition"].isdigit()
     assert BIG.startswith(msg.value()) and 0 < len(msg.value()) <= 1024
     assert "publishing" not in log, log[-3000:]
+
+
+def test_poisoned_records_in_a_batch_are_dead_lettered_and_their_neighbours_answered(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    """A click nested 3,000 levels deep (the decoder runs out of stack) and clicks of a
+    tenant whose model names its items with lone surrogates (no record answering them
+    can be written as JSON), amid good clicks in the same batches."""
+    registry_dir = tmp_path / "registry"
+    shutil.copytree(trained_model_dir, registry_dir)
+    registry = Registry(registry_dir)
+    bundle = registry.load("default")
+    damaged = replace(bundle, items=np.asarray([f"{i}\ud800" for i in bundle.item_list]))
+    registry.promote("shop", registry.register("shop", damaged, {}))
+    cfg = make_config(stack, unique_name, tmp_path, registry_dir)
+    cfg.extra_env["STREAMREC_AUTO_CREATE_TENANTS"] = "1"
+
+    deep = b'{"session_id":"deep","item_id":"A13","x":' + b"[" * 3000 + b"]" * 3000 + b"}"
+    shop = [
+        (b"shop-s", ClickEvent("shop", "shop-s", "A13", time.time(), event_id=f"s{i}").to_json())
+        for i in range(2)
+    ]
+    good = clicks(20)
+    produce(stack.broker, cfg.clicks, good[:10] + [(b"deep", deep), shop[0]] + good[10:] + shop[1:])
+
+    with WorkerProcess(cfg) as worker:
+        dead = consume(stack.broker, cfg.dlq, 3, timeout=60)
+        recs = consume(stack.broker, cfg.recs, 20, timeout=60)
+        assert worker.alive(), worker.log()[-3000:]
+        # Consumption goes on after them.
+        produce(stack.broker, cfg.clicks, clicks(5, start=20))
+        recs = consume(stack.broker, cfg.recs, 25, timeout=60)
+        assert worker.alive(), worker.log()[-3000:]
+        log = worker.log()
+
+    answered = {orjson.loads(m.value())["event_id"] for m in recs}
+    assert answered == {f"e{i}" for i in range(25)}, log[-3000:]
+    reasons = {m.value(): dict(m.headers() or [])["streamrec-reason"].decode() for m in dead}
+    assert len(dead) == 3, reasons
+    assert "not valid JSON" in reasons[deep], reasons
+    for _, value in shop:
+        assert reasons[value] == "internal: TypeError", reasons
+    assert "dead-lettered on an internal error" in log
