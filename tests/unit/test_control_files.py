@@ -126,3 +126,44 @@ def test_nothing_is_left_behind_but_the_file_and_the_lock(tmp_path: Path, name: 
     write_policy(registry, "shop", None)
     names = {p.name for p in (tmp_path / "shop").iterdir()}
     assert name in names and not [n for n in names if n.startswith(".") and n != ".lock"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("KEYS.json", "{broken"),
+        ("KEYS.json", '{"k1": "not an entry"}'),
+        ("RULES.json", "[1,2"),
+        ("RULES.json", '{"exclude": "everything"}'),
+        ("MODE", "of\n"),
+        ("MODE", b"\xff\xfe"),
+        ("POLICY.json", '{"policy": "ab", "arms": {"v1": 2}}'),
+        ("CURRENT", b"v1\xff"),
+    ],
+)
+def test_one_tenants_damaged_file_is_named_and_the_others_are_read(
+    tmp_path: Path, name: str, content: str | bytes
+) -> None:
+    registry = Registry(tmp_path)
+    for tenant in ("shop-a", "shop-b"):
+        registry.create_tenant(tenant)
+        registry.add_key(tenant, "k1", f"digest-{tenant}")
+        registry.set_rules(tenant, {"blocklist": ["x"]})
+    path = tmp_path / "shop-b" / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    readers = {
+        "KEYS.json": registry.keys,
+        "RULES.json": registry.rules,
+        "MODE": registry.mode,
+        "POLICY.json": lambda t: read_policy(registry, t),
+        "CURRENT": registry.current_version,
+    }
+    found, damaged = registry.each_tenant(readers[name])
+    assert list(found) == ["shop-a"] and list(damaged) == ["shop-b"]
+    assert damaged["shop-b"].path == path and damaged["shop-b"].reason
+    # The readers of every tenant leave the damaged one out instead of failing for all.
+    assert {t for t, _, _ in registry.all_keys().values()} >= {"shop-a"}
+    assert "shop-a" in registry.all_rules() and "shop-a" in registry.tenant_modes()
