@@ -16,7 +16,7 @@ from typing import Any
 
 from models.errors import StreamrecError
 from models.experiments import POLICIES, is_variant
-from models.registry import Registry, _atomic_write
+from models.registry import DamagedFileError, Registry, _atomic_write
 
 POLICY = "POLICY.json"
 
@@ -43,39 +43,42 @@ def check_policy(policy: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_policy(registry: Registry, tenant: str) -> dict[str, Any] | None:
-    """The tenant's policy; None when it has none (fixed)."""
-    try:
-        text = _path(registry, tenant).read_text(encoding="utf-8")
-    except FileNotFoundError:
+    """The tenant's policy; None when it has none (fixed). ``DamagedFileError`` when the
+    file cannot be read or is not a policy."""
+    text = registry.control_text(tenant, POLICY)
+    if text is None:
         return None
     try:
         policy = json.loads(text)
-    except ValueError as exc:
-        raise StreamrecError(f"tenant {tenant!r}: {POLICY} is not valid JSON: {exc}") from None
-    if not isinstance(policy, dict) or policy.get("policy") in (None, "fixed"):
+    except (ValueError, RecursionError) as exc:
+        raise DamagedFileError(tenant, _path(registry, tenant), f"not valid JSON: {exc}") from None
+    if not isinstance(policy, dict):
+        raise DamagedFileError(tenant, _path(registry, tenant), "not a JSON object")
+    try:
+        check_policy(policy)
+    except StreamrecError as exc:
+        raise DamagedFileError(tenant, _path(registry, tenant), str(exc)) from None
+    if policy.get("policy") == "fixed":
         return None
     return policy
 
 
 def write_policy(registry: Registry, tenant: str, policy: dict[str, Any] | None) -> None:
-    """Set the tenant's policy (None: back to fixed)."""
-    path = _path(registry, tenant)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Set the tenant's policy (None: back to fixed), on disk when this returns. A
+    decision taken from the policy read before belongs under ``registry.locked(tenant)``
+    with this write."""
     if policy is None:
         policy = {"policy": "fixed"}
-    _atomic_write(path, json.dumps(check_policy(policy), sort_keys=True) + "\n")
+    text = json.dumps(check_policy(policy), sort_keys=True) + "\n"
+    with registry.locked(tenant):
+        _atomic_write(_path(registry, tenant), text)
 
 
 def all_policies(registry: Registry) -> dict[str, dict[str, Any]]:
-    out = {}
-    for tenant in registry.tenants():
-        try:
-            policy = read_policy(registry, tenant)
-        except StreamrecError:
-            continue
-        if policy is not None:
-            out[tenant] = policy
-    return out
+    """Every tenant's policy other than fixed (tenants whose policy file is damaged are
+    left out: see ``Registry.each_tenant`` to know which)."""
+    found, _ = registry.each_tenant(lambda t: read_policy(registry, t))
+    return {t: p for t, p in found.items() if p is not None}
 
 
 def log_rollout(registry: Registry, tenant: str, entry: dict[str, Any]) -> None:

@@ -10,23 +10,35 @@ Layout::
 A version is written into a hidden temp directory, fsync'ed, then renamed into place,
 so readers never see half of one. Promotion validates the version fully before the
 pointer moves; a corrupted version is refused and the one in service stays.
+
+Control state (MODE, KEYS.json, RULES.json, POLICY.json, CURRENT, HISTORY.jsonl) changes
+under the tenant's lock (``flock`` on ``<tenant>/.lock``): a read-modify-write from any
+process (HTTP, CLI, trainer, rollouts) sees the previous change, and each file is replaced
+atomically and fsync'ed (file and directory) before the change returns. Readers take no
+lock: they see the file before or after a change, never half of one. This holds on one
+machine, or on a shared filesystem whose POSIX locks work across its clients.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from models.bundle import MANIFEST, ModelBundle, load_bundle, save_bundle
 from models.errors import InvalidModelError, NoModelError, StreamrecError
 from models.names import is_tenant
+from models.rules import ServingRules
 
 CURRENT = "CURRENT"
 HISTORY = "HISTORY.jsonl"
@@ -38,11 +50,25 @@ MODES = ("on", "freeze", "off")
 KEYS = "KEYS.json"
 # The tenant's serving rules (models.rules.ServingRules as JSON).
 RULES = "RULES.json"
+LOCK = ".lock"
 _VERSION_RE = re.compile(r"v(\d+)")
+# Locks this thread holds, by lock file: flock is per open file, so taking it again
+# through a second descriptor in the same thread would wait for ourselves.
+_held = threading.local()
+T = TypeVar("T")
 
 
 class UnknownVersionError(StreamrecError):
     """A version named by the user does not exist."""
+
+
+class DamagedFileError(StreamrecError):
+    """A tenant's control file exists but cannot be read or understood: that tenant is
+    disabled until it is repaired (the others are not affected)."""
+
+    def __init__(self, tenant: str, path: Path, reason: str) -> None:
+        super().__init__(f"tenant {tenant!r}: {path.name} is damaged: {reason}")
+        self.tenant, self.path, self.reason = tenant, path, reason
 
 
 @dataclass(frozen=True)
@@ -60,6 +86,46 @@ class VersionInfo:
 class Registry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    @contextmanager
+    def locked(self, tenant: str) -> Iterator[Path]:
+        """Hold the tenant's lock (exclusive, across processes; re-entrant in a thread):
+        every change of its control state, and every read that decides one, inside."""
+        tenant_dir = self._tenant_dir(tenant)
+        tenant_dir.mkdir(parents=True, exist_ok=True)
+        path = os.path.abspath(tenant_dir / LOCK)
+        held: dict[str, int] = _held.__dict__.setdefault("locks", {})
+        if held.get(path):
+            held[path] += 1
+            try:
+                yield tenant_dir
+            finally:
+                held[path] -= 1
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held[path] = 1
+            try:
+                yield tenant_dir
+            finally:
+                del held[path]
+        finally:
+            os.close(fd)  # releases the lock
+
+    def each_tenant(
+        self, read: Callable[[str], T]
+    ) -> tuple[dict[str, T], dict[str, DamagedFileError]]:
+        """``read`` of every tenant, and the tenants whose files it found damaged: one
+        tenant's damaged file never stops the reading of the others."""
+        found: dict[str, T] = {}
+        damaged: dict[str, DamagedFileError] = {}
+        for tenant in self.tenants():
+            try:
+                found[tenant] = read(tenant)
+            except DamagedFileError as exc:
+                damaged[tenant] = exc
+        return found, damaged
 
     # -- reading ---------------------------------------------------------------------------
     def tenants(self) -> list[str]:
@@ -101,22 +167,23 @@ class Registry:
         """Delete the oldest versions never promoted beyond the newest ``keep`` of them;
         never the one in service, one in the promotion history (a rollback target) or
         one in ``protect`` (an experiment's arms). The names deleted."""
-        promoted = set(self._promotion_stack(tenant)) | {
-            e["version"] for e in self._history(tenant)
-        }
-        current = self.current_version(tenant)
-        unpromoted = [
-            v
-            for v in self._version_names(tenant)
-            if v not in promoted and v != current and v not in protect
-        ]
-        doomed = unpromoted[: max(0, len(unpromoted) - keep)]
-        for version in doomed:
-            path = self._version_dir(tenant, version)
-            # Renamed away first, so no reader ever sees half a version.
-            trash = path.with_name(f".deleted-{version}-{time.time_ns()}")
-            os.replace(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        with self.locked(tenant):
+            promoted = set(self._promotion_stack(tenant)) | {
+                e["version"] for e in self._history(tenant)
+            }
+            current = self.current_version(tenant)
+            unpromoted = [
+                v
+                for v in self._version_names(tenant)
+                if v not in promoted and v != current and v not in protect
+            ]
+            doomed = unpromoted[: max(0, len(unpromoted) - keep)]
+            for version in doomed:
+                path = self._version_dir(tenant, version)
+                # Renamed away first, so no reader ever sees half a version.
+                trash = path.with_name(f".deleted-{version}-{time.time_ns()}")
+                os.replace(path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
         return doomed
 
     def promoted_versions(self, tenant: str) -> list[str]:
@@ -128,11 +195,10 @@ class Registry:
         return self._tenant_dir(tenant) / CURRENT
 
     def current_version(self, tenant: str) -> str | None:
-        try:
-            value = self.pointer_path(tenant).read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return None
-        return value or None
+        """What CURRENT names (not checked: loading it does); ``DamagedFileError`` when it
+        cannot be read."""
+        text = self.control_text(tenant, CURRENT)
+        return (text or "").strip() or None
 
     def load(
         self, tenant: str, version: str | None = None, *, private: bool = False
@@ -158,29 +224,31 @@ class Registry:
         return bundle
 
     def mode(self, tenant: str) -> str | None:
-        """The tenant's switch as last set with :meth:`set_mode`; None if never set."""
-        try:
-            value = (self._tenant_dir(tenant) / MODE).read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
+        """The tenant's switch as last set with :meth:`set_mode`; None if never set.
+        A MODE file naming no mode is damaged (``DamagedFileError``): guessing ``on``
+        could switch on a tenant that was off."""
+        text = self.control_text(tenant, MODE)
+        if text is None:
             return None
-        return value if value in MODES else None
+        value = text.strip()
+        if value not in MODES:
+            raise DamagedFileError(
+                tenant, self._tenant_dir(tenant) / MODE, f"{value[:40]!r} is not one of {MODES}"
+            )
+        return value
 
     def modes(self) -> dict[str, str]:
-        """Every tenant whose switch was set, with its mode."""
-        out = {}
-        for tenant in self.tenants():
-            mode = self.mode(tenant)
-            if mode is not None:
-                out[tenant] = mode
-        return out
+        """Every tenant whose switch was set, with its mode (tenants whose MODE is damaged
+        are left out)."""
+        found, _ = self.each_tenant(self.mode)
+        return {t: m for t, m in found.items() if m is not None}
 
     # -- writing ---------------------------------------------------------------------------
     def set_mode(self, tenant: str, mode: str) -> None:
         if mode not in MODES:
             raise StreamrecError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        tenant_dir = self._tenant_dir(tenant)
-        tenant_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(tenant_dir / MODE, mode + "\n")
+        with self.locked(tenant) as tenant_dir:
+            _atomic_write(tenant_dir / MODE, mode + "\n")
 
     # -- tenants: existence, keys, serving rules (durable; Redis caches them) ------------
     def exists(self, tenant: str) -> bool:
@@ -189,66 +257,101 @@ class Registry:
     def create_tenant(self, tenant: str) -> bool:
         """Create the tenant (its directory and its ``on`` switch); False if it existed."""
         tenant_dir = self._tenant_dir(tenant)
-        if tenant_dir.is_dir():
+        try:
+            tenant_dir.mkdir(parents=True)
+        except FileExistsError:
             return False
-        tenant_dir.mkdir(parents=True, exist_ok=True)
-        if not (tenant_dir / MODE).exists():
-            _atomic_write(tenant_dir / MODE, "on\n")
+        with self.locked(tenant):
+            if not (tenant_dir / MODE).exists():
+                _atomic_write(tenant_dir / MODE, "on\n")
         return True
 
     def tenant_modes(self) -> dict[str, str]:
-        """Every tenant that exists, with its mode (``on`` unless set)."""
-        return {t: self.mode(t) or "on" for t in self.tenants()}
+        """Every tenant that exists, with its mode (``on`` unless set; tenants whose MODE
+        is damaged are left out)."""
+        found, _ = self.each_tenant(lambda t: self.mode(t) or "on")
+        return found
 
     def keys(self, tenant: str) -> dict[str, dict[str, Any]]:
-        return self._read_json(tenant, KEYS)
+        keys = self._read_json(tenant, KEYS)
+        for key_id, entry in keys.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise DamagedFileError(
+                    tenant, self._tenant_dir(tenant) / KEYS, f"key {key_id[:40]!r} has no digest"
+                )
+        return keys
 
     def all_keys(self) -> dict[str, tuple[str, str, bool]]:
         """Every key's digest -> (tenant, key id, active). A revoked key stays listed
-        (inactive): a tenant that ever had a key never becomes open again."""
-        return {
-            entry["sha256"]: (tenant, key_id, not entry.get("revoked"))
-            for tenant in self.tenants()
-            for key_id, entry in self.keys(tenant).items()
-        }
+        (inactive): a tenant that ever had a key never becomes open again. Tenants whose
+        KEYS.json is damaged are left out (see :meth:`each_tenant` to know which)."""
+        found, _ = self.each_tenant(self.keys)
+        return key_entries(found)
 
     def add_key(self, tenant: str, key_id: str, sha256: str) -> None:
-        keys = self.keys(tenant)
-        keys[key_id] = {
-            "sha256": sha256,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        _atomic_write(self._tenant_dir(tenant) / KEYS, json.dumps(keys, indent=1) + "\n")
+        with self.locked(tenant) as tenant_dir:
+            keys = self.keys(tenant)
+            keys[key_id] = {
+                "sha256": sha256,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            _atomic_write(tenant_dir / KEYS, json.dumps(keys, indent=1) + "\n")
 
     def revoke_key(self, tenant: str, key_id: str) -> str | None:
-        """Mark a key revoked; its digest, or None if the tenant has no such active key."""
-        keys = self.keys(tenant)
-        entry = keys.get(key_id)
-        if entry is None or entry.get("revoked"):
-            return None
-        entry["revoked"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        _atomic_write(self._tenant_dir(tenant) / KEYS, json.dumps(keys, indent=1) + "\n")
-        return str(entry["sha256"])
+        """Mark a key revoked (on disk when this returns); its digest, or None if the
+        tenant has no such active key."""
+        with self.locked(tenant) as tenant_dir:
+            keys = self.keys(tenant)
+            entry = keys.get(key_id)
+            if entry is None or entry.get("revoked"):
+                return None
+            entry["revoked"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            _atomic_write(tenant_dir / KEYS, json.dumps(keys, indent=1) + "\n")
+            return str(entry["sha256"])
 
     def rules(self, tenant: str) -> dict[str, Any]:
-        return self._read_json(tenant, RULES)
+        """The tenant's serving rules as stored; ``DamagedFileError`` unless they are
+        rules (serving without them could show what they ban)."""
+        rules = self._read_json(tenant, RULES)
+        try:
+            ServingRules.from_dict(rules)
+        except ValueError as exc:
+            raise DamagedFileError(tenant, self._tenant_dir(tenant) / RULES, str(exc)) from None
+        return rules
 
     def all_rules(self) -> dict[str, dict[str, Any]]:
-        return {t: r for t in self.tenants() if (r := self.rules(t))}
+        """Every tenant's rules that has some (tenants whose RULES.json is damaged are
+        left out)."""
+        found, _ = self.each_tenant(self.rules)
+        return {t: r for t, r in found.items() if r}
 
     def set_rules(self, tenant: str, rules: dict[str, Any]) -> None:
-        _atomic_write(self._tenant_dir(tenant) / RULES, json.dumps(rules, sort_keys=True) + "\n")
+        with self.locked(tenant) as tenant_dir:
+            _atomic_write(tenant_dir / RULES, json.dumps(rules, sort_keys=True) + "\n")
+
+    def control_text(self, tenant: str, name: str) -> str | None:
+        """A control file's text; None when there is none; ``DamagedFileError`` when it
+        cannot be read."""
+        path = self._tenant_dir(tenant) / name
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DamagedFileError(tenant, path, str(exc) or type(exc).__name__) from None
 
     def _read_json(self, tenant: str, name: str) -> dict[str, Any]:
-        try:
-            text = (self._tenant_dir(tenant) / name).read_text(encoding="utf-8")
-        except FileNotFoundError:
+        text = self.control_text(tenant, name)
+        if text is None:
             return {}
+        path = self._tenant_dir(tenant) / name
         try:
             value = json.loads(text)
-        except ValueError as exc:
-            raise StreamrecError(f"tenant {tenant!r}: {name} is not valid JSON: {exc}") from None
-        return value if isinstance(value, dict) else {}
+        except (ValueError, RecursionError) as exc:
+            raise DamagedFileError(tenant, path, f"not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise DamagedFileError(tenant, path, f"a JSON {type(value).__name__}, not an object")
+        return value
 
     def register(
         self, tenant: str, bundle: ModelBundle, extra_manifest: dict[str, Any] | None = None
@@ -291,20 +394,23 @@ class Registry:
         """Validate ``version`` fully, then switch CURRENT to it."""
         self._require(tenant, version)
         self.load(tenant, version)  # raises InvalidModelError; the pointer is untouched then
-        self._switch(tenant, version, "promote")
+        with self.locked(tenant):
+            self._require(tenant, version)  # not pruned while it was being checked
+            self._switch(tenant, version, "promote")
 
     def rollback(self, tenant: str, version: str | None = None) -> str:
         """Go back to ``version``, or to the version promoted before the current one."""
-        if version is None:
-            stack = self._promotion_stack(tenant)
-            if len(stack) < 2:
-                raise UnknownVersionError(
-                    f"tenant {tenant!r} has no earlier promoted version to roll back to"
-                )
-            version = stack[-2]
-        self._require(tenant, version)
-        self.load(tenant, version)
-        self._switch(tenant, version, "rollback")
+        with self.locked(tenant):
+            if version is None:
+                stack = self._promotion_stack(tenant)
+                if len(stack) < 2:
+                    raise UnknownVersionError(
+                        f"tenant {tenant!r} has no earlier promoted version to roll back to"
+                    )
+                version = stack[-2]
+            self._require(tenant, version)
+            self.load(tenant, version)
+            self._switch(tenant, version, "rollback")
         return version
 
     # -- internals -------------------------------------------------------------------------
@@ -351,6 +457,7 @@ class Registry:
         return data if isinstance(data, dict) else {}
 
     def _switch(self, tenant: str, version: str, action: str) -> None:
+        """Under the tenant's lock: the pointer moves and the history says from where."""
         tenant_dir = self._tenant_dir(tenant)
         previous = self.current_version(tenant)
         _atomic_write(tenant_dir / CURRENT, version + "\n")
@@ -360,12 +467,15 @@ class Registry:
     def append_history(self, tenant: str, entry: dict[str, Any]) -> None:
         """One entry at the end of the tenant's ``HISTORY.jsonl``, on disk when this
         returns (promotions, rollbacks and rollout steps share the file)."""
-        path = self._tenant_dir(tenant) / HISTORY
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        with self.locked(tenant) as tenant_dir:
+            path = tenant_dir / HISTORY
+            created = not path.exists()
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            if created:
+                _fsync_dir(tenant_dir)
 
     def history_entries(self, tenant: str) -> list[dict[str, Any]]:
         """Every entry of the tenant's ``HISTORY.jsonl``, oldest first."""
@@ -399,6 +509,15 @@ class Registry:
         if current and (not stack or stack[-1] != current):
             stack.append(current)
         return stack
+
+
+def key_entries(keys: dict[str, dict[str, dict[str, Any]]]) -> dict[str, tuple[str, str, bool]]:
+    """Tenant -> its KEYS.json as digest -> (tenant, key id, active)."""
+    return {
+        entry["sha256"]: (tenant, key_id, not entry.get("revoked"))
+        for tenant, entries in keys.items()
+        for key_id, entry in entries.items()
+    }
 
 
 def _atomic_write(path: Path, text: str) -> None:

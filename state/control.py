@@ -43,7 +43,10 @@ def cache_tenant_sync(client: redis.Redis, tenant: str) -> None:
 
 # -- keys ------------------------------------------------------------------------------
 # A field's value: "<tenant> <key id>", plus " revoked" once revoked (kept, so that a
-# tenant that ever had a key is never open again).
+# tenant that ever had a key is never open again). A field only moves forward (absent ->
+# active -> revoked): a key is added with HSETNX and a revocation always wins, so no
+# late or stale write (a slow creation, a refill from an older read of the registry)
+# can bring a revoked key back.
 async def read_keys(client: Redis) -> dict[str, tuple[str, bool]] | None:
     """digest -> (tenant, active); None when the cache was not filled since Redis started."""
     raw = {_text(k): _text(v) for k, v in (await client.hgetall(keys.API_KEYS)).items()}
@@ -56,15 +59,27 @@ async def read_keys(client: Redis) -> dict[str, tuple[str, bool]] | None:
     return out
 
 
-async def cache_keys(client: Redis, entries: Mapping[str, tuple[str, str, bool]]) -> None:
-    mapping = {
-        d: f"{t} {k}" + ("" if active else " revoked") for d, (t, k, active) in entries.items()
-    }
-    await client.hset(keys.API_KEYS, mapping={**mapping, keys.KEYS_LOADED: "1"})
+def _key_commands(pipe: Any, entries: Mapping[str, tuple[str, str, bool]]) -> None:
+    for digest, (tenant, key_id, active) in entries.items():
+        if active:
+            pipe.hsetnx(keys.API_KEYS, digest, f"{tenant} {key_id}")
+        else:
+            pipe.hset(keys.API_KEYS, digest, f"{tenant} {key_id} revoked")
+
+
+async def cache_keys(
+    client: Redis, entries: Mapping[str, tuple[str, str, bool]], *, loaded: bool = True
+) -> None:
+    """Fill the cache from the registry (``loaded``: all of it, so mark it filled)."""
+    pipe = client.pipeline(transaction=False)
+    _key_commands(pipe, entries)
+    if loaded:
+        pipe.hset(keys.API_KEYS, keys.KEYS_LOADED, "1")
+    await pipe.execute()
 
 
 def add_key_sync(client: redis.Redis, digest: str, tenant: str, key_id: str) -> None:
-    client.hset(keys.API_KEYS, digest, f"{tenant} {key_id}")
+    client.hsetnx(keys.API_KEYS, digest, f"{tenant} {key_id}")
 
 
 def revoke_key_sync(client: redis.Redis, digest: str, tenant: str, key_id: str) -> None:
@@ -86,6 +101,32 @@ async def cache_rules(client: Redis, rules: Mapping[str, Mapping[str, Any]]) -> 
 
 def set_rules_sync(client: redis.Redis, tenant: str, rules: Mapping[str, Any]) -> None:
     client.hset(keys.TENANT_RULES, tenant, orjson.dumps(rules))
+
+
+# -- one tenant's control state, cached again from the registry -------------------------
+async def cache_control(
+    client: Redis,
+    tenant: str,
+    mode: str,
+    key_entries: Mapping[str, tuple[str, str, bool]],
+    rules: Mapping[str, Any],
+    policy: Mapping[str, Any] | None,
+) -> None:
+    """What the registry holds for ``tenant`` into the caches (after its files changed
+    or were repaired); the caches' ``_loaded`` marks are left as they are."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(keys.TENANT_MODES, tenant, mode)
+    pipe.sadd(keys.TENANTS, tenant)
+    _key_commands(pipe, key_entries)
+    if rules:
+        pipe.hset(keys.TENANT_RULES, tenant, orjson.dumps(rules))
+    else:
+        pipe.hdel(keys.TENANT_RULES, tenant)
+    if policy:
+        pipe.hset(keys.POLICIES, tenant, orjson.dumps(policy))
+    else:
+        pipe.hdel(keys.POLICIES, tenant)
+    await pipe.execute()
 
 
 # -- catalogue -------------------------------------------------------------------------

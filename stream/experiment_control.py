@@ -56,13 +56,16 @@ def _none_running(registry: Registry, tenant: str) -> None:
 
 
 def apply_policy(settings: Settings, tenant: str, policy: dict[str, Any] | None) -> int:
-    """Write the policy durably (registry), then to Redis's cache; tell the workers.
-    The number of workers that heard."""
+    """Write the policy durably (registry), then to Redis's cache, both under the
+    tenant's lock (so two changes reach both in the same order); tell the workers.
+    A caller that decided from the policy on disk holds the lock around both. The
+    number of workers that heard."""
     registry = Registry(settings.registry_dir)
-    write_policy(registry, tenant, policy)
     client = sync_client(settings.redis)
     try:
-        set_policy(client, tenant, policy)
+        with registry.locked(tenant):
+            write_policy(registry, tenant, policy)
+            set_policy(client, tenant, policy)
     except RedisError as exc:
         raise StreamrecError(
             f"policy saved in the registry, but Redis at {settings.redis_display} is "
@@ -116,8 +119,6 @@ def start_ab(
     _version(registry, tenant, variant)
     if variant == control:
         raise StreamrecError(f"{variant} is the version in service already")
-    _require_on(registry, tenant)
-    _none_running(registry, tenant)
     policy = {
         "policy": "ab",
         "arms": {control: round(1 - share, 6), variant: share},
@@ -127,7 +128,7 @@ def start_ab(
         "min_recommendations": min_recommendations,
         "alpha": 0.05,
     }
-    return policy, apply_policy(settings, tenant, policy)
+    return policy, _start(settings, registry, tenant, policy)
 
 
 def start_bandit(
@@ -145,8 +146,6 @@ def start_bandit(
     registry = Registry(settings.registry_dir)
     for v in versions:
         _version(registry, tenant, v)
-    _require_on(registry, tenant)
-    _none_running(registry, tenant)
     arms = sorted(set(versions))
     policy = {
         "policy": "bandit",
@@ -155,7 +154,16 @@ def start_bandit(
         "floor": floor,
         "started": time.time(),
     }
-    return policy, apply_policy(settings, tenant, policy)
+    return policy, _start(settings, registry, tenant, policy)
+
+
+def _start(settings: Settings, registry: Registry, tenant: str, policy: dict[str, Any]) -> int:
+    """The checks that nothing else runs and the write, under the tenant's lock: two
+    experiments started at once cannot both pass."""
+    with registry.locked(tenant):
+        _require_on(registry, tenant)
+        _none_running(registry, tenant)
+        return apply_policy(settings, tenant, policy)
 
 
 def stop(settings: Settings, tenant: str, action: str) -> tuple[str | None, int]:
@@ -165,24 +173,25 @@ def stop(settings: Settings, tenant: str, action: str) -> tuple[str | None, int]
     if action not in ACTIONS:
         raise StreamrecError(f"action must be one of {', '.join(ACTIONS)}")
     registry = Registry(settings.registry_dir)
-    policy = read_policy(registry, tenant)
-    if policy is None:
-        raise StreamrecError(f"tenant {tenant!r} runs no experiment")
-    if action == "promote":
-        if policy["policy"] == "ab":
-            winner = policy["candidate"]
-        else:
-            arms = status(settings, tenant)["arms"]
-            winner = max(arms, key=lambda a: (arms[a]["hit_rate"], arms[a]["recommendations"]))
-        if winner != registry.current_version(tenant):
-            registry.promote(tenant, winner)
-    if "rollout" in policy:
-        # A staged rollout ended by hand: its history says so, as it says every step.
-        log_rollout(
-            registry,
-            tenant,
-            {"action": "rollout-stop", "candidate": policy["candidate"],
-             "control": policy["control"], "decision": action, "ts": time.time()},
-        )  # fmt: skip
-    heard = apply_policy(settings, tenant, None)
+    with registry.locked(tenant):  # the decision and its writes see the same policy
+        policy = read_policy(registry, tenant)
+        if policy is None:
+            raise StreamrecError(f"tenant {tenant!r} runs no experiment")
+        if action == "promote":
+            if policy["policy"] == "ab":
+                winner = policy["candidate"]
+            else:
+                arms = status(settings, tenant)["arms"]
+                winner = max(arms, key=lambda a: (arms[a]["hit_rate"], arms[a]["recommendations"]))
+            if winner != registry.current_version(tenant):
+                registry.promote(tenant, winner)
+        if "rollout" in policy:
+            # A staged rollout ended by hand: its history says so, as it says every step.
+            log_rollout(
+                registry,
+                tenant,
+                {"action": "rollout-stop", "candidate": policy["candidate"],
+                 "control": policy["control"], "decision": action, "ts": time.time()},
+            )  # fmt: skip
+        heard = apply_policy(settings, tenant, None)
     return registry.current_version(tenant), heard

@@ -3,6 +3,12 @@
 Loading happens in a thread (never on the event loop); a swap is one dict assignment,
 so an in-flight batch keeps the bundle it started with. A version that fails
 validation is logged and ignored; the one in service stays.
+
+Reloads follow content, not names: the periodic check (and a change notice) compares
+CURRENT's stat and the stats of the loaded version's files with those seen at load, so
+a pointer written again (the same version promoted again), or a file replaced,
+repaired or truncated, makes the version be verified and loaded anew. A refused version
+is tried again once its files or the pointer change, not at every check.
 """
 
 from __future__ import annotations
@@ -13,13 +19,20 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from models.bundle import ModelBundle
 from models.errors import NoModelError, StreamrecError
 from models.ranking import recommend
-from models.registry import Registry
+from models.registry import DamagedFileError, Registry
 
 log = logging.getLogger(f"streamrec.{__name__}")
+
+
+# (inode, size, mtime in ns) of a file: a rename over it, a write or a truncation
+# changes it. Paths as str: a Path object is ~3 times the size, and a worker holds
+# 1,000 models.
+Stat = tuple[int, int, int]
 
 
 @dataclass
@@ -27,10 +40,14 @@ class _Slot:
     bundle: ModelBundle | None
     version: str | None  # the CURRENT pointer's value when last checked
     checked_at: float
-    # Size of every file of the loaded version, checked against the manifest's checksums
-    # at load: a file whose size changes later (truncated in place) is never read again.
-    # Paths as str: a Path object is ~3 times the size, and a worker holds 1,000 models.
-    sizes: dict[str, int] = field(default_factory=dict)
+    # Every file of the loaded version as verified against the manifest's checksums at
+    # load: a file that changes later is verified again before it is served again.
+    files: dict[str, Stat] = field(default_factory=dict)
+    pointer: Stat | None = None  # CURRENT when last read
+    # Why the version CURRENT names is not the one loaded: (file, reason), and its
+    # files when it was refused (it is tried again when they change).
+    problem: tuple[str, str] | None = None
+    refused: tuple[tuple[str, Stat], ...] | None = None
 
 
 class ModelCache:
@@ -57,19 +74,36 @@ class ModelCache:
         out = []
         for tenant, slot in self._slots.items():
             serving = slot.bundle.version if slot.bundle else None
-            if slot.version is not None and serving != slot.version:
+            if slot.problem is not None:
                 out.append(
                     f"tenant {tenant}: version {slot.version} in service is not loaded "
-                    f"(serving {serving or 'no model'})"
+                    f"(serving {serving or 'no model'}): {slot.problem[1]}"
                 )
         return out
+
+    def tenant_problems(self) -> dict[str, dict[str, Any]]:
+        """Tenant -> ``{"status": "degraded", "file", "reason", "serving"}`` for each
+        tenant whose version in service was refused (for /health)."""
+        return {
+            tenant: {
+                "status": "degraded",
+                "file": slot.problem[0],
+                "reason": slot.problem[1],
+                "serving": slot.bundle.version if slot.bundle else None,
+            }
+            for tenant, slot in self._slots.items()
+            if slot.problem is not None
+        }
 
     def in_service(self) -> dict[str, str]:
         """Tenant -> version in service (the registry's CURRENT pointers), at most
         ``max_models`` tenants: what a ready worker has in memory. Reads files."""
         serving: dict[str, str] = {}
         for tenant in self._registry.tenants():
-            version = self._registry.current_version(tenant)
+            try:
+                version = self._registry.current_version(tenant)
+            except DamagedFileError:
+                continue  # its slot says why (see problems)
             if version is not None:
                 serving[tenant] = version
                 if len(serving) >= self._max_models:
@@ -138,8 +172,10 @@ class ModelCache:
             started = time.perf_counter()
             try:
                 bundle, _ = await asyncio.to_thread(self._load_ready, tenant, version)
-            except (StreamrecError, OSError, ValueError) as exc:
-                log.error("tenant %s: experiment arm %s cannot be loaded: %s", tenant, version, exc)
+            except Exception as exc:  # a damaged version fails in ways nobody listed
+                log.error(
+                    "tenant %s: experiment arm %s cannot be loaded: %s", tenant, version, _why(exc)
+                )
                 self._arm_failed[key] = time.monotonic()
                 return None
             self._arms[key] = bundle
@@ -153,46 +189,83 @@ class ModelCache:
             return bundle
 
     async def refresh(self, tenants: list[str] | None = None) -> None:
-        """Swap in newly promoted versions (of ``tenants``, default every tenant in memory);
-        drop a loaded version whose files changed size under it."""
+        """Load what changed (of ``tenants``, default every tenant in memory): a pointer
+        written again (another version, or the same one promoted again), files of the
+        loaded version changed on disk (verified again: served again if they still
+        match, else dropped), a refused version whose files changed."""
         for tenant in list(self._slots) if tenants is None else tenants:
             slot = self._slots.get(tenant)
             if slot is None:
                 continue  # not in memory: it will load the current version on first use
-            if slot.sizes and not await asyncio.to_thread(_same_sizes, slot.sizes):
+            if slot.files and not await asyncio.to_thread(_same_files, slot.files):
                 log.error(
-                    "tenant %s: the files of model %s changed on disk; no longer serving it",
+                    "tenant %s: the files of model %s changed on disk; verifying them again",
                     tenant,
                     slot.bundle.version if slot.bundle else None,
                 )
-                slot.bundle, slot.sizes = None, {}
+                slot.bundle, slot.files = None, {}
                 await self._load(tenant, previous=slot)
                 continue
-            current = await asyncio.to_thread(self._registry.current_version, tenant)
-            if current != slot.version:
+            if not await asyncio.to_thread(self._unchanged, tenant, slot):
                 await self._load(tenant, previous=slot)
 
-    def _fallback(self, tenant: str, refused: str | None) -> tuple[ModelBundle, dict[str, int]]:
+    def _unchanged(self, tenant: str, slot: _Slot) -> bool:
+        """Nothing to load again: the same pointer, and no refused version's files
+        changed since it was refused."""
+        _, pointer = self._pointer(tenant)
+        if pointer != slot.pointer:
+            return False
+        return slot.problem is None or self._version_files(tenant, slot.version) == slot.refused
+
+    def _pointer(self, tenant: str) -> tuple[str | None, Stat | None]:
+        """CURRENT's version and stat, in one open (the version None if unreadable)."""
+        try:
+            with open(self._registry.pointer_path(tenant), "rb") as fh:
+                st = os.fstat(fh.fileno())
+                raw = fh.read(256)
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, (-1, exc.errno or 0, 0)
+        version = raw.decode("utf-8", "replace").strip() or None
+        return version, (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _version_files(
+        self, tenant: str, version: str | None
+    ) -> tuple[tuple[str, Stat], ...] | None:
+        try:
+            directory = self._registry.version_dir(tenant, version or "")
+            return tuple(sorted((f.name, _stat(f)) for f in directory.iterdir()))
+        except (StreamrecError, OSError):
+            return None
+
+    def _fallback(self, tenant: str, refused: str | None) -> tuple[ModelBundle, dict[str, Stat]]:
         """The newest valid version from the tenant's promotion history."""
         for version in reversed(self._registry.promoted_versions(tenant)):
             if version == refused:
                 continue
             try:
                 return self._load_ready(tenant, version)
-            except (StreamrecError, OSError, ValueError):
+            except Exception:  # a damaged version fails in ways nobody listed
                 continue
         raise NoModelError(f"tenant {tenant!r}: no valid version in the history")
 
-    def _load_ready(self, tenant: str, version: str | None) -> tuple[ModelBundle, dict[str, int]]:
-        """Load and validate a version (checksums), note its files' sizes, and rank once
+    def _load_ready(self, tenant: str, version: str) -> tuple[ModelBundle, dict[str, Stat]]:
+        """Load and validate a version (checksums), note its files' stats, and rank once
         with it: the first ranking of a process loads the compiled kernel, which should
         not happen inside a batch."""
+        directory = self._registry.version_dir(tenant, version)
+        # Noted before the files are verified: a change while they are read is seen. (A
+        # missing version: the load says so.)
+        files = (
+            {str(f): _stat(f) for f in directory.iterdir() if f.is_file()}
+            if directory.is_dir()
+            else {}
+        )
         # A private copy: a registry file truncated in place cannot crash the worker.
         bundle = self._registry.load(tenant, version, private=True)
-        directory = self._registry.version_dir(tenant, bundle.version)
-        sizes = {str(f): f.stat().st_size for f in directory.iterdir() if f.is_file()}
         recommend(bundle, [], 1)
-        return bundle, sizes
+        return bundle, files
 
     async def _load(self, tenant: str, previous: _Slot | None = None) -> _Slot:
         lock = self._locks.setdefault(tenant, asyncio.Lock())
@@ -201,40 +274,49 @@ class ModelCache:
             if slot is not None and slot is not previous:
                 return slot  # someone else loaded it while we waited
             started = time.perf_counter()
-            version: str | None = None
+            version, pointer = await asyncio.to_thread(self._pointer, tenant)
+            # Before the load: a repair made while it fails is seen at the next check.
+            seen = await asyncio.to_thread(self._version_files, tenant, version)
             try:
-                version = await asyncio.to_thread(self._registry.current_version, tenant)
-                bundle, sizes = await asyncio.to_thread(self._load_ready, tenant, version)
+                if pointer is None:
+                    raise NoModelError(f"tenant {tenant!r} has no promoted model")
+                if version is None:
+                    raise DamagedFileError(
+                        tenant, self._registry.pointer_path(tenant), "names no version"
+                    )
+                bundle, files = await asyncio.to_thread(self._load_ready, tenant, version)
             except NoModelError:
-                slot = _Slot(None, None, time.monotonic())
-            except (StreamrecError, OSError, ValueError) as exc:
+                slot = _Slot(None, None, time.monotonic(), pointer=pointer)
+            except Exception as exc:  # a damaged version fails in ways nobody listed
+                problem = (self._problem_file(tenant, version), _why(exc))
                 # An invalid version, or a CURRENT naming none (torn or garbled).
                 if previous is not None and previous.bundle is not None:
                     log.error(
                         "tenant %s: model version refused, keeping the one in service: %s",
                         tenant,
-                        exc,
+                        problem[1],
                     )
-                    # Remember the refused pointer so we do not retry it on every check.
-                    previous.version = version
+                    # Remember what was refused so we do not retry it on every check.
+                    previous.version, previous.pointer = version, pointer
+                    previous.problem, previous.refused = problem, seen
                     return previous
                 # Nothing in service (start-up, or its files changed): the newest valid
-                # version of the history, reported as not ready (see ``problems``).
+                # version of the history, reported as not loaded (see ``problems``).
                 try:
-                    bundle, sizes = await asyncio.to_thread(self._fallback, tenant, version)
+                    bundle, files = await asyncio.to_thread(self._fallback, tenant, version)
                 except NoModelError:
-                    bundle, sizes = None, {}
+                    bundle, files = None, {}
                 log.error(
                     "tenant %s: model version %s refused (%s); serving %s",
                     tenant,
                     version,
-                    exc,
+                    problem[1],
                     f"{bundle.version} from its history" if bundle else "popular items",
                 )
-                slot = _Slot(bundle, version, time.monotonic(), sizes)
+                slot = _Slot(bundle, version, time.monotonic(), files, pointer, problem, seen)
             else:
                 old = previous.bundle.version if previous and previous.bundle else None
-                slot = _Slot(bundle, version, time.monotonic(), sizes)
+                slot = _Slot(bundle, version, time.monotonic(), files, pointer)
                 self.loads += 1
                 if old is not None:
                     self.swaps += 1
@@ -259,9 +341,28 @@ class ModelCache:
                 log.info("tenant %s: model evicted from memory (LRU)", evicted)
             return slot
 
+    def _problem_file(self, tenant: str, version: str | None) -> str:
+        """The version's directory when CURRENT names one that exists, else CURRENT."""
+        try:
+            directory = self._registry.version_dir(tenant, version or "")
+        except StreamrecError:
+            directory = None
+        if directory is not None and directory.is_dir():
+            return str(directory)
+        return str(self._registry.pointer_path(tenant))
 
-def _same_sizes(sizes: dict[str, int]) -> bool:
+
+def _stat(path: os.PathLike[str] | str) -> Stat:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _same_files(files: dict[str, Stat]) -> bool:
     try:
-        return all(os.stat(path).st_size == size for path, size in sizes.items())
+        return all(_stat(path) == stat for path, stat in files.items())
     except OSError:
         return False
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -21,7 +21,7 @@ from typing import Any
 from models.errors import StreamrecError
 from models.experiments import staged_verdict
 from models.policy_file import log_rollout, read_policy
-from models.registry import Registry
+from models.registry import DamagedFileError, Registry
 from state.connection import RedisError, SyncRedis, sync_client
 from state.feedback import read_buckets_sync, totals
 from state.notify import notify_model_change
@@ -91,17 +91,50 @@ def check_rollouts(settings: Settings, now: float | None = None) -> list[tuple[s
     moved: list[tuple[str, str]] = []
     try:
         for tenant in registry.tenants():
-            policy = read_policy(registry, tenant)
-            if policy is None or "rollout" not in policy:
+            try:
+                step = _look_at(settings, registry, client, tenant, now)
+            except DamagedFileError as exc:
+                _damaged(tenant, exc)
                 continue
-            if (registry.mode(tenant) or "on") != "on":
-                continue  # freeze keeps the policy and arms as they are
-            step = _look(settings, registry, client, tenant, policy, now)
+            _damaged(tenant, None)
             if step is not None:
                 moved.append((tenant, step))
     finally:
         client.close()
     return moved
+
+
+def _look_at(
+    settings: Settings, registry: Registry, client: SyncRedis, tenant: str, now: float
+) -> str | None:
+    if not _has_rollout(read_policy(registry, tenant)):
+        return None  # most tenants: one read, no lock
+    with registry.locked(tenant):
+        # Read again under the lock: the step is decided from, and replaces, this policy.
+        policy = read_policy(registry, tenant)
+        if not _has_rollout(policy) or (registry.mode(tenant) or "on") != "on":
+            return None  # freeze keeps the policy and arms as they are
+        return _look(settings, registry, client, tenant, policy, now)  # type: ignore[arg-type]
+
+
+def _has_rollout(policy: dict[str, Any] | None) -> bool:
+    return policy is not None and "rollout" in policy
+
+
+# Tenant -> the damage last logged, so a damaged file is logged once, not at every look.
+_reported: dict[str, str] = {}
+
+
+def _damaged(tenant: str, exc: DamagedFileError | None) -> None:
+    said = _reported.get(tenant)
+    if exc is None:
+        if said is not None:
+            del _reported[tenant]
+            log.info("tenant %s: control files readable again; rollouts looked at", tenant)
+        return
+    if said != str(exc):
+        _reported[tenant] = str(exc)
+        log.error("%s; its rollout waits until the file is repaired", exc)
 
 
 def look_at_rollouts(settings: Settings) -> list[tuple[str, str]]:

@@ -1,6 +1,8 @@
 """Tenant administration shared by the CLI and the admin API: create, mode, serving
 rules, keys, model promotion. Each change is written to the registry (durable) first,
-then to the Redis cache, then announced so workers drop their cached copy at once."""
+then to the Redis cache, both under the tenant's lock (two changes reach both in the same
+order), then announced so workers drop their cached copy at once. A change is on disk
+before it is answered: if Redis is away, the workers' caches catch up from the registry."""
 
 from __future__ import annotations
 
@@ -48,8 +50,9 @@ class TenantControl:
 
     def set_mode(self, tenant: str, mode: str) -> int:
         self.require(tenant)
-        self.registry.set_mode(tenant, mode)
-        cache_mode(self._redis(), tenant, mode)
+        with self.registry.locked(tenant):
+            self.registry.set_mode(tenant, mode)
+            cache_mode(self._redis(), tenant, mode)
         return self._notify(tenant)
 
     def rules(self, tenant: str) -> dict[str, Any]:
@@ -59,8 +62,9 @@ class TenantControl:
     def set_rules(self, tenant: str, rules: ServingRules) -> dict[str, Any]:
         self.require(tenant)
         data = rules.to_dict()
-        self.registry.set_rules(tenant, data)
-        set_rules_sync(self._redis(), tenant, data)
+        with self.registry.locked(tenant):
+            self.registry.set_rules(tenant, data)
+            set_rules_sync(self._redis(), tenant, data)
         self._notify(tenant)
         return data
 
@@ -72,8 +76,9 @@ class TenantControl:
         key_id = secrets.token_hex(4)
         key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         sha = digest(key)
-        self.registry.add_key(tenant, key_id, sha)
-        add_key_sync(self._redis(), sha, tenant, key_id)
+        with self.registry.locked(tenant):
+            self.registry.add_key(tenant, key_id, sha)
+            add_key_sync(self._redis(), sha, tenant, key_id)
         self._notify(tenant)
         return key_id, key
 
@@ -81,10 +86,11 @@ class TenantControl:
         self.require(tenant)
         if key_id.startswith(KEY_PREFIX):  # the whole key given: its id is inside
             key_id = key_id[len(KEY_PREFIX) :].split("_", 1)[0]
-        sha = self.registry.revoke_key(tenant, key_id)
-        if sha is None:
-            raise UnknownTenantError(f"tenant {tenant!r} has no active key {key_id!r}")
-        revoke_key_sync(self._redis(), sha, tenant, key_id)
+        with self.registry.locked(tenant):
+            sha = self.registry.revoke_key(tenant, key_id)
+            if sha is None:
+                raise UnknownTenantError(f"tenant {tenant!r} has no active key {key_id!r}")
+            revoke_key_sync(self._redis(), sha, tenant, key_id)
         self._notify(tenant)
 
     def promote(self, tenant: str, version: str) -> None:

@@ -178,8 +178,8 @@ def _retrain_tenant(
         current = None
     try:
         running = read_policy(registry, tenant)
-    except StreamrecError:
-        running = None
+    except StreamrecError as exc:  # damaged: nothing is trained over what it may decide
+        return TenantOutcome(tenant, GateDecision("skipped", str(exc)), None)
     if running is not None:
         # An experiment, bandit or rollout decides this tenant's versions for now.
         decision = GateDecision("skipped", f"a {running['policy']} policy is running")
@@ -250,7 +250,7 @@ def _prune(registry: Registry, tenant: str, keep: int) -> None:
     try:
         policy = read_policy(registry, tenant)
     except StreamrecError:
-        policy = None
+        return  # damaged: its arms are unknown, so nothing is deleted
     protect = set((policy or {}).get("arms") or ())
     deleted = registry.prune_unpromoted(tenant, keep, protect)
     if deleted:
@@ -288,7 +288,11 @@ def _modes(settings: Settings) -> dict[str, str]:
     # The registry's modes are the durable ones (every switch is written there first) and
     # win over Redis's cache, which a restart may empty. So with Redis away a frozen
     # tenant is still known, and the pass goes on from the registry alone.
-    durable = Registry(settings.registry_dir).modes()
+    registry = Registry(settings.registry_dir)
+    found, damaged = registry.each_tenant(registry.mode)
+    # A tenant whose MODE is damaged is skipped, not guessed to be on.
+    durable = {t: m for t, m in found.items() if m is not None}
+    durable.update({t: f"disabled ({exc.reason})" for t, exc in damaged.items()})
     try:
         cached = list_tenants(_redis(settings.redis))
     except RedisError as exc:

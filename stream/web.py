@@ -37,6 +37,7 @@ from models.errors import StreamrecError
 from models.names import MAX_ID_CHARS
 from stream.config import Settings
 from stream.events import MAX_EVENT_BYTES, InvalidEvent
+from stream.tenant_health import tenant_health
 
 log = logging.getLogger(f"streamrec.{__name__}")
 MAX_POST_EVENTS = 1000
@@ -262,7 +263,8 @@ def health_routes(ctx: WebContext) -> APIRouter:
     @router.get("/health", summary="Health with reasons and counters")
     async def health() -> JSONResponse:
         """``ok``, or ``degraded`` (503) with the reasons (Redis unreachable, consumption
-        stalled with events waiting, a tenant's version in service not loaded)."""
+        stalled with events waiting); ``tenants``: each tenant disabled or degraded, with
+        the file and the reason (the others are served: not a reason)."""
         report = await checks()
         reasons = report.get("reasons", [])
         return JSONResponse(
@@ -272,6 +274,7 @@ def health_routes(ctx: WebContext) -> APIRouter:
                 "uptime_s": round(time.time() - ctx.boot_ts, 1),
                 **ctx.counters(),
                 "models": ctx.models.loaded(),
+                "tenants": tenant_health(getattr(ctx.backend(), "tenants", None), ctx.models),
             },
             status_code=503 if reasons else 200,
         )

@@ -68,6 +68,10 @@ async def _tenant_access(
     directory = getattr(ctx.backend(), "tenants", None)
     if directory is None:
         raise ApiError(503, "the worker is starting")
+    await directory.mode(tenant)  # reads the control files once after start-up
+    damaged = directory.disabled(tenant)
+    if damaged is not None:  # its keys may be unknown: nobody passes
+        raise ApiError(503, f"tenant disabled: {damaged.path.name}: {damaged.reason}")
     if not is_admin(ctx, credentials):
         owner = None
         if credentials is not None:

@@ -257,7 +257,7 @@ class Worker(Service):
         stalled = stall_reason(progress)
         if stalled:
             reasons.append(stalled)
-        reasons += self.models.problems()
+        # A tenant's refused model or damaged file is that tenant's: /health's "tenants".
         # Ready: the above, partitions assigned (the batch engine owns its group) and
         # every tenant's version in service in memory (preloaded at start-up).
         not_ready = list(reasons)
@@ -298,6 +298,10 @@ class Worker(Service):
 
     async def check_models(self) -> None:
         await self.models.refresh()
+        try:
+            await self.processor.tenants.check_files()
+        except OSError as exc:
+            log.warning("tenant control files not checked (%s)", exc)
         # A tenant whose first version was promoted since start-up: loaded now, not at
         # its next click (and /health/ready does not wait for that click).
         try:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
+from models.registry import DamagedFileError, Registry
+from models.train import TrainParams, train_model
+from stream.model_handle import ModelCache
 from stream.processor import DeadLetter
+from stream.tenant_health import tenant_health
 from stream.worker import DeadLetterLog, stall_reason, unreachable
 
 
@@ -45,3 +51,40 @@ def test_an_unreachable_redis_is_named_with_a_reason_even_on_a_timeout() -> None
     assert unreachable("redis", TimeoutError()) == "redis unreachable: TimeoutError"
     refused = ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
     assert unreachable("redis", refused).endswith("Connection refused.")
+
+
+def test_health_names_each_disabled_or_degraded_tenant_with_its_file_and_reason(
+    tmp_path: Path,
+) -> None:
+    registry = Registry(tmp_path)
+    bundle = train_model(
+        [["a", "b", "c"], ["b", "c", "d"]] * 5, TrainParams(epochs=1, n_clusters=2)
+    )
+    for tenant in ("shop-a", "shop-b", "shop-c"):
+        registry.promote(tenant, registry.register(tenant, bundle, {}))
+    (tmp_path / "shop-b" / "RULES.json").write_text("[1,2")
+    registry.pointer_path("shop-c").write_text("v7\n")  # names a version it does not have
+    _, damaged = registry.each_tenant(registry.rules)
+
+    class Directory:
+        def disabled_tenants(self) -> dict[str, DamagedFileError]:
+            return damaged
+
+    cache = ModelCache(registry)
+
+    async def load() -> None:
+        for tenant in ("shop-a", "shop-b", "shop-c"):
+            await cache.get(tenant)
+
+    asyncio.run(load())
+    report = tenant_health(Directory(), cache)
+    assert list(report) == ["shop-b", "shop-c"]
+    assert report["shop-b"] == {
+        "status": "disabled",
+        "file": str(tmp_path / "shop-b" / "RULES.json"),
+        "reason": damaged["shop-b"].reason,
+    }
+    assert "JSON" in report["shop-b"]["reason"]
+    assert report["shop-c"]["status"] == "degraded" and report["shop-c"]["serving"] == "v1"
+    assert report["shop-c"]["file"] == str(registry.pointer_path("shop-c"))
+    assert "v7" in report["shop-c"]["reason"]

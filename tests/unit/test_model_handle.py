@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -167,5 +168,76 @@ def test_a_tenant_promoted_after_start_is_loaded_by_the_next_check(registry: Reg
         assert cache.not_loaded(cache.in_service()) != []  # not ready until it is loaded
         assert await cache.preload() == 1 and cache.loaded()["t4"] == "v1"
         assert await cache.preload() == 0  # nothing left to load: a cheap check
+
+    asyncio.run(run())
+
+
+def _truncate_in_place(path: Path) -> bytes:
+    data = path.read_bytes()
+    path.chmod(0o644)
+    path.write_bytes(data[:-8])
+    return data
+
+
+def test_a_repaired_version_promoted_again_is_reloaded_without_a_restart(
+    registry: Registry,
+) -> None:
+    cache = ModelCache(registry)
+    victim = next(p for p in sorted((registry.root / "t1" / "v1").iterdir()) if p.suffix == ".npy")
+
+    async def run() -> None:
+        assert (await cache.get("t1")).version == "v1"
+        data = _truncate_in_place(victim)
+        await cache.refresh()
+        assert await cache.get("t1") is None and cache.problems()  # degraded: popular items
+        victim.write_bytes(data)  # restored, and the same version promoted again
+        registry.promote("t1", "v1")
+        await cache.refresh(["t1"])
+        assert (await cache.get("t1")).version == "v1"
+        assert cache.problems() == [] and cache.tenant_problems() == {}
+
+    asyncio.run(run())
+
+
+def test_a_refused_version_is_loaded_once_its_files_are_repaired(registry: Registry) -> None:
+    bundle = registry.load("t1")
+    v2 = registry.register("t1", bundle, {})
+    registry.promote("t1", v2)
+    victim = next(p for p in sorted((registry.root / "t1" / v2).iterdir()) if p.suffix == ".npy")
+    data = _truncate_in_place(victim)
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        assert (await cache.get("t1")).version == "v1"  # v2 refused: the history's v1
+        (problem,) = cache.tenant_problems().values()
+        assert problem["status"] == "degraded" and problem["serving"] == "v1"
+        assert problem["file"].endswith(v2) and "checksum" in problem["reason"], problem
+        loads = cache.loads
+        await cache.refresh()
+        assert cache.loads == loads  # nothing changed: not retried at every check
+        victim.write_bytes(data)  # repaired in place, nobody promotes anything
+        await cache.refresh()
+        assert (await cache.get("t1")).version == v2 and cache.tenant_problems() == {}
+
+    asyncio.run(run())
+
+
+def test_a_manifest_that_breaks_the_loader_unexpectedly_disables_that_model_only(
+    registry: Registry,
+) -> None:
+    bundle = registry.load("t1")
+    v2 = registry.register("t1", bundle, {})
+    registry.promote("t1", v2)
+    manifest_path = registry.root / "t1" / v2 / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["arrays"]["items"]["shape"] = 5  # not a list: no InvalidModelError for this
+    manifest_path.chmod(0o644)
+    manifest_path.write_text(json.dumps(manifest))
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        assert (await cache.get("t1")).version == "v1"
+        assert (await cache.get("t2")).version == "v1"
+        assert list(cache.tenant_problems()) == ["t1"]
 
     asyncio.run(run())
