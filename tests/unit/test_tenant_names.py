@@ -59,3 +59,11 @@ def test_the_cli_refuses_a_lookalike_in_one_line(tmp_path: Path) -> None:
         (line,) = result.output.strip().splitlines()
         assert line.startswith("Error:") and repr(name) in line, line
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["default"]
+
+
+def test_train_refuses_a_lookalike_before_training(tmp_path: Path) -> None:
+    (tmp_path / "models" / "default").mkdir(parents=True)
+    env = {"STREAMREC_HOME": str(tmp_path)}
+    result = CliRunner().invoke(cli, ["train", "--tenant", "DEFAULT"], env=env)
+    assert result.exit_code == 1 and "too like the existing tenant 'default'" in result.output
+    assert "reading" not in result.output  # nothing trained
