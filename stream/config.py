@@ -96,9 +96,15 @@ class Settings:
     # Tenant routes need a key even for a tenant that has none yet (else a tenant is
     # open until its first key is created).
     require_keys: bool = False
-    # A click for an unknown tenant creates it (embedded default); off, it is
-    # dead-lettered and HTTP answers 404.
-    auto_create_tenants: bool = True
+    # A click or HTTP call for an unknown tenant creates it: for a laptop's dev stack, the
+    # demo and tests only. Off (the default), tenants are created by `streamrec tenant
+    # create` or the admin API; an unknown tenant's click is dead-lettered, HTTP says 404.
+    auto_create_tenants: bool = False
+    # /dashboard, its data, /metrics and the detailed /health without the admin token.
+    public_dashboard: bool = False
+    # A connection whose request line and headers have not all arrived within this many
+    # seconds (of opening, or of a kept-alive connection's next request) is closed.
+    web_header_timeout_s: float = 10.0
     log_level: str = "info"
     # The embedded broker `dev up`, the demo and the tests start: auto | kafka | tansu.
     # auto = Apache Kafka when a JDK >= 17 and its jars (or Maven to fetch them) are here.
@@ -131,6 +137,10 @@ class Settings:
             raise InvalidSettingError(f"STREAMREC_RANK_THREADS={self.rank_threads}: at least 1")
         if not 0 <= self.web_port <= 65535:
             raise InvalidSettingError(f"web port {self.web_port} is not a port (0-65535; 0 = off)")
+        if not self.web_header_timeout_s > 0:
+            raise InvalidSettingError(
+                f"STREAMREC_WEB_HEADER_TIMEOUT_S={self.web_header_timeout_s}: above 0 seconds"
+            )
         for address in self.broker.split(","):
             host, _, port = address.strip().rpartition(":")
             if host and not (port.isdigit() and 0 < int(port) <= 65535):

@@ -3,7 +3,8 @@ elsewhere): tenants with mode, policy and version in service, online hit rate pe
 variant over time (an SVG chart per tenant), running experiments with their decision,
 and how many tenants are on / freeze / off (many switching off says quality is poor).
 
-``/dashboard/data.json`` is what the page draws: the same numbers as ``streamrec
+Both need the admin token (``stream.web_auth``): ``/dashboard?token=...`` trades it
+for a cookie. ``/dashboard/data.json`` is what the page draws: the same numbers as ``streamrec
 stats`` / ``GET /v1/{tenant}/stats`` and ``streamrec experiment status``, computed by
 the same functions. Plugged into the API by ``stream.web.ROUTERS`` at import.
 """
@@ -11,12 +12,13 @@ the same functions. Plugged into the API by ``stream.web.ROUTERS`` at import.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from models.errors import StreamrecError
 from models.policy_file import all_policies
@@ -26,7 +28,13 @@ from state.feedback import read_buckets, totals
 from stream.feedback_stats import stats_json
 from stream.policies import experiment_status
 from stream.web import ROUTERS, ApiError, WebContext, error_responses
-from stream.web_auth import Credentials, admin_access
+from stream.web_auth import (
+    VIEW_COOKIE,
+    VIEW_COOKIE_MAX_AGE_S,
+    Credentials,
+    view_access,
+    view_cookie,
+)
 
 # Tenants drawn (most recommendations in the window first); the rest are listed.
 MAX_CHARTED = 12
@@ -113,28 +121,62 @@ def _series(buckets: list, start: float, end: float) -> dict[str, list[list[floa
 def routes(ctx: WebContext) -> APIRouter:
     router = APIRouter(tags=["dashboard"])
 
-    @router.get("/dashboard", response_class=HTMLResponse, summary="The built-in dashboard")
-    async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE)
+    @router.get(
+        "/dashboard",
+        response_class=HTMLResponse,
+        summary="The built-in dashboard (the admin token)",
+        responses={303: {"description": "the token traded for a cookie"}}
+        | error_responses(401, 403),
+    )
+    async def page(
+        request: Request,
+        credentials: Credentials = None,
+        token: Annotated[
+            str | None,
+            Query(description="the admin token, traded for a cookie (then left out of the URL)"),
+        ] = None,
+    ) -> Response:
+        """Open ``/dashboard?token=<admin token>`` once: the answer sets an HttpOnly,
+        SameSite=Strict cookie and redirects to the same address without the token, so it
+        stays out of the browser's history and of proxies' logs."""
+        if token is not None:
+            admin = ctx.settings.admin_token
+            if not (admin and hmac.compare_digest(token.encode(), admin.encode())):
+                raise ApiError(401, "the token is not the admin token")
+            rest = request.url.remove_query_params("token")
+            location = rest.path + (f"?{rest.query}" if rest.query else "")
+            answer = RedirectResponse(location, status_code=303, headers=PRIVATE)
+            answer.set_cookie(
+                VIEW_COOKIE,
+                view_cookie(admin),
+                max_age=VIEW_COOKIE_MAX_AGE_S,
+                path="/",
+                secure=request.url.scheme == "https",
+                httponly=True,
+                samesite="strict",
+            )
+            return answer
+        await view_access(request, credentials)
+        return HTMLResponse(PAGE, headers=PRIVATE)
 
     @router.get(
         "/dashboard/data.json",
-        summary="What the dashboard draws (the admin token when keys are required)",
+        summary="What the dashboard draws (the admin token)",
         responses=error_responses(400, 401, 403, 503),
+        dependencies=[Depends(view_access)],
     )
     async def data(
-        request: Request,
         since: Annotated[float, Query(gt=0, le=30 * 86400, description="seconds")] = 3600,
-        credentials: Credentials = None,
     ) -> dict[str, Any]:
-        """Every tenant's numbers: where every tenant route needs a key
-        (``STREAMREC_REQUIRE_KEYS``), they need the admin token (``/dashboard#token=...``
-        sends it)."""
-        if ctx.settings.require_keys:
-            await admin_access(request, credentials)
+        """Every tenant's numbers: the admin token (a bearer header, or the cookie
+        ``/dashboard?token=...`` sets), unless ``STREAMREC_PUBLIC_DASHBOARD`` is on."""
         return await dashboard_data(ctx, since)
 
     return router
+
+
+# Pages and answers naming every tenant are kept out of caches; no address is passed on.
+PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 
 ROUTERS.append(routes)
@@ -278,12 +320,15 @@ function render(data) {
 }
 async function refresh() {
   const since = new URLSearchParams(location.search).get("since") || "3600";
-  // Locked down (STREAMREC_REQUIRE_KEYS=1): the admin token, from /dashboard#token=...
-  // (a fragment never reaches a server or a log).
-  const token = new URLSearchParams(location.hash.slice(1)).get("token");
-  const headers = token ? {"Authorization": "Bearer " + token} : {};
-  const res = await fetch("dashboard/data.json?since=" + encodeURIComponent(since), {headers});
-  if (!res.ok) { document.getElementById("updated").textContent = "error " + res.status; return; }
+  // The admin token travels in the cookie /dashboard?token=... set (same origin only).
+  const res = await fetch("dashboard/data.json?since=" + encodeURIComponent(since),
+                          {credentials: "same-origin"});
+  if (!res.ok) {
+    const reason = res.status === 401 || res.status === 403
+      ? " (open /dashboard?token=<admin token> again)" : "";
+    document.getElementById("updated").textContent = "error " + res.status + reason;
+    return;
+  }
   render(await res.json());
   document.body.setAttribute("data-loaded", "1");
 }

@@ -21,6 +21,7 @@ from confluent_kafka import KafkaException
 
 from models.bundle import ModelBundle
 from models.experiments import POPULAR, is_variant
+from models.names import tenant_refusal
 from models.ranking import Ranked, recommend_flat, similar_items
 from models.rules import Catalogue, Request, ServingRules, apply_rules, banned_mask
 from state.connection import RedisError
@@ -560,6 +561,8 @@ class BatchProcessor:
             return True
         if not self.auto_create_tenants:
             return False
+        if tenant_refusal(tenant, await self._tenants.names()) is not None:
+            return False  # a lookalike or a reserved name: dead-lettered as unknown
         await self._tenants.create(tenant)
         log.info("tenant %s created by its first click", tenant)
         return True

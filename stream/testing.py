@@ -110,6 +110,11 @@ class WorkerConfig:
                 "STREAMREC_APP_ID": self.app_id,
                 "STREAMREC_WEB_PORT": "0",
                 "STREAMREC_MODEL_CHECK_INTERVAL_S": "0.5",
+                # A test bench, like the dev stack: a click creates its tenant, and the
+                # health details and /metrics need no token. extra_env can close both
+                # ("" leaves a setting at its default, closed).
+                "STREAMREC_AUTO_CREATE_TENANTS": "1",
+                "STREAMREC_PUBLIC_DASHBOARD": "1",
             }
         )
         env.update(self.extra_env)

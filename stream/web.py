@@ -18,20 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+from urllib.parse import unquote
 
 import orjson
 from confluent_kafka import KafkaException, Producer
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi_offline import FastAPIOffline
 from faust.contrib.asgi import AsgiService
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.errors import StreamrecError
 from models.names import MAX_ID_CHARS
@@ -65,6 +69,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "no valid key",
         403: "a key that does not reach this tenant",
         404: "unknown tenant, session or item",
+        409: "a tenant name too like an existing tenant's",
         408: "the body did not arrive in time",
         413: "body or event over the limit",
         503: "Redis, the broker or the model unavailable, with the reason",
@@ -253,6 +258,8 @@ class WebContext:
 
 
 def health_routes(ctx: WebContext) -> APIRouter:
+    from stream.web_auth import view_access, view_allowed
+
     router = APIRouter(tags=["health"])
 
     async def checks() -> dict[str, Any]:
@@ -260,24 +267,28 @@ def health_routes(ctx: WebContext) -> APIRouter:
             return {"reasons": [], "ready": True}
         return await ctx.probe()
 
-    @router.get("/health", summary="Health with reasons and counters")
-    async def health() -> JSONResponse:
-        """``ok``, or ``degraded`` (503) with the reasons (Redis unreachable, consumption
-        stalled with events waiting); ``tenants``: each tenant disabled or degraded, with
-        the file and the reason (the others are served: not a reason)."""
+    @router.get("/health", summary="Health; with the admin token, reasons and counters")
+    async def health(detailed: bool = Depends(view_allowed)) -> JSONResponse:
+        """``ok``, or ``degraded`` (503). With the admin token (or a public dashboard)
+        also the reasons (Redis unreachable, consumption stalled with events waiting, a
+        tenant's version in service not loaded), the models and the counters: they name
+        tenants."""
         report = await checks()
         reasons = report.get("reasons", [])
-        return JSONResponse(
+        status = {"status": "degraded" if reasons else "ok"}
+        body = (
             {
-                "status": "degraded" if reasons else "ok",
+                **status,
                 **report,
                 "uptime_s": round(time.time() - ctx.boot_ts, 1),
                 **ctx.counters(),
                 "models": ctx.models.loaded(),
                 "tenants": tenant_health(getattr(ctx.backend(), "tenants", None), ctx.models),
-            },
-            status_code=503 if reasons else 200,
+            }
+            if detailed
+            else status
         )
+        return JSONResponse(body, status_code=503 if reasons else 200)
 
     @router.get("/health/live", summary="Liveness: the worker's event loop answers")
     async def live() -> dict[str, str]:
@@ -288,14 +299,26 @@ def health_routes(ctx: WebContext) -> APIRouter:
         summary="Readiness: Redis answers, partitions assigned, models in service loaded",
         responses=error_responses(503),
     )
-    async def ready() -> JSONResponse:
+    async def ready(detailed: bool = Depends(view_allowed)) -> JSONResponse:
+        """Open to all; the reasons (which may name tenants) with the admin token only."""
         report = await checks()
         not_ready = report.get("not_ready", report.get("reasons", []))
         if not_ready:
-            return JSONResponse({"error": "; ".join(not_ready), **report}, status_code=503)
-        return JSONResponse({"status": "ready", **report})
+            error = (
+                "; ".join(not_ready)
+                if detailed
+                else f"not ready: {len(not_ready)} reason(s), listed with the admin token"
+            )
+            return JSONResponse({"error": error, **(report if detailed else {})}, status_code=503)
+        return JSONResponse({"status": "ready", **(report if detailed else {})})
 
-    @router.get("/metrics", summary="Prometheus text", response_class=PlainTextResponse)
+    @router.get(
+        "/metrics",
+        summary="Prometheus text (the admin token)",
+        response_class=PlainTextResponse,
+        dependencies=[Depends(view_access)],
+        responses=error_responses(401, 403),
+    )
     async def metrics() -> PlainTextResponse:
         if ctx.metrics is not None:
             return PlainTextResponse(ctx.metrics(), media_type="text/plain; version=0.0.4")
@@ -303,6 +326,99 @@ def health_routes(ctx: WebContext) -> APIRouter:
         return PlainTextResponse(prometheus_text(ctx.counters(), gauges))
 
     return router
+
+
+# -- ids holding a slash ----------------------------------------------------------------
+# The server decodes the path before routing, so ``a%2Fb`` would arrive as two segments.
+# Routes see each segment decoded with any ``/`` or ``%`` it decoded to written back as
+# ``%2F`` / ``%25``; the ``segment`` convertor of an id parameter undoes exactly that.
+_WRITTEN_BACK = re.compile("%2F|%25")
+
+
+def routing_path(raw_path: bytes) -> str:
+    """The path routes match: each segment of ``raw_path`` percent-decoded, a slash or
+    percent sign inside it escaped again."""
+    return "/".join(
+        unquote(segment).replace("%", "%25").replace("/", "%2F")
+        for segment in raw_path.decode("ascii", "replace").split("/")
+    )
+
+
+class SegmentConvertor(Convertor[str]):
+    """A path parameter that may hold ``/`` (sent as ``%2F``): session and item ids."""
+
+    regex = "[^/]+"
+
+    def convert(self, value: str) -> str:
+        return _WRITTEN_BACK.sub(lambda m: "/" if m[0] == "%2F" else "%", value)
+
+    def to_string(self, value: str) -> str:
+        return value.replace("%", "%25").replace("/", "%2F")
+
+
+register_url_convertor("segment", SegmentConvertor())
+
+
+class EncodedSlashes:
+    """ASGI middleware: routes match ``routing_path`` of the raw path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%" in raw:
+            scope = {**scope, "path": routing_path(raw)}
+        await self.app(scope, receive, send)
+
+
+# -- the header deadline -----------------------------------------------------------------
+def header_deadline(timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol, closing (with a 408) a connection whose request line and
+    headers are not complete ``timeout_s`` after it opened, or after the first byte of
+    a later request on it. uvicorn's own timeouts start only after a response, and
+    every byte received restarts them, so a client sending a header a byte at a time
+    could hold a connection for ever."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[valid-type, misc]
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            cycle = self.cycle
+            super().data_received(data)
+            if self.cycle is not cycle:  # a request's head is complete
+                self._disarm()
+            elif self._head_timer is None and (cycle is None or cycle.response_complete):
+                self._arm()  # the start of a later request's head
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _expired(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.write(
+                    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n"
+                    b"content-length: 0\r\n\r\n"
+                )
+                self.transport.close()
+
+    return HeaderDeadline
 
 
 def _routers() -> list[Callable[[WebContext], APIRouter]]:
@@ -327,6 +443,7 @@ def create_api(ctx: WebContext) -> FastAPI:
         "admin routes the admin token.",
     )
     api.state.ctx = ctx  # for the dependencies in stream.web_auth
+    api.add_middleware(EncodedSlashes)
     for make in [*_routers(), *ROUTERS]:
         api.include_router(make(ctx))
 
@@ -373,13 +490,18 @@ class WebService(AsgiService):
             create_api(self.ctx),
             host=settings.web_host,
             port=settings.web_port,
-            uvicorn_options={
-                "access_log": False,  # request lines are never logged
-                "lifespan": "off",
-                "timeout_graceful_shutdown": 2,
-            },
+            uvicorn_options=self.uvicorn_options_for(settings),
             **kwargs,
         )
+
+    @staticmethod
+    def uvicorn_options_for(settings: Settings) -> dict[str, Any]:
+        return {
+            "access_log": False,  # request lines are never logged
+            "lifespan": "off",
+            "timeout_graceful_shutdown": 2,
+            "http": header_deadline(settings.web_header_timeout_s),
+        }
 
     async def on_start(self) -> None:
         # The same partitioner as ClickProducer (stream/kafka_config.py): a session's

@@ -5,12 +5,19 @@
   tenant has keys (or ``STREAMREC_REQUIRE_KEYS`` is on), else the tenant is open.
 - Admin routes: the admin token only (401 without it, 403 for a tenant key); with no
   ``STREAMREC_ADMIN_TOKEN`` configured they are not served at all.
+- Every tenant's numbers (/dashboard, its data, /metrics, the details of /health): the
+  admin token as a bearer header, or the cookie ``/dashboard?token=...`` trades it for,
+  unless ``STREAMREC_PUBLIC_DASHBOARD`` is on. The cookie reaches nothing else, so no
+  other site can make a browser change anything with it.
+- A tenant that does not exist is 404, unless auto-creation is on; a new tenant's name
+  must pass ``models.names.tenant_refusal`` (400, or 409 for another tenant's lookalike).
 
 Keys are compared by SHA-256 digest; neither keys nor digests are logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from typing import Annotated, Any
@@ -18,7 +25,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from models.names import TENANT_RULE, is_tenant
+from models.names import TENANT_RULE, is_tenant, tenant_refusal
+from models.registry import Registry
 from state.connection import RedisError
 from stream.web import ApiError, WebContext
 
@@ -86,9 +94,24 @@ async def _tenant_access(
 
 async def _existing(ctx: WebContext, directory: Any, tenant: str) -> None:
     """404 for a tenant that was never created, unless auto-creation is on (then its
-    first click or catalogue write creates it)."""
-    if not ctx.settings.auto_create_tenants and not await directory.exists(tenant):
+    first click or catalogue write creates it, if its name may be a new tenant's)."""
+    if await directory.exists(tenant):
+        return
+    if not ctx.settings.auto_create_tenants:
         raise ApiError(404, f"unknown tenant {tenant!r}")
+    await may_create(ctx, tenant)
+
+
+async def may_create(ctx: WebContext, tenant: str) -> None:
+    """400 for a name no tenant may have, 409 for a lookalike of an existing tenant."""
+    registry = Registry(ctx.settings.registry_dir)
+    try:
+        existing = await asyncio.to_thread(registry.tenants)
+    except OSError as exc:
+        raise ApiError(503, f"the registry cannot be read: {exc}") from None
+    refused = tenant_refusal(tenant, existing)
+    if refused is not None:
+        raise ApiError(409 if refused.conflict else 400, refused.reason)
 
 
 Tenant = Annotated[str, Depends(tenant_access)]
@@ -107,3 +130,43 @@ async def admin_access(request: Request, credentials: Credentials) -> None:
         if owner:
             raise ApiError(403, "a tenant key does not reach the admin API")
     raise ApiError(401, "the admin token is required (Authorization: Bearer <token>)")
+
+
+# -- every tenant's numbers: the dashboard, /metrics, the details of /health -------------
+VIEW_COOKIE = "streamrec_admin"
+VIEW_COOKIE_MAX_AGE_S = 12 * 3600
+
+
+def view_cookie(token: str) -> str:
+    """The cookie's value: derived from the admin token (which it never contains), so
+    a new token ends every cookie made with the old one."""
+    return hmac.new(token.encode(), b"streamrec dashboard", hashlib.sha256).hexdigest()
+
+
+def may_view(request: Request, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    ctx = _ctx(request)
+    if ctx.settings.public_dashboard or is_admin(ctx, credentials):
+        return True
+    token, cookie = ctx.settings.admin_token, request.cookies.get(VIEW_COOKIE)
+    return bool(
+        token and cookie and hmac.compare_digest(cookie.encode(), view_cookie(token).encode())
+    )
+
+
+async def view_access(request: Request, credentials: Credentials) -> None:
+    """The admin token (header or cookie), unless the dashboard is public."""
+    if may_view(request, credentials):
+        return
+    if not _ctx(request).settings.admin_token:
+        raise ApiError(
+            403,
+            "every tenant's numbers need the admin token, and none is configured: set "
+            "STREAMREC_ADMIN_TOKEN (or STREAMREC_PUBLIC_DASHBOARD=1 to show them to anyone "
+            "who can reach this port)",
+        )
+    await admin_access(request, credentials)
+
+
+async def view_allowed(request: Request, credentials: Credentials) -> bool:
+    """May the caller see every tenant's numbers? (For routes that answer either way.)"""
+    return may_view(request, credentials)

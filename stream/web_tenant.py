@@ -55,8 +55,8 @@ MAX_SESSION_ITEMS = 200
 MAX_BULK_ITEMS = 10_000
 N = Annotated[int, Query(ge=1, le=MAX_N, description="how many items (default: top_k)")]
 Exclude = Annotated[list[str], Query(description="item ids never to return (repeatable)")]
-ItemId = Annotated[str, Path(description="the item id")]
-SessionId = Annotated[str, Path(description="the session id")]
+ItemId = Annotated[str, Path(description="the item id (a `/` in it sent as `%2F`)")]
+SessionId = Annotated[str, Path(description="the session id (a `/` in it sent as `%2F`)")]
 Category = Annotated[
     list[str], Query(description="only items of these catalogue categories (repeatable)")
 ]
@@ -107,7 +107,7 @@ def routes(ctx: WebContext) -> APIRouter:
         return Request(frozenset(exclude), frozenset(category))
 
     @router.get(
-        "/sessions/{session_id}/recommendations",
+        "/sessions/{session_id:segment}/recommendations",
         summary="The ranked list answering the session's latest click",
         responses=error_responses(400, 401, 403, 404, 503),
     )
@@ -166,7 +166,7 @@ def routes(ctx: WebContext) -> APIRouter:
         }
 
     @router.get(
-        "/items/{item_id}/similar",
+        "/items/{item_id:segment}/similar",
         summary="The item's nearest neighbours by embedding (the tenant's rules applied)",
         responses=error_responses(400, 401, 403, 404, 503),
     )
@@ -205,7 +205,7 @@ def routes(ctx: WebContext) -> APIRouter:
         return entry
 
     @router.get(
-        "/items/{item_id}",
+        "/items/{item_id:segment}",
         summary="The item's catalogue entry",
         responses=error_responses(400, 401, 403, 404, 503),
     )
@@ -213,7 +213,7 @@ def routes(ctx: WebContext) -> APIRouter:
         return {"item_id": item_id, **await catalogue_item(tenant, item_id)}
 
     @router.put(
-        "/items/{item_id}",
+        "/items/{item_id:segment}",
         summary="Add or change a catalogue item (applied to recommendations within a second)",
         responses=error_responses(400, 401, 403, 404, 413, 503),
         openapi_extra=json_request_body(ITEM_SCHEMA),
@@ -225,7 +225,7 @@ def routes(ctx: WebContext) -> APIRouter:
         return {"item_id": item_id, **entry, "catalogue_version": version}
 
     @router.delete(
-        "/items/{item_id}",
+        "/items/{item_id:segment}",
         summary="Remove an item from the catalogue: it is never recommended again",
         responses=error_responses(400, 401, 403, 404, 503),
     )

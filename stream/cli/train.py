@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from models.datasets import Session, build_sessions, eshop_path
+from models.names import tenant_refusal
 from models.registry import Registry
 from state.notify import notify_model_change
 from stream.cli.params import (
@@ -170,6 +171,10 @@ def train(
 
     _quiet_libraries()
     started = time.perf_counter()
+    # A new tenant's name follows the rules of `streamrec tenant create`, checked first.
+    refused = tenant_refusal(tenant, Registry(settings.registry_dir).tenants())
+    if refused is not None:
+        raise click.ClickException(refused.reason)
     path = file or eshop_path()
     click.echo(f"reading {path}")
     clicks = spec.read(path)

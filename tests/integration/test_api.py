@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,11 +16,11 @@ import pytest
 import redis
 
 from models.registry import Registry
-from state.keys import API_KEYS
+from state.keys import API_KEYS, TENANT_MODES
 from stream.devstack import EmbeddedStack, free_port
 from stream.events import ClickEvent
 from stream.testing import WorkerProcess, consume, produce
-from tests.integration.helpers import ADMIN, call, make_config, wait_until
+from tests.integration.helpers import ADMIN, call, http_call, make_config, wait_until
 
 pytestmark = pytest.mark.broker_agnostic
 
@@ -35,7 +37,8 @@ def test_keys_tenants_catalogue_and_rules(
     cfg.extra_env.update(
         STREAMREC_WEB_PORT=str(port),
         STREAMREC_ADMIN_TOKEN=ADMIN,
-        STREAMREC_AUTO_CREATE_TENANTS="0",
+        STREAMREC_AUTO_CREATE_TENANTS="",  # the default: off
+        STREAMREC_PUBLIC_DASHBOARD="",  # the default: off
         STREAMREC_REQUIRE_KEYS="1",  # as in docker-compose
     )
     base = f"http://127.0.0.1:{port}"
@@ -43,7 +46,7 @@ def test_keys_tenants_catalogue_and_rules(
         assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[-3000:]
         assert call(f"{base}/health/live") == (200, {"status": "live"})
         # Ready means the version in service is in memory already: no click waits for it.
-        assert call(f"{base}/health")[1]["models"].get(shop) == "v1"
+        assert call(f"{base}/health", key=ADMIN)[1]["models"].get(shop) == "v1"
 
         # The published spec and the interactive docs.
         status, spec = call(f"{base}/openapi.json")
@@ -222,6 +225,114 @@ def test_keys_tenants_catalogue_and_rules(
         )
         assert wait_until(lambda: call(f"{recs}", key=shop_key)[0] == 401, 5)
         assert worker.alive()
+
+
+def test_closed_by_default(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    """Default settings: no tenant without the admin token, every route 4xx for an
+    unknown tenant with nothing created, lookalike and reserved names refused, every
+    tenant's numbers (dashboard, metrics, health details) behind the admin token."""
+    shop, ghost = unique_name("shop"), unique_name("ghost")
+    models = tmp_path / "models"
+    shutil.copytree(trained_model_dir / "default", models / shop)
+    cfg = make_config(stack, unique_name, tmp_path, models)
+    port = free_port()
+    cfg.extra_env.update(
+        STREAMREC_WEB_PORT=str(port),
+        STREAMREC_ADMIN_TOKEN=ADMIN,
+        STREAMREC_AUTO_CREATE_TENANTS="",  # "": the settings' own defaults
+        STREAMREC_PUBLIC_DASHBOARD="",
+    )
+    base = f"http://127.0.0.1:{port}"
+    cache = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    with WorkerProcess(cfg) as worker:
+        assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[-3000:]
+
+        # Open to all and naming no tenant: liveness, readiness, the health status.
+        for path in ("/health", "/health/ready", "/health/live"):
+            status, body = call(f"{base}{path}")
+            assert status == 200 and shop not in str(body) and "models" not in body, (path, body)
+        assert call(f"{base}/health") == (200, {"status": "ok"})
+
+        # Every tenant's numbers: the admin token, never a tenant's key.
+        shop_key = call(f"{base}/v1/admin/tenants/{shop}/keys", {}, key=ADMIN)[1]["key"]
+        for path in ("/metrics", "/dashboard/data.json", "/dashboard"):
+            assert call(f"{base}{path}")[0] == 401, path
+            assert call(f"{base}{path}", key="wrong")[0] == 401, path
+            assert call(f"{base}{path}", key=shop_key)[0] == 403, path
+            status, body = http_call(f"{base}{path}", key=ADMIN)
+            assert status == 200, (path, body)
+            assert shop.encode() in body or path == "/dashboard", (path, body[:300])
+        assert call(f"{base}/health", key=ADMIN)[1]["models"].get(shop) == "v1"
+
+        # ... or the cookie /dashboard?token= trades it for, then the address without it.
+        no_redirects = urllib.request.build_opener(NoRedirects)
+        try:
+            no_redirects.open(f"{base}/dashboard?since=60&token={ADMIN}", timeout=10)
+            raise AssertionError("no redirect")
+        except urllib.error.HTTPError as answer:
+            assert answer.code == 303, answer.read()
+            assert answer.headers["location"] == "/dashboard?since=60"
+            cookie = answer.headers["set-cookie"]
+        attributes = {a.strip().split("=")[0].lower() for a in cookie.split(";")}
+        assert {"httponly", "samesite", "path"} <= attributes, cookie
+        assert "samesite=strict" in cookie.lower() and ADMIN not in cookie, cookie
+        pair = cookie.split(";")[0]
+        for path in ("/dashboard", "/dashboard/data.json", "/metrics"):
+            request = urllib.request.Request(f"{base}{path}", headers={"Cookie": pair})
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200, path
+        # The cookie is no admin token: the admin API takes the bearer token only.
+        request = urllib.request.Request(f"{base}/v1/admin/tenants", headers={"Cookie": pair})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        assert call(f"{base}/dashboard?token=wrong")[0] == 401
+
+        # Creating a tenant takes the admin token.
+        assert call(f"{base}/v1/admin/tenants/{ghost}", {}, method="PUT")[0] == 401
+        assert call(f"{base}/v1/admin/tenants/{ghost}", {}, key=shop_key, method="PUT")[0] == 403
+        # Lookalikes of an existing tenant: 409; reserved or ill-formed names: 400.
+        for name in (shop.upper(), f"{shop}.", f"{shop}-", f"{shop[0]}.{shop[1:]}"):
+            status, body = call(f"{base}/v1/admin/tenants/{name}", {}, key=ADMIN, method="PUT")
+            expected = 400 if name.endswith(".") else 409
+            assert status == expected and shop in body["error"], (name, status, body)
+        for name in ("CON", "nul.txt", "com1", "LPT9.x", "a..b"):
+            status, body = call(f"{base}/v1/admin/tenants/{name}", {}, key=ADMIN, method="PUT")
+            assert status == 400 and name in body["error"], (name, body)
+
+        # An unknown tenant, on every route the spec lists: 4xx with a reason (404 on
+        # the tenant routes), with the admin token or without, and nothing is created.
+        spec = call(f"{base}/openapi.json")[1]
+        fill = {"tenant": ghost, "session_id": "s", "item_id": "i", "mode": "off",
+                "version": "v1", "key_id": "k"}  # fmt: skip
+        routes = 0
+        for template, operations in spec["paths"].items():
+            if "{tenant}" not in template:
+                continue
+            path = template.format(**fill)
+            for method in operations:
+                if method == "put" and template == "/v1/admin/tenants/{tenant}":
+                    continue  # creation, above
+                body = None if method in ("get", "delete") else {}
+                for key in (None, ADMIN):
+                    status, answer = call(f"{base}{path}", body, key=key, method=method.upper())
+                    if template.startswith("/v1/{tenant}") or key == ADMIN:
+                        assert 400 <= status < 500 and answer["error"], (method, path, answer)
+                    if template.startswith("/v1/{tenant}") and key == ADMIN:
+                        assert status == 404 and "unknown tenant" in answer["error"], (path, answer)
+                routes += 1
+        assert routes >= 20, routes
+        made = sorted(p.name for p in models.iterdir())
+        assert made == [shop], made  # not the ghost, no lookalike, no device name
+        assert not {ghost, "CON", "a..b"} & set(cache.hkeys(TENANT_MODES))
+        assert "Traceback" not in worker.log(), worker.log()[-3000:]
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
 
 
 def test_a_redis_with_a_password(

@@ -1,5 +1,6 @@
-"""/dashboard in a real headless browser (Debian's chromium through selenium): the page
-loads, shows the numbers the API returns, logs no console errors; a screenshot is saved."""
+"""/dashboard in a real headless browser (Debian's chromium through selenium): the admin
+token, given once in the address, is traded for an HttpOnly cookie; the page loads,
+shows the numbers the API returns, logs no console errors; a screenshot is saved."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from state.feedback import FeedbackRecorder
 from stream.devstack import EmbeddedStack, free_port
 from stream.testing import WorkerProcess, consume, produce
 from stream.topics import ensure_topics
-from tests.integration.helpers import http_call, make_config, wait_for_ok
+from tests.integration.helpers import ADMIN, http_call, make_config, wait_for_ok
 
 pytestmark = pytest.mark.broker_agnostic
 
@@ -66,7 +67,12 @@ def test_dashboard_shows_what_the_api_returns(
     feedback_topic = unique_name("feedback")
     ensure_topics(stack.broker, [feedback_topic], partitions=4)
     cfg.extra_env.update(
-        {"STREAMREC_WEB_PORT": str(port), "STREAMREC_FEEDBACK_TOPIC": feedback_topic}
+        {
+            "STREAMREC_WEB_PORT": str(port),
+            "STREAMREC_FEEDBACK_TOPIC": feedback_topic,
+            "STREAMREC_ADMIN_TOKEN": ADMIN,
+            "STREAMREC_PUBLIC_DASHBOARD": "",  # the default: the admin token
+        }
     )
     env = cfg.env()
     done = subprocess.run(
@@ -111,14 +117,24 @@ def test_dashboard_shows_what_the_api_returns(
                 break
             time.sleep(0.5)
         assert status == 200 and counted == history + len(clicks), stats
-        data = json.loads(http_call(f"{base}/dashboard/data.json?since=3600")[1])
+        assert http_call(f"{base}/dashboard/data.json?since=3600")[0] == 401
+        data = json.loads(http_call(f"{base}/dashboard/data.json?since=3600", key=ADMIN)[1])
 
         driver = browser()
         try:
-            driver.get(f"{base}/dashboard?since=3600")
+            driver.get(f"{base}/dashboard?since=3600")  # no token: no page
+            assert "admin token" in driver.page_source and 'id="tenants"' not in driver.page_source
+            driver.get_log("browser")  # that 401 is logged as an error: not the page's
+            # The token once, in the address: traded for a cookie, then left out of it.
+            driver.get(f"{base}/dashboard?since=3600&token={ADMIN}")
             WebDriverWait(driver, 20).until(
                 lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1"
             )
+            assert driver.current_url == f"{base}/dashboard?since=3600", driver.current_url
+            (cookie,) = driver.get_cookies()
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+            assert ADMIN not in cookie["value"]
+            assert driver.execute_script("return document.cookie") == ""  # out of JS's reach
             shot = tmp_path / "dashboard.png"
             driver.save_screenshot(str(shot))
             print(f"\nscreenshot: {shot}")
@@ -151,7 +167,7 @@ def test_dashboard_shows_what_the_api_returns(
             experiment = box.find_element(By.CSS_SELECTOR, "p.experiment")
             # The decision the API gives (two copies of one model: usually "running").
             shown_decision = experiment.get_attribute("data-decision")
-            api = json.loads(http_call(f"{base}/dashboard/data.json?since=3600")[1])
+            api = json.loads(http_call(f"{base}/dashboard/data.json?since=3600", key=ADMIN)[1])
             (entry,) = [t for t in api["tenants"] if t["tenant"] == tenant]
             assert (
                 shown_decision == entry["experiment"]["decision"] in ("running", "promote", "keep")

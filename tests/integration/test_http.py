@@ -1,15 +1,23 @@
-"""The worker's HTTP API: post clicks, pull the latest recommendations, health, metrics."""
+"""The worker's HTTP API: post clicks, pull the latest recommendations, health, metrics;
+a slow request head is cut, ids holding a slash are served, lookalike tenants refused."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import time
-from collections.abc import Callable
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
 from stream.devstack import EmbeddedStack, free_port
-from stream.testing import WorkerProcess
-from tests.integration.helpers import http_call, make_config, wait_for_ok
+from stream.events import ClickEvent
+from stream.testing import WorkerConfig, WorkerProcess, consume, produce
+from tests.integration.helpers import http_call, make_config, wait_for_ok, wait_until
 
 
 def test_post_clicks_and_pull_recommendations(
@@ -70,3 +78,96 @@ def test_post_clicks_and_pull_recommendations(
             time.sleep(0.2)
         assert float(metrics["streamrec_events_total"]) >= 2
         assert float(metrics["streamrec_recommendations_total"]) >= 2
+
+
+HEADER_TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def bench(
+    stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory, trained_model_dir: Path
+) -> Iterator[tuple[str, WorkerConfig, Path]]:
+    """A worker as the test bench runs it (a click creates its tenant) with a short
+    header deadline, on a registry of its own (new tenants are written there)."""
+    home = tmp_path_factory.mktemp("http-bench")
+    models = home / "models"
+    shutil.copytree(trained_model_dir, models)
+    run = uuid.uuid4().hex[:6]
+    cfg = make_config(stack, lambda prefix: f"{prefix}-{run}", home, models)
+    port = free_port()
+    cfg.extra_env.update(
+        STREAMREC_WEB_PORT=str(port), STREAMREC_WEB_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S)
+    )
+    base = f"http://127.0.0.1:{port}"
+    with WorkerProcess(cfg) as worker:
+        assert wait_for_ok(f"{base}/health/ready")[0] == 200, worker.log()[-3000:]
+        yield base, cfg, models
+        assert "Traceback" not in worker.log(), worker.log()[-3000:]
+
+
+def test_a_slow_request_head_is_cut_at_the_header_deadline(
+    bench: tuple[str, WorkerConfig, Path],
+) -> None:
+    base = bench[0]
+    port = int(base.rsplit(":", 1)[1])
+    held = []
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.send(b"GET /heal")  # half a request line ...
+        held.append(sock)
+    started = time.monotonic()
+    for byte in b"th/li":  # ... and a little more, slowly, on the last one
+        held[-1].send(bytes([byte]))
+        time.sleep(0.2)
+    for sock in held:
+        sock.settimeout(HEADER_TIMEOUT_S + 5)
+        data = b""
+        try:
+            while chunk := sock.recv(4096):
+                data += chunk
+        except TimeoutError:
+            raise AssertionError(f"still open after {time.monotonic() - started:.1f} s") from None
+        finally:
+            sock.close()
+        assert data.startswith(b"HTTP/1.1 408"), data
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + 1.5
+    assert http_call(f"{base}/health/live")[0] == 200  # and the server still serves
+
+
+def test_ids_holding_a_slash_are_served_and_lookalike_tenants_are_not_created(
+    stack: EmbeddedStack, bench: tuple[str, WorkerConfig, Path]
+) -> None:
+    base, cfg, models = bench
+    session = f"user/{uuid.uuid4().hex[:6]}/tab%1"  # a slash, and a percent sign
+    status, _ = http_call(f"{base}/v1/default/events", [{"session_id": session, "item_id": "A13"}])
+    assert status == 202
+    path = urllib.parse.quote(session, safe="")
+    url = f"{base}/v1/default/sessions/{path}/recommendations"
+    status, body = wait_for_ok(url, 30)  # written by the worker to Redis, read from there
+    assert status == 200, body
+    assert json.loads(body)["session_id"] == session
+    # Items too: the catalogue (PUT, GET, DELETE) and similar items.
+    item = f"{base}/v1/default/items/{urllib.parse.quote('shoes/red 42', safe='')}"
+    status, body = http_call(item, {"available": False}, method="PUT")
+    assert status == 200 and json.loads(body)["item_id"] == "shoes/red 42", body
+    status, body = http_call(item)
+    assert status == 200 and json.loads(body)["item_id"] == "shoes/red 42", body
+    status, body = http_call(f"{item}/similar")
+    assert status == 404 and "does not know 'shoes/red 42'" in json.loads(body)["error"], body
+    assert http_call(item, method="DELETE")[0] == 200
+
+    # A click creates its tenant here, but never a lookalike or a device name.
+    fresh = f"fresh-{uuid.uuid4().hex[:6]}"
+    refused = ["Default", "default.", "de.fault", "default-", "CON", "nul.txt", "a..b"]
+    clicks = [ClickEvent(t, "s1", "A13", time.time(), event_id=f"{t}-1") for t in [*refused, fresh]]
+    produce(stack.broker, cfg.clicks, [(e.session_id.encode(), e.to_json()) for e in clicks])
+    dead = consume(stack.broker, cfg.dlq, len(refused), timeout=60)
+    reasons = [dict(d.headers())["streamrec-reason"].decode() for d in dead]
+    assert len(dead) == len(refused) and all("unknown tenant" in r for r in reasons), reasons
+    assert wait_until(lambda: (models / fresh).is_dir(), 30)
+    assert sorted(p.name for p in models.iterdir()) == sorted(["default", fresh])
+    # Over HTTP, the same refusal, with the reason.
+    status, body = http_call(f"{base}/v1/Default/events", {"session_id": "s", "item_id": "A1"})
+    assert status == 409 and "too like the existing tenant 'default'" in json.loads(body)["error"]
+    status, body = http_call(f"{base}/v1/CON/items/x")
+    assert status == 400 and "reserved" in json.loads(body)["error"], body

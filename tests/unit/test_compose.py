@@ -32,3 +32,22 @@ def test_production_is_locked_down() -> None:
     assert "--requirepass" in services["redis"]["command"]
     # HTTP published on the host's loopback only.
     assert all(str(p).startswith("127.0.0.1:") for p in services["worker"]["ports"])
+
+
+def test_tenant_numbers_need_the_admin_token_and_prometheus_sends_it() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    env = services["worker"]["environment"]
+    assert env.get("STREAMREC_PUBLIC_DASHBOARD", "0") == "0"
+    # No worker without a token: `docker compose` stops with this message instead.
+    assert env["STREAMREC_ADMIN_TOKEN"].startswith("${STREAMREC_ADMIN_TOKEN:?")
+    # Prometheus scrapes /metrics with that token, read from a compose secret.
+    (secret,) = services["prometheus"]["secrets"]
+    assert compose["secrets"][secret] == {"environment": "STREAMREC_ADMIN_TOKEN"}
+    config = yaml.safe_load((COMPOSE.parent / "scripts/monitoring/prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": f"/run/secrets/{secret}",
+    }

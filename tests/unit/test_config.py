@@ -40,3 +40,14 @@ def test_http_listens_on_loopback_unless_told_otherwise() -> None:
         )
     )
     assert "tok-123" not in shown and "pw-9" not in shown
+
+
+def test_closed_by_default() -> None:
+    s = Settings.from_env({})
+    assert s.auto_create_tenants is False  # tenants are created by an operator
+    assert s.public_dashboard is False  # every tenant's numbers need the admin token
+    assert 0 < s.web_header_timeout_s <= 30
+    opened = Settings.from_env(
+        {"STREAMREC_AUTO_CREATE_TENANTS": "1", "STREAMREC_PUBLIC_DASHBOARD": "1"}
+    )
+    assert opened.auto_create_tenants and opened.public_dashboard
