@@ -173,7 +173,13 @@ class Worker(Service):
             return
         s, registry = self.settings, self.registry
         self._redis = redis = async_client(s.redis, decode_responses=True)
-        store = SessionStore(redis, cap=s.session_cap, ttl_s=s.session_ttl_s)
+        store = SessionStore(
+            redis,
+            cap=s.session_cap,
+            ttl_s=s.session_ttl_s,
+            popular_cap=s.popular_cap,
+            popular_ttl_s=s.popular_ttl_s,
+        )
         tenants = TenantDirectory(
             redis, ttl_s=s.model_check_interval_s, durable=registry.tenant_modes, registry=registry
         )
