@@ -35,6 +35,10 @@ FEEDBACK_TYPES = {"click": "c", "add_to_cart": "a", "purchase": "b"}
 # Items of a list kept in the session for implicit feedback (the top of the list: a click
 # further down is unlikely to come from it).
 LIST_ITEMS = 20
+# Variants a worker counts explicit feedback for, per tenant and bucket: a tenant serves
+# a handful at once, and a forged rec_id naming version after version must not add
+# fields without end. Those beyond are not counted.
+MAX_VARIANTS = 32
 
 
 def encode_list(variant: str, rec_id: str, items: Iterable[str]) -> str:
@@ -62,6 +66,8 @@ class FeedbackRecorder:
         self._clock = clock
         self._counts: dict[tuple[str, int], dict[str, int]] = {}
         self.lists: dict[tuple[str, str], str] = {}
+        # Variants counted per (tenant, bucket), for MAX_VARIANTS; older buckets dropped.
+        self._variants: dict[tuple[str, int], set[str]] = {}
 
     def _bucket(self, tenant: str) -> dict[str, int]:
         b = int(self._clock()) // self.bucket_s * self.bucket_s
@@ -70,7 +76,22 @@ class FeedbackRecorder:
             per = self._counts[(tenant, b)] = {}
         return per
 
+    def _admits(self, tenant: str, variant: str) -> bool:
+        b = int(self._clock()) // self.bucket_s * self.bucket_s
+        seen = self._variants.get((tenant, b))
+        if seen is None:
+            if len(self._variants) > 10_000 or any(k[1] != b for k in self._variants):
+                self._variants = {k: v for k, v in self._variants.items() if k[1] == b}
+            seen = self._variants[(tenant, b)] = set()
+        if variant in seen:
+            return True
+        if len(seen) >= MAX_VARIANTS:
+            return False
+        seen.add(variant)
+        return True
+
     def recommended(self, tenant: str, variant: str, n: int = 1) -> None:
+        self._admits(tenant, variant)  # the variants served come first
         per = self._bucket(tenant)
         field = f"{variant}:r"
         per[field] = per.get(field, 0) + n
@@ -90,6 +111,8 @@ class FeedbackRecorder:
             per[field] = per.get(field, 0) + add
 
     def explicit(self, tenant: str, variant: str, kind: str) -> None:
+        if not self._admits(tenant, variant):
+            return
         per = self._bucket(tenant)
         field = f"{variant}:{FEEDBACK_TYPES[kind]}"
         per[field] = per.get(field, 0) + 1

@@ -103,6 +103,10 @@ return #KEYS
 # Bytes of recent event ids kept per session besides the offsets (see APPEND_LUA): about
 # 25 ids of 20 characters, at least 2 of the longest allowed (256).
 RECENT_IDS_BYTES = 520
+# A tenant's cold-start popularity keeps its most clicked items (a recommendation needs a
+# few dozen at most) and expires when the tenant sends no click for the TTL.
+POPULAR_CAP = 10_000
+POPULAR_TTL_S = 30 * 24 * 3600
 
 
 class Click(NamedTuple):
@@ -148,11 +152,21 @@ def flatten(updates: Sequence[SessionUpdate]) -> tuple[list[str], list[int]]:
 
 
 class SessionStore:
-    def __init__(self, client: Redis | RedisCluster, *, cap: int, ttl_s: int) -> None:
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        cap: int,
+        ttl_s: int,
+        popular_cap: int = POPULAR_CAP,
+        popular_ttl_s: int = POPULAR_TTL_S,
+    ) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
         self._cap = cap
         self._ttl_s = ttl_s
+        self._popular_cap = popular_cap
+        self._popular_ttl_s = popular_ttl_s
         self._scripts = {_sha1(APPEND_LUA): APPEND_LUA, _sha1(STORE_LISTS_LUA): STORE_LISTS_LUA}
         self._append, self._store_lists = self._scripts
 
@@ -244,19 +258,25 @@ class SessionStore:
         stored = await self.session(tenant, session_id)
         return [] if stored is None else SessionUpdate(False, stored.joined).items
 
-    @staticmethod
-    def _count_clicks(clicks: Sequence[Click], count_for: Collection[str]) -> list[list[str]]:
+    def _count_clicks(self, clicks: Sequence[Click], count_for: Collection[str]) -> list[list[str]]:
         """The set of tenants, and item click counts for cold-start popularity, in the
-        batch's round trip. Approximate: a re-delivered event counts again."""
+        batch's round trip. Approximate: a re-delivered event counts again. Each counted
+        tenant's set is trimmed to its most clicked items and its TTL refreshed once per
+        batch, in the same round trip (a trim with nothing to remove is O(log n))."""
         counts: dict[str, dict[str, int]] = {}
         for c in clicks:
             per = counts.setdefault(c.tenant, {})
             if c.tenant in count_for:
                 per[c.item_id] = per.get(c.item_id, 0) + 1
         commands = [["SADD", keys.TENANTS, *counts]]
+        beyond_cap, ttl = str(-self._popular_cap - 1), str(self._popular_ttl_s)
         for tenant, per in counts.items():
-            for item, n in per.items():
-                commands.append(["ZINCRBY", keys.popularity(tenant), str(n), item])
+            if not per:
+                continue
+            key = keys.popularity(tenant)
+            commands += [["ZINCRBY", key, str(n), item] for item, n in per.items()]
+            commands.append(["ZREMRANGEBYRANK", key, "0", beyond_cap])
+            commands.append(["EXPIRE", key, ttl])
         return commands
 
     async def _run(self, commands: list[list[Any]]) -> list[Any]:

@@ -36,9 +36,11 @@ from models.errors import StreamrecError
 from stream.config import Settings
 from stream.delivery import DeliveryError, Record
 from stream.processor import UNDELIVERABLE, BatchResult, DeadLetter, Message, position
+from stream.shutdown import EXIT_FENCED, request_exit
 from stream.topics import ensure_topics
 from stream.transactions import (
     FencedError,
+    ProducerFencedError,
     TransactionalPublisher,
     aiokafka_group_metadata,
     check_delivery_mode,
@@ -271,6 +273,7 @@ class BatchLoop(Service):
         assert self._consumer is not None and self._publisher is not None
         within_ms = max(1, int(self._settings.batch_within_s * 1000))
         previous: asyncio.Future[None] | None = None
+        fetch_failures = 0
         while not self._stopping:
             if self._draining:
                 await asyncio.sleep(0.01)
@@ -280,9 +283,14 @@ class BatchLoop(Service):
                     timeout_ms=within_ms, max_records=self._settings.batch_size
                 )
             except KafkaError as exc:
-                log.warning("fetch failed (%s); retrying", exc)
-                await asyncio.sleep(1.0)
+                fetch_failures += 1
+                delay = min(0.5 * 2 ** (fetch_failures - 1), 5.0)
+                log.warning(
+                    "fetch failed (%s); retrying in %.1f s (attempt %d)", exc, delay, fetch_failures
+                )
+                await asyncio.sleep(delay)
                 continue
+            fetch_failures = 0
             if not any(fetched.values()):
                 continue
             for tp, records in fetched.items():
@@ -426,6 +434,16 @@ class BatchLoop(Service):
                 failures, _ = await asyncio.to_thread(
                     self._txn.transact, records, offsets, metadata, stand_in
                 )
+            except ProducerFencedError:
+                # Nothing this process sends can be committed any more: stop, and leave
+                # the batch (uncommitted) to whoever owns its partitions next.
+                log.error(
+                    "fenced: another worker took over transactional id %s; stopping",
+                    self._txn.transactional_id,
+                )
+                self._stopping = True
+                request_exit(EXIT_FENCED)
+                return
             except FencedError as exc:
                 # The partitions moved on: the new owner processes the batch again (its
                 # session updates are idempotent); this producer is spent.

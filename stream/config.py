@@ -58,6 +58,10 @@ class Settings:
     # Session state in Redis: the newest `session_cap` items are kept for `session_ttl_s`.
     session_cap: int = 50
     session_ttl_s: int = 24 * 3600
+    # Cold-start popularity per tenant without a model: its most clicked items, kept
+    # while the tenant sends clicks.
+    popular_cap: int = 10_000
+    popular_ttl_s: int = 30 * 24 * 3600
     top_k: int = 10
     # Feedback counting (implicit hits, explicit feedback) per tenant x variant, in Redis
     # buckets of feedback_bucket_s kept feedback_retention_h hours; off only to measure

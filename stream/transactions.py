@@ -28,6 +28,13 @@ from stream.delivery import DeliveryError, Record
 log = logging.getLogger(f"streamrec.{__name__}")
 
 DELIVERY_MODES = ("at_least_once", "exactly_once")
+# A producer with the same transactional id started elsewhere (librdkafka's fatal errors
+# for it): unlike a group fence, no new generation makes this producer usable again.
+_PRODUCER_FENCED = (
+    KafkaError._FENCED,  # type: ignore[attr-defined]
+    KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH,
+)
 # How long an open transaction of a killed worker holds back read_committed readers of
 # its partitions before the broker aborts it.
 TRANSACTION_TIMEOUT_MS = 10_000
@@ -35,6 +42,11 @@ TRANSACTION_TIMEOUT_MS = 10_000
 
 class FencedError(StreamrecError):
     """Another worker owns this worker's partitions now (or its transactional id)."""
+
+
+class ProducerFencedError(FencedError):
+    """Another producer took over this worker's transactional id: this producer can never
+    publish again, and the worker stops."""
 
 
 def check_delivery_mode(mode: str) -> str:
@@ -169,6 +181,9 @@ class TransactionalPublisher:
             return [], stand_ins
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
+            if error.fatal() and error.code() in _PRODUCER_FENCED:
+                self._abort(timeout)
+                raise ProducerFencedError(f"producer fenced: {error.str()}") from None
             if error.fatal() or error.code() in (
                 KafkaError._FENCED,  # type: ignore[attr-defined]
                 KafkaError.PRODUCER_FENCED,
@@ -224,8 +239,18 @@ class TransactionalPublisher:
         try:
             self._producer.abort_transaction(timeout)
         except KafkaException as exc:
-            log.error("aborting the transaction failed: %s", exc.args[0].str())
-        self._producer.poll(0)  # reports of the purged records, while their list is ours
+            error = exc.args[0]
+            # A fenced producer cannot abort: the broker aborts its transaction itself.
+            if not error.fatal():
+                log.error("aborting the transaction failed: %s", error.str())
+        try:
+            self._producer.poll(0)  # reports of the purged records, while their list is ours
+        except KafkaException:
+            pass  # a fatal producer raises its error from every call; reported by the caller
 
     def close(self, timeout: float) -> None:
-        self._producer.flush(timeout)
+        """Deliver what is queued within ``timeout``; a fenced producer has nothing to."""
+        try:
+            self._producer.flush(timeout)
+        except KafkaException as exc:
+            log.debug("closing the transactional producer: %s", exc.args[0].str())

@@ -22,11 +22,12 @@ from dataclasses import astuple, dataclass
 from typing import Any
 
 from mode import Service, ServiceT
+from redis.backoff import EqualJitterBackoff
 
 from models.errors import StreamrecError
 from models.policy_file import all_policies
 from models.registry import Registry
-from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client, hold_retry
+from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client
 from state.feedback import FeedbackRecorder
 from state.notify import model_changes
 from state.sessions import SessionStore
@@ -44,6 +45,9 @@ log = logging.getLogger(f"streamrec.{__name__}")
 STALL_AFTER_S = 30.0
 # The periodic counters line, written only when something changed since the last one.
 REPORT_INTERVAL_S = 30.0
+# Pauses between attempts at a batch while Redis is away: from ~0.1 s, doubling, to 5 s.
+HOLD_BASE_S = 0.1
+HOLD_CAP_S = 5.0
 
 
 def stall_reason(progress: dict[str, Any], after_s: float = STALL_AFTER_S) -> str | None:
@@ -133,8 +137,10 @@ class Worker(Service):
         self._redis: AsyncRedis | None = None
         self._processor: BatchProcessor | None = None
         self._policies: PolicyDirectory | None = None
-        # Redis away: the batch is held (nothing skipped, nothing committed) and retried.
-        self._hold = hold_retry()
+        # Redis away: the batch is held (nothing skipped, nothing committed) and retried
+        # with equal-jitter backoff (workers that lost Redis together do not return in
+        # lockstep).
+        self._hold = EqualJitterBackoff(cap=HOLD_CAP_S, base=HOLD_BASE_S)
         self._reported = self._snapshot()
         super().__init__(**kwargs)
 
@@ -173,7 +179,13 @@ class Worker(Service):
             return
         s, registry = self.settings, self.registry
         self._redis = redis = async_client(s.redis, decode_responses=True)
-        store = SessionStore(redis, cap=s.session_cap, ttl_s=s.session_ttl_s)
+        store = SessionStore(
+            redis,
+            cap=s.session_cap,
+            ttl_s=s.session_ttl_s,
+            popular_cap=s.popular_cap,
+            popular_ttl_s=s.popular_ttl_s,
+        )
         tenants = TenantDirectory(
             redis, ttl_s=s.model_check_interval_s, durable=registry.tenant_modes, registry=registry
         )
@@ -205,22 +217,25 @@ class Worker(Service):
     # -- the stream ----------------------------------------------------------------------
     async def process(self, batch: list[Message]) -> BatchResult:
         """One batch, held and retried for as long as Redis is away: consumption stops
-        because the engine does not take the next batch until this one returns."""
+        because the engine does not take the next batch until this one returns. One log
+        line per back-off step, whose pauses grow to HOLD_CAP_S; the sleep is where a
+        stop cancels the batch (it is re-delivered)."""
         failures = 0
-
-        async def attempt() -> BatchResult:
+        while True:
             started = time.perf_counter()
-            result = await self.processor.process(batch)
-            self.metrics.batch(result, time.perf_counter() - started)
-            return result
-
-        async def failed(exc: BaseException) -> None:
-            nonlocal failures
-            failures += 1
-            if failures == 1:
-                log.error("Redis unavailable (%s); holding %d events and retrying", exc, len(batch))
-
-        result = await self._hold.call_with_retry(attempt, failed)
+            try:
+                result = await self.processor.process(batch)
+                break
+            except UNAVAILABLE as exc:
+                failures += 1
+                delay = self._hold.compute(failures)
+                log.log(
+                    logging.ERROR if failures == 1 else logging.WARNING,
+                    "Redis unreachable (%s); holding %d events, retrying in %.1f s (attempt %d)",
+                    str(exc) or type(exc).__name__, len(batch), delay, failures,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+        self.metrics.batch(result, time.perf_counter() - started)
         if failures:
             log.warning("Redis is back; resuming")
         return result

@@ -59,11 +59,12 @@ def worker(
     Malformed events go to `clicks.dlq` with the reason in the `streamrec-reason` header.
     A newly promoted model version is picked up within a few seconds, without a restart.
     Several workers with the same STREAMREC_APP_ID share the topic's partitions.
-    Stop with Ctrl-C or SIGTERM: the batch in hand is finished and committed first.
+    Stop with Ctrl-C or SIGTERM: the batch in hand is finished and committed first; the
+    worker exits within 10 s whatever state the broker and Redis are in. Exit code 3: in
+    exactly-once mode another worker took over this worker's transactional id.
     """
-    from faust.worker import Worker
-
     from stream.app import create_app
+    from stream.shutdown import Worker
 
     settings = settings.with_(
         broker=broker,

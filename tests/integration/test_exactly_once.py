@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import Message, Producer
 
 from stream.devstack import EmbeddedStack
+from stream.kafka_config import kafka_config
 from stream.testing import WorkerProcess, produce
 from tests.integration.helpers import (
     TopicWatcher,
@@ -111,3 +113,47 @@ def test_exactly_once_on_tansu_is_a_one_line_error(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Tansu" in lines[0] and "at_least_once" in lines[0], result.stderr
+
+
+def test_a_fenced_worker_stops_cleanly_with_exit_code_3(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    """Another producer takes over the worker's transactional id: the worker says so in
+    one line and exits with code 3, and a worker started after it answers every click
+    once."""
+    if stack.broker_kind != "kafka":
+        pytest.skip("exactly-once needs Apache Kafka's transactions")
+    cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
+    cfg.extra_env["STREAMREC_DELIVERY"] = "exactly_once"
+    events = make_events(2_000, sessions=100, seed=12)
+    first, second = records(events[:1_000]), records(events[1_000:])
+    reader = CommittedReader(stack.broker, [cfg.recs, cfg.dlq])
+    reader.start()
+    try:
+        worker = WorkerProcess(cfg).start()
+        produce(stack.broker, cfg.clicks, first)
+        assert reader.wait_for(len(first), timeout=90), worker.log()[-3000:]
+        (txn_id,) = re.findall(r"exactly-once: transactional id (\S+)", worker.log())
+        usurper = Producer(kafka_config(stack.broker).producer({"transactional.id": txn_id}))
+        usurper.init_transactions(30)
+        fenced_at = time.monotonic()
+        produce(stack.broker, cfg.clicks, second)
+        try:
+            rc = worker.proc.wait(30) if worker.proc is not None else None
+        except subprocess.TimeoutExpired:
+            rc = None
+        took = time.monotonic() - fenced_at
+        log = worker.log()
+        worker.stop(signal.SIGKILL)
+        assert rc == 3, f"exit code {rc} after {took:.0f} s\n{log[-3000:]}"
+        line = f"fenced: another worker took over transactional id {txn_id}; stopping"
+        assert log.count(line) == 1, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+        with WorkerProcess(cfg, name="worker-2") as worker:
+            assert reader.wait_for(len(events), timeout=120), worker.log()[-3000:]
+            time.sleep(2)  # room for a duplicate to show up, if there were one
+    finally:
+        reader.stop_flag.set()
+        reader.join(10)
+    assert set(reader.seen) == {e.event_id for e in events}
+    assert set(reader.seen.values()) == {1}

@@ -209,3 +209,33 @@ def test_ids_with_separators_never_share_a_key(
     assert [u.items for u in updates] == [[f"item-{sid}"] for sid in ids]
     assert len({keys.session(t, sid) for sid in ids}) == len(ids)
     assert keys.session("default", "x:y") != keys.session("default:x", "y")
+
+
+def test_cold_start_popularity_stays_at_its_cap_and_expires(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    """One producer sending ever new item ids cannot grow a tenant's popularity set
+    without bound: it keeps the most clicked items (the default cap) and has a TTL."""
+    t = unique_name("tenant")
+    cap, distinct = 10_000, 13_000
+    # Three items clicked often, then a flood of items clicked once each.
+    hot = [Click(t, f"h{i}", f"hot-{i % 3}", f"h{i}") for i in range(30)]
+    flood = [Click(t, f"s{i % 500}", f"item-{i}", f"e{i}") for i in range(distinct)]
+
+    async def run() -> tuple[int, int, list[str]]:
+        client = Redis.from_url(stack.redis_url, decode_responses=True)
+        try:
+            store = SessionStore(client, cap=50, ttl_s=60)
+            stream = hot + flood
+            for at in range(0, len(stream), 2_000):
+                await store.append_clicks(stream[at : at + 2_000], count_for=[t])
+            key = keys.popularity(t)
+            top = await client.zrevrange(key, 0, 2)
+            return await client.zcard(key), await client.ttl(key), top
+        finally:
+            await client.aclose()
+
+    size, ttl, top = asyncio.run(run())
+    assert size == cap, f"{size} members"
+    assert ttl > 0, f"TTL {ttl}"
+    assert sorted(top) == ["hot-0", "hot-1", "hot-2"]

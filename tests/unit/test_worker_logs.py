@@ -12,6 +12,7 @@ import pytest
 from state import keys
 from state.tenants import TenantDirectory, mode_changes
 from stream.config import Settings
+from stream.shutdown import RepeatFilter, install_log_filters
 from stream.worker import Worker
 
 
@@ -66,3 +67,66 @@ def test_tenant_mode_changes_are_logged(caplog: pytest.LogCaptureFixture) -> Non
     assert lines_after_read() == []
     redis.modes["shop"] = "off"
     assert lines_after_read() == ["tenant shop: mode on -> off"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(name: str, msg: str, *args: object, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+
+def test_a_repeated_client_error_is_let_through_once_per_growing_gap() -> None:
+    clock = Clock()
+    repeats = RepeatFilter(first_gap_s=1.0, max_gap_s=8.0, clock=clock)
+    passed = []
+    # aiokafka's complaint 200 times a second for 30 s, as when its broker is gone.
+    for step in range(6000):
+        clock.now = step * 0.005
+        record = _record("aiokafka.conn", "Unable connect to node with id %s: %s", 1, "refused")
+        if repeats.filter(record):
+            passed.append((clock.now, record.getMessage()))
+    times = [t for t, _ in passed]
+    assert times[:5] == [0.0, 1.0, 3.0, 7.0, 15.0]  # gaps of 1, 2, 4, 8 s
+    assert len(passed) <= 7
+    assert passed[0][1] == "Unable connect to node with id 1: refused"
+    assert passed[1][1].endswith("(and 199 more like it in 1 s)")
+
+
+def test_repeat_filter_leaves_streamrec_lines_and_other_messages_alone() -> None:
+    repeats = RepeatFilter(clock=Clock())
+    for _ in range(3):
+        assert repeats.filter(_record("streamrec.stream.worker", "dead letters: %s", "x"))
+        assert repeats.filter(_record("aiokafka", "fetched", level=logging.INFO))
+    assert repeats.filter(_record("aiokafka", "Unable to update metadata from %s", [1]))
+    assert repeats.filter(_record("aiokafka", "Failed fetch messages from %s: %s", 1, "e"))
+    # librdkafka speaks through a streamrec logger, one template for every facility.
+    rd = "streamrec.stream.kafka_config.rdkafka"
+    assert repeats.filter(_record(rd, "%s [%s] %s", "FAIL", "producer-1", "refused"))
+    assert repeats.filter(_record(rd, "%s [%s] %s", "ERROR", "producer-1", "down"))
+    assert not repeats.filter(_record(rd, "%s [%s] %s", "FAIL", "producer-1", "refused"))
+
+
+def test_an_exception_ending_a_thread_is_one_record(caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    previous = threading.excepthook
+    try:
+        install_log_filters(logging.getLogger("streamrec-test-root"))
+
+        def fail() -> None:
+            raise ValueError("broken\nacross lines")
+
+        thread = threading.Thread(target=fail, name="client")
+        with caplog.at_level(logging.ERROR):
+            thread.start()
+            thread.join()
+    finally:
+        threading.excepthook = previous
+    (record,) = [r for r in caplog.records if "thread client" in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[0] is ValueError
