@@ -69,8 +69,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "no valid key",
         403: "a key that does not reach this tenant",
         404: "unknown tenant, session or item",
-        409: "a tenant name too like an existing tenant's",
         408: "the body did not arrive in time",
+        409: "a tenant name too like an existing tenant's",
         413: "body or event over the limit",
         503: "Redis, the broker or the model unavailable, with the reason",
     }

@@ -164,7 +164,16 @@ async def view_access(request: Request, credentials: Credentials) -> None:
             "STREAMREC_ADMIN_TOKEN (or STREAMREC_PUBLIC_DASHBOARD=1 to show them to anyone "
             "who can reach this port)",
         )
-    await admin_access(request, credentials)
+    try:
+        await admin_access(request, credentials)
+    except ApiError as exc:
+        if exc.status != 401:
+            raise
+        raise ApiError(
+            401,
+            "the admin token is required (Authorization: Bearer <token>; in a browser, open "
+            "/dashboard?token=<token> once)",
+        ) from None
 
 
 async def view_allowed(request: Request, credentials: Credentials) -> bool:
