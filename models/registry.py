@@ -195,10 +195,16 @@ class Registry:
         return self._tenant_dir(tenant) / CURRENT
 
     def current_version(self, tenant: str) -> str | None:
-        """What CURRENT names (not checked: loading it does); ``DamagedFileError`` when it
-        cannot be read."""
-        text = self.control_text(tenant, CURRENT)
-        return (text or "").strip() or None
+        """What CURRENT names (not checked: loading it refuses a garbled name, for this
+        tenant only); ``DamagedFileError`` when it cannot be read."""
+        path = self.pointer_path(tenant)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DamagedFileError(tenant, path, str(exc) or type(exc).__name__) from None
+        return raw.decode("utf-8", "replace").strip() or None
 
     def load(
         self, tenant: str, version: str | None = None, *, private: bool = False

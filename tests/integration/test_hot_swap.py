@@ -12,10 +12,10 @@ import pytest
 
 from models.registry import Registry
 from state.notify import notify_model_change
-from stream.devstack import EmbeddedStack
+from stream.devstack import EmbeddedStack, free_port
 from stream.events import ClickEvent
 from stream.testing import WorkerProcess, produce
-from tests.integration.helpers import RecsCollector, make_config, make_events
+from tests.integration.helpers import RecsCollector, call, make_config, make_events, wait_until
 
 pytestmark = pytest.mark.broker_agnostic
 
@@ -87,3 +87,42 @@ def test_promote_under_load_swaps_within_5s_and_refuses_a_corrupt_version(
     assert {v for _, v in collector.versions[marker:]} == {v2}
     assert {v for _, v in collector.versions} <= {v1, v2}
     assert collector.answered >= {e.event_id for e in sent}
+
+
+def test_a_repaired_version_promoted_again_serves_again_without_a_restart(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    model_dir = tmp_path / "models"
+    shutil.copytree(trained_model_dir, model_dir)
+    registry = Registry(model_dir)
+    cfg = make_config(stack, unique_name, tmp_path, model_dir)
+    port = free_port()
+    cfg.extra_env["STREAMREC_WEB_PORT"] = str(port)
+    health = f"http://127.0.0.1:{port}/health"
+    victim = model_dir / "default" / "v1" / "vectors.npy"
+
+    def serving() -> str | None:
+        report = call(health)[1]
+        return report["models"].get("default") if isinstance(report, dict) else "?"
+
+    with WorkerProcess(cfg) as worker:
+        assert wait_until(lambda: serving() == "v1", 60), worker.log()[-3000:]
+        data = victim.read_bytes()
+        victim.chmod(0o644)
+        victim.write_bytes(data[: len(data) // 2])  # truncated in place
+        assert wait_until(lambda: serving() is None, 20), worker.log()[-3000:]
+        victim.write_bytes(data)  # restored, and the same version promoted again
+        registry.promote("default", "v1")
+        notify_model_change(stack.redis_url, "default", "v1")
+
+        def recovered() -> bool:
+            status, report = call(health)
+            return (
+                status == 200
+                and report["models"].get("default") == "v1"
+                and not report.get("tenants")
+                and not report["reasons"]
+            )
+
+        assert wait_until(recovered, 20), (call(health), worker.log()[-3000:])
+        assert worker.alive()

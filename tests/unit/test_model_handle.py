@@ -241,3 +241,15 @@ def test_a_manifest_that_breaks_the_loader_unexpectedly_disables_that_model_only
         assert list(cache.tenant_problems()) == ["t1"]
 
     asyncio.run(run())
+
+
+def test_a_current_of_undecodable_bytes_is_refused_for_its_tenant_only(registry: Registry) -> None:
+    registry.pointer_path("t2").write_bytes(b"v1\xff\xfe")
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        assert (await cache.get("t2")).version == "v1"  # from the history
+        assert list(cache.tenant_problems()) == ["t2"]
+        assert set(cache.in_service()) == {"t1", "t2", "t3"}
+
+    asyncio.run(run())
