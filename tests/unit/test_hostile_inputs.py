@@ -254,6 +254,9 @@ def _as_posted(event: ClickEvent, posted: ClickEvent) -> ClickEvent:
 @example(b'{"session_id":"s","item_id":"i","ts":1e308}')
 @example(b'{"session_id":"s","item_id":"i","ts":1e9}' + b" " * MAX_EVENT_BYTES)
 @example(b'{"session_id":"s","item_id":"i","tenant":' + b"[" * 1000 + b"]" * 1000 + b"}")
+@example(
+    b'[{"session_id":"s","item_id":"i","x":' + b"[" * 300 + b"]" * 300 + b"}" + b" " * 17000 + b"]"
+)
 def test_worker_trainer_and_http_decide_alike_and_never_raise(raw: bytes) -> None:
     stamp = _now() - 60.0  # the Kafka record's timestamp / the HTTP request's time
     worker = _worker(raw, stamp)
