@@ -168,8 +168,12 @@ def parse_records(
     for n, data in enumerate(items):
         # The same limit as a Kafka message (the worker dead-letters larger ones): a lone
         # object is measured as sent, like a message value; one of an array, as JSON.
-        if len(raw) > MAX_EVENT_BYTES and (items is not body or _json_size(data) > MAX_EVENT_BYTES):
-            raise ApiError(413, f"{one} {n} is larger than {MAX_EVENT_BYTES} bytes as JSON")
+        if len(raw) > MAX_EVENT_BYTES:
+            size = len(raw) if items is not body else _json_size(data)
+            if size is None:
+                raise ApiError(400, f"{one} {n} is nested too deeply")
+            if size > MAX_EVENT_BYTES:
+                raise ApiError(413, f"{one} {n} is larger than {MAX_EVENT_BYTES} bytes as JSON")
         if isinstance(data, dict):
             given = data.setdefault("tenant", tenant)
             if given != tenant:
@@ -183,12 +187,12 @@ def parse_records(
     return records
 
 
-def _json_size(data: Any) -> int:
-    """Bytes of ``data`` as JSON; nested beyond what the encoder writes: too large."""
+def _json_size(data: Any) -> int | None:
+    """Bytes of ``data`` as JSON; None when nested deeper than the encoder writes."""
     try:
         return len(orjson.dumps(data))
     except TypeError:  # orjson.JSONEncodeError
-        return MAX_EVENT_BYTES + 1
+        return None
 
 
 async def produce_records(ctx: WebContext, topic: str, records: list[R], what: str) -> None:

@@ -191,10 +191,14 @@ def test_hypothesis_payloads_through_kafka_none_lost(
         dumped(near_feedback), N // 10
     )
     assert len(clicks) == N and len(feedback) == N // 5
-    good_clicks = sum(_accepted(lambda v: parse_event(v), v) for v in clicks)
-    bad_clicks = [v for v in clicks if not _accepted(lambda v: parse_event(v), v)]
-    good_feedback = sum(_accepted(lambda v: parse_feedback(v), v) for v in feedback)
-    bad_feedback = [v for v in feedback if not _accepted(lambda v: parse_feedback(v), v)]
+    # Without ts a message takes its Kafka timestamp: about now, when it is produced.
+    now = time.time()
+    good_clicks = sum(_accepted(lambda v: parse_event(v, default_ts=now), v) for v in clicks)
+    bad_clicks = [v for v in clicks if not _accepted(lambda v: parse_event(v, default_ts=now), v)]
+    good_feedback = sum(_accepted(lambda v: parse_feedback(v, default_ts=now), v) for v in feedback)
+    bad_feedback = [
+        v for v in feedback if not _accepted(lambda v: parse_feedback(v, default_ts=now), v)
+    ]
     print(f"clicks {good_clicks} accepted / {len(bad_clicks)} refused; feedback "
           f"{good_feedback} / {len(bad_feedback)}")  # fmt: skip
     # Both outcomes are well represented, or the test proves little.

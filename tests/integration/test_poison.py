@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -11,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 from confluent_kafka import Producer
 
 from models.registry import Registry
+from stream.click_log import read_click_log
 from stream.devstack import EmbeddedStack
 from stream.events import ClickEvent
 from stream.testing import WorkerProcess, consume, produce
+from stream.topics import ensure_topics
 from tests.integration.helpers import clicks, make_config
 
 # About 1 MB: more than the worker's producer may send (message.max.bytes 1,000,000), so
@@ -109,3 +113,30 @@ def test_poisoned_records_in_a_batch_are_dead_lettered_and_their_neighbours_answ
     for _, value in shop:
         assert reasons[value] == "internal: TypeError", reasons
     assert "dead-lettered on an internal error" in log
+
+
+def test_the_trainers_log_reader_skips_and_counts_what_the_worker_dead_letters(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = unique_name("clicks")
+    ensure_topics(stack.broker, [topic], partitions=1)
+    stamp_ms = int(time.time() * 1000) - 60_000
+    deep = b'{"session_id":"deep","item_id":"A13","x":' + b"[" * 3000 + b"]" * 3000 + b"}"
+    records = [
+        *clicks(3),
+        (b"deep", deep),
+        (b"old", orjson.dumps({"session_id": "old", "item_id": "A13", "ts": 0})),
+        (b"bad", b"\xff\xfe"),
+        (b"no-ts", b'{"session_id":"no-ts","item_id":"A13"}'),  # at its Kafka timestamp
+    ]
+    producer = Producer({"bootstrap.servers": stack.broker})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value, timestamp=stamp_ms)
+    assert producer.flush(15) == 0
+
+    with caplog.at_level(logging.WARNING, logger="streamrec.stream.click_log"):
+        logs = read_click_log(stack.broker, topic, time.time() - 3600)
+    clicks_read = logs["default"]
+    assert list(clicks_read.session_ids) == ["s0", "s1", "s2", "no-ts"]
+    assert clicks_read.ts[-1] == stamp_ms / 1000
+    assert "skipped 3 invalid record(s)" in caplog.text

@@ -9,6 +9,7 @@ rejection) and never raise anything but their own rejection."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -18,7 +19,14 @@ from hypothesis import strategies as st
 
 from models.names import is_id, is_tenant
 from stream.click_log import click_of
-from stream.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, parse_event
+from stream.events import (
+    MAX_EVENT_BYTES,
+    ClickEvent,
+    InvalidEvent,
+    event_from_dict,
+    parse_event,
+    parse_feedback,
+)
 from stream.web import ApiError, parse_records
 from stream.web_tenant import _click
 
@@ -254,10 +262,15 @@ def _as_posted(event: ClickEvent, posted: ClickEvent) -> ClickEvent:
 @example(b'{"session_id":"s","item_id":"i","ts":1e308}')
 @example(b'{"session_id":"s","item_id":"i","ts":1e9}' + b" " * MAX_EVENT_BYTES)
 @example(b'{"session_id":"s","item_id":"i","tenant":' + b"[" * 1000 + b"]" * 1000 + b"}")
+@example(
+    b'[{"session_id":"s","item_id":"i","x":' + b"[" * 300 + b"]" * 300 + b"}" + b" " * 17000 + b"]"
+)
 def test_worker_trainer_and_http_decide_alike_and_never_raise(raw: bytes) -> None:
     stamp = _now() - 60.0  # the Kafka record's timestamp / the HTTP request's time
     worker = _worker(raw, stamp)
     assert _trainer(raw, stamp) == worker
+    with contextlib.suppress(InvalidEvent):  # feedback: the same decoding, never raises
+        parse_feedback(raw, default_ts=stamp)
     # Over HTTP the tenant is the URL's: the one the worker found, if it took the click.
     posted = _http(raw, stamp, "default" if worker == "rejected" else worker.tenant)
     if raw.lstrip(b" \t\r\n").startswith(b"["):
@@ -312,3 +325,42 @@ def test_a_click_without_ts_takes_the_kafka_records_timestamp() -> None:
     # A record timestamp outside the range is as bad as such a ts.
     assert click_of(raw, 0) is None
     assert click_of(raw, None) is None  # no timestamp at all: missing ts
+
+
+def _deep_list(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+python_values = st.one_of(
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=20),
+    st.integers(0, 5_000).map(_deep_list),
+    st.just(b"bytes"),
+    st.just(object()),
+)
+
+
+@HOSTILE
+@given(
+    st.fixed_dictionaries(
+        {"session_id": st.just("s") | python_values, "item_id": st.just("i") | python_values},
+        optional={f: python_values for f in FIELDS if f not in ("session_id", "item_id")},
+    )
+)
+@example({"session_id": "s", "item_id": "i", "ts": 10**400})
+@example({"session_id": "s", "item_id": "i", "ts": -(10**400)})
+@example({"session_id": "s", "item_id": "i", "ts": float("nan")})
+def test_an_apps_dict_is_accepted_or_rejected_with_a_reason(data: dict) -> None:
+    """What an app hands the producer helper (any Python values, not only JSON's)."""
+    try:
+        event = event_from_dict(data, default_ts=time.time())
+    except InvalidEvent as exc:
+        assert exc.reason
+    else:
+        _check_contract(event)
