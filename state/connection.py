@@ -36,6 +36,7 @@ __all__ = [
     "RedisSettings",
     "SyncRedis",
     "async_client",
+    "hold_backoff",
     "hold_retry",
     "sync_client",
 ]
@@ -108,7 +109,13 @@ def sync_client(settings: RedisSettings) -> SyncRedis:
     )
 
 
+def hold_backoff(base_s: float = 0.1, cap_s: float = 5.0) -> EqualJitterBackoff:
+    """The pauses of the worker's hold-and-retry while Redis is away: doubling from
+    ``base_s`` to ``cap_s``, jittered so that workers do not return in lockstep."""
+    return EqualJitterBackoff(cap=cap_s, base=base_s)
+
+
 def hold_retry(base_s: float = 0.1, cap_s: float = 5.0) -> AsyncRetry:
     """The worker's policy while Redis is away: retry for as long as it takes (a batch
     is held, never skipped), with backoff growing to ``cap_s``."""
-    return AsyncRetry(EqualJitterBackoff(cap=cap_s, base=base_s), -1, UNAVAILABLE)  # type: ignore[arg-type]
+    return AsyncRetry(hold_backoff(base_s, cap_s), -1, UNAVAILABLE)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""Every Redis key name in one place.
+"""Every Redis key name in one place. Each key a producer can grow has a cap or a TTL
+(README, "Limits").
 
 A Lua call touches only keys of one hash slot: the session keys carry a hash tag (the
 part in braces), and the batch's calls are grouped by slot on a cluster.
@@ -45,7 +46,8 @@ ITEM_SEP = "\x1f"
 
 
 def popularity(tenant: str) -> str:
-    """Sorted set item -> clicks, for tenants without a model yet (cold start)."""
+    """Sorted set item -> clicks, for tenants without a model yet (cold start): its most
+    clicked items only, expiring after the tenant's last click (``state.sessions``)."""
     return f"{PREFIX}:pop:{{{tenant}}}"
 
 

@@ -22,12 +22,11 @@ from dataclasses import astuple, dataclass
 from typing import Any
 
 from mode import Service, ServiceT
-from redis.backoff import EqualJitterBackoff
 
 from models.errors import StreamrecError
 from models.policy_file import all_policies
 from models.registry import Registry
-from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client
+from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client, hold_backoff
 from state.feedback import FeedbackRecorder
 from state.notify import model_changes
 from state.sessions import SessionStore
@@ -137,10 +136,8 @@ class Worker(Service):
         self._redis: AsyncRedis | None = None
         self._processor: BatchProcessor | None = None
         self._policies: PolicyDirectory | None = None
-        # Redis away: the batch is held (nothing skipped, nothing committed) and retried
-        # with equal-jitter backoff (workers that lost Redis together do not return in
-        # lockstep).
-        self._hold = EqualJitterBackoff(cap=HOLD_CAP_S, base=HOLD_BASE_S)
+        # Redis away: the batch is held (nothing skipped, nothing committed) and retried.
+        self._hold = hold_backoff(HOLD_BASE_S, HOLD_CAP_S)
         self._reported = self._snapshot()
         super().__init__(**kwargs)
 

@@ -33,8 +33,10 @@ def _outage(
     model_dir: Path,
     stop: str,
 ) -> None:
-    """A worker in service, then ``stop`` ("broker", "redis" or "both") gone for
-    OUTAGE_S with clicks waiting; then SIGTERM."""
+    """A worker in service, then ``stop`` ("broker", "redis" or "both"; "broker-eos": the
+    broker, under a worker in exactly-once mode) gone for OUTAGE_S; then SIGTERM."""
+    exactly_once = stop.endswith("-eos")
+    stop = stop.removesuffix("-eos")
     redis = Service("redis", "127.0.0.1", free_port(), tmp_path / "redis")
     broker = stack.another_broker(tmp_path / "broker") if stop != "redis" else None
     redis.start()
@@ -51,6 +53,8 @@ def _outage(
         unique_name("dlq"),
         unique_name("app"),
     )
+    if exactly_once:
+        cfg.extra_env["STREAMREC_DELIVERY"] = "exactly_once"
     ensure_topics(address, [cfg.clicks, cfg.recs, cfg.dlq], partitions=4)
     collector = RecsCollector(address, cfg.recs)
     collector.start()
@@ -67,6 +71,8 @@ def _outage(
             # Clicks arrive while Redis is away: the worker holds them and retries.
             produce(address, cfg.clicks, records(make_events(500, 50, seed=22)))
         if broker is not None:
+            if exactly_once:  # a batch in hand when the broker goes: mid-transaction
+                produce(address, cfg.clicks, records(make_events(2_000, 50, seed=23)))
             broker.stop()
         before = len(worker.log().splitlines())
         time.sleep(OUTAGE_S)
@@ -95,7 +101,7 @@ def _outage(
         assert pauses[-1] > pauses[0]
 
 
-@pytest.mark.parametrize("stop", ["both", "redis", "broker"])
+@pytest.mark.parametrize("stop", ["both", "redis", "broker", "broker-eos"])
 def test_a_worker_without_its_broker_or_redis_is_quiet_and_stops_in_time(
     stack: EmbeddedStack,
     unique_name: Callable[[str], str],
@@ -103,4 +109,6 @@ def test_a_worker_without_its_broker_or_redis_is_quiet_and_stops_in_time(
     trained_model_dir: Path,
     stop: str,
 ) -> None:
+    if stop.endswith("-eos") and stack.broker_kind != "kafka":
+        pytest.skip("exactly-once needs Apache Kafka's transactions")
     _outage(stack, unique_name, tmp_path, trained_model_dir, stop)
