@@ -200,7 +200,7 @@ class BatchProcessor:
         at: list[int] = []  # each event's place in the batch
         origins: list[tuple[str, int]] = []  # each event's partition and offset
         partition_names: dict[tuple[str, int], str] = {}
-        admitted: dict[str, bool] = {}  # tenant -> exists (or was just created)
+        admitted: dict[str, str | None] = {}  # tenant -> why it may not be served, or None
         known: dict[str, bool] = {}  # tenant -> exists (feedback never creates one)
         bundles: dict[str, ModelBundle | None] = {}
         failed = _Failures(batch, result)
@@ -217,11 +217,12 @@ class BatchProcessor:
                     default_ts=stamp / 1000 if stamp is not None and stamp >= 0 else None,
                     now=now,
                 )
-                ok = admitted.get(event.tenant)
-                if ok is None:
-                    ok = admitted[event.tenant] = await self._admit(event.tenant)
-                if not ok:
-                    result.dead_letters.append(DeadLetter.of(msg, unknown_tenant(event.tenant)))
+                if event.tenant in admitted:
+                    refused = admitted[event.tenant]
+                else:
+                    refused = admitted[event.tenant] = await self._admit(event.tenant)
+                if refused is not None:
+                    result.dead_letters.append(DeadLetter.of(msg, refused))
                     continue
                 if event.tenant not in bundles:
                     bundles[event.tenant] = await self._models.get(event.tenant)
@@ -555,17 +556,19 @@ class BatchProcessor:
             variant,
         )
 
-    async def _admit(self, tenant: str) -> bool:
-        """Does the tenant exist (created now when auto-creation is on)?"""
+    async def _admit(self, tenant: str) -> str | None:
+        """None when the tenant exists (or was created now, auto-creation being on);
+        else the dead letter's reason."""
         if await self._tenants.exists(tenant):
-            return True
+            return None
         if not self.auto_create_tenants:
-            return False
-        if tenant_refusal(tenant, await self._tenants.names()) is not None:
-            return False  # a lookalike or a reserved name: dead-lettered as unknown
+            return unknown_tenant(tenant)
+        refusal = tenant_refusal(tenant, await self._tenants.names())
+        if refusal is not None:  # a lookalike or a reserved name
+            return f"unknown tenant: {refusal.reason}"
         await self._tenants.create(tenant)
         log.info("tenant %s created by its first click", tenant)
-        return True
+        return None
 
     async def _rank(
         self,

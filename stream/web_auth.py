@@ -79,7 +79,10 @@ async def _tenant_access(
     await directory.mode(tenant)  # reads the control files once after start-up
     damaged = directory.disabled(tenant)
     if damaged is not None:  # its keys may be unknown: nobody passes
-        raise ApiError(503, f"tenant disabled: {damaged.path.name}: {damaged.reason}")
+        if is_admin(ctx, credentials):
+            raise ApiError(503, f"tenant disabled: {damaged.path.name}: {damaged.reason}")
+        # The file and its fault are the operator's business (/health with the token).
+        raise ApiError(503, "tenant disabled: a control file is damaged")
     if not is_admin(ctx, credentials):
         owner = None
         if credentials is not None:

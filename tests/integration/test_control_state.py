@@ -154,9 +154,13 @@ def test_one_tenants_damaged_files_disable_it_alone_until_repaired(
         # HTTP: the good tenant's routes answer, the damaged ones say why.
         status, body = call(f"{base}/v1/{good}/events", {"session_id": "h-1", "item_id": "I1"})
         assert status == 202, body
-        status, body = call(f"{base}/v1/{bad_keys}/events", {"session_id": "h-1", "item_id": "I1"})
+        events = f"{base}/v1/{bad_keys}/events"
+        status, body = call(events, {"session_id": "h-1", "item_id": "I1"})
+        # Anyone learns that the tenant is disabled; only the admin which file and why.
+        assert status == 503 and body["error"] == "tenant disabled: a control file is damaged"
+        status, body = call(events, {"session_id": "h-1", "item_id": "I1"}, key=ADMIN)
         assert status == 503 and body["error"].startswith("tenant disabled: KEYS.json:"), body
-        status, body = call(f"{base}/v1/{bad_rules}/sessions/a-0/recommendations")
+        status, body = call(f"{base}/v1/{bad_rules}/sessions/a-0/recommendations", key=ADMIN)
         assert status == 503 and "RULES.json" in body["error"], body
 
         # The stream: only the good tenant's clicks are answered; the others are recorded.
