@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from models.bundle import MANIFEST, ModelBundle, load_bundle, save_bundle
 from models.errors import InvalidModelError, NoModelError, StreamrecError
-from models.names import is_tenant
+from models.names import TenantRefusal, is_tenant, tenant_refusal
 from models.rules import ServingRules
 
 CURRENT = "CURRENT"
@@ -51,6 +51,9 @@ KEYS = "KEYS.json"
 # The tenant's serving rules (models.rules.ServingRules as JSON).
 RULES = "RULES.json"
 LOCK = ".lock"
+LOCKS = ".locks"  # not a tenant name (one never starts with a dot)
+# Held while a tenant is created: a name is checked against every other at once.
+CREATION_LOCK = ".create"
 _VERSION_RE = re.compile(r"v(\d+)")
 # Locks this thread holds, by lock file: flock is per open file, so taking it again
 # through a second descriptor in the same thread would wait for ourselves.
@@ -60,6 +63,14 @@ T = TypeVar("T")
 
 class UnknownVersionError(StreamrecError):
     """A version named by the user does not exist."""
+
+
+class TenantNameRefused(StreamrecError, ValueError):
+    """A name that may not become a new tenant (``refusal`` says why)."""
+
+    def __init__(self, refusal: TenantRefusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
 
 
 class DamagedFileError(StreamrecError):
@@ -90,15 +101,23 @@ class Registry:
     @contextmanager
     def locked(self, tenant: str) -> Iterator[Path]:
         """Hold the tenant's lock (exclusive, across processes; re-entrant in a thread):
-        every change of its control state, and every read that decides one, inside."""
+        every change of its control state, and every read that decides one, inside.
+        The lock files live apart (``<root>/.locks``): taking a lock never creates a
+        tenant."""
         tenant_dir = self._tenant_dir(tenant)
-        tenant_dir.mkdir(parents=True, exist_ok=True)
-        path = os.path.abspath(tenant_dir / LOCK)
+        with self._lock_file(f"{tenant}{LOCK}"):
+            yield tenant_dir
+
+    @contextmanager
+    def _lock_file(self, name: str) -> Iterator[None]:
+        locks = self.root / LOCKS
+        locks.mkdir(parents=True, exist_ok=True)
+        path = os.path.abspath(locks / name)
         held: dict[str, int] = _held.__dict__.setdefault("locks", {})
         if held.get(path):
             held[path] += 1
             try:
-                yield tenant_dir
+                yield
             finally:
                 held[path] -= 1
             return
@@ -107,7 +126,7 @@ class Registry:
             fcntl.flock(fd, fcntl.LOCK_EX)
             held[path] = 1
             try:
-                yield tenant_dir
+                yield
             finally:
                 del held[path]
         finally:
@@ -261,12 +280,18 @@ class Registry:
         return is_tenant(tenant) and self._tenant_dir(tenant).is_dir()
 
     def create_tenant(self, tenant: str) -> bool:
-        """Create the tenant (its directory and its ``on`` switch); False if it existed."""
+        """Create the tenant (its directory and its ``on`` switch); False if it existed.
+        :class:`TenantNameRefused` for a name no new tenant may have, checked against
+        every tenant under one lock, so two lookalikes created at once cannot both pass."""
         tenant_dir = self._tenant_dir(tenant)
-        try:
-            tenant_dir.mkdir(parents=True)
-        except FileExistsError:
-            return False
+        with self._lock_file(CREATION_LOCK):
+            refusal = tenant_refusal(tenant, self.tenants())
+            if refusal is not None:
+                raise TenantNameRefused(refusal)
+            try:
+                tenant_dir.mkdir(parents=True)
+            except FileExistsError:
+                return False
         with self.locked(tenant):
             if not (tenant_dir / MODE).exists():
                 _atomic_write(tenant_dir / MODE, "on\n")

@@ -23,6 +23,7 @@ from models.bundle import ModelBundle
 from models.experiments import POPULAR, is_variant
 from models.names import tenant_refusal
 from models.ranking import Ranked, recommend_flat, similar_items
+from models.registry import TenantNameRefused
 from models.rules import Catalogue, Request, ServingRules, apply_rules, banned_mask
 from state.connection import RedisError
 from state.feedback import LIST_ITEMS, FeedbackRecorder, decode_list, encode_list
@@ -566,7 +567,10 @@ class BatchProcessor:
         refusal = tenant_refusal(tenant, await self._tenants.names())
         if refusal is not None:  # a lookalike or a reserved name
             return f"unknown tenant: {refusal.reason}"
-        await self._tenants.create(tenant)
+        try:
+            await self._tenants.create(tenant)
+        except TenantNameRefused as exc:  # a lookalike created elsewhere just now
+            return f"unknown tenant: {exc.refusal.reason}"
         log.info("tenant %s created by its first click", tenant)
         return None
 

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from models.errors import StreamrecError
-from models.registry import MODES, Registry, UnknownVersionError
+from models.registry import MODES, Registry, TenantNameRefused, UnknownVersionError
 from models.rules import ServingRules
 from state.connection import RedisError
 from stream import experiment_control as experiments
@@ -48,6 +48,8 @@ def routes(ctx: WebContext) -> APIRouter:
             return await asyncio.to_thread(fn, *args)
         except (UnknownTenantError, UnknownVersionError) as exc:
             raise ApiError(404, str(exc)) from None
+        except TenantNameRefused as exc:
+            raise ApiError(409 if exc.refusal.conflict else 400, str(exc)) from None
         except StreamrecError as exc:
             raise ApiError(400, str(exc)) from None
         except (OSError, RedisError) as exc:

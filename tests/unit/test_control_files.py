@@ -11,7 +11,7 @@ import pytest
 
 from models.datasets import synthetic_sessions
 from models.policy_file import read_policy, write_policy
-from models.registry import Registry
+from models.registry import Registry, TenantNameRefused
 from models.train import TrainParams, train_model
 
 PROCESSES = 10
@@ -110,6 +110,7 @@ def test_read_modify_write_under_the_tenant_lock_loses_nothing(tmp_path: Path) -
 
 def test_a_lock_is_reentrant_in_one_thread(tmp_path: Path) -> None:
     registry = Registry(tmp_path)
+    registry.create_tenant("shop")
     with registry.locked("shop"), registry.locked("shop"):
         registry.set_mode("shop", "off")
         write_policy(registry, "shop", None)
@@ -117,7 +118,7 @@ def test_a_lock_is_reentrant_in_one_thread(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["KEYS.json", "RULES.json", "MODE", "POLICY.json"])
-def test_nothing_is_left_behind_but_the_file_and_the_lock(tmp_path: Path, name: str) -> None:
+def test_nothing_is_left_behind_but_the_file(tmp_path: Path, name: str) -> None:
     registry = Registry(tmp_path)
     registry.create_tenant("shop")
     registry.add_key("shop", "k1", "d1")
@@ -125,7 +126,7 @@ def test_nothing_is_left_behind_but_the_file_and_the_lock(tmp_path: Path, name: 
     registry.set_mode("shop", "freeze")
     write_policy(registry, "shop", None)
     names = {p.name for p in (tmp_path / "shop").iterdir()}
-    assert name in names and not [n for n in names if n.startswith(".") and n != ".lock"]
+    assert name in names and not [n for n in names if n.startswith(".")]
 
 
 @pytest.mark.parametrize(
@@ -165,3 +166,29 @@ def test_one_tenants_damaged_file_is_named_and_the_others_are_read(
     # The readers of every tenant leave the damaged one out instead of failing for all.
     assert {t for t, _, _ in registry.all_keys().values()} >= {"shop-a"}
     assert "shop-a" in registry.all_rules() and "shop-a" in registry.tenant_modes()
+
+
+def test_taking_a_tenants_lock_never_creates_the_tenant(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    assert registry.revoke_key("ghost", "k1") is None
+    with registry.locked("ghost2"):
+        pass
+    assert registry.tenants() == []
+
+
+def _create(root: str, name: str, start: object) -> None:
+    start.wait()  # type: ignore[attr-defined]
+    try:
+        Registry(root).create_tenant(name)
+    except TenantNameRefused:
+        pass
+
+
+def test_lookalikes_created_at_once_from_several_processes_make_one_tenant(
+    tmp_path: Path,
+) -> None:
+    names = ["shop", "Shop", "SHOP", "sh.op", "shop-", "s.hop", "shop_", "sHop"]
+    for n in range(3):
+        root = tmp_path / f"r{n}"
+        _run([(_create, (str(root), name)) for name in names])
+        assert len(Registry(root).tenants()) == 1, Registry(root).tenants()
