@@ -12,7 +12,7 @@ so readers never see half of one. Promotion validates the version fully before t
 pointer moves; a corrupted version is refused and the one in service stays.
 
 Control state (MODE, KEYS.json, RULES.json, POLICY.json, CURRENT, HISTORY.jsonl) changes
-under the tenant's lock (``flock`` on ``<tenant>/.lock``): a read-modify-write from any
+under the tenant's lock (``flock`` on ``.locks/<tenant>.lock``): a read-modify-write from any
 process (HTTP, CLI, trainer, rollouts) sees the previous change, and each file is replaced
 atomically and fsync'ed (file and directory) before the change returns. Readers take no
 lock: they see the file before or after a change, never half of one. This holds on one
