@@ -552,6 +552,7 @@ def key_entries(keys: dict[str, dict[str, dict[str, Any]]]) -> dict[str, tuple[s
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
