@@ -6,7 +6,7 @@ The retry policy is redis-py's own ``Retry`` with equal-jitter exponential backo
 command that fails on a dropped connection or a timeout is retried a few times, each
 client waiting a different, growing pause (so workers that lost Redis together do not
 reconnect in lockstep). It is short on purpose: a Redis that stays away surfaces as an
-error within seconds, and the worker's own hold-and-retry (``hold_retry``) takes over
+error within seconds, and the worker's own hold-and-retry (pauses from ``hold_backoff``) takes over
 there. redis-py's default (10 retries) could keep a command in the air for a minute.
 """
 
@@ -37,7 +37,6 @@ __all__ = [
     "SyncRedis",
     "async_client",
     "hold_backoff",
-    "hold_retry",
     "sync_client",
 ]
 
@@ -113,9 +112,3 @@ def hold_backoff(base_s: float = 0.1, cap_s: float = 5.0) -> EqualJitterBackoff:
     """The pauses of the worker's hold-and-retry while Redis is away: doubling from
     ``base_s`` to ``cap_s``, jittered so that workers do not return in lockstep."""
     return EqualJitterBackoff(cap=cap_s, base=base_s)
-
-
-def hold_retry(base_s: float = 0.1, cap_s: float = 5.0) -> AsyncRetry:
-    """The worker's policy while Redis is away: retry for as long as it takes (a batch
-    is held, never skipped), with backoff growing to ``cap_s``."""
-    return AsyncRetry(hold_backoff(base_s, cap_s), -1, UNAVAILABLE)  # type: ignore[arg-type]

@@ -66,23 +66,26 @@ class FeedbackRecorder:
         self._clock = clock
         self._counts: dict[tuple[str, int], dict[str, int]] = {}
         self.lists: dict[tuple[str, str], str] = {}
-        # Variants counted per (tenant, bucket), for MAX_VARIANTS; older buckets dropped.
-        self._variants: dict[tuple[str, int], set[str]] = {}
+        # Variants counted per tenant in the current bucket (``_variants_at``), for
+        # MAX_VARIANTS.
+        self._variants: dict[str, set[str]] = {}
+        self._variants_at = -1
+
+    def _bucket_start(self) -> int:
+        return int(self._clock()) // self.bucket_s * self.bucket_s
 
     def _bucket(self, tenant: str) -> dict[str, int]:
-        b = int(self._clock()) // self.bucket_s * self.bucket_s
+        b = self._bucket_start()
         per = self._counts.get((tenant, b))
         if per is None:
             per = self._counts[(tenant, b)] = {}
         return per
 
     def _admits(self, tenant: str, variant: str) -> bool:
-        b = int(self._clock()) // self.bucket_s * self.bucket_s
-        seen = self._variants.get((tenant, b))
-        if seen is None:
-            if len(self._variants) > 10_000 or any(k[1] != b for k in self._variants):
-                self._variants = {k: v for k, v in self._variants.items() if k[1] == b}
-            seen = self._variants[(tenant, b)] = set()
+        b = self._bucket_start()
+        if b != self._variants_at:
+            self._variants, self._variants_at = {}, b
+        seen = self._variants.setdefault(tenant, set())
         if variant in seen:
             return True
         if len(seen) >= MAX_VARIANTS:

@@ -339,14 +339,6 @@ class TenantDirectory:
         except DamagedFileError as exc:
             return exc
 
-    async def names(self) -> set[str]:
-        """Every tenant known here: in the Redis cache, and in the registry if there is one."""
-        await self.mode("")
-        names = set(self._modes)
-        if self._registry is not None:
-            names.update(await asyncio.to_thread(self._registry.tenants))
-        return names
-
     async def create(self, tenant: str) -> None:
         """Create the tenant: durable in the registry first, then the Redis cache."""
         if self._registry is not None:

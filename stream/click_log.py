@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, TopicPart
 
 from models.datasets import Clicks
 from models.errors import StreamrecError
-from stream.events import ClickEvent, parse_event
+from stream.events import ClickEvent, parse_event, record_time
 from stream.kafka_config import KafkaClientConfig, kafka_config
 
 log = logging.getLogger(f"streamrec.{__name__}")
@@ -199,9 +199,8 @@ def click_of(
 ) -> ClickEvent | None:
     """One record of the log as the worker reads it: its click (without ``ts``, at the
     record's timestamp), or None for a record the worker dead-letters. Never raises."""
-    default_ts = timestamp_ms / 1000 if timestamp_ms is not None and timestamp_ms >= 0 else None
     try:
-        return parse_event(value, default_ts=default_ts, now=now)
+        return parse_event(value, default_ts=record_time(timestamp_ms), now=now)
     except Exception:  # InvalidEvent, or anything a hostile record might still cause
         return None
 

@@ -30,6 +30,16 @@ MAX_TS_AHEAD_S = 86_400.0
 TS_OUT_OF_RANGE = "ts out of range"
 
 
+def ts_in_range(ts: float, now: float | None) -> bool:
+    """Is ``ts`` a time a click may carry (``now``: the reader's clock, read if None)?"""
+    return MIN_TS <= ts <= (time.time() if now is None else now) + MAX_TS_AHEAD_S
+
+
+def record_time(timestamp_ms: int | None) -> float | None:
+    """A Kafka record's timestamp in unix seconds: the time of a click without ``ts``."""
+    return timestamp_ms / 1000 if timestamp_ms is not None and timestamp_ms >= 0 else None
+
+
 _valid_tenants: set[str] = {DEFAULT_TENANT}
 
 
@@ -116,7 +126,7 @@ def event_from_dict(
         raise InvalidEvent(f"field 'event_type' must be a string of 1-{MAX_EVENT_TYPE_CHARS} chars")
     event_id = _id_field(data, "event_id", required=False)
     user_id = _id_field(data, "user_id", required=False)
-    if not MIN_TS <= ts <= (time.time() if now is None else now) + MAX_TS_AHEAD_S:
+    if not ts_in_range(ts, now):
         raise InvalidEvent(TS_OUT_OF_RANGE)
     return ClickEvent(
         tenant,
@@ -169,7 +179,7 @@ def parse_event(
             ts = wire.ts
             if (
                 ts is not None  # absent or null: the checks below decide
-                and MIN_TS <= ts <= (time.time() if now is None else now) + MAX_TS_AHEAD_S
+                and ts_in_range(ts, now)
                 and wire.tenant in _valid_tenants
                 and not has_control(wire.session_id)
                 and not has_control(wire.item_id)

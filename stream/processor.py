@@ -21,7 +21,6 @@ from confluent_kafka import KafkaException
 
 from models.bundle import ModelBundle
 from models.experiments import POPULAR, is_variant
-from models.names import tenant_refusal
 from models.ranking import Ranked, recommend_flat, similar_items
 from models.registry import TenantNameRefused
 from models.rules import Catalogue, Request, ServingRules, apply_rules, banned_mask
@@ -36,6 +35,7 @@ from stream.events import (
     RecommendationWriter,
     parse_event,
     parse_feedback,
+    record_time,
 )
 from stream.model_handle import ModelCache
 from stream.policies import PolicyDirectory
@@ -213,11 +213,7 @@ class BatchProcessor:
                     continue
                 # Kafka's own timestamp (ms) stands for a missing ts.
                 stamp = getattr(msg, "timestamp", None)
-                event = parse_event(
-                    msg.value,
-                    default_ts=stamp / 1000 if stamp is not None and stamp >= 0 else None,
-                    now=now,
-                )
+                event = parse_event(msg.value, default_ts=record_time(stamp), now=now)
                 if event.tenant in admitted:
                     refused = admitted[event.tenant]
                 else:
@@ -376,12 +372,9 @@ class BatchProcessor:
         its rec_id names, else the one serving the session now. Feedback for a tenant
         that does not exist is dead-lettered: it must not create counters (or a tenant)
         for any name a producer sends."""
-        stamp = getattr(msg, "timestamp", None)
         try:
             fb = parse_feedback(
-                msg.value,
-                default_ts=stamp / 1000 if stamp is not None and stamp >= 0 else None,
-                now=now,
+                msg.value, default_ts=record_time(getattr(msg, "timestamp", None)), now=now
             )
         except InvalidEvent as exc:
             result.dead_letters.append(DeadLetter.of(msg, f"feedback: {exc.reason}"))
@@ -564,12 +557,9 @@ class BatchProcessor:
             return None
         if not self.auto_create_tenants:
             return unknown_tenant(tenant)
-        refusal = tenant_refusal(tenant, await self._tenants.names())
-        if refusal is not None:  # a lookalike or a reserved name
-            return f"unknown tenant: {refusal.reason}"
         try:
             await self._tenants.create(tenant)
-        except TenantNameRefused as exc:  # a lookalike created elsewhere just now
+        except TenantNameRefused as exc:  # a lookalike or a reserved name
             return f"unknown tenant: {exc.refusal.reason}"
         log.info("tenant %s created by its first click", tenant)
         return None

@@ -26,7 +26,7 @@ from stream.web import (
     json_request_body,
     read_body,
 )
-from stream.web_auth import TenantName, admin_access, may_create
+from stream.web_auth import TenantName, admin_access
 
 ADMIN_ERRORS = error_responses(400, 401, 403, 404, 503)
 
@@ -75,7 +75,6 @@ def routes(ctx: WebContext) -> APIRouter:
         """400 for a reserved name (CON, NUL, COM1, ...) or one with ``..``; 409 for a
         name that differs from an existing tenant's only by case, dots or trailing
         punctuation."""
-        await may_create(ctx, tenant)
         created = await run(control.create, tenant)
         return {"tenant": tenant, "created": created}
 

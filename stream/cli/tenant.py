@@ -9,7 +9,6 @@ from typing import TypeVar
 import click
 
 from models.errors import StreamrecError
-from models.names import tenant_refusal
 from models.registry import Registry
 from models.rules import EXCLUDE_MODES, ServingRules
 from state.connection import RedisError, SyncRedis, sync_client
@@ -46,9 +45,6 @@ def tenant_create(settings: Settings, name: str) -> None:
     punctuation, or that is a reserved device name (CON, NUL, COM1, ...), is refused.
     No admin token is asked for: whoever runs this can write the registry and Redis.
     """
-    refused = tenant_refusal(name, Registry(settings.registry_dir).tenants())
-    if refused is not None:
-        raise click.ClickException(refused.reason)
     created = _control(settings, lambda c: c.create(name))
     click.echo(f"tenant {name}: {'created' if created else 'exists already'}")
 

@@ -75,9 +75,6 @@ class Tenants:
         if tenant in self.refuse:
             raise StreamrecError(f"cannot create {tenant}")
 
-    async def names(self) -> list[str]:
-        return ["default"]
-
     async def mode(self, tenant: str) -> str:
         return "on"
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +15,6 @@ from state.connection import (
     RedisError,
     RedisSettings,
     async_client,
-    hold_retry,
     sync_client,
 )
 
@@ -115,27 +113,3 @@ def test_backoff_grows_with_jitter_under_its_cap() -> None:
         pauses = {backoff.compute(failures) for _ in range(50)}
         assert all(ceiling / 2 <= p <= ceiling for p in pauses)
         assert len(pauses) > 1  # jittered: workers do not retry in lockstep
-
-
-def test_hold_retry_waits_for_redis_to_come_back() -> None:
-    calls: list[float] = []
-
-    async def flaky_batch() -> str:
-        calls.append(time.monotonic())
-        if len(calls) < 4:
-            raise ConnectionRefusedError("redis down")
-        return "done"
-
-    async def failed(exc: BaseException) -> None:
-        assert isinstance(exc, ConnectionRefusedError)
-
-    assert asyncio.run(hold_retry(0.01, 0.02).call_with_retry(flaky_batch, failed)) == "done"
-    assert len(calls) == 4
-    assert all(b - a >= 0.004 for a, b in zip(calls, calls[1:], strict=False))  # backed off
-
-
-def test_tls_files_need_rediss() -> None:
-    with pytest.raises(ValueError, match="rediss://"):
-        RedisSettings("redis://127.0.0.1:6379/0", ssl_ca_file="/ca.pem")
-    options = RedisSettings("rediss://127.0.0.1:6379/0", ssl_ca_file="/ca.pem").client_options()
-    assert options["ssl_ca_certs"] == "/ca.pem"
