@@ -251,21 +251,22 @@ class BatchLoop(Service):
 
     def progress(self) -> dict[str, float | int | None]:
         """For health: seconds since the last commit, events waiting on the partitions
-        this worker holds (from the last fetch's high watermarks), the oldest batch's
-        age."""
-        lag = None
+        this worker holds (from the last fetch's high watermarks; in all and per
+        ``topic:partition``), the oldest batch's age."""
+        lag, partitions = None, {}
         if self._consumer is not None:
-            lag = 0
             for tp in self._consumer.assignment():
                 high = self._consumer.highwater(tp)
                 done = self._committed.get(tp, self._first_seen.get(tp))
                 if high is not None and done is not None:
-                    lag += max(0, high - done)
+                    partitions[f"{tp.topic}:{tp.partition}"] = max(0, high - done)
+            lag = sum(partitions.values())
         now = time.monotonic()
         return {
             "assigned": len(self._consumer.assignment()) if self._consumer is not None else 0,
             "since_commit_s": round(now - self._last_commit, 1),
             "lag": lag,
+            "partitions": partitions,
             "batch_age_s": round(now - self._oldest, 1) if self._in_hand else 0.0,
         }
 

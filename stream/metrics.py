@@ -18,15 +18,22 @@ Bounded cardinality, whatever the traffic:
 So a worker exports at most ``max_tenants x (versions per tenant) x 3`` recommendation
 series. Per-event work is a dict count in the batch; histograms observe at most
 ``LAG_SAMPLES`` events per batch (evenly spread), not every event.
+
+:class:`LiveWindow` keeps this worker's last hour for ``/dashboard``: rates over time,
+latency percentiles (which histogram buckets are too coarse for), lag per partition and
+dead letters by reason.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import Counter as PCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -103,6 +110,7 @@ class WorkerMetrics:
             registry=r,
         )
         r.register(_Pulled(stats, models, progress, modes))
+        self.live = LiveWindow(stats, progress)
 
     def batch(self, result: Any, seconds: float) -> None:
         """Record one processed batch (``stream.processor.BatchResult``)."""
@@ -115,15 +123,18 @@ class WorkerMetrics:
             ).inc(n)
         for (tenant, variant), n in result.hits.items():
             self.hits.labels(self.tenant(tenant), variant if is_variant(variant) else OTHER).inc(n)
+        labelled: Counter[str] = Counter()
         if result.dead_letters:
             kinds = Counter(d.reason.split(":", 1)[0][:60] for d in result.dead_letters)
             for kind, n in kinds.items():
-                self.dead.labels(self.reason(kind)).inc(n)
+                labelled[self.reason(kind)] += n
+            for kind, n in labelled.items():
+                self.dead.labels(kind).inc(n)
         lags = result.lags
-        if lags:
-            step = max(1, len(lags) // LAG_SAMPLES)
-            for lag in lags[::step]:
-                self.lag_seconds.observe(max(0.0, lag))
+        sampled = [max(0.0, lag) for lag in lags[:: max(1, len(lags) // LAG_SAMPLES)]]
+        for lag in sampled:
+            self.lag_seconds.observe(lag)
+        self.live.observe(sampled, labelled)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -192,3 +203,124 @@ class _Pulled:
             for mode in ("on", "freeze", "off"):
                 by_mode.add_metric([mode], counted.get(mode, 0))
             yield by_mode
+
+
+@dataclass
+class _Slice:
+    """One step of the live window: the worker's totals when last sampled in it, and a
+    sample of its events' lags."""
+
+    start: float
+    at: float
+    events: int
+    recommendations: int
+    dead_letters: int
+    lags: list[float] = field(default_factory=list)
+    seen: int = 0  # lags offered, of which ``lags`` keeps a uniform sample
+
+
+class LiveWindow:
+    """This worker's last ``SPAN_S`` in ``STEP_S`` slices, for ``/dashboard``: events in
+    and recommendations out per second (differences of the worker's totals, sampled at
+    each batch and each read, so an idle worker's rate falls to 0), latency p50/p99
+    (event time to recommendation, a bounded sample per slice), consumer lag per
+    partition and dead letters by reason since start."""
+
+    STEP_S = 5.0
+    SPAN_S = 3600.0
+    MAX_LAGS = 2000  # lag samples kept per slice
+    RECENT_S = 60.0  # the headline numbers: the last minute
+
+    def __init__(
+        self,
+        stats: Any,
+        progress: Callable[[], dict[str, Any]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stats = stats
+        self._progress = progress
+        self._clock = clock
+        now = clock()
+        self._base = _Slice(now, now, 0, 0, 0)  # totals are 0 when the worker starts
+        self._slices: deque[_Slice] = deque(maxlen=int(self.SPAN_S / self.STEP_S) + 1)
+        self._dead: Counter[str] = Counter()
+        self._random = random.Random()
+
+    def observe(self, lags: Sequence[float], dead_letters: Counter[str]) -> None:
+        """One batch: its (already sampled) lags in seconds, dead letters by reason."""
+        current = self._sample(self._clock())
+        for lag in lags:
+            current.seen += 1
+            if len(current.lags) < self.MAX_LAGS:
+                current.lags.append(lag)
+            else:
+                j = self._random.randrange(current.seen)
+                if j < self.MAX_LAGS:
+                    current.lags[j] = lag
+        self._dead.update(dead_letters)
+
+    def _sample(self, now: float) -> _Slice:
+        s = self._stats
+        last = self._slices[-1] if self._slices else None
+        if last is None or now >= last.start + self.STEP_S:
+            last = _Slice(now - now % self.STEP_S, now, 0, 0, 0)
+            self._slices.append(last)
+        last.at = max(last.at, now)
+        last.events, last.recommendations = s.events_in, s.recommendations
+        last.dead_letters = s.dead_letters
+        return last
+
+    def view(self, since_s: float) -> dict[str, Any]:
+        """``points`` (one per slice since ``since_s`` ago: ``t``, rates per second, p50
+        and p99 in ms or None), ``last_minute`` (the same over the last minute),
+        ``partitions`` (lag per partition held; None when not measured) and
+        ``dead_letters`` (count per reason since the worker started)."""
+        now = self._clock()
+        self._sample(now)
+        slices = list(self._slices)
+        points = []
+        previous = self._base
+        for s in slices:
+            if s.at >= now - since_s:
+                points.append({"t": round(s.at, 3), **_rates(previous, s), **_percentiles(s.lags)})
+            previous = s
+        before = [s for s in slices if s.at <= now - self.RECENT_S]
+        reference = before[-1] if before else self._base
+        recent = [lag for s in slices if s.at > now - self.RECENT_S for lag in s.lags]
+        progress = self._progress() if self._progress is not None else {}
+        partitions = progress.get("partitions")
+        return {
+            "step_s": self.STEP_S,
+            "started": round(self._base.at, 3),
+            "points": points,
+            "last_minute": {**_rates(reference, slices[-1]), **_percentiles(recent)},
+            "partitions": None if partitions is None else _partition_rows(partitions),
+            "dead_letters": dict(self._dead.most_common()),
+        }
+
+
+def _rates(earlier: _Slice, later: _Slice) -> dict[str, float]:
+    dt = later.at - earlier.at
+    if dt <= 0:
+        return {"events_per_s": 0.0, "recs_per_s": 0.0, "dead_per_s": 0.0}
+    return {
+        "events_per_s": round((later.events - earlier.events) / dt, 3),
+        "recs_per_s": round((later.recommendations - earlier.recommendations) / dt, 3),
+        "dead_per_s": round((later.dead_letters - earlier.dead_letters) / dt, 3),
+    }
+
+
+def _percentiles(lags: Sequence[float]) -> dict[str, float | None]:
+    if not lags:
+        return {"p50_ms": None, "p99_ms": None}
+    p50, p99 = np.percentile(np.asarray(lags, dtype=np.float64), [50, 99]) * 1000
+    return {"p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}
+
+
+def _partition_rows(partitions: dict[str, int]) -> list[dict[str, Any]]:
+    """``{"topic:partition": lag}`` as rows ordered by topic and partition."""
+    rows = []
+    for name, lag in partitions.items():
+        topic, _, number = name.rpartition(":")
+        rows.append({"topic": topic, "partition": int(number), "lag": int(lag)})
+    return sorted(rows, key=lambda r: (r["topic"], r["partition"]))

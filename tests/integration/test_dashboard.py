@@ -1,10 +1,15 @@
 """/dashboard in a real headless browser (Debian's chromium through selenium): the admin
-token, given once in the address, is traded for an HttpOnly cookie; the page loads,
-shows the numbers the API returns, logs no console errors; a screenshot is saved."""
+token, given once in the address, is traded for an HttpOnly cookie; the page loads and
+shows what the worker knows (throughput, latency, consumer lag per partition, dead
+letters by reason, each tenant's version timeline, hit rates per variant and per
+experiment arm), each quantity in one format, on time axes that fit the data; the "try a
+session" box ranks typed items; no console errors. The screenshot is kept (its path is
+printed)."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +22,7 @@ import pytest
 import redis
 
 from models.datasets import read_clicks, sessionize
+from models.served import STRATEGIES
 from models.registry import Registry
 from state.feedback import FeedbackRecorder
 from stream.devstack import EmbeddedStack, free_port
@@ -27,6 +33,35 @@ from tests.integration.helpers import ADMIN, http_call, make_config, wait_for_ok
 pytestmark = pytest.mark.broker_agnostic
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# One format per quantity, wherever it appears on the page.
+PERCENT = re.compile(r"\d{1,3}\.\d %")
+RATE = re.compile(r"\d{1,3}(,\d{3})*\.\d /s")
+MILLIS = re.compile(r"\d{1,3}(,\d{3})*\.\d ms")
+COUNT = re.compile(r"\d{1,3}(,\d{3})*")
+SCORE = re.compile(r"-?\d+\.\d{4}")
+
+
+def count(text: str) -> int:
+    assert COUNT.fullmatch(text), text
+    return int(text.replace(",", ""))
+
+
+def path_xs(d: str) -> list[float]:
+    """The x of every point of an SVG path written as ``M x,y L x,y ...``."""
+    return [float(x) for x in re.findall(r"[ML]\s*(-?[\d.]+)\s*,", d)]
+
+
+def fits(chart, series: str) -> list[float]:  # type: ignore[no-untyped-def]
+    """The line's xs, after checking it spans most of the plot's width: the axis is
+    the data's, not a fixed window that squeezes recent points to one edge."""
+    from selenium.webdriver.common.by import By
+
+    line = chart.find_element(By.CSS_SELECTOR, f'path[data-series="{series}"]')
+    xs = path_xs(line.get_attribute("d"))
+    left, right = (float(v) for v in chart.get_attribute("data-plot-x").split(","))
+    assert len(xs) >= 2 and xs == sorted(xs), xs
+    assert xs[-1] - xs[0] >= 0.8 * (right - left), (xs, left, right)
+    return xs
 
 
 def browser():  # type: ignore[no-untyped-def]
@@ -62,6 +97,9 @@ def test_dashboard_shows_what_the_api_returns(
     shutil.copytree(trained_model_dir / "default", models / tenant)
     registry = Registry(models)
     registry.register(tenant, registry.load(tenant), {})  # v2, for an experiment
+    # The version timeline: v2 promoted, then rolled back to v1.
+    registry.promote(tenant, "v2")
+    registry.rollback(tenant, "v1")
     cfg = make_config(stack, unique_name, tmp_path, models)
     port = free_port()
     feedback_topic = unique_name("feedback")
@@ -108,6 +146,8 @@ def test_dashboard_shows_what_the_api_returns(
         assert wait_for_ok(f"{base}/health")[0] == 200, worker.log()[-3000:]
         produce(stack.broker, cfg.clicks, clicks)
         assert len(consume(stack.broker, cfg.recs, len(clicks), timeout=60)) >= len(clicks)
+        produce(stack.broker, cfg.clicks, [(b"bad", b"{not json")])
+        assert len(consume(stack.broker, cfg.dlq, 1, timeout=30)) == 1
         deadline = time.monotonic() + 20
         while True:  # the last batch's counters go out within a second or two
             status, body = http_call(f"{base}/v1/{tenant}/stats?since=3600")
@@ -118,6 +158,9 @@ def test_dashboard_shows_what_the_api_returns(
             time.sleep(0.5)
         assert status == 200 and counted == history + len(clicks), stats
         assert http_call(f"{base}/dashboard/data.json?since=3600")[0] == 401
+        for bad in ("-1", "abc", "1e9"):  # a reason, never a 500
+            status, body = http_call(f"{base}/dashboard/data.json?since={bad}", key=ADMIN)
+            assert status == 400 and "since" in json.loads(body)["error"], (bad, status, body)
         data = json.loads(http_call(f"{base}/dashboard/data.json?since=3600", key=ADMIN)[1])
 
         driver = browser()
@@ -136,43 +179,111 @@ def test_dashboard_shows_what_the_api_returns(
             assert ADMIN not in cookie["value"]
             assert driver.execute_script("return document.cookie") == ""  # out of JS's reach
             shot = tmp_path / "dashboard.png"
-            driver.save_screenshot(str(shot))
-            print(f"\nscreenshot: {shot}")
+
+            def snap() -> None:  # the whole page, kept as the test's artefact
+                height = driver.execute_script("return document.body.scrollHeight")
+                driver.set_window_size(1280, height + 40)
+                driver.save_screenshot(str(shot))
+                print(f"\nscreenshot: {shot}")
+
+            snap()
             row = driver.find_element(By.CSS_SELECTOR, f'#tenants tr[data-tenant="{tenant}"]')
 
             def cell(parent, field: str) -> str:  # type: ignore[no-untyped-def]
                 return parent.find_element(By.CSS_SELECTOR, f'[data-field="{field}"]').text
 
             assert cell(row, "mode") == "on" and cell(row, "policy") == "ab"
-            assert cell(row, "version") == registry.current_version(tenant)
-            assert int(cell(row, "recommendations")) == history + len(clicks)
+            assert cell(row, "version") == registry.current_version(tenant) == "v1"
+            assert count(cell(row, "recommendations")) == history + len(clicks)
+            # Hit rates everywhere as a percentage with one decimal.
+            for shown in driver.find_elements(By.CSS_SELECTOR, '[data-field="hit_rate"]'):
+                assert PERCENT.fullmatch(shown.text), shown.text
+
+            # This worker's throughput and latency, as numbers and over time.
+            live = driver.find_element(By.ID, "live")
+            for field in ("events_per_s", "recs_per_s"):
+                assert RATE.fullmatch(cell(live, field)), cell(live, field)
+                assert float(cell(live, field)[:-3].replace(",", "")) > 0
+            for field in ("p50_ms", "p99_ms"):
+                assert MILLIS.fullmatch(cell(live, field)), cell(live, field)
+            throughput = live.find_element(By.CSS_SELECTOR, 'svg[data-chart="throughput"]')
+            fits(throughput, "events in")
+            fits(throughput, "recommendations out")
+            latency = live.find_element(By.CSS_SELECTOR, 'svg[data-chart="latency"]')
+            fits(latency, "p99")
+            # Consumer lag: a row per partition of the clicks topic, all read.
+            lags = {
+                r.get_attribute("data-partition"): count(cell(r, "lag"))
+                for r in driver.find_elements(By.CSS_SELECTOR, "#lag tr[data-partition]")
+            }
+            assert {f"{cfg.clicks}:{p}" for p in range(4)} <= set(lags), lags
+            assert all(lags[f"{cfg.clicks}:{p}"] == 0 for p in range(4)), lags
+            dead = driver.find_element(
+                By.CSS_SELECTOR, '#dead-letters tr[data-reason="value is not valid JSON"]'
+            )
+            assert count(cell(dead, "count")) == 1
+
             box = driver.find_element(By.CSS_SELECTOR, f'div.tenant[data-tenant="{tenant}"]')
+            # The version timeline: v1, v2 promoted, rolled back to v1.
+            timeline = box.find_element(By.CSS_SELECTOR, "svg.timeline")
+            steps = [
+                (e.get_attribute("data-action"), e.get_attribute("data-version"))
+                for e in timeline.find_elements(By.CSS_SELECTOR, "[data-action]")
+            ]
+            assert steps[-2:] == [("promote", "v2"), ("rollback", "v1")], steps
             for variant, v in stats["variants"].items():
                 line = box.find_element(By.CSS_SELECTOR, f'tr[data-variant="{variant}"]')
-                assert int(cell(line, "recommendations")) == v["recommendations"]
-                assert int(cell(line, "hits")) == v["hits"]
-                assert cell(line, "hit_rate") == f"{v['hit_rate']:.4f}"
+                assert count(cell(line, "recommendations")) == v["recommendations"]
+                assert count(cell(line, "hits")) == v["hits"]
+                assert cell(line, "hit_rate") == f"{100 * v['hit_rate']:.1f} %"
+                low, high = v["ci"]
+                assert cell(line, "ci") == f"{100 * low:.1f} % - {100 * high:.1f} %"
             assert set(stats["variants"]) == {"v1", "v2"}
-            # A line per variant through the buckets with traffic (6+), between labelled
-            # axes (rates and times) and a legend.
-            lines = box.find_elements(By.CSS_SELECTOR, "svg path[data-variant]")
-            assert sorted(e.get_attribute("data-variant") for e in lines) == ["v1", "v2"]
-            assert all(e.get_attribute("d").count("L") >= 5 for e in lines), [
-                e.get_attribute("d") for e in lines
-            ]
-            axis = [e.text for e in box.find_elements(By.CSS_SELECTOR, "svg text.axis")]
-            assert axis[0] == "0 %" and len(axis) == 5 and all(axis), axis
-            legend = box.find_elements(By.CSS_SELECTOR, "svg text.legend")
+            # A line per variant through the buckets with traffic (6+), on a time axis that
+            # fits them, between labelled axes (rates and times) and a legend.
+            chart = box.find_element(By.CSS_SELECTOR, 'svg[data-chart="hit_rate"]')
+            lines = chart.find_elements(By.CSS_SELECTOR, "path[data-series]")
+            assert sorted(e.get_attribute("data-series") for e in lines) == ["v1", "v2"]
+            for variant in ("v1", "v2"):
+                assert len(fits(chart, variant)) >= 6
+            axis = [e.text for e in chart.find_elements(By.CSS_SELECTOR, "text.axis")]
+            assert axis[0] == "0.0 %" and len(axis) >= 5 and all(axis), axis
+            legend = chart.find_elements(By.CSS_SELECTOR, "text.legend")
             assert [e.text for e in legend] == ["v1", "v2"]
-            experiment = box.find_element(By.CSS_SELECTOR, "p.experiment")
-            # The decision the API gives (two copies of one model: usually "running").
-            shown_decision = experiment.get_attribute("data-decision")
+            # Per experiment arm: its share, what it served, hits, hit rate and interval.
             api = json.loads(http_call(f"{base}/dashboard/data.json?since=3600", key=ADMIN)[1])
             (entry,) = [t for t in api["tenants"] if t["tenant"] == tenant]
+            experiment = box.find_element(By.CSS_SELECTOR, ".experiment")
+            for arm, a in entry["experiment"]["arms"].items():
+                line = experiment.find_element(By.CSS_SELECTOR, f'tr[data-arm="{arm}"]')
+                assert cell(line, "share") == "50.0 %"
+                assert count(cell(line, "recommendations")) == a["recommendations"] > 0
+                assert count(cell(line, "hits")) == a["hits"]
+                assert cell(line, "hit_rate") == f"{100 * a['hit_rate']:.1f} %"
+                low, high = a["ci"]
+                assert cell(line, "ci") == f"{100 * low:.1f} % - {100 * high:.1f} %"
+            # The decision the API gives (two copies of one model: usually "running").
+            shown_decision = experiment.get_attribute("data-decision")
             assert (
                 shown_decision == entry["experiment"]["decision"] in ("running", "promote", "keep")
             )
-            assert "50.00 %" in experiment.text
+            # Try a session: type item ids, get the ranked list with scores and its source.
+            from selenium.webdriver.support.ui import Select
+
+            Select(driver.find_element(By.ID, "try-tenant")).select_by_value(tenant)
+            typed = driver.find_element(By.ID, "try-items")
+            typed.send_keys(", ".join(sessions[0][:3]))
+            driver.find_element(By.ID, "try-go").click()
+            WebDriverWait(driver, 20).until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, "#try-result tr[data-item]")
+            )
+            ranked = driver.find_elements(By.CSS_SELECTOR, "#try-result tr[data-item]")
+            assert len(ranked) == 10, driver.find_element(By.ID, "try-result").text
+            assert all(SCORE.fullmatch(cell(r, "score")) for r in ranked)
+            caption = driver.find_element(By.ID, "try-result")
+            assert caption.get_attribute("data-source") in STRATEGIES
+            assert caption.get_attribute("data-version") in ("v1", "v2")
+            snap()
             for mode, n in data["modes"].items():
                 shown = driver.find_element(By.CSS_SELECTOR, f'span[data-mode="{mode}"]').text
                 assert shown == f"{mode}: {n}"
@@ -191,3 +302,4 @@ def test_dashboard_shows_what_the_api_returns(
         finally:
             driver.quit()
     assert shot.stat().st_size > 10_000
+    assert data["live"]["dead_letters"] == {"value is not valid JSON": 1}, data["live"]
