@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> faust.App:
             backend=lambda: worker.processor,
         )
         web.ctx.metrics = worker.metrics.render
+        web.ctx.live = worker.metrics.live.view
         app.web_server(web)
 
     app.timer(DeadLetterLog.INTERVAL_S)(worker.flush_dead_letters)

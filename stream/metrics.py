@@ -110,10 +110,11 @@ class WorkerMetrics:
             registry=r,
         )
         r.register(_Pulled(stats, models, progress, modes))
-        self.live = LiveWindow(stats, progress)
+        self.live = LiveWindow(progress)
 
-    def batch(self, result: Any, seconds: float) -> None:
-        """Record one processed batch (``stream.processor.BatchResult``)."""
+    def batch(self, result: Any, seconds: float, events: int = 0) -> None:
+        """Record one processed batch (``stream.processor.BatchResult``) of ``events``
+        messages."""
         self.batch_seconds.observe(seconds)
         for (tenant, variant, strategy), n in result.by_variant.items():
             self.recs.labels(
@@ -134,7 +135,7 @@ class WorkerMetrics:
         sampled = [max(0.0, lag) for lag in lags[:: max(1, len(lags) // LAG_SAMPLES)]]
         for lag in sampled:
             self.lag_seconds.observe(lag)
-        self.live.observe(sampled, labelled)
+        self.live.observe(events, len(result.recommendations), sampled, labelled)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -207,24 +208,21 @@ class _Pulled:
 
 @dataclass
 class _Slice:
-    """One step of the live window: the worker's totals when last sampled in it, and a
-    sample of its events' lags."""
+    """One step of the live window: what the batches that started in it counted."""
 
     start: float
-    at: float
-    events: int
-    recommendations: int
-    dead_letters: int
-    lags: list[float] = field(default_factory=list)
-    seen: int = 0  # lags offered, of which ``lags`` keeps a uniform sample
+    events: int = 0
+    recommendations: int = 0
+    dead_letters: int = 0
+    lags: list[float] = field(default_factory=list)  # a uniform sample of its lags
+    seen: int = 0  # lags offered
 
 
 class LiveWindow:
     """This worker's last ``SPAN_S`` in ``STEP_S`` slices, for ``/dashboard``: events in
-    and recommendations out per second (differences of the worker's totals, sampled at
-    each batch and each read, so an idle worker's rate falls to 0), latency p50/p99
-    (event time to recommendation, a bounded sample per slice), consumer lag per
-    partition and dead letters by reason since start."""
+    and recommendations out per second, latency p50/p99 (event time to recommendation,
+    a bounded sample per slice), consumer lag per partition and dead letters by reason
+    since start."""
 
     STEP_S = 5.0
     SPAN_S = 3600.0
@@ -233,22 +231,29 @@ class LiveWindow:
 
     def __init__(
         self,
-        stats: Any,
         progress: Callable[[], dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._stats = stats
         self._progress = progress
         self._clock = clock
-        now = clock()
-        self._base = _Slice(now, now, 0, 0, 0)  # totals are 0 when the worker starts
+        self.started = clock()
         self._slices: deque[_Slice] = deque(maxlen=int(self.SPAN_S / self.STEP_S) + 1)
         self._dead: Counter[str] = Counter()
         self._random = random.Random()
 
-    def observe(self, lags: Sequence[float], dead_letters: Counter[str]) -> None:
-        """One batch: its (already sampled) lags in seconds, dead letters by reason."""
-        current = self._sample(self._clock())
+    def observe(
+        self, events: int, recommendations: int, lags: Sequence[float], dead: Counter[str]
+    ) -> None:
+        """One batch: its events, recommendations, (already sampled) lags in seconds
+        and dead letters by reason."""
+        now = self._clock()
+        start = now - now % self.STEP_S
+        if not self._slices or start > self._slices[-1].start:
+            self._slices.append(_Slice(start))
+        current = self._slices[-1]
+        current.events += events
+        current.recommendations += recommendations
+        current.dead_letters += sum(dead.values())
         for lag in lags:
             current.seen += 1
             if len(current.lags) < self.MAX_LAGS:
@@ -257,56 +262,54 @@ class LiveWindow:
                 j = self._random.randrange(current.seen)
                 if j < self.MAX_LAGS:
                     current.lags[j] = lag
-        self._dead.update(dead_letters)
-
-    def _sample(self, now: float) -> _Slice:
-        s = self._stats
-        last = self._slices[-1] if self._slices else None
-        if last is None or now >= last.start + self.STEP_S:
-            last = _Slice(now - now % self.STEP_S, now, 0, 0, 0)
-            self._slices.append(last)
-        last.at = max(last.at, now)
-        last.events, last.recommendations = s.events_in, s.recommendations
-        last.dead_letters = s.dead_letters
-        return last
+        self._dead.update(dead)
 
     def view(self, since_s: float) -> dict[str, Any]:
-        """``points`` (one per slice since ``since_s`` ago: ``t``, rates per second, p50
-        and p99 in ms or None), ``last_minute`` (the same over the last minute),
-        ``partitions`` (lag per partition held; None when not measured) and
+        """``points`` (one per slice since ``since_s`` ago, idle ones too: ``t``, rates
+        per second, p50 and p99 in ms or None), ``last_minute`` (the same over the last
+        minute), ``partitions`` (lag per partition held; None when not measured) and
         ``dead_letters`` (count per reason since the worker started)."""
         now = self._clock()
-        self._sample(now)
-        slices = list(self._slices)
+        step = self.STEP_S
+        kept = {s.start: s for s in self._slices}
+        first = max(self.started, now - min(since_s, self.SPAN_S))
+        start = first - first % step
         points = []
-        previous = self._base
-        for s in slices:
-            if s.at >= now - since_s:
-                points.append({"t": round(s.at, 3), **_rates(previous, s), **_percentiles(s.lags)})
-            previous = s
-        before = [s for s in slices if s.at <= now - self.RECENT_S]
-        reference = before[-1] if before else self._base
-        recent = [lag for s in slices if s.at > now - self.RECENT_S for lag in s.lags]
+        while start <= now:
+            # A slice's rate is over the part of it the worker was up.
+            seconds = min(start + step, now) - max(start, self.started)
+            s = kept.get(start) or _Slice(start)
+            points.append(
+                {
+                    "t": round(min(start + step / 2, now), 3),
+                    **_rates([s], seconds),
+                    **_percentiles(s.lags),
+                }
+            )
+            start += step
+        recent = [s for s in self._slices if s.start + step > now - self.RECENT_S]
+        seconds = now - max(self.started, now - self.RECENT_S)
         progress = self._progress() if self._progress is not None else {}
         partitions = progress.get("partitions")
         return {
-            "step_s": self.STEP_S,
-            "started": round(self._base.at, 3),
+            "step_s": step,
+            "started": round(self.started, 3),
             "points": points,
-            "last_minute": {**_rates(reference, slices[-1]), **_percentiles(recent)},
+            "last_minute": {
+                **_rates(recent, seconds),
+                **_percentiles([lag for s in recent for lag in s.lags]),
+            },
             "partitions": None if partitions is None else _partition_rows(partitions),
             "dead_letters": dict(self._dead.most_common()),
         }
 
 
-def _rates(earlier: _Slice, later: _Slice) -> dict[str, float]:
-    dt = later.at - earlier.at
-    if dt <= 0:
-        return {"events_per_s": 0.0, "recs_per_s": 0.0, "dead_per_s": 0.0}
+def _rates(slices: list[_Slice], seconds: float) -> dict[str, float]:
+    seconds = max(seconds, 1e-3)
     return {
-        "events_per_s": round((later.events - earlier.events) / dt, 3),
-        "recs_per_s": round((later.recommendations - earlier.recommendations) / dt, 3),
-        "dead_per_s": round((later.dead_letters - earlier.dead_letters) / dt, 3),
+        "events_per_s": round(sum(s.events for s in slices) / seconds, 3),
+        "recs_per_s": round(sum(s.recommendations for s in slices) / seconds, 3),
+        "dead_per_s": round(sum(s.dead_letters for s in slices) / seconds, 3),
     }
 
 

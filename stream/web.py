@@ -247,6 +247,8 @@ class WebContext:
     boot_ts: float = field(default_factory=time.time)
     # -> the Prometheus exposition (stream.metrics); None: the plain counters below.
     metrics: Callable[[], bytes] | None = None
+    # since_s -> this worker's recent numbers for /dashboard (stream.metrics.LiveWindow).
+    live: Callable[[float], dict[str, Any]] | None = None
 
     def counters(self) -> dict[str, float]:
         s = self.stats

@@ -7,7 +7,8 @@
   ``STREAMREC_ADMIN_TOKEN`` configured they are not served at all.
 - Every tenant's numbers (/dashboard, its data, /metrics, the details of /health): the
   admin token as a bearer header, or the cookie ``/dashboard?token=...`` trades it for,
-  unless ``STREAMREC_PUBLIC_DASHBOARD`` is on. The cookie reaches nothing else, so no
+  unless ``STREAMREC_PUBLIC_DASHBOARD`` is on. Beyond those the cookie reaches only the
+  read-only ranking the dashboard's "try a session" box calls (``TenantReader``), so no
   other site can make a browser change anything with it.
 - A tenant that does not exist is 404, unless auto-creation is on; a new tenant's name
   must pass ``models.names.tenant_refusal`` (400, or 409 for another tenant's lookalike).
@@ -146,14 +147,32 @@ def view_cookie(token: str) -> str:
     return hmac.new(token.encode(), b"streamrec dashboard", hashlib.sha256).hexdigest()
 
 
+def has_view_cookie(request: Request) -> bool:
+    """The cookie ``/dashboard?token=...`` set, made from the current admin token."""
+    token, cookie = _ctx(request).settings.admin_token, request.cookies.get(VIEW_COOKIE)
+    return bool(
+        token and cookie and hmac.compare_digest(cookie.encode(), view_cookie(token).encode())
+    )
+
+
 def may_view(request: Request, credentials: HTTPAuthorizationCredentials | None) -> bool:
     ctx = _ctx(request)
     if ctx.settings.public_dashboard or is_admin(ctx, credentials):
         return True
-    token, cookie = ctx.settings.admin_token, request.cookies.get(VIEW_COOKIE)
-    return bool(
-        token and cookie and hmac.compare_digest(cookie.encode(), view_cookie(token).encode())
-    )
+    return has_view_cookie(request)
+
+
+async def tenant_read_access(request: Request, tenant: TenantName, credentials: Credentials) -> str:
+    """``tenant_access``, where the dashboard's cookie counts as the admin token: for
+    read-only tenant routes the dashboard calls (its "try a session" box ranks items
+    without storing anything). A public dashboard alone opens nothing here."""
+    if credentials is None and has_view_cookie(request):
+        token = _ctx(request).settings.admin_token
+        credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+    return await tenant_access(request, tenant, credentials)
+
+
+TenantReader = Annotated[str, Depends(tenant_read_access)]
 
 
 async def view_access(request: Request, credentials: Credentials) -> None:

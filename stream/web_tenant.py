@@ -33,7 +33,7 @@ from stream.web import (
     read_body,
     read_records,
 )
-from stream.web_auth import Tenant
+from stream.web_auth import Tenant, TenantReader
 
 CLICK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -140,7 +140,7 @@ def routes(ctx: WebContext) -> APIRouter:
         responses=error_responses(400, 401, 403, 404, 413, 503),
         openapi_extra=json_request_body(RANK_SCHEMA),
     )
-    async def rank(tenant: Tenant, request: HttpRequest) -> dict[str, Any]:
+    async def rank(tenant: TenantReader, request: HttpRequest) -> dict[str, Any]:
         body = json_body(await read_body(request, MAX_EVENT_BYTES * 4))
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object with 'items'")

@@ -232,7 +232,7 @@ class Worker(Service):
                     str(exc) or type(exc).__name__, len(batch), delay, failures,
                 )  # fmt: skip
                 await asyncio.sleep(delay)
-        self.metrics.batch(result, time.perf_counter() - started)
+        self.metrics.batch(result, time.perf_counter() - started, len(batch))
         if failures:
             log.warning("Redis is back; resuming")
         return result

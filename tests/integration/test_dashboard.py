@@ -22,10 +22,11 @@ import pytest
 import redis
 
 from models.datasets import read_clicks, sessionize
-from models.served import STRATEGIES
 from models.registry import Registry
+from models.served import STRATEGIES
 from state.feedback import FeedbackRecorder
 from stream.devstack import EmbeddedStack, free_port
+from stream.metrics import LiveWindow
 from stream.testing import WorkerProcess, consume, produce
 from stream.topics import ensure_topics
 from tests.integration.helpers import ADMIN, http_call, make_config, wait_for_ok
@@ -57,7 +58,9 @@ def fits(chart, series: str) -> list[float]:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
 
     line = chart.find_element(By.CSS_SELECTOR, f'path[data-series="{series}"]')
-    xs = path_xs(line.get_attribute("d"))
+    d = line.get_attribute("d")
+    assert d.startswith("M") and d.count("M") == 1, d  # one line through every point
+    xs = path_xs(d)
     left, right = (float(v) for v in chart.get_attribute("data-plot-x").split(","))
     assert len(xs) >= 2 and xs == sorted(xs), xs
     assert xs[-1] - xs[0] >= 0.8 * (right - left), (xs, left, right)
@@ -122,12 +125,17 @@ def test_dashboard_shows_what_the_api_returns(
     sessions = sessionize(read_clicks(eshop_csv, fmt="eshop"))[:300]
     now = time.time()
     clicks = [
-        (f"d{n}".encode(), orjson.dumps(
-            {"tenant": tenant, "session_id": f"d{n}", "item_id": item, "ts": now,
-             "event_id": f"d{n}-{j}"}))
+        (f"d{n}".encode(),
+         {"tenant": tenant, "session_id": f"d{n}", "item_id": item, "event_id": f"d{n}-{j}"})
         for n, s in enumerate(sessions)
         for j, item in enumerate(s)
     ]  # fmt: skip
+
+    def stamped(part: list[tuple[bytes, dict]]) -> list[tuple[bytes, bytes]]:
+        # Event time = sending time: the latency shown is the worker's, not the test's.
+        ts = time.time()
+        return [(key, orjson.dumps({**event, "ts": ts})) for key, event in part]
+
     # Earlier traffic in the window, counted as the worker counts it, so that the chart
     # has a line over time to draw (the live clicks below all land in the newest bucket).
     history = 0
@@ -144,7 +152,12 @@ def test_dashboard_shows_what_the_api_returns(
     base = f"http://127.0.0.1:{port}"
     with WorkerProcess(cfg) as worker:
         assert wait_for_ok(f"{base}/health")[0] == 200, worker.log()[-3000:]
-        produce(stack.broker, cfg.clicks, clicks)
+        # Two bursts some seconds apart: two points on the live charts, joined by a line.
+        half = len(clicks) // 2
+        produce(stack.broker, cfg.clicks, stamped(clicks[:half]))
+        assert len(consume(stack.broker, cfg.recs, half, timeout=60)) >= half
+        time.sleep(LiveWindow.STEP_S + 1)
+        produce(stack.broker, cfg.clicks, stamped(clicks[half:]))
         assert len(consume(stack.broker, cfg.recs, len(clicks), timeout=60)) >= len(clicks)
         produce(stack.broker, cfg.clicks, [(b"bad", b"{not json")])
         assert len(consume(stack.broker, cfg.dlq, 1, timeout=30)) == 1
@@ -169,11 +182,12 @@ def test_dashboard_shows_what_the_api_returns(
             assert "admin token" in driver.page_source and 'id="tenants"' not in driver.page_source
             driver.get_log("browser")  # that 401 is logged as an error: not the page's
             # The token once, in the address: traded for a cookie, then left out of it.
-            driver.get(f"{base}/dashboard?since=3600&token={ADMIN}")
+            # (refresh=0: the page stays as first drawn while the test reads it)
+            driver.get(f"{base}/dashboard?since=3600&refresh=0&token={ADMIN}")
             WebDriverWait(driver, 20).until(
                 lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1"
             )
-            assert driver.current_url == f"{base}/dashboard?since=3600", driver.current_url
+            assert driver.current_url == f"{base}/dashboard?since=3600&refresh=0"
             (cookie,) = driver.get_cookies()
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
             assert ADMIN not in cookie["value"]
@@ -182,7 +196,7 @@ def test_dashboard_shows_what_the_api_returns(
 
             def snap() -> None:  # the whole page, kept as the test's artefact
                 height = driver.execute_script("return document.body.scrollHeight")
-                driver.set_window_size(1280, height + 40)
+                driver.set_window_size(1280, height + 200)
                 driver.save_screenshot(str(shot))
                 print(f"\nscreenshot: {shot}")
 
@@ -197,7 +211,7 @@ def test_dashboard_shows_what_the_api_returns(
             assert count(cell(row, "recommendations")) == history + len(clicks)
             # Hit rates everywhere as a percentage with one decimal.
             for shown in driver.find_elements(By.CSS_SELECTOR, '[data-field="hit_rate"]'):
-                assert PERCENT.fullmatch(shown.text), shown.text
+                assert PERCENT.fullmatch(shown.text) or shown.text == "-", shown.text
 
             # This worker's throughput and latency, as numbers and over time.
             live = driver.find_element(By.ID, "live")
@@ -209,6 +223,10 @@ def test_dashboard_shows_what_the_api_returns(
             throughput = live.find_element(By.CSS_SELECTOR, 'svg[data-chart="throughput"]')
             fits(throughput, "events in")
             fits(throughput, "recommendations out")
+            # Each burst is counted when it was processed: two points above zero.
+            line = throughput.find_element(By.CSS_SELECTOR, 'path[data-series="events in"]')
+            ys = [float(y) for y in re.findall(r",(-?[\d.]+)", line.get_attribute("d"))]
+            assert sum(y < max(ys) - 1 for y in ys) >= 2, line.get_attribute("d")
             latency = live.find_element(By.CSS_SELECTOR, 'svg[data-chart="latency"]')
             fits(latency, "p99")
             # Consumer lag: a row per partition of the clicks topic, all read.

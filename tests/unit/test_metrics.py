@@ -73,47 +73,48 @@ def test_every_series_of_the_grafana_dashboard_is_exported() -> None:
 
 
 def test_live_window_gives_rates_latency_lag_and_dead_letters() -> None:
-    stats = SimpleNamespace(events_in=0, recommendations=0, dead_letters=0)
     clock = [1000.0]
     partitions = {"clicks:1": 0, "clicks:0": 3, "feedback:0": 1}
-    live = LiveWindow(stats, lambda: {"partitions": partitions}, clock=lambda: clock[0])
-    for second in range(1, 31):  # 100 events/s in, 90 recommendations/s out
-        clock[0] = 1000.0 + second
-        stats.events_in += 100
-        stats.recommendations += 90
-        live.observe([0.010] * 98 + [0.200] * 2, Counter())
-    live.observe([], Counter({"value is not valid JSON": 2}))
+    live = LiveWindow(lambda: {"partitions": partitions}, clock=lambda: clock[0])
+    for second in range(30):  # 100 events/s in, 90 recommendations/s out
+        clock[0] = 1000.5 + second
+        live.observe(100, 90, [0.010] * 98 + [0.200] * 2, Counter())
+    live.observe(0, 0, [], Counter({"value is not valid JSON": 2}))
+    clock[0] = 1030.0
     view = live.view(3600)
     now = view["last_minute"]
     assert now["events_per_s"] == pytest.approx(100) and now["recs_per_s"] == pytest.approx(90)
+    assert now["dead_per_s"] == pytest.approx(2 / 30, abs=1e-3)
     assert now["p50_ms"] == pytest.approx(10) and now["p99_ms"] == pytest.approx(200)
     points = view["points"]
-    assert len(points) == 7 and all(p["events_per_s"] == pytest.approx(100) for p in points)
-    assert [p["t"] for p in points] == sorted(p["t"] for p in points)
+    assert [p["t"] for p in points] == [1002.5, 1007.5, 1012.5, 1017.5, 1022.5, 1027.5, 1030]
+    assert all(p["events_per_s"] == pytest.approx(100) for p in points[:-1])
+    assert points[-1]["events_per_s"] == 0.0 and points[-1]["p50_ms"] is None
     assert view["partitions"] == [
         {"topic": "clicks", "partition": 0, "lag": 3},
         {"topic": "clicks", "partition": 1, "lag": 0},
         {"topic": "feedback", "partition": 0, "lag": 1},
     ]
     assert view["dead_letters"] == {"value is not valid JSON": 2}
-    # A narrower window: the points within it only; an idle worker's rate falls to 0.
+    # Later, idle: a point per slice at 0/s, without latency; a narrower window.
     clock[0] += 120
     later = live.view(60)
-    assert [p["events_per_s"] for p in later["points"]] == [0.0]
+    assert len(later["points"]) in (12, 13)
+    assert {p["events_per_s"] for p in later["points"]} == {0.0}
     assert later["last_minute"]["events_per_s"] == 0.0 and later["last_minute"]["p50_ms"] is None
 
 
 def test_live_window_keeps_an_hour_and_a_bounded_sample() -> None:
-    stats = SimpleNamespace(events_in=0, recommendations=0, dead_letters=0)
     clock = [0.0]
-    live = LiveWindow(stats, clock=lambda: clock[0])
+    live = LiveWindow(clock=lambda: clock[0])
     for second in range(0, 7200, 5):
         clock[0] = float(second)
-        live.observe([0.001] * 100, Counter())
+        live.observe(10, 10, [0.001] * 100, Counter())
     for _ in range(30):  # more samples in one slice than it keeps
-        live.observe([0.001] * 100, Counter())
+        live.observe(10, 10, [0.001] * 100, Counter())
     view = live.view(86400)
-    assert view["points"][0]["t"] >= 7200 - LiveWindow.SPAN_S - LiveWindow.STEP_S
+    assert view["points"][0]["t"] >= 7195 - LiveWindow.SPAN_S
+    assert len(view["points"]) <= LiveWindow.SPAN_S / LiveWindow.STEP_S + 1
     assert len(live._slices) <= LiveWindow.SPAN_S / LiveWindow.STEP_S + 1
     assert all(len(s.lags) <= LiveWindow.MAX_LAGS for s in live._slices)
     assert view["partitions"] is None  # no consumer of its own (the agent engine)
@@ -121,9 +122,10 @@ def test_live_window_keeps_an_hour_and_a_bounded_sample() -> None:
 
 def test_worker_metrics_feed_the_live_window() -> None:
     m = _metrics()
-    m.batch(_batch("shop"), 0.01)
-    m.batch(_batch("shop"), 0.01)
+    m.batch(_batch("shop"), 0.01, events=5)
+    m.batch(_batch("shop"), 0.01, events=5)
     view = m.live.view(3600)
     assert view["dead_letters"] == {"value is not valid JSON": 2}
+    assert sum(p["events_per_s"] for p in view["points"]) > 0
     assert view["last_minute"]["p50_ms"] == pytest.approx(10)
     assert view["partitions"] is None  # the progress given has no per-partition lag
