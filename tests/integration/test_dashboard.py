@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +47,17 @@ SCORE = re.compile(r"-?\d+\.\d{4}")
 def count(text: str) -> int:
     assert COUNT.fullmatch(text), text
     return int(text.replace(",", ""))
+
+
+def post(url: str, body: object, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def path_xs(d: str) -> list[float]:
@@ -170,6 +183,11 @@ def test_dashboard_shows_what_the_api_returns(
                 break
             time.sleep(0.5)
         assert status == 200 and counted == history + len(clicks), stats
+        # From now on the tenant takes its keys only (or the admin token).
+        status, body = http_call(f"{base}/v1/admin/tenants/{tenant}/keys", {}, key=ADMIN)
+        assert status == 201, body
+        ranking = {"items": sessions[0][:3]}
+        assert http_call(f"{base}/v1/{tenant}/recommendations", ranking)[0] == 401
         assert http_call(f"{base}/dashboard/data.json?since=3600")[0] == 401
         for bad in ("-1", "abc", "1e9"):  # a reason, never a 500
             status, body = http_call(f"{base}/dashboard/data.json?since={bad}", key=ADMIN)
@@ -307,6 +325,12 @@ def test_dashboard_shows_what_the_api_returns(
                 assert shown == f"{mode}: {n}"
             errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             assert not errors, errors
+            # The box ranked with the dashboard's cookie, which reaches nothing that writes.
+            with_cookie = {"Cookie": f"{cookie['name']}={cookie['value']}"}
+            assert post(f"{base}/v1/{tenant}/recommendations", ranking, with_cookie) == 200
+            click = {"session_id": "c1", "item_id": sessions[0][0]}
+            assert post(f"{base}/v1/{tenant}/events", click, with_cookie) == 401
+            assert post(f"{base}/v1/admin/tenants/{tenant}/keys", {}, with_cookie) == 401
             # /docs renders the API's operations from files the worker serves itself.
             driver.get(f"{base}/docs")
             WebDriverWait(driver, 20).until(
