@@ -216,6 +216,16 @@ class _Slice:
     dead_letters: int = 0
     lags: list[float] = field(default_factory=list)  # a uniform sample of its lags
     seen: int = 0  # lags offered
+    latency: dict[str, float | None] | None = None  # its percentiles, once it is over
+
+    def percentiles(self, now: float, step: float) -> dict[str, float | None]:
+        # A slice that is over never changes: each read does not sort it again.
+        if self.latency is not None:
+            return self.latency
+        latency = _percentiles(self.lags)
+        if now >= self.start + step:
+            self.latency = latency
+        return latency
 
 
 class LiveWindow:
@@ -249,6 +259,8 @@ class LiveWindow:
         now = self._clock()
         start = now - now % self.STEP_S
         if not self._slices or start > self._slices[-1].start:
+            if self._slices:  # over: summed up once, here, not on the dashboard's reads
+                self._slices[-1].percentiles(now, self.STEP_S)
             self._slices.append(_Slice(start))
         current = self._slices[-1]
         current.events += events
@@ -283,7 +295,7 @@ class LiveWindow:
                 {
                     "t": round(min(start + step / 2, now), 3),
                     **_rates([s], seconds),
-                    **_percentiles(s.lags),
+                    **s.percentiles(now, step),
                 }
             )
             start += step
