@@ -15,6 +15,7 @@ import click
 
 from models.errors import StreamrecError
 from stream.cli.lazy import LazyCommand, LazyGroup
+from stream.cli.params import option
 from stream.config import Settings
 
 _STACK, _MODELS, _STREAM, _TENANTS = "Local stack", "Models", "Stream", "Tenants and experiments"
@@ -102,7 +103,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "sho
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings=CONTEXT)
-@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+@option("-v", "--verbose", is_flag=True, help="Log debug details.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """streamrec: real-time session-based product recommendations from a click stream.
@@ -156,6 +157,17 @@ def main(argv: list[str] | None = None) -> None:
 
 def _usage_hint(exc: click.ClickException) -> str:
     ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.MissingParameter) and ctx is not None and _names_a_tenant(exc, ctx):
+        return f" (`streamrec tenant list` shows them; see '{ctx.command_path} --help')"
     if isinstance(exc, click.UsageError) and ctx is not None:
         return f" (see '{ctx.command_path} --help')"
     return ""
+
+
+def _names_a_tenant(exc: click.MissingParameter, ctx: click.Context) -> bool:
+    """A missing argument that names an existing tenant (not a new one to create)."""
+    name = exc.param.name if exc.param is not None else None
+    path = ctx.command_path
+    return name == "tenant" or (
+        name == "name" and path.startswith("streamrec tenant") and not path.endswith("create")
+    )
