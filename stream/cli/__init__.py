@@ -66,6 +66,11 @@ COMMANDS: dict[str, LazyCommand] = {
         "Replay a click log into the clicks topic, keyed by session id.",
         _STREAM,
     ),
+    "recs": LazyCommand(
+        "stream.cli.recs:recs",
+        "Follow the recommendations the workers publish.",
+        _STREAM,
+    ),
     "synth": LazyCommand(
         "stream.cli.producers:synth",
         "Generate a realistic synthetic clickstream, seeded: to a file or into Kafka.",
@@ -110,10 +115,11 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
     \b
     Quick start (embedded broker + Redis, no Docker):
-      streamrec dev up        # start the embedded Kafka-compatible broker and Redis
-      streamrec train         # train on the shipped Kaggle clickstream and promote it
-      streamrec worker        # run the stream worker (Ctrl-C to stop)
-      streamrec replay        # replay the clickstream into the `clicks` topic
+      streamrec dev up                 # the embedded Kafka-compatible broker and Redis
+      streamrec train                  # train on the shipped clickstream and promote it
+      streamrec worker &               # the stream worker (Ctrl-C or kill %1 stops it)
+      streamrec replay --rate 1000 --limit 20000   # 20 s of clicks into `clicks`
+      streamrec recs tail --limit 5    # the lists the worker publishes
       streamrec dev down
 
     Every command reads STREAMREC_* environment variables (see README) for where the

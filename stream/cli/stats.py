@@ -24,9 +24,7 @@ def _since(ctx: click.Context, param: click.Parameter, value: str) -> float:
 async def _read(settings: Settings, tenants: list[str], since_s: float) -> list[dict]:
     client = async_client(settings.redis)
     try:
-        return [
-            await tenant_stats(client, t, since_s, settings.feedback_bucket_s) for t in tenants
-        ]
+        return [await tenant_stats(client, t, since_s, settings.feedback_bucket_s) for t in tenants]
     finally:
         await client.aclose()
 

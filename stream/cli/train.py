@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,33 +96,43 @@ def _quiet_libraries() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-class _StageBars:
-    """One tqdm bar per training stage, fed by ``train_model``'s progress callback."""
+class _Stages:
+    """Training progress from ``train_model``'s callback: on a terminal one tqdm bar per
+    stage; elsewhere (a log, a pipe) one line per stage with its time when it ends, so a
+    log gets no carriage-return-joined bars; ``quiet``: nothing."""
 
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
+    def __init__(self, quiet: bool = False) -> None:
+        self._quiet = quiet
+        self._bars = not quiet and sys.stderr.isatty()
         self._stage: str | None = None
+        self._started = 0.0
         self._bar: Any = None
 
     def __call__(self, stage: str, fraction: float) -> None:
         if stage != self._stage:
             self.close()
-            self._stage = stage
-            self._bar = self._tqdm(
-                total=100,
-                desc=f"{stage:<10}",
-                unit="%",
-                leave=True,
-                bar_format="{desc} {bar} {n:3.0f}% {elapsed}",
-            )
-        self._bar.update(round(fraction * 100) - self._bar.n)
+            self._stage, self._started = stage, time.perf_counter()
+            if self._bars:
+                from tqdm import tqdm
+
+                self._bar = tqdm(
+                    total=100,
+                    desc=f"{stage:<10}",
+                    unit="%",
+                    leave=True,
+                    bar_format="{desc} {bar} {n:3.0f}% {elapsed}",
+                )
+        if self._bar is not None:
+            self._bar.update(round(fraction * 100) - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        elif self._stage is not None and not self._quiet:
+            took = time.perf_counter() - self._started
+            click.echo(f"{self._stage:<10} done in {took:.1f} s", err=True)
+        self._stage = None
 
 
 @click.command(epilog=uses("registry", "redis"))
@@ -135,6 +146,7 @@ class _StageBars:
     help="Also fit on all but the last N days and store HR/MRR@20 on those days in the manifest.",
 )
 @option("--no-promote", is_flag=True, help="Register the version without putting it in service.")
+@option("--quiet", "-q", is_flag=True, help="No progress: only the result line.")
 @option(
     "--plots",
     type=click.Path(file_okay=False, path_type=Path),
@@ -155,6 +167,7 @@ def train(
     ranker: str | None,
     eval_days: float | None,
     no_promote: bool,
+    quiet: bool,
     plots: Path | None,
 ) -> None:
     """Train item embeddings and clusters on FILE and register (and promote) a model version.
@@ -173,7 +186,8 @@ def train(
     if refused is not None:
         raise click.ClickException(refused.reason)
     path = file or eshop_path()
-    click.echo(f"reading {path}")
+    if not quiet:
+        click.echo(f"reading {path}")
     clicks = spec.read(path)
     sessions, n_clicks = build_sessions(clicks, min_length=2), len(clicks)
     categories = item_categories(clicks) or None
@@ -186,7 +200,7 @@ def train(
         workers=workers,
         ranker=ranker,
     )
-    bars = _StageBars()
+    bars = _Stages(quiet)
     try:
         bundle = train_model(
             [s.items for s in sessions], params, progress=bars, categories=categories

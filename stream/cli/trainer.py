@@ -106,6 +106,12 @@ log = logging.getLogger(f"streamrec.{__name__}")
     show_default="linear",
     help="How the served model orders candidates (see `streamrec train --help`).",
 )
+@option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Only each pass's summary line (and warnings): no progress, no per-tenant lines.",
+)
 @click.pass_obj
 def trainer(
     settings: Settings,
@@ -125,6 +131,7 @@ def trainer(
     epochs: int | None,
     seed: int | None,
     ranker: str | None,
+    quiet: bool,
 ) -> None:
     """Retrain each tenant's model from the click log and promote it only if it is better.
 
@@ -154,9 +161,12 @@ def trainer(
     given = {"epochs": epochs, "seed": seed, "ranker": ranker}
     overrides = {k: v for k, v in given.items() if v is not None}
     params = TrainParams(**overrides)
+    if quiet:
+        logging.getLogger("streamrec").setLevel(logging.WARNING)
     while True:
         started = time.perf_counter()
-        bar = tqdm(desc="retraining", unit="tenant", disable=None)
+        # On a terminal a bar; elsewhere the log's line per stage and tenant says it all.
+        bar = tqdm(desc="retraining", unit="tenant", disable=True if quiet else None)
 
         def step(tenant: str, bar: tqdm = bar) -> None:
             bar.set_postfix_str(tenant, refresh=False)
