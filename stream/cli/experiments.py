@@ -1,5 +1,5 @@
-"""``streamrec experiment start|status|stop`` and ``streamrec bandit start``: which model
-versions serve a tenant's sessions, and what the online hit rates say."""
+"""``streamrec experiment start|status|stop`` and ``streamrec bandit start|status|stop``:
+which model versions serve a tenant's sessions, and what the online hit rates say."""
 
 from __future__ import annotations
 
@@ -147,7 +147,10 @@ def experiment_stop(settings: Settings, tenant: str, action: str | None) -> None
 
 @click.group("bandit", epilog=uses("registry", "redis"))
 def bandit() -> None:
-    """A multi-armed bandit over model versions (Thompson sampling on hit rate)."""
+    """A multi-armed bandit over model versions (Thompson sampling on hit rate).
+
+    `bandit status` and `bandit stop` are `experiment status` and `experiment stop`.
+    """
 
 
 @bandit.command("start")

@@ -111,3 +111,14 @@ def test_a_missing_tenant_is_one_line_saying_where_names_are(
     code, err = _run(args, capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert "Missing argument" in err and "streamrec tenant list" in err, err
+
+
+def test_status_without_a_tenant_covers_the_tenants_that_run_one(
+    registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(["bandit", "status"], capsys)  # shop runs one; Redis is away
+    assert code == 1 and "cannot reach Redis" in err and err.count("\n") == 1, err
+    write_policy(registry, "shop", None)
+    with pytest.raises(SystemExit) as exit_:
+        main(["experiment", "status"])
+    assert exit_.value.code == 0 and "no experiment or bandit runs" in capsys.readouterr().out
