@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -17,11 +18,12 @@ from models.train import TrainParams, train_model
 from producers.loadtest import RunData
 from producers.loadtest.report import summarize
 from producers.replay import send_events
+from state.feedback import VariantCounts
 from stream.cli import CONTEXT, cli, main
 from stream.cli.experiments import status_table
 from stream.cli.producers import _write_loadtest_files
-from stream.policies import bandit_shares, experiment_status
-from state.feedback import VariantCounts
+from stream.policies import bandit_posteriors, bandit_shares, experiment_status
+from stream.recs_tail import list_line
 from tests.unit.test_cli_help import ALL
 
 STAGES = ("word2vec", "kmeans", "neighbours", "sources", "ranker")
@@ -39,9 +41,7 @@ def test_help_shows_defaults_as_given(capsys: pytest.CaptureFixture[str]) -> Non
     assert "[default: 10;" in capsys.readouterr().out
 
 
-def click_context(command: Any, path: str) -> Any:
-    import click
-
+def click_context(command: click.Command, path: str) -> click.Context:
     root = click.Context(cli, info_name="streamrec", **CONTEXT)
     return click.Context(command, parent=root, info_name=path)
 
@@ -118,8 +118,6 @@ def test_loadtest_json_without_matplotlib(
 
 
 def test_a_tail_line_names_session_items_sources_version_and_latency() -> None:
-    from stream.recs_tail import list_line
-
     rec = {
         "tenant": "shop",
         "session_id": "s-42",
@@ -140,8 +138,6 @@ def test_a_tail_line_names_session_items_sources_version_and_latency() -> None:
 
 
 def test_a_bandit_status_shows_shares_served_and_posterior_means() -> None:
-    from stream.policies import bandit_posteriors
-
     policy = {"policy": "bandit", "arms": {"v1": 0.5, "v2": 0.5}}
     buckets = [(0, {"v1": VariantCounts(100, 10), "v2": VariantCounts(300, 90)})]
     shares = bandit_shares(policy, buckets, 0, 60)
