@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from stream.cli.params import TENANT, broker_option, option, setting_option
@@ -45,8 +47,13 @@ def tail(
       streamrec recs tail --tenant shop-7 --limit 10
       streamrec recs tail --from-beginning --session s-42 --json
     """
+    from stream.kafka_config import RDKAFKA_LOG
     from stream.recs_tail import follow, list_line, matches, parse
 
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # Without -v, librdkafka's "connection refused" lines would bury the one-line
+        # error that says the broker does not answer.
+        RDKAFKA_LOG.setLevel(logging.CRITICAL)
     settings = settings.with_(broker=broker, recs_topic=topic)
     shown = 0
     try:
