@@ -119,6 +119,11 @@ def thompson_shares(
     return {name: float(s) for name, s in zip(names, shares, strict=True)}
 
 
+def posterior_mean(hits: float, n: float) -> float:
+    """Mean of the Beta(1 + hits, 1 + misses) posterior that ``thompson_shares`` draws from."""
+    return (1.0 + hits) / (2.0 + n)
+
+
 def discounted(
     buckets: Sequence[tuple[float, float, float]], now: float, discount: float, unit_s: float
 ) -> tuple[float, float]:

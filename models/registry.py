@@ -65,6 +65,10 @@ class UnknownVersionError(StreamrecError):
     """A version named by the user does not exist."""
 
 
+class NothingToRollBack(UnknownVersionError):
+    """A rollback asked of a tenant with no earlier promoted version."""
+
+
 class TenantNameRefused(StreamrecError, ValueError):
     """A name that may not become a new tenant (``refusal`` says why)."""
 
@@ -435,7 +439,7 @@ class Registry:
             if version is None:
                 stack = self._promotion_stack(tenant)
                 if len(stack) < 2:
-                    raise UnknownVersionError(
+                    raise NothingToRollBack(
                         f"tenant {tenant!r} has no earlier promoted version to roll back to"
                     )
                 version = stack[-2]

@@ -34,6 +34,7 @@ manifest.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -62,6 +63,8 @@ FEATURES = (
     "category_top",
 )
 N_FEATURES = len(FEATURES)
+MAX_ITER = 60  # L-BFGS iterations of the ranker's fit
+FEATURES_SHARE = 0.25  # about the part of the fit spent ranking its cases and scaling them
 N_WEIGHTS = 2 * N_FEATURES  # raw features, then their square roots
 # The source each feature belongs to; the ``strategy`` of a list is the source whose
 # features contribute most to the score of its top item. Indices into STRATEGIES.
@@ -753,13 +756,15 @@ def fit_ranker(
     targets: np.ndarray,
     *,
     l2: float,
+    progress: Callable[[float], None] = lambda fraction: None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Softmax over each case's candidates with the next click as the label (L2,
     L-BFGS). ``rank_features()`` returns, for the cases of ``targets``, the candidates
     serving would score (items [cases, c], -1 padded) and their features [cases, c, F].
     Deterministic: no random choice here. The fixed blend when too few cases hold
-    their next click among the candidates."""
+    their next click among the candidates. ``progress`` hears the fraction done."""
     items, feats = rank_features()
+    progress(FEATURES_SHARE)
     where = items == targets[:, None]
     found = where.any(axis=1)
     info: dict[str, float] = {"cases": float(found.sum())}
@@ -775,22 +780,37 @@ def fit_ranker(
     x = np.empty((*raw.shape[:-1], 2 * nf), dtype=np.float32)
     x[..., :nf] = raw
     np.sqrt(np.maximum(raw, 0.0), out=x[..., nf:])
-    return fit_scaled(x, mask, y, blend_weights(), l2), info
+    steps = itertools.count(1)  # L-BFGS iterations, of at most MAX_ITER
+
+    def step(_: np.ndarray) -> None:
+        progress(FEATURES_SHARE + (1 - FEATURES_SHARE) * min(1.0, next(steps) / MAX_ITER))
+
+    return fit_scaled(x, mask, y, blend_weights(), l2, step), info
 
 
 def fit_scaled(
-    x: np.ndarray, mask: np.ndarray, y: np.ndarray, start: np.ndarray, l2: float
+    x: np.ndarray,
+    mask: np.ndarray,
+    y: np.ndarray,
+    start: np.ndarray,
+    l2: float,
+    step: Callable[[np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Weights over the columns of ``x`` ([cases, candidates, columns] float32, scaled in
     place to unit spread for the fit; ``mask``: real candidates, ``y``: the clicked one),
     from ``start``; both in the columns' own units."""
     scale = np.maximum(x[mask].std(axis=0, dtype=np.float64), 1e-6)
     x /= scale.astype(np.float32)
-    return _softmax_fit(x, mask, y, start * scale, l2) / scale
+    return _softmax_fit(x, mask, y, start * scale, l2, step) / scale
 
 
 def _softmax_fit(
-    x: np.ndarray, mask: np.ndarray, y: np.ndarray, start: np.ndarray, l2: float
+    x: np.ndarray,
+    mask: np.ndarray,
+    y: np.ndarray,
+    start: np.ndarray,
+    l2: float,
+    step: Callable[[np.ndarray], None] | None = None,
 ) -> np.ndarray:
     rows = np.arange(len(y))
     penalty = np.where(mask, 0.0, -1e9)
@@ -809,5 +829,7 @@ def _softmax_fit(
 
     from scipy.optimize import minimize  # training only: kept off the worker's start-up
 
-    fit = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 60})
+    fit = minimize(
+        loss, start, jac=True, method="L-BFGS-B", options={"maxiter": MAX_ITER}, callback=step
+    )
     return np.asarray(fit.x, dtype=np.float64)

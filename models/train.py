@@ -51,6 +51,7 @@ from models.served import FEATURES, blend_weights, build_sources, category_lists
 log = logging.getLogger(f"streamrec.{__name__}")
 
 Progress = Callable[[str, float], None]
+_BASE_SHARE = 0.1  # about the part of the ranker stage spent building the older model
 # Passes over every session, as a share of ``epochs``, that continue the embeddings of
 # the ranker's fit-time model into the served model's (``_word2vec``).
 WARM_SHARE = 0.25
@@ -160,7 +161,9 @@ def train_model(
         report("ranker", 0.0)
         t = time.perf_counter()
         if fits and older is not None:
-            weights, info = _learn_ranker(sessions, cut, older, params, categories)
+            weights, info = _learn_ranker(
+                sessions, cut, older, params, categories, lambda f: report("ranker", f)
+            )
         else:
             weights, info = blend_weights(), {"cases": 0, "reason": "too few sessions to fit"}
         ranker.update(weights=weights.tolist(), fit=info, fit_s=time.perf_counter() - t)
@@ -177,10 +180,11 @@ def _learn_ranker(
     embedded: _Embedded,
     params: TrainParams,
     categories: Mapping[str, str],
+    progress: Callable[[float], None],
 ) -> tuple[np.ndarray, dict]:
     """Weights of the linear ranking stage (module docstring) from a model of
     ``sessions[:cut]`` (embedded as ``embedded``), fitted on next-click cases of the
-    newer sessions."""
+    newer sessions. ``progress`` hears the fraction done."""
     older, newer = sessions[:cut], sessions[cut:]
     cases = [(s[:i], s[i]) for s in newer for i in range(1, len(s))]
     if len(cases) > params.fit_cases:
@@ -188,6 +192,7 @@ def _learn_ranker(
         keep = np.sort(rng.choice(len(cases), params.fit_cases, replace=False))
         cases = [cases[i] for i in keep.tolist()]
     base = _build(older, embedded, params, lambda stage, fraction: None, categories)
+    progress(_BASE_SHARE)
     codes, ptr = encode_sessions(base, [prefix for prefix, _ in cases])
     targets = base.rows([t for _, t in cases])
     targets[targets < 0] = -2  # never matches
@@ -208,7 +213,12 @@ def _learn_ranker(
         )
         return items, feats
 
-    weights, info = fit_ranker(rank_features, targets, l2=params.l2)
+    weights, info = fit_ranker(
+        rank_features,
+        targets,
+        l2=params.l2,
+        progress=lambda f: progress(_BASE_SHARE + (1 - _BASE_SHARE) * f),
+    )
     return weights, {**info, "sessions": len(older), "sampled": len(cases)}
 
 

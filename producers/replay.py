@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from models.datasets import Clicks, read_clicks
 from models.errors import InvalidSettingError
 from producers.client import ClickProducer, DeliveryStats
+from producers.progress import progress_bar
 from producers.timing import Pacer, dwell_gaps, segment_cumsum
 
 DAY_S = 86400.0
@@ -201,15 +201,7 @@ def send_events(
         events = itertools.islice(events, limit)
     producer.wait_ready()
     before = producer.stats  # deliveries of earlier sends (a warm-up) are not ours
-    bar = tqdm(
-        total=total,
-        unit="ev",
-        unit_scale=True,
-        disable=not progress,
-        smoothing=0.1,
-        mininterval=0.5,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(total, enabled=progress)
     started = time.perf_counter()
     seq = -1
     unreported = 0

@@ -66,6 +66,7 @@ def run_demo(settings: Settings, *, events: int, rate: float, show: int, echo: E
     )
     env = _demo_env(settings, stack, home)
     worker: subprocess.Popen[bytes] | None = None
+    tail: subprocess.Popen[str] | None = None
     watch = Watch()
     watcher: threading.Thread | None = None
     try:
@@ -88,9 +89,7 @@ def run_demo(settings: Settings, *, events: int, rate: float, show: int, echo: E
                 stdout=logf,
                 stderr=subprocess.STDOUT,
             )
-        watcher = threading.Thread(
-            target=_watch, args=(stack.broker, settings, watch, show, echo), daemon=True
-        )
+        watcher = threading.Thread(target=_watch, args=(stack.broker, settings, watch), daemon=True)
         watcher.start()
         _wait_for_probe(stack.broker, settings, watch, worker, home)
 
@@ -100,7 +99,12 @@ def run_demo(settings: Settings, *, events: int, rate: float, show: int, echo: E
             f" plus {len(MALFORMED_SAMPLES)} malformed events"
         )
         _send_malformed(KafkaClientConfig(stack.broker), settings.clicks_topic)
+        tail = _start(["recs", "tail", "--limit", str(show)], env) if show else None
         _run(["replay", str(sample), "--rate", str(rate)], env)
+        if tail is not None:
+            echo(f"==> the first {show} lists, as `streamrec recs tail --limit {show}` shows them")
+            for line in _finish(tail).splitlines():
+                echo(f"  {line}")
         sent = events  # replay exits non-zero unless every event was delivered
 
         deadline = time.monotonic() + 60
@@ -120,6 +124,8 @@ def run_demo(settings: Settings, *, events: int, rate: float, show: int, echo: E
         return 0
     finally:
         watch.stop.set()
+        if tail is not None and tail.poll() is None:
+            tail.kill()
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -144,6 +150,26 @@ def _demo_env(settings: Settings, stack: EmbeddedStack, home: Path) -> dict[str,
         }
     )
     return env
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    """What ``proc`` printed, once it ends (stopped after ``timeout``)."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
 
 
 def _run(args: list[str], env: dict[str, str]) -> None:
@@ -194,7 +220,7 @@ def _wait_for_probe(
             )
 
 
-def _watch(broker: str, settings: Settings, watch: Watch, show: int, echo: Echo) -> None:
+def _watch(broker: str, settings: Settings, watch: Watch) -> None:
     consumer = Consumer(
         KafkaClientConfig(broker).consumer(
             f"demo-watch-{uuid.uuid4().hex[:8]}",
@@ -206,7 +232,6 @@ def _watch(broker: str, settings: Settings, watch: Watch, show: int, echo: Echo)
         )
     )
     consumer.subscribe([settings.recs_topic, settings.dlq_topic])
-    shown = 0
     try:
         while not watch.stop.is_set():
             for msg in consumer.consume(1000, timeout=0.005):
@@ -230,13 +255,6 @@ def _watch(broker: str, settings: Settings, watch: Watch, show: int, echo: Echo)
                 watch.strategies[rec["strategy"]] = watch.strategies.get(rec["strategy"], 0) + 1
                 if rec["model_version"]:
                     watch.versions.add(rec["model_version"])
-                if shown < show:
-                    shown += 1
-                    items = ", ".join(f"{i['item_id']} {i['score']:.2f}" for i in rec["items"][:5])
-                    echo(
-                        f"  session {rec['session_id']:>6} clicked {rec['trigger_item']:>4} -> "
-                        f"{items}  [{rec['strategy']}, {rec['model_version']}, {latency:.1f} ms]"
-                    )
     finally:
         consumer.close()
 

@@ -20,9 +20,10 @@ from state.feedback import read_buckets
 from state.notify import notify_model_change
 from state.policies import set_policy
 from stream.config import Settings
-from stream.policies import bandit_shares, experiment_status
+from stream.policies import bandit_posteriors, bandit_shares, experiment_status
 
 ACTIONS = ("promote", "keep")
+_POLICY_NAMES = {"ab": "an A/B test", "bandit": "a bandit"}
 
 
 def _version(registry: Registry, tenant: str, version: str) -> str:
@@ -48,7 +49,11 @@ def _none_running(registry: Registry, tenant: str) -> None:
     running = read_policy(registry, tenant)
     if running is None:
         return
-    what = "a staged rollout" if "rollout" in running else f"a {running['policy']} policy"
+    what = (
+        "a staged rollout"
+        if "rollout" in running
+        else _POLICY_NAMES.get(running["policy"], "a policy")
+    )
     raise StreamrecError(
         f"tenant {tenant!r} runs {what} over {', '.join(sorted(running['arms']))}: "
         f"stop it first (`streamrec experiment stop {tenant} --keep` or --promote)"
@@ -95,10 +100,11 @@ def status(settings: Settings, tenant: str, now: float | None = None) -> dict[st
             await client.aclose()
 
     buckets = asyncio.run(read())
-    shares = None
+    shares = posterior = None
     if policy["policy"] == "bandit":
         shares = bandit_shares(policy, buckets, now, settings.feedback_bucket_s)
-    report = experiment_status(tenant, policy, buckets, shares, serving)
+        posterior = bandit_posteriors(policy, buckets, now, settings.feedback_bucket_s)
+    report = experiment_status(tenant, policy, buckets, shares, serving, posterior)
     report["serving"] = serving
     return report
 

@@ -21,8 +21,8 @@ from models.experiments import (
     assignment_point,
     discounted,
     pick_arm,
+    posterior_mean,
     thompson_shares,
-    two_proportion_p,
     wilson,
 )
 from state.connection import AsyncRedis as Redis
@@ -45,15 +45,30 @@ def arm_buckets(buckets: Buckets, arms: list[str]) -> dict[str, list[tuple[float
     return out
 
 
+def bandit_counts(
+    policy: dict[str, Any], buckets: Buckets, now: float, bucket_s: int
+) -> dict[str, tuple[float, float]]:
+    """Each arm of a bandit policy: its discounted ``(hits, recommendations)``."""
+    arms = sorted(policy["arms"])
+    discount = float(policy.get("discount", 0.999))
+    per_arm = arm_buckets(buckets, arms)
+    return {a: discounted(per_arm[a], now, discount, bucket_s) for a in arms}
+
+
 def bandit_shares(
     policy: dict[str, Any], buckets: Buckets, now: float, bucket_s: int
 ) -> dict[str, float]:
     """Thompson sampling shares of a bandit policy from its arms' discounted counts."""
-    arms = sorted(policy["arms"])
-    discount = float(policy.get("discount", 0.999))
-    per_arm = arm_buckets(buckets, arms)
-    counts = {a: discounted(per_arm[a], now, discount, bucket_s) for a in arms}
+    counts = bandit_counts(policy, buckets, now, bucket_s)
     return thompson_shares(counts, floor=float(policy.get("floor", 0.01)))
+
+
+def bandit_posteriors(
+    policy: dict[str, Any], buckets: Buckets, now: float, bucket_s: int
+) -> dict[str, float]:
+    """Each arm's posterior mean hit rate, from the counts its shares are drawn from."""
+    counts = bandit_counts(policy, buckets, now, bucket_s)
+    return {arm: posterior_mean(hits, n) for arm, (hits, n) in counts.items()}
 
 
 def experiment_status(
@@ -62,9 +77,12 @@ def experiment_status(
     buckets: Buckets,
     shares: dict[str, float] | None = None,
     serving: str | None = None,
+    posterior: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """``{"tenant", "policy", "arms": {v: {share, recommendations, hits, hit_rate, ci}},
-    "decision", "p_value"}`` from the counters since the experiment started."""
+    "decision", "p_value"}`` from the counters since the experiment started. A bandit
+    has no p-value (it decides by itself, "running" until stopped); its arms carry the
+    ``posterior_mean`` its shares come from, when ``posterior`` is given."""
     if policy is None:
         return {
             "tenant": tenant,
@@ -87,6 +105,8 @@ def experiment_status(
             "hit_rate": round(c.hit_rate, 6),
             "ci": [round(low, 6), round(high, 6)],
         }
+        if posterior is not None and arm in posterior:
+            out_arms[arm]["posterior_mean"] = round(posterior[arm], 6)
     kind = policy["policy"]
     control, candidate = policy.get("control"), policy.get("candidate")
     if kind == "ab" and control in out_arms and candidate in out_arms:
@@ -98,22 +118,13 @@ def experiment_status(
             min_recommendations=int(policy.get("min_recommendations", 1000)),
         )
     else:
-        # A bandit decides by itself; the p-value compares its two busiest arms.
-        decision = "running"
-        top = sorted(out_arms.values(), key=lambda a: -a["recommendations"])[:2]
-        p = (
-            two_proportion_p(
-                top[0]["hits"], top[0]["recommendations"], top[1]["hits"], top[1]["recommendations"]
-            )
-            if len(top) == 2
-            else 1.0
-        )
+        decision, p = "running", None
     status: dict[str, Any] = {
         "tenant": tenant,
         "policy": kind,
         "arms": out_arms,
         "decision": decision,
-        "p_value": round(p, 6),
+        "p_value": None if p is None else round(p, 6),
         "started": policy.get("started"),
     }
     if kind == "ab":

@@ -13,15 +13,15 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Message, Producer
 
 from stream.devstack import EmbeddedStack
 from stream.kafka_config import kafka_config
+from stream.topics import topic_reader  # re-exported: tests and apps read topics with it
 
 
 def produce(broker: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
@@ -37,31 +37,6 @@ def produce(broker: str, topic: str, records: Iterable[tuple[bytes | None, bytes
     if remaining:
         raise RuntimeError(f"{remaining} of {n} messages not delivered to {topic}")
     return n
-
-
-def topic_reader(
-    broker: str, topics: list[str], extra: dict[str, str | int] | None = None, timeout: float = 30
-) -> Consumer:
-    """A consumer of every partition of ``topics`` from the beginning. It joins no
-    consumer group: a group's first join holds a reader for seconds on Tansu, and a
-    reader that only looks needs no offsets."""
-    consumer = Consumer(
-        kafka_config(broker).consumer(f"streamrec-reader-{uuid.uuid4().hex[:8]}", extra)
-    )
-    deadline = time.monotonic() + timeout
-    assignment: list[TopicPartition] = []
-    for topic in topics:
-        while True:
-            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-            if meta is not None and meta.error is None and meta.partitions:
-                break
-            if time.monotonic() > deadline:
-                consumer.close()
-                raise RuntimeError(f"topic {topic} has no partitions after {timeout:.0f}s")
-            time.sleep(0.2)
-        assignment += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)]
-    consumer.assign(assignment)
-    return consumer
 
 
 def consume(broker: str, topic: str, expected: int, timeout: float = 60.0) -> list[Message]:

@@ -13,7 +13,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from models.errors import StreamrecError
-from models.registry import MODES, Registry, TenantNameRefused, UnknownVersionError
+from models.registry import (
+    MODES,
+    NothingToRollBack,
+    Registry,
+    TenantNameRefused,
+    UnknownVersionError,
+)
 from models.rules import ServingRules
 from state.connection import RedisError
 from stream import experiment_control as experiments
@@ -46,6 +52,8 @@ def routes(ctx: WebContext) -> APIRouter:
     async def run(fn: Any, *args: Any) -> Any:
         try:
             return await asyncio.to_thread(fn, *args)
+        except NothingToRollBack as exc:  # the request is fine; the tenant's state is not
+            raise ApiError(409, str(exc)) from None
         except (UnknownTenantError, UnknownVersionError) as exc:
             raise ApiError(404, str(exc)) from None
         except TenantNameRefused as exc:
@@ -126,8 +134,14 @@ def routes(ctx: WebContext) -> APIRouter:
         await run(control.promote, tenant, version)
         return {"tenant": tenant, "current": version}
 
-    @router.post("/tenants/{tenant}/models/rollback", summary="Roll back to the previous version")
+    @router.post(
+        "/tenants/{tenant}/models/rollback",
+        summary="Roll back to the previous version",
+        responses=error_responses(409),
+    )
     async def rollback(tenant: TenantName) -> dict[str, Any]:
+        """404 for an unknown tenant; 409 when no version was promoted before the one in
+        service (nothing to roll back to)."""
         current = await run(control.rollback, tenant)
         return {"tenant": tenant, "current": current}
 

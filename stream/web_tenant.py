@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Path, Query, Response
 from fastapi import Request as HttpRequest
 
@@ -122,10 +123,20 @@ def routes(ctx: WebContext) -> APIRouter:
         session as stored (after a model swap, from the new version), with the tenant's
         serving rules and the catalogue applied, and this request's ``exclude`` and
         ``category``; the list is refilled so ``n`` items come back when enough
-        candidates exist."""
+        candidates exist. A tenant switched off answers 200 with no items and
+        ``"reason": "tenant off"``: nothing is wrong with the request."""
         _checked_id(session_id, "session id")
         async with serving_errors():
-            payload = await backend().recommend_session(
+            processor = backend()
+            if await processor.tenants.mode(tenant) == "off":
+                off = {
+                    "tenant": tenant,
+                    "session_id": session_id,
+                    "items": [],
+                    "reason": "tenant off",
+                }
+                return Response(orjson.dumps(off), media_type="application/json")
+            payload = await processor.recommend_session(
                 tenant, session_id, n, options(exclude, category)
             )
         if payload is None:

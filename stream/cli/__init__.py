@@ -15,6 +15,7 @@ import click
 
 from models.errors import StreamrecError
 from stream.cli.lazy import LazyCommand, LazyGroup
+from stream.cli.params import option
 from stream.config import Settings
 
 _STACK, _MODELS, _STREAM, _TENANTS = "Local stack", "Models", "Stream", "Tenants and experiments"
@@ -65,6 +66,11 @@ COMMANDS: dict[str, LazyCommand] = {
         "Replay a click log into the clicks topic, keyed by session id.",
         _STREAM,
     ),
+    "recs": LazyCommand(
+        "stream.cli.recs:recs",
+        "Follow the recommendations the workers publish.",
+        _STREAM,
+    ),
     "synth": LazyCommand(
         "stream.cli.producers:synth",
         "Generate a realistic synthetic clickstream, seeded: to a file or into Kafka.",
@@ -102,17 +108,18 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "sho
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings=CONTEXT)
-@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+@option("-v", "--verbose", is_flag=True, help="Log debug details.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """streamrec: real-time session-based product recommendations from a click stream.
 
     \b
     Quick start (embedded broker + Redis, no Docker):
-      streamrec dev up        # start the embedded Kafka-compatible broker and Redis
-      streamrec train         # train on the shipped Kaggle clickstream and promote it
-      streamrec worker        # run the stream worker (Ctrl-C to stop)
-      streamrec replay        # replay the clickstream into the `clicks` topic
+      streamrec dev up                 # the embedded Kafka-compatible broker and Redis
+      streamrec train                  # train on the shipped clickstream and promote it
+      streamrec worker &               # the stream worker (Ctrl-C or kill %1 stops it)
+      streamrec replay --rate 1000 --limit 20000   # 20 s of clicks into `clicks`
+      streamrec recs tail --limit 5    # the lists the worker publishes
       streamrec dev down
 
     Every command reads STREAMREC_* environment variables (see README) for where the
@@ -156,6 +163,17 @@ def main(argv: list[str] | None = None) -> None:
 
 def _usage_hint(exc: click.ClickException) -> str:
     ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.MissingParameter) and ctx is not None and _names_a_tenant(exc, ctx):
+        return f" (`streamrec tenant list` shows them; see '{ctx.command_path} --help')"
     if isinstance(exc, click.UsageError) and ctx is not None:
         return f" (see '{ctx.command_path} --help')"
     return ""
+
+
+def _names_a_tenant(exc: click.MissingParameter, ctx: click.Context) -> bool:
+    """A missing argument that names an existing tenant (not a new one to create)."""
+    name = exc.param.name if exc.param is not None else None
+    path = ctx.command_path
+    return name == "tenant" or (
+        name == "name" and path.startswith("streamrec tenant") and not path.endswith("create")
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from stream.cli.params import setting_option, uses
+from stream.cli.params import option, setting_option, uses
 from stream.config import Settings
 from stream.devstack import stack_for
 from stream.kafka_broker import BROKER_KINDS
@@ -55,7 +55,7 @@ def dev_down(settings: Settings) -> None:
 
 
 @dev.command("status")
-@click.option("--check", is_flag=True, help="Exit 1 unless both services answer.")
+@option("--check", is_flag=True, help="Exit 1 unless both services answer.")
 @click.pass_obj
 def dev_status(settings: Settings, check: bool) -> None:
     """Show whether broker and Redis are running and answering."""

@@ -92,7 +92,7 @@ def models_promote(settings: Settings, tenant: str, version: str) -> None:
 
 
 @models_group.command("rollback")
-@click.argument("tenant", default="default", type=EXISTING_TENANT)
+@click.argument("tenant", type=EXISTING_TENANT)
 @click.argument("version", required=False)
 @click.pass_obj
 def models_rollback(settings: Settings, tenant: str, version: str | None) -> None:

@@ -28,6 +28,25 @@ if TYPE_CHECKING:
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
+# -- options -------------------------------------------------------------------------------
+
+
+class Option(click.Option):
+    """An option whose ``show_default`` text is shown as given: ``[default: 10]``, where
+    click would write ``[default: (10)]``."""
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str):
+            extra["default"] = self.show_default
+        return extra
+
+
+def option(*decls: str, **kwargs: Any) -> Decorator:
+    """``click.option`` with this CLI's ``Option``: every command module uses it."""
+    return click.option(*decls, cls=Option, **kwargs)
+
+
 # -- types ---------------------------------------------------------------------------------
 
 
@@ -135,15 +154,15 @@ def setting_option(*decls: str, setting: str, **kwargs: Any) -> Decorator:
     """An option that overrides ``Settings.<setting>``: the flag, else the variable, else
     the setting's default, the same order ``Settings.from_env`` follows."""
     kwargs.setdefault("default", _setting_default(setting))
-    return click.option(*decls, envvar=f"STREAMREC_{setting.upper()}", show_envvar=True, **kwargs)
+    return option(*decls, envvar=f"STREAMREC_{setting.upper()}", show_envvar=True, **kwargs)
 
 
 def tenant_option(**kwargs: Any) -> Decorator:
     kwargs.setdefault("help", "Tenant (shop) whose model is used.")
-    return click.option("--tenant", default="default", type=TENANT, **kwargs)
+    return option("--tenant", default="default", type=TENANT, **kwargs)
 
 
-json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+json_flag = option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 broker_option = setting_option(
     "--broker", setting="broker", help="Kafka bootstrap servers (host:port[,host:port...])."
@@ -205,7 +224,7 @@ def column_options(*, category: bool = False) -> Decorator:
     from models.datasets import FORMATS
 
     options = [
-        click.option(
+        option(
             "--format",
             "fmt",
             type=click.Choice(FORMATS),
@@ -213,14 +232,14 @@ def column_options(*, category: bool = False) -> Decorator:
             help="Input format: eshop (Kaggle CSV), yoochoose (TSV), csv (name the columns); "
             "auto tells eshop and yoochoose apart by the header.",
         ),
-        click.option("--session-col", help="csv: column holding the session id."),
-        click.option("--item-col", help="csv: column holding the item id."),
-        click.option("--time-col", help="csv: column with timestamps (unix seconds or ISO 8601)."),
-        click.option("--order-col", help="csv: column with the click's position in its session."),
+        option("--session-col", help="csv: column holding the session id."),
+        option("--item-col", help="csv: column holding the item id."),
+        option("--time-col", help="csv: column with timestamps (unix seconds or ISO 8601)."),
+        option("--order-col", help="csv: column with the click's position in its session."),
     ]
     if category:
         options.append(
-            click.option("--category-col", help="csv: column with the item's category (optional).")
+            option("--category-col", help="csv: column with the item's category (optional).")
         )
 
     return packed("spec", ColumnSpec, *options)
@@ -251,33 +270,33 @@ target_options = packed(
     Target,
     broker_option,
     setting_option("--topic", setting="clicks_topic", help="Topic the clicks go to."),
-    click.option(
+    option(
         "--tenants",
         type=click.IntRange(1, 10_000),
         default=1,
         help="Spread sessions over this many tenants: NAME-0 .. NAME-(T-1).",
     ),
-    click.option(
+    option(
         "--tenant",
         "tenant_name",
         default="default",
         type=TENANT_PREFIX,
         help="Tenant of every event, or the name prefix with --tenants > 1.",
     ),
-    click.option(
+    option(
         "--linger-ms",
         type=click.FloatRange(0, 5000),
         default=5.0,
         help="Producer batching delay: higher = bigger batches, more throughput.",
     ),
-    click.option("--no-progress", is_flag=True, help="No progress bar."),
+    option("--no-progress", is_flag=True, help="No progress bar."),
 )
 
 pacing_options = stacked(
-    click.option(
+    option(
         "--rate", type=POSITIVE, help="Events per second, evenly spaced.", show_default="no limit"
     ),
-    click.option(
+    option(
         "--speedup",
         type=POSITIVE,
         help="Keep the original gaps between clicks, X times faster. Files without "

@@ -13,7 +13,7 @@ from models.registry import Registry
 from models.rules import EXCLUDE_MODES, ServingRules
 from state.connection import RedisError, SyncRedis, sync_client
 from state.tenants import MODES, list_tenants
-from stream.cli.params import TENANT, uses
+from stream.cli.params import TENANT, option, uses
 from stream.config import Settings
 from stream.tenant_control import TenantControl
 
@@ -62,17 +62,17 @@ def tenant_mode(settings: Settings, name: str, mode: str) -> None:
 
 @tenant.command("set")
 @click.argument("name", type=TENANT)
-@click.option(
+@option(
     "--exclude",
     type=click.Choice(EXCLUDE_MODES),
     help="the session's items kept out of its list: none, current (the item being "
     "viewed; default) or seen (every item of the session)",
 )
-@click.option("--block", multiple=True, help="an item never recommended (repeatable)")
-@click.option("--unblock", multiple=True, help="take an item off the blocklist")
-@click.option("--include-category", multiple=True, help="only recommend these categories")
-@click.option("--exclude-category", multiple=True, help="never recommend these categories")
-@click.option("--clear-categories", is_flag=True, help="drop both category lists first")
+@option("--block", multiple=True, help="an item never recommended (repeatable)")
+@option("--unblock", multiple=True, help="take an item off the blocklist")
+@option("--include-category", multiple=True, help="only recommend these categories")
+@option("--exclude-category", multiple=True, help="never recommend these categories")
+@option("--clear-categories", is_flag=True, help="drop both category lists first")
 @click.pass_obj
 def tenant_set(
     settings: Settings,

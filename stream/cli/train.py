@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from stream.cli.params import (
     ColumnSpec,
     click_log_argument,
     column_options,
+    option,
     stacked,
     tenant_option,
     uses,
@@ -38,23 +40,21 @@ _SHIPPED = "the shipped e-shop clothing 2008 clickstream"
 
 # None = the tuned default of TrainParams (shown, not passed, so the tuning stays in one place).
 _train_options = stacked(
-    click.option(
+    option(
         "--vector-size", type=click.IntRange(2, 1000), show_default="10", help="Embedding size."
     ),
-    click.option(
+    option(
         "--window", type=click.IntRange(1, 100), show_default="5", help="Word2Vec context window."
     ),
-    click.option(
-        "--clusters", type=click.IntRange(1, 10000), show_default="10", help="KMeans clusters."
-    ),
-    click.option(
+    option("--clusters", type=click.IntRange(1, 10000), show_default="10", help="KMeans clusters."),
+    option(
         "--epochs",
         type=click.IntRange(1, 1000),
         show_default="20, fewer above 150k clicks",
         help="Word2Vec epochs.",
     ),
-    click.option("--seed", type=int, show_default="42", help="Seed for every random choice."),
-    click.option(
+    option("--seed", type=int, show_default="42", help="Seed for every random choice."),
+    option(
         "--ranker",
         type=click.Choice(["linear", "blend", "neighbours"]),
         show_default="linear",
@@ -63,7 +63,7 @@ _train_options = stacked(
         "issue 3's neighbour-list rule (about 3x the worker's events/s, far weaker lists; "
         "see BENCHMARKS.md).",
     ),
-    click.option(
+    option(
         "--workers",
         type=click.IntRange(1, 64),
         show_default="1",
@@ -96,33 +96,43 @@ def _quiet_libraries() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-class _StageBars:
-    """One tqdm bar per training stage, fed by ``train_model``'s progress callback."""
+class _Stages:
+    """Training progress from ``train_model``'s callback: on a terminal one tqdm bar per
+    stage; elsewhere (a log, a pipe) one line per stage with its time when it ends, so a
+    log gets no carriage-return-joined bars; ``quiet``: nothing."""
 
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
+    def __init__(self, quiet: bool = False) -> None:
+        self._quiet = quiet
+        self._bars = not quiet and sys.stderr.isatty()
         self._stage: str | None = None
+        self._started = 0.0
         self._bar: Any = None
 
     def __call__(self, stage: str, fraction: float) -> None:
         if stage != self._stage:
             self.close()
-            self._stage = stage
-            self._bar = self._tqdm(
-                total=100,
-                desc=f"{stage:<10}",
-                unit="%",
-                leave=True,
-                bar_format="{desc} {bar} {n:3.0f}% {elapsed}",
-            )
-        self._bar.update(round(fraction * 100) - self._bar.n)
+            self._stage, self._started = stage, time.perf_counter()
+            if self._bars:
+                from tqdm import tqdm
+
+                self._bar = tqdm(
+                    total=100,
+                    desc=f"{stage:<10}",
+                    unit="%",
+                    leave=True,
+                    bar_format="{desc} {bar} {n:3.0f}% {elapsed}",
+                )
+        if self._bar is not None:
+            self._bar.update(round(fraction * 100) - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        elif self._stage is not None and not self._quiet:
+            took = time.perf_counter() - self._started
+            click.echo(f"{self._stage:<10} done in {took:.1f} s", err=True)
+        self._stage = None
 
 
 @click.command(epilog=uses("registry", "redis"))
@@ -130,15 +140,14 @@ class _StageBars:
 @column_options(category=True)
 @tenant_option(help="Tenant the version is registered for.")
 @_train_options
-@click.option(
+@option(
     "--eval-days",
     type=click.FloatRange(min=0, min_open=True),
     help="Also fit on all but the last N days and store HR/MRR@20 on those days in the manifest.",
 )
-@click.option(
-    "--no-promote", is_flag=True, help="Register the version without putting it in service."
-)
-@click.option(
+@option("--no-promote", is_flag=True, help="Register the version without putting it in service.")
+@option("--quiet", "-q", is_flag=True, help="No progress: only the result line.")
+@option(
     "--plots",
     type=click.Path(file_okay=False, path_type=Path),
     help="Write cluster-size and embedding-map PNGs into this directory.",
@@ -158,6 +167,7 @@ def train(
     ranker: str | None,
     eval_days: float | None,
     no_promote: bool,
+    quiet: bool,
     plots: Path | None,
 ) -> None:
     """Train item embeddings and clusters on FILE and register (and promote) a model version.
@@ -176,7 +186,8 @@ def train(
     if refused is not None:
         raise click.ClickException(refused.reason)
     path = file or eshop_path()
-    click.echo(f"reading {path}")
+    if not quiet:
+        click.echo(f"reading {path}")
     clicks = spec.read(path)
     sessions, n_clicks = build_sessions(clicks, min_length=2), len(clicks)
     categories = item_categories(clicks) or None
@@ -189,7 +200,7 @@ def train(
         workers=workers,
         ranker=ranker,
     )
-    bars = _StageBars()
+    bars = _Stages(quiet)
     try:
         bundle = train_model(
             [s.items for s in sessions], params, progress=bars, categories=categories
@@ -245,9 +256,9 @@ def _write_plots(bundle: Any, directory: Path) -> list[Path]:
 
 @click.command(epilog=uses("registry"))
 @click.argument("item")
-@click.option("--k", default=5, type=click.IntRange(1, 1000), help="How many items.")
+@option("--k", default=5, type=click.IntRange(1, 1000), help="How many items.")
 @tenant_option()
-@click.option("--any-cluster", is_flag=True, help="Search all items, not only ITEM's cluster.")
+@option("--any-cluster", is_flag=True, help="Search all items, not only ITEM's cluster.")
 @click.pass_obj
 def similar(settings: Settings, item: str, k: int, tenant: str, any_cluster: bool) -> None:
     """The K products most similar to ITEM (cosine of embeddings, within ITEM's cluster)."""
@@ -284,64 +295,64 @@ DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsk
 
 
 @click.command()
-@click.option(
+@option(
     "--train",
     "train_file",
     type=CLICK_LOG,
     show_default=_SHIPPED,
     help="Training clicks.",
 )
-@click.option(
+@option(
     "--test",
     "test_file",
     type=CLICK_LOG,
     help="Test clicks, same format as --train.",
 )
-@click.option(
+@option(
     "--split-days",
     type=click.FloatRange(min=0, min_open=True),
     help="Instead of --test: sessions starting in the last N days of --train are the test set.",
 )
-@click.option(
+@option(
     "--valid",
     "valid_file",
     type=CLICK_LOG,
     help="Validation clicks: models that tune settings choose them on this split only.",
 )
-@click.option(
+@option(
     "--valid-days",
     type=click.FloatRange(min=0, min_open=True),
     help="Instead of --valid: the last N days of the training sessions are the validation split.",
 )
 @column_options(category=True)
-@click.option(
+@option(
     "--protocol",
     type=click.Choice(("next-item", "serving")),
     default="next-item",
     help="next-item: the literature protocol (nothing filtered, repeats kept); "
     "serving: the same cases with the --exclude rule applied after ranking.",
 )
-@click.option(
+@option(
     "--exclude",
     type=click.Choice(("none", "current", "seen")),
     default="current",
     help="serving: what a list may not contain (the item being looked at, or any item "
     "of the session).",
 )
-@click.option("--k", default=20, type=click.IntRange(1, 1000), help="List length.")
-@click.option(
+@option("--k", default=20, type=click.IntRange(1, 1000), help="List length.")
+@option(
     "--models",
     "model_list",
     default=",".join(DEFAULT_MODELS),
     help=f"Comma-separated models to compare, from: {', '.join(MODEL_NAMES)}.",
 )
-@click.option(
+@option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the results as JSON to this file.",
 )
-@click.option(
+@option(
     "--plot",
     "plot_out",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -13,43 +13,41 @@ from tqdm import tqdm
 from models.errors import StreamrecError
 from models.gate import GATE_METRICS, GatePolicy
 from models.train import TrainParams
-from stream.cli.params import TENANT, Duration, uses
+from stream.cli.params import TENANT, Duration, option, uses
 from stream.config import Settings
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
 
 @click.command("trainer", epilog=uses("registry", "redis", "broker", "topics"))
-@click.option("--once", is_flag=True, help="One pass over all tenants, then exit.")
-@click.option(
+@option("--once", is_flag=True, help="One pass over all tenants, then exit.")
+@option(
     "--every",
     type=Duration(),
     default="1h",
     help="Time between passes when not --once.",
 )
-@click.option(
+@option(
     "--window",
     type=Duration(),
     default="7d",
     help="How far back to read clicks from the `clicks` topic.",
 )
-@click.option(
-    "--tenant", "tenants", multiple=True, type=TENANT, help="Only these tenants (repeatable)."
-)
-@click.option(
+@option("--tenant", "tenants", multiple=True, type=TENANT, help="Only these tenants (repeatable).")
+@option(
     "--gate-metric",
     type=click.Choice(GATE_METRICS),
     default="hr",
     help="Metric that decides whether a candidate replaces the current model.",
 )
-@click.option(
+@option(
     "--gate-margin",
     type=click.FloatRange(-1, 1),
     default=GatePolicy.margin,
     help="How much better than the current model a candidate must be (negative: how much "
     "worse it may be).",
 )
-@click.option(
+@option(
     "--keep-unpromoted",
     type=click.IntRange(1),
     default=5,
@@ -57,25 +55,25 @@ log = logging.getLogger(f"streamrec.{__name__}")
     "positions tell the next pass whether there are new clicks (older ones deleted; never "
     "one in service, in the promotion history or in an experiment).",
 )
-@click.option(
+@option(
     "--holdout",
     type=click.FloatRange(0.01, 0.9),
     default=0.2,
     help="Newest share of sessions held out to compare candidate and current.",
 )
-@click.option(
+@option(
     "--min-sessions",
     type=click.IntRange(2),
     default=20,
     help="Tenants with fewer sessions in the window are skipped.",
 )
-@click.option(
+@option(
     "--jobs",
     type=click.IntRange(1, 64),
     default=os.cpu_count() or 1,
     help="Processes reading the click log, then training tenants, in parallel.",
 )
-@click.option(
+@option(
     "--rollout",
     type=click.Choice(("direct", "staged")),
     default="direct",
@@ -83,30 +81,36 @@ log = logging.getLogger(f"streamrec.{__name__}")
     "10 %, 50 %, then 100 % of sessions while its online hit rate is not worse, and is "
     "rolled back if it is.",
 )
-@click.option(
+@option(
     "--rollout-min-recommendations",
     type=click.IntRange(1),
     default=1000,
     help="Recommendations per arm before a stage is judged.",
 )
-@click.option(
+@option(
     "--rollout-check",
     type=Duration(),
     default="10s",
     help="How often running rollouts are looked at, between passes.",
 )
-@click.option(
+@option(
     "--epochs",
     type=click.IntRange(1, 1000),
     show_default="20, fewer above 150k clicks",
     help="Word2Vec epochs.",
 )
-@click.option("--seed", type=int, show_default="42", help="Random seed for training.")
-@click.option(
+@option("--seed", type=int, show_default="42", help="Random seed for training.")
+@option(
     "--ranker",
     type=click.Choice(["linear", "blend", "neighbours"]),
     show_default="linear",
     help="How the served model orders candidates (see `streamrec train --help`).",
+)
+@option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Only each pass's summary line (and warnings): no progress, no per-tenant lines.",
 )
 @click.pass_obj
 def trainer(
@@ -127,6 +131,7 @@ def trainer(
     epochs: int | None,
     seed: int | None,
     ranker: str | None,
+    quiet: bool,
 ) -> None:
     """Retrain each tenant's model from the click log and promote it only if it is better.
 
@@ -156,9 +161,12 @@ def trainer(
     given = {"epochs": epochs, "seed": seed, "ranker": ranker}
     overrides = {k: v for k, v in given.items() if v is not None}
     params = TrainParams(**overrides)
+    if quiet:
+        logging.getLogger("streamrec").setLevel(logging.WARNING)
     while True:
         started = time.perf_counter()
-        bar = tqdm(desc="retraining", unit="tenant", disable=None)
+        # On a terminal a bar; elsewhere the log's line per stage and tenant says it all.
+        bar = tqdm(desc="retraining", unit="tenant", disable=True if quiet else None)
 
         def step(tenant: str, bar: tqdm = bar) -> None:
             bar.set_postfix_str(tenant, refresh=False)

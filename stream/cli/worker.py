@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from stream.cli.params import broker_option, setting_option, uses
+from stream.cli.params import broker_option, option, setting_option, uses
 from stream.config import Settings
 
 
@@ -84,19 +84,19 @@ def worker(
 
 
 @click.command("demo")
-@click.option(
+@option(
     "--events",
     type=click.IntRange(1, 165_474),
     default=20_000,
     help="How many clicks of the shipped Kaggle file to replay.",
 )
-@click.option(
+@option(
     "--rate",
     type=click.FloatRange(1, 1_000_000),
     default=2_000,
     help="Events per second offered.",
 )
-@click.option(
+@option(
     "--show",
     type=click.IntRange(0, 1000),
     default=8,

@@ -92,3 +92,33 @@ def test_the_trainers_look_at_rollouts_survives_redis_away(
         assert look_at_rollouts(settings) == []
     assert "rollouts not looked at: Redis at" in caplog.text
     assert read_policy(registry, "shop") == ROLLOUT  # waits where it was
+
+
+def test_a_running_ab_test_is_named_in_plain_words(
+    registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_policy(registry, "shop", {k: v for k, v in ROLLOUT.items() if k != "rollout"})
+    code, err = _run(["bandit", "start", "shop", "v1", "v3"], capsys)
+    assert code == 1 and "runs an A/B test over v1, v2: stop it first" in err, err
+
+
+@pytest.mark.parametrize(
+    "args", [["models", "rollback"], ["experiment", "start"], ["tenant", "mode"]]
+)
+def test_a_missing_tenant_is_one_line_saying_where_names_are(
+    registry: Registry, args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(args, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "Missing argument" in err and "streamrec tenant list" in err, err
+
+
+def test_status_without_a_tenant_covers_the_tenants_that_run_one(
+    registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(["bandit", "status"], capsys)  # shop runs one; Redis is away
+    assert code == 1 and "cannot reach Redis" in err and err.count("\n") == 1, err
+    write_policy(registry, "shop", None)
+    with pytest.raises(SystemExit) as exit_:
+        main(["experiment", "status"])
+    assert exit_.value.code == 0 and "no experiment or bandit runs" in capsys.readouterr().out

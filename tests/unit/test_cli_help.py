@@ -89,7 +89,7 @@ def test_settings_flags_name_their_variables(capsys: pytest.CaptureFixture[str])
     for text in (
         "env var: STREAMREC_BROKER; default: 127.0.0.1:19092",
         "env var: STREAMREC_REDIS_URL",
-        "env var: STREAMREC_MODEL_DIR; default: ($STREAMREC_HOME/models)",
+        "env var: STREAMREC_MODEL_DIR; default: $STREAMREC_HOME/models",
         "env var: STREAMREC_DELIVERY; default: at_least_once",
         "STREAMREC_HOME",  # the epilog: read without a flag
     ):

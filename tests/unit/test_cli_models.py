@@ -50,7 +50,7 @@ def test_versions_promote_and_rollback(run: Invoke) -> None:
     assert "* v1" in listing and "  v2" in listing
     assert "v2 is now in service" in run("models", "promote", "default", "v2").output
     assert "* v2" in run("models", "list", "default").output
-    assert "rolled back v2 -> v1" in run("models", "rollback").output
+    assert "rolled back v2 -> v1" in run("models", "rollback", "default").output
     assert "* v1" in run("models", "list").output
 
 
