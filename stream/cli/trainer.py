@@ -104,7 +104,7 @@ log = logging.getLogger(f"streamrec.{__name__}")
 @click.option("--seed", type=int, show_default="42", help="Random seed for training.")
 @click.option(
     "--ranker",
-    type=click.Choice(["linear", "blend", "neighbours"]),
+    type=click.Choice(["linear", "blend"]),
     show_default="linear",
     help="How the served model orders candidates (see `streamrec train --help`).",
 )
