@@ -67,8 +67,9 @@ class ModelBundle:
     # int32 [rows + 1], idx int32, w float32) and each item feature's values (float32 [n]).
     arrays: dict[str, np.ndarray]
     manifest: dict[str, Any] = field(default_factory=dict, compare=False)
-    # Views derived from the arrays once per bundle (the kernel's ``ServedModel``).
-    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Views derived from the arrays once per bundle (the kernel's ``ServedModel``); not an
+    # argument, so ``dataclasses.replace`` starts a new bundle with none.
+    derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def n_items(self) -> int:

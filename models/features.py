@@ -120,14 +120,14 @@ LISTS = (
     SourceList(
         "item_sessions", "session_knn", "items", "sessions", False, "an item's newest sessions"
     ),
-    SourceList("context", "sequence", "contexts", "items", True, "P(next | hashed context)"),
+    SourceList("context", "sequence", "contexts", "items", True, "P(next) per hashed context"),
     SourceList("category", "category", "categories", "items", False, "a category's most clicked"),
 )
 
 FEATURE_TABLE = (
     Feature("vsknn", "session_knn", 1.0, about="V-SKNN vote of the k nearest sessions"),
     Feature("sknn", "session_knn", 0.5, about="SKNN (cosine) vote of the same sessions"),
-    Feature("transitions", "transitions", 0.5, about="P(j | last click)"),
+    Feature("transitions", "transitions", 0.5, about="P(j next) after the last click"),
     Feature("rules", "rules", 0.3, about="rule weight from the newest clicks, by age"),
     Feature("neighbours", "embedding", 0.3, about="neighbour score from the newest clicks"),
     Feature("own_recency", "own", 0.6, about="sum of own_decay ** age over j's clicks"),
@@ -137,11 +137,11 @@ FEATURE_TABLE = (
     Feature("emb_session", "embedding", 0.02, "pool", "cosine to the session vector"),
     Feature("same_cluster", "cluster", kind="pool", about="same cluster as the last click"),
     Feature("popularity", "popular", 0.001, "item", "log popularity", values=log_popularity),
-    Feature("after_2", "sequence", 0.3, about="P(j | the last 2 clicks)"),
-    Feature("after_3", "sequence", about="P(j | the last 3 clicks)"),
-    Feature("after_prefix", "sequence", 0.3, about="P(j | the whole prefix)"),
+    Feature("after_2", "sequence", 0.3, about="P(j next) after the same last 2 clicks"),
+    Feature("after_3", "sequence", about="P(j next) after the same last 3 clicks"),
+    Feature("after_prefix", "sequence", 0.3, about="P(j next) after the same whole prefix"),
     Feature("after_prefix_long", "sequence", about="after_prefix * log(1 + clicks)"),
-    Feature("same_category", "category", kind="pool", about="the last click's category"),
+    Feature("same_category", "category", kind="pool", about="1: the last click's category"),
     Feature("category_share", "category", kind="pool", about="recency share of j's category"),
     Feature("category_top", "category", 0.05, about="1 / rank in the last click's category"),
 )
@@ -214,6 +214,16 @@ class Layout:
                 out[c], out[self.n_features + c] = weights[f], weights[half + f]
         return out
 
+    def markdown(self) -> str:
+        """The table as the README shows it (``python -m models.features`` prints it)."""
+        rows = [
+            "| column | feature | source | blend | computed | what |",
+            "| ---: | --- | --- | ---: | --- | --- |",
+        ]
+        for c, f in enumerate(self.features):
+            rows.append(f"| {c} | `{f.name}` | `{f.source}` | {f.blend:g} | {f.kind} | {f.about} |")
+        return "\n".join(rows) + "\n"
+
 
 def layout(
     features: tuple[Feature, ...] = FEATURE_TABLE,
@@ -237,3 +247,7 @@ def layout(
 # The table in use. Read it as ``features.LAYOUT`` at call time (not bound at import), so
 # a test can extend the table (``layout((*FEATURE_TABLE, extra))``) and see it everywhere.
 LAYOUT = layout()
+
+
+if __name__ == "__main__":
+    print(LAYOUT.markdown(), end="")

@@ -3,6 +3,7 @@ added to the table alone is computed, ranked with, fitted, saved and loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,15 @@ def test_a_bundle_fitted_without_a_feature_weighs_it_zero(
 def test_a_table_that_cannot_work_is_refused(table: tuple[Feature, ...], says: str) -> None:
     with pytest.raises(ValueError, match=says):
         layout(table)
+
+
+def test_the_readme_shows_the_table_as_it_is() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert features.LAYOUT.markdown() in readme, "run `python -m models.features` into README"
+
+
+def test_a_replaced_bundle_derives_its_own_kernel_view() -> None:
+    bundle = train_model(synthetic_sessions(2000, 60, seed=3), PARAMS)
+    rank_codes(bundle, *encode_sessions(bundle, [["i1"]]), 5, RankParams.of(bundle))
+    assert bundle.derived
+    assert dataclasses.replace(bundle, version="v9").derived == {}
