@@ -157,9 +157,6 @@ def push_top(
     return min(kept + 1, k)
 
 
-# ---------------------------------------------------------------- serve time: the kernel
-
-
 @njit(cache=True, nogil=True)
 def _touch(j, tag, stamp, slot, feats, cand, found):  # pragma: no cover - compiled
     """Make item j a candidate of row ``tag`` (features zeroed) if it is not one yet.
@@ -234,9 +231,7 @@ def _select(values, limit, out, bufs):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def served_kernel(
-    model, config, codes, ptr, out, scratch
-):  # pragma: no cover - compiled; checked against hand-made bundles and pinned rankings
+def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover - compiled
     """Rank every session of the batch (module docstring). Session r is
     ``codes[ptr[r]:ptr[r+1]]`` (item rows oldest first, -1 unknown); ``model`` is a
     ``ServedModel``, ``config`` a ``RankConfig``, ``out`` an ``Out``, ``scratch`` a
@@ -248,18 +243,15 @@ def served_kernel(
     The scratch's ``stamp`` and ``excluded`` (int64 per item, below ``tag_base + 1``
     everywhere) and ``votes`` ([items, 2], zero) are kept by the caller between batches,
     so a small batch does not pay for clearing item-sized arrays; the kernel leaves
-    ``votes`` zero and its stamps at most ``tag_base + rows``."""
+    ``votes`` zero and its stamps at most ``tag_base + rows``. (Tested on hand-made
+    bundles and against the previous kernel's pinned rankings.)"""
     neighbours, neighbour_scores = model.neighbours, model.neighbour_scores
     tr_ptr, tr_idx, tr_w = model.transitions_ptr, model.transitions_idx, model.transitions_w
     ru_ptr, ru_idx, ru_w = model.rules_ptr, model.rules_idx, model.rules_w
     s_ptr, s_items = model.sessions_ptr, model.sessions_idx
     is_ptr, is_idx = model.item_sessions_ptr, model.item_sessions_idx
-    c_keys, c_ptr, c_idx, c_w = (
-        model.context_keys,
-        model.context_ptr,
-        model.context_idx,
-        model.context_w,
-    )
+    c_keys, c_ptr = model.context_keys, model.context_ptr
+    c_idx, c_w = model.context_idx, model.context_w
     cat_ptr, cat_items = model.category_ptr, model.category_idx
     vectors, clusters, categories = model.vectors, model.clusters, model.categories
     item_values, item_cols = model.item_values, model.item_columns
@@ -271,12 +263,8 @@ def served_kernel(
     exclude_mode = config.exclude_mode
     out_items, out_scores, out_feats = out.items, out.scores, out.feats
     known, strategy = out.known, out.strategy
-    stamp, excluded, votes, tag_base = (
-        scratch.stamp,
-        scratch.excluded,
-        scratch.votes,
-        scratch.tag_base,
-    )
+    stamp, excluded = scratch.stamp, scratch.excluded
+    votes, tag_base = scratch.votes, scratch.tag_base
     n, m = neighbours.shape
     nf = weights.size // 2
     k = out_items.shape[1]
