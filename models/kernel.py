@@ -130,7 +130,9 @@ def _drop_stale_cache() -> None:
     if _compiled_columns_key() == _COLUMNS_KEY:
         return
     for kernel in (_compiled_columns_key, served_kernel):
-        kernel._cache.flush()  # numba's on-disk index: the next call compiles afresh
+        cache = getattr(kernel, "_cache", None)  # numba's on-disk index (not public API)
+        if cache is not None:
+            cache.flush()  # the next call compiles afresh and caches the new code
         kernel.recompile()
 
 
