@@ -46,9 +46,8 @@ bundle.index(bundle.item_list[0])  # build the item index, as the first request 
 loaded = time.perf_counter() - started
 after_load = rss_mb()
 # Touch every array, as serving eventually does, to count the memory-mapped pages too.
-from models.bundle import ARRAYS
-touched = sum(float(np.asarray(getattr(bundle, n)).view(np.uint8).sum() % 7) for n in ARRAYS
-              if n != "items")
+touched = sum(float(np.asarray(a).view(np.uint8).sum() % 7)
+              for n, a in bundle.named_arrays().items() if n != "items")
 print(json.dumps({"load_s": loaded, "rss_load_mb": after_load - before,
                   "rss_touched_mb": rss_mb() - before, "items": bundle.n_items}))
 """

@@ -1,13 +1,12 @@
-"""Recommendation quality: the hybrid model against every baseline on four sets.
+"""Recommendation quality: the served model against every baseline on four sets.
 
 Runs the `streamrec evaluate` commands that BENCHMARKS.md and benchmarks/quality.md quote
-(literature protocol and serving protocol with --exclude current, test splits, the hybrid's
-settings chosen on a validation split), then, with --ablation SET, the hybrid with each
-candidate source removed and with the fixed blend instead of the learned ranker (through
-the Python API, on the same cases). Prints Markdown; keeps each JSON report in --out.
+(literature protocol and serving protocol with --exclude current, test splits). The
+served model's ablation (each source removed, the fixed blend instead of the learned
+ranker) is benchmarks/served_ablation.py. Prints Markdown; keeps each JSON report in --out.
 
 Usage: .venv/bin/python benchmarks/quality.py [--sets tmall,yoochoose-cgg,yoochoose-100k,eshop]
-       [--protocols next-item,serving] [--ablation yoochoose-100k] [--out DIR]
+       [--protocols next-item,serving] [--out DIR]
 """
 
 from __future__ import annotations
@@ -16,13 +15,12 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path("..") / "shared" / "data"
 K = 20
-MODELS = "hybrid,streamrec,pop,transitions,sr,item_knn,item2vec,cluster_random,sknn,vsknn,stan"
+MODELS = "streamrec,pop,transitions,sr,item_knn,item2vec,cluster_random,sknn,vsknn,stan"
 CGG = [
     "--format",
     "csv",
@@ -83,7 +81,6 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--protocols", default="next-item,serving")
     parser.add_argument("--models", default=MODELS)
-    parser.add_argument("--ablation", default="", help="Comma-separated sets to ablate.")
     parser.add_argument("--out", type=Path, default=Path("/tmp/streamrec-quality"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -98,8 +95,6 @@ def main() -> None:
             print(f"### {title}, {protocol}\n\n```\n{' '.join(command)} --json OUT.json\n```\n")
             _run_cli(command, out)
             print(_table(json.loads(out.read_text())), flush=True)
-    for key in [s for s in args.ablation.split(",") if s]:
-        print(_ablation(key), flush=True)
 
 
 def _run_cli(command: list[str], out: Path) -> None:
@@ -135,54 +130,6 @@ def _table(report: dict) -> str:  # type: ignore[type-arg]
             f"| {label} | {hr} | {mrr} | {m['coverage']:.3f} | {m['popularity_rank']:.1f} "
             f"| {m['train_s']:.1f} | {m['recs_per_s']:,.0f} |"
         )
-    return "\n".join(lines) + "\n"
-
-
-def _ablation(key: str) -> str:
-    """The hybrid with each source removed, and with the fixed blend, on the test split."""
-    from models.datasets import build_sessions, item_categories, read_clicks, split_last_days
-    from models.evaluate import evaluate
-    from models.hybrid import SOURCES, HybridModel, HybridParams
-
-    _, options = SETS[key]
-    opts = dict(zip(options[::2], options[1::2], strict=False))
-    cols = {}
-    if "--session-col" in opts:
-        cols = {
-            "fmt": "csv",
-            "session_col": "session_id",
-            "item_col": "item_id",
-            "order_col": "position",
-            "category_col": "category",
-        }
-
-    def load(path: str) -> list:  # type: ignore[type-arg]
-        return build_sessions(read_clicks(ROOT / path, **cols), collapse_repeats=False)
-
-    train = load(opts["--train"])
-    categories = item_categories(read_clicks(ROOT / opts["--train"], **cols)) if cols else {}
-    if "--test" in opts:
-        test = load(opts["--test"])
-    else:
-        train, test = split_last_days(train, float(opts["--split-days"]))
-    base = HybridParams(ranker="linear")
-    variants = {
-        "hybrid, learned ranker": base,
-        "hybrid, fixed blend": replace(base, ranker="blend"),
-    }
-    for source in SOURCES:
-        variants[f"without {source}"] = replace(base, without=(source,))
-    lines = [
-        f"### Ablation on {key} (test split, literature protocol, learned ranker unless said)\n",
-        "| variant | HR@20 | MRR@20 |",
-        "| --- | ---: | ---: |",
-    ]
-    factories = {
-        name: (lambda p=p: HybridModel(p, categories=categories)) for name, p in variants.items()
-    }
-    for name, m in evaluate(factories, [s.items for s in train], [s.items for s in test], k=K):
-        lines.append(f"| {name} | {m.hr:.4f} | {m.mrr:.4f} |")
-        print(lines[-1], file=sys.stderr, flush=True)
     return "\n".join(lines) + "\n"
 
 

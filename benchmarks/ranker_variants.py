@@ -27,12 +27,13 @@ from served_valid import DATA, training_and_valid
 
 import models.train as train_module
 from models.evaluate import iter_cases
+from models.features import LAYOUT
+from models.fit import fit_scaled
 from models.ranking import RankParams, encode_sessions, rank_codes
-from models.served import FEATURES, blend_weights, fit_scaled
 from models.train import TrainParams, train_model
 
-NF = len(FEATURES)
-AT = {name: i for i, name in enumerate(FEATURES)}
+NF = LAYOUT.n_features
+AT = {name: i for i, name in enumerate(LAYOUT.names)}
 Columns = Callable[[np.ndarray], list[np.ndarray]]
 
 
@@ -89,13 +90,13 @@ def capture(which: str, data: str) -> dict:
 
 
 def fit(fit_cases: dict, columns: Columns, l2: float = 1e-3) -> np.ndarray:
-    """As ``models.served.fit_ranker``, over ``columns`` of the raw features."""
+    """As ``models.fit.fit_ranker``, over ``columns`` of the raw features."""
     where = fit_cases["items"] == fit_cases["targets"][:, None]
     found = where.any(axis=1)
     mask = fit_cases["items"][found] >= 0
     x = design(fit_cases["feats"][found], columns)
     start = np.zeros(x.shape[-1])
-    start[: 2 * NF] = blend_weights()
+    start[: 2 * NF] = LAYOUT.blend_weights()
     return fit_scaled(x, mask, where[found].argmax(axis=1), start, l2)
 
 

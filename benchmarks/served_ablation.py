@@ -21,8 +21,8 @@ import numpy as np
 
 from models.datasets import build_sessions, item_categories, read_clicks
 from models.evaluate import iter_cases
+from models.features import LAYOUT
 from models.ranking import RankParams, encode_sessions, rank_codes
-from models.served import FEATURE_SOURCE, FEATURES, STRATEGIES, blend_weights, prior_weights
 from models.train import TrainParams, train_model
 
 CGG_COLUMNS = {
@@ -76,16 +76,16 @@ def main() -> None:
 
     print("| variant | HR@20 | MRR@20 |\n| --- | ---: | ---: |")
     print(f"| served model, learned ranker | {metrics(bundle.ranker_weights, None)} |")
-    print(f"| ranker replaced by the fixed blend | {metrics(blend_weights(), None)} |")
-    n = len(FEATURES)
-    for source, name in enumerate(STRATEGIES):
-        off = FEATURE_SOURCE == source
+    print(f"| ranker replaced by the fixed blend | {metrics(LAYOUT.blend_weights(), None)} |")
+    n = LAYOUT.n_features
+    for source, name in enumerate(LAYOUT.strategies):
+        off = LAYOUT.feature_source == source
         weights = bundle.ranker_weights.copy()
         weights[:n][off] = 0.0
         weights[n:][off] = 0.0
-        prior = prior_weights()
+        prior = LAYOUT.prior_weights()
         prior[off] = 0.0
-        names = ", ".join(f for f, o in zip(FEATURES, off, strict=True) if o)
+        names = ", ".join(f for f, o in zip(LAYOUT.names, off, strict=True) if o)
         print(f"| without {name} ({names}) | {metrics(weights, prior)} |")
 
 

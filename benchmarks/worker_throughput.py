@@ -6,8 +6,6 @@ On a private embedded stack (free ports), the same N click events are pre-loaded
 one topic per contender; each contender then drains its copy:
 
 - ``bare aiokafka consumer``: reads the messages and does nothing (the ceiling);
-- ``faust agent``: ``streamrec worker`` with ``STREAMREC_ENGINE=agent`` (textbook Faust:
-  ``stream.take_events`` + one ``topic.send`` per recommendation);
 - ``streamrec batch loop``: ``streamrec worker`` as shipped.
 
 Worker throughput counts only answered events: recommendations on the output topic,
@@ -241,8 +239,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--engines",
-        default="bare,agent,batch",
-        help="bare, agent, batch, batch-eos (batch loop with STREAMREC_DELIVERY=exactly_once), "
+        default="bare,batch",
+        help="bare, batch, batch-eos (batch loop with STREAMREC_DELIVERY=exactly_once), "
         "batch-nofeedback (STREAMREC_FEEDBACK=0: no hits, lists or counters), "
         "batch-rules (serving rules and a catalogue: a blocklist, unavailable items, an "
         "excluded category), batch-1thread (STREAMREC_RANK_THREADS=1: ranking on one core)",
@@ -281,7 +279,6 @@ def main() -> None:
             bare = asyncio.run(bare_consumer_rate(stack.broker, topic, len(records)))
             rows.append(("bare aiokafka consumer (reads only)", bare, *[float("nan")] * 4))
         names = {
-            "agent": "faust agent (take_events + send per record)",
             "batch": "streamrec batch loop (shipped)",
             "batch-eos": "streamrec batch loop, exactly once (transactions)",
             "batch-nofeedback": "streamrec batch loop, feedback counting off",

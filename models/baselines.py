@@ -42,6 +42,7 @@ from numba import njit
 
 from models.errors import InvalidSettingError
 from models.evaluate import Recommender
+from models.sources import sequential_rules, transition_counts
 from models.train import StreamrecModel, TrainParams
 
 
@@ -125,17 +126,6 @@ class Popular(_Catalogue):
         return self.top_k(np.tile(self.counts, (len(prefixes), 1)), k)
 
 
-def transition_counts(codes: Sequence[np.ndarray], n: int, *, per_session: bool) -> sp.csr_matrix:
-    """[n, n] counts of "b came right after a"; ``per_session`` counts a pair once a session."""
-    a = np.concatenate([s[:-1] for s in codes]) if codes else np.zeros(0, dtype=np.int64)
-    b = np.concatenate([s[1:] for s in codes]) if codes else np.zeros(0, dtype=np.int64)
-    if per_session:
-        session = np.repeat(np.arange(len(codes)), [max(0, len(s) - 1) for s in codes])
-        keys = np.unique((session * n + a) * n + b)
-        a, b = (keys // n) % n, keys % n
-    return sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
-
-
 class Transitions(_Catalogue):
     """Most frequent next item after the last click, counted once per training session."""
 
@@ -145,23 +135,6 @@ class Transitions(_Catalogue):
 
     def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
         return self.top_k(self.rows_of(self.follows, self.last_items(prefixes)), k)
-
-
-def sequential_rules(codes: Sequence[np.ndarray], n: int, steps: int = 10) -> sp.csr_matrix:
-    """[n, n] rule weights: j after i within ``steps`` clicks, weight 1/distance."""
-    flat = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64)
-    session = np.repeat(np.arange(len(codes)), [len(s) for s in codes])
-    rows, cols, weights = [], [], []
-    for gap in range(1, steps + 1):
-        same = session[:-gap] == session[gap:]
-        rows.append(flat[:-gap][same])
-        cols.append(flat[gap:][same])
-        weights.append(np.full(int(same.sum()), 1.0 / gap))
-    if not rows:
-        return sp.csr_matrix((n, n))
-    return sp.csr_matrix(
-        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    )
 
 
 class SequentialRules(_Catalogue):
@@ -407,11 +380,8 @@ def model_factories(
 ) -> dict[str, Callable[[], Recommender]]:
     """Every model the harness knows, by the name ``--models`` uses; ``categories``
     (item -> category, when the data has them) feed the models that use them."""
-    from models.hybrid import HybridModel
-
     params = params or TrainParams()
     return {
-        "hybrid": lambda: HybridModel(seed=params.seed, categories=categories),
         "streamrec": lambda: StreamrecModel(params, categories),
         "pop": Popular,
         "transitions": Transitions,

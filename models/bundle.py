@@ -22,36 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from models import features
 from models.errors import InvalidModelError
 
 BUNDLE_FORMAT = "streamrec-bundle"
-# 2: candidate sources and the ranker (models.served). 3: their row pointers are int32.
-# 4: item categories and the ranker's two category features; a version-3 bundle loads as
-# one without categories (its ranker weighs them 0), so it ranks exactly as before. An
-# older bundle is refused with a message that says to retrain.
-BUNDLE_FORMAT_VERSION = 4
-READABLE_FORMATS = (3, 4)
+# 5: the arrays of the table's sources and item features stored by name
+# (``models.features``), the ranker's weights read by feature name. An older bundle is
+# refused with a message that says to retrain.
+BUNDLE_FORMAT_VERSION = 5
 MANIFEST = "manifest.json"
-# The candidate sources of the served model (models.served), as CSR arrays.
-SOURCE_ARRAYS = (
-    "transitions_ptr",
-    "transitions_idx",
-    "transitions_w",
-    "rules_ptr",
-    "rules_idx",
-    "rules_w",
-    "sessions_ptr",
-    "sessions_items",
-    "item_sessions_ptr",
-    "item_sessions_idx",
-    "context_keys",
-    "context_ptr",
-    "context_idx",
-    "context_w",
-    "category_ptr",
-    "category_items",
-)
-ARRAYS = (
+# Every bundle's arrays; the rest come from the table (``table_arrays``).
+BASE_ARRAYS = (
     "items",
     "vectors",
     "clusters",
@@ -59,27 +40,14 @@ ARRAYS = (
     "neighbours",
     "neighbour_scores",
     "popularity",
-    "log_popularity",
     "item_category",
-    *SOURCE_ARRAYS,
-)
-# CSR triples (ptr, indices, weights or None), indices over items or sessions.
-_CSR = (
-    ("transitions_ptr", "transitions_idx", "transitions_w", "items"),
-    ("rules_ptr", "rules_idx", "rules_w", "items"),
-    ("sessions_ptr", "sessions_items", None, "items"),
-    ("item_sessions_ptr", "item_sessions_idx", None, "sessions"),
-    ("context_ptr", "context_idx", "context_w", "items"),
-    ("category_ptr", "category_items", None, "items"),
 )
 
 
-# Arrays a version-3 bundle lacks, as a model without categories has them.
-_SINCE_4 = {
-    "item_category": lambda n: np.full(n, -1, dtype=np.int32),
-    "category_ptr": lambda n: np.zeros(1, dtype=np.int32),
-    "category_items": lambda n: np.zeros(0, dtype=np.int32),
-}
+def table_arrays(layout: features.Layout | None = None) -> tuple[str, ...]:
+    """The arrays the table's sources and item features keep in a bundle, by name."""
+    layout = layout or features.LAYOUT
+    return (*layout.list_arrays, *(f.array for f in layout.item_features))
 
 
 @dataclass(frozen=True)
@@ -94,26 +62,14 @@ class ModelBundle:
     neighbours: np.ndarray  # int32 [n, m], best first
     neighbour_scores: np.ndarray  # float32 [n, m], descending per row
     popularity: np.ndarray  # int32 [n], item indices, most clicked first
-    log_popularity: np.ndarray  # float32 [n], log(1 + clicks) / log(1 + max clicks)
     item_category: np.ndarray  # int32 [n], each item's category code, -1 when not known
-    # Candidate sources of models.served, CSR: ptr int32 [rows + 1], idx int32, w float32.
-    transitions_ptr: np.ndarray  # [n + 1]: P(next | last click), best first
-    transitions_idx: np.ndarray
-    transitions_w: np.ndarray
-    rules_ptr: np.ndarray  # [n + 1]: sequential rules, best first
-    rules_idx: np.ndarray
-    rules_w: np.ndarray
-    sessions_ptr: np.ndarray  # [sessions + 1]: each training session's distinct items
-    sessions_items: np.ndarray
-    item_sessions_ptr: np.ndarray  # [n + 1]: each item's most recent sessions, oldest first
-    item_sessions_idx: np.ndarray
-    context_keys: np.ndarray  # uint64 [contexts], sorted: hashes of click contexts
-    context_ptr: np.ndarray  # [contexts + 1]: P(next | context), best first
-    context_idx: np.ndarray
-    context_w: np.ndarray
-    category_ptr: np.ndarray  # [categories + 1]: each category's most clicked items, best first
-    category_items: np.ndarray
+    # The table's arrays by name (``table_arrays``): each source list's CSR arrays (ptr
+    # int32 [rows + 1], idx int32, w float32) and each item feature's values (float32 [n]).
+    arrays: dict[str, np.ndarray]
     manifest: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Views derived from the arrays once per bundle (the kernel's ``ServedModel``); not an
+    # argument, so ``dataclasses.replace`` starts a new bundle with none.
+    derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def n_items(self) -> int:
@@ -142,24 +98,29 @@ class ModelBundle:
         """The ids of ``rows`` (any shape), as nested lists of Python strings."""
         return self._ids.ids(rows)
 
+    def named_arrays(self) -> dict[str, np.ndarray]:
+        """Every array of the bundle by its file name (without ``.npy``)."""
+        return {**{name: getattr(self, name) for name in BASE_ARRAYS}, **self.arrays}
+
     @cached_property
     def ranker_weights(self) -> np.ndarray:
-        """The learned ranking stage's weights (models.served), or its fixed blend."""
-        from models.served import N_FEATURES, N_WEIGHTS, blend_weights
-
-        weights = self.manifest.get("ranker", {}).get("weights")
+        """The learned ranking stage's weights in the table's columns (by feature name;
+        a feature the bundle was not fitted with weighs 0), or the fixed blend."""
+        layout = features.LAYOUT
+        ranker = self.manifest.get("ranker", {})
+        weights, names = ranker.get("weights"), ranker.get("features")
         if weights is None:
-            return blend_weights()
+            return layout.blend_weights()
         out = np.asarray(weights, dtype=np.float64)
-        if self.manifest.get("format_version") == 3 and out.shape == (N_WEIGHTS - 6,):
-            # Fitted before the three category features: they weigh nothing.
-            half, zeros = N_FEATURES - 3, [0.0] * 3
-            out = np.concatenate((out[:half], zeros, out[half:], zeros))
-        if out.shape != (N_WEIGHTS,) or not np.isfinite(out).all():
+        if (
+            not isinstance(names, list)
+            or out.shape != (2 * len(names),)
+            or not np.isfinite(out).all()
+        ):
             raise InvalidModelError(
-                f"model {self.version}: ranker weights are not {N_WEIGHTS} numbers"
+                f"model {self.version}: ranker weights are not two finite numbers per feature"
             )
-        return out
+        return layout.weights_by_name(names, out)
 
     @property
     def ranking(self) -> dict[str, Any]:
@@ -234,8 +195,8 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     described: dict[str, Any] = {}
-    for name in ARRAYS:
-        arr = np.ascontiguousarray(getattr(bundle, name))
+    for name, arr in bundle.named_arrays().items():
+        arr = np.ascontiguousarray(arr)
         path = directory / f"{name}.npy"
         with open(path, "wb") as fh:
             np.save(fh, arr, allow_pickle=False)
@@ -251,6 +212,7 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
         "version": bundle.version,
+        "sources": {lst.name: list(lst.arrays) for lst in features.LAYOUT.lists},
         "arrays": described,
     }
     with open(directory / MANIFEST, "w", encoding="utf-8") as fh:
@@ -271,12 +233,9 @@ def load_bundle(
     manifest = _read_manifest(directory)
     described = manifest["arrays"]
     arrays: dict[str, np.ndarray] = {}
-    for name in ARRAYS:
+    for name in (*BASE_ARRAYS, *table_arrays()):
         path = directory / f"{name}.npy"
         meta = described.get(name)
-        if manifest["format_version"] == 3 and name in _SINCE_4:
-            arrays[name] = _SINCE_4[name](len(arrays["items"]))
-            continue
         if not isinstance(meta, dict):
             raise InvalidModelError(f"model {where}: manifest does not describe {name}.npy")
         if not path.is_file():
@@ -299,7 +258,8 @@ def load_bundle(
     # The arrays' descriptions (checksums, shapes) are checked; nothing reads them after
     # (save_bundle describes the arrays anew), and a worker holds a model per tenant.
     kept = {key: value for key, value in manifest.items() if key != "arrays"}
-    return ModelBundle(version=str(manifest["version"]), manifest=kept, **arrays)
+    base = {name: arrays.pop(name) for name in BASE_ARRAYS}
+    return ModelBundle(version=str(manifest["version"]), manifest=kept, arrays=arrays, **base)
 
 
 def _map(path: Path, where: str, name: str) -> np.ndarray:
@@ -372,10 +332,19 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise InvalidModelError(f"model {directory}: {MANIFEST} is not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise InvalidModelError(f"model {directory}: {MANIFEST} is not a streamrec bundle manifest")
-    if manifest.get("format_version") not in READABLE_FORMATS:
+    found = manifest.get("format_version")
+    if found != BUNDLE_FORMAT_VERSION:
+        if isinstance(found, int) and found < BUNDLE_FORMAT_VERSION:
+            advice = "retrain the tenant (`streamrec train`, or the trainer's next pass)"
+            age = "older"
+        elif isinstance(found, int):
+            advice, age = "upgrade streamrec to serve it", "newer"
+        else:
+            advice, age = "retrain the tenant", "not one"
         raise InvalidModelError(
-            f"model {directory}: bundle format {manifest.get('format_version')!r} is not supported "
-            f"(this streamrec reads {BUNDLE_FORMAT_VERSION}); retrain it with `streamrec train`"
+            f"model {directory}: model bundle format {found!r} is {age} "
+            f"{'that' if age == 'not one' else 'than'} this streamrec reads "
+            f"({BUNDLE_FORMAT_VERSION}): {advice}"
         )
     if not isinstance(manifest.get("version"), str) or not isinstance(manifest.get("arrays"), dict):
         raise InvalidModelError(f"model {directory}: {MANIFEST} lacks a version or array list")
@@ -419,31 +388,34 @@ def _check_consistency(a: dict[str, np.ndarray], where: str) -> None:
         fail("popularity is not a permutation of the items")
     if len(np.unique(items)) != n:
         fail("item ids are not unique")
-    log_pop = a["log_popularity"]
-    if log_pop.dtype != np.float32 or log_pop.shape != (n,) or not np.isfinite(log_pop).all():
-        fail(f"log_popularity must be finite float32 [{n}]")
     category = a["item_category"]
     if category.dtype != np.int32 or category.shape != (n,) or (n and category.min() < -1):
         fail(f"item_category must be int32 [{n}], -1 or a category code")
-    n_sessions = len(a["sessions_ptr"]) - 1
+    for feature in features.LAYOUT.item_features:
+        values = a[feature.array]
+        if values.dtype != np.float32 or values.shape != (n,) or not np.isfinite(values).all():
+            fail(f"{feature.array} must be finite float32 [{n}]")
     keys = a["context_keys"]
     if keys.dtype != np.uint64 or keys.ndim != 1 or (keys.size > 1 and (np.diff(keys) <= 0).any()):
         fail("context_keys must be strictly increasing uint64")
-    for ptr_name, idx_name, w_name, over in _CSR:
-        ptr, idx = a[ptr_name], a[idx_name]
-        rows = {
-            "sessions_ptr": n_sessions,
-            "context_ptr": len(keys),
-            "category_ptr": int(category.max(initial=-1)) + 1,
-        }.get(ptr_name, n)
-        bound = n if over == "items" else n_sessions
+    n_sessions = len(a["sessions_ptr"]) - 1
+    sizes = {
+        "items": n,
+        "sessions": n_sessions,
+        "contexts": len(keys),
+        "categories": int(category.max(initial=-1)) + 1,
+    }
+    for lst in features.LAYOUT.lists:
+        ptr_name, idx_name = lst.arrays[:2]
+        ptr, idx, rows = a[ptr_name], a[idx_name], sizes[lst.rows]
         if ptr.dtype != np.int32 or ptr.shape != (rows + 1,) or idx.dtype != np.int32:
             fail(f"{ptr_name} must be int32 [{rows + 1}] and {idx_name} int32")
         if ptr[0] != 0 or ptr[-1] != len(idx) or (np.diff(ptr) < 0).any():
             fail(f"{ptr_name} is not a valid CSR row pointer for {idx_name}")
-        if idx.size and (idx.min() < 0 or idx.max() >= bound):
+        if idx.size and (idx.min() < 0 or idx.max() >= sizes[lst.over]):
             fail(f"{idx_name} out of range")
-        if w_name is not None:
+        if lst.weighted:
+            w_name = f"{lst.name}_w"
             w = a[w_name]
             if w.dtype != np.float32 or w.shape != idx.shape or not np.isfinite(w).all():
                 fail(f"{w_name} must be finite float32 with the shape of {idx_name}")

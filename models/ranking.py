@@ -1,17 +1,14 @@
 """Ranking: a pure function of a ModelBundle and a session's items.
 
-By default (``RankParams.ranker`` "linear", or "blend" for the fixed blend) ranking is
-``models.served``: candidates from several sources scored by the linear ranking stage
-fitted at train time. ``ranker="neighbours"`` is the earlier rule, kept for comparison:
-a session's newest ``context`` known items each vote for their precomputed neighbours,
-weighted ``recency_decay ** age`` (age 0 = the newest click), optionally plus the
-cosine between a candidate and the recency-weighted session vector. Items already in
-the session are never returned. When the neighbour lists run dry the newest item's
-cluster fills in (most popular first), then the global most-popular list; a session
-with no known item gets the popular list.
+Ranking is the served model (``models.kernel``): candidates from the sources of the
+table (``models.features``) scored by the linear ranking stage fitted at train time
+(``RankParams.ranker`` "linear"), or by the table's fixed blend ("blend"). Items already
+in the session are left out as ``exclude`` says. When the candidates run dry the newest
+item's cluster fills in (most popular first), then the global most-popular list; a
+session with no known item gets the popular list.
 
-``recommend_batch`` does the whole batch with a few numpy calls; ``recommend`` is the
-batch of one, so both always agree.
+``recommend_batch`` does the whole batch with a few numpy calls and one compiled pass;
+``recommend`` is the batch of one, so both always agree.
 """
 
 from __future__ import annotations
@@ -24,19 +21,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import numpy as np
-from numba import njit
 
-from models.bundle import SOURCE_ARRAYS, ModelBundle
-from models.served import STRATEGIES, blend_weights, prior_weights, push_top, served_kernel
+from models import features
+from models.bundle import ModelBundle
+from models.kernel import Out, RankConfig, Scratch, ServedModel, served_kernel, served_model
 
-RANKERS = ("linear", "blend", "neighbours")
+RANKERS = ("linear", "blend")
+STRATEGIES = features.LAYOUT.strategies
 
 
 @dataclass(frozen=True)
 class RankParams:
     context: int = 3
     recency_decay: float = 0.3
-    session_weight: float = 0.0
     own_decay: float = 0.6  # the session's own items and its vector: weight per click of age
     k_sessions: int = 100  # session-kNN neighbours
     sample_size: int = 100  # ... among this many most recent sessions sharing an item
@@ -183,7 +180,7 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
-def _scratch(n: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _scratch(n: int, rows: int) -> Scratch:
     """(stamp, excluded, votes, tag base) for a batch of ``rows`` sessions over ``n``
     items (``served_kernel``): fresh arrays when ``n`` changes, else the last ones."""
     s = _SCRATCH
@@ -194,7 +191,7 @@ def _scratch(n: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
         s.votes = np.zeros((n, 2), dtype=np.float64)
     base = s.tag
     s.tag += rows
-    return s.stamp, s.excluded, s.votes, base
+    return Scratch(s.stamp, s.excluded, s.votes, base)
 
 
 def rank_codes(
@@ -211,95 +208,91 @@ def rank_codes(
     threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Best ``k`` candidates per session, as item rows and scores, how many of each
-    session's items the model knows (its newest ``context`` for the neighbours rule),
-    and the strategy (source) of each session's top item.
+    session's items the model knows, and the strategy (source) of each session's top
+    item.
 
     Session r is ``codes[ptr[r]:ptr[r + 1]]``, item rows oldest first, -1 for items the
     model does not know. Rows are padded with item -1 / score -inf when a session has
-    fewer than ``k`` candidates. ``out_feats`` ([rows, k, len(models.served.FEATURES)],
-    float64), when given, receives the ranked items' features (to fit the ranker).
+    fewer than ``k`` candidates. ``out_feats`` ([rows, k, features of the table],
+    float64), when given, receives the ranked items' features (to fit the ranker);
+    ``weights`` and ``prior`` replace the ranker's and the stage-one blend's.
 
     With ``threads`` > 1 a batch of at least ``MIN_ROWS_PER_THREAD`` rows per thread is cut
     into that many slices ranked at once (the kernel releases the GIL; each thread has its
     own scratch): the same results, sooner when cores are free.
     """
     rows = ptr.size - 1
-    context = max(1, params.context)
-    out_items = np.empty((rows, k), dtype=np.int64)
-    out_scores = np.empty((rows, k), dtype=np.float64)
-    known = np.empty(rows, dtype=np.int64)
-    if banned is None or banned.shape[0] != bundle.n_items:
-        banned = _no_ban(bundle.n_items)
     if params.ranker not in RANKERS:
         raise ValueError(f"unknown ranker {params.ranker!r}; choose one of {', '.join(RANKERS)}")
-    if params.ranker != "neighbours":
-        if weights is None:
-            weights = bundle.ranker_weights if params.ranker == "linear" else blend_weights()
-        strategy = np.empty(rows, dtype=np.int64)
-        feats = out_feats if out_feats is not None else _NO_FEATS
-        model = (
-            params.recency_decay ** np.arange(context, dtype=np.float64),
-            float(params.own_decay),
-            np.asarray(bundle.neighbours),
-            np.asarray(bundle.neighbour_scores),
-            *(np.asarray(getattr(bundle, name)) for name in SOURCE_ARRAYS),
-            int(params.k_sessions),
-            int(params.sample_size),
-            int(params.per_source),
-            int(params.candidates),
-            _PRIOR if prior is None else prior,
-            np.asarray(bundle.vectors),
-            np.asarray(bundle.clusters),
-            np.asarray(bundle.item_category),
-            np.asarray(bundle.log_popularity),
-            weights,
-            banned,
-            _EXCLUDE_CODES[exclude],
-        )
-
-        def rank_slice(a: int, b: int) -> None:
-            served_kernel(
-                codes[ptr[a] : ptr[b]],
-                ptr[a : b + 1] - ptr[a],
-                *model,
-                out_items[a:b],
-                out_scores[a:b],
-                feats[a:b] if feats.shape[0] else feats,
-                known[a:b],
-                strategy[a:b],
-                *_scratch(bundle.n_items, b - a),
-            )
-
-        slices = max(1, min(threads, rows // MIN_ROWS_PER_THREAD))
-        bounds = [rows * t // slices for t in range(slices + 1)]
-        others = [
-            _pool(slices - 1).submit(rank_slice, a, b) for a, b in itertools.pairwise(bounds[1:])
-        ]
-        rank_slice(bounds[0], bounds[1])
-        for done in others:
-            done.result()
-        return out_items, out_scores, known, [STRATEGIES[s] for s in strategy.tolist()]
-    _rank_kernel(
-        codes,
-        ptr,
-        context,
-        params.recency_decay ** np.arange(context, dtype=np.float64),  # by age, 0 = newest
-        np.asarray(bundle.neighbours),
-        np.asarray(bundle.neighbour_scores),
-        np.asarray(bundle.vectors),
-        float(params.session_weight),
+    if banned is None or banned.shape[0] != bundle.n_items:
+        banned = _no_ban(bundle.n_items)
+    layout = features.LAYOUT
+    blend, default_prior = _blends(layout)
+    if weights is None:
+        weights = bundle.ranker_weights if params.ranker == "linear" else blend
+    context = max(1, params.context)
+    config = RankConfig(
+        params.recency_decay ** np.arange(context, dtype=np.float64),
+        float(params.own_decay),
+        int(params.k_sessions),
+        int(params.sample_size),
+        int(params.per_source),
+        int(params.candidates),
+        default_prior if prior is None else prior,
+        weights,
         banned,
         _EXCLUDE_CODES[exclude],
-        out_items,
-        out_scores,
-        known,
     )
-    fallback = ["embedding" if row[0] >= 0 else "popular" for row in out_items.tolist()]
-    return out_items, out_scores, known, fallback
+    model = _served(bundle, layout)
+    out = Out(
+        np.empty((rows, k), dtype=np.int64),
+        np.empty((rows, k), dtype=np.float64),
+        out_feats if out_feats is not None else _NO_FEATS,
+        np.empty(rows, dtype=np.int64),
+        np.empty(rows, dtype=np.int64),
+    )
+
+    def rank_slice(a: int, b: int) -> None:
+        part = Out(
+            out.items[a:b],
+            out.scores[a:b],
+            out.feats[a:b] if out.feats.shape[0] else out.feats,
+            out.known[a:b],
+            out.strategy[a:b],
+        )
+        batch = codes[ptr[a] : ptr[b]], ptr[a : b + 1] - ptr[a]
+        served_kernel(model, config, *batch, part, _scratch(bundle.n_items, b - a))
+
+    slices = max(1, min(threads, rows // MIN_ROWS_PER_THREAD))
+    bounds = [rows * t // slices for t in range(slices + 1)]
+    others = [_pool(slices - 1).submit(rank_slice, a, b) for a, b in itertools.pairwise(bounds[1:])]
+    rank_slice(bounds[0], bounds[1])
+    for done in others:
+        done.result()
+    names = layout.strategies
+    return out.items, out.scores, out.known, [names[s] for s in out.strategy.tolist()]
+
+
+def _served(bundle: ModelBundle, layout: features.Layout) -> ServedModel:
+    """The kernel's view of ``bundle``, made once per bundle (and table)."""
+    made = bundle.derived.get("served")
+    if made is None or made[0] is not layout:
+        made = bundle.derived["served"] = (layout, served_model(bundle, layout))
+    return made[1]
+
+
+_BLENDS: dict[int, tuple[features.Layout, np.ndarray, np.ndarray]] = {}
+
+
+def _blends(layout: features.Layout) -> tuple[np.ndarray, np.ndarray]:
+    """The table's fixed blend and stage-one prior, made once per table."""
+    made = _BLENDS.get(id(layout))
+    if made is None or made[0] is not layout:
+        made = _BLENDS[id(layout)] = (layout, layout.blend_weights(), layout.prior_weights())
+    return made[1], made[2]
 
 
 _NO_FEATS = np.zeros((0, 0, 0), dtype=np.float64)
-_PRIOR = prior_weights()
 _EXCLUDE_CODES = {"none": 0, "current": 1, "seen": 2}
 _NO_BAN: dict[int, np.ndarray] = {}
 
@@ -309,81 +302,6 @@ def _no_ban(n: int) -> np.ndarray:
     if mask is None:
         mask = _NO_BAN[n] = np.zeros(n, dtype=np.bool_)
     return mask
-
-
-@njit(cache=True, nogil=True)
-def _rank_kernel(
-    codes,
-    ptr,
-    context,
-    weight_by_age,
-    neighbours,
-    neighbour_scores,
-    vectors,
-    session_weight,
-    banned,
-    exclude_mode,
-    out_items,
-    out_scores,
-    known,
-):  # pragma: no cover - compiled; checked against a plain-Python reference in the tests
-    """Per session: the newest ``context`` known items vote for their neighbours (the
-    oldest votes first, so a sum never depends on the batch), items of the session are
-    dropped, and the best ``k`` by (score desc, item asc) stay in an insertion buffer.
-    One pass over ~context * m candidates, no sort."""
-    n, m = neighbours.shape
-    k = out_items.shape[1]
-    total = np.zeros(n, dtype=np.float64)
-    stamp = np.zeros(n, dtype=np.int64)  # +tag: candidate of row tag-1; -tag: in the session
-    cand = np.empty(context * m, dtype=np.int64)
-    newest = np.empty(context, dtype=np.int64)  # newest first
-    session_vec = np.empty(vectors.shape[1], dtype=np.float64)
-    for r in range(ptr.size - 1):
-        tag = r + 1
-        lo, hi = ptr[r], ptr[r + 1]
-        used = 0
-        for p in range(hi - 1, lo - 1, -1):
-            i = codes[p]
-            if i >= 0:
-                # 2 = seen: every session item is left out; 1 = current: the newest click
-                if exclude_mode == 2 or (exclude_mode == 1 and p == hi - 1):
-                    stamp[i] = -tag
-                if used < context:
-                    newest[used] = i
-                    used += 1
-        known[r] = used
-        found = 0
-        for age in range(used - 1, -1, -1):
-            w = weight_by_age[age]
-            i = newest[age]
-            for slot in range(m):
-                j = neighbours[i, slot]
-                if stamp[j] == -tag or banned[j]:
-                    continue
-                vote = neighbour_scores[i, slot] * w
-                if stamp[j] != tag:
-                    stamp[j] = tag
-                    total[j] = vote
-                    cand[found] = j
-                    found += 1
-                else:
-                    total[j] += vote
-        if session_weight != 0.0 and found > 0:
-            session_vec[:] = 0.0
-            for age in range(used - 1, -1, -1):
-                session_vec += weight_by_age[age] * vectors[newest[age]]
-            session_vec /= max(np.sqrt(np.sum(session_vec * session_vec)), 1e-12)
-            for c in range(found):
-                j = cand[c]
-                total[j] += session_weight * np.sum(vectors[j] * session_vec)
-        kept = 0
-        for c in range(found):
-            j = cand[c]
-            s = total[j]
-            kept = push_top(out_scores, out_items, r, kept, k, s, j)
-        for c in range(kept, k):
-            out_items[r, c] = -1
-            out_scores[r, c] = -np.inf
 
 
 def _fill(

@@ -1,5 +1,6 @@
 """Sessions -> Word2Vec item embeddings -> KMeans clusters -> neighbour lists, candidate
-sources and a learned ranking stage (``models.served``) -> ModelBundle.
+sources (``models.sources``), item features (``models.features``) and a learned ranking
+stage (``models.fit``) -> ModelBundle.
 
 Everything the ranker needs per request is computed here, once: each item's best
 ``n_neighbours`` candidates with a blended score
@@ -8,7 +9,7 @@ Everything the ranker needs per request is computed here, once: each item's best
                 + w_cooc * P(j follows i)                      (co-occurrence counts)
                 + w_cluster * [cluster(i) == cluster(j)]       (KMeans cluster boost)
 
-so serving is a gather and a weighted sum (see ``models.ranking``). Candidates j for
+so serving is a gather and a weighted sum (see ``models.kernel``). Candidates j for
 item i are the items of i's own cluster closest by cosine plus every item that ever
 followed i: comparing all n^2 pairs would take minutes at 40,000 items, while clusters
 cut the work about n_clusters-fold and keep the tutorial's "similar items from the same
@@ -41,12 +42,14 @@ from gensim.models import Word2Vec
 from gensim.models.callbacks import CallbackAny2Vec
 from sklearn.cluster import KMeans
 
+from models import features
 from models.bundle import ModelBundle
 from models.datasets import Session, split_last_days
-from models.errors import DataFormatError
+from models.errors import DataFormatError, InvalidSettingError
 from models.evaluate import evaluate
-from models.ranking import RankParams, encode_sessions, rank_codes, recommend_batch
-from models.served import FEATURES, blend_weights, build_sources, category_lists, fit_ranker
+from models.fit import fit_ranker
+from models.ranking import RANKERS, RankParams, encode_sessions, rank_codes, recommend_batch
+from models.sources import build_sources, category_lists
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -91,8 +94,7 @@ class TrainParams:
     # Serving-time ranking (copied into the manifest's "ranking" section).
     context: int = 3  # 3 ranks as well as 5 (recency_decay makes older clicks count little)
     recency_decay: float = 0.3
-    session_weight: float = 0.0
-    # Candidate sources and the ranking stage (models.served).
+    # Candidate sources and the ranking stage (models.kernel, models.fit).
     source_top: int = 100  # transitions / sequential rules kept per item
     rule_steps: int = 10
     k_sessions: int = 100
@@ -101,7 +103,7 @@ class TrainParams:
     per_source: int = 30
     index_sessions: int = 500_000  # most recent training sessions in the session-kNN index
     own_decay: float = 0.6
-    ranker: str = "linear"  # "linear" (fitted), "blend" (fixed), "neighbours" (the old rule)
+    ranker: str = "linear"  # "linear" (fitted) or "blend" (the table's fixed blend)
     fit_share: float = 0.2
     fit_cases: int = 10_000
     # Kept by the fixed blend for the ranker to order: 200 when serving (chosen on valid:
@@ -124,7 +126,6 @@ class TrainParams:
         return RankParams(
             context=self.context,
             recency_decay=self.recency_decay,
-            session_weight=self.session_weight,
             own_decay=self.own_decay,
             k_sessions=self.k_sessions,
             sample_size=self.sample_size,
@@ -143,6 +144,9 @@ def train_model(
     """Train a bundle (version "unregistered"; the registry names it). ``categories``
     (item -> category, where known) feed the ranker's category features."""
     params = params or TrainParams()
+    if params.ranker not in RANKERS:
+        choices = ", ".join(RANKERS)
+        raise InvalidSettingError(f"unknown ranker {params.ranker!r}; choose one of {choices}")
     report = progress or (lambda stage, fraction: None)
     sessions = [list(s) for s in sessions if len(s) >= 1]
     if not sessions:
@@ -165,11 +169,12 @@ def train_model(
                 sessions, cut, older, params, categories, lambda f: report("ranker", f)
             )
         else:
-            weights, info = blend_weights(), {"cases": 0, "reason": "too few sessions to fit"}
+            weights = features.LAYOUT.blend_weights()
+            info = {"cases": 0, "reason": "too few sessions to fit"}
         ranker.update(weights=weights.tolist(), fit=info, fit_s=time.perf_counter() - t)
         report("ranker", 1.0)
     manifest = bundle.manifest
-    manifest["ranker"] = {"features": list(FEATURES), **ranker}
+    manifest["ranker"] = {"features": list(features.LAYOUT.names), **ranker}
     manifest["timings"]["total_s"] = time.perf_counter() - started
     return bundle
 
@@ -200,7 +205,7 @@ def _learn_ranker(
 
     def rank_features() -> tuple[np.ndarray, np.ndarray]:
         k = params.fit_candidates  # every candidate the fit scores, as a list
-        feats = np.zeros((len(cases), k, len(FEATURES)), dtype=np.float64)
+        feats = np.zeros((len(cases), k, features.LAYOUT.n_features), dtype=np.float64)
         items, *_ = rank_codes(
             base,
             codes,
@@ -209,7 +214,7 @@ def _learn_ranker(
             rank_params,
             exclude="none",
             out_feats=feats,
-            weights=blend_weights(),
+            weights=features.LAYOUT.blend_weights(),
         )
         return items, feats
 
@@ -281,9 +286,9 @@ def _build(
     codes = [np.fromiter((index[x] for x in s if x in index), dtype=np.int64) for s in sessions]
     follows = _follow_probabilities(sessions, index, params.cooc_window)
     # The served kernel reads no more than ``per_source`` entries of any list: longer
-    # lists would be pages every loaded model maps and never uses. The old rule reads all.
-    cap = params.per_source if params.ranker != "neighbours" else None
-    width = params.n_neighbours if cap is None else min(params.n_neighbours, cap)
+    # lists would be pages every loaded model maps and never uses.
+    cap = params.per_source
+    width = min(params.n_neighbours, cap)
     neighbours, scores = _neighbour_lists(vectors, clusters, follows, width, params, report)
     timings["neighbours_s"] = time.perf_counter() - t
 
@@ -293,15 +298,12 @@ def _build(
     sources = build_sources(
         codes,
         n,
-        top=params.source_top if cap is None else min(params.source_top, cap),
+        top=min(params.source_top, cap),
         rule_steps=params.rule_steps,
         sample_size=params.sample_size,
         index_from=len(sessions) - len(recent),
     )
     counts = np.bincount(np.concatenate(codes), minlength=n) if codes else np.zeros(n, np.int64)
-    log_pop = (np.log1p(counts) / np.log1p(max(1, int(counts.max())))).astype(np.float32)
-    timings["sources_s"] = time.perf_counter() - t
-    report("sources", 1.0)
 
     # Category codes in order of first appearance among the items (-1: not known).
     codes_of: dict[str, int] = {}
@@ -316,6 +318,12 @@ def _build(
     # Stable sort: equally popular items keep Word2Vec's (frequency) order.
     popularity = np.argsort(-counts, kind="stable").astype(np.int32)
     sources.update(category_lists(item_category, popularity, top=cap or n))
+    data = features.TrainData(codes, counts, item_category)
+    for feature in features.LAYOUT.item_features:
+        assert feature.values is not None  # layout() checks it
+        sources[feature.array] = np.asarray(feature.values(data), dtype=np.float32)
+    timings["sources_s"] = time.perf_counter() - t
+    report("sources", 1.0)
     manifest = {
         "params": asdict(params),
         # Passes over the older sessions, then over every session (``_word2vec``).
@@ -338,9 +346,8 @@ def _build(
         neighbours=neighbours,
         neighbour_scores=scores,
         popularity=popularity,
-        log_popularity=log_pop,
         item_category=item_category,
-        **sources,
+        arrays=sources,
         manifest=manifest,
     )
 

@@ -8,14 +8,12 @@ attribute ``app`` (built on first access from the environment) lets
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import faust
 
 from stream import dashboard, web_feedback  # noqa: F401  (their routes join the API)
-from stream.batch_loop import DoneFn, ProcessFn
 from stream.config import Settings
 from stream.web import WebService
 from stream.worker import REPORT_INTERVAL_S, DeadLetterLog, Worker
@@ -23,9 +21,9 @@ from stream.worker import REPORT_INTERVAL_S, DeadLetterLog, Worker
 
 def create_app(settings: Settings) -> faust.App:
     app = faust.App(
-        # In batch mode our own consumer owns the group named app_id; Faust's consumer
-        # (idle there) must not join it with its own assignor.
-        settings.app_id if settings.engine == "agent" else f"{settings.app_id}-host",
+        # Our own consumer (the batch loop) owns the group named app_id; Faust's consumer
+        # (idle here) must not join it with its own assignor.
+        f"{settings.app_id}-host",
         broker=f"kafka://{settings.broker}",
         key_serializer="raw",
         value_serializer="raw",
@@ -43,8 +41,6 @@ def create_app(settings: Settings) -> faust.App:
     )
     worker = Worker(settings)
     app.service(worker)
-    if settings.engine == "agent":
-        _add_agent(app, settings, worker.process, worker.count)
 
     if settings.web_port > 0:
         web = WebService(
@@ -66,30 +62,6 @@ def create_app(settings: Settings) -> faust.App:
     app.task(worker.listen_for_models)
     app.timer(REPORT_INTERVAL_S)(worker.report)
     return app
-
-
-def _add_agent(app: faust.App, settings: Settings, process: ProcessFn, done: DoneFn) -> None:
-    """The textbook Faust agent: batches via ``take_events``, one producer future per record."""
-    clicks = app.topic(settings.clicks_topic, key_type=bytes, value_type=bytes)
-    recs = app.topic(settings.recs_topic, key_type=bytes, value_type=bytes)
-    dlq = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
-
-    @app.agent(clicks, name="recommend")
-    async def recommend(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            batch = [e.message for e in events]
-            result = await process(batch)
-            pending = [
-                await recs.send(key=o.session_id.encode(), value=o.payload)
-                for o in result.recommendations
-            ]
-            pending += [
-                await dlq.send(key=d.key, value=d.value, headers=d.headers)
-                for d in result.dead_letters
-            ]
-            # Delivered before the loop body ends, so before take_events acks the batch.
-            await asyncio.gather(*pending)
-            done(len(batch), result)
 
 
 def __getattr__(name: str) -> Any:

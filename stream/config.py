@@ -22,7 +22,7 @@ DEFAULT_BROKER = "127.0.0.1:19092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
 
 
-ENGINES = ("batch", "agent")
+ENGINES = ("batch",)
 
 
 def _home_default() -> str:
@@ -73,8 +73,8 @@ class Settings:
     bandit_interval_s: float = 5.0
     # /metrics labels at most this many tenants by name (the rest as "_other").
     metrics_max_tenants: int = 50
-    # "batch": the fast batch loop (default); "agent": a plain Faust agent with
-    # stream.take_events, kept as the reference the benchmarks compare against.
+    # "batch", the batch loop: the only engine (the variable stays so that a setting of
+    # it keeps working, and a retired engine is refused in one line).
     engine: str = "batch"
     # at_least_once (default) or exactly_once: each batch's outputs and offsets in one
     # Kafka transaction (Apache Kafka only; see stream/transactions.py).
@@ -133,10 +133,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         # A bad port is a one-line error at start-up, not a traceback from a socket later.
-        if self.engine not in ENGINES:
+        if self.engine == "agent":
             raise InvalidSettingError(
-                f"STREAMREC_ENGINE={self.engine!r}: choose 'batch' or 'agent'"
+                "STREAMREC_ENGINE='agent' is retired: the batch loop is the only engine "
+                "(unset STREAMREC_ENGINE or set it to 'batch')"
             )
+        if self.engine not in ENGINES:
+            raise InvalidSettingError(f"STREAMREC_ENGINE={self.engine!r}: choose 'batch'")
         if self.rank_threads < 1:
             raise InvalidSettingError(f"STREAMREC_RANK_THREADS={self.rank_threads}: at least 1")
         if not 0 <= self.web_port <= 65535:

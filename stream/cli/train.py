@@ -56,12 +56,11 @@ _train_options = stacked(
     option("--seed", type=int, show_default="42", help="Seed for every random choice."),
     option(
         "--ranker",
-        type=click.Choice(["linear", "blend", "neighbours"]),
+        type=click.Choice(["linear", "blend"]),
         show_default="linear",
         help="How the served model orders candidates: linear = a ranker fitted on the "
-        "training log (best lists); blend = a fixed mix of the same sources; neighbours = "
-        "issue 3's neighbour-list rule (about 3x the worker's events/s, far weaker lists; "
-        "see BENCHMARKS.md).",
+        "training log (best lists); blend = the fixed mix of the same features that the "
+        "ranker starts from.",
     ),
     option(
         "--workers",
@@ -279,7 +278,6 @@ def similar(settings: Settings, item: str, k: int, tenant: str, any_cluster: boo
 
 
 MODEL_NAMES = (
-    "hybrid",
     "streamrec",
     "pop",
     "transitions",
@@ -291,7 +289,7 @@ MODEL_NAMES = (
     "vsknn",
     "stan",
 )
-DEFAULT_MODELS = ("hybrid", "pop", "transitions", "sr", "item_knn", "sknn", "vsknn", "stan")
+DEFAULT_MODELS = ("streamrec", "pop", "transitions", "sr", "item_knn", "sknn", "vsknn", "stan")
 
 
 @click.command()

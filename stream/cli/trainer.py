@@ -102,7 +102,7 @@ log = logging.getLogger(f"streamrec.{__name__}")
 @option("--seed", type=int, show_default="42", help="Random seed for training.")
 @option(
     "--ranker",
-    type=click.Choice(["linear", "blend", "neighbours"]),
+    type=click.Choice(["linear", "blend"]),
     show_default="linear",
     help="How the served model orders candidates (see `streamrec train --help`).",
 )

@@ -24,8 +24,8 @@ import pytest
 import redis
 
 from models.datasets import read_clicks, sessionize
+from models.ranking import STRATEGIES
 from models.registry import Registry
-from models.served import STRATEGIES
 from state.feedback import FeedbackRecorder
 from stream.devstack import EmbeddedStack, free_port
 from stream.metrics import LiveWindow

@@ -123,6 +123,15 @@ def test_settings_that_cannot_work_are_one_line_errors(
     assert code == 1 and "STREAMREC_ENGINE='turbo'" in err and err.count("\n") == 1
 
 
+def test_the_retired_agent_engine_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMREC_ENGINE", "agent")
+    code, err = _run(["worker"], capsys)  # refused before Faust starts
+    assert code == 1 and err.count("\n") == 1
+    assert "STREAMREC_ENGINE='agent' is retired" in err and "batch" in err
+
+
 def test_an_option_read_from_its_variable_is_checked_like_the_flag(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,7 +23,7 @@ from stream.worker import DeadLetterLog, stall_reason, unreachable
         ({"lag": 12, "since_commit_s": 5.0, "batch_age_s": 0.1}, False),  # busy, moving
         ({"lag": 12, "since_commit_s": 45.0, "batch_age_s": 0.0}, True),  # events wait
         ({"lag": None, "since_commit_s": 45.0, "batch_age_s": 40.0}, True),  # a batch stuck
-        ({}, False),  # no batch loop (agent engine)
+        ({}, False),  # no batch loop (yet)
     ],
 )
 def test_stall_reason(progress: dict[str, float | None], stalled: bool) -> None:

@@ -1,4 +1,5 @@
-"""The served model (models.served): the kernel on a hand-made bundle with known answers,
+"""The served model (models.kernel, models.sources, models.fit): the kernel on a hand-made
+bundle with known answers,
 a deterministic ranker, serving rules that never let an excluded item through, and a
 bundle that round-trips through disk and the registry."""
 
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 from models.bundle import ModelBundle, load_bundle, save_bundle
 from models.datasets import synthetic_sessions
 from models.errors import InvalidModelError
+from models.features import LAYOUT
+from models.kernel import _select
 from models.ranking import (
     MIN_ROWS_PER_THREAD,
     STRATEGIES,
@@ -26,7 +29,7 @@ from models.ranking import (
     recommend_flat,
 )
 from models.registry import Registry
-from models.served import FEATURES, N_WEIGHTS, _select, build_sources, category_lists
+from models.sources import build_sources, category_lists
 from models.train import TrainParams, train_model
 
 ITEMS = ["a", "b", "c", "d", "e"]
@@ -39,13 +42,14 @@ def _hand_made(weights: dict[str, float], categories: list[int] | None = None) -
     index = {x: i for i, x in enumerate(ITEMS)}
     codes = [np.array([index[x] for x in s], dtype=np.int64) for s in SESSIONS]
     sources = build_sources(codes, n, top=10, rule_steps=3, sample_size=10)
-    w = np.zeros(N_WEIGHTS)
+    w = np.zeros(LAYOUT.n_weights)
     for name, value in weights.items():
-        w[FEATURES.index(name)] = value
+        w[LAYOUT.column(name)] = value
     angle = np.arange(n, dtype=np.float32)
     item_category = np.array(categories or [-1] * n, dtype=np.int32)
     popularity = np.arange(n, dtype=np.int32)
     sources.update(category_lists(item_category, popularity, top=10))
+    sources["feature_popularity"] = np.linspace(1.0, 0.0, n).astype(np.float32)
     return ModelBundle(
         version="hand",
         items=np.array(ITEMS),
@@ -55,10 +59,12 @@ def _hand_made(weights: dict[str, float], categories: list[int] | None = None) -
         neighbours=np.array([[1], [2], [3], [4], [0]], dtype=np.int32),
         neighbour_scores=np.ones((n, 1), dtype=np.float32),
         popularity=popularity,
-        log_popularity=np.linspace(1.0, 0.0, n).astype(np.float32),
         item_category=item_category,
-        **sources,
-        manifest={"ranking": {"context": 1}, "ranker": {"weights": w.tolist()}},
+        arrays=sources,
+        manifest={
+            "ranking": {"context": 1},
+            "ranker": {"features": list(LAYOUT.names), "weights": w.tolist()},
+        },
     )
 
 
@@ -68,7 +74,8 @@ def _rank(bundle: ModelBundle, session: list[str], k: int, exclude: str = "none"
 
 def test_transitions_rank_by_how_often_the_next_item_followed() -> None:
     bundle = _hand_made({"transitions": 1.0})
-    assert bundle.transitions_w[bundle.transitions_ptr[0] : bundle.transitions_ptr[1]].tolist() == [
+    ptr, w = bundle.arrays["transitions_ptr"], bundle.arrays["transitions_w"]
+    assert w[ptr[0] : ptr[1]].tolist() == [
         pytest.approx(2 / 3),
         pytest.approx(1 / 3),
     ]
@@ -120,12 +127,12 @@ def test_a_category_lifts_the_candidate_that_shares_the_last_clicks() -> None:
 
 def test_the_category_share_is_the_sessions_recency_weighted_share() -> None:
     bundle = _hand_made({"own_recency": 1e-6, "category_share": 1.0}, CATEGORIES)
-    feats = np.zeros((1, 5, len(FEATURES)))
+    feats = np.zeros((1, 5, LAYOUT.n_features))
     codes, ptr = encode_sessions(bundle, [["d", "a"]])  # a newest (weight 1), d 0.6
     items, *_ = rank_codes(
         bundle, codes, ptr, 5, RankParams.of(bundle), exclude="none", out_feats=feats
     )
-    column = feats[0, :, FEATURES.index("category_share")]
+    column = feats[0, :, LAYOUT.column("category_share")]
     share = dict(zip(items[0].tolist(), column.tolist(), strict=True))
     # a, c and e share the newest click's category, d the older one's; b has none.
     assert share == pytest.approx({0: 1 / 1.6, 2: 1 / 1.6, 4: 1 / 1.6, 3: 0.6 / 1.6, 1: 0.0})
@@ -154,7 +161,7 @@ def test_ranker_is_fitted_and_deterministic_for_a_seed(trained: ModelBundle) -> 
     assert other.manifest["ranker"]["weights"] != ranker["weights"]
 
 
-def test_the_learned_ranker_beats_the_old_rule_on_held_out_cases(trained: ModelBundle) -> None:
+def test_the_learned_ranker_beats_the_fixed_blend_on_held_out_cases(trained: ModelBundle) -> None:
     test = synthetic_sessions(3000, 200, seed=4)
     cases = [(s[:i], s[i]) for s in test for i in range(1, len(s))]
 
@@ -162,7 +169,7 @@ def test_the_learned_ranker_beats_the_old_rule_on_held_out_cases(trained: ModelB
         lists = recommend_batch(trained, [p for p, _ in cases], 20, params, exclude="none")
         return float(np.mean([t in r.item_ids() for (_, t), r in zip(cases, lists, strict=True)]))
 
-    assert hit_rate(None) > hit_rate(RankParams(ranker="neighbours"))
+    assert hit_rate(None) > hit_rate(RankParams(ranker="blend"))
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -215,50 +222,23 @@ def test_bundle_round_trips_through_disk_and_registry(trained: ModelBundle, tmp_
     )
 
 
-@pytest.mark.parametrize("older", [1, 2])
-def test_an_older_bundle_is_refused_with_a_clear_message(
-    trained: ModelBundle, tmp_path: Path, older: int
+@pytest.mark.parametrize("found,says", [(4, "older than"), (9, "newer than"), ("x", "not one")])
+def test_a_bundle_of_another_format_is_refused_with_a_clear_message(
+    trained: ModelBundle, tmp_path: Path, found: object, says: str
 ) -> None:
-    save_bundle(trained, tmp_path / "b")
-    manifest = (tmp_path / "b" / "manifest.json").read_text()
-    (tmp_path / "b" / "manifest.json").write_text(
-        manifest.replace('"format_version": 4', f'"format_version": {older}')
-    )
-    with pytest.raises(InvalidModelError, match="retrain it with `streamrec train`"):
-        load_bundle(tmp_path / "b")
-
-
-def test_a_format_3_bundle_serves_as_before_without_categories(
-    trained: ModelBundle, tmp_path: Path
-) -> None:
-    """A bundle written before categories (no category arrays, 3 x 2 fewer ranker
-    weights) loads and ranks exactly as the same model with no categories."""
     save_bundle(trained, tmp_path / "b")
     path = tmp_path / "b" / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["format_version"] = 3
-    for name in ("item_category", "category_ptr", "category_items"):
-        del manifest["arrays"][name]
-        (tmp_path / "b" / f"{name}.npy").unlink()
-    half, new = len(FEATURES), [FEATURES.index(f) for f in FEATURES if "category" in f]
-    drop = set(new) | {half + i for i in new}
-    weights = manifest["ranker"]["weights"]
-    manifest["ranker"]["weights"] = [w for i, w in enumerate(weights) if i not in drop]
+    manifest["format_version"] = found
     path.write_text(json.dumps(manifest))
-    old = load_bundle(tmp_path / "b")
-    assert (old.item_category == -1).all() and len(old.category_items) == 0
-    assert old.ranker_weights[sorted(drop)].tolist() == [0.0] * len(drop)
-    sessions = synthetic_sessions(500, 200, seed=9)
-    for exclude in ("none", "current", "seen"):
-        assert recommend_batch(old, sessions, 10, exclude=exclude) == recommend_batch(
-            trained, sessions, 10, exclude=exclude
-        )
+    with pytest.raises(InvalidModelError, match=f"model bundle format {found!r} is {says}"):
+        load_bundle(tmp_path / "b")
 
 
 def test_a_row_pointer_of_another_dtype_is_refused(trained: ModelBundle, tmp_path: Path) -> None:
-    """A version-2 pointer (int64) behind a version-3 manifest: manifest and file agree,
-    the bundle's own dtype check refuses it."""
-    wide = dataclasses.replace(trained, context_ptr=trained.context_ptr.astype(np.int64))
+    """An int64 pointer: manifest and file agree, the bundle's own dtype check refuses it."""
+    arrays = {**trained.arrays, "context_ptr": trained.arrays["context_ptr"].astype(np.int64)}
+    wide = dataclasses.replace(trained, arrays=arrays)
     save_bundle(wide, tmp_path / "w")
     with pytest.raises(InvalidModelError, match="context_ptr must be int32"):
         load_bundle(tmp_path / "w")
@@ -268,7 +248,7 @@ def test_lists_are_kept_no_longer_than_serving_reads(trained: ModelBundle) -> No
     per_source = trained.ranking["per_source"]
     assert trained.neighbours.shape[1] <= per_source
     for name in ("transitions", "rules", "context"):
-        ptr = getattr(trained, f"{name}_ptr")
+        ptr = trained.arrays[f"{name}_ptr"]
         assert ptr.dtype == np.int32 and np.diff(ptr).max() <= per_source
 
 

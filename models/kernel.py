@@ -1,0 +1,580 @@
+"""The served model's serve-time pass: one compiled kernel ranks a whole batch.
+
+Per session ``served_kernel`` gathers candidates from the session's own items, the
+neighbour lists and rules of its newest ``context`` clicks, the transitions of the last
+click, its sequence continuations, the items of its session-kNN neighbours (V-SKNN's k
+nearest, voting with V-SKNN and SKNN similarity) and the top of the last click's
+category, and computes the features of ``models.features`` for each; the category
+features are 0 for items without one. Two stages: a fixed blend of the features known
+while gathering keeps the best ``candidates``, then a linear model over every feature
+and its square root orders those (its weights: ``models.fit``).
+
+The kernel takes three structures: ``ServedModel`` (a bundle's arrays, built once per
+bundle by ``served_model``), ``RankConfig`` (the ranking parameters, weights and banned
+items of a call) and ``Out`` / ``Scratch`` (what it writes). Feature columns are module
+constants read off the table; numba compiles them in as constants.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from models import features
+from models.bundle import ModelBundle
+from models.sources import SEEDS, context_hash, context_row
+
+_LAYOUT = features.LAYOUT
+VSKNN = _LAYOUT.column("vsknn")
+SKNN = _LAYOUT.column("sknn")
+TRANSITIONS = _LAYOUT.column("transitions")
+RULES = _LAYOUT.column("rules")
+NEIGHBOURS = _LAYOUT.column("neighbours")
+OWN_RECENCY = _LAYOUT.column("own_recency")
+OWN_COUNT = _LAYOUT.column("own_count")
+IS_CURRENT = _LAYOUT.column("is_current")
+EMB_LAST = _LAYOUT.column("emb_last")
+EMB_SESSION = _LAYOUT.column("emb_session")
+SAME_CLUSTER = _LAYOUT.column("same_cluster")
+# The continuations of the last 2 clicks, the last 3, the whole prefix (SEEDS' order).
+AFTER = np.array([_LAYOUT.column(n) for n in ("after_2", "after_3", "after_prefix")])
+AFTER_PREFIX_LONG = _LAYOUT.column("after_prefix_long")
+SAME_CATEGORY = _LAYOUT.column("same_category")
+CATEGORY_SHARE = _LAYOUT.column("category_share")
+CATEGORY_TOP = _LAYOUT.column("category_top")
+# numba's cache keeps a global's value from compile time and checks only this file's
+# stamp: a key of the columns above tells a cache compiled for another table.
+_COLUMNS_KEY = zlib.crc32(repr(_LAYOUT.names).encode())
+
+# The bundle's arrays the kernel reads: the lists of the table by name, then the rest.
+ServedModel = NamedTuple(  # type: ignore[misc]
+    "ServedModel",
+    [
+        ("neighbours", np.ndarray),
+        ("neighbour_scores", np.ndarray),
+        *((name, np.ndarray) for name in _LAYOUT.list_arrays),
+        ("vectors", np.ndarray),
+        ("clusters", np.ndarray),
+        ("categories", np.ndarray),
+        ("item_values", np.ndarray),  # float32 [item features, items]
+        ("item_columns", np.ndarray),  # the column of each item feature
+        ("feature_source", np.ndarray),
+        ("n_sources", int),
+    ],
+)
+
+
+class RankConfig(NamedTuple):
+    weight_by_age: np.ndarray  # float64 [context], age 0 = the newest click
+    own_decay: float
+    k_sessions: int
+    sample_size: int
+    per_source: int
+    n_candidates: int
+    prior: np.ndarray  # float64 [features]: the stage-one blend
+    weights: np.ndarray  # float64 [2 * features]: raw, then square roots
+    banned: np.ndarray  # bool [items]
+    exclude_mode: int  # 0 none, 1 the current click, 2 every item of the session
+
+
+class Out(NamedTuple):
+    items: np.ndarray  # int64 [rows, k]
+    scores: np.ndarray  # float64 [rows, k]
+    feats: np.ndarray  # float64 [rows, k, features], or [0, 0, 0]: not wanted
+    known: np.ndarray  # int64 [rows]
+    strategy: np.ndarray  # int64 [rows]
+
+
+class Scratch(NamedTuple):
+    stamp: np.ndarray
+    excluded: np.ndarray
+    votes: np.ndarray
+    tag_base: int
+
+
+def served_model(bundle: ModelBundle, layout: features.Layout | None = None) -> ServedModel:
+    """The kernel's view of ``bundle`` (no copy of a list; the item features' values in
+    one [features, items] array, a view when there is one)."""
+    layout = layout or features.LAYOUT
+    values = [np.asarray(bundle.arrays[f.array], dtype=np.float32) for f in layout.item_features]
+    if len(values) == 1:
+        item_values = values[0].reshape(1, -1)
+    elif values:
+        item_values = np.stack(values)
+    else:
+        item_values = np.zeros((0, bundle.n_items), dtype=np.float32)
+    return ServedModel(
+        np.asarray(bundle.neighbours),
+        np.asarray(bundle.neighbour_scores),
+        *(np.asarray(bundle.arrays[name]) for name in _LAYOUT.list_arrays),
+        np.asarray(bundle.vectors),
+        np.asarray(bundle.clusters),
+        np.asarray(bundle.item_category),
+        item_values,
+        layout.item_columns,
+        layout.feature_source,
+        len(layout.sources),
+    )
+
+
+@njit(cache=True)
+def _compiled_columns_key():  # pragma: no cover - compiled
+    return _COLUMNS_KEY
+
+
+def _drop_stale_cache() -> None:
+    """Recompile, and cache anew, the kernels a cache holds for another table's columns."""
+    if _compiled_columns_key() == _COLUMNS_KEY:
+        return
+    for kernel in (_compiled_columns_key, served_kernel):
+        cache = getattr(kernel, "_cache", None)  # numba's on-disk index (not public API)
+        if cache is not None:
+            cache.flush()  # the next call compiles afresh and caches the new code
+        kernel.recompile()
+
+
+@njit(cache=True, nogil=True, inline="always")
+def push_top(
+    out_scores: np.ndarray, out_items: np.ndarray, r: int, kept: int, k: int, s: float, j: int
+) -> int:
+    """Insert item ``j`` scored ``s`` into row ``r``'s top ``k`` (``kept`` filled so far;
+    scores descending, ties to the lower item id); returns the new fill."""
+    last = k - 1
+    if kept == k and not (
+        s > out_scores[r, last] or (s == out_scores[r, last] and j < out_items[r, last])
+    ):
+        return kept
+    pos = min(kept, last)
+    while pos > 0 and (
+        s > out_scores[r, pos - 1] or (s == out_scores[r, pos - 1] and j < out_items[r, pos - 1])
+    ):
+        out_scores[r, pos] = out_scores[r, pos - 1]
+        out_items[r, pos] = out_items[r, pos - 1]
+        pos -= 1
+    out_scores[r, pos] = s
+    out_items[r, pos] = j
+    return min(kept + 1, k)
+
+
+@njit(cache=True, nogil=True)
+def _touch(j, tag, stamp, slot, feats, cand, found):  # pragma: no cover - compiled
+    """Make item j a candidate of row ``tag`` (features zeroed) if it is not one yet.
+    Features live in candidate order (``slot[j]``), so the rows in use stay in cache."""
+    if stamp[j] != tag:
+        stamp[j] = tag
+        slot[j] = found
+        for f in range(feats.shape[1]):  # a slice assignment costs more at this size
+            feats[found, f] = 0.0
+        cand[found] = j
+        found += 1
+    return found
+
+
+@njit(cache=True, nogil=True)
+def _kth_largest(values, rank, bufs):  # pragma: no cover - compiled
+    """The ``rank``-th largest (0 = the largest) of ``values``: quickselect whose passes
+    have no data-dependent branch (each value is written to both ends of the next
+    buffer, and only one end's count moves), so it costs the same on any input order.
+    ``bufs``: [2, >= len(values)] scratch."""
+    n = values.size
+    src = values
+    which = 0
+    while True:
+        pivot = src[n >> 1]
+        dst = bufs[which]
+        above = 0
+        below = 0
+        for i in range(n):
+            x = src[i]
+            dst[above] = x
+            dst[n - 1 - below] = x
+            above += x > pivot
+            below += x < pivot
+        if rank < above:
+            n = above
+            src = dst[:n]
+        elif rank < n - below:
+            return pivot
+        else:
+            rank -= n - below
+            src = dst[n - below : n]
+            n = below
+        which = 1 - which
+
+
+@njit(cache=True, nogil=True)
+def _select(values, limit, out, bufs):  # pragma: no cover - compiled
+    """Write into ``out`` the positions of the ``limit`` largest ``values``, ties going to
+    the earlier position; returns how many. O(len) expected; ``bufs`` is [2, len] scratch
+    at least."""
+    m = values.size
+    if m <= limit:
+        for q in range(m):
+            out[q] = q
+        return m
+    threshold = _kth_largest(values, limit - 1, bufs)
+    above = 0
+    for q in range(m):
+        above += values[q] > threshold
+    ties = limit - above
+    count = 0
+    q = 0
+    while count < limit:
+        x = values[q]
+        take = (x > threshold) | ((x == threshold) & (ties > 0))
+        out[count] = q
+        count += take
+        ties -= (x == threshold) & take
+        q += 1
+    return count
+
+
+@njit(cache=True, nogil=True)
+def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover - compiled
+    """Rank every session of the batch (module docstring). Session r is
+    ``codes[ptr[r]:ptr[r+1]]`` (item rows oldest first, -1 unknown); ``model`` is a
+    ``ServedModel``, ``config`` a ``RankConfig``, ``out`` an ``Out``, ``scratch`` a
+    ``Scratch``. Writes the best ``k`` by (score desc, item asc) into out.items /
+    out.scores (padded -1 / -inf), the candidates' features into out.feats when it has
+    rows, how many known clicks each session has, and the index into the strategies of
+    the top item's main source.
+
+    The scratch's ``stamp`` and ``excluded`` (int64 per item, below ``tag_base + 1``
+    everywhere) and ``votes`` ([items, 2], zero) are kept by the caller between batches,
+    so a small batch does not pay for clearing item-sized arrays; the kernel leaves
+    ``votes`` zero and its stamps at most ``tag_base + rows``. (Tested on hand-made
+    bundles and against the previous kernel's pinned rankings.)"""
+    neighbours, neighbour_scores = model.neighbours, model.neighbour_scores
+    tr_ptr, tr_idx, tr_w = model.transitions_ptr, model.transitions_idx, model.transitions_w
+    ru_ptr, ru_idx, ru_w = model.rules_ptr, model.rules_idx, model.rules_w
+    s_ptr, s_items = model.sessions_ptr, model.sessions_idx
+    is_ptr, is_idx = model.item_sessions_ptr, model.item_sessions_idx
+    c_keys, c_ptr = model.context_keys, model.context_ptr
+    c_idx, c_w = model.context_idx, model.context_w
+    cat_ptr, cat_items = model.category_ptr, model.category_idx
+    vectors, clusters, categories = model.vectors, model.clusters, model.categories
+    item_values, item_cols = model.item_values, model.item_columns
+    feature_source = model.feature_source
+    weight_by_age, own_decay = config.weight_by_age, config.own_decay
+    k_sessions, sample_size = config.k_sessions, config.sample_size
+    per_source, n_candidates = config.per_source, config.n_candidates
+    prior, weights, banned = config.prior, config.weights, config.banned
+    exclude_mode = config.exclude_mode
+    out_items, out_scores, out_feats = out.items, out.scores, out.feats
+    known, strategy = out.known, out.strategy
+    stamp, excluded = scratch.stamp, scratch.excluded
+    votes, tag_base = scratch.votes, scratch.tag_base
+    n, m = neighbours.shape
+    nf = weights.size // 2
+    k = out_items.shape[1]
+    context = weight_by_age.size
+    feats = np.empty((n, nf), dtype=np.float64)  # a row is zeroed when first touched
+    slot = np.empty(n, dtype=np.int64)
+    cand = np.empty(n, dtype=np.int64)
+    newest = np.empty(context, dtype=np.int64)
+    known_codes = np.empty(max(1, codes.size), dtype=np.int64)
+    dist = np.empty(n, dtype=np.int64)
+    dist_w = np.empty(n, dtype=np.float64)
+    heads = np.empty(n, dtype=np.int64)
+    head_s = np.empty(n, dtype=np.int64)  # the session at each live list's head
+    head_lo = np.empty(n, dtype=np.int64)
+    head_w = np.empty(n, dtype=np.float64)
+    sample = np.empty(max(1, sample_size), dtype=np.int64)
+    s_vsim = np.empty(max(1, sample_size), dtype=np.float64)
+    s_count = np.empty(max(1, sample_size), dtype=np.float64)
+    pool = np.empty(n, dtype=np.int64)
+    pool_prior = np.empty(n, dtype=np.float64)
+    pool_pos = np.empty(n, dtype=np.int64)
+    select_buf = np.empty((2, max(n, sample_size, 1)), dtype=np.float64)
+    top = np.empty(max(1, k_sessions), dtype=np.int64)
+    session_vec = np.empty(vectors.shape[1], dtype=np.float64)
+    voted = np.empty(n + 1, dtype=np.int64)  # + 1: written before it is known to be new
+    only = np.empty(n, dtype=np.int64)
+    prior_f = np.flatnonzero(prior[:nf] != 0.0)
+    prior_s = np.empty(nf, dtype=np.float64)  # the prior with the votes' scaling folded in
+    contribution = np.empty(model.n_sources, dtype=np.float64)
+    n_prior = prior_f.size
+    w_raw = weights[:nf]
+    w_sqrt = weights[nf : 2 * nf]
+    for r in range(ptr.size - 1):
+        tag = tag_base + r + 1
+        lo, hi = ptr[r], ptr[r + 1]
+        n_known = 0
+        for p in range(lo, hi):
+            if codes[p] >= 0:
+                n_known += 1
+        known[r] = n_known
+        strategy[r] = 2
+        for c in range(k):
+            out_items[r, c] = -1
+            out_scores[r, c] = -np.inf
+        if n_known == 0:
+            continue
+        found = 0
+        n_seen = 0
+        used = 0
+        age = 0
+        n_dist = 0
+        last = -1
+        session_vec[:] = 0.0
+        recency_total = 0.0
+        for p in range(hi - 1, lo - 1, -1):
+            i = codes[p]
+            if i < 0:
+                continue
+            if exclude_mode == 2 or (exclude_mode == 1 and p == hi - 1):
+                excluded[i] = tag
+            new = stamp[i] != tag
+            found = _touch(i, tag, stamp, slot, feats, cand, found)
+            if new:  # first (newest) occurrence: V-SKNN weight of its latest position
+                dist[n_dist] = i
+                dist_w[n_dist] = (n_known - age) / n_known
+                n_dist += 1
+            feats[slot[i], OWN_RECENCY] += own_decay**age
+            feats[slot[i], OWN_COUNT] += 1.0
+            session_vec += own_decay**age * vectors[i]
+            recency_total += own_decay**age
+            if age == 0:
+                last = i
+                feats[slot[i], IS_CURRENT] = 1.0
+            if used < context:
+                newest[used] = i
+                used += 1
+            age += 1
+        for d in range(n_dist):
+            i = dist[d]
+            feats[slot[i], OWN_COUNT] = np.log1p(feats[slot[i], OWN_COUNT])
+        # Neighbour lists and sequential rules of the newest clicks, oldest vote first.
+        for a in range(used - 1, -1, -1):
+            i = newest[a]
+            w = weight_by_age[a]
+            for q in range(min(m, per_source)):
+                j = neighbours[i, q]
+                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                feats[slot[j], NEIGHBOURS] += w * neighbour_scores[i, q]
+            for q in range(ru_ptr[i], min(ru_ptr[i + 1], ru_ptr[i] + per_source)):
+                j = ru_idx[q]
+                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                feats[slot[j], RULES] += w * ru_w[q]
+        for q in range(tr_ptr[last], min(tr_ptr[last + 1], tr_ptr[last] + per_source)):
+            j = tr_idx[q]
+            found = _touch(j, tag, stamp, slot, feats, cand, found)
+            feats[slot[j], TRANSITIONS] = tr_w[q]
+        # The most clicked items of the last click's category, scored by their rank there.
+        cat = categories[last]
+        if 0 <= cat < cat_ptr.size - 1:
+            start = cat_ptr[cat]
+            for q in range(start, min(cat_ptr[cat + 1], start + per_source)):
+                j = cat_items[q]
+                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                feats[slot[j], CATEGORY_TOP] = 1.0 / (1.0 + q - start)
+        # Sequence continuations over the known clicks (oldest first).
+        for p in range(lo, hi):
+            if codes[p] >= 0:
+                known_codes[n_seen] = codes[p]
+                n_seen += 1
+        long_weight = np.log1p(n_seen)
+        for which in range(3):
+            start = 0 if which == 2 else n_seen - 2 - which
+            if start < 0:
+                continue
+            row = context_row(c_keys, context_hash(known_codes, start, n_seen, SEEDS[which]))
+            if row < 0:
+                continue
+            for q in range(c_ptr[row], min(c_ptr[row + 1], c_ptr[row] + per_source)):
+                j = c_idx[q]
+                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                feats[slot[j], AFTER[which]] = c_w[q]
+                if which == 2:
+                    feats[slot[j], AFTER_PREFIX_LONG] = c_w[q] * long_weight
+        # Session kNN: the most recent sample_size training sessions sharing an item, by
+        # a merge of the items' session lists from their newest ends (each list is
+        # ascending, so a session's every shared item comes up in the same step).
+        # Exhausted lists are dropped in place (order kept, so the sums are the same), and
+        # a last live list is copied: most prefixes are short, so this is the common end.
+        n_live = 0
+        newest_s = -1
+        for d in range(n_dist):
+            i = dist[d]
+            if is_ptr[i + 1] > is_ptr[i]:
+                heads[n_live] = is_ptr[i + 1] - 1
+                head_lo[n_live] = is_ptr[i]
+                head_s[n_live] = is_idx[is_ptr[i + 1] - 1]
+                head_w[n_live] = dist_w[d]
+                newest_s = max(newest_s, head_s[n_live])
+                n_live += 1
+        n_chosen = 0
+        while n_chosen < sample_size and n_live > 1:
+            v = 0.0
+            shared = 0.0
+            next_s = -1
+            ended = False
+            for d in range(n_live):
+                # No branch on the data: every list steps by 0 or 1 and re-reads its head
+                # (the sums get the same terms: + 0.0 changes nothing).
+                step = head_s[d] == newest_s
+                v += head_w[d] * step
+                shared += step
+                h = heads[d] - step
+                heads[d] = h
+                lo_d = head_lo[d]
+                hs = is_idx[max(h, lo_d)] if h >= lo_d else -1  # session rows are >= 0
+                ended |= h < lo_d
+                head_s[d] = hs
+                next_s = max(next_s, hs)
+            if ended:  # rare: drop the ended lists, order kept
+                kept_live = 0
+                for d in range(n_live):
+                    if head_s[d] >= 0:
+                        heads[kept_live] = heads[d]
+                        head_lo[kept_live] = head_lo[d]
+                        head_s[kept_live] = head_s[d]
+                        head_w[kept_live] = head_w[d]
+                        kept_live += 1
+                n_live = kept_live
+            sample[n_chosen] = newest_s
+            s_vsim[n_chosen] = v
+            s_count[n_chosen] = shared
+            n_chosen += 1
+            newest_s = next_s
+        if n_live == 1:
+            h = heads[0]
+            while n_chosen < sample_size and h >= head_lo[0]:
+                sample[n_chosen] = is_idx[h]
+                s_vsim[n_chosen] = head_w[0]
+                s_count[n_chosen] = 1.0
+                n_chosen += 1
+                h -= 1
+        best_v = 0.0
+        best_c = 0.0
+        n_voted = 0
+        if n_chosen > 0:
+            # The k most similar by V-SKNN's position weights vote twice: with that
+            # similarity (vsknn) and with SKNN's cosine (sknn). One pass over their items;
+            # SKNN's own top k would cost a second one for little (chosen on valid).
+            # Ties go to the newest session.
+            n_top = _select(s_vsim[:n_chosen], k_sessions, top, select_buf)
+            for t in range(n_top):
+                s = sample[top[t]]
+                v = s_vsim[top[t]]
+                cosine = s_count[top[t]] / np.sqrt(n_dist * (s_ptr[s + 1] - s_ptr[s]))
+                for q in range(s_ptr[s], s_ptr[s + 1]):
+                    j = s_items[q]
+                    # Written always, kept only on j's first vote (votes are > 0): no
+                    # branch to mispredict in the hottest loop.
+                    voted[n_voted] = j
+                    n_voted += votes[j, 0] == 0.0
+                    votes[j, 0] += v
+                    votes[j, 1] += cosine
+            for e in range(n_voted):
+                j = voted[e]
+                best_v = max(best_v, votes[j, 0])
+                best_c = max(best_c, votes[j, 1])
+        # Both votes are scaled to a maximum of 1; only the rows read are divided, the
+        # pool's before stage two, the others as the prior reads them.
+        div_v = best_v if best_v > 0.0 else 1.0
+        div_c = best_c if best_c > 0.0 else 1.0
+        prior_s[:] = prior[:nf]
+        prior_s[VSKNN] /= div_v
+        prior_s[SKNN] /= div_c
+        # Voted items another source gathered take their votes in their rows; the others
+        # have only the two votes, so their prior needs no row: one is made only for
+        # those that reach the pool (most voted items never do).
+        n_only = 0
+        for e in range(n_voted):
+            j = voted[e]
+            if stamp[j] == tag:
+                feats[slot[j], VSKNN] = votes[j, 0]
+                feats[slot[j], SKNN] = votes[j, 1]
+            elif excluded[j] != tag and not banned[j]:
+                only[n_only] = j
+                n_only += 1
+        norm = np.sqrt(np.sum(session_vec * session_vec))
+        if norm > 1e-12:
+            session_vec /= norm
+        # Stage one: the allowed candidates' fixed-blend prior; the best n_candidates go
+        # on (ties in gathering order: the other sources' items, then the voted-only ones
+        # in voting order; both depend on the session alone). Stage two scores those with
+        # every feature and the ranker.
+        n_pool = 0
+        for c in range(found):
+            j = cand[c]
+            if excluded[j] == tag or banned[j]:
+                continue
+            pr = 0.0
+            row_j = slot[j]
+            for t in range(n_prior):
+                f = prior_f[t]
+                pr += prior_s[f] * feats[row_j, f]
+            pool[n_pool] = j
+            pool_prior[n_pool] = pr
+            n_pool += 1
+        for e in range(n_only):
+            j = only[e]
+            pool[n_pool] = j
+            pool_prior[n_pool] = prior_s[VSKNN] * votes[j, 0] + prior_s[SKNN] * votes[j, 1]
+            n_pool += 1
+        if n_pool > n_candidates:
+            # Positions come back increasing, so the pool compacts in place.
+            n_pool = _select(pool_prior[:n_pool], n_candidates, pool_pos, select_buf)
+            for c in range(n_pool):
+                pool[c] = pool[pool_pos[c]]
+        for c in range(n_pool):
+            j = pool[c]
+            if stamp[j] != tag:  # voted only: its row now
+                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                feats[slot[j], VSKNN] = votes[j, 0]
+                feats[slot[j], SKNN] = votes[j, 1]
+        for e in range(n_voted):  # zero again for the next session
+            votes[voted[e], 0] = 0.0
+            votes[voted[e], 1] = 0.0
+        kept = 0
+        for c in range(n_pool):
+            j = pool[c]
+            feats[slot[j], VSKNN] /= div_v
+            feats[slot[j], SKNN] /= div_c
+            e_last = 0.0
+            e_sess = 0.0
+            for x in range(vectors.shape[1]):
+                e_last += vectors[j, x] * vectors[last, x]
+                e_sess += vectors[j, x] * session_vec[x]
+            feats[slot[j], EMB_LAST] = e_last
+            feats[slot[j], EMB_SESSION] = e_sess
+            feats[slot[j], SAME_CLUSTER] = 1.0 if clusters[j] == clusters[last] else 0.0
+            for g in range(item_cols.size):
+                feats[slot[j], item_cols[g]] = item_values[g, j]
+            cat = categories[j]
+            if cat >= 0:
+                feats[slot[j], SAME_CATEGORY] = 1.0 if cat == categories[last] else 0.0
+                share = 0.0
+                for d in range(n_dist):
+                    i = dist[d]
+                    if categories[i] == cat:
+                        share += feats[slot[i], OWN_RECENCY]
+                feats[slot[j], CATEGORY_SHARE] = share / recency_total
+            s = 0.0
+            for f in range(nf):
+                x = feats[slot[j], f]
+                s += w_raw[f] * x
+                if x > 0.0:
+                    s += w_sqrt[f] * np.sqrt(x)
+            kept = push_top(out_scores, out_items, r, kept, k, s, j)
+        if kept > 0:
+            j = out_items[r, 0]
+            contribution[:] = 0.0
+            for f in range(nf):
+                x = feats[slot[j], f]
+                part = w_raw[f] * x
+                if x > 0.0:
+                    part += w_sqrt[f] * np.sqrt(x)
+                contribution[feature_source[f]] += part
+            strategy[r] = np.argmax(contribution)
+        if out_feats.shape[0] > 0:
+            for c in range(kept):
+                out_feats[r, c, :] = feats[slot[out_items[r, c]], :]
+
+
+_drop_stale_cache()
