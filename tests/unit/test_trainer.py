@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from models.datasets import Session, build_sessions, read_clicks
-from models.gate import GatePolicy, gate, retrain, split_holdout
+from models.gate import GatePolicy, gate, retrain, split_holdout, trained_until
 from models.train import TrainParams, train_model
 from stream.cli.params import parse_duration
+from stream.trainer import TenantOutcome
 
 PARAMS = TrainParams(epochs=5, seed=5)
 
@@ -70,6 +72,55 @@ def test_retrain_skips_tenants_with_too_little_data() -> None:
     sessions = [Session(f"s{i}", ["a", "b"], float(i), float(i)) for i in range(5)]
     bundle, decision = retrain(sessions, None, PARAMS, GatePolicy(min_sessions=20))
     assert bundle is None and decision.action == "skipped"
+
+
+def test_the_holdout_is_only_sessions_the_model_in_service_cannot_have_seen() -> None:
+    sessions = [Session(f"s{t}", ["a", "b"], float(t), float(t) + 0.5) for t in range(10)]
+    # Nothing known about the model in service: the newest share.
+    older, newest = split_holdout(sessions, 0.4, after=None)
+    assert [s.start for s in newest] == [6, 7, 8, 9]
+    # It was trained on clicks up to t=7.5: sessions starting at or before that are
+    # no hold-out (they go to the candidate's training part instead).
+    older, newest = split_holdout(sessions, 0.4, after=7.5)
+    assert [s.start for s in newest] == [8, 9]
+    assert [s.start for s in older] == list(range(8))
+    # Trained long before: the newest share as usual.
+    assert [s.start for s in split_holdout(sessions, 0.4, after=-1.0)[1]] == [6, 7, 8, 9]
+    # Trained on all of them: nothing is fresh.
+    older, newest = split_holdout(sessions, 0.4, after=9.5)
+    assert newest == [] and len(older) == 10
+
+
+def test_what_a_model_was_trained_up_to_comes_from_its_manifest() -> None:
+    # The trainer records the last click its candidate was trained on.
+    assert trained_until({"data_window": {"from": 1.0, "to": 9.0, "trained_to": 7.0}}) == 7.0
+    # A trainer bundle from before that: its window's end bounds what it saw.
+    assert trained_until({"data_window": {"from": 1.0, "to": 9.0}}) == 9.0
+    # `streamrec train`: the last click of its file.
+    assert trained_until({"data": {"source": "x.csv", "to_ts": 5.0}}) == 5.0
+    # Unknown (a bundle that records neither, or a damaged value).
+    assert trained_until({}) is None
+    assert trained_until({"data": {"to_ts": "soon"}, "data_window": None}) is None
+
+
+def test_no_fresh_sessions_to_judge_is_its_own_decision(eshop_split) -> None:
+    train, _ = eshop_split
+    sessions = [
+        Session(f"s{n}", items, float(n), float(n) + 1) for n, items in enumerate(train[:300])
+    ]
+    current = train_model([s.items for s in sessions], PARAMS)
+    current = replace(current, manifest={**current.manifest, "data": {"to_ts": 301.0}})
+    bundle, decision = retrain(sessions, current, PARAMS, GatePolicy())
+    assert bundle is None and decision.action == "unjudged", decision
+    assert "no fresh sessions to judge" in TenantOutcome("t", decision, None).describe()
+    # Sessions after its training data: judged on those only.
+    later = [Session(f"n{n}", s.items, 400.0 + n, 401.0 + n) for n, s in enumerate(sessions[:20])]
+    bundle, decision = retrain(sessions + later, current, PARAMS, GatePolicy())
+    assert bundle is not None and decision.action in ("promoted", "kept")
+    assert decision.holdout_sessions == 20 and decision.train_sessions == 300
+    # No model in service: every session is fresh, the first model is promoted.
+    bundle, decision = retrain(sessions, None, PARAMS, GatePolicy())
+    assert decision.action == "promoted" and decision.holdout_sessions == 60
 
 
 @pytest.mark.parametrize(
