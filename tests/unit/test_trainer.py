@@ -212,3 +212,26 @@ def test_a_failed_pass_does_not_end_the_periodic_trainer(
     with pytest.raises(SystemExit) as exit_:
         main(["trainer", "--once"])
     assert exit_.value.code == 1 and calls == [1]
+
+
+def test_a_pass_counts_the_tenants_with_no_fresh_sessions_to_judge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import stream.trainer
+    from models.gate import GateDecision
+    from stream.cli import main
+    from stream.trainer import PassReport
+
+    outcomes = [
+        TenantOutcome("a", GateDecision("unjudged", "none fresh", current_version="v1"), None),
+        TenantOutcome("b", GateDecision("promoted", "first model"), "v1"),
+    ]
+    report = PassReport(outcomes, clicks=10, read_s=0.1, train_s=0.2)
+    monkeypatch.setattr(stream.trainer, "run_once", lambda *a, **k: report)
+    monkeypatch.setattr("stream.rollout.look_at_rollouts", lambda settings: [])
+    monkeypatch.setenv("STREAMREC_MODEL_DIR", str(tmp_path / "models"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["trainer", "--once"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0, out
+    assert "1 promoted, 0 kept, 1 with no fresh sessions to judge, 0 skipped" in out, out
