@@ -63,6 +63,8 @@ ARRAYS = (
     "item_category",
     *SOURCE_ARRAYS,
 )
+# Arrays a bundle may lack (None when absent); no reader needs them to rank.
+OPTIONAL_ARRAYS = ("session_hashes",)
 # CSR triples (ptr, indices, weights or None), indices over items or sessions.
 _CSR = (
     ("transitions_ptr", "transitions_idx", "transitions_w", "items"),
@@ -114,6 +116,8 @@ class ModelBundle:
     category_ptr: np.ndarray  # [categories + 1]: each category's most clicked items, best first
     category_items: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict, compare=False)
+    # uint64, sorted: the training sessions' item sequences (models.seen), for the gate.
+    session_hashes: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def n_items(self) -> int:
@@ -234,7 +238,8 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     described: dict[str, Any] = {}
-    for name in ARRAYS:
+    present = [name for name in OPTIONAL_ARRAYS if getattr(bundle, name) is not None]
+    for name in (*ARRAYS, *present):
         arr = np.ascontiguousarray(getattr(bundle, name))
         path = directory / f"{name}.npy"
         with open(path, "wb") as fh:
@@ -271,7 +276,9 @@ def load_bundle(
     manifest = _read_manifest(directory)
     described = manifest["arrays"]
     arrays: dict[str, np.ndarray] = {}
-    for name in ARRAYS:
+    # The worker never gates: it leaves the optional arrays on disk.
+    extra = () if private else [name for name in OPTIONAL_ARRAYS if name in described]
+    for name in (*ARRAYS, *extra):
         path = directory / f"{name}.npy"
         meta = described.get(name)
         if manifest["format_version"] == 3 and name in _SINCE_4:

@@ -4,8 +4,9 @@ model on the same data must not be promoted again and again).
 
 Pure: sessions and bundles in, a bundle and a decision out. The held-out slice is the
 newest ``holdout`` share of sessions by start time, less those that started before the
-model in service's training data ended (it may have learnt them: scoring it on them
-would favour it); the candidate is trained on every other session. A candidate records
+model in service's training data ended and those whose item sequence it was trained on
+verbatim, such as a replay of its training file (it may have learnt them: scoring it on
+them would favour it); the candidate is trained on every other session. A candidate records
 the last click it was trained on, so the next run's held-out slice was never seen by the
 model it is compared against. With no such fresh session there is nothing to judge on.
 """
@@ -18,11 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from models.bundle import ModelBundle
 from models.datasets import Session
 from models.errors import InvalidSettingError
 from models.evaluate import iter_cases, rank_metrics
 from models.ranking import recommend_batch
+from models.seen import seen_in
 from models.train import Progress, TrainParams, train_model
 
 GATE_METRICS = ("hr", "mrr")
@@ -122,6 +126,33 @@ def trained_until(manifest: Mapping[str, Any]) -> float | None:
     return None
 
 
+def drop_learnt(
+    train: list[Session], holdout: list[Session], learnt: np.ndarray | None
+) -> tuple[list[Session], list[Session], int]:
+    """(train, holdout, moved): the hold-out's sessions whose item sequence occurs verbatim
+    among ``learnt`` (hashes, models.seen) move to the train part; ``learnt`` None (a model
+    that does not record its sessions): nothing moves."""
+    if learnt is None or not holdout:
+        return train, holdout, 0
+    seen = seen_in(learnt, [s.items for s in holdout])
+    kept = [s for s, was in zip(holdout, seen.tolist(), strict=True) if not was]
+    moved = [s for s, was in zip(holdout, seen.tolist(), strict=True) if was]
+    return train + moved, kept, len(moved)
+
+
+def _none_fresh(total: int, version: str | None, after: float | None, replays: int) -> str:
+    head = f"none of the {total} sessions in the window"
+    if after is None:
+        return f"{head} is new to {version}: each repeats a session it was trained on verbatim"
+    ended = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(after))
+    if not replays:
+        return f"{head} started after the last click {version} was trained on, {ended}"
+    return (
+        f"{head} is new to {version}: the {replays} that started after its last training "
+        f"click, {ended}, repeat sessions it was trained on verbatim (a replay?)"
+    )
+
+
 def retrain(
     sessions: Sequence[Session],
     current: ModelBundle | None,
@@ -141,12 +172,12 @@ def retrain(
         )
     after = trained_until(current.manifest) if current is not None else None
     train, holdout = split_holdout(sessions, policy.holdout, after)
-    if after is not None and not any(len(s.items) > 1 for s in holdout):
-        ended = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(after))
+    learnt = current.session_hashes if current is not None else None
+    train, holdout, replays = drop_learnt(train, holdout, learnt)
+    if (after is not None or learnt is not None) and not any(len(s.items) > 1 for s in holdout):
         return None, GateDecision(
             "unjudged",
-            f"none of the {len(sessions)} sessions in the window started after the last "
-            f"click {current_version} was trained on, {ended}",
+            _none_fresh(len(sessions), current_version, after, replays),
             current_version=current_version,
             fresh_after=after,
         )

@@ -46,6 +46,7 @@ from models.datasets import Session, split_last_days
 from models.errors import DataFormatError
 from models.evaluate import evaluate
 from models.ranking import RankParams, encode_sessions, rank_codes, recommend_batch
+from models.seen import session_hashes
 from models.served import FEATURES, blend_weights, build_sources, category_lists, fit_ranker
 
 log = logging.getLogger(f"streamrec.{__name__}")
@@ -168,7 +169,7 @@ def train_model(
     manifest = bundle.manifest
     manifest["ranker"] = {"features": list(FEATURES), **ranker}
     manifest["timings"]["total_s"] = time.perf_counter() - started
-    return bundle
+    return replace(bundle, session_hashes=session_hashes(sessions))
 
 
 def _learn_ranker(

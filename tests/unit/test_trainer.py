@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from models.bundle import load_bundle, save_bundle
 from models.datasets import Session, build_sessions, read_clicks
 from models.gate import GatePolicy, gate, retrain, split_holdout, trained_until
 from models.train import TrainParams, train_model
@@ -113,14 +115,58 @@ def test_no_fresh_sessions_to_judge_is_its_own_decision(eshop_split) -> None:
     bundle, decision = retrain(sessions, current, PARAMS, GatePolicy())
     assert bundle is None and decision.action == "unjudged", decision
     assert "no fresh sessions to judge" in TenantOutcome("t", decision, None).describe()
-    # Sessions after its training data: judged on those only.
-    later = [Session(f"n{n}", s.items, 400.0 + n, 401.0 + n) for n, s in enumerate(sessions[:20])]
+    # New sessions after its training data: judged on those only.
+    learnt = {tuple(s.items) for s in sessions}
+    unseen = [s for s in train[300:] if tuple(s) not in learnt][:20]
+    later = [Session(f"n{n}", s, 400.0 + n, 401.0 + n) for n, s in enumerate(unseen)]
     bundle, decision = retrain(sessions + later, current, PARAMS, GatePolicy())
     assert bundle is not None and decision.action in ("promoted", "kept")
     assert decision.holdout_sessions == 20 and decision.train_sessions == 300
     # No model in service: every session is fresh, the first model is promoted.
     bundle, decision = retrain(sessions, None, PARAMS, GatePolicy())
     assert decision.action == "promoted" and decision.holdout_sessions == 60
+
+
+def test_a_model_records_the_sessions_it_was_trained_on(tmp_path: Path, eshop_split) -> None:
+    train, _ = eshop_split
+    bundle = train_model(train[:300] + train[:5], PARAMS)
+    hashes = bundle.session_hashes
+    assert hashes is not None and hashes.dtype == "uint64"
+    assert len(hashes) == len({tuple(s) for s in train[:300]})
+    assert (hashes[1:] > hashes[:-1]).all()  # sorted, each once
+    # Stable across processes and versions: a digest of the ids, not Python's hash().
+    digest = hashlib.blake2b("\x1f".join(train[0]).encode(), digest_size=8).digest()
+    assert int.from_bytes(digest, "little") in set(hashes.tolist())
+    save_bundle(bundle, tmp_path / "b")
+    assert (load_bundle(tmp_path / "b").session_hashes == hashes).all()
+    # A bundle without them (written before they were recorded) loads without them.
+    save_bundle(replace(bundle, session_hashes=None), tmp_path / "old")
+    assert not (tmp_path / "old" / "session_hashes.npy").exists()
+    assert load_bundle(tmp_path / "old").session_hashes is None
+
+
+def test_a_replay_of_the_training_sessions_is_not_fresh(eshop_split) -> None:
+    train, _ = eshop_split
+    learnt = [s for s in train[:300] if len(s) > 1]
+    current = train_model(learnt, PARAMS)
+    current = replace(current, manifest={**current.manifest, "data": {"to_ts": 301.0}})
+    # The same sessions sent again later, with new ids and times: fresh by time only.
+    replay = [Session(f"r{n}", s, 400.0 + n, 401.0 + n) for n, s in enumerate(learnt)]
+    bundle, decision = retrain(replay, current, PARAMS, GatePolicy())
+    assert bundle is None and decision.action == "unjudged", decision
+    assert "no fresh sessions to judge" in TenantOutcome("t", decision, None).describe()
+    # With sessions it never saw among them: judged on those only.
+    seen = {tuple(s) for s in learnt}
+    unseen = [s for s in train[300:] if len(s) > 1 and tuple(s) not in seen][:20]
+    new = [Session(f"n{n}", s, 2000.0 + n, 2001.0 + n) for n, s in enumerate(unseen)]
+    bundle, decision = retrain(replay + new, current, PARAMS, GatePolicy())
+    assert bundle is not None and decision.action in ("promoted", "kept"), decision
+    assert decision.holdout_sessions == len(new)
+    assert decision.train_sessions == len(replay)
+    # A model that does not record its sessions: the time rule alone.
+    plain = replace(current, session_hashes=None)
+    bundle, decision = retrain(replay, plain, PARAMS, GatePolicy())
+    assert decision.action in ("promoted", "kept") and decision.holdout_sessions > 0
 
 
 @pytest.mark.parametrize(
