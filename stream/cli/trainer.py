@@ -65,7 +65,8 @@ _SUMMARY = {"unjudged": "with no fresh sessions to judge"}
     type=click.FloatRange(0.01, 0.9),
     default=0.2,
     help="Newest share of sessions held out to compare candidate and current (only those "
-    "that started after the current model's last training click).",
+    "that started after the current model's last training click and are not, item for "
+    "item, one of its training sessions).",
 )
 @click.option(
     "--min-sessions",
@@ -135,10 +136,11 @@ def trainer(
     """Retrain each tenant's model from the click log and promote it only if it is better.
 
     For every tenant with clicks in the window (and mode `on`): build sessions, hold out
-    the newest ones that started after the version in service's last training click,
-    train Word2Vec + KMeans on the others, compare the candidate with the version in
-    service on the held-out sessions, register the candidate with both scores in its
-    manifest, and promote it (workers swap within seconds) only if it beats the version
+    the newest ones that started after the version in service's last training click
+    and do not repeat one of its training sessions item for item (a replay), train
+    Word2Vec + KMeans on the others, compare the candidate with the version in service
+    on the held-out sessions, register the candidate with both scores in its manifest,
+    and promote it (workers swap within seconds) only if it beats the version
     in service by the gate's margin. A tenant with no such fresh session is not judged;
     frozen and switched-off tenants are skipped, and so is a tenant with no new clicks
     since its last trained version.
