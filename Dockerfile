@@ -1,17 +1,29 @@
+# syntax=docker/dockerfile:1
 # streamrec worker / trainer image. Production talks to Apache Kafka and Redis from
 # docker-compose.yml; the embedded stack extras are not installed here.
-FROM python:3.11-slim
+#
+# Two stages: the builder compiles whatever has no binary wheel (it has build-essential)
+# into wheels at the versions constraints.txt pins; the runtime stage installs those
+# wheels and nothing else, so it carries no compiler.
+FROM python:3.11.7-slim-bookworm AS builder
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-WORKDIR /app
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
-COPY pyproject.toml README.md ./
+WORKDIR /src
+COPY constraints.txt pyproject.toml README.md ./
 COPY stream ./stream
 COPY models ./models
 COPY state ./state
 COPY producers ./producers
-RUN pip install .
+RUN pip wheel --constraint constraints.txt --wheel-dir /wheels .
+
+FROM python:3.11.7-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The wheels are mounted for this one step only: they never become a layer of the image.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links /wheels streamrec
 
 # The registry is a shared volume; workers watch its CURRENT pointers for hot swaps.
 # numba caches compiled kernels beside the source or under $HOME; `nobody` can write

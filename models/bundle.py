@@ -42,6 +42,8 @@ BASE_ARRAYS = (
     "popularity",
     "item_category",
 )
+# Arrays a bundle may lack (None when absent); no reader needs them to rank.
+OPTIONAL_ARRAYS = ("session_hashes",)
 
 
 def table_arrays(layout: features.Layout | None = None) -> tuple[str, ...]:
@@ -70,6 +72,8 @@ class ModelBundle:
     # Views derived from the arrays once per bundle (the kernel's ``ServedModel``); not an
     # argument, so ``dataclasses.replace`` starts a new bundle with none.
     derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # uint64, sorted: the training sessions' item sequences (models.seen), for the gate.
+    session_hashes: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def n_items(self) -> int:
@@ -100,7 +104,12 @@ class ModelBundle:
 
     def named_arrays(self) -> dict[str, np.ndarray]:
         """Every array of the bundle by its file name (without ``.npy``)."""
-        return {**{name: getattr(self, name) for name in BASE_ARRAYS}, **self.arrays}
+        optional = {name: getattr(self, name) for name in OPTIONAL_ARRAYS}
+        return {
+            **{name: getattr(self, name) for name in BASE_ARRAYS},
+            **self.arrays,
+            **{name: arr for name, arr in optional.items() if arr is not None},
+        }
 
     @cached_property
     def ranker_weights(self) -> np.ndarray:
@@ -233,7 +242,9 @@ def load_bundle(
     manifest = _read_manifest(directory)
     described = manifest["arrays"]
     arrays: dict[str, np.ndarray] = {}
-    for name in (*BASE_ARRAYS, *table_arrays()):
+    # The worker never gates: it leaves the optional arrays on disk.
+    extra = () if private else [name for name in OPTIONAL_ARRAYS if name in described]
+    for name in (*BASE_ARRAYS, *table_arrays(), *extra):
         path = directory / f"{name}.npy"
         meta = described.get(name)
         if not isinstance(meta, dict):
@@ -259,7 +270,13 @@ def load_bundle(
     # (save_bundle describes the arrays anew), and a worker holds a model per tenant.
     kept = {key: value for key, value in manifest.items() if key != "arrays"}
     base = {name: arrays.pop(name) for name in BASE_ARRAYS}
-    return ModelBundle(version=str(manifest["version"]), manifest=kept, arrays=arrays, **base)
+    optional = {name: arrays.pop(name, None) for name in OPTIONAL_ARRAYS}
+    hashes = optional["session_hashes"]
+    if hashes is not None and (hashes.dtype != np.uint64 or hashes.ndim != 1):
+        raise InvalidModelError(f"model {where}: session_hashes must be uint64 [sessions]")
+    return ModelBundle(
+        version=str(manifest["version"]), manifest=kept, arrays=arrays, **base, **optional
+    )
 
 
 def _map(path: Path, where: str, name: str) -> np.ndarray:

@@ -3,23 +3,30 @@ ranks the newest sessions better, by at least the gate's margin (a copy of the s
 model on the same data must not be promoted again and again).
 
 Pure: sessions and bundles in, a bundle and a decision out. The held-out slice is the
-newest ``holdout`` share of sessions by start time; the candidate is trained on the rest
-and is what gets promoted, so the next run's held-out slice (newer still) was never
-seen by the model it is compared against.
+newest ``holdout`` share of sessions by start time, less those that started before the
+model in service's training data ended and those whose item sequence it was trained on
+verbatim, such as a replay of its training file (it may have learnt them: scoring it on
+them would favour it); the candidate is trained on every other session. A candidate records
+the last click it was trained on, so the next run's held-out slice was never seen by the
+model it is compared against. With no such fresh session there is nothing to judge on.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from models.bundle import ModelBundle
 from models.datasets import Session
 from models.errors import InvalidSettingError
 from models.evaluate import iter_cases, rank_metrics
 from models.ranking import recommend_batch
+from models.seen import seen_in
 from models.train import Progress, TrainParams, train_model
 
 GATE_METRICS = ("hr", "mrr")
@@ -53,7 +60,9 @@ class Scores:
 
 @dataclass(frozen=True)
 class GateDecision:
-    action: str  # "promoted", "kept" (candidate rejected) or "skipped" (nothing trained)
+    # "promoted", "kept" (candidate rejected), "unjudged" (no fresh sessions to compare
+    # on: nothing trained) or "skipped" (nothing trained)
+    action: str
     reason: str
     candidate: Scores | None = None
     current: Scores | None = None
@@ -61,6 +70,10 @@ class GateDecision:
     train_sessions: int = 0
     holdout_sessions: int = 0
     train_s: float = 0.0
+    # The hold-out's sessions started after this (the current model's training data
+    # ended there); None: no model in service, or it does not say.
+    fresh_after: float | None = None
+    trained_to: float | None = None  # the candidate's last training click
 
     def to_manifest(self, policy: GatePolicy) -> dict[str, Any]:
         return {
@@ -72,6 +85,7 @@ class GateDecision:
             "current_version": self.current_version,
             "train_sessions": self.train_sessions,
             "holdout_sessions": self.holdout_sessions,
+            "fresh_after": self.fresh_after,
         }
 
 
@@ -85,11 +99,58 @@ def score_bundle(bundle: ModelBundle, sessions: Sequence[Sequence[str]], k: int)
     return Scores(hr, mrr, len(cases))
 
 
-def split_holdout(sessions: Sequence[Session], share: float) -> tuple[list[Session], list[Session]]:
-    """(older, newest) by start time; the newest slice has at least one session."""
+def split_holdout(
+    sessions: Sequence[Session], share: float, after: float | None = None
+) -> tuple[list[Session], list[Session]]:
+    """(train, holdout) by start time: the holdout is the newest ``share`` of sessions (at
+    least one), less any that started at or before ``after`` (they join the train part)."""
     ordered = sorted(sessions, key=lambda s: s.start)
     cut = min(len(ordered) - 1, max(1, round(len(ordered) * (1 - share))))
+    if after is not None:
+        cut = max(cut, bisect_right([s.start for s in ordered], after))
     return ordered[:cut], ordered[cut:]
+
+
+def trained_until(manifest: Mapping[str, Any]) -> float | None:
+    """The time of the newest click a model may have been trained on, from its manifest:
+    the trainer's last training click, else its window's end (older trainer versions),
+    else the last click of the file `streamrec train` read. None: unknown."""
+    window = manifest.get("data_window")
+    data = manifest.get("data")
+    window = window if isinstance(window, Mapping) else {}
+    data = data if isinstance(data, Mapping) else {}
+    for value in (window.get("trained_to"), window.get("to"), data.get("to_ts")):
+        # Anything but a number of seconds within a few thousand years is not a time.
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e11:
+            return float(value)
+    return None
+
+
+def drop_learnt(
+    train: list[Session], holdout: list[Session], learnt: np.ndarray | None
+) -> tuple[list[Session], list[Session], int]:
+    """(train, holdout, moved): the hold-out's sessions whose item sequence occurs verbatim
+    among ``learnt`` (hashes, models.seen) move to the train part; ``learnt`` None (a model
+    that does not record its sessions): nothing moves."""
+    if learnt is None or not holdout:
+        return train, holdout, 0
+    seen = seen_in(learnt, [s.items for s in holdout])
+    kept = [s for s, was in zip(holdout, seen.tolist(), strict=True) if not was]
+    moved = [s for s, was in zip(holdout, seen.tolist(), strict=True) if was]
+    return train + moved, kept, len(moved)
+
+
+def _none_fresh(total: int, version: str | None, after: float | None, replays: int) -> str:
+    head = f"none of the {total} sessions in the window"
+    if after is None:
+        return f"{head} is new to {version}: each repeats a session it was trained on verbatim"
+    ended = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(after))
+    if not replays:
+        return f"{head} started after the last click {version} was trained on, {ended}"
+    return (
+        f"{head} is new to {version}: the {replays} that started after its last training "
+        f"click, {ended}, repeat sessions it was trained on verbatim (a replay?)"
+    )
 
 
 def retrain(
@@ -109,12 +170,26 @@ def retrain(
             f"only {len(sessions)} sessions in the window (< {policy.min_sessions})",
             current_version=current_version,
         )
-    train, holdout = split_holdout(sessions, policy.holdout)
+    after = trained_until(current.manifest) if current is not None else None
+    train, holdout = split_holdout(sessions, policy.holdout, after)
+    learnt = current.session_hashes if current is not None else None
+    train, holdout, replays = drop_learnt(train, holdout, learnt)
+    if (after is not None or learnt is not None) and not any(len(s.items) > 1 for s in holdout):
+        return None, GateDecision(
+            "unjudged",
+            _none_fresh(len(sessions), current_version, after, replays),
+            current_version=current_version,
+            fresh_after=after,
+        )
     started = time.perf_counter()
     candidate = train_model([s.items for s in train], params, progress, categories)
     decision = gate(candidate, current, [s.items for s in holdout], policy)
     return candidate, replace(
-        decision, train_sessions=len(train), train_s=time.perf_counter() - started
+        decision,
+        train_sessions=len(train),
+        train_s=time.perf_counter() - started,
+        fresh_after=after,
+        trained_to=max(s.end for s in train),
     )
 
 

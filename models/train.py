@@ -49,6 +49,7 @@ from models.errors import DataFormatError, InvalidSettingError
 from models.evaluate import evaluate
 from models.fit import fit_ranker
 from models.ranking import RANKERS, RankParams, encode_sessions, rank_codes, recommend_batch
+from models.seen import session_hashes
 from models.sources import build_sources, category_lists
 
 log = logging.getLogger(f"streamrec.{__name__}")
@@ -176,7 +177,7 @@ def train_model(
     manifest = bundle.manifest
     manifest["ranker"] = {"features": list(features.LAYOUT.names), **ranker}
     manifest["timings"]["total_s"] = time.perf_counter() - started
-    return bundle
+    return replace(bundle, session_hashes=session_hashes(sessions))
 
 
 def _learn_ranker(

@@ -44,9 +44,14 @@ class TenantOutcome:
             return f"{head}: PROMOTED {self.version}: {d.reason}"
         if d.action == "rollout":
             return f"{head}: ROLLOUT of {self.version} started: {d.reason}"
+        serving = d.current_version or "the version in service"
         if d.action == "kept":
-            serving = d.current_version or "the version in service"
             return f"{head}: KEPT {serving} ({self.version} registered, not promoted): {d.reason}"
+        if d.action == "unjudged":
+            return (
+                f"{head}: NOT JUDGED, {serving} stays in service: no fresh sessions to judge "
+                f"({d.reason})"
+            )
         return f"{head}: SKIPPED: {d.reason}"
 
 
@@ -207,6 +212,8 @@ def _retrain_tenant(
                 "to": window[1],
                 "clicks": len(clicks),
                 "sessions": len(sessions),
+                # The next pass judges this version on sessions after its last click only.
+                "trained_to": decision.trained_to,
                 # The newest offset read per partition: the next pass skips the tenant
                 # unless one of them moved.
                 "offsets": {str(p): o for p, o in offsets.items()},

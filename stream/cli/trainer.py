@@ -18,6 +18,9 @@ from stream.config import Settings
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
+# How a decision is counted in a pass's summary line, where its name alone is not clear.
+_SUMMARY = {"unjudged": "with no fresh sessions to judge"}
+
 
 @click.command("trainer", epilog=uses("registry", "redis", "broker", "topics"))
 @option("--once", is_flag=True, help="One pass over all tenants, then exit.")
@@ -59,7 +62,9 @@ log = logging.getLogger(f"streamrec.{__name__}")
     "--holdout",
     type=click.FloatRange(0.01, 0.9),
     default=0.2,
-    help="Newest share of sessions held out to compare candidate and current.",
+    help="Newest share of sessions held out to compare candidate and current (only those "
+    "that started after the current model's last training click and are not, item for "
+    "item, one of its training sessions).",
 )
 @option(
     "--min-sessions",
@@ -135,12 +140,15 @@ def trainer(
 ) -> None:
     """Retrain each tenant's model from the click log and promote it only if it is better.
 
-    For every tenant with clicks in the window (and mode `on`): build sessions, train
-    Word2Vec + KMeans on all but the newest sessions, compare the candidate with the
-    version in service on those newest sessions, register the candidate with both scores
-    in its manifest, and promote it (workers swap within seconds) only if it beats the
-    version in service by the gate's margin. Frozen and switched-off tenants are
-    skipped, and so is a tenant with no new clicks since its last trained version.
+    For every tenant with clicks in the window (and mode `on`): build sessions, hold out
+    the newest ones that started after the version in service's last training click
+    and do not repeat one of its training sessions item for item (a replay), train
+    Word2Vec + KMeans on the others, compare the candidate with the version in service
+    on the held-out sessions, register the candidate with both scores in its manifest,
+    and promote it (workers swap within seconds) only if it beats the version
+    in service by the gate's margin. A tenant with no such fresh session is not judged;
+    frozen and switched-off tenants are skipped, and so is a tenant with no new clicks
+    since its last trained version.
     """
     from stream.rollout import RolloutSettings, look_at_rollouts
     from stream.trainer import run_once
@@ -199,9 +207,9 @@ def trainer(
                 f"{time.perf_counter() - started:.1f}s (reading {report.clicks} clicks: "
                 f"{report.read_s:.1f}s): "
                 + ", ".join(
-                    f"{counts[a]} {a}"
-                    for a in ("promoted", "rollout", "kept", "skipped")
-                    if counts[a] or a != "rollout"
+                    f"{counts[a]} {_SUMMARY.get(a, a)}"
+                    for a in ("promoted", "rollout", "kept", "unjudged", "skipped")
+                    if counts[a] or a in ("promoted", "kept", "skipped")
                 )
             )
             if once:

@@ -4,6 +4,8 @@ the worker switches; frozen and switched-off tenants are left alone."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -202,3 +204,152 @@ def test_the_trainer_takes_item_categories_from_the_tenants_catalogue(
                 assert (codes[a] == codes[b]) == (category[a] == category[b])
     plain = registry.load(without, next(o.version for o in outcomes if o.tenant == without))
     assert plain.manifest["counts"]["categories"] == 0 and (plain.item_category == -1).all()
+
+
+def test_the_gate_judges_on_sessions_the_model_in_service_was_not_trained_on(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
+) -> None:
+    """v1 comes from `streamrec train` on an export of the click log: every session in the
+    log up to then. The gate compares on the sessions after it only; a tenant with none
+    is not judged (not KEPT on sessions v1 learnt by heart)."""
+    sessions = [s for s in sessionize(read_clicks(eshop_csv, fmt="eshop")) if len(set(s)) > 1]
+    old, new = sessions[:800], sessions[800:860]
+    fresh, stale, topic = unique_name("fresh"), unique_name("stale"), unique_name("clicks")
+    ensure_topics(stack.broker, [topic], 2)
+    start = time.time() - 7200
+
+    def clicks(tenant: str, batch: list[list[str]], t0: float) -> list[ClickEvent]:
+        return [
+            ClickEvent(tenant, f"{tenant}-{t0}-{n}", item, t0 + n + j / 100)
+            for n, s in enumerate(batch)
+            for j, item in enumerate(s)
+        ]
+
+    env = {
+        "STREAMREC_MODEL_DIR": str(tmp_path / "models"),
+        "STREAMREC_REDIS_URL": stack.redis_url,
+        "PATH": "/usr/bin:/bin",
+    }
+    for tenant in (fresh, stale):
+        export = tmp_path / f"{tenant}.csv"
+        export.write_text(
+            "session,item,ts\n"
+            + "".join(f"{c.session_id},{c.item_id},{c.ts}\n" for c in clicks(tenant, old, start))
+        )
+        trained = subprocess.run(
+            [sys.executable, "-m", "stream", "train", str(export), "--format", "csv"]
+            + ["--session-col", "session", "--item-col", "item", "--time-col", "ts"]
+            + ["--tenant", tenant, "--epochs", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert trained.returncode == 0, trained.stderr[-2000:]
+    log = clicks(fresh, old, start) + clicks(stale, old, start)
+    log += clicks(fresh, new, start + 3600)  # after v1 was trained: fresh
+    produce(stack.broker, topic, [(c.session_id.encode(), c.to_json()) for c in log])
+
+    settings = Settings(
+        broker=stack.broker,
+        redis_url=stack.redis_url,
+        model_dir=str(tmp_path / "models"),
+        clicks_topic=topic,
+    )
+    report = run_once(
+        settings,
+        window_s=86400,
+        params=TrainParams(epochs=2, seed=3),
+        policy=GatePolicy(),
+        tenants=[fresh, stale],
+    )
+    by_tenant = {o.tenant: o for o in report.outcomes}
+    judged = by_tenant[fresh].decision
+    assert judged.action in ("promoted", "kept"), judged.reason
+    # The newest 20 % would be 172 sessions, 112 of them learnt by v1.
+    assert judged.holdout_sessions == len(new), judged
+    assert judged.train_sessions == len(old)
+    unjudged = by_tenant[stale]
+    assert unjudged.decision.action == "unjudged", unjudged.describe()
+    assert "no fresh sessions to judge" in unjudged.describe()
+    registry = Registry(tmp_path / "models")
+    assert [v.version for v in registry.versions(stale)] == ["v1"]
+    assert registry.current_version(stale) == "v1"
+    # The candidate records what it was trained up to: the next pass judges it on later
+    # sessions only.
+    window = registry.manifest(fresh, by_tenant[fresh].version)["data_window"]
+    assert start + 799 <= window["trained_to"] < start + 3600
+
+
+def test_the_gate_does_not_judge_on_a_replay_of_what_the_model_in_service_learnt(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
+) -> None:
+    """v1 comes from `streamrec train` on a file; the file is then replayed, so its
+    sessions reach the click log with new ids and times after v1's training data. The
+    gate holds out only the sessions v1 has not seen verbatim; a tenant whose window
+    holds nothing but the replay is not judged."""
+    sessions = [s for s in sessionize(read_clicks(eshop_csv, fmt="eshop")) if len(set(s)) > 1]
+    old = sessions[:800]
+    learnt = {tuple(s) for s in old}
+    new = [s for s in sessions[800:900] if tuple(s) not in learnt][:60]
+    mixed, replayed, topic = unique_name("mixed"), unique_name("replayed"), unique_name("clicks")
+    ensure_topics(stack.broker, [topic], 2)
+    start = time.time() - 7200
+
+    def clicks(tenant: str, batch: list[list[str]], t0: float) -> list[ClickEvent]:
+        return [
+            ClickEvent(tenant, f"{tenant}-{t0}-{n}", item, t0 + n + j / 100)
+            for n, s in enumerate(batch)
+            for j, item in enumerate(s)
+        ]
+
+    env = {
+        "STREAMREC_MODEL_DIR": str(tmp_path / "models"),
+        "STREAMREC_REDIS_URL": stack.redis_url,
+        "PATH": "/usr/bin:/bin",
+    }
+    for tenant in (mixed, replayed):
+        export = tmp_path / f"{tenant}.csv"
+        export.write_text(
+            "session,item,ts\n"
+            + "".join(f"{c.session_id},{c.item_id},{c.ts}\n" for c in clicks(tenant, old, start))
+        )
+        trained = subprocess.run(
+            [sys.executable, "-m", "stream", "train", str(export), "--format", "csv"]
+            + ["--session-col", "session", "--item-col", "item", "--time-col", "ts"]
+            + ["--tenant", tenant, "--epochs", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert trained.returncode == 0, trained.stderr[-2000:]
+    # The replay, stamped an hour after the file's last click, then new sessions.
+    log = clicks(mixed, old, start + 3600) + clicks(replayed, old, start + 3600)
+    log += clicks(mixed, new, start + 5000)
+    produce(stack.broker, topic, [(c.session_id.encode(), c.to_json()) for c in log])
+
+    settings = Settings(
+        broker=stack.broker,
+        redis_url=stack.redis_url,
+        model_dir=str(tmp_path / "models"),
+        clicks_topic=topic,
+    )
+    report = run_once(
+        settings,
+        window_s=86400,
+        params=TrainParams(epochs=2, seed=3),
+        policy=GatePolicy(),
+        tenants=[mixed, replayed],
+    )
+    by_tenant = {o.tenant: o for o in report.outcomes}
+    judged = by_tenant[mixed].decision
+    assert judged.action in ("promoted", "kept"), judged.reason
+    # The newest 20 % would be 172 sessions, 112 of them replays of v1's training data.
+    assert judged.holdout_sessions == len(new), judged
+    assert judged.train_sessions == len(old)
+    unjudged = by_tenant[replayed]
+    assert unjudged.decision.action == "unjudged", unjudged.describe()
+    assert "no fresh sessions to judge" in unjudged.describe()
+    registry = Registry(tmp_path / "models")
+    assert [v.version for v in registry.versions(replayed)] == ["v1"]

@@ -33,12 +33,12 @@ def test_unchanged_data_is_not_retrained_and_unpromoted_versions_are_bounded(
     ensure_topics(stack.broker, [topic], 4)
     start = time.time() - 3600
 
-    def send(batch: list[list[str]], tag: str) -> None:
+    def send(batch: list[list[str]], tag: str, t0: float = start) -> None:
         produce(
             stack.broker,
             topic,
             [
-                (f"{tag}{n}".encode(), ClickEvent(tenant, f"{tag}{n}", item, start + n).to_json())
+                (f"{tag}{n}".encode(), ClickEvent(tenant, f"{tag}{n}", item, t0 + n).to_json())
                 for n, s in enumerate(batch)
                 for item in s
             ],
@@ -74,7 +74,7 @@ def test_unchanged_data_is_not_retrained_and_unpromoted_versions_are_bounded(
     # service, so candidates would pile up: only the newest `keep` (1) stay, never the
     # version in service.
     for round_ in range(3):
-        send(sessions[:30], f"b{round_}-")
+        send(sessions[:30], f"b{round_}-", start + 500 + 50 * round_)  # after v1's data
         kept = one_pass(margin=1.0, keep_unpromoted=1)
         assert kept.decision.action == "kept" and kept.version == f"v{round_ + 2}"
     infos = registry.versions(tenant)

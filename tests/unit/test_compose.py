@@ -3,8 +3,12 @@ checked as data, so that an edit that loosens them fails a test."""
 
 from __future__ import annotations
 
+import re
+import shlex
+import tomllib
 from pathlib import Path
 
+import click
 import yaml
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
@@ -51,3 +55,108 @@ def test_tenant_numbers_need_the_admin_token_and_prometheus_sends_it() -> None:
         "type": "Bearer",
         "credentials_file": f"/run/secrets/{secret}",
     }
+
+
+def test_compose_runs_the_kafka_the_tests_run() -> None:
+    from stream.kafka_broker import KAFKA_VERSION
+
+    services = _services()
+    for name in ("kafka", "kafka-init"):
+        assert services[name]["image"] == f"apache/kafka:{KAFKA_VERSION}", name
+
+
+def test_a_trainer_service_retrains_periodically() -> None:
+    trainer = _services()["trainer"]
+    command = trainer["command"]
+    assert command[0] == "trainer" and "--every" in command and "--once" not in command
+    assert "profiles" not in trainer  # started with the stack, not only on demand
+    assert trainer.get("restart") == "unless-stopped"
+    assert trainer["environment"] == _services()["worker"]["environment"]
+    assert trainer["volumes"] == _services()["worker"]["volumes"]  # the same registry
+
+
+def test_monitoring_is_published_on_the_hosts_loopback_only() -> None:
+    services = _services()
+    for name in ("prometheus", "grafana"):
+        ports = services[name].get("ports", [])
+        assert all(str(p).startswith("127.0.0.1:") for p in ports), (name, ports)
+
+
+def _stages() -> list[list[str]]:
+    """The Dockerfile's stages, each a list of instructions (continuation lines joined)."""
+    text = (COMPOSE.parent / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages
+
+
+def test_the_image_is_built_in_two_stages_from_pinned_versions() -> None:
+    builder, runtime = _stages()
+    assert builder[0].split()[-2:] == ["AS", "builder"]
+    assert any("build-essential" in line for line in builder)
+    # The runtime stage installs the builder's wheels, without a compiler.
+    assert not any("build-essential" in line or "apt-get" in line for line in runtime)
+    assert any("from=builder" in line for line in runtime)
+    assert any("pip install" in line and "--no-index" in line for line in runtime)
+    # Base images by exact version (not a moving tag such as 3.11-slim or latest).
+    for stage in (builder, runtime):
+        image = stage[0].split()[1]
+        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image), image
+    # Every install in the build follows the constraints file.
+    installs = [line for line in builder if "pip wheel" in line or "pip install" in line]
+    assert installs and all("constraints.txt" in line for line in installs), installs
+
+
+def test_the_constraints_pin_every_dependency_of_the_image() -> None:
+    pinned = {}
+    for line in (COMPOSE.parent / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version.strip(), f"not pinned: {line}"
+            pinned[_canonical(name)] = version.strip()
+    project = tomllib.loads((COMPOSE.parent / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+        assert _canonical(name) in pinned, f"{name} is not in constraints.txt"
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _production_section() -> str:
+    readme = (COMPOSE.parent / "README.md").read_text()
+    return readme.split("## Production (docker-compose)")[1].split("\n## ")[0]
+
+
+def test_the_readme_says_how_to_create_the_first_tenant_and_key() -> None:
+    commands = re.findall(
+        r"^docker compose exec \w+ streamrec (.+?)(?:\s+#.*)?$", _production_section(), re.M
+    )
+    given = [shlex.split(c) for c in commands]
+    assert ["tenant", "create"] in [a[:2] for a in given], commands
+    assert ["tenant", "key", "create"] in [a[:3] for a in given], commands
+    for args in given:
+        _parse(args)
+    # And how to refresh the constraints after a dependency changes.
+    assert "constraints.txt" in _production_section()
+
+
+def _parse(args: list[str]) -> None:
+    """Raises unless ``streamrec ARGS`` names a command whose arguments parse."""
+    from stream.cli import cli
+
+    command: click.Command = cli
+    ctx = click.Context(cli)
+    while isinstance(command, click.Group):
+        name, args = args[0], args[1:]
+        found = command.get_command(ctx, name)
+        assert found is not None, f"no command {name!r}"
+        command = found
+    command.make_context(command.name or "", list(args))  # UsageError if they do not

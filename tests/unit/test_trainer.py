@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import hashlib
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from models.bundle import load_bundle, save_bundle
 from models.datasets import Session, build_sessions, read_clicks
-from models.gate import GatePolicy, gate, retrain, split_holdout
+from models.gate import GatePolicy, gate, retrain, split_holdout, trained_until
 from models.train import TrainParams, train_model
 from stream.cli.params import parse_duration
+from stream.trainer import TenantOutcome
 
 PARAMS = TrainParams(epochs=5, seed=5)
 
@@ -70,6 +74,99 @@ def test_retrain_skips_tenants_with_too_little_data() -> None:
     sessions = [Session(f"s{i}", ["a", "b"], float(i), float(i)) for i in range(5)]
     bundle, decision = retrain(sessions, None, PARAMS, GatePolicy(min_sessions=20))
     assert bundle is None and decision.action == "skipped"
+
+
+def test_the_holdout_is_only_sessions_the_model_in_service_cannot_have_seen() -> None:
+    sessions = [Session(f"s{t}", ["a", "b"], float(t), float(t) + 0.5) for t in range(10)]
+    # Nothing known about the model in service: the newest share.
+    older, newest = split_holdout(sessions, 0.4, after=None)
+    assert [s.start for s in newest] == [6, 7, 8, 9]
+    # It was trained on clicks up to t=7.5: sessions starting at or before that are
+    # no hold-out (they go to the candidate's training part instead).
+    older, newest = split_holdout(sessions, 0.4, after=7.5)
+    assert [s.start for s in newest] == [8, 9]
+    assert [s.start for s in older] == list(range(8))
+    # Trained long before: the newest share as usual.
+    assert [s.start for s in split_holdout(sessions, 0.4, after=-1.0)[1]] == [6, 7, 8, 9]
+    # Trained on all of them: nothing is fresh.
+    older, newest = split_holdout(sessions, 0.4, after=9.5)
+    assert newest == [] and len(older) == 10
+
+
+def test_what_a_model_was_trained_up_to_comes_from_its_manifest() -> None:
+    # The trainer records the last click its candidate was trained on.
+    assert trained_until({"data_window": {"from": 1.0, "to": 9.0, "trained_to": 7.0}}) == 7.0
+    # A trainer bundle from before that: its window's end bounds what it saw.
+    assert trained_until({"data_window": {"from": 1.0, "to": 9.0}}) == 9.0
+    # `streamrec train`: the last click of its file.
+    assert trained_until({"data": {"source": "x.csv", "to_ts": 5.0}}) == 5.0
+    # Unknown (a bundle that records neither, or a damaged value).
+    assert trained_until({}) is None
+    assert trained_until({"data": {"to_ts": "soon"}, "data_window": None}) is None
+
+
+def test_no_fresh_sessions_to_judge_is_its_own_decision(eshop_split) -> None:
+    train, _ = eshop_split
+    sessions = [
+        Session(f"s{n}", items, float(n), float(n) + 1) for n, items in enumerate(train[:300])
+    ]
+    current = train_model([s.items for s in sessions], PARAMS)
+    current = replace(current, manifest={**current.manifest, "data": {"to_ts": 301.0}})
+    bundle, decision = retrain(sessions, current, PARAMS, GatePolicy())
+    assert bundle is None and decision.action == "unjudged", decision
+    assert "no fresh sessions to judge" in TenantOutcome("t", decision, None).describe()
+    # New sessions after its training data: judged on those only.
+    learnt = {tuple(s.items) for s in sessions}
+    unseen = [s for s in train[300:] if tuple(s) not in learnt][:20]
+    later = [Session(f"n{n}", s, 400.0 + n, 401.0 + n) for n, s in enumerate(unseen)]
+    bundle, decision = retrain(sessions + later, current, PARAMS, GatePolicy())
+    assert bundle is not None and decision.action in ("promoted", "kept")
+    assert decision.holdout_sessions == 20 and decision.train_sessions == 300
+    # No model in service: every session is fresh, the first model is promoted.
+    bundle, decision = retrain(sessions, None, PARAMS, GatePolicy())
+    assert decision.action == "promoted" and decision.holdout_sessions == 60
+
+
+def test_a_model_records_the_sessions_it_was_trained_on(tmp_path: Path, eshop_split) -> None:
+    train, _ = eshop_split
+    bundle = train_model(train[:300] + train[:5], PARAMS)
+    hashes = bundle.session_hashes
+    assert hashes is not None and hashes.dtype == "uint64"
+    assert len(hashes) == len({tuple(s) for s in train[:300]})
+    assert (hashes[1:] > hashes[:-1]).all()  # sorted, each once
+    # Stable across processes and versions: a digest of the ids, not Python's hash().
+    digest = hashlib.blake2b("\x1f".join(train[0]).encode(), digest_size=8).digest()
+    assert int.from_bytes(digest, "little") in set(hashes.tolist())
+    save_bundle(bundle, tmp_path / "b")
+    assert (load_bundle(tmp_path / "b").session_hashes == hashes).all()
+    # A bundle without them (written before they were recorded) loads without them.
+    save_bundle(replace(bundle, session_hashes=None), tmp_path / "old")
+    assert not (tmp_path / "old" / "session_hashes.npy").exists()
+    assert load_bundle(tmp_path / "old").session_hashes is None
+
+
+def test_a_replay_of_the_training_sessions_is_not_fresh(eshop_split) -> None:
+    train, _ = eshop_split
+    learnt = [s for s in train[:300] if len(s) > 1]
+    current = train_model(learnt, PARAMS)
+    current = replace(current, manifest={**current.manifest, "data": {"to_ts": 301.0}})
+    # The same sessions sent again later, with new ids and times: fresh by time only.
+    replay = [Session(f"r{n}", s, 400.0 + n, 401.0 + n) for n, s in enumerate(learnt)]
+    bundle, decision = retrain(replay, current, PARAMS, GatePolicy())
+    assert bundle is None and decision.action == "unjudged", decision
+    assert "no fresh sessions to judge" in TenantOutcome("t", decision, None).describe()
+    # With sessions it never saw among them: judged on those only.
+    seen = {tuple(s) for s in learnt}
+    unseen = [s for s in train[300:] if len(s) > 1 and tuple(s) not in seen][:20]
+    new = [Session(f"n{n}", s, 2000.0 + n, 2001.0 + n) for n, s in enumerate(unseen)]
+    bundle, decision = retrain(replay + new, current, PARAMS, GatePolicy())
+    assert bundle is not None and decision.action in ("promoted", "kept"), decision
+    assert decision.holdout_sessions == len(new)
+    assert decision.train_sessions == len(replay)
+    # A model that does not record its sessions: the time rule alone.
+    plain = replace(current, session_hashes=None)
+    bundle, decision = retrain(replay, plain, PARAMS, GatePolicy())
+    assert decision.action in ("promoted", "kept") and decision.holdout_sessions > 0
 
 
 @pytest.mark.parametrize(
@@ -161,3 +258,26 @@ def test_a_failed_pass_does_not_end_the_periodic_trainer(
     with pytest.raises(SystemExit) as exit_:
         main(["trainer", "--once"])
     assert exit_.value.code == 1 and calls == [1]
+
+
+def test_a_pass_counts_the_tenants_with_no_fresh_sessions_to_judge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import stream.trainer
+    from models.gate import GateDecision
+    from stream.cli import main
+    from stream.trainer import PassReport
+
+    outcomes = [
+        TenantOutcome("a", GateDecision("unjudged", "none fresh", current_version="v1"), None),
+        TenantOutcome("b", GateDecision("promoted", "first model"), "v1"),
+    ]
+    report = PassReport(outcomes, clicks=10, read_s=0.1, train_s=0.2)
+    monkeypatch.setattr(stream.trainer, "run_once", lambda *a, **k: report)
+    monkeypatch.setattr("stream.rollout.look_at_rollouts", lambda settings: [])
+    monkeypatch.setenv("STREAMREC_MODEL_DIR", str(tmp_path / "models"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["trainer", "--once"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0, out
+    assert "1 promoted, 0 kept, 1 with no fresh sessions to judge, 0 skipped" in out, out
