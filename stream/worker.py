@@ -318,8 +318,9 @@ class Worker(Service):
         }
 
     def kernels(self) -> dict[str, int]:
-        """Kernel signatures warmed before ready, and compiled since (a type not seen
-        during the warm-up; each one cost a batch its compile time)."""
+        """Kernel signatures warmed before ready, and compiled since: argument types the
+        warm-up did not cover, or the first model of a worker that started without any
+        (compiled as it loads, before it serves)."""
         now, warmed = kernel_count(), self._kernels_at_ready
         if warmed is None:
             return {"warmed": 0, "compiled_after_ready": 0}
