@@ -27,9 +27,10 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 
 # The registry is a shared volume; workers watch its CURRENT pointers for hot swaps.
 # numba caches compiled kernels beside the source or under $HOME; `nobody` can write
-# neither (site-packages is root's, its home does not exist), so it gets a directory of
-# its own. tests/integration/test_image_user.py runs the entry point this way.
-ENV STREAMREC_HOME=/data STREAMREC_MODEL_DIR=/data/models NUMBA_CACHE_DIR=/tmp/streamrec-numba
+# neither (site-packages is root's, its home does not exist): every command keeps them
+# in the volume, where the worker would by default, so a restart loads them instead of
+# compiling. tests/integration/test_image_user.py runs the entry point this way.
+ENV STREAMREC_HOME=/data STREAMREC_MODEL_DIR=/data/models NUMBA_CACHE_DIR=/data/cache/numba
 RUN mkdir -p /data && chown nobody:nogroup /data
 VOLUME ["/data"]
 USER nobody

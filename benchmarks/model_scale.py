@@ -4,7 +4,11 @@
    write them as a YOOCHOOSE-format file.
 2. Time ``streamrec train FILE`` end to end (read, Word2Vec, KMeans, neighbours, register).
 3. In a fresh process, time loading the promoted model and measure its memory.
-4. Measure ``recommend_batch`` throughput on session prefixes, one process.
+4. A worker's start, in fresh processes: load the model as the worker does (verified,
+   a private copy mapped) and warm it (``stream.model_handle.warm``: arrays paged in, one
+   ranking, which compiles the kernels), first with an empty numba cache, then with the
+   one that filled.
+5. Measure ``recommend_batch`` throughput on session prefixes, one process.
 
 Usage: .venv/bin/python benchmarks/model_scale.py [--clicks 1000000] [--items 40000]
 Targets (issue 10): train <= 120 s, load < 1 s and < 150 MB, >= 20,000 recs/s. Ranking
@@ -50,6 +54,21 @@ touched = sum(float(np.asarray(a).view(np.uint8).sum() % 7)
               for n, a in bundle.named_arrays().items() if n != "items")
 print(json.dumps({"load_s": loaded, "rss_load_mb": after_load - before,
                   "rss_touched_mb": rss_mb() - before, "items": bundle.n_items}))
+"""
+
+# Runs in a fresh interpreter with the given NUMBA_CACHE_DIR, as a worker starts.
+_START_PROBE = """
+import json, sys, time
+started = time.perf_counter()
+from models.registry import Registry
+from stream.model_handle import warm
+imported = time.perf_counter()
+bundle = Registry(sys.argv[1]).load("scale", private=True)
+loaded = time.perf_counter()
+warm(bundle)
+warmed = time.perf_counter()
+print(json.dumps({"import_s": imported - started, "load_s": loaded - imported,
+                  "warm_s": warmed - loaded}))
 """
 
 
@@ -115,6 +134,22 @@ def main() -> None:
             f"load: {load['load_s'] * 1000:.0f} ms, +{load['rss_load_mb']:.0f} MB RSS after load, "
             f"+{load['rss_touched_mb']:.0f} MB with every array paged in ({load['items']} items)"
         )
+
+        cache = Path(tmp) / "numba"
+        for state in ("cold", "warm"):
+            probe = subprocess.run(
+                [sys.executable, "-c", _START_PROBE, str(registry.root)],
+                env={**env, "NUMBA_CACHE_DIR": str(cache)},
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            start = json.loads(probe.stdout)
+            print(
+                f"worker start, {state} numba cache: load {start['load_s'] * 1000:.0f} ms, "
+                f"warm-up (page-in, one ranking{', compiling' if state == 'cold' else ''}) "
+                f"{start['warm_s'] * 1000:.0f} ms; imports {start['import_s']:.1f} s"
+            )
 
         rng = np.random.default_rng(args.seed)
         # Held-out-like requests: random prefixes of the generated sessions, as a stream sees them.

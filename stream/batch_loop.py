@@ -164,12 +164,21 @@ class BatchLoop(Service):
     """
 
     def __init__(
-        self, settings: Settings, process: ProcessFn, done: DoneFn, **kwargs: object
+        self,
+        settings: Settings,
+        process: ProcessFn,
+        done: DoneFn,
+        *,
+        warm: Callable[[], Awaitable[object]] | None = None,
+        **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._settings = settings
         self._process = process
         self._done = done
+        # Awaited before joining the group: partitions come to a worker ready to serve.
+        self._warm = warm
+        self.assigned = asyncio.Event()  # set at the first assignment of partitions
         self._consumer: AIOKafkaConsumer | None = None
         self._publisher: RecordPublisher | None = None
         self._txn: TransactionalPublisher | None = None  # exactly-once mode
@@ -192,6 +201,18 @@ class BatchLoop(Service):
             self._txn = TransactionalPublisher(s)
             await asyncio.to_thread(self._txn.start)
             log.info("exactly-once: transactional id %s", self._txn.transactional_id)
+        self._runner = self.add_future(self._join_and_run())
+
+    async def _join_and_run(self) -> None:
+        if self._warm is not None:
+            await self._warm()
+        if self._stopping:
+            return
+        await self._join()
+        await self._run()
+
+    async def _join(self) -> None:
+        s = self._settings
         self._consumer = AIOKafkaConsumer(
             **s.kafka.aiokafka(),
             group_id=s.app_id,
@@ -223,7 +244,6 @@ class BatchLoop(Service):
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
         log.info("consuming %s as group %s", s.clicks_topic, s.app_id)
-        self._runner = self.add_future(self._run())
 
     async def on_stop(self) -> None:
         # Finish the batches in hand (they commit), then leave the group; all within
@@ -503,6 +523,7 @@ class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         self._loop._draining = False
+        self._loop.assigned.set()
         log.info("assigned partitions: %s", sorted(tp.partition for tp in assigned))  # type: ignore[attr-defined]
 
 

@@ -14,6 +14,7 @@ is tried again once its files or the pointer change, not at every check.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -21,9 +22,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from models.bundle import ModelBundle
 from models.errors import NoModelError, StreamrecError
-from models.ranking import recommend
+from models.ranking import MIN_ROWS_PER_THREAD, recommend_flat
 from models.registry import DamagedFileError, Registry
 
 log = logging.getLogger(f"streamrec.{__name__}")
@@ -53,9 +56,10 @@ class _Slot:
 class ModelCache:
     """An LRU of loaded models, at most ``max_models`` tenants in memory."""
 
-    def __init__(self, registry: Registry, *, max_models: int = 256) -> None:
+    def __init__(self, registry: Registry, *, max_models: int = 256, rank_threads: int = 1) -> None:
         self._registry = registry
         self._max_models = max_models
+        self._rank_threads = rank_threads
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self.swaps = 0
@@ -251,9 +255,8 @@ class ModelCache:
         raise NoModelError(f"tenant {tenant!r}: no valid version in the history")
 
     def _load_ready(self, tenant: str, version: str) -> tuple[ModelBundle, dict[str, Stat]]:
-        """Load and validate a version (checksums), note its files' stats, and rank once
-        with it: the first ranking of a process loads the compiled kernel, which should
-        not happen inside a batch."""
+        """Load and validate a version (checksums), note its files' stats, and warm it
+        (see :func:`warm`) before it serves."""
         directory = self._registry.version_dir(tenant, version)
         # Noted before the files are verified: a change while they are read is seen. (A
         # missing version: the load says so.)
@@ -264,7 +267,7 @@ class ModelCache:
         )
         # A private copy: a registry file truncated in place cannot crash the worker.
         bundle = self._registry.load(tenant, version, private=True)
-        recommend(bundle, [], 1)
+        warm(bundle, self._rank_threads)
         return bundle, files
 
     async def _load(self, tenant: str, previous: _Slot | None = None) -> _Slot:
@@ -350,6 +353,38 @@ class ModelCache:
         if directory is not None and directory.is_dir():
             return str(directory)
         return str(self._registry.pointer_path(tenant))
+
+
+def warm(bundle: ModelBundle, threads: int = 1) -> None:
+    """Make the model's first batch like the others: its memory-mapped arrays paged in,
+    and one ranking through the serving path, as large a batch as spreads over
+    ``threads`` (the compiled kernel is loaded or compiled for these arrays' types, and
+    each ranking thread makes its scratch space)."""
+    for value in _arrays(bundle):
+        if value.size and not value.dtype.hasobject:
+            # One byte per page is enough to fault it in.
+            np.add.reduce(value.reshape(-1).view(np.uint8)[::4096])
+    rows = max(1, threads) * MIN_ROWS_PER_THREAD
+    items = bundle.ids(np.asarray(bundle.popularity)[:rows])
+    # Sessions of one to three popular items, so that every source has candidates (an
+    # empty model: one empty session).
+    sessions = (
+        [[items[(r + a) % len(items)] for a in range(1 + r % 3)] for r in range(rows)]
+        if items
+        else [[]]
+    )
+    recommend_flat(
+        bundle, [i for s in sessions for i in s], [len(s) for s in sessions], 10, threads=threads
+    )
+
+
+def _arrays(bundle: ModelBundle) -> list[np.ndarray]:
+    out: list[np.ndarray] = []
+    for f in dataclasses.fields(bundle):
+        value = getattr(bundle, f.name)
+        values = value.values() if isinstance(value, dict) else [value]
+        out += [v for v in values if isinstance(v, np.ndarray)]
+    return out
 
 
 def _stat(path: os.PathLike[str] | str) -> Stat:

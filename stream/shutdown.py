@@ -9,6 +9,10 @@
   librdkafka) from writing the same complaint hundreds of times a second while a broker
   is away: a repeated message is let through with growing gaps, and says how many like
   it were left out.
+- A quiet start: the frameworks' own lines below WARNING (Faust's and mode's service
+  steps, aiokafka's subscription tables, uvicorn) are left out unless ``verbose``, and
+  the group coordinator a new consumer group waits for is a DEBUG line until the worker
+  has started (:func:`start_up_done`); after that it is the error it says.
 - Tracebacks stay in one log record each: stdout and stderr are not turned into log
   records line by line (mode's default writes a traceback one token per record), and an
   exception that ends a thread is logged as one record.
@@ -105,13 +109,56 @@ def _foreign(name: str) -> bool:
     return not name.startswith("streamrec.") or name.endswith(".rdkafka")
 
 
-def install_log_filters(root: logging.Logger | None = None) -> RepeatFilter:
-    """The repeat filter on every handler of the root logger, and thread exceptions
-    logged as one record each."""
+def framework_chatter(record: logging.LogRecord) -> bool:
+    """Let through warnings and errors of any logger, and streamrec's own lines."""
+    return record.levelno >= logging.WARNING or not _foreign(record.name)
+
+
+class StartingCoordinator(logging.Filter):
+    """A consumer group's coordinator is "not available" for a moment after the group
+    (or the broker) is new: expected while the worker starts, so a DEBUG line then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starting = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.starting and record.levelno > logging.DEBUG and _coordinator_not_yet(record):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            # A logger's filter runs before its handlers' level checks: they now drop it
+            # unless the log level is debug.
+        return True
+
+
+def _coordinator_not_yet(record: logging.LogRecord) -> bool:
+    args = record.args if isinstance(record.args, tuple) else ()
+    return any(type(a).__name__ == "GroupCoordinatorNotAvailableError" for a in args)
+
+
+COORDINATOR_LOGGER = "aiokafka.consumer.group_coordinator"
+_starting_coordinator = StartingCoordinator()
+
+
+def start_up_done() -> None:
+    """From now on a coordinator that is not available is an error again."""
+    _starting_coordinator.starting = False
+
+
+def install_log_filters(
+    root: logging.Logger | None = None, *, verbose: bool = True
+) -> RepeatFilter:
+    """The repeat filter (and unless ``verbose`` the framework filter) on every handler
+    of the root logger, the start-up coordinator filter, and thread exceptions logged as
+    one record each."""
     root = root or logging.getLogger()
     repeats = RepeatFilter()
     for handler in root.handlers:
         handler.addFilter(repeats)
+        if not verbose:
+            handler.addFilter(framework_chatter)
+    coordinator = logging.getLogger(COORDINATOR_LOGGER)
+    if _starting_coordinator not in coordinator.filters:
+        coordinator.addFilter(_starting_coordinator)
     threading.excepthook = _log_thread_exception
     return repeats
 
@@ -132,19 +179,21 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
 
 
 class Worker(FaustWorker):  # type: ignore[misc]
-    """Faust's worker, with a bounded stop, quiet repeated client errors and an exit
-    code for the reasons the stream stops itself (:func:`request_exit`)."""
+    """Faust's worker, with a bounded stop, quiet repeated client errors, the
+    frameworks' own lines only when ``verbose``, and an exit code for the reasons the
+    stream stops itself (:func:`request_exit`)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, verbose: bool = False, **kwargs: Any) -> None:
         # mode would turn each write to stdout/stderr into a log record (a traceback
         # printed by a library became one record per token).
         kwargs.setdefault("redirect_stdouts", False)
         super().__init__(*args, **kwargs)
+        self._verbose = verbose
         self._deadline: threading.Timer | None = None
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         super().on_setup_root_logger(logger, level)
-        install_log_filters(logger)
+        install_log_filters(logger, verbose=self._verbose or level <= logging.DEBUG)
 
     def _schedule_shutdown(self, signal: signal.Signals) -> None:
         self._arm_deadline()

@@ -24,6 +24,7 @@ from typing import Any
 from mode import Service, ServiceT
 
 from models.errors import StreamrecError
+from models.kernels import KernelCount, kernel_count
 from models.policy_file import all_policies
 from models.registry import Registry
 from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client, hold_backoff
@@ -37,6 +38,7 @@ from stream.metrics import WorkerMetrics
 from stream.model_handle import ModelCache
 from stream.policies import PolicyDirectory
 from stream.processor import BatchProcessor, BatchResult, DeadLetter, Message
+from stream.shutdown import start_up_done
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -119,12 +121,21 @@ class Worker(Service):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         self.registry = Registry(settings.registry_dir)
-        self.models = ModelCache(self.registry, max_models=settings.max_models)
+        self.models = ModelCache(
+            self.registry, max_models=settings.max_models, rank_threads=settings.rank_threads
+        )
         self.stats = WorkerStats()
         self.dead_letters = DeadLetterLog()
+        # Set once every kernel and model in service is warm (see ``_warm_up``): the
+        # consumer joins its group after that, and /health/ready waits for it.
+        self.warm = asyncio.Event()
+        self._kernels_at_ready: KernelCount | None = None
+        self._checking: asyncio.Future[None] | None = None
         # The batch engine's consumer, a child service (started after ``on_start``).
         self.consumer = (
-            BatchLoop(settings, self.process, self.count) if settings.engine == "batch" else None
+            BatchLoop(settings, self.process, self.count, warm=self.warm.wait)
+            if settings.engine == "batch"
+            else None
         )
         self.metrics = WorkerMetrics(
             stats=self.stats,
@@ -146,14 +157,29 @@ class Worker(Service):
 
     async def on_start(self) -> None:
         self._connect()
-        # In the background: the stream starts at once; /health/ready waits for them.
-        self.add_future(self._preload_models())
+        # In the background, so that the HTTP server answers (not ready) meanwhile.
+        self.add_future(self._warm_up())
 
-    async def _preload_models(self) -> None:
+    async def _warm_up(self) -> None:
+        """Load every model in service and rank once with each (which compiles the
+        kernels, or loads them from numba's cache), before the consumer joins its group:
+        the first batches are then as fast as the rest."""
+        started = time.perf_counter()
         try:
             await self.models.preload()
         except (StreamrecError, OSError) as exc:
             log.error("models in service not preloaded (%s); loaded on first use", exc)
+        self._kernels_at_ready = kernels = kernel_count()
+        log.info(
+            "warm: %d kernel signature(s) ready (%d compiled, %d from the cache), %d model(s) "
+            "in memory, in %.1f s",
+            kernels.signatures, kernels.compiled, kernels.from_cache, len(self.models.loaded()),
+            time.perf_counter() - started,
+        )  # fmt: skip
+        self.warm.set()
+        if self.consumer is not None:
+            await self.consumer.assigned.wait()
+        start_up_done()
 
     async def on_shutdown(self) -> None:
         # After the consumer (a child) finished its batches in hand.
@@ -273,6 +299,8 @@ class Worker(Service):
         # Ready: the above, partitions assigned (the batch engine owns its group) and
         # every tenant's version in service in memory (preloaded at start-up).
         not_ready = list(reasons)
+        if not self.warm.is_set():
+            not_ready.append("warming up: loading the models in service and their kernels")
         try:
             serving = await asyncio.to_thread(self.models.in_service)
         except OSError as exc:
@@ -286,6 +314,19 @@ class Worker(Service):
             "ready": not not_ready,
             "not_ready": not_ready,
             "consumer": progress,
+            "kernels": self.kernels(),
+        }
+
+    def kernels(self) -> dict[str, int]:
+        """Kernel signatures warmed before ready, and compiled since: argument types the
+        warm-up did not cover, or the first model of a worker that started without any
+        (compiled as it loads, before it serves)."""
+        now, warmed = kernel_count(), self._kernels_at_ready
+        if warmed is None:
+            return {"warmed": 0, "compiled_after_ready": 0}
+        return {
+            "warmed": warmed.signatures,
+            "compiled_after_ready": now.signatures - warmed.signatures,
         }
 
     # -- timers (declared in stream.app) -------------------------------------------------
@@ -309,6 +350,12 @@ class Worker(Service):
                 log.debug("feedback flush failed (%s); kept for the next batch", exc)
 
     async def check_models(self) -> None:
+        # Loading a model takes longer than the timer's interval: it runs beside the
+        # timer, one check at a time, and only once the start-up's warm-up is done.
+        if self.warm.is_set() and (self._checking is None or self._checking.done()):
+            self._checking = self.add_future(self._check_models())
+
+    async def _check_models(self) -> None:
         await self.models.refresh()
         try:
             await self.processor.tenants.check_files()

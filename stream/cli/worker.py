@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
 from stream.cli.params import broker_option, option, setting_option, uses
@@ -43,6 +46,12 @@ from stream.config import Settings
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     help="Worker log level.",
 )
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Also log the frameworks' own lines (Faust's start-up steps and tables, aiokafka, "
+    "uvicorn); by default only their warnings and errors.",
+)
 @click.pass_obj
 def worker(
     settings: Settings,
@@ -53,6 +62,7 @@ def worker(
     batch_size: int | None,
     delivery: str | None,
     log_level: str | None,
+    verbose: bool,
 ) -> None:
     """Consume `clicks`, keep sessions in Redis, publish ranked items to `recommendations`.
 
@@ -62,10 +72,12 @@ def worker(
     Stop with Ctrl-C or SIGTERM: the batch in hand is finished and committed first; the
     worker exits within 10 s whatever state the broker and Redis are in. Exit code 3: in
     exactly-once mode another worker took over this worker's transactional id.
-    """
-    from stream.app import create_app
-    from stream.shutdown import Worker
 
+    Before it joins the consumer group and reports ready (/health/ready), the worker loads
+    every tenant's model in service and ranks once with each: the compiled ranking
+    kernels come from numba's cache (NUMBA_CACHE_DIR, default
+    $STREAMREC_HOME/cache/numba), or are compiled then, on a first start.
+    """
     settings = settings.with_(
         broker=broker,
         redis_url=redis_url,
@@ -75,12 +87,29 @@ def worker(
         delivery=delivery,
         log_level=log_level,
     )
+    _default_numba_cache(Path(settings.home) / "cache" / "numba")
+    from stream.app import create_app
+    from stream.shutdown import Worker
     from stream.transactions import check_delivery_mode, probe_transactions
 
     if check_delivery_mode(settings.delivery) == "exactly_once":
         probe_transactions(settings)  # a broker without transactions: one line, now
     app = create_app(settings)
-    Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    Worker(app, loglevel=settings.log_level, quiet=True, verbose=verbose).execute_from_commandline()
+
+
+def _default_numba_cache(directory: Path) -> None:
+    """numba keeps compiled kernels beside the installed sources or under $HOME, where a
+    service user often cannot write (then every start compiles them again): a directory
+    of the worker's own, unless NUMBA_CACHE_DIR says otherwise. Before numba is imported:
+    it reads the setting once."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # numba's own default then
+    os.environ["NUMBA_CACHE_DIR"] = str(directory)
 
 
 @click.command("demo")

@@ -1,0 +1,135 @@
+"""Latency from a fresh worker start, per 10-s window, side by side for several checkouts.
+
+    .venv/bin/python benchmarks/fresh_start.py --trees main=/work/main,branch=. \\
+        --runs 1000x60:cold,1000x60,10000x30
+
+Each run starts a private embedded stack, then ``streamrec worker`` from the checkout's
+own ``.venv`` (its code, its dependencies) and at once ``streamrec loadtest`` (this
+checkout's) at the given rate for the given seconds. ``:cold`` empties the checkout's
+numba cache (NUMBA_CACHE_DIR, one per checkout, kept between runs) first: the worker
+compiles its kernels; otherwise it loads them from the cache, as on a restart. Runs go
+checkout after checkout for each entry of ``--runs`` so that a busy machine weighs on
+both alike. Prints a table: seconds until /health/ready, p50/p99 over the run, and p99
+per 10-s window of send time (the first window is the start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from models.datasets import eshop_path, read_clicks, sessionize
+from models.registry import Registry
+from models.train import TrainParams, train_model
+from stream.devstack import EmbeddedStack, free_port
+from stream.topics import ensure_topics
+
+
+def ready_after(port: int, worker: subprocess.Popen[bytes], timeout: float = 300) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout and worker.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2):
+                return time.monotonic() - started
+        except OSError:
+            time.sleep(0.1)
+    return float("nan")
+
+
+def one_run(tree: Path, models: Path, cache: Path, rate: float, duration: float, out: Path) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="fresh-start-"))
+    shutil.copytree(models, home / "models")
+    stack = EmbeddedStack(
+        home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
+    )
+    stack.up()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(
+        STREAMREC_HOME=str(home),
+        STREAMREC_BROKER=stack.broker,
+        STREAMREC_REDIS_URL=stack.redis_url,
+        STREAMREC_WEB_PORT=str(port),
+        STREAMREC_PUBLIC_DASHBOARD="1",
+        NUMBA_CACHE_DIR=str(cache),
+        PYTHONDONTWRITEBYTECODE="1",  # a checkout run read-only stays as it was
+    )
+    ensure_topics(stack.broker, ["clicks", "recommendations", "clicks.dlq"], 4)
+    log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115  (closed below)
+    worker = subprocess.Popen(
+        [str(tree / ".venv/bin/python"), "-m", "stream", "worker"],
+        cwd=tree,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        report = out.with_suffix(".json")
+        loadtest = subprocess.Popen(
+            [sys.executable, "-m", "stream", "loadtest", "--rate", str(rate), "--duration",
+             str(duration), "--no-progress", "--json", str(report)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        ready_s = ready_after(port, worker)
+        loadtest.wait()
+        result = json.loads(report.read_text())
+        result["ready_s"] = ready_s
+        return result
+    finally:
+        worker.terminate()
+        worker.wait(15)
+        log.close()
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trees", default=f"this={Path.cwd()}", help="name=path,...")
+    parser.add_argument("--runs", default="1000x60:cold,1000x60,10000x30")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fresh-start")
+    args = parser.parse_args()
+    trees = dict(t.split("=", 1) for t in args.trees.split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    models = args.out / "models"
+    if not (models / "default").is_dir():
+        registry = Registry(models)
+        bundle = train_model(sessionize(read_clicks(eshop_path(), fmt="eshop")), TrainParams())
+        registry.promote("default", registry.register("default", bundle, {}))
+
+    print("| checkout | rate/s x s | numba cache | ready after s | p50 ms | p99 ms | "
+          "p99 per 10-s window, ms | missing |")  # fmt: skip
+    print("| --- | --- | --- | ---: | ---: | ---: | --- | ---: |")
+    for n, spec in enumerate(args.runs.split(",")):
+        load, _, cold = spec.partition(":")
+        rate, duration = (float(x) for x in load.split("x"))
+        for name, path in trees.items():
+            cache = args.out / f"numba-{name}"
+            if cold:
+                shutil.rmtree(cache, ignore_errors=True)
+            r = one_run(
+                Path(path).resolve(), models, cache, rate, duration, args.out / f"{n}-{name}"
+            )
+            lat, windows = r["latency_ms"], r.get("latency_by_window") or []
+            per_window = " / ".join(f"{w['p99']:.0f}" for w in windows)
+            print(
+                f"| {name} | {rate:g} x {duration:g} | {'cold' if cold else 'warm'} | "
+                f"{r['ready_s']:.1f} | {lat['p50']:.1f} | {lat['p99']:.1f} | {per_window} | "
+                f"{r['missing']} |",
+                flush=True,
+            )
+    print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()
