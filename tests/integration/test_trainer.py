@@ -24,7 +24,7 @@ from stream.events import ClickEvent
 from stream.tenant_control import TenantControl
 from stream.testing import WorkerProcess, produce
 from stream.topics import ensure_topics
-from stream.trainer import run_once
+from stream.trainer import TenantOutcome, run_once
 from tests.integration.helpers import RecsCollector, make_config
 
 
@@ -206,6 +206,66 @@ def test_the_trainer_takes_item_categories_from_the_tenants_catalogue(
     assert plain.manifest["counts"]["categories"] == 0 and (plain.item_category == -1).all()
 
 
+def _clicks(tenant: str, batch: list[list[str]], t0: float) -> list[ClickEvent]:
+    """One click a second from ``t0`` in session order, ten milliseconds apart inside one."""
+    return [
+        ClickEvent(tenant, f"{tenant}-{t0}-{n}", item, t0 + n + j / 100)
+        for n, s in enumerate(batch)
+        for j, item in enumerate(s)
+    ]
+
+
+def _gate_pass(
+    stack: EmbeddedStack,
+    tmp_path: Path,
+    topic: str,
+    trained_on: list[list[str]],
+    start: float,
+    log: list[ClickEvent],
+    tenants: list[str],
+) -> dict[str, TenantOutcome]:
+    """Each tenant's v1 from `streamrec train` on an export of ``trained_on`` (clicks from
+    ``start``), then ``log`` on the click log and one trainer pass: its outcomes by tenant."""
+    env = {
+        "STREAMREC_MODEL_DIR": str(tmp_path / "models"),
+        "STREAMREC_REDIS_URL": stack.redis_url,
+        "PATH": "/usr/bin:/bin",
+    }
+    for tenant in tenants:
+        export = tmp_path / f"{tenant}.csv"
+        export.write_text(
+            "session,item,ts\n"
+            + "".join(
+                f"{c.session_id},{c.item_id},{c.ts}\n" for c in _clicks(tenant, trained_on, start)
+            )
+        )
+        trained = subprocess.run(
+            [sys.executable, "-m", "stream", "train", str(export), "--format", "csv"]
+            + ["--session-col", "session", "--item-col", "item", "--time-col", "ts"]
+            + ["--tenant", tenant, "--epochs", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert trained.returncode == 0, trained.stderr[-2000:]
+    produce(stack.broker, topic, [(c.session_id.encode(), c.to_json()) for c in log])
+    settings = Settings(
+        broker=stack.broker,
+        redis_url=stack.redis_url,
+        model_dir=str(tmp_path / "models"),
+        clicks_topic=topic,
+    )
+    report = run_once(
+        settings,
+        window_s=86400,
+        params=TrainParams(epochs=2, seed=3),
+        policy=GatePolicy(),
+        tenants=tenants,
+    )
+    return {o.tenant: o for o in report.outcomes}
+
+
 def test_the_gate_judges_on_sessions_the_model_in_service_was_not_trained_on(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
 ) -> None:
@@ -218,52 +278,9 @@ def test_the_gate_judges_on_sessions_the_model_in_service_was_not_trained_on(
     ensure_topics(stack.broker, [topic], 2)
     start = time.time() - 7200
 
-    def clicks(tenant: str, batch: list[list[str]], t0: float) -> list[ClickEvent]:
-        return [
-            ClickEvent(tenant, f"{tenant}-{t0}-{n}", item, t0 + n + j / 100)
-            for n, s in enumerate(batch)
-            for j, item in enumerate(s)
-        ]
-
-    env = {
-        "STREAMREC_MODEL_DIR": str(tmp_path / "models"),
-        "STREAMREC_REDIS_URL": stack.redis_url,
-        "PATH": "/usr/bin:/bin",
-    }
-    for tenant in (fresh, stale):
-        export = tmp_path / f"{tenant}.csv"
-        export.write_text(
-            "session,item,ts\n"
-            + "".join(f"{c.session_id},{c.item_id},{c.ts}\n" for c in clicks(tenant, old, start))
-        )
-        trained = subprocess.run(
-            [sys.executable, "-m", "stream", "train", str(export), "--format", "csv"]
-            + ["--session-col", "session", "--item-col", "item", "--time-col", "ts"]
-            + ["--tenant", tenant, "--epochs", "2"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert trained.returncode == 0, trained.stderr[-2000:]
-    log = clicks(fresh, old, start) + clicks(stale, old, start)
-    log += clicks(fresh, new, start + 3600)  # after v1 was trained: fresh
-    produce(stack.broker, topic, [(c.session_id.encode(), c.to_json()) for c in log])
-
-    settings = Settings(
-        broker=stack.broker,
-        redis_url=stack.redis_url,
-        model_dir=str(tmp_path / "models"),
-        clicks_topic=topic,
-    )
-    report = run_once(
-        settings,
-        window_s=86400,
-        params=TrainParams(epochs=2, seed=3),
-        policy=GatePolicy(),
-        tenants=[fresh, stale],
-    )
-    by_tenant = {o.tenant: o for o in report.outcomes}
+    log = _clicks(fresh, old, start) + _clicks(stale, old, start)
+    log += _clicks(fresh, new, start + 3600)  # after v1 was trained: fresh
+    by_tenant = _gate_pass(stack, tmp_path, topic, old, start, log, [fresh, stale])
     judged = by_tenant[fresh].decision
     assert judged.action in ("promoted", "kept"), judged.reason
     # The newest 20 % would be 172 sessions, 112 of them learnt by v1.
@@ -296,53 +313,10 @@ def test_the_gate_does_not_judge_on_a_replay_of_what_the_model_in_service_learnt
     ensure_topics(stack.broker, [topic], 2)
     start = time.time() - 7200
 
-    def clicks(tenant: str, batch: list[list[str]], t0: float) -> list[ClickEvent]:
-        return [
-            ClickEvent(tenant, f"{tenant}-{t0}-{n}", item, t0 + n + j / 100)
-            for n, s in enumerate(batch)
-            for j, item in enumerate(s)
-        ]
-
-    env = {
-        "STREAMREC_MODEL_DIR": str(tmp_path / "models"),
-        "STREAMREC_REDIS_URL": stack.redis_url,
-        "PATH": "/usr/bin:/bin",
-    }
-    for tenant in (mixed, replayed):
-        export = tmp_path / f"{tenant}.csv"
-        export.write_text(
-            "session,item,ts\n"
-            + "".join(f"{c.session_id},{c.item_id},{c.ts}\n" for c in clicks(tenant, old, start))
-        )
-        trained = subprocess.run(
-            [sys.executable, "-m", "stream", "train", str(export), "--format", "csv"]
-            + ["--session-col", "session", "--item-col", "item", "--time-col", "ts"]
-            + ["--tenant", tenant, "--epochs", "2"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert trained.returncode == 0, trained.stderr[-2000:]
     # The replay, stamped an hour after the file's last click, then new sessions.
-    log = clicks(mixed, old, start + 3600) + clicks(replayed, old, start + 3600)
-    log += clicks(mixed, new, start + 5000)
-    produce(stack.broker, topic, [(c.session_id.encode(), c.to_json()) for c in log])
-
-    settings = Settings(
-        broker=stack.broker,
-        redis_url=stack.redis_url,
-        model_dir=str(tmp_path / "models"),
-        clicks_topic=topic,
-    )
-    report = run_once(
-        settings,
-        window_s=86400,
-        params=TrainParams(epochs=2, seed=3),
-        policy=GatePolicy(),
-        tenants=[mixed, replayed],
-    )
-    by_tenant = {o.tenant: o for o in report.outcomes}
+    log = _clicks(mixed, old, start + 3600) + _clicks(replayed, old, start + 3600)
+    log += _clicks(mixed, new, start + 5000)
+    by_tenant = _gate_pass(stack, tmp_path, topic, old, start, log, [mixed, replayed])
     judged = by_tenant[mixed].decision
     assert judged.action in ("promoted", "kept"), judged.reason
     # The newest 20 % would be 172 sessions, 112 of them replays of v1's training data.
