@@ -120,10 +120,10 @@ def routes(ctx: WebContext) -> APIRouter:
         category: Category = [],  # noqa: B006
     ) -> Response:
         """The same JSON as the ``recommendations`` topic's record, each item with its
-        ``source`` too, ranked now from the session as stored (after a model swap, from the new version), with the tenant's
-        serving rules and the catalogue applied, and this request's ``exclude`` and
-        ``category``; the list is refilled so ``n`` items come back when enough
-        candidates exist. A tenant switched off answers 200 with no items and
+        ``source`` too, ranked now from the session as stored (after a model swap, from
+        the new version), with the tenant's serving rules and the catalogue applied, and
+        this request's ``exclude`` and ``category``; the list is refilled so ``n`` items
+        come back when enough candidates exist. A tenant switched off answers 200 with no items and
         ``"reason": "tenant off"``: nothing is wrong with the request."""
         _checked_id(session_id, "session id")
         async with serving_errors():
