@@ -78,6 +78,7 @@ class RankConfig(NamedTuple):
     weights: np.ndarray  # float64 [2 * features]: raw, then square roots
     banned: np.ndarray  # bool [items]
     exclude_mode: int  # 0 none, 1 the current click, 2 every item of the session
+    item_sources: bool = False  # also each listed item's main source, into Out.sources
 
 
 class Out(NamedTuple):
@@ -86,6 +87,7 @@ class Out(NamedTuple):
     feats: np.ndarray  # float64 [rows, k, features], or [0, 0, 0]: not wanted
     known: np.ndarray  # int64 [rows]
     strategy: np.ndarray  # int64 [rows]
+    sources: np.ndarray  # int64 [rows, k] when RankConfig.item_sources, else unused
 
 
 class Scratch(NamedTuple):
@@ -157,6 +159,20 @@ def push_top(
     out_scores[r, pos] = s
     out_items[r, pos] = j
     return min(kept + 1, k)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _main_source(row, w_raw, w_sqrt, feature_source, contribution):  # pragma: no cover
+    """The index of the source whose features contribute most to the score of the
+    candidate whose features are ``row`` (``contribution``: [sources] scratch)."""
+    contribution[:] = 0.0
+    for f in range(w_raw.size):
+        x = row[f]
+        part = w_raw[f] * x
+        if x > 0.0:
+            part += w_sqrt[f] * np.sqrt(x)
+        contribution[feature_source[f]] += part
+    return np.argmax(contribution)
 
 
 @njit(cache=True, nogil=True)
@@ -240,7 +256,8 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     ``Scratch``. Writes the best ``k`` by (score desc, item asc) into out.items /
     out.scores (padded -1 / -inf), the candidates' features into out.feats when it has
     rows, how many known clicks each session has, and the index into the strategies of
-    the top item's main source.
+    the top item's main source; with ``config.item_sources``, every listed item's into
+    out.sources (padded -1).
 
     The scratch's ``stamp`` and ``excluded`` (int64 per item, below ``tag_base + 1``
     everywhere) and ``votes`` ([items, 2], zero) are kept by the caller between batches,
@@ -263,8 +280,9 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     per_source, n_candidates = config.per_source, config.n_candidates
     prior, weights, banned = config.prior, config.weights, config.banned
     exclude_mode = config.exclude_mode
+    item_sources = config.item_sources
     out_items, out_scores, out_feats = out.items, out.scores, out.feats
-    known, strategy = out.known, out.strategy
+    known, strategy, sources = out.known, out.strategy, out.sources
     stamp, excluded = scratch.stamp, scratch.excluded
     votes, tag_base = scratch.votes, scratch.tag_base
     n, m = neighbours.shape
@@ -311,6 +329,8 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         for c in range(k):
             out_items[r, c] = -1
             out_scores[r, c] = -np.inf
+            if item_sources:
+                sources[r, c] = -1
         if n_known == 0:
             continue
         found = 0
@@ -563,15 +583,12 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                     s += w_sqrt[f] * np.sqrt(x)
             kept = push_top(out_scores, out_items, r, kept, k, s, j)
         if kept > 0:
-            j = out_items[r, 0]
-            contribution[:] = 0.0
-            for f in range(nf):
-                x = feats[slot[j], f]
-                part = w_raw[f] * x
-                if x > 0.0:
-                    part += w_sqrt[f] * np.sqrt(x)
-                contribution[feature_source[f]] += part
-            strategy[r] = np.argmax(contribution)
+            row = feats[slot[out_items[r, 0]]]
+            strategy[r] = _main_source(row, w_raw, w_sqrt, feature_source, contribution)
+        if item_sources:
+            for c in range(kept):
+                row = feats[slot[out_items[r, c]]]
+                sources[r, c] = _main_source(row, w_raw, w_sqrt, feature_source, contribution)
         if out_feats.shape[0] > 0:
             for c in range(kept):
                 out_feats[r, c, :] = feats[slot[out_items[r, c]], :]

@@ -52,6 +52,7 @@ class Ranked:
     ids: list[str]  # best first
     scores: list[float]
     strategy: str  # which source filled the top of the list: one of STRATEGIES
+    sources: list[str] | None = None  # each item's, by the same rule, when asked for
 
     @property
     def items(self) -> list[tuple[str, float]]:
@@ -62,10 +63,15 @@ class Ranked:
 
 
 def recommend(
-    bundle: ModelBundle, session_items: Sequence[str], k: int, *, exclude: str = "seen"
+    bundle: ModelBundle,
+    session_items: Sequence[str],
+    k: int,
+    *,
+    exclude: str = "seen",
+    sources: bool = False,
 ) -> Ranked:
     """Top ``k`` items for a session (oldest click first)."""
-    return recommend_batch(bundle, [session_items], k, exclude=exclude)[0]
+    return recommend_batch(bundle, [session_items], k, exclude=exclude, sources=sources)[0]
 
 
 def recommend_batch(
@@ -75,10 +81,12 @@ def recommend_batch(
     params: RankParams | None = None,
     *,
     exclude: str = "seen",
+    sources: bool = False,
 ) -> list[Ranked]:
     """``recommend`` for many sessions at once (same result per session)."""
     flat = list(itertools.chain.from_iterable(sessions))
-    return recommend_flat(bundle, flat, list(map(len, sessions)), k, params, exclude=exclude)
+    lengths = list(map(len, sessions))
+    return recommend_flat(bundle, flat, lengths, k, params, exclude=exclude, sources=sources)
 
 
 def encode_flat(
@@ -110,6 +118,7 @@ def recommend_flat(
     banned: np.ndarray | None = None,
     exclude: str = "seen",
     threads: int = 1,
+    sources: bool = False,
 ) -> list[Ranked]:
     """``recommend_batch`` for sessions given back to back: session r is the next
     ``lengths[r]`` items of ``flat``. The whole batch goes through C loops and one
@@ -118,13 +127,14 @@ def recommend_flat(
     ``banned``: a boolean per model item (``models.rules.banned_mask``), never returned;
     ``exclude``: which of the session's own items are left out, ``seen`` (all),
     ``current`` (the newest click) or ``none``; ``threads``: how many threads share a large
-    batch (see ``rank_codes``)."""
+    batch (see ``rank_codes``); ``sources``: give each item's source (``Ranked.sources``:
+    the top item's rule, ``cluster`` or ``popular`` for the items filling up a list)."""
     if k <= 0 or not len(lengths):
-        return [Ranked([], [], "popular") for _ in lengths]
+        return [Ranked([], [], "popular", [] if sources else None) for _ in lengths]
     params = params or RankParams.of(bundle)
     codes, ptr = encode_flat(bundle, flat, lengths)
-    top_items, top_scores, known, strategies = rank_codes(
-        bundle, codes, ptr, k, params, banned, exclude, threads=threads
+    top_items, top_scores, known, strategies, item_sources = rank_codes(
+        bundle, codes, ptr, k, params, banned, exclude, threads=threads, sources=sources
     )
     # Rows padded with -1 are rebuilt below; an empty model has only those.
     id_rows = bundle.ids(top_items) if bundle.n_items else []
@@ -132,8 +142,9 @@ def recommend_flat(
     for r, (row_items, row_scores, n_known, source) in enumerate(
         zip(top_items.tolist(), top_scores.tolist(), known.tolist(), strategies, strict=True)
     ):
+        row_sources = item_sources[r] if item_sources is not None else None
         if row_items[-1] >= 0:  # the common case: k real candidates
-            results.append(Ranked(id_rows[r], row_scores, source))
+            results.append(Ranked(id_rows[r], row_scores, source, row_sources))
             continue
         n = row_items.index(-1)
         ids, scores = id_rows[r][:n], row_scores[:n]
@@ -151,8 +162,20 @@ def recommend_flat(
         fill = _fill(bundle, session, skip, k - n, banned)
         ids.extend(bundle.ids(np.array(fill, dtype=np.int64)))
         scores.extend([pad] * len(fill))
-        results.append(Ranked(ids, scores, strategy))
+        if row_sources is not None:
+            row_sources.extend(_fill_sources(bundle, session, fill))
+        results.append(Ranked(ids, scores, strategy, row_sources))
     return results
+
+
+def _fill_sources(bundle: ModelBundle, known: list[int], fill: list[int]) -> list[str]:
+    """The source of each item ``_fill`` gave: ``cluster`` for the newest item's cluster
+    (filled first, so any item of it came from there), else ``popular``."""
+    if not known:
+        return ["popular"] * len(fill)
+    clusters = np.asarray(bundle.clusters)
+    own = clusters[known[-1]]
+    return ["cluster" if c == own else "popular" for c in clusters[fill].tolist()]
 
 
 # Below this many sessions a thread costs more than it saves.
@@ -206,10 +229,12 @@ def rank_codes(
     weights: np.ndarray | None = None,
     prior: np.ndarray | None = None,
     threads: int = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    sources: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[list[str]] | None]:
     """Best ``k`` candidates per session, as item rows and scores, how many of each
-    session's items the model knows, and the strategy (source) of each session's top
-    item.
+    session's items the model knows, the strategy (source) of each session's top item,
+    and with ``sources`` each ranked item's source by the same rule (one list per
+    session, as long as its real candidates; else None).
 
     Session r is ``codes[ptr[r]:ptr[r + 1]]``, item rows oldest first, -1 for items the
     model does not know. Rows are padded with item -1 / score -inf when a session has
@@ -242,6 +267,7 @@ def rank_codes(
         weights,
         banned,
         _EXCLUDE_CODES[exclude],
+        sources,
     )
     model = _served(bundle, layout)
     out = Out(
@@ -250,6 +276,7 @@ def rank_codes(
         out_feats if out_feats is not None else _NO_FEATS,
         np.empty(rows, dtype=np.int64),
         np.empty(rows, dtype=np.int64),
+        np.empty((rows, k), dtype=np.int64) if sources else _NO_SOURCES,
     )
 
     def rank_slice(a: int, b: int) -> None:
@@ -259,6 +286,7 @@ def rank_codes(
             out.feats[a:b] if out.feats.shape[0] else out.feats,
             out.known[a:b],
             out.strategy[a:b],
+            out.sources[a:b] if sources else out.sources,
         )
         batch = codes[ptr[a] : ptr[b]], ptr[a : b + 1] - ptr[a]
         served_kernel(model, config, *batch, part, _scratch(bundle.n_items, b - a))
@@ -270,7 +298,11 @@ def rank_codes(
     for done in others:
         done.result()
     names = layout.strategies
-    return out.items, out.scores, out.known, [names[s] for s in out.strategy.tolist()]
+    strategies = [names[s] for s in out.strategy.tolist()]
+    if not sources:
+        return out.items, out.scores, out.known, strategies, None
+    listed = [[names[s] for s in row if s >= 0] for row in out.sources.tolist()]
+    return out.items, out.scores, out.known, strategies, listed
 
 
 def _served(bundle: ModelBundle, layout: features.Layout) -> ServedModel:
@@ -293,6 +325,7 @@ def _blends(layout: features.Layout) -> tuple[np.ndarray, np.ndarray]:
 
 
 _NO_FEATS = np.zeros((0, 0, 0), dtype=np.float64)
+_NO_SOURCES = np.zeros((0, 0), dtype=np.int64)
 _EXCLUDE_CODES = {"none": 0, "current": 1, "seen": 2}
 _NO_BAN: dict[int, np.ndarray] = {}
 

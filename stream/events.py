@@ -238,13 +238,20 @@ class RecommendationWriter:
         emitted_ts: float,
         rec_id: str | None = None,
         variant: str | None = None,
+        sources: list[str] | None = None,
     ) -> bytes:
-        items = self._items
-        while len(items) < len(item_ids):
-            items.append({"item_id": None, "score": None})
-        for entry, item, score in zip(items, item_ids, scores, strict=False):
-            entry["item_id"] = item
-            entry["score"] = score
+        if sources is not None:  # HTTP answers: fresh dicts, the reused ones stay lean
+            items = [
+                {"item_id": i, "score": s, "source": src}
+                for i, s, src in zip(item_ids, scores, sources, strict=True)
+            ]
+        else:
+            items = self._items
+            while len(items) < len(item_ids):
+                items.append({"item_id": None, "score": None})
+            for entry, item, score in zip(items, item_ids, scores, strict=False):
+                entry["item_id"] = item
+                entry["score"] = score
         record = self._record
         record["tenant"] = event.tenant
         record["session_id"] = event.session_id

@@ -489,7 +489,7 @@ class BatchProcessor:
             return None
         bundle = await self.bundle_for(tenant, session_id, stored.shown_by)
         update = SessionUpdate(True, stored.joined)
-        (r,) = await self._rank(tenant, bundle, [update], n, request)
+        (r,) = await self._rank(tenant, bundle, [update], n, request, sources=True)
         latest = ClickEvent(
             tenant, session_id, update.items[-1], stored.ts, event_id=stored.event_id
         )
@@ -499,10 +499,11 @@ class BatchProcessor:
         self, tenant: str, items: Sequence[str], n: int, request: Request | None = None
     ) -> tuple[Ranked, str | None]:
         """A session the caller holds (oldest first) ranked like a stored one, under the
-        tenant's rules; nothing is stored. (ranked, model version)"""
+        tenant's rules, with each item's source; nothing is stored. (ranked, model
+        version)"""
         bundle = await self._models.get(tenant)
         update = SessionUpdate(True, ITEM_SEP.join(items))
-        (r,) = await self._rank(tenant, bundle, [update], n, request)
+        (r,) = await self._rank(tenant, bundle, [update], n, request, sources=True)
         return r, bundle.version if bundle is not None else None
 
     async def similar(
@@ -548,6 +549,7 @@ class BatchProcessor:
             emitted,
             rec_id,
             variant,
+            r.sources,
         )
 
     async def _admit(self, tenant: str) -> str | None:
@@ -571,9 +573,11 @@ class BatchProcessor:
         updates: Sequence[SessionUpdate],
         k: int | None = None,
         request: Request | None = None,
+        sources: bool = False,
     ) -> list[Ranked]:
         """One tenant's sessions ranked, its serving rules applied (and the request's):
-        by its model, or popular items without one."""
+        by its model, or popular items without one; with ``sources``, each item's
+        (``Ranked.sources``: the HTTP answers give it, the topic's records do not)."""
         k = k or self._top_k
         rules, catalogue, banned = await self._tenants.serving(tenant, bundle)
         if bundle is not None:
@@ -590,9 +594,14 @@ class BatchProcessor:
                 banned=banned,
                 exclude=rules.exclude,
                 threads=self._rank_threads,
+                sources=sources,
             )
         popular = await self._tenants.popular(tenant)
-        return [popular_ruled(popular, u.items, rules, catalogue, k, request) for u in updates]
+        lists = [popular_ruled(popular, u.items, rules, catalogue, k, request) for u in updates]
+        if sources:
+            for r in lists:
+                r.sources = [r.strategy] * len(r.ids)
+        return lists
 
 
 NO_RULES = ServingRules(exclude="none")

@@ -119,11 +119,11 @@ def routes(ctx: WebContext) -> APIRouter:
         exclude: Exclude = [],  # noqa: B006  (FastAPI copies defaults)
         category: Category = [],  # noqa: B006
     ) -> Response:
-        """The same JSON as the ``recommendations`` topic's record, ranked now from the
-        session as stored (after a model swap, from the new version), with the tenant's
-        serving rules and the catalogue applied, and this request's ``exclude`` and
-        ``category``; the list is refilled so ``n`` items come back when enough
-        candidates exist. A tenant switched off answers 200 with no items and
+        """The same JSON as the ``recommendations`` topic's record, each item with its
+        ``source`` too, ranked now from the session as stored (after a model swap, from
+        the new version), with the tenant's serving rules and the catalogue applied, and
+        this request's ``exclude`` and ``category``; the list is refilled so ``n`` items
+        come back when enough candidates exist. A tenant switched off answers 200 with no items and
         ``"reason": "tenant off"``: nothing is wrong with the request."""
         _checked_id(session_id, "session id")
         async with serving_errors():
@@ -152,6 +152,9 @@ def routes(ctx: WebContext) -> APIRouter:
         openapi_extra=json_request_body(RANK_SCHEMA),
     )
     async def rank(tenant: TenantReader, request: HttpRequest) -> dict[str, Any]:
+        """The list with each item's score and ``source`` (the candidate source that
+        contributed most to its score), the list's ``strategy`` (its first item's source)
+        and the model version."""
         body = json_body(await read_body(request, MAX_EVENT_BYTES * 4))
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object with 'items'")
@@ -169,9 +172,13 @@ def routes(ctx: WebContext) -> APIRouter:
             ranked, version = await backend().recommend_items(
                 tenant, items, n, options(exclude, category)
             )
+        sources = ranked.sources or [ranked.strategy] * len(ranked.ids)
         return {
             "tenant": tenant,
-            "items": [{"item_id": i, "score": s} for i, s in ranked.items],
+            "items": [
+                {"item_id": i, "score": s, "source": src}
+                for (i, s), src in zip(ranked.items, sources, strict=True)
+            ],
             "strategy": ranked.strategy,
             "model_version": version,
         }

@@ -284,14 +284,14 @@ async function trySession(event) {
   out.setAttribute("data-version", body.model_version || "");
   const table = el("table", {});
   const head = table.appendChild(el("tr", {}));
-  for (const h of ["#", "item", "score"]) head.appendChild(el("th", {}, h));
+  for (const h of ["#", "item", "score", "source"]) head.appendChild(el("th", {}, h));
   body.items.forEach((it, i) => {
     table.appendChild(row({"data-item": it.item_id}, [
-      ["rank", String(i + 1)], ["item", it.item_id], ["score", FMT.score(it.score)]]));
+      ["rank", String(i + 1)], ["item", it.item_id], ["score", FMT.score(it.score)],
+      ["source", it.source]]));
   });
   out.replaceChildren(
-    el("div", {}, "model " + (body.model_version || "none (popular items)") +
-                  "; the top of the list came from: " + body.strategy),
+    el("div", {}, "model " + (body.model_version || "none (popular items)")),
     body.items.length ? table : el("div", {class: "muted"}, "no candidates"));
 }
 

@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis
 
+from models.ranking import STRATEGIES
 from models.registry import Registry
 from state.keys import API_KEYS, TENANT_MODES
 from stream.devstack import EmbeddedStack, free_port
@@ -119,7 +120,11 @@ def test_keys_tenants_catalogue_and_rules(
 
         assert wait_until(lambda: len(latest()) == 10), worker.log()[-3000:]
         # ... and the list answering the click carries it.
-        assert call(f"{recs}?n=10", key=shop_key)[1]["event_id"] == assigned
+        pulled = call(f"{recs}?n=10", key=shop_key)[1]
+        assert pulled["event_id"] == assigned
+        # An HTTP answer gives each item's source, the first one's being the list's.
+        assert {i["source"] for i in pulled["items"]} <= set(STRATEGIES), pulled
+        assert pulled["items"][0]["source"] == pulled["strategy"], pulled
         first = latest()
         assert "A16" not in first  # the tenant's default rule: not the item being viewed
         gone = first[0]
@@ -140,6 +145,8 @@ def test_keys_tenants_catalogue_and_rules(
         answers = [orjson.loads(m.value()) for m in consume(stack.broker, cfg.recs, 3, timeout=60)]
         mine = [a for a in answers if a["event_id"] == "api-1-again"]
         assert mine and all(i["item_id"] != gone for i in mine[0]["items"]), answers
+        # The topic's records stay as they were: no per-item source.
+        assert all(set(i) == {"item_id", "score"} for i in mine[0]["items"]), mine
 
         # Request filters and categories.
         assert gone not in latest()
@@ -180,6 +187,10 @@ def test_keys_tenants_catalogue_and_rules(
         )
         assert status == 200 and len(body["items"]) == 4, body
         assert all(i["item_id"] not in {gone, after[3], "A13"} for i in body["items"])
+        # Each item says which source put it there; the first one's is the list's.
+        assert all(set(i) == {"item_id", "score", "source"} for i in body["items"]), body
+        assert {i["source"] for i in body["items"]} <= set(STRATEGIES), body
+        assert body["items"][0]["source"] == body["strategy"], body
         status, body = call(f"{base}/v1/{shop}/items/A13/similar?n=3", key=shop_key)
         assert status == 200 and len(body["items"]) == 3, body
         assert call(f"{base}/v1/{shop}/items/nope/similar", key=shop_key)[0] == 404

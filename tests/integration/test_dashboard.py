@@ -316,9 +316,13 @@ def test_dashboard_shows_what_the_api_returns(
             ranked = driver.find_elements(By.CSS_SELECTOR, "#try-result tr[data-item]")
             assert len(ranked) == 10, driver.find_element(By.ID, "try-result").text
             assert all(SCORE.fullmatch(cell(r, "score")) for r in ranked)
-            caption = driver.find_element(By.ID, "try-result")
-            assert caption.get_attribute("data-source") in STRATEGIES
-            assert caption.get_attribute("data-version") in ("v1", "v2")
+            # Each row names its item's source; the first row's is the list's.
+            sources = [cell(r, "source") for r in ranked]
+            assert set(sources) <= set(STRATEGIES), sources
+            result = driver.find_element(By.ID, "try-result")
+            assert sources[0] == result.get_attribute("data-source")
+            assert "top of the list came from" not in result.text  # a column now
+            assert result.get_attribute("data-version") in ("v1", "v2")
             snap()
             for mode, n in data["modes"].items():
                 shown = driver.find_element(By.CSS_SELECTOR, f'span[data-mode="{mode}"]').text
