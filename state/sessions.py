@@ -248,7 +248,7 @@ class SessionStore:
         )
         if not joined:
             return None
-        # The newest of the recent event ids is the latest event's ("le" before issue 11).
+        # The newest of the recent event ids is the latest event's ("le" in older sessions).
         event_id = _text(recent).rpartition(keys.ITEM_SEP)[2] if recent else _text(older)
         shown_by = _text(shown).partition(keys.ITEM_SEP)[0] if shown else None
         return StoredSession(_text(joined), event_id, float(ts or 0), shown_by)

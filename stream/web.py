@@ -85,6 +85,13 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def tenant_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``error_responses`` of a tenant's route: besides ``codes``, what reaching a tenant
+    may answer (no key, a key for another tenant, an unknown tenant, or with auto-creation
+    on a refused name)."""
+    return error_responses(*sorted({400, 401, 403, 404, 409, 503, *codes}))
+
+
 def json_request_body(schema: dict[str, Any], many: int = 0) -> dict[str, Any]:
     """``openapi_extra`` for a route reading a JSON body it parses itself: ``schema``,
     or with ``many`` either one such object or an array of up to ``many``."""

@@ -18,10 +18,10 @@ from stream.web import (
     ROUTERS,
     ApiError,
     WebContext,
-    error_responses,
     json_request_body,
     produce_records,
     read_records,
+    tenant_errors,
 )
 from stream.web_auth import Tenant
 
@@ -46,7 +46,7 @@ def routes(ctx: WebContext) -> APIRouter:
         "/feedback",
         status_code=202,
         summary="Post explicit feedback (one object or an array of up to 1,000)",
-        responses=error_responses(400, 401, 403, 408, 413, 503),
+        responses=tenant_errors(408, 413),
         openapi_extra=json_request_body(FEEDBACK_SCHEMA, many=MAX_POST_EVENTS),
     )
     async def post_feedback(tenant: Tenant, request: Request) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.get(
         "/stats",
         summary="Recommendations, hits, hit rate (Wilson 95 % interval) per variant",
-        responses=error_responses(400, 401, 403, 503),
+        responses=tenant_errors(),
     )
     async def stats(
         tenant: Tenant, since: Annotated[str, Query(description="e.g. 1h, 30m, 7d")] = "1h"

@@ -27,12 +27,12 @@ from stream.web import (
     MAX_POST_EVENTS,
     ApiError,
     WebContext,
-    error_responses,
     json_body,
     json_request_body,
     produce_records,
     read_body,
     read_records,
+    tenant_errors,
 )
 from stream.web_auth import Tenant, TenantReader
 
@@ -89,7 +89,7 @@ def routes(ctx: WebContext) -> APIRouter:
         "/events",
         status_code=202,
         summary="Post one click or an array of up to 1,000",
-        responses=error_responses(400, 401, 403, 404, 408, 413, 503),
+        responses=tenant_errors(408, 413),
         openapi_extra=json_request_body(CLICK_SCHEMA, many=MAX_POST_EVENTS),
     )
     async def post_events(tenant: Tenant, request: HttpRequest) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.get(
         "/sessions/{session_id:segment}/recommendations",
         summary="The ranked list answering the session's latest click",
-        responses=error_responses(400, 401, 403, 404, 503),
+        responses=tenant_errors(),
     )
     async def session_recommendations(
         tenant: Tenant,
@@ -148,7 +148,7 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.post(
         "/recommendations",
         summary="Rank a session the caller holds (stateless: nothing is stored)",
-        responses=error_responses(400, 401, 403, 404, 413, 503),
+        responses=tenant_errors(413),
         openapi_extra=json_request_body(RANK_SCHEMA),
     )
     async def rank(tenant: TenantReader, request: HttpRequest) -> dict[str, Any]:
@@ -186,7 +186,7 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.get(
         "/items/{item_id:segment}/similar",
         summary="The item's nearest neighbours by embedding (the tenant's rules applied)",
-        responses=error_responses(400, 401, 403, 404, 503),
+        responses=tenant_errors(),
     )
     async def similar(tenant: Tenant, item_id: ItemId, n: N = 10) -> dict[str, Any]:
         _checked_id(item_id, "item id")
@@ -225,7 +225,7 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.get(
         "/items/{item_id:segment}",
         summary="The item's catalogue entry",
-        responses=error_responses(400, 401, 403, 404, 503),
+        responses=tenant_errors(),
     )
     async def get_catalogue_item(tenant: Tenant, item_id: ItemId) -> dict[str, Any]:
         return {"item_id": item_id, **await catalogue_item(tenant, item_id)}
@@ -233,7 +233,7 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.put(
         "/items/{item_id:segment}",
         summary="Add or change a catalogue item (applied to recommendations within a second)",
-        responses=error_responses(400, 401, 403, 404, 413, 503),
+        responses=tenant_errors(413),
         openapi_extra=json_request_body(ITEM_SCHEMA),
     )
     async def put_item(tenant: Tenant, item_id: ItemId, request: HttpRequest) -> dict[str, Any]:
@@ -245,7 +245,7 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.delete(
         "/items/{item_id:segment}",
         summary="Remove an item from the catalogue: it is never recommended again",
-        responses=error_responses(400, 401, 403, 404, 503),
+        responses=tenant_errors(),
     )
     async def delete_item(tenant: Tenant, item_id: ItemId) -> dict[str, Any]:
         await catalogue_item(tenant, item_id)  # 404 unless it is there
@@ -256,7 +256,7 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.post(
         "/items",
         summary=f"Add or change up to {MAX_BULK_ITEMS:,} catalogue items",
-        responses=error_responses(400, 401, 403, 404, 408, 413, 503),
+        responses=tenant_errors(408, 413),
         openapi_extra={
             "requestBody": {
                 "required": True,

@@ -3,12 +3,10 @@ views share: the session store and tenant directory (Redis), the model cache, th
 counters and the policy while Redis is away. ``stream.app.create_app`` declares the
 Faust app around it.
 
-Two engines run the same :class:`BatchProcessor`: ``batch`` (default), the batch loop in
-``stream.batch_loop`` (a child service of the worker), and ``agent``, a textbook Faust
-agent (declared in ``stream.app``) kept as the reference the benchmarks compare against.
-Both are at-least-once: a batch's offsets are committed only after its Redis writes and
-the delivery of every record it sent; session updates are idempotent, so a re-delivered
-batch appends nothing twice.
+The batch loop (``stream.batch_loop``, a child service of the worker) feeds the
+:class:`BatchProcessor`. It is at-least-once: a batch's offsets are committed only after
+its Redis writes and the delivery of every record it sent; session updates are
+idempotent, so a re-delivered batch appends nothing twice.
 """
 
 from __future__ import annotations
@@ -131,12 +129,8 @@ class Worker(Service):
         self.warm = asyncio.Event()
         self._kernels_at_ready: KernelCount | None = None
         self._checking: asyncio.Future[None] | None = None
-        # The batch engine's consumer, a child service (started after ``on_start``).
-        self.consumer = (
-            BatchLoop(settings, self.process, self.count, warm=self.warm.wait)
-            if settings.engine == "batch"
-            else None
-        )
+        # The consumer, a child service (started after ``on_start``).
+        self.consumer = BatchLoop(settings, self.process, self.count, warm=self.warm.wait)
         self.metrics = WorkerMetrics(
             stats=self.stats,
             models=self.models,
@@ -153,7 +147,7 @@ class Worker(Service):
         super().__init__(**kwargs)
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
-        return [self.consumer] if self.consumer is not None else []
+        return [self.consumer]
 
     async def on_start(self) -> None:
         self._connect()
@@ -177,8 +171,7 @@ class Worker(Service):
             time.perf_counter() - started,
         )  # fmt: skip
         self.warm.set()
-        if self.consumer is not None:
-            await self.consumer.assigned.wait()
+        await self.consumer.assigned.wait()
         start_up_done()
 
     async def on_shutdown(self) -> None:
@@ -276,7 +269,7 @@ class Worker(Service):
             self.dead_letters.add(result.dead_letters)
 
     def progress(self) -> dict[str, Any]:
-        return self.consumer.progress() if self.consumer is not None else {}
+        return self.consumer.progress()
 
     # -- HTTP ----------------------------------------------------------------------------
     async def pull(self, tenant: str, session_id: str) -> bytes | None:
@@ -296,7 +289,7 @@ class Worker(Service):
         if stalled:
             reasons.append(stalled)
         # A tenant's refused model or damaged file is that tenant's: /health's "tenants".
-        # Ready: the above, partitions assigned (the batch engine owns its group) and
+        # Ready: the above, partitions assigned (the batch loop owns its group) and
         # every tenant's version in service in memory (preloaded at start-up).
         not_ready = list(reasons)
         if not self.warm.is_set():
@@ -307,7 +300,7 @@ class Worker(Service):
             not_ready.append(f"the model registry cannot be read: {exc}")
         else:
             not_ready += self.models.not_loaded(serving)
-        if self.consumer is not None and not progress.get("assigned"):
+        if not progress.get("assigned"):
             not_ready.append("no partitions assigned yet")
         return {
             "reasons": reasons,

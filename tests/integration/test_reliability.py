@@ -19,6 +19,7 @@ from tests.integration.helpers import (
     make_events,
     records,
     redis_sessions,
+    wait_until,
 )
 
 
@@ -125,9 +126,11 @@ def test_two_workers_share_partitions_and_survive_a_kill(
     collector.start()
     workers = [WorkerProcess(cfg, name=f"w{i}").start() for i in range(2)]
     try:
+        # A worker joins the group once warm: both hold partitions before the clicks come.
+        shared = wait_until(lambda: all("assigned partitions" in w.log() for w in workers), 180)
+        assert shared, "\n".join(w.log()[-2000:] for w in workers)
         produce(stack.broker, cfg.clicks, records(events[:10_000]))
         assert collector.wait_for(10_000, timeout=120), workers[0].log()[-3000:]
-        assert all("assigned partitions" in w.log() for w in workers)
         workers[0].stop(signal.SIGKILL)
         produce(stack.broker, cfg.clicks, records(events[10_000:]))
         assert collector.wait_for(len(events), timeout=120), workers[1].log()[-3000:]
