@@ -145,8 +145,12 @@ def test_pull_answers_with_the_record_of_the_sessions_latest_event(
         assert latest["strategy"] in strategy
         assert pulled is not None
         got = orjson.loads(pulled)
-        # Each record has its own rec_id (a pull is a list shown again); the rest is equal.
+        # Each record has its own rec_id (a pull is a list shown again), and a pull names
+        # each item's source (the topic's records do not); the rest is equal.
         assert got.pop("rec_id") != latest.pop("rec_id")
+        sources = [item.pop("source") for item in got["items"]]
+        assert sources[0] == latest["strategy"] and set(sources) <= set(STRATEGIES)
+        assert all("source" not in item for item in latest["items"])
         assert got == latest
     assert unknown is None and switched_off is None
 
