@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from models.experiments import is_variant
 from state import keys
+from state.resp import text
 
 COUNTERS = {
     "r": "recommendations",
@@ -166,7 +167,7 @@ def parse_bucket(raw: dict[str, str]) -> dict[str, VariantCounts]:
     """One bucket's hash as counts per variant (fields of unknown variants ignored)."""
     out: dict[str, VariantCounts] = {}
     for field, value in raw.items():
-        variant, _, name = _text(field).rpartition(":")
+        variant, _, name = text(field).rpartition(":")
         attr = COUNTERS.get(name)
         if attr is None or not is_variant(variant):
             continue
@@ -212,7 +213,3 @@ def totals(buckets: Iterable[tuple[int, dict[str, VariantCounts]]]) -> dict[str,
             for attr in COUNTERS.values():
                 setattr(t, attr, getattr(t, attr) + getattr(c, attr))
     return out
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

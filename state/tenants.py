@@ -39,11 +39,14 @@ from state.control import (
     cache_rules,
     cache_tenant,
     catalogue_versions,
+    fill_cache,
+    read_cached,
     read_catalogue,
     read_keys,
     read_rules,
     tenant_known,
 )
+from state.resp import text
 
 MODES = ("on", "freeze", "off")
 
@@ -63,36 +66,28 @@ def list_tenants(client: SyncRedis) -> dict[str, str]:
     pipe.smembers(keys.TENANTS)
     pipe.hgetall(keys.TENANT_MODES)
     members, modes = pipe.execute()
-    decoded = {_text(k): _text(v) for k, v in modes.items()}
+    decoded = {text(k): text(v) for k, v in modes.items()}
     decoded.pop(keys.MODES_LOADED, None)
-    names = {_text(m) for m in members} | set(decoded)
+    names = {text(m) for m in members} | set(decoded)
     return {t: decoded.get(t, "on") for t in sorted(names)}
 
 
 async def read_modes(client: AsyncRedis) -> dict[str, str] | None:
     """The cached modes; None when the cache was not filled from the durable store since
     Redis started (see ``keys.MODES_LOADED``)."""
-    raw = await client.hgetall(keys.TENANT_MODES)
-    modes = {_text(k): _text(v) for k, v in raw.items()}
-    if modes.pop(keys.MODES_LOADED, None) is None:
-        return None
-    return modes
+    return await read_cached(client, keys.TENANT_MODES, keys.MODES_LOADED)
 
 
 async def cache_modes(client: AsyncRedis, modes: dict[str, str]) -> None:
     """Fill the cache from the durable store (what it holds wins over the cache)."""
-    await client.hset(keys.TENANT_MODES, mapping={**modes, keys.MODES_LOADED: "1"})
+    await fill_cache(client, keys.TENANT_MODES, keys.MODES_LOADED, modes)
 
 
 async def most_popular(client: AsyncRedis, tenant: str, n: int) -> list[tuple[str, float]]:
     return [
-        (_text(i), float(s))
+        (text(i), float(s))
         for i, s in await client.zrevrange(keys.popularity(tenant), 0, n - 1, withscores=True)
     ]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 log = logging.getLogger(f"streamrec.{__name__}")
