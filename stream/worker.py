@@ -29,7 +29,6 @@ from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client, 
 from state.feedback import FeedbackRecorder
 from state.notify import model_changes
 from state.sessions import SessionStore
-from state.tenants import TenantDirectory
 from stream.batch_loop import BatchLoop
 from stream.config import Settings
 from stream.metrics import WorkerMetrics
@@ -37,6 +36,7 @@ from stream.model_handle import ModelCache
 from stream.policies import PolicyDirectory
 from stream.processor import BatchProcessor, BatchResult, DeadLetter, Message
 from stream.shutdown import start_up_done
+from stream.tenant_directory import TenantDirectory
 
 log = logging.getLogger(f"streamrec.{__name__}")
 

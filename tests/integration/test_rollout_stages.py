@@ -22,7 +22,6 @@ from models.policy_file import all_policies, read_policy, rollout_history
 from models.registry import Registry
 from state.feedback import FeedbackRecorder
 from state.sessions import SessionStore
-from state.tenants import TenantDirectory
 from stream.config import Settings
 from stream.devstack import EmbeddedStack
 from stream.experiment_control import apply_policy as apply
@@ -31,6 +30,7 @@ from stream.policies import PolicyDirectory
 from stream.processor import BatchProcessor
 from stream.rollout import RolloutSettings, check_rollouts, start_rollout
 from stream.tenant_control import TenantControl
+from stream.tenant_directory import TenantDirectory
 
 pytestmark = pytest.mark.broker_agnostic
 

@@ -15,10 +15,10 @@ from models.ranking import STRATEGIES
 from models.registry import Registry
 from state import keys
 from state.sessions import Click, SessionStore
-from state.tenants import TenantDirectory
 from stream.devstack import EmbeddedStack
 from stream.model_handle import ModelCache
 from stream.processor import BatchProcessor
+from stream.tenant_directory import TenantDirectory
 
 pytestmark = pytest.mark.broker_agnostic
 
