@@ -19,10 +19,10 @@ from models.registry import Registry
 from state import keys
 from state.feedback import FeedbackRecorder, read_buckets, totals
 from state.sessions import SessionStore
-from stream.devstack import EmbeddedStack
-from stream.model_handle import ModelCache
-from stream.processor import BatchProcessor
-from stream.tenant_directory import TenantDirectory
+from stream.dev.stack import EmbeddedStack
+from stream.pipeline.model_cache import ModelCache
+from stream.pipeline.processor import BatchProcessor
+from stream.pipeline.tenant_directory import TenantDirectory
 
 pytestmark = pytest.mark.broker_agnostic
 
