@@ -16,10 +16,22 @@ import redis
 from redis.asyncio import Redis
 
 from state import keys
+from state.resp import text
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+# -- the caches of registry files: a hash with a marker field once filled --------------
+async def read_cached(client: Redis, key: str, marker: str) -> dict[str, str] | None:
+    """The cache hash ``key`` as text, without its ``marker`` field; None when the marker
+    is missing (the cache was not filled from the registry since Redis started)."""
+    raw = {text(k): text(v) for k, v in (await client.hgetall(key)).items()}
+    if raw.pop(marker, None) is None:
+        return None
+    return raw
+
+
+async def fill_cache(client: Redis, key: str, marker: str, mapping: Mapping[str, Any]) -> None:
+    """Fill the cache hash ``key`` from the registry (all of it) and mark it filled."""
+    await client.hset(key, mapping={**mapping, marker: "1"})
 
 
 # -- existence (the modes hash: a tenant exists once it has a mode there) --------------
@@ -49,8 +61,8 @@ def cache_tenant_sync(client: redis.Redis, tenant: str) -> None:
 # can bring a revoked key back.
 async def read_keys(client: Redis) -> dict[str, tuple[str, bool]] | None:
     """digest -> (tenant, active); None when the cache was not filled since Redis started."""
-    raw = {_text(k): _text(v) for k, v in (await client.hgetall(keys.API_KEYS)).items()}
-    if raw.pop(keys.KEYS_LOADED, None) is None:
+    raw = await read_cached(client, keys.API_KEYS, keys.KEYS_LOADED)
+    if raw is None:
         return None
     out = {}
     for digest, value in raw.items():
@@ -88,15 +100,15 @@ def revoke_key_sync(client: redis.Redis, digest: str, tenant: str, key_id: str) 
 
 # -- serving rules ---------------------------------------------------------------------
 async def read_rules(client: Redis) -> dict[str, dict[str, Any]] | None:
-    raw = {_text(k): _text(v) for k, v in (await client.hgetall(keys.TENANT_RULES)).items()}
-    if raw.pop(keys.RULES_LOADED, None) is None:
+    raw = await read_cached(client, keys.TENANT_RULES, keys.RULES_LOADED)
+    if raw is None:
         return None
     return {t: orjson.loads(v) for t, v in raw.items()}
 
 
 async def cache_rules(client: Redis, rules: Mapping[str, Mapping[str, Any]]) -> None:
     mapping = {t: orjson.dumps(r) for t, r in rules.items()}
-    await client.hset(keys.TENANT_RULES, mapping={**mapping, keys.RULES_LOADED: "1"})
+    await fill_cache(client, keys.TENANT_RULES, keys.RULES_LOADED, mapping)
 
 
 def set_rules_sync(client: redis.Redis, tenant: str, rules: Mapping[str, Any]) -> None:
@@ -149,7 +161,7 @@ async def read_catalogue(client: Redis, tenant: str) -> tuple[int, dict[str, dic
     pipe.get(keys.catalogue_version(tenant))
     pipe.hgetall(keys.catalogue(tenant))
     version, raw = await pipe.execute()
-    return int(version or 0), {_text(i): orjson.loads(e) for i, e in raw.items()}
+    return int(version or 0), {text(i): orjson.loads(e) for i, e in raw.items()}
 
 
 def catalogue_categories(client: redis.Redis, tenants: Iterable[str]) -> dict[str, dict[str, str]]:
@@ -165,7 +177,7 @@ def catalogue_categories(client: redis.Redis, tenants: Iterable[str]) -> dict[st
         for item, entry in raw.items():
             category = orjson.loads(entry).get("category")
             if category:
-                found[_text(item)] = str(category)
+                found[text(item)] = str(category)
         out[tenant] = found
     return out
 

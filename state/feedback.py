@@ -16,11 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
-from models.experiments import is_variant
 from state import keys
+from state.resp import text
 
 COUNTERS = {
     "r": "recommendations",
@@ -162,11 +163,17 @@ class VariantCounts:
         return self.hits / self.recommendations if self.recommendations else 0.0
 
 
-def parse_bucket(raw: dict[str, str]) -> dict[str, VariantCounts]:
-    """One bucket's hash as counts per variant (fields of unknown variants ignored)."""
+# What may label a counter (``models.experiments.is_variant``: a model version or the
+# cold-start fallback), passed in by the reader: the rule is the models', not the store's.
+IsVariant = Callable[[str], bool]
+
+
+def parse_bucket(raw: dict[str, str], is_variant: IsVariant) -> dict[str, VariantCounts]:
+    """One bucket's hash as counts per variant (fields of unknown counters, or of names
+    that are not variants, ignored: a forged rec_id must not show up as an arm)."""
     out: dict[str, VariantCounts] = {}
     for field, value in raw.items():
-        variant, _, name = _text(field).rpartition(":")
+        variant, _, name = text(field).rpartition(":")
         attr = COUNTERS.get(name)
         if attr is None or not is_variant(variant):
             continue
@@ -183,25 +190,48 @@ def bucket_starts(since_ts: float, until_ts: float, bucket_s: int) -> list[int]:
 
 
 def read_buckets_sync(
-    client: object, tenant: str, since_ts: float, until_ts: float, bucket_s: int
+    client: object,
+    tenant: str,
+    since_ts: float,
+    until_ts: float,
+    bucket_s: int,
+    is_variant: IsVariant,
 ) -> list[tuple[int, dict[str, VariantCounts]]]:
-    """Each bucket from ``since_ts`` to ``until_ts`` with its counts (a sync client)."""
-    starts = bucket_starts(since_ts, until_ts, bucket_s)
+    """``read_buckets`` with a sync client."""
     pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
-    for b in starts:
-        pipe.hgetall(keys.counters(tenant, b))
-    return [(b, parse_bucket(raw)) for b, raw in zip(starts, pipe.execute(), strict=True) if raw]
+    starts = _queue_reads(pipe, tenant, since_ts, until_ts, bucket_s)
+    return _parsed(starts, pipe.execute(), is_variant)
 
 
 async def read_buckets(
-    client: Redis, tenant: str, since_ts: float, until_ts: float, bucket_s: int
+    client: Redis,
+    tenant: str,
+    since_ts: float,
+    until_ts: float,
+    bucket_s: int,
+    is_variant: IsVariant,
 ) -> list[tuple[int, dict[str, VariantCounts]]]:
-    starts = bucket_starts(since_ts, until_ts, bucket_s)
+    """Each bucket from ``since_ts`` to ``until_ts`` that has counts, with them."""
     pipe = client.pipeline(transaction=False)
+    starts = _queue_reads(pipe, tenant, since_ts, until_ts, bucket_s)
+    return _parsed(starts, await pipe.execute(), is_variant)
+
+
+def _queue_reads(
+    pipe: Any, tenant: str, since_ts: float, until_ts: float, bucket_s: int
+) -> list[int]:
+    starts = bucket_starts(since_ts, until_ts, bucket_s)
     for b in starts:
         pipe.hgetall(keys.counters(tenant, b))
-    replies = await pipe.execute()
-    return [(b, parse_bucket(raw)) for b, raw in zip(starts, replies, strict=True) if raw]
+    return starts
+
+
+def _parsed(
+    starts: list[int], replies: list[dict[str, str]], is_variant: IsVariant
+) -> list[tuple[int, dict[str, VariantCounts]]]:
+    return [
+        (b, parse_bucket(raw, is_variant)) for b, raw in zip(starts, replies, strict=True) if raw
+    ]
 
 
 def totals(buckets: Iterable[tuple[int, dict[str, VariantCounts]]]) -> dict[str, VariantCounts]:
@@ -212,7 +242,3 @@ def totals(buckets: Iterable[tuple[int, dict[str, VariantCounts]]]) -> dict[str,
             for attr in COUNTERS.values():
                 setattr(t, attr, getattr(t, attr) + getattr(c, attr))
     return out
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -35,7 +35,7 @@ def session(tenant: str, session_id: str) -> str:
     ``n`` how many, ``l`` the newest, ``lt`` the latest event's time, and what makes
     re-delivery idempotent in constant space: ``o:<topic>:<partition>`` the highest
     offset applied from there, ``r`` the newest event ids (the last is the latest
-    event's; see ``state.sessions.APPEND_LUA``)."""
+    event's; see ``state/lua/append.lua``)."""
     return f"{PREFIX}:{session_tag(tenant, session_id)}:s"
 
 

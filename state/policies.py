@@ -11,6 +11,7 @@ import redis
 from redis.asyncio import Redis
 
 from state import keys
+from state.control import fill_cache, read_cached
 
 
 def set_policy(client: redis.Redis, tenant: str, policy: dict[str, Any] | None) -> None:
@@ -22,21 +23,18 @@ def set_policy(client: redis.Redis, tenant: str, policy: dict[str, Any] | None) 
 
 async def read_policies(client: Redis) -> dict[str, dict[str, Any]] | None:
     """The cached policies; None when the cache was not filled since Redis started."""
-    raw = await client.hgetall(keys.POLICIES)
+    raw = await read_cached(client, keys.POLICIES, keys.POLICIES_LOADED)
+    if raw is None:
+        return None
     out: dict[str, dict[str, Any]] = {}
-    loaded = False
-    for k, v in raw.items():
-        name = k.decode() if isinstance(k, bytes) else k
-        if name == keys.POLICIES_LOADED:
-            loaded = True
-            continue
+    for name, value in raw.items():
         try:
-            out[name] = orjson.loads(v)
+            out[name] = orjson.loads(value)
         except orjson.JSONDecodeError:
             continue
-    return out if loaded else None
+    return out
 
 
 async def cache_policies(client: Redis, policies: dict[str, dict[str, Any]]) -> None:
-    mapping: dict[str, Any] = {t: orjson.dumps(p) for t, p in policies.items()}
-    await client.hset(keys.POLICIES, mapping={**mapping, keys.POLICIES_LOADED: "1"})
+    mapping = {t: orjson.dumps(p) for t, p in policies.items()}
+    await fill_cache(client, keys.POLICIES, keys.POLICIES_LOADED, mapping)

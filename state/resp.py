@@ -1,4 +1,5 @@
-"""Redis protocol (RESP2) encoding of a batch's commands in one buffer.
+"""Redis protocol (RESP2): a batch's commands encoded in one buffer, and reply values
+as text.
 
 A batch's round trip sends a script call with thousands of arguments; redis-py encodes
 each argument with several Python calls, a visible share of the worker's time, so the
@@ -17,3 +18,11 @@ Arg = str | bytes | int | float
 
 def pack_commands(commands: Iterable[Sequence[Arg]]) -> bytes:
     return b"".join([hiredis.pack_command(tuple(command)) for command in commands])
+
+
+def text(value: bytes | str | None) -> str:
+    """A reply value as text; a missing one (None) as "". A client made with
+    decode_responses=True (the worker's) hands back str already, the others bytes."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value or ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
@@ -10,97 +9,10 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
-from state import keys, resp
+from state import keys, resp, scripts
+from state.resp import text
 
-# One call per (hash slot, origin partition) group. ARGV[1..4]: the item cap, the TTL,
-# the ring's size in bytes (see below), and ``o:<origin>``, the field of the partition
-# the group's clicks were consumed from ("o:" when unknown). For each click i (KEYS[i] =
-# the session hash, see ``keys.session``; ARGV[4i+1..4i+4] = item, event id, ts, offset
-# in the origin partition or -1): apply it unless it was applied before; append the item
-# unless it repeats the newest one (consecutive duplicates carry no signal); keep the
-# newest ARGV[1] items; remember the click as the session's latest event (what HTTP
-# pull answers for); refresh the TTL (ARGV[2]) on activity. Replies, flat, four per
-# click: whether the event was new, the session's items joined by keys.ITEM_SEP, oldest
-# first, the implicit feedback: 0, or the session's previous recommendation list (field
-# ``p``, see ``state.feedback``) when the click's item is in it, and the variant that
-# list came from (0 without one): under an experiment the session stays on that arm.
-# A click consumes the list (``p`` emptied): each list is judged by the one click that
-# followed it.
-#
-# "Applied before" costs constant memory per session, whatever the traffic: a session's
-# events arrive in partition order, so the highest offset applied from each origin
-# partition recognises a re-delivered batch, and the newest event ids (``r``, joined
-# by keys.ITEM_SEP, at most ARGV[3] bytes, the newest last: also the latest event's id)
-# recognise the same event sent twice (an app's retry) or clicks without an offset.
-# One call carries a whole batch (per partition): one round trip per batch, and three
-# Redis calls and one string per click.
-APPEND_LUA = """
-local cap, ttl, ring_max, ofield = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local SEP = string.char(31)
-local out = {}
-for i = 1, #KEYS do
-  local a = 4 * i + 1
-  local key, item, eid, ts, off = KEYS[i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local s = redis.call('HMGET', key, 'i', 'n', 'l', 'r', ofield, 'p')
-  local items, ring, seen, prev, hit, shown_by = s[1], s[4], false, s[6], 0, 0
-  if prev and prev ~= '' then
-    shown_by = string.sub(prev, 1, (string.find(prev, SEP, 1, true) or (#prev + 1)) - 1)
-  end
-  off = tonumber(off)
-  if off >= 0 and s[5] and tonumber(s[5]) >= off then
-    seen = true
-  elseif ring and string.find(ring, eid, 1, true) then
-    seen = string.find(SEP .. ring .. SEP, SEP .. eid .. SEP, 1, true) ~= nil
-  end
-  local fresh = 0
-  if not seen then
-    fresh = 1
-    if prev and prev ~= '' then
-      if string.find(SEP .. prev .. SEP, SEP .. item .. SEP, 1, true) then hit = prev end
-      redis.call('HSET', key, 'p', '')
-    end
-    if ring then
-      ring = ring .. SEP .. eid
-      while #ring > ring_max do
-        ring = string.sub(ring, string.find(ring, SEP, 1, true) + 1)
-      end
-    else
-      ring = eid
-    end
-    if not items then
-      items = item
-      redis.call('HSET', key, 'i', items, 'n', 1, 'l', item, 'lt', ts, 'r', ring, ofield, off)
-    elseif s[3] ~= item then
-      local n = tonumber(s[2]) + 1
-      items = items .. SEP .. item
-      if n > cap then
-        items = string.sub(items, string.find(items, SEP, 1, true) + 1)
-        n = cap
-      end
-      redis.call('HSET', key, 'i', items, 'n', n, 'l', item, 'lt', ts, 'r', ring, ofield, off)
-    else
-      redis.call('HSET', key, 'lt', ts, 'r', ring, ofield, off)
-    end
-    redis.call('EXPIRE', key, ttl)
-  end
-  out[4 * i - 3] = fresh
-  out[4 * i - 2] = items
-  out[4 * i - 1] = hit
-  out[4 * i] = shown_by
-end
-return out
-"""
-# The lists recommended in the previous batch (state.feedback), one per session: written
-# at the start of the next batch's round trip, before its clicks are applied, and only
-# to a session that still exists (an expired one is not brought back without a TTL).
-# KEYS[i] the session hash, ARGV[i] the list as ``variant SEP rec_id SEP item SEP ...``.
-STORE_LISTS_LUA = """
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], 'p', ARGV[i]) end
-end
-return #KEYS
-"""
-# Bytes of recent event ids kept per session besides the offsets (see APPEND_LUA): about
+# Bytes of recent event ids kept per session besides the offsets (see lua/append.lua): about
 # 25 ids of 20 characters, at least 2 of the longest allowed (256).
 RECENT_IDS_BYTES = 520
 # A tenant's cold-start popularity keeps its most clicked items (a recommendation needs a
@@ -167,8 +79,9 @@ class SessionStore:
         self._ttl_s = ttl_s
         self._popular_cap = popular_cap
         self._popular_ttl_s = popular_ttl_s
-        self._scripts = {_sha1(APPEND_LUA): APPEND_LUA, _sha1(STORE_LISTS_LUA): STORE_LISTS_LUA}
-        self._append, self._store_lists = self._scripts
+        append, store_lists = scripts.SCRIPTS["append"], scripts.SCRIPTS["store_lists"]
+        self._scripts = {append.sha: append.text, store_lists.sha: store_lists.text}
+        self._append, self._store_lists = append.sha, store_lists.sha
 
     async def append_clicks(
         self,
@@ -210,9 +123,9 @@ class SessionStore:
                 hit, shown_by = reply[4 * j + 2], reply[4 * j + 3]
                 updates[i] = SessionUpdate(
                     reply[4 * j] == 1,
-                    _text(reply[4 * j + 1]),
-                    None if hit == 0 else _text(hit),
-                    None if shown_by == 0 else _text(shown_by),
+                    text(reply[4 * j + 1]),
+                    None if hit == 0 else text(hit),
+                    None if shown_by == 0 else text(shown_by),
                 )
         return updates  # type: ignore[return-value]
 
@@ -249,9 +162,9 @@ class SessionStore:
         if not joined:
             return None
         # The newest of the recent event ids is the latest event's ("le" in older sessions).
-        event_id = _text(recent).rpartition(keys.ITEM_SEP)[2] if recent else _text(older)
-        shown_by = _text(shown).partition(keys.ITEM_SEP)[0] if shown else None
-        return StoredSession(_text(joined), event_id, float(ts or 0), shown_by)
+        event_id = text(recent).rpartition(keys.ITEM_SEP)[2] if recent else text(older)
+        shown_by = text(shown).partition(keys.ITEM_SEP)[0] if shown else None
+        return StoredSession(text(joined), event_id, float(ts or 0), shown_by)
 
     async def session_items(self, tenant: str, session_id: str) -> list[str]:
         """A session's items, oldest first (empty for an unknown or expired session)."""
@@ -294,8 +207,8 @@ class SessionStore:
         if any(isinstance(r, NoScriptError) for r in replies):
             # Redis restarted and forgot the scripts. Re-running the batch is safe: the
             # session updates are idempotent (the popularity counts are approximate).
-            for text in self._scripts.values():
-                await self._client.script_load(text)
+            for source in self._scripts.values():
+                await self._client.script_load(source)
             replies = await self._roundtrip(commands)
         for reply in replies:
             if isinstance(reply, ResponseError):
@@ -344,14 +257,3 @@ def _by_origin(group: list[int], origins: Sequence[tuple[str, int]]) -> list[lis
     for i in group:
         split.setdefault(origins[i][0], []).append(i)
     return list(split.values())
-
-
-def _sha1(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
-def _text(value: bytes | str | None) -> str:
-    # A client made with decode_responses=True (the worker's) hands back str already.
-    if isinstance(value, bytes):
-        return value.decode()
-    return value or ""

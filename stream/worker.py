@@ -29,13 +29,13 @@ from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client, 
 from state.feedback import FeedbackRecorder
 from state.notify import model_changes
 from state.sessions import SessionStore
-from state.tenants import TenantDirectory
 from stream.config import Settings
 from stream.control.policies import PolicyDirectory
 from stream.pipeline.loop import BatchLoop
 from stream.pipeline.metrics import WorkerMetrics
 from stream.pipeline.model_cache import ModelCache
 from stream.pipeline.processor import BatchProcessor, BatchResult, DeadLetter, Message
+from stream.pipeline.tenant_directory import TenantDirectory
 from stream.shutdown import start_up_done
 
 log = logging.getLogger(f"streamrec.{__name__}")

@@ -29,6 +29,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel
 
 from models.errors import StreamrecError
+from models.experiments import is_variant
 from models.policy_file import all_policies
 from models.registry import Registry
 from state.connection import RedisError
@@ -151,7 +152,7 @@ async def dashboard_data(ctx: WebContext, since_s: float, now: float | None = No
     tenants = []
     for tenant in sorted(modes):
         try:
-            buckets = await read_buckets(client, tenant, now - since_s, now, bucket_s)
+            buckets = await read_buckets(client, tenant, now - since_s, now, bucket_s, is_variant)
         except (RedisError, OSError) as exc:
             raise ApiError(503, f"the counter store is unavailable: {exc}") from None
         stats = stats_json(tenant, totals(buckets), since_s)
@@ -169,7 +170,7 @@ async def dashboard_data(ctx: WebContext, since_s: float, now: float | None = No
             since = float(policy.get("started", now - since_s))
             arms = [b for b in buckets if b[0] >= since - bucket_s]
             if since < now - since_s:
-                arms = await read_buckets(client, tenant, since, now, bucket_s)
+                arms = await read_buckets(client, tenant, since, now, bucket_s, is_variant)
             entry["experiment"] = experiment_status(
                 tenant, policy, arms, bandit.get(tenant), versions.get(tenant)
             )

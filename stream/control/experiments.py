@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from models.errors import StreamrecError
+from models.experiments import is_variant
 from models.policy_file import log_rollout, read_policy, write_policy
 from models.registry import Registry, UnknownVersionError
 from state.connection import RedisError, async_client, sync_client
@@ -95,7 +96,9 @@ def status(settings: Settings, tenant: str, now: float | None = None) -> dict[st
         client = async_client(settings.redis)
         try:
             since = float(policy.get("started", now - 3600))
-            return await read_buckets(client, tenant, since, now, settings.feedback_bucket_s)
+            return await read_buckets(
+                client, tenant, since, now, settings.feedback_bucket_s, is_variant
+            )
         finally:
             await client.aclose()
 

@@ -20,6 +20,7 @@ from models.experiments import (
     ab_decision,
     assignment_point,
     discounted,
+    is_variant,
     pick_arm,
     posterior_mean,
     thompson_shares,
@@ -194,7 +195,9 @@ class PolicyDirectory:
             if policy.get("policy") != "bandit":
                 continue
             since = float(policy.get("started", now - 3600))
-            buckets = await read_buckets(self._client, tenant, since, now, self._bucket_s)
+            buckets = await read_buckets(
+                self._client, tenant, since, now, self._bucket_s, is_variant
+            )
             shares = bandit_shares(policy, buckets, now, self._bucket_s)
             if shares != self._bandit.get(tenant):
                 log.debug("tenant %s: bandit shares %s", tenant, shares)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from models.errors import InvalidSettingError
-from models.experiments import wilson
+from models.experiments import is_variant, wilson
 from state.connection import AsyncRedis as Redis
 from state.feedback import VariantCounts, read_buckets, totals
 
@@ -50,7 +50,7 @@ async def tenant_stats(
     client: Redis, tenant: str, since_s: float, bucket_s: int, now: float | None = None
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
-    buckets = await read_buckets(client, tenant, now - since_s, now, bucket_s)
+    buckets = await read_buckets(client, tenant, now - since_s, now, bucket_s, is_variant)
     return stats_json(tenant, totals(buckets), since_s)
 
 

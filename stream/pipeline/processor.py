@@ -28,7 +28,6 @@ from state.connection import RedisError
 from state.feedback import LIST_ITEMS, FeedbackRecorder, decode_list, encode_list
 from state.keys import ITEM_SEP
 from state.sessions import SessionStore, SessionUpdate, flatten
-from state.tenants import TenantDirectory
 from stream.control.policies import PolicyDirectory
 from stream.events import (
     ClickEvent,
@@ -39,6 +38,7 @@ from stream.events import (
     record_time,
 )
 from stream.pipeline.model_cache import ModelCache
+from stream.pipeline.tenant_directory import TenantDirectory
 
 DLQ_REASON_HEADER = "streamrec-reason"
 # A dead letter carries the original bytes up to this size; a larger message (the broker

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.errors import StreamrecError
-from models.experiments import staged_verdict
+from models.experiments import is_variant, staged_verdict
 from models.policy_file import log_rollout, read_policy
 from models.registry import DamagedFileError, Registry
 from state.connection import RedisError, SyncRedis, sync_client
@@ -163,7 +163,12 @@ def _look(
     rollout = policy["rollout"]
     control, candidate = policy["control"], policy["candidate"]
     buckets = read_buckets_sync(
-        client, tenant, float(rollout["stage_started"]), now, settings.feedback_bucket_s
+        client,
+        tenant,
+        float(rollout["stage_started"]),
+        now,
+        settings.feedback_bucket_s,
+        is_variant,
     )
     counted = totals(buckets)
     c, x = counted.get(control), counted.get(candidate)

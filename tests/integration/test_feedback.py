@@ -13,15 +13,16 @@ import orjson
 import pytest
 from redis.asyncio import ConnectionPool, Redis
 
+from models.experiments import is_variant
 from models.ranking import recommend
 from models.registry import Registry
 from state import keys
 from state.feedback import FeedbackRecorder, read_buckets, totals
 from state.sessions import SessionStore
-from state.tenants import TenantDirectory
 from stream.dev.stack import EmbeddedStack
 from stream.pipeline.model_cache import ModelCache
 from stream.pipeline.processor import BatchProcessor
+from stream.pipeline.tenant_directory import TenantDirectory
 
 pytestmark = pytest.mark.broker_agnostic
 
@@ -91,7 +92,9 @@ def test_a_click_on_a_recommended_item_is_a_hit_for_its_variant(
             recs += [
                 orjson.loads(o.payload) for o in second.recommendations + third.recommendations
             ]
-            buckets = await read_buckets(client, "default", 1_800_000_000 - 60, 1_800_000_000, 60)
+            buckets = await read_buckets(
+                client, "default", 1_800_000_000 - 60, 1_800_000_000, 60, is_variant
+            )
             ttl = await client.ttl(keys.counters("default", 1_800_000_000))
             return recs, totals(buckets), trips, ttl
         finally:
@@ -139,7 +142,9 @@ def test_a_tenant_without_a_model_is_served_and_counted_as_popular(
             second = await processor.process([msg("s", 1, clicked)])
             await processor.flush_feedback()
             recs = [rec, *(orjson.loads(o.payload) for o in second.recommendations)]
-            buckets = await read_buckets(client, tenant, 1_800_000_000, 1_800_000_000, 60)
+            buckets = await read_buckets(
+                client, tenant, 1_800_000_000, 1_800_000_000, 60, is_variant
+            )
             return recs, totals(buckets)
         finally:
             await client.aclose()

@@ -22,7 +22,6 @@ from models.policy_file import all_policies, read_policy, rollout_history
 from models.registry import Registry
 from state.feedback import FeedbackRecorder
 from state.sessions import SessionStore
-from state.tenants import TenantDirectory
 from stream.config import Settings
 from stream.control.experiments import apply_policy as apply
 from stream.control.policies import PolicyDirectory
@@ -30,6 +29,7 @@ from stream.control.tenants import TenantControl
 from stream.dev.stack import EmbeddedStack
 from stream.pipeline.model_cache import ModelCache
 from stream.pipeline.processor import BatchProcessor
+from stream.pipeline.tenant_directory import TenantDirectory
 from stream.retrain.rollout import RolloutSettings, check_rollouts, start_rollout
 
 pytestmark = pytest.mark.broker_agnostic

@@ -15,10 +15,10 @@ from models.ranking import STRATEGIES
 from models.registry import Registry
 from state import keys
 from state.sessions import Click, SessionStore
-from state.tenants import TenantDirectory
 from stream.dev.stack import EmbeddedStack
 from stream.pipeline.model_cache import ModelCache
 from stream.pipeline.processor import BatchProcessor
+from stream.pipeline.tenant_directory import TenantDirectory
 
 pytestmark = pytest.mark.broker_agnostic
 

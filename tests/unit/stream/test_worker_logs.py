@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from state import keys
-from state.tenants import TenantDirectory, mode_changes
 from stream.config import Settings
+from stream.pipeline.tenant_directory import TenantDirectory, mode_changes
 from stream.shutdown import RepeatFilter, install_log_filters
 from stream.worker import Worker
 
@@ -56,7 +56,7 @@ class ModesHash:
 def test_tenant_mode_changes_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     redis = ModesHash({"shop": "on", "lab": "freeze"})
     directory = TenantDirectory(redis, ttl_s=0.0)  # type: ignore[arg-type]
-    caplog.set_level(logging.INFO, logger="streamrec.state")
+    caplog.set_level(logging.INFO, logger="streamrec.stream")
 
     def lines_after_read() -> list[str]:
         caplog.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from models.experiments import is_variant
 from state import keys
 from state.feedback import (
     FeedbackRecorder,
@@ -39,10 +40,10 @@ def test_recorder_batches_counts_and_lists_and_gives_them_back_on_failure() -> N
 
 def test_a_bucket_parses_per_variant_and_ignores_unknown_fields() -> None:
     raw = {"v1:r": "10", "v1:h": "3", "popular:r": "5", "forged:r": "9", "v1:zz": "1"}
-    parsed = parse_bucket(raw)
+    parsed = parse_bucket(raw, is_variant)
     assert set(parsed) == {"v1", "popular"}
     assert (parsed["v1"].recommendations, parsed["v1"].hits) == (10, 3)
-    total = totals([(0, parsed), (60, parse_bucket({"v1:r": "5"}))])
+    total = totals([(0, parsed), (60, parse_bucket({"v1:r": "5"}, is_variant))])
     assert total["v1"].recommendations == 15 and total["v1"].hit_rate == pytest.approx(0.2)
 
 
