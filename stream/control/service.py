@@ -12,6 +12,7 @@ from the registry, whose changed control files they re-read.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ from stream.control.policies import (
 from stream.control.stats import stats_json
 
 T = TypeVar("T")
+log = logging.getLogger(f"streamrec.{__name__}")
 
 KEY_PREFIX = "srk_"
 ACTIONS = ("promote", "keep")  # how an experiment ends
@@ -195,17 +197,21 @@ class Control:
         return self.registry.keys(tenant)
 
     def create_key(self, tenant: str) -> tuple[str, str]:
-        """A new key (key id, key): the key is returned once and stored as a digest."""
+        """A new key (key id, key): the key is returned once and stored as a digest (with
+        Redis away too, with a warning: the workers learn of it from the registry)."""
         self.require(tenant)
         key_id = secrets.token_hex(4)
         key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         sha = key_digest(key)
-        self._change(
-            tenant,
-            "key",
-            lambda: self.registry.add_key(tenant, key_id, sha),
-            lambda cache: cache.add_key(sha, tenant, key_id),
-        )
+        try:
+            self._change(
+                tenant,
+                "key",
+                lambda: self.registry.add_key(tenant, key_id, sha),
+                lambda cache: cache.add_key(sha, tenant, key_id),
+            )
+        except CacheBehind as exc:  # the key is valid: this answer is its only copy
+            log.warning("tenant %s: %s", tenant, exc)
         return key_id, key
 
     def revoke_key(self, tenant: str, key_id: str) -> None:
