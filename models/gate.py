@@ -95,7 +95,7 @@ def score_bundle(bundle: ModelBundle, sessions: Sequence[Sequence[str]], k: int)
     if not cases:
         return Scores(0.0, 0.0, 0)
     ranked = recommend_batch(bundle, [c.prefix for c in cases], k)
-    hr, mrr = rank_metrics([r.item_ids() for r in ranked], [c.target for c in cases], k)
+    hr, mrr = rank_metrics([r.ids for r in ranked], [c.target for c in cases], k)
     return Scores(hr, mrr, len(cases))
 
 

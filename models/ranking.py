@@ -58,9 +58,6 @@ class Ranked:
     def items(self) -> list[tuple[str, float]]:
         return list(zip(self.ids, self.scores, strict=True))
 
-    def item_ids(self) -> list[str]:
-        return self.ids
-
 
 def recommend(
     bundle: ModelBundle,

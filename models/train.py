@@ -549,7 +549,7 @@ class StreamrecModel:
 
     def recommend_batch(self, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
         # The literature protocol: session items allowed; the harness applies serving rules.
-        return [r.item_ids() for r in recommend_batch(self.bundle, prefixes, k, exclude="none")]
+        return [r.ids for r in recommend_batch(self.bundle, prefixes, k, exclude="none")]
 
 
 def holdout_metrics(

@@ -6,8 +6,8 @@ The retry policy is redis-py's own ``Retry`` with equal-jitter exponential backo
 command that fails on a dropped connection or a timeout is retried a few times, each
 client waiting a different, growing pause (so workers that lost Redis together do not
 reconnect in lockstep). It is short on purpose: a Redis that stays away surfaces as an
-error within seconds, and the worker's own hold-and-retry (pauses from ``hold_backoff``) takes over
-there. redis-py's default (10 retries) could keep a command in the air for a minute.
+error within seconds, and the worker's own hold-and-retry (``stream.timing.backoff``) takes
+over there. redis-py's default (10 retries) could keep a command in the air for a minute.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ __all__ = [
     "RedisSettings",
     "SyncRedis",
     "async_client",
-    "hold_backoff",
     "sync_client",
 ]
 
@@ -106,9 +105,3 @@ def sync_client(settings: RedisSettings) -> SyncRedis:
     return SyncRedis.from_url(
         settings.url, retry=Retry(settings.backoff(), settings.retries), **settings.client_options()
     )
-
-
-def hold_backoff(base_s: float = 0.1, cap_s: float = 5.0) -> EqualJitterBackoff:
-    """The pauses of the worker's hold-and-retry while Redis is away: doubling from
-    ``base_s`` to ``cap_s``, jittered so that workers do not return in lockstep."""
-    return EqualJitterBackoff(cap=cap_s, base=base_s)

@@ -25,7 +25,7 @@ from models.errors import StreamrecError
 from models.kernels import KernelCount, kernel_count
 from models.policy_file import all_policies
 from models.registry import Registry
-from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client, hold_backoff
+from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client
 from state.feedback import FeedbackRecorder
 from state.notify import model_changes
 from state.sessions import SessionStore
@@ -37,6 +37,7 @@ from stream.pipeline.model_cache import ModelCache
 from stream.pipeline.processor import BatchProcessor, BatchResult, DeadLetter, Message
 from stream.pipeline.tenant_directory import TenantDirectory
 from stream.shutdown import start_up_done
+from stream.timing import backoff
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -141,8 +142,6 @@ class Worker(Service):
         self._redis: AsyncRedis | None = None
         self._processor: BatchProcessor | None = None
         self._policies: PolicyDirectory | None = None
-        # Redis away: the batch is held (nothing skipped, nothing committed) and retried.
-        self._hold = hold_backoff(HOLD_BASE_S, HOLD_CAP_S)
         self._reported = self._snapshot()
         super().__init__(**kwargs)
 
@@ -244,7 +243,8 @@ class Worker(Service):
                 break
             except UNAVAILABLE as exc:
                 failures += 1
-                delay = self._hold.compute(failures)
+                # Redis away: the batch is held (nothing skipped, nothing committed).
+                delay = backoff(failures + 1, HOLD_BASE_S, HOLD_CAP_S, jitter=True)
                 log.log(
                     logging.ERROR if failures == 1 else logging.WARNING,
                     "Redis unreachable (%s); holding %d events, retrying in %.1f s (attempt %d)",

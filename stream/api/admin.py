@@ -31,8 +31,7 @@ from stream.api.server import (
     json_request_body,
     read_body,
 )
-from stream.control import experiments
-from stream.control.tenants import TenantControl, UnknownTenantError
+from stream.control.service import ACTIONS, CacheBehind, Control, UnknownTenantError
 
 ADMIN_ERRORS = error_responses(400, 401, 403, 404, 503)
 
@@ -47,7 +46,7 @@ def routes(ctx: WebContext) -> APIRouter:
     if not ctx.settings.admin_token:
         return APIRouter()  # off: no admin token configured
     registry = Registry(ctx.settings.registry_dir)
-    control = TenantControl(ctx.settings)
+    control = Control(ctx.settings)
 
     async def run(fn: Any, *args: Any) -> Any:
         try:
@@ -56,6 +55,8 @@ def routes(ctx: WebContext) -> APIRouter:
             raise ApiError(409, str(exc)) from None
         except (UnknownTenantError, UnknownVersionError) as exc:
             raise ApiError(404, str(exc)) from None
+        except CacheBehind as exc:  # the change is saved; the workers learn of it later
+            raise ApiError(503, str(exc)) from None
         except TenantNameRefused as exc:
             raise ApiError(409 if exc.refusal.conflict else 400, str(exc)) from None
         except StreamrecError as exc:
@@ -142,7 +143,7 @@ def routes(ctx: WebContext) -> APIRouter:
     async def rollback(tenant: TenantName) -> dict[str, Any]:
         """404 for an unknown tenant; 409 when no version was promoted before the one in
         service (nothing to roll back to)."""
-        current = await run(control.rollback, tenant)
+        current, _ = await run(control.rollback, tenant)
         return {"tenant": tenant, "current": current}
 
     # -- experiments and bandits ---------------------------------------------------------
@@ -157,7 +158,7 @@ def routes(ctx: WebContext) -> APIRouter:
         """Each arm's share, recommendations, hits, hit rate and 95 % interval; for an
         A/B test the decision and its p-value (as ``streamrec experiment status``)."""
         await run(control.require, tenant)
-        return await run(experiments.status, ctx.settings, tenant)
+        return await run(control.experiment_status, tenant)
 
     @router.post(
         "/tenants/{tenant}/experiment",
@@ -174,9 +175,7 @@ def routes(ctx: WebContext) -> APIRouter:
         if not _number(share) or not _integer(least):
             raise ApiError(400, "share must be a number, min_recommendations an integer")
         await run(control.require, tenant)
-        policy, heard = await run(
-            experiments.start_ab, ctx.settings, tenant, variant, float(share), least
-        )
+        policy, heard = await run(control.start_ab, tenant, variant, float(share), least)
         return {"tenant": tenant, **policy, "workers_notified": heard}
 
     @router.post(
@@ -195,7 +194,7 @@ def routes(ctx: WebContext) -> APIRouter:
             raise ApiError(400, "discount and floor must be numbers")
         await run(control.require, tenant)
         policy, heard = await run(
-            experiments.start_bandit, ctx.settings, tenant, versions, float(discount), float(floor)
+            control.start_bandit, tenant, versions, float(discount), float(floor)
         )
         return {"tenant": tenant, **policy, "workers_notified": heard}
 
@@ -206,10 +205,10 @@ def routes(ctx: WebContext) -> APIRouter:
     )
     async def stop_experiment(tenant: TenantName, request: Request) -> dict[str, Any]:
         action = (await body_object(request)).get("action")
-        if action not in experiments.ACTIONS:
-            raise ApiError(400, f"action must be one of {', '.join(experiments.ACTIONS)}")
+        if action not in ACTIONS:
+            raise ApiError(400, f"action must be one of {', '.join(ACTIONS)}")
         await run(control.require, tenant)
-        serving, heard = await run(experiments.stop, ctx.settings, tenant, action)
+        serving, heard = await run(control.stop, tenant, action)
         return {"tenant": tenant, "current": serving, "workers_notified": heard}
 
     return router

@@ -30,7 +30,7 @@ from models.names import TENANT_RULE, is_tenant, tenant_refusal
 from models.registry import Registry
 from state.connection import RedisError
 from stream.api.server import ApiError, WebContext
-from stream.control.tenants import key_digest
+from stream.control.service import key_digest
 
 bearer = HTTPBearer(auto_error=False, description="a tenant key or the admin token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

@@ -24,6 +24,7 @@ from stream.api.server import (
     tenant_errors,
 )
 from stream.events import feedback_from_dict
+from stream.timing import parse_duration
 
 FEEDBACK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -67,10 +68,10 @@ def routes(ctx: WebContext) -> APIRouter:
     async def stats(
         tenant: Tenant, since: Annotated[str, Query(description="e.g. 1h, 30m, 7d")] = "1h"
     ) -> dict[str, Any]:
-        from stream.control.stats import parse_since, tenant_stats
+        from stream.control.stats import tenant_stats
 
         try:
-            since_s = parse_since(since)
+            since_s = parse_duration(since)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         processor = ctx.backend()

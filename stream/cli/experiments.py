@@ -9,20 +9,9 @@ import click
 import orjson
 
 from models.policy_file import read_policy
-from models.registry import Registry
-from state.connection import RedisError
-from stream.cli.params import EXISTING_TENANT, json_flag, option, uses
+from stream.cli.params import EXISTING_TENANT, json_flag, option, unreachable, uses
 from stream.config import Settings
-from stream.control import experiments
-
-
-def status(settings: Settings, tenant: str) -> dict[str, Any]:
-    try:
-        return experiments.status(settings, tenant)
-    except (RedisError, OSError) as exc:
-        raise click.ClickException(
-            f"cannot reach Redis at {settings.redis_display}: {exc}"
-        ) from None
+from stream.control.service import UNREACHABLE, Control
 
 
 def status_table(report: dict[str, Any]) -> str:
@@ -88,10 +77,10 @@ def experiment_start(
     settings: Settings, tenant: str, variant: str, share: float, min_recommendations: int
 ) -> None:
     """Serve VARIANT to a share of TENANT's sessions, the version in service to the rest."""
-    policy, heard = experiments.start_ab(settings, tenant, variant, share, min_recommendations)
-    control = policy["control"]
+    with Control(settings) as control:
+        policy, heard = control.start_ab(tenant, variant, share, min_recommendations)
     click.echo(
-        f"tenant {tenant}: A/B {control} {1 - share:.0%} / {variant} {share:.0%} "
+        f"tenant {tenant}: A/B {policy['control']} {1 - share:.0%} / {variant} {share:.0%} "
         f"({heard} worker(s) notified)"
     )
 
@@ -105,15 +94,19 @@ def experiment_status_cmd(settings: Settings, tenant: str | None, as_json: bool)
     recommendations served, hits and hit rate; for an A/B test the 95 % interval and the
     decision (running / promote / keep) with its p-value, for a bandit the posterior mean
     hit rate each share is drawn from."""
-    if tenant is None:
-        registry = Registry(settings.registry_dir)
-        tenants = [t for t in registry.tenants() if read_policy(registry, t) is not None]
-        if not tenants:
-            click.echo("no experiment or bandit runs")
-            return
-    else:
-        tenants = [tenant]
-    reports = [status(settings, t) for t in tenants]
+    with Control(settings) as control:
+        registry = control.registry
+        if tenant is None:
+            tenants = [t for t in registry.tenants() if read_policy(registry, t) is not None]
+            if not tenants:
+                click.echo("no experiment or bandit runs")
+                return
+        else:
+            tenants = [tenant]
+        try:
+            reports = [control.experiment_status(t) for t in tenants]
+        except UNREACHABLE as exc:
+            raise unreachable(settings, exc) from None
     if as_json:
         click.echo(orjson.dumps(reports[0] if tenant else {"tenants": reports}).decode())
     else:
@@ -135,11 +128,10 @@ def experiment_stop(settings: Settings, tenant: str, action: str | None) -> None
     if action is None:
         raise click.UsageError("say --promote or --keep")
     try:
-        serving, heard = experiments.stop(settings, tenant, action)
-    except (RedisError, OSError) as exc:  # a bandit's best arm is read from the counters
-        raise click.ClickException(
-            f"cannot reach Redis at {settings.redis_display}: {exc}"
-        ) from None
+        with Control(settings) as control:
+            serving, heard = control.stop(tenant, action)
+    except UNREACHABLE as exc:  # a bandit's best arm is read from the counters
+        raise unreachable(settings, exc) from None
     click.echo(
         f"tenant {tenant}: experiment stopped, {serving} serves ({heard} worker(s) notified)"
     )
@@ -176,7 +168,8 @@ def bandit_start(
     workers recompute the shares from the counters every few seconds."""
     if len(set(versions)) < 2:
         raise click.UsageError("a bandit needs at least two different versions")
-    policy, heard = experiments.start_bandit(settings, tenant, versions, discount, floor)
+    with Control(settings) as control:
+        policy, heard = control.start_bandit(tenant, versions, discount, floor)
     arms = list(policy["arms"])
     click.echo(f"tenant {tenant}: bandit over {', '.join(arms)} ({heard} worker(s) notified)")
 

@@ -10,9 +10,9 @@ import time
 import click
 
 from models.registry import Registry
-from state.notify import notify_model_change
 from stream.cli.params import EXISTING_TENANT, uses
 from stream.config import Settings
+from stream.control.service import Control
 
 
 @click.group("models", epilog=uses("registry", "redis"))
@@ -86,8 +86,8 @@ def models_list(settings: Settings, tenant: str | None) -> None:
 @click.pass_obj
 def models_promote(settings: Settings, tenant: str, version: str) -> None:
     """Validate VERSION and put it in service for TENANT."""
-    Registry(settings.registry_dir).promote(tenant, version)
-    heard = notify_model_change(settings.redis, tenant, version)
+    with Control(settings) as control:
+        heard = control.promote(tenant, version)
     click.echo(f"{tenant}: {version} is now in service ({heard} worker(s) notified)")
 
 
@@ -97,8 +97,7 @@ def models_promote(settings: Settings, tenant: str, version: str) -> None:
 @click.pass_obj
 def models_rollback(settings: Settings, tenant: str, version: str | None) -> None:
     """Put VERSION (default: the previously promoted one) back in service for TENANT."""
-    registry = Registry(settings.registry_dir)
-    before = registry.current_version(tenant)
-    after = registry.rollback(tenant, version)
-    heard = notify_model_change(settings.redis, tenant, after)
+    with Control(settings) as control:
+        before = control.registry.current_version(tenant)
+        after, heard = control.rollback(tenant, version)
     click.echo(f"{tenant}: rolled back {before} -> {after} ({heard} worker(s) notified)")

@@ -11,7 +11,6 @@ This module stays light (click and ``stream.config``): every command module impo
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -21,6 +20,7 @@ import click
 
 from models.names import TENANT_RULE, is_tenant
 from stream.config import Settings
+from stream.timing import parse_duration
 
 if TYPE_CHECKING:
     from models.datasets import Clicks
@@ -90,15 +90,10 @@ CLICK_LOG = click.Path(exists=True, dir_okay=False, path_type=Path)
 # train's and replay's FILE; without it they read the shipped e-shop clickstream.
 click_log_argument = click.argument("file", required=False, type=CLICK_LOG)
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-
-def parse_duration(text: str) -> float:
-    """'90s', '30m', '1h', '7d' or plain seconds -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 1h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+def unreachable(settings: Settings, exc: Exception) -> click.ClickException:
+    """Redis away, as the one line a command ends with."""
+    return click.ClickException(f"cannot reach Redis at {settings.redis_display}: {exc}")
 
 
 class Duration(click.ParamType):

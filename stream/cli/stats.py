@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 import orjson
 
-from models.registry import Registry
-from state.connection import RedisError, async_client
-from stream.cli.params import EXISTING_TENANT, json_flag, option, uses
+from stream.cli.params import EXISTING_TENANT, Duration, json_flag, option, unreachable, uses
 from stream.config import Settings
-from stream.control.stats import parse_since, stats_table, tenant_stats
-
-
-def _since(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    try:
-        return parse_since(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
-
-
-async def _read(settings: Settings, tenants: list[str], since_s: float) -> list[dict]:
-    client = async_client(settings.redis)
-    try:
-        return [await tenant_stats(client, t, since_s, settings.feedback_bucket_s) for t in tenants]
-    finally:
-        await client.aclose()
+from stream.control.service import UNREACHABLE, Control
+from stream.control.stats import stats_table
 
 
 @click.command("stats", epilog=uses("redis"))
 @click.argument("tenant", required=False, type=EXISTING_TENANT)
-@option("--since", "since_s", default="1h", callback=_since,
+@option("--since", "since_s", type=Duration(), default="1h",
               help="Window: 30m, 1h, 7d ...")  # fmt: skip
 @json_flag
 @click.pass_obj
@@ -41,16 +23,15 @@ def stats(settings: Settings, tenant: str | None, since_s: float, as_json: bool)
 
     Without TENANT: every tenant, one table each (--json: {"tenants": [...]}).
     """
-    tenants = [tenant] if tenant else Registry(settings.registry_dir).tenants()
-    if not tenants:
-        click.echo("no tenants yet: `streamrec tenant create NAME` or `streamrec train`")
-        return
-    try:
-        reports = asyncio.run(_read(settings, tenants, since_s))
-    except (RedisError, OSError) as exc:
-        raise click.ClickException(
-            f"cannot reach Redis at {settings.redis_display}: {exc}"
-        ) from None
+    with Control(settings) as control:
+        tenants = [tenant] if tenant else control.registry.tenants()
+        if not tenants:
+            click.echo("no tenants yet: `streamrec tenant create NAME` or `streamrec train`")
+            return
+        try:
+            reports = [control.stats(t, since_s) for t in tenants]
+        except UNREACHABLE as exc:
+            raise unreachable(settings, exc) from None
     if as_json:
         click.echo(orjson.dumps(reports[0] if tenant else {"tenants": reports}).decode())
     else:

@@ -9,19 +9,13 @@ from typing import TypeVar
 import click
 
 from models.errors import StreamrecError
-from models.registry import Registry
+from models.registry import MODES
 from models.rules import EXCLUDE_MODES, ServingRules
-from state.connection import RedisError, SyncRedis, sync_client
-from state.tenants import MODES, list_tenants
-from stream.cli.params import TENANT, option, uses
+from stream.cli.params import TENANT, option, unreachable, uses
 from stream.config import Settings
-from stream.control.tenants import TenantControl
+from stream.control.service import Control, RedisError
 
 T = TypeVar("T")
-
-
-def _client(settings: Settings) -> SyncRedis:
-    return sync_client(settings.redis)
 
 
 @click.group("tenant", epilog=uses("registry", "redis"))
@@ -86,7 +80,7 @@ def tenant_set(
 ) -> None:
     """Serving rules of tenant NAME, applied after ranking in the worker and over HTTP."""
 
-    def change(control: TenantControl) -> dict[str, object]:
+    def change(control: Control) -> dict[str, object]:
         rules = ServingRules.from_dict(control.rules(name))
         include = set() if clear_categories else set(rules.include_categories)
         excluded = set() if clear_categories else set(rules.exclude_categories)
@@ -132,41 +126,35 @@ def key_revoke(settings: Settings, name: str, key_id: str) -> None:
 def key_list(settings: Settings, name: str) -> None:
     """The ids and creation times of tenant NAME's keys (never the keys)."""
 
-    def keys(control: TenantControl) -> dict[str, dict[str, object]]:
-        control.require(name)
-        return control.registry.keys(name)
-
-    for key_id, entry in sorted(_control(settings, keys).items()):
+    for key_id, entry in sorted(_control(settings, lambda c: c.keys(name)).items()):
         click.echo(f"{key_id}  created {entry.get('created', '?')}")
 
 
-def _control(settings: Settings, action: Callable[[TenantControl], T]) -> T:
+def _control(settings: Settings, action: Callable[[Control], T]) -> T:
     """Run an admin action; a failure is one line, not a traceback."""
     try:
-        return action(TenantControl(settings))
+        with Control(settings) as control:
+            return action(control)
     except StreamrecError as exc:
         raise click.ClickException(str(exc)) from None
     except RedisError as exc:
-        raise click.ClickException(
-            f"cannot reach Redis at {settings.redis_display}: {exc}"
-        ) from None
+        raise unreachable(settings, exc) from None
 
 
 @tenant.command("list")
 @click.pass_obj
 def tenant_list(settings: Settings) -> None:
     """Every tenant that has sent clicks or has a model, with its mode and model."""
-    registry = Registry(settings.registry_dir)
-    try:
-        modes = {**list_tenants(_client(settings)), **registry.tenant_modes()}
-    except RedisError as exc:
-        raise click.ClickException(
-            f"cannot reach Redis at {settings.redis_display}: {exc}"
-        ) from None
-    names = sorted(set(modes) | set(registry.tenants()))
-    if not names:
+
+    def listing(control: Control) -> list[tuple[str, str, str | None]]:
+        modes, registry = control.tenant_modes(), control.registry
+        names = sorted(set(modes) | set(registry.tenants()))
+        return [(n, modes.get(n, "on"), registry.current_version(n)) for n in names]
+
+    rows = _control(settings, listing)
+    if not rows:
         click.echo("no tenants yet")
         return
     click.echo(f"{'tenant':24s} {'mode':7s} model")
-    for name in names:
-        click.echo(f"{name:24s} {modes.get(name, 'on'):7s} {registry.current_version(name) or '-'}")
+    for name, mode, version in rows:
+        click.echo(f"{name:24s} {mode:7s} {version or '-'}")

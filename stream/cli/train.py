@@ -19,7 +19,6 @@ import click
 from models.datasets import Session, build_sessions, eshop_path
 from models.names import tenant_refusal
 from models.registry import Registry
-from state.notify import notify_model_change
 from stream.cli.params import (
     CLICK_LOG,
     ColumnSpec,
@@ -31,6 +30,7 @@ from stream.cli.params import (
     uses,
 )
 from stream.config import Settings
+from stream.control.service import Control
 
 if TYPE_CHECKING:
     from models.train import TrainParams
@@ -223,8 +223,8 @@ def train(
     }
     version = registry.register(tenant, bundle, {"data": data, **extra})
     if not no_promote:
-        registry.promote(tenant, version)
-        notify_model_change(settings.redis, tenant, version)
+        with Control(settings) as control:
+            control.promote(tenant, version)
     if plots is not None:
         for name in _write_plots(registry.load(tenant, version), plots):
             click.echo(f"wrote {name}")

@@ -35,6 +35,33 @@ log = logging.getLogger(f"streamrec.{__name__}")
 Buckets = list[tuple[int, dict[str, VariantCounts]]]
 
 
+def ab_arms(control: str, candidate: str, share: float) -> dict[str, float]:
+    """An A/B policy's arms: ``share`` of the sessions to the candidate."""
+    return {control: round(1 - share, 6), candidate: share}
+
+
+def ab_policy(
+    control: str,
+    candidate: str,
+    share: float,
+    *,
+    min_recommendations: int = 1000,
+    alpha: float = 0.05,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """An A/B test of ``candidate`` against ``control`` (the version in service), decided
+    once each arm served ``min_recommendations``, at significance ``alpha``."""
+    return {
+        "policy": "ab",
+        "arms": ab_arms(control, candidate, share),
+        "control": control,
+        "candidate": candidate,
+        "started": time.time() if started is None else started,
+        "min_recommendations": min_recommendations,
+        "alpha": alpha,
+    }
+
+
 def arm_buckets(buckets: Buckets, arms: list[str]) -> dict[str, list[tuple[float, float, float]]]:
     """Per arm: ``(bucket start, hits, recommendations)`` per bucket."""
     out: dict[str, list[tuple[float, float, float]]] = {a: [] for a in arms}

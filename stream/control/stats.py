@@ -3,25 +3,12 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
-from models.errors import InvalidSettingError
 from models.experiments import is_variant, wilson
 from state.connection import AsyncRedis as Redis
 from state.feedback import VariantCounts, read_buckets, totals
-
-_SINCE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str) -> float:
-    """``90s``, ``30m``, ``1h``, ``7d`` (or plain seconds) as seconds."""
-    match = _SINCE.fullmatch(text.strip())
-    if match is None or float(match.group(1)) <= 0:
-        raise InvalidSettingError(f"--since {text!r}: give a duration like 30m, 1h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def variant_json(c: VariantCounts) -> dict[str, Any]:

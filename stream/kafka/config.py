@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from models.errors import StreamrecError
@@ -93,9 +93,6 @@ class KafkaClientConfig:
             replication_factor=settings.kafka_replication_factor,
             retention_ms=int(settings.kafka_retention_hours * 3600 * 1000),
         )
-
-    def with_servers(self, bootstrap_servers: str) -> KafkaClientConfig:
-        return replace(self, bootstrap_servers=bootstrap_servers)
 
     def __str__(self) -> str:
         return f"{self.bootstrap_servers} ({self.security_protocol})"

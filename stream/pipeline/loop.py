@@ -45,6 +45,7 @@ from stream.kafka.transactions import (
 )
 from stream.pipeline.processor import UNDELIVERABLE, BatchResult, DeadLetter, Message, position
 from stream.shutdown import EXIT_FENCED, request_exit
+from stream.timing import backoff
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -305,7 +306,7 @@ class BatchLoop(Service):
                 )
             except KafkaError as exc:
                 fetch_failures += 1
-                delay = min(0.5 * 2 ** (fetch_failures - 1), 5.0)
+                delay = backoff(fetch_failures, 0.5, 5.0)
                 log.warning(
                     "fetch failed (%s); retrying in %.1f s (attempt %d)", exc, delay, fetch_failures
                 )
@@ -386,7 +387,7 @@ class BatchLoop(Service):
         them: committing without them would lose the click."""
         assert self._publisher is not None
         await self._publisher.wait()
-        attempt, delay, by_payload = 1, 0.2, None
+        attempt, by_payload = 1, None
         while delivery.failures:
             failures, resend, dead = delivery.failures, [], []
             for f in failures:
@@ -403,12 +404,12 @@ class BatchLoop(Service):
                 )
                 dead.append(_dead_letter(f, why, batch, by_payload))
             if resend:
+                delay = backoff(attempt, 0.2, 5.0)
                 log.error(
                     "publishing %d record(s) failed (%s); attempt %d, retrying in %.1fs",
                     len(resend), failures[0].reason, attempt, delay,
                 )  # fmt: skip
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 attempt += 1
             result.dead_letters.extend(dead)
             records = resend + [(self._settings.dlq_topic, d.value, d.key, d.headers) for d in dead]
@@ -447,7 +448,7 @@ class BatchLoop(Service):
             made.append(dead)
             return (s.dlq_topic, dead.value, dead.key, dead.headers)
 
-        attempt, delay = 1, 0.2
+        attempt = 1
         while True:
             made.clear()
             metadata = aiokafka_group_metadata(self._consumer, s.app_id)
@@ -484,9 +485,9 @@ class BatchLoop(Service):
                     dead = dead_letter(f, why)
                     result.dead_letters.append(dead)
                     records[i] = (s.dlq_topic, dead.value, dead.key, dead.headers)
+            delay = backoff(attempt, 0.2, 5.0)
             log.error("transaction attempt %d failed; retrying in %.1fs", attempt, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
             attempt += 1
         result.dead_letters.extend(made)
         self._committed.update(ends)

@@ -655,10 +655,3 @@ def popular_ruled(
     """Cold start: the tenant's most clicked items its rules allow."""
     top = apply_rules(popular, seen, rules, catalogue, k, request)
     return Ranked([item for item, _ in top], [score for _, score in top], "popular")
-
-
-def popular_excluding(popular: Sequence[tuple[str, float]], seen: Sequence[str], k: int) -> Ranked:
-    """Cold start: the tenant's most clicked items the session has not seen yet."""
-    skip = set(seen)
-    top = [(item, score) for item, score in popular if item not in skip][:k]
-    return Ranked([item for item, _ in top], [score for _, score in top], "popular")

@@ -22,9 +22,9 @@ from models.registry import Registry
 from models.train import TrainParams
 from state.connection import RedisError, RedisSettings, SyncRedis, sync_client
 from state.control import catalogue_categories
-from state.notify import notify_model_change
 from state.tenants import list_tenants
 from stream.config import Settings
+from stream.control.service import Control
 from stream.kafka.click_log import has_new_clicks, log_positions, read_click_log
 from stream.retrain.rollout import RolloutSettings, start_rollout
 
@@ -225,17 +225,34 @@ def _retrain_tenant(
         },
     )
     if decision.action == "promoted":
-        if rollout is not None and current is not None:
-            # Staged: the candidate earns its traffic online (stream.retrain.rollout).
-            start_rollout(settings, tenant, version, current.version, rollout)
-            decision = replace(
-                decision, action="rollout", reason=f"{decision.reason}; staged rollout started"
-            )
-        else:
-            registry.promote(tenant, version)
-            notify_model_change(_redis(settings.redis), tenant, version)
+        serving = current.version if current is not None else None
+        decision = _put_in_service(settings, tenant, version, serving, decision, rollout)
     _prune(registry, tenant, keep_unpromoted)
     return TenantOutcome(tenant, decision, version)
+
+
+def _put_in_service(
+    settings: Settings,
+    tenant: str,
+    version: str,
+    serving: str | None,
+    decision: GateDecision,
+    rollout: RolloutSettings | None,
+) -> GateDecision:
+    """Promote the candidate that passed the gate, or start its staged rollout (it earns
+    its traffic online: stream.retrain.rollout). Kept instead when, while it trained, the
+    tenant was switched off or frozen or an experiment started."""
+    try:
+        if rollout is not None and serving is not None:
+            start_rollout(settings, tenant, version, serving, rollout)
+            return replace(
+                decision, action="rollout", reason=f"{decision.reason}; staged rollout started"
+            )
+        with Control(settings) as control:
+            control.promote_candidate(tenant, version)
+        return decision
+    except StreamrecError as exc:
+        return replace(decision, action="kept", reason=f"changed while it trained: {exc}")
 
 
 def _last_trained(registry: Registry, tenant: str) -> tuple[str, dict[int, int]] | None:

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.errors import StreamrecError
-from models.experiments import is_variant, staged_verdict
+from models.experiments import staged_verdict
 from models.policy_file import log_rollout, read_policy
 from models.registry import DamagedFileError, Registry
-from state.connection import RedisError, SyncRedis, sync_client
-from state.feedback import read_buckets_sync, totals
-from state.notify import notify_model_change
+from state.connection import RedisError
+from state.feedback import totals
 from stream.config import Settings
-from stream.control.experiments import apply_policy
+from stream.control.policies import ab_arms, ab_policy
+from stream.control.service import CacheBehind, Control
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -43,26 +43,32 @@ class RolloutSettings:
 def start_rollout(
     settings: Settings, tenant: str, candidate: str, control: str, rollout: RolloutSettings
 ) -> dict[str, Any]:
-    """The candidate's first stage: an A/B arm with the first stage's share."""
+    """The candidate's first stage: an A/B arm with the first stage's share. A
+    ``StreamrecError`` when the tenant is not on or runs another policy."""
     now = time.time()
     share = rollout.stages[0]
     policy = {
-        "policy": "ab",
-        "arms": {control: round(1 - share, 6), candidate: share},
-        "control": control,
-        "candidate": candidate,
-        "started": now,
-        "min_recommendations": rollout.min_recommendations,
-        "alpha": rollout.alpha,
+        **ab_policy(
+            control,
+            candidate,
+            share,
+            min_recommendations=rollout.min_recommendations,
+            alpha=rollout.alpha,
+            started=now,
+        ),
         "rollout": {"stages": list(rollout.stages), "stage": 0, "stage_started": now},
     }
-    apply_policy(settings, tenant, policy)
-    _record(settings, tenant, "rollout-start", policy, share=share)
+    with Control(settings) as service:
+        try:
+            service.start_rollout(tenant, policy)
+        except CacheBehind as exc:  # started all the same: the registry has it
+            log.warning("tenant %s: %s", tenant, exc)
+        _record(service.registry, tenant, "rollout-start", policy, share=share)
     return policy
 
 
 def _record(
-    settings: Settings, tenant: str, action: str, policy: dict[str, Any], **extra: Any
+    registry: Registry, tenant: str, action: str, policy: dict[str, Any], **extra: Any
 ) -> None:
     entry = {
         "action": action,
@@ -71,7 +77,7 @@ def _record(
         "ts": time.time(),
         **extra,
     }
-    log_rollout(Registry(settings.registry_dir), tenant, entry)
+    log_rollout(registry, tenant, entry)
     log.info(
         "tenant %s: %s %s (control %s)%s",
         tenant,
@@ -85,28 +91,23 @@ def _record(
 def check_rollouts(settings: Settings, now: float | None = None) -> list[tuple[str, str]]:
     """One look at every running rollout; ``[(tenant, what happened)]`` for those that
     moved (``advance``, ``promote``, ``rollback``)."""
-    registry = Registry(settings.registry_dir)
     now = time.time() if now is None else now
-    client = sync_client(settings.redis)
     moved: list[tuple[str, str]] = []
-    try:
-        for tenant in registry.tenants():
+    with Control(settings) as control:
+        for tenant in control.registry.tenants():
             try:
-                step = _look_at(settings, registry, client, tenant, now)
+                step = _look_at(control, tenant, now)
             except DamagedFileError as exc:
                 _damaged(tenant, exc)
                 continue
             _damaged(tenant, None)
             if step is not None:
                 moved.append((tenant, step))
-    finally:
-        client.close()
     return moved
 
 
-def _look_at(
-    settings: Settings, registry: Registry, client: SyncRedis, tenant: str, now: float
-) -> str | None:
+def _look_at(control: Control, tenant: str, now: float) -> str | None:
+    registry = control.registry
     if not _has_rollout(read_policy(registry, tenant)):
         return None  # most tenants: one read, no lock
     with registry.locked(tenant):
@@ -114,7 +115,7 @@ def _look_at(
         policy = read_policy(registry, tenant)
         if not _has_rollout(policy) or (registry.mode(tenant) or "on") != "on":
             return None  # freeze keeps the policy and arms as they are
-        return _look(settings, registry, client, tenant, policy, now)  # type: ignore[arg-type]
+        return _look(control, tenant, policy, now)  # type: ignore[arg-type]
 
 
 def _has_rollout(policy: dict[str, Any] | None) -> bool:
@@ -152,23 +153,11 @@ def look_at_rollouts(settings: Settings) -> list[tuple[str, str]]:
         return []
 
 
-def _look(
-    settings: Settings,
-    registry: Registry,
-    client: SyncRedis,
-    tenant: str,
-    policy: dict[str, Any],
-    now: float,
-) -> str | None:
+def _look(service: Control, tenant: str, policy: dict[str, Any], now: float) -> str | None:
     rollout = policy["rollout"]
     control, candidate = policy["control"], policy["candidate"]
-    buckets = read_buckets_sync(
-        client,
-        tenant,
-        float(rollout["stage_started"]),
-        now,
-        settings.feedback_bucket_s,
-        is_variant,
+    buckets = service.cache.buckets(
+        tenant, float(rollout["stage_started"]), now, service.settings.feedback_bucket_s
     )
     counted = totals(buckets)
     c, x = counted.get(control), counted.get(candidate)
@@ -189,23 +178,21 @@ def _look(
     if verdict == "hold":
         return None
     if verdict == "worse":
-        apply_policy(settings, tenant, None)
-        _record(settings, tenant, "rollout-rollback", policy, **rates)
+        service.end_rollout(tenant, promote=None)
+        _record(service.registry, tenant, "rollout-rollback", policy, **rates)
         return "rollback"
     stages = rollout["stages"]
     nxt = int(rollout["stage"]) + 1
     if nxt >= len(stages) or stages[nxt] >= 1.0:
-        registry.promote(tenant, candidate)
-        apply_policy(settings, tenant, None)
-        notify_model_change(settings.redis, tenant, candidate)
-        _record(settings, tenant, "rollout-promote", policy, **rates)
+        service.end_rollout(tenant, promote=candidate)
+        _record(service.registry, tenant, "rollout-promote", policy, **rates)
         return "promote"
     share = float(stages[nxt])
     policy = {
         **policy,
-        "arms": {control: round(1 - share, 6), candidate: share},
+        "arms": ab_arms(control, candidate, share),
         "rollout": {**rollout, "stage": nxt, "stage_started": now},
     }
-    apply_policy(settings, tenant, policy)
-    _record(settings, tenant, "rollout-stage", policy, share=share, **rates)
+    service.apply_policy(tenant, policy)
+    _record(service.registry, tenant, "rollout-stage", policy, share=share, **rates)
     return "advance"

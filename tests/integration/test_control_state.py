@@ -19,7 +19,7 @@ import redis
 from models.registry import Registry
 from state import keys
 from stream.config import Settings
-from stream.control.tenants import TenantControl
+from stream.control.service import Control
 from stream.dev.stack import EmbeddedStack, free_port
 from stream.dev.testing import WorkerConfig, WorkerProcess, consume, produce
 from stream.events import ClickEvent
@@ -66,7 +66,7 @@ def test_fifty_concurrent_key_changes_over_http_and_the_cli_survive_redis_losing
     models = tmp_path / "models"
     shop = unique_name("shop")
     cfg, base = _worker(stack, unique_name, tmp_path, models)
-    control = TenantControl(
+    control = Control(
         Settings.from_env(cfg.env())  # the same registry and Redis as the worker
     )
     control.create(shop)

@@ -23,9 +23,8 @@ from models.registry import Registry
 from state.feedback import FeedbackRecorder
 from state.sessions import SessionStore
 from stream.config import Settings
-from stream.control.experiments import apply_policy as apply
 from stream.control.policies import PolicyDirectory
-from stream.control.tenants import TenantControl
+from stream.control.service import Control
 from stream.dev.stack import EmbeddedStack
 from stream.pipeline.model_cache import ModelCache
 from stream.pipeline.processor import BatchProcessor
@@ -125,7 +124,7 @@ def test_freeze_keeps_the_arms_serving_and_off_answers_nothing(
     )
     start_rollout(settings, tenant, "v2", "v1", RolloutSettings(stages=(0.5, 1.0)))
     item = registry.load(tenant).item_list[0]
-    control = TenantControl(settings)  # the admin path: registry, then Redis's cache
+    control = Control(settings)  # the admin path: registry, then Redis's cache
 
     async def run() -> list[list[tuple[str, str]]]:
         client = Redis.from_url(stack.redis_url, decode_responses=True)
@@ -175,7 +174,7 @@ def test_a_session_keeps_its_arm_when_the_shares_move(
         broker=stack.broker, redis_url=stack.redis_url, model_dir=str(tmp_path / "models")
     )
     policy = {"policy": "ab", "arms": {"v1": 0.5, "v2": 0.5}, "control": "v1", "candidate": "v2"}
-    apply(settings, tenant, policy)
+    Control(settings).apply_policy(tenant, policy)
     item = registry.load(tenant).item_list[0]
 
     async def run() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
@@ -200,7 +199,7 @@ def test_a_session_keeps_its_arm_when_the_shares_move(
             old = [f"old{i}" for i in range(400)]
             first = await batch(old, 0)
             await asyncio.to_thread(
-                apply, settings, tenant, {**policy, "arms": {"v1": 0.1, "v2": 0.9}}
+                Control(settings).apply_policy, tenant, {**policy, "arms": {"v1": 0.1, "v2": 0.9}}
             )
             second = await batch(old + [f"new{i}" for i in range(400)], 1)
             await processor.flush_feedback()  # the lists go out with the next batch, or now

@@ -18,7 +18,7 @@ from models.registry import Registry
 from models.train import TrainParams, train_model
 from state.control import put_items
 from stream.config import Settings
-from stream.control.tenants import TenantControl
+from stream.control.service import Control
 from stream.dev.stack import EmbeddedStack
 from stream.dev.testing import WorkerProcess, produce
 from stream.events import ClickEvent
@@ -39,7 +39,7 @@ def test_trainer_promotes_a_better_model_and_skips_frozen_and_off_tenants(
         registry.promote(tenant, registry.register(tenant, weak, {}))
     # Through the admin path (registry first, then the Redis cache), as the CLI does: a
     # mode written only to Redis is a cache entry the worker's start-up refill replaces.
-    control = TenantControl(Settings(redis_url=stack.redis_url, model_dir=str(tmp_path / "models")))
+    control = Control(Settings(redis_url=stack.redis_url, model_dir=str(tmp_path / "models")))
     control.create(off)
     control.set_mode(frozen, "freeze")
     control.set_mode(off, "off")

@@ -119,7 +119,7 @@ def test_streamrec_adapter_matches_the_serving_ranker() -> None:
     model = StreamrecModel(TrainParams(epochs=2, n_clusters=3))
     model.fit(TOY)
     # The harness's literature protocol: session items allowed (serving rules come after).
-    expected = recommend(model.bundle, ["a"], 3, exclude="none").item_ids()
+    expected = recommend(model.bundle, ["a"], 3, exclude="none").ids
     assert model.recommend_batch([["a"]], 3) == [expected]
 
 

@@ -27,7 +27,7 @@ def _random_sessions(bundle: ModelBundle, count: int, seed: int) -> list[list[st
 def test_never_seen_items_never_more_than_k_no_duplicates(bundle: ModelBundle, k: int) -> None:
     sessions = _random_sessions(bundle, 300, k)
     for session, ranked in zip(sessions, recommend_batch(bundle, sessions, k), strict=True):
-        ids = ranked.item_ids()
+        ids = ranked.ids
         assert len(ids) <= k
         assert len(set(ids)) == len(ids)
         assert not set(ids) & set(session)
@@ -45,7 +45,7 @@ def test_batch_equals_one_by_one(bundle: ModelBundle) -> None:
 def test_unknown_items_fall_back_to_popular(bundle: ModelBundle) -> None:
     ranked = recommend(bundle, ["never-seen"], 5)
     assert ranked.strategy == "popular"
-    assert ranked.item_ids() == [bundle.item_list[i] for i in bundle.popularity[:5]]
+    assert ranked.ids == [bundle.item_list[i] for i in bundle.popularity[:5]]
     assert recommend(bundle, [], 3).strategy == "popular"
 
 

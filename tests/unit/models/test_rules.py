@@ -135,7 +135,7 @@ def test_the_kernel_never_returns_a_banned_item_and_fills_to_k(
         bundle, flat, [len(s) for s in sessions], k, banned=mask, exclude=exclude
     )
     for session, r in zip(sessions, ranked, strict=True):
-        ids = r.item_ids()
+        ids = r.ids
         assert not set(ids) & banned_names
         assert not set(ids) & session_excluded(rules, session)
         assert len(ids) == len(set(ids)) == k  # refilled: 80 items are allowed

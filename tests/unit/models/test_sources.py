@@ -69,7 +69,7 @@ def _hand_made(weights: dict[str, float], categories: list[int] | None = None) -
 
 
 def _rank(bundle: ModelBundle, session: list[str], k: int, exclude: str = "none") -> list[str]:
-    return recommend_batch(bundle, [session], k, exclude=exclude)[0].item_ids()
+    return recommend_batch(bundle, [session], k, exclude=exclude)[0].ids
 
 
 def test_transitions_rank_by_how_often_the_next_item_followed() -> None:
@@ -95,7 +95,7 @@ def test_session_knn_votes_with_neighbour_similarity() -> None:
     bundle = _hand_made({"vsknn": 1.0})
     # The three sessions holding a are the neighbours (similarity 1 each): a 3, b 2, c 1.
     ranked = recommend_batch(bundle, [["a"]], 3, exclude="none")[0]
-    assert ranked.item_ids() == ["a", "b", "c"]
+    assert ranked.ids == ["a", "b", "c"]
     assert ranked.scores == pytest.approx([1.0, 2 / 3, 1 / 3])
     assert ranked.strategy == "session_knn"
     assert _rank(bundle, ["d"], 1, exclude="current") == ["e"]
@@ -141,7 +141,7 @@ def test_the_category_share_is_the_sessions_recency_weighted_share() -> None:
 def test_the_top_of_the_last_clicks_category_are_candidates() -> None:
     bundle = _hand_made({"category_top": 1.0}, CATEGORIES)
     ranked = recommend_batch(bundle, [["e"]], 3, exclude="none")[0]
-    assert ranked.item_ids() == ["a", "c", "e"]  # category 0, most clicked first
+    assert ranked.ids == ["a", "c", "e"]  # category 0, most clicked first
     assert ranked.scores == pytest.approx([1.0, 1 / 2, 1 / 3])
 
 
@@ -167,7 +167,7 @@ def test_the_learned_ranker_beats_the_fixed_blend_on_held_out_cases(trained: Mod
 
     def hit_rate(params: RankParams | None) -> float:
         lists = recommend_batch(trained, [p for p, _ in cases], 20, params, exclude="none")
-        return float(np.mean([t in r.item_ids() for (_, t), r in zip(cases, lists, strict=True)]))
+        return float(np.mean([t in r.ids for (_, t), r in zip(cases, lists, strict=True)]))
 
     assert hit_rate(None) > hit_rate(RankParams(ranker="blend"))
 
@@ -199,7 +199,7 @@ def test_no_excluded_item_ever_gets_through(
     banned = np.zeros(trained.n_items, dtype=np.bool_)
     banned[[r for r in banned_rows if r < trained.n_items]] = True
     [ranked] = recommend_flat(trained, session, [len(session)], k, banned=banned, exclude=exclude)
-    ids = ranked.item_ids()
+    ids = ranked.ids
     assert len(ids) == len(set(ids)) <= k
     assert not any(banned[trained.index(x)] for x in ids)
     if exclude == "seen":

@@ -15,7 +15,6 @@ from state.feedback import (
     totals,
 )
 from stream.control.policies import bandit_shares, experiment_status
-from stream.control.stats import parse_since
 
 
 def test_recorder_batches_counts_and_lists_and_gives_them_back_on_failure() -> None:
@@ -69,17 +68,6 @@ def test_bandit_shares_follow_the_discounted_counts() -> None:
     assert shares["v2"] > 0.9
     remember = bandit_shares({**policy, "discount": 1.0}, [old, new], now=600, bucket_s=60)
     assert remember["v1"] > 0.9
-
-
-@pytest.mark.parametrize(("text", "seconds"), [("1h", 3600), ("30m", 1800), ("90", 90)])
-def test_parse_since(text: str, seconds: float) -> None:
-    assert parse_since(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "0", "soon", "-1h", "1w"])
-def test_parse_since_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_since(text)
 
 
 def test_stats_json_has_the_issues_shape_with_wilson_intervals_and_a_table() -> None:

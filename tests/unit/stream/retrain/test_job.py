@@ -11,7 +11,6 @@ from models.bundle import load_bundle, save_bundle
 from models.datasets import Session, build_sessions, read_clicks
 from models.gate import GatePolicy, gate, retrain, split_holdout, trained_until
 from models.train import TrainParams, train_model
-from stream.cli.params import parse_duration
 from stream.retrain.job import TenantOutcome
 
 PARAMS = TrainParams(epochs=5, seed=5)
@@ -169,20 +168,6 @@ def test_a_replay_of_the_training_sessions_is_not_fresh(eshop_split) -> None:
     assert decision.action in ("promoted", "kept") and decision.holdout_sessions > 0
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("90", 90), ("90s", 90), ("30m", 1800), ("1h", 3600), ("7d", 604800), ("1.5h", 5400)],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "0", "-1h", "1w", "h", "1 h x"])
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_duration(text)
-
-
 def test_partitions_are_split_among_readers_once_each_and_evenly() -> None:
     from stream.kafka.click_log import _split_partitions
 
@@ -281,3 +266,48 @@ def test_a_pass_counts_the_tenants_with_no_fresh_sessions_to_judge(
     out = capsys.readouterr().out
     assert exit_.value.code == 0, out
     assert "1 promoted, 0 kept, 1 with no fresh sessions to judge, 0 skipped" in out, out
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ("freeze", "is freeze"),
+        ("experiment", "runs an A/B test over v1, v2"),
+    ],
+)
+def test_a_candidate_is_not_promoted_over_a_change_made_while_it_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str, why: str
+) -> None:
+    """The pass read the tenant's mode and policy before training: an operator who froze
+    the tenant, or started an experiment, meanwhile is not overridden by the promotion."""
+    import stream.retrain.job as job
+    from models.datasets import synthetic_sessions
+    from models.gate import GateDecision
+    from models.policy_file import read_policy, write_policy
+    from models.registry import Registry
+    from stream.config import Settings
+
+    registry = Registry(tmp_path / "models")
+    bundle = train_model(synthetic_sessions(300, 30, seed=1), TrainParams(epochs=1, n_clusters=2))
+    for _ in range(2):
+        registry.register("shop", bundle, {})
+    registry.promote("shop", "v1")
+    experiment = {"policy": "ab", "arms": {"v1": 0.9, "v2": 0.1}, "control": "v1",
+                  "candidate": "v2"}  # fmt: skip
+
+    def trained_while_the_operator_acted(*args: object, **kwargs: object) -> tuple:
+        if change == "freeze":
+            registry.set_mode("shop", "freeze")
+        else:
+            write_policy(registry, "shop", experiment)
+        return bundle, GateDecision("promoted", "better", current_version="v1")
+
+    monkeypatch.setattr(job, "retrain", trained_while_the_operator_acted)
+    monkeypatch.setattr(job, "build_sessions", lambda clicks: [])
+    monkeypatch.setattr(job, "log_positions", lambda clicks: {0: 10})
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", model_dir=str(registry.root))
+    outcome = job._retrain_tenant(settings, "shop", [], PARAMS, GatePolicy(), (0.0, 1.0))
+    assert registry.current_version("shop") == "v1"  # v3 registered, not put in service
+    assert outcome.version == "v3" and outcome.decision.action == "kept", outcome
+    assert why in outcome.decision.reason
+    assert read_policy(registry, "shop") == (experiment if change == "experiment" else None)
