@@ -257,24 +257,37 @@ class BatchProcessor:
             failed.report()
             return result
 
-        by_tenant: dict[str, list[int]] = defaultdict(list)
-        for i, event in enumerate(events):
-            by_tenant[event.tenant].append(i)
         fb = self._feedback
+        count_for = [t for t, b in bundles.items() if b is None]
         # The previous batch's lists and counts go out first in this batch's round trip.
         taken = fb.take() if fb is not None else ({}, [])
         try:
             updates = await self._store.append_clicks(
                 events,  # type: ignore[arg-type]  # every event_id is set above
-                count_for=[t for t, b in bundles.items() if b is None],
+                count_for=count_for,
                 origins=origins,
                 before=self._store.store_lists_commands(taken[0]) + taken[1],
             )
+        except INFRASTRUCTURE:
+            if fb is not None:
+                fb.restore(taken)
+            raise
+        except Exception:
+            # Something in one session's stored data (or a bug it hits) and not the store
+            # going away: the round trip went out, feedback with it. The clicks are
+            # applied again one at a time (idempotent), those failing alone dead-lettered.
+            events, at, updates = await self._apply_alone(events, at, origins, count_for, failed)
+            if not events:
+                failed.report()
+                return result
         except BaseException:
             if fb is not None:
                 fb.restore(taken)
             raise
         result.duplicates = sum(1 for u in updates if not u.fresh)
+        by_tenant: dict[str, list[int]] = defaultdict(list)
+        for i, event in enumerate(events):
+            by_tenant[event.tenant].append(i)
 
         ranked: list[Ranked | None] = [None] * len(events)
         served: list[ModelBundle | None] = [None] * len(events)  # the variant of each
@@ -354,6 +367,36 @@ class BatchProcessor:
                 fb.shown(tenant, session_id, stored)
         failed.report()
         return result
+
+    async def _apply_alone(
+        self,
+        events: list[ClickEvent],
+        at: list[int],
+        origins: list[tuple[str, int]],
+        count_for: list[str],
+        failed: _Failures,
+    ) -> tuple[list[ClickEvent], list[int], list[SessionUpdate]]:
+        """The clicks the session store takes one at a time, their places in the batch
+        and their updates; the others dead-lettered."""
+        kept: list[ClickEvent] = []
+        kept_at: list[int] = []
+        updates: list[SessionUpdate] = []
+        for event, j, origin in zip(events, at, origins, strict=True):
+            try:
+                (update,) = await self._store.append_clicks(
+                    [event],  # type: ignore[list-item]  # its event_id is set
+                    count_for=count_for,
+                    origins=[origin],
+                )
+            except INFRASTRUCTURE:
+                raise
+            except Exception as exc:
+                failed.add(j, exc, "session store")
+                continue
+            kept.append(event)
+            kept_at.append(j)
+            updates.append(update)
+        return kept, kept_at, updates
 
     async def _answer(
         self,
@@ -627,9 +670,9 @@ class _Failures:
         self._first: tuple[int, BaseException] | None = None
         self._count = 0
 
-    def add(self, j: int, exc: BaseException) -> None:
+    def add(self, j: int, exc: BaseException, where: str = "internal") -> None:
         msg = self._batch[j]
-        self._result.dead_letters.append(DeadLetter.of(msg, f"internal: {type(exc).__name__}"))
+        self._result.dead_letters.append(DeadLetter.of(msg, f"{where}: {type(exc).__name__}"))
         self._count += 1
         if self._first is None:
             self._first = (j, exc)
