@@ -336,10 +336,13 @@ def test_a_click_on_an_item_of_the_last_list_counts_one_hit_for_the_arm_that_sho
     bundle: ModelBundle,
 ) -> None:
     w = world(bundle)
-    two_arms(w, bundle, "ab", {"v1": 0.5, "v2": 0.5})
+    two_arms(w, bundle, "bandit", {"v1": 0.5, "v2": 0.5})
     sessions = [f"s{i}" for i in range(40)]
     shown = records(w.run([click(s, bundle.item_list[0]) for s in sessions]))
     assert {r["variant"] for r in shown.values()} == {"v1", "v2"}
+    # v1 loses its share: its sessions are served by v2 from now on, but a click on a
+    # list v1 showed is v1's hit.
+    w.policies.bandit[SHOP] = {"v1": 0.0, "v2": 1.0}
     hitters, others = sessions[:30], sessions[30:]
     # Hitters click the 3rd item of their list; the others an item not in it.
     batch = [click(s, shown[s]["items"][2]["item_id"]) for s in hitters]
@@ -347,6 +350,7 @@ def test_a_click_on_an_item_of_the_last_list_counts_one_hit_for_the_arm_that_sho
     result = w.run(batch)
     expected = Counter((SHOP, shown[s]["variant"]) for s in hitters)
     assert result.hits == dict(expected)
+    assert {r["variant"] for r in records(result).values()} == {"v2"}
     # Counted once: the same clicks re-delivered count no hit again.
     assert w.run(batch).hits == {}
     asyncio.run(w.processor.flush_feedback())
@@ -374,8 +378,9 @@ def test_a_hit_inside_one_batch_is_judged_against_the_list_of_the_click_before(
     # Which list will answer a first click on item 0 (a session's first list is the same
     # for any session with the same items).
     probe = records(w.run([click("probe", bundle.item_list[0])]))["probe"]
-    result = w.run([click("s", bundle.item_list[0]), click("s", probe["items"][0]["item_id"])])
-    assert result.hits == {(SHOP, "v1"): 1}
+    batch = [click("s", bundle.item_list[0]), click("s", probe["items"][0]["item_id"])]
+    assert w.run(batch).hits == {(SHOP, "v1"): 1}
+    assert w.run(batch).hits == {}  # re-delivered: counted once
 
 
 def _not_in(bundle: ModelBundle, record: dict[str, Any]) -> str:
