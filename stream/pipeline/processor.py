@@ -273,9 +273,10 @@ class BatchProcessor:
                 fb.restore(taken)
             raise
         except Exception:
-            # Something in one session's stored data (or a bug it hits) and not the store
-            # going away: the round trip went out, feedback with it. The clicks are
-            # applied again one at a time (idempotent), those failing alone dead-lettered.
+            # Not the store going away but one click it cannot apply (a session's stored
+            # data it cannot read, or a bug): the clicks are applied again one at a time
+            # (idempotent) and those failing alone dead-lettered. The feedback went out
+            # with the failed round trip, or is lost: counters, never counted twice.
             events, at, updates = await self._apply_alone(events, at, origins, count_for, failed)
             if not events:
                 failed.report()
