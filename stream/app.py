@@ -49,7 +49,7 @@ def create_app(settings: Settings) -> faust.App:
             worker.models,
             worker.pull,
             worker.probe,
-            backend=lambda: worker.processor,
+            backend=lambda: worker.backend,
         )
         web.ctx.metrics = worker.metrics.render
         web.ctx.live = worker.metrics.live.view

@@ -102,6 +102,18 @@ class DeadLetterLog:
         self._last = time.monotonic()
 
 
+@dataclass(frozen=True)
+class WorkerBackend:
+    """What the HTTP views reach of a running worker: the processor (ranking on request),
+    the tenant directory (modes, keys, existence), the policies (an experiment's shares)
+    and the Redis client (counters, catalogue)."""
+
+    processor: BatchProcessor
+    tenants: TenantDirectory
+    policies: PolicyDirectory
+    redis: AsyncRedis
+
+
 @dataclass
 class WorkerStats:
     events_in: int = 0
@@ -139,9 +151,7 @@ class Worker(Service):
             modes=self.registry.tenant_modes,
             max_tenants=settings.metrics_max_tenants,
         )
-        self._redis: AsyncRedis | None = None
-        self._processor: BatchProcessor | None = None
-        self._policies: PolicyDirectory | None = None
+        self._backend: WorkerBackend | None = None
         self._reported = self._snapshot()
         super().__init__(**kwargs)
 
@@ -175,25 +185,30 @@ class Worker(Service):
 
     async def on_shutdown(self) -> None:
         # After the consumer (a child) finished its batches in hand.
-        if self._redis is not None:
+        if self._backend is not None:
             try:
-                await asyncio.wait_for(self._redis.aclose(), timeout=1.0)
+                await asyncio.wait_for(self._backend.redis.aclose(), timeout=1.0)
             except (TimeoutError, *UNAVAILABLE):
                 pass
 
     # -- what the stream, the timers and the views share -----------------------------------
     @property
-    def processor(self) -> BatchProcessor:
-        if self._processor is None:
-            self._connect()
-        assert self._processor is not None
-        return self._processor
+    def backend(self) -> WorkerBackend:
+        """What the HTTP views use of the worker (its clients made on first use)."""
+        return self._connect()
 
-    def _connect(self) -> None:
-        if self._processor is not None:
-            return
+    @property
+    def processor(self) -> BatchProcessor:
+        return self.backend.processor
+
+    def _connect(self) -> WorkerBackend:
+        if self._backend is None:
+            self._backend = self._build()
+        return self._backend
+
+    def _build(self) -> WorkerBackend:
         s, registry = self.settings, self.registry
-        self._redis = redis = async_client(s.redis, decode_responses=True)
+        redis = async_client(s.redis, decode_responses=True)
         store = SessionStore(
             redis,
             cap=s.session_cap,
@@ -211,23 +226,24 @@ class Worker(Service):
             if s.feedback
             else None
         )
-        processor = BatchProcessor(
-            store,
-            self.models,
-            tenants,
-            top_k=s.top_k,
-            feedback=feedback,
-            rank_threads=s.rank_threads,
-        )
-        processor.feedback_topic = s.feedback_topic
-        processor.policies = self._policies = PolicyDirectory(
+        policies = PolicyDirectory(
             redis,
             durable=lambda: all_policies(registry),
             ttl_s=s.model_check_interval_s,
             bucket_s=s.feedback_bucket_s,
         )
-        processor.auto_create_tenants = s.auto_create_tenants
-        self._processor = processor
+        processor = BatchProcessor(
+            store,
+            self.models,
+            tenants,
+            top_k=s.top_k,
+            policies=policies,
+            feedback=feedback,
+            feedback_topic=s.feedback_topic,
+            auto_create_tenants=s.auto_create_tenants,
+            rank_threads=s.rank_threads,
+        )
+        return WorkerBackend(processor, tenants, policies, redis)
 
     # -- the stream ----------------------------------------------------------------------
     async def process(self, batch: list[Message]) -> BatchResult:
@@ -278,10 +294,8 @@ class Worker(Service):
     async def probe(self) -> dict[str, Any]:
         """Why the worker is degraded, if it is (for /health)."""
         reasons: list[str] = []
-        self._connect()
-        assert self._redis is not None
         try:
-            await asyncio.wait_for(self._redis.ping(), timeout=1.0)
+            await asyncio.wait_for(self.backend.redis.ping(), timeout=1.0)
         except (RedisError, OSError, TimeoutError) as exc:
             reasons.append(unreachable("redis", exc))
         progress = self.progress()
@@ -328,17 +342,17 @@ class Worker(Service):
 
     async def refresh_bandits(self) -> None:
         # A bandit's shares follow its counters every few seconds, never per event.
-        if self._policies is not None:
+        if self._backend is not None:
             try:
-                await self._policies.refresh_bandits()
+                await self._backend.policies.refresh_bandits()
             except (RedisError, OSError) as exc:
                 log.warning("bandit shares not recomputed (%s)", exc)
 
     async def flush_feedback(self) -> None:
         # Counters go out with the next batch; without traffic, from here.
-        if self._processor is not None:
+        if self._backend is not None:
             try:
-                await self._processor.flush_feedback()
+                await self._backend.processor.flush_feedback()
             except (RedisError, OSError) as exc:
                 log.debug("feedback flush failed (%s); kept for the next batch", exc)
 
@@ -351,7 +365,7 @@ class Worker(Service):
     async def _check_models(self) -> None:
         await self.models.refresh()
         try:
-            await self.processor.tenants.check_files()
+            await self.backend.tenants.check_files()
         except OSError as exc:
             log.warning("tenant control files not checked (%s)", exc)
         # A tenant whose first version was promoted since start-up: loaded now, not at
@@ -367,13 +381,13 @@ class Worker(Service):
             client = async_client(self.settings.redis, subscriber=True)
             try:
                 async for tenant in model_changes(client):
-                    if self._policies is not None:
-                        self._policies.invalidate()
-                    if self._processor is not None:
-                        self._processor.tenants.invalidate()
+                    backend = self._backend
+                    if backend is not None:
+                        backend.policies.invalidate()
+                        backend.tenants.invalidate()
                         # Read now, not at the next batch: a mode change is logged when
                         # it happens, traffic or not.
-                        await self._processor.tenants.mode(tenant)
+                        await backend.tenants.mode(tenant)
                     await self.models.refresh([tenant])
             except (RedisError, OSError):  # unreachable, or a reply the mode read refused
                 await asyncio.sleep(2.0)

@@ -71,7 +71,7 @@ async def tenant_access(request: Request, tenant: TenantName, credentials: Crede
 async def _tenant_access(
     ctx: WebContext, tenant: str, credentials: HTTPAuthorizationCredentials | None
 ) -> str:
-    directory = getattr(ctx.backend(), "tenants", None)
+    directory = ctx.tenants()
     if directory is None:
         raise ApiError(503, "the worker is starting")
     await directory.mode(tenant)  # reads the control files once after start-up
@@ -123,7 +123,7 @@ async def admin_access(request: Request, credentials: Credentials) -> None:
     if is_admin(ctx, credentials):
         return
     if credentials is not None:
-        directory = getattr(ctx.backend(), "tenants", None)
+        directory = ctx.tenants()
         try:
             owner = directory and await directory.key_owner(key_digest(credentials.credentials))
         except (RedisError, OSError):

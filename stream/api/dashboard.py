@@ -137,18 +137,17 @@ def _histories(registry: Registry, tenants: list[str]) -> dict[str, list[dict[st
 
 async def dashboard_data(ctx: WebContext, since_s: float, now: float | None = None) -> dict:
     now = time.time() if now is None else now
-    processor = ctx.backend()
-    client = getattr(getattr(processor, "_tenants", None), "_client", None)
-    if client is None:
+    backend = ctx.backend()
+    if backend is None:
         raise ApiError(503, "the worker is starting")
+    client = backend.redis
     registry = Registry(ctx.settings.registry_dir)
     try:
         modes, versions, policies = await asyncio.to_thread(_registry_view, registry)
     except (OSError, StreamrecError) as exc:
         raise ApiError(503, f"the registry cannot be read: {exc}") from None
     bucket_s = ctx.settings.feedback_bucket_s
-    directory = getattr(processor, "policies", None)
-    bandit = directory.bandit_shares_now() if directory is not None else {}
+    bandit = backend.policies.bandit_shares_now()
     tenants = []
     for tenant in sorted(modes):
         try:

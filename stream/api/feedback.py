@@ -74,12 +74,13 @@ def routes(ctx: WebContext) -> APIRouter:
             since_s = parse_duration(since)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        processor = ctx.backend()
-        client = getattr(getattr(processor, "_tenants", None), "_client", None)
-        if client is None:
+        backend = ctx.backend()
+        if backend is None:
             raise ApiError(503, "the worker is starting")
         try:
-            return await tenant_stats(client, tenant, since_s, ctx.settings.feedback_bucket_s)
+            return await tenant_stats(
+                backend.redis, tenant, since_s, ctx.settings.feedback_bucket_s
+            )
         except (RedisError, OSError) as exc:
             raise ApiError(503, f"the counter store is unavailable: {exc}") from None
 

@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote
 
 import orjson
@@ -42,6 +42,10 @@ from models.names import MAX_ID_CHARS
 from stream.api.health import tenant_health
 from stream.config import Settings
 from stream.events import MAX_EVENT_BYTES, InvalidEvent
+
+if TYPE_CHECKING:
+    from state.tenants import TenantDirectory
+    from stream.worker import WorkerBackend
 
 log = logging.getLogger(f"streamrec.{__name__}")
 MAX_POST_EVENTS = 1000
@@ -244,8 +248,8 @@ class WebContext:
     settings: Settings
     stats: Any
     models: Any  # stream.pipeline.model_cache.ModelCache
-    # The worker's batch processor (ranking, session store, tenant directory).
-    backend: Callable[[], Any]
+    # What the routes use of the worker (None: no worker, as in some tests).
+    backend: Callable[[], WorkerBackend | None]
     # -> {"reasons": [why the worker is degraded], "ready": bool, ...details}
     probe: Callable[[], Awaitable[dict[str, Any]]] | None = None
     # (tenant, session_id) -> the session's latest record (kept for older callers).
@@ -256,6 +260,11 @@ class WebContext:
     metrics: Callable[[], bytes] | None = None
     # since_s -> this worker's recent numbers for /dashboard (stream.pipeline.metrics.LiveWindow).
     live: Callable[[float], dict[str, Any]] | None = None
+
+    def tenants(self) -> TenantDirectory | None:
+        """The worker's tenant directory (None without a worker)."""
+        backend = self.backend()
+        return backend.tenants if backend is not None else None
 
     def counters(self) -> dict[str, float]:
         s = self.stats
@@ -296,7 +305,7 @@ def health_routes(ctx: WebContext) -> APIRouter:
                 "uptime_s": round(time.time() - ctx.boot_ts, 1),
                 **ctx.counters(),
                 "models": ctx.models.loaded(),
-                "tenants": tenant_health(getattr(ctx.backend(), "tenants", None), ctx.models),
+                "tenants": tenant_health(ctx.tenants(), ctx.models),
             }
             if detailed
             else status
@@ -492,7 +501,7 @@ class WebService(AsgiService):
         models: Any,
         pull: Callable[[str, str], Awaitable[bytes | None]] | None = None,
         probe: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-        backend: Callable[[], Any] | None = None,
+        backend: Callable[[], WorkerBackend | None] | None = None,
         **kwargs: Any,
     ) -> None:
         self._settings = settings

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Query, Response
@@ -35,6 +35,9 @@ from stream.api.server import (
     tenant_errors,
 )
 from stream.events import MAX_EVENT_BYTES, ClickEvent, event_from_dict
+
+if TYPE_CHECKING:
+    from stream.worker import WorkerBackend
 
 CLICK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -79,11 +82,11 @@ def _checked_id(value: str, what: str) -> str:
 def routes(ctx: WebContext) -> APIRouter:
     router = APIRouter(prefix="/v1/{tenant}", tags=["tenant"])
 
-    def backend() -> Any:
-        processor = ctx.backend()
-        if processor is None:
+    def backend() -> WorkerBackend:
+        found = ctx.backend()
+        if found is None:
             raise ApiError(503, "the worker is starting")
-        return processor
+        return found
 
     @router.post(
         "/events",
@@ -127,8 +130,8 @@ def routes(ctx: WebContext) -> APIRouter:
         ``"reason": "tenant off"``: nothing is wrong with the request."""
         _checked_id(session_id, "session id")
         async with serving_errors():
-            processor = backend()
-            if await processor.tenants.mode(tenant) == "off":
+            worker = backend()
+            if await worker.tenants.mode(tenant) == "off":
                 off = {
                     "tenant": tenant,
                     "session_id": session_id,
@@ -136,7 +139,7 @@ def routes(ctx: WebContext) -> APIRouter:
                     "reason": "tenant off",
                 }
                 return Response(orjson.dumps(off), media_type="application/json")
-            payload = await processor.recommend_session(
+            payload = await worker.processor.recommend_session(
                 tenant, session_id, n, options(exclude, category)
             )
         if payload is None:
@@ -169,7 +172,7 @@ def routes(ctx: WebContext) -> APIRouter:
         if not _strings(exclude) or not _strings(category):
             raise ApiError(400, "exclude and category must be lists of strings")
         async with serving_errors():
-            ranked, version = await backend().recommend_items(
+            ranked, version = await backend().processor.recommend_items(
                 tenant, items, n, options(exclude, category)
             )
         sources = ranked.sources or [ranked.strategy] * len(ranked.ids)
@@ -191,7 +194,7 @@ def routes(ctx: WebContext) -> APIRouter:
     async def similar(tenant: Tenant, item_id: ItemId, n: N = 10) -> dict[str, Any]:
         _checked_id(item_id, "item id")
         async with serving_errors():
-            found = await backend().similar(tenant, item_id, n)
+            found = await backend().processor.similar(tenant, item_id, n)
         if found is None:
             raise ApiError(
                 404, f"tenant {tenant!r}: the model in service does not know {item_id!r}"

@@ -25,10 +25,9 @@ from models.ranking import Ranked, recommend_flat, similar_items
 from models.registry import TenantNameRefused
 from models.rules import Catalogue, Request, ServingRules, apply_rules, banned_mask
 from state.connection import RedisError
-from state.feedback import LIST_ITEMS, FeedbackRecorder, decode_list, encode_list
+from state.feedback import LIST_ITEMS, decode_list, encode_list
 from state.keys import ITEM_SEP
-from state.sessions import SessionStore, SessionUpdate, flatten
-from stream.control.policies import PolicyDirectory
+from state.sessions import SessionUpdate, flatten
 from stream.events import (
     ClickEvent,
     InvalidEvent,
@@ -37,8 +36,13 @@ from stream.events import (
     parse_feedback,
     record_time,
 )
-from stream.pipeline.model_cache import ModelCache
-from stream.pipeline.tenant_directory import TenantDirectory
+from stream.pipeline.collaborators import (
+    ArmPolicies,
+    FeedbackLog,
+    ModelSource,
+    SessionLog,
+    TenantLookup,
+)
 
 DLQ_REASON_HEADER = "streamrec-reason"
 # A dead letter carries the original bytes up to this size; a larger message (the broker
@@ -164,32 +168,40 @@ class BatchResult:
 
 
 class BatchProcessor:
+    """Clicks and feedback messages in, records to publish and dead letters out. Its
+    collaborators come in through the constructor (see ``stream.pipeline.collaborators``):
+    the worker passes the Redis-backed ones, a unit test in-memory ones."""
+
     def __init__(
         self,
-        store: SessionStore,
-        models: ModelCache,
-        tenants: TenantDirectory,
+        store: SessionLog,
+        models: ModelSource,
+        tenants: TenantLookup,
         *,
         top_k: int,
+        policies: ArmPolicies | None = None,
+        feedback: FeedbackLog | None = None,
+        feedback_topic: str = "feedback",
+        auto_create_tenants: bool = True,
         clock: Callable[[], float] = time.time,
-        feedback: FeedbackRecorder | None = None,
         rank_threads: int = 1,
     ) -> None:
+        """``policies``: which version serves which session (None: the version in
+        service serves everything); ``feedback``: implicit feedback and counters (None:
+        off, as for the benchmark's baseline); messages from ``feedback_topic`` are
+        explicit feedback, not clicks; ``auto_create_tenants``: a click of an unknown
+        tenant creates it (else it is dead-lettered)."""
         self._store = store
-        self._rank_threads = rank_threads
         self._models = models
         self._tenants = tenants
         self._top_k = top_k
+        self._policies = policies
+        self._feedback = feedback
+        self._feedback_topic = feedback_topic
+        self._auto_create_tenants = auto_create_tenants
         self._clock = clock
+        self._rank_threads = rank_threads
         self._writer = RecommendationWriter()
-        # A click of an unknown tenant creates it; off, it is dead-lettered.
-        self.auto_create_tenants = True
-        # Implicit feedback and counters (None: off, as for the benchmark's baseline).
-        self.feedback = feedback
-        self.feedback_topic = "feedback"  # messages from this topic are feedback, not clicks
-        # Tenants' policies (ab, bandit): which version serves which session. None: the
-        # version in service serves everything.
-        self.policies: PolicyDirectory | None = None
         # rec_id = variant, this process's tag and a counter: unique without coordination
         # and it names the variant, so explicit feedback is attributed without a lookup.
         self._rec_tag = f"-{os.urandom(4).hex()}-"
@@ -208,7 +220,7 @@ class BatchProcessor:
         now = time.time()  # the end of the range of ts, once per batch
         for j, msg in enumerate(batch):
             try:
-                if msg.topic == self.feedback_topic:
+                if msg.topic == self._feedback_topic:
                     await self._explicit(msg, result, known, now)
                     continue
                 # Kafka's own timestamp (ms) stands for a missing ts.
@@ -245,24 +257,38 @@ class BatchProcessor:
             failed.report()
             return result
 
-        by_tenant: dict[str, list[int]] = defaultdict(list)
-        for i, event in enumerate(events):
-            by_tenant[event.tenant].append(i)
-        fb = self.feedback
+        fb = self._feedback
+        count_for = [t for t, b in bundles.items() if b is None]
         # The previous batch's lists and counts go out first in this batch's round trip.
         taken = fb.take() if fb is not None else ({}, [])
         try:
             updates = await self._store.append_clicks(
                 events,  # type: ignore[arg-type]  # every event_id is set above
-                count_for=[t for t, b in bundles.items() if b is None],
+                count_for=count_for,
                 origins=origins,
                 before=self._store.store_lists_commands(taken[0]) + taken[1],
             )
+        except INFRASTRUCTURE:
+            if fb is not None:
+                fb.restore(taken)
+            raise
+        except Exception:
+            # Not the store going away but one click it cannot apply (a session's stored
+            # data it cannot read, or a bug): the clicks are applied again one at a time
+            # (idempotent) and those failing alone dead-lettered. The feedback went out
+            # with the failed round trip, or is lost: counters, never counted twice.
+            events, at, updates = await self._apply_alone(events, at, origins, count_for, failed)
+            if not events:
+                failed.report()
+                return result
         except BaseException:
             if fb is not None:
                 fb.restore(taken)
             raise
         result.duplicates = sum(1 for u in updates if not u.fresh)
+        by_tenant: dict[str, list[int]] = defaultdict(list)
+        for i, event in enumerate(events):
+            by_tenant[event.tenant].append(i)
 
         ranked: list[Ranked | None] = [None] * len(events)
         served: list[ModelBundle | None] = [None] * len(events)  # the variant of each
@@ -343,6 +369,36 @@ class BatchProcessor:
         failed.report()
         return result
 
+    async def _apply_alone(
+        self,
+        events: list[ClickEvent],
+        at: list[int],
+        origins: list[tuple[str, int]],
+        count_for: list[str],
+        failed: _Failures,
+    ) -> tuple[list[ClickEvent], list[int], list[SessionUpdate]]:
+        """The clicks the session store takes one at a time, their places in the batch
+        and their updates; the others dead-lettered."""
+        kept: list[ClickEvent] = []
+        kept_at: list[int] = []
+        updates: list[SessionUpdate] = []
+        for event, j, origin in zip(events, at, origins, strict=True):
+            try:
+                (update,) = await self._store.append_clicks(
+                    [event],  # type: ignore[list-item]  # its event_id is set
+                    count_for=count_for,
+                    origins=[origin],
+                )
+            except INFRASTRUCTURE:
+                raise
+            except Exception as exc:
+                failed.add(j, exc, "session store")
+                continue
+            kept.append(event)
+            kept_at.append(j)
+            updates.append(update)
+        return kept, kept_at, updates
+
     async def _answer(
         self,
         idx: list[int],
@@ -386,12 +442,12 @@ class BatchProcessor:
             reason = f"feedback: unknown tenant: {fb.tenant!r} does not exist"
             result.dead_letters.append(DeadLetter.of(msg, reason))
             return
-        if self.feedback is None:
+        if self._feedback is None:
             return
         variant = fb.rec_id.partition("-")[0] if fb.rec_id else ""
         if not is_variant(variant):
             variant = await self.variant_of(fb.tenant, fb.session_id)
-        self.feedback.explicit(fb.tenant, variant, fb.type)
+        self._feedback.explicit(fb.tenant, variant, fb.type)
         result.feedback += 1
 
     async def variant_of(self, tenant: str, session_id: str) -> str:
@@ -427,10 +483,11 @@ class BatchProcessor:
         while that arm has a share: a bandit's shares move every few seconds, and the
         hash alone would move the sessions near a slice's edge from arm to arm. Sessions
         without a previous list (new ones, or feedback off) are placed by the hash."""
-        policy = await self.policies.get(tenant) if self.policies is not None else None
-        if policy is None or bundle is None:
+        policies = self._policies
+        policy = await policies.get(tenant) if policies is not None else None
+        if policies is None or policy is None or bundle is None:
             return [(bundle, idx)]
-        shares = self.policies.shares(tenant, policy)  # type: ignore[union-attr]
+        shares = policies.shares(tenant, policy)
         serving = {arm for arm, share in shares if share > 0}
         # One arm per session, even when only one of its clicks in the batch carries the
         # list's variant (a click consumes the list).
@@ -441,7 +498,7 @@ class BatchProcessor:
                 if arm in serving:
                     kept.setdefault(sessions[i][1], arm)  # type: ignore[arg-type]
         by_arm: dict[str, list[int]] = {}
-        assign = self.policies.assign  # type: ignore[union-attr]
+        assign = policies.assign
         for i in idx:
             sid = sessions[i][1]
             arm = kept.get(sid)
@@ -460,7 +517,7 @@ class BatchProcessor:
     async def flush_feedback(self) -> None:
         """Write the feedback recorded since the last batch (when no batch came for a
         while: the counters should not wait for traffic)."""
-        fb = self.feedback
+        fb = self._feedback
         if fb is None or not fb.pending():
             return
         taken = fb.take()
@@ -520,10 +577,6 @@ class BatchProcessor:
         top = apply_rules(pool, [item_id], rules.with_exclude("current"), catalogue, n, request)
         return top, bundle.version
 
-    @property
-    def tenants(self) -> TenantDirectory:
-        return self._tenants
-
     def _record(
         self,
         event: ClickEvent,
@@ -557,7 +610,7 @@ class BatchProcessor:
         else the dead letter's reason."""
         if await self._tenants.exists(tenant):
             return None
-        if not self.auto_create_tenants:
+        if not self._auto_create_tenants:
             return unknown_tenant(tenant)
         try:
             await self._tenants.create(tenant)
@@ -618,9 +671,9 @@ class _Failures:
         self._first: tuple[int, BaseException] | None = None
         self._count = 0
 
-    def add(self, j: int, exc: BaseException) -> None:
+    def add(self, j: int, exc: BaseException, where: str = "internal") -> None:
         msg = self._batch[j]
-        self._result.dead_letters.append(DeadLetter.of(msg, f"internal: {type(exc).__name__}"))
+        self._result.dead_letters.append(DeadLetter.of(msg, f"{where}: {type(exc).__name__}"))
         self._count += 1
         if self._first is None:
             self._first = (j, exc)

@@ -134,10 +134,8 @@ def test_freeze_keeps_the_arms_serving_and_off_answers_nothing(
             ModelCache(registry),
             tenants,
             top_k=10,
+            policies=PolicyDirectory(client, durable=lambda: all_policies(registry), ttl_s=0),
             feedback=FeedbackRecorder(bucket_s=60),
-        )
-        processor.policies = PolicyDirectory(
-            client, durable=lambda: all_policies(registry), ttl_s=0
         )
         seen = []
         try:
@@ -184,10 +182,8 @@ def test_a_session_keeps_its_arm_when_the_shares_move(
             ModelCache(registry),
             TenantDirectory(client, ttl_s=0, durable=registry.tenant_modes, registry=registry),
             top_k=10,
+            policies=PolicyDirectory(client, durable=lambda: all_policies(registry), ttl_s=0),
             feedback=FeedbackRecorder(bucket_s=60),
-        )
-        processor.policies = PolicyDirectory(
-            client, durable=lambda: all_policies(registry), ttl_s=0
         )
 
         async def batch(sessions: list[str], n: int) -> dict[str, str]:
