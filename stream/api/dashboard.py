@@ -12,7 +12,7 @@ tenants are on / freeze / off; and a box ranking typed item ids through
 Both need the admin token (``stream.api.auth``): ``/dashboard?token=...`` trades it
 for a cookie. ``/dashboard/data.json`` is what the page draws: the same numbers as ``streamrec
 stats`` / ``GET /v1/{tenant}/stats`` and ``streamrec experiment status``, computed by
-the same functions. Plugged into the API by ``stream.api.server.ROUTERS`` at import.
+the same functions.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from stream.api.auth import (
     view_access,
     view_cookie,
 )
-from stream.api.server import ROUTERS, ApiError, WebContext, error_responses
+from stream.api.context import ApiError, WebContext
+from stream.api.schemas import error_responses
 from stream.control.policies import experiment_status
 from stream.control.stats import stats_json
 
@@ -136,18 +137,15 @@ def _histories(registry: Registry, tenants: list[str]) -> dict[str, list[dict[st
 
 async def dashboard_data(ctx: WebContext, since_s: float, now: float | None = None) -> dict:
     now = time.time() if now is None else now
-    processor = ctx.backend()
-    client = getattr(getattr(processor, "_tenants", None), "_client", None)
-    if client is None:
-        raise ApiError(503, "the worker is starting")
+    serving = ctx.worker()
+    client = serving.redis
     registry = Registry(ctx.settings.registry_dir)
     try:
         modes, versions, policies = await asyncio.to_thread(_registry_view, registry)
     except (OSError, StreamrecError) as exc:
         raise ApiError(503, f"the registry cannot be read: {exc}") from None
     bucket_s = ctx.settings.feedback_bucket_s
-    directory = getattr(processor, "policies", None)
-    bandit = directory.bandit_shares_now() if directory is not None else {}
+    bandit = serving.bandit_shares()
     tenants = []
     for tenant in sorted(modes):
         try:
@@ -297,6 +295,3 @@ def routes(ctx: WebContext) -> APIRouter:
 
 # Pages and answers naming every tenant are kept out of caches; no address is passed on.
 PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-
-
-ROUTERS.append(routes)
