@@ -165,6 +165,7 @@ def routes(ctx: WebContext) -> APIRouter:
         "/tenants/{tenant}/models/{version}/promote",
         summary="Promote a version",
         response_model=Serving,
+        response_model_exclude_unset=True,
     )
     async def promote(tenant: TenantName, version: str) -> dict[str, Any]:
         await run(control.promote, tenant, version)
@@ -174,6 +175,7 @@ def routes(ctx: WebContext) -> APIRouter:
         "/tenants/{tenant}/models/rollback",
         summary="Roll back to the previous version",
         response_model=Serving,
+        response_model_exclude_unset=True,
         responses=error_responses(409),
     )
     async def rollback(tenant: TenantName) -> dict[str, Any]:
@@ -240,6 +242,7 @@ def routes(ctx: WebContext) -> APIRouter:
         "/tenants/{tenant}/experiment/stop",
         summary="End the experiment or bandit: promote the candidate, or keep the version",
         response_model=Serving,
+        response_model_exclude_unset=True,
         responses=error_responses(408, 413),
         openapi_extra=request_body(Stop),
     )

@@ -1,6 +1,8 @@
 """Every HTTP body, as one definition each: pydantic models that validate what comes in,
 describe what goes out, and make the OpenAPI spec and the /docs page. The click event's
-schema is the worker's own (``stream.events.WireClick``, a msgspec Struct)."""
+schema is the worker's own (``stream.events.WireClick``, a msgspec Struct). Routes whose
+answer model has optional fields set ``response_model_exclude_unset``: the answer as
+built, with no nulls added."""
 
 from __future__ import annotations
 

@@ -208,6 +208,7 @@ def routes(ctx: WebContext) -> APIRouter:
         "/items/{item_id:segment}",
         summary="The item's catalogue entry",
         response_model=CatalogueEntry,
+        response_model_exclude_unset=True,
         responses=tenant_errors(),
     )
     async def get_catalogue_item(tenant: Tenant, item_id: ItemId) -> dict[str, Any]:
@@ -217,6 +218,7 @@ def routes(ctx: WebContext) -> APIRouter:
         "/items/{item_id:segment}",
         summary="Add or change a catalogue item (applied to recommendations within a second)",
         response_model=CatalogueEntry,
+        response_model_exclude_unset=True,
         responses=tenant_errors(408, 413),
         openapi_extra=request_body(CatalogueItem),
     )
@@ -230,6 +232,7 @@ def routes(ctx: WebContext) -> APIRouter:
         "/items/{item_id:segment}",
         summary="Remove an item from the catalogue: it is never recommended again",
         response_model=CatalogueEntry,
+        response_model_exclude_unset=True,
         responses=tenant_errors(),
     )
     async def delete_item(tenant: Tenant, item_id: ItemId) -> dict[str, Any]:
