@@ -184,7 +184,8 @@ def create_api(ctx: WebContext) -> FastAPI:
 def _spec(api: FastAPI) -> dict[str, Any]:
     """FastAPI's spec, with the bodies routes read themselves among its components and
     without the 422 it lists for every route with parameters: a bad request is a 400
-    here (``bad_request`` above), documented with the route's other errors."""
+    here (``bad_request`` above), documented with the route's other errors; and with the
+    bearer token optional where it is."""
     if api.openapi_schema is None:
         spec = get_openapi(
             title=api.title,
@@ -195,6 +196,10 @@ def _spec(api: FastAPI) -> dict[str, Any]:
         for operations in spec["paths"].values():
             for operation in operations.values():
                 operation["responses"].pop("422", None)
+                if "security" in operation and "admin" not in operation.get("tags", ()):
+                    # Optional outside the admin API: an open tenant needs no key, and
+                    # /health answers either way (see stream.api.auth).
+                    operation["security"] = [{}, *operation["security"]]
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
