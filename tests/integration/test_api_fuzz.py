@@ -8,6 +8,7 @@ fixed number of examples per operation, on a Redis of its own."""
 from __future__ import annotations
 
 import shutil
+import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,7 +127,7 @@ def test_the_api_keeps_to_its_spec(api_base: str) -> None:
             run()
         # schemathesis raises its failures as a BaseExceptionGroup.
         except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001  (reported below)
-            failures[operation.label] = str(exc)[:2000]
+            failures[operation.label] = "".join(traceback.format_exception(exc))[-3000:]
     print(f"{len(operations)} operations, answers by status: {dict(sorted(calls.items()))}")
     assert len(operations) >= 29, operations
     assert sum(calls.values()) >= len(operations) * 5

@@ -189,8 +189,12 @@ def test_every_json_answer_is_typed_and_none_is_a_422() -> None:
             # A named model, not a bare "object" or "string": every JSON answer is one.
             if schema is not None and "$ref" not in schema:
                 untyped.append(f"{method} {path} {status}: {schema}")
-            if status.startswith("2") and "content" in answer and not (
-                schema or "text/plain" in answer["content"] or "text/html" in answer["content"]
+            if (
+                status.startswith("2")
+                and "content" in answer
+                and not (
+                    schema or "text/plain" in answer["content"] or "text/html" in answer["content"]
+                )
             ):
                 untyped.append(f"{method} {path} {status}: no schema")
     assert not with_422, with_422
