@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from stream.api import dashboard, feedback  # noqa: F401  (their routes join the API)
+from stream.api.context import Serving, WebContext
 from stream.api.server import WebService
 from stream.config import Settings
 from stream.worker import REPORT_INTERVAL_S, DeadLetterLog, Worker
@@ -43,17 +43,16 @@ def create_app(settings: Settings) -> faust.App:
     app.service(worker)
 
     if settings.web_port > 0:
-        web = WebService(
+        web = WebContext(
             settings,
-            worker.stats,
-            worker.models,
-            worker.pull,
-            worker.probe,
-            backend=lambda: worker.backend,
+            counters=lambda: _counters(worker),
+            models=worker.models,
+            serving=lambda: _serving(worker),
+            probe=worker.probe,
+            metrics=worker.metrics.render,
+            live=worker.metrics.live.view,
         )
-        web.ctx.metrics = worker.metrics.render
-        web.ctx.live = worker.metrics.live.view
-        app.web_server(web)
+        app.web_server(WebService(web))
 
     app.timer(DeadLetterLog.INTERVAL_S)(worker.flush_dead_letters)
     app.timer(settings.bandit_interval_s)(worker.refresh_bandits)
@@ -62,6 +61,26 @@ def create_app(settings: Settings) -> faust.App:
     app.task(worker.listen_for_models)
     app.timer(REPORT_INTERVAL_S)(worker.report)
     return app
+
+
+def _serving(worker: Worker) -> Serving:
+    """The worker's parts the HTTP routes use (it connects on first use)."""
+    b = worker.backend
+    return Serving(b.processor, b.tenants, b.redis, b.policies.bandit_shares_now)
+
+
+def _counters(worker: Worker) -> dict[str, float]:
+    """The worker's totals, as /health names them."""
+    s = worker.stats
+    return {
+        "events_total": s.events_in,
+        "recommendations_total": s.recommendations,
+        "dead_letters_total": s.dead_letters,
+        "redelivered_total": s.duplicates,
+        "switched_off_total": s.suppressed,
+        "batches_total": s.batches,
+        "model_swaps_total": worker.models.swaps,
+    }
 
 
 def __getattr__(name: str) -> Any:

@@ -114,7 +114,9 @@ def event_from_dict(
             _valid_tenants.add(tenant)
     session_id = _id_field(data, "session_id", required=True)
     item_id = _id_field(data, "item_id", required=True)
-    ts = data.get("ts", default_ts)
+    ts = data.get("ts")
+    if ts is None:  # absent or null: the time it was received, where known
+        ts = default_ts
     if ts is None:
         raise InvalidEvent("missing field 'ts'")
     # An int may be beyond any float (a dict from an app): compared as it is, never
@@ -142,22 +144,25 @@ def event_from_dict(
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 
 
-class _WireClick(msgspec.Struct, forbid_unknown_fields=True):
-    """The typed shape of a click as sent: a valid one decodes in one C pass. Other
-    members take the checked path: msgspec skips what it ignores without validating it
-    (invalid UTF-8, out-of-range numbers), and orjson, which the HTTP API uses, rejects
-    those."""
+# The typed shape of a click as sent: a valid one decodes in one C pass. Other members
+# take the checked path (event_from_dict): msgspec skips what it ignores without
+# validating it (invalid UTF-8, out-of-range numbers), and orjson, which the HTTP API
+# uses, rejects those. Its JSON schema is the HTTP API's (POST /v1/{tenant}/events).
+class WireClick(msgspec.Struct, forbid_unknown_fields=True):
+    """A click event: a session viewed an item."""
 
     session_id: _Id
     item_id: _Id
-    tenant: str = DEFAULT_TENANT
-    ts: float | None = None
+    tenant: Annotated[str, msgspec.Meta(description="over HTTP: the URL's, if given")] = (
+        DEFAULT_TENANT
+    )
+    ts: Annotated[float, msgspec.Meta(description="unix seconds; default: now")] | None = None
     event_type: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_TYPE_CHARS)] = "view"
-    event_id: _Id | None = None
+    event_id: Annotated[_Id, msgspec.Meta(description="assigned when missing")] | None = None
     user_id: _Id | None = None
 
 
-_wire_click = msgspec.json.Decoder(_WireClick)
+_wire_click = msgspec.json.Decoder(WireClick)
 
 
 def parse_event(

@@ -288,9 +288,6 @@ class Worker(Service):
         return self.consumer.progress()
 
     # -- HTTP ----------------------------------------------------------------------------
-    async def pull(self, tenant: str, session_id: str) -> bytes | None:
-        return await self.processor.recommend_session(tenant, session_id)
-
     async def probe(self) -> dict[str, Any]:
         """Why the worker is degraded, if it is (for /health)."""
         reasons: list[str] = []

@@ -23,17 +23,29 @@ from models.registry import (
 from models.rules import ServingRules
 from state.connection import RedisError
 from stream.api.auth import TenantName, admin_access
-from stream.api.server import (
-    ApiError,
-    WebContext,
+from stream.api.bodies import read_model
+from stream.api.context import ApiError, WebContext
+from stream.api.schemas import (
+    AbTest,
+    Bandit,
+    Created,
+    Experiment,
+    NewKey,
+    Policy,
+    Revoked,
+    Rules,
+    Serving,
+    Stop,
+    TenantMode,
+    Tenants,
+    Versions,
     error_responses,
-    json_body,
-    json_request_body,
-    read_body,
+    request_body,
 )
-from stream.control.service import ACTIONS, CacheBehind, Control, UnknownTenantError
+from stream.control.service import CacheBehind, Control, UnknownTenantError
 
 ADMIN_ERRORS = error_responses(400, 401, 403, 404, 503)
+MAX_BODY_BYTES = 1 << 16
 
 
 def routes(ctx: WebContext) -> APIRouter:
@@ -64,7 +76,11 @@ def routes(ctx: WebContext) -> APIRouter:
         except (OSError, RedisError) as exc:
             raise ApiError(503, f"the registry or Redis is unavailable: {exc}") from None
 
-    @router.get("/tenants", summary="Every tenant with its mode and model in service")
+    @router.get(
+        "/tenants",
+        summary="Every tenant with its mode and model in service",
+        response_model=Tenants,
+    )
     async def list_tenants() -> dict[str, Any]:
         modes = await run(registry.tenant_modes)
         return {
@@ -78,6 +94,7 @@ def routes(ctx: WebContext) -> APIRouter:
         "/tenants/{tenant}",
         status_code=201,
         summary="Create a tenant",
+        response_model=Created,
         responses=error_responses(409),
     )
     async def create_tenant(tenant: TenantName) -> dict[str, Any]:
@@ -87,50 +104,70 @@ def routes(ctx: WebContext) -> APIRouter:
         created = await run(control.create, tenant)
         return {"tenant": tenant, "created": created}
 
-    @router.put("/tenants/{tenant}/mode/{mode}", summary="Switch a tenant on, freeze or off")
+    @router.put(
+        "/tenants/{tenant}/mode/{mode}",
+        summary="Switch a tenant on, freeze or off",
+        response_model=TenantMode,
+    )
     async def set_mode(tenant: TenantName, mode: str) -> dict[str, Any]:
         if mode not in MODES:
             raise ApiError(400, f"mode must be one of {', '.join(MODES)}")
         await run(control.set_mode, tenant, mode)
         return {"tenant": tenant, "mode": mode}
 
-    @router.get("/tenants/{tenant}/rules", summary="The tenant's serving rules")
+    @router.get(
+        "/tenants/{tenant}/rules", summary="The tenant's serving rules", response_model=Rules
+    )
     async def get_rules(tenant: TenantName) -> dict[str, Any]:
         return await run(control.rules, tenant)
 
     @router.put(
         "/tenants/{tenant}/rules",
         summary="Set serving rules (exclude none|current|seen, blocklist, categories)",
-        openapi_extra=json_request_body(RULES_SCHEMA),
+        response_model=Rules,
+        responses=error_responses(408, 413),
+        openapi_extra=request_body(Rules),
     )
     async def put_rules(tenant: TenantName, request: Request) -> dict[str, Any]:
-        body = json_body(await read_body(request, 1 << 20))
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object")
+        body = await read_model(request, Rules, 1 << 20)
         try:
-            rules = ServingRules.from_dict(body)
+            rules = ServingRules.from_dict(body.model_dump())
         except (ValueError, TypeError) as exc:
             raise ApiError(400, str(exc)) from None
         return await run(control.set_rules, tenant, rules)
 
-    @router.post("/tenants/{tenant}/keys", status_code=201, summary="Create a tenant key")
+    @router.post(
+        "/tenants/{tenant}/keys",
+        status_code=201,
+        summary="Create a tenant key",
+        response_model=NewKey,
+    )
     async def create_key(tenant: TenantName) -> dict[str, Any]:
         """The key is in this answer only; it is stored as a SHA-256 digest."""
         key_id, key = await run(control.create_key, tenant)
         return {"tenant": tenant, "key_id": key_id, "key": key}
 
-    @router.delete("/tenants/{tenant}/keys/{key_id}", summary="Revoke a tenant key")
+    @router.delete(
+        "/tenants/{tenant}/keys/{key_id}", summary="Revoke a tenant key", response_model=Revoked
+    )
     async def revoke_key(tenant: TenantName, key_id: str) -> dict[str, Any]:
         await run(control.revoke_key, tenant, key_id)
         return {"tenant": tenant, "revoked": key_id}
 
-    @router.get("/tenants/{tenant}/models", summary="The tenant's model versions")
+    @router.get(
+        "/tenants/{tenant}/models", summary="The tenant's model versions", response_model=Versions
+    )
     async def list_models(tenant: TenantName) -> dict[str, Any]:
         await run(control.require, tenant)
         infos = await run(registry.versions, tenant)
         return {"tenant": tenant, "versions": [dataclasses.asdict(i) for i in infos]}
 
-    @router.post("/tenants/{tenant}/models/{version}/promote", summary="Promote a version")
+    @router.post(
+        "/tenants/{tenant}/models/{version}/promote",
+        summary="Promote a version",
+        response_model=Serving,
+        response_model_exclude_unset=True,
+    )
     async def promote(tenant: TenantName, version: str) -> dict[str, Any]:
         await run(control.promote, tenant, version)
         return {"tenant": tenant, "current": version}
@@ -138,6 +175,8 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.post(
         "/tenants/{tenant}/models/rollback",
         summary="Roll back to the previous version",
+        response_model=Serving,
+        response_model_exclude_unset=True,
         responses=error_responses(409),
     )
     async def rollback(tenant: TenantName) -> dict[str, Any]:
@@ -147,13 +186,11 @@ def routes(ctx: WebContext) -> APIRouter:
         return {"tenant": tenant, "current": current}
 
     # -- experiments and bandits ---------------------------------------------------------
-    async def body_object(request: Request) -> dict[str, Any]:
-        body = json_body(await read_body(request, 1 << 16))
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object")
-        return body
-
-    @router.get("/tenants/{tenant}/experiment", summary="The experiment's arms and decision")
+    @router.get(
+        "/tenants/{tenant}/experiment",
+        summary="The experiment's arms and decision",
+        response_model=Experiment,
+    )
     async def experiment_status(tenant: TenantName) -> dict[str, Any]:
         """Each arm's share, recommendations, hits, hit rate and 95 % interval; for an
         A/B test the decision and its p-value (as ``streamrec experiment status``)."""
@@ -164,106 +201,46 @@ def routes(ctx: WebContext) -> APIRouter:
         "/tenants/{tenant}/experiment",
         status_code=201,
         summary="Start an A/B test: a candidate version to a share of the sessions",
-        openapi_extra=json_request_body(AB_SCHEMA),
+        response_model=Policy,
+        responses=error_responses(408, 413),
+        openapi_extra=request_body(AbTest),
     )
     async def start_experiment(tenant: TenantName, request: Request) -> dict[str, Any]:
-        body = await body_object(request)
-        variant, share = body.get("variant"), body.get("share", 0.1)
-        least = body.get("min_recommendations", 1000)
-        if not isinstance(variant, str) or not variant:
-            raise ApiError(400, "variant (the candidate version, like v5) is required")
-        if not _number(share) or not _integer(least):
-            raise ApiError(400, "share must be a number, min_recommendations an integer")
+        body = await read_model(request, AbTest, MAX_BODY_BYTES)
         await run(control.require, tenant)
-        policy, heard = await run(control.start_ab, tenant, variant, float(share), least)
+        policy, heard = await run(
+            control.start_ab, tenant, body.variant, body.share, body.min_recommendations
+        )
         return {"tenant": tenant, **policy, "workers_notified": heard}
 
     @router.post(
         "/tenants/{tenant}/bandit",
         status_code=201,
         summary="Start a bandit (Thompson sampling on hit rate) over two or more versions",
-        openapi_extra=json_request_body(BANDIT_SCHEMA),
+        response_model=Policy,
+        responses=error_responses(408, 413),
+        openapi_extra=request_body(Bandit),
     )
     async def start_bandit(tenant: TenantName, request: Request) -> dict[str, Any]:
-        body = await body_object(request)
-        versions = body.get("versions")
-        discount, floor = body.get("discount", 0.999), body.get("floor", 0.01)
-        if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
-            raise ApiError(400, "versions must be a list of model versions")
-        if not _number(discount) or not _number(floor):
-            raise ApiError(400, "discount and floor must be numbers")
+        body = await read_model(request, Bandit, MAX_BODY_BYTES)
         await run(control.require, tenant)
         policy, heard = await run(
-            control.start_bandit, tenant, versions, float(discount), float(floor)
+            control.start_bandit, tenant, body.versions, body.discount, body.floor
         )
         return {"tenant": tenant, **policy, "workers_notified": heard}
 
     @router.post(
         "/tenants/{tenant}/experiment/stop",
         summary="End the experiment or bandit: promote the candidate, or keep the version",
-        openapi_extra=json_request_body(STOP_SCHEMA),
+        response_model=Serving,
+        response_model_exclude_unset=True,
+        responses=error_responses(408, 413),
+        openapi_extra=request_body(Stop),
     )
     async def stop_experiment(tenant: TenantName, request: Request) -> dict[str, Any]:
-        action = (await body_object(request)).get("action")
-        if action not in ACTIONS:
-            raise ApiError(400, f"action must be one of {', '.join(ACTIONS)}")
+        action = (await read_model(request, Stop, MAX_BODY_BYTES)).action
         await run(control.require, tenant)
         serving, heard = await run(control.stop, tenant, action)
         return {"tenant": tenant, "current": serving, "workers_notified": heard}
 
     return router
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-AB_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "variant": {"type": "string", "minLength": 1, "description": "the candidate version"},
-        "share": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "exclusiveMaximum": 1,
-            "description": "the candidate's share of sessions (default 0.1)",
-        },
-        "min_recommendations": {
-            "type": "integer",
-            "minimum": 1,
-            "description": "per arm, before the test may decide (default 1000)",
-        },
-    },
-    "required": ["variant"],
-}
-
-BANDIT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "versions": {"type": "array", "items": {"type": "string"}, "minItems": 2},
-        "discount": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-        "floor": {"type": "number", "minimum": 0, "maximum": 0.5},
-    },
-    "required": ["versions"],
-}
-
-STOP_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"action": {"type": "string", "enum": ["promote", "keep"]}},
-    "required": ["action"],
-}
-
-
-RULES_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "exclude": {"type": "string", "enum": ["none", "current", "seen"]},
-        "blocklist": {"type": "array", "items": {"type": "string"}},
-        "include_categories": {"type": "array", "items": {"type": "string"}},
-        "exclude_categories": {"type": "array", "items": {"type": "string"}},
-    },
-}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -29,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from models.names import TENANT_RULE, is_tenant, tenant_refusal
 from models.registry import Registry
 from state.connection import RedisError
-from stream.api.server import ApiError, WebContext
+from stream.api.context import ApiError, Tenants, WebContext
 from stream.control.service import key_digest
 
 bearer = HTTPBearer(auto_error=False, description="a tenant key or the admin token")
@@ -71,9 +71,7 @@ async def tenant_access(request: Request, tenant: TenantName, credentials: Crede
 async def _tenant_access(
     ctx: WebContext, tenant: str, credentials: HTTPAuthorizationCredentials | None
 ) -> str:
-    directory = ctx.tenants()
-    if directory is None:
-        raise ApiError(503, "the worker is starting")
+    directory = ctx.worker().tenants
     await directory.mode(tenant)  # reads the control files once after start-up
     damaged = directory.disabled(tenant)
     if damaged is not None:  # its keys may be unknown: nobody passes
@@ -93,7 +91,7 @@ async def _tenant_access(
     return tenant
 
 
-async def _existing(ctx: WebContext, directory: Any, tenant: str) -> None:
+async def _existing(ctx: WebContext, directory: Tenants, tenant: str) -> None:
     """404 for a tenant that was never created, unless auto-creation is on (then its
     first click or catalogue write creates it, if its name may be a new tenant's)."""
     if await directory.exists(tenant):
@@ -122,10 +120,9 @@ async def admin_access(request: Request, credentials: Credentials) -> None:
     ctx = _ctx(request)
     if is_admin(ctx, credentials):
         return
-    if credentials is not None:
-        directory = ctx.tenants()
+    if credentials is not None and ctx.serving is not None:
         try:
-            owner = directory and await directory.key_owner(key_digest(credentials.credentials))
+            owner = await ctx.worker().tenants.key_owner(key_digest(credentials.credentials))
         except (RedisError, OSError):
             owner = None  # not the admin token either way: 401 below
         if owner:

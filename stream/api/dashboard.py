@@ -12,7 +12,7 @@ tenants are on / freeze / off; and a box ranking typed item ids through
 Both need the admin token (``stream.api.auth``): ``/dashboard?token=...`` trades it
 for a cookie. ``/dashboard/data.json`` is what the page draws: the same numbers as ``streamrec
 stats`` / ``GET /v1/{tenant}/stats`` and ``streamrec experiment status``, computed by
-the same functions. Plugged into the API by ``stream.api.server.ROUTERS`` at import.
+the same functions.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from stream.api.auth import (
     view_access,
     view_cookie,
 )
-from stream.api.server import ROUTERS, ApiError, WebContext, error_responses
+from stream.api.context import ApiError, WebContext
+from stream.api.schemas import error_responses
 from stream.control.policies import experiment_status
 from stream.control.stats import stats_json
 
@@ -137,17 +138,15 @@ def _histories(registry: Registry, tenants: list[str]) -> dict[str, list[dict[st
 
 async def dashboard_data(ctx: WebContext, since_s: float, now: float | None = None) -> dict:
     now = time.time() if now is None else now
-    backend = ctx.backend()
-    if backend is None:
-        raise ApiError(503, "the worker is starting")
-    client = backend.redis
+    serving = ctx.worker()
+    client = serving.redis
     registry = Registry(ctx.settings.registry_dir)
     try:
         modes, versions, policies = await asyncio.to_thread(_registry_view, registry)
     except (OSError, StreamrecError) as exc:
         raise ApiError(503, f"the registry cannot be read: {exc}") from None
     bucket_s = ctx.settings.feedback_bucket_s
-    bandit = backend.policies.bandit_shares_now()
+    bandit = serving.bandit_shares()
     tenants = []
     for tenant in sorted(modes):
         try:
@@ -297,6 +296,3 @@ def routes(ctx: WebContext) -> APIRouter:
 
 # Pages and answers naming every tenant are kept out of caches; no address is passed on.
 PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-
-
-ROUTERS.append(routes)

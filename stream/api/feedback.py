@@ -1,8 +1,5 @@
 """Feedback routes: ``POST /v1/{tenant}/feedback`` (explicit feedback into the topic) and
-``GET /v1/{tenant}/stats`` (the counters per variant, as ``streamrec stats --json``).
-
-Plugged into the API by ``stream.api.server.ROUTERS`` at import (``stream.app`` imports it).
-"""
+``GET /v1/{tenant}/stats`` (the counters per variant, as ``streamrec stats --json``)."""
 
 from __future__ import annotations
 
@@ -12,32 +9,19 @@ from fastapi import APIRouter, Query, Request
 
 from state.connection import RedisError
 from stream.api.auth import Tenant
-from stream.api.server import (
-    ID_SCHEMA,
+from stream.api.bodies import produce_records, read_records
+from stream.api.context import ApiError, WebContext
+from stream.api.schemas import (
     MAX_POST_EVENTS,
-    ROUTERS,
-    ApiError,
-    WebContext,
-    json_request_body,
-    produce_records,
-    read_records,
+    Accepted,
+    Feedback,
+    TenantStats,
+    request_body,
     tenant_errors,
 )
+from stream.control.stats import tenant_stats
 from stream.events import feedback_from_dict
 from stream.timing import parse_duration
-
-FEEDBACK_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "session_id": ID_SCHEMA,
-        "item_id": ID_SCHEMA,
-        "type": {"type": "string", "enum": ["click", "add_to_cart", "purchase"]},
-        "rec_id": {"type": "string", "description": "the recommendation it answers"},
-        "ts": {"type": "number", "description": "unix seconds; default: now"},
-        "tenant": {"type": "string", "description": "must match the URL's, if given"},
-    },
-    "required": ["session_id", "item_id", "type"],
-}
 
 
 def routes(ctx: WebContext) -> APIRouter:
@@ -47,8 +31,9 @@ def routes(ctx: WebContext) -> APIRouter:
         "/feedback",
         status_code=202,
         summary="Post explicit feedback (one object or an array of up to 1,000)",
+        response_model=Accepted,
         responses=tenant_errors(408, 413),
-        openapi_extra=json_request_body(FEEDBACK_SCHEMA, many=MAX_POST_EVENTS),
+        openapi_extra=request_body(Feedback, many=MAX_POST_EVENTS),
     )
     async def post_feedback(tenant: Tenant, request: Request) -> dict[str, Any]:
         """Validated like clicks (400 with a reason, nothing sent), then produced to the
@@ -63,28 +48,20 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.get(
         "/stats",
         summary="Recommendations, hits, hit rate (Wilson 95 % interval) per variant",
+        response_model=TenantStats,
         responses=tenant_errors(),
     )
     async def stats(
         tenant: Tenant, since: Annotated[str, Query(description="e.g. 1h, 30m, 7d")] = "1h"
     ) -> dict[str, Any]:
-        from stream.control.stats import tenant_stats
-
         try:
             since_s = parse_duration(since)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        backend = ctx.backend()
-        if backend is None:
-            raise ApiError(503, "the worker is starting")
+        redis = ctx.worker().redis
         try:
-            return await tenant_stats(
-                backend.redis, tenant, since_s, ctx.settings.feedback_bucket_s
-            )
+            return await tenant_stats(redis, tenant, since_s, ctx.settings.feedback_bucket_s)
         except (RedisError, OSError) as exc:
             raise ApiError(503, f"the counter store is unavailable: {exc}") from None
 
     return router
-
-
-ROUTERS.append(routes)

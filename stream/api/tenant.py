@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Query, Response
@@ -22,41 +22,26 @@ from state.connection import RedisError
 from state.control import get_item, put_items
 from state.notify import notify_change
 from stream.api.auth import Tenant, TenantReader
-from stream.api.server import (
-    ID_SCHEMA,
+from stream.api.bodies import produce_records, read_model, read_records
+from stream.api.context import ApiError, WebContext
+from stream.api.schemas import (
+    MAX_BULK_ITEMS,
+    MAX_N,
     MAX_POST_EVENTS,
-    ApiError,
-    WebContext,
-    json_body,
-    json_request_body,
-    produce_records,
-    read_body,
-    read_records,
+    BulkItems,
+    CatalogueEntry,
+    CatalogueItem,
+    EventsAccepted,
+    Rank,
+    Ranking,
+    SessionRecommendations,
+    Similar,
+    Stored,
+    request_body,
     tenant_errors,
 )
 from stream.events import MAX_EVENT_BYTES, ClickEvent, event_from_dict
 
-if TYPE_CHECKING:
-    from stream.worker import WorkerBackend
-
-CLICK_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "session_id": ID_SCHEMA,
-        "item_id": ID_SCHEMA,
-        "ts": {"type": "number", "description": "unix seconds; default: now"},
-        "event_type": {"type": "string"},
-        "event_id": {"type": "string", "description": "assigned when missing"},
-        "user_id": {"type": "string"},
-        "tenant": {"type": "string", "description": "must match the URL's, if given"},
-    },
-    "required": ["session_id", "item_id"],
-}
-
-
-MAX_N = 100
-MAX_SESSION_ITEMS = 200
-MAX_BULK_ITEMS = 10_000
 N = Annotated[int, Query(ge=1, le=MAX_N, description="how many items (default: top_k)")]
 Exclude = Annotated[list[str], Query(description="item ids never to return (repeatable)")]
 ItemId = Annotated[str, Path(description="the item id (a `/` in it sent as `%2F`)")]
@@ -82,18 +67,13 @@ def _checked_id(value: str, what: str) -> str:
 def routes(ctx: WebContext) -> APIRouter:
     router = APIRouter(prefix="/v1/{tenant}", tags=["tenant"])
 
-    def backend() -> WorkerBackend:
-        found = ctx.backend()
-        if found is None:
-            raise ApiError(503, "the worker is starting")
-        return found
-
     @router.post(
         "/events",
         status_code=202,
         summary="Post one click or an array of up to 1,000",
+        response_model=EventsAccepted,
         responses=tenant_errors(408, 413),
-        openapi_extra=json_request_body(CLICK_SCHEMA, many=MAX_POST_EVENTS),
+        openapi_extra=request_body("WireClick", many=MAX_POST_EVENTS),
     )
     async def post_events(tenant: Tenant, request: HttpRequest) -> dict[str, Any]:
         """Validated (400 with a reason, nothing sent; 413 for an event over 16 KiB),
@@ -113,7 +93,15 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.get(
         "/sessions/{session_id:segment}/recommendations",
         summary="The ranked list answering the session's latest click",
-        responses=tenant_errors(),
+        response_class=Response,
+        responses={
+            200: {
+                "model": SessionRecommendations,
+                "content": {"application/json": {}},
+                "description": "the list, as the topic's record",
+            },
+            **tenant_errors(),
+        },
     )
     async def session_recommendations(
         tenant: Tenant,
@@ -130,8 +118,8 @@ def routes(ctx: WebContext) -> APIRouter:
         ``"reason": "tenant off"``: nothing is wrong with the request."""
         _checked_id(session_id, "session id")
         async with serving_errors():
-            worker = backend()
-            if await worker.tenants.mode(tenant) == "off":
+            serving = ctx.worker()
+            if await serving.tenants.mode(tenant) == "off":
                 off = {
                     "tenant": tenant,
                     "session_id": session_id,
@@ -139,7 +127,7 @@ def routes(ctx: WebContext) -> APIRouter:
                     "reason": "tenant off",
                 }
                 return Response(orjson.dumps(off), media_type="application/json")
-            payload = await worker.processor.recommend_session(
+            payload = await serving.ranker.recommend_session(
                 tenant, session_id, n, options(exclude, category)
             )
         if payload is None:
@@ -151,29 +139,19 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.post(
         "/recommendations",
         summary="Rank a session the caller holds (stateless: nothing is stored)",
-        responses=tenant_errors(413),
-        openapi_extra=json_request_body(RANK_SCHEMA),
+        response_model=Ranking,
+        responses=tenant_errors(408, 413),
+        openapi_extra=request_body(Rank),
     )
     async def rank(tenant: TenantReader, request: HttpRequest) -> dict[str, Any]:
         """The list with each item's score and ``source`` (the candidate source that
         contributed most to its score), the list's ``strategy`` (its first item's source)
         and the model version."""
-        body = json_body(await read_body(request, MAX_EVENT_BYTES * 4))
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object with 'items'")
-        items, n = body.get("items"), body.get("n", ctx.settings.top_k)
-        exclude, category = body.get("exclude", []), body.get("category", [])
-        if not isinstance(items, list) or not 0 < len(items) <= MAX_SESSION_ITEMS:
-            raise ApiError(400, f"items must be a list of 1 to {MAX_SESSION_ITEMS} item ids")
-        for item in items:
-            _checked_id(item, "item id")
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
-            raise ApiError(400, f"n must be an integer from 1 to {MAX_N}")
-        if not _strings(exclude) or not _strings(category):
-            raise ApiError(400, "exclude and category must be lists of strings")
+        body = await read_model(request, Rank, MAX_EVENT_BYTES * 4)
+        n = body.n or ctx.settings.top_k
         async with serving_errors():
-            ranked, version = await backend().processor.recommend_items(
-                tenant, items, n, options(exclude, category)
+            ranked, version = await ctx.worker().ranker.recommend_items(
+                tenant, body.items, n, options(body.exclude, body.category)
             )
         sources = ranked.sources or [ranked.strategy] * len(ranked.ids)
         return {
@@ -189,12 +167,13 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.get(
         "/items/{item_id:segment}/similar",
         summary="The item's nearest neighbours by embedding (the tenant's rules applied)",
+        response_model=Similar,
         responses=tenant_errors(),
     )
     async def similar(tenant: Tenant, item_id: ItemId, n: N = 10) -> dict[str, Any]:
         _checked_id(item_id, "item id")
         async with serving_errors():
-            found = await backend().processor.similar(tenant, item_id, n)
+            found = await ctx.worker().ranker.similar(tenant, item_id, n)
         if found is None:
             raise ApiError(
                 404, f"tenant {tenant!r}: the model in service does not know {item_id!r}"
@@ -209,18 +188,18 @@ def routes(ctx: WebContext) -> APIRouter:
 
     # -- the catalogue ---------------------------------------------------------------------
     async def store_items(tenant: str, entries: dict[str, dict[str, Any]]) -> int:
-        directory = backend().tenants
+        serving = ctx.worker()
         async with serving_errors():
-            if not await directory.exists(tenant):
-                await directory.create(tenant)  # allowed: auto-creation is on (see Tenant)
-            version = await put_items(directory.client, tenant, entries)
-            await notify_change(directory.client, tenant)
+            if not await serving.tenants.exists(tenant):
+                await serving.tenants.create(tenant)  # allowed: auto-creation is on (see Tenant)
+            version = await put_items(serving.redis, tenant, entries)
+            await notify_change(serving.redis, tenant)
         return version
 
     async def catalogue_item(tenant: str, item_id: str) -> dict[str, Any]:
         _checked_id(item_id, "item id")
         async with serving_errors():
-            entry = await get_item(backend().tenants.client, tenant, item_id)
+            entry = await get_item(ctx.worker().redis, tenant, item_id)
         if entry is None or entry.get("deleted"):
             raise ApiError(404, f"item {item_id!r} is not in tenant {tenant!r}'s catalogue")
         return entry
@@ -228,6 +207,8 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.get(
         "/items/{item_id:segment}",
         summary="The item's catalogue entry",
+        response_model=CatalogueEntry,
+        response_model_exclude_unset=True,
         responses=tenant_errors(),
     )
     async def get_catalogue_item(tenant: Tenant, item_id: ItemId) -> dict[str, Any]:
@@ -236,120 +217,45 @@ def routes(ctx: WebContext) -> APIRouter:
     @router.put(
         "/items/{item_id:segment}",
         summary="Add or change a catalogue item (applied to recommendations within a second)",
-        responses=tenant_errors(413),
-        openapi_extra=json_request_body(ITEM_SCHEMA),
+        response_model=CatalogueEntry,
+        response_model_exclude_unset=True,
+        responses=tenant_errors(408, 413),
+        openapi_extra=request_body(CatalogueItem),
     )
     async def put_item(tenant: Tenant, item_id: ItemId, request: HttpRequest) -> dict[str, Any]:
         _checked_id(item_id, "item id")
-        entry = catalogue_entry(json_body(await read_body(request, MAX_EVENT_BYTES)))
+        entry = (await read_model(request, CatalogueItem, MAX_EVENT_BYTES)).model_dump()
         version = await store_items(tenant, {item_id: entry})
         return {"item_id": item_id, **entry, "catalogue_version": version}
 
     @router.delete(
         "/items/{item_id:segment}",
         summary="Remove an item from the catalogue: it is never recommended again",
+        response_model=CatalogueEntry,
+        response_model_exclude_unset=True,
         responses=tenant_errors(),
     )
     async def delete_item(tenant: Tenant, item_id: ItemId) -> dict[str, Any]:
         await catalogue_item(tenant, item_id)  # 404 unless it is there
         # A tombstone, not a removal: a deleted product must stay out of the lists.
         version = await store_items(tenant, {item_id: {"available": False, "deleted": True}})
-        return {"item_id": item_id, "deleted": True, "catalogue_version": version}
+        gone = {"item_id": item_id, "available": False, "deleted": True}
+        return {**gone, "catalogue_version": version}
 
     @router.post(
         "/items",
         summary=f"Add or change up to {MAX_BULK_ITEMS:,} catalogue items",
+        response_model=Stored,
         responses=tenant_errors(408, 413),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "array",
-                            "maxItems": MAX_BULK_ITEMS,
-                            "items": {
-                                **ITEM_SCHEMA,
-                                "properties": {
-                                    **ITEM_SCHEMA["properties"],
-                                    "item_id": {"type": "string"},
-                                },
-                                "required": ["item_id"],
-                            },
-                        }
-                    }
-                },
-            }
-        },
+        openapi_extra=request_body(BulkItems),
     )
     async def bulk_items(tenant: Tenant, request: HttpRequest) -> dict[str, Any]:
-        body = json_body(await read_body(request))
-        if not isinstance(body, list) or not 0 < len(body) <= MAX_BULK_ITEMS:
-            raise ApiError(400, f"the body must be a list of 1 to {MAX_BULK_ITEMS} items")
-        entries: dict[str, dict[str, Any]] = {}
-        for n, data in enumerate(body):
-            if not isinstance(data, dict) or not isinstance(data.get("item_id"), str):
-                raise ApiError(400, f"item {n}: an object with a string 'item_id' is required")
-            item_id = _checked_id(data.pop("item_id"), f"item {n}: item id")
-            try:
-                entries[item_id] = catalogue_entry(data)
-            except ApiError as exc:
-                raise ApiError(400, f"item {n}: {exc.reason}") from None
+        body = await read_model(request, BulkItems, MAX_EVENT_BYTES * MAX_BULK_ITEMS)
+        entries = {item.item_id: item.model_dump(exclude={"item_id"}) for item in body.root}
         version = await store_items(tenant, entries)
         return {"stored": len(entries), "catalogue_version": version}
 
     return router
-
-
-ITEM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "available": {"type": "boolean", "description": "false: never recommended"},
-        "category": {"type": ["string", "null"], "maxLength": 256},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 256}},
-    },
-}
-
-RANK_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "items": {
-            "type": "array",
-            "items": ID_SCHEMA,
-            "minItems": 1,
-            "maxItems": MAX_SESSION_ITEMS,
-            "description": "the session's items, oldest first",
-        },
-        "n": {"type": "integer", "minimum": 1, "maximum": MAX_N},
-        "exclude": {"type": "array", "items": {"type": "string"}},
-        "category": {"type": "array", "items": {"type": "string"}},
-    },
-    "required": ["items"],
-}
-
-
-def _strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def catalogue_entry(data: Any) -> dict[str, Any]:
-    """A catalogue entry from a request body: ``available`` (default true), ``category``,
-    ``tags``; anything else is a 400."""
-    if not isinstance(data, dict):
-        raise ApiError(400, "a catalogue item is a JSON object")
-    unknown = set(data) - {"available", "category", "tags"}
-    if unknown:
-        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-    available = data.get("available", True)
-    category = data.get("category")
-    tags = data.get("tags", [])
-    if not isinstance(available, bool):
-        raise ApiError(400, "available must be true or false")
-    if category is not None and not (isinstance(category, str) and is_id(category)):
-        raise ApiError(400, f"category {ID_RULE}")
-    if not _strings(tags) or not all(is_id(t) for t in tags):
-        raise ApiError(400, f"tags must be a list of strings; each {ID_RULE}")
-    return {"available": available, "category": category, "tags": tags}
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from models.names import is_id, is_tenant
-from stream.api.server import ApiError, parse_records
+from stream.api.bodies import parse_records
+from stream.api.context import ApiError
 from stream.api.tenant import _click
 from stream.events import (
     MAX_EVENT_BYTES,

@@ -153,3 +153,70 @@ def test_ids_holding_a_slash_reach_their_route_whole(
 ) -> None:
     assert _get(base, path) == (200, answer)
     assert _get(base, "/v1/t/items/a/b")[0] == 404  # a plain slash is still a separator
+
+
+# -- the spec -------------------------------------------------------------------------------
+def _spec() -> dict:
+    from stream.api.context import WebContext
+    from stream.api.server import create_api
+    from stream.config import Settings
+
+    settings = Settings(admin_token="t" * 32)
+    ctx = WebContext(settings, counters=dict, models=None, serving=None)  # type: ignore[arg-type]
+    return create_api(ctx).openapi()
+
+
+def _operations(spec: dict) -> list[tuple[str, str, dict]]:
+    return [(m.upper(), p, op) for p, ops in spec["paths"].items() for m, op in ops.items()]
+
+
+def test_the_spec_is_valid_openapi() -> None:
+    from openapi_spec_validator import validate
+
+    spec = _spec()
+    validate(spec)
+    assert len(_operations(spec)) >= 25
+
+
+def test_every_json_answer_is_typed_and_none_is_a_422() -> None:
+    spec = _spec()
+    untyped, with_422 = [], []
+    for method, path, op in _operations(spec):
+        for status, answer in op["responses"].items():
+            if status == "422":
+                with_422.append(f"{method} {path}")
+            schema = answer.get("content", {}).get("application/json", {}).get("schema")
+            # A named model, not a bare "object" or "string": every JSON answer is one.
+            if schema is not None and "$ref" not in schema:
+                untyped.append(f"{method} {path} {status}: {schema}")
+            if (
+                status.startswith("2")
+                and "content" in answer
+                and not (
+                    schema or "text/plain" in answer["content"] or "text/html" in answer["content"]
+                )
+            ):
+                untyped.append(f"{method} {path} {status}: no schema")
+    assert not with_422, with_422
+    assert not untyped, "\n".join(untyped)
+
+
+def test_errors_are_one_model_and_the_click_schema_is_the_workers() -> None:
+    import msgspec
+
+    from stream.events import WireClick
+
+    spec = _spec()
+    schemas = spec["components"]["schemas"]
+    assert schemas["Error"]["required"] == ["error"]
+    for method, path, op in _operations(spec):
+        for status, answer in op["responses"].items():
+            # /health's 503 is its report ("degraded" and why), not an error.
+            if status[0] in "45" and path != "/health":
+                schema = answer["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Error"}, (method, path, status)
+    (_,), components = msgspec.json.schema_components([WireClick])
+    posted = spec["paths"]["/v1/{tenant}/events"]["post"]["requestBody"]
+    one = posted["content"]["application/json"]["schema"]["oneOf"][0]
+    assert one == {"$ref": "#/components/schemas/WireClick"}
+    assert schemas["WireClick"]["properties"] == components["WireClick"]["properties"]

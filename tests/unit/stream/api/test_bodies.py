@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import Producer
 
-from stream.api.server import ApiError, produce_records
+from stream.api.bodies import produce_records
+from stream.api.context import ApiError
 from stream.events import ClickEvent
 
 
