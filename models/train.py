@@ -59,6 +59,9 @@ _BASE_SHARE = 0.1  # about the part of the ranker stage spent building the older
 # Passes over every session, as a share of ``epochs``, that continue the embeddings of
 # the ranker's fit-time model into the served model's (``_word2vec``).
 WARM_SHARE = 0.25
+# Logs under this many clicks (a small tenant's) take half the Word2Vec passes at twice the
+# learning rate (``word2vec_schedule``): Word2Vec was most of such a tenant's retraining.
+SMALL_LOG_CLICKS = 30_000
 # Fewer older sessions or newer next-click cases than these: no ranker fit (fixed blend).
 MIN_FIT_SESSIONS = 10
 MIN_FIT_CASES = 50
@@ -74,7 +77,7 @@ class TrainParams:
     """
 
     # Word2Vec (skip-gram with negative sampling, as item2vec). Window 5 and 10
-    # dimensions are the tutorial's. epochs=None picks by corpus size (``auto_epochs``).
+    # dimensions are the tutorial's. epochs=None picks by corpus size (``word2vec_schedule``).
     vector_size: int = 10
     window: int = 5
     epochs: int | None = None
@@ -237,6 +240,7 @@ class _Embedded:
     clusters: np.ndarray
     centroids: np.ndarray
     epochs: dict[str, int]  # Word2Vec passes: over the older sessions, then over all
+    alpha: float  # Word2Vec's starting learning rate (``word2vec_schedule``)
     timings: dict[str, float]
 
 
@@ -247,7 +251,7 @@ def _embed(
     ``sessions[:cut]`` as the ranker's fit-time model sees them (``_word2vec``)."""
     report("word2vec", 0.0)
     t = time.perf_counter()
-    w2v, older_vectors, passes = _word2vec(sessions, cut, params, report)
+    w2v, older_vectors, passes, alpha = _word2vec(sessions, cut, params, report)
     vectors = _l2_normalise(w2v.wv.vectors.astype(np.float32))
     timings = {"word2vec_s": time.perf_counter() - t}
     report("kmeans", 0.0)
@@ -260,10 +264,12 @@ def _embed(
         keep = np.array([i for i, item in enumerate(items) if item in present], dtype=np.int64)
         if len(keep):
             sub = _l2_normalise(older_vectors[keep])
-            older = _Embedded([items[i] for i in keep.tolist()], sub, *_kmeans(sub, params), {}, {})
+            older = _Embedded(
+                [items[i] for i in keep.tolist()], sub, *_kmeans(sub, params), {}, alpha, {}
+            )
     timings["kmeans_s"] = time.perf_counter() - t
     report("kmeans", 1.0)
-    return _Embedded(items, vectors, clusters, centroids, passes, timings), older
+    return _Embedded(items, vectors, clusters, centroids, passes, alpha, timings), older
 
 
 def _build(
@@ -329,6 +335,7 @@ def _build(
         "params": asdict(params),
         # Passes over the older sessions, then over every session (``_word2vec``).
         "word2vec_epochs": embedded.epochs,
+        "word2vec_alpha": embedded.alpha,
         "ranking": asdict(params.rank_params()),
         "counts": {
             "items": n,
@@ -369,9 +376,24 @@ def auto_epochs(n_clicks: int) -> int:
     return int(np.clip(np.ceil(3_000_000 / max(1, n_clicks)), 5, 20))
 
 
+def word2vec_schedule(n_clicks: int, params: TrainParams) -> tuple[int, float]:
+    """(passes over the older sessions, starting learning rate) for a log of ``n_clicks``.
+
+    A small log takes half of ``auto_epochs``'s passes at twice the rate: as much
+    training in total, at half the cost. On tenant-sized slices (~10,000 clicks) of four
+    datasets HR@20 and MRR@20 of the tenant's own hold-out stayed within noise (quarter
+    the passes at four times the rate lost up to a point). Passes set by hand are kept."""
+    if params.epochs:
+        return params.epochs, params.alpha
+    epochs = auto_epochs(n_clicks)
+    if n_clicks < SMALL_LOG_CLICKS:
+        return max(1, epochs // 2), 2 * params.alpha
+    return epochs, params.alpha
+
+
 def _word2vec(
     sessions: list[list[str]], cut: int, params: TrainParams, report: Progress
-) -> tuple[Word2Vec, np.ndarray | None, dict[str, int]]:
+) -> tuple[Word2Vec, np.ndarray | None, dict[str, int], float]:
     """Word2Vec over ``sessions``; with ``cut`` > 0, first over ``sessions[:cut]`` alone,
     whose vectors are returned as well (the ranker's fit-time model: they never saw the
     newer sessions its cases come from), then ``WARM_SHARE`` as many passes over every
@@ -390,31 +412,35 @@ def _word2vec(
         workers=params.workers,
     )
     model.build_vocab(sessions)
-    epochs = params.epochs or auto_epochs(model.corpus_total_words)
+    epochs, alpha = word2vec_schedule(model.corpus_total_words, params)
+    rate = {"start_alpha": alpha, "end_alpha": model.min_alpha}
     if len(model.wv) == 0:
         raise DataFormatError(f"no item occurs at least min_count={params.min_count} times")
     older_vectors = None
     if 0 < cut < len(sessions):
         warm = max(1, round(epochs * WARM_SHARE))
         callbacks = [_EpochProgress(epochs + warm, report)]
-        model.train(sessions[:cut], total_examples=cut, epochs=epochs, callbacks=callbacks)
+        model.train(sessions[:cut], total_examples=cut, epochs=epochs, callbacks=callbacks, **rate)
         older_vectors = model.wv.vectors.copy()
         # gensim warns that the learning rate goes up again: that is the point here.
         quiet = logging.getLogger("gensim.models.word2vec")
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            model.train(sessions, total_examples=len(sessions), epochs=warm, callbacks=callbacks)
+            model.train(
+                sessions, total_examples=len(sessions), epochs=warm, callbacks=callbacks, **rate
+            )
         finally:
             quiet.setLevel(level)
-        return model, older_vectors, {"older": epochs, "all": warm}
+        return model, older_vectors, {"older": epochs, "all": warm}, alpha
     model.train(
         sessions,
         total_examples=model.corpus_count,
         epochs=epochs,
         callbacks=[_EpochProgress(epochs, report)],
+        **rate,
     )
-    return model, None, {"older": 0, "all": epochs}
+    return model, None, {"older": 0, "all": epochs}, alpha
 
 
 def _l2_normalise(vectors: np.ndarray) -> np.ndarray:

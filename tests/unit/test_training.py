@@ -7,7 +7,15 @@ import pytest
 
 from models.datasets import synthetic_sessions
 from models.errors import DataFormatError
-from models.train import WARM_SHARE, TrainParams, _embed, train_model
+from models.train import (
+    SMALL_LOG_CLICKS,
+    WARM_SHARE,
+    TrainParams,
+    _embed,
+    auto_epochs,
+    train_model,
+    word2vec_schedule,
+)
 
 SESSIONS = synthetic_sessions(4000, 120, seed=7)
 FAST = TrainParams(epochs=3, n_clusters=6, n_neighbours=20, seed=11)
@@ -86,3 +94,20 @@ def test_the_fit_time_model_knows_only_the_older_sessions() -> None:
     assert served.epochs == {"older": FAST.epochs, "all": max(1, round(FAST.epochs * WARM_SHARE))}
     rows = [served.items.index(x) for x in older.items]
     assert not np.allclose(older.vectors, served.vectors[rows])  # the served run went on
+
+
+def test_a_small_log_takes_half_the_passes_at_twice_the_learning_rate() -> None:
+    """Word2Vec's cost is per click and pass; a small tenant's log gets as much training
+    in half the passes, and a log above the threshold keeps the full schedule."""
+    params = TrainParams()
+    small, large = SMALL_LOG_CLICKS - 1, SMALL_LOG_CLICKS
+    assert word2vec_schedule(small, params) == (auto_epochs(small) // 2, 2 * params.alpha)
+    assert word2vec_schedule(large, params) == (auto_epochs(large), params.alpha)
+    # Passes set by hand are taken as given.
+    assert word2vec_schedule(small, TrainParams(epochs=7)) == (7, params.alpha)
+    bundle = train_model(SESSIONS, TrainParams(n_clusters=6, n_neighbours=20))
+    clicks = sum(map(len, SESSIONS))
+    assert clicks < SMALL_LOG_CLICKS
+    passes = bundle.manifest["word2vec_epochs"]
+    assert passes["older"] == auto_epochs(clicks) // 2
+    assert bundle.manifest["word2vec_alpha"] == 2 * params.alpha
