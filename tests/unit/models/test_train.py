@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,15 @@ def test_a_small_log_takes_half_the_passes_at_twice_the_learning_rate() -> None:
     passes = bundle.manifest["word2vec_epochs"]
     assert passes["older"] == auto_epochs(clicks) // 2
     assert bundle.manifest["word2vec_alpha"] == 2 * params.alpha
+
+
+def test_a_small_logs_ranker_is_fitted_on_half_the_candidates() -> None:
+    """The fit's cost is per case and candidate; a small log's ranker ranks as well from
+    half of them, and a log above the threshold keeps them all."""
+    params = TrainParams(n_clusters=6, n_neighbours=20)
+    small = train_model(SESSIONS, params)
+    assert small.manifest["ranker"]["fit"]["candidates"] == params.fit_candidates // 2
+    many = [[f"{x}-{copy}" for x in s] for copy in range(8) for s in SESSIONS]
+    assert sum(map(len, many)) >= SMALL_LOG_CLICKS
+    large = train_model(many, replace(params, epochs=1))
+    assert large.manifest["ranker"]["fit"]["candidates"] == params.fit_candidates
