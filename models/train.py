@@ -21,10 +21,10 @@ built on the older ``1 - fit_share`` of the sessions, cases are sampled from the
 the served model, built on every session, gets those weights. It never sees a validation
 or test click. The two models share one Word2Vec run (``_word2vec``): it first trains on
 the older sessions alone (the fit-time model's vectors: they must not have seen the
-cases' next clicks, or the ranker learns to trust the embedding features too much; on
-tmall valid that cost 3.5 points of HR@20), then continues over every session for a
-quarter as many passes (the served model's vectors). Word2Vec was most of a small
-tenant's training time, and it ran twice.
+cases' next clicks, or the ranker learns to trust the embedding features too much and
+scores lower on valid), then continues over every session for a quarter as many passes
+(the served model's vectors). One run instead of two matters: Word2Vec is most of a
+small tenant's training time.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ _BASE_SHARE = 0.1  # about the part of the ranker stage spent building the older
 WARM_SHARE = 0.25
 # Logs under this many clicks (a small tenant's) take half the Word2Vec passes at twice the
 # learning rate (``word2vec_schedule``) and fit the ranker on half the candidates
-# (``fit_candidates``): the two were most of such a tenant's retraining.
+# (``fit_candidates``): the two are most of such a tenant's retraining.
 SMALL_LOG_CLICKS = 30_000
 # Fewer older sessions or newer next-click cases than these: no ranker fit (fixed blend).
 MIN_FIT_SESSIONS = 10
@@ -74,7 +74,7 @@ class TrainParams:
 
     Defaults come from the grid searches in benchmarks/quality.md (e-shop last-30-days
     and YOOCHOOSE-100k splits). Co-occurrence carries most of the signal; the embedding
-    term is small but lifts HR@20 by 1-1.5 points on YOOCHOOSE.
+    term is small but lifts HR@20 on YOOCHOOSE.
     """
 
     # Word2Vec (skip-gram with negative sampling, as item2vec). Window 5 and 10
@@ -112,9 +112,9 @@ class TrainParams:
     fit_share: float = 0.2
     fit_cases: int = 10_000
     # Kept by the fixed blend for the ranker to order: 200 when serving (chosen on valid:
-    # +1.7 HR@20 points on e-shop, whose 217 items all become candidates, equal on tmall
-    # and yoochoose), 100 per case when fitting (a ranker fitted on 100 ranks 200 as well
-    # on valid, at half the fit's time and memory; half that on a small log: ``fit_candidates``).
+    # better on e-shop, whose 217 items all become candidates, equal on tmall and
+    # yoochoose), 100 per case when fitting (a ranker fitted on 100 ranks 200 as well
+    # on valid, at half the fit's time and memory; a small log's half: ``fit_candidates``).
     candidates: int = 200
     fit_candidates: int = 100
     l2: float = 1e-3
@@ -234,9 +234,8 @@ def _learn_ranker(
 
 def fit_candidates(n_clicks: int, params: TrainParams) -> int:
     """Candidates per case the ranker is fitted on, for a log of ``n_clicks``: a small
-    log's half of ``fit_candidates`` (the fit's cost is per case and candidate; on
-    tenant-sized slices of four datasets the hold-out's HR@20 and MRR@20 stayed within
-    noise, while on full training sets half cost up to 0.2 points of HR@20 on valid)."""
+    log's half of ``fit_candidates``. The fit's cost is per case and candidate; a small
+    log's ranker ranks its newest sessions as well from half, a large log's does not."""
     if n_clicks < SMALL_LOG_CLICKS:
         return max(1, params.fit_candidates // 2)
     return params.fit_candidates
@@ -381,8 +380,8 @@ class _EpochProgress(CallbackAny2Vec):  # type: ignore[misc]
 
 
 def auto_epochs(n_clicks: int) -> int:
-    """Passes over the clicks: 20 for small logs (they need them: +1.4 points HR@20 on
-    YOOCHOOSE-100k over 5), falling to 5 at ~600k clicks, where each item is already seen
+    """Passes over the clicks: 20 for small logs (they need them: HR@20 on YOOCHOOSE-100k
+    is higher than with 5), falling to 5 at ~600k clicks, where each item is already seen
     often enough and 20 passes would cost minutes."""
     return int(np.clip(np.ceil(3_000_000 / max(1, n_clicks)), 5, 20))
 
@@ -391,9 +390,9 @@ def word2vec_schedule(n_clicks: int, params: TrainParams) -> tuple[int, float]:
     """(passes over the older sessions, starting learning rate) for a log of ``n_clicks``.
 
     A small log takes half of ``auto_epochs``'s passes at twice the rate: as much
-    training in total, at half the cost. On tenant-sized slices (~10,000 clicks) of four
-    datasets HR@20 and MRR@20 of the tenant's own hold-out stayed within noise (quarter
-    the passes at four times the rate lost up to a point). Passes set by hand are kept."""
+    training in total, at half the cost, and on tenant-sized slices of real logs it ranks
+    their newest sessions as well (fewer passes still, at a higher rate, ranked worse).
+    Passes set by hand are kept."""
     if params.epochs:
         return params.epochs, params.alpha
     epochs = auto_epochs(n_clicks)
