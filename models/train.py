@@ -409,6 +409,7 @@ def _word2vec(
     newer sessions its cases come from), then ``WARM_SHARE`` as many passes over every
     session continue from them: ~0.6 of the passes of two runs from scratch. The
     vocabulary (and so the negative sampling table) is every session's."""
+    epochs, alpha = word2vec_schedule(sum(map(len, sessions)), params)
     model = Word2Vec(
         vector_size=params.vector_size,
         window=params.window,
@@ -417,29 +418,25 @@ def _word2vec(
         negative=params.negative,
         ns_exponent=params.ns_exponent,
         sample=params.sample,
-        alpha=params.alpha,
+        alpha=alpha,
         seed=params.seed,
         workers=params.workers,
     )
     model.build_vocab(sessions)
-    epochs, alpha = word2vec_schedule(model.corpus_total_words, params)
-    rate = {"start_alpha": alpha, "end_alpha": model.min_alpha}
     if len(model.wv) == 0:
         raise DataFormatError(f"no item occurs at least min_count={params.min_count} times")
     older_vectors = None
     if 0 < cut < len(sessions):
         warm = max(1, round(epochs * WARM_SHARE))
         callbacks = [_EpochProgress(epochs + warm, report)]
-        model.train(sessions[:cut], total_examples=cut, epochs=epochs, callbacks=callbacks, **rate)
+        model.train(sessions[:cut], total_examples=cut, epochs=epochs, callbacks=callbacks)
         older_vectors = model.wv.vectors.copy()
         # gensim warns that the learning rate goes up again: that is the point here.
         quiet = logging.getLogger("gensim.models.word2vec")
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            model.train(
-                sessions, total_examples=len(sessions), epochs=warm, callbacks=callbacks, **rate
-            )
+            model.train(sessions, total_examples=len(sessions), epochs=warm, callbacks=callbacks)
         finally:
             quiet.setLevel(level)
         return model, older_vectors, {"older": epochs, "all": warm}, alpha
@@ -448,7 +445,6 @@ def _word2vec(
         total_examples=model.corpus_count,
         epochs=epochs,
         callbacks=[_EpochProgress(epochs, report)],
-        **rate,
     )
     return model, None, {"older": 0, "all": epochs}, alpha
 

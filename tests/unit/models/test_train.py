@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -125,3 +126,10 @@ def test_a_small_logs_ranker_is_fitted_on_half_the_candidates() -> None:
     assert sum(map(len, many)) >= SMALL_LOG_CLICKS
     large = train_model(many, replace(params, epochs=1))
     assert large.manifest["ranker"]["fit"]["candidates"] == params.fit_candidates
+
+
+def test_a_small_logs_training_warns_of_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """Its higher learning rate is the schedule's choice, not a mistake to warn about."""
+    with caplog.at_level(logging.WARNING):
+        train_model(SESSIONS, TrainParams(n_clusters=6, n_neighbours=20))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
