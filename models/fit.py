@@ -67,7 +67,11 @@ def fit_scaled(
     """Weights over the columns of ``x`` ([cases, candidates, columns] float32, scaled in
     place to unit spread for the fit; ``mask``: real candidates, ``y``: the clicked one),
     from ``start``; both in the columns' own units."""
-    scale = np.maximum(x[mask].std(axis=0, dtype=np.float64), 1e-6)
+    real = x[mask]
+    # Sums in float64 without a float64 copy of the cases (``std`` would make one).
+    mean = real.mean(axis=0, dtype=np.float64)
+    var = np.einsum("ij,ij->j", real, real, dtype=np.float64) / max(1, len(real)) - mean**2
+    scale = np.maximum(np.sqrt(np.maximum(var, 0.0)), 1e-6)
     x /= scale.astype(np.float32)
     return _softmax_fit(x, mask, y, start * scale, l2, step) / scale
 

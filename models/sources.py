@@ -54,17 +54,16 @@ def build_sources(
     )
     rules = sequential_rules(codes, n, rule_steps)
     out["rules_ptr"], out["rules_idx"], out["rules_w"] = _top_csr(_row_normalised(rules), top)
-    # Distinct items per session, in order of first click.
-    distinct = []
-    for c in indexed:
-        _, first = np.unique(c, return_index=True)
-        distinct.append(c[np.sort(first)])
-    lengths = np.array([len(d) for d in distinct], dtype=np.int64)
-    items = np.concatenate(distinct).astype(np.int32) if distinct else np.zeros(0, np.int32)
+    # Distinct items per session, in order of first click: the first (session, item)
+    # pairs in log order, found for every session at once.
+    flat = np.concatenate(indexed).astype(np.int64) if indexed else np.zeros(0, np.int64)
+    clicked_in = np.repeat(np.arange(len(indexed), dtype=np.int64), [len(c) for c in indexed])
+    first = np.sort(np.unique(clicked_in * n + flat, return_index=True)[1])
+    items, session_of = flat[first].astype(np.int32), clicked_in[first]
+    lengths = np.bincount(session_of, minlength=len(indexed))
     out["sessions_ptr"], out["sessions_idx"] = _row_pointer(lengths), items
     # item -> its most recent ``sample_size`` sessions: the most recent ``sample_size`` of a
     # union of such lists are exactly the most recent of the full lists' union.
-    session_of = np.repeat(np.arange(len(distinct), dtype=np.int64), lengths)
     order = np.lexsort((session_of, items))
     by_item, sess = items[order].astype(np.int64), session_of[order]
     starts = np.searchsorted(by_item, np.arange(n + 1))

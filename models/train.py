@@ -59,6 +59,10 @@ _BASE_SHARE = 0.1  # about the part of the ranker stage spent building the older
 # Passes over every session, as a share of ``epochs``, that continue the embeddings of
 # the ranker's fit-time model into the served model's (``_word2vec``).
 WARM_SHARE = 0.25
+# Logs under this many clicks (a small tenant's) take half the Word2Vec passes at twice the
+# learning rate (``word2vec_schedule``) and fit the ranker on half the candidates
+# (``fit_candidates``): the two are most of such a tenant's retraining.
+SMALL_LOG_CLICKS = 30_000
 # Fewer older sessions or newer next-click cases than these: no ranker fit (fixed blend).
 MIN_FIT_SESSIONS = 10
 MIN_FIT_CASES = 50
@@ -74,7 +78,7 @@ class TrainParams:
     """
 
     # Word2Vec (skip-gram with negative sampling, as item2vec). Window 5 and 10
-    # dimensions are the tutorial's. epochs=None picks by corpus size (``auto_epochs``).
+    # dimensions are the tutorial's. epochs=None picks by corpus size (``word2vec_schedule``).
     vector_size: int = 10
     window: int = 5
     epochs: int | None = None
@@ -110,7 +114,7 @@ class TrainParams:
     # Kept by the fixed blend for the ranker to order: 200 when serving (chosen on valid:
     # better on e-shop, whose 217 items all become candidates, equal on tmall and
     # yoochoose), 100 per case when fitting (a ranker fitted on 100 ranks 200 as well
-    # on valid, at half the fit's time and memory).
+    # on valid, at half the fit's time and memory; a small log's half: ``fit_candidates``).
     candidates: int = 200
     fit_candidates: int = 100
     l2: float = 1e-3
@@ -202,10 +206,10 @@ def _learn_ranker(
     codes, ptr = encode_sessions(base, [prefix for prefix, _ in cases])
     targets = base.rows([t for _, t in cases])
     targets[targets < 0] = -2  # never matches
-    rank_params = replace(params.rank_params(), candidates=params.fit_candidates)
+    k = fit_candidates(sum(map(len, sessions)), params)  # each case's candidates, as a list
+    rank_params = replace(params.rank_params(), candidates=k)
 
     def rank_features() -> tuple[np.ndarray, np.ndarray]:
-        k = params.fit_candidates  # every candidate the fit scores, as a list
         feats = np.zeros((len(cases), k, features.LAYOUT.n_features), dtype=np.float64)
         items, *_ = rank_codes(
             base,
@@ -225,7 +229,16 @@ def _learn_ranker(
         l2=params.l2,
         progress=lambda f: progress(_BASE_SHARE + (1 - _BASE_SHARE) * f),
     )
-    return weights, {**info, "sessions": len(older), "sampled": len(cases)}
+    return weights, {**info, "sessions": len(older), "sampled": len(cases), "candidates": k}
+
+
+def fit_candidates(n_clicks: int, params: TrainParams) -> int:
+    """Candidates per case the ranker is fitted on, for a log of ``n_clicks``: a small
+    log's half of ``fit_candidates``. The fit's cost is per case and candidate; a small
+    log's ranker ranks its newest sessions as well from half, a large log's does not."""
+    if n_clicks < SMALL_LOG_CLICKS:
+        return max(1, params.fit_candidates // 2)
+    return params.fit_candidates
 
 
 @dataclass(frozen=True)
@@ -237,6 +250,7 @@ class _Embedded:
     clusters: np.ndarray
     centroids: np.ndarray
     epochs: dict[str, int]  # Word2Vec passes: over the older sessions, then over all
+    alpha: float  # Word2Vec's starting learning rate (``word2vec_schedule``)
     timings: dict[str, float]
 
 
@@ -247,7 +261,7 @@ def _embed(
     ``sessions[:cut]`` as the ranker's fit-time model sees them (``_word2vec``)."""
     report("word2vec", 0.0)
     t = time.perf_counter()
-    w2v, older_vectors, passes = _word2vec(sessions, cut, params, report)
+    w2v, older_vectors, passes, alpha = _word2vec(sessions, cut, params, report)
     vectors = _l2_normalise(w2v.wv.vectors.astype(np.float32))
     timings = {"word2vec_s": time.perf_counter() - t}
     report("kmeans", 0.0)
@@ -260,10 +274,12 @@ def _embed(
         keep = np.array([i for i, item in enumerate(items) if item in present], dtype=np.int64)
         if len(keep):
             sub = _l2_normalise(older_vectors[keep])
-            older = _Embedded([items[i] for i in keep.tolist()], sub, *_kmeans(sub, params), {}, {})
+            older = _Embedded(
+                [items[i] for i in keep.tolist()], sub, *_kmeans(sub, params), {}, alpha, {}
+            )
     timings["kmeans_s"] = time.perf_counter() - t
     report("kmeans", 1.0)
-    return _Embedded(items, vectors, clusters, centroids, passes, timings), older
+    return _Embedded(items, vectors, clusters, centroids, passes, alpha, timings), older
 
 
 def _build(
@@ -329,6 +345,7 @@ def _build(
         "params": asdict(params),
         # Passes over the older sessions, then over every session (``_word2vec``).
         "word2vec_epochs": embedded.epochs,
+        "word2vec_alpha": embedded.alpha,
         "ranking": asdict(params.rank_params()),
         "counts": {
             "items": n,
@@ -369,14 +386,30 @@ def auto_epochs(n_clicks: int) -> int:
     return int(np.clip(np.ceil(3_000_000 / max(1, n_clicks)), 5, 20))
 
 
+def word2vec_schedule(n_clicks: int, params: TrainParams) -> tuple[int, float]:
+    """(passes over the older sessions, starting learning rate) for a log of ``n_clicks``.
+
+    A small log takes half of ``auto_epochs``'s passes at twice the rate: as much
+    training in total, at half the cost, and on tenant-sized slices of real logs it ranks
+    their newest sessions as well (fewer passes still, at a higher rate, ranked worse).
+    Passes set by hand are kept."""
+    if params.epochs:
+        return params.epochs, params.alpha
+    epochs = auto_epochs(n_clicks)
+    if n_clicks < SMALL_LOG_CLICKS:
+        return max(1, epochs // 2), 2 * params.alpha
+    return epochs, params.alpha
+
+
 def _word2vec(
     sessions: list[list[str]], cut: int, params: TrainParams, report: Progress
-) -> tuple[Word2Vec, np.ndarray | None, dict[str, int]]:
+) -> tuple[Word2Vec, np.ndarray | None, dict[str, int], float]:
     """Word2Vec over ``sessions``; with ``cut`` > 0, first over ``sessions[:cut]`` alone,
     whose vectors are returned as well (the ranker's fit-time model: they never saw the
     newer sessions its cases come from), then ``WARM_SHARE`` as many passes over every
     session continue from them: ~0.6 of the passes of two runs from scratch. The
     vocabulary (and so the negative sampling table) is every session's."""
+    epochs, alpha = word2vec_schedule(sum(map(len, sessions)), params)
     model = Word2Vec(
         vector_size=params.vector_size,
         window=params.window,
@@ -385,12 +418,11 @@ def _word2vec(
         negative=params.negative,
         ns_exponent=params.ns_exponent,
         sample=params.sample,
-        alpha=params.alpha,
+        alpha=alpha,
         seed=params.seed,
         workers=params.workers,
     )
     model.build_vocab(sessions)
-    epochs = params.epochs or auto_epochs(model.corpus_total_words)
     if len(model.wv) == 0:
         raise DataFormatError(f"no item occurs at least min_count={params.min_count} times")
     older_vectors = None
@@ -407,14 +439,14 @@ def _word2vec(
             model.train(sessions, total_examples=len(sessions), epochs=warm, callbacks=callbacks)
         finally:
             quiet.setLevel(level)
-        return model, older_vectors, {"older": epochs, "all": warm}
+        return model, older_vectors, {"older": epochs, "all": warm}, alpha
     model.train(
         sessions,
         total_examples=model.corpus_count,
         epochs=epochs,
         callbacks=[_EpochProgress(epochs, report)],
     )
-    return model, None, {"older": 0, "all": epochs}
+    return model, None, {"older": 0, "all": epochs}, alpha
 
 
 def _l2_normalise(vectors: np.ndarray) -> np.ndarray:

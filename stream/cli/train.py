@@ -50,7 +50,7 @@ _train_options = stacked(
     option(
         "--epochs",
         type=click.IntRange(1, 1000),
-        show_default="20, fewer above 150k clicks",
+        show_default="20, fewer above 150k clicks; half, at twice the rate, under 30k",
         help="Word2Vec epochs.",
     ),
     option("--seed", type=int, show_default="42", help="Seed for every random choice."),

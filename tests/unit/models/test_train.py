@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from models.datasets import synthetic_sessions
 from models.errors import DataFormatError
-from models.train import WARM_SHARE, TrainParams, _embed, train_model
+from models.train import (
+    SMALL_LOG_CLICKS,
+    WARM_SHARE,
+    TrainParams,
+    _embed,
+    auto_epochs,
+    train_model,
+    word2vec_schedule,
+)
 
 SESSIONS = synthetic_sessions(4000, 120, seed=7)
 FAST = TrainParams(epochs=3, n_clusters=6, n_neighbours=20, seed=11)
@@ -86,3 +97,39 @@ def test_the_fit_time_model_knows_only_the_older_sessions() -> None:
     assert served.epochs == {"older": FAST.epochs, "all": max(1, round(FAST.epochs * WARM_SHARE))}
     rows = [served.items.index(x) for x in older.items]
     assert not np.allclose(older.vectors, served.vectors[rows])  # the served run went on
+
+
+def test_a_small_log_takes_half_the_passes_at_twice_the_learning_rate() -> None:
+    """Word2Vec's cost is per click and pass; a small tenant's log gets as much training
+    in half the passes, and a log above the threshold keeps the full schedule."""
+    params = TrainParams()
+    small, large = SMALL_LOG_CLICKS - 1, SMALL_LOG_CLICKS
+    assert word2vec_schedule(small, params) == (auto_epochs(small) // 2, 2 * params.alpha)
+    assert word2vec_schedule(large, params) == (auto_epochs(large), params.alpha)
+    # Passes set by hand are taken as given.
+    assert word2vec_schedule(small, TrainParams(epochs=7)) == (7, params.alpha)
+    bundle = train_model(SESSIONS, TrainParams(n_clusters=6, n_neighbours=20))
+    clicks = sum(map(len, SESSIONS))
+    assert clicks < SMALL_LOG_CLICKS
+    passes = bundle.manifest["word2vec_epochs"]
+    assert passes["older"] == auto_epochs(clicks) // 2
+    assert bundle.manifest["word2vec_alpha"] == 2 * params.alpha
+
+
+def test_a_small_logs_ranker_is_fitted_on_half_the_candidates() -> None:
+    """The fit's cost is per case and candidate; a small log's ranker ranks as well from
+    half of them, and a log above the threshold keeps them all."""
+    params = TrainParams(n_clusters=6, n_neighbours=20)
+    small = train_model(SESSIONS, params)
+    assert small.manifest["ranker"]["fit"]["candidates"] == params.fit_candidates // 2
+    many = [[f"{x}-{copy}" for x in s] for copy in range(8) for s in SESSIONS]
+    assert sum(map(len, many)) >= SMALL_LOG_CLICKS
+    large = train_model(many, replace(params, epochs=1))
+    assert large.manifest["ranker"]["fit"]["candidates"] == params.fit_candidates
+
+
+def test_a_small_logs_training_warns_of_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """Its higher learning rate is the schedule's choice, not a mistake to warn about."""
+    with caplog.at_level(logging.WARNING):
+        train_model(SESSIONS, TrainParams(n_clusters=6, n_neighbours=20))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
