@@ -1,20 +1,33 @@
 """Settings: every user-facing knob comes from a ``STREAMREC_*`` variable (or a CLI flag).
 
 Read once at the entry point (``Settings.from_env()``) and passed down; nothing else in
-the code base looks at ``os.environ``.
+the code base looks at ``os.environ``. ``Settings(...)`` and ``with_(...)`` take values as
+given (tests, flags) and check them the same way. A bad value is one line naming its
+variable (``InvalidSettingError``); secrets are ``SecretStr``, masked wherever the settings
+are shown, and read with ``get_secret_value()`` where a client needs them.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from models.errors import InvalidSettingError
 
 if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
     from state.connection import RedisSettings
     from stream.kafka.config import KafkaClientConfig
 
@@ -22,28 +35,32 @@ DEFAULT_BROKER = "127.0.0.1:19092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
 
 
-ENGINES = ("batch",)
-
-
 def _home_default() -> str:
     return str(Path.cwd() / ".streamrec")
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Runtime configuration shared by the worker, the trainer and the tools."""
 
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_",
+        frozen=True,
+        extra="forbid",
+        # model_dir and model_check_interval_s are ours, not pydantic's "model_" methods.
+        protected_namespaces=("settings_",),
+    )
+
     # Where the embedded stack keeps pids/logs and where the model registry lives.
-    home: str = field(default_factory=_home_default)
+    home: str = Field(default_factory=_home_default)
     broker: str = DEFAULT_BROKER
-    # redis://[:password@]host:port/db, or rediss:// for TLS; the password is never printed
-    # (see ``redis_display``).
-    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    # redis://[:password@]host:port/db, or rediss:// for TLS: secret, as it may hold the
+    # password (``redis_display`` shows it without).
+    redis_url: SecretStr = Field(DEFAULT_REDIS_URL)
     # Every Redis client (state/connection.py): timeouts, retries of a command that failed
     # on the connection (jittered backoff), and with rediss:// the CA / client certificate.
     redis_connect_timeout_s: float = 3.0
     redis_timeout_s: float = 5.0
-    redis_retries: int = 3
+    redis_retries: int = Field(3, ge=0)
     redis_ssl_ca_file: str = ""
     redis_ssl_cert_file: str = ""
     redis_ssl_key_file: str = ""
@@ -75,28 +92,28 @@ class Settings:
     metrics_max_tenants: int = 50
     # "batch", the batch loop, is the only engine: STREAMREC_ENGINE=batch is accepted and
     # any other value is refused in one line at start-up.
-    engine: str = "batch"
+    engine: Literal["batch"] = "batch"
     # at_least_once (default) or exactly_once: each batch's outputs and offsets in one
     # Kafka transaction (Apache Kafka only; see stream/kafka/transactions.py).
-    delivery: str = "at_least_once"
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
     # Large batches spread the per-batch costs (round trip, ranking call, commit) over
     # more events; batches only fill up when events wait, so latency at a steady rate
     # below capacity does not depend on it. Larger still costs peak memory.
     batch_size: int = 5000
     # Threads that share the ranking of one large batch (the compiled kernel releases the
     # GIL); 1 keeps the worker on one core.
-    rank_threads: int = 2
+    rank_threads: int = Field(2, ge=1)
     batch_within_s: float = 0.02
     # Short group session timeout: the embedded broker's first join waits ~half of it.
     broker_session_timeout_s: float = 6.0
     model_check_interval_s: float = 2.0
     # Tenants' models kept in memory at once (LRU); arrays are memory-mapped.
     max_models: int = 1000
-    web_port: int = 6066
+    web_port: int = 6066  # 0 = no HTTP server
     # HTTP listens on loopback unless told otherwise (0.0.0.0 in a container).
     web_host: str = "127.0.0.1"
     # The admin API (/v1/admin/...) is off without a token.
-    admin_token: str = field(default="", repr=False)
+    admin_token: SecretStr = Field("")
     # Tenant routes need a key even for a tenant that has none yet (else a tenant is
     # open until its first key is created).
     require_keys: bool = False
@@ -108,61 +125,94 @@ class Settings:
     public_dashboard: bool = False
     # A connection whose request line and headers have not all arrived within this many
     # seconds (of opening, or of a kept-alive connection's next request) is closed.
-    web_header_timeout_s: float = 10.0
+    web_header_timeout_s: float = Field(10.0, gt=0)
     log_level: str = "info"
     # The embedded broker `dev up`, the demo and the tests start: auto | kafka | tansu.
     # auto = Apache Kafka when a JDK >= 17 and its jars (or Maven to fetch them) are here.
-    embedded_broker: str = "auto"
+    embedded_broker: Literal["auto", "kafka", "tansu"] = "auto"
     # Apache Kafka's jars: KAFKA_HOME/libs if set, else fetched into
     # <cache_dir>/kafka-<version> (default: the user cache directory, ~/.cache/streamrec).
-    kafka_home: str = ""
+    kafka_home: str = ""  # else KAFKA_HOME
     cache_dir: str = ""
     # Kafka clients (stream/kafka/config.py): security, acks, topics streamrec creates.
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     kafka_sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     kafka_sasl_username: str = ""
-    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_sasl_password: SecretStr = Field("")
     kafka_ssl_ca_file: str = ""
     kafka_ssl_cert_file: str = ""
     kafka_ssl_key_file: str = ""
-    kafka_ssl_key_password: str = field(default="", repr=False)
+    kafka_ssl_key_password: SecretStr = Field("")
     kafka_acks: str = "all"
     kafka_replication_factor: int = 1
     # Must cover the trainer's window (default 7 days): the click log is the training data.
     kafka_retention_hours: float = 336.0
 
-    def __post_init__(self) -> None:
-        # A bad port is a one-line error at start-up, not a traceback from a socket later.
-        if self.engine == "agent":
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # Not chained: pydantic's error quotes the input, which may be a secret.
+            raise InvalidSettingError(_one_line(exc)) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The values given, nothing else: from_env() is where the environment comes in.
+        return (init_settings,)
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine(cls, value: object) -> object:
+        if value == "agent":
             raise InvalidSettingError(
                 "STREAMREC_ENGINE='agent' is retired: the batch loop is the only engine "
                 "(unset STREAMREC_ENGINE or set it to 'batch')"
             )
-        if self.engine not in ENGINES:
-            raise InvalidSettingError(f"STREAMREC_ENGINE={self.engine!r}: choose 'batch'")
-        if self.rank_threads < 1:
-            raise InvalidSettingError(f"STREAMREC_RANK_THREADS={self.rank_threads}: at least 1")
-        if not 0 <= self.web_port <= 65535:
-            raise InvalidSettingError(f"web port {self.web_port} is not a port (0-65535; 0 = off)")
-        if not self.web_header_timeout_s > 0:
-            raise InvalidSettingError(
-                f"STREAMREC_WEB_HEADER_TIMEOUT_S={self.web_header_timeout_s}: above 0 seconds"
-            )
-        for address in self.broker.split(","):
+        return value
+
+    @field_validator("web_port")
+    @classmethod
+    def _web_port(cls, port: int) -> int:
+        if not 0 <= port <= 65535:
+            raise InvalidSettingError(f"STREAMREC_WEB_PORT={port} is not a port (0-65535; 0 = off)")
+        return port
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, broker: str) -> str:
+        for address in broker.split(","):
             host, _, port = address.strip().rpartition(":")
             if host and not (port.isdigit() and 0 < int(port) <= 65535):
-                raise InvalidSettingError(f"broker address {address!r} has no valid port (1-65535)")
+                raise InvalidSettingError(
+                    f"STREAMREC_BROKER: address {address!r} has no valid port (1-65535)"
+                )
+        return broker
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: SecretStr) -> SecretStr:
+        text = url.get_secret_value()
         try:
-            redis_port = urlparse(self.redis_url).port
+            port = urlparse(text).port
         except ValueError:
-            redis_port = 0
-        if redis_port == 0:
+            port = 0
+        if port == 0:
             raise InvalidSettingError(
-                f"Redis URL {redact_url(self.redis_url)!r} has no valid port (1-65535)"
+                f"STREAMREC_REDIS_URL={redact_url(text)!r} has no valid port (1-65535)"
             )
-        tls = self.redis_ssl_ca_file or self.redis_ssl_cert_file or self.redis_ssl_key_file
-        if tls or self.redis_retries < 0:
-            self.redis  # noqa: B018  (its checks said at start-up, not at the first connection)
+        return url
+
+    @model_validator(mode="after")
+    def _redis_settings(self) -> Settings:
+        self.redis  # noqa: B018  (its checks said at start-up, not at the first connection)
+        return self
 
     @property
     def kafka(self) -> KafkaClientConfig:
@@ -177,7 +227,7 @@ class Settings:
         from state.connection import RedisSettings
 
         return RedisSettings(
-            url=self.redis_url,
+            url=self.redis_url.get_secret_value(),
             connect_timeout_s=self.redis_connect_timeout_s,
             timeout_s=self.redis_timeout_s,
             ssl_ca_file=self.redis_ssl_ca_file,
@@ -189,7 +239,7 @@ class Settings:
     @property
     def redis_display(self) -> str:
         """The Redis URL for messages: any password replaced by ``***``."""
-        return redact_url(self.redis_url)
+        return redact_url(self.redis_url.get_secret_value())
 
     @property
     def run_dir(self) -> Path:
@@ -200,21 +250,53 @@ class Settings:
         return Path(self.model_dir) if self.model_dir else Path(self.home) / "models"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"STREAMREC_{f.name.upper()}")
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _coerce(f.name, raw, type(getattr(cls(), f.name)))
-        if "kafka_home" not in values and env.get("KAFKA_HOME"):
-            values["kafka_home"] = env["KAFKA_HOME"]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """The ``STREAMREC_*`` variables of ``environ`` (default: the process's), and
+        ``overrides`` (flags; None = not given) above them."""
+        environ = os.environ if environ is None else environ
+        variables = _Variables(cls, environ)()
+        variables.setdefault("kafka_home", environ.get("KAFKA_HOME", ""))
+        return cls(**{**variables, **{k: v for k, v in overrides.items() if v is not None}})
 
     def with_(self, **changes: Any) -> Settings:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with ``changes`` (None = keep), checked as the variables are."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return type(self)(**{**dict(self), **given})
+
+
+class _Variables(EnvSettingsSource):
+    """pydantic-settings' reading of the environment, from a mapping given (tests pass
+    their own) rather than always ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # The hook pydantic-settings' own .env source overrides. Names as it matches them
+        # (case-insensitive); "" is unset.
+        return {name.lower(): value for name, value in self._environ.items() if value != ""}
+
+
+def _one_line(exc: ValidationError) -> str:
+    return "; ".join(_describe(error) for error in exc.errors())
+
+
+def _describe(error: ErrorDetails) -> str:
+    """One problem: our own checks' messages as written; pydantic's with the variable
+    and the value, unless the value is a secret."""
+    raised = error.get("ctx", {}).get("error")
+    if isinstance(raised, InvalidSettingError):
+        return str(raised)
+    if not error["loc"]:
+        return error["msg"]
+    name = str(error["loc"][0])
+    field = Settings.model_fields.get(name)
+    variable = f"STREAMREC_{name.upper()}"
+    problem = error["msg"][:1].lower() + error["msg"][1:]
+    if field is not None and field.annotation is SecretStr:
+        return f"{variable}: {problem}"
+    return f"{variable}={error['input']!r}: {problem}"
 
 
 def redact_url(url: str) -> str:
@@ -226,14 +308,3 @@ def redact_url(url: str) -> str:
         return url
     user = credentials.split(":", 1)[0]
     return parts._replace(netloc=f"{user}:***@{address}").geturl()
-
-
-def _coerce(name: str, raw: str, typ: type) -> Any:
-    try:
-        if typ is bool:
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
-        return typ(raw)
-    except ValueError as exc:
-        raise InvalidSettingError(
-            f"STREAMREC_{name.upper()}={raw!r} is not a valid {typ.__name__}"
-        ) from exc

@@ -37,7 +37,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 def is_admin(ctx: WebContext, credentials: HTTPAuthorizationCredentials | None) -> bool:
-    token = ctx.settings.admin_token
+    token = ctx.settings.admin_token.get_secret_value()
     return bool(
         token
         and credentials is not None
@@ -143,7 +143,8 @@ def view_cookie(token: str) -> str:
 
 def has_view_cookie(request: Request) -> bool:
     """The cookie ``/dashboard?token=...`` set, made from the current admin token."""
-    token, cookie = _ctx(request).settings.admin_token, request.cookies.get(VIEW_COOKIE)
+    token = _ctx(request).settings.admin_token.get_secret_value()
+    cookie = request.cookies.get(VIEW_COOKIE)
     return bool(
         token and cookie and hmac.compare_digest(cookie.encode(), view_cookie(token).encode())
     )
@@ -161,7 +162,7 @@ async def tenant_read_access(request: Request, tenant: TenantName, credentials: 
     read-only tenant routes the dashboard calls (its "try a session" box ranks items
     without storing anything). A public dashboard alone opens nothing here."""
     if credentials is None and has_view_cookie(request):
-        token = _ctx(request).settings.admin_token
+        token = _ctx(request).settings.admin_token.get_secret_value()
         credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
     return await tenant_access(request, tenant, credentials)
 

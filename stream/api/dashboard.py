@@ -246,7 +246,7 @@ def routes(ctx: WebContext) -> APIRouter:
         SameSite=Strict cookie and redirects to the same address without the token, so it
         stays out of the browser's history and of proxies' logs."""
         if token is not None:
-            admin = ctx.settings.admin_token
+            admin = ctx.settings.admin_token.get_secret_value()
             if not (admin and hmac.compare_digest(token.encode(), admin.encode())):
                 raise ApiError(401, "the token is not the admin token")
             rest = request.url.remove_query_params("token")

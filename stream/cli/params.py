@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,8 +141,8 @@ def packed(name: str, cls: type, *options: Decorator) -> Decorator:
 
 
 def _setting_default(name: str) -> Any:
-    field = next(f for f in fields(Settings) if f.name == name)
-    return None if field.default is MISSING else field.default
+    field = Settings.model_fields[name]
+    return None if field.default_factory else field.default
 
 
 def setting_option(*decls: str, setting: str, **kwargs: Any) -> Decorator:

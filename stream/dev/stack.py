@@ -278,7 +278,7 @@ def stack_for(
     return EmbeddedStack(
         run_dir or settings.run_dir,
         broker or settings.broker,
-        redis_url or settings.redis_url,
+        redis_url or settings.redis_url.get_secret_value(),
         broker_kind=settings.embedded_broker,
         kafka=dist,
         partitions=settings.partitions,
