@@ -5,12 +5,12 @@
 N click events are loaded once into a 4-partition topic of a private embedded Apache
 Kafka; each contender then reads all of them with a fresh consumer group, in batches of
 ``--batch-size`` as the worker's loop does, and turns each batch into the list of records
-it would hand to processing (``stream.click_consumer.consumed`` for confluent-kafka).
+it would hand to processing (``stream.kafka.consumer.consumed`` for confluent-kafka).
 Contenders run in turn, ``--rounds`` times alternating, and the table shows medians (and
 the median of the per-round ratios to aiokafka):
 
 - ``aiokafka getmany``: ``await consumer.getmany(max_records=..., timeout_ms=...)``;
-- ``confluent consume in a thread``: the worker's consumer (stream/click_consumer.py):
+- ``confluent consume in a thread``: the worker's consumer (stream/kafka/consumer.py):
   ``consume(n, 0)`` in a thread, or when nothing is buffered ``poll(t)`` then
   ``consume(n - 1, 0)``;
 - ``confluent consume, timeout 0``: ``consumer.consume(n, 0)`` on the event loop, a short
@@ -35,11 +35,11 @@ from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Consumer
 from worker_throughput import make_records
 
-from stream.click_consumer import FETCH_SETTINGS, ClickConsumer, consumed
-from stream.devstack import EmbeddedStack, free_port
-from stream.kafka_config import kafka_config
-from stream.testing import produce
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import produce
+from stream.kafka.config import kafka_config
+from stream.kafka.consumer import FETCH_SETTINGS, ClickConsumer, consumed
+from stream.kafka.topics import ensure_topics
 
 Reader = Callable[[str, str, int, int, float], Awaitable[tuple[float, float]]]
 
@@ -105,7 +105,7 @@ def confluent_consumer(broker: str, topic: str, within_s: float) -> Any:
 async def confluent_thread_reader(
     broker: str, topic: str, n: int, batch: int, within_s: float
 ) -> tuple[float, float]:
-    """The worker's own consumer (stream.click_consumer)."""
+    """The worker's own consumer (stream.kafka.consumer)."""
 
     async def revoked() -> None:
         return None

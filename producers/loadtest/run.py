@@ -42,7 +42,7 @@ from producers.client import ClickProducer
 from producers.loadtest.report import summarize
 from producers.replay import ReplayTable, iter_events, new_run_id, send_events
 from producers.timing import Pacer
-from stream.kafka_config import KafkaClientConfig, kafka_config
+from stream.kafka.config import KafkaClientConfig, kafka_config
 
 # Reader fetch wait: a recommendation is picked up at most this late (a bound on the
 # measurement error). Shorter is not free: the embedded broker's cost per fetch grows

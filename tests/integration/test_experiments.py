@@ -20,9 +20,9 @@ from models.datasets import read_clicks, sessionize
 from models.policy_file import read_policy, rollout_history
 from models.registry import Registry
 from models.train import TrainParams, train_model
-from stream.devstack import EmbeddedStack
-from stream.testing import WorkerProcess, consume, produce
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack
+from stream.dev.testing import WorkerProcess, consume, produce
+from stream.kafka.topics import ensure_topics
 from tests.integration.helpers import make_config
 
 pytestmark = pytest.mark.broker_agnostic

@@ -16,9 +16,9 @@ from models.registry import Registry
 from state import keys
 from state.sessions import Click, SessionStore
 from state.tenants import TenantDirectory
-from stream.devstack import EmbeddedStack
-from stream.model_handle import ModelCache
-from stream.processor import BatchProcessor
+from stream.dev.stack import EmbeddedStack
+from stream.pipeline.model_cache import ModelCache
+from stream.pipeline.processor import BatchProcessor
 
 pytestmark = pytest.mark.broker_agnostic
 

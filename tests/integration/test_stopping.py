@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.devstack import EmbeddedStack, Service, free_port
-from stream.testing import WorkerConfig, WorkerProcess, produce
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, Service, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess, produce
+from stream.kafka.topics import ensure_topics
 from tests.integration.helpers import RecsCollector, make_events, records
 
 OUTAGE_S = 15
