@@ -11,7 +11,7 @@
 5. Measure ``recommend_batch`` throughput on session prefixes, one process.
 
 Usage: .venv/bin/python benchmarks/model_scale.py [--clicks 1000000] [--items 40000]
-Targets (issue 10): train <= 120 s, load < 1 s and < 150 MB, >= 20,000 recs/s. Ranking
+Targets: train <= 120 s, load < 1 s and < 150 MB, >= 20,000 recs/s. Ranking
 uses the serving default ``exclude="current"``.
 """
 

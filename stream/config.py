@@ -73,15 +73,15 @@ class Settings:
     bandit_interval_s: float = 5.0
     # /metrics labels at most this many tenants by name (the rest as "_other").
     metrics_max_tenants: int = 50
-    # "batch", the batch loop: the only engine (the variable stays so that a setting of
-    # it keeps working, and a retired engine is refused in one line).
+    # "batch", the batch loop, is the only engine: STREAMREC_ENGINE=batch is accepted and
+    # any other value is refused in one line at start-up.
     engine: str = "batch"
     # at_least_once (default) or exactly_once: each batch's outputs and offsets in one
     # Kafka transaction (Apache Kafka only; see stream/kafka/transactions.py).
     delivery: str = "at_least_once"
-    # 5000 rather than 2000: 1.04-1.12x events/s side by side with the served model
-    # (BENCHMARKS.md); batches only fill up when events wait, so latency at a steady
-    # rate below capacity is the same.
+    # Large batches spread the per-batch costs (round trip, ranking call, commit) over
+    # more events; batches only fill up when events wait, so latency at a steady rate
+    # below capacity does not depend on it. Larger still costs peak memory.
     batch_size: int = 5000
     # Threads that share the ranking of one large batch (the compiled kernel releases the
     # GIL); 1 keeps the worker on one core.

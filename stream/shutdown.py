@@ -125,7 +125,7 @@ class StartingCoordinator(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.starting and record.levelno > logging.DEBUG and _coordinator_not_yet(record):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            # A logger's filter runs before its handlers' level checks: they now drop it
+            # A logger's filter runs before its handlers' level checks: they drop it
             # unless the log level is debug.
         return True
 

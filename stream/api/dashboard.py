@@ -59,7 +59,7 @@ class HistoryEntry(BaseModel):
     action: str  # promote or rollback
     version: str
     previous: str | None = None
-    ts: float | None = None  # unix seconds (None in entries written before it was kept)
+    ts: float | None = None  # unix seconds (None in an entry that does not record it)
 
 
 class PartitionLag(BaseModel):
@@ -87,7 +87,7 @@ class Live(BaseModel):
     started: float
     points: list[LivePoint]
     last_minute: LiveNumbers
-    partitions: list[PartitionLag] | None  # None: not measured (the agent engine)
+    partitions: list[PartitionLag] | None  # None: no consumer reported its partitions
     dead_letters: dict[str, int]  # by the reason's kind, since the worker started
 
 

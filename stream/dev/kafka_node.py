@@ -277,7 +277,7 @@ transaction.state.log.num.partitions=4
 transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 group.initial.rebalance.delay.ms=0
 # The group coordinator batches its writes for this long (default 5 ms): every offset
-# commit, and so every batch of the worker, waited for it.
+# commit, and so every batch of the worker, would wait for it.
 group.coordinator.append.linger.ms=0
 share.coordinator.append.linger.ms=0
 auto.create.topics.enable=true

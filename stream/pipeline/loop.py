@@ -1,7 +1,7 @@
 """The fast path: a batch consumer loop run as a service of the Faust app.
 
 Faust's per-event stream machinery (channels, per-event acks, one producer future per
-record) costs ~150 us an event; this loop pays per batch instead: one fetch, one Redis
+record) is paid once an event; this loop pays per batch instead: one fetch, one Redis
 round trip, one compiled ranking call, every record handed to librdkafka in C, one
 delivery wait (overlapping the next batch), one offset commit. One Kafka client,
 confluent-kafka, consumes, produces and commits (stream/kafka/consumer.py).
@@ -237,7 +237,7 @@ class BatchLoop(Service):
         self._consumer.subscribe(topics)
         # Everything built so far (Faust, numba, clients) lives as long as the process:
         # keep the garbage collector from walking it again every few batches (full
-        # collections over it were ~20 % of the loop's time at 10,000 events/s).
+        # collections over it take a large share of the loop's time at high rates).
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)

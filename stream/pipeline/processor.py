@@ -272,7 +272,7 @@ class BatchProcessor:
                 raise
             except Exception:
                 # Whatever one session did to the tenant's ranking, the others are
-                # answered: one at a time now, and the records that fail alone are
+                # answered: one at a time, and the records that fail alone are
                 # dead-lettered.
                 for i in idx:
                     ranked[i] = None
@@ -479,9 +479,9 @@ class BatchProcessor:
         as stored (HTTP pull); None for an unknown session or a tenant switched off.
 
         The same JSON as that event's record on the topic, ranked by the same code (only
-        ``emitted_ts`` and, after a swap, ``model_version`` differ). Computing it on
-        request instead of storing every record in Redis saved a quarter of the batch
-        time (see BENCHMARKS.md)."""
+        ``emitted_ts`` and, after a swap, ``model_version`` differ). It is computed on
+        request, not stored: a Redis write of every record would cost the batch path far
+        more than the occasional pull does."""
         stored = await self._store.session(tenant, session_id)
         if stored is None or await self._tenants.mode(tenant) == "off":
             return None

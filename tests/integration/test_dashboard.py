@@ -321,7 +321,7 @@ def test_dashboard_shows_what_the_api_returns(
             assert set(sources) <= set(STRATEGIES), sources
             result = driver.find_element(By.ID, "try-result")
             assert sources[0] == result.get_attribute("data-source")
-            assert "top of the list came from" not in result.text  # a column now
+            assert "top of the list came from" not in result.text  # a column, not a line
             assert result.get_attribute("data-version") in ("v1", "v2")
             snap()
             for mode, n in data["modes"].items():

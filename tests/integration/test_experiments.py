@@ -1,4 +1,4 @@
-"""Acceptance of issue 14 on the real broker and Redis: one tenant, a good version
+"""Online experiments on the real broker and Redis: one tenant, a good version
 (trained on real sessions) and a bad one (trained on the same sessions with their items
 shuffled). A bandit moves the traffic to the good one; an A/B test at 50/50 decides to
 promote it; `stats` shows the good one's hit rate above the bad one's."""

@@ -19,8 +19,7 @@ from tests.integration.helpers import RecsCollector, make_events, records
 
 OUTAGE_S = 15
 # Lines at WARNING or above over the outage: one per back-off step of each thing that
-# retries (the batch, the Kafka clients' reconnects), a few dozen at most; it was
-# thousands.
+# retries (the batch, the Kafka clients' reconnects), a few dozen at most.
 MAX_COMPLAINTS = 60
 # A record whose message is a lone token or caret: a traceback written one token a line.
 TOKEN_LINE = re.compile(r"\] \[(?:WARNING|ERROR)\] (?:\^+|\.|:|\w+)\s*$")

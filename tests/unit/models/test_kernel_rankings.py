@@ -1,9 +1,9 @@
-"""The served kernel ranks exactly as the kernel before the feature table did, and a
-bundle that kernel's tree wrote is refused with a clear message.
+"""The served kernel ranks exactly as the pinned rankings of tests/fixtures/served_v4
+say, and a bundle of that fixture's format (4) is refused with a clear message.
 
-The fixture (tests/fixtures/served_v4: a small trained bundle, bundle format 4, and its
-rankings of 300 prefixes under each exclude rule, fitted ranker and fixed blend) was
-written by the tree before the feature table:
+The fixture (a small trained bundle, bundle format 4, and its rankings of 300 prefixes
+under each exclude rule, fitted ranker and fixed blend) is written by a tree whose
+bundles are format 4:
 
     PYTHONPATH=OLD_TREE OLD_TREE/.venv/bin/python tests/fixtures/make_served_rankings.py \\
         tests/fixtures/served_v4

@@ -117,7 +117,7 @@ def test_live_window_keeps_an_hour_and_a_bounded_sample() -> None:
     assert len(view["points"]) <= LiveWindow.SPAN_S / LiveWindow.STEP_S + 1
     assert len(live._slices) <= LiveWindow.SPAN_S / LiveWindow.STEP_S + 1
     assert all(len(s.lags) <= LiveWindow.MAX_LAGS for s in live._slices)
-    assert view["partitions"] is None  # no consumer of its own (the agent engine)
+    assert view["partitions"] is None  # no consumer reported its partitions
 
 
 def test_worker_metrics_feed_the_live_window() -> None:
