@@ -25,8 +25,8 @@ from models.errors import StreamrecError
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
-# aiokafka 0.14 (Faust's and the worker's consumer) speaks the protocol versions that
-# Kafka 4 kept; checked against 4.1 (groups, commits, transactions).
+# aiokafka 0.14 (Faust's client) and librdkafka (the worker's) speak the protocol
+# versions that Kafka 4 kept; checked against 4.1 (groups, commits, transactions).
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
 MIN_JAVA = 17

@@ -2,10 +2,11 @@
 
 One :class:`KafkaClientConfig` holds the bootstrap servers, the security settings
 (``STREAMREC_KAFKA_*``), the acks policy and the topic defaults, and hands out the
-settings of each kind of client: confluent-kafka producers, consumers and admin clients,
-aiokafka consumers and Faust's credentials. So the partitioner (``murmur2_random``, the
-Java client's mapping, which aiokafka also uses), acks and security cannot drift between
-the worker, the HTTP ingest, the trainer, the producers and the tools.
+settings of each kind of client: confluent-kafka producers, consumers and admin clients
+(the worker's one client), and Faust's credentials (Faust hosts the worker and keeps its
+own aiokafka client idle). So the partitioner (``murmur2_random``, the Java client's
+mapping), acks and security cannot drift between the worker, the HTTP ingest, the
+trainer, the producers and the tools.
 
 Secrets (SASL password, key password) are never part of ``repr`` or log lines.
 """
@@ -159,7 +160,7 @@ class KafkaClientConfig:
     def topic_config(self) -> dict[str, str]:
         return {"retention.ms": str(self.retention_ms)}
 
-    # -- aiokafka (the worker's consumer, Faust) -----------------------------------------
+    # -- Faust (its aiokafka client) -----------------------------------------------------
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.uses_ssl:
@@ -172,23 +173,6 @@ class KafkaClientConfig:
             keyfile=self.ssl_key_file or None,
             password=self.ssl_key_password or None,
         )
-
-    def aiokafka(self) -> dict[str, Any]:
-        """Keyword arguments for ``AIOKafkaConsumer`` / ``AIOKafkaProducer``."""
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": self.security_protocol,
-        }
-        if self.security_protocol.startswith("SASL"):
-            kwargs.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
-            )
-        context = self.ssl_context()
-        if context is not None:
-            kwargs["ssl_context"] = context
-        return kwargs
 
     def faust_credentials(self) -> Any:
         """``broker_credentials`` for ``faust.App`` (None for PLAINTEXT)."""

@@ -1,10 +1,7 @@
 """Exactly-once output: a batch's records and its consumed offsets in one Kafka transaction.
 
-The worker consumes with aiokafka and produces with confluent-kafka (librdkafka, in C).
-librdkafka's ``send_offsets_to_transaction`` wants the consumer group's metadata (group,
-generation, member id) so the broker can fence a worker that lost its partitions
-(KIP-447); aiokafka's consumer knows those, and librdkafka's metadata object is its
-documented serialisation of them, which :func:`group_metadata` writes.
+The offsets go with the consumer's group metadata (``consumer_group_metadata()``: group,
+generation, member id), so the broker fences a worker that lost its partitions (KIP-447).
 
 Apache Kafka only: Tansu has no transactions, and :meth:`TransactionalPublisher.start`
 says so in one line.
@@ -13,10 +10,8 @@ says so in one line.
 from __future__ import annotations
 
 import logging
-import struct
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as RdTopicPartition
@@ -53,25 +48,6 @@ def check_delivery_mode(mode: str) -> str:
     if mode not in DELIVERY_MODES:
         raise StreamrecError(f"STREAMREC_DELIVERY={mode!r}: choose at_least_once or exactly_once")
     return mode
-
-
-def group_metadata(
-    group_id: str, generation: int, member_id: str, group_instance_id: str | None = None
-) -> bytes:
-    """librdkafka's serialised consumer group metadata
-    (``rd_kafka_consumer_group_metadata_write``: magic, native int32 generation, then
-    NUL-terminated group and member ids, then the optional instance id)."""
-    out = b"CGMDv2:" + struct.pack("=i", generation)
-    out += group_id.encode() + b"\0" + member_id.encode() + b"\0"
-    if group_instance_id is None:
-        return out + b"\x01"
-    return out + b"\x00" + group_instance_id.encode() + b"\0"
-
-
-def aiokafka_group_metadata(consumer: Any, group_id: str) -> bytes:
-    """The metadata of an aiokafka consumer's current group membership."""
-    coordinator = consumer._coordinator
-    return group_metadata(group_id, int(coordinator.generation), str(coordinator.member_id))
 
 
 def probe_transactions(settings: Settings, timeout: float = 10.0) -> None:
@@ -141,17 +117,18 @@ class TransactionalPublisher:
     def transact(
         self,
         records: Sequence[Record],
-        offsets: dict[tuple[str, int], int],
-        metadata: bytes,
+        offsets: Mapping[tuple[str, int], int],
+        metadata: object,
         stand_in: Callable[[DeliveryError], Record],
         timeout: float = 30.0,
     ) -> tuple[list[DeliveryError], list[Record]]:
-        """Publish ``records`` and commit ``offsets`` in one transaction (blocking: run
-        it in a thread). A record librdkafka refuses at once (too large) is replaced by
-        ``stand_in(failure)`` in the same transaction. Returns ``([], stand-ins)`` once
-        committed, or the failures of an aborted transaction (nothing of it is visible)
-        and the stand-ins it had made; raises :class:`FencedError` when another worker
-        took over."""
+        """Publish ``records`` and commit ``offsets`` (the next offset to read, per
+        partition) as the consumer group member ``metadata`` describes, in one
+        transaction (blocking: run it in a thread). A record librdkafka refuses at once
+        (too large) is replaced by ``stand_in(failure)`` in the same transaction.
+        Returns ``([], stand-ins)`` once committed, or the failures of an aborted
+        transaction (nothing of it is visible) and the stand-ins it had made; raises
+        :class:`FencedError` when another worker took over."""
         failures: list[DeliveryError] = []
         stand_ins: list[Record] = []
         producer = self._producer

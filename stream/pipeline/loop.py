@@ -1,10 +1,10 @@
 """The fast path: a batch consumer loop run as a service of the Faust app.
 
 Faust's per-event stream machinery (channels, per-event acks, one producer future per
-record) is paid once an event; this loop pays per batch instead: ``getmany`` from
-aiokafka, one Redis round trip, one compiled ranking call, every record handed to
-librdkafka (confluent-kafka) in C, one delivery wait (overlapping the next batch), one
-offset commit.
+record) is paid once an event; this loop pays per batch instead: one fetch, one Redis
+round trip, one compiled ranking call, every record handed to librdkafka in C, one
+delivery wait (overlapping the next batch), one offset commit. One Kafka client,
+confluent-kafka, consumes, produces and commits (stream/kafka/consumer.py).
 
 At-least-once: offsets are committed only after the batch's Redis writes succeeded and
 every record it produced was acknowledged by the broker. A rebalance waits for the
@@ -26,21 +26,26 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
 from confluent_kafka import KafkaError as RecordError
 from confluent_kafka import KafkaException, Producer
 from mode import Service
 
 from models.errors import StreamrecError
 from stream.config import Settings
+from stream.kafka.consumer import (
+    REVOKE_WAIT_S,
+    ClickConsumer,
+    Partition,
+    consumed,
+    consumer_settings,
+    spans,
+)
 from stream.kafka.delivery import DeliveryError, Record
 from stream.kafka.topics import ensure_topics
 from stream.kafka.transactions import (
     FencedError,
     ProducerFencedError,
     TransactionalPublisher,
-    aiokafka_group_metadata,
     check_delivery_mode,
 )
 from stream.pipeline.processor import UNDELIVERABLE, BatchResult, DeadLetter, Message, position
@@ -180,18 +185,17 @@ class BatchLoop(Service):
         # Awaited before joining the group: partitions come to a worker ready to serve.
         self._warm = warm
         self.assigned = asyncio.Event()  # set at the first assignment of partitions
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: ClickConsumer | None = None
         self._publisher: RecordPublisher | None = None
         self._txn: TransactionalPublisher | None = None  # exactly-once mode
         self._in_hand = 0  # batches fetched and not yet committed
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
-        self._draining = False  # a rebalance waits for the batches in hand: take no more
         self._tasks: set[asyncio.Future[None]] = set()
         self._runner: asyncio.Future[None] | None = None
-        self._committed: dict[TopicPartition, int] = {}
-        self._first_seen: dict[TopicPartition, int] = {}  # where this worker started
+        self._committed: dict[Partition, int] = {}
+        self._first_seen: dict[Partition, int] = {}  # where this worker started
         self._last_commit = time.monotonic()
         self._oldest = time.monotonic()  # when the oldest batch in hand was fetched
 
@@ -214,16 +218,11 @@ class BatchLoop(Service):
 
     async def _join(self) -> None:
         s = self._settings
-        self._consumer = AIOKafkaConsumer(
-            **s.kafka.aiokafka(),
-            group_id=s.app_id,
-            client_id=f"{s.app_id}-clicks",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=int(s.broker_session_timeout_s * 1000),
-            heartbeat_interval_ms=1000,
-            max_poll_records=s.batch_size,
-            fetch_max_wait_ms=max(1, int(s.batch_within_s * 1000)),
+        self._consumer = ClickConsumer(
+            consumer_settings(s),
+            asyncio.get_running_loop(),
+            revoked=self._wait_for_batches,
+            assigned=self._on_assigned,
         )
         topics = [s.clicks_topic]
         if s.feedback:
@@ -236,8 +235,7 @@ class BatchLoop(Service):
                 )
             except StreamrecError as exc:
                 log.warning("cannot create the feedback topic (%s); subscribing anyway", exc)
-        self._consumer.subscribe(topics, listener=_WaitForBatch(self))
-        await self._consumer.start()
+        self._consumer.subscribe(topics)
         # Everything built so far (Faust, numba, clients) lives as long as the process:
         # keep the garbage collector from walking it again every few batches (full
         # collections over it take a large share of the loop's time at high rates).
@@ -259,12 +257,7 @@ class BatchLoop(Service):
                 if task is not None:
                     task.cancel()
         if self._consumer is not None:
-            try:
-                await asyncio.wait_for(
-                    self._consumer.stop(), timeout=max(0.5, deadline - time.monotonic() - 1)
-                )
-            except TimeoutError:
-                log.warning("the consumer did not leave its group in time")
+            await self._consumer.close(max(0.5, deadline - time.monotonic() - 1))
         if self._publisher is not None:
             await asyncio.to_thread(self._publisher.close, max(0.1, deadline - time.monotonic()))
         if self._txn is not None:
@@ -275,16 +268,17 @@ class BatchLoop(Service):
         this worker holds (from the last fetch's high watermarks; in all and per
         ``topic:partition``), the oldest batch's age."""
         lag, partitions = None, {}
+        held = self._consumer.assignment if self._consumer is not None else set()
         if self._consumer is not None:
-            for tp in self._consumer.assignment():
+            for tp in sorted(held):
                 high = self._consumer.highwater(tp)
                 done = self._committed.get(tp, self._first_seen.get(tp))
                 if high is not None and done is not None:
-                    partitions[f"{tp.topic}:{tp.partition}"] = max(0, high - done)
+                    partitions[f"{tp[0]}:{tp[1]}"] = max(0, high - done)
             lag = sum(partitions.values())
         now = time.monotonic()
         return {
-            "assigned": len(self._consumer.assignment()) if self._consumer is not None else 0,
+            "assigned": len(held),
             "since_commit_s": round(now - self._last_commit, 1),
             "lag": lag,
             "partitions": partitions,
@@ -293,18 +287,15 @@ class BatchLoop(Service):
 
     async def _run(self) -> None:
         assert self._consumer is not None and self._publisher is not None
-        within_ms = max(1, int(self._settings.batch_within_s * 1000))
+        within_s = self._settings.batch_within_s
         previous: asyncio.Future[None] | None = None
         fetch_failures = 0
         while not self._stopping:
-            if self._draining:
-                await asyncio.sleep(0.01)
-                continue
             try:
-                fetched = await self._consumer.getmany(
-                    timeout_ms=within_ms, max_records=self._settings.batch_size
+                batch, errors = consumed(
+                    await self._consumer.fetch(self._settings.batch_size, within_s)
                 )
-            except KafkaError as exc:
+            except KafkaException as exc:
                 fetch_failures += 1
                 delay = backoff(fetch_failures, 0.5, 5.0)
                 log.warning(
@@ -313,13 +304,14 @@ class BatchLoop(Service):
                 await asyncio.sleep(delay)
                 continue
             fetch_failures = 0
-            if not any(fetched.values()):
+            for error in errors:  # a topic not there (yet), say: the repeat filter quiets it
+                log.warning("consumer: %s", error.str())
+            if not batch:
                 continue
-            for tp, records in fetched.items():
-                if records:
-                    self._first_seen.setdefault(tp, records[0].offset)
+            fetched = spans(batch)
+            for tp, (first, _) in fetched.items():
+                self._first_seen.setdefault(tp, first)
             self._hold()
-            batch = [r for records in fetched.values() for r in records]
             started = time.perf_counter()
             if self._txn is not None:
                 try:
@@ -345,7 +337,7 @@ class BatchLoop(Service):
 
     async def _complete(
         self,
-        fetched: dict[TopicPartition, list],
+        fetched: dict[Partition, tuple[int, int]],
         batch: list[Message],
         result: BatchResult,
         delivery: Delivery,
@@ -359,13 +351,13 @@ class BatchLoop(Service):
             await self._deliver(batch, result, delivery)
             if previous is not None:
                 await previous
-            offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
+            offsets = {tp: end for tp, (_, end) in fetched.items()}
             try:
                 await self._consumer.commit(offsets)
-            except (CommitFailedError, KafkaError) as exc:
+            except KafkaException as exc:
                 # The partition moved to another worker; it will re-deliver from the last
                 # commit and the session updates are idempotent.
-                log.warning("offset commit failed after a rebalance (%s)", exc)
+                log.warning("offset commit failed after a rebalance (%s)", exc.args[0].str())
             else:
                 self._committed.update(offsets)
             self._last_commit = time.monotonic()
@@ -418,7 +410,7 @@ class BatchLoop(Service):
 
     async def _transact(
         self,
-        fetched: dict[TopicPartition, list],
+        fetched: dict[Partition, tuple[int, int]],
         batch: list[Message],
         result: BatchResult,
         started: float,
@@ -431,8 +423,7 @@ class BatchLoop(Service):
         times, stand in ``clicks.dlq`` instead, as in at-least-once mode."""
         assert self._consumer is not None and self._txn is not None
         s = self._settings
-        ends = {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
-        offsets = {(tp.topic, tp.partition): end for tp, end in ends.items()}
+        ends = {tp: end for tp, (_, end) in fetched.items()}
         records: list[Record] = [
             (s.recs_topic, o.payload, o.session_id, None) for o in result.recommendations
         ]
@@ -451,10 +442,10 @@ class BatchLoop(Service):
         attempt = 1
         while True:
             made.clear()
-            metadata = aiokafka_group_metadata(self._consumer, s.app_id)
+            metadata = self._consumer.group_metadata()
             try:
                 failures, _ = await asyncio.to_thread(
-                    self._txn.transact, records, offsets, metadata, stand_in
+                    self._txn.transact, records, ends, metadata, stand_in
                 )
             except ProducerFencedError:
                 # Nothing this process sends can be committed any more: stop, and leave
@@ -498,6 +489,18 @@ class BatchLoop(Service):
             len(batch), (time.perf_counter() - started) * 1000,
         )  # fmt: skip
 
+    async def _wait_for_batches(self) -> None:
+        """Before the group takes partitions away: the batches in hand finish and commit
+        (the fetch that runs the rebalance takes no more meanwhile)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=REVOKE_WAIT_S)
+        except TimeoutError:
+            log.warning("rebalance while a batch was still in hand after %.0f s", REVOKE_WAIT_S)
+
+    def _on_assigned(self, held: list[Partition]) -> None:
+        self.assigned.set()
+        log.info("assigned partitions: %s", sorted(p for _, p in held))
+
     def _hold(self) -> None:
         if self._in_hand == 0:
             self._oldest = time.monotonic()
@@ -508,24 +511,6 @@ class BatchLoop(Service):
         self._in_hand -= 1
         if self._in_hand == 0:
             self._idle.set()
-
-
-class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, loop: BatchLoop) -> None:
-        self._loop = loop
-
-    async def on_partitions_revoked(self, revoked: object) -> None:
-        # Let the batches in hand finish and commit before the partitions move.
-        self._loop._draining = True
-        try:
-            await asyncio.wait_for(self._loop._idle.wait(), timeout=10.0)
-        except TimeoutError:
-            log.warning("rebalance while a batch was still in hand after 10 s")
-
-    async def on_partitions_assigned(self, assigned: object) -> None:
-        self._loop._draining = False
-        self._loop.assigned.set()
-        log.info("assigned partitions: %s", sorted(tp.partition for tp in assigned))  # type: ignore[attr-defined]
 
 
 def _header(failure: DeliveryError, name: str) -> bytes | None:

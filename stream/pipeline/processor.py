@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
-from aiokafka.errors import KafkaError
 from confluent_kafka import KafkaException
 
 from models.bundle import ModelBundle
@@ -61,15 +60,14 @@ log = logging.getLogger(f"streamrec.{__name__}")
 INFRASTRUCTURE: tuple[type[BaseException], ...] = (
     RedisError,
     OSError,  # and ConnectionError, TimeoutError
-    KafkaError,
     KafkaException,
 )
 
 
 class Message(Protocol):
-    """What processing reads of a consumed Kafka message (aiokafka's ConsumerRecord and
-    Faust's Message both have it, so batches are passed through without copying). Its
-    ``timestamp`` (ms), when it has one, is the time of a click without ``ts``."""
+    """What processing reads of a consumed Kafka message (the batch loop's
+    :class:`stream.kafka.consumer.Consumed` records). Its ``timestamp`` (ms), when it
+    has one, is the time of a click without ``ts``."""
 
     key: bytes | None
     value: bytes | None
