@@ -4,7 +4,7 @@ Everything else reads this table: the kernel (``models.kernel``: feature columns
 stage-one prior, which source a list's top item came from), the ranker fit
 (``models.fit``: one raw and one square-root weight per feature, started from the
 blend), the bundle (``models.bundle``: which arrays a model holds, how they are checked,
-the ranker weights by feature name) and the ablation (benchmarks/served_ablation.py).
+the ranker weights by feature name) and the ablation (benchmarks/ablation.py).
 
 ``SOURCES`` are the candidate sources in the order of ``STRATEGIES`` (the ``strategy``
 of a ranked list is the source whose features contribute most to its top item's score).
@@ -144,6 +144,9 @@ FEATURE_TABLE = (
     Feature("same_category", "category", kind="pool", about="1: the last click's category"),
     Feature("category_share", "category", kind="pool", about="recency share of j's category"),
     Feature("category_top", "category", 0.05, about="1 / rank in the last click's category"),
+    Feature("graph_next", "own", about="share of the session's steps from its last click to j"),
+    Feature("graph_prev", "own", about="share of the session's steps from j to its last click"),
+    Feature("own_repeat", "own", about="own_recency * the session's share of repeat clicks"),
 )
 
 
