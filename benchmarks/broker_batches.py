@@ -22,8 +22,8 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from stream.devstack import EmbeddedStack, free_port
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.kafka.topics import ensure_topics
 
 
 def main() -> None:

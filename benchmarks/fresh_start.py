@@ -29,8 +29,8 @@ from pathlib import Path
 from models.datasets import eshop_path, read_clicks, sessionize
 from models.registry import Registry
 from models.train import TrainParams, train_model
-from stream.devstack import EmbeddedStack, free_port
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.kafka.topics import ensure_topics
 
 
 def ready_after(port: int, worker: subprocess.Popen[bytes], timeout: float = 300) -> float:

@@ -23,9 +23,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from stream.devstack import EmbeddedStack, free_port
-from stream.testing import WorkerConfig, WorkerProcess
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess
+from stream.kafka.topics import ensure_topics
 
 
 async def wait_ready(base: str, timeout: float = 90) -> None:

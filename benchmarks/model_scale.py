@@ -5,13 +5,13 @@
 2. Time ``streamrec train FILE`` end to end (read, Word2Vec, KMeans, neighbours, register).
 3. In a fresh process, time loading the promoted model and measure its memory.
 4. A worker's start, in fresh processes: load the model as the worker does (verified,
-   a private copy mapped) and warm it (``stream.model_handle.warm``: arrays paged in, one
+   a private copy mapped) and warm it (``stream.pipeline.model_cache.warm``: arrays paged in, one
    ranking, which compiles the kernels), first with an empty numba cache, then with the
    one that filled.
 5. Measure ``recommend_batch`` throughput on session prefixes, one process.
 
 Usage: .venv/bin/python benchmarks/model_scale.py [--clicks 1000000] [--items 40000]
-Targets (issue 10): train <= 120 s, load < 1 s and < 150 MB, >= 20,000 recs/s. Ranking
+Targets: train <= 120 s, load < 1 s and < 150 MB, >= 20,000 recs/s. Ranking
 uses the serving default ``exclude="current"``.
 """
 
@@ -61,7 +61,7 @@ _START_PROBE = """
 import json, sys, time
 started = time.perf_counter()
 from models.registry import Registry
-from stream.model_handle import warm
+from stream.pipeline.model_cache import warm
 imported = time.perf_counter()
 bundle = Registry(sys.argv[1]).load("scale", private=True)
 loaded = time.perf_counter()

@@ -23,7 +23,7 @@ from types import ModuleType
 
 from redis.asyncio import Redis
 
-from stream.devstack import Service, free_port
+from stream.dev.stack import Service, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,8 +25,8 @@ from models.datasets import eshop_path, read_clicks, sessionize
 from models.registry import Registry
 from models.train import TrainParams, train_model
 from state.notify import notify_model_change
-from stream.devstack import EmbeddedStack, free_port
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.kafka.topics import ensure_topics
 
 
 def one_run(models: Path, args: argparse.Namespace, swap: bool) -> tuple[dict, int]:

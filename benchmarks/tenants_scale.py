@@ -34,10 +34,10 @@ from models.gate import GatePolicy
 from models.train import TrainParams
 from producers.synth import SynthParams, generate_clicks
 from stream.config import Settings
-from stream.devstack import EmbeddedStack, free_port
-from stream.testing import WorkerConfig, WorkerProcess, consume
-from stream.topics import ensure_topics
-from stream.trainer import run_once
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess, consume
+from stream.kafka.topics import ensure_topics
+from stream.retrain.job import run_once
 
 
 def produce_tenants(
@@ -99,7 +99,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("streamrec.stream.trainer").setLevel(logging.INFO)
+    logging.getLogger("streamrec.stream.retrain.job").setLevel(logging.INFO)
 
     home = Path(tempfile.mkdtemp(prefix="streamrec-tenants-"))
     stack = EmbeddedStack(

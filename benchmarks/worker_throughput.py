@@ -32,9 +32,9 @@ from aiokafka import AIOKafkaConsumer
 
 from models.registry import Registry
 from stream.config import Settings
-from stream.devstack import EmbeddedStack, free_port
-from stream.testing import WorkerConfig, WorkerProcess, consume, produce
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess, consume, produce
+from stream.kafka.topics import ensure_topics
 
 
 def make_records(

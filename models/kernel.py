@@ -268,7 +268,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     everywhere) and ``votes`` ([items, 2], zero) are kept by the caller between batches,
     so a small batch does not pay for clearing item-sized arrays; the kernel leaves
     ``votes`` zero and its stamps at most ``tag_base + rows``. (Tested on hand-made
-    bundles and against the previous kernel's pinned rankings.)"""
+    bundles and against the pinned rankings of tests/fixtures/served_v4.)"""
     neighbours, neighbour_scores = model.neighbours, model.neighbour_scores
     tr_ptr, tr_idx, tr_w = model.transitions_ptr, model.transitions_idx, model.transitions_w
     ru_ptr, ru_idx, ru_w = model.rules_ptr, model.rules_idx, model.rules_w

@@ -4,7 +4,7 @@ beside its MODE: a Redis restart must not end an experiment. Redis caches it
 
 ``{"policy": "fixed" | "ab" | "bandit", "arms": {"v3": share, ...}, "control": "v3",
 "candidate": "v5", "discount": 0.999, "started": unix_ts, "min_recommendations": N,
-"alpha": 0.05, "rollout": {...} (a staged rollout, see stream.rollout)}``; no file (or
+"alpha": 0.05, "rollout": {...} (a staged rollout, see stream.retrain.rollout)}``; no file (or
 ``fixed``) means today's behaviour: the CURRENT version serves everything.
 """
 

@@ -21,10 +21,10 @@ built on the older ``1 - fit_share`` of the sessions, cases are sampled from the
 the served model, built on every session, gets those weights. It never sees a validation
 or test click. The two models share one Word2Vec run (``_word2vec``): it first trains on
 the older sessions alone (the fit-time model's vectors: they must not have seen the
-cases' next clicks, or the ranker learns to trust the embedding features too much; on
-tmall valid that cost 3.5 points of HR@20), then continues over every session for a
-quarter as many passes (the served model's vectors). Word2Vec was most of a small
-tenant's training time, and it ran twice.
+cases' next clicks, or the ranker learns to trust the embedding features too much and
+scores lower on valid), then continues over every session for a quarter as many passes
+(the served model's vectors). One run instead of two matters: Word2Vec is most of a
+small tenant's training time.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class TrainParams:
 
     Defaults come from the grid searches in benchmarks/quality.md (e-shop last-30-days
     and YOOCHOOSE-100k splits). Co-occurrence carries most of the signal; the embedding
-    term is small but lifts HR@20 by 1-1.5 points on YOOCHOOSE.
+    term is small but lifts HR@20 on YOOCHOOSE.
     """
 
     # Word2Vec (skip-gram with negative sampling, as item2vec). Window 5 and 10
@@ -108,8 +108,8 @@ class TrainParams:
     fit_share: float = 0.2
     fit_cases: int = 10_000
     # Kept by the fixed blend for the ranker to order: 200 when serving (chosen on valid:
-    # +1.7 HR@20 points on e-shop, whose 217 items all become candidates, equal on tmall
-    # and yoochoose), 100 per case when fitting (a ranker fitted on 100 ranks 200 as well
+    # better on e-shop, whose 217 items all become candidates, equal on tmall and
+    # yoochoose), 100 per case when fitting (a ranker fitted on 100 ranks 200 as well
     # on valid, at half the fit's time and memory).
     candidates: int = 200
     fit_candidates: int = 100
@@ -363,8 +363,8 @@ class _EpochProgress(CallbackAny2Vec):  # type: ignore[misc]
 
 
 def auto_epochs(n_clicks: int) -> int:
-    """Passes over the clicks: 20 for small logs (they need them: +1.4 points HR@20 on
-    YOOCHOOSE-100k over 5), falling to 5 at ~600k clicks, where each item is already seen
+    """Passes over the clicks: 20 for small logs (they need them: HR@20 on YOOCHOOSE-100k
+    is higher than with 5), falling to 5 at ~600k clicks, where each item is already seen
     often enough and 20 passes would cost minutes."""
     return int(np.clip(np.ceil(3_000_000 / max(1, n_clicks)), 5, 20))
 

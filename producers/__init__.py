@@ -8,7 +8,7 @@ loadtest`` commands.
 from __future__ import annotations
 
 from producers.client import ClickProducer, DeliveryStats
-from stream.delivery import DeliveryError
 from stream.events import ClickEvent, InvalidEvent
+from stream.kafka.delivery import DeliveryError
 
 __all__ = ["ClickEvent", "ClickProducer", "DeliveryError", "DeliveryStats", "InvalidEvent"]

@@ -27,9 +27,9 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from models.errors import StreamrecError
-from stream.delivery import DeliveryError
 from stream.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, event_from_dict
-from stream.kafka_config import KafkaClientConfig, kafka_config
+from stream.kafka.config import KafkaClientConfig, kafka_config
+from stream.kafka.delivery import DeliveryError
 
 log = logging.getLogger(f"streamrec.{__name__}")
 # librdkafka's own log lines (connection refused, ...) go through Python logging under
@@ -92,7 +92,7 @@ def producer_config(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """librdkafka settings tuned for many small JSON events, on top of the common ones
-    (security, acks, the Java-compatible partitioner) from :mod:`stream.kafka_config`."""
+    (security, acks, the Java-compatible partitioner) from :mod:`stream.kafka.config`."""
     return kafka_config(bootstrap_servers).producer(
         {
             # A few ms of linger fills batches at high rates and costs little at low ones.

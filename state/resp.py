@@ -1,9 +1,9 @@
 """Redis protocol (RESP2) encoding of a batch's commands in one buffer.
 
 A batch's round trip sends a script call with thousands of arguments; redis-py encodes
-each argument with several Python calls (~15 % of the worker's time), so the batch is
-packed here by hiredis's C packer and sent with one ``send_packed_command``. Measured
-against the hand-written packer it replaced: benchmarks/resp_pack.py, BENCHMARKS.md.
+each argument with several Python calls, a visible share of the worker's time, so the
+batch is packed here by hiredis's C packer and sent with one ``send_packed_command``
+(benchmarks/resp_pack.py compares it with a pure-Python packer).
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from typing import Any
 
 import faust
 
-from stream import dashboard, web_feedback  # noqa: F401  (their routes join the API)
+from stream.api import dashboard, feedback  # noqa: F401  (their routes join the API)
+from stream.api.server import WebService
 from stream.config import Settings
-from stream.web import WebService
 from stream.worker import REPORT_INTERVAL_S, DeadLetterLog, Worker
 
 
@@ -31,7 +31,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.broker_session_timeout_s,
         broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
-        # Security and acks from the one Kafka client configuration (stream/kafka_config.py).
+        # Security and acks from the one Kafka client configuration (stream/kafka/config.py).
         broker_credentials=settings.kafka.faust_credentials(),
         producer_acks=settings.kafka.faust_acks(),
         producer_linger=0.002,

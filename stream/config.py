@@ -16,7 +16,7 @@ from models.errors import InvalidSettingError
 
 if TYPE_CHECKING:
     from state.connection import RedisSettings
-    from stream.kafka_config import KafkaClientConfig
+    from stream.kafka.config import KafkaClientConfig
 
 DEFAULT_BROKER = "127.0.0.1:19092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:16379/0"
@@ -73,15 +73,15 @@ class Settings:
     bandit_interval_s: float = 5.0
     # /metrics labels at most this many tenants by name (the rest as "_other").
     metrics_max_tenants: int = 50
-    # "batch", the batch loop: the only engine (the variable stays so that a setting of
-    # it keeps working, and a retired engine is refused in one line).
+    # "batch", the batch loop, is the only engine: STREAMREC_ENGINE=batch is accepted and
+    # any other value is refused in one line at start-up.
     engine: str = "batch"
     # at_least_once (default) or exactly_once: each batch's outputs and offsets in one
-    # Kafka transaction (Apache Kafka only; see stream/transactions.py).
+    # Kafka transaction (Apache Kafka only; see stream/kafka/transactions.py).
     delivery: str = "at_least_once"
-    # 5000 rather than 2000: 1.04-1.12x events/s side by side with the served model
-    # (BENCHMARKS.md); batches only fill up when events wait, so latency at a steady
-    # rate below capacity is the same.
+    # Large batches spread the per-batch costs (round trip, ranking call, commit) over
+    # more events; batches only fill up when events wait, so latency at a steady rate
+    # below capacity does not depend on it. Larger still costs peak memory.
     batch_size: int = 5000
     # Threads that share the ranking of one large batch (the compiled kernel releases the
     # GIL); 1 keeps the worker on one core.
@@ -117,7 +117,7 @@ class Settings:
     # <cache_dir>/kafka-<version> (default: the user cache directory, ~/.cache/streamrec).
     kafka_home: str = ""
     cache_dir: str = ""
-    # Kafka clients (stream/kafka_config.py): security, acks, topics streamrec creates.
+    # Kafka clients (stream/kafka/config.py): security, acks, topics streamrec creates.
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     kafka_sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     kafka_sasl_username: str = ""
@@ -167,7 +167,7 @@ class Settings:
     @property
     def kafka(self) -> KafkaClientConfig:
         """Every Kafka client's settings (bootstrap, security, acks, topic defaults)."""
-        from stream.kafka_config import KafkaClientConfig
+        from stream.kafka.config import KafkaClientConfig
 
         return KafkaClientConfig.from_settings(self)
 

@@ -36,7 +36,7 @@ log = logging.getLogger(f"streamrec.{__name__}")
 # Exit codes of ``streamrec worker`` (README, "Stopping").
 EXIT_OK = 0
 EXIT_FENCED = 3
-# SIGTERM to exit; the batch loop's own stop budget (stream.batch_loop.STOP_BUDGET_S) fits
+# SIGTERM to exit; the batch loop's own stop budget (stream.pipeline.loop.STOP_BUDGET_S) fits
 # inside it with room for the rest of Faust's services.
 STOP_DEADLINE_S = 8.0
 
@@ -125,7 +125,7 @@ class StartingCoordinator(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.starting and record.levelno > logging.DEBUG and _coordinator_not_yet(record):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            # A logger's filter runs before its handlers' level checks: they now drop it
+            # A logger's filter runs before its handlers' level checks: they drop it
             # unless the log level is debug.
         return True
 

@@ -3,7 +3,7 @@ views share: the session store and tenant directory (Redis), the model cache, th
 counters and the policy while Redis is away. ``stream.app.create_app`` declares the
 Faust app around it.
 
-The batch loop (``stream.batch_loop``, a child service of the worker) feeds the
+The batch loop (``stream.pipeline.loop``, a child service of the worker) feeds the
 :class:`BatchProcessor`. It is at-least-once: a batch's offsets are committed only after
 its Redis writes and the delivery of every record it sent; session updates are
 idempotent, so a re-delivered batch appends nothing twice.
@@ -30,12 +30,12 @@ from state.feedback import FeedbackRecorder
 from state.notify import model_changes
 from state.sessions import SessionStore
 from state.tenants import TenantDirectory
-from stream.batch_loop import BatchLoop
 from stream.config import Settings
-from stream.metrics import WorkerMetrics
-from stream.model_handle import ModelCache
-from stream.policies import PolicyDirectory
-from stream.processor import BatchProcessor, BatchResult, DeadLetter, Message
+from stream.control.policies import PolicyDirectory
+from stream.pipeline.loop import BatchLoop
+from stream.pipeline.metrics import WorkerMetrics
+from stream.pipeline.model_cache import ModelCache
+from stream.pipeline.processor import BatchProcessor, BatchResult, DeadLetter, Message
 from stream.shutdown import start_up_done
 
 log = logging.getLogger(f"streamrec.{__name__}")

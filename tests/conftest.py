@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import Settings
-from stream.devstack import EmbeddedStack, free_port, stack_for
+from stream.dev.stack import EmbeddedStack, free_port, stack_for
 
 
 @pytest.fixture(scope="session")

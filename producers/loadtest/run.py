@@ -42,13 +42,13 @@ from producers.client import ClickProducer
 from producers.loadtest.report import summarize
 from producers.replay import ReplayTable, iter_events, new_run_id, send_events
 from producers.timing import Pacer
-from stream.kafka_config import KafkaClientConfig, kafka_config
+from stream.kafka.config import KafkaClientConfig, kafka_config
 
 # Reader fetch wait: a recommendation is picked up at most this late (a bound on the
-# measurement error). Shorter is not free: the embedded broker's cost per fetch grows
-# with the partition's length, so a reader fetching every 10 ms measurably slows the
-# system under test after some 10^4 messages (benchmarks/producers.md); 25 ms kept the
-# floor at ~12 ms p50 with little of that effect.
+# measurement error). Shorter is not free: Tansu's cost per fetch grows with the
+# partition's length, so a reader fetching every 10 ms measurably slows the system under
+# test after some 10^4 messages (benchmarks/producers.md); 25 ms keeps the floor low with
+# little of that effect.
 _FETCH_WAIT_MS = 25
 
 

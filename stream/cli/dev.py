@@ -6,8 +6,8 @@ import click
 
 from stream.cli.params import option, setting_option, uses
 from stream.config import Settings
-from stream.devstack import stack_for
-from stream.kafka_broker import BROKER_KINDS
+from stream.dev.kafka_node import BROKER_KINDS
+from stream.dev.stack import stack_for
 
 
 def stack_topics(settings: Settings) -> list[str]:

@@ -11,9 +11,9 @@ import orjson
 from models.policy_file import read_policy
 from models.registry import Registry
 from state.connection import RedisError
-from stream import experiment_control as experiments
 from stream.cli.params import EXISTING_TENANT, json_flag, option, uses
 from stream.config import Settings
+from stream.control import experiments
 
 
 def status(settings: Settings, tenant: str) -> dict[str, Any]:

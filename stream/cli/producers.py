@@ -54,7 +54,7 @@ def _ensure_topics(settings: Settings, *topics: str) -> None:
     from confluent_kafka.admin import AdminClient
 
     from producers.client import RDKAFKA_LOG
-    from stream.topics import ensure_topics
+    from stream.kafka.topics import ensure_topics
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # Without -v, "connection refused" lines from librdkafka would bury the summary;

@@ -47,8 +47,8 @@ def tail(
       streamrec recs tail --tenant shop-7 --limit 10
       streamrec recs tail --from-beginning --session s-42 --json
     """
-    from stream.kafka_config import RDKAFKA_LOG
-    from stream.recs_tail import follow, list_line, matches, parse
+    from stream.kafka.config import RDKAFKA_LOG
+    from stream.kafka.recs_tail import follow, list_line, matches, parse
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # Without -v, librdkafka's "connection refused" lines would bury the one-line

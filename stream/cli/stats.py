@@ -11,7 +11,7 @@ from models.registry import Registry
 from state.connection import RedisError, async_client
 from stream.cli.params import EXISTING_TENANT, json_flag, option, uses
 from stream.config import Settings
-from stream.feedback_stats import parse_since, stats_table, tenant_stats
+from stream.control.stats import parse_since, stats_table, tenant_stats
 
 
 def _since(ctx: click.Context, param: click.Parameter, value: str) -> float:

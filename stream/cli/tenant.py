@@ -15,7 +15,7 @@ from state.connection import RedisError, SyncRedis, sync_client
 from state.tenants import MODES, list_tenants
 from stream.cli.params import TENANT, option, uses
 from stream.config import Settings
-from stream.tenant_control import TenantControl
+from stream.control.tenants import TenantControl
 
 T = TypeVar("T")
 

@@ -150,8 +150,8 @@ def trainer(
     frozen and switched-off tenants are skipped, and so is a tenant with no new clicks
     since its last trained version.
     """
-    from stream.rollout import RolloutSettings, look_at_rollouts
-    from stream.trainer import run_once
+    from stream.retrain.job import run_once
+    from stream.retrain.rollout import RolloutSettings, look_at_rollouts
 
     staged = (
         RolloutSettings(min_recommendations=rollout_min_recommendations)

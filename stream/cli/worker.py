@@ -89,8 +89,8 @@ def worker(
     )
     _default_numba_cache(Path(settings.home) / "cache" / "numba")
     from stream.app import create_app
+    from stream.kafka.transactions import check_delivery_mode, probe_transactions
     from stream.shutdown import Worker
-    from stream.transactions import check_delivery_mode, probe_transactions
 
     if check_delivery_mode(settings.delivery) == "exactly_once":
         probe_transactions(settings)  # a broker without transactions: one line, now
@@ -140,6 +140,6 @@ def demo(settings: Settings, events: int, rate: float, show: int) -> None:
     live recommendations and a summary (events, recommendations, dead letters,
     throughput, latency), and stops every process it started.
     """
-    from stream.demo import run_demo
+    from stream.dev.demo import run_demo
 
     raise SystemExit(run_demo(settings, events=events, rate=rate, show=show, echo=click.echo))

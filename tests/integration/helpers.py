@@ -19,10 +19,10 @@ from confluent_kafka import Message
 from redis.asyncio import Redis
 
 from state.sessions import SessionStore
-from stream.devstack import EmbeddedStack
+from stream.dev.stack import EmbeddedStack
+from stream.dev.testing import WorkerConfig, topic_reader
 from stream.events import ClickEvent
-from stream.testing import WorkerConfig, topic_reader
-from stream.topics import ensure_topics
+from stream.kafka.topics import ensure_topics
 
 ITEMS = ["A13", "A16", "B4", "C17", "P1", "A2", "B10", "C5"]
 CAP = 50  # the worker's default session cap

@@ -18,9 +18,9 @@ import redis
 from models.ranking import STRATEGIES
 from models.registry import Registry
 from state.keys import API_KEYS, TENANT_MODES
-from stream.devstack import EmbeddedStack, free_port
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerProcess, consume, produce
 from stream.events import ClickEvent
-from stream.testing import WorkerProcess, consume, produce
 from tests.integration.helpers import ADMIN, call, http_call, make_config, wait_until
 
 pytestmark = pytest.mark.broker_agnostic
@@ -355,7 +355,7 @@ def test_a_redis_with_a_password(
     import subprocess
     import sys
 
-    from stream.devstack import redis_binary
+    from stream.dev.stack import redis_binary
 
     password = "s3cret-" + unique_name("pw")
     port = free_port()
@@ -417,7 +417,7 @@ def test_no_admin_api_without_a_token_413_and_503_with_redis_down(
     """No admin token: the admin routes are not served (nor in the spec). Over 1,000
     events in a request: 413. Redis down: the tenant routes answer 503 with the reason,
     /health/ready too; never a 500."""
-    from stream.devstack import Service
+    from stream.dev.stack import Service
 
     own = Service("redis", "127.0.0.1", free_port(), tmp_path / "redis")
     own.start()

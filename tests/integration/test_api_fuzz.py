@@ -21,9 +21,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from stream.devstack import EmbeddedStack, Service, free_port
-from stream.testing import WorkerConfig, WorkerProcess
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, Service, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess
+from stream.kafka.topics import ensure_topics
 from tests.integration.helpers import ADMIN, call, wait_until
 
 pytestmark = pytest.mark.broker_agnostic

@@ -16,9 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.devstack import EmbeddedStack, free_port
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerProcess, produce
 from stream.events import ClickEvent
-from stream.testing import WorkerProcess, produce
 from tests.integration.helpers import ADMIN, call, make_config, wait_until
 
 pytestmark = pytest.mark.broker_agnostic

@@ -19,10 +19,10 @@ import redis
 from models.registry import Registry
 from state import keys
 from stream.config import Settings
-from stream.devstack import EmbeddedStack, free_port
+from stream.control.tenants import TenantControl
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess, consume, produce
 from stream.events import ClickEvent
-from stream.tenant_control import TenantControl
-from stream.testing import WorkerConfig, WorkerProcess, consume, produce
 from tests.integration.helpers import ADMIN, call, make_config, wait_until
 
 pytestmark = pytest.mark.broker_agnostic

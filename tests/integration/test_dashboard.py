@@ -27,10 +27,10 @@ from models.datasets import read_clicks, sessionize
 from models.ranking import STRATEGIES
 from models.registry import Registry
 from state.feedback import FeedbackRecorder
-from stream.devstack import EmbeddedStack, free_port
-from stream.metrics import LiveWindow
-from stream.testing import WorkerProcess, consume, produce
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerProcess, consume, produce
+from stream.kafka.topics import ensure_topics
+from stream.pipeline.metrics import LiveWindow
 from tests.integration.helpers import ADMIN, http_call, make_config, wait_for_ok
 
 pytestmark = pytest.mark.broker_agnostic
@@ -321,7 +321,7 @@ def test_dashboard_shows_what_the_api_returns(
             assert set(sources) <= set(STRATEGIES), sources
             result = driver.find_element(By.ID, "try-result")
             assert sources[0] == result.get_attribute("data-source")
-            assert "top of the list came from" not in result.text  # a column now
+            assert "top of the list came from" not in result.text  # a column, not a line
             assert result.get_attribute("data-version") in ("v1", "v2")
             snap()
             for mode, n in data["modes"].items():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.devstack import EmbeddedStack, mimalloc_library
+from stream.dev.stack import EmbeddedStack, mimalloc_library
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux only")

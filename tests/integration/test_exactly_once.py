@@ -19,9 +19,9 @@ import orjson
 import pytest
 from confluent_kafka import Message, Producer
 
-from stream.devstack import EmbeddedStack
-from stream.kafka_config import kafka_config
-from stream.testing import WorkerProcess, produce
+from stream.dev.stack import EmbeddedStack
+from stream.dev.testing import WorkerProcess, produce
+from stream.kafka.config import kafka_config
 from tests.integration.helpers import (
     TopicWatcher,
     expected_sessions,

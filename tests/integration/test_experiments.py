@@ -1,4 +1,4 @@
-"""Acceptance of issue 14 on the real broker and Redis: one tenant, a good version
+"""Online experiments on the real broker and Redis: one tenant, a good version
 (trained on real sessions) and a bad one (trained on the same sessions with their items
 shuffled). A bandit moves the traffic to the good one; an A/B test at 50/50 decides to
 promote it; `stats` shows the good one's hit rate above the bad one's."""
@@ -20,9 +20,9 @@ from models.datasets import read_clicks, sessionize
 from models.policy_file import read_policy, rollout_history
 from models.registry import Registry
 from models.train import TrainParams, train_model
-from stream.devstack import EmbeddedStack
-from stream.testing import WorkerProcess, consume, produce
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack
+from stream.dev.testing import WorkerProcess, consume, produce
+from stream.kafka.topics import ensure_topics
 from tests.integration.helpers import make_config
 
 pytestmark = pytest.mark.broker_agnostic

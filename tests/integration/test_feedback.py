@@ -19,9 +19,9 @@ from state import keys
 from state.feedback import FeedbackRecorder, read_buckets, totals
 from state.sessions import SessionStore
 from state.tenants import TenantDirectory
-from stream.devstack import EmbeddedStack
-from stream.model_handle import ModelCache
-from stream.processor import BatchProcessor
+from stream.dev.stack import EmbeddedStack
+from stream.pipeline.model_cache import ModelCache
+from stream.pipeline.processor import BatchProcessor
 
 pytestmark = pytest.mark.broker_agnostic
 

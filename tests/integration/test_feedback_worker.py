@@ -15,9 +15,9 @@ from pathlib import Path
 import redis
 
 from state import keys
-from stream.devstack import EmbeddedStack, free_port
-from stream.testing import WorkerProcess, consume, produce
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerProcess, consume, produce
+from stream.kafka.topics import ensure_topics
 from tests.integration.helpers import http_call, make_config, wait_for_ok
 
 

@@ -19,9 +19,9 @@ import orjson
 import pytest
 import redis
 
-from stream.devstack import EmbeddedStack, Service, free_port
+from stream.dev.stack import EmbeddedStack, Service, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess, consume, produce
 from stream.events import MAX_EVENT_BYTES, ClickEvent
-from stream.testing import WorkerConfig, WorkerProcess, consume, produce
 from tests.integration.helpers import http_call, make_config, wait_for_ok
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from models.registry import Registry
 from state.notify import notify_model_change
-from stream.devstack import EmbeddedStack, free_port
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerProcess, produce
 from stream.events import ClickEvent
-from stream.testing import WorkerProcess, produce
 from tests.integration.helpers import RecsCollector, call, make_config, make_events, wait_until
 
 pytestmark = pytest.mark.broker_agnostic

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.devstack import EmbeddedStack, free_port
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess, consume, produce
 from stream.events import ClickEvent
-from stream.testing import WorkerConfig, WorkerProcess, consume, produce
 from tests.integration.helpers import http_call, make_config, wait_for_ok, wait_until
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 
 from producers import ClickProducer
-from stream.devstack import EmbeddedStack, free_port
-from stream.testing import WorkerProcess, consume
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerProcess, consume
 from tests.integration.helpers import http_call, make_config, wait_for_ok
 
 SESSIONS = [f"part-{i}" for i in range(40)]

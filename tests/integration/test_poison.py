@@ -16,11 +16,11 @@ import pytest
 from confluent_kafka import Producer
 
 from models.registry import Registry
-from stream.click_log import read_click_log
-from stream.devstack import EmbeddedStack
+from stream.dev.stack import EmbeddedStack
+from stream.dev.testing import WorkerProcess, consume, produce
 from stream.events import ClickEvent
-from stream.testing import WorkerProcess, consume, produce
-from stream.topics import ensure_topics
+from stream.kafka.click_log import read_click_log
+from stream.kafka.topics import ensure_topics
 from tests.integration.helpers import clicks, make_config
 
 # About 1 MB: more than the worker's producer may send (message.max.bytes 1,000,000), so
@@ -134,7 +134,7 @@ def test_the_trainers_log_reader_skips_and_counts_what_the_worker_dead_letters(
         producer.produce(topic, key=key, value=value, timestamp=stamp_ms)
     assert producer.flush(15) == 0
 
-    with caplog.at_level(logging.WARNING, logger="streamrec.stream.click_log"):
+    with caplog.at_level(logging.WARNING, logger="streamrec.stream.kafka.click_log"):
         logs = read_click_log(stack.broker, topic, time.time() - 3600)
     clicks_read = logs["default"]
     assert list(clicks_read.session_ids) == ["s0", "s1", "s2", "no-ts"]

@@ -17,9 +17,9 @@ from models.datasets import read_clicks
 from models.ranking import STRATEGIES
 from producers import ClickProducer, DeliveryError
 from producers.replay import prepare_replay
-from stream.devstack import EmbeddedStack, free_port
-from stream.testing import WorkerConfig, WorkerProcess, consume
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess, consume
+from stream.kafka.topics import ensure_topics
 
 # How long to keep reading after the expected count, to catch duplicates.
 EXTRA_WAIT_S = 3.0

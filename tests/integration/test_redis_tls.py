@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from stream.devstack import EmbeddedStack, free_port
-from stream.testing import WorkerProcess
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerProcess
 from tests.integration.helpers import call, make_config, wait_until
 
 pytestmark = pytest.mark.broker_agnostic

@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stream.devstack import EmbeddedStack, Service, free_port
+from stream.dev.stack import EmbeddedStack, Service, free_port
+from stream.dev.testing import WorkerProcess, produce
 from stream.events import ClickEvent
-from stream.testing import WorkerProcess, produce
 from tests.integration.helpers import (
     RecsCollector,
     expected_sessions,

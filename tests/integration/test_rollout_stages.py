@@ -24,13 +24,13 @@ from state.feedback import FeedbackRecorder
 from state.sessions import SessionStore
 from state.tenants import TenantDirectory
 from stream.config import Settings
-from stream.devstack import EmbeddedStack
-from stream.experiment_control import apply_policy as apply
-from stream.model_handle import ModelCache
-from stream.policies import PolicyDirectory
-from stream.processor import BatchProcessor
-from stream.rollout import RolloutSettings, check_rollouts, start_rollout
-from stream.tenant_control import TenantControl
+from stream.control.experiments import apply_policy as apply
+from stream.control.policies import PolicyDirectory
+from stream.control.tenants import TenantControl
+from stream.dev.stack import EmbeddedStack
+from stream.pipeline.model_cache import ModelCache
+from stream.pipeline.processor import BatchProcessor
+from stream.retrain.rollout import RolloutSettings, check_rollouts, start_rollout
 
 pytestmark = pytest.mark.broker_agnostic
 

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from stream.devstack import EmbeddedStack, Service, free_port
-from stream.testing import WorkerConfig, WorkerProcess, produce
-from stream.topics import ensure_topics
+from stream.dev.stack import EmbeddedStack, Service, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess, produce
+from stream.kafka.topics import ensure_topics
 from tests.integration.helpers import RecsCollector, make_events, records
 
 OUTAGE_S = 15
 # Lines at WARNING or above over the outage: one per back-off step of each thing that
-# retries (the batch, the Kafka clients' reconnects), a few dozen at most; it was
-# thousands.
+# retries (the batch, the Kafka clients' reconnects), a few dozen at most.
 MAX_COMPLAINTS = 60
 # A record whose message is a lone token or caret: a traceback written one token a line.
 TOKEN_LINE = re.compile(r"\] \[(?:WARNING|ERROR)\] (?:\^+|\.|:|\w+)\s*$")

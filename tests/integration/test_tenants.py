@@ -16,9 +16,9 @@ from models.train import TrainParams, train_model
 from state import keys
 from state.notify import notify_model_change
 from state.tenants import set_mode
-from stream.devstack import EmbeddedStack
+from stream.dev.stack import EmbeddedStack
+from stream.dev.testing import WorkerProcess, consume, produce
 from stream.events import ClickEvent
-from stream.testing import WorkerProcess, consume, produce
 from tests.integration.helpers import make_config
 
 pytestmark = pytest.mark.broker_agnostic

@@ -17,14 +17,14 @@ from models.gate import GatePolicy
 from models.registry import Registry
 from models.train import TrainParams, train_model
 from state.control import put_items
-from stream.click_log import read_click_log
 from stream.config import Settings
-from stream.devstack import EmbeddedStack
+from stream.control.tenants import TenantControl
+from stream.dev.stack import EmbeddedStack
+from stream.dev.testing import WorkerProcess, produce
 from stream.events import ClickEvent
-from stream.tenant_control import TenantControl
-from stream.testing import WorkerProcess, produce
-from stream.topics import ensure_topics
-from stream.trainer import TenantOutcome, run_once
+from stream.kafka.click_log import read_click_log
+from stream.kafka.topics import ensure_topics
+from stream.retrain.job import TenantOutcome, run_once
 from tests.integration.helpers import RecsCollector, make_config
 
 

@@ -18,11 +18,11 @@ from models.gate import GatePolicy
 from models.registry import Registry
 from models.train import TrainParams
 from stream.config import Settings
-from stream.devstack import EmbeddedStack
+from stream.dev.stack import EmbeddedStack
+from stream.dev.testing import produce
 from stream.events import ClickEvent
-from stream.testing import produce
-from stream.topics import ensure_topics
-from stream.trainer import run_once
+from stream.kafka.topics import ensure_topics
+from stream.retrain.job import run_once
 
 
 def test_unchanged_data_is_not_retrained_and_unpromoted_versions_are_bounded(

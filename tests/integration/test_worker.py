@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 
 from models.ranking import STRATEGIES
-from stream.devstack import EmbeddedStack
-from stream.testing import WorkerProcess, consume, produce
+from stream.dev.stack import EmbeddedStack
+from stream.dev.testing import WorkerProcess, consume, produce
 from tests.integration.helpers import ITEMS, clicks, make_config
 
 MALFORMED = [

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stream.devstack import EmbeddedStack, free_port
-from stream.testing import WorkerConfig, WorkerProcess, consume, produce
+from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.testing import WorkerConfig, WorkerProcess, consume, produce
 from tests.integration.helpers import call, clicks, make_config, wait_until
 
 # Faust's and mode's tables are drawn with box characters.

@@ -58,7 +58,7 @@ def test_tenant_numbers_need_the_admin_token_and_prometheus_sends_it() -> None:
 
 
 def test_compose_runs_the_kafka_the_tests_run() -> None:
-    from stream.kafka_broker import KAFKA_VERSION
+    from stream.dev.kafka_node import KAFKA_VERSION
 
     services = _services()
     for name in ("kafka", "kafka-init"):

@@ -1,0 +1,556 @@
+"""The fast path: a batch consumer loop run as a service of the Faust app.
+
+Faust's per-event stream machinery (channels, per-event acks, one producer future per
+record) is paid once an event; this loop pays per batch instead: ``getmany`` from
+aiokafka, one Redis round trip, one compiled ranking call, every record handed to
+librdkafka (confluent-kafka) in C, one delivery wait (overlapping the next batch), one
+offset commit.
+
+At-least-once: offsets are committed only after the batch's Redis writes succeeded and
+every record it produced was acknowledged by the broker. A rebalance waits for the
+batch in hand, so a revoked partition's progress is committed by its old owner.
+
+Exactly-once (``STREAMREC_DELIVERY=exactly_once``, Apache Kafka only): each batch's
+recommendations, dead letters and consumed offsets go in one Kafka transaction
+(stream/kafka/transactions.py); batches do not overlap then, and a ``read_committed`` reader
+sees every recommendation once even when a worker is killed. Session updates in Redis
+are idempotent either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from confluent_kafka import KafkaError as RecordError
+from confluent_kafka import KafkaException, Producer
+from mode import Service
+
+from models.errors import StreamrecError
+from stream.config import Settings
+from stream.kafka.delivery import DeliveryError, Record
+from stream.kafka.topics import ensure_topics
+from stream.kafka.transactions import (
+    FencedError,
+    ProducerFencedError,
+    TransactionalPublisher,
+    aiokafka_group_metadata,
+    check_delivery_mode,
+)
+from stream.pipeline.processor import UNDELIVERABLE, BatchResult, DeadLetter, Message, position
+from stream.shutdown import EXIT_FENCED, request_exit
+
+log = logging.getLogger(f"streamrec.{__name__}")
+
+ProcessFn = Callable[[list[Message]], Awaitable[BatchResult]]
+DoneFn = Callable[[int, BatchResult], None]
+
+
+# Errors that say a record can never be published as it is: retrying cannot help, so
+# it is dead-lettered at once (as a stand-in, see DeadLetter.stand_in).
+_PERMANENT = {
+    getattr(RecordError, name)
+    for name in (
+        "MSG_SIZE_TOO_LARGE",
+        "_MSG_SIZE_TOO_LARGE",
+        "INVALID_MSG",
+        "INVALID_MSG_SIZE",
+        "CORRUPT_MESSAGE",
+        "INVALID_RECORD",
+        "RECORD_LIST_TOO_LARGE",
+        "INVALID_TIMESTAMP",
+        "_INVALID_ARG",
+        "_BAD_MSG",
+        "_KEY_SERIALIZATION",
+        "_VALUE_SERIALIZATION",
+        "INVALID_TOPIC_EXCEPTION",
+        "TOPIC_AUTHORIZATION_FAILED",
+        "POLICY_VIOLATION",
+        "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+    )
+    if hasattr(RecordError, name)
+}
+# Attempts at publishing a record that fails for a transient reason (broker away, timed
+# out) before it is dead-lettered and its partition moves on.
+PUBLISH_ATTEMPTS = 5
+_FLUSH_SLICE_S = 0.5  # short flushes, so a stop never waits behind a long one
+# SIGTERM to exit, even with a batch stuck; the rest of the worker's shutdown fits in 10 s.
+STOP_BUDGET_S = 6.0
+
+
+def is_permanent(error: RecordError) -> bool:
+    return error.code() in _PERMANENT or error.fatal()
+
+
+class Delivery:
+    """Failures among one batch's records: librdkafka reports only failed deliveries
+    (``delivery.report.only.error``), so a healthy batch costs no Python callback."""
+
+    def __init__(self) -> None:
+        self.failures: list[DeliveryError] = []
+
+    def __call__(self, err: RecordError | None, msg: Any = None) -> None:
+        if err is not None:
+            record = (msg.topic(), msg.value(), msg.key(), msg.headers())
+            self.failures.append(DeliveryError(err, record))
+
+
+class RecordPublisher:
+    """Hands a batch's records to librdkafka; ``wait`` until all are acknowledged."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer = Producer(
+            settings.kafka.producer(
+                {
+                    "linger.ms": 1,
+                    "batch.num.messages": 10_000,
+                    "enable.idempotence": False,
+                    "delivery.report.only.error": True,
+                }
+            )
+        )
+
+    def send(self, result: BatchResult) -> Delivery:
+        """Queue every record of the batch (in C, no waiting)."""
+        recs, dlq = self._settings.recs_topic, self._settings.dlq_topic
+        records: list[Record] = [
+            (recs, o.payload, o.session_id, None) for o in result.recommendations
+        ]
+        records += [(dlq, d.value, d.key, d.headers) for d in result.dead_letters]
+        return self.send_records(records)
+
+    def send_records(self, records: Sequence[Record]) -> Delivery:
+        delivery = Delivery()
+        produce = self._producer.produce
+        for topic, value, key, headers in records:
+            while True:
+                try:
+                    produce(topic, value, key, headers=headers, on_delivery=delivery)
+                    break
+                except BufferError:
+                    self._producer.poll(0.1)  # local queue full: let librdkafka drain
+                except KafkaException as exc:
+                    # Refused before queueing (too large, for one): reported like a
+                    # failed delivery.
+                    record = (topic, value, key, headers)
+                    delivery.failures.append(DeliveryError(exc.args[0], record))
+                    break
+        return delivery
+
+    async def wait(self) -> None:
+        """Until every record queued so far is acknowledged or has failed (librdkafka
+        gives up on a record after ``message.timeout.ms``); failures land in their
+        :class:`Delivery`."""
+        while await asyncio.to_thread(self._producer.flush, _FLUSH_SLICE_S):
+            pass
+
+    def close(self, timeout: float) -> None:
+        self._producer.flush(timeout)
+
+
+class BatchLoop(Service):
+    """Consume ``clicks`` in batches, process, publish, then commit.
+
+    Batches overlap by one: while batch N's records wait for the broker's
+    acknowledgements (in a thread), batch N+1 is fetched and processed. Commits still
+    go in order, each after its own batch's delivery and its predecessor's commit.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        process: ProcessFn,
+        done: DoneFn,
+        *,
+        warm: Callable[[], Awaitable[object]] | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._settings = settings
+        self._process = process
+        self._done = done
+        # Awaited before joining the group: partitions come to a worker ready to serve.
+        self._warm = warm
+        self.assigned = asyncio.Event()  # set at the first assignment of partitions
+        self._consumer: AIOKafkaConsumer | None = None
+        self._publisher: RecordPublisher | None = None
+        self._txn: TransactionalPublisher | None = None  # exactly-once mode
+        self._in_hand = 0  # batches fetched and not yet committed
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._draining = False  # a rebalance waits for the batches in hand: take no more
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._runner: asyncio.Future[None] | None = None
+        self._committed: dict[TopicPartition, int] = {}
+        self._first_seen: dict[TopicPartition, int] = {}  # where this worker started
+        self._last_commit = time.monotonic()
+        self._oldest = time.monotonic()  # when the oldest batch in hand was fetched
+
+    async def on_start(self) -> None:
+        s = self._settings
+        self._publisher = RecordPublisher(s)
+        if check_delivery_mode(s.delivery) == "exactly_once":
+            self._txn = TransactionalPublisher(s)
+            await asyncio.to_thread(self._txn.start)
+            log.info("exactly-once: transactional id %s", self._txn.transactional_id)
+        self._runner = self.add_future(self._join_and_run())
+
+    async def _join_and_run(self) -> None:
+        if self._warm is not None:
+            await self._warm()
+        if self._stopping:
+            return
+        await self._join()
+        await self._run()
+
+    async def _join(self) -> None:
+        s = self._settings
+        self._consumer = AIOKafkaConsumer(
+            **s.kafka.aiokafka(),
+            group_id=s.app_id,
+            client_id=f"{s.app_id}-clicks",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(s.broker_session_timeout_s * 1000),
+            heartbeat_interval_ms=1000,
+            max_poll_records=s.batch_size,
+            fetch_max_wait_ms=max(1, int(s.batch_within_s * 1000)),
+        )
+        topics = [s.clicks_topic]
+        if s.feedback:
+            # Explicit feedback rides the same batches (stream.pipeline.processor tells it apart by
+            # topic); created here so that apps can send it before anyone else made it.
+            topics.append(s.feedback_topic)
+            try:
+                await asyncio.to_thread(
+                    ensure_topics, s.kafka, [s.feedback_topic], s.partitions, 10.0
+                )
+            except StreamrecError as exc:
+                log.warning("cannot create the feedback topic (%s); subscribing anyway", exc)
+        self._consumer.subscribe(topics, listener=_WaitForBatch(self))
+        await self._consumer.start()
+        # Everything built so far (Faust, numba, clients) lives as long as the process:
+        # keep the garbage collector from walking it again every few batches (full
+        # collections over it take a large share of the loop's time at high rates).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
+        log.info("consuming %s as group %s", s.clicks_topic, s.app_id)
+
+    async def on_stop(self) -> None:
+        # Finish the batches in hand (they commit), then leave the group; all within
+        # STOP_BUDGET_S, even with a batch stuck (Redis away, broker away).
+        self._stopping = True
+        deadline = time.monotonic() + STOP_BUDGET_S
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=STOP_BUDGET_S * 0.6)
+        except TimeoutError:
+            log.warning("stopping with a batch still in hand; it will be re-delivered")
+            for task in [*self._tasks, self._runner]:
+                if task is not None:
+                    task.cancel()
+        if self._consumer is not None:
+            try:
+                await asyncio.wait_for(
+                    self._consumer.stop(), timeout=max(0.5, deadline - time.monotonic() - 1)
+                )
+            except TimeoutError:
+                log.warning("the consumer did not leave its group in time")
+        if self._publisher is not None:
+            await asyncio.to_thread(self._publisher.close, max(0.1, deadline - time.monotonic()))
+        if self._txn is not None:
+            await asyncio.to_thread(self._txn.close, max(0.1, deadline - time.monotonic()))
+
+    def progress(self) -> dict[str, float | int | None]:
+        """For health: seconds since the last commit, events waiting on the partitions
+        this worker holds (from the last fetch's high watermarks; in all and per
+        ``topic:partition``), the oldest batch's age."""
+        lag, partitions = None, {}
+        if self._consumer is not None:
+            for tp in self._consumer.assignment():
+                high = self._consumer.highwater(tp)
+                done = self._committed.get(tp, self._first_seen.get(tp))
+                if high is not None and done is not None:
+                    partitions[f"{tp.topic}:{tp.partition}"] = max(0, high - done)
+            lag = sum(partitions.values())
+        now = time.monotonic()
+        return {
+            "assigned": len(self._consumer.assignment()) if self._consumer is not None else 0,
+            "since_commit_s": round(now - self._last_commit, 1),
+            "lag": lag,
+            "partitions": partitions,
+            "batch_age_s": round(now - self._oldest, 1) if self._in_hand else 0.0,
+        }
+
+    async def _run(self) -> None:
+        assert self._consumer is not None and self._publisher is not None
+        within_ms = max(1, int(self._settings.batch_within_s * 1000))
+        previous: asyncio.Future[None] | None = None
+        fetch_failures = 0
+        while not self._stopping:
+            if self._draining:
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                fetched = await self._consumer.getmany(
+                    timeout_ms=within_ms, max_records=self._settings.batch_size
+                )
+            except KafkaError as exc:
+                fetch_failures += 1
+                delay = min(0.5 * 2 ** (fetch_failures - 1), 5.0)
+                log.warning(
+                    "fetch failed (%s); retrying in %.1f s (attempt %d)", exc, delay, fetch_failures
+                )
+                await asyncio.sleep(delay)
+                continue
+            fetch_failures = 0
+            if not any(fetched.values()):
+                continue
+            for tp, records in fetched.items():
+                if records:
+                    self._first_seen.setdefault(tp, records[0].offset)
+            self._hold()
+            batch = [r for records in fetched.values() for r in records]
+            started = time.perf_counter()
+            if self._txn is not None:
+                try:
+                    result = await self._process(batch)
+                    await self._transact(fetched, batch, result, started)
+                finally:
+                    self._release()
+                continue
+            try:
+                result = await self._process(batch)
+                delivery = self._publisher.send(result)
+            except BaseException:
+                self._release()
+                raise
+            # At most one older batch still waiting: wait for it before going on.
+            if previous is not None and not previous.done():
+                await asyncio.shield(previous)
+            previous = asyncio.ensure_future(
+                self._complete(fetched, batch, result, delivery, previous, started)
+            )
+            self._tasks.add(previous)
+            previous.add_done_callback(self._tasks.discard)
+
+    async def _complete(
+        self,
+        fetched: dict[TopicPartition, list],
+        batch: list[Message],
+        result: BatchResult,
+        delivery: Delivery,
+        previous: asyncio.Future[None] | None,
+        started: float,
+    ) -> None:
+        """Wait for the batch's acknowledgements (dead-lettering what cannot be
+        published), then commit after the batch before it."""
+        assert self._consumer is not None and self._publisher is not None
+        try:
+            await self._deliver(batch, result, delivery)
+            if previous is not None:
+                await previous
+            offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
+            try:
+                await self._consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as exc:
+                # The partition moved to another worker; it will re-deliver from the last
+                # commit and the session updates are idempotent.
+                log.warning("offset commit failed after a rebalance (%s)", exc)
+            else:
+                self._committed.update(offsets)
+            self._last_commit = time.monotonic()
+            self._done(len(batch), result)
+            log.debug(
+                "batch of %d done in %.1f ms", len(batch), (time.perf_counter() - started) * 1000
+            )
+        finally:
+            self._release()
+
+    async def _deliver(self, batch: list[Message], result: BatchResult, delivery: Delivery) -> None:
+        """Until every record of the batch is acknowledged, or stands in ``clicks.dlq``.
+
+        Only failed records are sent again (never the whole batch). A record that can
+        never be published (too large, or another permanent error) is dead-lettered at
+        once, as a stand-in; one failing for a transient reason is retried with backoff,
+        PUBLISH_ATTEMPTS times in all, then dead-lettered the same way, so the partition
+        moves on. Stand-ins themselves are small and retried until the broker takes
+        them: committing without them would lose the click."""
+        assert self._publisher is not None
+        await self._publisher.wait()
+        attempt, delay, by_payload = 1, 0.2, None
+        while delivery.failures:
+            failures, resend, dead = delivery.failures, [], []
+            for f in failures:
+                final = f.topic == self._settings.dlq_topic and _header(f, UNDELIVERABLE)
+                if final or (not is_permanent(f.error) and attempt < PUBLISH_ATTEMPTS):
+                    resend.append((f.topic, f.value, f.key, f.headers))
+                    continue
+                if by_payload is None:
+                    by_payload = {o.payload: o for o in result.recommendations}
+                why = (
+                    f"undeliverable to {f.topic}: {f.reason}"
+                    if is_permanent(f.error)
+                    else f"undeliverable to {f.topic} after {attempt} attempts: {f.reason}"
+                )
+                dead.append(_dead_letter(f, why, batch, by_payload))
+            if resend:
+                log.error(
+                    "publishing %d record(s) failed (%s); attempt %d, retrying in %.1fs",
+                    len(resend), failures[0].reason, attempt, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                attempt += 1
+            result.dead_letters.extend(dead)
+            records = resend + [(self._settings.dlq_topic, d.value, d.key, d.headers) for d in dead]
+            delivery = self._publisher.send_records(records)
+            await self._publisher.wait()
+
+    async def _transact(
+        self,
+        fetched: dict[TopicPartition, list],
+        batch: list[Message],
+        result: BatchResult,
+        started: float,
+    ) -> None:
+        """Publish the batch's records and commit its offsets in one transaction.
+
+        A record refused at once (too large) is replaced by its dead-letter stand-in in
+        the same transaction. When the transaction fails it is aborted (nothing of it is
+        visible) and tried again: records that failed for good, or PUBLISH_ATTEMPTS
+        times, stand in ``clicks.dlq`` instead, as in at-least-once mode."""
+        assert self._consumer is not None and self._txn is not None
+        s = self._settings
+        ends = {tp: records[-1].offset + 1 for tp, records in fetched.items() if records}
+        offsets = {(tp.topic, tp.partition): end for tp, end in ends.items()}
+        records: list[Record] = [
+            (s.recs_topic, o.payload, o.session_id, None) for o in result.recommendations
+        ]
+        records += [(s.dlq_topic, d.value, d.key, d.headers) for d in result.dead_letters]
+        by_payload = {o.payload: o for o in result.recommendations}
+        made: list[DeadLetter] = []
+
+        def dead_letter(f: DeliveryError, why: str) -> DeadLetter:
+            return _dead_letter(f, why, batch, by_payload)
+
+        def stand_in(f: DeliveryError) -> Record:
+            dead = dead_letter(f, f"undeliverable to {f.topic}: {f.reason}")
+            made.append(dead)
+            return (s.dlq_topic, dead.value, dead.key, dead.headers)
+
+        attempt, delay = 1, 0.2
+        while True:
+            made.clear()
+            metadata = aiokafka_group_metadata(self._consumer, s.app_id)
+            try:
+                failures, _ = await asyncio.to_thread(
+                    self._txn.transact, records, offsets, metadata, stand_in
+                )
+            except ProducerFencedError:
+                # Nothing this process sends can be committed any more: stop, and leave
+                # the batch (uncommitted) to whoever owns its partitions next.
+                log.error(
+                    "fenced: another worker took over transactional id %s; stopping",
+                    self._txn.transactional_id,
+                )
+                self._stopping = True
+                request_exit(EXIT_FENCED)
+                return
+            except FencedError as exc:
+                # The partitions moved on: the new owner processes the batch again (its
+                # session updates are idempotent); this producer is spent.
+                log.warning("%s; the batch is left to the partitions' new owner", exc)
+                self._txn = TransactionalPublisher(s)
+                await asyncio.to_thread(self._txn.start)
+                return
+            if not failures:
+                break
+            index = {id(r): i for i, r in enumerate(records)}
+            for f in failures:
+                i = index.get(id(f.record))
+                if i is None or f.purged:
+                    continue
+                if is_permanent(f.error) or attempt >= PUBLISH_ATTEMPTS:
+                    why = f"undeliverable to {f.topic} after {attempt} attempts: {f.reason}"
+                    dead = dead_letter(f, why)
+                    result.dead_letters.append(dead)
+                    records[i] = (s.dlq_topic, dead.value, dead.key, dead.headers)
+            log.error("transaction attempt %d failed; retrying in %.1fs", attempt, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            attempt += 1
+        result.dead_letters.extend(made)
+        self._committed.update(ends)
+        self._last_commit = time.monotonic()
+        self._done(len(batch), result)
+        log.debug(
+            "batch of %d committed in a transaction in %.1f ms",
+            len(batch), (time.perf_counter() - started) * 1000,
+        )  # fmt: skip
+
+    def _hold(self) -> None:
+        if self._in_hand == 0:
+            self._oldest = time.monotonic()
+        self._in_hand += 1
+        self._idle.clear()
+
+    def _release(self) -> None:
+        self._in_hand -= 1
+        if self._in_hand == 0:
+            self._idle.set()
+
+
+class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: BatchLoop) -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        # Let the batches in hand finish and commit before the partitions move.
+        self._loop._draining = True
+        try:
+            await asyncio.wait_for(self._loop._idle.wait(), timeout=10.0)
+        except TimeoutError:
+            log.warning("rebalance while a batch was still in hand after 10 s")
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        self._loop._draining = False
+        self._loop.assigned.set()
+        log.info("assigned partitions: %s", sorted(tp.partition for tp in assigned))  # type: ignore[attr-defined]
+
+
+def _header(failure: DeliveryError, name: str) -> bytes | None:
+    for key, value in failure.headers or ():
+        if key == name:
+            return value
+    return None
+
+
+def _dead_letter(
+    failure: DeliveryError, reason: str, batch: list[Message], by_payload: dict[bytes, Any]
+) -> DeadLetter:
+    """The dead letter standing for a record that could not be published: a dead letter
+    keeps its origin; a recommendation takes the position of the click it answered."""
+    source = _header(failure, "streamrec-source")
+    if source is not None:
+        first = _header(failure, "streamrec-reason")
+        if first is not None:
+            reason = f"{first.decode(errors='replace')}; {reason}"
+        where = source.decode(errors="replace")
+    else:
+        answered = by_payload.get(failure.value or b"")
+        where = f"{failure.topic}:-1:-1" if answered is None else position(batch[answered.index])
+    size = _header(failure, "streamrec-original-size")
+    if size is not None:  # already a stand-in: keep what it says of the original
+        sha = (_header(failure, "streamrec-sha256") or b"").decode()
+        return DeadLetter(failure.key, failure.value, reason, where, int(size), sha, True)
+    dead = DeadLetter(failure.key, failure.value, reason, where, undeliverable=True)
+    return dead.stand_in(reason) if is_permanent(failure.error) else dead
