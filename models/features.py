@@ -144,9 +144,6 @@ FEATURE_TABLE = (
     Feature("same_category", "category", kind="pool", about="1: the last click's category"),
     Feature("category_share", "category", kind="pool", about="recency share of j's category"),
     Feature("category_top", "category", 0.05, about="1 / rank in the last click's category"),
-    Feature("graph_next", "own", about="share of the session's steps from its last click to j"),
-    Feature("graph_prev", "own", about="share of the session's steps from j to its last click"),
-    Feature("own_repeat", "own", about="own_recency * the session's share of repeat clicks"),
 )
 
 

@@ -5,9 +5,7 @@ neighbour lists and rules of its newest ``context`` clicks, the transitions of t
 click, its sequence continuations, the items of its session-kNN neighbours (V-SKNN's k
 nearest, voting with V-SKNN and SKNN similarity) and the top of the last click's
 category, and computes the features of ``models.features`` for each; the category
-features are 0 for items without one. The session's own items also get the steps of
-its click graph out of and into the last click (SR-GNN's session graph, as counts), and
-their recency weighted by how often this session went back to an item. Two stages: a fixed blend of the features known
+features are 0 for items without one. Two stages: a fixed blend of the features known
 while gathering keeps the best ``candidates``, then a linear model over every feature
 and its square root orders those (its weights: ``models.fit``).
 
@@ -47,9 +45,6 @@ AFTER_PREFIX_LONG = _LAYOUT.column("after_prefix_long")
 SAME_CATEGORY = _LAYOUT.column("same_category")
 CATEGORY_SHARE = _LAYOUT.column("category_share")
 CATEGORY_TOP = _LAYOUT.column("category_top")
-OWN_REPEAT = _LAYOUT.column("own_repeat")
-GRAPH_NEXT = _LAYOUT.column("graph_next")
-GRAPH_PREV = _LAYOUT.column("graph_prev")
 # numba's cache keeps a global's value from compile time and checks only this file's
 # stamp: a key of the columns above tells a cache compiled for another table.
 _COLUMNS_KEY = zlib.crc32(repr(_LAYOUT.names).encode())
@@ -344,9 +339,6 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         age = 0
         n_dist = 0
         last = -1
-        newer = -1  # the known click after this one
-        steps_out = 0.0  # the session graph's edges out of and into the last click
-        steps_in = 0.0
         session_vec[:] = 0.0
         recency_total = 0.0
         for p in range(hi - 1, lo - 1, -1):
@@ -368,26 +360,13 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             if age == 0:
                 last = i
                 feats[slot[i], IS_CURRENT] = 1.0
-            else:  # the step i -> newer of the session graph
-                if i == last:
-                    feats[slot[newer], GRAPH_NEXT] += 1.0
-                    steps_out += 1.0
-                if newer == last:
-                    feats[slot[i], GRAPH_PREV] += 1.0
-                    steps_in += 1.0
-            newer = i
             if used < context:
                 newest[used] = i
                 used += 1
             age += 1
-        # How much this session goes back to its items: what a repeat is worth in it.
-        repeat_share = (n_known - n_dist) / max(n_known - 1, 1)
         for d in range(n_dist):
             i = dist[d]
             feats[slot[i], OWN_COUNT] = np.log1p(feats[slot[i], OWN_COUNT])
-            feats[slot[i], OWN_REPEAT] = feats[slot[i], OWN_RECENCY] * repeat_share
-            feats[slot[i], GRAPH_NEXT] /= max(steps_out, 1.0)
-            feats[slot[i], GRAPH_PREV] /= max(steps_in, 1.0)
         # Neighbour lists and sequential rules of the newest clicks, oldest vote first.
         for a in range(used - 1, -1, -1):
             i = newest[a]

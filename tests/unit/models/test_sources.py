@@ -145,38 +145,6 @@ def test_the_top_of_the_last_clicks_category_are_candidates() -> None:
     assert ranked.scores == pytest.approx([1.0, 1 / 2, 1 / 3])
 
 
-def _features(bundle: ModelBundle, session: list[str], name: str) -> dict[str, float]:
-    """Feature ``name`` of every item for ``session`` (0 for an item not a candidate)."""
-    feats = np.zeros((1, len(ITEMS), LAYOUT.n_features))
-    codes, ptr = encode_sessions(bundle, [session])
-    items, *_ = rank_codes(
-        bundle, codes, ptr, len(ITEMS), RankParams.of(bundle), exclude="none", out_feats=feats
-    )
-    column = feats[0, :, LAYOUT.column(name)]
-    got = {ITEMS[i]: x for i, x in zip(items[0].tolist(), column.tolist(), strict=True) if i >= 0}
-    return {item: got.get(item, 0.0) for item in ITEMS}
-
-
-def test_the_session_graph_counts_the_steps_out_of_and_into_the_last_click() -> None:
-    bundle = _hand_made({"own_recency": 1.0})
-    # Steps b -> a, a -> c, c -> a: out of a only to c; into a from b and from c.
-    session = ["b", "a", "c", "a"]
-    nexts = _features(bundle, session, "graph_next")
-    prevs = _features(bundle, session, "graph_prev")
-    assert nexts == pytest.approx({"a": 0.0, "b": 0.0, "c": 1.0, "d": 0.0, "e": 0.0})
-    assert prevs == pytest.approx({"a": 0.0, "b": 0.5, "c": 0.5, "d": 0.0, "e": 0.0})
-
-
-def test_own_repeat_weighs_own_items_by_how_often_the_session_went_back() -> None:
-    bundle = _hand_made({"own_recency": 1.0})
-    # One of the three clicks after the first went back to an item seen before.
-    repeat = _features(bundle, ["b", "a", "c", "a"], "own_repeat")
-    assert repeat == pytest.approx(
-        {"a": (1 + 0.6**2) / 3, "b": 0.6**3 / 3, "c": 0.6 / 3, "d": 0.0, "e": 0.0}
-    )
-    assert set(_features(bundle, ["b", "a", "c"], "own_repeat").values()) == {0.0}
-
-
 @pytest.fixture(scope="module")
 def trained() -> ModelBundle:
     sessions = synthetic_sessions(8000, 200, seed=3)
