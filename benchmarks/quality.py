@@ -3,7 +3,7 @@
 Runs the `streamrec evaluate` commands that BENCHMARKS.md and benchmarks/quality.md quote
 (literature protocol and serving protocol with --exclude current, test splits). The
 served model's ablation (each source removed, the fixed blend instead of the learned
-ranker) is benchmarks/served_ablation.py. Prints Markdown; keeps each JSON report in --out.
+ranker) is benchmarks/ablation.py. Prints Markdown; keeps each JSON report in --out.
 
 Usage: .venv/bin/python benchmarks/quality.py [--sets tmall,yoochoose-cgg,yoochoose-100k,eshop]
        [--protocols next-item,serving] [--out DIR]

@@ -4,7 +4,7 @@ Everything else reads this table: the kernel (``models.kernel``: feature columns
 stage-one prior, which source a list's top item came from), the ranker fit
 (``models.fit``: one raw and one square-root weight per feature, started from the
 blend), the bundle (``models.bundle``: which arrays a model holds, how they are checked,
-the ranker weights by feature name) and the ablation (benchmarks/served_ablation.py).
+the ranker weights by feature name) and the ablation (benchmarks/ablation.py).
 
 ``SOURCES`` are the candidate sources in the order of ``STRATEGIES`` (the ``strategy``
 of a ranked list is the source whose features contribute most to its top item's score).
