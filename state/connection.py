@@ -20,8 +20,14 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import EqualJitterBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -39,8 +45,18 @@ __all__ = [
     "sync_client",
 ]
 
-# Redis cannot be reached now (as opposed to a command it refused): worth retrying.
-UNAVAILABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis cannot take commands now, whatever they are: away, loading its data, full
+# (maxmemory with no eviction), a replica not yet promoted, a cluster moving slots. Worth
+# retrying; unlike a command refused for what it touches (WRONGTYPE on one key).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+    ClusterDownError,
+)
 
 
 @dataclass(frozen=True)

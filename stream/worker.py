@@ -263,7 +263,7 @@ class Worker(Service):
                 delay = backoff(failures + 1, HOLD_BASE_S, HOLD_CAP_S, jitter=True)
                 log.log(
                     logging.ERROR if failures == 1 else logging.WARNING,
-                    "Redis unreachable (%s); holding %d events, retrying in %.1f s (attempt %d)",
+                    "Redis unavailable (%s); holding %d events, retrying in %.1f s (attempt %d)",
                     str(exc) or type(exc).__name__, len(batch), delay, failures,
                 )  # fmt: skip
                 await asyncio.sleep(delay)

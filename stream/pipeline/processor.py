@@ -23,7 +23,7 @@ from models.experiments import POPULAR, is_variant
 from models.ranking import Ranked, recommend_flat, similar_items
 from models.registry import TenantNameRefused
 from models.rules import Catalogue, Request, ServingRules, apply_rules, banned_mask
-from state.connection import RedisError
+from state.connection import UNAVAILABLE
 from state.feedback import LIST_ITEMS, decode_list, encode_list
 from state.keys import ITEM_SEP
 from state.sessions import SessionUpdate, flatten
@@ -54,14 +54,11 @@ UNDELIVERABLE = "streamrec-undeliverable"
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
-# What stops a batch (to be retried whole): the loop's own infrastructure failing. Any
-# other exception while handling one record is that record's fault, or a bug it hit:
-# the record is dead-lettered and the batch goes on.
-INFRASTRUCTURE: tuple[type[BaseException], ...] = (
-    RedisError,
-    OSError,  # and ConnectionError, TimeoutError
-    KafkaException,
-)
+# What stops a batch (to be retried whole): the loop's own infrastructure failing, Redis
+# unable to take any command included. Any other exception while handling one record
+# (Redis refusing a command on that record's keys too) is that record's fault, or a bug
+# it hit: the record is dead-lettered and the batch goes on.
+INFRASTRUCTURE: tuple[type[BaseException], ...] = (*UNAVAILABLE, KafkaException)
 
 
 class Message(Protocol):

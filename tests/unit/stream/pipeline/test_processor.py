@@ -20,12 +20,14 @@ import numpy as np
 import orjson
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from models.bundle import ModelBundle
 from models.datasets import synthetic_sessions
 from models.experiments import assignment_point, pick_arm
 from models.rules import Catalogue, ServingRules, banned_mask
 from models.train import TrainParams, train_model
+from state.connection import UNAVAILABLE
 from state.feedback import FeedbackRecorder, decode_list
 from state.keys import ITEM_SEP, parse_counters
 from state.sessions import Click, SessionUpdate, StoredSession
@@ -57,6 +59,8 @@ class MemorySessions:
         self.counters: dict[str, Counter[str]] = {}  # counter key -> field -> total
         self.item_clicks: dict[str, Counter[str]] = {}  # tenants without a model
         self.unreachable = False
+        # Sessions whose keys Redis refuses a command on, and with what (WRONGTYPE, OOM...).
+        self.refused: dict[tuple[str, str], Exception] = {}
 
     async def append_clicks(
         self,
@@ -65,6 +69,9 @@ class MemorySessions:
         origins: Sequence[tuple[str, int]] | None = None,
         before: Sequence[list[str]] = (),
     ) -> list[SessionUpdate]:
+        for c in clicks:  # one refused command fails the whole round trip, as in Redis
+            if (c.tenant, c.session_id) in self.refused:
+                raise self.refused[(c.tenant, c.session_id)]
         await self.run(list(before))
         out = []
         for c in clicks:
@@ -524,3 +531,36 @@ def test_the_store_unreachable_stops_the_batch_and_keeps_the_feedback(
     w.sessions.unreachable = False
     w.run([click("a", bundle.item_list[1])])
     assert w.sessions.totals(SHOP)["v1:r"] == 1
+
+
+def test_a_session_key_redis_refuses_is_dead_lettered_and_the_rest_published(
+    bundle: ModelBundle,
+) -> None:
+    w = world(bundle)
+    wrong = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    w.sessions.refused[(SHOP, "bad")] = wrong
+    item = bundle.item_list[0]
+    result = w.run([click("a", item), click("bad", item), click("c", item)])
+    assert sorted(records(result)) == ["a", "c"]
+    assert dead(result) == {1: "session store: ResponseError"}
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
+        ReadOnlyError("READONLY You can't write against a read only replica."),
+    ],
+)
+def test_redis_refusing_every_write_holds_the_batch_like_redis_away(
+    bundle: ModelBundle, refusal: Exception
+) -> None:
+    """A full Redis, or a replica not yet promoted, refuses every session alike: that is
+    Redis unavailable (the worker holds the batch and retries), not the records' fault."""
+    w = world(bundle)
+    w.run([click("a", bundle.item_list[0])])
+    w.sessions.refused[(SHOP, "a")] = refusal
+    with pytest.raises(type(refusal)) as raised:
+        w.run([click("a", bundle.item_list[1])])
+    assert isinstance(raised.value, UNAVAILABLE)
+    assert w.feedback is not None and w.feedback.pending()
