@@ -33,6 +33,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
         embedded.down()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_numba_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The workers a test session starts share one numba cache, so the ranking kernels are
+    compiled once per session, not at every worker's start (a test of a cold start sets a
+    cache of its own). A NUMBA_CACHE_DIR given from outside is kept."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        yield
+        return
+    os.environ["NUMBA_CACHE_DIR"] = str(tmp_path_factory.mktemp("numba"))
+    try:
+        yield
+    finally:
+        os.environ.pop("NUMBA_CACHE_DIR", None)
+
+
 _names = itertools.count()
 
 
