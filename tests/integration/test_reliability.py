@@ -106,7 +106,7 @@ def test_redis_outage_pauses_and_resumes_without_skipping(
             redis.start()
             assert collector.wait_for(len(first) + len(second), timeout=60), worker.log()[-3000:]
             log = worker.log()
-        held = [line for line in log.splitlines() if "Redis unreachable" in line]
+        held = [line for line in log.splitlines() if "Redis unavailable" in line]
         # One line per back-off step (its pause doubling), not one per retry.
         assert 1 <= len(held) <= 8, "\n".join(held)
         assert "Redis is back" in log
