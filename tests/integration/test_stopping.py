@@ -93,7 +93,7 @@ def _outage(
     assert took < 10, f"SIGTERM took {took:.1f} s\n" + worker.log()[-3000:]
     assert rc == 0, worker.log()[-3000:]
     if stop == "redis":
-        held = [line for line in complaints if "Redis unreachable" in line]
+        held = [line for line in complaints if "Redis unavailable" in line]
         # One line per back-off step, each pause longer than the one before (up to 5 s).
         assert 3 <= len(held) <= 10, "\n".join(complaints)
         pauses = [float(m) for m in re.findall(r"retrying in ([\d.]+) s", "\n".join(held))]
