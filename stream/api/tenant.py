@@ -238,9 +238,9 @@ def routes(ctx: WebContext) -> APIRouter:
     async def delete_item(tenant: Tenant, item_id: ItemId) -> dict[str, Any]:
         await catalogue_item(tenant, item_id)  # 404 unless it is there
         # A tombstone, not a removal: a deleted product must stay out of the lists.
-        version = await store_items(tenant, {item_id: {"available": False, "deleted": True}})
-        gone = {"item_id": item_id, "available": False, "deleted": True}
-        return {**gone, "catalogue_version": version}
+        tombstone = {"available": False, "deleted": True}
+        version = await store_items(tenant, {item_id: tombstone})
+        return {"item_id": item_id, **tombstone, "catalogue_version": version}
 
     @router.post(
         "/items",
