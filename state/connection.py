@@ -8,6 +8,10 @@ client waiting a different, growing pause (so workers that lost Redis together d
 reconnect in lockstep). It is short on purpose: a Redis that stays away surfaces as an
 error within seconds, and the worker's own hold-and-retry (``stream.timing.backoff``) takes
 over there. redis-py's default (10 retries) could keep a command in the air for a minute.
+
+With ``cluster`` set the clients are redis-py's ``RedisCluster`` (sync and asyncio), seeded
+by the one node the URL names: they find the others, route each command to its slot's
+master, follow MOVED/ASK and a failover, and split a pipeline into one batch per node.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from urllib.parse import urlparse
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import (
     ClusterDownError,
+    MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,11 +41,12 @@ from redis.retry import Retry
 
 from models.errors import InvalidSettingError
 
-SyncRedis = redis.Redis
+SyncRedis = redis.Redis | redis.RedisCluster
 
 __all__ = [
     "UNAVAILABLE",
     "AsyncRedis",
+    "AsyncRedisCluster",
     "RedisError",
     "RedisSettings",
     "SyncRedis",
@@ -56,6 +65,10 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     ReadOnlyError,
     TryAgainError,
     ClusterDownError,
+    MasterDownError,
+    # A cluster client that lost every node it knew, or a slot no master serves yet.
+    SlotNotCoveredError,
+    RedisClusterException,
 )
 
 
@@ -76,8 +89,14 @@ class RedisSettings:
     retries: int = 3
     backoff_base_s: float = 0.05
     backoff_cap_s: float = 1.0
+    # A Redis Cluster, ``url`` naming any one of its nodes.
+    cluster: bool = False
 
     def __post_init__(self) -> None:
+        if self.cluster and urlparse(self.url).path.strip("/") not in ("", "0"):
+            raise InvalidSettingError(
+                "a Redis Cluster has database 0 only: drop the /<db> from the Redis URL"
+            )
         tls_files = self.ssl_ca_file or self.ssl_cert_file or self.ssl_key_file
         if tls_files and urlparse(self.url).scheme != "rediss":
             raise InvalidSettingError("Redis TLS files are set but the Redis URL is not rediss://")
@@ -105,11 +124,12 @@ class RedisSettings:
 
 def async_client(
     settings: RedisSettings, *, decode_responses: bool = False, subscriber: bool = False
-) -> AsyncRedis:
+) -> AsyncRedis | AsyncRedisCluster:
     """An asyncio client (connects on first use). ``subscriber``: for pub/sub, whose reads
     wait for the next message without a timeout."""
-    return AsyncRedis.from_url(
-        settings.url,
+    kind = AsyncRedisCluster if settings.cluster else AsyncRedis
+    return kind.from_url(
+        _cluster_url(settings),
         decode_responses=decode_responses,
         retry=AsyncRetry(settings.backoff(), settings.retries),
         **settings.client_options(subscriber=subscriber),
@@ -118,6 +138,16 @@ def async_client(
 
 def sync_client(settings: RedisSettings) -> SyncRedis:
     """A blocking client, for the CLI, the trainer and admin calls made in a thread."""
-    return SyncRedis.from_url(
-        settings.url, retry=Retry(settings.backoff(), settings.retries), **settings.client_options()
+    kind = redis.RedisCluster if settings.cluster else redis.Redis
+    return kind.from_url(
+        _cluster_url(settings),
+        retry=Retry(settings.backoff(), settings.retries),
+        **settings.client_options(),
     )
+
+
+def _cluster_url(settings: RedisSettings) -> str:
+    # redis-py's cluster client refuses a db, even 0: the URL without its path.
+    if not settings.cluster:
+        return settings.url
+    return urlparse(settings.url)._replace(path="").geturl()

@@ -9,6 +9,7 @@ are shown, and read with ``get_secret_value()`` where a client needs them.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,6 +57,10 @@ class Settings(BaseSettings):
     # redis://[:password@]host:port/db, or rediss:// for TLS: secret, as it may hold the
     # password (``redis_display`` shows it without).
     redis_url: SecretStr = Field(DEFAULT_REDIS_URL)
+    # A Redis Cluster: redis_url names any one of its nodes (db 0), the others are found
+    # from it. Unset: the cluster `streamrec dev up --redis cluster` recorded in the run
+    # directory, if any, else a single Redis.
+    redis_cluster: bool = False
     # Every Redis client (state/connection.py): timeouts, retries of a command that failed
     # on the connection (jittered backoff), and with rediss:// the CA / client certificate.
     redis_connect_timeout_s: float = 3.0
@@ -234,6 +239,7 @@ class Settings(BaseSettings):
             ssl_cert_file=self.redis_ssl_cert_file,
             ssl_key_file=self.redis_ssl_key_file,
             retries=self.redis_retries,
+            cluster=self.redis_cluster,
         )
 
     @property
@@ -256,12 +262,41 @@ class Settings(BaseSettings):
         environ = os.environ if environ is None else environ
         variables = _Variables(cls, environ)()
         variables.setdefault("kafka_home", environ.get("KAFKA_HOME", ""))
-        return cls(**{**variables, **{k: v for k, v in overrides.items() if v is not None}})
+        given = {**variables, **{k: v for k, v in overrides.items() if v is not None}}
+        if "redis_url" not in given and "redis_cluster" not in given:
+            given.update(_recorded_cluster(Path(given.get("home") or _home_default()) / "run"))
+        return cls(**given)
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (None = keep), checked as the variables are."""
         given = {k: v for k, v in changes.items() if v is not None}
         return type(self)(**{**dict(self), **given})
+
+
+# Written by `dev up --redis cluster` in the run directory: the cluster's nodes, so that
+# every later command with this STREAMREC_HOME talks to the cluster (``Settings.from_env``).
+CLUSTER_RECORD = "redis-cluster.json"
+
+
+def read_cluster_record(run_dir: Path) -> dict[str, list[str]] | None:
+    """``{"masters": [host:port, ...], "replicas": [...]}`` of the cluster this run
+    directory runs, or None."""
+    try:
+        found = json.loads((run_dir / CLUSTER_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict) or not found.get("masters"):
+        return None
+    return {"masters": list(found["masters"]), "replicas": list(found.get("replicas", []))}
+
+
+def _recorded_cluster(run_dir: Path) -> dict[str, Any]:
+    """The Redis settings of the cluster ``streamrec dev up --redis cluster`` recorded in
+    ``run_dir`` (its first master's URL), or nothing."""
+    record = read_cluster_record(run_dir)
+    if record is None:
+        return {}
+    return {"redis_url": f"redis://{record['masters'][0]}/0", "redis_cluster": True}
 
 
 class _Variables(EnvSettingsSource):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from models.errors import StreamrecError
+from stream.config import CLUSTER_RECORD, read_cluster_record
 from stream.dev.kafka_node import KafkaDist, KafkaNode, choose_kind
 
 if TYPE_CHECKING:
@@ -33,6 +36,11 @@ log = logging.getLogger(f"streamrec.{__name__}")
 
 class StackError(StreamrecError):
     """The embedded stack cannot be started or reached."""
+
+
+REDIS_MODES = ("single", "cluster")
+CLUSTER_MASTERS = 3
+CLUSTER_NODE_TIMEOUT_MS = 2000
 
 
 def split_host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -56,6 +64,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_cluster_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` ports for Redis Cluster nodes: each free with its cluster bus port
+    (10,000 above, so at most 55535) free too."""
+    found: list[int] = []
+    while len(found) < count:
+        port = random.randrange(20000, 55536)
+        taken = {q for p in found for q in (p, p + 10000)}
+        if {port, port + 10000} & taken:
+            continue
+        if port_is_free(host, port) and port_is_free(host, port + 10000):
+            found.append(port)
+    return found
 
 
 def answers_tcp(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -125,6 +147,8 @@ class Service:
     # The broker's kind ("kafka" or "tansu") and, for Kafka, the node to run.
     kind: str = "tansu"
     kafka: KafkaNode | None = None
+    # A Redis Cluster node (cluster mode, its own data directory) rather than the one Redis.
+    cluster: bool = False
 
     @property
     def kind_file(self) -> Path:
@@ -172,8 +196,16 @@ class Service:
             ]  # fmt: skip
         # AOF (fsync every second) under the run directory: sessions and the cached
         # tenant modes survive a Redis restart (the modes are also in the registry).
-        data_dir = self.run_dir / "redis-data"
+        data_dir = self.run_dir / ("redis-data" if not self.cluster else f"redis-data-{self.port}")
         data_dir.mkdir(parents=True, exist_ok=True)
+        cluster = []
+        if self.cluster:
+            # A low node timeout: a failed master's replica is promoted within seconds.
+            cluster = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(data_dir / "nodes.conf"),
+                "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+            ]  # fmt: skip
         return [
             redis_binary(),
             "--bind", self.host,
@@ -182,6 +214,7 @@ class Service:
             "--appendonly", "yes",
             "--appendfsync", "everysec",
             "--dir", str(data_dir),
+            *cluster,
         ]  # fmt: skip
 
     def environment(self) -> dict[str, str] | None:
@@ -268,9 +301,12 @@ def stack_for(
     run_dir: Path | None = None,
     broker: str | None = None,
     redis_url: str | None = None,
+    redis_mode: str | None = None,
+    replicas: bool = False,
 ) -> EmbeddedStack:
     """The embedded stack as configured (``embedded_broker``, ``kafka_home``, ``cache_dir``);
-    addresses and run directory default to the settings' own."""
+    addresses and run directory default to the settings' own. ``redis_mode``: ``single``
+    or ``cluster`` (None: what the run directory last started)."""
     dist = KafkaDist(
         Path(settings.cache_dir) if settings.cache_dir else default_cache_dir(),
         kafka_home=settings.kafka_home,
@@ -282,6 +318,8 @@ def stack_for(
         broker_kind=settings.embedded_broker,
         kafka=dist,
         partitions=settings.partitions,
+        redis_mode=redis_mode,
+        replicas=replicas,
     )
 
 
@@ -324,20 +362,63 @@ class EmbeddedStack:
         broker_kind: str = "auto",
         kafka: KafkaDist | None = None,
         partitions: int = 4,
+        redis_mode: str | None = None,
+        replicas: bool = False,
+        cluster_ports: list[int] | None = None,
     ) -> None:
+        """``redis_mode``: ``single`` (one Redis at ``redis_url``) or ``cluster`` (three
+        masters from ``redis_url``'s port up, or on ``cluster_ports``; with ``replicas``
+        one replica each); None: what ``run_dir`` last started."""
         bhost, bport = split_host_port(broker, 9092)
         parsed = urlparse(redis_url)
+        self.run_dir = run_dir
         self.broker = broker
-        self.redis_url = redis_url
         self.kafka_dist = kafka or KafkaDist(default_cache_dir())
         self.broker_kind, self.broker_why = choose_kind(broker_kind, self.kafka_dist)
         node = None
         if self.broker_kind == "kafka":
             node = KafkaNode(self.kafka_dist, bhost, bport, 0, run_dir, partitions)
-        self.services = [
-            broker_service(bhost, bport, run_dir, self.broker_kind, node),
-            Service("redis", parsed.hostname or "127.0.0.1", parsed.port or 6379, run_dir),
-        ]
+        self.services = [broker_service(bhost, bport, run_dir, self.broker_kind, node)]
+        record = read_cluster_record(run_dir)
+        if redis_mode is None:
+            redis_mode = "cluster" if record else "single"
+        if redis_mode not in REDIS_MODES:
+            raise StackError(f"--redis must be one of {', '.join(REDIS_MODES)}, not {redis_mode!r}")
+        self.redis_cluster = redis_mode == "cluster"
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+        if not self.redis_cluster:
+            self.redis_url = redis_url
+            self.services.append(Service("redis", host, port, run_dir))
+            return
+        if record and cluster_ports is None and not (replicas and not record["replicas"]):
+            addresses = [split_host_port(a, 6379) for a in record["masters"] + record["replicas"]]
+        else:
+            count = CLUSTER_MASTERS * (2 if replicas else 1)
+            ports = cluster_ports or [port + i for i in range(count)]
+            addresses = [(host, p) for p in ports[:count]]
+        self.masters = addresses[:CLUSTER_MASTERS]
+        self.replicas = addresses[CLUSTER_MASTERS:]
+        for i, (h, p) in enumerate(self.masters, 1):
+            self.services.append(Service(f"redis-{i}", h, p, run_dir, cluster=True))
+        for i, (h, p) in enumerate(self.replicas, 1):
+            self.services.append(Service(f"redis-{i}r", h, p, run_dir, cluster=True))
+        # Any node's URL reaches the cluster: the first master's.
+        h, p = self.masters[0]
+        self.redis_url = redis_url if port == p else f"{parsed.scheme}://{h}:{p}/0"
+
+    def redis_service(self, host: str, port: int) -> Service:
+        """The Redis node listening on ``host:port`` (tests that stop one)."""
+        for service in self.services[1:]:
+            if (service.host, service.port) == (host, port):
+                return service
+        raise StackError(f"no Redis node of this stack listens on {host}:{port}")
+
+    @property
+    def redis_label(self) -> str:
+        if not self.redis_cluster:
+            return "single"
+        label = f"cluster, {len(self.masters)} masters"
+        return label + (f" + {len(self.replicas)} replicas" if self.replicas else "")
 
     def another_broker(self, run_dir: Path) -> Service:
         """A second broker of the same kind on a free port (tests that stop a broker)."""
@@ -360,6 +441,7 @@ class EmbeddedStack:
             for service in self.services:
                 service.start()
                 started.append(service)
+            self._form_cluster()
             if topics:
                 from stream.kafka.topics import ensure_topics
 
@@ -368,6 +450,28 @@ class EmbeddedStack:
             for service in started:
                 service.stop()
             raise
+
+    def _form_cluster(self) -> None:
+        """Join the cluster's nodes (nothing for a single Redis) and record them in the run
+        directory; a single Redis forgets a cluster recorded earlier."""
+        record = self.run_dir / CLUSTER_RECORD
+        if not self.redis_cluster:
+            record.unlink(missing_ok=True)
+            return
+        from state.cluster import ClusterSetupError, create
+
+        try:
+            create(self.masters, self.replicas)
+        except ClusterSetupError as exc:
+            raise StackError(str(exc)) from None
+        record.write_text(
+            json.dumps(
+                {
+                    "masters": [f"{h}:{p}" for h, p in self.masters],
+                    "replicas": [f"{h}:{p}" for h, p in self.replicas],
+                }
+            )
+        )
 
     def down(self) -> list[str]:
         return [s.name for s in reversed(self.services) if s.stop()]
