@@ -136,11 +136,12 @@ def async_client(
     )
 
 
-def sync_client(settings: RedisSettings) -> SyncRedis:
+def sync_client(settings: RedisSettings, *, decode_responses: bool = False) -> SyncRedis:
     """A blocking client, for the CLI, the trainer and admin calls made in a thread."""
     kind = redis.RedisCluster if settings.cluster else redis.Redis
     return kind.from_url(
         _cluster_url(settings),
+        decode_responses=decode_responses,
         retry=Retry(settings.backoff(), settings.retries),
         **settings.client_options(),
     )

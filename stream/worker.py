@@ -374,22 +374,25 @@ class Worker(Service):
 
     async def listen_for_models(self) -> None:
         # Pub/sub makes a swap near-instant; the ``check_models`` timer is the backstop.
-        while True:
-            client = async_client(self.settings.redis, subscriber=True)
-            try:
-                async for tenant in model_changes(client):
-                    backend = self._backend
-                    if backend is not None:
-                        backend.policies.invalidate()
-                        backend.tenants.invalidate()
-                        # Read now, not at the next batch: a mode change is logged when
-                        # it happens, traffic or not.
-                        await backend.tenants.mode(tenant)
-                    await self.models.refresh([tenant])
-            except (RedisError, OSError):  # unreachable, or a reply the mode read refused
-                await asyncio.sleep(2.0)
-            finally:
-                await client.aclose()
+        # One client throughout: a cluster client keeps the nodes it found, so it
+        # resubscribes through another node when the one it listened on fails.
+        client = async_client(self.settings.redis, subscriber=True)
+        try:
+            while True:
+                try:
+                    async for tenant in model_changes(client):
+                        backend = self._backend
+                        if backend is not None:
+                            backend.policies.invalidate()
+                            backend.tenants.invalidate()
+                            # Read now, not at the next batch: a mode change is logged when
+                            # it happens, traffic or not.
+                            await backend.tenants.mode(tenant)
+                        await self.models.refresh([tenant])
+                except UNAVAILABLE + (RedisError,):  # unreachable, or a refused reply
+                    await asyncio.sleep(2.0)
+        finally:
+            await client.aclose()
 
     async def report(self) -> None:
         """The counters, when they changed since the last line: an idle worker is quiet."""

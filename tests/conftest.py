@@ -12,20 +12,37 @@ from pathlib import Path
 import pytest
 
 from stream.config import Settings
-from stream.dev.stack import EmbeddedStack, free_port, stack_for
+from stream.dev.stack import EmbeddedStack, free_cluster_ports, free_port, stack_for
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis",
+        choices=("single", "cluster"),
+        default="single",
+        help="the stack fixture's Redis: one server, or a three-master Redis Cluster "
+        "(CI runs the tests marked `cluster` again with --redis cluster)",
+    )
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    """STREAMREC_EMBEDDED_BROKER=auto|kafka|tansu picks the broker, as for `dev up`."""
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[EmbeddedStack]:
+    """STREAMREC_EMBEDDED_BROKER=auto|kafka|tansu picks the broker, as for `dev up`;
+    ``--redis cluster`` puts a Redis Cluster beside it."""
     run_dir = tmp_path_factory.mktemp("stack")
+    mode = pytestconfig.getoption("--redis")
+    ports = free_cluster_ports(3) if mode == "cluster" else [free_port()]
     embedded = stack_for(
         Settings.from_env(),
         run_dir,
         f"127.0.0.1:{free_port()}",
-        f"redis://127.0.0.1:{free_port()}/0",
+        f"redis://127.0.0.1:{ports[0]}/0",
+        redis_mode=mode,
+        cluster_ports=ports if mode == "cluster" else None,
     )
-    print(f"\nembedded broker: {embedded.broker_why}")
+    print(f"\nembedded broker: {embedded.broker_why}; Redis: {embedded.redis_label}")
     embedded.up()
     try:
         yield embedded

@@ -303,6 +303,7 @@ def stack_for(
     redis_url: str | None = None,
     redis_mode: str | None = None,
     replicas: bool = False,
+    cluster_ports: list[int] | None = None,
 ) -> EmbeddedStack:
     """The embedded stack as configured (``embedded_broker``, ``kafka_home``, ``cache_dir``);
     addresses and run directory default to the settings' own. ``redis_mode``: ``single``
@@ -320,6 +321,7 @@ def stack_for(
         partitions=settings.partitions,
         redis_mode=redis_mode,
         replicas=replicas,
+        cluster_ports=cluster_ports,
     )
 
 
@@ -441,7 +443,7 @@ class EmbeddedStack:
             for service in self.services:
                 service.start()
                 started.append(service)
-            self._form_cluster()
+            self.form_cluster()
             if topics:
                 from stream.kafka.topics import ensure_topics
 
@@ -451,7 +453,20 @@ class EmbeddedStack:
                 service.stop()
             raise
 
-    def _form_cluster(self) -> None:
+    def up_redis(self) -> None:
+        """Start Redis alone (every node of a cluster, joined), beside a broker of its own."""
+        started: list[Service] = []
+        try:
+            for service in self.services[1:]:
+                service.start()
+                started.append(service)
+            self.form_cluster()
+        except BaseException:
+            for service in started:
+                service.stop()
+            raise
+
+    def form_cluster(self) -> None:
         """Join the cluster's nodes (nothing for a single Redis) and record them in the run
         directory; a single Redis forgets a cluster recorded earlier."""
         record = self.run_dir / CLUSTER_RECORD

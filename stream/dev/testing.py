@@ -74,6 +74,7 @@ class WorkerConfig:
             {
                 "STREAMREC_BROKER": self.stack.broker,
                 "STREAMREC_REDIS_URL": self.stack.redis_url,
+                "STREAMREC_REDIS_CLUSTER": "1" if self.stack.redis_cluster else "0",
                 "STREAMREC_HOME": str(self.home),
                 "STREAMREC_MODEL_DIR": str(self.model_dir),
                 "STREAMREC_CLICKS_TOPIC": self.clicks,

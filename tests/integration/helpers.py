@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Message
-from redis.asyncio import Redis
 
+from state.connection import AsyncRedis, RedisSettings, SyncRedis, async_client, sync_client
 from state.sessions import SessionStore
 from stream.dev.stack import EmbeddedStack
 from stream.dev.testing import WorkerConfig, topic_reader
@@ -92,8 +92,23 @@ def expected_sessions(events: list[ClickEvent], cap: int = CAP) -> dict[str, lis
     return lists
 
 
-async def redis_sessions(url: str, tenant: str, sessions: list[str]) -> dict[str, list[str]]:
-    client = Redis.from_url(url, decode_responses=True)
+def async_redis(stack: EmbeddedStack, *, decode_responses: bool = False) -> AsyncRedis:
+    """An asyncio client of the stack's Redis, a cluster client on a cluster."""
+    settings = RedisSettings(stack.redis_url, cluster=stack.redis_cluster)
+    return async_client(settings, decode_responses=decode_responses)  # type: ignore[return-value]
+
+
+def sync_redis(stack: EmbeddedStack) -> SyncRedis:
+    """A blocking client of the stack's Redis (replies as text), a cluster client on a
+    cluster."""
+    settings = RedisSettings(stack.redis_url, cluster=stack.redis_cluster)
+    return sync_client(settings, decode_responses=True)
+
+
+async def redis_sessions(
+    stack: EmbeddedStack, tenant: str, sessions: list[str]
+) -> dict[str, list[str]]:
+    client = async_redis(stack, decode_responses=True)
     try:
         store = SessionStore(client, cap=1, ttl_s=1)
         return {s: await store.session_items(tenant, s) for s in sessions}

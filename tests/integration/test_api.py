@@ -21,9 +21,16 @@ from state.keys import API_KEYS, TENANT_MODES
 from stream.dev.stack import EmbeddedStack, free_port
 from stream.dev.testing import WorkerProcess, consume, produce
 from stream.events import ClickEvent
-from tests.integration.helpers import ADMIN, call, http_call, make_config, wait_until
+from tests.integration.helpers import (
+    ADMIN,
+    call,
+    http_call,
+    make_config,
+    sync_redis,
+    wait_until,
+)
 
-pytestmark = pytest.mark.broker_agnostic
+pytestmark = [pytest.mark.broker_agnostic, pytest.mark.cluster]
 
 
 def test_keys_tenants_catalogue_and_rules(
@@ -79,7 +86,7 @@ def test_keys_tenants_catalogue_and_rules(
         sha = hashlib.sha256(shop_key.encode()).hexdigest()
         stored = (models / shop / "KEYS.json").read_text()
         assert sha in stored and shop_key not in stored
-        cached = redis.Redis.from_url(stack.redis_url, decode_responses=True).hgetall(API_KEYS)
+        cached = sync_redis(stack).hgetall(API_KEYS)
         assert sha in cached and not any(shop_key in f + v for f, v in cached.items())
         other_key = call(f"{base}/v1/admin/tenants/{other}/keys", {}, key=ADMIN)[1]["key"]
         assert shop_key not in worker.log() and other_key not in worker.log()
@@ -256,7 +263,7 @@ def test_closed_by_default(
         STREAMREC_PUBLIC_DASHBOARD="",
     )
     base = f"http://127.0.0.1:{port}"
-    cache = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    cache = sync_redis(stack)
     with WorkerProcess(cfg) as worker:
         assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[-3000:]
 
@@ -388,7 +395,9 @@ def test_a_redis_with_a_password(
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         assert password not in done.stderr + done.stdout
 
-        cfg.stack = type("S", (), {"broker": stack.broker, "redis_url": url})()  # type: ignore[assignment]
+        cfg.stack = type(
+            "S", (), {"broker": stack.broker, "redis_url": url, "redis_cluster": False}
+        )()  # type: ignore[assignment]
         with WorkerProcess(cfg) as worker:
             base = f"http://127.0.0.1:{web}"
             assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 60), worker.log()[
@@ -424,7 +433,13 @@ def test_no_admin_api_without_a_token_413_and_503_with_redis_down(
     try:
         cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
         cfg.stack = type(
-            "S", (), {"broker": stack.broker, "redis_url": f"redis://127.0.0.1:{own.port}/0"}
+            "S",
+            (),
+            {
+                "broker": stack.broker,
+                "redis_url": f"redis://127.0.0.1:{own.port}/0",
+                "redis_cluster": False,
+            },
         )()  # type: ignore[assignment]
         port = free_port()
         cfg.extra_env.update(

@@ -93,7 +93,7 @@ def test_exactly_once_survives_three_kill9s_without_duplicates(
     assert not duplicated, f"{len(duplicated)} recommendations seen twice: {list(duplicated)[:5]}"
     assert sorted(reader.dead) == sorted(BAD) and set(reader.dead.values()) == {1}
     want = expected_sessions(events)
-    assert asyncio.run(redis_sessions(stack.redis_url, "default", sorted(want))) == want
+    assert asyncio.run(redis_sessions(stack, "default", sorted(want))) == want
 
 
 def test_exactly_once_on_tansu_is_a_one_line_error(

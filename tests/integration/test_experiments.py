@@ -25,7 +25,7 @@ from stream.dev.testing import WorkerProcess, consume, produce
 from stream.kafka.topics import ensure_topics
 from tests.integration.helpers import make_config
 
-pytestmark = pytest.mark.broker_agnostic
+pytestmark = [pytest.mark.broker_agnostic, pytest.mark.cluster]
 
 RATE = 5000  # clicks a second: the replay lasts long enough for the shares to move
 

@@ -48,7 +48,7 @@ def test_chaos_kill9_three_times_loses_nothing_and_duplicates_nothing(
 
     assert collector.answered >= {e.event_id for e in events}
     want = expected_sessions(events)
-    got = asyncio.run(redis_sessions(stack.redis_url, "default", sorted(want)))
+    got = asyncio.run(redis_sessions(stack, "default", sorted(want)))
     assert got == want
 
 
@@ -74,7 +74,7 @@ def test_sigterm_finishes_the_batch_and_exits_quickly(
         collector.stop_flag.set()
         collector.join(5)
     want = expected_sessions(events)
-    assert asyncio.run(redis_sessions(stack.redis_url, "default", sorted(want))) == want
+    assert asyncio.run(redis_sessions(stack, "default", sorted(want))) == want
 
 
 def test_redis_outage_pauses_and_resumes_without_skipping(

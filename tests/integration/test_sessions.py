@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from models.ranking import STRATEGIES
 from models.registry import Registry
@@ -19,12 +18,13 @@ from stream.dev.stack import EmbeddedStack
 from stream.pipeline.model_cache import ModelCache
 from stream.pipeline.processor import BatchProcessor
 from stream.pipeline.tenant_directory import TenantDirectory
+from tests.integration.helpers import async_redis
 
-pytestmark = pytest.mark.broker_agnostic
+pytestmark = [pytest.mark.broker_agnostic, pytest.mark.cluster]
 
 
 async def _run(stack: EmbeddedStack, clicks: list[Click], cap: int = 3):
-    client = Redis.from_url(stack.redis_url)
+    client = async_redis(stack)
     try:
         store = SessionStore(client, cap=cap, ttl_s=60)
         updates = await store.append_clicks(clicks)
@@ -100,7 +100,7 @@ def test_pull_answers_with_the_record_of_the_sessions_latest_event(
         return SimpleNamespace(key=sid.encode(), value=value, topic="clicks", partition=0, offset=i)
 
     async def run() -> tuple[dict[str, list[bytes]], list[bytes | None]]:
-        client = Redis.from_url(stack.redis_url, decode_responses=True)
+        client = async_redis(stack, decode_responses=True)
         tenants = TenantDirectory(client)
         try:
             processor = BatchProcessor(
@@ -156,7 +156,7 @@ def test_pull_answers_with_the_record_of_the_sessions_latest_event(
 
 
 async def _append(stack: EmbeddedStack, clicks: list[Click], origins=None, cap: int = 50):
-    client = Redis.from_url(stack.redis_url)
+    client = async_redis(stack)
     try:
         store = SessionStore(client, cap=cap, ttl_s=60)
         return await store.append_clicks(clicks, origins=origins)
@@ -177,7 +177,7 @@ def test_twenty_thousand_clicks_keep_a_sessions_footprint_bounded(
             await _append(stack, clicks[at : at + 2_000], origins[at : at + 2_000])
         # The last batch re-delivered (longer than the ring of recent ids): nothing new.
         again = await _append(stack, clicks[-2_000:], origins[-2_000:])
-        client = Redis.from_url(stack.redis_url)
+        client = async_redis(stack)
         try:
             key = keys.session(t, s)
             return await client.hlen(key), await client.memory_usage(key), [u.fresh for u in again]
@@ -226,7 +226,7 @@ def test_cold_start_popularity_stays_at_its_cap_and_expires(
     flood = [Click(t, f"s{i % 500}", f"item-{i}", f"e{i}") for i in range(distinct)]
 
     async def run() -> tuple[int, int, list[str]]:
-        client = Redis.from_url(stack.redis_url, decode_responses=True)
+        client = async_redis(stack, decode_responses=True)
         try:
             store = SessionStore(client, cap=50, ttl_s=60)
             stream = hot + flood

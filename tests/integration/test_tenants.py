@@ -8,7 +8,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
 
 from models.datasets import read_clicks, sessionize
 from models.registry import Registry
@@ -19,9 +18,9 @@ from state.tenants import set_mode
 from stream.dev.stack import EmbeddedStack
 from stream.dev.testing import WorkerProcess, consume, produce
 from stream.events import ClickEvent
-from tests.integration.helpers import make_config
+from tests.integration.helpers import make_config, sync_redis
 
-pytestmark = pytest.mark.broker_agnostic
+pytestmark = [pytest.mark.broker_agnostic, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +89,9 @@ def test_tenants_get_their_own_items_models_and_switch(
                 assert p["strategy"] == "popular"  # no model yet: its own most clicked items
 
         # Switch b off: its clicks are recorded but not answered; a is untouched.
-        client = redis.Redis.from_url(stack.redis_url)
+        client = sync_redis(stack)
         set_mode(client, b, "off")
-        notify_model_change(stack.redis_url, b, None)
+        notify_model_change(client, b, None)
         time.sleep(1.0)
         second = _events(a, "a:", items, 50, "y") + _events(b, "b:", items, 50, "y")
         _send(stack, cfg.clicks, second)
@@ -109,7 +108,7 @@ def test_tenants_get_their_own_items_models_and_switch(
 
         # Back on: answered at once, with the session it built while off.
         set_mode(client, b, "on")
-        notify_model_change(stack.redis_url, b, None)
+        notify_model_change(client, b, None)
         time.sleep(1.0)
         third = _events(b, "b:", items, 20, "y")
         third = [
