@@ -379,8 +379,10 @@ def test_a_redis_with_a_password(
         cfg = make_config(stack, unique_name, tmp_path, trained_model_dir)
         web = free_port()
         url = f"redis://:{password}@127.0.0.1:{port}/0"
-        cfg.extra_env.update(STREAMREC_REDIS_URL=url, STREAMREC_WEB_PORT=str(web))
-        env = {**cfg.env(), "STREAMREC_REDIS_URL": url}
+        cfg.extra_env.update(
+            STREAMREC_REDIS_URL=url, STREAMREC_REDIS_CLUSTER="0", STREAMREC_WEB_PORT=str(web)
+        )
+        env = cfg.env()
         tenant = unique_name("pw")
         done = subprocess.run(
             [sys.executable, "-m", "stream", "tenant", "create", tenant],
