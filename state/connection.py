@@ -16,6 +16,7 @@ master, follow MOVED/ASK and a failover, and split a pipeline into one batch per
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -31,7 +32,6 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
-    RedisError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -42,6 +42,10 @@ from redis.retry import Retry
 from models.errors import InvalidSettingError
 
 SyncRedis = redis.Redis | redis.RedisCluster
+
+# What a failed Redis call raises, for ``except RedisError``: redis-py's cluster client
+# raises some errors (no reachable node, a slot nobody serves) outside ``redis.RedisError``.
+RedisError = (redis.RedisError, RedisClusterException)
 
 __all__ = [
     "UNAVAILABLE",
@@ -137,14 +141,38 @@ def async_client(
 
 
 def sync_client(settings: RedisSettings, *, decode_responses: bool = False) -> SyncRedis:
-    """A blocking client, for the CLI, the trainer and admin calls made in a thread."""
+    """A blocking client, for the CLI, the trainer and admin calls made in a thread.
+    Connects at its first command, a cluster's too."""
     kind = redis.RedisCluster if settings.cluster else redis.Redis
-    return kind.from_url(
-        _cluster_url(settings),
-        decode_responses=decode_responses,
-        retry=Retry(settings.backoff(), settings.retries),
-        **settings.client_options(),
-    )
+
+    def make() -> SyncRedis:
+        return kind.from_url(
+            _cluster_url(settings),
+            decode_responses=decode_responses,
+            retry=Retry(settings.backoff(), settings.retries),
+            **settings.client_options(),
+        )
+
+    return _Lazy(make) if settings.cluster else make()  # type: ignore[return-value]
+
+
+class _Lazy:
+    """redis-py's blocking cluster client finds the cluster's nodes as it is made; this
+    makes it at the first command instead, as ``redis.Redis`` connects, so that a command
+    that needs no Redis (or saves to the registry while Redis is away) runs without it."""
+
+    def __init__(self, make: Callable[[], SyncRedis]) -> None:
+        self._make = make
+        self._client: SyncRedis | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            self._client = self._make()
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def _cluster_url(settings: RedisSettings) -> str:

@@ -14,7 +14,7 @@ import redis
 from redis.asyncio import Redis
 
 from state import keys
-from state.connection import RedisSettings, sync_client
+from state.connection import RedisError, RedisSettings, sync_client
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -40,7 +40,7 @@ def notify_model_change(
         finally:
             if client is not target:  # made here
                 client.close()
-    except redis.RedisError as exc:
+    except RedisError as exc:
         log.warning(
             "could not notify workers over Redis (%s); they will notice within "
             "their check interval",
@@ -75,6 +75,6 @@ async def notify_change(client: Redis, tenant: str) -> int:
                 keys.MODEL_CHANNEL, orjson.dumps({"tenant": tenant, "version": None})
             )
         )
-    except (redis.RedisError, OSError) as exc:
+    except (RedisError, OSError) as exc:
         log.warning("could not notify workers over Redis (%s)", exc)
         return 0

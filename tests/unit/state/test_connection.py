@@ -113,3 +113,21 @@ def test_backoff_grows_with_jitter_under_its_cap() -> None:
         pauses = {backoff.compute(failures) for _ in range(50)}
         assert all(ceiling / 2 <= p <= ceiling for p in pauses)
         assert len(pauses) > 1  # jittered: workers do not retry in lockstep
+
+
+def test_a_cluster_setting_builds_the_cluster_clients_and_refuses_a_database() -> None:
+    from redis import RedisCluster
+    from redis.asyncio import RedisCluster as AsyncRedisCluster
+
+    from models.errors import InvalidSettingError
+
+    cluster = RedisSettings("redis://127.0.0.1:7000/0", cluster=True)
+    assert isinstance(async_client(cluster), AsyncRedisCluster)  # connects on first use
+    # Made without a connection, like a single Redis's; nothing listening there is a Redis
+    # error at the first command.
+    client = sync_client(RedisSettings("redis://127.0.0.1:1", cluster=True, retries=0))
+    with pytest.raises(RedisError):
+        client.ping()
+    with pytest.raises(InvalidSettingError, match="database 0 only"):
+        RedisSettings("redis://127.0.0.1:7000/2", cluster=True)
+    assert not isinstance(async_client(RedisSettings("redis://127.0.0.1:7000/2")), RedisCluster)
