@@ -167,7 +167,10 @@ broker_option = setting_option(
 _READS = {
     "home": [("STREAMREC_HOME", "pid files, logs, the registry [default: ./.streamrec]")],
     "registry": [("STREAMREC_MODEL_DIR", "model registry [default: $STREAMREC_HOME/models]")],
-    "redis": [("STREAMREC_REDIS_URL", f"Redis [default: {_setting_default('redis_url')}]")],
+    "redis": [
+        ("STREAMREC_REDIS_URL", f"Redis [default: {_setting_default('redis_url')}]"),
+        ("STREAMREC_REDIS_CLUSTER", "1: a Redis Cluster, the URL any node [default: 0]"),
+    ],
     "broker": [("STREAMREC_BROKER", f"Kafka [default: {_setting_default('broker')}]")],
     "topics": [
         (f"STREAMREC_{name.upper()}", f"topic [default: {_setting_default(name)}]")
