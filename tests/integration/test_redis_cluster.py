@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,10 +18,10 @@ import pytest
 from redis.crc import key_slot
 
 from state import keys, scripts
-from state.connection import RedisSettings, async_client
+from state.connection import RedisSettings, async_client, sync_client
 from state.feedback import encode_list
 from state.sessions import Click, SessionStore
-from stream.dev.stack import EmbeddedStack, free_cluster_ports
+from stream.dev.stack import EmbeddedStack, free_cluster_ports, free_port, port_is_free
 from stream.dev.testing import WorkerProcess, produce, topic_reader
 from tests.integration.helpers import (
     RecsCollector,
@@ -190,3 +192,54 @@ def _dead_letters(broker: str, topic: str, into: dict[str, str]) -> None:
                 into[event_id] = (headers.get("streamrec-reason") or b"").decode()
     finally:
         consumer.close()
+
+
+def _consecutive_cluster_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports free for cluster nodes."""
+    while True:
+        base = free_cluster_ports(1)[0]
+        if base + count <= 55536 and all(
+            port_is_free("127.0.0.1", p) and port_is_free("127.0.0.1", p + 10000)
+            for p in range(base, base + count)
+        ):
+            return base
+
+
+def test_dev_up_redis_cluster_is_what_every_later_command_uses(
+    tmp_path: Path, unique_name: Callable[[str], str]
+) -> None:
+    base = _consecutive_cluster_ports(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env |= {"STREAMREC_HOME": str(tmp_path), "STREAMREC_EMBEDDED_BROKER": "tansu"}
+    up_env = env | {
+        "STREAMREC_BROKER": f"127.0.0.1:{free_port()}",
+        "STREAMREC_REDIS_URL": f"redis://127.0.0.1:{base}/0",
+    }
+
+    def cli(*args: str, environ: dict[str, str] = env) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "stream", *args],
+            env=environ, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        up = cli("dev", "up", "--redis", "cluster", environ=up_env)
+        assert "redis-3  up" in up and f"127.0.0.1:{base + 2}  (cluster master)" in up, up
+        # No Redis setting from here on: the run directory's record says cluster.
+        tenant = unique_name("shop")
+        cli(
+            "tenant",
+            "create",
+            tenant,
+            environ=env | {"STREAMREC_BROKER": up_env["STREAMREC_BROKER"]},
+        )
+        client = sync_client(RedisSettings(f"redis://127.0.0.1:{base + 1}", cluster=True))
+        assert client.hget(keys.TENANT_MODES, tenant) == b"on"
+        client.close()
+        status = cli("dev", "status", environ=up_env)
+        assert "cluster, 3 masters" in status and status.count("(cluster master)") == 3, status
+    finally:
+        down = cli("dev", "down", environ=up_env)
+    assert "redis-1" in down and "redis-3" in down, down
