@@ -32,6 +32,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
+    RedisError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -43,9 +44,6 @@ from models.errors import InvalidSettingError
 
 SyncRedis = redis.Redis | redis.RedisCluster
 
-# What a failed Redis call raises, for ``except RedisError``: redis-py's cluster client
-# raises some errors (no reachable node, a slot nobody serves) outside ``redis.RedisError``.
-RedisError = (redis.RedisError, RedisClusterException)
 
 __all__ = [
     "UNAVAILABLE",
@@ -146,12 +144,16 @@ def sync_client(settings: RedisSettings, *, decode_responses: bool = False) -> S
     kind = redis.RedisCluster if settings.cluster else redis.Redis
 
     def make() -> SyncRedis:
-        return kind.from_url(
-            _cluster_url(settings),
-            decode_responses=decode_responses,
-            retry=Retry(settings.backoff(), settings.retries),
-            **settings.client_options(),
-        )
+        try:
+            return kind.from_url(
+                _cluster_url(settings),
+                decode_responses=decode_responses,
+                retry=Retry(settings.backoff(), settings.retries),
+                **settings.client_options(),
+            )
+        except RedisClusterException as exc:
+            # No node answered: what callers catch for a Redis away (``RedisError``).
+            raise RedisConnectionError(str(exc)) from exc
 
     return _Lazy(make) if settings.cluster else make()  # type: ignore[return-value]
 
