@@ -186,5 +186,9 @@ async def catalogue_versions(client: Redis, tenants: Iterable[str]) -> dict[str,
     names = list(tenants)
     if not names:
         return {}
-    values = await client.mget([keys.catalogue_version(t) for t in names])
+    # A pipeline of GETs, not MGET: the tenants' counters lie in different hash slots.
+    pipe = client.pipeline(transaction=False)
+    for tenant in names:
+        pipe.get(keys.catalogue_version(tenant))
+    values = await pipe.execute()
     return {t: int(v or 0) for t, v in zip(names, values, strict=True)}

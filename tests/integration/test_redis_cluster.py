@@ -19,6 +19,7 @@ from redis.crc import key_slot
 
 from state import keys, scripts
 from state.connection import RedisSettings, async_client, sync_client
+from state.control import catalogue_versions, put_items
 from state.feedback import encode_list
 from state.sessions import Click, SessionStore
 from stream.dev.stack import EmbeddedStack, free_cluster_ports, free_port, port_is_free
@@ -243,3 +244,22 @@ def test_dev_up_redis_cluster_is_what_every_later_command_uses(
     finally:
         down = cli("dev", "down", environ=up_env)
     assert "redis-1" in down and "redis-3" in down, down
+
+
+def test_reads_over_many_tenants_run_on_the_cluster(
+    cluster: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    """Tenants' keys lie in different hash slots: no command may name two of them."""
+    tenants = [unique_name("shop") for _ in range(6)]
+
+    async def run() -> dict[str, int]:
+        client = async_client(RedisSettings(cluster.redis_url, cluster=True), decode_responses=True)
+        try:
+            for n, tenant in enumerate(tenants):
+                for i in range(n + 1):
+                    await put_items(client, tenant, {f"i{i}": {"available": True}})
+            return await catalogue_versions(client, tenants)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == {t: n + 1 for n, t in enumerate(tenants)}
