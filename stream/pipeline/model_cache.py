@@ -1,14 +1,14 @@
 """Per-tenant model handles: load on first use, hot-swap when a new version is promoted.
 
 Loading happens in a thread (never on the event loop); a swap is one dict assignment,
-so an in-flight batch keeps the bundle it started with.
+so an in-flight batch keeps the bundle it started with. A version that fails
+validation is logged and ignored; the one in service stays.
 
 Memory is a budget in bytes (the arrays of the models held, experiment arms included):
 a load beyond it evicts the least recently used models, so thousands of tenants share a
 worker with only the recently clicked ones resident. At start-up the most recently
 promoted models are loaded first, until the next one would not fit; the rest load on
-their tenant's first click. A version that fails
-validation is logged and ignored; the one in service stays.
+their tenant's first click.
 
 Reloads follow content, not names: the periodic check (and a change notice) compares
 CURRENT's stat and the stats of the loaded version's files with those seen at load, so
