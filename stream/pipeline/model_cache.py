@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import resource
 import sys
 import time
 from collections import OrderedDict
@@ -63,13 +64,23 @@ class _Slot:
 class ModelCache:
     """An LRU of loaded models, at most ``max_bytes`` of arrays in memory (the most
     recently used model stays even if it alone is larger); no limit by default (the
-    worker's setting gives one)."""
+    worker's setting gives one). Each array is a memory map holding a file descriptor:
+    at most ``max_files`` of them (default half the process's limit of open files, the
+    rest left to sockets and logs), which caps how many small models stay resident."""
 
     def __init__(
-        self, registry: Registry, *, max_bytes: int = sys.maxsize, rank_threads: int = 1
+        self,
+        registry: Registry,
+        *,
+        max_bytes: int = sys.maxsize,
+        max_files: int | None = None,
+        rank_threads: int = 1,
     ) -> None:
         self._registry = registry
         self.max_bytes = max_bytes
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.max_files = max_files if max_files is not None else max(64, soft // 2)
+        self._files = 0  # memory maps held (one per array)
         self._rank_threads = rank_threads
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -162,16 +173,18 @@ class ModelCache:
             size = await asyncio.to_thread(self._stored_bytes, tenant, version)
             if self._bytes + size > self.max_bytes:
                 self._full = True
+            else:
+                await self._load(tenant)
+                if tenant in self._slots:
+                    self._slots.move_to_end(tenant, last=False)
+                loaded += 1
+            if self._full:
                 log.info(
-                    "model memory budget reached (%s of %s): the other tenants' models "
-                    "load on their first click",
-                    _mb(self._bytes), _mb(self.max_bytes),
+                    "model memory budget reached (%s of %s, %d of %d memory maps): the "
+                    "other tenants' models load on their first click",
+                    _mb(self._bytes), _mb(self.max_bytes), self._files, self.max_files,
                 )  # fmt: skip
                 break
-            await self._load(tenant)
-            if tenant in self._slots:
-                self._slots.move_to_end(tenant, last=False)
-            loaded += 1
         if loaded:
             log.info(
                 "models in service loaded for %d tenant(s) (%s, %.0f ms)",
@@ -224,7 +237,7 @@ class ModelCache:
                 self._arm_failed[key] = time.monotonic()
                 return None
             self._arms[key] = bundle
-            self._bytes += model_bytes(bundle)
+            self._hold(bundle, 1)
             self.loads += 1
             self._evict(keep=tenant)
             log.info(
@@ -249,7 +262,7 @@ class ModelCache:
                     slot.bundle.version if slot.bundle else None,
                 )
                 if slot.bundle is not None:
-                    self._bytes -= model_bytes(slot.bundle)
+                    self._hold(slot.bundle, -1)
                 slot.bundle, slot.files = None, {}
                 await self._load(tenant, previous=slot)
                 continue
@@ -382,35 +395,42 @@ class ModelCache:
                     )
             replaced = self._slots.get(tenant)
             if replaced is not None and replaced.bundle is not None:
-                self._bytes -= model_bytes(replaced.bundle)
+                self._hold(replaced.bundle, -1)
             if slot.bundle is not None:
-                self._bytes += model_bytes(slot.bundle)
+                self._hold(slot.bundle, 1)
             self._slots[tenant] = slot
             self._slots.move_to_end(tenant)
             self._evict(keep=tenant)
             return slot
 
+    def _hold(self, bundle: ModelBundle, sign: int) -> None:
+        self._bytes += sign * model_bytes(bundle)
+        self._files += sign * len(_arrays(bundle))
+
+    def _over(self) -> bool:
+        return self._bytes > self.max_bytes or self._files > self.max_files
+
     def _evict(self, keep: str) -> None:
         """Drop the least recently used until the models fit the budget: experiment arms
         first (the version in service is what most clicks need), never ``keep``'s model
         in service (a batch waits for it). An in-flight batch keeps the bundles it holds."""
-        while self._bytes > self.max_bytes and self._arms:
+        if self._over():
+            self._full = True
+        while self._over() and self._arms:
             (tenant, version), bundle = self._arms.popitem(last=False)
-            self._bytes -= model_bytes(bundle)
+            self._hold(bundle, -1)
             self.evictions += 1
             log.info("tenant %s: experiment arm %s evicted from memory (LRU)", tenant, version)
-        if self._bytes > self.max_bytes:
-            self._full = True
         for tenant in list(self._slots):
-            if self._bytes <= self.max_bytes:
+            if not self._over():
                 break
             if tenant == keep:
                 continue
             slot = self._slots[tenant]
             if slot.bundle is None:
-                continue  # costs no bytes: kept, its state (a refusal) stays known
+                continue  # costs nothing: kept, its state (a refusal) stays known
             del self._slots[tenant]
-            self._bytes -= model_bytes(slot.bundle)
+            self._hold(slot.bundle, -1)
             self.evictions += 1
             log.debug("tenant %s: model evicted from memory (LRU)", tenant)
 

@@ -61,6 +61,20 @@ def test_the_budget_counts_bytes_and_evictions(registry: Registry) -> None:
     asyncio.run(run())
 
 
+def test_memory_maps_are_a_budget_too(registry: Registry) -> None:
+    maps = len(registry.load("t1", private=True).named_arrays())  # one per array
+    cache = ModelCache(registry, max_files=2 * maps)
+
+    async def run() -> None:
+        assert await cache.preload() == 3  # the third goes over: one evicted, then stop
+        assert len(cache.loaded()) == 2 and cache.evictions == 1
+        for tenant in ("t1", "t2", "t3"):
+            assert (await cache.get(tenant)) is not None
+        assert len(cache.loaded()) == 2
+
+    asyncio.run(run())
+
+
 def test_a_model_larger_than_the_budget_is_still_served(registry: Registry) -> None:
     cache = ModelCache(registry, max_bytes=1)
 
