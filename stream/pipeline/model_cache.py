@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import resource
@@ -347,6 +348,14 @@ class ModelCache:
             except NoModelError:
                 slot = _Slot(None, None, time.monotonic(), pointer=pointer)
             except Exception as exc:  # a damaged version fails in ways nobody listed
+                if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                    # The process's trouble, not the version's: not remembered, so the
+                    # tenant's next click (or check) tries again.
+                    log.error(
+                        "tenant %s: model %s not loaded now (%s); tried again at its next "
+                        "click", tenant, version, _why(exc),
+                    )  # fmt: skip
+                    return previous or _Slot(None, version, time.monotonic(), pointer=pointer)
                 problem = (self._problem_file(tenant, version), _why(exc))
                 # An invalid version, or a CURRENT naming none (torn or garbled).
                 if previous is not None and previous.bundle is not None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -71,6 +72,25 @@ def test_memory_maps_are_a_budget_too(registry: Registry) -> None:
         for tenant in ("t1", "t2", "t3"):
             assert (await cache.get(tenant)) is not None
         assert len(cache.loaded()) == 2
+
+    asyncio.run(run())
+
+
+def test_running_out_of_file_descriptors_is_not_held_against_the_model(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ModelCache(registry)
+    load = registry.load
+
+    def out_of_descriptors(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async def run() -> None:
+        monkeypatch.setattr(registry, "load", out_of_descriptors)
+        assert await cache.get("t1") is None  # this click: popular items
+        assert cache.tenant_problems() == {}  # not the version's fault
+        monkeypatch.setattr(registry, "load", load)
+        assert (await cache.get("t1")).version == "v1"  # the next click loads it
 
     asyncio.run(run())
 
