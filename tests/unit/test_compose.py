@@ -182,6 +182,8 @@ def test_the_topics_are_made_for_several_workers_and_trainers() -> None:
 def test_two_workers_and_two_trainers_sharing_the_tenants_in_a_group() -> None:
     services = _services()
     assert services["worker"]["deploy"]["replicas"] == 2
+    # Room for thousands of models' memory maps (one file descriptor each).
+    assert services["worker"]["ulimits"]["nofile"]["soft"] >= 200_000
     trainer = services["trainer"]
     assert trainer["deploy"]["replicas"] == 2
     command = trainer["command"]
@@ -245,8 +247,9 @@ def test_grafana_and_prometheus_need_a_login() -> None:
         "${PROMETHEUS_PASSWORD:?"
     )
     source = yaml.safe_load(
-        (COMPOSE.parent / "scripts/monitoring/grafana/provisioning/datasources/prometheus.yml")
-        .read_text()
+        (
+            COMPOSE.parent / "scripts/monitoring/grafana/provisioning/datasources/prometheus.yml"
+        ).read_text()
     )["datasources"][0]
     assert source["basicAuth"] is True and source["basicAuthUser"] == "grafana"
     assert source["secureJsonData"]["basicAuthPassword"] == "$PROMETHEUS_PASSWORD"
