@@ -279,6 +279,23 @@ def load_bundle(
     )
 
 
+def served_bytes(directory: str | Path) -> int:
+    """Bytes of the arrays a worker maps of the bundle (``load_bundle(private=True)``),
+    from its manifest's shapes and dtypes, without reading the arrays."""
+    described = _read_manifest(Path(directory))["arrays"]
+    total = 0
+    for name in (*BASE_ARRAYS, *table_arrays()):
+        meta = described.get(name)
+        if not isinstance(meta, dict):
+            raise InvalidModelError(f"model {directory}: manifest does not describe {name}.npy")
+        try:
+            count = int(np.prod(meta.get("shape", []), dtype=np.int64))
+            total += count * np.dtype(meta.get("dtype")).itemsize
+        except (TypeError, ValueError) as exc:
+            raise InvalidModelError(f"model {directory}: {name}.npy is misdescribed") from exc
+    return total
+
+
 def _map(path: Path, where: str, name: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r")

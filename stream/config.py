@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -112,8 +112,9 @@ class Settings(BaseSettings):
     # Short group session timeout: the embedded broker's first join waits ~half of it.
     broker_session_timeout_s: float = 6.0
     model_check_interval_s: float = 2.0
-    # Tenants' models kept in memory at once (LRU); arrays are memory-mapped.
-    max_models: int = 1000
+    # Memory for tenants' models (their arrays): beyond it the least recently used are
+    # evicted and load again on their tenant's next click. "1GiB", "500MB" or bytes.
+    models_max_bytes: ByteSize = Field(ByteSize(1 << 30), gt=0)
     web_port: int = 6066  # 0 = no HTTP server
     # HTTP listens on loopback unless told otherwise (0.0.0.0 in a container).
     web_host: str = "127.0.0.1"

@@ -133,7 +133,9 @@ class Worker(Service):
         self.settings = settings
         self.registry = Registry(settings.registry_dir)
         self.models = ModelCache(
-            self.registry, max_models=settings.max_models, rank_threads=settings.rank_threads
+            self.registry,
+            max_bytes=int(settings.models_max_bytes),
+            rank_threads=settings.rank_threads,
         )
         self.stats = WorkerStats()
         self.dead_letters = DeadLetterLog()
@@ -306,11 +308,9 @@ class Worker(Service):
         if not self.warm.is_set():
             not_ready.append("warming up: loading the models in service and their kernels")
         try:
-            serving = await asyncio.to_thread(self.models.in_service)
+            not_ready += await asyncio.to_thread(self.models.not_loaded)
         except OSError as exc:
             not_ready.append(f"the model registry cannot be read: {exc}")
-        else:
-            not_ready += self.models.not_loaded(serving)
         if not progress.get("assigned"):
             not_ready.append("no partitions assigned yet")
         return {
@@ -400,13 +400,15 @@ class Worker(Service):
         if now == self._reported:
             return
         self._reported = now
-        s, loaded = self.stats, self.models.loaded()
+        s, m = self.stats, self.models
+        # Models as counts: a worker may hold thousands (their versions: /health).
         log.info(
             "events=%d recommendations=%d dead_letters=%d redelivered=%d switched_off=%d "
-            "batches=%d models=%s",
+            "batches=%d models=%d (%.0f MB) model_loads=%d model_evictions=%d",
             s.events_in, s.recommendations, s.dead_letters, s.duplicates, s.suppressed,
-            s.batches, loaded,
+            s.batches, len(m.loaded()), m.resident_bytes() / 1e6, m.loads, m.evictions,
         )  # fmt: skip
 
     def _snapshot(self) -> tuple[Any, ...]:
-        return (*astuple(self.stats), tuple(sorted(self.models.loaded().items())))
+        m = self.models
+        return (*astuple(self.stats), len(m.loaded()), m.loads, m.evictions)

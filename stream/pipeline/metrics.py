@@ -172,11 +172,26 @@ class _Pulled:
             ("batches", s.batches, "Batches processed."),
             ("feedback", getattr(s, "feedback", 0), "Explicit feedback messages counted."),
             ("model_swaps", self._models.swaps, "Hot swaps to a newly promoted version."),
-            ("model_loads", getattr(self._models, "loads", 0), "Model versions loaded."),
+            ("model_loads", self._models.loads, "Model versions loaded."),
+            (
+                "model_evictions",
+                self._models.evictions,
+                "Models dropped from memory to stay within the budget (least recently used).",
+            ),
         ):
             yield CounterMetricFamily(f"streamrec_{name}", text, value=value)
         yield GaugeMetricFamily(
             "streamrec_models_loaded", "Tenants with a model in memory.", len(self._models.loaded())
+        )
+        yield GaugeMetricFamily(
+            "streamrec_models_bytes",
+            "Bytes of the models' arrays in memory (experiment arms included).",
+            self._models.resident_bytes(),
+        )
+        yield GaugeMetricFamily(
+            "streamrec_models_budget_bytes",
+            "The models' memory budget (STREAMREC_MODELS_MAX_BYTES).",
+            self._models.max_bytes,
         )
         if self._progress is not None:
             progress = self._progress()

@@ -4,6 +4,12 @@ Loading happens in a thread (never on the event loop); a swap is one dict assign
 so an in-flight batch keeps the bundle it started with. A version that fails
 validation is logged and ignored; the one in service stays.
 
+Memory is a budget in bytes (the arrays of the models held, experiment arms included):
+a load beyond it evicts the least recently used models, so thousands of tenants share a
+worker with only the recently clicked ones resident. At start-up the most recently
+promoted models are loaded first, until the next one would not fit; the rest load on
+their tenant's first click.
+
 Reloads follow content, not names: the periodic check (and a change notice) compares
 CURRENT's stat and the stats of the loaded version's files with those seen at load, so
 a pointer written again (the same version promoted again), or a file replaced,
@@ -15,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
+import resource
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import ModelBundle
+from models.bundle import ModelBundle, served_bytes
 from models.errors import NoModelError, StreamrecError
 from models.ranking import MIN_ROWS_PER_THREAD, recommend_flat
 from models.registry import DamagedFileError, Registry
@@ -54,11 +63,25 @@ class _Slot:
 
 
 class ModelCache:
-    """An LRU of loaded models, at most ``max_models`` tenants in memory."""
+    """An LRU of loaded models, at most ``max_bytes`` of arrays in memory (the most
+    recently used model stays even if it alone is larger); no limit by default (the
+    worker's setting gives one). Each array is a memory map holding a file descriptor:
+    at most ``max_files`` of them (default half the process's limit of open files, the
+    rest left to sockets and logs), which caps how many small models stay resident."""
 
-    def __init__(self, registry: Registry, *, max_models: int = 256, rank_threads: int = 1) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        max_bytes: int = sys.maxsize,
+        max_files: int | None = None,
+        rank_threads: int = 1,
+    ) -> None:
         self._registry = registry
-        self._max_models = max_models
+        self.max_bytes = max_bytes
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.max_files = max_files if max_files is not None else max(64, soft // 2)
+        self._files = 0  # memory maps held (one per array)
         self._rank_threads = rank_threads
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -69,6 +92,15 @@ class ModelCache:
         self._arm_failed: dict[tuple[str, str], float] = {}
         self._arm_lock = asyncio.Lock()
         self.loads = 0  # versions loaded (start-up, swaps, experiment arms)
+        self.evictions = 0  # models dropped to stay within the budget
+        self._bytes = 0  # of every bundle held (slots and arms)
+        # The budget was reached: readiness stops waiting for models in service and the
+        # periodic preload stops reading the registry (tenants load on first click).
+        self._full = False
+
+    def resident_bytes(self) -> int:
+        """Bytes of the models' arrays held now (slots and experiment arms)."""
+        return self._bytes
 
     def loaded(self) -> dict[str, str | None]:
         return {t: (s.bundle.version if s.bundle else None) for t, s in self._slots.items()}
@@ -100,53 +132,76 @@ class ModelCache:
         }
 
     def in_service(self) -> dict[str, str]:
-        """Tenant -> version in service (the registry's CURRENT pointers), at most
-        ``max_models`` tenants: what a ready worker has in memory. Reads files."""
-        serving: dict[str, str] = {}
+        """Tenant -> version in service (the registry's CURRENT pointers), the most
+        recently promoted first. Reads every tenant's pointer."""
+        found: list[tuple[int, str, str]] = []
         for tenant in self._registry.tenants():
             try:
                 version = self._registry.current_version(tenant)
-            except DamagedFileError:
+                promoted = os.stat(self._registry.pointer_path(tenant)).st_mtime_ns
+            except (DamagedFileError, OSError):
                 continue  # its slot says why (see problems)
             if version is not None:
-                serving[tenant] = version
-                if len(serving) >= self._max_models:
-                    break
-        return serving
+                found.append((-promoted, tenant, version))
+        return {tenant: version for _, tenant, version in sorted(found)}
 
-    def not_loaded(self, serving: dict[str, str]) -> list[str]:
-        """Tenants of ``serving`` (see :meth:`in_service`) not in memory yet. A full cache
-        cannot hold them all (tenants without a model take slots too): then none is
-        reported, the LRU decides."""
-        if len(self._slots) >= self._max_models:
+    def not_loaded(self) -> list[str]:
+        """Tenants whose version in service is not in memory yet (reads the registry).
+        Once the budget is reached, none: the LRU decides which are resident."""
+        if self._full:
             return []
         return [
             f"tenant {tenant}: version {version} in service not loaded yet"
-            for tenant, version in serving.items()
+            for tenant, version in self.in_service().items()
             if tenant not in self._slots
         ]
 
     async def preload(self) -> int:
-        """Load every tenant's version in service (see :meth:`in_service`) that is not in
-        memory, while the cache has room: at start-up, so a tenant's first click does not
-        wait for its model and readiness can tell, then on every check, for a tenant that
-        got its first version since. How many were loaded."""
+        """Load the tenants' versions in service not in memory, the most recently
+        promoted first, until the next would not fit the budget: at start-up, so that a
+        tenant's first click does not wait for its model and readiness can tell, then on
+        every check, for a tenant that got its first version since. How many were
+        loaded. Preloaded models go behind the ones clicked (first to be evicted), the
+        older ones first."""
+        if self._full:
+            return 0
         started = time.perf_counter()
         serving = await asyncio.to_thread(self.in_service)
         loaded = 0
-        for tenant in serving:
-            if len(self._slots) >= self._max_models:
-                break  # full: the LRU decides (and readiness does not wait, see not_loaded)
-            if tenant not in self._slots:
+        for tenant, version in serving.items():
+            if tenant in self._slots:
+                continue
+            size = await asyncio.to_thread(self._stored_bytes, tenant, version)
+            if self._bytes + size > self.max_bytes:
+                self._full = True
+            else:
                 await self._load(tenant)
+                if tenant in self._slots:
+                    self._slots.move_to_end(tenant, last=False)
                 loaded += 1
+            if self._full:
+                log.info(
+                    "model memory budget reached (%s of %s, %d of %d memory maps): the "
+                    "other tenants' models load on their first click",
+                    _mb(self._bytes), _mb(self.max_bytes), self._files, self.max_files,
+                )  # fmt: skip
+                break
         if loaded:
             log.info(
-                "models in service loaded for %d tenant(s) (%.0f ms)",
+                "models in service loaded for %d tenant(s) (%s, %.0f ms)",
                 loaded,
+                _mb(self._bytes),
                 (time.perf_counter() - started) * 1000,
             )
         return loaded
+
+    def _stored_bytes(self, tenant: str, version: str) -> int:
+        """What loading the version will cost of the budget (0 if its manifest cannot
+        tell: the load says why)."""
+        try:
+            return served_bytes(self._registry.version_dir(tenant, version))
+        except (StreamrecError, OSError):
+            return 0
 
     async def get(self, tenant: str) -> ModelBundle | None:
         slot = self._slots.get(tenant)
@@ -183,9 +238,9 @@ class ModelCache:
                 self._arm_failed[key] = time.monotonic()
                 return None
             self._arms[key] = bundle
+            self._hold(bundle, 1)
             self.loads += 1
-            while len(self._arms) > self._max_models:
-                self._arms.popitem(last=False)
+            self._evict(keep=tenant)
             log.info(
                 "tenant %s: loaded model %s as an experiment arm (%.0f ms)",
                 tenant, version, (time.perf_counter() - started) * 1000,
@@ -207,6 +262,8 @@ class ModelCache:
                     tenant,
                     slot.bundle.version if slot.bundle else None,
                 )
+                if slot.bundle is not None:
+                    self._hold(slot.bundle, -1)
                 slot.bundle, slot.files = None, {}
                 await self._load(tenant, previous=slot)
                 continue
@@ -291,6 +348,14 @@ class ModelCache:
             except NoModelError:
                 slot = _Slot(None, None, time.monotonic(), pointer=pointer)
             except Exception as exc:  # a damaged version fails in ways nobody listed
+                if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                    # The process's trouble, not the version's: not remembered, so the
+                    # tenant's next click (or check) tries again.
+                    log.error(
+                        "tenant %s: model %s not loaded now (%s); tried again at its next "
+                        "click", tenant, version, _why(exc),
+                    )  # fmt: skip
+                    return previous or _Slot(None, version, time.monotonic(), pointer=pointer)
                 problem = (self._problem_file(tenant, version), _why(exc))
                 # An invalid version, or a CURRENT naming none (torn or garbled).
                 if previous is not None and previous.bundle is not None:
@@ -337,12 +402,46 @@ class ModelCache:
                         version,
                         (time.perf_counter() - started) * 1000,
                     )
+            replaced = self._slots.get(tenant)
+            if replaced is not None and replaced.bundle is not None:
+                self._hold(replaced.bundle, -1)
+            if slot.bundle is not None:
+                self._hold(slot.bundle, 1)
             self._slots[tenant] = slot
             self._slots.move_to_end(tenant)
-            while len(self._slots) > self._max_models:
-                evicted, _ = self._slots.popitem(last=False)
-                log.info("tenant %s: model evicted from memory (LRU)", evicted)
+            self._evict(keep=tenant)
             return slot
+
+    def _hold(self, bundle: ModelBundle, sign: int) -> None:
+        self._bytes += sign * model_bytes(bundle)
+        self._files += sign * len(_arrays(bundle))
+
+    def _over(self) -> bool:
+        return self._bytes > self.max_bytes or self._files > self.max_files
+
+    def _evict(self, keep: str) -> None:
+        """Drop the least recently used until the models fit the budget: experiment arms
+        first (the version in service is what most clicks need), never ``keep``'s model
+        in service (a batch waits for it). An in-flight batch keeps the bundles it holds."""
+        if self._over():
+            self._full = True
+        while self._over() and self._arms:
+            (tenant, version), bundle = self._arms.popitem(last=False)
+            self._hold(bundle, -1)
+            self.evictions += 1
+            log.info("tenant %s: experiment arm %s evicted from memory (LRU)", tenant, version)
+        for tenant in list(self._slots):
+            if not self._over():
+                break
+            if tenant == keep:
+                continue
+            slot = self._slots[tenant]
+            if slot.bundle is None:
+                continue  # costs nothing: kept, its state (a refusal) stays known
+            del self._slots[tenant]
+            self._hold(slot.bundle, -1)
+            self.evictions += 1
+            log.debug("tenant %s: model evicted from memory (LRU)", tenant)
 
     def _problem_file(self, tenant: str, version: str | None) -> str:
         """The version's directory when CURRENT names one that exists, else CURRENT."""
@@ -353,6 +452,15 @@ class ModelCache:
         if directory is not None and directory.is_dir():
             return str(directory)
         return str(self._registry.pointer_path(tenant))
+
+
+def model_bytes(bundle: ModelBundle) -> int:
+    """What a model costs of the budget: its arrays."""
+    return sum(a.nbytes for a in _arrays(bundle))
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
 
 
 def warm(bundle: ModelBundle, threads: int = 1) -> None:

@@ -160,3 +160,96 @@ def _parse(args: list[str]) -> None:
         assert found is not None, f"no command {name!r}"
         command = found
     command.make_context(command.name or "", list(args))  # UsageError if they do not
+
+
+def _topics() -> dict[str, int]:
+    """Topic -> partitions, as kafka-init creates them."""
+    (script,) = _services()["kafka-init"]["command"]
+    out = {}
+    for line in script.splitlines():
+        found = re.search(r"create_topic (\S+) (\d+)$", line.strip())
+        if found:
+            out[found.group(1)] = int(found.group(2))
+    return out
+
+
+def test_the_topics_are_made_for_several_workers_and_trainers() -> None:
+    topics = _topics()
+    assert {"clicks", "recommendations", "clicks.dlq", "feedback", "retrain"} <= set(topics)
+    assert topics["clicks"] == topics["retrain"] == 12, topics  # room to add processes
+
+
+def test_two_workers_and_two_trainers_sharing_the_tenants_in_a_group() -> None:
+    services = _services()
+    assert services["worker"]["deploy"]["replicas"] == 2
+    # Room for thousands of models' memory maps (one file descriptor each).
+    assert services["worker"]["ulimits"]["nofile"]["soft"] >= 200_000
+    trainer = services["trainer"]
+    assert trainer["deploy"]["replicas"] == 2
+    command = trainer["command"]
+    assert command[command.index("--group") + 1] == "trainers", command
+    assert command[command.index("--every") + 1] == "1h", command
+
+
+def test_a_redis_cluster_profile_of_three_masters_with_a_replica_each() -> None:
+    services = _services()
+    nodes = {n: s for n, s in services.items() if n.startswith("redis-node-")}
+    assert len(nodes) == 6
+    for name, node in nodes.items():
+        assert node["profiles"] == ["cluster"], name
+        command = node["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes", name
+        assert "--requirepass" in command and "--masterauth" in command, name
+    init = services["redis-cluster-init"]
+    assert init["profiles"] == ["cluster"]
+    script = " ".join(init["command"])
+    assert "--cluster create" in script and "--cluster-replicas 1" in script
+    assert all(f"{name}:6379" in script for name in nodes), script
+    assert set(init["depends_on"]) == set(nodes)
+    # The workers and trainers use it when told to; without the profile, the single Redis.
+    for name in ("worker", "trainer"):
+        env = services[name]["environment"]
+        assert env["STREAMREC_REDIS_CLUSTER"] == "${STREAMREC_REDIS_CLUSTER:-0}"
+        assert "@${STREAMREC_REDIS_NODE:-redis}:6379" in env["STREAMREC_REDIS_URL"]
+        cluster = services[name]["depends_on"]["redis-cluster-init"]
+        assert cluster == {"condition": "service_completed_successfully", "required": False}
+
+
+def test_only_the_api_and_grafana_are_published_and_on_the_loopback() -> None:
+    services = _services()
+    published = {name for name, s in services.items() if s.get("ports")}
+    assert published == {"worker", "grafana"}, published
+    for name in published:
+        assert all(str(p).startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    assert not services["prometheus"].get("ports")  # Grafana is its only reader
+
+
+def test_grafana_and_prometheus_need_a_login() -> None:
+    services = _services()
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert grafana["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    # Prometheus serves with basic auth from a web config file holding a bcrypt hash,
+    # made from PROMETHEUS_PASSWORD before it starts (no password in the repository).
+    prometheus = services["prometheus"]
+    (flag,) = [a for a in prometheus["command"] if a.startswith("--web.config.file=")]
+    web_config = flag.split("=", 1)[1]
+    auth = services["prometheus-auth"]
+    script = " ".join(auth["command"])
+    assert "htpasswd -nbB" in script and web_config in script and "basic_auth_users" in script
+    assert auth["environment"]["PROMETHEUS_PASSWORD"].startswith("${PROMETHEUS_PASSWORD:?")
+    assert prometheus["depends_on"]["prometheus-auth"] == {
+        "condition": "service_completed_successfully"
+    }
+    # Grafana's datasource logs in with that password.
+    assert services["grafana"]["environment"]["PROMETHEUS_PASSWORD"].startswith(
+        "${PROMETHEUS_PASSWORD:?"
+    )
+    source = yaml.safe_load(
+        (
+            COMPOSE.parent / "scripts/monitoring/grafana/provisioning/datasources/prometheus.yml"
+        ).read_text()
+    )["datasources"][0]
+    assert source["basicAuth"] is True and source["basicAuthUser"] == "grafana"
+    assert source["secureJsonData"]["basicAuthPassword"] == "$PROMETHEUS_PASSWORD"

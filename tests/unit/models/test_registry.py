@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import models.registry as registry_module
-from models.bundle import ModelBundle, load_bundle, save_bundle
+from models.bundle import ModelBundle, load_bundle, save_bundle, served_bytes
 from models.datasets import synthetic_sessions
 from models.errors import InvalidModelError, NoModelError
 from models.registry import Registry, UnknownVersionError
@@ -30,6 +30,18 @@ def bundle() -> ModelBundle:
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
     return Registry(tmp_path / "registry")
+
+
+def test_served_bytes_are_what_a_worker_maps(bundle: ModelBundle, tmp_path: Path) -> None:
+    save_bundle(bundle, tmp_path / "b")
+    served = load_bundle(tmp_path / "b", private=True)
+    mapped = sum(a.nbytes for a in served.named_arrays().values())
+    assert served_bytes(tmp_path / "b") == mapped > 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["arrays"]["vectors"]["shape"] = "many"
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidModelError, match="vectors"):
+        served_bytes(tmp_path / "b")
 
 
 def test_bundle_round_trip_is_exact_and_memory_mapped(bundle: ModelBundle, tmp_path: Path) -> None:

@@ -20,7 +20,14 @@ def _metrics(max_tenants: int = 50) -> WorkerMetrics:
     stats = SimpleNamespace(
         events_in=3, recommendations=2, dead_letters=1, duplicates=0, suppressed=0, batches=1
     )
-    models = SimpleNamespace(swaps=1, loads=2, loaded=lambda: {"t": "v1"})
+    models = SimpleNamespace(
+        swaps=1,
+        loads=2,
+        evictions=4,
+        max_bytes=1 << 30,
+        loaded=lambda: {"t": "v1"},
+        resident_bytes=lambda: 12345,
+    )
     return WorkerMetrics(
         stats=stats,
         models=models,
@@ -54,6 +61,16 @@ def test_labels_are_bounded() -> None:
     # Lags are sampled: at most 100 observations a batch.
     assert "streamrec_event_lag_seconds_count 200.0" in text
     assert 'streamrec_tenants{mode="off"} 1.0' in text and "streamrec_consumer_lag 5.0" in text
+
+
+def test_model_memory_is_exported() -> None:
+    text = _metrics().render().decode()
+    assert "streamrec_model_loads_total 2.0" in text
+    assert "streamrec_model_evictions_total 4.0" in text
+    assert "streamrec_models_loaded 1.0" in text
+    assert "streamrec_models_bytes 12345.0" in text
+    (budget,) = re.findall(r"^streamrec_models_budget_bytes (\S+)$", text, re.M)
+    assert float(budget) == 1 << 30
 
 
 def test_every_series_of_the_grafana_dashboard_is_exported() -> None:

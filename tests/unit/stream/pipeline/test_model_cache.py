@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from models.registry import Registry
 from models.train import TrainParams, train_model
-from stream.pipeline.model_cache import ModelCache
+from stream.pipeline.model_cache import ModelCache, model_bytes
 
 SESSIONS = [["a", "b", "c"], ["b", "c", "d"], ["c", "d", "a"], ["a", "c"]] * 5
 
@@ -23,8 +25,13 @@ def registry(tmp_path: Path) -> Registry:
     return reg
 
 
+def _room_for(registry: Registry, models: int) -> int:
+    """A budget in bytes that holds ``models`` of the fixture's models, not one more."""
+    return int(model_bytes(registry.load("t1", private=True)) * (models + 0.5))
+
+
 def test_loads_on_first_use_and_evicts_least_recently_used(registry: Registry) -> None:
-    cache = ModelCache(registry, max_models=2)
+    cache = ModelCache(registry, max_bytes=_room_for(registry, 2))
 
     async def run() -> None:
         assert (await cache.get("t1")).version == "v1"
@@ -33,6 +40,87 @@ def test_loads_on_first_use_and_evicts_least_recently_used(registry: Registry) -
         await cache.get("t3")  # evicts t2
         assert set(cache.loaded()) == {"t1", "t3"}
         assert await cache.get("nobody") is None  # no model: None, not an error
+
+    asyncio.run(run())
+
+
+def test_the_budget_counts_bytes_and_evictions(registry: Registry) -> None:
+    one = model_bytes(registry.load("t1", private=True))
+    cache = ModelCache(registry, max_bytes=_room_for(registry, 2))
+
+    async def run() -> None:
+        for tenant in ("t1", "t2", "t3", "t1", "t2"):
+            assert (await cache.get(tenant)) is not None
+        # t1 evicted by t3, t2 by t1's reload, t3 by t2's: each load beyond the budget
+        # pushes out the least recently used.
+        assert list(cache.loaded()) == ["t1", "t2"]
+        assert (cache.loads, cache.evictions) == (5, 3)
+        assert cache.resident_bytes() == 2 * one
+        await cache.get("nobody")  # a tenant without a model costs no bytes
+        assert cache.resident_bytes() == 2 * one and cache.evictions == 3
+
+    asyncio.run(run())
+
+
+def test_memory_maps_are_a_budget_too(registry: Registry) -> None:
+    maps = len(registry.load("t1", private=True).named_arrays())  # one per array
+    cache = ModelCache(registry, max_files=2 * maps)
+
+    async def run() -> None:
+        assert await cache.preload() == 3  # the third goes over: one evicted, then stop
+        assert len(cache.loaded()) == 2 and cache.evictions == 1
+        for tenant in ("t1", "t2", "t3"):
+            assert (await cache.get(tenant)) is not None
+        assert len(cache.loaded()) == 2
+
+    asyncio.run(run())
+
+
+def test_running_out_of_file_descriptors_is_not_held_against_the_model(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ModelCache(registry)
+    load = registry.load
+
+    def out_of_descriptors(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async def run() -> None:
+        monkeypatch.setattr(registry, "load", out_of_descriptors)
+        assert await cache.get("t1") is None  # this click: popular items
+        assert cache.tenant_problems() == {}  # not the version's fault
+        monkeypatch.setattr(registry, "load", load)
+        assert (await cache.get("t1")).version == "v1"  # the next click loads it
+
+    asyncio.run(run())
+
+
+def test_a_model_larger_than_the_budget_is_still_served(registry: Registry) -> None:
+    cache = ModelCache(registry, max_bytes=1)
+
+    async def run() -> None:
+        assert (await cache.get("t1")) is not None
+        assert (await cache.get("t2")) is not None  # t1 goes, t2 alone stays
+        assert list(cache.loaded()) == ["t2"] and cache.evictions == 1
+
+    asyncio.run(run())
+
+
+def test_preload_takes_the_most_recently_promoted_first_and_stops_at_the_budget(
+    registry: Registry,
+) -> None:
+    for age, tenant in enumerate(("t2", "t3", "t1")):  # t2 newest, t1 oldest
+        os.utime(registry.pointer_path(tenant), (1e9 - age * 100, 1e9 - age * 100))
+    cache = ModelCache(registry, max_bytes=_room_for(registry, 2))
+
+    async def run() -> None:
+        assert await cache.preload() == 2
+        assert set(cache.loaded()) == {"t2", "t3"} and cache.evictions == 0
+        assert cache.not_loaded() == []  # full: the LRU decides, readiness does not wait
+        # The older of the two preloaded goes first when a click needs room.
+        await cache.get("t1")
+        assert set(cache.loaded()) == {"t2", "t1"}
+        assert await cache.preload() == 0  # full: nothing read, nothing loaded
 
     asyncio.run(run())
 
@@ -134,11 +222,11 @@ def test_preload_loads_every_version_in_service_and_readiness_waits_for_it(
         serving = cache.in_service()
         assert serving == {"t1": "v1", "t2": "v1", "t3": "v1"}
         await cache.get("t2")  # a click of t2 loads it; t1 and t3 are still not in memory
-        waiting = cache.not_loaded(serving)
+        waiting = cache.not_loaded()
         assert len(waiting) == 2 and all("not loaded yet" in w for w in waiting), waiting
         await cache.preload()
         assert cache.loaded() == {"t1": "v1", "t2": "v1", "t3": "v1"}
-        assert cache.not_loaded(cache.in_service()) == []
+        assert cache.not_loaded() == []
 
     asyncio.run(run())
 
@@ -146,14 +234,13 @@ def test_preload_loads_every_version_in_service_and_readiness_waits_for_it(
 def test_readiness_does_not_wait_for_more_tenants_than_the_cache_holds(
     registry: Registry,
 ) -> None:
-    cache = ModelCache(registry, max_models=2)
+    cache = ModelCache(registry, max_bytes=_room_for(registry, 2))
 
     async def run() -> None:
-        assert len(cache.in_service()) == 2
         await cache.preload()
         assert len(cache.loaded()) == 2
-        await cache.get("somebody-else")  # evicts one of them: the LRU decides
-        assert cache.not_loaded(cache.in_service()) == []
+        await cache.get("somebody-else")  # no model: takes no room
+        assert cache.not_loaded() == []
 
     asyncio.run(run())
 
@@ -165,7 +252,7 @@ def test_a_tenant_promoted_after_start_is_loaded_by_the_next_check(registry: Reg
         assert await cache.preload() == 3
         bundle = await cache.get("t1")
         registry.promote("t4", registry.register("t4", bundle, {}))  # a new tenant's first
-        assert cache.not_loaded(cache.in_service()) != []  # not ready until it is loaded
+        assert cache.not_loaded() != []  # not ready until it is loaded
         assert await cache.preload() == 1 and cache.loaded()["t4"] == "v1"
         assert await cache.preload() == 0  # nothing left to load: a cheap check
 
