@@ -23,8 +23,8 @@ or test click. The two models share one Word2Vec run (``_word2vec``): it first t
 the older sessions alone (the fit-time model's vectors: they must not have seen the
 cases' next clicks, or the ranker learns to trust the embedding features too much and
 scores lower on valid), then continues over every session for a quarter as many passes
-(the served model's vectors). One run instead of two matters: Word2Vec is most of a
-small tenant's training time.
+(the served model's vectors). One run instead of two matters: Word2Vec's passes are
+the costliest part of embedding.
 
 A small log (under ``SMALL_LOG_CLICKS``) is embedded without Word2Vec (``_ppmi_vectors``):
 a truncated SVD of its items' positive pointwise mutual information within the same
