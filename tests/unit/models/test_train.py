@@ -204,3 +204,19 @@ def test_ppmi_keeps_min_count_and_tiny_catalogues() -> None:
     assert tiny.vectors.shape == (2, TrainParams().vector_size)
     with pytest.raises(DataFormatError, match="min_count"):
         train_model([["a", "b"]], TrainParams(min_count=3, embedding="ppmi"))
+
+
+def test_ppmi_gives_finite_vectors_for_any_small_log() -> None:
+    """Tiny and sparse logs (few items, few pairs, single clicks) still embed: the SVD
+    asks for no more singular vectors than the catalogue allows."""
+    rng = np.random.default_rng(0)
+    params = TrainParams(embedding="ppmi")
+    for _ in range(60):
+        n, m = int(rng.integers(2, 40)), int(rng.integers(1, 60))
+        sessions = [
+            [f"i{x}" for x in rng.integers(0, n, int(rng.integers(1, 6)))] for _ in range(m)
+        ]
+        served, older = _embed(sessions, int(rng.integers(0, m + 1)), params, lambda s, f: None)
+        assert served.vectors.shape == (len(served.items), params.vector_size)
+        assert np.isfinite(served.vectors).all()
+        assert older is None or np.isfinite(older.vectors).all()
