@@ -28,6 +28,7 @@ from producers.synth import SynthParams, generate_clicks
 
 STAGES = {
     "_word2vec": "Word2Vec",
+    "_ppmi_embedding": "PPMI embedding (small logs)",
     "_kmeans": "KMeans",
     "_neighbour_lists": "neighbour lists",
     "build_sources": "candidate sources",

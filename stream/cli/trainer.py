@@ -101,8 +101,8 @@ _SUMMARY = {"unjudged": "with no fresh sessions to judge"}
 @option(
     "--epochs",
     type=click.IntRange(1, 1000),
-    show_default="20, fewer above 150k clicks; half, at twice the rate, under 30k",
-    help="Word2Vec epochs.",
+    show_default="20, fewer above 150k clicks",
+    help="Word2Vec epochs (a log under 30k clicks is embedded without Word2Vec).",
 )
 @option("--seed", type=int, show_default="42", help="Random seed for training.")
 @option(

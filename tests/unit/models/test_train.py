@@ -8,9 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from models import train as training
 from models.datasets import synthetic_sessions
-from models.errors import DataFormatError
+from models.errors import DataFormatError, InvalidSettingError
 from models.train import (
+    EMBEDDINGS,
     SMALL_LOG_CLICKS,
     WARM_SHARE,
     TrainParams,
@@ -22,6 +24,8 @@ from models.train import (
 
 SESSIONS = synthetic_sessions(4000, 120, seed=7)
 FAST = TrainParams(epochs=3, n_clusters=6, n_neighbours=20, seed=11)
+# Word2Vec itself on a log small enough to be embedded without it by default.
+W2V = replace(FAST, embedding="word2vec")
 
 
 def test_same_seed_gives_identical_vectors_clusters_and_neighbours() -> None:
@@ -72,7 +76,7 @@ def test_cooccurrence_puts_the_usual_next_item_first() -> None:
 
 def test_progress_is_reported_per_stage() -> None:
     seen: list[tuple[str, float]] = []
-    train_model(SESSIONS, FAST, progress=lambda stage, fraction: seen.append((stage, fraction)))
+    train_model(SESSIONS, W2V, progress=lambda stage, fraction: seen.append((stage, fraction)))
     stages = [stage for stage, _ in seen]
     assert stages.index("word2vec") < stages.index("kmeans") < stages.index("neighbours")
     assert ("word2vec", 1.0) in seen and ("neighbours", 1.0) in seen
@@ -90,7 +94,7 @@ def test_the_fit_time_model_knows_only_the_older_sessions() -> None:
     from them alone, and Word2Vec's passes over them are counted apart."""
     sessions = [list(s) for s in SESSIONS] + [["only-new-1", "only-new-2"]] * 5
     cut = len(SESSIONS)
-    served, older = _embed(sessions, cut, FAST, lambda stage, fraction: None)
+    served, older = _embed(sessions, cut, W2V, lambda stage, fraction: None)
     assert older is not None
     assert set(older.items) == {x for s in sessions[:cut] for x in s}
     assert {"only-new-1", "only-new-2"} <= set(served.items)
@@ -108,7 +112,7 @@ def test_a_small_log_takes_half_the_passes_at_twice_the_learning_rate() -> None:
     assert word2vec_schedule(large, params) == (auto_epochs(large), params.alpha)
     # Passes set by hand are taken as given.
     assert word2vec_schedule(small, TrainParams(epochs=7)) == (7, params.alpha)
-    bundle = train_model(SESSIONS, TrainParams(n_clusters=6, n_neighbours=20))
+    bundle = train_model(SESSIONS, TrainParams(n_clusters=6, n_neighbours=20, embedding="word2vec"))
     clicks = sum(map(len, SESSIONS))
     assert clicks < SMALL_LOG_CLICKS
     passes = bundle.manifest["word2vec_epochs"]
@@ -131,5 +135,88 @@ def test_a_small_logs_ranker_is_fitted_on_half_the_candidates() -> None:
 def test_a_small_logs_training_warns_of_nothing(caplog: pytest.LogCaptureFixture) -> None:
     """Its higher learning rate is the schedule's choice, not a mistake to warn about."""
     with caplog.at_level(logging.WARNING):
-        train_model(SESSIONS, TrainParams(n_clusters=6, n_neighbours=20))
+        train_model(SESSIONS, TrainParams(n_clusters=6, n_neighbours=20, embedding="word2vec"))
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _no_word2vec(*args: object, **kwargs: object) -> None:
+    raise AssertionError("Word2Vec ran")
+
+
+def test_a_small_log_is_embedded_from_its_cooccurrences_without_word2vec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under SMALL_LOG_CLICKS the vectors are a truncated SVD of the items' positive PMI
+    within the window: cheaper than Word2Vec's passes, and they rank a small tenant's
+    newest sessions at least as well. Items that click together end up close."""
+    monkeypatch.setattr(training, "Word2Vec", _no_word2vec)
+    groups = [[f"a{i}" for i in range(6)], [f"b{i}" for i in range(6)]]
+    rng = np.random.default_rng(3)
+    sessions = [list(rng.choice(groups[n % 2], 4, replace=False)) for n in range(400)]
+    bundle = train_model(sessions, TrainParams(n_clusters=2, n_neighbours=3, seed=5))
+    assert bundle.manifest["embedding"] == "ppmi"
+    assert bundle.manifest["word2vec_epochs"] == {"older": 0, "all": 0}
+    assert bundle.vectors.shape == (12, TrainParams().vector_size)
+    assert np.allclose(np.linalg.norm(bundle.vectors, axis=1), 1.0, atol=1e-5)
+    cos = bundle.vectors @ bundle.vectors.T
+    group = np.array([x.startswith("a") for x in bundle.items.tolist()])
+    same = group[:, None] == group[None, :]
+    assert cos[same].min() > cos[~same].max()
+    assert len(set(bundle.clusters[group].tolist()) & set(bundle.clusters[~group].tolist())) == 0
+    again = train_model(sessions, TrainParams(n_clusters=2, n_neighbours=3, seed=5))
+    assert np.array_equal(bundle.vectors, again.vectors)
+
+
+def test_the_small_logs_fit_time_vectors_come_from_the_older_sessions_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(training, "Word2Vec", _no_word2vec)
+    sessions = [list(s) for s in SESSIONS] + [["only-new-1", "only-new-2"]] * 5
+    cut = len(SESSIONS)
+    served, older = _embed(sessions, cut, FAST, lambda stage, fraction: None)
+    assert older is not None
+    assert set(older.items) == {x for s in sessions[:cut] for x in s}
+    assert {"only-new-1", "only-new-2"} <= set(served.items)
+    assert served.epochs == {"older": 0, "all": 0}
+    alone, _ = _embed(sessions[:cut], 0, FAST, lambda stage, fraction: None)
+    rows = [alone.items.index(x) for x in older.items]
+    assert np.allclose(np.abs(older.vectors @ alone.vectors[rows].T).diagonal(), 1.0, atol=1e-4)
+
+
+def test_large_logs_and_a_setting_keep_word2vec() -> None:
+    many = [[f"{x}-{copy}" for x in s] for copy in range(8) for s in SESSIONS]
+    assert sum(map(len, many)) >= SMALL_LOG_CLICKS
+    large = train_model(many, TrainParams(epochs=1, n_clusters=6, n_neighbours=20))
+    assert large.manifest["embedding"] == "word2vec"
+    small = train_model(SESSIONS, W2V)
+    assert small.manifest["embedding"] == "word2vec"
+    assert small.manifest["word2vec_epochs"]["older"] == W2V.epochs
+    assert set(EMBEDDINGS) == {"auto", "word2vec", "ppmi"}
+    with pytest.raises(InvalidSettingError, match="embedding"):
+        train_model(SESSIONS, replace(FAST, embedding="glove"))
+
+
+def test_ppmi_keeps_min_count_and_tiny_catalogues() -> None:
+    sessions = [["a", "b", "c"]] * 5 + [["rare", "a"]]
+    bundle = train_model(sessions, TrainParams(min_count=2, n_clusters=2, embedding="ppmi"))
+    assert sorted(bundle.items.tolist()) == ["a", "b", "c"]
+    tiny = train_model([["a", "b"]], TrainParams(n_clusters=10, embedding="ppmi"))
+    assert tiny.vectors.shape == (2, TrainParams().vector_size)
+    with pytest.raises(DataFormatError, match="min_count"):
+        train_model([["a", "b"]], TrainParams(min_count=3, embedding="ppmi"))
+
+
+def test_ppmi_gives_finite_vectors_for_any_small_log() -> None:
+    """Tiny and sparse logs (few items, few pairs, single clicks) still embed: the SVD
+    asks for no more singular vectors than the catalogue allows."""
+    rng = np.random.default_rng(0)
+    params = TrainParams(embedding="ppmi")
+    for _ in range(60):
+        n, m = int(rng.integers(2, 40)), int(rng.integers(1, 60))
+        sessions = [
+            [f"i{x}" for x in rng.integers(0, n, int(rng.integers(1, 6)))] for _ in range(m)
+        ]
+        served, older = _embed(sessions, int(rng.integers(0, m + 1)), params, lambda s, f: None)
+        assert served.vectors.shape == (len(served.items), params.vector_size)
+        assert np.isfinite(served.vectors).all()
+        assert older is None or np.isfinite(older.vectors).all()
