@@ -65,7 +65,7 @@ class LoadTestConfig:
     drain_timeout_s: float = 30.0
     warmup_timeout_s: float = 60.0
     lag_settle_s: float = 10.0
-    linger_ms: float = 5.0
+    linger_ms: float = 1.0
     progress: bool = True
     source: str = ""  # for the report only
 
@@ -373,9 +373,7 @@ def run_loadtest(
             "started_at": _iso(float(sent_at[0])) if sent else None,
         }
     )
-    return RunData(
-        report, sent_at[:sent], recv_at[:sent], intended_at[:sent], published_at[:sent]
-    )
+    return RunData(report, sent_at[:sent], recv_at[:sent], intended_at[:sent], published_at[:sent])
 
 
 def _iso(ts: float) -> str:

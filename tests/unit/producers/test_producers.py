@@ -580,6 +580,26 @@ def test_bad_arguments_are_one_line_errors(args: list[str], message: str) -> Non
     assert message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(("args", "linger_ms"), [([], 1.0), (["--linger-ms", "20"], 20.0)])
+def test_the_load_test_producer_does_not_hold_events_back(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], linger_ms: float
+) -> None:
+    # Its latency counts from each event's send: a linger would be measured as the worker's.
+    configs = []
+
+    def fake_run(table: Any, config: Any, echo: Any) -> RunData:
+        configs.append(config)
+        return run_data(n=20)
+
+    monkeypatch.setattr("producers.loadtest.run_loadtest", fake_run)
+    monkeypatch.setattr("stream.cli.producers._ensure_topics", lambda *a: None)
+    result = CliRunner().invoke(
+        cli, ["loadtest", "--rate", "10", "--duration", "1", "--source", "synth", *args]
+    )
+    assert result.exit_code == 0, result.output
+    assert [c.linger_ms for c in configs] == [linger_ms]
+
+
 def test_synth_cli_writes_a_trainable_file(tmp_path: Path) -> None:
     out = tmp_path / "synth.tsv.gz"
     result = CliRunner().invoke(
