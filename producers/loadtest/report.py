@@ -19,6 +19,7 @@ def summarize(
     recv_at: np.ndarray,
     *,
     intended_at: np.ndarray | None = None,
+    published_at: np.ndarray | None = None,
     offered_rate: float | None,
     send_failed: int = 0,
     dead_letters: int = 0,
@@ -29,7 +30,11 @@ def summarize(
     """The load-test report from per-event send and receipt times (unix seconds, NaN = none).
 
     ``latency_ms`` counts from the intended send time when given (else the send time);
-    ``latency_from_send_ms`` from the actual send; ``sender_late_ms`` is the difference."""
+    ``latency_from_send_ms`` from the actual send; ``sender_late_ms`` is the difference.
+    ``published_at`` (the recommendations' record timestamps, set by the worker's
+    producer) splits the latency in two: up to the worker's publish (the click's trip,
+    fetch, batching, ranking, Redis) and from it to receipt (the producer's linger and
+    acks, the broker, this reader's fetch)."""
     sent = int(np.count_nonzero(~np.isnan(sent_at)))
     answered_mask = ~np.isnan(recv_at)
     answered = int(np.count_nonzero(answered_mask))
@@ -68,6 +73,23 @@ def summarize(
         # First send -> last recommendation: with --max, how long the worker took for all.
         "last_answer_s": _round(last_answer_s, 3),
         "latency_by_window": latency_windows(sent_at[answered_mask] - first_send, latency_ms),
+        **_stages(sent_at - first_send, due_at, recv_at, published_at),
+    }
+
+
+def _stages(
+    when_s: np.ndarray, due_at: np.ndarray, recv_at: np.ndarray, published_at: np.ndarray | None
+) -> dict[str, Any]:
+    if published_at is None:
+        return {}
+    known = ~np.isnan(published_at) & ~np.isnan(recv_at)
+    if not np.any(known):
+        return {}
+    to_publish = (published_at[known] - due_at[known]) * 1000.0
+    return {
+        "to_publish_ms": latency_summary(to_publish),
+        "publish_to_receipt_ms": latency_summary((recv_at[known] - published_at[known]) * 1000.0),
+        "to_publish_by_window": latency_windows(when_s[known], to_publish),
     }
 
 
@@ -134,6 +156,7 @@ def markdown_report(report: dict[str, Any], command: str | None = None) -> str:
         f"| latency p50 / p95 / p99 | {_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])} |",
         f"| latency max (mean) | {_ms(lat['max'])} ({_ms(lat['mean'])}) |",
         *_from_send_rows(report),
+        *_stage_rows(report),
         f"| worker lag at end | {report['lag_end'] if report['lag_end'] is not None else 'n/a'} |",
         f"| strategies | {', '.join(f'{k}: {v:,}' for k, v in report['strategies'].items())} |",
     ]
@@ -163,6 +186,16 @@ def _from_send_rows(report: dict[str, Any]) -> list[str]:
     return [
         f"| from actual send p50 / p99 | {_ms(svc['p50'])} / {_ms(svc['p99'])} |",
         f"| sender late p99 / max | {_ms(late['p99'])} / {_ms(late['max'])} |",
+    ]
+
+
+def _stage_rows(report: dict[str, Any]) -> list[str]:
+    to, fro = report.get("to_publish_ms"), report.get("publish_to_receipt_ms")
+    if not to or not fro:
+        return []
+    return [
+        f"| due -> worker's publish p50 / p99 | {_ms(to['p50'])} / {_ms(to['p99'])} |",
+        f"| worker's publish -> received p50 / p99 | {_ms(fro['p50'])} / {_ms(fro['p99'])} |",
     ]
 
 

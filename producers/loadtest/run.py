@@ -65,7 +65,7 @@ class LoadTestConfig:
     drain_timeout_s: float = 30.0
     warmup_timeout_s: float = 60.0
     lag_settle_s: float = 10.0
-    linger_ms: float = 5.0
+    linger_ms: float = 1.0
     progress: bool = True
     source: str = ""  # for the report only
 
@@ -167,6 +167,8 @@ class Matcher:
     recs_topic: str
     dlq_topic: str
     recv_at: np.ndarray  # float64 [events], NaN until answered
+    # The recommendation's record timestamp: when the worker handed it to its producer.
+    published_at: np.ndarray | None = None
     answered: int = 0
     duplicates: int = 0
     dead_letters: int = 0
@@ -190,9 +192,12 @@ class Matcher:
                 if run_tag in value:
                     self.dead_letters += 1
                 continue
-            self.match_recommendation(value, received, prefix)
+            kind, ts = msg.timestamp()
+            self.match_recommendation(value, received, prefix, ts / 1000.0 if kind else None)
 
-    def match_recommendation(self, value: bytes, received: float, prefix: str) -> None:
+    def match_recommendation(
+        self, value: bytes, received: float, prefix: str, published: float | None = None
+    ) -> None:
         try:
             rec = orjson.loads(value)
             event_id = rec["event_id"]
@@ -209,6 +214,8 @@ class Matcher:
             return
         if math.isnan(self.recv_at[seq]):
             self.recv_at[seq] = received
+            if self.published_at is not None and published is not None:
+                self.published_at[seq] = published
             self.answered += 1
             self.strategies[str(rec.get("strategy"))] += 1
         else:
@@ -281,6 +288,7 @@ class RunData:
     sent_at: np.ndarray
     recv_at: np.ndarray
     intended_at: np.ndarray | None = None
+    published_at: np.ndarray | None = None
 
 
 def run_loadtest(
@@ -292,7 +300,8 @@ def run_loadtest(
     sent_at = np.full(config.events, np.nan)
     intended_at = np.full(config.events, np.nan)
     recv_at = np.full(config.events, np.nan)
-    matcher = Matcher(run_id, config.recs_topic, config.dlq_topic, recv_at)
+    published_at = np.full(config.events, np.nan)
+    matcher = Matcher(run_id, config.recs_topic, config.dlq_topic, recv_at, published_at)
     ends: dict[int, int] = {}
 
     def track_end(err: KafkaError | None, msg: Message) -> None:
@@ -337,6 +346,7 @@ def run_loadtest(
         sent_at[:sent],
         recv_at[:sent],
         intended_at=intended_at[:sent],
+        published_at=published_at[:sent],
         offered_rate=config.rate,
         send_failed=result.stats.failed,
         dead_letters=matcher.dead_letters,
@@ -363,7 +373,7 @@ def run_loadtest(
             "started_at": _iso(float(sent_at[0])) if sent else None,
         }
     )
-    return RunData(report, sent_at[:sent], recv_at[:sent], intended_at[:sent])
+    return RunData(report, sent_at[:sent], recv_at[:sent], intended_at[:sent], published_at[:sent])
 
 
 def _iso(ts: float) -> str:

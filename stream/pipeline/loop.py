@@ -23,6 +23,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -86,6 +87,10 @@ _PERMANENT = {
 # out) before it is dead-lettered and its partition moves on.
 PUBLISH_ATTEMPTS = 5
 _FLUSH_SLICE_S = 0.5  # short flushes, so a stop never waits behind a long one
+# Batches awaiting their acknowledgements and commit while the next ones are fetched and
+# processed: the fetch never waits for a commit's round trip, which at a steady rate
+# below capacity would be added to the latency of every event arriving meanwhile.
+IN_FLIGHT = 4
 # SIGTERM to exit, even with a batch stuck; the rest of the worker's shutdown fits in 10 s.
 STOP_BUDGET_S = 6.0
 
@@ -122,6 +127,7 @@ class RecordPublisher:
                 }
             )
         )
+        self._flushing = asyncio.Lock()
 
     def send(self, result: BatchResult) -> Delivery:
         """Queue every record of the batch (in C, no waiting)."""
@@ -154,8 +160,11 @@ class RecordPublisher:
         """Until every record queued so far is acknowledged or has failed (librdkafka
         gives up on a record after ``message.timeout.ms``); failures land in their
         :class:`Delivery`."""
-        while await asyncio.to_thread(self._producer.flush, _FLUSH_SLICE_S):
-            pass
+        # One flush at a time: librdkafka runs a failed record's callback in whichever
+        # thread polls, and a flush in another thread could return before it ran.
+        async with self._flushing:
+            while await asyncio.to_thread(self._producer.flush, _FLUSH_SLICE_S):
+                pass
 
     def close(self, timeout: float) -> None:
         self._producer.flush(timeout)
@@ -164,9 +173,10 @@ class RecordPublisher:
 class BatchLoop(Service):
     """Consume ``clicks`` in batches, process, publish, then commit.
 
-    Batches overlap by one: while batch N's records wait for the broker's
-    acknowledgements (in a thread), batch N+1 is fetched and processed. Commits still
-    go in order, each after its own batch's delivery and its predecessor's commit.
+    Batches overlap: while up to :data:`IN_FLIGHT` batches' records wait for the
+    broker's acknowledgements (in a thread) and their commits, the next batch is
+    fetched and processed. Commits still go in order, each after its own batch's
+    delivery and its predecessor's commit.
     """
 
     def __init__(
@@ -289,6 +299,7 @@ class BatchLoop(Service):
         assert self._consumer is not None and self._publisher is not None
         within_s = self._settings.batch_within_s
         previous: asyncio.Future[None] | None = None
+        pending: deque[asyncio.Future[None]] = deque()  # batches not yet committed
         fetch_failures = 0
         while not self._stopping:
             try:
@@ -326,12 +337,14 @@ class BatchLoop(Service):
             except BaseException:
                 self._release()
                 raise
-            # At most one older batch still waiting: wait for it before going on.
-            if previous is not None and not previous.done():
-                await asyncio.shield(previous)
+            while pending and pending[0].done():
+                pending.popleft()
+            if len(pending) >= IN_FLIGHT:
+                await asyncio.shield(pending.popleft())
             previous = asyncio.ensure_future(
                 self._complete(fetched, batch, result, delivery, previous, started)
             )
+            pending.append(previous)
             self._tasks.add(previous)
             previous.add_done_callback(self._tasks.discard)
 

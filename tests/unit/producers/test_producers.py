@@ -53,9 +53,14 @@ class FakeMessage:
     key_: str
     partition_: int = 0
     offset_: int = 0
+    timestamp_ms: int | None = None
 
     def topic(self) -> str:
         return self.topic_
+
+    def timestamp(self) -> tuple[int, int]:
+        # librdkafka's (type, ms): type 0 = not available
+        return (0, -1) if self.timestamp_ms is None else (1, self.timestamp_ms)
 
     def value(self) -> bytes:
         return self.value_
@@ -499,6 +504,28 @@ def test_matcher_signals_when_every_warm_up_probe_is_answered() -> None:
     assert matcher.probes_answered.is_set() and matcher.answered == 0
 
 
+def test_matcher_keeps_when_the_worker_published_each_answer() -> None:
+    recv, published = np.full(3, np.nan), np.full(3, np.nan)
+    matcher = Matcher("lt1", "recs", "dlq", recv, published)
+    answer = fake_msg("recs", {"event_id": "lt1-1"})
+    answer.timestamp_ms = 122_500
+    matcher.on_batch([answer, fake_msg("recs", {"event_id": "lt1-2"})], received=123.0)
+    assert published[1] == 122.5 and np.isnan(published[2]) and recv[2] == 123.0
+
+
+def test_summarize_splits_latency_at_the_workers_publish() -> None:
+    sent = 1000.0 + np.arange(200) * 0.1  # 20 s
+    published = sent + np.repeat([0.030, 0.004], 100)  # a slow first window, then steady
+    recv = published + 0.002
+    report = summarize(sent, recv, published_at=published, offered_rate=10.0)
+    assert report["to_publish_ms"]["p50"] == pytest.approx(17.0)
+    assert report["publish_to_receipt_ms"]["p99"] == pytest.approx(2.0)
+    assert [w["p99"] for w in report["to_publish_by_window"]] == pytest.approx([30.0, 4.0])
+    text = markdown_report(report)
+    assert "worker's publish -> received p50 / p99 | 2.0 ms / 2.0 ms" in text
+    assert "to_publish_ms" not in summarize(sent, recv, offered_rate=10.0)
+
+
 def run_data(n: int = 2000, seed: int = 0) -> RunData:
     rng = np.random.default_rng(seed)
     sent = 1000.0 + np.arange(n) / 500.0
@@ -551,6 +578,26 @@ def test_bad_arguments_are_one_line_errors(args: list[str], message: str) -> Non
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("args", "linger_ms"), [([], 1.0), (["--linger-ms", "20"], 20.0)])
+def test_the_load_test_producer_does_not_hold_events_back(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], linger_ms: float
+) -> None:
+    # Its latency counts from each event's send: a linger would be measured as the worker's.
+    configs = []
+
+    def fake_run(table: Any, config: Any, echo: Any) -> RunData:
+        configs.append(config)
+        return run_data(n=20)
+
+    monkeypatch.setattr("producers.loadtest.run_loadtest", fake_run)
+    monkeypatch.setattr("stream.cli.producers._ensure_topics", lambda *a: None)
+    result = CliRunner().invoke(
+        cli, ["loadtest", "--rate", "10", "--duration", "1", "--source", "synth", *args]
+    )
+    assert result.exit_code == 0, result.output
+    assert [c.linger_ms for c in configs] == [linger_ms]
 
 
 def test_synth_cli_writes_a_trainable_file(tmp_path: Path) -> None:
