@@ -176,20 +176,6 @@ def _main_source(row, w_raw, w_sqrt, feature_source, contribution):  # pragma: n
 
 
 @njit(cache=True, nogil=True)
-def _touch(j, tag, stamp, slot, feats, cand, found):  # pragma: no cover - compiled
-    """Make item j a candidate of row ``tag`` (features zeroed) if it is not one yet.
-    Features live in candidate order (``slot[j]``), so the rows in use stay in cache."""
-    if stamp[j] != tag:
-        stamp[j] = tag
-        slot[j] = found
-        for f in range(feats.shape[1]):  # a slice assignment costs more at this size
-            feats[found, f] = 0.0
-        cand[found] = j
-        found += 1
-    return found
-
-
-@njit(cache=True, nogil=True)
 def _kth_largest(values, rank, bufs):  # pragma: no cover - compiled
     """The ``rank``-th largest (0 = the largest) of ``values``: quickselect whose passes
     have no data-dependent branch (each value is written to both ends of the next
@@ -289,7 +275,11 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     nf = weights.size // 2
     k = out_items.shape[1]
     context = weight_by_age.size
-    feats = np.empty((n, nf), dtype=np.float64)  # a row is zeroed when first touched
+    # Candidates are made where they are found (a few lines each, not a call: a call's
+    # array arguments cost two atomic reference counts each, at every candidate). A
+    # candidate's features live in row ``slot[j]``, in order of finding, so the rows in
+    # use stay in cache; they are zero when a session starts and zeroed after it.
+    feats = np.zeros((n, nf), dtype=np.float64)
     slot = np.empty(n, dtype=np.int64)
     cand = np.empty(n, dtype=np.int64)
     newest = np.empty(context, dtype=np.int64)
@@ -306,6 +296,10 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     pool = np.empty(n, dtype=np.int64)
     pool_prior = np.empty(n, dtype=np.float64)
     pool_pos = np.empty(n, dtype=np.int64)
+    pool_row = np.empty(n, dtype=np.int64)
+    e_last = np.empty(n, dtype=np.float64)
+    e_sess = np.empty(n, dtype=np.float64)
+    score = np.empty(n, dtype=np.float64)
     select_buf = np.empty((2, max(n, sample_size, 1)), dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
@@ -317,6 +311,8 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     n_prior = prior_f.size
     w_raw = weights[:nf]
     w_sqrt = weights[nf : 2 * nf]
+    scored_f = np.flatnonzero((w_raw != 0.0) | (w_sqrt != 0.0))
+    n_scored = scored_f.size
     for r in range(ptr.size - 1):
         tag = tag_base + r + 1
         lo, hi = ptr[r], ptr[r + 1]
@@ -347,16 +343,20 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 continue
             if exclude_mode == 2 or (exclude_mode == 1 and p == hi - 1):
                 excluded[i] = tag
-            new = stamp[i] != tag
-            found = _touch(i, tag, stamp, slot, feats, cand, found)
-            if new:  # first (newest) occurrence: V-SKNN weight of its latest position
+            if stamp[i] != tag:  # first (newest) occurrence: V-SKNN weight of its latest
+                stamp[i] = tag  # position; a new candidate (see the note on feats)
+                slot[i] = found
+                cand[found] = i
+                found += 1
                 dist[n_dist] = i
                 dist_w[n_dist] = (n_known - age) / n_known
                 n_dist += 1
-            feats[slot[i], OWN_RECENCY] += own_decay**age
+            w_age = own_decay**age
+            feats[slot[i], OWN_RECENCY] += w_age
             feats[slot[i], OWN_COUNT] += 1.0
-            session_vec += own_decay**age * vectors[i]
-            recency_total += own_decay**age
+            for x in range(session_vec.size):  # no temporary array per click
+                session_vec[x] += w_age * vectors[i, x]
+            recency_total += w_age
             if age == 0:
                 last = i
                 feats[slot[i], IS_CURRENT] = 1.0
@@ -373,15 +373,27 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             w = weight_by_age[a]
             for q in range(min(m, per_source)):
                 j = neighbours[i, q]
-                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                if stamp[j] != tag:  # a new candidate (see the note on feats)
+                    stamp[j] = tag
+                    slot[j] = found
+                    cand[found] = j
+                    found += 1
                 feats[slot[j], NEIGHBOURS] += w * neighbour_scores[i, q]
             for q in range(ru_ptr[i], min(ru_ptr[i + 1], ru_ptr[i] + per_source)):
                 j = ru_idx[q]
-                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                if stamp[j] != tag:  # a new candidate (see the note on feats)
+                    stamp[j] = tag
+                    slot[j] = found
+                    cand[found] = j
+                    found += 1
                 feats[slot[j], RULES] += w * ru_w[q]
         for q in range(tr_ptr[last], min(tr_ptr[last + 1], tr_ptr[last] + per_source)):
             j = tr_idx[q]
-            found = _touch(j, tag, stamp, slot, feats, cand, found)
+            if stamp[j] != tag:  # a new candidate (see the note on feats)
+                stamp[j] = tag
+                slot[j] = found
+                cand[found] = j
+                found += 1
             feats[slot[j], TRANSITIONS] = tr_w[q]
         # The most clicked items of the last click's category, scored by their rank there.
         cat = categories[last]
@@ -389,7 +401,11 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             start = cat_ptr[cat]
             for q in range(start, min(cat_ptr[cat + 1], start + per_source)):
                 j = cat_items[q]
-                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                if stamp[j] != tag:  # a new candidate (see the note on feats)
+                    stamp[j] = tag
+                    slot[j] = found
+                    cand[found] = j
+                    found += 1
                 feats[slot[j], CATEGORY_TOP] = 1.0 / (1.0 + q - start)
         # Sequence continuations over the known clicks (oldest first).
         for p in range(lo, hi):
@@ -406,7 +422,11 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 continue
             for q in range(c_ptr[row], min(c_ptr[row + 1], c_ptr[row] + per_source)):
                 j = c_idx[q]
-                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                if stamp[j] != tag:  # a new candidate (see the note on feats)
+                    stamp[j] = tag
+                    slot[j] = found
+                    cand[found] = j
+                    found += 1
                 feats[slot[j], AFTER[which]] = c_w[q]
                 if which == 2:
                     feats[slot[j], AFTER_PREFIX_LONG] = c_w[q] * long_weight
@@ -519,19 +539,22 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         # on (ties in gathering order: the other sources' items, then the voted-only ones
         # in voting order; both depend on the session alone). Stage two scores those with
         # every feature and the ranker.
+        # Each sum runs over its terms in the same order as one candidate at a time, but
+        # the candidates advance together: independent chains the CPU overlaps.
         n_pool = 0
         for c in range(found):
             j = cand[c]
             if excluded[j] == tag or banned[j]:
                 continue
-            pr = 0.0
-            row_j = slot[j]
-            for t in range(n_prior):
-                f = prior_f[t]
-                pr += prior_s[f] * feats[row_j, f]
             pool[n_pool] = j
-            pool_prior[n_pool] = pr
+            pool_row[n_pool] = c  # a gathered candidate's row is its gathering order
+            pool_prior[n_pool] = 0.0
             n_pool += 1
+        for t in range(n_prior):
+            f = prior_f[t]
+            w = prior_s[f]
+            for c in range(n_pool):
+                pool_prior[c] += w * feats[pool_row[c], f]
         for e in range(n_only):
             j = only[e]
             pool[n_pool] = j
@@ -545,43 +568,60 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         for c in range(n_pool):
             j = pool[c]
             if stamp[j] != tag:  # voted only: its row now
-                found = _touch(j, tag, stamp, slot, feats, cand, found)
+                if stamp[j] != tag:  # a new candidate (see the note on feats)
+                    stamp[j] = tag
+                    slot[j] = found
+                    cand[found] = j
+                    found += 1
                 feats[slot[j], VSKNN] = votes[j, 0]
                 feats[slot[j], SKNN] = votes[j, 1]
         for e in range(n_voted):  # zero again for the next session
             votes[voted[e], 0] = 0.0
             votes[voted[e], 1] = 0.0
-        kept = 0
         for c in range(n_pool):
             j = pool[c]
-            feats[slot[j], VSKNN] /= div_v
-            feats[slot[j], SKNN] /= div_c
-            e_last = 0.0
-            e_sess = 0.0
-            for x in range(vectors.shape[1]):
-                e_last += vectors[j, x] * vectors[last, x]
-                e_sess += vectors[j, x] * session_vec[x]
-            feats[slot[j], EMB_LAST] = e_last
-            feats[slot[j], EMB_SESSION] = e_sess
-            feats[slot[j], SAME_CLUSTER] = 1.0 if clusters[j] == clusters[last] else 0.0
+            row_j = slot[j]
+            pool_row[c] = row_j
+            feats[row_j, VSKNN] /= div_v
+            feats[row_j, SKNN] /= div_c
+            feats[row_j, SAME_CLUSTER] = 1.0 if clusters[j] == clusters[last] else 0.0
             for g in range(item_cols.size):
-                feats[slot[j], item_cols[g]] = item_values[g, j]
+                feats[row_j, item_cols[g]] = item_values[g, j]
             cat = categories[j]
             if cat >= 0:
-                feats[slot[j], SAME_CATEGORY] = 1.0 if cat == categories[last] else 0.0
+                feats[row_j, SAME_CATEGORY] = 1.0 if cat == categories[last] else 0.0
                 share = 0.0
                 for d in range(n_dist):
                     i = dist[d]
                     if categories[i] == cat:
                         share += feats[slot[i], OWN_RECENCY]
-                feats[slot[j], CATEGORY_SHARE] = share / recency_total
-            s = 0.0
-            for f in range(nf):
-                x = feats[slot[j], f]
-                s += w_raw[f] * x
-                if x > 0.0:
-                    s += w_sqrt[f] * np.sqrt(x)
-            kept = push_top(out_scores, out_items, r, kept, k, s, j)
+                feats[row_j, CATEGORY_SHARE] = share / recency_total
+            e_last[c] = 0.0
+            e_sess[c] = 0.0
+            score[c] = 0.0
+        for x in range(vectors.shape[1]):
+            at_last = vectors[last, x]
+            at_session = session_vec[x]
+            for c in range(n_pool):
+                v_j = vectors[pool[c], x]
+                e_last[c] += v_j * at_last
+                e_sess[c] += v_j * at_session
+        for c in range(n_pool):
+            feats[pool_row[c], EMB_LAST] = e_last[c]
+            feats[pool_row[c], EMB_SESSION] = e_sess[c]
+        # A feature weighing 0 adds 0 to every score: left out. The square root's term is
+        # added as 0 where the feature is not positive (no branch to mispredict).
+        for t in range(n_scored):
+            f = scored_f[t]
+            wr = w_raw[f]
+            ws = w_sqrt[f]
+            for c in range(n_pool):
+                x = feats[pool_row[c], f]
+                score[c] += wr * x
+                score[c] += ws * np.sqrt(x) if x > 0.0 else 0.0
+        kept = 0
+        for c in range(n_pool):
+            kept = push_top(out_scores, out_items, r, kept, k, score[c], pool[c])
         if kept > 0:
             row = feats[slot[out_items[r, 0]]]
             strategy[r] = _main_source(row, w_raw, w_sqrt, feature_source, contribution)
@@ -592,6 +632,9 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         if out_feats.shape[0] > 0:
             for c in range(kept):
                 out_feats[r, c, :] = feats[slot[out_items[r, c]], :]
+        for c in range(found):  # zero again for the next session
+            for f in range(nf):
+                feats[c, f] = 0.0
 
 
 _drop_stale_cache()
