@@ -288,7 +288,7 @@ def _in_group(
         member.run(train, on_batch, between)
         click.echo(
             f"trainer: group {group}: pass {member.info.id if member.info else '?'} done in "
-            f"{time.perf_counter() - started:.1f}s ({member.trained} of its "
+            f"{time.perf_counter() - started:.1f}s ({len(member.trained)} of its "
             f"{member.info.tenants if member.info else '?'} tenant(s) by this trainer)"
         )
     look()

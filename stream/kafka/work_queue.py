@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -58,19 +59,27 @@ def publish(kafka: KafkaClientConfig, topic: str, records: Iterable[tuple[str, b
     return ends
 
 
-def end_offsets(kafka: KafkaClientConfig, topic: str) -> Offsets:
+def end_offsets(kafka: KafkaClientConfig, topic: str, timeout: float = 30.0) -> Offsets:
     """Each partition's end offset now (where the next record will be written)."""
     consumer = Consumer(kafka.consumer("streamrec-offsets"))
+    deadline = time.monotonic() + timeout
     try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise StreamrecError(f"topic {topic!r} not found on {kafka}")
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in sorted(meta.partitions)
-        }
-    except KafkaException as exc:
-        raise StreamrecError(f"Kafka broker at {kafka} does not answer: {exc}") from None
+        while True:
+            try:
+                meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+                if meta is None or meta.error is not None:
+                    raise StreamrecError(f"topic {topic!r} not found on {kafka}")
+                return {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in sorted(meta.partitions)
+                }
+            except KafkaException as exc:
+                # A topic just created has no leaders for a moment.
+                if time.monotonic() > deadline:
+                    raise StreamrecError(
+                        f"Kafka broker at {kafka} does not answer: {exc}"
+                    ) from None
+                time.sleep(0.5)
     finally:
         consumer.close()
 
@@ -99,6 +108,7 @@ class GroupQueue:
         self._start_at = start_at
         self._on_revoke = on_revoke
         self.assigned: set[int] = set()
+        self.changed = time.monotonic()  # when the assignment last changed
         self._at_end: set[int] = set()  # assigned partitions read to their end
         self._consumer = Consumer(
             kafka.consumer(
@@ -127,6 +137,7 @@ class GroupQueue:
                 tp.offset = begin  # records before it belong to passes already over
         consumer.assign(partitions)
         self.assigned |= {tp.partition for tp in partitions}
+        self.changed = time.monotonic()
         log.info(
             "%s: assigned partition(s) %s", self.topic, _names(tp.partition for tp in partitions)
         )
@@ -139,6 +150,7 @@ class GroupQueue:
             self.assigned -= set(gone)
             self._at_end -= set(gone)
             consumer.unassign()
+            self.changed = time.monotonic()
             if gone:
                 log.info("%s: partition(s) %s given up", self.topic, _names(gone))
 

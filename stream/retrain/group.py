@@ -62,6 +62,8 @@ LEASE_TTL_S = 15.0
 # reading the log for its batch, takes less) is presumed stuck and loses its tenants.
 MAX_WORK_S = 1800.0
 RETRY_S = 10.0
+# How long the group's assignment must stay unchanged before a batch starts.
+SETTLE_S = 3.0
 
 # train(tenants, pass, progress) -> the batch's report; progress(tenant) after each one.
 Train = Callable[[list[str], PassInfo, Callable[[str], None]], PassReport]
@@ -91,7 +93,7 @@ class GroupTrainer:
         self.info: PassInfo | None = None
         # tenant -> (partition, offset, pass id) of its record, until its batch starts
         self.pending: dict[str, tuple[int, int, str]] = {}
-        self.trained = 0  # tenants this process trained (or skipped) in its passes
+        self.trained: set[str] = set()  # tenants this process trained (or skipped)
         self._late: str | None = None  # the pass last said to be late
         ensure_topics(settings.kafka, [self.topic], RETRAIN_PARTITIONS)
         self.queue = GroupQueue(
@@ -117,8 +119,7 @@ class GroupTrainer:
                 if target is None:
                     self._schedule()
                 self._consume(0.5)
-                info = self.info
-                if self.pending and self.queue.at_end() and info and info.ends is not None:
+                if self.pending and self._ready():
                     self._train(train, on_batch)
                 self._commit()
                 if target is not None and not self.pending and self._pass_over(target):
@@ -290,8 +291,20 @@ class GroupTrainer:
         for p, o in batch.values():  # those with no clicks in the window too
             self.ledger.finish(p, o)
         self._commit()
-        self.trained += len(batch)
+        self.trained |= set(batch)
         on_batch(report, info, time.perf_counter() - started)
+
+    def _ready(self) -> bool:
+        """A batch starts once the pass is all published, this trainer's partitions are
+        read to their end, and the group has settled (trainers started together join
+        within moments: a batch cut before would be split again at once)."""
+        info = self.info
+        return (
+            info is not None
+            and info.ends is not None
+            and self.queue.at_end()
+            and time.monotonic() - self.queue.changed >= SETTLE_S
+        )
 
     def _commit(self, wait: bool = False) -> None:
         self.queue.commit(self.ledger.to_commit(), wait=wait)
