@@ -12,6 +12,13 @@ read from /proc.
 
 ``--passes 2`` runs the trainer pass twice in a row: the second is the steady state,
 where every tenant has a model in service, so the gate scores it too.
+
+``--trainers 1,2,4`` runs, on the same click log, one pass with that many
+``streamrec trainer --once --group`` processes each (``--jobs`` training processes
+each), every run into a fresh registry, side by side with the one-process pass
+(``--jobs``); ``--no-single`` leaves that one out.
+
+    .venv/bin/python benchmarks/tenants_scale.py --tenants 200 --trainers 1,2,4 --jobs 1
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,6 +41,7 @@ from confluent_kafka import Producer
 
 from models.datasets import build_sessions
 from models.gate import GatePolicy
+from models.registry import Registry
 from models.train import TrainParams
 from producers.synth import SynthParams, generate_clicks
 from stream.config import Settings
@@ -71,6 +82,53 @@ def produce_tenants(
     return clicks, n_sessions
 
 
+_BATCH = re.compile(
+    r"trainer: group .*: (\d+) tenant\(s\) in [\d.]+s \(reading \d+ clicks: ([\d.]+)s\)"
+)
+
+
+def group_pass(
+    stack: EmbeddedStack, settings: Settings, home: Path, tenants: int, count: int, jobs: int
+) -> tuple[int, float, list[float], float, int]:
+    """One pass by ``count`` ``trainer --once --group`` processes into a fresh registry:
+    (count, wall seconds, seconds reading the log per trainer, CPU seconds, tenants)."""
+    models = home / f"models-{count}-trainers"
+    registry = Registry(models)
+    for t in range(tenants):
+        registry.create_tenant(f"shop-{t:04d}")
+    env = {
+        **os.environ,
+        "STREAMREC_BROKER": stack.broker,
+        "STREAMREC_REDIS_URL": stack.redis_url,
+        "STREAMREC_MODEL_DIR": str(models),
+        "STREAMREC_HOME": str(home),
+        "STREAMREC_RETRAIN_TOPIC": f"retrain-{count}",
+    }
+    cmd = [sys.executable, "-m", "stream", "trainer", "--once", "--group", f"bench-{count}",
+           "--window", "8d", "--jobs", str(jobs), "--quiet"]  # fmt: skip
+    cpu = _cpu_s()
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(count)
+    ]
+    outputs = [p.communicate()[0] for p in procs]
+    pass_s = time.perf_counter() - started
+    cpu = _cpu_s() - cpu
+    for p, out in zip(procs, outputs, strict=True):
+        if p.returncode != 0:
+            raise SystemExit(f"a trainer failed ({p.returncode}):\n{out}")
+    reads = [sum(float(m.group(2)) for m in _BATCH.finditer(out)) for out in outputs]
+    trained = sum(int(m.group(1)) for out in outputs for m in _BATCH.finditer(out))
+    print(
+        f"{count} trainer(s) --once --group, --jobs {jobs} each: {trained} tenant(s) in "
+        f"{pass_s:.1f}s (reading the log: {' / '.join(f'{r:.1f}' for r in reads)} s; "
+        f"CPU {cpu:.1f}s)",
+        flush=True,
+    )
+    return count, pass_s, reads, cpu, trained
+
+
 def _cpu_s() -> float:
     """User + system CPU seconds of this process and its waited-for children."""
     t = os.times()
@@ -97,6 +155,15 @@ def main() -> None:
     parser.add_argument(
         "--passes", type=int, default=1, help="trainer passes in a row (2nd: steady state)"
     )
+    parser.add_argument(
+        "--trainers",
+        default="",
+        help="comma-separated counts of `trainer --once --group` processes to run a pass with",
+    )
+    parser.add_argument(
+        "--no-single", action="store_true", help="no one-process pass (with --trainers)"
+    )
+    parser.add_argument("--no-worker", action="store_true", help="skip the worker's memory")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("streamrec.stream.retrain.job").setLevel(logging.INFO)
@@ -121,7 +188,10 @@ def main() -> None:
         )
 
         passes = []  # (pass seconds, read seconds, CPU seconds, report)
-        for n in range(1, args.passes + 1):
+        groups = []  # (trainers, pass seconds, read seconds per trainer, CPU seconds, tenants)
+        for count in [int(c) for c in args.trainers.split(",") if c]:
+            groups.append(group_pass(stack, settings, home, args.tenants, count, args.jobs))
+        for n in range(1, 0 if args.no_single else args.passes + 1):
             started = time.perf_counter()
             cpu = _cpu_s()
             report = run_once(
@@ -145,6 +215,10 @@ def main() -> None:
                 if o.decision.action == "skipped":
                     print(f"  {o.tenant}: {o.decision.action}: {o.decision.reason}")
 
+        if args.no_worker:
+            rss, got, versions, now_rss = 0.0, [], set(), {}
+            return report_all(args, clicks, sessions, produce_s, passes, groups, rss, got,
+                              versions, now_rss)  # fmt: skip
         cfg = WorkerConfig(
             stack,
             home / "worker",
@@ -180,6 +254,27 @@ def main() -> None:
         stack.down()
         shutil.rmtree(home, ignore_errors=True)
 
+    report_all(args, clicks, sessions, produce_s, passes, groups, rss, got, versions, now_rss)
+
+
+def report_all(  # type: ignore[no-untyped-def]
+    args, clicks, sessions, produce_s, passes, groups, rss, got, versions, now_rss
+) -> None:
+    if groups:
+        print()
+        print(
+            "| trainer processes | jobs each | tenants trained | pass (wall) "
+            "| reading the log, per trainer | CPU per tenant |"
+        )
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        for count, pass_s, reads, cpu_s, trained in groups:
+            print(
+                f"| {count} | {args.jobs} | {trained:,} | {pass_s:,.1f} s | "
+                + " / ".join(f"{r:.1f}" for r in reads)
+                + f" s | {cpu_s / max(1, args.tenants) * 1000:,.0f} ms |"
+            )
+    if not passes:
+        return
     print()
     print(
         "| tenants | sessions/tenant | clicks | pass | trainer --once | of which reading the log "

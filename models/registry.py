@@ -51,6 +51,7 @@ KEYS = "KEYS.json"
 # The tenant's serving rules (models.rules.ServingRules as JSON).
 RULES = "RULES.json"
 LOCK = ".lock"
+TRAINING_LOCK = ".training"
 LOCKS = ".locks"  # not a tenant name (one never starts with a dot)
 # Held while a tenant is created: a name is checked against every other at once.
 CREATION_LOCK = ".create"
@@ -111,6 +112,15 @@ class Registry:
         tenant_dir = self._tenant_dir(tenant)
         with self._lock_file(f"{tenant}{LOCK}"):
             yield tenant_dir
+
+    @contextmanager
+    def training(self, tenant: str) -> Iterator[None]:
+        """Held while a trainer retrains the tenant (across processes, released when its
+        holder dies): a second trainer waits, then sees what the first registered. Apart
+        from :meth:`locked`, which guards short changes of control state."""
+        self._tenant_dir(tenant)  # a valid name
+        with self._lock_file(f"{tenant}{TRAINING_LOCK}"):
+            yield
 
     @contextmanager
     def _lock_file(self, name: str) -> Iterator[None]:

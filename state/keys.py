@@ -99,3 +99,16 @@ def catalogue(tenant: str) -> str:
 def catalogue_version(tenant: str) -> str:
     """Counter bumped by every catalogue change: workers reload the catalogue when it moves."""
     return f"{PREFIX}:cat:{{{tenant}}}:v"
+
+
+def trainer_lease(group: str) -> str:
+    """The scheduler's lease of a trainer group (``trainer --group``): held, with a TTL
+    renewed while its holder lives, by the one process that publishes the passes. Its
+    value names the holder and the pass it published when it took the lease."""
+    return f"{PREFIX}:trainer:{{{encode_id(group)}}}:lease"
+
+
+def trainer_pass(group: str) -> str:
+    """The group's current pass as JSON (id, when published, window, the retrain topic's
+    offsets where its records begin and end): how a trainer knows the pass is done."""
+    return f"{PREFIX}:trainer:{{{encode_id(group)}}}:pass"

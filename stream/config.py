@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     dlq_topic: str = "clicks.dlq"
     # Explicit feedback from apps (click / add_to_cart / purchase of a recommended item).
     feedback_topic: str = "feedback"
+    # Each pass's work for trainers sharing the tenants (`trainer --group`), keyed by tenant.
+    retrain_topic: str = "retrain"
     partitions: int = 4
     app_id: str = "streamrec-worker"
     # Session state in Redis: the newest `session_cap` items are kept for `session_ttl_s`.

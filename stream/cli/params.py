@@ -176,6 +176,12 @@ _READS = {
         (f"STREAMREC_{name.upper()}", f"topic [default: {_setting_default(name)}]")
         for name in ("clicks_topic", "recs_topic", "dlq_topic", "feedback_topic")
     ],
+    "retrain": [
+        (
+            "STREAMREC_RETRAIN_TOPIC",
+            f"a trainer group's work [default: {_setting_default('retrain_topic')}]",
+        )
+    ],
 }
 
 

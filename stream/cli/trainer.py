@@ -6,6 +6,8 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 from tqdm import tqdm
@@ -16,13 +18,18 @@ from models.train import TrainParams
 from stream.cli.params import TENANT, Duration, option, uses
 from stream.config import Settings
 
+if TYPE_CHECKING:
+    from stream.retrain.group import Train
+    from stream.retrain.job import PassReport
+    from stream.retrain.passes import PassInfo
+
 log = logging.getLogger(f"streamrec.{__name__}")
 
 # How a decision is counted in a pass's summary line, where its name alone is not clear.
 _SUMMARY = {"unjudged": "with no fresh sessions to judge"}
 
 
-@click.command("trainer", epilog=uses("registry", "redis", "broker", "topics"))
+@click.command("trainer", epilog=uses("registry", "redis", "broker", "topics", "retrain"))
 @option("--once", is_flag=True, help="One pass over all tenants, then exit.")
 @option(
     "--every",
@@ -112,6 +119,16 @@ _SUMMARY = {"unjudged": "with no fresh sessions to judge"}
     help="How the served model orders candidates (see `streamrec train --help`).",
 )
 @option(
+    "--group",
+    metavar="NAME",
+    help="Share the tenants with every trainer started with this group name, on this "
+    "machine or others: each pass's work is one record per tenant on the `retrain` topic, "
+    "consumed in the Kafka consumer group NAME, so each tenant is trained by one trainer "
+    "and a trainer that dies has its tenants taken over. With --once, every trainer of "
+    "the group exits when the pass is done; with --every, one of them (whichever holds "
+    "the group's lease in Redis) publishes the passes.",
+)
+@option(
     "--quiet",
     "-q",
     is_flag=True,
@@ -136,6 +153,7 @@ def trainer(
     epochs: int | None,
     seed: int | None,
     ranker: str | None,
+    group: str | None,
     quiet: bool,
 ) -> None:
     """Retrain each tenant's model from the click log and promote it only if it is better.
@@ -171,6 +189,17 @@ def trainer(
     params = TrainParams(**overrides)
     if quiet:
         logging.getLogger("streamrec").setLevel(logging.WARNING)
+    if group is not None:
+        _in_group(
+            settings, group, once=once, every=every, window=window, tenants=tenants,
+            quiet=quiet, look=look, rollout_check=rollout_check,
+            train=lambda names, info, step: run_once(
+                settings, window_s=info.window_s, now=info.now, params=params,
+                policy=policy, tenants=names, progress=step, jobs=jobs,
+                keep_unpromoted=keep_unpromoted, rollout=staged, pass_id=info.id,
+            ),
+        )  # fmt: skip
+        return
     while True:
         started = time.perf_counter()
         # On a terminal a bar; elsewhere the log's line per stage and tenant says it all.
@@ -201,17 +230,7 @@ def trainer(
             log.error("trainer: this pass failed: %s; the next one in %.0fs", exc, every)
         else:
             bar.close()
-            counts = Counter(o.decision.action for o in report.outcomes)
-            click.echo(
-                f"trainer: {len(report.outcomes)} tenant(s) in "
-                f"{time.perf_counter() - started:.1f}s (reading {report.clicks} clicks: "
-                f"{report.read_s:.1f}s): "
-                + ", ".join(
-                    f"{counts[a]} {_SUMMARY.get(a, a)}"
-                    for a in ("promoted", "rollout", "kept", "unjudged", "skipped")
-                    if counts[a] or a in ("promoted", "kept", "skipped")
-                )
-            )
+            click.echo(f"trainer: {_summary(report, time.perf_counter() - started)}")
             if once:
                 look()
                 return
@@ -221,3 +240,55 @@ def trainer(
         while time.monotonic() < next_pass:
             look()
             time.sleep(max(0.0, min(rollout_check, next_pass - time.monotonic())))
+
+
+def _summary(report: PassReport, elapsed: float) -> str:
+    counts = Counter(o.decision.action for o in report.outcomes)
+    return (
+        f"{len(report.outcomes)} tenant(s) in {elapsed:.1f}s (reading {report.clicks} "
+        f"clicks: {report.read_s:.1f}s): "
+        + ", ".join(
+            f"{counts[a]} {_SUMMARY.get(a, a)}"
+            for a in ("promoted", "rollout", "kept", "unjudged", "skipped")
+            if counts[a] or a in ("promoted", "kept", "skipped")
+        )
+    )
+
+
+def _in_group(
+    settings: Settings,
+    group: str,
+    *,
+    once: bool,
+    every: float,
+    window: float,
+    tenants: tuple[str, ...],
+    quiet: bool,
+    look: Callable[[], None],
+    rollout_check: float,
+    train: Train,
+) -> None:
+    """This process as one of the trainers of ``group`` (stream.retrain.group)."""
+    from stream.retrain.group import GroupOptions, GroupTrainer
+
+    options = GroupOptions(group, once, every, window, tenants, quiet)
+    last_look = 0.0
+
+    def between() -> None:  # the publisher moves running rollouts on, between batches
+        nonlocal last_look
+        if time.monotonic() - last_look >= rollout_check:
+            last_look = time.monotonic()
+            look()
+
+    def on_batch(report: PassReport, info: PassInfo, elapsed: float) -> None:
+        click.echo(f"trainer: group {group}, pass {info.id}: {_summary(report, elapsed)}")
+
+    started = time.perf_counter()
+    with GroupTrainer(settings, options) as member:
+        member.run(train, on_batch, between)
+        click.echo(
+            f"trainer: group {group}: pass {member.info.id if member.info else '?'} done in "
+            f"{time.perf_counter() - started:.1f}s ({len(member.trained)} of its "
+            f"{member.info.tenants if member.info else '?'} tenant(s) by this trainer)"
+        )
+    look()

@@ -14,6 +14,9 @@ from stream.kafka.config import KafkaClientConfig, kafka_config
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
+# The retrain topic's partitions: the most trainers of a group that get work at once.
+RETRAIN_PARTITIONS = 12
+
 
 def ensure_topics(
     broker: str | KafkaClientConfig, names: list[str], partitions: int, timeout: float = 20.0

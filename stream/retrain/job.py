@@ -8,12 +8,15 @@ many processes, then that many tenants are trained at a time.
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 
+from models.bundle import ModelBundle
 from models.datasets import Clicks, build_sessions
 from models.errors import InvalidModelError, InvalidSettingError, NoModelError, StreamrecError
 from models.gate import GateDecision, GatePolicy, retrain
@@ -75,10 +78,13 @@ def run_once(
     jobs: int = 1,
     keep_unpromoted: int = 5,
     rollout: RolloutSettings | None = None,
+    pass_id: str | None = None,
 ) -> PassReport:
     """One pass over every tenant with clicks in the window; ``jobs`` processes read the
     log, then as many train the tenants. ``rollout``: staged rollouts (else a candidate
-    that passes the gate is promoted at once)."""
+    that passes the gate is promoted at once). ``pass_id``: a trainer group's pass
+    (``stream.retrain.group``); a tenant that has a version of that pass already is not
+    trained again."""
     if keep_unpromoted < 1:
         # The newest candidate holds the log positions it was trained on: deleted, the
         # next pass would retrain on unchanged data (churn).
@@ -136,6 +142,7 @@ def run_once(
                     keep_unpromoted,
                     rollout,
                     categories.get(t),
+                    pass_id,
                 )  # fmt: skip
                 for t in queue
             ]
@@ -156,6 +163,17 @@ def _single_threaded() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """A training process ends with the trainer (even SIGKILLed), rather than finish its
+    tenant and wait for work forever; the tenant's training lock goes with it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _retrain_tenant(
@@ -168,8 +186,32 @@ def _retrain_tenant(
     keep_unpromoted: int = 5,
     rollout: RolloutSettings | None = None,
     categories: dict[str, str] | None = None,
+    pass_id: str | None = None,
 ) -> TenantOutcome:
     registry = Registry(settings.registry_dir)
+    # One trainer at a time per tenant, whatever started them (two trainers, a group's
+    # record delivered again after a crash): the second waits, then finds the first's
+    # version and its log positions.
+    with registry.training(tenant):
+        return _retrain_locked(
+            settings, registry, tenant, clicks, params, policy, window,
+            keep_unpromoted, rollout, categories, pass_id,
+        )  # fmt: skip
+
+
+def _retrain_locked(
+    settings: Settings,
+    registry: Registry,
+    tenant: str,
+    clicks: Clicks,
+    params: TrainParams,
+    policy: GatePolicy,
+    window: tuple[float, float],
+    keep_unpromoted: int,
+    rollout: RolloutSettings | None,
+    categories: dict[str, str] | None,
+    pass_id: str | None,
+) -> TenantOutcome:
     try:
         current = registry.load(tenant)
     except NoModelError:
@@ -189,6 +231,10 @@ def _retrain_tenant(
         # An experiment, bandit or rollout decides this tenant's versions for now.
         decision = GateDecision("skipped", f"a {running['policy']} policy is running")
         return TenantOutcome(tenant, decision, None)
+    if pass_id is not None:
+        done = _trained_in_pass(settings, registry, tenant, pass_id, current, rollout)
+        if done is not None:
+            return done
     offsets = log_positions(clicks)
     last = _last_trained(registry, tenant)
     if last is not None and not has_new_clicks(offsets, last[1]):
@@ -217,6 +263,7 @@ def _retrain_tenant(
                 # The newest offset read per partition: the next pass skips the tenant
                 # unless one of them moved.
                 "offsets": {str(p): o for p, o in offsets.items()},
+                **({"pass": pass_id} if pass_id is not None else {}),
             },
             "metrics": {
                 f"hr@{policy.k}": decision.candidate.hr if decision.candidate else None,
@@ -253,6 +300,35 @@ def _put_in_service(
         return decision
     except StreamrecError as exc:
         return replace(decision, action="kept", reason=f"changed while it trained: {exc}")
+
+
+def _trained_in_pass(
+    settings: Settings,
+    registry: Registry,
+    tenant: str,
+    pass_id: str,
+    current: ModelBundle | None,
+    rollout: RolloutSettings | None,
+) -> TenantOutcome | None:
+    """The outcome of a version this pass registered already (a trainer that died after
+    registering it; its record came again): put in service if it passed the gate and
+    its trainer died before doing so. None when the pass registered none."""
+    names = registry.versions(tenant)
+    if not names:
+        return None
+    version = names[-1].version
+    manifest = registry.manifest(tenant, version)
+    if (manifest.get("data_window") or {}).get("pass") != pass_id:
+        return None
+    serving = current.version if current is not None else None
+    gate = manifest.get("gate") or {}
+    reason = f"registered by this pass already ({version})"
+    if gate.get("decision") == "promoted" and version not in registry.promoted_versions(tenant):
+        decision = GateDecision("promoted", reason, current_version=serving)
+        return TenantOutcome(
+            tenant, _put_in_service(settings, tenant, version, serving, decision, rollout), version
+        )
+    return TenantOutcome(tenant, GateDecision("skipped", reason, current_version=serving), None)
 
 
 def _last_trained(registry: Registry, tenant: str) -> tuple[str, dict[int, int]] | None:

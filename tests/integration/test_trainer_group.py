@@ -1,0 +1,200 @@
+"""Trainers that share the tenants through Kafka (`trainer --group`), as processes on the
+real broker and Redis: each tenant trained once a pass, a killed trainer's tenants taken
+over, one pass published per period whatever the number of trainers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from models.datasets import read_clicks, sessionize
+from models.registry import Registry
+from stream.dev.stack import EmbeddedStack
+from stream.dev.testing import produce
+from stream.events import ClickEvent
+from stream.kafka.topics import ensure_topics, topic_reader
+from stream.retrain.passes import PassRecord
+
+
+class Trainer:
+    """One `streamrec trainer` process; its output collected as it comes."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream", "trainer", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait(30)
+
+
+def _setup(
+    stack: EmbeddedStack,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    eshop_csv: Path,
+    tenants: int,
+    sessions: int,
+) -> tuple[dict[str, str], list[str], Registry]:
+    """Tenants created in the registry with small click logs, and the environment of a
+    trainer of a group of their own."""
+    clicks, retrain = unique_name("clicks"), unique_name("retrain")
+    ensure_topics(stack.broker, [clicks], 4)
+    registry = Registry(tmp_path / "models")
+    names = [unique_name("shop") for _ in range(tenants)]
+    all_sessions = sessionize(read_clicks(eshop_csv, fmt="eshop"))
+    start = time.time() - 3600
+    records = []
+    for k, tenant in enumerate(names):
+        registry.create_tenant(tenant)
+        for n, items in enumerate(all_sessions[k * 37 :][:sessions]):
+            sid = f"{tenant}-{n}"
+            records += [
+                (sid.encode(), ClickEvent(tenant, sid, item, start + n + j / 100).to_json())
+                for j, item in enumerate(items)
+            ]
+    produce(stack.broker, clicks, records)
+    env = {
+        **os.environ,
+        "STREAMREC_BROKER": stack.broker,
+        "STREAMREC_REDIS_URL": stack.redis_url,
+        "STREAMREC_MODEL_DIR": str(tmp_path / "models"),
+        "STREAMREC_HOME": str(tmp_path / "home"),
+        "STREAMREC_CLICKS_TOPIC": clicks,
+        "STREAMREC_RETRAIN_TOPIC": retrain,
+    }
+    return env, names, registry
+
+
+def _versions_by_pass(registry: Registry, tenant: str) -> dict[str | None, list[str]]:
+    out: dict[str | None, list[str]] = defaultdict(list)
+    for info in registry.versions(tenant):
+        window = registry.manifest(tenant, info.version).get("data_window") or {}
+        out[window.get("pass")].append(info.version)
+    return out
+
+
+TRAIN = ("--window", "1d", "--jobs", "1", "--epochs", "2", "--min-sessions", "5")
+
+
+@pytest.mark.timeout(600)
+def test_two_trainers_of_a_group_train_every_tenant_once_and_both_exit(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
+) -> None:
+    env, tenants, registry = _setup(stack, unique_name, tmp_path, eshop_csv, 8, 150)
+    group = unique_name("group")
+    trainers = [Trainer(env, "--once", "--group", group, *TRAIN) for _ in range(2)]
+    try:
+        codes = [t.wait(300) for t in trainers]
+    finally:
+        for t in trainers:
+            t.stop()
+    outputs = "\n----\n".join(t.text() for t in trainers)
+    assert codes == [0, 0], outputs
+    passes = set()
+    for tenant in tenants:
+        by_pass = _versions_by_pass(registry, tenant)
+        assert len(by_pass) == 1 and all(len(v) == 1 for v in by_pass.values()), (tenant, outputs)
+        passes |= set(by_pass)
+    assert len(passes) == 1 and None not in passes, passes  # one pass, both in it
+    assert all(" done in " in t.text() for t in trainers), outputs
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_trainers_tenants_are_taken_over_and_trained_once(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
+) -> None:
+    env, tenants, registry = _setup(stack, unique_name, tmp_path, eshop_csv, 10, 400)
+    group = unique_name("group")
+    doomed = Trainer(env, "--once", "--group", group, *TRAIN)
+    other = Trainer(env, "--once", "--group", group, *TRAIN)
+    try:
+        # Killed mid-pass: after its first tenant, with more of them to go.
+        deadline = time.monotonic() + 240
+        while not any(": PROMOTED " in line for line in doomed.lines):
+            assert time.monotonic() < deadline and doomed.proc.poll() is None, doomed.text()
+            time.sleep(0.1)
+        doomed.proc.send_signal(signal.SIGKILL)
+        assert other.wait(300) == 0, other.text()
+    finally:
+        doomed.stop()
+        other.stop()
+    outputs = doomed.text() + "\n----\n" + other.text()
+    passes = set()
+    for tenant in tenants:
+        by_pass = _versions_by_pass(registry, tenant)
+        # One candidate per tenant in this pass: registered once, by whichever trainer.
+        assert len(by_pass) == 1 and all(len(v) == 1 for v in by_pass.values()), (tenant, outputs)
+        passes |= set(by_pass)
+    assert len(passes) == 1 and None not in passes, passes
+    # The survivor took over tenants of the killed one's partitions.
+    assert other.text().count("tenant(s) for this trainer") >= 2, outputs
+
+
+@pytest.mark.timeout(600)
+def test_two_periodic_trainers_publish_one_pass_per_period(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
+) -> None:
+    env, tenants, _ = _setup(stack, unique_name, tmp_path, eshop_csv, 3, 60)
+    group, every = unique_name("group"), 6.0
+    trainers = [
+        Trainer(env, "--every", f"{every:.0f}s", "--group", group, *TRAIN) for _ in range(2)
+    ]
+    try:
+        time.sleep(40)
+        assert all(t.proc.poll() is None for t in trainers), [t.text() for t in trainers]
+    finally:
+        for t in trainers:
+            t.stop()
+    outputs = "\n----\n".join(t.text() for t in trainers)
+
+    reader = topic_reader(stack.broker, [env["STREAMREC_RETRAIN_TOPIC"]])
+    published: dict[str, list[float]] = defaultdict(list)  # pass -> its records' times
+    try:
+        idle = time.monotonic() + 5
+        while time.monotonic() < idle:
+            for m in reader.consume(1000, timeout=0.5):
+                if m.error() is None:
+                    record = PassRecord.from_json(m.value())
+                    assert record is not None
+                    published[record.pass_id].append(m.timestamp()[1] / 1000)
+                    idle = time.monotonic() + 2
+    finally:
+        reader.close()
+    assert len(published) >= 2, outputs  # the schedule went on
+    for pass_id, times in published.items():
+        assert len(times) == len(tenants), (pass_id, outputs)  # one record per tenant
+    starts = sorted(min(t) for t in published.values())
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= every - 0.5, (gaps, outputs)  # not one pass per trainer
