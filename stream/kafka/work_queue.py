@@ -129,7 +129,11 @@ class GroupQueue:
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         starts = self._start_at()
-        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
+        try:
+            got = consumer.committed(partitions, timeout=10)
+        except Exception:  # noqa: BLE001 - librdkafka's error as it closes, or a slow broker
+            got = []  # closing, or the broker slow: the committed offsets apply as they are
+        committed = {tp.partition: tp.offset for tp in got}
         for tp in partitions:
             begin = starts.get(tp.partition)
             have = committed.get(tp.partition, OFFSET_INVALID)
@@ -199,7 +203,10 @@ class GroupQueue:
         return {tp.partition: tp.offset for tp in got}
 
     def close(self) -> None:
-        self._consumer.close()
+        try:
+            self._consumer.close()
+        except Exception as exc:  # noqa: BLE001 - a rebalance as it leaves: work is committed
+            log.warning("%s: %s", self.topic, exc)
 
     def __enter__(self) -> GroupQueue:
         return self
