@@ -156,14 +156,18 @@ class SessionStore:
 
     async def session(self, tenant: str, session_id: str) -> StoredSession | None:
         """A session as stored; None for an unknown or expired one."""
-        joined, recent, ts, older, shown = await self._client.hmget(
-            keys.session(tenant, session_id), ["i", "r", "lt", "le", "p"]
+        joined, recent, ts, older, shown, arm = await self._client.hmget(
+            keys.session(tenant, session_id), ["i", "r", "lt", "le", "p", "a"]
         )
         if not joined:
             return None
         # The newest of the recent event ids is the latest event's ("le" in older sessions).
         event_id = text(recent).rpartition(keys.ITEM_SEP)[2] if recent else text(older)
-        shown_by = text(shown).partition(keys.ITEM_SEP)[0] if shown else None
+        # The latest list's variant; once a click consumed it, the arm it left behind.
+        if shown:
+            shown_by: str | None = text(shown).partition(keys.ITEM_SEP)[0]
+        else:
+            shown_by = text(arm) if arm else None
         return StoredSession(text(joined), event_id, float(ts or 0), shown_by)
 
     async def session_items(self, tenant: str, session_id: str) -> list[str]:

@@ -7,8 +7,10 @@
 -- A fresh click appends its item unless it repeats the newest, keeps the newest ARGV[1],
 -- becomes the latest event, refreshes the TTL and consumes the previous list p
 -- (state.feedback): each list is judged by the one click that followed it.
+-- The variant of the consumed list stays in a (the session's arm), so a click delivered
+-- again after p was consumed (a crash before the next list was written) still names it.
 -- Replies, four per click: 1 if fresh else 0; the items joined by ITEM_SEP, oldest first;
--- p if the click's item is in it (an implicit hit) else 0; p's variant (0 without one).
+-- p if the click's item is in it (an implicit hit) else 0; p's variant, else a's (else 0).
 
 local cap, ttl, ring_max, ofield = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local SEP = string.char(31)
@@ -16,8 +18,8 @@ local out = {}
 for i = 1, #KEYS do
   local a = 4 * i + 1
   local key, item, eid, ts, off = KEYS[i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local s = redis.call('HMGET', key, 'i', 'n', 'l', 'r', ofield, 'p')
-  local items, ring, seen, prev, hit, shown_by = s[1], s[4], false, s[6], 0, 0
+  local s = redis.call('HMGET', key, 'i', 'n', 'l', 'r', ofield, 'p', 'a')
+  local items, ring, seen, prev, hit, shown_by = s[1], s[4], false, s[6], 0, s[7] or 0
   if prev and prev ~= '' then
     shown_by = string.sub(prev, 1, (string.find(prev, SEP, 1, true) or (#prev + 1)) - 1)
   end
@@ -32,7 +34,7 @@ for i = 1, #KEYS do
     fresh = 1
     if prev and prev ~= '' then
       if string.find(SEP .. prev .. SEP, SEP .. item .. SEP, 1, true) then hit = prev end
-      redis.call('HSET', key, 'p', '')
+      redis.call('HSET', key, 'p', '', 'a', shown_by)
     end
     if ring then
       ring = ring .. SEP .. eid

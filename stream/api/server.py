@@ -37,6 +37,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from state.connection import UNAVAILABLE
 from stream.api import admin, dashboard, feedback, health, tenant
 from stream.api.context import ApiError, WebContext
 from stream.api.schemas import reasons, spec_components
@@ -177,6 +178,15 @@ def create_api(ctx: WebContext) -> FastAPI:
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    # A route that met Redis away answers 503 itself; this catches the rest (a cluster
+    # client's own errors, say), so an outage is never a 500.
+    async def redis_away(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: Redis unavailable (%s)", request.method, request.url.path, exc)
+        return JSONResponse({"error": "Redis unavailable; try again"}, status_code=503)
+
+    for unavailable in UNAVAILABLE:
+        api.add_exception_handler(unavailable, redis_away)
 
     return api
 

@@ -63,6 +63,34 @@ def test_append_is_idempotent_capped_and_skips_repeats(
     assert again[-1].items == ["b", "c", "d"]
 
 
+def test_a_click_delivered_again_after_its_list_was_consumed_keeps_the_arm(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    """A crash after a click consumed its list and before the next list was written
+    re-delivers the click: it must still name the arm that served the session."""
+    t, s = unique_name("tenant"), "s1"
+
+    async def go():
+        client = async_redis(stack)
+        try:
+            store = SessionStore(client, cap=3, ttl_s=60)
+            await store.append_clicks([Click(t, s, "a", "e1")])
+            shown = keys.ITEM_SEP.join(["v2", "rec-1", "x", "y"])
+            await store.run(store.store_lists_commands({(t, s): shown}))
+            first = await store.append_clicks([Click(t, s, "b", "e2")])
+            again = await store.append_clicks([Click(t, s, "b", "e2")])
+            later = await store.append_clicks([Click(t, s, "c", "e3")])
+            return first, again, later, await store.session(t, s)
+        finally:
+            await client.aclose()
+
+    first, again, later, stored = asyncio.run(go())
+    assert (first[0].fresh, first[0].shown_by) == (True, "v2")
+    assert (again[0].fresh, again[0].shown_by) == (False, "v2")
+    assert (later[0].fresh, later[0].shown_by, later[0].hit) == (True, "v2", None)
+    assert stored is not None and stored.shown_by == "v2"
+
+
 def test_tenants_and_sessions_are_separate(
     stack: EmbeddedStack, unique_name: Callable[[str], str]
 ) -> None:

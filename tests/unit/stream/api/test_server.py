@@ -220,3 +220,54 @@ def test_errors_are_one_model_and_the_click_schema_is_the_workers() -> None:
     one = posted["content"]["application/json"]["schema"]["oneOf"][0]
     assert one == {"$ref": "#/components/schemas/WireClick"}
     assert schemas["WireClick"]["properties"] == components["WireClick"]["properties"]
+
+
+@pytest.mark.parametrize(
+    "error", ["RedisClusterException", "SlotNotCoveredError", "ConnectionError"]
+)
+def test_redis_away_outside_a_routes_own_handling_is_a_503_not_a_500(error: str) -> None:
+    import asyncio
+    import json
+
+    import redis.exceptions
+
+    from stream.api.context import WebContext
+    from stream.api.server import create_api
+    from stream.config import Settings
+
+    settings = Settings(admin_token="t" * 32)
+    api = create_api(WebContext(settings, counters=dict, models=None, serving=None))  # type: ignore[arg-type]
+
+    @api.get("/raises")
+    async def raises() -> None:
+        raise getattr(redis.exceptions, error)("no node answered")
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/raises",
+        "raw_path": b"/raises",
+        "query_string": b"",
+        "headers": [],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("test", 1),
+        "root_path": "",
+    }
+    try:
+        asyncio.run(api(scope, receive, send))
+    except Exception:  # an error no handler answered: the server would send a 500
+        pass
+    status = next((m["status"] for m in sent if m["type"] == "http.response.start"), 500)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert status == 503
+    assert json.loads(body) == {"error": "Redis unavailable; try again"}

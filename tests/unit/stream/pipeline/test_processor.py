@@ -45,6 +45,14 @@ class _Session:
     event_ids: list[str]
     ts: float
     shown: str = ""  # the list shown last, as state.feedback encodes it ("" once consumed)
+    arm: str | None = None  # the variant of the list consumed last
+
+
+def _shown_by(s: _Session | None) -> str | None:
+    """The arm a session names: its latest list's variant, else the consumed one's."""
+    if s is None:
+        return None
+    return s.shown.split(ITEM_SEP)[0] if s.shown else s.arm
 
 
 class MemorySessions:
@@ -77,7 +85,7 @@ class MemorySessions:
         for c in clicks:
             key = (c.tenant, c.session_id)
             s = self.sessions.get(key)
-            shown_by = s.shown.split(ITEM_SEP)[0] if s is not None and s.shown else None
+            shown_by = _shown_by(s)
             if s is not None and c.event_id in s.event_ids:
                 out.append(SessionUpdate(False, _joined(s), None, shown_by))
                 continue
@@ -85,7 +93,8 @@ class MemorySessions:
                 s = self.sessions[key] = _Session([], [], c.ts)
             items = _items(s)  # raises for a damaged session, as the Redis client would
             hit = s.shown if s.shown and c.item_id in decode_list(s.shown)[2] else None
-            s.shown = ""
+            if s.shown:  # the consumed list's variant stays as the session's arm
+                s.arm, s.shown = s.shown.split(ITEM_SEP)[0], ""
             if not items or items[-1] != c.item_id:
                 items.append(c.item_id)
             s.items, s.ts = items[-self.cap :], c.ts
@@ -116,8 +125,7 @@ class MemorySessions:
         s = self.sessions.get((tenant, session_id))
         if s is None:
             return None
-        shown_by = s.shown.split(ITEM_SEP)[0] if s.shown else None
-        return StoredSession(_joined(s), s.event_ids[-1], s.ts, shown_by)
+        return StoredSession(_joined(s), s.event_ids[-1], s.ts, _shown_by(s))
 
     def damage(self, tenant: str, session_id: str) -> None:
         self.sessions[(tenant, session_id)] = _Session(b"\xff\xfe", [], 0.0)
@@ -238,8 +246,14 @@ class Msg:
     offset: int
 
 
-def world(bundle: ModelBundle | None, *, feedback: bool = True, **options: Any) -> World:
-    sessions, tenants = MemorySessions(), MemoryTenants(modes={SHOP: "on"})
+def world(
+    bundle: ModelBundle | None,
+    *,
+    feedback: bool = True,
+    sessions: MemorySessions | None = None,
+    **options: Any,
+) -> World:
+    sessions, tenants = sessions or MemorySessions(), MemoryTenants(modes={SHOP: "on"})
     models, policies = MemoryModels(), MemoryPolicies()
     if bundle is not None:
         models.serving[SHOP] = bundle
@@ -318,6 +332,26 @@ def test_a_session_stays_on_its_arm_while_that_arm_has_a_share(bundle: ModelBund
     w.policies.bandit[SHOP] = {"v1": 0.0, "v2": 1.0}
     third = records(w.run([click(s, bundle.item_list[2]) for s in old]))
     assert {r["variant"] for r in third.values()} == {"v2"}
+
+
+def test_a_click_delivered_again_after_a_crash_stays_on_its_arm(bundle: ModelBundle) -> None:
+    w = world(bundle)
+    two_arms(w, bundle, "bandit", {"v1": 0.5, "v2": 0.5})
+    sessions, items = [f"s{i}" for i in range(200)], bundle.item_list
+    first = {
+        s: r["variant"] for s, r in records(w.run([click(s, items[0]) for s in sessions])).items()
+    }
+    # The second clicks consume the first lists; the worker dies before it writes the new
+    # ones, and its successor is given the same clicks again while the shares have moved.
+    again = [click(s, items[1], event_id=f"again-{s}") for s in sessions]
+    w.run(again)
+    successor = world(bundle, sessions=w.sessions)
+    two_arms(successor, bundle, "bandit", {"v1": 0.5, "v2": 0.5})
+    successor.policies.bandit[SHOP] = {"v1": 0.1, "v2": 0.9}
+    moved = [("v1", 0.1), ("v2", 0.9)]
+    assert sum(pick_arm(assignment_point(SHOP, s), moved) != first[s] for s in sessions) > 20
+    redelivered = records(successor.run(again))
+    assert {s: r["variant"] for s, r in redelivered.items()} == first
 
 
 def test_several_clicks_of_a_session_in_one_batch_are_served_by_its_arm(
