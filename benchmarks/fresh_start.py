@@ -12,6 +12,8 @@ checkout after checkout for each entry of ``--runs`` so that a busy machine weig
 both alike. Prints a table: seconds until /health/ready, p50/p99 over the run, and p99
 per 10-s window of send time (the first window is the start-up), in all and up to the
 worker's publish (the rest is the output's trip to the load test's reader).
+``--redis single,cluster`` runs each entry on a single Redis and on a three-master Redis
+Cluster, one after the other.
 
 A worker restarts against a broker that has been up for a while: a JVM broker started a
 moment ago runs its first tens of seconds interpreted and would be measured as the
@@ -30,12 +32,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from itertools import product
 from pathlib import Path
 
 from models.datasets import eshop_path, read_clicks, sessionize
 from models.registry import Registry
 from models.train import TrainParams, train_model
-from stream.dev.stack import EmbeddedStack, free_port
+from stream.dev.stack import EmbeddedStack, free_cluster_ports, free_port
 from stream.kafka.topics import ensure_topics
 
 
@@ -92,11 +95,17 @@ def one_run(
     duration: float,
     out: Path,
     warm_broker_s: float,
+    redis_mode: str = "single",
 ) -> dict:
     home = Path(tempfile.mkdtemp(prefix="fresh-start-"))
     shutil.copytree(models, home / "models")
+    ports = free_cluster_ports(3) if redis_mode == "cluster" else [free_port()]
     stack = EmbeddedStack(
-        home / "run", f"127.0.0.1:{free_port()}", f"redis://127.0.0.1:{free_port()}/0"
+        home / "run",
+        f"127.0.0.1:{free_port()}",
+        f"redis://127.0.0.1:{ports[0]}/0",
+        redis_mode=redis_mode,
+        cluster_ports=ports if redis_mode == "cluster" else None,
     )
     stack.up()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
@@ -104,6 +113,7 @@ def one_run(
         STREAMREC_HOME=str(home),
         STREAMREC_BROKER=stack.broker,
         STREAMREC_REDIS_URL=stack.redis_url,
+        STREAMREC_REDIS_CLUSTER="1" if redis_mode == "cluster" else "0",
         STREAMREC_PUBLIC_DASHBOARD="1",
         NUMBA_CACHE_DIR=str(cache),
         PYTHONDONTWRITEBYTECODE="1",  # a checkout run read-only stays as it was
@@ -129,6 +139,11 @@ def main() -> None:
         default=30.0,
         help="Seconds of load through a throw-away worker before the measured one (0: none).",
     )
+    parser.add_argument(
+        "--redis",
+        default="single",
+        help="single, cluster (three masters), or both comma-separated: each run once per mode",
+    )
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fresh-start")
     args = parser.parse_args()
     trees = dict(t.split("=", 1) for t in args.trees.split(","))
@@ -147,12 +162,14 @@ def main() -> None:
     for n, spec in enumerate(args.runs.split(",")):
         load, _, cold = spec.partition(":")
         rate, duration = (float(x) for x in load.split("x"))
-        for name, path in trees.items():
+        for (name, path), mode in product(trees.items(), args.redis.split(",")):
             cache = args.out / f"numba-{name}"
             if cold:
                 shutil.rmtree(cache, ignore_errors=True)
-            out = args.out / f"{n}-{name}"
-            r = one_run(Path(path).resolve(), models, cache, rate, duration, out, args.warm_broker)
+            out = args.out / f"{n}-{name}-{mode}"
+            tree = Path(path).resolve()
+            r = one_run(tree, models, cache, rate, duration, out, args.warm_broker, mode)
+            name = f"{name} ({mode} Redis)" if "," in args.redis else name
             lat = r["latency_ms"]
             per_window = " / ".join(f"{w['p99']:.0f}" for w in r.get("latency_by_window") or [])
             to_publish = " / ".join(f"{w['p99']:.0f}" for w in r.get("to_publish_by_window") or [])
