@@ -74,7 +74,11 @@ class WorkerConfig:
             {
                 "STREAMREC_BROKER": self.stack.broker,
                 "STREAMREC_REDIS_URL": self.stack.redis_url,
-                "STREAMREC_REDIS_CLUSTER": "1" if self.stack.redis_cluster else "0",
+                # Tests point the worker at a Redis of their own with a stand-in stack
+                # (broker and URL only): a single Redis.
+                "STREAMREC_REDIS_CLUSTER": "1"
+                if getattr(self.stack, "redis_cluster", False)
+                else "0",
                 "STREAMREC_HOME": str(self.home),
                 "STREAMREC_MODEL_DIR": str(self.model_dir),
                 "STREAMREC_CLICKS_TOPIC": self.clicks,
