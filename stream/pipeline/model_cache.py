@@ -28,6 +28,7 @@ import resource
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,6 +211,19 @@ class ModelCache:
         else:
             self._slots.move_to_end(tenant)
         return slot.bundle
+
+    async def without_model(self, tenants: Collection[str]) -> list[str]:
+        """Those of ``tenants`` without a model: known to have none, or (not in memory)
+        no version in service. Loads nothing (a batch loads its tenants' models one at
+        a time, see ``BatchProcessor``)."""
+        known = {t: self._slots[t].bundle is None for t in tenants if t in self._slots}
+        unknown = [t for t in tenants if t not in known]
+        if unknown:
+            known.update(await asyncio.to_thread(self._without_pointer, unknown))
+        return [t for t in tenants if known[t]]
+
+    def _without_pointer(self, tenants: list[str]) -> dict[str, bool]:
+        return {t: not self._registry.pointer_path(t).exists() for t in tenants}
 
     async def get_version(self, tenant: str, version: str) -> ModelBundle | None:
         """A given version of the tenant (an experiment's arm): the one in service when
