@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import ModelBundle, served_bytes
+from models.bundle import ModelBundle, open_files, served_bytes
 from models.errors import NoModelError, StreamrecError
 from models.ranking import MIN_ROWS_PER_THREAD, recommend_flat
 from models.registry import DamagedFileError, Registry
@@ -66,9 +66,10 @@ class _Slot:
 class ModelCache:
     """An LRU of loaded models, at most ``max_bytes`` of arrays in memory (the most
     recently used model stays even if it alone is larger); no limit by default (the
-    worker's setting gives one). Each array is a memory map holding a file descriptor:
-    at most ``max_files`` of them (default half the process's limit of open files, the
-    rest left to sockets and logs), which caps how many small models stay resident."""
+    worker's setting gives one). A large array is a memory map holding a file descriptor
+    (small ones are read into memory, see ``models.bundle.MAP_MIN_BYTES``): at most
+    ``max_files`` of them (default half the process's limit of open files, the rest left
+    to sockets and logs)."""
 
     def __init__(
         self,
@@ -82,7 +83,7 @@ class ModelCache:
         self.max_bytes = max_bytes
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.max_files = max_files if max_files is not None else max(64, soft // 2)
-        self._files = 0  # memory maps held (one per array)
+        self._files = 0  # memory maps held (one per large array)
         self._rank_threads = rank_threads
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -428,7 +429,7 @@ class ModelCache:
 
     def _hold(self, bundle: ModelBundle, sign: int) -> None:
         self._bytes += sign * model_bytes(bundle)
-        self._files += sign * len(_arrays(bundle))
+        self._files += sign * open_files(bundle)
 
     def _over(self) -> bool:
         return self._bytes > self.max_bytes or self._files > self.max_files

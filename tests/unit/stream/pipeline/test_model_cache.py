@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import models.bundle as bundle_module
 from models.registry import Registry
 from models.train import TrainParams, train_model
 from stream.pipeline.model_cache import ModelCache, model_bytes
@@ -62,7 +63,8 @@ def test_the_budget_counts_bytes_and_evictions(registry: Registry) -> None:
     asyncio.run(run())
 
 
-def test_memory_maps_are_a_budget_too(registry: Registry) -> None:
+def test_memory_maps_are_a_budget_too(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bundle_module, "MAP_MIN_BYTES", 0)  # every array mapped, as large ones
     maps = len(registry.load("t1", private=True).named_arrays())  # one per array
     cache = ModelCache(registry, max_files=2 * maps)
 
@@ -338,5 +340,17 @@ def test_a_current_of_undecodable_bytes_is_refused_for_its_tenant_only(registry:
         assert (await cache.get("t2")).version == "v1"  # from the history
         assert list(cache.tenant_problems()) == ["t2"]
         assert set(cache.in_service()) == {"t1", "t2", "t3"}
+
+    asyncio.run(run())
+
+
+def test_the_tenants_without_a_model_are_told_without_loading_one(registry: Registry) -> None:
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        assert await cache.without_model(["t1", "nobody", "t2"]) == ["nobody"]
+        assert cache.loads == 0 and cache.loaded() == {}
+        await cache.get("nobody")  # known now: no model
+        assert await cache.without_model(["nobody", "t1"]) == ["nobody"]
 
     asyncio.run(run())
