@@ -11,6 +11,11 @@ answers ``--rounds`` clicks per tenant, the tenants in a shuffled order each rou
 most clicks find their model evicted and load it again. Printed: the worker's peak RSS
 (VmHWM), its memory at the end, and /metrics' model loads, evictions and bytes.
 
+``--small-loads 300`` first loads that many tenants' models in this process, the way
+the worker does, twice side by side: small arrays read into memory (as served) and
+every array memory-mapped (``MAP_MIN_BYTES`` 0); per model: median load time, resident
+memory and open files.
+
 ``--load-items 40000`` also times loading one model of that many items the way the
 worker does (verified private copy, warm-up ranking), in this process: what a lazy load
 of a large model costs the batch that needs it.
@@ -33,6 +38,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
+import models.bundle as bundle_module
+from models.bundle import MAP_MIN_BYTES
 from models.datasets import build_sessions
 from models.registry import Registry
 from models.train import TrainParams, train_model
@@ -94,6 +101,37 @@ def time_large_load(bundles: Path, items: int) -> None:
     )
 
 
+def small_loads(models: list[Path], n: int) -> None:
+    home = Path(tempfile.mkdtemp(prefix="streamrec-small-loads-"))
+    try:
+        for how, threshold in (("in memory", MAP_MIN_BYTES), ("mapped", 0)):
+            root = home / how.replace(" ", "-")
+            tenants = fill_registry(root, models, n + 1)
+            bundle_module.MAP_MIN_BYTES = threshold
+            cache = ModelCache(Registry(root), max_files=1 << 30)
+            asyncio.run(cache.get(tenants.pop()))  # the kernel's compilation, not a load's
+            before, rss = cache.resident_bytes(), rss_mb(os.getpid())["VmRSS"]
+            fds = len(os.listdir("/proc/self/fd"))
+            times = []
+            for tenant in tenants:
+                started = time.perf_counter()
+                asyncio.run(cache.get(tenant))
+                times.append(time.perf_counter() - started)
+            grown = rss_mb(os.getpid())["VmRSS"] - rss
+            opened = len(os.listdir("/proc/self/fd")) - fds
+            arrays = (cache.resident_bytes() - before) / n
+            print(
+                f"{n} small models, arrays {how}: load median "
+                f"{statistics.median(times) * 1000:.1f} ms, per model {grown * 1024 / n:,.0f} KB "
+                f"resident ({arrays / 1024:,.0f} KB of arrays), {opened / n:.1f} open files",
+                flush=True,
+            )
+            del cache
+    finally:
+        bundle_module.MAP_MIN_BYTES = MAP_MIN_BYTES
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=4000)
@@ -102,12 +140,17 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2000, help="items per model")
     parser.add_argument("--rounds", type=int, default=2, help="clicks per tenant")
     parser.add_argument("--load-items", type=int, default=0, help="also time one such load")
+    parser.add_argument(
+        "--small-loads", type=int, default=0, help="first compare loading this many small models"
+    )
     parser.add_argument("--bundles", type=Path, default=Path("/tmp/streamrec-worker-models"))
     args = parser.parse_args()
 
     if args.load_items:
         time_large_load(args.bundles, args.load_items)
     models = trained(args.bundles, args.distinct, args.items)
+    if args.small_loads:
+        small_loads(models, args.small_loads)
     item_ids = Registry(models[0].parent).load("t").item_list[:50]
     home = Path(tempfile.mkdtemp(prefix="streamrec-worker-models-"))
     stack = EmbeddedStack(
