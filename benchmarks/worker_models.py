@@ -86,6 +86,13 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1)) if found else float("nan")
 
 
+def lazy_load_ms(log: str) -> list[float]:
+    """The load times the worker logged once the start-up preload had filled the budget
+    (the models loaded on a click)."""
+    _, _, after = log.partition("model memory budget reached")
+    return [float(ms) for ms in re.findall(r"loaded model \S+ \((\d+) ms\)", after)]
+
+
 def time_large_load(bundles: Path, items: int) -> None:
     (model,) = trained(bundles, 1, items)
     times = []
@@ -183,6 +190,7 @@ def main() -> None:
             memory = rss_mb(worker.proc.pid)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                 text = r.read().decode()
+            lazy = lazy_load_ms(worker.log())
         versions = {orjson.loads(m.value())["model_version"] for m in got}
     finally:
         stack.down()
@@ -201,6 +209,11 @@ def main() -> None:
         f"{metric(text, 'streamrec_models_loaded'):,.0f} models resident "
         f"({metric(text, 'streamrec_models_bytes') / 1e6:,.0f} MB of arrays)"
     )
+    if lazy:
+        print(
+            f"lazy loads (after the start-up preload filled the budget), as the worker logged "
+            f"them: {len(lazy):,}, median {statistics.median(lazy):,.0f} ms"
+        )
 
 
 if __name__ == "__main__":
