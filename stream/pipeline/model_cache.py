@@ -28,9 +28,10 @@ import resource
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from models.ranking import MIN_ROWS_PER_THREAD, recommend_flat
 from models.registry import DamagedFileError, Registry
 
 log = logging.getLogger(f"streamrec.{__name__}")
+_T = TypeVar("_T")
 
 
 # (inode, size, mtime in ns) of a file: a rename over it, a write or a truncation
@@ -85,6 +87,7 @@ class ModelCache:
         self.max_files = max_files if max_files is not None else max(64, soft // 2)
         self._files = 0  # memory maps held (one per large array)
         self._rank_threads = rank_threads
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="streamrec-model-load")
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self.swaps = 0
@@ -99,6 +102,13 @@ class ModelCache:
         # The budget was reached: readiness stops waiting for models in service and the
         # periodic preload stops reading the registry (tenants load on first click).
         self._full = False
+
+    async def _in_loader(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in the thread that loads models: one thread, so the memory of
+        the models loaded and evicted comes and goes in one of the allocator's arenas
+        (spread over a pool's threads, each arena keeps its share of freed memory and the
+        worker's resident memory grows with every model loaded, not with those held)."""
+        return await asyncio.get_running_loop().run_in_executor(self._loader, fn, *args)
 
     def resident_bytes(self) -> int:
         """Bytes of the models' arrays held now (slots and experiment arms)."""
@@ -245,7 +255,7 @@ class ModelCache:
                 return bundle
             started = time.perf_counter()
             try:
-                bundle, _ = await asyncio.to_thread(self._load_ready, tenant, version)
+                bundle, _ = await self._in_loader(self._load_ready, tenant, version)
             except Exception as exc:  # a damaged version fails in ways nobody listed
                 log.error(
                     "tenant %s: experiment arm %s cannot be loaded: %s", tenant, version, _why(exc)
@@ -359,7 +369,7 @@ class ModelCache:
                     raise DamagedFileError(
                         tenant, self._registry.pointer_path(tenant), "names no version"
                     )
-                bundle, files = await asyncio.to_thread(self._load_ready, tenant, version)
+                bundle, files = await self._in_loader(self._load_ready, tenant, version)
             except NoModelError:
                 slot = _Slot(None, None, time.monotonic(), pointer=pointer)
             except Exception as exc:  # a damaged version fails in ways nobody listed
@@ -386,7 +396,7 @@ class ModelCache:
                 # Nothing in service (start-up, or its files changed): the newest valid
                 # version of the history, reported as not loaded (see ``problems``).
                 try:
-                    bundle, files = await asyncio.to_thread(self._fallback, tenant, version)
+                    bundle, files = await self._in_loader(self._fallback, tenant, version)
                 except NoModelError:
                     bundle, files = None, {}
                 log.error(

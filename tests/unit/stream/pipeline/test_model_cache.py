@@ -5,7 +5,10 @@ import errno
 import json
 import logging
 import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -354,3 +357,25 @@ def test_the_tenants_without_a_model_are_told_without_loading_one(registry: Regi
         assert await cache.without_model(["nobody", "t1"]) == ["nobody"]
 
     asyncio.run(run())
+
+
+def test_models_load_in_one_thread(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One allocator arena for the models loaded and evicted: spread over threads, the
+    # freed memory stays in each thread's arena and resident memory keeps growing.
+    threads: set[int] = set()
+    load = registry.load
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        threads.add(threading.get_ident())
+        time.sleep(0.05)  # long enough for loads asked together to overlap
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "load", noted)
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        await asyncio.gather(*(cache.get(t) for t in ("t1", "t2", "t3")))
+        assert len(cache.loaded()) == 3
+
+    asyncio.run(run())
+    assert len(threads) == 1 and threading.get_ident() not in threads
