@@ -177,6 +177,7 @@ def main() -> None:
                          "item_id": rng.choice(item_ids)}  # fmt: skip
                 producer.produce("clicks", orjson.dumps(event), tenant.encode())
             producer.flush(60)
+        del producer  # done: it would keep calling the broker after the stack is down
         port = free_port()
         cfg.extra_env.update(
             {"STREAMREC_MODELS_MAX_BYTES": args.budget, "STREAMREC_WEB_PORT": str(port)}
