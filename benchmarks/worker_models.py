@@ -11,6 +11,11 @@ answers ``--rounds`` clicks per tenant, the tenants in a shuffled order each rou
 most clicks find their model evicted and load it again. Printed: the worker's peak RSS
 (VmHWM), its memory at the end, and /metrics' model loads, evictions and bytes.
 
+``--small-loads 300`` first loads that many tenants' models in this process, the way
+the worker does, twice side by side: small arrays read into memory (as served) and
+every array memory-mapped (``MAP_MIN_BYTES`` 0); per model: median load time, resident
+memory and open files.
+
 ``--load-items 40000`` also times loading one model of that many items the way the
 worker does (verified private copy, warm-up ranking), in this process: what a lazy load
 of a large model costs the batch that needs it.
@@ -33,6 +38,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
+import models.bundle as bundle_module
+from models.bundle import MAP_MIN_BYTES
 from models.datasets import build_sessions
 from models.registry import Registry
 from models.train import TrainParams, train_model
@@ -79,6 +86,13 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1)) if found else float("nan")
 
 
+def lazy_load_ms(log: str) -> list[float]:
+    """The load times the worker logged once the start-up preload had filled the budget
+    (the models loaded on a click)."""
+    _, _, after = log.partition("model memory budget reached")
+    return [float(ms) for ms in re.findall(r"loaded model \S+ \((\d+) ms\)", after)]
+
+
 def time_large_load(bundles: Path, items: int) -> None:
     (model,) = trained(bundles, 1, items)
     times = []
@@ -94,6 +108,37 @@ def time_large_load(bundles: Path, items: int) -> None:
     )
 
 
+def small_loads(models: list[Path], n: int) -> None:
+    home = Path(tempfile.mkdtemp(prefix="streamrec-small-loads-"))
+    try:
+        for how, threshold in (("in memory", MAP_MIN_BYTES), ("mapped", 0)):
+            root = home / how.replace(" ", "-")
+            tenants = fill_registry(root, models, n + 1)
+            bundle_module.MAP_MIN_BYTES = threshold
+            cache = ModelCache(Registry(root), max_files=1 << 30)
+            asyncio.run(cache.get(tenants.pop()))  # the kernel's compilation, not a load's
+            before, rss = cache.resident_bytes(), rss_mb(os.getpid())["VmRSS"]
+            fds = len(os.listdir("/proc/self/fd"))
+            times = []
+            for tenant in tenants:
+                started = time.perf_counter()
+                asyncio.run(cache.get(tenant))
+                times.append(time.perf_counter() - started)
+            grown = rss_mb(os.getpid())["VmRSS"] - rss
+            opened = len(os.listdir("/proc/self/fd")) - fds
+            arrays = (cache.resident_bytes() - before) / n
+            print(
+                f"{n} small models, arrays {how}: load median "
+                f"{statistics.median(times) * 1000:.1f} ms, per model {grown * 1024 / n:,.0f} KB "
+                f"resident ({arrays / 1024:,.0f} KB of arrays), {opened / n:.1f} open files",
+                flush=True,
+            )
+            del cache
+    finally:
+        bundle_module.MAP_MIN_BYTES = MAP_MIN_BYTES
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=4000)
@@ -102,12 +147,17 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2000, help="items per model")
     parser.add_argument("--rounds", type=int, default=2, help="clicks per tenant")
     parser.add_argument("--load-items", type=int, default=0, help="also time one such load")
+    parser.add_argument(
+        "--small-loads", type=int, default=0, help="first compare loading this many small models"
+    )
     parser.add_argument("--bundles", type=Path, default=Path("/tmp/streamrec-worker-models"))
     args = parser.parse_args()
 
     if args.load_items:
         time_large_load(args.bundles, args.load_items)
     models = trained(args.bundles, args.distinct, args.items)
+    if args.small_loads:
+        small_loads(models, args.small_loads)
     item_ids = Registry(models[0].parent).load("t").item_list[:50]
     home = Path(tempfile.mkdtemp(prefix="streamrec-worker-models-"))
     stack = EmbeddedStack(
@@ -127,6 +177,7 @@ def main() -> None:
                          "item_id": rng.choice(item_ids)}  # fmt: skip
                 producer.produce("clicks", orjson.dumps(event), tenant.encode())
             producer.flush(60)
+        del producer  # done: it would keep calling the broker after the stack is down
         port = free_port()
         cfg.extra_env.update(
             {"STREAMREC_MODELS_MAX_BYTES": args.budget, "STREAMREC_WEB_PORT": str(port)}
@@ -140,6 +191,7 @@ def main() -> None:
             memory = rss_mb(worker.proc.pid)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                 text = r.read().decode()
+            lazy = lazy_load_ms(worker.log())
         versions = {orjson.loads(m.value())["model_version"] for m in got}
     finally:
         stack.down()
@@ -158,6 +210,11 @@ def main() -> None:
         f"{metric(text, 'streamrec_models_loaded'):,.0f} models resident "
         f"({metric(text, 'streamrec_models_bytes') / 1e6:,.0f} MB of arrays)"
     )
+    if lazy:
+        print(
+            f"lazy loads (after the start-up preload filled the budget), as the worker logged "
+            f"them: {len(lazy):,}, median {statistics.median(lazy):,.0f} ms"
+        )
 
 
 if __name__ == "__main__":

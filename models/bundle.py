@@ -1,14 +1,16 @@
 """The serving model: plain arrays plus a JSON manifest, validated on load.
 
 On disk a bundle is a directory of ``.npy`` files and ``manifest.json``. Arrays are
-loaded with ``allow_pickle=False`` and memory-mapped, so loading is cheap and nothing
-executable is ever deserialised. The manifest records every array's shape, dtype and
+loaded with ``allow_pickle=False`` and memory-mapped (the worker reads its small ones
+into memory instead, see ``MAP_MIN_BYTES``), so loading is cheap and nothing executable
+is ever deserialised. The manifest records every array's shape, dtype and
 SHA-256, so a truncated, swapped or edited file is refused instead of served.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import mmap
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -42,6 +44,12 @@ BASE_ARRAYS = (
     "popularity",
     "item_category",
 )
+# The worker reads an array file smaller than this into memory instead of mapping it: a
+# map holds an open file and a kernel mapping for as long as the model is loaded, which
+# would cap a worker holding thousands of small models (about 25 arrays each) at the
+# process's open files; a large array is mapped, so only the rows ranked with stay
+# resident. Either way the array costs its bytes of the worker's model budget.
+MAP_MIN_BYTES = 1 << 20
 # Arrays a bundle may lack (None when absent); no reader needs them to rank.
 OPTIONAL_ARRAYS = ("session_hashes",)
 
@@ -235,8 +243,9 @@ def load_bundle(
 ) -> ModelBundle:
     """Load and validate a bundle; InvalidModelError says what is wrong.
 
-    ``private`` (the worker): map a verified copy of each file of our own instead of the
-    file itself (see ``_map_private_copy``)."""
+    ``private`` (the worker): a verified copy of each file of our own instead of the
+    file itself, read into memory or, from ``MAP_MIN_BYTES``, mapped (see
+    ``_private_copy``)."""
     directory = Path(directory)
     where = str(directory)
     manifest = _read_manifest(directory)
@@ -252,7 +261,7 @@ def load_bundle(
         if not path.is_file():
             raise InvalidModelError(f"model {where}: {name}.npy is missing")
         if private:
-            arr = _map_private_copy(path, meta.get("sha256"), where)
+            arr = _private_copy(path, meta.get("sha256"), where)
         else:
             if verify_checksums and _sha256(path) != meta.get("sha256"):
                 raise InvalidModelError(f"model {where}: {name}.npy does not match its checksum")
@@ -303,15 +312,28 @@ def _map(path: Path, where: str, name: str) -> np.ndarray:
         raise InvalidModelError(f"model {where}: {name} is unreadable ({exc})") from exc
 
 
-def _map_private_copy(path: Path, sha256: object, where: str) -> np.ndarray:
-    """Map a copy of ``path`` that only this process holds, checked against ``sha256``.
+def open_files(bundle: ModelBundle) -> int:
+    """Memory maps the bundle's arrays hold, each an open file (0 for arrays in memory)."""
+    return sum(isinstance(arr.base, mmap.mmap) for arr in bundle.named_arrays().values())
+
+
+def _private_copy(path: Path, sha256: object, where: str) -> np.ndarray:
+    """A copy of ``path`` that only this process holds, checked against ``sha256``: in
+    memory when the file is smaller than ``MAP_MIN_BYTES``, else mapped.
 
     A mapped file truncated in place kills the process that reads it (SIGBUS), and read-only
-    modes do not stop root. So the file is copied (in ``TMPDIR``) while it is hashed, the
-    copy is refused unless it matches, then mapped and unlinked at once: what is mapped is
-    exactly what was verified, nothing can change it, and nothing is left behind. The cost
-    is one more write of the model per load and one copy per process in the page cache."""
+    modes do not stop root. So a large file is copied (in ``TMPDIR``) while it is hashed,
+    the copy is refused unless it matches, then mapped and unlinked at once: what is mapped
+    is exactly what was verified, nothing can change it, and nothing is left behind. The
+    cost is one more write of the model per load and one copy per process in the page
+    cache. A small file is read once, hashed and parsed from that read."""
     digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        if os.fstat(src.fileno()).st_size < MAP_MIN_BYTES:
+            data = src.read()
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise InvalidModelError(f"model {where}: {path.name} does not match its checksum")
+            return _array(io.BytesIO(data), data, where, path.name)
     fd, copy = tempfile.mkstemp(prefix="streamrec-model-", suffix=".npy")
     try:
         with open(fd, "wb") as dst, open(path, "rb") as src:
@@ -330,19 +352,28 @@ def _map_plain(path: str, where: str, name: str) -> np.ndarray:
     ``np.memmap`` keeps a dict and a Path per array: ~1 KB, 25 times per model)."""
     try:
         with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version not in ((1, 0), (2, 0), (3, 0)):
-                raise ValueError(f"format version {version}")
-            read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
-            shape, fortran, dtype = read_header(fh, max_header_size=10_000)
-            if dtype.hasobject:
-                raise ValueError("object arrays are not loaded (allow_pickle=False)")
-            offset = fh.tell()
             mapping = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            return _array(fh, mapping, where, name)
+    except (ValueError, OSError) as exc:
+        raise InvalidModelError(f"model {where}: {name} is unreadable ({exc})") from exc
+
+
+def _array(fh: BinaryIO, buffer: bytes | mmap.mmap, where: str, name: str) -> np.ndarray:
+    """The array of the ``.npy`` file whose bytes are ``buffer`` (read-only, so the
+    array is), its header read from ``fh`` (at the file's start)."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"format version {version}")
+        read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+        shape, fortran, dtype = read_header(fh, max_header_size=10_000)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not loaded (allow_pickle=False)")
+        offset = fh.tell()
         count = int(np.prod(shape, dtype=np.int64))
-        if offset + count * dtype.itemsize > len(mapping):
+        if offset + count * dtype.itemsize > len(buffer):
             raise ValueError("the file is shorter than its header says")
-        return np.ndarray(shape, dtype, mapping, offset, order="F" if fortran else "C")
+        return np.ndarray(shape, dtype, buffer, offset, order="F" if fortran else "C")
     except (ValueError, OSError) as exc:
         raise InvalidModelError(f"model {where}: {name} is unreadable ({exc})") from exc
 

@@ -75,6 +75,11 @@ class ModelSource(Protocol):
         """A given version (an experiment's arm); None if it cannot be loaded."""
         ...
 
+    async def without_model(self, tenants: Collection[str]) -> list[str]:
+        """Those of ``tenants`` that have no model (served popular items), told
+        without loading any."""
+        ...
+
 
 class ArmPolicies(Protocol):
     async def get(self, tenant: str) -> Policy | None:

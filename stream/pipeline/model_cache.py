@@ -28,17 +28,20 @@ import resource
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from models.bundle import ModelBundle, served_bytes
+from models.bundle import ModelBundle, open_files, served_bytes
 from models.errors import NoModelError, StreamrecError
 from models.ranking import MIN_ROWS_PER_THREAD, recommend_flat
 from models.registry import DamagedFileError, Registry
 
 log = logging.getLogger(f"streamrec.{__name__}")
+_T = TypeVar("_T")
 
 
 # (inode, size, mtime in ns) of a file: a rename over it, a write or a truncation
@@ -65,9 +68,10 @@ class _Slot:
 class ModelCache:
     """An LRU of loaded models, at most ``max_bytes`` of arrays in memory (the most
     recently used model stays even if it alone is larger); no limit by default (the
-    worker's setting gives one). Each array is a memory map holding a file descriptor:
-    at most ``max_files`` of them (default half the process's limit of open files, the
-    rest left to sockets and logs), which caps how many small models stay resident."""
+    worker's setting gives one). A large array is a memory map holding a file descriptor
+    (small ones are read into memory, see ``models.bundle.MAP_MIN_BYTES``): at most
+    ``max_files`` of them (default half the process's limit of open files, the rest left
+    to sockets and logs)."""
 
     def __init__(
         self,
@@ -81,8 +85,9 @@ class ModelCache:
         self.max_bytes = max_bytes
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.max_files = max_files if max_files is not None else max(64, soft // 2)
-        self._files = 0  # memory maps held (one per array)
+        self._files = 0  # memory maps held (one per large array)
         self._rank_threads = rank_threads
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="streamrec-model-load")
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self.swaps = 0
@@ -97,6 +102,13 @@ class ModelCache:
         # The budget was reached: readiness stops waiting for models in service and the
         # periodic preload stops reading the registry (tenants load on first click).
         self._full = False
+
+    async def _in_loader(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in the thread that loads models: one thread, so the memory of
+        the models loaded and evicted comes and goes in one of the allocator's arenas
+        (spread over a pool's threads, each arena keeps its share of freed memory and the
+        worker's resident memory grows with every model loaded, not with those held)."""
+        return await asyncio.get_running_loop().run_in_executor(self._loader, fn, *args)
 
     def resident_bytes(self) -> int:
         """Bytes of the models' arrays held now (slots and experiment arms)."""
@@ -211,6 +223,19 @@ class ModelCache:
             self._slots.move_to_end(tenant)
         return slot.bundle
 
+    async def without_model(self, tenants: Collection[str]) -> list[str]:
+        """Those of ``tenants`` without a model: known to have none, or (not in memory)
+        no version in service. Loads nothing (a batch loads its tenants' models one at
+        a time, see ``BatchProcessor``)."""
+        known = {t: self._slots[t].bundle is None for t in tenants if t in self._slots}
+        unknown = [t for t in tenants if t not in known]
+        if unknown:
+            known.update(await asyncio.to_thread(self._without_pointer, unknown))
+        return [t for t in tenants if known[t]]
+
+    def _without_pointer(self, tenants: list[str]) -> dict[str, bool]:
+        return {t: not self._registry.pointer_path(t).exists() for t in tenants}
+
     async def get_version(self, tenant: str, version: str) -> ModelBundle | None:
         """A given version of the tenant (an experiment's arm): the one in service when
         it is that one, else loaded and kept beside it; None if it cannot be loaded."""
@@ -230,7 +255,7 @@ class ModelCache:
                 return bundle
             started = time.perf_counter()
             try:
-                bundle, _ = await asyncio.to_thread(self._load_ready, tenant, version)
+                bundle, _ = await self._in_loader(self._load_ready, tenant, version)
             except Exception as exc:  # a damaged version fails in ways nobody listed
                 log.error(
                     "tenant %s: experiment arm %s cannot be loaded: %s", tenant, version, _why(exc)
@@ -344,7 +369,7 @@ class ModelCache:
                     raise DamagedFileError(
                         tenant, self._registry.pointer_path(tenant), "names no version"
                     )
-                bundle, files = await asyncio.to_thread(self._load_ready, tenant, version)
+                bundle, files = await self._in_loader(self._load_ready, tenant, version)
             except NoModelError:
                 slot = _Slot(None, None, time.monotonic(), pointer=pointer)
             except Exception as exc:  # a damaged version fails in ways nobody listed
@@ -371,7 +396,7 @@ class ModelCache:
                 # Nothing in service (start-up, or its files changed): the newest valid
                 # version of the history, reported as not loaded (see ``problems``).
                 try:
-                    bundle, files = await asyncio.to_thread(self._fallback, tenant, version)
+                    bundle, files = await self._in_loader(self._fallback, tenant, version)
                 except NoModelError:
                     bundle, files = None, {}
                 log.error(
@@ -414,7 +439,7 @@ class ModelCache:
 
     def _hold(self, bundle: ModelBundle, sign: int) -> None:
         self._bytes += sign * model_bytes(bundle)
-        self._files += sign * len(_arrays(bundle))
+        self._files += sign * open_files(bundle)
 
     def _over(self) -> bool:
         return self._bytes > self.max_bytes or self._files > self.max_files

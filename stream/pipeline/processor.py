@@ -210,7 +210,6 @@ class BatchProcessor:
         partition_names: dict[tuple[str, int], str] = {}
         admitted: dict[str, str | None] = {}  # tenant -> why it may not be served, or None
         known: dict[str, bool] = {}  # tenant -> exists (feedback never creates one)
-        bundles: dict[str, ModelBundle | None] = {}
         failed = _Failures(batch, result)
         now = time.time()  # the end of the range of ts, once per batch
         for j, msg in enumerate(batch):
@@ -228,8 +227,6 @@ class BatchProcessor:
                 if refused is not None:
                     result.dead_letters.append(DeadLetter.of(msg, refused))
                     continue
-                if event.tenant not in bundles:
-                    bundles[event.tenant] = await self._models.get(event.tenant)
             except InvalidEvent as exc:
                 result.dead_letters.append(DeadLetter.of(msg, exc.reason))
                 continue
@@ -253,7 +250,8 @@ class BatchProcessor:
             return result
 
         fb = self._feedback
-        count_for = [t for t, b in bundles.items() if b is None]
+        # Asked without loading a model: they load one tenant at a time below.
+        count_for = await self._models.without_model({e.tenant for e in events})
         # The previous batch's lists and counts go out first in this batch's round trip.
         taken = fb.take() if fb is not None else ({}, [])
         try:
@@ -286,9 +284,19 @@ class BatchProcessor:
             by_tenant[event.tenant].append(i)
 
         ranked: list[Ranked | None] = [None] * len(events)
-        served: list[ModelBundle | None] = [None] * len(events)  # the variant of each
+        served: list[str | None] = [None] * len(events)  # the version of each
         for tenant, idx in by_tenant.items():
-            answer = (tenant, bundles[tenant], events, updates, ranked, served, result)
+            # One tenant's model held at a time: once its clicks are ranked the cache may
+            # evict it, so a batch over more tenants than the budget holds stays within it.
+            try:
+                bundle = await self._models.get(tenant)
+            except INFRASTRUCTURE:
+                raise
+            except Exception as exc:
+                for i in idx:
+                    failed.add(at[i], exc)
+                continue
+            answer = (tenant, bundle, events, updates, ranked, served, result)
             try:
                 await self._answer(idx, *answer)
             except INFRASTRUCTURE:
@@ -309,15 +317,15 @@ class BatchProcessor:
         emitted = self._clock()
         by_variant, lags = result.by_variant, result.lags
         if fb is None:
-            for event, r, j, bundle in zip(events, ranked, at, served, strict=True):
+            for event, r, j, version in zip(events, ranked, at, served, strict=True):
                 if r is not None:
                     try:
-                        payload = self._record(event, r, bundle, emitted)
+                        payload = self._record(event, r, version, emitted)
                     except Exception as exc:
                         failed.add(j, exc)
                         continue
                     result.recommendations.append(Outgoing(event.session_id, payload, j))
-                    key3 = (event.tenant, bundle.version if bundle else POPULAR, r.strategy)
+                    key3 = (event.tenant, version or POPULAR, r.strategy)
                     by_variant[key3] = by_variant.get(key3, 0) + 1
                     lags.append(emitted - event.ts)
             failed.report()
@@ -327,7 +335,7 @@ class BatchProcessor:
         # last (from Redis for the session's first click of the batch, else the list
         # answering its previous click in this batch), then its own list is remembered.
         shown: dict[tuple[str, str], str | None] = {}
-        for event, r, j, u, bundle in zip(events, ranked, at, updates, served, strict=True):
+        for event, r, j, u, version in zip(events, ranked, at, updates, served, strict=True):
             key = (event.tenant, event.session_id)
             if u.fresh:
                 prev = shown[key] if key in shown else u.hit
@@ -340,11 +348,11 @@ class BatchProcessor:
             if r is None:
                 shown[key] = None
                 continue
-            variant = bundle.version if bundle is not None else POPULAR
+            variant = version or POPULAR
             self._rec_n += 1
             rec_id = f"{variant}{self._rec_tag}{self._rec_n:x}"
             try:
-                payload = self._record(event, r, bundle, emitted, rec_id, variant)
+                payload = self._record(event, r, version, emitted, rec_id, variant)
             except Exception as exc:
                 failed.add(j, exc)
                 continue
@@ -402,10 +410,11 @@ class BatchProcessor:
         events: list[ClickEvent],
         updates: list[SessionUpdate],
         ranked: list[Ranked | None],
-        served: list[ModelBundle | None],
+        served: list[str | None],
         result: BatchResult,
     ) -> None:
-        """Rank one tenant's events ``idx`` (into ``ranked`` and ``served``), by the
+        """Rank one tenant's events ``idx`` (into ``ranked``, their versions into
+        ``served``), by the
         versions its policy assigns them; none when the tenant is switched off."""
         if await self._tenants.mode(tenant) == "off":
             result.suppressed += len(idx)  # recorded, not answered
@@ -414,7 +423,7 @@ class BatchProcessor:
             answers = await self._rank(tenant, arm, [updates[i] for i in group])
             for i, r in zip(group, answers, strict=True):
                 ranked[i] = r
-                served[i] = arm
+                served[i] = arm.version if arm is not None else None
 
     async def _explicit(
         self, msg: Message, result: BatchResult, known: dict[str, bool], now: float
@@ -545,7 +554,8 @@ class BatchProcessor:
         latest = ClickEvent(
             tenant, session_id, update.items[-1], stored.ts, event_id=stored.event_id
         )
-        return self._record(latest, r, bundle, self._clock())
+        version = bundle.version if bundle is not None else None
+        return self._record(latest, r, version, self._clock())
 
     async def recommend_items(
         self, tenant: str, items: Sequence[str], n: int, request: Request | None = None
@@ -576,13 +586,13 @@ class BatchProcessor:
         self,
         event: ClickEvent,
         r: Ranked,
-        bundle: ModelBundle | None,
+        version: str | None,
         emitted: float,
         rec_id: str | None = None,
         variant: str | None = None,
     ) -> bytes:
-        """The recommendation record answering ``event`` (its event id is set)."""
-        version = bundle.version if bundle is not None else None
+        """The recommendation record answering ``event`` (its event id is set), ranked
+        by model ``version`` (None: popular items)."""
         if rec_id is None:
             variant = version or POPULAR
             self._rec_n += 1

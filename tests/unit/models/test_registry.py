@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import models.bundle as bundle_module
 import models.registry as registry_module
 from models.bundle import ModelBundle, load_bundle, save_bundle, served_bytes
 from models.datasets import synthetic_sessions
@@ -42,6 +43,37 @@ def test_served_bytes_are_what_a_worker_maps(bundle: ModelBundle, tmp_path: Path
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InvalidModelError, match="vectors"):
         served_bytes(tmp_path / "b")
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_small_model_served_holds_no_open_file(bundle: ModelBundle, tmp_path: Path) -> None:
+    save_bundle(bundle, tmp_path / "b")
+    before = _open_files()
+    served = load_bundle(tmp_path / "b", private=True)
+    assert _open_files() == before
+    assert bundle_module.open_files(served) == 0
+    for name, arr in served.named_arrays().items():
+        np.testing.assert_array_equal(arr, bundle.named_arrays()[name])
+        assert not arr.flags.writeable  # as read-only as a map
+
+
+def test_a_large_array_is_mapped_and_holds_one_open_file(
+    bundle: ModelBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_bundle(bundle, tmp_path / "b")
+    threshold = (tmp_path / "b" / "vectors.npy").stat().st_size
+    monkeypatch.setattr(bundle_module, "MAP_MIN_BYTES", threshold)
+    names = {*bundle_module.BASE_ARRAYS, *bundle_module.table_arrays()}
+    large = sum((tmp_path / "b" / f"{n}.npy").stat().st_size >= threshold for n in names)
+    before = _open_files()
+    served = load_bundle(tmp_path / "b", private=True)
+    assert _open_files() - before == bundle_module.open_files(served) == large > 0
+    np.testing.assert_array_equal(served.vectors, bundle.vectors)
+    del served
+    assert _open_files() == before
 
 
 def test_bundle_round_trip_is_exact_and_memory_mapped(bundle: ModelBundle, tmp_path: Path) -> None:

@@ -5,10 +5,14 @@ import errno
 import json
 import logging
 import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import models.bundle as bundle_module
 from models.registry import Registry
 from models.train import TrainParams, train_model
 from stream.pipeline.model_cache import ModelCache, model_bytes
@@ -62,7 +66,8 @@ def test_the_budget_counts_bytes_and_evictions(registry: Registry) -> None:
     asyncio.run(run())
 
 
-def test_memory_maps_are_a_budget_too(registry: Registry) -> None:
+def test_memory_maps_are_a_budget_too(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bundle_module, "MAP_MIN_BYTES", 0)  # every array mapped, as large ones
     maps = len(registry.load("t1", private=True).named_arrays())  # one per array
     cache = ModelCache(registry, max_files=2 * maps)
 
@@ -340,3 +345,37 @@ def test_a_current_of_undecodable_bytes_is_refused_for_its_tenant_only(registry:
         assert set(cache.in_service()) == {"t1", "t2", "t3"}
 
     asyncio.run(run())
+
+
+def test_the_tenants_without_a_model_are_told_without_loading_one(registry: Registry) -> None:
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        assert await cache.without_model(["t1", "nobody", "t2"]) == ["nobody"]
+        assert cache.loads == 0 and cache.loaded() == {}
+        await cache.get("nobody")  # known now: no model
+        assert await cache.without_model(["nobody", "t1"]) == ["nobody"]
+
+    asyncio.run(run())
+
+
+def test_models_load_in_one_thread(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One allocator arena for the models loaded and evicted: spread over threads, the
+    # freed memory stays in each thread's arena and resident memory keeps growing.
+    threads: set[int] = set()
+    load = registry.load
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        threads.add(threading.get_ident())
+        time.sleep(0.05)  # long enough for loads asked together to overlap
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "load", noted)
+    cache = ModelCache(registry)
+
+    async def run() -> None:
+        await asyncio.gather(*(cache.get(t) for t in ("t1", "t2", "t3")))
+        assert len(cache.loaded()) == 3
+
+    asyncio.run(run())
+    assert len(threads) == 1 and threading.get_ident() not in threads

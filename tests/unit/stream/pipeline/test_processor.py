@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import time
-from collections import Counter
+import weakref
+from collections import Counter, OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,6 +193,9 @@ class MemoryModels:
         if current is not None and current.version == version:
             return current
         return self.arms.get((tenant, version))
+
+    async def without_model(self, tenants: Collection[str]) -> list[str]:
+        return [t for t in tenants if t not in self.serving]
 
 
 @dataclass
@@ -598,3 +603,54 @@ def test_redis_refusing_every_write_holds_the_batch_like_redis_away(
         w.run([click("a", bundle.item_list[1])])
     assert isinstance(raised.value, UNAVAILABLE)
     assert w.feedback is not None and w.feedback.pending()
+
+
+# -- memory --------------------------------------------------------------------------------
+class BudgetModels:
+    """A cache holding at most ``budget`` models, least recently used out: each load
+    makes a new bundle, as the worker's cache does; ``peak`` is the most bundles it
+    handed out that were still alive (held by anyone) when it loaded another."""
+
+    def __init__(self, bundle: ModelBundle, budget: int) -> None:
+        self._bundle, self._budget = bundle, budget
+        self._held: OrderedDict[str, ModelBundle] = OrderedDict()
+        self._handed: list[weakref.ref[ModelBundle]] = []
+        self.loads = self.peak = 0
+
+    async def get(self, tenant: str) -> ModelBundle | None:
+        if tenant in self._held:
+            self._held.move_to_end(tenant)
+            return self._held[tenant]
+        gc.collect()
+        self.peak = max(self.peak, sum(r() is not None for r in self._handed))
+        bundle = dataclasses.replace(self._bundle)
+        self._handed.append(weakref.ref(bundle))
+        self.loads += 1
+        self._held[tenant] = bundle
+        while len(self._held) > self._budget:
+            self._held.popitem(last=False)
+        return bundle
+
+    async def get_version(self, tenant: str, version: str) -> ModelBundle | None:
+        return await self.get(tenant)
+
+    async def without_model(self, tenants: Collection[str]) -> list[str]:
+        return []
+
+
+def test_a_batch_over_more_tenants_than_the_budget_holds_keeps_no_more_alive(
+    bundle: ModelBundle,
+) -> None:
+    w = world(None)
+    models = BudgetModels(bundle, budget=3)
+    w.processor._models = models
+    tenants = [f"shop-{t}" for t in range(12)]
+    for tenant in tenants:
+        w.tenants.modes[tenant] = "on"
+    item = bundle.item_list[0]
+    result = w.run([click(f"s{t}", item, tenant) for t, tenant in enumerate(tenants)])
+    assert len(result.recommendations) == len(tenants)
+    assert {orjson.loads(o.payload)["model_version"] for o in result.recommendations} == {"v1"}
+    assert models.loads == len(tenants)  # each loaded once
+    # The budget's models and the one being ranked, not every model the batch touched.
+    assert models.peak <= 3 + 1

@@ -60,6 +60,9 @@ class Models:
     async def get_version(self, tenant: str, version: str) -> Any:
         return self.bundle
 
+    async def without_model(self, tenants: Any) -> list[str]:
+        return []
+
 
 class Tenants:
     def __init__(self) -> None:
