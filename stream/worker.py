@@ -145,7 +145,9 @@ class Worker(Service):
         self._kernels_at_ready: KernelCount | None = None
         self._checking: asyncio.Future[None] | None = None
         # The consumer, a child service (started after ``on_start``).
-        self.consumer = BatchLoop(settings, self.process, self.count, warm=self.warm.wait)
+        self.consumer = BatchLoop(
+            settings, self.process, self.count, warm=self.warm.wait, handover=self.flush_feedback
+        )
         self.metrics = WorkerMetrics(
             stats=self.stats,
             models=self.models,

@@ -186,6 +186,7 @@ class BatchLoop(Service):
         done: DoneFn,
         *,
         warm: Callable[[], Awaitable[object]] | None = None,
+        handover: Callable[[], Awaitable[object]] | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -194,6 +195,10 @@ class BatchLoop(Service):
         self._done = done
         # Awaited before joining the group: partitions come to a worker ready to serve.
         self._warm = warm
+        # Awaited once the batches in hand are done, before partitions go to another
+        # worker (a rebalance, a stop): what this worker kept for its sessions is written
+        # before their next click reaches the new owner.
+        self._handover = handover
         self.assigned = asyncio.Event()  # set at the first assignment of partitions
         self._consumer: ClickConsumer | None = None
         self._publisher: RecordPublisher | None = None
@@ -266,6 +271,8 @@ class BatchLoop(Service):
             for task in [*self._tasks, self._runner]:
                 if task is not None:
                     task.cancel()
+        else:
+            await self._hand_over(max(0.1, deadline - time.monotonic() - 2))
         if self._consumer is not None:
             await self._consumer.close(max(0.5, deadline - time.monotonic() - 1))
         if self._publisher is not None:
@@ -509,6 +516,16 @@ class BatchLoop(Service):
             await asyncio.wait_for(self._idle.wait(), timeout=REVOKE_WAIT_S)
         except TimeoutError:
             log.warning("rebalance while a batch was still in hand after %.0f s", REVOKE_WAIT_S)
+        else:
+            await self._hand_over(REVOKE_WAIT_S / 2)
+
+    async def _hand_over(self, timeout: float) -> None:
+        if self._handover is None:
+            return
+        try:
+            await asyncio.wait_for(self._handover(), timeout=timeout)
+        except TimeoutError:
+            log.warning("handing over the sessions' state took over %.1f s; left", timeout)
 
     def _on_assigned(self, held: list[Partition]) -> None:
         self.assigned.set()

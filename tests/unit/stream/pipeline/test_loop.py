@@ -93,3 +93,34 @@ def test_fetching_goes_on_while_earlier_batches_wait_for_their_commits() -> None
     ahead, committed = asyncio.run(scenario())
     assert ahead == IN_FLIGHT + 1
     assert committed == sorted(committed) and committed[0] == 1  # in order, after each batch
+
+
+def test_partitions_are_handed_over_only_after_the_batches_in_hand_are_done() -> None:
+    """On a rebalance (and a stop) the worker writes what it kept for its sessions once
+    its batches are committed, before the partitions go: their next click, at another
+    worker, must find the lists (and so the arms) this one served."""
+
+    async def scenario() -> list[str]:
+        events: list[str] = []
+
+        async def handover() -> None:
+            events.append("handed over")
+
+        async def process(batch: list[Any]) -> BatchResult:
+            return BatchResult()
+
+        loop = BatchLoop(
+            Settings(broker="127.0.0.1:1"), process, lambda n, r: None, handover=handover
+        )
+        loop._hold()  # a batch in hand
+        revoked = asyncio.ensure_future(loop._wait_for_batches())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        events.append("batch done")
+        loop._release()
+        await asyncio.wait_for(revoked, 5)
+        loop._consumer = None
+        await loop.on_stop()  # nothing in hand: a stop hands over at once
+        return events
+
+    assert asyncio.run(scenario()) == ["batch done", "handed over", "handed over"]
