@@ -414,8 +414,8 @@ class BatchProcessor:
         result: BatchResult,
     ) -> None:
         """Rank one tenant's events ``idx`` (into ``ranked``, their versions into
-        ``served``), by the
-        versions its policy assigns them; none when the tenant is switched off."""
+        ``served``) by the versions its policy assigns them; none when the tenant is
+        switched off."""
         if await self._tenants.mode(tenant) == "off":
             result.suppressed += len(idx)  # recorded, not answered
             return
