@@ -197,6 +197,7 @@ def trainer(
                 settings, window_s=info.window_s, now=info.now, params=params,
                 policy=policy, tenants=names, progress=step, jobs=jobs,
                 keep_unpromoted=keep_unpromoted, rollout=staged, pass_id=info.id,
+                archived=info.clicks,
             ),
         )  # fmt: skip
         return

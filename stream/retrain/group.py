@@ -10,9 +10,15 @@ leaves, gives its partitions to the others. Kafka is the engine: no scheduler of
   lives). It writes the pass's description to Redis (:class:`PassInfo`: an id, the
   click window, and the topic's end offsets before publishing, where the pass begins),
   produces the records, then adds the offsets where the pass ends.
+- **The click archive.** Every trainer also runs a ``ClickArchiver`` thread
+  (``stream.kafka.click_archive``, consumer group ``NAME-archive``): the trainers share
+  the ``clicks`` partitions, and each click is decoded once, into files in the
+  registry directory (``models.click_archive``). The pass records the ``clicks`` end
+  offsets at publish time; a trainer starts a batch once the archive (all the
+  trainers' archivers together) covers them, then reads only its tenants' clicks.
 - **Training.** A trainer takes the records of its partitions up to their end as one
-  batch: it reads the click log once for all the batch's tenants (not once per tenant),
-  then trains them, committing each record's offset once its tenant is finished
+  batch: it reads its tenants' clicks from the archive, then trains them, committing
+  each record's offset once its tenant is finished
   (:class:`Ledger`: a partition's commit never passes a tenant still in training).
 - **Takeover.** The next owner of a partition starts at the group's committed offset:
   the tenants not finished. A tenant is trained under the registry's training lock and
@@ -42,12 +48,14 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from models.click_archive import archive_dir, archived_to
 from models.errors import StreamrecError
 from models.registry import Registry
 from state.connection import RedisError, sync_client
 from state.tenants import list_tenants
 from state.trainers import Lease, read_pass, write_pass
 from stream.config import Settings
+from stream.kafka.click_archive import ClickArchiver
 from stream.kafka.topics import RETRAIN_PARTITIONS, ensure_topics
 from stream.kafka.work_queue import GroupQueue, end_offsets, publish
 from stream.retrain.job import PassReport
@@ -105,6 +113,18 @@ class GroupTrainer:
             start_at=self._starts,
             on_revoke=self._revoked,
         )
+        self.archive = archive_dir(settings.registry_dir)
+        self.archiver = ClickArchiver(
+            settings.kafka,
+            settings.clicks_topic,
+            options.group,
+            self.archive,
+            window_s=options.window_s,
+            session_timeout_s=settings.broker_session_timeout_s,
+            wanted=lambda: self.info.clicks if self.info is not None else {},
+        )
+        self._catching_up: tqdm | None = None  # the bar while the archive catches up
+        self._waited = 0.0  # when this process began waiting for the archive
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew, name="lease", daemon=True)
         self._renewer.start()
@@ -140,6 +160,12 @@ class GroupTrainer:
         self._renewer.join(5)
         self._commit(wait=True)
         self.queue.close()
+        self.archiver.close()
+        log.info(
+            "group %s: this trainer archived %d click(s) of %s partition(s) %s",
+            self.options.group, self.archiver.clicks, self.settings.clicks_topic,
+            ",".join(map(str, sorted(self.archiver.archived_partitions))) or "none",
+        )  # fmt: skip
         if self.holding:
             self.lease.release()
 
@@ -199,6 +225,7 @@ class GroupTrainer:
         info = PassInfo(
             pass_id, now, now, self.options.window_s, len(tenants),
             starts=end_offsets(self.settings.kafka, self.topic),
+            clicks=end_offsets(self.settings.kafka, self.settings.clicks_topic),
         )  # fmt: skip
         write_pass(self.redis, self.options.group, info.to_dict())
         ends = publish(
@@ -304,7 +331,40 @@ class GroupTrainer:
             and info.ends is not None
             and self.queue.at_end()
             and time.monotonic() - self.queue.changed >= SETTLE_S
+            and self._archived(info)
         )
+
+    def _archived(self, info: PassInfo) -> bool:
+        """Does the click archive hold the pass's log (every trainer's archiver filling
+        it)? A bar of the offsets still to archive while it catches up."""
+        have = archived_to(self.archive)
+        left = {p: end - have.get(p, 0) for p, end in info.clicks.items() if have.get(p, 0) < end}
+        total = sum(info.clicks.values())
+        if not left:
+            if self._catching_up is not None or self._waited:
+                if self._catching_up is not None:
+                    self._catching_up.close()
+                log.info(
+                    "group %s: the click archive caught up with pass %s (waited %.1fs)",
+                    self.options.group, info.id, time.monotonic() - self._waited,
+                )  # fmt: skip
+            self._catching_up, self._waited = None, 0.0
+            return True
+        if not self._waited:
+            self._waited = time.monotonic()
+            log.info(
+                "group %s: waiting for the click archive to reach the log's end in %d "
+                "partition(s) (%d record(s) to go)",
+                self.options.group, len(left), sum(left.values()),
+            )  # fmt: skip
+            self._catching_up = tqdm(
+                total=total, desc="archiving clicks", unit="record",
+                disable=True if self.options.quiet else None,
+            )  # fmt: skip
+        if self._catching_up is not None:
+            self._catching_up.n = total - sum(left.values())
+            self._catching_up.refresh()
+        return False
 
     def _commit(self, wait: bool = False) -> None:
         self.queue.commit(self.ledger.to_commit(), wait=wait)

@@ -2,7 +2,8 @@
 register, promote, notify.
 
 The click log is read by :mod:`stream.kafka.click_log`; with ``jobs`` > 1 it is read in that
-many processes, then that many tenants are trained at a time.
+many processes, then that many tenants are trained at a time. A trainer group's pass reads
+its tenants' clicks from the click archive instead (:mod:`models.click_archive`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 
 from models.bundle import ModelBundle
+from models.click_archive import archive_dir, read_archive
 from models.datasets import Clicks, build_sessions
 from models.errors import InvalidModelError, InvalidSettingError, NoModelError, StreamrecError
 from models.gate import GateDecision, GatePolicy, retrain
@@ -79,12 +81,14 @@ def run_once(
     keep_unpromoted: int = 5,
     rollout: RolloutSettings | None = None,
     pass_id: str | None = None,
+    archived: Mapping[int, int] | None = None,
 ) -> PassReport:
     """One pass over every tenant with clicks in the window; ``jobs`` processes read the
     log, then as many train the tenants. ``rollout``: staged rollouts (else a candidate
     that passes the gate is promoted at once). ``pass_id``: a trainer group's pass
     (``stream.retrain.group``); a tenant that has a version of that pass already is not
-    trained again."""
+    trained again. ``archived``: read the clicks from the click archive, up to these
+    end offsets of the clicks topic, instead of from Kafka."""
     if keep_unpromoted < 1:
         # The newest candidate holds the log positions it was trained on: deleted, the
         # next pass would retrain on unchanged data (churn).
@@ -94,16 +98,17 @@ def run_once(
     now = time.time() if now is None else now
     _quiet_training_libraries()
     started = time.perf_counter()
-    logs = read_click_log(settings.kafka, settings.clicks_topic, now - window_s, tenants, jobs=jobs)
+    if archived is None:
+        source = settings.clicks_topic
+        logs = read_click_log(
+            settings.kafka, settings.clicks_topic, now - window_s, tenants, jobs=jobs
+        )
+    else:
+        source = "the click archive"
+        logs = read_archive(archive_dir(settings.registry_dir), now - window_s, tenants, archived)
     clicks = sum(len(v) for v in logs.values())
     read_s = time.perf_counter() - started
-    log.info(
-        "read %d clicks of %d tenants from %s in %.1fs",
-        clicks,
-        len(logs),
-        settings.clicks_topic,
-        read_s,
-    )
+    log.info("read %d clicks of %d tenants from %s in %.1fs", clicks, len(logs), source, read_s)
     started = time.perf_counter()
     modes = _modes(settings)
     window = (now - window_s, now)

@@ -55,11 +55,15 @@ class PassInfo:
     # (None while they are being published).
     starts: Offsets = field(default_factory=dict)
     ends: Offsets | None = None
+    # The clicks topic's end offsets when the pass was published: the log it trains on
+    # (a trainer group reads it from the click archive once archived up to these).
+    clicks: Offsets = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["starts"] = {str(p): o for p, o in self.starts.items()}
         out["ends"] = None if self.ends is None else {str(p): o for p, o in self.ends.items()}
+        out["clicks"] = {str(p): o for p, o in self.clicks.items()}
         return out
 
     @classmethod
@@ -76,6 +80,7 @@ class PassInfo:
                 tenants=int(data["tenants"]),
                 starts={int(p): int(o) for p, o in (data.get("starts") or {}).items()},
                 ends=None if ends is None else {int(p): int(o) for p, o in ends.items()},
+                clicks={int(p): int(o) for p, o in (data.get("clicks") or {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
