@@ -9,6 +9,8 @@ once, by the archiver of its partition (the worker's parsing: ``click_log.click_
   committed): a partition assigned resumes at the end of its last segment, or at the
   first offset inside the window when there is none or it ends before (an empty
   segment is written there at once, so the partition's coverage is known to all).
+- **Settling.** Partitions assigned are read once the assignment has not changed for
+  ``settle_s``: trainers started together then share the log from its first click.
 - **Flushing.** A partition's buffered clicks become a segment every ``flush_clicks``
   records or ``flush_s`` seconds, as soon as they reach an offset a pass waits for
   (``wanted()``), and when the partition is taken away or the archiver stops.
@@ -40,6 +42,10 @@ FLUSH_CLICKS = 500_000
 FLUSH_S = 300.0
 PRUNE_EVERY_S = 60.0
 REPORT_EVERY_S = 30.0
+# How long an assignment must stay unchanged before its partitions are read: trainers
+# started together join within moments, and a partition read by the first one to join
+# would not be shared.
+SETTLE_S = 5.0
 
 
 @dataclass
@@ -71,10 +77,14 @@ class ClickArchiver:
         wanted: Callable[[], Mapping[int, int]] = dict,
         flush_clicks: int = FLUSH_CLICKS,
         flush_s: float = FLUSH_S,
+        settle_s: float = SETTLE_S,
     ) -> None:
         self.topic, self.root, self.window_s = topic, Path(root), window_s
         self._wanted, self._flush_clicks, self._flush_s = wanted, flush_clicks, flush_s
         self._buffers: dict[int, _Buffer] = {}
+        self._settle_s = settle_s
+        self._paused_until: float | None = None  # reading waits for the group to settle
+        self._busy_s = 0.0  # decoding and writing, for the rate reported
         self.assigned: set[int] = set()
         self.archived_partitions: set[int] = set()  # every partition this one wrote
         self.clicks = 0  # valid clicks archived by this process
@@ -118,17 +128,23 @@ class ClickArchiver:
                     log.warning("%s (archive): %s", self.topic, exc)
                     time.sleep(1)
                     continue
+                began = time.monotonic()
                 self._take(messages)
                 self._flush_due()
                 now = time.monotonic()
+                self._busy_s += now - began
+                if self._paused_until is not None and now >= self._paused_until:
+                    self._paused_until = None
+                    self._consumer.resume(self._partitions())
                 if now - last_report >= REPORT_EVERY_S:
                     if self.clicks > reported:
                         log.info(
-                            "click archive: %d click(s) archived in %.0fs (%.0f/s), "
-                            "partition(s) %s", self.clicks - reported, now - last_report,
-                            (self.clicks - reported) / (now - last_report), _names(self.assigned),
+                            "click archive: %d click(s) archived in the last %.0fs (%.0f/s "
+                            "while reading), partition(s) %s", self.clicks - reported,
+                            now - last_report, (self.clicks - reported) / max(self._busy_s, 1e-3),
+                            _names(self.assigned),
                         )  # fmt: skip
-                    reported, last_report = self.clicks, now
+                    reported, last_report, self._busy_s = self.clicks, now, 0.0
                 if now - last_prune >= PRUNE_EVERY_S:
                     last_prune = now
                     self._prune()
@@ -193,8 +209,8 @@ class ClickArchiver:
         deleted = click_archive.prune(self.root, time.time() - self.window_s)
         if deleted:
             log.info(
-                "click archive: pruned %d segment(s) whose clicks are all older than the "
-                "window", len(deleted),
+                "click archive: pruned %d segment(s) with no click inside the window",
+                len(deleted),
             )  # fmt: skip
 
     # -- rebalances (called inside consume(), on the thread) --------------------------
@@ -212,6 +228,8 @@ class ClickArchiver:
                 click_archive.write_segment(self.root, p, tp.offset, tp.offset, *[[]] * 5)
             self._buffers[p] = _Buffer(tp.offset, tp.offset)
         consumer.assign(partitions)
+        consumer.pause(partitions)
+        self._paused_until = time.monotonic() + self._settle_s
         self.assigned |= {tp.partition for tp in partitions}
         log.info(
             "%s (archive): assigned partition(s) %s, resuming at %s", self.topic,
@@ -249,6 +267,9 @@ class ClickArchiver:
             else:
                 out[tp.partition] = tp.offset
         return out
+
+    def _partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p) for p in sorted(self.assigned)]
 
 
 def _names(partitions: set[int] | list[int]) -> str:

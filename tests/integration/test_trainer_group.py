@@ -1,10 +1,13 @@
 """Trainers that share the tenants through Kafka (`trainer --group`), as processes on the
 real broker and Redis: each tenant trained once a pass, a killed trainer's tenants taken
-over, one pass published per period whatever the number of trainers."""
+over, one pass published per period whatever the number of trainers, and the click log
+read through the group's click archive: each click decoded by one trainer, none lost to a
+killed one."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,11 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from models.click_archive import archive_dir, read_archive
 from models.datasets import read_clicks, sessionize
 from models.registry import Registry
 from stream.dev.stack import EmbeddedStack
 from stream.dev.testing import produce
 from stream.events import ClickEvent
+from stream.kafka.click_log import read_click_log
 from stream.kafka.topics import ensure_topics, topic_reader
 from stream.retrain.passes import PassRecord
 
@@ -200,3 +205,70 @@ def test_two_periodic_trainers_publish_one_pass_per_period(
     starts = sorted(min(t) for t in published.values())
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert min(gaps) >= every - 0.5, (gaps, outputs)  # not one pass per trainer
+
+
+def _archived(trainer: Trainer) -> tuple[int, set[int]]:
+    """What a trainer says its click archiver archived: (clicks, partitions)."""
+    for line in trainer.lines:
+        m = re.search(r"this trainer archived (\d+) click\(s\) of \S+ partition\(s\) (\S+)", line)
+        if m:
+            parts = set() if m[2] == "none" else {int(p) for p in m[2].split(",")}
+            return int(m[1]), parts
+    raise AssertionError(f"no archive report in:\n{trainer.text()}")
+
+
+def _clicks_trained(registry: Registry, tenant: str) -> int:
+    (version,) = [v.version for v in registry.versions(tenant)]
+    return int(registry.manifest(tenant, version)["data_window"]["clicks"])
+
+
+@pytest.mark.timeout(600)
+def test_two_trainers_archive_disjoint_partitions_and_train_on_every_click(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
+) -> None:
+    env, tenants, registry = _setup(stack, unique_name, tmp_path, eshop_csv, 6, 150)
+    group = unique_name("group")
+    trainers = [Trainer(env, "--once", "--group", group, *TRAIN) for _ in range(2)]
+    try:
+        codes = [t.wait(300) for t in trainers]
+    finally:
+        for t in trainers:
+            t.stop()
+    outputs = "\n----\n".join(t.text() for t in trainers)
+    assert codes == [0, 0], outputs
+    log = read_click_log(stack.broker, env["STREAMREC_CLICKS_TOPIC"], time.time() - 86400)
+    (n1, p1), (n2, p2) = (_archived(t) for t in trainers)
+    # Each click decoded by one trainer: the partitions split between them.
+    assert p1 and p2 and not p1 & p2 and p1 | p2 == {0, 1, 2, 3}, outputs
+    assert n1 + n2 == sum(len(c) for c in log.values()), outputs
+    for tenant in tenants:
+        assert _clicks_trained(registry, tenant) == len(log[tenant]), (tenant, outputs)
+    assert all("from the click archive" in t.text() for t in trainers), outputs
+
+
+@pytest.mark.timeout(600)
+def test_a_trainer_killed_while_archiving_has_its_partitions_archived_by_another(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
+) -> None:
+    env, tenants, registry = _setup(stack, unique_name, tmp_path, eshop_csv, 6, 300)
+    group = unique_name("group")
+    doomed = Trainer(env, "--once", "--group", group, *TRAIN)
+    other = Trainer(env, "--once", "--group", group, *TRAIN)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("(archive): assigned" in line for line in doomed.lines):
+            assert time.monotonic() < deadline and doomed.proc.poll() is None, doomed.text()
+            time.sleep(0.05)
+        doomed.proc.send_signal(signal.SIGKILL)
+        assert other.wait(300) == 0, other.text()
+    finally:
+        doomed.stop()
+        other.stop()
+    outputs = doomed.text() + "\n----\n" + other.text()
+    assert "(archive): assigned partition(s) 0,1,2,3," in other.text(), outputs
+    log = read_click_log(stack.broker, env["STREAMREC_CLICKS_TOPIC"], time.time() - 86400)
+    archived = read_archive(archive_dir(registry.root), 0)
+    # Not one click lost or archived twice, and every tenant trained on all of its own.
+    assert {t: len(c) for t, c in archived.items()} == {t: len(c) for t, c in log.items()}
+    for tenant in tenants:
+        assert _clicks_trained(registry, tenant) == len(log[tenant]), (tenant, outputs)
