@@ -16,7 +16,10 @@ where every tenant has a model in service, so the gate scores it too.
 ``--trainers 1,2,4`` runs, on the same click log, one pass with that many
 ``streamrec trainer --once --group`` processes each (``--jobs`` training processes
 each), every run into a fresh registry, side by side with the one-process pass
-(``--jobs``); ``--no-single`` leaves that one out.
+(``--jobs``); ``--no-single`` leaves that one out. A group's trainers read the log
+through their click archive (a fresh one per run, in the registry): a trainer's reading
+time is its wait for the archive to hold the pass's log, then reading its tenants' clicks
+from it.
 
     .venv/bin/python benchmarks/tenants_scale.py --tenants 200 --trainers 1,2,4 --jobs 1
 """
@@ -91,7 +94,8 @@ def group_pass(
     stack: EmbeddedStack, settings: Settings, home: Path, tenants: int, count: int, jobs: int
 ) -> tuple[int, float, list[float], float, int]:
     """One pass by ``count`` ``trainer --once --group`` processes into a fresh registry:
-    (count, wall seconds, seconds reading the log per trainer, CPU seconds, tenants)."""
+    (count, wall seconds, seconds reading the log per trainer, CPU seconds, tenants).
+    A trainer's summary line counts in its reading the wait for the click archive."""
     models = home / f"models-{count}-trainers"
     registry = Registry(models)
     for t in range(tenants):

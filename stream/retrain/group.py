@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
@@ -123,8 +123,12 @@ class GroupTrainer:
             session_timeout_s=settings.broker_session_timeout_s,
             wanted=lambda: self.info.clicks if self.info is not None else {},
         )
+        # The pass whose log the archive is known to hold; the one waited for, since when.
+        self._covered: str | None = None
+        self._waiting: str | None = None
+        self._waited = 0.0
+        self._archive_wait = 0.0  # seconds the next batch waited for the archive
         self._catching_up: tqdm | None = None  # the bar while the archive catches up
-        self._waited = 0.0  # when this process began waiting for the archive
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew, name="lease", daemon=True)
         self._renewer.start()
@@ -289,7 +293,7 @@ class GroupTrainer:
             self.options.group, info.id, len(tenants),
             ",".join(map(str, sorted({p for p, _ in batch.values()}))), shown,
         )  # fmt: skip
-        started = time.perf_counter()
+        started = time.perf_counter() - self._archive_wait  # the batch began waiting
         bar = tqdm(
             total=len(tenants), desc="retraining", unit="tenant",
             disable=True if self.options.quiet else None,
@@ -319,6 +323,9 @@ class GroupTrainer:
             self.ledger.finish(p, o)
         self._commit()
         self.trained |= set(batch)
+        # Reading the log, for this trainer: waiting for the archive, then reading it.
+        report = replace(report, read_s=report.read_s + self._archive_wait)
+        self._archive_wait = 0.0
         on_batch(report, info, time.perf_counter() - started)
 
     def _ready(self) -> bool:
@@ -336,35 +343,39 @@ class GroupTrainer:
 
     def _archived(self, info: PassInfo) -> bool:
         """Does the click archive hold the pass's log (every trainer's archiver filling
-        it)? A bar of the offsets still to archive while it catches up."""
+        it)? A bar of the records still to archive while it catches up."""
+        if self._covered == info.id:
+            return True
         have = archived_to(self.archive)
         left = {p: end - have.get(p, 0) for p, end in info.clicks.items() if have.get(p, 0) < end}
-        total = sum(info.clicks.values())
-        if not left:
-            if self._catching_up is not None or self._waited:
-                if self._catching_up is not None:
-                    self._catching_up.close()
+        now = time.monotonic()
+        if self._waiting != info.id:
+            self._waiting, self._waited = info.id, now
+            if left:
                 log.info(
-                    "group %s: the click archive caught up with pass %s (waited %.1fs)",
-                    self.options.group, info.id, time.monotonic() - self._waited,
+                    "group %s: waiting for the click archive to reach the end of %s in %d "
+                    "partition(s) (%d record(s) to go)", self.options.group,
+                    self.settings.clicks_topic, len(left), sum(left.values()),
                 )  # fmt: skip
-            self._catching_up, self._waited = None, 0.0
-            return True
-        if not self._waited:
-            self._waited = time.monotonic()
-            log.info(
-                "group %s: waiting for the click archive to reach the log's end in %d "
-                "partition(s) (%d record(s) to go)",
-                self.options.group, len(left), sum(left.values()),
-            )  # fmt: skip
-            self._catching_up = tqdm(
-                total=total, desc="archiving clicks", unit="record",
-                disable=True if self.options.quiet else None,
-            )  # fmt: skip
+                self._catching_up = tqdm(
+                    total=sum(left.values()), desc="archiving clicks", unit="record",
+                    disable=True if self.options.quiet else None,
+                )  # fmt: skip
         if self._catching_up is not None:
-            self._catching_up.n = total - sum(left.values())
+            self._catching_up.n = self._catching_up.total - sum(left.values())
             self._catching_up.refresh()
-        return False
+        if left:
+            return False
+        if self._catching_up is not None:
+            self._catching_up.close()
+            self._catching_up = None
+        self._covered, self._archive_wait = info.id, now - self._waited
+        log.info(
+            "group %s: the click archive covers pass %s (waited %.1fs for it; this trainer "
+            "archived %d click(s) so far)",
+            self.options.group, info.id, now - self._waited, self.archiver.clicks,
+        )  # fmt: skip
+        return True
 
     def _commit(self, wait: bool = False) -> None:
         self.queue.commit(self.ledger.to_commit(), wait=wait)
