@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from stream.retrain.passes import Ledger, PassInfo, PassRecord, new_pass_id
 
 
@@ -46,6 +48,9 @@ def test_descriptions_and_records_survive_their_round_trip() -> None:
     info = PassInfo("p1", 2.5, 3.5, 86400.0, 2, starts={0: 1}, ends={0: 3, 11: 4})
     assert PassInfo.from_dict(info.to_dict()) == info
     assert PassInfo.from_dict({"id": "x"}) is None
+    # The clicks topic's end offsets at publish time: what the group's archive must hold.
+    info = PassInfo("p2", 2.5, 3.5, 86400.0, 2, ends={0: 3}, clicks={0: 70, 3: 12})
+    assert PassInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
     record = PassRecord("p1", "shop-1")
     assert PassRecord.from_json(record.to_json()) == record
     assert PassRecord.from_json(b"not json") is None
