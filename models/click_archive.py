@@ -17,10 +17,13 @@ truncated segment is an error naming the file, never a silently wrong read.
 - **Overlap.** During a rebalance two members may archive the same offsets. A reader
   walks a partition's segments by first offset and keeps only rows past the offsets
   already covered, so no click is read twice.
-- **Coverage.** A partition is archived up to the largest ``end`` of its segments; that
-  is also where an archiver resumes it.
-- **Pruning.** A segment whose newest click is older than the window is deleted, except
-  a partition's newest segment (it tells where archiving resumes).
+- **Coverage.** A partition is archived up to the end of its chain of segments from its
+  first one, without a gap; that is also where an archiver resumes it. A segment deleted
+  by hand (a damaged one) is so archived again. Offsets older than the window that were
+  never archived are bridged by an empty segment.
+- **Pruning.** Segments whose newest click is older than the window are deleted from the
+  start of a partition's chain (never in its middle, which would open a gap), except a
+  partition's last segment (it tells where archiving resumes).
 """
 
 from __future__ import annotations
@@ -61,10 +64,13 @@ class SegmentName:
     end: int  # one past the last offset covered
 
 
-def _packed(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    encoded = [s.encode() for s in strings]
+def _packed(strings: list[str], order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One utf-8 blob and row offsets; rows taken in ``order`` when given."""
+    encoded = [x.encode() for x in strings]
+    if order is not None:
+        encoded = [encoded[i] for i in order.tolist()]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
     return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
 
 
@@ -89,24 +95,21 @@ def write_segment(
     ``partition``'s offsets ``first`` to ``end`` (exclusive). Returns its path."""
     if not first <= end:
         raise ValueError(f"segment offsets {first}-{end} are not a range")
-    n = len(tenants)
-    # Stable: a tenant's rows keep their log order.
-    by_tenant = sorted(range(n), key=tenants.__getitem__)
     names = sorted(set(tenants))
+    code = {t: i for i, t in enumerate(names)}
+    codes = np.fromiter(map(code.__getitem__, tenants), dtype=np.int64, count=len(tenants))
+    by_tenant = np.argsort(codes, kind="stable")  # stable: a tenant's rows keep log order
     rows = np.zeros(len(names) + 1, dtype=np.int64)
-    ts_col = np.asarray([ts[i] for i in by_tenant], dtype=np.float64)
-    counts: dict[str, int] = {}
-    for t in tenants:
-        counts[t] = counts.get(t, 0) + 1
-    np.cumsum([counts[t] for t in names], out=rows[1:])
-    span = np.array(
-        [[ts_col[a:b].min(), ts_col[a:b].max()] for a, b in zip(rows[:-1], rows[1:], strict=False)],
-        dtype=np.float64,
-    ).reshape(-1, 2)
+    np.cumsum(np.bincount(codes, minlength=len(names)), out=rows[1:])
+    ts_col = np.asarray(ts, dtype=np.float64)[by_tenant]
+    span = np.zeros((len(names), 2), dtype=np.float64)
+    if len(names):
+        span[:, 0] = np.minimum.reduceat(ts_col, rows[:-1])
+        span[:, 1] = np.maximum.reduceat(ts_col, rows[:-1])
     tenant_blob, tenant_offsets = _packed(names)
-    session_blob, session_offsets = _packed([session_ids[i] for i in by_tenant])
-    item_blob, item_offsets = _packed([item_ids[i] for i in by_tenant])
-    order = np.asarray([partition << OFFSET_BITS | offsets[i] for i in by_tenant], dtype=np.int64)
+    session_blob, session_offsets = _packed(session_ids, by_tenant)
+    item_blob, item_offsets = _packed(item_ids, by_tenant)
+    order = (np.asarray(offsets, dtype=np.int64) | (partition << OFFSET_BITS))[by_tenant]
     folder = Path(root) / f"p{partition}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{first:020d}-{end:020d}.npz"
@@ -158,13 +161,22 @@ def partitions(root: Path) -> list[int]:
     return sorted(int(m[1]) for m in found if m)
 
 
+def _chain_end(names: list[SegmentName]) -> int:
+    covered = names[0].end
+    for name in names[1:]:
+        if name.first > covered:
+            break  # a gap: archived again from here
+        covered = max(covered, name.end)
+    return covered
+
+
 def archived_to(root: Path) -> dict[int, int]:
-    """Per partition, the offset archiving has reached (resumes at): the largest end."""
+    """Per partition, the offset archiving has reached without a gap (resumes at)."""
     out = {}
     for p in partitions(root):
         names = segments(root, p)
         if names:
-            out[p] = max(s.end for s in names)
+            out[p] = _chain_end(names)
     return out
 
 
@@ -279,19 +291,19 @@ def read_archive(
 
 
 def prune(root: Path, older_than: float) -> list[Path]:
-    """Delete segments whose newest click is older than ``older_than`` (never a
-    partition's newest segment: it says where archiving resumes). The deleted paths."""
+    """Delete the segments at the start of each partition's chain whose newest click is
+    older than ``older_than`` (never the last: it says where archiving resumes). The
+    deleted paths."""
     deleted = []
     for p in partitions(root):
         names = segments(root, p)
-        newest = max(names, key=lambda s: s.end, default=None)
+        last = max(names, key=lambda s: s.end, default=None)
         for name in names:
-            if name is newest:
-                continue
             newest_ts = _newest(name)
-            if newest_ts is not None and newest_ts < older_than:
-                name.path.unlink(missing_ok=True)
-                deleted.append(name.path)
+            if name is last or newest_ts is None or newest_ts >= older_than:
+                break  # the rest of the chain stays whole
+            name.path.unlink(missing_ok=True)
+            deleted.append(name.path)
     return deleted
 
 

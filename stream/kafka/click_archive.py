@@ -6,9 +6,9 @@ trainers, and gives a dead trainer's partitions to the others. Each click is dec
 once, by the archiver of its partition (the worker's parsing: ``click_log.click_of``).
 
 - **Resuming.** The archive's files are the truth, not Kafka's commits (nothing is
-  committed): a partition assigned resumes at the end of its last segment, or at the
-  first offset inside the window when there is none or it ends before (an empty
-  segment is written there at once, so the partition's coverage is known to all).
+  committed): a partition assigned resumes where its segments end without a gap, or at
+  the first offset inside the window when there is none or they end before it (an
+  empty segment is written up to there at once, so the coverage is known to all).
 - **Settling.** Partitions assigned are read once the assignment has not changed for
   ``settle_s``: trainers started together then share the log from its first click.
 - **Flushing.** A partition's buffered clicks become a segment every ``flush_clicks``
@@ -223,9 +223,11 @@ class ClickArchiver:
             # for longer than the window): older clicks would be pruned at once.
             tp.offset = max(have.get(p, -1), starts[p])
             if have.get(p, -1) < tp.offset:
-                # An empty segment: the partition's coverage starts here, for every
-                # trainer to see, even if no click ever comes.
-                click_archive.write_segment(self.root, p, tp.offset, tp.offset, *[[]] * 5)
+                # An empty segment, from the archive's end (the offsets before the window
+                # hold no click worth keeping) or where the partition's coverage starts:
+                # every trainer sees the coverage even if no click ever comes.
+                first = have.get(p, tp.offset)
+                click_archive.write_segment(self.root, p, first, tp.offset, *[[]] * 5)
             self._buffers[p] = _Buffer(tp.offset, tp.offset)
         consumer.assign(partitions)
         consumer.pause(partitions)

@@ -117,3 +117,24 @@ def test_pruning_deletes_old_segments_but_keeps_the_newest(tmp_path: Path) -> No
 def test_an_empty_segment_records_coverage(tmp_path: Path) -> None:
     _write(tmp_path, 3, 0, 7, [])
     assert archived_to(tmp_path) == {3: 7} and read_archive(tmp_path, 0) == {}
+
+
+def test_a_segment_deleted_in_the_middle_is_archived_again(tmp_path: Path) -> None:
+    _write(tmp_path, 0, 0, 10, _rows(0, 10))
+    middle = _write(tmp_path, 0, 10, 20, _rows(10, 20))
+    _write(tmp_path, 0, 20, 30, _rows(20, 30))
+    middle.unlink()  # a damaged segment removed by hand
+    assert archived_to(tmp_path) == {0: 10} and not covers(tmp_path, {0: 30})
+    _write(tmp_path, 0, 10, 30, _rows(10, 30))  # archived again from the gap
+    assert archived_to(tmp_path) == {0: 30}
+    offsets = sorted(int(o) for c in read_archive(tmp_path, 0).values() for o in c.order)
+    assert offsets == list(range(30))
+
+
+def test_pruning_never_opens_a_gap(tmp_path: Path) -> None:
+    first = _write(tmp_path, 0, 0, 10, _rows(0, 10, ts0=100))
+    _write(tmp_path, 0, 10, 20, _rows(10, 20, ts0=500))
+    _write(tmp_path, 0, 20, 30, _rows(20, 30, ts0=100))  # old, between newer ones
+    _write(tmp_path, 0, 30, 40, _rows(30, 40, ts0=500))
+    assert prune(tmp_path, older_than=200) == [first]
+    assert archived_to(tmp_path) == {0: 40}
