@@ -126,7 +126,10 @@ _SUMMARY = {"unjudged": "with no fresh sessions to judge"}
     "consumed in the Kafka consumer group NAME, so each tenant is trained by one trainer "
     "and a trainer that dies has its tenants taken over. With --once, every trainer of "
     "the group exits when the pass is done; with --every, one of them (whichever holds "
-    "the group's lease in Redis) publishes the passes.",
+    "the group's lease in Redis) publishes the passes. The group's trainers share the "
+    "reading of the click log too: they fill a click archive in the registry directory "
+    "(<registry>/.clicks, on storage they all share), each click decoded once, and each "
+    "trainer reads only its tenants' clicks from it.",
 )
 @option(
     "--quiet",
