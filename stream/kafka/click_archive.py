@@ -38,7 +38,8 @@ from stream.kafka.config import KafkaClientConfig
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
-FLUSH_CLICKS = 500_000
+# A buffered click costs a few hundred bytes of Python objects: this bounds a partition's.
+FLUSH_CLICKS = 100_000
 FLUSH_S = 300.0
 PRUNE_EVERY_S = 60.0
 REPORT_EVERY_S = 30.0
@@ -88,6 +89,7 @@ class ClickArchiver:
         self.assigned: set[int] = set()
         self.archived_partitions: set[int] = set()  # every partition this one wrote
         self.clicks = 0  # valid clicks archived by this process
+        self.error: str | None = None  # why the thread stopped, if it failed
         self._stop = threading.Event()
         self._consumer = Consumer(
             kafka.consumer(
@@ -150,7 +152,8 @@ class ClickArchiver:
                     self._prune()
             for p in list(self._buffers):
                 self._flush(p)
-        except Exception:  # noqa: BLE001 - the trainer goes on; its pass waits and says why
+        except Exception as exc:  # noqa: BLE001 - the trainer is told (``error``) and says why
+            self.error = f"{type(exc).__name__}: {exc}"
             log.exception("click archive: stopped archiving")
         finally:
             try:

@@ -113,6 +113,8 @@ class GroupTrainer:
             start_at=self._starts,
             on_revoke=self._revoked,
         )
+        self._pass_clicks: dict[int, int] = {}  # the archiver's view of the current pass
+        self._pass_clicks_at = 0.0
         self.archive = archive_dir(settings.registry_dir)
         self.archiver = ClickArchiver(
             settings.kafka,
@@ -121,7 +123,7 @@ class GroupTrainer:
             self.archive,
             window_s=options.window_s,
             session_timeout_s=settings.broker_session_timeout_s,
-            wanted=lambda: self.info.clicks if self.info is not None else {},
+            wanted=self._wanted,
         )
         # The pass whose log the archive is known to hold; the one waited for, since when.
         self._covered: str | None = None
@@ -346,6 +348,11 @@ class GroupTrainer:
         it)? A bar of the records still to archive while it catches up."""
         if self._covered == info.id:
             return True
+        if self.archiver.error is not None:
+            raise StreamrecError(
+                f"this trainer's click archiver stopped ({self.archiver.error}): the "
+                f"partitions of {self.settings.clicks_topic} it held are not archived"
+            )
         have = archived_to(self.archive)
         left = {p: end - have.get(p, 0) for p, end in info.clicks.items() if have.get(p, 0) < end}
         now = time.monotonic()
@@ -398,6 +405,20 @@ class GroupTrainer:
         return info.ends is not None and info.done(self.queue.committed(info.ends))
 
     # -- Redis ------------------------------------------------------------------------
+    def _wanted(self) -> dict[int, int]:
+        """The current pass's clicks end offsets, for the archiver's thread: read from
+        Redis (at most once a second), as a trainer with no records of the pass never
+        refreshes its own view, yet the others wait for its partitions."""
+        now = time.monotonic()
+        if now - self._pass_clicks_at >= 1.0:
+            self._pass_clicks_at = now
+            try:
+                info = PassInfo.from_dict(read_pass(self.redis, self.options.group))
+            except RedisError:
+                return self._pass_clicks  # the last known: the pass goes on without Redis
+            self._pass_clicks = info.clicks if info is not None else {}
+        return self._pass_clicks
+
     def _refresh(self) -> PassInfo | None:
         self.info = PassInfo.from_dict(read_pass(self.redis, self.options.group))
         return self.info
