@@ -68,8 +68,9 @@ _BASE_SHARE = 0.1  # about the part of the ranker stage spent building the older
 WARM_SHARE = 0.25
 # Logs under this many clicks (a small tenant's) are embedded from their co-occurrences
 # instead of by Word2Vec (``embedding_of``; with Word2Vec set by hand, half its passes at
-# twice the learning rate: ``word2vec_schedule``) and fit the ranker on half the candidates
-# (``fit_candidates``): Word2Vec and the fit were most of such a tenant's retraining.
+# twice the learning rate: ``word2vec_schedule``), fit the ranker on half the candidates
+# (``fit_candidates``) and cluster from one KMeans start (``kmeans_starts``): Word2Vec and
+# the fit were most of such a tenant's retraining.
 SMALL_LOG_CLICKS = 30_000
 # How items are embedded: "auto" is "ppmi" for a small log, else "word2vec".
 EMBEDDINGS = ("auto", "word2vec", "ppmi")
@@ -278,7 +279,9 @@ def _embed(
 ) -> tuple[_Embedded, _Embedded | None]:
     """The items of ``sessions`` embedded and clustered, and (``cut`` > 0) the items of
     ``sessions[:cut]`` as the ranker's fit-time model sees them (``_word2vec``)."""
-    method = embedding_of(sum(map(len, sessions)), params)
+    n_clicks = sum(map(len, sessions))
+    method = embedding_of(n_clicks, params)
+    starts = kmeans_starts(n_clicks)
     stage = "word2vec" if method == "word2vec" else "embedding"
     report(stage, 0.0)
     t = time.perf_counter()
@@ -293,7 +296,7 @@ def _embed(
     timings = {f"{stage}_s": time.perf_counter() - t}
     report("kmeans", 0.0)
     t = time.perf_counter()
-    clusters, centroids = _kmeans(vectors, params)
+    clusters, centroids = _kmeans(vectors, params, starts)
     older = None
     if older_vectors is not None:
         present = set(itertools.chain.from_iterable(sessions[:cut]))
@@ -301,7 +304,13 @@ def _embed(
         if len(keep):
             sub = _l2_normalise(older_vectors[keep])
             older = _Embedded(
-                [items[i] for i in keep.tolist()], sub, *_kmeans(sub, params), {}, alpha, {}, method
+                [items[i] for i in keep.tolist()],
+                sub,
+                *_kmeans(sub, params, starts),
+                {},
+                alpha,
+                {},
+                method,
             )
     timings["kmeans_s"] = time.perf_counter() - t
     report("kmeans", 1.0)
@@ -511,9 +520,16 @@ def _l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _kmeans(vectors: np.ndarray, params: TrainParams) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_starts(n_clicks: int) -> int:
+    """KMeans starts (the best one kept) for a log of ``n_clicks``: one for a small log,
+    whose clusters feed only a small boost and the fallback lists; on the small tenants'
+    own hold-out one start ranks as well as three (BENCHMARKS.md)."""
+    return 1 if n_clicks < SMALL_LOG_CLICKS else 3
+
+
+def _kmeans(vectors: np.ndarray, params: TrainParams, starts: int) -> tuple[np.ndarray, np.ndarray]:
     n_clusters = max(1, min(params.n_clusters, len(vectors)))
-    km = KMeans(n_clusters=n_clusters, n_init=3, random_state=params.seed)
+    km = KMeans(n_clusters=n_clusters, n_init=starts, random_state=params.seed)
     labels = km.fit_predict(vectors)
     return labels.astype(np.int32), km.cluster_centers_.astype(np.float32)
 
@@ -612,8 +628,9 @@ def _neighbour_lists(
         + params.w_cooc * p_follow
         + params.w_cluster * (clusters[rows] == clusters[cols])
     )
-    # Best m per row: sort by (row, -score, item) and take each row's first m.
-    order = np.lexsort((cols, -score, rows))
+    # Best m per row: sort by (row, -score, item) and take each row's first m. The pairs
+    # come out of np.unique sorted by (row, item), so a stable sort on two keys is enough.
+    order = np.lexsort((-score, rows))
     rows, cols, score = rows[order], cols[order], score[order]
     starts = np.searchsorted(rows, np.arange(n))
     rank = np.arange(len(rows)) - starts[rows]

@@ -132,6 +132,26 @@ def test_a_small_logs_ranker_is_fitted_on_half_the_candidates() -> None:
     assert large.manifest["ranker"]["fit"]["candidates"] == params.fit_candidates
 
 
+def test_a_small_log_is_clustered_from_one_kmeans_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each KMeans start is a whole clustering; a small log's clusters rank its newest
+    sessions as well from one start as from three, and a log above the threshold keeps
+    three."""
+    starts: list[int] = []
+    real = training.KMeans
+
+    def recording(**kwargs: object) -> object:
+        starts.append(int(kwargs["n_init"]))  # type: ignore[call-overload]
+        return real(**kwargs)
+
+    monkeypatch.setattr(training, "KMeans", recording)
+    train_model(SESSIONS, TrainParams(n_clusters=6, n_neighbours=20))
+    assert starts == [1, 1]  # the served model's and the fit-time model's
+    starts.clear()
+    many = [[f"{x}-{copy}" for x in s] for copy in range(8) for s in SESSIONS]
+    train_model(many, TrainParams(epochs=1, n_clusters=6, n_neighbours=20))
+    assert starts == [3, 3]
+
+
 def test_a_small_logs_training_warns_of_nothing(caplog: pytest.LogCaptureFixture) -> None:
     """Its higher learning rate is the schedule's choice, not a mistake to warn about."""
     with caplog.at_level(logging.WARNING):
