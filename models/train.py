@@ -54,7 +54,7 @@ from models.bundle import ModelBundle
 from models.datasets import Session, split_last_days
 from models.errors import DataFormatError, InvalidSettingError
 from models.evaluate import evaluate
-from models.fit import fit_ranker
+from models.fit import MAX_ITER, fit_ranker
 from models.ranking import RANKERS, RankParams, encode_sessions, rank_codes, recommend_batch
 from models.seen import session_hashes
 from models.sources import build_sources, category_lists
@@ -69,8 +69,9 @@ WARM_SHARE = 0.25
 # Logs under this many clicks (a small tenant's) are embedded from their co-occurrences
 # instead of by Word2Vec (``embedding_of``; with Word2Vec set by hand, half its passes at
 # twice the learning rate: ``word2vec_schedule``), fit the ranker on half the candidates
-# (``fit_candidates``) and cluster from one KMeans start (``kmeans_starts``): Word2Vec and
-# the fit were most of such a tenant's retraining.
+# in half the iterations (``fit_candidates``, ``fit_iterations``) and cluster from one
+# KMeans start (``kmeans_starts``): Word2Vec and the fit were most of such a tenant's
+# retraining.
 SMALL_LOG_CLICKS = 30_000
 # How items are embedded: "auto" is "ppmi" for a small log, else "word2vec".
 EMBEDDINGS = ("auto", "word2vec", "ppmi")
@@ -225,7 +226,9 @@ def _learn_ranker(
     codes, ptr = encode_sessions(base, [prefix for prefix, _ in cases])
     targets = base.rows([t for _, t in cases])
     targets[targets < 0] = -2  # never matches
-    k = fit_candidates(sum(map(len, sessions)), params)  # each case's candidates, as a list
+    n_clicks = sum(map(len, sessions))
+    k = fit_candidates(n_clicks, params)  # each case's candidates, as a list
+    iterations = fit_iterations(n_clicks)
     rank_params = replace(params.rank_params(), candidates=k)
 
     def rank_features() -> tuple[np.ndarray, np.ndarray]:
@@ -246,9 +249,18 @@ def _learn_ranker(
         rank_features,
         targets,
         l2=params.l2,
+        max_iter=iterations,
         progress=lambda f: progress(_BASE_SHARE + (1 - _BASE_SHARE) * f),
     )
-    return weights, {**info, "sessions": len(older), "sampled": len(cases), "candidates": k}
+    sizes = {"sampled": len(cases), "candidates": k, "max_iter": iterations}
+    return weights, {**info, "sessions": len(older), **sizes}
+
+
+def fit_iterations(n_clicks: int) -> int:
+    """L-BFGS iterations of the ranker's fit at most, for a log of ``n_clicks``: half for a
+    small log, whose fit starts from the fixed blend and ranks its tenants' own hold-out
+    as well after 30 (BENCHMARKS.md); a large log's needs them all."""
+    return MAX_ITER // 2 if n_clicks < SMALL_LOG_CLICKS else MAX_ITER
 
 
 def fit_candidates(n_clicks: int, params: TrainParams) -> int:
