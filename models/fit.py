@@ -24,13 +24,15 @@ def fit_ranker(
     targets: np.ndarray,
     *,
     l2: float,
+    max_iter: int = MAX_ITER,
     progress: Callable[[float], None] = lambda fraction: None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Softmax over each case's candidates with the next click as the label (L2,
     L-BFGS). ``rank_features()`` returns, for the cases of ``targets``, the candidates
     serving would score (items [cases, c], -1 padded) and their features [cases, c, F].
     Deterministic: no random choice here. The fixed blend when too few cases hold
-    their next click among the candidates. ``progress`` hears the fraction done."""
+    their next click among the candidates. At most ``max_iter`` L-BFGS iterations;
+    ``progress`` hears the fraction done."""
     items, feats = rank_features()
     progress(FEATURES_SHARE)
     where = items == targets[:, None]
@@ -48,12 +50,13 @@ def fit_ranker(
     x = np.empty((*raw.shape[:-1], 2 * nf), dtype=np.float32)
     x[..., :nf] = raw
     np.sqrt(np.maximum(raw, 0.0), out=x[..., nf:])
-    steps = itertools.count(1)  # L-BFGS iterations, of at most MAX_ITER
+    steps = itertools.count(1)  # L-BFGS iterations, of at most max_iter
 
     def step(_: np.ndarray) -> None:
-        progress(FEATURES_SHARE + (1 - FEATURES_SHARE) * min(1.0, next(steps) / MAX_ITER))
+        progress(FEATURES_SHARE + (1 - FEATURES_SHARE) * min(1.0, next(steps) / max_iter))
 
-    return fit_scaled(x, mask, y, features.LAYOUT.blend_weights(), l2, step), info
+    start = features.LAYOUT.blend_weights()
+    return fit_scaled(x, mask, y, start, l2, step, max_iter), info
 
 
 def fit_scaled(
@@ -63,6 +66,7 @@ def fit_scaled(
     start: np.ndarray,
     l2: float,
     step: Callable[[np.ndarray], None] | None = None,
+    max_iter: int = MAX_ITER,
 ) -> np.ndarray:
     """Weights over the columns of ``x`` ([cases, candidates, columns] float32, scaled in
     place to unit spread for the fit; ``mask``: real candidates, ``y``: the clicked one),
@@ -73,7 +77,7 @@ def fit_scaled(
     var = np.einsum("ij,ij->j", real, real, dtype=np.float64) / max(1, len(real)) - mean**2
     scale = np.maximum(np.sqrt(np.maximum(var, 0.0)), 1e-6)
     x /= scale.astype(np.float32)
-    return _softmax_fit(x, mask, y, start * scale, l2, step) / scale
+    return _softmax_fit(x, mask, y, start * scale, l2, step, max_iter) / scale
 
 
 def _softmax_fit(
@@ -83,6 +87,7 @@ def _softmax_fit(
     start: np.ndarray,
     l2: float,
     step: Callable[[np.ndarray], None] | None = None,
+    max_iter: int = MAX_ITER,
 ) -> np.ndarray:
     rows = np.arange(len(y))
     penalty = np.where(mask, 0.0, -1e9)
@@ -102,6 +107,6 @@ def _softmax_fit(
     from scipy.optimize import minimize  # training only: kept off the worker's start-up
 
     fit = minimize(
-        loss, start, jac=True, method="L-BFGS-B", options={"maxiter": MAX_ITER}, callback=step
+        loss, start, jac=True, method="L-BFGS-B", options={"maxiter": max_iter}, callback=step
     )
     return np.asarray(fit.x, dtype=np.float64)

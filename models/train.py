@@ -54,7 +54,7 @@ from models.bundle import ModelBundle
 from models.datasets import Session, split_last_days
 from models.errors import DataFormatError, InvalidSettingError
 from models.evaluate import evaluate
-from models.fit import fit_ranker
+from models.fit import MAX_ITER, fit_ranker
 from models.ranking import RANKERS, RankParams, encode_sessions, rank_codes, recommend_batch
 from models.seen import session_hashes
 from models.sources import build_sources, category_lists
@@ -68,8 +68,10 @@ _BASE_SHARE = 0.1  # about the part of the ranker stage spent building the older
 WARM_SHARE = 0.25
 # Logs under this many clicks (a small tenant's) are embedded from their co-occurrences
 # instead of by Word2Vec (``embedding_of``; with Word2Vec set by hand, half its passes at
-# twice the learning rate: ``word2vec_schedule``) and fit the ranker on half the candidates
-# (``fit_candidates``): Word2Vec and the fit were most of such a tenant's retraining.
+# twice the learning rate: ``word2vec_schedule``), fit the ranker on half the candidates
+# in half the iterations (``fit_candidates``, ``fit_iterations``) and cluster from one
+# KMeans start (``kmeans_starts``): Word2Vec and the fit were most of such a tenant's
+# retraining.
 SMALL_LOG_CLICKS = 30_000
 # How items are embedded: "auto" is "ppmi" for a small log, else "word2vec".
 EMBEDDINGS = ("auto", "word2vec", "ppmi")
@@ -224,7 +226,9 @@ def _learn_ranker(
     codes, ptr = encode_sessions(base, [prefix for prefix, _ in cases])
     targets = base.rows([t for _, t in cases])
     targets[targets < 0] = -2  # never matches
-    k = fit_candidates(sum(map(len, sessions)), params)  # each case's candidates, as a list
+    n_clicks = sum(map(len, sessions))
+    k = fit_candidates(n_clicks, params)  # each case's candidates, as a list
+    iterations = fit_iterations(n_clicks)
     rank_params = replace(params.rank_params(), candidates=k)
 
     def rank_features() -> tuple[np.ndarray, np.ndarray]:
@@ -245,9 +249,18 @@ def _learn_ranker(
         rank_features,
         targets,
         l2=params.l2,
+        max_iter=iterations,
         progress=lambda f: progress(_BASE_SHARE + (1 - _BASE_SHARE) * f),
     )
-    return weights, {**info, "sessions": len(older), "sampled": len(cases), "candidates": k}
+    sizes = {"sampled": len(cases), "candidates": k, "max_iter": iterations}
+    return weights, {**info, "sessions": len(older), **sizes}
+
+
+def fit_iterations(n_clicks: int) -> int:
+    """L-BFGS iterations of the ranker's fit at most, for a log of ``n_clicks``: half for a
+    small log, whose fit starts from the fixed blend and ranks its tenants' own hold-out
+    as well after 30 (BENCHMARKS.md); a large log's needs them all."""
+    return MAX_ITER // 2 if n_clicks < SMALL_LOG_CLICKS else MAX_ITER
 
 
 def fit_candidates(n_clicks: int, params: TrainParams) -> int:
@@ -278,7 +291,9 @@ def _embed(
 ) -> tuple[_Embedded, _Embedded | None]:
     """The items of ``sessions`` embedded and clustered, and (``cut`` > 0) the items of
     ``sessions[:cut]`` as the ranker's fit-time model sees them (``_word2vec``)."""
-    method = embedding_of(sum(map(len, sessions)), params)
+    n_clicks = sum(map(len, sessions))
+    method = embedding_of(n_clicks, params)
+    starts = kmeans_starts(n_clicks)
     stage = "word2vec" if method == "word2vec" else "embedding"
     report(stage, 0.0)
     t = time.perf_counter()
@@ -293,7 +308,7 @@ def _embed(
     timings = {f"{stage}_s": time.perf_counter() - t}
     report("kmeans", 0.0)
     t = time.perf_counter()
-    clusters, centroids = _kmeans(vectors, params)
+    clusters, centroids = _kmeans(vectors, params, starts)
     older = None
     if older_vectors is not None:
         present = set(itertools.chain.from_iterable(sessions[:cut]))
@@ -301,7 +316,13 @@ def _embed(
         if len(keep):
             sub = _l2_normalise(older_vectors[keep])
             older = _Embedded(
-                [items[i] for i in keep.tolist()], sub, *_kmeans(sub, params), {}, alpha, {}, method
+                [items[i] for i in keep.tolist()],
+                sub,
+                *_kmeans(sub, params, starts),
+                {},
+                alpha,
+                {},
+                method,
             )
     timings["kmeans_s"] = time.perf_counter() - t
     report("kmeans", 1.0)
@@ -511,9 +532,16 @@ def _l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _kmeans(vectors: np.ndarray, params: TrainParams) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_starts(n_clicks: int) -> int:
+    """KMeans starts (the best one kept) for a log of ``n_clicks``: one for a small log,
+    whose clusters feed only a small boost and the fallback lists; on the small tenants'
+    own hold-out one start ranks as well as three (BENCHMARKS.md)."""
+    return 1 if n_clicks < SMALL_LOG_CLICKS else 3
+
+
+def _kmeans(vectors: np.ndarray, params: TrainParams, starts: int) -> tuple[np.ndarray, np.ndarray]:
     n_clusters = max(1, min(params.n_clusters, len(vectors)))
-    km = KMeans(n_clusters=n_clusters, n_init=3, random_state=params.seed)
+    km = KMeans(n_clusters=n_clusters, n_init=starts, random_state=params.seed)
     labels = km.fit_predict(vectors)
     return labels.astype(np.int32), km.cluster_centers_.astype(np.float32)
 
@@ -612,8 +640,9 @@ def _neighbour_lists(
         + params.w_cooc * p_follow
         + params.w_cluster * (clusters[rows] == clusters[cols])
     )
-    # Best m per row: sort by (row, -score, item) and take each row's first m.
-    order = np.lexsort((cols, -score, rows))
+    # Best m per row: sort by (row, -score, item) and take each row's first m. The pairs
+    # come out of np.unique sorted by (row, item), so a stable sort on two keys is enough.
+    order = np.lexsort((-score, rows))
     rows, cols, score = rows[order], cols[order], score[order]
     starts = np.searchsorted(rows, np.arange(n))
     rank = np.arange(len(rows)) - starts[rows]

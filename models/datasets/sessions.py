@@ -62,16 +62,23 @@ def build_sessions(
     bounds = np.flatnonzero(np.diff(codes)) + 1
     starts = np.concatenate(([0], bounds))
     ends = np.concatenate((bounds, [n]))
-    items_sorted = clicks.item_ids[perm].tolist()
+    item_ids = clicks.item_ids[perm]
     ts_sorted = clicks.ts[perm]
     sids = clicks.session_ids[perm]
     # The first row of each session in the file, to order sessions that start together.
     first_row = np.minimum.reduceat(perm, starts) if len(starts) else starts
+    # Kept clicks: with ``collapse_repeats`` not those that repeat the session's previous
+    # click (``drop_repeats``, for all sessions at once).
+    keep = np.ones(n, dtype=bool)
+    if collapse_repeats:
+        keep[1:] = (item_ids[1:] != item_ids[:-1]) | (codes[1:] != codes[:-1])
+    kept_before = np.concatenate(([0], np.cumsum(keep)))
+    lo, hi = kept_before[starts].tolist(), kept_before[ends].tolist()
+    items_kept = item_ids[keep].tolist()
     found: list[tuple[float, int, Session]] = []
-    for s, e, row in zip(starts.tolist(), ends.tolist(), first_row.tolist(), strict=True):
-        items = items_sorted[s:e]
-        if collapse_repeats:
-            items = drop_repeats(items)
+    rows = zip(starts.tolist(), ends.tolist(), first_row.tolist(), lo, hi, strict=True)
+    for s, e, row, a, b in rows:
+        items = items_kept[a:b]
         if len(items) >= min_length:
             found.append(
                 (

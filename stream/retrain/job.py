@@ -8,6 +8,7 @@ its tenants' clicks from the click archive instead (:mod:`models.click_archive`)
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -133,7 +134,7 @@ def run_once(
         with ProcessPoolExecutor(
             max_workers=max(1, min(jobs, len(queue))),
             mp_context=get_context("fork"),
-            initializer=_single_threaded,
+            initializer=_training_process,
         ) as pool:
             futures = [
                 pool.submit(
@@ -164,11 +165,16 @@ def _quiet_training_libraries() -> None:
         logging.getLogger("gensim").setLevel(logging.WARNING)
 
 
-def _single_threaded() -> None:
+def _training_process() -> None:
+    """A training process's start: single-threaded, so the processes do not oversubscribe
+    the cores, ending with the trainer, and with the heap it inherits (the read log among
+    it) left out of garbage collection: a full collection would scan it again and again
+    for each tenant, and touching it would copy its pages."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
     _die_with_parent()
+    gc.freeze()
 
 
 def _die_with_parent() -> None:

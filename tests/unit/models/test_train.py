@@ -11,6 +11,7 @@ import pytest
 from models import train as training
 from models.datasets import synthetic_sessions
 from models.errors import DataFormatError, InvalidSettingError
+from models.fit import MAX_ITER
 from models.train import (
     EMBEDDINGS,
     SMALL_LOG_CLICKS,
@@ -130,6 +131,49 @@ def test_a_small_logs_ranker_is_fitted_on_half_the_candidates() -> None:
     assert sum(map(len, many)) >= SMALL_LOG_CLICKS
     large = train_model(many, replace(params, epochs=1))
     assert large.manifest["ranker"]["fit"]["candidates"] == params.fit_candidates
+
+
+def test_a_small_logs_ranker_is_fitted_in_half_the_iterations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small log's fit stops after half of L-BFGS's iterations, a large log's does not."""
+    from scipy import optimize
+
+    limits: list[int] = []
+    minimize = optimize.minimize
+
+    def spy(*args: object, **kwargs: object) -> object:
+        limits.append(kwargs["options"]["maxiter"])  # type: ignore[index]
+        return minimize(*args, **kwargs)
+
+    monkeypatch.setattr(optimize, "minimize", spy)
+    params = TrainParams(n_clusters=6, n_neighbours=20)
+    small = train_model(SESSIONS, params)
+    many = [[f"{x}-{copy}" for x in s] for copy in range(8) for s in SESSIONS]
+    large = train_model(many, replace(params, epochs=1))
+    assert limits == [MAX_ITER // 2, MAX_ITER]
+    assert small.manifest["ranker"]["fit"]["max_iter"] == MAX_ITER // 2
+    assert large.manifest["ranker"]["fit"]["max_iter"] == MAX_ITER
+
+
+def test_a_small_log_is_clustered_from_one_kmeans_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each KMeans start is a whole clustering; a small log's clusters rank its newest
+    sessions as well from one start as from three, and a log above the threshold keeps
+    three."""
+    starts: list[int] = []
+    real = training.KMeans
+
+    def recording(**kwargs: object) -> object:
+        starts.append(int(kwargs["n_init"]))  # type: ignore[call-overload]
+        return real(**kwargs)
+
+    monkeypatch.setattr(training, "KMeans", recording)
+    train_model(SESSIONS, TrainParams(n_clusters=6, n_neighbours=20))
+    assert starts == [1, 1]  # the served model's and the fit-time model's
+    starts.clear()
+    many = [[f"{x}-{copy}" for x in s] for copy in range(8) for s in SESSIONS]
+    train_model(many, TrainParams(epochs=1, n_clusters=6, n_neighbours=20))
+    assert starts == [3, 3]
 
 
 def test_a_small_logs_training_warns_of_nothing(caplog: pytest.LogCaptureFixture) -> None:
