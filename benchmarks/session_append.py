@@ -21,12 +21,11 @@ import random
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 
+from git_tree import export
 from redis import Redis
 
 from stream.dev.stack import Service, free_port
@@ -83,16 +82,6 @@ async def child(port: int, tag: str, sessions: int, batches: int) -> None:
     print(statistics.median(times) * 1000)
 
 
-def export(ref: str, into: Path) -> Path:
-    """The ``state`` package of commit ``ref``, unpacked under ``into``."""
-    tar = subprocess.run(
-        ["git", "archive", ref, "state"], cwd=ROOT, capture_output=True, check=True
-    ).stdout
-    with tarfile.open(fileobj=BytesIO(tar)) as archive:
-        archive.extractall(into, filter="data")
-    return into
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ref", default="main", help="the other commit (default: main)")
@@ -106,7 +95,7 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="streamrec-append-"))
-    trees = {args.ref: export(args.ref, work / "ref"), "this checkout": ROOT}
+    trees = {args.ref: export(args.ref, work / "ref", ("state",)), "this checkout": ROOT}
     redis = Service("redis", "127.0.0.1", free_port(), work / "run")
     redis.start()
     client = Redis(port=redis.port)

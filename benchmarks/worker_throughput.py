@@ -29,6 +29,7 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from git_tree import export
 
 from models.registry import Registry
 from stream.config import Settings
@@ -164,13 +165,17 @@ def worker_rate(
     engine: str,
     records: list[tuple[bytes, bytes]],
     batch_size: int,
+    trees: dict[str, Path] | None = None,
 ) -> tuple[float, float, float, float]:
     """Events/s, peak RSS (MB), and worker and Redis CPU microseconds per event."""
-    tag = f"{engine}-{time.time_ns()}"
+    engine, _, tree = engine.partition("@")
+    tag = f"{engine}-{tree}-{time.time_ns()}"
     threads = "1" if engine.endswith("-1thread") else "2"
     engine = engine.removesuffix("-1thread")
     delivery = "exactly_once" if engine.endswith("-eos") else "at_least_once"
     engine = engine.removesuffix("-eos")
+    compression = "none" if engine.endswith("-uncompressed") else "lz4"
+    engine = engine.removesuffix("-uncompressed")
     feedback = "0" if engine.endswith("-nofeedback") else "1"
     engine = engine.removesuffix("-nofeedback")
     rules = engine.endswith("-rules")
@@ -186,9 +191,12 @@ def worker_rate(
         f"dlq-{tag}",
         f"app-{tag}",
         extra_env={
+            # Another tree's packages first: its worker, with this one's virtualenv.
+            **({"PYTHONPATH": str((trees or {})[tree])} if tree else {}),
             "STREAMREC_ENGINE": engine,
             "STREAMREC_DELIVERY": delivery,
             "STREAMREC_FEEDBACK": feedback,
+            "STREAMREC_KAFKA_OUTPUT_COMPRESSION": compression,
             "STREAMREC_BATCH_SIZE": str(batch_size),
             "STREAMREC_RANK_THREADS": threads,
             **(
@@ -242,13 +250,26 @@ def main() -> None:
         default="bare,batch",
         help="bare, batch, batch-eos (batch loop with STREAMREC_DELIVERY=exactly_once), "
         "batch-nofeedback (STREAMREC_FEEDBACK=0: no hits, lists or counters), "
+        "batch-uncompressed (STREAMREC_KAFKA_OUTPUT_COMPRESSION=none), "
         "batch-rules (serving rules and a catalogue: a blocklist, unavailable items, an "
         "excluded category), batch-1thread (STREAMREC_RANK_THREADS=1: ranking on one core)",
     )
     parser.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=REF",
+        help="a git commit to run workers of, side by side with this checkout: an engine "
+        "ending in @NAME (e.g. batch@main) runs that commit's worker (--tree main=main)",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    trees = {}
+    for spec in args.tree:
+        name, _, ref = spec.partition("=")
+        trees[name] = export(ref or name, home / "trees" / name)
     stack = EmbeddedStack(
         home / "run",
         f"127.0.0.1:{free_port()}",
@@ -282,12 +303,14 @@ def main() -> None:
             "batch": "streamrec batch loop (shipped)",
             "batch-eos": "streamrec batch loop, exactly once (transactions)",
             "batch-nofeedback": "streamrec batch loop, feedback counting off",
+            "batch-uncompressed": "streamrec batch loop, output uncompressed",
             "batch-rules": "streamrec batch loop, serving rules + catalogue",
             "batch-1thread": "streamrec batch loop, ranking on one thread",
         }
-        for engine in (e for e in engines if e in names):
-            measured = worker_rate(stack, home, model_dir, engine, records, args.batch_size)
-            rows.append((names[engine], *measured))
+        for engine in (e for e in engines if e.partition("@")[0] in names):
+            measured = worker_rate(stack, home, model_dir, engine, records, args.batch_size, trees)
+            base, _, tree = engine.partition("@")
+            rows.append((names[base] + (f" @{tree}" if tree else ""), *measured))
     finally:
         stack.down()
         shutil.rmtree(home, ignore_errors=True)

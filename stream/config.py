@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     kafka_ssl_key_file: str = ""
     kafka_ssl_key_password: SecretStr = Field("")
     kafka_acks: str = "all"
+    # Compression of the records the worker publishes (recommendations, dead letters).
+    kafka_output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     kafka_replication_factor: int = 1
     # Must cover the trainer's window (default 7 days): the click log is the training data.
     kafka_retention_hours: float = 336.0

@@ -93,13 +93,15 @@ def test_a_click_delivered_again_after_its_list_was_consumed_keeps_the_arm(
 
 
 async def _commands_run(client) -> int:
-    """Commands Redis (every node of a cluster) has run so far, those run by scripts too."""
+    """Commands Redis (every node of a cluster) has run so far, those scripts ran included,
+    the script calls themselves not (a cluster takes one per session here: one per slot)."""
     if isinstance(client, RedisCluster):
         per_node = await client.info("commandstats", target_nodes=RedisCluster.ALL_NODES)
         stats = list(per_node.values())
     else:
         stats = [await client.info("commandstats")]
-    return sum(v["calls"] for s in stats for k, v in s.items() if k != "cmdstat_info")
+    skip = ("cmdstat_info", "cmdstat_eval", "cmdstat_evalsha")
+    return sum(v["calls"] for s in stats for k, v in s.items() if k not in skip)
 
 
 def test_a_click_costs_redis_three_commands_with_its_list(
@@ -126,8 +128,8 @@ def test_a_click_costs_redis_three_commands_with_its_list(
             await client.aclose()
 
     per_click = asyncio.run(go())
-    # Besides the three: the batch's script calls and its tenant set, shared by the batch.
-    assert per_click <= 3.5, f"{per_click:.2f} commands per click"
+    # Besides the three: the batch's tenant set, shared by the batch.
+    assert per_click <= 3.1, f"{per_click:.2f} commands per click"
 
 
 def test_a_click_leaves_its_session_at_least_the_ttl(
