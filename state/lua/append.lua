@@ -20,17 +20,23 @@
 local cap, ttl, slack = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now, ring_max, ofield = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local SEP = string.char(31)
+
+-- Whether the session's newest item is item (it ends the joined items), without copies.
+local function repeats(joined, item)
+  local at = string.find(joined, item, -#item, true)
+  return at ~= nil and at + #item - 1 == #joined and (at == 1 or string.byte(joined, at - 1) == 31)
+end
 local out = {}
 for i = 1, #KEYS do
   local a = 4 * i + 3
   local key, item, eid, ts, off = KEYS[i], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local s = redis.call('HMGET', key, 'i', 'n', 'l', 'r', ofield, 'p', 'a', 'x')
-  local items, ring, seen, prev, hit, shown_by = s[1], s[4], false, s[6], 0, s[7] or 0
+  local s = redis.call('HMGET', key, 'i', 'n', 'r', ofield, 'p', 'a', 'x')
+  local items, ring, seen, prev, hit, shown_by = s[1], s[3], false, s[5], 0, s[6] or 0
   if prev and prev ~= '' then
     shown_by = string.sub(prev, 1, (string.find(prev, SEP, 1, true) or (#prev + 1)) - 1)
   end
   off = tonumber(off)
-  if off >= 0 and s[5] and tonumber(s[5]) >= off then
+  if off >= 0 and s[4] and tonumber(s[4]) >= off then
     seen = true
   elseif ring and string.find(ring, eid, 1, true) then
     seen = string.find(SEP .. ring .. SEP, SEP .. eid .. SEP, 1, true) ~= nil
@@ -50,23 +56,25 @@ for i = 1, #KEYS do
     if not items then
       items = item
       -- p from the start: store_lists tells a session from a vanished one by it.
-      set[7], set[8], set[9], set[10], set[11], set[12] = 'i', items, 'n', 1, 'l', item
-      set[13], set[14] = 'p', ''
-    elseif s[3] ~= item then
+      set[7], set[8], set[9], set[10], set[11], set[12] = 'i', items, 'n', 1, 'p', ''
+    elseif not repeats(items, item) then
       local n = tonumber(s[2]) + 1
       items = items .. SEP .. item
       if n > cap then
         items = string.sub(items, string.find(items, SEP, 1, true) + 1)
         n = cap
       end
-      set[7], set[8], set[9], set[10], set[11], set[12] = 'i', items, 'n', n, 'l', item
+      set[7], set[8], set[9], set[10] = 'i', items, 'n', n
     end
     if prev and prev ~= '' then
-      if string.find(SEP .. prev .. SEP, SEP .. item .. SEP, 1, true) then hit = prev end
+      if string.find(prev, item, 1, true)
+          and string.find(SEP .. prev .. SEP, SEP .. item .. SEP, 1, true) then
+        hit = prev
+      end
       local n = #set
       set[n + 1], set[n + 2], set[n + 3], set[n + 4] = 'p', '', 'a', shown_by
     end
-    local until_ = tonumber(s[8])
+    local until_ = tonumber(s[7])
     -- One second of margin: the script runs a moment after the caller read its clock.
     if not until_ or until_ < now + ttl + 1 then
       until_ = now + ttl + slack
