@@ -318,7 +318,7 @@ def main() -> None:
             "batch-1thread": "streamrec batch loop, ranking on one thread",
         }
         for engine in (e for e in engines if e.partition("@")[0] in names):
-            measured = worker_rate(stack, home, model_dir, engine, records, args.batch_size, trees)
+            measured = worker_rate(stack, home, model_dir, engine, make, args.batch_size, trees)
             base, _, tree = engine.partition("@")
             rows.append((names[base] + (f" @{tree}" if tree else ""), *measured))
     finally:
