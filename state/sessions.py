@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis, RedisCluster
@@ -20,10 +19,6 @@ RECENT_IDS_BYTES = 520
 # few dozen at most) and expires when the tenant sends no click for the TTL.
 POPULAR_CAP = 10_000
 POPULAR_TTL_S = 30 * 24 * 3600
-# A session's expiry is pushed past its TTL by this share of it, so that its clicks of the
-# next moments need no EXPIRE each (see lua/append.lua): it lives at least its TTL after
-# its last click, and at most this much longer.
-TTL_SLACK = 0.01
 
 
 class Click(NamedTuple):
@@ -77,10 +72,8 @@ class SessionStore:
         ttl_s: int,
         popular_cap: int = POPULAR_CAP,
         popular_ttl_s: int = POPULAR_TTL_S,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
-        self._clock = clock
         self._cluster = isinstance(client, RedisCluster)
         self._cap = cap
         self._ttl_s = ttl_s
@@ -112,18 +105,10 @@ class SessionStore:
         if origins is not None:
             groups = [g for group in groups for g in _by_origin(group, origins)]
         commands: list[list[str]] = list(before)
-        slack, now = str(max(1, int(self._ttl_s * TTL_SLACK))), repr(self._clock())
         for group in groups:
             origin = origins[group[0]][0] if origins is not None else ""
             keys_: list[str] = []
-            args = [
-                str(self._cap),
-                str(self._ttl_s),
-                slack,
-                now,
-                str(RECENT_IDS_BYTES),
-                f"o:{origin}",
-            ]
+            args = [str(self._cap), str(self._ttl_s), str(RECENT_IDS_BYTES), f"o:{origin}"]
             for i in group:
                 c = clicks[i]
                 keys_.append(keys.session(c.tenant, c.session_id))

