@@ -180,8 +180,8 @@ def worker_rate(
     engine = engine.removesuffix("-1thread")
     delivery = "exactly_once" if engine.endswith("-eos") else "at_least_once"
     engine = engine.removesuffix("-eos")
-    compression = "none" if engine.endswith("-uncompressed") else "lz4"
-    engine = engine.removesuffix("-uncompressed")
+    compression = "lz4" if engine.endswith("-lz4") else "none"
+    engine = engine.removesuffix("-lz4")
     feedback = "0" if engine.endswith("-nofeedback") else "1"
     engine = engine.removesuffix("-nofeedback")
     rules = engine.endswith("-rules")
@@ -256,7 +256,7 @@ def main() -> None:
         default="bare,batch",
         help="bare, batch, batch-eos (batch loop with STREAMREC_DELIVERY=exactly_once), "
         "batch-nofeedback (STREAMREC_FEEDBACK=0: no hits, lists or counters), "
-        "batch-uncompressed (STREAMREC_KAFKA_OUTPUT_COMPRESSION=none), "
+        "batch-lz4 (STREAMREC_KAFKA_OUTPUT_COMPRESSION=lz4), "
         "batch-rules (serving rules and a catalogue: a blocklist, unavailable items, an "
         "excluded category), batch-1thread (STREAMREC_RANK_THREADS=1: ranking on one core)",
     )
@@ -313,7 +313,7 @@ def main() -> None:
             "batch": "streamrec batch loop (shipped)",
             "batch-eos": "streamrec batch loop, exactly once (transactions)",
             "batch-nofeedback": "streamrec batch loop, feedback counting off",
-            "batch-uncompressed": "streamrec batch loop, output uncompressed",
+            "batch-lz4": "streamrec batch loop, output lz4-compressed",
             "batch-rules": "streamrec batch loop, serving rules + catalogue",
             "batch-1thread": "streamrec batch loop, ranking on one thread",
         }
