@@ -25,10 +25,12 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from git_tree import export
 
 from models.registry import Registry
 from stream.config import Settings
@@ -38,19 +40,22 @@ from stream.kafka.topics import ensure_topics
 
 
 def make_records(
-    n: int, items: list[str], sessions: int, seed: int = 1
+    n: int, items: list[str], sessions: int, seed: int = 1, prefix: str = ""
 ) -> list[tuple[bytes, bytes]]:
+    """The same clicks for every ``prefix``, which starts their session and event ids:
+    each contender's sessions are new to Redis (the ids of another's would be
+    re-deliveries there, which cost Redis less)."""
     rng = random.Random(seed)
     now = time.time()
     out = []
     for i in range(n):
-        sid = f"s{rng.randrange(sessions)}"
+        sid = f"{prefix}s{rng.randrange(sessions)}"
         event = {
             "tenant": "default",
             "session_id": sid,
             "item_id": rng.choice(items),
             "ts": now,
-            "event_id": f"e{i}",
+            "event_id": f"{prefix}e{i}",
         }
         out.append((sid.encode(), orjson.dumps(event)))
     return out
@@ -162,15 +167,21 @@ def worker_rate(
     home: Path,
     model_dir: Path,
     engine: str,
-    records: list[tuple[bytes, bytes]],
+    make: Callable[[str], list[tuple[bytes, bytes]]],
     batch_size: int,
+    trees: dict[str, Path] | None = None,
 ) -> tuple[float, float, float, float]:
-    """Events/s, peak RSS (MB), and worker and Redis CPU microseconds per event."""
-    tag = f"{engine}-{time.time_ns()}"
+    """Events/s, peak RSS (MB), and worker and Redis CPU microseconds per event, on the
+    clicks ``make`` gives for a prefix of ids."""
+    engine, _, tree = engine.partition("@")
+    tag = f"{engine}-{tree}-{time.time_ns()}"
+    records = make(f"{tag}-")
     threads = "1" if engine.endswith("-1thread") else "2"
     engine = engine.removesuffix("-1thread")
     delivery = "exactly_once" if engine.endswith("-eos") else "at_least_once"
     engine = engine.removesuffix("-eos")
+    compression = "lz4" if engine.endswith("-lz4") else "none"
+    engine = engine.removesuffix("-lz4")
     feedback = "0" if engine.endswith("-nofeedback") else "1"
     engine = engine.removesuffix("-nofeedback")
     rules = engine.endswith("-rules")
@@ -186,9 +197,12 @@ def worker_rate(
         f"dlq-{tag}",
         f"app-{tag}",
         extra_env={
+            # Another tree's packages first: its worker, with this one's virtualenv.
+            **({"PYTHONPATH": str((trees or {})[tree])} if tree else {}),
             "STREAMREC_ENGINE": engine,
             "STREAMREC_DELIVERY": delivery,
             "STREAMREC_FEEDBACK": feedback,
+            "STREAMREC_KAFKA_OUTPUT_COMPRESSION": compression,
             "STREAMREC_BATCH_SIZE": str(batch_size),
             "STREAMREC_RANK_THREADS": threads,
             **(
@@ -242,13 +256,26 @@ def main() -> None:
         default="bare,batch",
         help="bare, batch, batch-eos (batch loop with STREAMREC_DELIVERY=exactly_once), "
         "batch-nofeedback (STREAMREC_FEEDBACK=0: no hits, lists or counters), "
+        "batch-lz4 (STREAMREC_KAFKA_OUTPUT_COMPRESSION=lz4), "
         "batch-rules (serving rules and a catalogue: a blocklist, unavailable items, an "
         "excluded category), batch-1thread (STREAMREC_RANK_THREADS=1: ranking on one core)",
     )
     parser.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=REF",
+        help="a git commit to run workers of, side by side with this checkout: an engine "
+        "ending in @NAME (e.g. batch@main) runs that commit's worker (--tree main=main)",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    trees = {}
+    for spec in args.tree:
+        name, _, ref = spec.partition("=")
+        trees[name] = export(ref or name, home / "trees" / name)
     stack = EmbeddedStack(
         home / "run",
         f"127.0.0.1:{free_port()}",
@@ -268,7 +295,11 @@ def main() -> None:
             registry.promote("default", registry.register("default", bundle, {}))
         bundle = Registry(model_dir).load("default")
         items = bundle.item_list
-        records = make_records(args.events, items, args.sessions)
+
+        def make(prefix: str) -> list[tuple[bytes, bytes]]:
+            return make_records(args.events, items, args.sessions, prefix=prefix)
+
+        records = make("")
         rows = []
         engines = args.engines.split(",")
         bare = None
@@ -282,12 +313,14 @@ def main() -> None:
             "batch": "streamrec batch loop (shipped)",
             "batch-eos": "streamrec batch loop, exactly once (transactions)",
             "batch-nofeedback": "streamrec batch loop, feedback counting off",
+            "batch-lz4": "streamrec batch loop, output lz4-compressed",
             "batch-rules": "streamrec batch loop, serving rules + catalogue",
             "batch-1thread": "streamrec batch loop, ranking on one thread",
         }
-        for engine in (e for e in engines if e in names):
-            measured = worker_rate(stack, home, model_dir, engine, records, args.batch_size)
-            rows.append((names[engine], *measured))
+        for engine in (e for e in engines if e.partition("@")[0] in names):
+            measured = worker_rate(stack, home, model_dir, engine, make, args.batch_size, trees)
+            base, _, tree = engine.partition("@")
+            rows.append((names[base] + (f" @{tree}" if tree else ""), *measured))
     finally:
         stack.down()
         shutil.rmtree(home, ignore_errors=True)

@@ -116,6 +116,7 @@ def recommend_flat(
     exclude: str = "seen",
     threads: int = 1,
     sources: bool = False,
+    decimals: int | None = None,
 ) -> list[Ranked]:
     """``recommend_batch`` for sessions given back to back: session r is the next
     ``lengths[r]`` items of ``flat``. The whole batch goes through C loops and one
@@ -125,7 +126,8 @@ def recommend_flat(
     ``exclude``: which of the session's own items are left out, ``seen`` (all),
     ``current`` (the newest click) or ``none``; ``threads``: how many threads share a large
     batch (see ``rank_codes``); ``sources``: give each item's source (``Ranked.sources``:
-    the top item's rule, ``cluster`` or ``popular`` for the items filling up a list)."""
+    the top item's rule, ``cluster`` or ``popular`` for the items filling up a list);
+    ``decimals``: scores rounded to as many (in one pass over the batch)."""
     if k <= 0 or not len(lengths):
         return [Ranked([], [], "popular", [] if sources else None) for _ in lengths]
     params = params or RankParams.of(bundle)
@@ -133,6 +135,8 @@ def recommend_flat(
     top_items, top_scores, known, strategies, item_sources = rank_codes(
         bundle, codes, ptr, k, params, banned, exclude, threads=threads, sources=sources
     )
+    if decimals is not None:
+        top_scores = top_scores.round(decimals)
     # Rows padded with -1 are rebuilt below; an empty model has only those.
     id_rows = bundle.ids(top_items) if bundle.n_items else []
     results = []

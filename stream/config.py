@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     kafka_ssl_key_file: str = ""
     kafka_ssl_key_password: SecretStr = Field("")
     kafka_acks: str = "all"
+    # Compression of the records the worker publishes (recommendations, dead letters):
+    # fewer bytes on the network and the broker's disk, for some of the worker's CPU.
+    kafka_output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     kafka_replication_factor: int = 1
     # Must cover the trainer's window (default 7 days): the click log is the training data.
     kafka_retention_hours: float = 336.0

@@ -220,6 +220,12 @@ def _decode(raw: bytes | None) -> Any:
         raise InvalidEvent(f"value is not valid JSON: {exc}") from None
 
 
+# Scores in recommendation records (the topic's and HTTP's): digits past these say nothing
+# to a consumer (the list's order is the ranking) and cost the broker bytes that compress
+# badly.
+SCORE_DECIMALS = 4
+
+
 class RecommendationWriter:
     """Serialises recommendation records (topic ``recommendations``).
 

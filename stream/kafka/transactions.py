@@ -86,7 +86,7 @@ class TransactionalPublisher:
         # the predecessor's open transaction after TRANSACTION_TIMEOUT_MS.
         self.transactional_id = f"{settings.app_id}-{suffix or uuid.uuid4().hex[:12]}"
         self._producer = Producer(
-            settings.kafka.producer(
+            settings.kafka.output_producer(
                 {
                     "transactional.id": self.transactional_id,
                     "enable.idempotence": True,

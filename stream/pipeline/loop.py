@@ -118,7 +118,7 @@ class RecordPublisher:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._producer = Producer(
-            settings.kafka.producer(
+            settings.kafka.output_producer(
                 {
                     "linger.ms": 1,
                     "batch.num.messages": 10_000,

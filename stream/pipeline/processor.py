@@ -28,6 +28,7 @@ from state.feedback import LIST_ITEMS, decode_list, encode_list
 from state.keys import ITEM_SEP
 from state.sessions import SessionUpdate, flatten
 from stream.events import (
+    SCORE_DECIMALS,
     ClickEvent,
     InvalidEvent,
     RecommendationWriter,
@@ -653,6 +654,7 @@ class BatchProcessor:
                 exclude=rules.exclude,
                 threads=self._rank_threads,
                 sources=sources,
+                decimals=SCORE_DECIMALS,
             )
         popular = await self._tenants.popular(tenant)
         lists = [popular_ruled(popular, u.items, rules, catalogue, k, request) for u in updates]

@@ -45,6 +45,23 @@ def test_every_producer_gets_the_java_partitioner_and_one_acks_policy() -> None:
     assert producer_config("b:1")["partitioner"] == "murmur2_random"
 
 
+def test_the_workers_records_go_out_compressed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both of the worker's producers (at least once, exactly once) compress what they
+    publish as configured (not by default); the other producers are left alone."""
+    from stream.kafka import transactions
+    from stream.pipeline import loop
+
+    made: list[dict[str, object]] = []
+    for module in (loop, transactions):
+        monkeypatch.setattr(module, "Producer", lambda conf: made.append(conf))
+    lz4 = Settings.from_env({"STREAMREC_KAFKA_OUTPUT_COMPRESSION": "lz4"})
+    loop.RecordPublisher(lz4)
+    transactions.TransactionalPublisher(lz4)
+    loop.RecordPublisher(Settings.from_env({}))
+    assert [conf.get("compression.type") for conf in made] == ["lz4", "lz4", "none"]
+    assert "compression.type" not in KafkaClientConfig("b:1").producer()
+
+
 def test_consumers_and_faust_share_the_security_settings() -> None:
     kafka = Settings.from_env(SASL_ENV).kafka
     consumer = kafka.consumer("g", {"fetch.wait.max.ms": 5})
@@ -69,6 +86,7 @@ def test_consumers_and_faust_share_the_security_settings() -> None:
             "SASL_MECHANISM",
         ),
         ({"STREAMREC_KAFKA_ACKS": "2"}, "choose all, 1 or 0"),
+        ({"STREAMREC_KAFKA_OUTPUT_COMPRESSION": "brotli"}, "'lz4' or 'zstd'"),
     ],
 )
 def test_bad_security_settings_are_one_line_errors(env: dict[str, str], message: str) -> None:

@@ -654,3 +654,22 @@ def test_a_batch_over_more_tenants_than_the_budget_holds_keeps_no_more_alive(
     assert models.loads == len(tenants)  # each loaded once
     # The budget's models and the one being ranked, not every model the batch touched.
     assert models.peak <= 3 + 1
+
+
+# -- the record ----------------------------------------------------------------------------
+def test_records_carry_the_models_ranking_with_scores_of_four_decimals(
+    bundle: ModelBundle,
+) -> None:
+    """Digits past the fourth say nothing to a consumer (the list's order is the
+    ranking) and cost the broker bytes that compress badly."""
+    from models.ranking import recommend
+
+    w = world(bundle)
+    sessions = {f"s{i}": bundle.item_list[i % bundle.n_items] for i in range(20)}
+    served = records(w.run([click(s, item) for s, item in sessions.items()]))
+    for s, item in sessions.items():
+        ranked = recommend(bundle, [item], len(served[s]["items"]))
+        assert [e["item_id"] for e in served[s]["items"]] == ranked.ids
+        scores = [e["score"] for e in served[s]["items"]]
+        assert scores == pytest.approx(ranked.scores, abs=5e-5, rel=0)
+        assert all(x == round(x, 4) for x in scores), scores
