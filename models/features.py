@@ -144,7 +144,6 @@ FEATURE_TABLE = (
     Feature("same_category", "category", kind="pool", about="1: the last click's category"),
     Feature("category_share", "category", kind="pool", about="recency share of j's category"),
     Feature("category_top", "category", 0.05, about="1 / rank in the last click's category"),
-    Feature("transitions_2", "transitions", kind="pool", about="P(j two clicks after the last)"),
 )
 
 

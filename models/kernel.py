@@ -45,7 +45,6 @@ AFTER_PREFIX_LONG = _LAYOUT.column("after_prefix_long")
 SAME_CATEGORY = _LAYOUT.column("same_category")
 CATEGORY_SHARE = _LAYOUT.column("category_share")
 CATEGORY_TOP = _LAYOUT.column("category_top")
-TRANSITIONS_2 = _LAYOUT.column("transitions_2")
 # numba's cache keeps a global's value from compile time and checks only this file's
 # stamp: a key of the columns above tells a cache compiled for another table.
 _COLUMNS_KEY = zlib.crc32(repr(_LAYOUT.names).encode())
@@ -314,9 +313,6 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     w_sqrt = weights[nf : 2 * nf]
     scored_f = np.flatnonzero((w_raw != 0.0) | (w_sqrt != 0.0))
     n_scored = scored_f.size
-    two_steps = (
-        out_feats.shape[0] > 0 or w_raw[TRANSITIONS_2] != 0.0 or w_sqrt[TRANSITIONS_2] != 0.0
-    )
     for r in range(ptr.size - 1):
         tag = tag_base + r + 1
         lo, hi = ptr[r], ptr[r + 1]
@@ -603,17 +599,6 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             e_last[c] = 0.0
             e_sess[c] = 0.0
             score[c] = 0.0
-        # Two steps through the transition graph from the last click (SR-GNN's propagation
-        # as a sum of products), for the candidates gathered (no new ones: where it weighs
-        # 0 the rankings are those without it); skipped when nothing reads it.
-        if two_steps:
-            for q in range(tr_ptr[last], min(tr_ptr[last + 1], tr_ptr[last] + per_source)):
-                i = tr_idx[q]
-                w = tr_w[q]
-                for q2 in range(tr_ptr[i], min(tr_ptr[i + 1], tr_ptr[i] + per_source)):
-                    j = tr_idx[q2]
-                    if stamp[j] == tag:
-                        feats[slot[j], TRANSITIONS_2] += w * tr_w[q2]
         for x in range(vectors.shape[1]):
             at_last = vectors[last, x]
             at_session = session_vec[x]
