@@ -11,6 +11,10 @@ all but its last day for valid (that day). Each row then ranks the same cases:
 - each candidate source of the feature table removed in turn: its features weigh 0 in
   the ranker and in the first stage's blend (no refit).
 
+Splits: ``valid``, ``test``, ``test-novel`` (-cgg sets), and the valid sessions that occur
+verbatim in the training sessions (``valid-seen``) or do not (``valid-novel``): valid's
+analogue of ``test`` against ``test-novel``, which repeat training sessions far more often.
+
 ``name=value`` arguments override ``TrainParams`` (a refit, e.g. to compare settings on
 valid); ``--fit-without a,b`` fits the ranker with those features held at 0 (their
 weights stay 0: the model ranks as one without them); ``--rows served`` ranks the first
@@ -115,9 +119,18 @@ def run_set(
         )
         return bundle
 
+    seen = {tuple(s.items) for s in train}
+    parts = {
+        "valid": _items(valid),
+        "valid-seen": [s.items for s in valid if tuple(s.items) in seen],
+        "valid-novel": [s.items for s in valid if tuple(s.items) not in seen],
+    }
     if short == "yoochoose":
-        if "valid" in splits:
-            results["valid"] = score(fit(_items(train)), _items(valid), rows)
+        valid_splits = [s for s in splits if s in parts]
+        if valid_splits:
+            bundle = fit(_items(train))
+            for split in valid_splits:
+                results[split] = score(bundle, parts[split], rows)
         tests = [s for s in splits if s == "test"]
         if tests:
             everything = _read(folder / "yoochoose-clicks-100k_train_full.txt", "auto")
@@ -127,8 +140,8 @@ def run_set(
     bundle = fit(_items(train))
     for split in splits:
         sessions = (
-            _items(valid)
-            if split == "valid"
+            parts[split]
+            if split in parts
             else _read(folder / f"{split}.csv.gz", "csv", **CGG_COLUMNS)
         )
         results[split] = score(bundle, sessions, rows)

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/served_speed.py [--model-dir M] [--threads 1,2] [--whole]
         [--set eshop|tmall-cgg] [--no-categories] [--uniform] [--serve name=value[,...] ...]
+        [--without feature[,feature]]
 
 Trains the default model on the shipped e-shop data (or loads tenant ``default`` from
 ``--model-dir``; or ``--set tmall-cgg``: trains on ``../shared/data/tmall-cgg/train``
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from served_valid import overrides
 
+from models.bundle import ModelBundle
 from models.datasets import eshop_path, item_categories, read_clicks, sessionize
 from models.ranking import RankParams, encode_flat, rank_codes, recommend_flat
 from models.registry import Registry
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--no-categories", action="store_true")
     parser.add_argument("--uniform", action="store_true", help="random sessions of 1-10 clicks")
     parser.add_argument("--serve", nargs="*", default=[], help="RankParams variants")
+    parser.add_argument("--without", default="", help="also time with these features at 0")
     args = parser.parse_args()
 
     categories: dict[str, str] = {}
@@ -80,33 +83,53 @@ def main() -> None:
     trained = RankParams.of(bundle)
     what = "recommend_flat" if args.whole else "rank_codes"
     print(f"{bundle.n_items} items, {len(prefixes):,} prefixes, batches of {args.batch}, {what}")
+    models = {"": bundle}
+    if args.without:
+        models[f"without {args.without}: "] = without(bundle, args.without.split(","))
     for spec in ["", *args.serve]:
         pairs = spec.split(",") if spec else []
         params = dataclasses.replace(trained, **overrides(trained, pairs))
         label = f"{spec or 'as trained'}: " if args.serve else ""
         for threads in map(int, args.threads.split(",")):
-            cpu, wall = [], []
+            cpu: dict[str, list[float]] = {name: [] for name in models}
+            wall: dict[str, list[float]] = {name: [] for name in models}
             for _ in range(args.rounds):
-                c0, w0 = time.process_time(), time.perf_counter()
-                for s in range(0, len(prefixes), args.batch):
-                    e = min(s + args.batch, len(prefixes))
-                    rows = ptr[s : e + 1] - ptr[s]
-                    # threads=1 is left out so that trees from before the option run this.
-                    more = {"threads": threads} if threads != 1 else {}
-                    if args.whole:
-                        flat = [i for p in prefixes[s:e] for i in p]
-                        lengths = [len(p) for p in prefixes[s:e]]
-                        recommend_flat(bundle, flat, lengths, 20, params, exclude="current", **more)
-                        continue
-                    rank_codes(
-                        bundle, codes[ptr[s] : ptr[e]], rows, 20, params, exclude="current", **more
-                    )
-                cpu.append(time.process_time() - c0)
-                wall.append(time.perf_counter() - w0)
-            print(
-                f"{label}threads {threads}: {1e6 * min(cpu) / len(prefixes):.1f} us CPU per "
-                f"session, {len(prefixes) / min(wall):,.0f} sessions/s"
-            )
+                for name, model in models.items():
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    rank_all(model, prefixes, codes, ptr, params, args.batch, threads, args.whole)
+                    cpu[name].append(time.process_time() - c0)
+                    wall[name].append(time.perf_counter() - w0)
+            for name in models:
+                print(
+                    f"{label}{name}threads {threads}: "
+                    f"{1e6 * min(cpu[name]) / len(prefixes):.1f} us CPU per "
+                    f"session, {len(prefixes) / min(wall[name]):,.0f} sessions/s"
+                )
+
+
+def without(bundle: ModelBundle, names: list[str]) -> ModelBundle:
+    """``bundle`` as if fitted without the features ``names`` (they weigh 0)."""
+    ranker = dict(bundle.manifest["ranker"])
+    fitted, weights = list(ranker["features"]), list(ranker["weights"])
+    half = len(fitted)
+    keep = [f for f, name in enumerate(fitted) if name not in names]
+    ranker["features"] = [fitted[f] for f in keep]
+    ranker["weights"] = [weights[f] for f in keep] + [weights[half + f] for f in keep]
+    return dataclasses.replace(bundle, manifest={**bundle.manifest, "ranker": ranker})
+
+
+def rank_all(bundle, prefixes, codes, ptr, params, batch, threads, whole) -> None:  # type: ignore[no-untyped-def]
+    for s in range(0, len(prefixes), batch):
+        e = min(s + batch, len(prefixes))
+        rows = ptr[s : e + 1] - ptr[s]
+        # threads=1 is left out so that trees from before the option run this.
+        more = {"threads": threads} if threads != 1 else {}
+        if whole:
+            flat = [i for p in prefixes[s:e] for i in p]
+            lengths = [len(p) for p in prefixes[s:e]]
+            recommend_flat(bundle, flat, lengths, 20, params, exclude="current", **more)
+            continue
+        rank_codes(bundle, codes[ptr[s] : ptr[e]], rows, 20, params, exclude="current", **more)
 
 
 if __name__ == "__main__":
