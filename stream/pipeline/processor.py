@@ -7,6 +7,7 @@ one vectorised call, and return the records to publish.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -193,6 +194,9 @@ class BatchProcessor:
         self._top_k = top_k
         self._policies = policies
         self._feedback = feedback
+        # One flush at a time: a flush returns once the lists taken before it are
+        # written too (a handover must find them in Redis, not on their way there).
+        self._flushing = asyncio.Lock()
         self._feedback_topic = feedback_topic
         self._auto_create_tenants = auto_create_tenants
         self._clock = clock
@@ -523,14 +527,17 @@ class BatchProcessor:
         """Write the feedback recorded since the last batch (when no batch came for a
         while: the counters should not wait for traffic)."""
         fb = self._feedback
-        if fb is None or not fb.pending():
+        if fb is None:
             return
-        taken = fb.take()
-        try:
-            await self._store.run(self._store.store_lists_commands(taken[0]) + taken[1])
-        except BaseException:
-            fb.restore(taken)
-            raise
+        async with self._flushing:
+            if not fb.pending():
+                return
+            taken = fb.take()
+            try:
+                await self._store.run(self._store.store_lists_commands(taken[0]) + taken[1])
+            except BaseException:
+                fb.restore(taken)
+                raise
 
     async def recommend_session(
         self,

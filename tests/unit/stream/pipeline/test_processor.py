@@ -673,3 +673,34 @@ def test_records_carry_the_models_ranking_with_scores_of_four_decimals(
         scores = [e["score"] for e in served[s]["items"]]
         assert scores == pytest.approx(ranked.scores, abs=5e-5, rel=0)
         assert all(x == round(x, 4) for x in scores), scores
+
+
+def test_a_flush_returns_only_once_a_flush_already_under_way_has_written_its_lists(
+    bundle: ModelBundle,
+) -> None:
+    # A partition handed over must find its sessions' last lists in Redis: the handover's
+    # flush may not return while the timer's flush still has them on the way.
+    w = world(bundle)
+    shown = records(w.run([click("s", bundle.item_list[0])]))["s"]
+    gate = asyncio.Event()
+    write = w.sessions.run
+
+    async def slow(commands: Any) -> list[Any]:
+        await gate.wait()
+        return await write(commands)
+
+    w.sessions.run = slow  # type: ignore[method-assign]
+
+    async def both() -> bool:
+        timer = asyncio.ensure_future(w.processor.flush_feedback())
+        await asyncio.sleep(0)  # the timer's flush has taken the lists and waits on Redis
+        handover = asyncio.ensure_future(w.processor.flush_feedback())
+        await asyncio.sleep(0.05)
+        early = handover.done()
+        gate.set()
+        await asyncio.gather(timer, handover)
+        return early
+
+    assert not asyncio.run(both()), "the handover's flush returned before the lists were written"
+    assert w.sessions.sessions[(SHOP, "s")].shown is not None
+    assert shown["variant"] == "v1"
