@@ -141,21 +141,8 @@ def test_a_killed_trainers_tenants_are_taken_over_and_trained_once(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
 ) -> None:
     env, tenants, registry = _setup(stack, unique_name, tmp_path, eshop_csv, 10, 400)
-    group = unique_name("group")
-    doomed = Trainer(env, "--once", "--group", group, *TRAIN)
-    other = Trainer(env, "--once", "--group", group, *TRAIN)
-    try:
-        # Killed mid-pass: after its first tenant, with more of them to go.
-        deadline = time.monotonic() + 240
-        while not any(": PROMOTED " in line for line in doomed.lines):
-            assert time.monotonic() < deadline and doomed.proc.poll() is None, doomed.text()
-            time.sleep(0.1)
-        doomed.proc.send_signal(signal.SIGKILL)
-        assert other.wait(300) == 0, other.text()
-    finally:
-        doomed.stop()
-        other.stop()
-    outputs = doomed.text() + "\n----\n" + other.text()
+    # Killed mid-pass: after its first tenant, with more of them to go.
+    other, outputs = _one_killed(env, unique_name("group"), ": PROMOTED ", within_s=240)
     passes = set()
     for tenant in tenants:
         by_pass = _versions_by_pass(registry, tenant)
@@ -251,20 +238,7 @@ def test_a_trainer_killed_while_archiving_has_its_partitions_archived_by_another
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
 ) -> None:
     env, tenants, registry = _setup(stack, unique_name, tmp_path, eshop_csv, 6, 300)
-    group = unique_name("group")
-    doomed = Trainer(env, "--once", "--group", group, *TRAIN)
-    other = Trainer(env, "--once", "--group", group, *TRAIN)
-    try:
-        deadline = time.monotonic() + 120
-        while not any("(archive): assigned" in line for line in doomed.lines):
-            assert time.monotonic() < deadline and doomed.proc.poll() is None, doomed.text()
-            time.sleep(0.05)
-        doomed.proc.send_signal(signal.SIGKILL)
-        assert other.wait(300) == 0, other.text()
-    finally:
-        doomed.stop()
-        other.stop()
-    outputs = doomed.text() + "\n----\n" + other.text()
+    other, outputs = _one_killed(env, unique_name("group"), "(archive): assigned", within_s=120)
     assert "(archive): assigned partition(s) 0,1,2,3," in other.text(), outputs
     log = read_click_log(stack.broker, env["STREAMREC_CLICKS_TOPIC"], time.time() - 86400)
     archived = read_archive(archive_dir(registry.root), 0)
@@ -272,3 +246,24 @@ def test_a_trainer_killed_while_archiving_has_its_partitions_archived_by_another
     assert {t: len(c) for t, c in archived.items()} == {t: len(c) for t, c in log.items()}
     for tenant in tenants:
         assert _clicks_trained(registry, tenant) == len(log[tenant]), (tenant, outputs)
+
+
+def _one_killed(
+    env: dict[str, str], group: str, marker: str, within_s: float
+) -> tuple[Trainer, str]:
+    """Two ``--once`` trainers of ``group``; the first is SIGKILLed once it logs
+    ``marker`` (within ``within_s``), the other must finish the pass. The survivor and
+    both outputs."""
+    doomed = Trainer(env, "--once", "--group", group, *TRAIN)
+    other = Trainer(env, "--once", "--group", group, *TRAIN)
+    try:
+        deadline = time.monotonic() + within_s
+        while not any(marker in line for line in doomed.lines):
+            assert time.monotonic() < deadline and doomed.proc.poll() is None, doomed.text()
+            time.sleep(0.05)
+        doomed.proc.send_signal(signal.SIGKILL)
+        assert other.wait(300) == 0, other.text()
+    finally:
+        doomed.stop()
+        other.stop()
+    return other, doomed.text() + "\n----\n" + other.text()
