@@ -230,7 +230,9 @@ def test_two_trainers_archive_disjoint_partitions_and_train_on_every_click(
     assert n1 + n2 == sum(len(c) for c in log.values()), outputs
     for tenant in tenants:
         assert _clicks_trained(registry, tenant) == len(log[tenant]), (tenant, outputs)
-    assert all("from the click archive" in t.text() for t in trainers), outputs
+    # Every read from the archive (a trainer may get none of the few tenants' records).
+    reads = [line for t in trainers for line in t.lines if " clicks of " in line]
+    assert reads and all("from the click archive" in line for line in reads), outputs
 
 
 @pytest.mark.timeout(600)
