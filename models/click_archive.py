@@ -28,9 +28,7 @@ truncated segment is an error naming the file, never a silently wrong read.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ import numpy as np
 
 from models.datasets import Clicks
 from models.errors import StreamrecError
+from models.registry import atomic_file
 
 OFFSET_BITS = 40  # order = partition << OFFSET_BITS | offset
 _OFFSET_MASK = (1 << OFFSET_BITS) - 1
@@ -110,32 +109,22 @@ def write_segment(
     session_blob, session_offsets = _packed(session_ids, by_tenant)
     item_blob, item_offsets = _packed(item_ids, by_tenant)
     order = (np.asarray(offsets, dtype=np.int64) | (partition << OFFSET_BITS))[by_tenant]
-    folder = Path(root) / f"p{partition}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{first:020d}-{end:020d}.npz"
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                meta=np.array([partition, first, end], dtype=np.int64),
-                tenant_blob=tenant_blob,
-                tenant_offsets=tenant_offsets,
-                tenant_rows=rows,
-                tenant_ts=span,
-                session_blob=session_blob,
-                session_offsets=session_offsets,
-                item_blob=item_blob,
-                item_offsets=item_offsets,
-                ts=ts_col,
-                order=order,
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = Path(root) / f"p{partition}" / f"{first:020d}-{end:020d}.npz"
+    with atomic_file(path) as f:
+        np.savez(
+            f,
+            meta=np.array([partition, first, end], dtype=np.int64),
+            tenant_blob=tenant_blob,
+            tenant_offsets=tenant_offsets,
+            tenant_rows=rows,
+            tenant_ts=span,
+            session_blob=session_blob,
+            session_offsets=session_offsets,
+            item_blob=item_blob,
+            item_offsets=item_offsets,
+            ts=ts_col,
+            order=order,
+        )
     return path
 
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from models.bundle import MANIFEST, ModelBundle, load_bundle, save_bundle
 from models.errors import InvalidModelError, NoModelError, StreamrecError
@@ -565,18 +565,27 @@ def key_entries(keys: dict[str, dict[str, dict[str, Any]]]) -> dict[str, tuple[s
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
+@contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file that becomes ``path`` whole, on disk, once the block ends without
+    an error (written under a temporary name in the same folder, then renamed); on an
+    error, nothing is left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    with atomic_file(path) as fh:
+        fh.write(text.encode("utf-8"))
     _fsync_dir(path.parent)
 
 

@@ -118,15 +118,7 @@ def test_two_trainers_of_a_group_train_every_tenant_once_and_both_exit(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
 ) -> None:
     env, tenants, registry = _setup(stack, unique_name, tmp_path, eshop_csv, 8, 150)
-    group = unique_name("group")
-    trainers = [Trainer(env, "--once", "--group", group, *TRAIN) for _ in range(2)]
-    try:
-        codes = [t.wait(300) for t in trainers]
-    finally:
-        for t in trainers:
-            t.stop()
-    outputs = "\n----\n".join(t.text() for t in trainers)
-    assert codes == [0, 0], outputs
+    trainers, outputs = _two_once(env, unique_name("group"))
     passes = set()
     for tenant in tenants:
         by_pass = _versions_by_pass(registry, tenant)
@@ -214,15 +206,7 @@ def test_two_trainers_archive_disjoint_partitions_and_train_on_every_click(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
 ) -> None:
     env, tenants, registry = _setup(stack, unique_name, tmp_path, eshop_csv, 6, 150)
-    group = unique_name("group")
-    trainers = [Trainer(env, "--once", "--group", group, *TRAIN) for _ in range(2)]
-    try:
-        codes = [t.wait(300) for t in trainers]
-    finally:
-        for t in trainers:
-            t.stop()
-    outputs = "\n----\n".join(t.text() for t in trainers)
-    assert codes == [0, 0], outputs
+    trainers, outputs = _two_once(env, unique_name("group"))
     log = read_click_log(stack.broker, env["STREAMREC_CLICKS_TOPIC"], time.time() - 86400)
     (n1, p1), (n2, p2) = (_archived(t) for t in trainers)
     # Each click decoded by one trainer: the partitions split between them.
@@ -269,3 +253,17 @@ def _one_killed(
         doomed.stop()
         other.stop()
     return other, doomed.text() + "\n----\n" + other.text()
+
+
+def _two_once(env: dict[str, str], group: str) -> tuple[list[Trainer], str]:
+    """Two ``--once`` trainers of ``group``, both run to their exit (code 0), and their
+    outputs."""
+    trainers = [Trainer(env, "--once", "--group", group, *TRAIN) for _ in range(2)]
+    try:
+        codes = [t.wait(300) for t in trainers]
+    finally:
+        for t in trainers:
+            t.stop()
+    outputs = "\n----\n".join(t.text() for t in trainers)
+    assert codes == [0, 0], outputs
+    return trainers, outputs
