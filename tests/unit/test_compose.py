@@ -253,3 +253,80 @@ def test_grafana_and_prometheus_need_a_login() -> None:
     )["datasources"][0]
     assert source["basicAuth"] is True and source["basicAuthUser"] == "grafana"
     assert source["secureJsonData"]["basicAuthPassword"] == "$PROMETHEUS_PASSWORD"
+
+
+# The Compose Specification's JSON schema, from github.com/compose-spec/compose-spec
+# (schema/compose-spec.json, Apache License 2.0), kept here because tests download nothing.
+COMPOSE_SPEC = Path(__file__).parent / "data" / "compose-spec.json"
+
+
+def _compose_errors(compose: dict) -> list[str]:
+    """What `docker compose config` would refuse: the schema, then references between
+    services, volumes and secrets, and dependencies across profiles."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads(COMPOSE_SPEC.read_text())
+    errors = [
+        f"{'/'.join(map(str, e.path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(compose)
+    ]
+    services = compose.get("services", {})
+    for name, service in services.items():
+        depends = service.get("depends_on", {})
+        needs = {d: {} for d in depends} if isinstance(depends, list) else dict(depends)
+        for target, how in needs.items():
+            if target not in services:
+                errors.append(f"{name} depends on {target}, which is not a service")
+            elif (
+                "profiles" not in service
+                and "profiles" in services[target]
+                and how.get("required", True)
+            ):
+                errors.append(f"{name} always starts but needs {target}, only in a profile")
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source")
+            named = source and not source.startswith((".", "/", "$"))
+            if named and source not in (compose.get("volumes") or {}):
+                errors.append(f"{name} mounts volume {source}, which is not declared")
+        for secret in service.get("secrets", []):
+            secret = secret if isinstance(secret, str) else secret["source"]
+            if secret not in (compose.get("secrets") or {}):
+                errors.append(f"{name} uses secret {secret}, which is not declared")
+    for value in _strings(compose):
+        for match in re.finditer(r"(?<!\$)\$\{([^}]*)\}", value):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(:?[-?+].*)?", match.group(1)):
+                errors.append(f"bad interpolation {match.group(0)!r}")
+    return errors
+
+
+def _strings(node: object):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def test_the_compose_file_is_valid_compose() -> None:
+    assert _compose_errors(yaml.safe_load(COMPOSE.read_text())) == []
+
+
+def test_the_compose_check_catches_what_compose_would_refuse() -> None:
+    def broken(edit) -> list[str]:
+        compose = yaml.safe_load(COMPOSE.read_text())
+        edit(compose)
+        return _compose_errors(compose)
+
+    assert broken(lambda c: c["services"]["worker"].update(restrat="always"))
+    assert broken(
+        lambda c: c["services"]["worker"]["depends_on"]["redis-cluster-init"].pop("required")
+    )
+    assert broken(lambda c: c["volumes"].pop("models"))
+    assert broken(lambda c: c["secrets"].clear())
+    assert broken(lambda c: c["services"]["grafana"]["environment"].update(X="${A B}"))
+    assert broken(lambda c: c["services"]["grafana"].update(depends_on=["prometheus2"]))
