@@ -171,16 +171,18 @@ def test_a_session_keeps_its_arm_when_the_worker_that_placed_it_is_killed_at_onc
     ensure_topics(stack.broker, [cfg.clicks], partitions=1)
     ensure_topics(stack.broker, [cfg.recs, cfg.dlq, f"{cfg.clicks}.feedback"], partitions=1)
 
-    def experiment(share: float) -> None:
-        cmd = ["experiment", "start", tenant, "--variant", v2, "--share", str(share)]
+    def streamrec(*args: str) -> None:
         done = subprocess.run(
-            [sys.executable, "-m", "stream", *cmd],
+            [sys.executable, "-m", "stream", *args],
             env=cfg.env(),
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert done.returncode == 0, done.stderr
+
+    def experiment(share: float) -> None:
+        streamrec("experiment", "start", tenant, "--variant", v2, "--share", str(share))
 
     def clicks(k: int) -> list[tuple[bytes, bytes]]:
         return [
@@ -201,6 +203,7 @@ def test_a_session_keeps_its_arm_when_the_worker_that_placed_it_is_killed_at_onc
         killed = _kill_when(first, lambda: answers.count() > 0, 300)
         assert killed, first.log()[-3000:]
         # Shares that would place many of these sessions on the other arm now.
+        streamrec("experiment", "stop", tenant, "--keep")
         experiment(0.9)
         second = WorkerProcess(cfg, name="second").start()
         produce(stack.broker, cfg.clicks, clicks(2))
