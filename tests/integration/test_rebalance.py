@@ -148,11 +148,12 @@ def _kill_when(worker: WorkerProcess, check: Callable[[], bool], timeout: float)
 def test_a_session_keeps_its_arm_when_the_worker_that_placed_it_is_killed_at_once(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
 ) -> None:
-    """A session's first clicks answered, then its worker killed right after the batch's
-    commit, before it wrote the session's latest list: the next worker, under other
-    shares by then, serves the session's next click from the same arm."""
+    """A session's first clicks answered, then its worker killed at once, before it wrote
+    the session's latest list (its timer does that within a second) and before it
+    committed the offsets: the next worker, under other shares by then, serves the
+    session's clicks delivered again and its next ones from the same arm."""
     if stack.broker_kind != "kafka":
-        pytest.skip("exactly-once needs Apache Kafka's transactions")
+        pytest.skip("checked on Apache Kafka only")
     tenant = unique_name("ab")
     models = tmp_path / "models"
     shutil.copytree(trained_model_dir / "default", models / tenant)
@@ -166,7 +167,7 @@ def test_a_session_keeps_its_arm_when_the_worker_that_placed_it_is_killed_at_onc
         unique_name("recs"),
         unique_name("dlq"),
         unique_name("app"),
-        {"STREAMREC_DELIVERY": "exactly_once"},
+        {},
     )
     ensure_topics(stack.broker, [cfg.clicks], partitions=1)
     ensure_topics(stack.broker, [cfg.recs, cfg.dlq, f"{cfg.clicks}.feedback"], partitions=1)
@@ -194,12 +195,14 @@ def test_a_session_keeps_its_arm_when_the_worker_that_placed_it_is_killed_at_onc
     experiment(0.5)
     answers = Answers(stack.broker, cfg.recs)
     answers.start()
-    # Two clicks of every session in the first batch: none consumes a written list.
+    # Two clicks of every session, most in the first batch: none consumes a written list.
     produce(stack.broker, cfg.clicks, clicks(0) + clicks(1))
     first = WorkerProcess(cfg, name="first").start()
     second: WorkerProcess | None = None
     try:
-        # Killed as soon as its first batch is committed (its answers readable).
+        # Killed as soon as its first answers can be read: delivered at least once, they
+        # can be read before its timer writes the lists (an exactly-once commit can take
+        # longer than that).
         killed = _kill_when(first, lambda: answers.count() > 0, 300)
         assert killed, first.log()[-3000:]
         # Shares that would place many of these sessions on the other arm now.
@@ -215,7 +218,7 @@ def test_a_session_keeps_its_arm_when_the_worker_that_placed_it_is_killed_at_onc
         answers.stop_flag.set()
         answers.join(10)
 
-    assert len(answers.seen) == 600 and max(answers.seen.values()) == 1
+    assert len(answers.seen) == 600  # some more than once: delivered again after the kill
     before = {s: arms[0] for s, arms in answers.arms.items()}
     assert set(before.values()) == {"v1", v2}
     switched = {s: arms for s, arms in answers.arms.items() if len(set(arms)) > 1}
