@@ -35,7 +35,8 @@ class SessionUpdate(NamedTuple):
     # The previous recommendation list (as stored, see state.feedback) when this click's
     # item was in it: an implicit hit. None otherwise.
     hit: str | None = None
-    # The variant of the session's previous list (None without one): its arm so far.
+    # The session's arm so far: the variant of its previous list, else the arm it was
+    # given (``append_clicks(arms=...)``); None without either.
     shown_by: str | None = None
 
     @property
@@ -89,12 +90,15 @@ class SessionStore:
         count_for: Collection[str] = (),
         origins: Sequence[tuple[str, int]] | None = None,
         before: Sequence[list[str]] = (),
+        arms: Sequence[str] | None = None,
     ) -> list[SessionUpdate]:
         """Apply a batch of clicks in order, in one round trip; also count item clicks of
         the tenants in ``count_for`` (those without a model, served popular items).
 
         ``origins`` gives each click's ("topic:partition", offset) when it was consumed
         from Kafka; a re-delivered offset is recognised without remembering its id.
+        ``arms`` gives each click the arm its session takes when it has none yet ("":
+        none); the update's ``shown_by`` names it then.
         ``before``: commands sent first in the same round trip (the previous batch's
         feedback writes, see ``state.feedback``); their replies are dropped."""
         if not clicks:
@@ -113,7 +117,8 @@ class SessionStore:
                 c = clicks[i]
                 keys_.append(keys.session(c.tenant, c.session_id))
                 offset = origins[i][1] if origins is not None else -1
-                args += (c.item_id, c.event_id, repr(c.ts), str(offset))
+                arm = arms[i] if arms is not None else ""
+                args += (c.item_id, c.event_id, repr(c.ts), str(offset), arm)
             commands.append(["EVALSHA", self._append, str(len(keys_)), *keys_, *args])
         commands += self._count_clicks(clicks, count_for)
         replies = (await self._run(commands))[len(before) :]

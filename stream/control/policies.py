@@ -3,9 +3,10 @@ in the worker, the bandit's shares recomputed every few seconds from the counter
 an experiment's status (shared by the worker, the CLI and the dashboard).
 
 Assignment is sticky: a new session's fixed point in [0, 1) (a hash of tenant and
-session id) falls in one arm's slice of the shares; after that the session stays on the
-arm that served its previous list while that arm has a share (``BatchProcessor._arms``),
-so one session sees one variant while a bandit's shares move.
+session id) falls in one arm's slice of the shares, stored with the session's click;
+after that the session stays on that arm, or the one that served its previous list,
+while it has a share (``BatchProcessor._arms``), so one session sees one variant while a
+bandit's shares move.
 """
 
 from __future__ import annotations

@@ -33,9 +33,11 @@ class SessionLog(Protocol):
         count_for: Collection[str] = (),
         origins: Sequence[tuple[str, int]] | None = None,
         before: Sequence[list[str]] = (),
+        arms: Sequence[str] | None = None,
     ) -> list[SessionUpdate]:
         """Apply clicks in order, idempotently (an event id applied before is not
-        ``fresh``); ``before`` goes out first in the same round trip."""
+        ``fresh``); ``before`` goes out first in the same round trip. A session without
+        an arm takes its click's in ``arms`` ("": none), stored with the click."""
         ...
 
     def store_lists_commands(self, lists: Lists) -> Commands: ...

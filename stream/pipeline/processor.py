@@ -257,6 +257,7 @@ class BatchProcessor:
         fb = self._feedback
         # Asked without loading a model: they load one tenant at a time below.
         count_for = await self._models.without_model({e.tenant for e in events})
+        arms = await self._new_arms(events)
         # The previous batch's lists and counts go out first in this batch's round trip.
         taken = fb.take() if fb is not None else ({}, [])
         try:
@@ -265,6 +266,7 @@ class BatchProcessor:
                 count_for=count_for,
                 origins=origins,
                 before=self._store.store_lists_commands(taken[0]) + taken[1],
+                arms=arms,
             )
         except INFRASTRUCTURE:
             if fb is not None:
@@ -275,7 +277,9 @@ class BatchProcessor:
             # data it cannot read, or a bug): the clicks are applied again one at a time
             # (idempotent) and those failing alone dead-lettered. The feedback went out
             # with the failed round trip, or is lost: counters, never counted twice.
-            events, at, updates = await self._apply_alone(events, at, origins, count_for, failed)
+            events, at, updates = await self._apply_alone(
+                events, at, origins, count_for, arms, failed
+            )
             if not events:
                 failed.report()
                 return result
@@ -383,6 +387,7 @@ class BatchProcessor:
         at: list[int],
         origins: list[tuple[str, int]],
         count_for: list[str],
+        arms: list[str] | None,
         failed: _Failures,
     ) -> tuple[list[ClickEvent], list[int], list[SessionUpdate]]:
         """The clicks the session store takes one at a time, their places in the batch
@@ -390,12 +395,13 @@ class BatchProcessor:
         kept: list[ClickEvent] = []
         kept_at: list[int] = []
         updates: list[SessionUpdate] = []
-        for event, j, origin in zip(events, at, origins, strict=True):
+        for k, (event, j, origin) in enumerate(zip(events, at, origins, strict=True)):
             try:
                 (update,) = await self._store.append_clicks(
                     [event],  # type: ignore[list-item]  # its event_id is set
                     count_for=count_for,
                     origins=[origin],
+                    arms=None if arms is None else [arms[k]],
                 )
             except INFRASTRUCTURE:
                 raise
@@ -406,6 +412,33 @@ class BatchProcessor:
             kept_at.append(j)
             updates.append(update)
         return kept, kept_at, updates
+
+    async def _new_arms(self, events: Sequence[ClickEvent]) -> list[str] | None:
+        """Each click's arm by its session's hash point under its tenant's shares now
+        ("" under a fixed policy), for a session that has none yet: the session script
+        stores it with the click. A session's arm then never lives only in this worker
+        (as its latest list does until written), so the worker that takes the partition
+        next finds it however this one goes. None when no tenant runs an experiment."""
+        policies = self._policies
+        if policies is None:
+            return None
+        shares: dict[str, list[tuple[str, float]] | None] = {}
+        for tenant in {e.tenant for e in events}:
+            try:
+                policy = await policies.get(tenant)
+            except INFRASTRUCTURE:
+                raise
+            except Exception:  # the tenant's records fail in _answer, one by one
+                policy = None
+            shares[tenant] = None if policy is None else policies.shares(tenant, policy)
+        if not any(shares.values()):
+            return None
+        assign = policies.assign
+        out = []
+        for e in events:
+            tenant_shares = shares[e.tenant]
+            out.append(assign(e.tenant, e.session_id, tenant_shares) if tenant_shares else "")
+        return out
 
     async def _answer(
         self,
@@ -488,10 +521,11 @@ class BatchProcessor:
         policy, else each session to its arm (a version that cannot be loaded is
         replaced by the one in service).
 
-        A session stays on the arm that served its previous list (``updates[i].shown_by``)
-        while that arm has a share: a bandit's shares move every few seconds, and the
-        hash alone would move the sessions near a slice's edge from arm to arm. Sessions
-        without a previous list (new ones, or feedback off) are placed by the hash."""
+        A session stays on its arm (``updates[i].shown_by``: the arm that served its
+        previous list, else the one stored at its first click, see ``_new_arms``) while
+        that arm has a share: a bandit's shares move every few seconds, and the hash alone
+        would move the sessions near a slice's edge from arm to arm. Sessions without an
+        arm (an HTTP pull of an unknown one) are placed by the hash."""
         policies = self._policies
         policy = await policies.get(tenant) if policies is not None else None
         if policies is None or policy is None or bundle is None:

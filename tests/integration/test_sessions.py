@@ -91,6 +91,42 @@ def test_a_click_delivered_again_after_its_list_was_consumed_keeps_the_arm(
     assert stored is not None and stored.shown_by == "v2"
 
 
+def test_a_session_keeps_the_arm_its_first_click_gave_it_before_any_list_is_written(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    """The arm a click gives a session without one is stored with the click: a worker
+    that goes before writing the session's list leaves the arm to the next worker, whose
+    hash assignment may name another by then."""
+    t, s = unique_name("tenant"), "s1"
+
+    async def go():
+        client = async_redis(stack)
+        try:
+            store = SessionStore(client, cap=3, ttl_s=60)
+            clicks = [Click(t, s, "a", "e1"), Click(t, s, "b", "e2")]
+            first = await store.append_clicks(clicks, arms=["v1", "v1"])
+            later = await store.append_clicks([Click(t, s, "c", "e3")], arms=["v2"])
+            again = await store.append_clicks([Click(t, s, "a", "e1")], arms=["v2"])
+            shown = keys.ITEM_SEP.join(["v3", "rec-1", "x"])
+            await store.run(store.store_lists_commands({(t, s): shown}))
+            listed = await store.append_clicks([Click(t, s, "d", "e4")], arms=["v2"])
+            other = await store.append_clicks([Click(t, "s2", "a", "e1")], arms=[""])
+            ttl = await client.ttl(keys.session(t, s))
+            return first, later, again, listed, other, ttl, await store.session(t, s)
+        finally:
+            await client.aclose()
+
+    first, later, again, listed, other, ttl, stored = asyncio.run(go())
+    assert [u.shown_by for u in first] == ["v1", "v1"]
+    assert (later[0].fresh, later[0].shown_by) == (True, "v1")
+    assert (again[0].fresh, again[0].shown_by) == (False, "v1")
+    # A list, once written, names the version that served it (the arm, or its stand-in).
+    assert listed[0].shown_by == "v3"
+    assert stored is not None and stored.shown_by == "v3"
+    assert other[0].shown_by is None
+    assert 0 < ttl <= 60
+
+
 def test_tenants_and_sessions_are_separate(
     stack: EmbeddedStack, unique_name: Callable[[str], str]
 ) -> None:

@@ -61,7 +61,8 @@ class MemorySessions:
     """The session log in dicts, by the rules of ``state.sessions.APPEND_LUA``: an event
     id applied before is not fresh; an item repeating the newest is not appended; a
     click consumes the list shown last, a hit when it holds the clicked item; the list's
-    variant is the session's arm so far. Commands: lists and counter increments."""
+    variant is the session's arm so far, else the arm a click gave the session when it
+    had none. Commands: lists and counter increments."""
 
     def __init__(self, cap: int = 50) -> None:
         self.cap = cap
@@ -78,16 +79,21 @@ class MemorySessions:
         count_for: Collection[str] = (),
         origins: Sequence[tuple[str, int]] | None = None,
         before: Sequence[list[str]] = (),
+        arms: Sequence[str] | None = None,
     ) -> list[SessionUpdate]:
         for c in clicks:  # one refused command fails the whole round trip, as in Redis
             if (c.tenant, c.session_id) in self.refused:
                 raise self.refused[(c.tenant, c.session_id)]
         await self.run(list(before))
         out = []
-        for c in clicks:
+        for i, c in enumerate(clicks):
             key = (c.tenant, c.session_id)
             s = self.sessions.get(key)
             shown_by = _shown_by(s)
+            if shown_by is None and arms and arms[i]:  # a session without an arm takes it
+                if s is None:
+                    s = self.sessions[key] = _Session([], [], c.ts)
+                s.arm = shown_by = arms[i]
             if s is not None and c.event_id in s.event_ids:
                 out.append(SessionUpdate(False, _joined(s), None, shown_by))
                 continue
@@ -357,6 +363,26 @@ def test_a_click_delivered_again_after_a_crash_stays_on_its_arm(bundle: ModelBun
     assert sum(pick_arm(assignment_point(SHOP, s), moved) != first[s] for s in sessions) > 20
     redelivered = records(successor.run(again))
     assert {s: r["variant"] for s, r in redelivered.items()} == first
+
+
+def test_a_session_keeps_its_arm_when_its_worker_stopped_before_writing_its_list(
+    bundle: ModelBundle,
+) -> None:
+    w = world(bundle)
+    two_arms(w, bundle, "bandit", {"v1": 0.5, "v2": 0.5})
+    sessions, items = [f"s{i}" for i in range(200)], bundle.item_list
+    # Each session's first clicks, all in one batch: none of them consumed a list, and
+    # the latest list is still in the worker when it goes (killed, or its partitions
+    # lost to the group) without writing it.
+    answered = w.run([click(s, items[i]) for i in (0, 1) for s in sessions])
+    first = {s: r["variant"] for s, r in records(answered).items()}
+    successor = world(bundle, sessions=w.sessions)
+    two_arms(successor, bundle, "bandit", {"v1": 0.5, "v2": 0.5})
+    successor.policies.bandit[SHOP] = {"v1": 0.1, "v2": 0.9}
+    moved = [("v1", 0.1), ("v2", 0.9)]
+    assert sum(pick_arm(assignment_point(SHOP, s), moved) != first[s] for s in sessions) > 20
+    later = records(successor.run([click(s, items[2]) for s in sessions]))
+    assert {s: r["variant"] for s, r in later.items()} == first
 
 
 def test_several_clicks_of_a_session_in_one_batch_are_served_by_its_arm(

@@ -35,7 +35,7 @@ class Store:
         self.fail: BaseException | None = None
 
     async def append_clicks(
-        self, events: Sequence[Any], count_for: Any, origins: Any, before: Any
+        self, events: Sequence[Any], count_for: Any, origins: Any, before: Any, arms: Any = None
     ) -> list[SessionUpdate]:
         if self.fail is not None:
             raise self.fail
