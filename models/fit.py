@@ -4,6 +4,13 @@ The ranker is linear over every feature of the table (``models.features``) and i
 square root: a softmax over each next-click case's candidates with the clicked one as
 the label, started from the table's fixed blend. Its weights are stored in the bundle's
 manifest by feature name.
+
+The fit runs to the optimum: Newton steps in a trust region (scipy's ``trust-exact``,
+the exact Hessian of a few dozen weights costs about two gradients) until the gradient
+is at the float32 sums' noise. A fit stopped early depends on its path: columns that
+never separate the fit's cases (features of sessions seen verbatim in training) keep
+whatever weight the path left them, and rounding alone then moves the rankings. A
+``max_iter`` instead caps L-BFGS, cheaper per step, for small logs (``models.train``).
 """
 
 from __future__ import annotations
@@ -15,8 +22,14 @@ import numpy as np
 
 from models import features
 
-MAX_ITER = 60  # L-BFGS iterations of the ranker's fit
+MAX_ITER = 60  # L-BFGS iterations of a capped fit (``max_iter``)
+# The optimum's gradient norm (standardised columns): the objective's float32 sums leave
+# a noise of about 1e-6 in it, which a tighter bound would chase for nothing.
+GRADIENT_TOL = 1e-5
+NEWTON_MAX_ITER = 100  # a fit to the optimum takes 10-30 steps; a bound, not a setting
+NEWTON_STEPS = 20  # about the steps of a fit to the optimum, for its progress
 FEATURES_SHARE = 0.25  # about the part of the fit spent ranking its cases and scaling them
+HESSIAN_BLOCK = 2_000  # cases per block of the Hessian's sums
 
 
 def fit_ranker(
@@ -24,15 +37,16 @@ def fit_ranker(
     targets: np.ndarray,
     *,
     l2: float,
-    max_iter: int = MAX_ITER,
+    max_iter: int | None = None,
     progress: Callable[[float], None] = lambda fraction: None,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Softmax over each case's candidates with the next click as the label (L2,
-    L-BFGS). ``rank_features()`` returns, for the cases of ``targets``, the candidates
-    serving would score (items [cases, c], -1 padded) and their features [cases, c, F].
+    """Softmax over each case's candidates with the next click as the label (L2).
+    ``rank_features()`` returns, for the cases of ``targets``, the candidates serving
+    would score (items [cases, c], -1 padded) and their features [cases, c, F].
     Deterministic: no random choice here. The fixed blend when too few cases hold
-    their next click among the candidates. At most ``max_iter`` L-BFGS iterations;
-    ``progress`` hears the fraction done."""
+    their next click among the candidates. To the optimum, or at most ``max_iter``
+    L-BFGS iterations; ``progress`` hears the fraction done. The info tells the cases,
+    the iterations and the gradient's norm at the weights."""
     items, feats = rank_features()
     progress(FEATURES_SHARE)
     where = items == targets[:, None]
@@ -50,13 +64,15 @@ def fit_ranker(
     x = np.empty((*raw.shape[:-1], 2 * nf), dtype=np.float32)
     x[..., :nf] = raw
     np.sqrt(np.maximum(raw, 0.0), out=x[..., nf:])
-    steps = itertools.count(1)  # L-BFGS iterations, of at most max_iter
+    steps = itertools.count(1)
+    expected = max_iter or NEWTON_STEPS
 
-    def step(_: np.ndarray) -> None:
-        progress(FEATURES_SHARE + (1 - FEATURES_SHARE) * min(1.0, next(steps) / max_iter))
+    def step(*_: object) -> None:
+        progress(FEATURES_SHARE + (1 - FEATURES_SHARE) * min(1.0, next(steps) / expected))
 
     start = features.LAYOUT.blend_weights()
-    return fit_scaled(x, mask, y, start, l2, step, max_iter), info
+    weights, fitted = fit_scaled(x, mask, y, start, l2, step, max_iter)
+    return weights, {**info, **fitted}
 
 
 def fit_scaled(
@@ -65,30 +81,34 @@ def fit_scaled(
     y: np.ndarray,
     start: np.ndarray,
     l2: float,
-    step: Callable[[np.ndarray], None] | None = None,
-    max_iter: int = MAX_ITER,
-) -> np.ndarray:
+    step: Callable[..., None] | None = None,
+    max_iter: int | None = None,
+) -> tuple[np.ndarray, dict[str, float]]:
     """Weights over the columns of ``x`` ([cases, candidates, columns] float32, scaled in
     place to unit spread for the fit; ``mask``: real candidates, ``y``: the clicked one),
-    from ``start``; both in the columns' own units."""
+    from ``start``; both in the columns' own units. With the fit's iterations and the
+    gradient's norm at the weights (``fit_standardised``)."""
+    scale = standardise(x, mask)
+    weights, info = fit_standardised(x, mask, y, start * scale, l2, step, max_iter)
+    return weights / scale, info
+
+
+def standardise(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Scale ``x``'s columns in place to unit spread over the real candidates; the scales."""
     real = x[mask]
     # Sums in float64 without a float64 copy of the cases (``std`` would make one).
     mean = real.mean(axis=0, dtype=np.float64)
     var = np.einsum("ij,ij->j", real, real, dtype=np.float64) / max(1, len(real)) - mean**2
     scale = np.maximum(np.sqrt(np.maximum(var, 0.0)), 1e-6)
     x /= scale.astype(np.float32)
-    return _softmax_fit(x, mask, y, start * scale, l2, step, max_iter) / scale
+    return scale
 
 
-def _softmax_fit(
-    x: np.ndarray,
-    mask: np.ndarray,
-    y: np.ndarray,
-    start: np.ndarray,
-    l2: float,
-    step: Callable[[np.ndarray], None] | None = None,
-    max_iter: int = MAX_ITER,
-) -> np.ndarray:
+def softmax_loss(
+    x: np.ndarray, mask: np.ndarray, y: np.ndarray, l2: float
+) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """The fit's objective and its gradient at weights ``w``: the mean negative
+    log-likelihood of each case's clicked candidate plus ``l2 * |w|^2``."""
     rows = np.arange(len(y))
     penalty = np.where(mask, 0.0, -1e9)
     flat = x.reshape(-1, x.shape[-1])  # two matrix-vector products per step (BLAS)
@@ -104,9 +124,62 @@ def _softmax_fit(
         grad = grad_s.astype(np.float32).ravel() @ flat / len(y) + 2 * l2 * w
         return float(value), grad.astype(np.float64)
 
+    return loss
+
+
+def softmax_hessian(
+    x: np.ndarray, mask: np.ndarray, l2: float
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The Hessian of ``softmax_loss`` at weights ``w``: the mean over cases of each case's
+    feature covariance under its candidates' softmax, plus ``2 * l2`` on the diagonal. In
+    blocks of cases, so its temporaries stay small."""
+    n, _, nf = x.shape
+    penalty = np.where(mask, 0.0, -1e9)
+
+    def hessian(w: np.ndarray) -> np.ndarray:
+        out = np.zeros((nf, nf), dtype=np.float64)
+        w32 = w.astype(np.float32)
+        for lo in range(0, n, HESSIAN_BLOCK):
+            xb = x[lo : lo + HESSIAN_BLOCK]
+            s = (xb @ w32).astype(np.float64) + penalty[lo : lo + HESSIAN_BLOCK]
+            e = np.exp(s - s.max(axis=1, keepdims=True))
+            p = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+            mean = np.einsum("cj,cjf->cf", p, xb)
+            flat = xb.reshape(-1, nf)
+            out += (flat * p.reshape(-1, 1)).T @ flat
+            out -= mean.T @ mean
+        return out / n + 2 * l2 * np.eye(nf)
+
+    return hessian
+
+
+def fit_standardised(
+    x: np.ndarray,
+    mask: np.ndarray,
+    y: np.ndarray,
+    start: np.ndarray,
+    l2: float,
+    step: Callable[..., None] | None = None,
+    max_iter: int | None = None,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """``fit_scaled``'s weights in the standardised columns, from ``start`` (in them too):
+    to the optimum (``max_iter`` None) or after at most ``max_iter`` L-BFGS iterations."""
     from scipy.optimize import minimize  # training only: kept off the worker's start-up
 
-    fit = minimize(
-        loss, start, jac=True, method="L-BFGS-B", options={"maxiter": max_iter}, callback=step
-    )
-    return np.asarray(fit.x, dtype=np.float64)
+    loss = softmax_loss(x, mask, y, l2)
+    if max_iter is None:
+        fit = minimize(
+            loss,
+            start,
+            jac=True,
+            hess=softmax_hessian(x, mask, l2),
+            method="trust-exact",
+            options={"gtol": GRADIENT_TOL, "maxiter": NEWTON_MAX_ITER},
+            callback=step,
+        )
+    else:
+        options = {"maxiter": max_iter}
+        fit = minimize(loss, start, jac=True, method="L-BFGS-B", options=options, callback=step)
+    weights = np.asarray(fit.x, dtype=np.float64)
+    gradient = float(np.linalg.norm(loss(weights)[1]))
+    return weights, {"iterations": float(fit.nit), "gradient": gradient}
