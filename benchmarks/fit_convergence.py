@@ -2,7 +2,7 @@
 
     nice -n 19 .venv/bin/python benchmarks/fit_convergence.py --cache DIR
         [--sets tmall-cgg,yoochoose-cgg,yoochoose-100k] [--splits valid,test,test-novel]
-        [--solvers shipped,...] [--zero-column] [--l2 1e-3,1e-4] [--fit-without a,b]
+        [--solvers shipped,...] [--extra zero,noise] [--l2 1e-3,1e-4] [--fit-without a,b]
 
 Per set the served model is trained once as ``benchmarks/ablation.py`` trains it (one
 bundle for the -cgg sets, two for yoochoose-100k: valid and test), and the arrays its
@@ -13,9 +13,9 @@ HR@20 / MRR@20 (literature protocol) of the bundle ranking with its weights.
 ``shipped`` is the trainer's fit (to the optimum), ``lbfgs60`` the fit before it (60
 L-BFGS iterations), ``reference`` L-BFGS run for 1,000 iterations with tight tolerances.
 
-``--zero-column`` adds the swing check: every solver fits the same arrays again with one
-more, all-zero feature (its raw and square-root columns), a change that must not move
-any figure of a converged fit. ``--l2`` refits with other L2 strengths and
+``--extra zero,noise`` adds the swing check: every solver fits the same arrays again with
+one more feature (its raw and square-root columns), all zero or uniform noise, a change
+that must not move any figure of a converged fit. ``--l2`` refits with other L2 strengths and
 ``--fit-without`` holds features at 0 in the fit (their weights stay 0), to choose
 settings on valid from a converged fit at no training cost.
 """
@@ -49,16 +49,17 @@ def _lbfgs(max_iter: int, **options: float) -> Solver:
     def solve(x, mask, y, start, l2):  # type: ignore[no-untyped-def]
         from scipy.optimize import minimize
 
+        scale = fit_module.standardise(x, mask)
         loss = fit_module.softmax_loss(x, mask, y, l2)
         opts = {"maxiter": max_iter, **options}
-        fit = minimize(loss, start, jac=True, method="L-BFGS-B", options=opts)
-        return np.asarray(fit.x), int(fit.nit)
+        fit = minimize(loss, start * scale, jac=True, method="L-BFGS-B", options=opts)
+        return fit.x / scale, int(fit.nit)
 
     return solve
 
 
 def _shipped(x, mask, y, start, l2):  # type: ignore[no-untyped-def]
-    w, info = fit_module.fit_standardised(x, mask, y, start, l2)
+    w, info = fit_module.fit_scaled(x, mask, y, start, l2)
     return w, int(info["iterations"])
 
 
@@ -100,6 +101,7 @@ def with_weights(bundle: ModelBundle, weights: np.ndarray) -> ModelBundle:
 
 
 def objective(x, mask, y, l2, w) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """The fit's objective and gradient norm at ``w``, in standardised columns."""
     value, grad = fit_module.softmax_loss(x, mask, y, l2)(w)
     return value, float(np.linalg.norm(grad))
 
@@ -131,29 +133,33 @@ def jobs(name: str, splits: list[str], data: str) -> list[tuple[str, Trainer, Pa
 
 
 def refit(
-    a: dict[str, np.ndarray], solver: str, l2: float, zero: bool, without: list[int]
+    a: dict[str, np.ndarray], solver: str, l2: float, extra: str, without: list[int]
 ) -> tuple[np.ndarray, dict[str, float]]:
     """The ranker's weights (the columns' own units) from the cached arrays ``a``, and
-    the fit's objective, gradient norm, iterations and time."""
+    the fit's objective and gradient norm (standardised columns), iterations and time."""
     x, mask, y = a["x"].copy(), a["mask"], a["y"]
-    scale = fit_module.standardise(x, mask)
-    start = a["start"] * scale
+    start = a["start"].copy()
     nf = x.shape[-1] // 2
     held = [*without, *(nf + c for c in without)]
     x[..., held] = 0.0
     start[held] = 0.0
-    if zero:  # one more feature, all zero: its raw and square-root columns
+    zero = bool(extra)
+    if zero:  # one more feature, all zero (or noise): its raw and square-root columns
         pad = np.zeros((*x.shape[:-1], 1), dtype=x.dtype)
-        x = np.concatenate([x[..., :nf], pad, x[..., nf:], pad], axis=-1)
+        if extra == "noise":
+            rng = np.random.default_rng(0)
+            pad[..., 0] = rng.random(x.shape[:-1], dtype=np.float32) * mask
+        x = np.concatenate([x[..., :nf], pad, x[..., nf:], np.sqrt(pad)], axis=-1)
         start = np.concatenate([start[:nf], [0.0], start[nf:], [0.0]])
     t, cpu = time.perf_counter(), time.process_time()
-    w, nit = SOLVERS[solver](x, mask, y, start, l2)
+    w, nit = SOLVERS[solver](x.copy(), mask, y, start, l2)
     took, cpu = time.perf_counter() - t, time.process_time() - cpu
-    value, gnorm = objective(x, mask, y, l2, w)
+    scale = fit_module.standardise(x, mask)
+    value, gnorm = objective(x, mask, y, l2, w * scale)
     if zero:
         w = np.concatenate([w[:nf], w[nf + 1 : -1]])
     info = {"objective": value, "grad": gnorm, "iterations": nit, "s": took, "cpu_s": cpu}
-    return w / scale, info
+    return w, info
 
 
 def main() -> None:
@@ -162,7 +168,9 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--splits", default="valid,test,test-novel")
     parser.add_argument("--solvers", default=",".join(SOLVERS))
-    parser.add_argument("--zero-column", action="store_true")
+    parser.add_argument(
+        "--extra", default="", help="also refit with one more column: zero and/or noise"
+    )
     parser.add_argument("--l2", default="", help="L2 strengths to refit with (default: trained)")
     parser.add_argument("--fit-without", default="", help="features held at 0 in the fit")
     parser.add_argument("--data", default=DATA)
@@ -176,17 +184,17 @@ def main() -> None:
             bundle, a = problem(args.cache, key, trainer)
             strengths = [float(v) for v in args.l2.split(",") if v] or [float(a["l2"])]
             variants = itertools.product(
-                args.solvers.split(","), strengths, (False, True) if args.zero_column else (False,)
+                args.solvers.split(","), strengths, ["", *[e for e in args.extra.split(",") if e]]
             )
-            for solver, l2, zero in variants:
-                weights, info = refit(a, solver, l2, zero, without)
+            for solver, l2, extra in variants:
+                weights, info = refit(a, solver, l2, extra, without)
                 ranked = with_weights(bundle, weights)
                 figures = {
                     split: score(ranked, sessions, "served")["served model, learned ranker"]
                     for split, sessions in parts.items()
                     if split in splits
                 }
-                label = f"{solver} l2={l2:g}" + (" +zero" if zero else "")
+                label = f"{solver} l2={l2:g}" + (f" +{extra}" if extra else "")
                 rows.append({"set": key, "solver": label, **info, "figures": figures})
                 cells = "  ".join(
                     f"{s} {h * 100:.2f}/{m * 100:.2f}" for s, (h, m) in figures.items()

@@ -30,6 +30,7 @@ NEWTON_MAX_ITER = 100  # a fit to the optimum takes 10-30 steps; a bound, not a 
 NEWTON_STEPS = 20  # about the steps of a fit to the optimum, for its progress
 FEATURES_SHARE = 0.25  # about the part of the fit spent ranking its cases and scaling them
 HESSIAN_BLOCK = 2_000  # cases per block of the Hessian's sums
+SPREAD_FLOOR = 1e-6  # a column's spread at most this: the column is constant
 
 
 def fit_ranker(
@@ -89,7 +90,15 @@ def fit_scaled(
     from ``start``; both in the columns' own units. With the fit's iterations and the
     gradient's norm at the weights (``fit_standardised``)."""
     scale = standardise(x, mask)
-    weights, info = fit_standardised(x, mask, y, start * scale, l2, step, max_iter)
+    weights = np.zeros_like(start, dtype=np.float64)
+    live = scale > SPREAD_FLOOR
+    if max_iter is None and not live.all():
+        # A column without spread (a feature the log never has) moves no case's softmax:
+        # its optimum weighs 0, and left in, it only slows the Newton steps.
+        x = x[..., live]
+    else:
+        live[:] = True
+    weights[live], info = fit_standardised(x, mask, y, (start * scale)[live], l2, step, max_iter)
     return weights / scale, info
 
 
@@ -99,7 +108,7 @@ def standardise(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     # Sums in float64 without a float64 copy of the cases (``std`` would make one).
     mean = real.mean(axis=0, dtype=np.float64)
     var = np.einsum("ij,ij->j", real, real, dtype=np.float64) / max(1, len(real)) - mean**2
-    scale = np.maximum(np.sqrt(np.maximum(var, 0.0)), 1e-6)
+    scale = np.maximum(np.sqrt(np.maximum(var, 0.0)), SPREAD_FLOOR)
     x /= scale.astype(np.float32)
     return scale
 
