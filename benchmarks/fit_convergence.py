@@ -6,7 +6,7 @@
 
 Per set the served model is trained once as ``benchmarks/ablation.py`` trains it (one
 bundle for the -cgg sets, two for yoochoose-100k: valid and test), and the arrays its
-ranker is fitted on (the standardised cases, their mask and labels, the start) are kept
+ranker is fitted on (the cases' columns, their mask and labels, the start) are kept
 with the bundle in ``--cache`` (a second run only fits and scores). Each solver then
 refits those arrays; the table gives its objective, gradient norm, iterations, time and
 HR@20 / MRR@20 (literature protocol) of the bundle ranking with its weights.
@@ -17,7 +17,8 @@ L-BFGS iterations), ``reference`` L-BFGS run for 1,000 iterations with tight tol
 one more feature (its raw and square-root columns), all zero or uniform noise, a change
 that must not move any figure of a converged fit. ``--l2`` refits with other L2 strengths and
 ``--fit-without`` holds features at 0 in the fit (their weights stay 0), to choose
-settings on valid from a converged fit at no training cost.
+settings on valid from a converged fit at no training cost. Run with
+``OPENBLAS_NUM_THREADS=1`` for CPU times comparable with the trainer's job (one thread).
 """
 
 from __future__ import annotations
