@@ -97,7 +97,7 @@ def fit(fit_cases: dict, columns: Columns, l2: float = 1e-3) -> np.ndarray:
     x = design(fit_cases["feats"][found], columns)
     start = np.zeros(x.shape[-1])
     start[: 2 * NF] = LAYOUT.blend_weights()
-    return fit_scaled(x, mask, where[found].argmax(axis=1), start, l2)
+    return fit_scaled(x, mask, where[found].argmax(axis=1), start, l2)[0]
 
 
 def score(d: dict, columns: Columns, w: np.ndarray) -> tuple[float, float]:

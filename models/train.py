@@ -256,11 +256,12 @@ def _learn_ranker(
     return weights, {**info, "sessions": len(older), **sizes}
 
 
-def fit_iterations(n_clicks: int) -> int:
-    """L-BFGS iterations of the ranker's fit at most, for a log of ``n_clicks``: half for a
+def fit_iterations(n_clicks: int) -> int | None:
+    """L-BFGS iterations of the ranker's fit at most, for a log of ``n_clicks``: 30 for a
     small log, whose fit starts from the fixed blend and ranks its tenants' own hold-out
-    as well after 30 (BENCHMARKS.md); a large log's needs them all."""
-    return MAX_ITER // 2 if n_clicks < SMALL_LOG_CLICKS else MAX_ITER
+    as well after 30 (BENCHMARKS.md); a large log's is fitted to the optimum (None),
+    or its rankings would follow the fit's rounding (``models.fit``)."""
+    return MAX_ITER // 2 if n_clicks < SMALL_LOG_CLICKS else None
 
 
 def fit_candidates(n_clicks: int, params: TrainParams) -> int:
