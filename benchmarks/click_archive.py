@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -60,26 +59,9 @@ def synthetic_log(tenants: int, sessions: int, items: int) -> Log:
     return log
 
 
-def writer(module: ModuleType) -> Callable[[Path, int, int, Log], None]:
-    """How ``module`` writes the clicks ``[a, b)`` of a log as one segment."""
-    if hasattr(module, "FORMAT_VERSION"):  # blocks per tenant
-
-        def write(root: Path, a: int, b: int, log: Log) -> None:
-            blocks: dict[str, tuple[list, list, list, list]] = {}
-            for i in range(a, b):
-                cols = blocks.setdefault(log[0][i], ([], [], [], []))
-                cols[0].append(log[1][i])
-                cols[1].append(log[2][i])
-                cols[2].append(log[3][i])
-                cols[3].append(log[4][i])
-            module.write_segment(root, 0, a, b, blocks)
-
-    else:  # the first format: flat columns
-
-        def write(root: Path, a: int, b: int, log: Log) -> None:
-            module.write_segment(root, 0, a, b, *(col[a:b] for col in log))
-
-    return write
+def write(module: ModuleType, root: Path, a: int, b: int, log: Log) -> None:
+    """The clicks ``[a, b)`` of a log as one segment (both formats take the same columns)."""
+    module.write_segment(root, 0, a, b, *(col[a:b] for col in log))
 
 
 class _CountedReads:
@@ -138,13 +120,12 @@ class _CountedReads:
 
 def measure(module: ModuleType, log: Log, segment: int, reads: list[int], tenants: int) -> dict:
     n = len(log[4])
-    write = writer(module)
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         started = time.perf_counter()
         for a in range(0, n, segment):
-            write(root, a, min(n, a + segment), log)
+            write(module, root, a, min(n, a + segment), log)
         out["write"] = time.perf_counter() - started
         out["size"] = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         started = time.perf_counter()

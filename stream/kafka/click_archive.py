@@ -33,7 +33,6 @@ from pathlib import Path
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from models import click_archive
-from stream.events import ClickEvent
 from stream.kafka.click_log import click_of
 from stream.kafka.config import KafkaClientConfig
 
@@ -52,22 +51,16 @@ SETTLE_S = 5.0
 
 @dataclass
 class _Buffer:
-    """A partition's clicks read since its last segment: offsets ``first`` to ``next``,
-    kept per tenant (a segment's blocks) as they come."""
+    """A partition's clicks read since its last segment: offsets ``first`` to ``next``."""
 
     first: int
     next: int
     since: float = field(default_factory=time.monotonic)
-    clicks: int = 0
-    # tenant -> its clicks and their offsets, in log order
-    tenants: dict[str, tuple[list[ClickEvent], list[int]]] = field(default_factory=dict)
-
-    def blocks(self) -> dict[str, click_archive.Rows]:
-        out = {}
-        for tenant, (events, offsets) in self.tenants.items():
-            _, sessions, items, ts, *_ = zip(*events, strict=True)
-            out[tenant] = (sessions, items, ts, offsets)
-        return out
+    tenants: list[str] = field(default_factory=list)
+    sessions: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
 
 
 class ClickArchiver:
@@ -183,12 +176,11 @@ class ClickArchiver:
             event = click_of(m.value(), m.timestamp()[1], now)
             if event is None:
                 continue  # the worker dead-letters it
-            rows = buf.tenants.get(event.tenant)
-            if rows is None:
-                rows = buf.tenants[event.tenant] = ([], [])
-            rows[0].append(event)
-            rows[1].append(m.offset())
-            buf.clicks += 1
+            buf.tenants.append(event.tenant)
+            buf.sessions.append(event.session_id)
+            buf.items.append(event.item_id)
+            buf.ts.append(event.ts)
+            buf.offsets.append(m.offset())
 
     def _flush_due(self) -> None:
         wanted = self._wanted()
@@ -198,7 +190,7 @@ class ClickArchiver:
                 continue
             target = wanted.get(p)
             if (
-                buf.clicks >= self._flush_clicks
+                len(buf.offsets) >= self._flush_clicks
                 or now - buf.since >= self._flush_s
                 or (target is not None and buf.first < target <= buf.next)
             ):
@@ -208,8 +200,11 @@ class ClickArchiver:
         buf = self._buffers[partition]
         if buf.next <= buf.first:
             return
-        click_archive.write_segment(self.root, partition, buf.first, buf.next, buf.blocks())
-        self.clicks += buf.clicks
+        click_archive.write_segment(
+            self.root, partition, buf.first, buf.next,
+            buf.tenants, buf.sessions, buf.items, buf.ts, buf.offsets,
+        )  # fmt: skip
+        self.clicks += len(buf.offsets)
         self.archived_partitions.add(partition)
         self._buffers[partition] = _Buffer(buf.next, buf.next)
 
@@ -235,7 +230,7 @@ class ClickArchiver:
                 # hold no click worth keeping) or where the partition's coverage starts:
                 # every trainer sees the coverage even if no click ever comes.
                 first = have.get(p, tp.offset)
-                click_archive.write_segment(self.root, p, first, tp.offset, {})
+                click_archive.write_segment(self.root, p, first, tp.offset, *[[]] * 5)
             self._buffers[p] = _Buffer(tp.offset, tp.offset)
         consumer.assign(partitions)
         consumer.pause(partitions)

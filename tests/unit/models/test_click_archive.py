@@ -28,12 +28,11 @@ from models.errors import StreamrecError
 
 def _write(root: Path, partition: int, first: int, end: int, rows: list[tuple]) -> Path:
     """rows: (offset, tenant, session, item, ts)."""
-    blocks: dict[str, tuple[list, list, list, list]] = {}
-    for offset, tenant, session, item, ts in rows:
-        cols = blocks.setdefault(tenant, ([], [], [], []))
-        for col, value in zip(cols, (session, item, ts, offset), strict=True):
-            col.append(value)
-    return write_segment(root, partition, first, end, blocks)
+    return write_segment(
+        root, partition, first, end,
+        [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+        [r[4] for r in rows], [r[0] for r in rows],
+    )  # fmt: skip
 
 
 def _index(path: Path) -> dict[str, tuple[int, int, int, int]]:
@@ -272,3 +271,9 @@ def test_old_npz_segments_are_listed_but_not_read(tmp_path: Path) -> None:
     assert old_segments(tmp_path) == [old]
     assert [s.first for s in segments(tmp_path, 0)] == [40]
     assert sum(len(c) for c in read_archive(tmp_path, 0).values()) == 10
+
+
+def test_a_one_click_segment(tmp_path: Path) -> None:
+    _write(tmp_path, 0, 0, 1, [(0, "a", "s", "i", 1.0)])
+    got = read_archive(tmp_path, 0)
+    assert list(got) == ["a"] and got["a"].session_ids.tolist() == ["s"]
