@@ -287,6 +287,14 @@ def test_a_damaged_block_in_the_archive_fails_only_its_tenant(
     assert all(" done in " in t.text() for t in trainers), outputs
     assert f"1 tenant(s) failed in this trainer's share of the pass: {victim}" in loser.text()
 
+    # The segment deleted, as the log says: the next pass archives it again and trains
+    # the victim on every one of its clicks.
+    path.unlink()
+    _, outputs = _two_once(env, group)
+    assert f"tenant {victim}: PROMOTED" in outputs, outputs
+    log = read_click_log(stack.broker, topic, time.time() - 86400)
+    assert _clicks_trained(registry, victim) == len(log[victim]), outputs
+
 
 def _one_killed(
     env: dict[str, str], group: str, marker: str, within_s: float
