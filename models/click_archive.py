@@ -140,7 +140,7 @@ def write_segment(
             item_cuts[:-1].tolist(),
             item_cuts[1:].tolist(),
             strict=True,
-        )  # fmt: skip
+        )
     ):
         block = (ts_bytes[a:b], order_bytes[a:b], sessions[sa:sb], items[ia:ib])
         crc = 0
