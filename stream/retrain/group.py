@@ -102,7 +102,7 @@ class GroupTrainer:
         # tenant -> (partition, offset, pass id) of its record, until its batch starts
         self.pending: dict[str, tuple[int, int, str]] = {}
         self.trained: set[str] = set()  # tenants this process trained (or skipped)
-        self.failed: dict[str, str] = {}  # tenants whose clicks it could not read, and why
+        self.failed: set[str] = set()  # tenants whose clicks it could not read
         self._late: str | None = None  # the pass last said to be late
         ensure_topics(settings.kafka, [self.topic], RETRAIN_PARTITIONS)
         self.queue = GroupQueue(
@@ -333,9 +333,7 @@ class GroupTrainer:
             self.ledger.finish(p, o)
         self._commit()
         self.trained |= set(batch)
-        self.failed.update(
-            (o.tenant, o.decision.reason) for o in report.outcomes if o.decision.action == "failed"
-        )
+        self.failed |= {o.tenant for o in report.outcomes if o.decision.action == "failed"}
         # Reading the log, for this trainer: waiting for the archive, then reading it.
         report = replace(report, read_s=report.read_s + self._archive_wait)
         self._archive_wait = 0.0

@@ -118,7 +118,7 @@ def run_once(
             whose = sorted(t for t, exc in unreadable.items() if exc.path == path)
             log.error(
                 "%s. Tenant(s) failing this pass for it: %s", got.damaged_segments[path],
-                ", ".join(whose) or "none (none asked for)",
+                ", ".join(whose) or "none",
             )  # fmt: skip
     clicks = sum(len(v) for v in logs.values())
     read_s = time.perf_counter() - started
