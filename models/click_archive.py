@@ -48,6 +48,7 @@ import os
 import re
 import struct
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -291,8 +292,19 @@ class _Segment:
         tenants = _split(index[numbers:], count)
         if tenants is None:
             raise self._damaged("its index's tenant names do not match its count")
-        self.table, self.span = table.tolist(), span
-        self.index = {t: i for i, t in enumerate(tenants)}
+        self.table, self.span, self.tenants = table, span, tenants
+
+    def find(self, tenants: set[str] | None) -> list[tuple[int, str]]:
+        """The tenants (every one when None) this segment holds, with their place in its
+        index, in file order (its names are sorted: a binary search each, no dict of all)."""
+        if tenants is None:
+            return list(enumerate(self.tenants))
+        out = []
+        for tenant in tenants:
+            i = bisect_left(self.tenants, tenant)
+            if i < len(self.tenants) and self.tenants[i] == tenant:
+                out.append((i, tenant))
+        return sorted(out)
 
     def _damaged(self, why: str, tenant: str | None = None) -> DamagedSegment:
         whose = f"tenant {tenant}'s block in " if tenant else ""
@@ -302,12 +314,10 @@ class _Segment:
             self.name.path,
         )
 
-    def newest(self, tenant: str) -> float:
-        return float(self.span[self.index[tenant], 1])
-
-    def block(self, tenant: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-        """A tenant's clicks (session ids, item ids, ts, order), checked."""
-        offset, length, n, crc = self.table[self.index[tenant]]
+    def block(self, i: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+        """The clicks (session ids, item ids, ts, order) of the ``i``-th tenant, checked."""
+        tenant = self.tenants[i]
+        offset, length, n, crc = self.table[i].tolist()
         data = _read_at(self._f, offset, length)
         if len(data) < length or zlib.crc32(data) != crc:
             raise self._damaged("its checksum does not match", tenant)
@@ -369,27 +379,31 @@ def read_tenants(
                     out.damaged_segments[name.path] = exc
                     unreadable.append(exc)
                     continue
-                mine = seg.index.keys() if wanted is None else wanted & seg.index.keys()
-                for tenant in sorted(mine, key=seg.index.__getitem__):  # in file order
-                    if tenant in out.damaged or seg.newest(tenant) < since_ts:
+                # Every offset of the segment is wanted: only the window filters rows.
+                inside = name.first >= skip_below and (limit is None or name.end <= limit)
+                oldest, newest = seg.span[:, 0].tolist(), seg.span[:, 1].tolist()
+                for i, tenant in seg.find(wanted):
+                    if tenant in out.damaged or newest[i] < since_ts:
                         continue
                     try:
-                        sids, items, ts, order = seg.block(tenant)
+                        sids, items, ts, order = seg.block(i)
                     except DamagedSegment as exc:
                         out.damaged_segments.setdefault(name.path, exc)
                         out.damaged[tenant] = exc
                         continue
-                    offs = order & _OFFSET_MASK
-                    keep = (ts >= since_ts) & (offs >= skip_below)
-                    if limit is not None:
-                        keep &= offs < limit
-                    if not keep.any():
-                        continue
-                    idx = np.flatnonzero(keep)
-                    if len(idx) < len(ts):
-                        sids = [sids[i] for i in idx]
-                        items = [items[i] for i in idx]
-                    parts.setdefault(tenant, []).append((sids, items, ts[idx], order[idx]))
+                    if not (inside and oldest[i] >= since_ts):
+                        offs = order & _OFFSET_MASK
+                        keep = (ts >= since_ts) & (offs >= skip_below)
+                        if limit is not None:
+                            keep &= offs < limit
+                        if not keep.any():
+                            continue
+                        idx = np.flatnonzero(keep)
+                        if len(idx) < len(ts):
+                            sids = [sids[k] for k in idx]
+                            items = [items[k] for k in idx]
+                            ts, order = ts[idx], order[idx]
+                    parts.setdefault(tenant, []).append((sids, items, ts, order))
     if unreadable:
         for tenant in wanted if wanted is not None else list(parts):
             out.damaged.setdefault(tenant, unreadable[0])

@@ -40,7 +40,7 @@ def _index(path: Path) -> dict[str, tuple[int, int, int, int]]:
     name = SegmentName(path, *map(int, [path.parent.name[1:], *path.stem.split("-")]))
     with open(path, "rb", buffering=0) as f:
         seg = click_archive._Segment(name, f)
-        return {t: tuple(seg.table[i]) for t, i in seg.index.items()}
+        return {t: tuple(seg.table[i].tolist()) for i, t in enumerate(seg.tenants)}
 
 
 def _flip(path: Path, at: int) -> None:
@@ -172,8 +172,9 @@ def test_the_index_round_trips(tmp_path: Path) -> None:
     name = SegmentName(path, 1, 100, 200)
     with open(path, "rb", buffering=0) as f:
         seg = click_archive._Segment(name, f)
-        assert sorted(seg.index) == [f"shop-{k}" for k in range(7)]
-        for tenant, i in seg.index.items():
+        assert seg.tenants == [f"shop-{k}" for k in range(7)]
+        assert seg.find({"shop-3", "shop-0", "nobody"}) == [(0, "shop-0"), (3, "shop-3")]
+        for i, tenant in enumerate(seg.tenants):
             mine = [r for r in rows if r[1] == tenant]
             assert seg.table[i][2] == len(mine)
             assert seg.span[i].tolist() == [min(r[4] for r in mine), max(r[4] for r in mine)]
