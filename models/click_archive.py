@@ -38,8 +38,13 @@ for (which of them the segment holds is unknown). Never a silently wrong read.
   start of a partition's chain (never in its middle, which would open a gap), except a
   partition's last segment (it tells where archiving resumes).
 - **Format version.** A segment of another version is an error naming it (delete it: it
-  is archived again). The first format's ``.npz`` segments are not read at all:
+  is archived again). The first format's ``.npz`` segments are not read at all (the
+  archive is a copy of the log, filled again from Kafka, so one reader is kept, not two):
   :func:`old_segments` lists them for the trainer to report.
+
+Why raw arrays in one file rather than a container library: at thousands of tenants a
+block holds only tens of clicks, and a ``.npy`` header per array (64 bytes at least, four
+arrays a block) would outweigh them; pyarrow is no dependency of streamrec.
 """
 
 from __future__ import annotations
