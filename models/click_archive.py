@@ -67,7 +67,7 @@ from models.registry import atomic_file
 
 OFFSET_BITS = 40  # order = partition << OFFSET_BITS | offset
 _OFFSET_MASK = (1 << OFFSET_BITS) - 1
-FORMAT_VERSION = 2  # 1 was one .npz a segment, every tenant's rows in the same columns
+FORMAT_VERSION = 2  # version 1: the .npz segments that old_segments() lists
 _MAGIC = b"SRCLICKS"
 # magic, version, partition, first, end, tenants, index length, index CRC-32; then the
 # CRC-32 of those bytes.
