@@ -61,7 +61,8 @@ class Scores:
 @dataclass(frozen=True)
 class GateDecision:
     # "promoted", "kept" (candidate rejected), "unjudged" (no fresh sessions to compare
-    # on: nothing trained) or "skipped" (nothing trained)
+    # on: nothing trained), "skipped" (nothing trained) or "failed" (its clicks could not
+    # be read: nothing trained)
     action: str
     reason: str
     candidate: Scores | None = None

@@ -253,7 +253,7 @@ def _summary(report: PassReport, elapsed: float) -> str:
         f"clicks: {report.read_s:.1f}s): "
         + ", ".join(
             f"{counts[a]} {_SUMMARY.get(a, a)}"
-            for a in ("promoted", "rollout", "kept", "unjudged", "skipped")
+            for a in ("promoted", "rollout", "kept", "unjudged", "skipped", "failed")
             if counts[a] or a in ("promoted", "kept", "skipped")
         )
     )
@@ -296,3 +296,9 @@ def _in_group(
             f"{member.info.tenants if member.info else '?'} tenant(s) by this trainer)"
         )
     look()
+    if member.failed:
+        # The pass is over (the others' tenants trained); a scheduler sees it go wrong.
+        raise StreamrecError(
+            f"{len(member.failed)} tenant(s) failed in this trainer's share of the pass: "
+            f"{', '.join(sorted(member.failed))} (their clicks could not be read; see above)"
+        )

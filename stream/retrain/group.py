@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
-from models.click_archive import archive_dir, archived_to
+from models.click_archive import archive_dir, archived_to, old_segments
 from models.errors import StreamrecError
 from models.registry import Registry
 from state.connection import RedisError, sync_client
@@ -102,6 +102,7 @@ class GroupTrainer:
         # tenant -> (partition, offset, pass id) of its record, until its batch starts
         self.pending: dict[str, tuple[int, int, str]] = {}
         self.trained: set[str] = set()  # tenants this process trained (or skipped)
+        self.failed: set[str] = set()  # tenants whose clicks it could not read
         self._late: str | None = None  # the pass last said to be late
         ensure_topics(settings.kafka, [self.topic], RETRAIN_PARTITIONS)
         self.queue = GroupQueue(
@@ -116,6 +117,13 @@ class GroupTrainer:
         self._pass_clicks: dict[int, int] = {}  # the archiver's view of the current pass
         self._pass_clicks_at = 0.0
         self.archive = archive_dir(settings.registry_dir)
+        old = old_segments(self.archive)
+        if old:
+            log.warning(
+                "click archive: %d segment(s) of an older format in %s (such as %s) are not "
+                "read; their clicks are archived again from the log. Delete them",
+                len(old), self.archive, old[0].name,
+            )  # fmt: skip
         self.archiver = ClickArchiver(
             settings.kafka,
             settings.clicks_topic,
@@ -325,6 +333,7 @@ class GroupTrainer:
             self.ledger.finish(p, o)
         self._commit()
         self.trained |= set(batch)
+        self.failed |= {o.tenant for o in report.outcomes if o.decision.action == "failed"}
         # Reading the log, for this trainer: waiting for the archive, then reading it.
         report = replace(report, read_s=report.read_s + self._archive_wait)
         self._archive_wait = 0.0

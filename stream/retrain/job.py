@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from multiprocessing import get_context
 
 from models.bundle import ModelBundle
-from models.click_archive import archive_dir, read_archive
+from models.click_archive import archive_dir, read_tenants
 from models.datasets import Clicks, build_sessions
 from models.errors import InvalidModelError, InvalidSettingError, NoModelError, StreamrecError
 from models.gate import GateDecision, GatePolicy, retrain
@@ -53,6 +53,8 @@ class TenantOutcome:
         serving = d.current_version or "the version in service"
         if d.action == "kept":
             return f"{head}: KEPT {serving} ({self.version} registered, not promoted): {d.reason}"
+        if d.action == "failed":
+            return f"{head}: FAILED, {serving} stays in service: {d.reason}"
         if d.action == "unjudged":
             return (
                 f"{head}: NOT JUDGED, {serving} stays in service: no fresh sessions to judge "
@@ -99,6 +101,7 @@ def run_once(
     now = time.time() if now is None else now
     _quiet_training_libraries()
     started = time.perf_counter()
+    unreadable: dict[str, StreamrecError] = {}  # tenant -> why its clicks cannot be read
     if archived is None:
         source = settings.clicks_topic
         logs = read_click_log(
@@ -109,7 +112,14 @@ def run_once(
         # Every archived click in the window, the pass's end offsets at least: some
         # brokers report an end offset inside the last record batch, whose rest the
         # archivers took too (as the Kafka reader does).
-        logs = read_archive(archive_dir(settings.registry_dir), now - window_s, tenants)
+        got = read_tenants(archive_dir(settings.registry_dir), now - window_s, tenants)
+        logs, unreadable = got.clicks, got.damaged
+        for path in sorted(got.damaged_segments):
+            whose = sorted(t for t, exc in unreadable.items() if exc.path == path)
+            log.error(
+                "%s. Tenant(s) failing this pass for it: %s", got.damaged_segments[path],
+                ", ".join(whose) or "none",
+            )  # fmt: skip
     clicks = sum(len(v) for v in logs.values())
     read_s = time.perf_counter() - started
     log.info("read %d clicks of %d tenants from %s in %.1fs", clicks, len(logs), source, read_s)
@@ -124,6 +134,9 @@ def run_once(
             progress(outcome.tenant)
         log.info("%s", outcome.describe())
 
+    for tenant in sorted(unreadable):
+        # Not trained on part of its clicks: the version in service stays.
+        done(TenantOutcome(tenant, GateDecision("failed", str(unreadable[tenant])), None))
     for tenant in sorted(t for t in logs if modes.get(t, "on") != "on"):
         del logs[tenant]
         done(TenantOutcome(tenant, GateDecision("skipped", f"tenant is {modes[tenant]}"), None))

@@ -19,14 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from models.click_archive import archive_dir, read_archive
+from models.click_archive import archive_dir, covers, read_archive, segments
 from models.datasets import read_clicks, sessionize
 from models.registry import Registry
 from stream.dev.stack import EmbeddedStack
 from stream.dev.testing import produce
 from stream.events import ClickEvent
+from stream.kafka.click_archive import ClickArchiver
 from stream.kafka.click_log import read_click_log
+from stream.kafka.config import kafka_config
 from stream.kafka.topics import ensure_topics, topic_reader
+from stream.kafka.work_queue import end_offsets
 from stream.retrain.passes import PassRecord
 
 
@@ -232,6 +235,65 @@ def test_a_trainer_killed_while_archiving_has_its_partitions_archived_by_another
     assert {t: len(c) for t, c in archived.items()} == {t: len(c) for t, c in log.items()}
     for tenant in tenants:
         assert _clicks_trained(registry, tenant) == len(log[tenant]), (tenant, outputs)
+
+
+@pytest.mark.timeout(600)
+def test_a_damaged_block_in_the_archive_fails_only_its_tenant(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
+) -> None:
+    env, tenants, registry = _setup(stack, unique_name, tmp_path, eshop_csv, 4, 150)
+    group, topic = unique_name("group"), env["STREAMREC_CLICKS_TOPIC"]
+    root = archive_dir(registry.root)
+    # The log archived before the pass (as a periodic group's archivers do between
+    # passes), then one byte of one tenant's block in one segment damaged.
+    ends = end_offsets(kafka_config(stack.broker), topic)
+    with ClickArchiver(
+        kafka_config(stack.broker), topic, group, root, window_s=86400,
+        session_timeout_s=6.0, wanted=lambda: ends, settle_s=0.0,
+    ):  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not covers(root, ends):
+            assert time.monotonic() < deadline, "the archive never covered the log"
+            time.sleep(0.1)
+    victim = tenants[1]
+    path = next(s.path for p in range(4) for s in segments(root, p) if victim.encode() in
+                s.path.read_bytes())  # fmt: skip
+    data = bytearray(path.read_bytes())
+    data[data.index(f"{victim}-".encode()) + 1] ^= 0x20  # a session id of the victim's
+    path.write_bytes(bytes(data))
+
+    trainers = [Trainer(env, "--once", "--group", group, *TRAIN) for _ in range(2)]
+    try:
+        codes = [t.wait(300) for t in trainers]
+    finally:
+        for t in trainers:
+            t.stop()
+    outputs = "\n----\n".join(t.text() for t in trainers)
+    # The victim failed, named with the segment in its trainer's log; nothing registered.
+    failed = f"tenant {victim}: FAILED"
+    (line,) = [line for line in outputs.splitlines() if failed in line]
+    assert path.name in line and "damaged" in line, outputs
+    reported = f"Tenant(s) failing this pass for it: {victim}"
+    assert any(str(path) in ln and reported in ln for ln in outputs.splitlines()), outputs
+    assert registry.versions(victim) == [], outputs
+    # The others trained and promoted.
+    for tenant in tenants:
+        if tenant != victim:
+            assert f"tenant {tenant}: PROMOTED" in outputs, (tenant, outputs)
+            assert len(registry.promoted_versions(tenant)) == 1, (tenant, outputs)
+    # Both exit once the pass is done; the one that had the victim with an error naming it.
+    assert sorted(codes) == [0, 1], outputs
+    loser = trainers[codes.index(1)]
+    assert all(" done in " in t.text() for t in trainers), outputs
+    assert f"1 tenant(s) failed in this trainer's share of the pass: {victim}" in loser.text()
+
+    # The segment deleted, as the log says: the next pass archives it again and trains
+    # the victim on every one of its clicks.
+    path.unlink()
+    _, outputs = _two_once(env, group)
+    assert f"tenant {victim}: PROMOTED" in outputs, outputs
+    log = read_click_log(stack.broker, topic, time.time() - 86400)
+    assert _clicks_trained(registry, victim) == len(log[victim]), outputs
 
 
 def _one_killed(

@@ -195,12 +195,51 @@ def test_each_decision_reads_as_one_line_with_its_reason() -> None:
         TenantOutcome("a", GateDecision("promoted", "first model"), "v1").describe(),
         TenantOutcome("b", kept, "v2").describe(),
         TenantOutcome("c", GateDecision("skipped", "tenant is frozen"), None).describe(),
+        TenantOutcome("d", GateDecision("failed", "block damaged"), None).describe(),
     ]
     assert lines == [
         "tenant a: PROMOTED v1: first model",
         "tenant b: KEPT v1 (v2 registered, not promoted): HR@20 0.2 vs 0.3 in service",
         "tenant c: SKIPPED: tenant is frozen",
+        "tenant d: FAILED, the version in service stays in service: block damaged",
     ]
+
+
+def _trained(settings: object, tenant: str, clicks: object, *args: object) -> TenantOutcome:
+    """A tenant's training, as a pass sees it: promoted, its clicks counted."""
+    from models.gate import GateDecision
+
+    return TenantOutcome(tenant, GateDecision("promoted", f"{len(clicks)} clicks"), "v1")  # type: ignore[arg-type]
+
+
+def test_a_damaged_block_in_the_click_archive_fails_only_its_tenant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    from models.click_archive import archive_dir, write_segment
+    from stream.config import Settings
+
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", model_dir=str(tmp_path / "models"))
+    now = time.time()
+    rows = [(o, f"t{o % 3}", f"s{o}", f"i{o}", now - 100 + o) for o in range(30)]
+    path = write_segment(
+        archive_dir(settings.registry_dir), 0, 0, 30,
+        *([r[k] for r in rows] for k in (1, 2, 3, 4, 0)),
+    )  # fmt: skip
+    data = bytearray(path.read_bytes())
+    data[data.index(b"i4")] ^= 0x01  # an item id of t1's (4 % 3 == 1)
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(job, "_retrain_tenant", _trained)
+    with caplog.at_level("ERROR", logger="streamrec"):
+        report = job.run_once(
+            settings, window_s=3600, params=PARAMS, policy=GatePolicy(), now=now,
+            archived={0: 30},
+        )  # fmt: skip
+    got = {o.tenant: (o.decision.action, o.decision.reason) for o in report.outcomes}
+    assert got["t0"] == got["t2"] == ("promoted", "10 clicks")
+    assert got["t1"][0] == "failed" and "tenant t1" in got["t1"][1] and str(path) in got["t1"][1]
+    assert f"{path}" in caplog.text and "failing this pass for it: t1" in caplog.text
 
 
 def test_with_redis_away_the_modes_come_from_the_registry(
