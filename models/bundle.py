@@ -17,6 +17,7 @@ import mmap
 import os
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -207,35 +208,50 @@ class ItemIndex:
         return -1
 
 
-def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
-    """Write arrays and manifest, each fsync'ed, into ``directory`` (created if needed)."""
+def save_bundle(bundle: ModelBundle, directory: str | Path, *, read_only: bool = False) -> None:
+    """Write arrays and manifest into ``directory`` (created if needed), every file and the
+    directory on disk when this returns; ``read_only``: the files are created so."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    mode = 0o444 if read_only else 0o666
     described: dict[str, Any] = {}
-    for name, arr in bundle.named_arrays().items():
-        arr = np.ascontiguousarray(arr)
-        path = directory / f"{name}.npy"
-        with open(path, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        described[name] = {
-            "shape": list(arr.shape),
-            "dtype": arr.dtype.str,
-            "sha256": _sha256(path),
+    written: list[int] = []
+    try:
+        for name, arr in bundle.named_arrays().items():
+            arr = np.ascontiguousarray(arr)
+            path = directory / f"{name}.npy"
+            written.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode))
+            with open(written[-1], "wb", closefd=False) as fh:
+                np.save(fh, arr, allow_pickle=False)
+            described[name] = {
+                "shape": list(arr.shape),
+                "dtype": arr.dtype.str,
+                "sha256": _sha256(path),
+            }
+        manifest = {
+            **bundle.manifest,
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "version": bundle.version,
+            "sources": {lst.name: list(lst.arrays) for lst in features.LAYOUT.lists},
+            "arrays": described,
         }
-    manifest = {
-        **bundle.manifest,
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_FORMAT_VERSION,
-        "version": bundle.version,
-        "sources": {lst.name: list(lst.arrays) for lst in features.LAYOUT.lists},
-        "arrays": described,
-    }
-    with open(directory / MANIFEST, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True, default=_json_default)
-        fh.flush()
-        os.fsync(fh.fileno())
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=_json_default)
+        written.append(os.open(directory / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode))
+        with open(written[-1], "w", encoding="utf-8", closefd=False) as fh:
+            fh.write(text)
+        written.append(os.open(directory, os.O_RDONLY))
+        _fsync_together(written)
+    finally:
+        for fd in written:
+            os.close(fd)
+
+
+def _fsync_together(fds: list[int]) -> None:
+    """fsync every file at once: flushed one after the other, each waits for a commit of
+    the filesystem's journal; issued together, they share one."""
+    with ThreadPoolExecutor(max_workers=min(len(fds), 32)) as pool:
+        list(pool.map(os.fsync, fds))
 
 
 def load_bundle(

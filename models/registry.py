@@ -172,6 +172,8 @@ class Registry:
         promoted = {e["version"] for e in self._history(tenant)}
         infos = []
         for version in self._version_names(tenant):
+            if self._claimed_only(tenant, version):
+                continue
             manifest = self._manifest(tenant, version)
             infos.append(
                 VersionInfo(
@@ -415,12 +417,11 @@ class Registry:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "parent": self.current_version(tenant),
                 }
-                save_bundle(replace(bundle, version=version, manifest=manifest), staging)
                 # A registered version never changes: read-only files keep a mistaken
                 # write (or truncation) from reaching arrays a worker has mapped.
-                for path in staging.iterdir():
-                    path.chmod(0o444)
-                _fsync_dir(staging)
+                save_bundle(
+                    replace(bundle, version=version, manifest=manifest), staging, read_only=True
+                )
                 target = self._version_dir(tenant, version)
                 try:
                     # mkdir claims the name (fails if a concurrent trainer took it); renaming
@@ -480,6 +481,11 @@ class Registry:
             p.name for p in tenant_dir.iterdir() if p.is_dir() and _VERSION_RE.fullmatch(p.name)
         ]
         return sorted(names, key=lambda v: int(v[1:]))
+
+    def _claimed_only(self, tenant: str, version: str) -> bool:
+        """An empty version directory: a name :meth:`register` claimed and has not (or, its
+        process killed, never) published a version under. Not a version."""
+        return next(self._version_dir(tenant, version).iterdir(), None) is None
 
     def _next_number(self, tenant: str) -> int:
         names = self._version_names(tenant)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,7 +120,7 @@ def test_a_crash_while_writing_leaves_no_version(
 ) -> None:
     registry.promote("t", registry.register("t", bundle))
 
-    def crash(bundle: ModelBundle, directory: Path) -> None:
+    def crash(bundle: ModelBundle, directory: Path, **options: object) -> None:
         (Path(directory) / "items.npy").write_bytes(b"half")
         raise OSError("disk full")
 
@@ -128,6 +131,77 @@ def test_a_crash_while_writing_leaves_no_version(
     hidden = [p.name for p in (registry.root / "t").iterdir() if p.name.startswith(".")]
     assert hidden == []
     assert registry.current_version("t") == "v1"
+
+
+def test_a_bundle_is_written_whole_then_flushed_in_one_go(
+    bundle: ModelBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One flush a file, one after the other, waits for the disk as many times as there are
+    # files; issued together, the filesystem commits them at once. Each flush here waits
+    # for the others to start: flushed one by one, the first never returns.
+    files = len(bundle.named_arrays()) + 1  # and manifest.json
+    started = threading.Barrier(files, timeout=10)
+    written: list[set[str]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            written.append({p.name for p in (tmp_path / "b").iterdir()})
+            started.wait()
+        real_fsync(fd)
+
+    monkeypatch.setattr(bundle_module.os, "fsync", fsync)
+    save_bundle(bundle, tmp_path / "b")
+    every = {p.name for p in (tmp_path / "b").iterdir()}
+    assert len(written) == files == len(every)
+    assert all(seen == every for seen in written), "a file flushed before the last was written"
+    loaded = load_bundle(tmp_path / "b")
+    for name, arr in bundle.named_arrays().items():
+        np.testing.assert_array_equal(loaded.named_arrays()[name], arr)
+
+
+# Registers a saved bundle and is SIGKILLed at the N-th fsync (or at the rename that
+# publishes the version, N = 0), as a trainer killed while it writes.
+_KILLED_WHILE_REGISTERING = """
+import os, signal, sys
+import models.registry
+from models.bundle import load_bundle
+from models.registry import Registry
+bundle, at = load_bundle(sys.argv[2]), int(sys.argv[3])
+calls = [0]
+real_fsync, real_replace = os.fsync, os.replace
+def fsync(fd):
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync(fd)
+def replace(src, dst):
+    if at == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+os.fsync, models.registry.os.replace = fsync, replace
+Registry(sys.argv[1]).register("t", bundle)
+print("registered")
+"""
+
+
+@pytest.mark.parametrize("at", [1, 5, 20, 0])
+def test_a_trainer_killed_while_registering_leaves_no_half_version(
+    registry: Registry, bundle: ModelBundle, tmp_path: Path, at: int
+) -> None:
+    save_bundle(bundle, tmp_path / "saved")
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_REGISTERING, str(registry.root),
+         str(tmp_path / "saved"), str(at)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
+    assert registry.versions("t") == []
+    # Killed after claiming its name (an empty v1), the next version is v2.
+    version = registry.register("t", bundle)
+    registry.promote("t", version)
+    assert [i.version for i in registry.versions("t")] == [version]
+    assert registry.load("t").version == version
 
 
 def test_promote_switches_the_pointer_atomically(
