@@ -46,6 +46,34 @@ class Answers(TopicWatcher):
         return len(self.seen)
 
 
+def _tenant_with_two_versions(
+    prefix: str,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    trained_model_dir: Path,
+    stack: EmbeddedStack,
+    env: dict[str, str],
+) -> tuple[str, str, WorkerConfig]:
+    """A tenant whose registry holds the trained model twice (v1 in service, v2 to test)
+    and a worker configuration of its own topics; returns the tenant, v2 and the config."""
+    tenant = unique_name(prefix)
+    models = tmp_path / "models"
+    shutil.copytree(trained_model_dir / "default", models / tenant)
+    registry = Registry(models)
+    v2 = registry.register(tenant, registry.load(tenant), {})
+    cfg = WorkerConfig(
+        stack,
+        tmp_path,
+        models,
+        unique_name("clicks"),
+        unique_name("recs"),
+        unique_name("dlq"),
+        unique_name("app"),
+        env,
+    )
+    return tenant, v2, cfg
+
+
 def _stream(tenant: str) -> list[tuple[bytes, bytes]]:
     """Every session's clicks interleaved (one click of each session per round), keyed
     by session: each phase of the test has clicks of every session."""
@@ -66,19 +94,12 @@ def test_three_workers_through_a_rebalance_lose_nothing_duplicate_nothing_keep_a
 ) -> None:
     if stack.broker_kind != "kafka":
         pytest.skip("exactly-once needs Apache Kafka's transactions")
-    tenant = unique_name("bandit")
-    models = tmp_path / "models"
-    shutil.copytree(trained_model_dir / "default", models / tenant)
-    registry = Registry(models)
-    v2 = registry.register(tenant, registry.load(tenant), {})
-    cfg = WorkerConfig(
-        stack,
+    tenant, v2, cfg = _tenant_with_two_versions(
+        "bandit",
+        unique_name,
         tmp_path,
-        models,
-        unique_name("clicks"),
-        unique_name("recs"),
-        unique_name("dlq"),
-        unique_name("app"),
+        trained_model_dir,
+        stack,
         {"STREAMREC_DELIVERY": "exactly_once", "STREAMREC_BANDIT_INTERVAL_S": "1"},
     )
     ensure_topics(stack.broker, [cfg.clicks], partitions=12)
@@ -154,20 +175,8 @@ def test_a_session_keeps_its_arm_when_the_worker_that_placed_it_is_killed_at_onc
     session's clicks delivered again and its next ones from the same arm."""
     if stack.broker_kind != "kafka":
         pytest.skip("checked on Apache Kafka only")
-    tenant = unique_name("ab")
-    models = tmp_path / "models"
-    shutil.copytree(trained_model_dir / "default", models / tenant)
-    registry = Registry(models)
-    v2 = registry.register(tenant, registry.load(tenant), {})
-    cfg = WorkerConfig(
-        stack,
-        tmp_path,
-        models,
-        unique_name("clicks"),
-        unique_name("recs"),
-        unique_name("dlq"),
-        unique_name("app"),
-        {},
+    tenant, v2, cfg = _tenant_with_two_versions(
+        "ab", unique_name, tmp_path, trained_model_dir, stack, {}
     )
     ensure_topics(stack.broker, [cfg.clicks], partitions=1)
     ensure_topics(stack.broker, [cfg.recs, cfg.dlq, f"{cfg.clicks}.feedback"], partitions=1)
