@@ -215,13 +215,21 @@ def test_a_redis_cluster_profile_of_three_masters_with_a_replica_each() -> None:
         assert cluster == {"condition": "service_completed_successfully", "required": False}
 
 
-def test_only_the_api_and_grafana_are_published_and_on_the_loopback() -> None:
+def test_only_the_api_is_published_and_on_the_loopback() -> None:
     services = _services()
     published = {name for name, s in services.items() if s.get("ports")}
-    assert published == {"worker", "grafana"}, published
-    for name in published:
-        assert all(str(p).startswith("127.0.0.1:") for p in services[name]["ports"]), name
-    assert not services["prometheus"].get("ports")  # Grafana is its only reader
+    assert published == {"worker"}, published
+    assert all(str(p).startswith("127.0.0.1:") for p in services["worker"]["ports"])
+
+
+def test_grafanas_override_publishes_grafana_alone_on_the_loopback() -> None:
+    override = yaml.safe_load((COMPOSE.parent / "docker-compose.grafana.yml").read_text())
+    assert set(override) == {"services"} and set(override["services"]) == {"grafana"}
+    assert override["services"]["grafana"] == {"ports": ["127.0.0.1:3000:3000"]}
+    # Merged as `docker compose -f ... -f ...` merges it: still valid Compose.
+    compose = yaml.safe_load(COMPOSE.read_text())
+    compose["services"]["grafana"].update(override["services"]["grafana"])
+    assert _compose_errors(compose) == []
 
 
 def test_grafana_and_prometheus_need_a_login() -> None:
