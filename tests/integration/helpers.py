@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -219,3 +221,17 @@ def wait_for_ok(url: str, timeout: float = 60) -> tuple[int, bytes]:
         if status == 200 or time.monotonic() > deadline:
             return status, body
         time.sleep(0.2)
+
+
+def run_cli(cfg: WorkerConfig, *args: str) -> str:
+    """``streamrec ARGS`` against the worker configuration's stack; its output, once it
+    exited 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "stream", *args],
+        env=cfg.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

@@ -22,7 +22,7 @@ import redis
 from stream.dev.stack import EmbeddedStack, Service, free_port
 from stream.dev.testing import WorkerConfig, WorkerProcess, consume, produce
 from stream.events import MAX_EVENT_BYTES, ClickEvent
-from tests.integration.helpers import http_call, make_config, wait_for_ok
+from tests.integration.helpers import http_call, make_config, run_cli, wait_for_ok
 
 
 def _own_redis(tmp_path: Path) -> Service:
@@ -127,15 +127,7 @@ def test_rules_keys_and_experiments_survive_redis_restarting_empty(
     base = f"http://127.0.0.1:{port}/v1/default"
 
     def cli(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "stream", *args],
-            env=cfg.env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
+        return run_cli(cfg, *args)
 
     try:
         cli("tenant", "set", "default", *(f"--block={item}" for item in blocked))

@@ -23,7 +23,7 @@ from models.registry import Registry
 from stream.dev.stack import EmbeddedStack
 from stream.dev.testing import WorkerConfig, WorkerProcess, produce
 from stream.kafka.topics import ensure_topics
-from tests.integration.helpers import ITEMS, TopicWatcher, wait_until
+from tests.integration.helpers import ITEMS, TopicWatcher, run_cli, wait_until
 
 SESSIONS = 600
 CLICKS = 24  # a session's clicks, spread over the whole stream
@@ -182,14 +182,7 @@ def test_a_session_keeps_its_arm_when_the_worker_that_placed_it_is_killed_at_onc
     ensure_topics(stack.broker, [cfg.recs, cfg.dlq, f"{cfg.clicks}.feedback"], partitions=1)
 
     def streamrec(*args: str) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "stream", *args],
-            env=cfg.env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
+        run_cli(cfg, *args)
 
     def experiment(share: float) -> None:
         streamrec("experiment", "start", tenant, "--variant", v2, "--share", str(share))

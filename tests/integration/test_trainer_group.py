@@ -262,13 +262,7 @@ def test_a_damaged_block_in_the_archive_fails_only_its_tenant(
     data[data.index(f"{victim}-".encode()) + 1] ^= 0x20  # a session id of the victim's
     path.write_bytes(bytes(data))
 
-    trainers = [Trainer(env, "--once", "--group", group, *TRAIN) for _ in range(2)]
-    try:
-        codes = [t.wait(300) for t in trainers]
-    finally:
-        for t in trainers:
-            t.stop()
-    outputs = "\n----\n".join(t.text() for t in trainers)
+    trainers, codes, outputs = _run_two_once(env, group)
     # The victim failed, named with the segment in its trainer's log; nothing registered.
     failed = f"tenant {victim}: FAILED"
     (line,) = [line for line in outputs.splitlines() if failed in line]
@@ -322,15 +316,20 @@ def _one_killed(
     return other, doomed.text() + "\n----\n" + other.text()
 
 
-def _two_once(env: dict[str, str], group: str) -> tuple[list[Trainer], str]:
-    """Two ``--once`` trainers of ``group``, both run to their exit (code 0), and their
-    outputs."""
+def _run_two_once(env: dict[str, str], group: str) -> tuple[list[Trainer], list[int], str]:
+    """Two ``--once`` trainers of ``group`` run to their exit: them, their exit codes and
+    their outputs."""
     trainers = [Trainer(env, "--once", "--group", group, *TRAIN) for _ in range(2)]
     try:
         codes = [t.wait(300) for t in trainers]
     finally:
         for t in trainers:
             t.stop()
-    outputs = "\n----\n".join(t.text() for t in trainers)
+    return trainers, codes, "\n----\n".join(t.text() for t in trainers)
+
+
+def _two_once(env: dict[str, str], group: str) -> tuple[list[Trainer], str]:
+    """Two ``--once`` trainers of ``group``, both exiting 0, and their outputs."""
+    trainers, codes, outputs = _run_two_once(env, group)
     assert codes == [0, 0], outputs
     return trainers, outputs
