@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiokafka.partitioner import murmur2
 
 from models.click_archive import archive_dir, covers, read_archive, segments
 from models.datasets import read_clicks, sessionize
@@ -28,7 +29,7 @@ from stream.events import ClickEvent
 from stream.kafka.click_archive import ClickArchiver
 from stream.kafka.click_log import read_click_log
 from stream.kafka.config import kafka_config
-from stream.kafka.topics import ensure_topics, topic_reader
+from stream.kafka.topics import RETRAIN_PARTITIONS, ensure_topics, topic_reader
 from stream.kafka.work_queue import end_offsets
 from stream.retrain.passes import PassRecord
 
@@ -74,13 +75,19 @@ def _setup(
     eshop_csv: Path,
     tenants: int,
     sessions: int,
+    one_per_partition: bool = False,
 ) -> tuple[dict[str, str], list[str], Registry]:
     """Tenants created in the registry with small click logs, and the environment of a
-    trainer of a group of their own."""
+    trainer of a group of their own. With ``one_per_partition``, the tenants' names are
+    chosen so that each lands on its own partition of the ``retrain`` topic: every trainer
+    of the group then has work in each of its partitions."""
     clicks, retrain = unique_name("clicks"), unique_name("retrain")
     ensure_topics(stack.broker, [clicks], 4)
     registry = Registry(tmp_path / "models")
-    names = [unique_name("shop") for _ in range(tenants)]
+    if one_per_partition:
+        names = _one_per_partition(unique_name, tenants)
+    else:
+        names = [unique_name("shop") for _ in range(tenants)]
     all_sessions = sessionize(read_clicks(eshop_csv, fmt="eshop"))
     start = time.time() - 3600
     records = []
@@ -103,6 +110,17 @@ def _setup(
         "STREAMREC_RETRAIN_TOPIC": retrain,
     }
     return env, names, registry
+
+
+def _one_per_partition(unique_name: Callable[[str], str], count: int) -> list[str]:
+    """``count`` (at most ``RETRAIN_PARTITIONS``) tenant names on distinct partitions of
+    the ``retrain`` topic, by the producers' partitioner (the Java client's murmur2)."""
+    assert count <= RETRAIN_PARTITIONS
+    by_partition: dict[int, str] = {}
+    while len(by_partition) < count:
+        name = unique_name("shop")
+        by_partition.setdefault((murmur2(name.encode()) & 0x7FFFFFFF) % RETRAIN_PARTITIONS, name)
+    return list(by_partition.values())
 
 
 def _versions_by_pass(registry: Registry, tenant: str) -> dict[str | None, list[str]]:
@@ -135,7 +153,11 @@ def test_two_trainers_of_a_group_train_every_tenant_once_and_both_exit(
 def test_a_killed_trainers_tenants_are_taken_over_and_trained_once(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, eshop_csv: Path
 ) -> None:
-    env, tenants, registry = _setup(stack, unique_name, tmp_path, eshop_csv, 10, 400)
+    # A tenant on each partition: whichever partitions the killed trainer held, it leaves
+    # tenants to take over.
+    env, tenants, registry = _setup(
+        stack, unique_name, tmp_path, eshop_csv, RETRAIN_PARTITIONS, 300, one_per_partition=True
+    )
     # Killed mid-pass: after its first tenant, with more of them to go.
     other, outputs = _one_killed(env, unique_name("group"), ": PROMOTED ", within_s=240)
     passes = set()
