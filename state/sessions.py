@@ -130,7 +130,8 @@ class SessionStore:
                 keys_.append(keys.session(c.tenant, c.session_id))
                 offset = origins[i][1] if origins is not None else -1
                 arm = arms[i] if arms is not None else ""
-                args += (c.item_id, c.event_id, digest(c.event_id), repr(c.ts), str(offset), arm)
+                event = f"{c.ts!r}{keys.ITEM_SEP}{c.event_id}"
+                args += (c.item_id, event, digest(c.event_id), str(offset), arm)
             commands.append(["EVALSHA", self._append, str(len(keys_)), *keys_, *args])
         commands += self._count_clicks(clicks, count_for)
         replies = (await self._run(commands))[len(before) :]
@@ -173,16 +174,17 @@ class SessionStore:
 
     async def session(self, tenant: str, session_id: str) -> StoredSession | None:
         """A session as stored; None for an unknown or expired one."""
-        joined, latest, ts, recent, older, shown, arm = await self._client.hmget(
+        joined, latest, stamp, recent, older, shown, arm = await self._client.hmget(
             keys.session(tenant, session_id), ["i", "e", "lt", "r", "le", "p", "a"]
         )
         if not joined:
             return None
-        # Sessions stored before "e" name their latest event as the newest of their recent
-        # ids "r", or before those in "le".
+        # The latest event as ts SEP id; sessions stored before "e" keep its time in "lt"
+        # and its id as the newest of their recent ids "r", or before those in "le".
         if latest:
-            event_id = text(latest)
+            ts, _, event_id = text(latest).partition(keys.ITEM_SEP)
         else:
+            ts = text(stamp)
             event_id = text(recent).rpartition(keys.ITEM_SEP)[2] if recent else text(older)
         # The latest list's variant; once a click consumed it, the arm it left behind.
         if shown:
