@@ -23,7 +23,8 @@
 -- p if the click's item is in it (an implicit hit) else 0; p's variant, else a (else 0).
 
 local cap, ttl, ring_max, ofield = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local now = tonumber(redis.call('TIME')[1])
+local time = redis.call('TIME')
+local now = time[1] + time[2] / 1e6
 local refresh = tonumber(ttl) / 100
 local SEP = string.char(31)
 local DIGEST = 8

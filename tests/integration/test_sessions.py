@@ -382,3 +382,29 @@ def test_cold_start_popularity_stays_at_its_cap_and_expires(
     assert size == cap, f"{size} members"
     assert ttl > 0, f"TTL {ttl}"
     assert sorted(top) == ["hot-0", "hot-1", "hot-2"]
+
+
+def test_a_session_clicked_within_its_ttl_stays(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    """The TTL is set again by a click once a hundredth of it has passed: a session
+    clicked within its TTL never expires, one left alone does."""
+    t = unique_name("tenant")
+
+    async def run() -> tuple[list[str], list[str], int]:
+        client = async_redis(stack)
+        try:
+            store = SessionStore(client, cap=50, ttl_s=2)
+            for i in range(3):
+                await store.append_clicks([Click(t, "s", f"i{i}", f"e{i}")])
+                await asyncio.sleep(1.5)
+            kept = await store.session_items(t, "s")
+            await asyncio.sleep(2.1)
+            gone = await store.session_items(t, "s")
+            return kept, gone, await client.exists(keys.session(t, "s"))
+        finally:
+            await client.aclose()
+
+    kept, gone, exists = asyncio.run(run())
+    assert kept == ["i0", "i1", "i2"]
+    assert gone == [] and exists == 0
