@@ -32,10 +32,11 @@ def session_tag(tenant: str, session_id: str) -> str:
 
 def session(tenant: str, session_id: str) -> str:
     """Hash of one session: ``i`` its items joined by ``ITEM_SEP`` (oldest first, capped),
-    ``n`` how many, ``l`` the newest, ``lt`` the latest event's time, and what makes
-    re-delivery idempotent in constant space: ``o:<topic>:<partition>`` the highest
-    offset applied from there, ``r`` the newest event ids (the last is the latest
-    event's; see ``state/lua/append.lua``)."""
+    ``n`` how many, ``e`` the latest event (its time and id), ``p`` the latest list
+    shown (``state.feedback``), ``a`` its arm, ``x`` when its TTL was last set, and what
+    makes re-delivery idempotent in constant space: ``o:<topic>:<partition>`` the highest
+    offset applied from there, ``d`` digests of the newest event ids (see
+    ``state/lua/append.lua``)."""
     return f"{PREFIX}:{session_tag(tenant, session_id)}:s"
 
 

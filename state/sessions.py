@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from hashlib import blake2b
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis, RedisCluster
@@ -12,9 +13,14 @@ from redis.exceptions import NoScriptError, ResponseError
 from state import keys, resp, scripts
 from state.resp import text
 
-# Bytes of recent event ids kept per session besides the offsets (see lua/append.lua): about
-# 25 ids of 20 characters, at least 2 of the longest allowed (256).
-RECENT_IDS_BYTES = 520
+# A re-delivered message is recognised by its offset (lua/append.lua), whatever the size of
+# the batch re-delivered; the recent event ids only catch the same event produced again at
+# another offset (a producer's retry). They are kept as fixed-size digests, the newest
+# RECENT_IDS of each session, whatever the ids' length. Two different ids share a digest
+# with odds of 2**-64: a fresh click is taken for a re-delivery with odds RECENT_IDS /
+# 2**64 (about 1e-18) a click.
+DIGEST = 8
+RECENT_IDS = 16
 # A tenant's cold-start popularity keeps its most clicked items (a recommendation needs a
 # few dozen at most) and expires when the tenant sends no click for the TTL.
 POPULAR_CAP = 10_000
@@ -54,6 +60,11 @@ class StoredSession(NamedTuple):
     ts: float
     # The variant of the session's latest stored list (None without one): its arm so far.
     shown_by: str | None = None
+
+
+def digest(event_id: str) -> bytes:
+    """The fixed-size digest a session keeps of a recent event id."""
+    return blake2b(event_id.encode(), digest_size=DIGEST).digest()
 
 
 def flatten(updates: Sequence[SessionUpdate]) -> tuple[list[str], list[int]]:
@@ -108,17 +119,19 @@ class SessionStore:
         groups = self._slot_groups(clicks)
         if origins is not None:
             groups = [g for group in groups for g in _by_origin(group, origins)]
-        commands: list[list[str]] = list(before)
+        commands: list[list[str | bytes]] = list(before)  # type: ignore[arg-type]
+        ring = str(RECENT_IDS * DIGEST)
         for group in groups:
             origin = origins[group[0]][0] if origins is not None else ""
             keys_: list[str] = []
-            args = [str(self._cap), str(self._ttl_s), str(RECENT_IDS_BYTES), f"o:{origin}"]
+            args: list[str | bytes] = [str(self._cap), str(self._ttl_s), ring, f"o:{origin}"]
             for i in group:
                 c = clicks[i]
                 keys_.append(keys.session(c.tenant, c.session_id))
                 offset = origins[i][1] if origins is not None else -1
                 arm = arms[i] if arms is not None else ""
-                args += (c.item_id, c.event_id, repr(c.ts), str(offset), arm)
+                event = f"{c.ts!r}{keys.ITEM_SEP}{c.event_id}"
+                args += (c.item_id, event, digest(c.event_id), str(offset), arm)
             commands.append(["EVALSHA", self._append, str(len(keys_)), *keys_, *args])
         commands += self._count_clicks(clicks, count_for)
         replies = (await self._run(commands))[len(before) :]
@@ -161,13 +174,18 @@ class SessionStore:
 
     async def session(self, tenant: str, session_id: str) -> StoredSession | None:
         """A session as stored; None for an unknown or expired one."""
-        joined, recent, ts, older, shown, arm = await self._client.hmget(
-            keys.session(tenant, session_id), ["i", "r", "lt", "le", "p", "a"]
+        joined, latest, stamp, recent, older, shown, arm = await self._client.hmget(
+            keys.session(tenant, session_id), ["i", "e", "lt", "r", "le", "p", "a"]
         )
         if not joined:
             return None
-        # The newest of the recent event ids is the latest event's ("le" in older sessions).
-        event_id = text(recent).rpartition(keys.ITEM_SEP)[2] if recent else text(older)
+        # The latest event as ts SEP id; sessions stored before "e" keep its time in "lt"
+        # and its id as the newest of their recent ids "r", or before those in "le".
+        if latest:
+            ts, _, event_id = text(latest).partition(keys.ITEM_SEP)
+        else:
+            ts = text(stamp)
+            event_id = text(recent).rpartition(keys.ITEM_SEP)[2] if recent else text(older)
         # The latest list's variant; once a click consumed it, the arm it left behind.
         if shown:
             shown_by: str | None = text(shown).partition(keys.ITEM_SEP)[0]

@@ -12,8 +12,8 @@ import pytest
 
 from models.ranking import STRATEGIES
 from models.registry import Registry
-from state import keys
-from state.sessions import Click, SessionStore
+from state import keys, sessions
+from state.sessions import RECENT_IDS, Click, SessionStore, StoredSession
 from stream.dev.stack import EmbeddedStack
 from stream.pipeline.model_cache import ModelCache
 from stream.pipeline.processor import BatchProcessor
@@ -251,8 +251,84 @@ def test_twenty_thousand_clicks_keep_a_sessions_footprint_bounded(
     fields, memory, again = asyncio.run(run())
     assert not any(again)
     assert fields <= 8, f"{fields} fields"
-    # 50 items, 520 bytes of recent ids and a few fields, however many events there were.
+    # 50 items, the digests of the newest ids and a few fields, however many events there were.
     assert memory < 8 * 1024, f"{memory} bytes"
+
+
+def test_the_newest_ids_are_recognised_at_another_offset_whatever_their_length(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    """A producer's retry puts an event on the topic again at a later offset: its id
+    recognises it among the session's newest, however long the ids (up to 256)."""
+    t, s = unique_name("tenant"), "s"
+    ids = [f"{i:03d}".ljust(256, "x") for i in range(40)]
+    clicks = [Click(t, s, f"item-{i}", eid) for i, eid in enumerate(ids)]
+    newest, older = clicks[-RECENT_IDS:], clicks[-RECENT_IDS - 1]
+
+    async def run() -> tuple[list[bool], list[bool], list[str]]:
+        await _append(stack, clicks, [("clicks:0", i) for i in range(40)])
+        again = await _append(stack, newest, [("clicks:0", 40 + i) for i in range(RECENT_IDS)])
+        # Beyond the newest the ids are forgotten: the memory a session takes stays fixed.
+        forgotten = await _append(stack, [older], [("clicks:0", 100)])
+        return [u.fresh for u in again], [u.fresh for u in forgotten], again[-1].items
+
+    again, forgotten, items = asyncio.run(run())
+    assert not any(again), f"{again.count(True)} of the newest {RECENT_IDS} taken as new"
+    assert forgotten == [True]
+    assert items == [c.item_id for c in clicks]
+
+
+def test_a_digest_matching_across_two_recent_ones_is_not_a_re_delivery(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recent digests are kept back to back: an event's digest found straddling two
+    of them is a new event."""
+    fixed = {"e1": b"AAAABBBB", "e2": b"CCCCDDDD", "e3": b"BBBBCCCC"}
+    monkeypatch.setattr(sessions, "digest", fixed.__getitem__)
+    t = unique_name("tenant")
+    clicks = [Click(t, "s", "a", "e1"), Click(t, "s", "b", "e2"), Click(t, "s", "c", "e3")]
+    updates = asyncio.run(_append(stack, clicks, [("clicks:0", i) for i in range(3)]))
+    assert [u.fresh for u in updates] == [True, True, True]
+    assert updates[-1].items == ["a", "b", "c"]
+
+
+def test_a_session_stored_before_the_digests_is_read_and_goes_on(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    """A session as the store wrote it before fixed-size digests (its recent event ids
+    joined, the newest last) is read, not taken for a new session: its items, latest
+    event, arm and list; an event among its ids sent again is a re-delivery; the next
+    click goes on from it."""
+    t, s, sep = unique_name("tenant"), "s", keys.ITEM_SEP
+    shown = sep.join(["v2", "v2-ab-1", "x", "c", "y"])
+    old = {
+        "i": sep.join(["a", "b"]), "n": "2", "l": "b", "lt": "1700000001.5",
+        "r": sep.join(["old-1", "old-2"]), "o:clicks:0": "7", "p": shown, "a": "v1",
+    }  # fmt: skip
+
+    async def run():
+        client = async_redis(stack, decode_responses=True)
+        try:
+            store = SessionStore(client, cap=50, ttl_s=60)
+            await client.hset(keys.session(t, s), mapping=old)
+            before = await store.session(t, s)
+            resent = await store.append_clicks([Click(t, s, "b", "old-2")], origins=[("c:1", 0)])
+            fresh = await store.append_clicks(
+                [Click(t, s, "c", "new-1", 1_700_000_002.5)], origins=[("clicks:0", 8)]
+            )
+            again = await store.append_clicks([Click(t, s, "c", "new-1")], origins=[("c:1", 1)])
+            after = await store.session(t, s)
+            return before, resent, fresh, again, after, await client.ttl(keys.session(t, s))
+        finally:
+            await client.aclose()
+
+    before, resent, fresh, again, after, ttl = asyncio.run(run())
+    assert before == StoredSession(sep.join(["a", "b"]), "old-2", 1_700_000_001.5, "v2")
+    assert (resent[0].fresh, resent[0].items, resent[0].shown_by) == (False, ["a", "b"], "v2")
+    assert (fresh[0].fresh, fresh[0].items, fresh[0].hit) == (True, ["a", "b", "c"], shown)
+    assert (again[0].fresh, again[0].items) == (False, ["a", "b", "c"])
+    assert after == StoredSession(sep.join(["a", "b", "c"]), "new-1", 1_700_000_002.5, "v2")
+    assert 0 < ttl <= 60
 
 
 def test_the_same_event_sent_twice_at_another_offset_is_applied_once(
@@ -306,3 +382,29 @@ def test_cold_start_popularity_stays_at_its_cap_and_expires(
     assert size == cap, f"{size} members"
     assert ttl > 0, f"TTL {ttl}"
     assert sorted(top) == ["hot-0", "hot-1", "hot-2"]
+
+
+def test_a_session_clicked_within_its_ttl_stays(
+    stack: EmbeddedStack, unique_name: Callable[[str], str]
+) -> None:
+    """The TTL is set again by a click once a hundredth of it has passed: a session
+    clicked within its TTL never expires, one left alone does."""
+    t = unique_name("tenant")
+
+    async def run() -> tuple[list[str], list[str], int]:
+        client = async_redis(stack)
+        try:
+            store = SessionStore(client, cap=50, ttl_s=2)
+            for i in range(3):
+                await store.append_clicks([Click(t, "s", f"i{i}", f"e{i}")])
+                await asyncio.sleep(1.5)
+            kept = await store.session_items(t, "s")
+            await asyncio.sleep(2.1)
+            gone = await store.session_items(t, "s")
+            return kept, gone, await client.exists(keys.session(t, "s"))
+        finally:
+            await client.aclose()
+
+    kept, gone, exists = asyncio.run(run())
+    assert kept == ["i0", "i1", "i2"]
+    assert gone == [] and exists == 0
