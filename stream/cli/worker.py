@@ -148,11 +148,12 @@ def warm(settings: Settings, check: bool) -> None:
     Trains a small model on synthetic clicks in a temporary registry, then loads it and
     ranks with it as a worker does before it reports ready: every kernel the worker and
     `streamrec train` run is compiled and cached, or loaded when the cache holds it
-    already (a second run takes a few seconds). The cache is the worker's (see
-    `streamrec worker --help`); it holds for the same sources, numba and CPU model, and
-    for any x86-64 CPU with NUMBA_CPU_NAME=generic set both here and for the worker (as
-    the Docker image does, at a cost in ranking speed: BENCHMARKS.md). scripts/setup.sh
-    and the image's build run this.
+    already (a second run takes a few seconds). The cache is the worker's, named on the
+    first line: NUMBA_CACHE_DIR, else beside the installed sources, else (not writable
+    there) $STREAMREC_HOME/cache/numba. It holds for the same sources, numba and CPU
+    model, and for any x86-64 CPU with NUMBA_CPU_NAME=generic set both here and for the
+    worker (as the Docker image does, at a cost in ranking speed: BENCHMARKS.md).
+    scripts/setup.sh and the image's build run this.
     """
     where = use_kernel_cache(settings)
     click.echo(f"warming the ranking kernels in {where}: compiling them takes a while")
