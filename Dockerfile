@@ -25,14 +25,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels streamrec
 
+# numba compiles the ranking kernels at their first call and caches them: they are
+# compiled here, into the image, so that a container's first start loads them. The image
+# runs on CPUs other than the build's and numba keys its cache by the CPU model: generic
+# x86-64 code, for the build and every run alike. The cache is nobody's, so that
+# a kernel for argument types not met here is cached too (in the container's layer).
+ENV NUMBA_CACHE_DIR=/opt/streamrec/numba NUMBA_CPU_NAME=generic
+RUN mkdir -p /opt/streamrec/numba && streamrec warm \
+    && chown -R nobody:nogroup /opt/streamrec
+
 # The registry is a shared volume; workers watch its CURRENT pointers for hot swaps.
-# numba caches compiled kernels beside the source or under $HOME; `nobody` can write
-# neither (site-packages is root's, its home does not exist): every command keeps them
-# in the volume, where the worker would by default, so a restart loads them instead of
-# compiling. tests/integration/test_image_user.py runs the entry point this way.
-ENV STREAMREC_HOME=/data STREAMREC_MODEL_DIR=/data/models NUMBA_CACHE_DIR=/data/cache/numba
+# tests/integration/test_image_user.py runs the entry point as this user, with this ENV.
+ENV STREAMREC_HOME=/data STREAMREC_MODEL_DIR=/data/models
 RUN mkdir -p /data && chown nobody:nogroup /data
-VOLUME ["/data"]
 USER nobody
+# The cache as the runtime user finds it: the build fails if a kernel would be compiled.
+RUN streamrec warm --check
+VOLUME ["/data"]
 ENTRYPOINT ["streamrec"]
 CMD ["worker"]

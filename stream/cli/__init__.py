@@ -61,6 +61,12 @@ COMMANDS: dict[str, LazyCommand] = {
         "Consume `clicks`, keep sessions in Redis, publish ranked items to `recommendations`.",
         _STREAM,
     ),
+    "warm": LazyCommand(
+        "stream.cli.worker:warm",
+        "Compile the ranking kernels into numba's cache, so that a worker's first start loads "
+        "them.",
+        _STREAM,
+    ),
     "replay": LazyCommand(
         "stream.cli.producers:replay",
         "Replay a click log into the clicks topic, keyed by session id.",

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import os
+import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -75,8 +79,8 @@ def worker(
 
     Before it joins the consumer group and reports ready (/health/ready), the worker loads
     every tenant's model in service and ranks once with each: the compiled ranking
-    kernels come from numba's cache (NUMBA_CACHE_DIR, default
-    $STREAMREC_HOME/cache/numba), or are compiled then, on a first start.
+    kernels come from numba's cache, or are compiled then (see `streamrec warm`, which
+    fills the cache ahead of a first start).
     """
     settings = settings.with_(
         broker=broker,
@@ -87,7 +91,7 @@ def worker(
         delivery=delivery,
         log_level=log_level,
     )
-    _default_numba_cache(Path(settings.home) / "cache" / "numba")
+    use_kernel_cache(settings)
     from stream.app import create_app
     from stream.kafka.transactions import check_delivery_mode, probe_transactions
     from stream.shutdown import Worker
@@ -98,18 +102,82 @@ def worker(
     Worker(app, loglevel=settings.log_level, quiet=True, verbose=verbose).execute_from_commandline()
 
 
-def _default_numba_cache(directory: Path) -> None:
-    """numba keeps compiled kernels beside the installed sources or under $HOME, where a
-    service user often cannot write (then every start compiles them again): a directory
-    of the worker's own, unless NUMBA_CACHE_DIR says otherwise. Before numba is imported:
-    it reads the setting once."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return
+def use_kernel_cache(settings: Settings) -> str:
+    """Where numba keeps the compiled kernels, chosen before numba is imported (it reads
+    NUMBA_CACHE_DIR once), and said in words: NUMBA_CACHE_DIR when set; else numba's own
+    place beside the installed sources, when it is writable: one cache per installation
+    whatever STREAMREC_HOME, so the one `streamrec warm` fills (scripts/setup.sh runs it)
+    serves the demo's and every other worker; else $STREAMREC_HOME/cache/numba, for a
+    service user who can write neither there nor under $HOME (numba's next choice)."""
+    given = os.environ.get("NUMBA_CACHE_DIR")
+    if given:
+        return given
+    models = importlib.util.find_spec("models")
+    if models is not None and models.submodule_search_locations:
+        beside = Path(list(models.submodule_search_locations)[0]) / "__pycache__"
+        if _writable(beside):
+            return str(beside)
+    directory = Path(settings.home) / "cache" / "numba"
+    if not _writable(directory):
+        return "numba's default (neither the sources' directory nor STREAMREC_HOME is writable)"
+    os.environ["NUMBA_CACHE_DIR"] = str(directory)
+    return str(directory)
+
+
+def _writable(directory: Path) -> bool:
+    """numba's own test of a cache directory."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
     except OSError:
-        return  # numba's own default then
-    os.environ["NUMBA_CACHE_DIR"] = str(directory)
+        return False
+    return True
+
+
+@click.command("warm")
+@option(
+    "--check",
+    is_flag=True,
+    help="Exit 1 if a kernel had to be compiled: the cache was empty, or made for other "
+    "sources, another numba or another CPU.",
+)
+@click.pass_obj
+def warm(settings: Settings, check: bool) -> None:
+    """Compile the ranking kernels into numba's cache, so that a worker's first start loads them.
+
+    Trains a small model on synthetic clicks in a temporary registry, then loads it and
+    ranks with it as a worker does before it reports ready: every kernel the worker and
+    `streamrec train` run is compiled and cached, or loaded when the cache holds it
+    already (a second run takes a few seconds). The cache is the worker's, named on the
+    first line: NUMBA_CACHE_DIR, else beside the installed sources, else (not writable
+    there) $STREAMREC_HOME/cache/numba. It holds for the same sources, numba and CPU
+    model, and for any x86-64 CPU with NUMBA_CPU_NAME=generic set both here and for the
+    worker (as the Docker image does, at a cost in ranking speed: BENCHMARKS.md).
+    scripts/setup.sh and the image's build run this.
+    """
+    where = use_kernel_cache(settings)
+    click.echo(f"warming the ranking kernels in {where}: compiling them takes a while")
+    started = time.perf_counter()
+    from models.kernels import kernel_count, sample_bundle
+    from models.registry import Registry
+    from stream.pipeline.model_cache import ModelCache
+
+    bundle = sample_bundle()
+    with tempfile.TemporaryDirectory(prefix="streamrec-warm-") as tmp:
+        registry = Registry(tmp)
+        registry.promote("sample", registry.register("sample", bundle))
+        asyncio.run(ModelCache(registry, rank_threads=settings.rank_threads).preload())
+    count = kernel_count()
+    click.echo(
+        f"kernels warm: {count.signatures} signature(s), {count.compiled} compiled and "
+        f"cached, {count.from_cache} loaded from the cache, in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    if check and count.compiled:
+        raise click.ClickException(
+            f"{count.compiled} kernel signature(s) were compiled: the cache in {where} did "
+            "not hold them for these sources, this numba and this CPU"
+        )
 
 
 @click.command("demo")

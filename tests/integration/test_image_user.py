@@ -90,7 +90,8 @@ def test_entry_point_trains_as_nobody() -> None:
         data = root / "data"
         data.mkdir()
         os.chown(data, 65534, 65534)
-        replace = {"/data": str(data), "/tmp": str(data / "tmp")}
+        # The image's kernel cache (/opt/streamrec, nobody's) too.
+        replace = {"/data": str(data), "/tmp": str(data / "tmp"), "/opt": str(data / "opt")}
         for key, value in env.items():
             for old, new in replace.items():
                 if value.startswith(old):

@@ -84,6 +84,36 @@ def test_a_healthy_start_is_quiet_and_warm_before_ready(
         assert "0 compiled" in line, line
 
 
+def warm(cfg: WorkerConfig, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stream", "warm", *args],
+        env=cfg.env(),
+        capture_output=True,
+        text=True,
+        timeout=900,  # a first run compiles
+    )
+
+
+def test_a_worker_started_after_warm_compiles_nothing(
+    stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
+) -> None:
+    # `streamrec warm` (what scripts/setup.sh and the image's build run) fills an empty
+    # cache without any model of the registry's; a worker's first start on a trained
+    # model then loads every kernel it warms instead of compiling it.
+    cfg, base = quiet_config(stack, unique_name, tmp_path, trained_model_dir)
+    cold = warm(cfg, "--check")
+    assert cold.returncode == 1 and "were compiled" in cold.stderr, cold
+    last = cold.stderr.strip().splitlines()[-1]  # after the log lines, one line of error
+    assert last.startswith("streamrec: error: ") and "Traceback" not in cold.stderr, cold
+    again = warm(cfg, "--check")  # the cache the first run filled
+    assert again.returncode == 0 and ", 0 compiled" in again.stdout, again
+    with WorkerProcess(cfg) as worker:
+        assert wait_until(lambda: call(f"{base}/health/ready")[0] == 200, 120), worker.log()[-3000:]
+        line = next(x for x in worker.log().splitlines() if WARMED.search(x))
+        warmed = int(WARMED.search(line).group(1))
+        assert warmed > 0 and "(0 compiled" in line, line
+
+
 def test_verbose_shows_the_framework_banner(
     stack: EmbeddedStack, unique_name: Callable[[str], str], tmp_path: Path, trained_model_dir: Path
 ) -> None:

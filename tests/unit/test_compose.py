@@ -3,6 +3,7 @@ checked as data, so that an edit that loosens them fails a test."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import tomllib
@@ -111,6 +112,35 @@ def test_the_image_is_built_in_two_stages_from_pinned_versions() -> None:
     # Every install in the build follows the constraints file.
     installs = [line for line in builder if "pip wheel" in line or "pip install" in line]
     assert installs and all("constraints.txt" in line for line in installs), installs
+
+
+def test_the_image_ships_its_kernels_compiled_for_any_x86_64_cpu() -> None:
+    _, runtime = _stages()
+    env: dict[str, str] = {}
+    warmed_with: dict[str, str] | None = None
+    user = "root"
+    for line in runtime:
+        word, _, rest = line.partition(" ")
+        if word == "ENV":
+            env.update(pair.split("=", 1) for pair in shlex.split(rest))
+        elif word == "USER":
+            user = rest.strip()
+        elif word == "RUN" and "streamrec warm" in rest and "--check" not in rest:
+            warmed_with = dict(env)
+    # Compiled at build, generic code (the cache is keyed by the CPU model), into a
+    # directory of the image that the volume does not hide and nobody can write.
+    assert warmed_with is not None, runtime
+    assert warmed_with.get("NUMBA_CPU_NAME") == env.get("NUMBA_CPU_NAME") == "generic"
+    cache = warmed_with.get("NUMBA_CACHE_DIR")
+    assert cache and cache == env.get("NUMBA_CACHE_DIR"), (warmed_with, env)
+    volumes = [line for line in runtime if line.startswith("VOLUME")]
+    assert not any(cache.startswith(v) for line in volumes for v in json.loads(line[7:]))
+    assert any(f"chown -R nobody:nogroup {Path(cache).parent}" in line for line in runtime)
+    # And checked as the runtime user: the build fails if a start would compile.
+    checks = [i for i, line in enumerate(runtime) if "streamrec warm --check" in line]
+    users = [i for i, line in enumerate(runtime) if line.startswith("USER nobody")]
+    assert checks and users and users[0] < checks[0], runtime
+    assert user == "nobody"
 
 
 def test_the_constraints_pin_every_dependency_of_the_image() -> None:
