@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaException
 
@@ -34,6 +34,7 @@ from stream.events import (
     InvalidEvent,
     RecommendationWriter,
     parse_event,
+    parse_events,
     parse_feedback,
     record_time,
 )
@@ -213,32 +214,32 @@ class BatchProcessor:
         at: list[int] = []  # each event's place in the batch
         origins: list[tuple[str, int]] = []  # each event's partition and offset
         partition_names: dict[tuple[str, int], str] = {}
-        admitted: dict[str, str | None] = {}  # tenant -> why it may not be served, or None
         known: dict[str, bool] = {}  # tenant -> exists (feedback never creates one)
         failed = _Failures(batch, result)
         now = time.time()  # the end of the range of ts, once per batch
-        for j, msg in enumerate(batch):
-            try:
-                if msg.topic == self._feedback_topic:
-                    await self._explicit(msg, result, known, now)
-                    continue
-                # Kafka's own timestamp (ms) stands for a missing ts.
-                stamp = getattr(msg, "timestamp", None)
-                event = parse_event(msg.value, default_ts=record_time(stamp), now=now)
-                if event.tenant in admitted:
-                    refused = admitted[event.tenant]
-                else:
-                    refused = admitted[event.tenant] = await self._admit(event.tenant)
-                if refused is not None:
-                    result.dead_letters.append(DeadLetter.of(msg, refused))
-                    continue
-            except InvalidEvent as exc:
-                result.dead_letters.append(DeadLetter.of(msg, exc.reason))
+        parsed = self._parse(batch, now)
+        # tenant -> None when it may be served, else why not (or what failed asking)
+        admitted = await self._admit_all({e.tenant for e in parsed if type(e) is ClickEvent})
+        for j, (msg, event) in enumerate(zip(batch, parsed, strict=True)):
+            if type(event) is not ClickEvent:
+                if event is None:
+                    try:
+                        await self._explicit(msg, result, known, now)
+                    except INFRASTRUCTURE:
+                        raise
+                    except Exception as exc:
+                        failed.add(j, exc)
+                elif isinstance(event, InvalidEvent):
+                    result.dead_letters.append(DeadLetter.of(msg, event.reason))
+                else:  # a bug the parser hit on this record
+                    failed.add(j, event)  # type: ignore[arg-type]
                 continue
-            except INFRASTRUCTURE:
-                raise
-            except Exception as exc:
-                failed.add(j, exc)
+            refused = admitted[event.tenant]
+            if refused is not None:
+                if isinstance(refused, str):
+                    result.dead_letters.append(DeadLetter.of(msg, refused))
+                else:
+                    failed.add(j, refused)
                 continue
             if event.event_id is None:
                 # Without an event id the message position identifies a re-delivery.
@@ -256,7 +257,8 @@ class BatchProcessor:
 
         fb = self._feedback
         # Asked without loading a model: they load one tenant at a time below.
-        count_for = await self._models.without_model({e.tenant for e in events})
+        tenants = {e.tenant for e in events}
+        count_for = await self._models.without_model(tenants)
         arms = await self._new_arms(events)
         # The previous batch's lists and counts go out first in this batch's round trip.
         taken = fb.take() if fb is not None else ({}, [])
@@ -289,8 +291,11 @@ class BatchProcessor:
             raise
         result.duplicates = sum(1 for u in updates if not u.fresh)
         by_tenant: dict[str, list[int]] = defaultdict(list)
-        for i, event in enumerate(events):
-            by_tenant[event.tenant].append(i)
+        if len(tenants) == 1:
+            by_tenant[events[0].tenant] = list(range(len(events)))
+        else:
+            for i, event in enumerate(events):
+                by_tenant[event.tenant].append(i)
 
         ranked: list[Ranked | None] = [None] * len(events)
         served: list[str | None] = [None] * len(events)  # the version of each
@@ -324,60 +329,60 @@ class BatchProcessor:
                         failed.add(at[i], exc)
 
         emitted = self._clock()
-        by_variant, lags = result.by_variant, result.lags
-        if fb is None:
-            for event, r, j, version in zip(events, ranked, at, served, strict=True):
-                if r is not None:
-                    try:
-                        payload = self._record(event, r, version, emitted)
-                    except Exception as exc:
-                        failed.add(j, exc)
-                        continue
-                    result.recommendations.append(Outgoing(event.session_id, payload, j))
-                    key3 = (event.tenant, version or POPULAR, r.strategy)
-                    by_variant[key3] = by_variant.get(key3, 0) + 1
-                    lags.append(emitted - event.ts)
-            failed.report()
-            return result
+        by_variant, lags, hits = result.by_variant, result.lags, result.hits
+        recommendations = result.recommendations
+        write, tag, n, new = self._writer, self._rec_tag, self._rec_n, tuple.__new__
         fresh: dict[tuple[str, str], int] = {}  # recommendations counted, per variant
         # With feedback: each click is judged against the list its session was shown
         # last (from Redis for the session's first click of the batch, else the list
-        # answering its previous click in this batch), then its own list is remembered.
-        shown: dict[tuple[str, str], str | None] = {}
+        # answering its previous click in this batch), then its own list is remembered:
+        # (variant, rec_id, items), encoded once per session at the end.
+        shown: dict[tuple[str, str], tuple[str, str, list[str]] | None] = {}
         for event, r, j, u, version in zip(events, ranked, at, updates, served, strict=True):
-            key = (event.tenant, event.session_id)
-            if u.fresh:
-                prev = shown[key] if key in shown else u.hit
-                if prev is not None:
-                    variant, _, items = decode_list(prev)
-                    if event.item_id in items:
-                        fb.hit(event.tenant, variant, items.index(event.item_id) + 1)
-                        hit_key = (event.tenant, variant)
-                        result.hits[hit_key] = result.hits.get(hit_key, 0) + 1
-            if r is None:
-                shown[key] = None
+            tenant = event.tenant
+            if fb is not None:
+                key = (tenant, event.session_id)
+                if u.fresh:
+                    prev = shown[key] if key in shown else u.hit and decode_list(u.hit)
+                    if prev and event.item_id in prev[2]:
+                        place = prev[2].index(event.item_id) + 1
+                        if place <= LIST_ITEMS:
+                            fb.hit(tenant, prev[0], place)
+                            hit_key = (tenant, prev[0])
+                            hits[hit_key] = hits.get(hit_key, 0) + 1
+                if r is None:
+                    shown[key] = None
+                    continue
+            elif r is None:
                 continue
             variant = version or POPULAR
-            self._rec_n += 1
-            rec_id = f"{variant}{self._rec_tag}{self._rec_n:x}"
+            n += 1
+            rec_id = f"{variant}{tag}{n:x}"
             try:
-                payload = self._record(event, r, version, emitted, rec_id, variant)
+                payload = write(
+                    event, event.event_id, r.ids, r.scores, r.strategy, version, emitted, rec_id,
+                    variant,
+                )  # fmt: skip
             except Exception as exc:
                 failed.add(j, exc)
                 continue
-            result.recommendations.append(Outgoing(event.session_id, payload, j))
-            shown[key] = encode_list(variant, rec_id, r.ids[:LIST_ITEMS])
-            key3 = (event.tenant, variant, r.strategy)
+            recommendations.append(new(Outgoing, (event.session_id, payload, j)))
+            key3 = (tenant, variant, r.strategy)
             by_variant[key3] = by_variant.get(key3, 0) + 1
             lags.append(emitted - event.ts)
-            if u.fresh:
-                key2 = (event.tenant, variant)
-                fresh[key2] = fresh.get(key2, 0) + 1
-        for (tenant, variant), n in fresh.items():
-            fb.recommended(tenant, variant, n)
-        for (tenant, session_id), stored in shown.items():
-            if stored is not None:
-                fb.shown(tenant, session_id, stored)
+            if fb is not None:
+                shown[key] = (variant, rec_id, r.ids)
+                if u.fresh:
+                    key2 = (tenant, variant)
+                    fresh[key2] = fresh.get(key2, 0) + 1
+        self._rec_n = n
+        if fb is not None:
+            for (tenant, variant), count in fresh.items():
+                fb.recommended(tenant, variant, count)
+            for (tenant, session_id), made in shown.items():
+                if made is not None:
+                    variant, rec_id, ids = made
+                    fb.shown(tenant, session_id, encode_list(variant, rec_id, ids[:LIST_ITEMS]))
         failed.report()
         return result
 
@@ -412,6 +417,49 @@ class BatchProcessor:
             kept_at.append(j)
             updates.append(update)
         return kept, kept_at, updates
+
+    def _parse(
+        self, batch: Sequence[Message], now: float
+    ) -> list[ClickEvent | InvalidEvent | Exception | None]:
+        """Each message's click, or why it is not one (an :class:`InvalidEvent`, or the
+        exception a bug raised on it); None for explicit feedback. Kafka's own timestamp
+        (ms) stands for a missing ts."""
+        topic = self._feedback_topic
+        clicks = [j for j, msg in enumerate(batch) if msg.topic != topic]
+        msgs = [batch[j] for j in clicks] if len(clicks) < len(batch) else batch
+        try:
+            got: list[Any] = parse_events(
+                [m.value for m in msgs], [getattr(m, "timestamp", None) for m in msgs], now
+            )
+        except Exception:  # a bug the batch hit: each record alone, so it hits only its own
+            got = [self._parse_one(m, now) for m in msgs]
+        if msgs is batch:
+            return got
+        out: list[Any] = [None] * len(batch)
+        for j, event in zip(clicks, got, strict=True):
+            out[j] = event
+        return out
+
+    @staticmethod
+    def _parse_one(msg: Message, now: float) -> ClickEvent | Exception:
+        try:
+            stamp = getattr(msg, "timestamp", None)
+            return parse_event(msg.value, default_ts=record_time(stamp), now=now)
+        except Exception as exc:  # InvalidEvent, or a bug
+            return exc
+
+    async def _admit_all(self, tenants: set[str]) -> dict[str, str | Exception | None]:
+        """Each tenant's admission (see ``_admit``), or the exception asking raised (its
+        records are dead-lettered, the others go on)."""
+        admitted: dict[str, str | Exception | None] = {}
+        for tenant in tenants:
+            try:
+                admitted[tenant] = await self._admit(tenant)
+            except INFRASTRUCTURE:
+                raise
+            except Exception as exc:
+                admitted[tenant] = exc
+        return admitted
 
     async def _new_arms(self, events: Sequence[ClickEvent]) -> list[str] | None:
         """Each click's arm by its session's hash point under its tenant's shares now
@@ -459,9 +507,10 @@ class BatchProcessor:
             return
         for arm, group in await self._arms(tenant, bundle, idx, events, updates):
             answers = await self._rank(tenant, arm, [updates[i] for i in group])
+            version = arm.version if arm is not None else None
             for i, r in zip(group, answers, strict=True):
                 ranked[i] = r
-                served[i] = arm.version if arm is not None else None
+                served[i] = version
 
     async def _explicit(
         self, msg: Message, result: BatchResult, known: dict[str, bool], now: float

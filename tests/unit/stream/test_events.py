@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 
@@ -9,6 +11,8 @@ from stream.events import (
     InvalidEvent,
     RecommendationWriter,
     parse_event,
+    parse_events,
+    record_time,
 )
 
 
@@ -114,3 +118,46 @@ def test_reused_writer_gives_the_same_records_as_a_fresh_one() -> None:
         assert orjson.loads(got)["items"] == [
             {"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)
         ]
+
+
+def _one(raw: bytes | None, stamp: int | None, now: float) -> object:
+    try:
+        event = parse_event(raw, default_ts=record_time(stamp), now=now)
+    except InvalidEvent as exc:
+        return ("invalid", exc.reason)
+    return (type(event), event)
+
+
+def _outcome(got: object) -> object:
+    return ("invalid", got.reason) if isinstance(got, InvalidEvent) else (type(got), got)
+
+
+def test_a_batch_parses_as_its_values_one_by_one() -> None:
+    now = time.time()
+    good = [
+        ClickEvent("default", f"s{i}", f"A{i}", now - i, "view", f"e{i}", "u1" if i else None)
+        for i in range(4)
+    ]
+    values = [e.to_json() for e in good]
+    cases = [
+        values,  # all valid: checked once for the batch
+        [*values, b'{"session_id": "s", "item_id": "a\\u001fb", "ts": %d}' % now],
+        [*values, b'{"session_id": "s", "item_id": "i", "ts": 1, "user_id": "\\u007f"}'],
+        [*values, b'{"session_id": "s", "item_id": "i", "ts": 1}'],  # out of range
+        [*values, b'{"session_id": "s", "item_id": "i"}'],  # no ts: its Kafka timestamp
+        [*values, b'{"session_id": "s", "item_id": "i", "ts": null}'],
+        [*values, b'{"tenant": "shop-never-seen-1", "session_id": "s", "item_id": "i"}'],
+        [None, b"{nope", *values, b"[1]", b'{"session_id": "s", "item_id": "", "ts": 1}'],
+        [orjson.dumps({"session_id": "s", "item_id": "x" * MAX_EVENT_BYTES, "ts": 1})],
+        [],
+    ]
+    for batch in cases:
+        stamps = [int(now * 1000) - 5_000, None] * len(batch)
+        stamps = stamps[: len(batch)]
+        got = parse_events(batch, stamps, now)
+        assert [_outcome(g) for g in got] == [
+            _one(raw, stamp, now) for raw, stamp in zip(batch, stamps, strict=True)
+        ]
+    assert [_outcome(g) for g in parse_events(values, [None] * 4, now)] == [
+        (ClickEvent, e) for e in good
+    ]

@@ -18,7 +18,9 @@ from stream.events import (
     event_from_dict,
     feedback_from_dict,
     parse_event,
+    parse_events,
     parse_feedback,
+    record_time,
 )
 
 EXAMPLES = 10_000
@@ -99,6 +101,27 @@ def test_click_parser_accepts_or_rejects_with_a_reason(case: tuple[str, object])
         for default_ts in (None, 1.0):
             typed = _outcome(parse_event, value, default_ts)
             assert typed == _outcome(_checks_only, value, default_ts)
+
+
+@settings(max_examples=EXAMPLES // 10, deadline=None, database=None)
+@given(st.lists(st.tuples(raw_bytes, st.sampled_from([None, 1_700_000_000_000])), max_size=8))
+def test_a_batch_parses_as_its_values_one_by_one(batch: list[tuple[bytes, int | None]]) -> None:
+    """The batch's checks (made once over all its values) decide as each value's."""
+    now = 1_700_000_000.0
+    raws, stamps = [raw for raw, _ in batch], [stamp for _, stamp in batch]
+    got = [
+        exc.reason if isinstance(exc, InvalidEvent) else (type(exc), exc)
+        for exc in parse_events(raws, stamps, now)
+    ]
+    alone = []
+    for raw, stamp in batch:
+        try:
+            event = parse_event(raw, default_ts=record_time(stamp), now=now)
+        except InvalidEvent as exc:
+            alone.append(exc.reason)
+        else:
+            alone.append((type(event), event))
+    assert got == alone
 
 
 def _checks_only(raw: bytes, default_ts: float | None) -> object:

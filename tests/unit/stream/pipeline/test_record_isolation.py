@@ -170,18 +170,29 @@ def test_a_poisoned_record_is_dead_lettered_and_the_batch_goes_on(
 def test_a_record_the_parser_chokes_on_is_dead_lettered_as_internal(
     ranking: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A bug the batch's parser hits (on any record) costs the batch nothing: its records
+    are parsed one by one, and only the record the bug is in is dead-lettered."""
     real = processor_module.parse_event
+
+    def parse_events(raws: list[bytes | None], *_: Any, **__: Any) -> Any:
+        if b"choke" in raws:
+            raise KeyError("a bug")
+        raise AssertionError("the batch holds a choking record")
 
     def parse_event(raw: bytes | None, **kwargs: Any) -> Any:
         if raw == b"choke":
             raise KeyError("a bug")
         return real(raw, **kwargs)
 
+    monkeypatch.setattr(processor_module, "parse_events", parse_events)
     monkeypatch.setattr(processor_module, "parse_event", parse_event)
     proc, _, _ = _processor(False)
-    result = _run(proc, [_msg(0, b"choke"), _msg(1, _click("s1", "A", "e1"))])
+    batch = [_msg(0, b"choke"), _msg(1, _click("s1", "A", "e1")), _msg(2, b"{nope")]
+    result = _run(proc, batch)
     assert _answered(result) == ["e1"]
-    assert _dead(result) == {"clicks:0:0": "internal: KeyError"}
+    dead = _dead(result)
+    assert dead["clicks:0:0"] == "internal: KeyError"
+    assert "not valid JSON" in dead["clicks:0:2"]
 
 
 def test_a_tenant_that_cannot_be_created_dead_letters_its_records_only(ranking: None) -> None:
