@@ -146,6 +146,8 @@ def test_a_batch_parses_as_its_values_one_by_one() -> None:
         [*values, b'{"session_id": "s", "item_id": "i", "ts": 1}'],  # out of range
         [*values, b'{"session_id": "s", "item_id": "i"}'],  # no ts: its Kafka timestamp
         [*values, b'{"session_id": "s", "item_id": "i", "ts": null}'],
+        [*values, b'{"session_id": "a\x7fb", "item_id": "i", "ts": %d}' % now],  # a raw DEL
+        [*values, b'{"session_id": "a\\"b\\u00e9", "item_id": "i", "ts": %d}' % now],
         [*values, b'{"tenant": "shop-never-seen-1", "session_id": "s", "item_id": "i"}'],
         [None, b"{nope", *values, b"[1]", b'{"session_id": "s", "item_id": "", "ts": 1}'],
         [orjson.dumps({"session_id": "s", "item_id": "x" * MAX_EVENT_BYTES, "ts": 1})],
