@@ -349,11 +349,12 @@ class BatchProcessor:
         and the clicks that may be hits take a Python step each."""
         emitted = self._clock()
         answered = list(range(len(events)))
+        evs, rs, versions = events, cast("list[Ranked]", ranked), served
         if None in ranked:
             answered = [i for i in answered if ranked[i] is not None]
-        evs = [events[i] for i in answered]
-        rs = cast("list[Ranked]", [ranked[i] for i in answered])
-        versions = [served[i] for i in answered]
+            evs = [events[i] for i in answered]
+            rs = cast("list[Ranked]", [ranked[i] for i in answered])
+            versions = [served[i] for i in answered]
         variants = [v or POPULAR for v in versions]
         ids, strategies = list(map(_ids, rs)), list(map(_strategy, rs))
         first = self._rec_n + 1
