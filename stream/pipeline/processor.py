@@ -12,12 +12,10 @@ import hashlib
 import logging
 import os
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import compress, count, repeat
-from operator import and_, attrgetter, itemgetter, sub
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaException
 
@@ -330,115 +328,63 @@ class BatchProcessor:
                     except Exception as exc:
                         failed.add(at[i], exc)
 
-        self._records(events, ranked, at, updates, served, result, failed)
+        emitted = self._clock()
+        by_variant, lags, hits = result.by_variant, result.lags, result.hits
+        recommendations = result.recommendations
+        write, tag, n, new = self._writer, self._rec_tag, self._rec_n, tuple.__new__
+        fresh: dict[tuple[str, str], int] = {}  # recommendations counted, per variant
+        # With feedback: each click is judged against the list its session was shown
+        # last (from Redis for the session's first click of the batch, else the list
+        # answering its previous click in this batch), then its own list is remembered:
+        # (variant, rec_id, items), encoded once per session at the end.
+        shown: dict[tuple[str, str], tuple[str, str, list[str]] | None] = {}
+        for event, r, j, u, version in zip(events, ranked, at, updates, served, strict=True):
+            tenant = event.tenant
+            if fb is not None:
+                key = (tenant, event.session_id)
+                if u.fresh:
+                    prev = shown[key] if key in shown else u.hit and decode_list(u.hit)
+                    if prev and event.item_id in prev[2]:
+                        place = prev[2].index(event.item_id) + 1
+                        if place <= LIST_ITEMS:
+                            fb.hit(tenant, prev[0], place)
+                            hit_key = (tenant, prev[0])
+                            hits[hit_key] = hits.get(hit_key, 0) + 1
+                if r is None:
+                    shown[key] = None
+                    continue
+            elif r is None:
+                continue
+            variant = version or POPULAR
+            n += 1
+            rec_id = f"{variant}{tag}{n:x}"
+            try:
+                payload = write(
+                    event, event.event_id, r.ids, r.scores, r.strategy, version, emitted, rec_id,
+                    variant,
+                )  # fmt: skip
+            except Exception as exc:
+                failed.add(j, exc)
+                continue
+            recommendations.append(new(Outgoing, (event.session_id, payload, j)))
+            key3 = (tenant, variant, r.strategy)
+            by_variant[key3] = by_variant.get(key3, 0) + 1
+            lags.append(emitted - event.ts)
+            if fb is not None:
+                shown[key] = (variant, rec_id, r.ids)
+                if u.fresh:
+                    key2 = (tenant, variant)
+                    fresh[key2] = fresh.get(key2, 0) + 1
+        self._rec_n = n
+        if fb is not None:
+            for (tenant, variant), count in fresh.items():
+                fb.recommended(tenant, variant, count)
+            for (tenant, session_id), made in shown.items():
+                if made is not None:
+                    variant, rec_id, ids = made
+                    fb.shown(tenant, session_id, encode_list(variant, rec_id, ids[:LIST_ITEMS]))
         failed.report()
         return result
-
-    def _records(
-        self,
-        events: list[ClickEvent],
-        ranked: list[Ranked | None],
-        at: list[int],
-        updates: list[SessionUpdate],
-        served: list[str | None],
-        result: BatchResult,
-        failed: _Failures,
-    ) -> None:
-        """The batch's records, and with feedback its hits, counts and lists: built a
-        column at a time (C loops over the batch); only a record that fails to serialise
-        and the clicks that may be hits take a Python step each."""
-        emitted = self._clock()
-        answered = list(range(len(events)))
-        evs, rs, versions = events, cast("list[Ranked]", ranked), served
-        if None in ranked:
-            answered = [i for i in answered if ranked[i] is not None]
-            evs = [events[i] for i in answered]
-            rs = cast("list[Ranked]", [ranked[i] for i in answered])
-            versions = [served[i] for i in answered]
-        variants = [v or POPULAR for v in versions]
-        ids, strategies = list(map(_ids, rs)), list(map(_strategy, rs))
-        first = self._rec_n + 1
-        self._rec_n += len(answered)
-        rec_ids = list(map(_REC_ID.format, variants, repeat(self._rec_tag), count(first)))
-        columns = (
-            evs, list(map(_event_id, evs)), ids, list(map(_scores, rs)), strategies,
-            versions, repeat(emitted), rec_ids, variants,
-        )  # fmt: skip
-        try:
-            payloads: list[bytes | None] = list(map(self._writer, *columns))
-        except Exception:  # one record cannot be written: each alone, the others go out
-            payloads = []
-            for k, args in enumerate(zip(*columns, strict=False)):  # repeat() has no end
-                try:
-                    payloads.append(self._writer(*args))
-                except Exception as exc:
-                    failed.add(at[answered[k]], exc)
-                    payloads.append(None)
-        sessions = list(map(_session_id, evs))
-        out = zip(sessions, payloads, (at[i] for i in answered), strict=True)
-        result.recommendations.extend(
-            map(tuple.__new__, repeat(Outgoing), (o for o in out if o[1] is not None))
-        )
-        written = [p is not None for p in payloads]
-        tenants = list(map(_tenant, evs))
-        by_variant = zip(tenants, variants, strategies, strict=True)
-        result.by_variant.update(Counter(compress(by_variant, written)))
-        result.lags.extend(map(sub, repeat(emitted), compress(map(_ts, evs), written)))
-        fb = self._feedback
-        if fb is None:
-            return
-        fresh = map(_fresh, (updates[i] for i in answered))
-        counted = Counter(compress(zip(tenants, variants, strict=True), map(and_, fresh, written)))
-        for (tenant, variant), n in counted.items():
-            fb.recommended(tenant, variant, n)
-        # Each click's list (None: not answered); a click whose record failed leaves its
-        # session's list as it was.
-        made: list[Any] = [None] * len(events)
-        for i, variant, rec_id, items, ok in zip(
-            answered, variants, rec_ids, ids, written, strict=True
-        ):
-            made[i] = (variant, rec_id, items) if ok else _FAILED
-        keys = list(zip(map(_tenant, events), map(_session_id, events), strict=True))
-        self._hits(events, updates, keys, made, result)
-        latest = {k: m for k, m in zip(keys, made, strict=True) if m is not _FAILED}
-        for (tenant, session_id), m in latest.items():
-            if m is not None:
-                variant, rec_id, items = m
-                fb.shown(tenant, session_id, encode_list(variant, rec_id, items[:LIST_ITEMS]))
-
-    def _hits(
-        self,
-        events: list[ClickEvent],
-        updates: list[SessionUpdate],
-        keys: list[tuple[str, str]],
-        made: list[Any],
-        result: BatchResult,
-    ) -> None:
-        """Implicit hits: each fresh click judged against the list its session was shown
-        last: the list answering its previous click in this batch, else the one in
-        Redis (``SessionUpdate.hit``, set when the clicked item is in it). Only clicks
-        of sessions clicked more than once in the batch, and those Redis found a hit
-        for, are looked at."""
-        fb = self._feedback
-        assert fb is not None
-        repeated: set[tuple[str, str]] = set()
-        if len(set(keys)) < len(keys):
-            repeated = {k for k, n in Counter(keys).items() if n > 1}
-        shown: dict[tuple[str, str], Any] = {}  # of repeated sessions, so far
-        for i, (key, u) in enumerate(zip(keys, updates, strict=True)):
-            if u.hit is None and key not in repeated:
-                continue
-            if u.fresh:
-                prev = shown[key] if key in shown else u.hit and decode_list(u.hit)
-                item = events[i].item_id
-                if prev and item in prev[2]:
-                    place = prev[2].index(item) + 1
-                    if place <= LIST_ITEMS:
-                        fb.hit(key[0], prev[0], place)
-                        hit_key = (key[0], prev[0])
-                        result.hits[hit_key] = result.hits.get(hit_key, 0) + 1
-            if key in repeated and made[i] is not _FAILED:
-                shown[key] = made[i]
 
     async def _apply_alone(
         self,
@@ -809,15 +755,6 @@ class BatchProcessor:
 
 
 NO_RULES = ServingRules(exclude="none")
-# rec_id: the variant, this process's tag and a counter (hex).
-_REC_ID = "{}{}{:x}"
-_FAILED = object()  # a click whose record could not be written
-_tenant = itemgetter(0)
-_session_id = itemgetter(1)
-_ts = itemgetter(3)
-_event_id = attrgetter("event_id")
-_ids, _scores, _strategy = attrgetter("ids"), attrgetter("scores"), attrgetter("strategy")
-_fresh = attrgetter("fresh")
 
 
 class _Failures:
