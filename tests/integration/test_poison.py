@@ -111,7 +111,7 @@ def test_poisoned_records_in_a_batch_are_dead_lettered_and_their_neighbours_answ
     assert len(dead) == 3, reasons
     assert "not valid JSON" in reasons[deep], reasons
     for _, value in shop:
-        assert reasons[value] == "internal: TypeError", reasons
+        assert reasons[value] == "internal: UnicodeEncodeError", reasons
     assert "dead-lettered on an internal error" in log
 
 
