@@ -313,6 +313,10 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     score = np.empty(n, dtype=np.float64)
     select_buf = np.empty((2, max(n, sample_size, 1)), dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
+    t_lo = np.empty(max(1, k_sessions), dtype=np.int64)
+    t_hi = np.empty(max(1, k_sessions), dtype=np.int64)
+    t_cos = np.empty(max(1, k_sessions), dtype=np.float64)
+    t_first = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
     voted = np.empty(n + 1, dtype=np.int64)  # + 1: written before it is known to be new
     only = np.empty(n, dtype=np.int64)
@@ -379,38 +383,36 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         for d in range(n_dist):
             s = slot[dist[d]]
             feats[OWN_COUNT, s] = np.log1p(feats[OWN_COUNT, s])
-        # Each list entry below makes its item a candidate if it is not one yet, without
-        # a branch: whether it is new is not predictable (see the note on feats).
         # Neighbour lists and sequential rules of the newest clicks, oldest vote first.
         for a in range(used - 1, -1, -1):
             i = newest[a]
             w = weight_by_age[a]
             for q in range(min(m, per_source)):
                 j = neighbours[i, q]
-                fresh = stamp[j] != tag
-                s = found if fresh else slot[j]
-                slot[j] = s
-                stamp[j] = tag
-                cand[found] = j
-                found += fresh
+                if stamp[j] != tag:  # a new candidate (see the note on feats)
+                    stamp[j] = tag
+                    slot[j] = found
+                    cand[found] = j
+                    found += 1
+                s = slot[j]
                 feats[NEIGHBOURS, s] += w * neighbour_scores[i, q]
             for q in range(ru_ptr[i], min(ru_ptr[i + 1], ru_ptr[i] + per_source)):
                 j = ru_idx[q]
-                fresh = stamp[j] != tag
-                s = found if fresh else slot[j]
-                slot[j] = s
-                stamp[j] = tag
-                cand[found] = j
-                found += fresh
+                if stamp[j] != tag:  # a new candidate (see the note on feats)
+                    stamp[j] = tag
+                    slot[j] = found
+                    cand[found] = j
+                    found += 1
+                s = slot[j]
                 feats[RULES, s] += w * ru_w[q]
         for q in range(tr_ptr[last], min(tr_ptr[last + 1], tr_ptr[last] + per_source)):
             j = tr_idx[q]
-            fresh = stamp[j] != tag
-            s = found if fresh else slot[j]
-            slot[j] = s
-            stamp[j] = tag
-            cand[found] = j
-            found += fresh
+            if stamp[j] != tag:  # a new candidate (see the note on feats)
+                stamp[j] = tag
+                slot[j] = found
+                cand[found] = j
+                found += 1
+            s = slot[j]
             feats[TRANSITIONS, s] = tr_w[q]
         # The most clicked items of the last click's category, scored by their rank there.
         cat = categories[last]
@@ -418,12 +420,12 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             start = cat_ptr[cat]
             for q in range(start, min(cat_ptr[cat + 1], start + per_source)):
                 j = cat_items[q]
-                fresh = stamp[j] != tag
-                s = found if fresh else slot[j]
-                slot[j] = s
-                stamp[j] = tag
-                cand[found] = j
-                found += fresh
+                if stamp[j] != tag:  # a new candidate (see the note on feats)
+                    stamp[j] = tag
+                    slot[j] = found
+                    cand[found] = j
+                    found += 1
+                s = slot[j]
                 feats[CATEGORY_TOP, s] = 1.0 / (1.0 + q - start)
         # Sequence continuations over the known clicks (oldest first).
         for p in range(lo, hi):
@@ -440,12 +442,12 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 continue
             for q in range(c_ptr[row], min(c_ptr[row + 1], c_ptr[row] + per_source)):
                 j = c_idx[q]
-                fresh = stamp[j] != tag
-                s = found if fresh else slot[j]
-                slot[j] = s
-                stamp[j] = tag
-                cand[found] = j
-                found += fresh
+                if stamp[j] != tag:  # a new candidate (see the note on feats)
+                    stamp[j] = tag
+                    slot[j] = found
+                    cand[found] = j
+                    found += 1
+                s = slot[j]
                 feats[AFTER[which], s] = c_w[q]
                 if which == 2:
                     feats[AFTER_PREFIX_LONG, s] = c_w[q] * long_weight
@@ -516,11 +518,20 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             # SKNN's own top k would cost a second one for little (chosen on valid).
             # Ties go to the newest session.
             n_top = _select(s_vsim[:n_chosen], k_sessions, top, select_buf)
+            # Where each voter's items are, first for all of them: the reads of session
+            # rows scattered over the index then wait on memory together, not in turn.
             for t in range(n_top):
                 s = sample[top[t]]
+                a = s_ptr[s]
+                b = s_ptr[s + 1]
+                t_lo[t] = a
+                t_hi[t] = b
+                t_cos[t] = s_count[top[t]] / np.sqrt(n_dist * (b - a))
+                t_first[t] = s_items[min(a, s_items.size - 1)]  # brought into cache
+            for t in range(n_top):
                 v = s_vsim[top[t]]
-                cosine = s_count[top[t]] / np.sqrt(n_dist * (s_ptr[s + 1] - s_ptr[s]))
-                for q in range(s_ptr[s], s_ptr[s + 1]):
+                cosine = t_cos[t]
+                for q in range(t_lo[t], t_hi[t]):
                     j = s_items[q]
                     # Written always, kept only on j's first vote (votes are > 0): no
                     # branch to mispredict in the hottest loop.
