@@ -642,10 +642,14 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             if cat >= 0:
                 pool_feats[SAME_CATEGORY, c] = 1.0 if cat == categories[last] else 0.0
                 pool_feats[CATEGORY_SHARE, c] = category_share[cat] / recency_total
-            # A candidate's vector is read once, in a run (its sums keep their order).
+            # The first of the candidate's vector, read now with every other candidate's,
+            # so that the rows' cache misses overlap (the sums below read it in a run).
+            score[c] = vectors[j, 0]
+        for c in range(n_pool):
+            j = pool[c]
             e_last = 0.0
             e_session = 0.0
-            for x in range(session_vec.size):
+            for x in range(session_vec.size):  # (each sum keeps its order)
                 v_j = vectors[j, x]
                 e_last += v_j * vectors[last, x]
                 e_session += v_j * session_vec[x]
