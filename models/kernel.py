@@ -290,7 +290,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     rows = min(n, longest + (2 * context + 5) * max(0, per_source))
     feats = np.zeros((nf, rows + 1), dtype=np.float64)
     slot = np.empty(n, dtype=np.int64)
-    cand = np.empty(rows + 1, dtype=np.int64)  # + 1: written before it is known to be new
+    cand = np.empty(max(1, rows), dtype=np.int64)
     newest = np.empty(context, dtype=np.int64)
     known_codes = np.empty(max(1, codes.size), dtype=np.int64)
     distinct = max(1, min(n, longest))  # a session's distinct items at most
