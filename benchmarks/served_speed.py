@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/served_speed.py [--model-dir M] [--threads 1,2] [--whole]
         [--set eshop|tmall-cgg] [--no-categories] [--uniform] [--serve name=value[,...] ...]
-        [--without feature[,feature]]
+        [--without feature[,feature]] [--tree NAME=REF [--pairs N]]
 
 Trains the default model on the shipped e-shop data (or loads tenant ``default`` from
 ``--model-dir``; or ``--set tmall-cgg``: trains on ``../shared/data/tmall-cgg/train``
@@ -17,17 +17,29 @@ ranked, and the results' ids and scores as Python lists, as the worker does.
 ``worker_throughput.py`` sends). ``--serve``: ranking-setting variants timed one after
 the other on the same model (``RankParams`` overrides, e.g. ``sample_size=100``; the
 first line is always the model's own settings), to see where the kernel's time goes.
-To compare two trees side by side, run this script from each with its own PYTHONPATH.
+``--tree main=main`` compares this checkout with another commit side by side: the
+model is trained once (or read from ``--model-dir``), then ``--pairs`` times a process
+ranks with that commit's ``models`` package and one with this checkout's, alternating
+(this script in both, so the sessions and the timing are the same); each prints its
+best of ``--rounds``, and the last lines give each pair's ratio (this / NAME) and their
+median.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+from git_tree import export
 from served_valid import overrides
 
 from models.bundle import ModelBundle
@@ -53,7 +65,19 @@ def main() -> None:
     parser.add_argument("--uniform", action="store_true", help="random sessions of 1-10 clicks")
     parser.add_argument("--serve", nargs="*", default=[], help="RankParams variants")
     parser.add_argument("--without", default="", help="also time with these features at 0")
+    parser.add_argument(
+        "--tree",
+        metavar="NAME=REF",
+        help="also time the models package of git commit REF, alternating with this one",
+    )
+    parser.add_argument("--pairs", type=int, default=3, help="with --tree: process pairs")
+    parser.add_argument(
+        "--save-model", type=Path, metavar="DIR", help="train, save as tenant 'default', stop"
+    )
     args = parser.parse_args()
+    if args.tree:
+        side_by_side(args)
+        return
 
     categories: dict[str, str] = {}
     if args.set == "tmall-cgg":
@@ -70,6 +94,11 @@ def main() -> None:
         bundle = Registry(args.model_dir).load("default")
     else:
         bundle = train_model(train_sessions, TrainParams(), categories=categories or None)
+    if args.save_model:
+        registry = Registry(args.save_model)
+        registry.promote("default", registry.register("default", bundle))
+        print(f"{bundle.n_items} items saved as tenant 'default' in {args.save_model}")
+        return
     rng = random.Random(1)
     prefixes = []
     items = list(bundle.items)
@@ -81,6 +110,8 @@ def main() -> None:
         prefixes.append(session[: rng.randrange(1, len(session) + 1)])
     codes, ptr = encode_flat(bundle, [i for p in prefixes for i in p], list(map(len, prefixes)))
     trained = RankParams.of(bundle)
+    # Compiled (or loaded from numba's cache) before any round is timed.
+    rank_all(bundle, prefixes[: args.batch], codes, ptr, trained, args.batch, 1, args.whole)
     what = "recommend_flat" if args.whole else "rank_codes"
     print(f"{bundle.n_items} items, {len(prefixes):,} prefixes, batches of {args.batch}, {what}")
     models = {"": bundle}
@@ -105,6 +136,50 @@ def main() -> None:
                     f"{1e6 * min(cpu[name]) / len(prefixes):.1f} us CPU per "
                     f"session, {len(prefixes) / min(wall[name]):,.0f} sessions/s"
                 )
+
+
+def side_by_side(args: argparse.Namespace) -> None:
+    """This script run alternately on another commit's models package and on this
+    checkout's (``--tree``), the pairs' ratios printed at the end."""
+    name, _, ref = args.tree.partition("=")
+    home = Path(tempfile.mkdtemp(prefix="streamrec-served-speed-"))
+    other = export(ref or name, home / name, packages=("models",))
+    model_dir = args.model_dir
+    if model_dir is None:
+        model_dir = home / "models"
+        subprocess.run(
+            [sys.executable, __file__, "--save-model", str(model_dir), *forwarded(args)],
+            check=True,
+        )
+    command = [
+        sys.executable, __file__, *forwarded(args), "--model-dir", str(model_dir),
+        "--threads", args.threads, "--rounds", str(args.rounds),
+        "--sessions", str(args.sessions), "--batch", str(args.batch),
+    ]  # fmt: skip
+    ratios: list[float] = []
+    for pair in range(args.pairs):
+        cpu = {}
+        for label, path in ((name, other), ("this", None)):
+            env = dict(os.environ)
+            env.pop("PYTHONPATH", None)
+            if path is not None:
+                env["PYTHONPATH"] = str(path)
+            text = subprocess.run(
+                command, env=env, capture_output=True, text=True, check=True
+            ).stdout
+            cpu[label] = float(re.findall(r"([0-9.]+) us CPU per session", text)[0])
+            print(f"pair {pair + 1}, {label}: {text.strip().splitlines()[-1]}", flush=True)
+        ratios.append(cpu["this"] / cpu[name])
+        print(f"pair {pair + 1}: this / {name} = {ratios[-1]:.3f}", flush=True)
+    print(f"median of {len(ratios)} pairs, CPU per session this / {name}: "
+          f"{statistics.median(ratios):.3f}")  # fmt: skip
+
+
+def forwarded(args: argparse.Namespace) -> list[str]:
+    """The options that choose the model and the sessions, for a child process."""
+    out = ["--set", args.set, "--data", str(args.data)]
+    out += ["--no-categories"] * args.no_categories + ["--uniform"] * args.uniform
+    return out + ["--whole"] * args.whole
 
 
 def without(bundle: ModelBundle, names: list[str]) -> ModelBundle:

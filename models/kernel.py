@@ -63,6 +63,7 @@ ServedModel = NamedTuple(  # type: ignore[misc]
         ("item_columns", np.ndarray),  # the column of each item feature
         ("feature_source", np.ndarray),
         ("n_sources", int),
+        ("n_categories", int),  # above every item's category code
     ],
 )
 
@@ -119,6 +120,7 @@ def served_model(bundle: ModelBundle, layout: features.Layout | None = None) -> 
         layout.item_columns,
         layout.feature_source,
         len(layout.sources),
+        int(np.max(bundle.item_category, initial=-1)) + 1,
     )
 
 
@@ -162,12 +164,13 @@ def push_top(
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _main_source(row, w_raw, w_sqrt, feature_source, contribution):  # pragma: no cover
+def _main_source(feats, c, w_raw, w_sqrt, feature_source, contribution):  # pragma: no cover
     """The index of the source whose features contribute most to the score of the
-    candidate whose features are ``row`` (``contribution``: [sources] scratch)."""
+    candidate whose features are column ``c`` of ``feats`` ([features, candidates];
+    ``contribution``: [sources] scratch)."""
     contribution[:] = 0.0
     for f in range(w_raw.size):
-        x = row[f]
+        x = feats[f, c]
         part = w_raw[f] * x
         if x > 0.0:
             part += w_sqrt[f] * np.sqrt(x)
@@ -275,21 +278,28 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     nf = weights.size // 2
     k = out_items.shape[1]
     context = weight_by_age.size
+    longest = 0
+    for r in range(ptr.size - 1):
+        longest = max(longest, ptr[r + 1] - ptr[r])
     # Candidates are made where they are found (a few lines each, not a call: a call's
     # array arguments cost two atomic reference counts each, at every candidate). A
-    # candidate's features live in row ``slot[j]``, in order of finding, so the rows in
-    # use stay in cache; they are zero when a session starts and zeroed after it.
-    feats = np.zeros((n, nf), dtype=np.float64)
+    # gathered candidate's features live in column ``slot[j]`` of ``feats`` (one row per
+    # feature, so stage one reads each feature's values in a run), in order of finding:
+    # at most the session's items and ``per_source`` of each list read. Zero when a
+    # session starts, zeroed after it; column ``rows`` stays zero (see stage two).
+    rows = min(n, longest + (2 * context + 5) * max(0, per_source))
+    feats = np.zeros((nf, rows + 1), dtype=np.float64)
     slot = np.empty(n, dtype=np.int64)
-    cand = np.empty(n, dtype=np.int64)
+    cand = np.empty(max(1, rows), dtype=np.int64)
     newest = np.empty(context, dtype=np.int64)
     known_codes = np.empty(max(1, codes.size), dtype=np.int64)
-    dist = np.empty(n, dtype=np.int64)
-    dist_w = np.empty(n, dtype=np.float64)
-    heads = np.empty(n, dtype=np.int64)
-    head_s = np.empty(n, dtype=np.int64)  # the session at each live list's head
-    head_lo = np.empty(n, dtype=np.int64)
-    head_w = np.empty(n, dtype=np.float64)
+    distinct = max(1, min(n, longest))  # a session's distinct items at most
+    dist = np.empty(distinct, dtype=np.int64)
+    dist_w = np.empty(distinct, dtype=np.float64)
+    heads = np.empty(distinct, dtype=np.int64)
+    head_s = np.empty(distinct, dtype=np.int64)  # the session at each live list's head
+    head_lo = np.empty(distinct, dtype=np.int64)
+    head_w = np.empty(distinct, dtype=np.float64)
     sample = np.empty(max(1, sample_size), dtype=np.int64)
     s_vsim = np.empty(max(1, sample_size), dtype=np.float64)
     s_count = np.empty(max(1, sample_size), dtype=np.float64)
@@ -297,14 +307,20 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     pool_prior = np.empty(n, dtype=np.float64)
     pool_pos = np.empty(n, dtype=np.int64)
     pool_row = np.empty(n, dtype=np.int64)
-    e_last = np.empty(n, dtype=np.float64)
-    e_sess = np.empty(n, dtype=np.float64)
+    row_prior = np.empty(rows + 1, dtype=np.float64)
+    # Stage two's candidates' features, one row per feature, candidate c in column c.
+    pool_feats = np.empty((nf, max(1, min(n, n_candidates))), dtype=np.float64)
     score = np.empty(n, dtype=np.float64)
     select_buf = np.empty((2, max(n, sample_size, 1)), dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
+    t_lo = np.empty(max(1, k_sessions), dtype=np.int64)
+    t_hi = np.empty(max(1, k_sessions), dtype=np.int64)
+    t_cos = np.empty(max(1, k_sessions), dtype=np.float64)
+    t_first = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
     voted = np.empty(n + 1, dtype=np.int64)  # + 1: written before it is known to be new
     only = np.empty(n, dtype=np.int64)
+    category_share = np.zeros(max(1, model.n_categories), dtype=np.float64)
     prior_f = np.flatnonzero(prior[:nf] != 0.0)
     prior_s = np.empty(nf, dtype=np.float64)  # the prior with the votes' scaling folded in
     contribution = np.empty(model.n_sources, dtype=np.float64)
@@ -352,21 +368,21 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 dist_w[n_dist] = (n_known - age) / n_known
                 n_dist += 1
             w_age = own_decay**age
-            feats[slot[i], OWN_RECENCY] += w_age
-            feats[slot[i], OWN_COUNT] += 1.0
+            feats[OWN_RECENCY, slot[i]] += w_age
+            feats[OWN_COUNT, slot[i]] += 1.0
             for x in range(session_vec.size):  # no temporary array per click
                 session_vec[x] += w_age * vectors[i, x]
             recency_total += w_age
             if age == 0:
                 last = i
-                feats[slot[i], IS_CURRENT] = 1.0
+                feats[IS_CURRENT, slot[i]] = 1.0
             if used < context:
                 newest[used] = i
                 used += 1
             age += 1
         for d in range(n_dist):
-            i = dist[d]
-            feats[slot[i], OWN_COUNT] = np.log1p(feats[slot[i], OWN_COUNT])
+            s = slot[dist[d]]
+            feats[OWN_COUNT, s] = np.log1p(feats[OWN_COUNT, s])
         # Neighbour lists and sequential rules of the newest clicks, oldest vote first.
         for a in range(used - 1, -1, -1):
             i = newest[a]
@@ -378,7 +394,8 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                     slot[j] = found
                     cand[found] = j
                     found += 1
-                feats[slot[j], NEIGHBOURS] += w * neighbour_scores[i, q]
+                s = slot[j]
+                feats[NEIGHBOURS, s] += w * neighbour_scores[i, q]
             for q in range(ru_ptr[i], min(ru_ptr[i + 1], ru_ptr[i] + per_source)):
                 j = ru_idx[q]
                 if stamp[j] != tag:  # a new candidate (see the note on feats)
@@ -386,7 +403,8 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                     slot[j] = found
                     cand[found] = j
                     found += 1
-                feats[slot[j], RULES] += w * ru_w[q]
+                s = slot[j]
+                feats[RULES, s] += w * ru_w[q]
         for q in range(tr_ptr[last], min(tr_ptr[last + 1], tr_ptr[last] + per_source)):
             j = tr_idx[q]
             if stamp[j] != tag:  # a new candidate (see the note on feats)
@@ -394,7 +412,8 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 slot[j] = found
                 cand[found] = j
                 found += 1
-            feats[slot[j], TRANSITIONS] = tr_w[q]
+            s = slot[j]
+            feats[TRANSITIONS, s] = tr_w[q]
         # The most clicked items of the last click's category, scored by their rank there.
         cat = categories[last]
         if 0 <= cat < cat_ptr.size - 1:
@@ -406,7 +425,8 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                     slot[j] = found
                     cand[found] = j
                     found += 1
-                feats[slot[j], CATEGORY_TOP] = 1.0 / (1.0 + q - start)
+                s = slot[j]
+                feats[CATEGORY_TOP, s] = 1.0 / (1.0 + q - start)
         # Sequence continuations over the known clicks (oldest first).
         for p in range(lo, hi):
             if codes[p] >= 0:
@@ -427,9 +447,10 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                     slot[j] = found
                     cand[found] = j
                     found += 1
-                feats[slot[j], AFTER[which]] = c_w[q]
+                s = slot[j]
+                feats[AFTER[which], s] = c_w[q]
                 if which == 2:
-                    feats[slot[j], AFTER_PREFIX_LONG] = c_w[q] * long_weight
+                    feats[AFTER_PREFIX_LONG, s] = c_w[q] * long_weight
         # Session kNN: the most recent sample_size training sessions sharing an item, by
         # a merge of the items' session lists from their newest ends (each list is
         # ascending, so a session's every shared item comes up in the same step).
@@ -497,11 +518,20 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             # SKNN's own top k would cost a second one for little (chosen on valid).
             # Ties go to the newest session.
             n_top = _select(s_vsim[:n_chosen], k_sessions, top, select_buf)
+            # Where each voter's items are, first for all of them: the reads of session
+            # rows scattered over the index then wait on memory together, not in turn.
             for t in range(n_top):
                 s = sample[top[t]]
+                a = s_ptr[s]
+                b = s_ptr[s + 1]
+                t_lo[t] = a
+                t_hi[t] = b
+                t_cos[t] = s_count[top[t]] / np.sqrt(n_dist * (b - a))
+                t_first[t] = s_items[min(a, s_items.size - 1)]  # brought into cache
+            for t in range(n_top):
                 v = s_vsim[top[t]]
-                cosine = s_count[top[t]] / np.sqrt(n_dist * (s_ptr[s + 1] - s_ptr[s]))
-                for q in range(s_ptr[s], s_ptr[s + 1]):
+                cosine = t_cos[t]
+                for q in range(t_lo[t], t_hi[t]):
                     j = s_items[q]
                     # Written always, kept only on j's first vote (votes are > 0): no
                     # branch to mispredict in the hottest loop.
@@ -513,48 +543,52 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 j = voted[e]
                 best_v = max(best_v, votes[j, 0])
                 best_c = max(best_c, votes[j, 1])
-        # Both votes are scaled to a maximum of 1; only the rows read are divided, the
-        # pool's before stage two, the others as the prior reads them.
+        # Both votes are scaled to a maximum of 1, in stage two; stage one folds the
+        # scaling into its prior's weights.
         div_v = best_v if best_v > 0.0 else 1.0
         div_c = best_c if best_c > 0.0 else 1.0
         prior_s[:] = prior[:nf]
         prior_s[VSKNN] /= div_v
         prior_s[SKNN] /= div_c
-        # Voted items another source gathered take their votes in their rows; the others
-        # have only the two votes, so their prior needs no row: one is made only for
-        # those that reach the pool (most voted items never do).
+        # Voted items another source gathered take their votes in their columns; the
+        # others have only the two votes, so they need no column (most voted items never
+        # reach stage two).
         n_only = 0
         for e in range(n_voted):
             j = voted[e]
             if stamp[j] == tag:
-                feats[slot[j], VSKNN] = votes[j, 0]
-                feats[slot[j], SKNN] = votes[j, 1]
+                feats[VSKNN, slot[j]] = votes[j, 0]
+                feats[SKNN, slot[j]] = votes[j, 1]
             elif excluded[j] != tag and not banned[j]:
                 only[n_only] = j
                 n_only += 1
-        norm = np.sqrt(np.sum(session_vec * session_vec))
+        norm2 = 0.0  # np.sum's order, without its temporary array
+        for x in range(session_vec.size):
+            norm2 += session_vec[x] * session_vec[x]
+        norm = np.sqrt(norm2)
         if norm > 1e-12:
-            session_vec /= norm
+            for x in range(session_vec.size):
+                session_vec[x] /= norm
         # Stage one: the allowed candidates' fixed-blend prior; the best n_candidates go
         # on (ties in gathering order: the other sources' items, then the voted-only ones
         # in voting order; both depend on the session alone). Stage two scores those with
         # every feature and the ranker.
         # Each sum runs over its terms in the same order as one candidate at a time, but
-        # the candidates advance together: independent chains the CPU overlaps.
-        n_pool = 0
+        # the candidates advance together: independent chains the CPU overlaps. Stage
+        # one sums every gathered column (a few are then left out) to read them in runs.
         for c in range(found):
-            j = cand[c]
-            if excluded[j] == tag or banned[j]:
-                continue
-            pool[n_pool] = j
-            pool_row[n_pool] = c  # a gathered candidate's row is its gathering order
-            pool_prior[n_pool] = 0.0
-            n_pool += 1
+            row_prior[c] = 0.0
         for t in range(n_prior):
             f = prior_f[t]
             w = prior_s[f]
-            for c in range(n_pool):
-                pool_prior[c] += w * feats[pool_row[c], f]
+            for c in range(found):
+                row_prior[c] += w * feats[f, c]
+        n_pool = 0
+        for c in range(found):
+            j = cand[c]
+            pool[n_pool] = j
+            pool_prior[n_pool] = row_prior[c]
+            n_pool += (excluded[j] != tag) & (not banned[j])
         for e in range(n_only):
             j = only[e]
             pool[n_pool] = j
@@ -565,76 +599,103 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             n_pool = _select(pool_prior[:n_pool], n_candidates, pool_pos, select_buf)
             for c in range(n_pool):
                 pool[c] = pool[pool_pos[c]]
+        # Stage two's features: a gathered candidate's column copied, a voted-only one's
+        # from the zero column ``rows`` and its votes. From here on ``slot`` gives a
+        # candidate's column in pool_feats.
+        for d in range(n_dist):
+            i = dist[d]
+            if categories[i] >= 0:
+                category_share[categories[i]] += feats[OWN_RECENCY, slot[i]]
         for c in range(n_pool):
             j = pool[c]
-            if stamp[j] != tag:  # voted only: its row now
-                if stamp[j] != tag:  # a new candidate (see the note on feats)
-                    stamp[j] = tag
-                    slot[j] = found
-                    cand[found] = j
-                    found += 1
-                feats[slot[j], VSKNN] = votes[j, 0]
-                feats[slot[j], SKNN] = votes[j, 1]
+            pool_row[c] = slot[j] if stamp[j] == tag else rows
+        for f in range(nf):
+            gathered = False  # a feature no gathered candidate has (most pool ones) is 0
+            for c in range(found):
+                gathered |= feats[f, c] != 0.0
+            if gathered:
+                for c in range(n_pool):
+                    pool_feats[f, c] = feats[f, pool_row[c]]
+            else:
+                for c in range(n_pool):
+                    pool_feats[f, c] = 0.0
+        for c in range(n_pool):
+            j = pool[c]
+            slot[j] = c
+            if pool_row[c] == rows:
+                pool_feats[VSKNN, c] = votes[j, 0]
+                pool_feats[SKNN, c] = votes[j, 1]
         for e in range(n_voted):  # zero again for the next session
             votes[voted[e], 0] = 0.0
             votes[voted[e], 1] = 0.0
+        for c in range(n_pool):  # loops of their own: a division each runs in parallel
+            pool_feats[VSKNN, c] /= div_v
+        for c in range(n_pool):
+            pool_feats[SKNN, c] /= div_c
+        # The copied columns of pool features are 0: only those that are not are set.
         for c in range(n_pool):
             j = pool[c]
-            row_j = slot[j]
-            pool_row[c] = row_j
-            feats[row_j, VSKNN] /= div_v
-            feats[row_j, SKNN] /= div_c
-            feats[row_j, SAME_CLUSTER] = 1.0 if clusters[j] == clusters[last] else 0.0
+            pool_feats[SAME_CLUSTER, c] = 1.0 if clusters[j] == clusters[last] else 0.0
             for g in range(item_cols.size):
-                feats[row_j, item_cols[g]] = item_values[g, j]
+                pool_feats[item_cols[g], c] = item_values[g, j]
             cat = categories[j]
             if cat >= 0:
-                feats[row_j, SAME_CATEGORY] = 1.0 if cat == categories[last] else 0.0
-                share = 0.0
-                for d in range(n_dist):
-                    i = dist[d]
-                    if categories[i] == cat:
-                        share += feats[slot[i], OWN_RECENCY]
-                feats[row_j, CATEGORY_SHARE] = share / recency_total
-            e_last[c] = 0.0
-            e_sess[c] = 0.0
-            score[c] = 0.0
-        for x in range(vectors.shape[1]):
-            at_last = vectors[last, x]
-            at_session = session_vec[x]
-            for c in range(n_pool):
-                v_j = vectors[pool[c], x]
-                e_last[c] += v_j * at_last
-                e_sess[c] += v_j * at_session
+                pool_feats[SAME_CATEGORY, c] = 1.0 if cat == categories[last] else 0.0
+                pool_feats[CATEGORY_SHARE, c] = category_share[cat] / recency_total
+            # The first of the candidate's vector, read now with every other candidate's,
+            # so that the rows' cache misses overlap (the sums below read it in a run).
+            score[c] = vectors[j, 0]
         for c in range(n_pool):
-            feats[pool_row[c], EMB_LAST] = e_last[c]
-            feats[pool_row[c], EMB_SESSION] = e_sess[c]
-        # A feature weighing 0 adds 0 to every score: left out. The square root's term is
-        # added as 0 where the feature is not positive (no branch to mispredict).
+            j = pool[c]
+            e_last = 0.0
+            e_session = 0.0
+            for x in range(session_vec.size):  # (each sum keeps its order)
+                v_j = vectors[j, x]
+                e_last += v_j * vectors[last, x]
+                e_session += v_j * session_vec[x]
+            pool_feats[EMB_LAST, c] = e_last
+            pool_feats[EMB_SESSION, c] = e_session
+            score[c] = 0.0
+        for d in range(n_dist):
+            i = dist[d]
+            if categories[i] >= 0:
+                category_share[categories[i]] = 0.0
+        # A feature weighing 0, or 0 for every candidate (a source that found nothing),
+        # adds 0 to every score: left out. The square root's term is added as 0 where the
+        # feature is not positive (no branch to mispredict).
         for t in range(n_scored):
             f = scored_f[t]
             wr = w_raw[f]
             ws = w_sqrt[f]
+            nonzero = False
             for c in range(n_pool):
-                x = feats[pool_row[c], f]
+                nonzero |= pool_feats[f, c] != 0.0
+            if not nonzero:
+                continue
+            for c in range(n_pool):
+                x = pool_feats[f, c]
                 score[c] += wr * x
                 score[c] += ws * np.sqrt(x) if x > 0.0 else 0.0
         kept = 0
         for c in range(n_pool):
             kept = push_top(out_scores, out_items, r, kept, k, score[c], pool[c])
         if kept > 0:
-            row = feats[slot[out_items[r, 0]]]
-            strategy[r] = _main_source(row, w_raw, w_sqrt, feature_source, contribution)
+            strategy[r] = _main_source(
+                pool_feats, slot[out_items[r, 0]], w_raw, w_sqrt, feature_source, contribution
+            )
         if item_sources:
             for c in range(kept):
-                row = feats[slot[out_items[r, c]]]
-                sources[r, c] = _main_source(row, w_raw, w_sqrt, feature_source, contribution)
+                sources[r, c] = _main_source(
+                    pool_feats, slot[out_items[r, c]], w_raw, w_sqrt, feature_source, contribution
+                )
         if out_feats.shape[0] > 0:
             for c in range(kept):
-                out_feats[r, c, :] = feats[slot[out_items[r, c]], :]
-        for c in range(found):  # zero again for the next session
-            for f in range(nf):
-                feats[c, f] = 0.0
+                at = slot[out_items[r, c]]
+                for f in range(nf):
+                    out_feats[r, c, f] = pool_feats[f, at]
+        for f in range(nf):  # zero again for the next session
+            for c in range(found):
+                feats[f, c] = 0.0
 
 
 _drop_stale_cache()
