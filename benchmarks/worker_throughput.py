@@ -12,7 +12,16 @@ Worker throughput counts only answered events: recommendations on the output top
 from the first to the last ``emitted_ts`` (start-up and group join excluded). The
 worker's peak RSS is read from /proc at the end. CPU per event, of the worker, of Redis
 and of the broker, is sampled from /proc over the same window: on a shared machine it
-moves much less from run to run than events/s does.
+moves much less from run to run than events/s does. A JVM broker spends its first
+minutes compiling its code and collecting garbage (most of its CPU per event in the first
+runs, less in each later one), so one worker run goes through it unmeasured first
+(``--warm-broker``).
+
+``--rate R`` sends the clicks at R a second while the worker runs (after it joined its
+group) instead of loading them first: CPU per event at a steady rate below capacity,
+where requests carry a few events each. ``--probe`` adds what the broker spent its CPU
+on (per thread group) and its requests per event by type (benchmarks/broker_probe.py),
+and its CPU while idle just before the worker starts (the JVM's own background).
 """
 
 from __future__ import annotations
@@ -26,17 +35,25 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
+from broker_probe import BrokerProbe, per_event, requests_by_client
+from confluent_kafka import Producer
 from git_tree import export
 
 from models.registry import Registry
+from producers.client import producer_config
 from stream.config import Settings
 from stream.dev.stack import EmbeddedStack, free_port
 from stream.dev.testing import WorkerConfig, WorkerProcess, consume, produce
 from stream.kafka.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+IDLE_S = 3.0  # with --probe: the broker's CPU over this long, idle, before each worker
 
 
 def make_records(
@@ -162,6 +179,49 @@ def clear_catalogue(stack: EmbeddedStack) -> None:
     client.delete(keys.TENANT_RULES)  # the cache, refilled from the next registry
 
 
+@dataclass
+class Measured:
+    """One contender's run: events/s, peak RSS (MB), CPU µs per event of the worker,
+    Redis and the broker, and (with ``--probe``) the broker's detail."""
+
+    rate: float
+    rss: float
+    worker: float
+    redis: float
+    broker: float
+    broker_idle: float = float("nan")  # µs per event the idle broker would have used
+    broker_groups: dict[str, float] = field(default_factory=dict)  # µs per event
+    requests: dict[str, float] = field(default_factory=dict)  # per event
+    by_client: dict[tuple[str, str], int] = field(default_factory=dict)  # --request-log
+    batches: int = 0  # distinct publish times: about the worker's batches
+    # With --rate: from each click's send to its recommendation's publish, p50 and p99 (ms).
+    to_publish_ms: tuple[float, float] = (float("nan"), float("nan"))
+
+
+def wait_assigned(worker: WorkerProcess, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while "assigned partitions" not in worker.log():
+        if not worker.alive() or time.monotonic() > deadline:
+            raise SystemExit(f"the worker did not join its group; see {worker.log_path}")
+        time.sleep(0.2)
+
+
+def send_paced(broker: str, topic: str, records: list[tuple[bytes, bytes]], rate: float) -> None:
+    """The records at ``rate`` a second, with the load test's producer settings, each
+    stamped with its send time (``ts``)."""
+    producer = Producer(producer_config(broker, linger_ms=1.0))
+    start = time.perf_counter()
+    for i, (key, value) in enumerate(records):
+        wait = start + i / rate - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        event = orjson.loads(value)
+        event["ts"] = time.time()
+        producer.produce(topic, orjson.dumps(event), key)
+        producer.poll(0)
+    producer.flush(30)
+
+
 def worker_rate(
     stack: EmbeddedStack,
     home: Path,
@@ -170,9 +230,12 @@ def worker_rate(
     make: Callable[[str], list[tuple[bytes, bytes]]],
     batch_size: int,
     trees: dict[str, Path] | None = None,
-) -> tuple[float, float, float, float]:
-    """Events/s, peak RSS (MB), and worker and Redis CPU microseconds per event, on the
-    clicks ``make`` gives for a prefix of ids."""
+    rate: float | None = None,
+    probe: bool = False,
+    request_log: bool = False,
+) -> Measured:
+    """One contender on the clicks ``make`` gives for a prefix of ids: loaded before the
+    worker starts, or sent at ``rate`` once it has joined its group."""
     engine, _, tree = engine.partition("@")
     tag = f"{engine}-{tree}-{time.time_ns()}"
     records = make(f"{tag}-")
@@ -197,8 +260,10 @@ def worker_rate(
         f"dlq-{tag}",
         f"app-{tag}",
         extra_env={
-            # Another tree's packages first: its worker, with this one's virtualenv.
-            **({"PYTHONPATH": str((trees or {})[tree])} if tree else {}),
+            # The tree's packages first: its worker, with this one's virtualenv (the
+            # worker runs in a directory of its own: `python -m` puts the working
+            # directory before PYTHONPATH, and this checkout's would win).
+            "PYTHONPATH": str((trees or {})[tree] if tree else ROOT),
             "STREAMREC_ENGINE": engine,
             "STREAMREC_DELIVERY": delivery,
             "STREAMREC_FEEDBACK": feedback,
@@ -213,31 +278,96 @@ def worker_rate(
         },
     )
     ensure_topics(stack.broker, [cfg.clicks, cfg.recs, cfg.dlq], 4)
-    produce(stack.broker, cfg.clicks, records)
-    worker = WorkerProcess(cfg).start()
+    if rate is None:
+        produce(stack.broker, cfg.clicks, records)
     redis = next(s for s in stack.services if s.name == "redis")
     broker = next(s for s in stack.services if s.name == "broker")
-    pids = {"worker": worker.proc.pid, "redis": redis.pid(), "broker": broker.pid()}  # type: ignore[union-attr]
+    broker_pid = broker.pid() or 0  # type: ignore[union-attr]
+    prober = BrokerProbe(broker_pid) if probe else None
+    idle = None
+    if prober is not None:
+        prober.start()
+        idle_from = time.time()
+        time.sleep(IDLE_S)
+        idle = (time.time(), idle_from)
+        before = prober.counts()
+        if request_log:
+            log_from = broker.log_file.stat().st_size  # type: ignore[union-attr]
+            prober.log_level("kafka.request.logger", "DEBUG")
+    worker = WorkerProcess(cfg).start()
+    pids = {"worker": worker.proc.pid, "redis": redis.pid(), "broker": broker_pid}  # type: ignore[union-attr]
     sampler = CpuSampler({k: p or 0 for k, p in pids.items()})
     sampler.start()
+    sender = None
     try:
-        recs = consume(stack.broker, cfg.recs, len(records), timeout=900)
+        if rate is not None:
+            # The clock starts once a first click was answered, as the load test's does:
+            # a worker's first fetch after joining its group waits for the group's
+            # offsets and the topics' metadata, which would be a backlog to catch up.
+            wait_assigned(worker)
+            key, value = records[0]
+            first = orjson.dumps({**orjson.loads(value), "event_id": f"{tag}-first"})
+            produce(stack.broker, cfg.clicks, [(key, first)])
+            consume(stack.broker, cfg.recs, 1, timeout=300)
+            sender = threading.Thread(
+                target=send_paced, args=(stack.broker, cfg.clicks, records, rate), daemon=True
+            )
+            sender.start()
+        recs = consume(stack.broker, cfg.recs, len(records) + (rate is not None), timeout=900)
         rss = worker.peak_rss_mb()
     finally:
         sampler.stop.set()
         worker.stop()
+        if sender is not None:
+            sender.join(60)
     if rules:
         clear_catalogue(stack)
     if len(recs) < len(records):
         raise SystemExit(
             f"{engine}: only {len(recs)} of {len(records)} answered; see {worker.log_path}"
         )
-    emitted = sorted(orjson.loads(m.value())["emitted_ts"] for m in recs)
+    answers = [orjson.loads(m.value()) for m in recs]
+    answers = [a for a in answers if a["event_id"] != f"{tag}-first"]
+    emitted = sorted(a["emitted_ts"] for a in answers)
     start, end = emitted[0], emitted[-1]
-    per_event = [
-        sampler.used(n, start, end) / len(records) * 1e6 for n in ("worker", "redis", "broker")
-    ]
-    return len(records) / (end - start), rss, *per_event
+    n = len(records)
+    cpu = [sampler.used(k, start, end) / n * 1e6 for k in ("worker", "redis", "broker")]
+    measured = Measured(n / (end - start), rss, *cpu, batches=len(set(emitted)))
+    if rate is not None:
+        waits = [(a["emitted_ts"] - a["event_ts"]) * 1000 for a in answers]
+        measured.to_publish_ms = tuple(np.percentile(waits, [50, 99]))  # type: ignore[assignment]
+    if prober is not None and idle is not None:
+        after = prober.counts()
+        if request_log:
+            prober.log_level("kafka.request.logger", "WARN")
+            with open(broker.log_file, errors="replace") as f:  # type: ignore[union-attr]
+                f.seek(log_from)
+                measured.by_client = requests_by_client(f.read())
+        prober.stop()
+        idle_cpu = sum(prober.cpu_by_group(idle[1], idle[0]).values())
+        measured.broker_idle = idle_cpu / (idle[0] - idle[1]) * (end - start) / n * 1e6
+        measured.broker_groups = {
+            g: cpu_s / n * 1e6 for g, cpu_s in prober.cpu_by_group(start, end).items()
+        }
+        measured.requests = per_event(before, after, n)
+    return measured
+
+
+def print_probe(name: str, m: Measured) -> None:
+    """The broker's detail for one contender: where its CPU went, its requests."""
+    print(f"\n{name}: broker {m.broker:.1f} µs an event; idle, it would have used "
+          f"{m.broker_idle:.1f} µs an event over the same time")  # fmt: skip
+    print("| broker threads | µs / event |\n| --- | ---: |")
+    for group, us in m.broker_groups.items():
+        if us >= 0.05:
+            print(f"| {group} | {us:.1f} |")
+    print("| broker counter | per event |\n| --- | ---: |")
+    for key, value in sorted(m.requests.items()):
+        print(f"| {key} | {value:.4g} |")
+    if m.by_client:
+        print("| client | request | requests |\n| --- | --- | ---: |")
+        for (client, api), count in sorted(m.by_client.items(), key=lambda kv: -kv[1]):
+            print(f"| {client} | {api} | {count:,} |")
 
 
 def main() -> None:
@@ -266,16 +396,50 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=REF",
-        help="a git commit to run workers of, side by side with this checkout: an engine "
-        "ending in @NAME (e.g. batch@main) runs that commit's worker (--tree main=main)",
+        help="a git commit, or another checkout's directory, to run workers of, side by "
+        "side with this checkout: an engine ending in @NAME (e.g. batch@main) runs that "
+        "tree's worker (--tree main=main, --tree main=/work/main)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="send the clicks at this many a second while the worker runs (default: load "
+        "them all before it starts and let it drain them)",
+    )
+    parser.add_argument(
+        "--warm-broker",
+        type=int,
+        default=1,
+        metavar="RUNS",
+        help="worker runs (this tree's, as measured ones, not reported) before the measured "
+        "ones: a JVM broker spends its first minutes compiling and collecting garbage, "
+        "which would be charged to the first contenders (default 1; 0: none)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="also print the broker's CPU per thread group and its requests per event "
+        "by type (JMX, switched on with jcmd; needs a JDK)",
+    )
+    parser.add_argument(
+        "--request-log",
+        action="store_true",
+        help="with --probe: count the broker's requests per client id from its request log "
+        "(DEBUG while the worker runs, which costs the broker CPU: not for CPU figures)",
     )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    if args.model_dir is not None:
+        args.model_dir = args.model_dir.resolve()
     trees = {}
     for spec in args.tree:
         name, _, ref = spec.partition("=")
-        trees[name] = export(ref or name, home / "trees" / name)
+        ref = ref or name
+        # A directory is used as it is (its working files); anything else is a commit.
+        trees[name] = (
+            Path(ref).resolve() if Path(ref).is_dir() else export(ref, home / "trees" / name)
+        )
     stack = EmbeddedStack(
         home / "run",
         f"127.0.0.1:{free_port()}",
@@ -284,6 +448,7 @@ def main() -> None:
     )
     print(f"broker: {stack.broker_why}")
     stack.up()
+    os.chdir(home)  # the workers' working directory (see worker_rate)
     try:
         model_dir = args.model_dir or home / "models"
         if args.model_dir is None:
@@ -300,7 +465,7 @@ def main() -> None:
             return make_records(args.events, items, args.sessions, prefix=prefix)
 
         records = make("")
-        rows = []
+        rows: list[tuple[str, Measured]] = []
         engines = args.engines.split(",")
         bare = None
         if "bare" in engines:
@@ -308,7 +473,8 @@ def main() -> None:
             ensure_topics(stack.broker, [topic], 4)
             produce(stack.broker, topic, records)
             bare = asyncio.run(bare_consumer_rate(stack.broker, topic, len(records)))
-            rows.append(("bare aiokafka consumer (reads only)", bare, *[float("nan")] * 4))
+            nan = float("nan")
+            rows.append(("bare aiokafka consumer (reads only)", Measured(bare, nan, nan, nan, nan)))
         names = {
             "batch": "streamrec batch loop (shipped)",
             "batch-eos": "streamrec batch loop, exactly once (transactions)",
@@ -317,28 +483,59 @@ def main() -> None:
             "batch-rules": "streamrec batch loop, serving rules + catalogue",
             "batch-1thread": "streamrec batch loop, ranking on one thread",
         }
-        for engine in (e for e in engines if e.partition("@")[0] in names):
-            measured = worker_rate(stack, home, model_dir, engine, make, args.batch_size, trees)
+        measured_engines = [e for e in engines if e.partition("@")[0] in names]
+        for _ in range(args.warm_broker if measured_engines else 0):
+            print("warming the broker up: one worker run, not measured", flush=True)
+            worker_rate(stack, home, model_dir, "batch", make, args.batch_size, None, args.rate)
+        for engine in measured_engines:
+            measured = worker_rate(
+                stack,
+                home,
+                model_dir,
+                engine,
+                make,
+                args.batch_size,
+                trees,
+                args.rate,
+                args.probe,
+                args.request_log,
+            )
             base, _, tree = engine.partition("@")
-            rows.append((names[base] + (f" @{tree}" if tree else ""), *measured))
+            rows.append((names[base] + (f" @{tree}" if tree else ""), measured))
+            print(
+                f"{rows[-1][0]}: {measured.rate:,.0f} events/s, CPU µs an event: worker "
+                f"{measured.worker:.1f}, Redis {measured.redis:.1f}, broker {measured.broker:.1f}",
+                flush=True,
+            )
     finally:
         stack.down()
+        os.chdir(ROOT)
         shutil.rmtree(home, ignore_errors=True)
 
+    paced = f"sent at {args.rate:g}/s" if args.rate else "loaded first"
     print(
-        f"\n{args.events:,} events, {args.sessions:,} sessions, model of {len(items):,} items, "
-        f"batch size {args.batch_size}, {os.cpu_count()} cores, broker {stack.broker_why}\n"
+        f"\n{args.events:,} events ({paced}), {args.sessions:,} sessions, model of "
+        f"{len(items):,} items, batch size {args.batch_size}, {os.cpu_count()} cores, "
+        f"broker {stack.broker_why}, load average {os.getloadavg()[0]:.1f}\n"
     )
     print(
         "| contender | events/s | vs bare consumer | worker peak RSS "
-        "| worker CPU / event | Redis CPU / event | broker CPU / event |"
+        "| worker CPU / event | Redis CPU / event | broker CPU / event | events / batch "
+        "| send to publish p50 / p99 |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, rate, rss, *cpu_us in rows:
-        ratio = f"{rate / bare:.1%}" if bare else "-"
-        rss_s = "-" if rss != rss else f"{rss:.0f} MB"
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, m in rows:
+        ratio = f"{m.rate / bare:.1%}" if bare else "-"
+        rss_s = "-" if m.rss != m.rss else f"{m.rss:.0f} MB"
+        cpu_us = (m.worker, m.redis, m.broker)
         cpu = " ".join("| -" if us != us else f"| {us:.1f} µs" for us in cpu_us)
-        print(f"| {name} | {rate:,.0f} | {ratio} | {rss_s} {cpu} |")
+        per_batch = f"{args.events / m.batches:,.1f}" if m.batches else "-"
+        p50, p99 = m.to_publish_ms
+        lat = "-" if p50 != p50 else f"{p50:.1f} / {p99:.1f} ms"
+        print(f"| {name} | {m.rate:,.0f} | {ratio} | {rss_s} {cpu} | {per_batch} | {lat} |")
+    for name, m in rows:
+        if m.broker_groups:
+            print_probe(name, m)
 
 
 if __name__ == "__main__":

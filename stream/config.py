@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # GIL); 1 keeps the worker on one core.
     rank_threads: int = Field(2, ge=1)
     batch_within_s: float = 0.02
+    # Offsets of the batches done are committed at most this often (and at every
+    # rebalance and stop): a worker killed re-delivers up to this long of clicks, which
+    # the sessions recognise; a commit per batch cost the broker a request per batch.
+    commit_interval_s: float = Field(0.5, ge=0)
     # Short group session timeout: the embedded broker's first join waits ~half of it.
     broker_session_timeout_s: float = 6.0
     model_check_interval_s: float = 2.0

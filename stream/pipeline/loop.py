@@ -3,12 +3,14 @@
 Faust's per-event stream machinery (channels, per-event acks, one producer future per
 record) is paid once an event; this loop pays per batch instead: one fetch, one Redis
 round trip, one compiled ranking call, every record handed to librdkafka in C, one
-delivery wait (overlapping the next batch), one offset commit. One Kafka client,
-confluent-kafka, consumes, produces and commits (stream/kafka/consumer.py).
+delivery wait (overlapping the next batch). Offsets are committed by time, not per
+batch (``STREAMREC_COMMIT_INTERVAL_S``). One Kafka client, confluent-kafka, consumes,
+produces and commits (stream/kafka/consumer.py).
 
 At-least-once: offsets are committed only after the batch's Redis writes succeeded and
 every record it produced was acknowledged by the broker. A rebalance waits for the
-batch in hand, so a revoked partition's progress is committed by its old owner.
+batch in hand and commits what is done, so a revoked partition's progress is committed
+by its old owner.
 
 Exactly-once (``STREAMREC_DELIVERY=exactly_once``, Apache Kafka only): each batch's
 recommendations, dead letters and consumed offsets go in one Kafka transaction
@@ -174,9 +176,13 @@ class BatchLoop(Service):
     """Consume ``clicks`` in batches, process, publish, then commit.
 
     Batches overlap: while up to :data:`IN_FLIGHT` batches' records wait for the
-    broker's acknowledgements (in a thread) and their commits, the next batch is
-    fetched and processed. Commits still go in order, each after its own batch's
-    delivery and its predecessor's commit.
+    broker's acknowledgements (in a thread), the next batch is fetched and processed.
+    A batch is done once its records are acknowledged and the batch before it is done;
+    the offsets of the batches done go in one commit at most every
+    ``commit_interval_s`` (and at once when partitions are given up or the worker
+    stops). A commit is a request and a write to the group's log on the broker: one per
+    batch made it a large share of the broker's work per event at steady rates, where
+    batches hold a few events each.
     """
 
     def __init__(
@@ -210,6 +216,10 @@ class BatchLoop(Service):
         self._tasks: set[asyncio.Future[None]] = set()
         self._runner: asyncio.Future[None] | None = None
         self._committed: dict[Partition, int] = {}
+        self._uncommitted: dict[Partition, int] = {}  # done, to go in the next commit
+        self._committer: asyncio.Future[None] | None = None
+        self._committing = asyncio.Lock()
+        self._commit_sent = 0.0  # monotonic time the last commit was sent
         self._first_seen: dict[Partition, int] = {}  # where this worker started
         self._last_commit = time.monotonic()
         self._oldest = time.monotonic()  # when the oldest batch in hand was fetched
@@ -272,6 +282,7 @@ class BatchLoop(Service):
                 if task is not None:
                     task.cancel()
         else:
+            await self._commit_within(max(0.1, deadline - time.monotonic() - 3))
             await self._hand_over(max(0.1, deadline - time.monotonic() - 2))
         if self._consumer is not None:
             await self._consumer.close(max(0.5, deadline - time.monotonic() - 1))
@@ -365,13 +376,40 @@ class BatchLoop(Service):
         started: float,
     ) -> None:
         """Wait for the batch's acknowledgements (dead-lettering what cannot be
-        published), then commit after the batch before it."""
+        published) and for the batch before it; then its offsets go in the next commit."""
         assert self._consumer is not None and self._publisher is not None
         try:
             await self._deliver(batch, result, delivery)
             if previous is not None:
                 await previous
-            offsets = {tp: end for tp, (_, end) in fetched.items()}
+            self._uncommitted.update({tp: end for tp, (_, end) in fetched.items()})
+            self._done(len(batch), result)
+            log.debug(
+                "batch of %d done in %.1f ms", len(batch), (time.perf_counter() - started) * 1000
+            )
+        finally:
+            self._release()
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.ensure_future(self._commit_in_time())
+            self._tasks.add(self._committer)
+            self._committer.add_done_callback(self._tasks.discard)
+
+    async def _commit_in_time(self) -> None:
+        """Commit what is done, at most once per ``commit_interval_s``, until nothing is
+        left (batches done while a commit waits go in that commit or the next)."""
+        while self._uncommitted:
+            due = self._commit_sent + self._settings.commit_interval_s - time.monotonic()
+            if due > 0:
+                await asyncio.sleep(due)
+            await self._commit_done()
+
+    async def _commit_done(self) -> None:
+        """Commit the offsets of the batches done so far, now, and wait for the answer."""
+        async with self._committing:  # one at a time, so commits go in order
+            offsets, self._uncommitted = self._uncommitted, {}
+            if not offsets or self._consumer is None:
+                return
+            self._commit_sent = time.monotonic()
             try:
                 await self._consumer.commit(offsets)
             except KafkaException as exc:
@@ -381,12 +419,6 @@ class BatchLoop(Service):
             else:
                 self._committed.update(offsets)
             self._last_commit = time.monotonic()
-            self._done(len(batch), result)
-            log.debug(
-                "batch of %d done in %.1f ms", len(batch), (time.perf_counter() - started) * 1000
-            )
-        finally:
-            self._release()
 
     async def _deliver(self, batch: list[Message], result: BatchResult, delivery: Delivery) -> None:
         """Until every record of the batch is acknowledged, or stands in ``clicks.dlq``.
@@ -517,7 +549,16 @@ class BatchLoop(Service):
         except TimeoutError:
             log.warning("rebalance while a batch was still in hand after %.0f s", REVOKE_WAIT_S)
         else:
+            await self._commit_within(REVOKE_WAIT_S / 2)
             await self._hand_over(REVOKE_WAIT_S / 2)
+
+    async def _commit_within(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._commit_done(), timeout=timeout)
+        except TimeoutError:
+            log.warning(
+                "the last commit took over %.1f s; its batches will be re-delivered", timeout
+            )
 
     async def _hand_over(self, timeout: float) -> None:
         if self._handover is None:
