@@ -140,7 +140,7 @@ def _drop_stale_cache() -> None:
         kernel.recompile()
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def push_top(
     out_scores: np.ndarray, out_items: np.ndarray, r: int, kept: int, k: int, s: float, j: int
 ) -> int:
@@ -163,7 +163,7 @@ def push_top(
     return min(kept + 1, k)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _main_source(feats, c, w_raw, w_sqrt, feature_source, contribution):  # pragma: no cover
     """The index of the source whose features contribute most to the score of the
     candidate whose features are column ``c`` of ``feats`` ([features, candidates];
@@ -547,7 +547,8 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         # scaling into its prior's weights.
         div_v = best_v if best_v > 0.0 else 1.0
         div_c = best_c if best_c > 0.0 else 1.0
-        prior_s[:] = prior[:nf]
+        for f in range(nf):
+            prior_s[f] = prior[f]
         prior_s[VSKNN] /= div_v
         prior_s[SKNN] /= div_c
         # Voted items another source gathered take their votes in their columns; the
