@@ -21,7 +21,7 @@ from confluent_kafka import KafkaException
 
 from models.bundle import ModelBundle
 from models.experiments import POPULAR, is_variant
-from models.ranking import Ranked, recommend_flat, similar_items
+from models.ranking import Ranked, rank_rows, ranked, similar_items
 from models.registry import TenantNameRefused
 from models.rules import Catalogue, Request, ServingRules, apply_rules, banned_mask
 from state.connection import UNAVAILABLE
@@ -33,6 +33,7 @@ from stream.events import (
     ClickEvent,
     InvalidEvent,
     RecommendationWriter,
+    items_json,
     parse_event,
     parse_events,
     parse_feedback,
@@ -361,7 +362,7 @@ class BatchProcessor:
             try:
                 payload = write(
                     event, event.event_id, r.ids, r.scores, r.strategy, version, emitted, rec_id,
-                    variant,
+                    variant, None, r.encoded,
                 )  # fmt: skip
             except Exception as exc:
                 failed.add(j, exc)
@@ -735,7 +736,7 @@ class BatchProcessor:
                 extra = banned_mask(bundle.items, NO_RULES, only_request, request)
                 banned = extra if banned is None else banned | extra
             flat, lengths = flatten(updates)
-            return recommend_flat(
+            rows = rank_rows(
                 bundle,
                 flat,
                 lengths,
@@ -746,6 +747,9 @@ class BatchProcessor:
                 sources=sources,
                 decimals=SCORE_DECIMALS,
             )
+            # The topic's records carry the items as one compiled pass writes them.
+            encoded = None if sources else items_json(bundle, rows.items, rows.scores)
+            return ranked(bundle, rows, encoded)
         popular = await self._tenants.popular(tenant)
         lists = [popular_ruled(popular, u.items, rules, catalogue, k, request) for u in updates]
         if sources:
