@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
@@ -131,6 +131,7 @@ def recommend_flat(
     threads: int = 1,
     sources: bool = False,
     decimals: int | None = None,
+    encode: Callable[[np.ndarray, np.ndarray], Sequence[bytes | None]] | None = None,
 ) -> list[Ranked]:
     """``recommend_batch`` for sessions given back to back: session r is the next
     ``lengths[r]`` items of ``flat``. The whole batch goes through C loops and one
@@ -141,12 +142,14 @@ def recommend_flat(
     ``current`` (the newest click) or ``none``; ``threads``: how many threads share a large
     batch (see ``rank_codes``); ``sources``: give each item's source (``Ranked.sources``:
     the top item's rule, ``cluster`` or ``popular`` for the items filling up a list);
-    ``decimals``: scores rounded to as many (in one pass over the batch)."""
+    ``decimals``: scores rounded to as many (in one pass over the batch); ``encode``:
+    serialises the batch's rankings at once (given item rows and scores, ``Rows``), one
+    ``Ranked.encoded`` per session."""
     rows = rank_rows(
         bundle, flat, lengths, k, params,
         banned=banned, exclude=exclude, threads=threads, sources=sources, decimals=decimals,
     )  # fmt: skip
-    return ranked(bundle, rows)
+    return ranked(bundle, rows, encode(rows.items, rows.scores) if encode is not None else None)
 
 
 def ranked(

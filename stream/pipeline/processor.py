@@ -15,13 +15,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaException
 
 from models.bundle import ModelBundle
 from models.experiments import POPULAR, is_variant
-from models.ranking import Ranked, rank_rows, ranked, similar_items
+from models.ranking import Ranked, recommend_flat, similar_items
 from models.registry import TenantNameRefused
 from models.rules import Catalogue, Request, ServingRules, apply_rules, banned_mask
 from state.connection import UNAVAILABLE
@@ -736,7 +737,7 @@ class BatchProcessor:
                 extra = banned_mask(bundle.items, NO_RULES, only_request, request)
                 banned = extra if banned is None else banned | extra
             flat, lengths = flatten(updates)
-            rows = rank_rows(
+            return recommend_flat(
                 bundle,
                 flat,
                 lengths,
@@ -746,10 +747,9 @@ class BatchProcessor:
                 threads=self._rank_threads,
                 sources=sources,
                 decimals=SCORE_DECIMALS,
+                # The topic's records: their item lists in one compiled pass.
+                encode=None if sources else partial(items_json, bundle),
             )
-            # The topic's records carry the items as one compiled pass writes them.
-            encoded = None if sources else items_json(bundle, rows.items, rows.scores)
-            return ranked(bundle, rows, encoded)
         popular = await self._tenants.popular(tenant)
         lists = [popular_ruled(popular, u.items, rules, catalogue, k, request) for u in updates]
         if sources:
