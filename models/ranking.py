@@ -47,7 +47,7 @@ class RankParams:
         return cls(**{k: v for k, v in bundle.ranking.items() if k in known})
 
 
-@dataclass
+@dataclass(slots=True)
 class Ranked:
     ids: list[str]  # best first
     scores: list[float]
@@ -159,24 +159,22 @@ def ranked(
     ``encoded`` gives them."""
     if not rows.items.shape[1] or not bundle.n_items:
         return [Ranked([], [], s, None if rows.sources is None else []) for s in rows.strategies]
-    id_rows = bundle.ids(rows.items)
-    short = set(np.flatnonzero(rows.items[:, -1] < 0).tolist())
-    row_sources = rows.sources or itertools.repeat(None)
-    results = []
-    for r, (ids, scores, strategy, listed, made) in enumerate(
-        zip(
-            id_rows,
+    none = itertools.repeat(None)
+    results = list(
+        map(
+            Ranked,
+            bundle.ids(rows.items),
             rows.scores.tolist(),
             rows.strategies,
-            row_sources,
-            encoded or itertools.repeat(None),
-            strict=False,
+            rows.sources or none,
+            encoded or none,
         )
-    ):
-        if short and r in short:  # fewer than k items: the row ends at its first -1
-            n = rows.items[r].tolist().index(-1)
-            ids, scores = ids[:n], scores[:n]
-        results.append(Ranked(ids, scores, strategy, listed, made))
+    )
+    # Rows with fewer than k items end at their first -1.
+    for r in np.flatnonzero(rows.items[:, -1] < 0).tolist():
+        n = rows.items[r].tolist().index(-1)
+        result = results[r]
+        result.ids, result.scores = result.ids[:n], result.scores[:n]
     return results
 
 
