@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -126,29 +127,15 @@ def recommend_flat(
     k: int,
     params: RankParams | None = None,
     *,
-    banned: np.ndarray | None = None,
-    exclude: str = "seen",
-    threads: int = 1,
-    sources: bool = False,
-    decimals: int | None = None,
     encode: Callable[[np.ndarray, np.ndarray], Sequence[bytes | None]] | None = None,
+    **options: Any,
 ) -> list[Ranked]:
     """``recommend_batch`` for sessions given back to back: session r is the next
     ``lengths[r]`` items of ``flat``. The whole batch goes through C loops and one
-    compiled kernel; Python touches each recommended item once.
-
-    ``banned``: a boolean per model item (``models.rules.banned_mask``), never returned;
-    ``exclude``: which of the session's own items are left out, ``seen`` (all),
-    ``current`` (the newest click) or ``none``; ``threads``: how many threads share a large
-    batch (see ``rank_codes``); ``sources``: give each item's source (``Ranked.sources``:
-    the top item's rule, ``cluster`` or ``popular`` for the items filling up a list);
-    ``decimals``: scores rounded to as many (in one pass over the batch); ``encode``:
-    serialises the batch's rankings at once (given item rows and scores, ``Rows``), one
-    ``Ranked.encoded`` per session."""
-    rows = rank_rows(
-        bundle, flat, lengths, k, params,
-        banned=banned, exclude=exclude, threads=threads, sources=sources, decimals=decimals,
-    )  # fmt: skip
+    compiled kernel; Python touches each recommended item once. ``options``: those of
+    ``rank_rows``; ``encode``: serialises the batch's rankings at once (given ``Rows``'
+    item rows and scores), one ``Ranked.encoded`` per session."""
+    rows = rank_rows(bundle, flat, lengths, k, params, **options)
     return ranked(bundle, rows, encode(rows.items, rows.scores) if encode is not None else None)
 
 
@@ -191,7 +178,14 @@ def rank_rows(
     sources: bool = False,
     decimals: int | None = None,
 ) -> Rows:
-    """``recommend_flat``'s rankings as arrays (item rows, no ids)."""
+    """``recommend_flat``'s rankings as arrays (item rows, no ids).
+
+    ``banned``: a boolean per model item (``models.rules.banned_mask``), never returned;
+    ``exclude``: which of the session's own items are left out, ``seen`` (all),
+    ``current`` (the newest click) or ``none``; ``threads``: how many threads share a large
+    batch (see ``rank_codes``); ``sources``: give each item's source (``Ranked.sources``:
+    the top item's rule, ``cluster`` or ``popular`` for the items filling up a list);
+    ``decimals``: scores rounded to as many (in one pass over the batch)."""
     if k <= 0 or not len(lengths):
         empty = np.empty((len(lengths), max(k, 0)))
         listed = [[] for _ in lengths] if sources else None
