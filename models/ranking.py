@@ -16,9 +16,10 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -47,12 +48,13 @@ class RankParams:
         return cls(**{k: v for k, v in bundle.ranking.items() if k in known})
 
 
-@dataclass
+@dataclass(slots=True)
 class Ranked:
     ids: list[str]  # best first
     scores: list[float]
     strategy: str  # which source filled the top of the list: one of STRATEGIES
     sources: list[str] | None = None  # each item's, by the same rule, when asked for
+    encoded: bytes | None = None  # the items as its caller serialised them, if it did
 
     @property
     def items(self) -> list[tuple[str, float]]:
@@ -105,7 +107,65 @@ def encode_sessions(
     return encode_flat(bundle, flat, [len(s) for s in sessions])
 
 
+@dataclass
+class Rows:
+    """A batch's rankings as arrays: ``items`` (model rows, int64 [sessions, k]) and
+    ``scores`` (float64, same shape), best first, a row ending in -1 (score -inf) when
+    the session has fewer than ``k`` items to show; each row's strategy (``Ranked``) and,
+    when asked for, each item's source."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    strategies: list[str]
+    sources: list[list[str]] | None = None
+
+
 def recommend_flat(
+    bundle: ModelBundle,
+    flat: Sequence[str],
+    lengths: Sequence[int],
+    k: int,
+    params: RankParams | None = None,
+    *,
+    encode: Callable[[np.ndarray, np.ndarray], Sequence[bytes | None]] | None = None,
+    **options: Any,
+) -> list[Ranked]:
+    """``recommend_batch`` for sessions given back to back: session r is the next
+    ``lengths[r]`` items of ``flat``. The whole batch goes through C loops and one
+    compiled kernel; Python touches each recommended item once. ``options``: those of
+    ``rank_rows``; ``encode``: serialises the batch's rankings at once (given ``Rows``'
+    item rows and scores), one ``Ranked.encoded`` per session."""
+    rows = rank_rows(bundle, flat, lengths, k, params, **options)
+    return ranked(bundle, rows, encode(rows.items, rows.scores) if encode is not None else None)
+
+
+def ranked(
+    bundle: ModelBundle, rows: Rows, encoded: Sequence[bytes | None] | None = None
+) -> list[Ranked]:
+    """Each row of ``rows`` as item ids and scores (Python objects), with its items as
+    ``encoded`` gives them."""
+    if not rows.items.shape[1] or not bundle.n_items:
+        return [Ranked([], [], s, None if rows.sources is None else []) for s in rows.strategies]
+    none = itertools.repeat(None)
+    results = list(
+        map(
+            Ranked,
+            bundle.ids(rows.items),
+            rows.scores.tolist(),
+            rows.strategies,
+            rows.sources or none,
+            encoded or none,
+        )
+    )
+    # Rows with fewer than k items end at their first -1.
+    for r in np.flatnonzero(rows.items[:, -1] < 0).tolist():
+        n = rows.items[r].tolist().index(-1)
+        result = results[r]
+        result.ids, result.scores = result.ids[:n], result.scores[:n]
+    return results
+
+
+def rank_rows(
     bundle: ModelBundle,
     flat: Sequence[str],
     lengths: Sequence[int],
@@ -117,10 +177,8 @@ def recommend_flat(
     threads: int = 1,
     sources: bool = False,
     decimals: int | None = None,
-) -> list[Ranked]:
-    """``recommend_batch`` for sessions given back to back: session r is the next
-    ``lengths[r]`` items of ``flat``. The whole batch goes through C loops and one
-    compiled kernel; Python touches each recommended item once.
+) -> Rows:
+    """``recommend_flat``'s rankings as arrays (item rows, no ids).
 
     ``banned``: a boolean per model item (``models.rules.banned_mask``), never returned;
     ``exclude``: which of the session's own items are left out, ``seen`` (all),
@@ -129,27 +187,22 @@ def recommend_flat(
     the top item's rule, ``cluster`` or ``popular`` for the items filling up a list);
     ``decimals``: scores rounded to as many (in one pass over the batch)."""
     if k <= 0 or not len(lengths):
-        return [Ranked([], [], "popular", [] if sources else None) for _ in lengths]
+        empty = np.empty((len(lengths), max(k, 0)))
+        listed = [[] for _ in lengths] if sources else None
+        return Rows(empty.astype(np.int64), empty, ["popular"] * len(lengths), listed)
     params = params or RankParams.of(bundle)
     codes, ptr = encode_flat(bundle, flat, lengths)
-    top_items, top_scores, known, strategies, item_sources = rank_codes(
+    items, scores, known, strategies, item_sources = rank_codes(
         bundle, codes, ptr, k, params, banned, exclude, threads=threads, sources=sources
     )
     if decimals is not None:
-        top_scores = top_scores.round(decimals)
-    # Rows padded with -1 are rebuilt below; an empty model has only those.
-    id_rows = bundle.ids(top_items) if bundle.n_items else []
-    results = []
-    for r, (row_items, row_scores, n_known, source) in enumerate(
-        zip(top_items.tolist(), top_scores.tolist(), known.tolist(), strategies, strict=True)
-    ):
-        row_sources = item_sources[r] if item_sources is not None else None
-        if row_items[-1] >= 0:  # the common case: k real candidates
-            results.append(Ranked(id_rows[r], row_scores, source, row_sources))
-            continue
+        scores = scores.round(decimals)
+    # Rows with fewer than k candidates are filled up here.
+    for r in np.flatnonzero(items[:, -1] < 0).tolist():
+        row_items = items[r].tolist()
         n = row_items.index(-1)
-        ids, scores = id_rows[r][:n], row_scores[:n]
-        strategy = source if n else ("cluster" if n_known else "popular")
+        if not n:
+            strategies[r] = "cluster" if known[r] else "popular"
         row = codes[ptr[r] : ptr[r + 1]].tolist()
         session = [c for c in row if c >= 0]
         skip = set(row_items[:n])
@@ -159,14 +212,13 @@ def recommend_flat(
             skip.add(row[-1])
         # Padding ranks below every real candidate: 0, or the last score when a linear
         # ranker's scores went negative.
-        pad = min(0.0, scores[-1]) if scores else 0.0
+        pad = min(0.0, float(scores[r, n - 1])) if n else 0.0
         fill = _fill(bundle, session, skip, k - n, banned)
-        ids.extend(bundle.ids(np.array(fill, dtype=np.int64)))
-        scores.extend([pad] * len(fill))
-        if row_sources is not None:
-            row_sources.extend(_fill_sources(bundle, session, fill))
-        results.append(Ranked(ids, scores, strategy, row_sources))
-    return results
+        items[r, n : n + len(fill)] = fill
+        scores[r, n : n + len(fill)] = pad
+        if item_sources is not None:
+            item_sources[r].extend(_fill_sources(bundle, session, fill))
+    return Rows(items, scores, strategies, item_sources)
 
 
 def _fill_sources(bundle: ModelBundle, known: list[int], fill: list[int]) -> list[str]:

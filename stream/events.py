@@ -15,9 +15,12 @@ from operator import attrgetter
 from typing import Annotated, Any, NamedTuple, cast
 
 import msgspec
+import numpy as np
 import orjson
 from msgspec.structs import astuple
 
+from models.bundle import ModelBundle
+from models.encoded import json_rows
 from models.errors import StreamrecError
 from models.names import MAX_ID_CHARS, TENANT_PATTERN, has_control, is_tenant
 
@@ -329,7 +332,8 @@ class RecommendationWriter:
 
     msgspec encodes a record from structs built in C calls: cheaper than filling dicts
     for orjson, whose every call costs more than msgspec's whole record here
-    (benchmarks/batch_parts.py shows what a batch spends on its records)."""
+    (benchmarks/batch_parts.py shows what a batch spends on its records). A list given
+    already encoded (``items_json``, from :func:`items_json`) is written as it is."""
 
     def __init__(self) -> None:
         self._encode = msgspec.json.Encoder().encode
@@ -346,9 +350,13 @@ class RecommendationWriter:
         rec_id: str | None = None,
         variant: str | None = None,
         sources: list[str] | None = None,
+        items_json: bytes | None = None,
     ) -> bytes:
-        if sources is None:
-            items: list[Any] = list(map(_Item, item_ids, scores))
+        items: Any
+        if items_json is not None:
+            items = msgspec.Raw(items_json)
+        elif sources is None:
+            items = list(map(_Item, item_ids, scores))
         else:  # HTTP answers
             triples = zip(item_ids, scores, sources, strict=True)
             items = [_SourcedItem(i, score, source) for i, score, source in triples]
@@ -367,6 +375,51 @@ class RecommendationWriter:
                 emitted_ts,
             )
         )
+
+
+class _ItemHeads(NamedTuple):
+    """Each model item's record entry up to its score, ``{"item_id":"...","score":``, as
+    msgspec writes it: item r is ``data[starts[r]:starts[r + 1]]``, empty for an id that
+    cannot be encoded (a lone surrogate)."""
+
+    data: np.ndarray  # uint8
+    starts: np.ndarray  # int64 [items + 1]
+
+
+def _item_heads(bundle: ModelBundle) -> _ItemHeads:
+    """The bundle's item heads, made once per bundle."""
+    made = bundle.derived.get("record_items")
+    if made is None:
+        encode = msgspec.json.encode
+        parts = []
+        for item_id in bundle.items.tolist():
+            try:
+                parts.append(b'{"item_id":' + encode(item_id) + b',"score":')
+            except UnicodeEncodeError:
+                parts.append(b"")
+        starts = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum(list(map(len, parts)), out=starts[1:])
+        data = np.frombuffer(b"".join(parts), dtype=np.uint8)
+        made = bundle.derived["record_items"] = _ItemHeads(data, starts)
+    return made
+
+
+def items_json(
+    bundle: ModelBundle, items: np.ndarray, scores: np.ndarray, decimals: int = SCORE_DECIMALS
+) -> list[bytes | None]:
+    """The ``items`` array of each ranked row as a record carries it, in one compiled
+    pass: the same bytes as the writer's own (``RecommendationWriter``). ``items``: model
+    rows (int64 [rows, k], a row ending at its first -1), ``scores``: rounded to
+    ``decimals`` (``ndarray.round``). None for a row the pass cannot write (an id that
+    cannot be encoded, a score it does not write as msgspec does): the writer's way."""
+    heads = _item_heads(bundle)
+    data, ends, done = json_rows(heads.data, heads.starts, items, scores, 10**decimals, decimals)
+    out = data.tobytes()
+    starts = [0, *ends.tolist()]
+    return [
+        out[a:b] if ok else None
+        for a, b, ok in zip(starts, starts[1:], done.tolist(), strict=False)
+    ]
 
 
 FEEDBACK_TYPES = ("click", "add_to_cart", "purchase")

@@ -37,8 +37,9 @@ import numpy as np
 
 from models.bundle import ModelBundle, open_files, served_bytes
 from models.errors import NoModelError, StreamrecError
-from models.ranking import MIN_ROWS_PER_THREAD, recommend_flat
+from models.ranking import MIN_ROWS_PER_THREAD, rank_rows
 from models.registry import DamagedFileError, Registry
+from stream.events import SCORE_DECIMALS, items_json
 
 log = logging.getLogger(f"streamrec.{__name__}")
 _T = TypeVar("_T")
@@ -492,7 +493,8 @@ def warm(bundle: ModelBundle, threads: int = 1) -> None:
     """Make the model's first batch like the others: its memory-mapped arrays paged in,
     and one ranking through the serving path, as large a batch as spreads over
     ``threads`` (the compiled kernel is loaded or compiled for these arrays' types, and
-    each ranking thread makes its scratch space)."""
+    each ranking thread makes its scratch space), its records' items written (the
+    model's table of encoded ids made)."""
     for value in _arrays(bundle):
         if value.size and not value.dtype.hasobject:
             # One byte per page is enough to fault it in.
@@ -506,9 +508,9 @@ def warm(bundle: ModelBundle, threads: int = 1) -> None:
         if items
         else [[]]
     )
-    recommend_flat(
-        bundle, [i for s in sessions for i in s], [len(s) for s in sessions], 10, threads=threads
-    )
+    flat, lengths = [i for s in sessions for i in s], [len(s) for s in sessions]
+    rows = rank_rows(bundle, flat, lengths, 10, threads=threads, decimals=SCORE_DECIMALS)
+    items_json(bundle, rows.items, rows.scores)
 
 
 def _arrays(bundle: ModelBundle) -> list[np.ndarray]:

@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaException
@@ -33,6 +34,7 @@ from stream.events import (
     ClickEvent,
     InvalidEvent,
     RecommendationWriter,
+    items_json,
     parse_event,
     parse_events,
     parse_feedback,
@@ -361,7 +363,7 @@ class BatchProcessor:
             try:
                 payload = write(
                     event, event.event_id, r.ids, r.scores, r.strategy, version, emitted, rec_id,
-                    variant,
+                    variant, None, r.encoded,
                 )  # fmt: skip
             except Exception as exc:
                 failed.add(j, exc)
@@ -745,6 +747,8 @@ class BatchProcessor:
                 threads=self._rank_threads,
                 sources=sources,
                 decimals=SCORE_DECIMALS,
+                # The topic's records: their item lists in one compiled pass.
+                encode=None if sources else partial(items_json, bundle),
             )
         popular = await self._tenants.popular(tenant)
         lists = [popular_ruled(popular, u.items, rules, catalogue, k, request) for u in updates]
