@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from itertools import product
 from pathlib import Path
 
@@ -96,7 +98,10 @@ def one_run(
     out: Path,
     warm_broker_s: float,
     redis_mode: str = "single",
+    watch: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> dict:
+    """One run on a private stack; ``watch(broker)``, if given, is entered for the
+    measured load only (after the broker's warm-up)."""
     home = Path(tempfile.mkdtemp(prefix="fresh-start-"))
     shutil.copytree(models, home / "models")
     ports = free_cluster_ports(3) if redis_mode == "cluster" else [free_port()]
@@ -123,10 +128,21 @@ def one_run(
         if warm_broker_s > 0:
             warmer = {**env, "NUMBA_CACHE_DIR": str(out.parent / "numba-broker-warmer")}
             offer_load(Path.cwd(), warmer, 1000, warm_broker_s, out.with_name(out.name + "-warmer"))
-        return offer_load(tree, env, rate, duration, out)
+        with watch(stack.broker) if watch else nullcontext():
+            return offer_load(tree, env, rate, duration, out)
     finally:
         stack.down()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def trained_models(out: Path) -> Path:
+    """A registry under ``out`` with the shipped file's model (trained once, then kept)."""
+    models = out / "models"
+    if not (models / "default").is_dir():
+        registry = Registry(models)
+        bundle = train_model(sessionize(read_clicks(eshop_path(), fmt="eshop")), TrainParams())
+        registry.promote("default", registry.register("default", bundle, {}))
+    return models
 
 
 def main() -> None:
@@ -149,11 +165,7 @@ def main() -> None:
     trees = dict(t.split("=", 1) for t in args.trees.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
 
-    models = args.out / "models"
-    if not (models / "default").is_dir():
-        registry = Registry(models)
-        bundle = train_model(sessionize(read_clicks(eshop_path(), fmt="eshop")), TrainParams())
-        registry.promote("default", registry.register("default", bundle, {}))
+    models = trained_models(args.out)
 
     print("| checkout | rate/s x s | numba cache | ready after s | p50 ms | p99 ms | "
           "p99 per 10-s window, ms | of which to the worker's publish | missing | "

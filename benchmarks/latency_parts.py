@@ -22,22 +22,17 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
-from fresh_start import offer_load
-
-from models.datasets import eshop_path, read_clicks, sessionize
-from models.registry import Registry
-from models.train import TrainParams, train_model
-from stream.dev.stack import EmbeddedStack, free_port
-from stream.kafka.topics import ensure_topics
+from fresh_start import one_run, trained_models
 
 TOPICS = ("clicks", "recommendations")
 
@@ -136,49 +131,39 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "latency-parts")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    models = args.out / "models"
-    if not (models / "default").is_dir():
-        registry = Registry(models)
-        bundle = train_model(sessionize(read_clicks(eshop_path(), fmt="eshop")), TrainParams())
-        registry.promote("default", registry.register("default", bundle, {}))
+    watchers: list[Watcher] = []
 
-    home = Path(tempfile.mkdtemp(prefix="latency-parts-"))
-    shutil.copytree(models, home / "models")
-    stack = EmbeddedStack(home / "run", f"127.0.0.1:{free_port()}",
-                          f"redis://127.0.0.1:{free_port()}/0")  # fmt: skip
-    stack.up()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update(
-        STREAMREC_HOME=str(home),
-        STREAMREC_BROKER=stack.broker,
-        STREAMREC_REDIS_URL=stack.redis_url,
-        NUMBA_CACHE_DIR=str(args.out / "numba"),
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    try:
-        ensure_topics(stack.broker, [*TOPICS, "clicks.dlq"], 4)
-        if args.warm_broker > 0:
-            offer_load(Path(args.tree).resolve(), env, 1000, args.warm_broker, args.out / "warmer")
+    @contextmanager
+    def watch(broker: str) -> Iterator[None]:
         gc.disable()  # the watchers' rows would set off collections that stall them
-        watchers = [Watcher(stack.broker, t, 4) for t in TOPICS]
+        watchers.extend(Watcher(broker, t, 4) for t in TOPICS)
         for w in watchers:
             w.start()
-        result = offer_load(Path(args.tree).resolve(), env, args.rate, args.duration,
-                            args.out / "measured")  # fmt: skip
-        time.sleep(2)
-        for w in watchers:
-            w.stop.set()
-            w.join(10)
-        lat = result["latency_ms"]
-        print(f"load test: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
-              f"missing {result['missing']}, ready after {result['ready_s']:.1f} s")  # fmt: skip
-        windows = " / ".join(f"{w['p99']:.0f}" for w in result.get("latency_by_window") or [])
-        print(f"load test's p99 per 10-s window: {windows} ms")
-        report(stages(*watchers), args.window)
-        print(f"load average (1 min): {os.getloadavg()[0]:.2f}")
-    finally:
-        stack.down()
-        shutil.rmtree(home, ignore_errors=True)
+        try:
+            yield
+        finally:
+            time.sleep(2)
+            for w in watchers:
+                w.stop.set()
+                w.join(10)
+
+    result = one_run(
+        Path(args.tree).resolve(),
+        trained_models(args.out),
+        args.out / "numba",
+        args.rate,
+        args.duration,
+        args.out / "measured",
+        args.warm_broker,
+        watch=watch,
+    )
+    lat = result["latency_ms"]
+    print(f"load test: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+          f"missing {result['missing']}, ready after {result['ready_s']:.1f} s")  # fmt: skip
+    windows = " / ".join(f"{w['p99']:.0f}" for w in result.get("latency_by_window") or [])
+    print(f"load test's p99 per 10-s window: {windows} ms")
+    report(stages(*watchers), args.window)
+    print(f"load average (1 min): {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
