@@ -43,7 +43,6 @@ class Watcher(threading.Thread):
 
     def __init__(self, broker: str, topic: str, partitions: int) -> None:
         super().__init__(daemon=True)
-        self.topic = topic
         self.rows: list[tuple[str, float, float, float]] = []
         self.stop = threading.Event()
         self._consumer = Consumer(
@@ -100,6 +99,10 @@ def stages(clicks: Watcher, recs: Watcher) -> dict[str, np.ndarray]:
     }
 
 
+def _p50_p99(x: np.ndarray) -> str:
+    return f"{np.percentile(x, 50):.1f} / {np.percentile(x, 99):.1f}" if x.size else ""
+
+
 def report(parts: dict[str, np.ndarray], window_s: float = 10.0) -> None:
     t0 = parts["t0"]
     if not t0.size:
@@ -113,11 +116,7 @@ def report(parts: dict[str, np.ndarray], window_s: float = 10.0) -> None:
     print("| --- " * (windows.max() + 3) + "|")
     for name in names:
         x = parts[name]
-        cells = [f"{np.percentile(x, 50):.1f} / {np.percentile(x, 99):.1f}"]
-        for w in range(windows.max() + 1):
-            xw = x[windows == w]
-            cells.append(f"{np.percentile(xw, 50):.1f} / {np.percentile(xw, 99):.1f}"
-                         if xw.size else "")  # fmt: skip
+        cells = [_p50_p99(x)] + [_p50_p99(x[windows == w]) for w in range(windows.max() + 1)]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

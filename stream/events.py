@@ -390,11 +390,12 @@ def _item_heads(bundle: ModelBundle) -> _ItemHeads:
     """The bundle's item heads, made once per bundle."""
     made = bundle.derived.get("record_items")
     if made is None:
-        encode = msgspec.json.encode
+        # An item's entry as the writer encodes it, cut before its score.
+        encode, score = msgspec.json.encode, len(b"0.0}")
         parts = []
         for item_id in bundle.items.tolist():
             try:
-                parts.append(b'{"item_id":' + encode(item_id) + b',"score":')
+                parts.append(encode(_Item(item_id, 0.0))[:-score])
             except UnicodeEncodeError:
                 parts.append(b"")
         starts = np.zeros(len(parts) + 1, dtype=np.int64)
