@@ -128,12 +128,21 @@ def served_model(bundle: ModelBundle, layout: features.Layout | None = None) -> 
         layout.feature_source,
         len(layout.sources),
         int(np.max(bundle.item_category, initial=-1)) + 1,
-        *(np.asarray(bundle.arrays.get(name, empty)) for name, empty in _NO_TREES.items()),
+        *(_read_only(bundle.arrays.get(name, empty)) for name, empty in _NO_TREES.items()),
     )
 
 
 _NO_TREES = empty_trees(1)
 assert tuple(_NO_TREES) == TREE_ARRAYS
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    """A read-only view: the trees' arrays have one type for the kernel whether the bundle
+    was loaded (mapped files are read-only), trained in this process, or has no trees,
+    so none of them compiles the kernel again."""
+    view = np.asarray(arr).view()
+    view.flags.writeable = False
+    return view
 
 
 @njit(cache=True)

@@ -209,3 +209,18 @@ def test_bad_trees_in_a_bundle_are_refused(tmp_path, monkeypatch) -> None:
     save_bundle(bundle, tmp_path / "n")
     with pytest.raises(InvalidModelError, match="out of range"):
         load_bundle(tmp_path / "n")
+
+
+def test_the_kernel_sees_one_type_of_tree_arrays_with_or_without_trees(monkeypatch) -> None:
+    from dataclasses import replace
+
+    from numba import typeof
+
+    from models.kernel import served_model
+
+    bundle = _trained_with_trees(monkeypatch)
+    bare = replace(bundle, arrays={k: v for k, v in bundle.arrays.items() if k not in TREE_ARRAYS})
+    with_trees, without = served_model(bundle), served_model(bare)
+    for name in TREE_ARRAYS:
+        assert typeof(getattr(with_trees, name)) == typeof(getattr(without, name))
+    assert without.tree_leaf.shape[0] == 0 and with_trees.tree_leaf.shape[0] == 8
