@@ -119,6 +119,13 @@ _SUMMARY = {"unjudged": "with no fresh sessions to judge"}
     help="How the served model orders candidates (see `streamrec train --help`).",
 )
 @option(
+    "--rerank-top",
+    type=click.IntRange(0, 1000),
+    show_default="50",
+    help="Boosted trees reorder the linear ranker's best N; 0: none "
+    "(see `streamrec train --help`).",
+)
+@option(
     "--group",
     metavar="NAME",
     help="Share the tenants with every trainer started with this group name, on this "
@@ -156,6 +163,7 @@ def trainer(
     epochs: int | None,
     seed: int | None,
     ranker: str | None,
+    rerank_top: int | None,
     group: str | None,
     quiet: bool,
 ) -> None:
@@ -187,7 +195,7 @@ def trainer(
     policy = GatePolicy(
         metric=gate_metric, margin=gate_margin, holdout=holdout, min_sessions=min_sessions
     )
-    given = {"epochs": epochs, "seed": seed, "ranker": ranker}
+    given = {"epochs": epochs, "seed": seed, "ranker": ranker, "rerank_top": rerank_top}
     overrides = {k: v for k, v in given.items() if v is not None}
     params = TrainParams(**overrides)
     if quiet:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from models.registry import Registry
 from stream.cli import cli, main
 
 FAST = ["--epochs", "2"]
@@ -42,10 +43,15 @@ def test_train_on_the_shipped_data_then_similar(run: Invoke) -> None:
     assert "A13" not in [r[1] for r in rows]
 
 
-def test_versions_promote_and_rollback(run: Invoke) -> None:
+def test_versions_promote_and_rollback(run: Invoke, tmp_path: Path) -> None:
     assert run("train", *FAST).exit_code == 0
-    result = run("train", *FAST, "--no-promote")
+    result = run("train", *FAST, "--no-promote", "--rerank-top", "0")
     assert "registered default/v2" in result.output
+    # The shipped log is large enough for boosted trees; --rerank-top 0 fits none.
+    registry = Registry(tmp_path / "home" / "models")
+    with_trees, without = (registry.manifest("default", v) for v in ("v1", "v2"))
+    assert with_trees["ranking"]["rerank_top"] > 0 and "trees" in with_trees
+    assert without["ranking"]["rerank_top"] == 0 and "trees" not in without
     listing = run("models", "list").output
     assert "* v1" in listing and "  v2" in listing
     assert "v2 is now in service" in run("models", "promote", "default", "v2").output
