@@ -311,10 +311,16 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     # Stage two's candidates' features, one row per feature, candidate c in column c.
     pool_feats = np.empty((nf, max(1, min(n, n_candidates))), dtype=np.float64)
     score = np.empty(n, dtype=np.float64)
+    dim = vectors.shape[1]
+    pool_vecs = np.empty((dim, pool_feats.shape[1]), dtype=vectors.dtype)
+    e_last = np.empty(pool_feats.shape[1], dtype=np.float64)
+    e_session = np.empty(pool_feats.shape[1], dtype=np.float64)
     select_buf = np.empty((2, max(n, sample_size, 1)), dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
-    t_lo = np.empty(max(1, k_sessions), dtype=np.int64)
-    t_hi = np.empty(max(1, k_sessions), dtype=np.int64)
+    # Unsigned, as the voting loop's indices: numba checks a signed index for a negative
+    # value to wrap (a compare and a select at each of its reads and writes).
+    t_lo = np.empty(max(1, k_sessions), dtype=np.uint64)
+    t_hi = np.empty(max(1, k_sessions), dtype=np.uint64)
     t_cos = np.empty(max(1, k_sessions), dtype=np.float64)
     t_first = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
@@ -532,10 +538,10 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 v = s_vsim[top[t]]
                 cosine = t_cos[t]
                 for q in range(t_lo[t], t_hi[t]):
-                    j = s_items[q]
+                    j = np.uint64(s_items[q])  # unsigned: no wrap check (t_lo's note)
                     # Written always, kept only on j's first vote (votes are > 0): no
                     # branch to mispredict in the hottest loop.
-                    voted[n_voted] = j
+                    voted[np.uint64(n_voted)] = j
                     n_voted += votes[j, 0] == 0.0
                     votes[j, 0] += v
                     votes[j, 1] += cosine
@@ -643,20 +649,27 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             if cat >= 0:
                 pool_feats[SAME_CATEGORY, c] = 1.0 if cat == categories[last] else 0.0
                 pool_feats[CATEGORY_SHARE, c] = category_share[cat] / recency_total
-            # The first of the candidate's vector, read now with every other candidate's,
-            # so that the rows' cache misses overlap (the sums below read it in a run).
-            score[c] = vectors[j, 0]
+            # The candidate's vector into column c (one row per dimension): every
+            # candidate's row read in one pass, so that their cache misses overlap.
+            for x in range(dim):
+                pool_vecs[x, c] = vectors[j, x]
+        # The embedding sums of every candidate in step, one dimension at a time: each
+        # sum keeps its order, and the candidates are independent lanes (vectorised).
         for c in range(n_pool):
-            j = pool[c]
-            e_last = 0.0
-            e_session = 0.0
-            for x in range(session_vec.size):  # (each sum keeps its order)
-                v_j = vectors[j, x]
-                e_last += v_j * vectors[last, x]
-                e_session += v_j * session_vec[x]
-            pool_feats[EMB_LAST, c] = e_last
-            pool_feats[EMB_SESSION, c] = e_session
+            e_last[c] = 0.0
+            e_session[c] = 0.0
             score[c] = 0.0
+        for x in range(dim):
+            u = vectors[last, x]
+            for c in range(n_pool):
+                e_last[c] += pool_vecs[x, c] * u
+        for x in range(dim):
+            u_s = session_vec[x]
+            for c in range(n_pool):
+                e_session[c] += pool_vecs[x, c] * u_s
+        for c in range(n_pool):
+            pool_feats[EMB_LAST, c] = e_last[c]
+            pool_feats[EMB_SESSION, c] = e_session[c]
         for d in range(n_dist):
             i = dist[d]
             if categories[i] >= 0:
