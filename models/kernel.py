@@ -48,6 +48,7 @@ CATEGORY_TOP = _LAYOUT.column("category_top")
 # numba's cache keeps a global's value from compile time and checks only this file's
 # stamp: a key of the columns above tells a cache compiled for another table.
 _COLUMNS_KEY = zlib.crc32(repr(_LAYOUT.names).encode())
+UINT = np.uint64  # the kernel's index type (see served_kernel)
 
 # The bundle's arrays the kernel reads: the lists of the table by name, then the rest.
 ServedModel = NamedTuple(  # type: ignore[misc]
@@ -140,7 +141,7 @@ def _drop_stale_cache() -> None:
         kernel.recompile()
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def push_top(
     out_scores: np.ndarray, out_items: np.ndarray, r: int, kept: int, k: int, s: float, j: int
 ) -> int:
@@ -289,8 +290,11 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     # session starts, zeroed after it; column ``rows`` stays zero (see stage two).
     rows = min(n, longest + (2 * context + 5) * max(0, per_source))
     feats = np.zeros((nf, rows + 1), dtype=np.float64)
-    slot = np.empty(n, dtype=np.int64)
-    cand = np.empty(max(1, rows), dtype=np.int64)
+    zero_col = UINT(rows)
+    # Item rows and columns are kept unsigned (``UINT``): numba checks a signed index
+    # for a negative value to wrap, a compare and a select at every read and write.
+    slot = np.empty(n, dtype=UINT)
+    cand = np.empty(max(1, rows), dtype=UINT)
     newest = np.empty(context, dtype=np.int64)
     known_codes = np.empty(max(1, codes.size), dtype=np.int64)
     distinct = max(1, min(n, longest))  # a session's distinct items at most
@@ -303,10 +307,10 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     sample = np.empty(max(1, sample_size), dtype=np.int64)
     s_vsim = np.empty(max(1, sample_size), dtype=np.float64)
     s_count = np.empty(max(1, sample_size), dtype=np.float64)
-    pool = np.empty(n, dtype=np.int64)
+    pool = np.empty(n, dtype=UINT)
     pool_prior = np.empty(n, dtype=np.float64)
     pool_pos = np.empty(n, dtype=np.int64)
-    pool_row = np.empty(n, dtype=np.int64)
+    pool_row = np.empty(n, dtype=UINT)
     row_prior = np.empty(rows + 1, dtype=np.float64)
     # Stage two's candidates' features, one row per feature, candidate c in column c.
     pool_feats = np.empty((nf, max(1, min(n, n_candidates))), dtype=np.float64)
@@ -317,15 +321,13 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     e_session = np.empty(pool_feats.shape[1], dtype=np.float64)
     select_buf = np.empty((2, max(n, sample_size, 1)), dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
-    # Unsigned, as the voting loop's indices: numba checks a signed index for a negative
-    # value to wrap (a compare and a select at each of its reads and writes).
-    t_lo = np.empty(max(1, k_sessions), dtype=np.uint64)
-    t_hi = np.empty(max(1, k_sessions), dtype=np.uint64)
+    t_lo = np.empty(max(1, k_sessions), dtype=UINT)
+    t_hi = np.empty(max(1, k_sessions), dtype=UINT)
     t_cos = np.empty(max(1, k_sessions), dtype=np.float64)
     t_first = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
-    voted = np.empty(n + 1, dtype=np.int64)  # + 1: written before it is known to be new
-    only = np.empty(n, dtype=np.int64)
+    voted = np.empty(n + 1, dtype=UINT)  # + 1: written before it is known to be new
+    only = np.empty(n, dtype=UINT)
     category_share = np.zeros(max(1, model.n_categories), dtype=np.float64)
     prior_f = np.flatnonzero(prior[:nf] != 0.0)
     prior_s = np.empty(nf, dtype=np.float64)  # the prior with the votes' scaling folded in
@@ -394,7 +396,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             i = newest[a]
             w = weight_by_age[a]
             for q in range(min(m, per_source)):
-                j = neighbours[i, q]
+                j = UINT(neighbours[i, q])
                 if stamp[j] != tag:  # a new candidate (see the note on feats)
                     stamp[j] = tag
                     slot[j] = found
@@ -403,7 +405,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 s = slot[j]
                 feats[NEIGHBOURS, s] += w * neighbour_scores[i, q]
             for q in range(ru_ptr[i], min(ru_ptr[i + 1], ru_ptr[i] + per_source)):
-                j = ru_idx[q]
+                j = UINT(ru_idx[q])
                 if stamp[j] != tag:  # a new candidate (see the note on feats)
                     stamp[j] = tag
                     slot[j] = found
@@ -412,7 +414,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 s = slot[j]
                 feats[RULES, s] += w * ru_w[q]
         for q in range(tr_ptr[last], min(tr_ptr[last + 1], tr_ptr[last] + per_source)):
-            j = tr_idx[q]
+            j = UINT(tr_idx[q])
             if stamp[j] != tag:  # a new candidate (see the note on feats)
                 stamp[j] = tag
                 slot[j] = found
@@ -425,7 +427,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         if 0 <= cat < cat_ptr.size - 1:
             start = cat_ptr[cat]
             for q in range(start, min(cat_ptr[cat + 1], start + per_source)):
-                j = cat_items[q]
+                j = UINT(cat_items[q])
                 if stamp[j] != tag:  # a new candidate (see the note on feats)
                     stamp[j] = tag
                     slot[j] = found
@@ -447,7 +449,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             if row < 0:
                 continue
             for q in range(c_ptr[row], min(c_ptr[row + 1], c_ptr[row] + per_source)):
-                j = c_idx[q]
+                j = UINT(c_idx[q])
                 if stamp[j] != tag:  # a new candidate (see the note on feats)
                     stamp[j] = tag
                     slot[j] = found
@@ -538,10 +540,10 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 v = s_vsim[top[t]]
                 cosine = t_cos[t]
                 for q in range(t_lo[t], t_hi[t]):
-                    j = np.uint64(s_items[q])  # unsigned: no wrap check (t_lo's note)
+                    j = UINT(s_items[q])
                     # Written always, kept only on j's first vote (votes are > 0): no
                     # branch to mispredict in the hottest loop.
-                    voted[np.uint64(n_voted)] = j
+                    voted[UINT(n_voted)] = j
                     n_voted += votes[j, 0] == 0.0
                     votes[j, 0] += v
                     votes[j, 1] += cosine
@@ -615,7 +617,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 category_share[categories[i]] += feats[OWN_RECENCY, slot[i]]
         for c in range(n_pool):
             j = pool[c]
-            pool_row[c] = slot[j] if stamp[j] == tag else rows
+            pool_row[c] = slot[j] if stamp[j] == tag else zero_col
         for f in range(nf):
             gathered = False  # a feature no gathered candidate has (most pool ones) is 0
             for c in range(found):
@@ -629,7 +631,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         for c in range(n_pool):
             j = pool[c]
             slot[j] = c
-            if pool_row[c] == rows:
+            if pool_row[c] == zero_col:
                 pool_feats[VSKNN, c] = votes[j, 0]
                 pool_feats[SKNN, c] = votes[j, 1]
         for e in range(n_voted):  # zero again for the next session
@@ -692,7 +694,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 score[c] += ws * np.sqrt(x) if x > 0.0 else 0.0
         kept = 0
         for c in range(n_pool):
-            kept = push_top(out_scores, out_items, r, kept, k, score[c], pool[c])
+            kept = push_top(out_scores, out_items, r, kept, k, score[c], np.int64(pool[c]))
         if kept > 0:
             strategy[r] = _main_source(
                 pool_feats, slot[out_items[r, 0]], w_raw, w_sqrt, feature_source, contribution
