@@ -25,7 +25,7 @@ from numba import njit
 
 from models import features
 from models.bundle import ModelBundle
-from models.sources import SEEDS, context_hash, context_row
+from models.sources import SEEDS, context_hash
 
 _LAYOUT = features.LAYOUT
 VSKNN = _LAYOUT.column("vsknn")
@@ -65,6 +65,8 @@ ServedModel = NamedTuple(  # type: ignore[misc]
         ("feature_source", np.ndarray),
         ("n_sources", int),
         ("n_categories", int),  # above every item's category code
+        ("context_start", np.ndarray),  # int64 [2**bits + 1]: context_buckets
+        ("context_shift", int),  # 64 - bits
     ],
 )
 
@@ -110,6 +112,7 @@ def served_model(bundle: ModelBundle, layout: features.Layout | None = None) -> 
         item_values = np.stack(values)
     else:
         item_values = np.zeros((0, bundle.n_items), dtype=np.float32)
+    start, shift = context_buckets(np.asarray(bundle.arrays["context_keys"]))
     return ServedModel(
         np.asarray(bundle.neighbours),
         np.asarray(bundle.neighbour_scores),
@@ -122,7 +125,36 @@ def served_model(bundle: ModelBundle, layout: features.Layout | None = None) -> 
         layout.feature_source,
         len(layout.sources),
         int(np.max(bundle.item_category, initial=-1)) + 1,
+        start,
+        shift,
     )
+
+
+# Context keys per bucket, about: a bucket's keys share a cache line or two.
+_KEYS_PER_BUCKET = 8
+
+
+def context_buckets(keys: np.ndarray) -> tuple[np.ndarray, int]:
+    """Where the sorted hash ``keys`` of each top-bits bucket start: bucket b (the keys
+    whose top ``bits`` bits are b, ``key >> (64 - bits)``) is ``keys[start[b]:start[b + 1]]``.
+    The hashes are uniform, so a lookup reads a few neighbouring keys, not a binary
+    search's scattered ones."""
+    bits = max(1, int(np.ceil(np.log2(max(2.0, keys.size / _KEYS_PER_BUCKET)))))
+    shift = 64 - bits
+    bounds = np.arange(1 << bits, dtype=np.uint64) << np.uint64(shift)
+    start = np.append(np.searchsorted(keys, bounds), keys.size).astype(np.int64)
+    return start, shift
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _context_row(keys, start, shift, h):  # pragma: no cover - compiled
+    """``models.sources.context_row(keys, h)`` through ``context_buckets``' table."""
+    b = h >> np.uint64(shift)
+    q = start[b]
+    end = start[b + np.uint64(1)]
+    while q < end and keys[q] < h:
+        q += 1
+    return q if q < end and keys[q] == h else -1
 
 
 @njit(cache=True)
@@ -260,6 +292,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     s_ptr, s_items = model.sessions_ptr, model.sessions_idx
     is_ptr, is_idx = model.item_sessions_ptr, model.item_sessions_idx
     c_keys, c_ptr = model.context_keys, model.context_ptr
+    c_start, c_shift = model.context_start, model.context_shift
     c_idx, c_w = model.context_idx, model.context_w
     cat_ptr, cat_items = model.category_ptr, model.category_idx
     vectors, clusters, categories = model.vectors, model.clusters, model.categories
@@ -445,7 +478,8 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             start = 0 if which == 2 else n_seen - 2 - which
             if start < 0:
                 continue
-            row = context_row(c_keys, context_hash(known_codes, start, n_seen, SEEDS[which]))
+            h = context_hash(known_codes, start, n_seen, SEEDS[which])
+            row = _context_row(c_keys, c_start, c_shift, h)
             if row < 0:
                 continue
             for q in range(c_ptr[row], min(c_ptr[row + 1], c_ptr[row] + per_source)):
