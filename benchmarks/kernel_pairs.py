@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/kernel_pairs.py --model-dir M [--set eshop|tmall-cgg]
         [--data DIR] [--uniform] [--rounds N] REF [REF ...]
 
-Each REF's ``models/kernel.py`` (``git show``) is imported as a module of its own, and
+Each REF's ``models/kernel.py`` (``git show``; with its ``models/sources.py``, the rest
+of ``models`` this checkout's) is imported as a module of its own, and
 every kernel ranks the same sessions of the same bundle (tenant ``default`` of
 ``--model-dir``, e.g. from ``served_speed.py --save-model``) through this checkout's
 ``models.ranking.rank_codes``. First every kernel's rankings (items, scores, strategies)
@@ -97,19 +98,26 @@ def main() -> None:
 
 
 def kernel_modules(refs: list[str], into: Path) -> dict[str, ModuleType]:
-    """Each commit's kernel file, imported from ``into`` under a module name of its own
-    (numba caches its compiled code beside it)."""
+    """Each commit's kernel file, with the compiled helpers of its ``models/sources.py``,
+    imported from ``into`` under module names of their own (numba caches the compiled
+    code beside them); the rest of ``models`` is this checkout's."""
     sys.path.insert(0, str(into))
     out = {}
     for ref in refs:
-        text = subprocess.run(
-            ["git", "show", f"{ref}:models/kernel.py"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        module = "kernel_" + re.sub(r"\W", "_", ref)
-        (into / f"{module}.py").write_text(text)
-        out[ref] = importlib.import_module(module)
+        name = re.sub(r"\W", "_", ref)
+        sources = _show(ref, "models/sources.py")
+        (into / f"sources_{name}.py").write_text(sources)
+        kernel = _show(ref, "models/kernel.py")
+        kernel = kernel.replace("from models.sources import", f"from sources_{name} import")
+        (into / f"kernel_{name}.py").write_text(kernel)
+        out[ref] = importlib.import_module(f"kernel_{name}")
     return out
+
+
+def _show(ref: str, path: str) -> str:
+    return subprocess.run(
+        ["git", "show", f"{ref}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
 
 
 def session_prefixes(args: argparse.Namespace, items: list[str]) -> list[list[str]]:
