@@ -20,6 +20,9 @@ RUN pip wheel --constraint constraints.txt --wheel-dir /wheels .
 
 FROM python:3.11.7-slim-bookworm
 
+# LightGBM (the trainer's boosted trees) links the system's OpenMP runtime.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # The wheels are mounted for this one step only: they never become a layer of the image.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \

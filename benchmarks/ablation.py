@@ -6,7 +6,8 @@ test: tmall-cgg and yoochoose-cgg on ``train`` with item categories (valid, test
 test-novel are ranked by that bundle), yoochoose-100k on ``train_full`` for test and on
 all but its last day for valid (that day). Each row then ranks the same cases:
 
-- the served model (the learned ranker);
+- the served model (the learned ranker), and where it has boosted trees, the same model
+  with them switched off;
 - the ranker replaced by the table's fixed blend;
 - each candidate source of the feature table removed in turn: its features weigh 0 in
   the ranker and in the first stage's blend (no refit).
@@ -31,6 +32,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +81,14 @@ def score(
     codes, ptr = encode_sessions(bundle, [c.prefix for c in cases])
     targets = bundle.rows([c.target for c in cases])
     targets[targets < 0] = -2  # never matches
-    params = RankParams.of(bundle)
+    trained = RankParams.of(bundle)
     out = {}
-    for label, weights, prior in variants(bundle, rows):
+    rankings = [(label, w, p, trained) for label, w, p in variants(bundle, rows)]
+    if trained.rerank_top > 0:  # the same model with its boosted trees switched off
+        label, weights, prior, _ = rankings[0]
+        off = replace(trained, rerank_top=0)
+        rankings.insert(1, (f"{label}, boosted trees off", weights, prior, off))
+    for label, weights, prior, params in rankings:
         items, *_ = rank_codes(
             bundle, codes, ptr, 20, params, exclude="none", weights=weights, prior=prior
         )

@@ -11,7 +11,8 @@ compiles its kernels; otherwise it loads them from the cache, as on a restart. R
 checkout after checkout for each entry of ``--runs`` so that a busy machine weighs on
 both alike. Prints a table: seconds until /health/ready, p50/p99 over the run, and p99
 per 10-s window of send time (the first window is the start-up), in all and up to the
-worker's publish (the rest is the output's trip to the load test's reader).
+worker's publish (the rest is the output's trip to the load test's reader), and the CPU
+each process spent per event while the load test ran (worker, broker, Redis, load test).
 ``--redis single,cluster`` runs each entry on a single Redis and on a three-master Redis
 Cluster, one after the other.
 
@@ -55,8 +56,26 @@ def ready_after(port: int, worker: subprocess.Popen[bytes], timeout: float = 300
     return float("nan")
 
 
-def offer_load(tree: Path, env: dict[str, str], rate: float, duration: float, out: Path) -> dict:
-    """Start a worker of ``tree``, then (once ready) a load test; its report, with ``ready_s``."""
+def cpu_s(pid: int | None) -> float:
+    """A process's CPU seconds so far, all its threads (nan when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def offer_load(
+    tree: Path,
+    env: dict[str, str],
+    rate: float,
+    duration: float,
+    out: Path,
+    services: dict[str, int | None] | None = None,
+) -> dict:
+    """Start a worker of ``tree``, then (once ready) a load test; its report, with
+    ``ready_s`` and ``cpu_us`` (CPU per event sent during the load test: the worker's,
+    the load test's own, and each of ``services``' processes by name)."""
     port = free_port()
     env = {**env, "STREAMREC_WEB_PORT": str(port)}
     log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115  (closed below)
@@ -73,15 +92,23 @@ def offer_load(tree: Path, env: dict[str, str], rate: float, duration: float, ou
         # without a slow compile on a busy machine outlasting that wait.
         ready_s = ready_after(port, worker)
         report = out.with_suffix(".json")
-        subprocess.run(
+        pids = {"worker": worker.pid, **(services or {})}
+        before = {name: cpu_s(pid) for name, pid in pids.items()}
+        loadtest = subprocess.Popen(
             [sys.executable, "-m", "stream", "loadtest", "--rate", str(rate), "--duration",
              str(duration), "--no-progress", "--json", str(report)],
             env=env,
             stdout=subprocess.DEVNULL,
-            check=True,
         )  # fmt: skip
+        _, status, usage = os.wait4(loadtest.pid, 0)
+        loadtest.returncode = os.waitstatus_to_exitcode(status)
+        if loadtest.returncode:
+            raise subprocess.CalledProcessError(loadtest.returncode, loadtest.args)
+        used = {name: cpu_s(pid) - before[name] for name, pid in pids.items()}
+        used["load test"] = usage.ru_utime + usage.ru_stime
         result = json.loads(report.read_text())
         result["ready_s"] = ready_s
+        result["cpu_us"] = {k: v / max(1, result["sent"]) * 1e6 for k, v in used.items()}
         return result
     finally:
         worker.terminate()
@@ -128,8 +155,11 @@ def one_run(
         if warm_broker_s > 0:
             warmer = {**env, "NUMBA_CACHE_DIR": str(out.parent / "numba-broker-warmer")}
             offer_load(Path.cwd(), warmer, 1000, warm_broker_s, out.with_name(out.name + "-warmer"))
+        broker, *redis = stack.services
+        services = {"broker": broker.pid()}
+        services |= {"Redis" if len(redis) == 1 else s.name: s.pid() for s in redis}
         with watch(stack.broker) if watch else nullcontext():
-            return offer_load(tree, env, rate, duration, out)
+            return offer_load(tree, env, rate, duration, out, services)
     finally:
         stack.down()
         shutil.rmtree(home, ignore_errors=True)
@@ -143,6 +173,11 @@ def trained_models(out: Path) -> Path:
         bundle = train_model(sessionize(read_clicks(eshop_path(), fmt="eshop")), TrainParams())
         registry.promote("default", registry.register("default", bundle, {}))
     return models
+
+
+def cpu_line(cpu_us: dict[str, float]) -> str:
+    """``worker 540, broker 420, ...``: CPU µs an event by process."""
+    return ", ".join(f"{name} {us:.0f}" for name, us in cpu_us.items())
 
 
 def main() -> None:
@@ -169,8 +204,8 @@ def main() -> None:
 
     print("| checkout | rate/s x s | numba cache | ready after s | p50 ms | p99 ms | "
           "p99 per 10-s window, ms | of which to the worker's publish | missing | "
-          "load 1 min |")  # fmt: skip
-    print("| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: |")
+          "CPU µs an event | load 1 min |")  # fmt: skip
+    print("| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | --- | ---: |")
     for n, spec in enumerate(args.runs.split(",")):
         load, _, cold = spec.partition(":")
         rate, duration = (float(x) for x in load.split("x"))
@@ -188,7 +223,8 @@ def main() -> None:
             print(
                 f"| {name} | {rate:g} x {duration:g} | {'cold' if cold else 'warm'} | "
                 f"{r['ready_s']:.1f} | {lat['p50']:.1f} | {lat['p99']:.1f} | {per_window} | "
-                f"{to_publish or 'n/a'} | {r['missing']} | {os.getloadavg()[0]:.1f} |",
+                f"{to_publish or 'n/a'} | {r['missing']} | {cpu_line(r['cpu_us'])} | "
+                f"{os.getloadavg()[0]:.1f} |",
                 flush=True,
             )
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
-from fresh_start import one_run, trained_models
+from fresh_start import cpu_line, one_run, trained_models
 
 TOPICS = ("clicks", "recommendations")
 
@@ -161,6 +161,7 @@ def main() -> None:
           f"missing {result['missing']}, ready after {result['ready_s']:.1f} s")  # fmt: skip
     windows = " / ".join(f"{w['p99']:.0f}" for w in result.get("latency_by_window") or [])
     print(f"load test's p99 per 10-s window: {windows} ms")
+    print(f"CPU µs an event while the load test ran: {cpu_line(result['cpu_us'])}")
     report(stages(*watchers), args.window)
     print(f"load average (1 min): {os.getloadavg()[0]:.2f}")
 

@@ -27,12 +27,17 @@ import numpy as np
 
 from models import features
 from models.errors import InvalidModelError
+from models.trees import EXTRA_COLUMNS, TREE_ARRAYS
 
 BUNDLE_FORMAT = "streamrec-bundle"
 # 5: the arrays of the table's sources and item features stored by name
 # (``models.features``), the ranker's weights read by feature name. An older bundle is
 # refused with a message that says to retrain.
-BUNDLE_FORMAT_VERSION = 5
+# 6: boosted trees over the linear ranker's best (``models.trees``: three arrays, and the
+# manifest's "trees" section), where the trainer fitted them; format 5, the same without
+# trees, is still read.
+BUNDLE_FORMAT_VERSION = 6
+READ_FORMAT_VERSIONS = (5, 6)
 MANIFEST = "manifest.json"
 # Every bundle's arrays; the rest come from the table (``table_arrays``).
 BASE_ARRAYS = (
@@ -269,7 +274,9 @@ def load_bundle(
     arrays: dict[str, np.ndarray] = {}
     # The worker never gates: it leaves the optional arrays on disk.
     extra = () if private else [name for name in OPTIONAL_ARRAYS if name in described]
-    for name in (*BASE_ARRAYS, *table_arrays(), *extra):
+    # A bundle has the trees' three arrays, or none of them.
+    trees = TREE_ARRAYS if any(name in described for name in TREE_ARRAYS) else ()
+    for name in (*BASE_ARRAYS, *table_arrays(), *trees, *extra):
         path = directory / f"{name}.npy"
         meta = described.get(name)
         if not isinstance(meta, dict):
@@ -289,6 +296,8 @@ def load_bundle(
             )
         arrays[name] = arr
     _check_consistency(arrays, where)
+    if trees:
+        _check_trees(arrays, manifest.get("trees"), where)
     for arr in arrays.values():
         _release_pages(arr)
     # The arrays' descriptions (checksums, shapes) are checked; nothing reads them after
@@ -414,7 +423,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise InvalidModelError(f"model {directory}: {MANIFEST} is not a streamrec bundle manifest")
     found = manifest.get("format_version")
-    if found != BUNDLE_FORMAT_VERSION:
+    if found not in READ_FORMAT_VERSIONS:
         if isinstance(found, int) and found < BUNDLE_FORMAT_VERSION:
             advice = "retrain the tenant (`streamrec train`, or the trainer's next pass)"
             age = "older"
@@ -500,6 +509,37 @@ def _check_consistency(a: dict[str, np.ndarray], where: str) -> None:
             w = a[w_name]
             if w.dtype != np.float32 or w.shape != idx.shape or not np.isfinite(w).all():
                 fail(f"{w_name} must be finite float32 with the shape of {idx_name}")
+
+
+def _check_trees(a: dict[str, np.ndarray], described: object, where: str) -> None:
+    """The trees' arrays (``models.trees``): complete trees whose splits read columns of
+    this table's features (the manifest names the columns they were fitted on)."""
+    feature, threshold, leaf = (a[name] for name in TREE_ARRAYS)
+    names = described.get("features") if isinstance(described, dict) else None
+    if names != list(features.LAYOUT.names):
+        raise InvalidModelError(
+            f"model {where}: its trees were fitted on other features than this streamrec "
+            "ranks with: retrain the tenant"
+        )
+    n_trees, inner = feature.shape if feature.ndim == 2 else (-1, -1)
+    if (
+        feature.dtype != np.int32
+        or threshold.dtype != np.float64
+        or leaf.dtype != np.float64
+        or threshold.shape != feature.shape
+        or leaf.shape != (n_trees, inner + 1)
+        or inner < 1
+        or (inner + 1) & inner  # 2^depth - 1 splits
+    ):
+        raise InvalidModelError(
+            f"model {where}: trees must be int32 and float64 [trees, 2^depth - 1] splits "
+            "and float64 [trees, 2^depth] leaves"
+        )
+    columns = features.LAYOUT.n_features + EXTRA_COLUMNS
+    if feature.size and (feature.min() < 0 or feature.max() >= columns):
+        raise InvalidModelError(f"model {where}: a tree splits on a column out of range")
+    if np.isnan(threshold).any() or not np.isfinite(leaf).all():
+        raise InvalidModelError(f"model {where}: tree thresholds or leaves are not numbers")
 
 
 def _sha256(path: Path) -> str:

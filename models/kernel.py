@@ -7,7 +7,8 @@ nearest, voting with V-SKNN and SKNN similarity) and the top of the last click's
 category, and computes the features of ``models.features`` for each; the category
 features are 0 for items without one. Two stages: a fixed blend of the features known
 while gathering keeps the best ``candidates``, then a linear model over every feature
-and its square root orders those (its weights: ``models.fit``).
+and its square root orders those (its weights: ``models.fit``). Where the bundle has
+boosted trees (``models.trees``), they reorder the linear stage's best ``rerank_top``.
 
 The kernel takes three structures: ``ServedModel`` (a bundle's arrays, built once per
 bundle by ``served_model``), ``RankConfig`` (the ranking parameters, weights and banned
@@ -26,6 +27,7 @@ from numba import njit
 from models import features
 from models.bundle import ModelBundle
 from models.sources import SEEDS, context_hash
+from models.trees import EXTRA_COLUMNS, TREE_ARRAYS, empty_trees, rerank
 
 _LAYOUT = features.LAYOUT
 VSKNN = _LAYOUT.column("vsknn")
@@ -67,6 +69,10 @@ ServedModel = NamedTuple(  # type: ignore[misc]
         ("n_categories", int),  # above every item's category code
         ("context_start", np.ndarray),  # int64 [2**bits + 1]: context_buckets
         ("context_shift", int),  # 64 - bits
+        # The boosted trees over the linear stage's best (``models.trees``; none: 0 rows).
+        ("tree_feature", np.ndarray),
+        ("tree_threshold", np.ndarray),
+        ("tree_leaf", np.ndarray),
     ],
 )
 
@@ -83,6 +89,7 @@ class RankConfig(NamedTuple):
     banned: np.ndarray  # bool [items]
     exclude_mode: int  # 0 none, 1 the current click, 2 every item of the session
     item_sources: bool = False  # also each listed item's main source, into Out.sources
+    rerank_top: int = 0  # the linear stage's best this many reordered by the trees
 
 
 class Out(NamedTuple):
@@ -127,7 +134,21 @@ def served_model(bundle: ModelBundle, layout: features.Layout | None = None) -> 
         int(np.max(bundle.item_category, initial=-1)) + 1,
         start,
         shift,
+        *(_read_only(bundle.arrays.get(name, empty)) for name, empty in _NO_TREES.items()),
     )
+
+
+_NO_TREES = empty_trees(1)
+assert tuple(_NO_TREES) == TREE_ARRAYS
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    """A read-only view: the trees' arrays have one type for the kernel whether the bundle
+    was loaded (mapped files are read-only), trained in this process, or has no trees,
+    so none of them compiles the kernel again."""
+    view = np.asarray(arr).view()
+    view.flags.writeable = False
+    return view
 
 
 # Context keys per bucket, about: a bucket's keys share a cache line or two.
@@ -148,7 +169,8 @@ def context_buckets(keys: np.ndarray) -> tuple[np.ndarray, int]:
 
 @njit(cache=True, nogil=True, inline="always")
 def _context_row(keys, start, shift, h):  # pragma: no cover - compiled
-    """``models.sources.context_row(keys, h)`` through ``context_buckets``' table."""
+    """The row of hash ``h`` in the sorted ``keys`` (-1: absent), through
+    ``context_buckets``' table ``start`` and its ``shift``."""
     b = h >> np.uint64(shift)
     q = start[b]
     end = start[b + np.uint64(1)]
@@ -347,6 +369,8 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     row_prior = np.empty(rows + 1, dtype=np.float64)
     # Stage two's candidates' features, one row per feature, candidate c in column c.
     pool_feats = np.empty((nf, max(1, min(n, n_candidates))), dtype=np.float64)
+    rerank_top = config.rerank_top if model.tree_leaf.shape[0] > 0 else 0
+    tree_x = np.empty((nf + EXTRA_COLUMNS, max(1, rerank_top)), dtype=np.float64)
     score = np.empty(n, dtype=np.float64)
     dim = vectors.shape[1]
     pool_vecs = np.empty((dim, pool_feats.shape[1]), dtype=vectors.dtype)
@@ -726,6 +750,17 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 x = pool_feats[f, c]
                 score[c] += wr * x
                 score[c] += ws * np.sqrt(x) if x > 0.0 else 0.0
+        if rerank_top > 1:
+            rerank(
+                model.tree_feature,
+                model.tree_threshold,
+                model.tree_leaf,
+                rerank_top,
+                pool_feats,
+                score,
+                n_pool,
+                tree_x,
+            )
         kept = 0
         for c in range(n_pool):
             kept = push_top(out_scores, out_items, r, kept, k, score[c], np.int64(pool[c]))

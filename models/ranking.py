@@ -41,6 +41,9 @@ class RankParams:
     per_source: int = 30  # entries read from each neighbour / rule / transition list
     candidates: int = 200  # kept by the fixed blend for the ranker to order
     ranker: str = "linear"
+    # The linear stage's best this many reordered by the bundle's boosted trees (0: none;
+    # ``models.trees``).
+    rerank_top: int = 0
 
     @classmethod
     def of(cls, bundle: ModelBundle) -> RankParams:
@@ -321,6 +324,7 @@ def rank_codes(
         banned,
         _EXCLUDE_CODES[exclude],
         sources,
+        int(params.rerank_top),
     )
     model = _served(bundle, layout)
     out = Out(

@@ -58,6 +58,8 @@ from models.fit import MAX_ITER, fit_ranker
 from models.ranking import RANKERS, RankParams, encode_sessions, rank_codes, recommend_batch
 from models.seen import session_hashes
 from models.sources import build_sources, category_lists
+from models.trees import fit_trees as fit_boosted_trees
+from models.trees import top_cases
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -133,6 +135,16 @@ class TrainParams:
     candidates: int = 200
     fit_candidates: int = 100
     l2: float = 1e-3
+    # Boosted trees over the linear ranker's best ``rerank_top`` (``models.trees``; 0: none),
+    # fitted on the ranker's fit cases plus prefixes of sessions the fit-time model was
+    # trained on, ``tree_seen_share`` of the trees' cases (the sessions serving meets
+    # verbatim). Logs under SMALL_LOG_CLICKS fit none.
+    # (Chosen on valid and on its sessions seen verbatim in training: benchmarks/quality.md.)
+    rerank_top: int = 50
+    tree_count: int = 20
+    tree_depth: int = 4
+    tree_rate: float = 0.25
+    tree_seen_share: float = 0.03
     seed: int = 42
     # One worker makes gensim deterministic for a fixed seed; more trade that for speed.
     workers: int = 1
@@ -152,6 +164,7 @@ class TrainParams:
             per_source=self.per_source,
             candidates=self.candidates,
             ranker=self.ranker,
+            rerank_top=self.rerank_top,
         )
 
 
@@ -186,11 +199,12 @@ def train_model(
     categories = categories or {}
     bundle = _build(sessions, embedded, params, report, categories)
     ranker: dict[str, Any] = {"kind": params.ranker}
+    trees: dict[str, Any] | None = None
     if params.ranker == "linear":
         report("ranker", 0.0)
         t = time.perf_counter()
         if fits and older is not None:
-            weights, info = _learn_ranker(
+            weights, info, trees = _learn_ranker(
                 sessions, cut, older, params, categories, lambda f: report("ranker", f)
             )
         else:
@@ -200,6 +214,11 @@ def train_model(
         report("ranker", 1.0)
     manifest = bundle.manifest
     manifest["ranker"] = {"features": list(features.LAYOUT.names), **ranker}
+    if trees is not None and len(trees["arrays"]["tree_leaf"]):
+        bundle.arrays.update(trees.pop("arrays"))
+        manifest["trees"] = {"features": list(features.LAYOUT.names), **trees}
+    else:
+        manifest["ranking"]["rerank_top"] = 0
     manifest["timings"]["total_s"] = time.perf_counter() - started
     return replace(bundle, session_hashes=session_hashes(sessions))
 
@@ -211,14 +230,15 @@ def _learn_ranker(
     params: TrainParams,
     categories: Mapping[str, str],
     progress: Callable[[float], None],
-) -> tuple[np.ndarray, dict]:
+) -> tuple[np.ndarray, dict, dict[str, Any] | None]:
     """Weights of the linear ranking stage (module docstring) from a model of
     ``sessions[:cut]`` (embedded as ``embedded``), fitted on next-click cases of the
-    newer sessions. ``progress`` hears the fraction done."""
+    newer sessions, and the boosted trees over its best (``TrainParams.rerank_top``; None
+    for a small log). ``progress`` hears the fraction done."""
     older, newer = sessions[:cut], sessions[cut:]
     cases = [(s[:i], s[i]) for s in newer for i in range(1, len(s))]
+    rng = np.random.default_rng(params.seed)
     if len(cases) > params.fit_cases:
-        rng = np.random.default_rng(params.seed)
         keep = np.sort(rng.choice(len(cases), params.fit_cases, replace=False))
         cases = [cases[i] for i in keep.tolist()]
     base = _build(older, embedded, params, lambda stage, fraction: None, categories)
@@ -231,8 +251,10 @@ def _learn_ranker(
     iterations = fit_iterations(n_clicks)
     rank_params = replace(params.rank_params(), candidates=k)
 
-    def rank_features() -> tuple[np.ndarray, np.ndarray]:
-        feats = np.zeros((len(cases), k, features.LAYOUT.n_features), dtype=np.float64)
+    ranked: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def candidates_of(codes: np.ndarray, ptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feats = np.zeros((len(ptr) - 1, k, features.LAYOUT.n_features), dtype=np.float64)
         items, *_ = rank_codes(
             base,
             codes,
@@ -245,6 +267,10 @@ def _learn_ranker(
         )
         return items, feats
 
+    def rank_features() -> tuple[np.ndarray, np.ndarray]:
+        ranked.append(candidates_of(codes, ptr))  # kept for the trees
+        return ranked[-1]
+
     weights, info = fit_ranker(
         rank_features,
         targets,
@@ -253,7 +279,46 @@ def _learn_ranker(
         progress=lambda f: progress(_BASE_SHARE + (1 - _BASE_SHARE) * f),
     )
     sizes = {"sampled": len(cases), "candidates": k, "max_iter": iterations}
-    return weights, {**info, "sessions": len(older), **sizes}
+    info = {**info, "sessions": len(older), **sizes}
+    if n_clicks < SMALL_LOG_CLICKS or params.rerank_top <= 1 or not ranked:
+        return weights, info, None
+    t = time.perf_counter()
+    items, feats = ranked.pop()
+    rows, labels = top_cases(feats, items, targets, weights, params.rerank_top)
+    del items, feats
+    # Prefixes of sessions the fit-time model was trained on, as many as make
+    # ``tree_seen_share`` of the trees' cases.
+    share = min(max(params.tree_seen_share, 0.0), 0.9)
+    seen = [(s[:i], s[i]) for s in older for i in range(1, len(s))]
+    n_seen = min(len(seen), int(round(len(cases) * share / (1.0 - share))))
+    if n_seen:
+        pick = np.sort(rng.choice(len(seen), n_seen, replace=False))
+        seen = [seen[i] for i in pick.tolist()]
+        seen_codes, seen_ptr = encode_sessions(base, [prefix for prefix, _ in seen])
+        seen_targets = base.rows([target for _, target in seen])
+        seen_targets[seen_targets < 0] = -2  # never matches
+        seen_items, seen_feats = candidates_of(seen_codes, seen_ptr)
+        more, more_labels = top_cases(
+            seen_feats, seen_items, seen_targets, weights, params.rerank_top
+        )
+        rows = np.concatenate([rows, more])
+        labels = np.concatenate([labels, more_labels])
+    arrays, fitted = fit_boosted_trees(
+        rows,
+        labels,
+        n_trees=params.tree_count,
+        depth=params.tree_depth,
+        learning_rate=params.tree_rate,
+        seed=params.seed,
+    )
+    trees = {
+        "arrays": arrays,
+        "fit": {**fitted, "seen_cases": n_seen},
+        "top": params.rerank_top,
+        "depth": params.tree_depth,
+        "trees_s": time.perf_counter() - t,
+    }
+    return weights, info, trees
 
 
 def fit_iterations(n_clicks: int) -> int | None:

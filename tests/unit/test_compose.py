@@ -27,6 +27,12 @@ def test_the_workers_health_check_is_readiness() -> None:
     assert _services()["prometheus"]["depends_on"]["worker"]["condition"] == "service_healthy"
 
 
+def _session_hashes_compact(command: list[str]) -> bool:
+    """Redis keeps a session's hash compact: values of a few hundred bytes allowed."""
+    limit = "--hash-max-listpack-value"
+    return limit in command and int(command[command.index(limit) + 1]) >= 512
+
+
 def test_production_is_locked_down() -> None:
     services = _services()
     env = services["worker"]["environment"]
@@ -35,6 +41,7 @@ def test_production_is_locked_down() -> None:
     assert env["STREAMREC_ADMIN_TOKEN"].startswith("${STREAMREC_ADMIN_TOKEN")  # no default
     assert env["STREAMREC_REDIS_URL"].startswith("redis://:${STREAMREC_REDIS_PASSWORD")
     assert "--requirepass" in services["redis"]["command"]
+    assert _session_hashes_compact(services["redis"]["command"])
     # HTTP published on the host's loopback only.
     assert all(str(p).startswith("127.0.0.1:") for p in services["worker"]["ports"])
 
@@ -101,8 +108,11 @@ def test_the_image_is_built_in_two_stages_from_pinned_versions() -> None:
     builder, runtime = _stages()
     assert builder[0].split()[-2:] == ["AS", "builder"]
     assert any("build-essential" in line for line in builder)
-    # The runtime stage installs the builder's wheels, without a compiler.
-    assert not any("build-essential" in line or "apt-get" in line for line in runtime)
+    # The runtime stage installs the builder's wheels, without a compiler: from Debian
+    # only the OpenMP runtime that LightGBM's wheel links.
+    assert not any("build-essential" in line or "gcc" in line for line in runtime)
+    debian = [line for line in runtime if "apt-get install" in line]
+    assert all(re.search(r"--no-install-recommends libgomp1\s*(&&|$)", line) for line in debian)
     assert any("from=builder" in line for line in runtime)
     assert any("pip install" in line and "--no-index" in line for line in runtime)
     # Base images by exact version (not a moving tag such as 3.11-slim or latest).
@@ -230,6 +240,7 @@ def test_a_redis_cluster_profile_of_three_masters_with_a_replica_each() -> None:
         command = node["command"]
         assert command[command.index("--cluster-enabled") + 1] == "yes", name
         assert "--requirepass" in command and "--masterauth" in command, name
+        assert _session_hashes_compact(command), name
     init = services["redis-cluster-init"]
     assert init["profiles"] == ["cluster"]
     script = " ".join(init["command"])

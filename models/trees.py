@@ -1,0 +1,227 @@
+"""Boosted trees over the linear ranker's best candidates: fitted at train time
+(``models.train``), stored as plain arrays in the bundle, walked by the serving kernel.
+
+The trainer ranks the linear ranker's fit cases with the fitted weights, keeps each
+case's best ``top`` and fits LightGBM's lambdarank on them: every feature of the table,
+the linear score and its gap to the case's best are the columns, the clicked candidate
+is the one relevant item. Serving (``rerank``) orders a session's best ``top`` by the
+linear score anew by the trees' sum; the rest keep their linear order below them.
+
+The trees are exported complete, ``depth`` levels each (a leaf above the last level
+becomes a split that always goes left, its value copied to every leaf under it): one
+array of split columns, one of thresholds (``int32`` / ``float64`` [trees, 2^depth - 1],
+node n's children at 2n + 1 and 2n + 2) and one of leaf values ([trees, 2^depth]). A
+walk is then ``depth`` steps of the same few instructions for every candidate, and the
+candidates advance level by level together.
+
+Fit cases may include prefixes of sessions the fit-time model was trained on
+(``seen_share``): serving meets sessions that repeat training sessions verbatim, where
+the memorising features (the prefix's continuations) decide, and trees that never saw
+such cases learn to discount them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+TREE_ARRAYS = ("tree_feature", "tree_threshold", "tree_leaf")
+# Extra columns after the table's features: the linear score and its gap to the best.
+EXTRA_COLUMNS = 2
+# At least this many fit cases with their click in the best ``top``: else no trees.
+MIN_CASES = 200
+
+
+def linear_scores(feats: np.ndarray, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The linear ranker's score of each candidate ([cases, candidates]; -inf where the
+    candidate is padding), as the kernel computes it: raw features, then square roots."""
+    nf = feats.shape[-1]
+    raw = feats.reshape(-1, nf)
+    scores = raw @ weights[:nf] + np.sqrt(np.maximum(raw, 0.0)) @ weights[nf : 2 * nf]
+    scores = scores.reshape(items.shape)
+    return np.where(items >= 0, scores, -np.inf)
+
+
+def columns(feats: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The trees' columns for candidates of one group each row ([groups, c, features] and
+    [groups, c] scores): the features, the linear score, the gap to the group's best."""
+    best = scores.max(axis=1, keepdims=True)
+    return np.concatenate([feats, scores[..., None], (best - scores)[..., None]], axis=-1)
+
+
+def top_cases(
+    feats: np.ndarray, items: np.ndarray, targets: np.ndarray, weights: np.ndarray, top: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each case's best ``top`` by the linear ranker as the trees' rows ([cases, top,
+    columns]) and labels (1 for the clicked candidate), for the cases whose click is among
+    them and that have ``top`` real candidates."""
+    scores = linear_scores(feats, items, weights)
+    top = min(top, scores.shape[1])
+    # Best first, ties to the earlier candidate (the kernel's stage-two order is by score).
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
+    kept_items = np.take_along_axis(items, order, axis=1)
+    labels = (kept_items == targets[:, None]).astype(np.float64)
+    usable = labels.any(axis=1) & (kept_items >= 0).all(axis=1)
+    order = order[usable]
+    kept_scores = np.take_along_axis(scores[usable], order, axis=1)
+    kept_feats = np.take_along_axis(feats[usable], order[..., None], axis=1)
+    return columns(kept_feats, kept_scores), labels[usable]
+
+
+def fit_trees(
+    rows: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_trees: int,
+    depth: int,
+    learning_rate: float,
+    seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """LightGBM lambdarank over groups of candidates (``rows`` [groups, c, columns],
+    ``labels`` [groups, c]), one thread, deterministic; its trees as complete arrays
+    (module docstring), or no trees (empty arrays) with too few groups."""
+    import lightgbm as lgb  # only the trainer needs it
+
+    groups, c, n_cols = rows.shape
+    info: dict[str, Any] = {"groups": int(groups), "candidates": int(c)}
+    if groups < MIN_CASES:
+        return empty_trees(depth), {**info, "reason": "too few cases"}
+    data = lgb.Dataset(
+        rows.reshape(-1, n_cols),
+        label=labels.reshape(-1),
+        group=np.full(groups, c),
+        params={"max_bin": 255, "verbose": -1},
+        free_raw_data=True,
+    )
+    params = {
+        "objective": "lambdarank",
+        "num_leaves": 2**depth,
+        "max_depth": depth,
+        "learning_rate": learning_rate,
+        "num_threads": 1,
+        "deterministic": True,
+        "force_row_wise": True,
+        "seed": seed,
+        "verbose": -1,
+    }
+    booster = lgb.train(params, data, num_boost_round=n_trees)
+    return export(booster, depth), {**info, "trees": booster.num_trees()}
+
+
+def empty_trees(depth: int) -> dict[str, np.ndarray]:
+    inner, leaves = 2**depth - 1, 2**depth
+    return {
+        "tree_feature": np.zeros((0, inner), dtype=np.int32),
+        "tree_threshold": np.zeros((0, inner), dtype=np.float64),
+        "tree_leaf": np.zeros((0, leaves), dtype=np.float64),
+    }
+
+
+def export(booster: Any, depth: int) -> dict[str, np.ndarray]:
+    """A LightGBM booster's trees as complete trees ``depth`` levels deep (module
+    docstring). A tree deeper than ``depth``, or a split other than ``x <= threshold``
+    on a column without missing values, is refused."""
+    out = empty_trees(depth)
+    trees = booster.dump_model()["tree_info"]
+    inner, leaves = 2**depth - 1, 2**depth
+    feature = np.zeros((len(trees), inner), dtype=np.int32)
+    threshold = np.full((len(trees), inner), np.inf, dtype=np.float64)
+    leaf = np.zeros((len(trees), leaves), dtype=np.float64)
+
+    def place(t: int, node: dict, at: int, level: int) -> None:
+        if "leaf_value" in node:
+            # A leaf above the last level: every split under it goes left (x <= inf), and
+            # its value fills every leaf it covers.
+            span = 2 ** (depth - level)
+            first = (at + 1) * span - 1 - inner
+            leaf[t, first : first + span] = node["leaf_value"]
+            return
+        if level >= depth:
+            raise ValueError(f"tree {t} is deeper than {depth} levels")
+        if node["decision_type"] != "<=" or node.get("missing_type", "None") not in ("None",):
+            raise ValueError(f"tree {t}: split {node['decision_type']} / {node['missing_type']}")
+        feature[t, at] = node["split_feature"]
+        threshold[t, at] = node["threshold"]
+        place(t, node["left_child"], 2 * at + 1, level + 1)
+        place(t, node["right_child"], 2 * at + 2, level + 1)
+
+    for t, tree in enumerate(trees):
+        place(t, tree["tree_structure"], 0, 0)
+    out.update(tree_feature=feature, tree_threshold=threshold, tree_leaf=leaf)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def tree_sums(feature, threshold, leaf, x, n):  # pragma: no cover - compiled
+    """The trees' sum for rows 0..n-1 of ``x`` ([columns, rows]): every row walks each
+    tree level by level together (no recursion, no branch on the data)."""
+    inner = feature.shape[1]
+    out = np.zeros(n, dtype=np.float64)
+    node = np.empty(n, dtype=np.int64)
+    levels = 0
+    while (1 << levels) - 1 < inner:
+        levels += 1
+    for t in range(feature.shape[0]):
+        for i in range(n):
+            node[i] = 0
+        for _ in range(levels):
+            for i in range(n):
+                at = node[i]
+                node[i] = 2 * at + 1 + (x[feature[t, at], i] > threshold[t, at])
+        for i in range(n):
+            out[i] += leaf[t, node[i] - inner]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def rerank(feature, threshold, leaf, top, pool_feats, score, n_pool, x):  # pragma: no cover
+    """Reorder the best ``top`` of the ``n_pool`` candidates by their linear ``score`` by
+    the trees' sum (module docstring): their scores become the ``top``-th best linear
+    score plus their trees' sum above the lowest one's (and a hair, so that they stay
+    above every other candidate); the others' are kept. ``pool_feats`` [features,
+    candidates]; ``x``: [features + 2, >= top] scratch."""
+    if feature.shape[0] == 0 or top <= 1 or n_pool <= 1:
+        return
+    nf = pool_feats.shape[0]
+    m = min(top, n_pool)
+    # The best m positions: a partial order of the scores, ties to the earlier position.
+    chosen = np.empty(m, dtype=np.int64)
+    kept = 0
+    if m == n_pool:
+        for c in range(n_pool):
+            chosen[c] = c
+        kept = m
+        floor = np.inf
+        for c in range(n_pool):
+            floor = min(floor, score[c])
+    else:
+        floor = np.partition(-score[:n_pool], m - 1)[m - 1] * -1.0
+        above = 0
+        for c in range(n_pool):
+            above += score[c] > floor
+        ties = m - above
+        for c in range(n_pool):
+            s = score[c]
+            if s > floor or (s == floor and ties > 0):
+                if s == floor:
+                    ties -= 1
+                chosen[kept] = c
+                kept += 1
+    best = -np.inf
+    for i in range(kept):
+        best = max(best, score[chosen[i]])
+    for i in range(kept):
+        c = chosen[i]
+        for f in range(nf):
+            x[f, i] = pool_feats[f, c]
+        x[nf, i] = score[c]
+        x[nf + 1, i] = best - score[c]
+    sums = tree_sums(feature, threshold, leaf, x, kept)
+    low = np.inf
+    for i in range(kept):
+        low = min(low, sums[i])
+    lift = 1e-9 * max(1.0, abs(floor))
+    for i in range(kept):
+        score[chosen[i]] = floor + lift + (sums[i] - low)

@@ -1,0 +1,226 @@
+"""The boosted trees over the linear ranker (models/trees.py): exported trees walked as
+LightGBM predicts, the rerank changing the order only within the linear top, and the
+trees' arrays through a bundle's save and load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models import features
+from models.bundle import load_bundle, save_bundle
+from models.errors import InvalidModelError
+from models.trees import (
+    EXTRA_COLUMNS,
+    TREE_ARRAYS,
+    empty_trees,
+    export,
+    fit_trees,
+    rerank,
+    top_cases,
+    tree_sums,
+)
+
+lgb = pytest.importorskip("lightgbm")
+
+
+def _groups(seed: int, groups: int = 300, c: int = 12, cols: int = 6):
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(groups, c, cols))
+    rows[..., 1] = np.round(rows[..., 1])  # a column with many ties at split points
+    rows[..., 2] = np.maximum(rows[..., 2], 0.0)  # and one mostly zero
+    utility = rows[..., 0] * rows[..., 1] + np.sin(3 * rows[..., 3]) + rng.normal(size=(groups, c))
+    labels = (utility == utility.max(axis=1, keepdims=True)).astype(np.float64)
+    return rows, labels
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_exported_trees_walk_to_lightgbms_own_prediction(depth: int) -> None:
+    rows, labels = _groups(1)
+    flat = rows.reshape(-1, rows.shape[-1])
+    data = lgb.Dataset(flat, label=labels.reshape(-1), group=np.full(len(rows), rows.shape[1]))
+    params = {
+        "objective": "lambdarank",
+        "num_leaves": 2**depth,
+        "max_depth": depth,
+        "min_data_in_leaf": 5,
+        "num_threads": 1,
+        "verbose": -1,
+    }
+    booster = lgb.train(params, data, num_boost_round=25)
+    trees = export(booster, depth)
+    assert trees["tree_feature"].shape == (25, 2**depth - 1)
+    # Rows never seen in the fit, and rows exactly at the trees' thresholds.
+    probe = np.random.default_rng(2).normal(size=(500, rows.shape[-1]))
+    used = trees["tree_threshold"][np.isfinite(trees["tree_threshold"])]
+    probe[:50, 0] = used[:50] if used.size >= 50 else probe[:50, 0]
+    probe[50:100, 1] = np.round(probe[50:100, 1])
+    want = booster.predict(probe)
+    got = tree_sums(*(trees[name] for name in TREE_ARRAYS), np.ascontiguousarray(probe.T), 500)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_shallower_tree_fills_every_leaf_under_it() -> None:
+    rows, labels = _groups(3, groups=40, c=5)
+    data = lgb.Dataset(rows.reshape(-1, rows.shape[-1]), label=labels.reshape(-1), group=[5] * 40)
+    params = {"objective": "lambdarank", "num_leaves": 3, "num_threads": 1, "verbose": -1}
+    booster = lgb.train(params, data, num_boost_round=3)
+    trees = export(booster, 4)  # trees of 3 leaves placed in complete trees of depth 4
+    probe = np.random.default_rng(4).normal(size=(200, rows.shape[-1]))
+    got = tree_sums(*(trees[n] for n in TREE_ARRAYS), np.ascontiguousarray(probe.T), 200)
+    np.testing.assert_allclose(got, booster.predict(probe), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="deeper"):
+        export(lgb.train({**params, "num_leaves": 16}, data, num_boost_round=2), 2)
+
+
+def _fitted(nf: int, depth: int = 3):
+    rng = np.random.default_rng(5)
+    rows = rng.normal(size=(400, 10, nf + EXTRA_COLUMNS))
+    labels = (rows[..., 0] == rows[..., 0].max(axis=1, keepdims=True)).astype(np.float64)
+    arrays, info = fit_trees(rows, labels, n_trees=10, depth=depth, learning_rate=0.2, seed=1)
+    assert info["trees"] == 10
+    return arrays
+
+
+def test_rerank_reorders_only_the_linear_top() -> None:
+    nf = 5
+    trees = _fitted(nf)
+    rng = np.random.default_rng(6)
+    for _ in range(50):
+        n_pool = int(rng.integers(2, 40))
+        top = int(rng.integers(2, 20))
+        pool_feats = rng.normal(size=(nf, n_pool))
+        score = rng.normal(size=n_pool)
+        score[rng.integers(0, n_pool)] = score[0]  # a tie
+        before = score.copy()
+        x = np.empty((nf + EXTRA_COLUMNS, top))
+        rerank(*(trees[n] for n in TREE_ARRAYS), top, pool_feats, score, n_pool, x)
+        m = min(top, n_pool)
+        order_before = np.lexsort((np.arange(n_pool), -before))
+        order_after = np.lexsort((np.arange(n_pool), -score))
+        # The same candidates make the top; the rest keep their scores and order.
+        assert set(order_after[:m]) == set(order_before[:m])
+        rest = order_before[m:]
+        np.testing.assert_array_equal(score[rest], before[rest])
+        np.testing.assert_array_equal(order_after[m:], rest)
+        # Within the top, the order is the trees' sum's.
+        chosen = order_before[:m]
+        cols = np.vstack(
+            [pool_feats[:, chosen], before[chosen], before[chosen].max() - before[chosen]]
+        )
+        sums = tree_sums(*(trees[n] for n in TREE_ARRAYS), np.ascontiguousarray(cols), m)
+        np.testing.assert_allclose(
+            score[chosen] - score[chosen].min(), sums - sums.min(), rtol=0, atol=1e-9
+        )
+
+
+def test_no_trees_or_top_of_one_changes_nothing() -> None:
+    nf = 4
+    score = np.array([0.3, 0.9, 0.1])
+    feats = np.ones((nf, 3))
+    for trees, top in ((empty_trees(3), 50), (_fitted(nf), 1)):
+        got = score.copy()
+        rerank(*(trees[n] for n in TREE_ARRAYS), top, feats, got, 3, np.empty((nf + 2, 50)))
+        np.testing.assert_array_equal(got, score)
+
+
+def test_top_cases_keeps_the_linear_best_with_the_click() -> None:
+    nf = features.LAYOUT.n_features
+    rng = np.random.default_rng(7)
+    feats = rng.random((6, 8, nf))
+    items = np.tile(np.arange(8), (6, 1))
+    items[5, 3:] = -1  # too few real candidates: left out
+    weights = np.zeros(2 * nf)
+    weights[0] = 1.0
+    order = np.argsort(-feats[..., 0], axis=1, kind="stable")
+    targets = order[:, 1].copy()
+    targets[2] = order[2, 6]  # not in the best 4: left out
+    rows, labels = top_cases(feats, items, targets, weights, 4)
+    assert rows.shape == (4, 4, nf + EXTRA_COLUMNS)
+    np.testing.assert_array_equal(labels, np.tile([0.0, 1.0, 0.0, 0.0], (4, 1)))
+    kept = [0, 1, 3, 4]
+    np.testing.assert_allclose(rows[..., nf], np.sort(feats[kept, :, 0], axis=1)[:, ::-1][:, :4])
+    np.testing.assert_allclose(rows[..., nf + 1], rows[:, :1, nf] - rows[..., nf])
+
+
+def _trained_with_trees(monkeypatch: pytest.MonkeyPatch):
+    import models.train as train_module
+    from models.datasets import synthetic_sessions
+
+    monkeypatch.setattr(train_module, "SMALL_LOG_CLICKS", 0)  # trees on a small log too
+    monkeypatch.setattr("models.trees.MIN_CASES", 20)
+    params = train_module.TrainParams(
+        epochs=1, n_clusters=2, n_neighbours=8, rerank_top=10, tree_count=8, tree_depth=3,
+        tree_seen_share=0.3,
+    )  # fmt: skip
+    return train_module.train_model(synthetic_sessions(4000, 40, seed=3), params)
+
+
+def test_a_trained_bundles_trees_rank_after_a_round_trip(tmp_path, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from models.ranking import RankParams, recommend_batch
+
+    bundle = _trained_with_trees(monkeypatch)
+    trees = bundle.manifest["trees"]
+    assert trees["fit"]["seen_cases"] > 0 and trees["fit"]["trees"] == 8
+    assert bundle.arrays["tree_feature"].shape == (8, 7)
+    save_bundle(bundle, tmp_path / "m")
+    loaded = load_bundle(tmp_path / "m")
+    for name in TREE_ARRAYS:
+        np.testing.assert_array_equal(loaded.arrays[name], bundle.arrays[name])
+        assert loaded.arrays[name].dtype == bundle.arrays[name].dtype
+    items = bundle.item_list
+    prefixes = [[items[i % len(items)], items[(i * 7) % len(items)]] for i in range(60)]
+    params = RankParams.of(loaded)
+    assert params.rerank_top == 10
+    with_trees = recommend_batch(loaded, prefixes, 20, params, exclude="none")
+    assert [r.ids for r in with_trees] == [
+        r.ids for r in recommend_batch(bundle, prefixes, 20, params, exclude="none")
+    ]
+    # Trees off: the linear order; the trees move items only within its best 10.
+    off = recommend_batch(loaded, prefixes, 20, replace(params, rerank_top=0), exclude="none")
+    moved = 0
+    for a, b in zip(with_trees, off, strict=True):
+        assert set(a.ids[:10]) == set(b.ids[:10]) and a.ids[10:] == b.ids[10:]
+        moved += a.ids != b.ids
+    assert moved > 0
+    # A bundle without the arrays ranks as one with them switched off.
+    bare = {k: v for k, v in loaded.arrays.items() if k not in TREE_ARRAYS}
+    without = replace(loaded, arrays=bare)
+    got = recommend_batch(without, prefixes, 20, params, exclude="none")
+    assert [r.ids for r in got] == [r.ids for r in off]
+    assert [r.scores for r in got] == [r.scores for r in off]
+
+
+def test_bad_trees_in_a_bundle_are_refused(tmp_path, monkeypatch) -> None:
+    bundle = _trained_with_trees(monkeypatch)
+    save_bundle(bundle, tmp_path / "m")
+    # Trees fitted on another table's columns are refused, and so is an index out of range.
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    manifest["trees"]["features"] = ["other"]
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidModelError, match="other features"):
+        load_bundle(tmp_path / "m")
+    nf = features.LAYOUT.n_features
+    bundle.arrays["tree_feature"] = bundle.arrays["tree_feature"] + nf + EXTRA_COLUMNS
+    save_bundle(bundle, tmp_path / "n")
+    with pytest.raises(InvalidModelError, match="out of range"):
+        load_bundle(tmp_path / "n")
+
+
+def test_the_kernel_sees_one_type_of_tree_arrays_with_or_without_trees(monkeypatch) -> None:
+    from dataclasses import replace
+
+    from numba import typeof
+
+    from models.kernel import served_model
+
+    bundle = _trained_with_trees(monkeypatch)
+    bare = replace(bundle, arrays={k: v for k, v in bundle.arrays.items() if k not in TREE_ARRAYS})
+    with_trees, without = served_model(bundle), served_model(bare)
+    for name in TREE_ARRAYS:
+        assert typeof(getattr(with_trees, name)) == typeof(getattr(without, name))
+    assert without.tree_leaf.shape[0] == 0 and with_trees.tree_leaf.shape[0] == 8
