@@ -26,7 +26,7 @@ from numba import njit
 
 from models import features
 from models.bundle import ModelBundle
-from models.sources import SEEDS, context_hash, context_row
+from models.sources import SEEDS, context_hash
 from models.trees import EXTRA_COLUMNS, TREE_ARRAYS, empty_trees, rerank
 
 _LAYOUT = features.LAYOUT
@@ -50,6 +50,7 @@ CATEGORY_TOP = _LAYOUT.column("category_top")
 # numba's cache keeps a global's value from compile time and checks only this file's
 # stamp: a key of the columns above tells a cache compiled for another table.
 _COLUMNS_KEY = zlib.crc32(repr(_LAYOUT.names).encode())
+UINT = np.uint64  # the kernel's index type (see served_kernel)
 
 # The bundle's arrays the kernel reads: the lists of the table by name, then the rest.
 ServedModel = NamedTuple(  # type: ignore[misc]
@@ -66,6 +67,8 @@ ServedModel = NamedTuple(  # type: ignore[misc]
         ("feature_source", np.ndarray),
         ("n_sources", int),
         ("n_categories", int),  # above every item's category code
+        ("context_start", np.ndarray),  # int64 [2**bits + 1]: context_buckets
+        ("context_shift", int),  # 64 - bits
         # The boosted trees over the linear stage's best (``models.trees``; none: 0 rows).
         ("tree_feature", np.ndarray),
         ("tree_threshold", np.ndarray),
@@ -116,6 +119,7 @@ def served_model(bundle: ModelBundle, layout: features.Layout | None = None) -> 
         item_values = np.stack(values)
     else:
         item_values = np.zeros((0, bundle.n_items), dtype=np.float32)
+    start, shift = context_buckets(np.asarray(bundle.arrays["context_keys"]))
     return ServedModel(
         np.asarray(bundle.neighbours),
         np.asarray(bundle.neighbour_scores),
@@ -128,6 +132,8 @@ def served_model(bundle: ModelBundle, layout: features.Layout | None = None) -> 
         layout.feature_source,
         len(layout.sources),
         int(np.max(bundle.item_category, initial=-1)) + 1,
+        start,
+        shift,
         *(_read_only(bundle.arrays.get(name, empty)) for name, empty in _NO_TREES.items()),
     )
 
@@ -143,6 +149,34 @@ def _read_only(arr: np.ndarray) -> np.ndarray:
     view = np.asarray(arr).view()
     view.flags.writeable = False
     return view
+
+
+# Context keys per bucket, about: a bucket's keys share a cache line or two.
+_KEYS_PER_BUCKET = 8
+
+
+def context_buckets(keys: np.ndarray) -> tuple[np.ndarray, int]:
+    """Where the sorted hash ``keys`` of each top-bits bucket start: bucket b (the keys
+    whose top ``bits`` bits are b, ``key >> (64 - bits)``) is ``keys[start[b]:start[b + 1]]``.
+    The hashes are uniform, so a lookup reads a few neighbouring keys, not a binary
+    search's scattered ones."""
+    bits = max(1, int(np.ceil(np.log2(max(2.0, keys.size / _KEYS_PER_BUCKET)))))
+    shift = 64 - bits
+    bounds = np.arange(1 << bits, dtype=np.uint64) << np.uint64(shift)
+    start = np.append(np.searchsorted(keys, bounds), keys.size).astype(np.int64)
+    return start, shift
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _context_row(keys, start, shift, h):  # pragma: no cover - compiled
+    """The row of hash ``h`` in the sorted ``keys`` (-1: absent), through
+    ``context_buckets``' table ``start`` and its ``shift``."""
+    b = h >> np.uint64(shift)
+    q = start[b]
+    end = start[b + np.uint64(1)]
+    while q < end and keys[q] < h:
+        q += 1
+    return q if q < end and keys[q] == h else -1
 
 
 @njit(cache=True)
@@ -161,7 +195,7 @@ def _drop_stale_cache() -> None:
         kernel.recompile()
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def push_top(
     out_scores: np.ndarray, out_items: np.ndarray, r: int, kept: int, k: int, s: float, j: int
 ) -> int:
@@ -280,6 +314,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     s_ptr, s_items = model.sessions_ptr, model.sessions_idx
     is_ptr, is_idx = model.item_sessions_ptr, model.item_sessions_idx
     c_keys, c_ptr = model.context_keys, model.context_ptr
+    c_start, c_shift = model.context_start, model.context_shift
     c_idx, c_w = model.context_idx, model.context_w
     cat_ptr, cat_items = model.category_ptr, model.category_idx
     vectors, clusters, categories = model.vectors, model.clusters, model.categories
@@ -310,8 +345,11 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     # session starts, zeroed after it; column ``rows`` stays zero (see stage two).
     rows = min(n, longest + (2 * context + 5) * max(0, per_source))
     feats = np.zeros((nf, rows + 1), dtype=np.float64)
-    slot = np.empty(n, dtype=np.int64)
-    cand = np.empty(max(1, rows), dtype=np.int64)
+    zero_col = UINT(rows)
+    # Item rows and columns are kept unsigned (``UINT``): numba checks a signed index
+    # for a negative value to wrap, a compare and a select at every read and write.
+    slot = np.empty(n, dtype=UINT)
+    cand = np.empty(max(1, rows), dtype=UINT)
     newest = np.empty(context, dtype=np.int64)
     known_codes = np.empty(max(1, codes.size), dtype=np.int64)
     distinct = max(1, min(n, longest))  # a session's distinct items at most
@@ -324,25 +362,29 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     sample = np.empty(max(1, sample_size), dtype=np.int64)
     s_vsim = np.empty(max(1, sample_size), dtype=np.float64)
     s_count = np.empty(max(1, sample_size), dtype=np.float64)
-    pool = np.empty(n, dtype=np.int64)
+    pool = np.empty(n, dtype=UINT)
     pool_prior = np.empty(n, dtype=np.float64)
     pool_pos = np.empty(n, dtype=np.int64)
-    pool_row = np.empty(n, dtype=np.int64)
+    pool_row = np.empty(n, dtype=UINT)
     row_prior = np.empty(rows + 1, dtype=np.float64)
     # Stage two's candidates' features, one row per feature, candidate c in column c.
     pool_feats = np.empty((nf, max(1, min(n, n_candidates))), dtype=np.float64)
     rerank_top = config.rerank_top if model.tree_leaf.shape[0] > 0 else 0
     tree_x = np.empty((nf + EXTRA_COLUMNS, max(1, rerank_top)), dtype=np.float64)
     score = np.empty(n, dtype=np.float64)
+    dim = vectors.shape[1]
+    pool_vecs = np.empty((dim, pool_feats.shape[1]), dtype=vectors.dtype)
+    e_last = np.empty(pool_feats.shape[1], dtype=np.float64)
+    e_session = np.empty(pool_feats.shape[1], dtype=np.float64)
     select_buf = np.empty((2, max(n, sample_size, 1)), dtype=np.float64)
     top = np.empty(max(1, k_sessions), dtype=np.int64)
-    t_lo = np.empty(max(1, k_sessions), dtype=np.int64)
-    t_hi = np.empty(max(1, k_sessions), dtype=np.int64)
+    t_lo = np.empty(max(1, k_sessions), dtype=UINT)
+    t_hi = np.empty(max(1, k_sessions), dtype=UINT)
     t_cos = np.empty(max(1, k_sessions), dtype=np.float64)
     t_first = np.empty(max(1, k_sessions), dtype=np.int64)
     session_vec = np.empty(vectors.shape[1], dtype=np.float64)
-    voted = np.empty(n + 1, dtype=np.int64)  # + 1: written before it is known to be new
-    only = np.empty(n, dtype=np.int64)
+    voted = np.empty(n + 1, dtype=UINT)  # + 1: written before it is known to be new
+    only = np.empty(n, dtype=UINT)
     category_share = np.zeros(max(1, model.n_categories), dtype=np.float64)
     prior_f = np.flatnonzero(prior[:nf] != 0.0)
     prior_s = np.empty(nf, dtype=np.float64)  # the prior with the votes' scaling folded in
@@ -411,7 +453,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             i = newest[a]
             w = weight_by_age[a]
             for q in range(min(m, per_source)):
-                j = neighbours[i, q]
+                j = UINT(neighbours[i, q])
                 if stamp[j] != tag:  # a new candidate (see the note on feats)
                     stamp[j] = tag
                     slot[j] = found
@@ -420,7 +462,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 s = slot[j]
                 feats[NEIGHBOURS, s] += w * neighbour_scores[i, q]
             for q in range(ru_ptr[i], min(ru_ptr[i + 1], ru_ptr[i] + per_source)):
-                j = ru_idx[q]
+                j = UINT(ru_idx[q])
                 if stamp[j] != tag:  # a new candidate (see the note on feats)
                     stamp[j] = tag
                     slot[j] = found
@@ -429,7 +471,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 s = slot[j]
                 feats[RULES, s] += w * ru_w[q]
         for q in range(tr_ptr[last], min(tr_ptr[last + 1], tr_ptr[last] + per_source)):
-            j = tr_idx[q]
+            j = UINT(tr_idx[q])
             if stamp[j] != tag:  # a new candidate (see the note on feats)
                 stamp[j] = tag
                 slot[j] = found
@@ -442,7 +484,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         if 0 <= cat < cat_ptr.size - 1:
             start = cat_ptr[cat]
             for q in range(start, min(cat_ptr[cat + 1], start + per_source)):
-                j = cat_items[q]
+                j = UINT(cat_items[q])
                 if stamp[j] != tag:  # a new candidate (see the note on feats)
                     stamp[j] = tag
                     slot[j] = found
@@ -460,11 +502,12 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             start = 0 if which == 2 else n_seen - 2 - which
             if start < 0:
                 continue
-            row = context_row(c_keys, context_hash(known_codes, start, n_seen, SEEDS[which]))
+            h = context_hash(known_codes, start, n_seen, SEEDS[which])
+            row = _context_row(c_keys, c_start, c_shift, h)
             if row < 0:
                 continue
             for q in range(c_ptr[row], min(c_ptr[row + 1], c_ptr[row] + per_source)):
-                j = c_idx[q]
+                j = UINT(c_idx[q])
                 if stamp[j] != tag:  # a new candidate (see the note on feats)
                     stamp[j] = tag
                     slot[j] = found
@@ -555,10 +598,10 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 v = s_vsim[top[t]]
                 cosine = t_cos[t]
                 for q in range(t_lo[t], t_hi[t]):
-                    j = s_items[q]
+                    j = UINT(s_items[q])
                     # Written always, kept only on j's first vote (votes are > 0): no
                     # branch to mispredict in the hottest loop.
-                    voted[n_voted] = j
+                    voted[UINT(n_voted)] = j
                     n_voted += votes[j, 0] == 0.0
                     votes[j, 0] += v
                     votes[j, 1] += cosine
@@ -632,7 +675,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 category_share[categories[i]] += feats[OWN_RECENCY, slot[i]]
         for c in range(n_pool):
             j = pool[c]
-            pool_row[c] = slot[j] if stamp[j] == tag else rows
+            pool_row[c] = slot[j] if stamp[j] == tag else zero_col
         for f in range(nf):
             gathered = False  # a feature no gathered candidate has (most pool ones) is 0
             for c in range(found):
@@ -646,7 +689,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
         for c in range(n_pool):
             j = pool[c]
             slot[j] = c
-            if pool_row[c] == rows:
+            if pool_row[c] == zero_col:
                 pool_feats[VSKNN, c] = votes[j, 0]
                 pool_feats[SKNN, c] = votes[j, 1]
         for e in range(n_voted):  # zero again for the next session
@@ -666,20 +709,27 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             if cat >= 0:
                 pool_feats[SAME_CATEGORY, c] = 1.0 if cat == categories[last] else 0.0
                 pool_feats[CATEGORY_SHARE, c] = category_share[cat] / recency_total
-            # The first of the candidate's vector, read now with every other candidate's,
-            # so that the rows' cache misses overlap (the sums below read it in a run).
-            score[c] = vectors[j, 0]
+            # The candidate's vector into column c (one row per dimension): every
+            # candidate's row read in one pass, so that their cache misses overlap.
+            for x in range(dim):
+                pool_vecs[x, c] = vectors[j, x]
+        # The embedding sums of every candidate in step, one dimension at a time: each
+        # sum keeps its order, and the candidates are independent lanes (vectorised).
         for c in range(n_pool):
-            j = pool[c]
-            e_last = 0.0
-            e_session = 0.0
-            for x in range(session_vec.size):  # (each sum keeps its order)
-                v_j = vectors[j, x]
-                e_last += v_j * vectors[last, x]
-                e_session += v_j * session_vec[x]
-            pool_feats[EMB_LAST, c] = e_last
-            pool_feats[EMB_SESSION, c] = e_session
+            e_last[c] = 0.0
+            e_session[c] = 0.0
             score[c] = 0.0
+        for x in range(dim):
+            u = vectors[last, x]
+            for c in range(n_pool):
+                e_last[c] += pool_vecs[x, c] * u
+        for x in range(dim):
+            u_s = session_vec[x]
+            for c in range(n_pool):
+                e_session[c] += pool_vecs[x, c] * u_s
+        for c in range(n_pool):
+            pool_feats[EMB_LAST, c] = e_last[c]
+            pool_feats[EMB_SESSION, c] = e_session[c]
         for d in range(n_dist):
             i = dist[d]
             if categories[i] >= 0:
@@ -713,7 +763,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             )
         kept = 0
         for c in range(n_pool):
-            kept = push_top(out_scores, out_items, r, kept, k, score[c], pool[c])
+            kept = push_top(out_scores, out_items, r, kept, k, score[c], np.int64(pool[c]))
         if kept > 0:
             strategy[r] = _main_source(
                 pool_feats, slot[out_items[r, 0]], w_raw, w_sqrt, feature_source, contribution

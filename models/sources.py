@@ -137,14 +137,6 @@ def _context_pairs(flat, ptr):  # pragma: no cover - compiled
     return keys[:count], targets[:count]
 
 
-@njit(cache=True, nogil=True)
-def context_row(keys, h):  # pragma: no cover - compiled
-    q = np.searchsorted(keys, h)
-    if q < keys.size and keys[q] == h:
-        return q
-    return -1
-
-
 def transition_counts(codes: Sequence[np.ndarray], n: int, *, per_session: bool) -> sp.csr_matrix:
     """[n, n] counts of "b came right after a"; ``per_session`` counts a pair once a session."""
     a = np.concatenate([s[:-1] for s in codes]) if codes else np.zeros(0, dtype=np.int64)

@@ -18,7 +18,7 @@ from models.bundle import ModelBundle, load_bundle, save_bundle
 from models.datasets import synthetic_sessions
 from models.errors import InvalidModelError
 from models.features import LAYOUT
-from models.kernel import _select
+from models.kernel import _context_row, _select, context_buckets
 from models.ranking import (
     MIN_ROWS_PER_THREAD,
     STRATEGIES,
@@ -270,3 +270,26 @@ def test_select_keeps_the_largest_with_ties_to_the_earlier_position(
     # The reference: a stable sort by value, descending, keeps the earlier of equals.
     expected = sorted(sorted(range(len(values)), key=lambda q: -values[q])[:limit])
     assert out[:count].tolist() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**64 - 1), max_size=400, unique=True),
+    st.lists(st.integers(0, 2**64 - 1), max_size=50),
+)
+def test_context_buckets_find_each_key_where_a_binary_search_does(
+    keys: list[int], others: list[int]
+) -> None:
+    sorted_keys = np.array(sorted(keys), dtype=np.uint64)
+    start, shift = context_buckets(sorted_keys)
+    # The keys themselves, their neighbours (a bucket's edges) and any other value.
+    probes = {
+        *keys,
+        *others,
+        *(min(k + 1, 2**64 - 1) for k in keys),
+        *(max(k - 1, 0) for k in keys),
+    }
+    for h in map(np.uint64, probes):
+        q = int(np.searchsorted(sorted_keys, h))
+        expected = q if q < sorted_keys.size and sorted_keys[q] == h else -1
+        assert _context_row(sorted_keys, start, shift, h) == expected
