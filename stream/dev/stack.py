@@ -140,8 +140,8 @@ def mimalloc_library() -> str | None:
 
 # A session hash's values (its items, its latest list, its digests) run to a few hundred
 # bytes, over Redis's default limit for a compact hash (64 bytes): a session kept in the
-# compact encoding takes about half the memory, and its script's reads and writes no more
-# CPU. The name is Redis 6's; Redis 7 takes it for hash-max-listpack-value.
+# compact encoding takes less memory, and its script's reads and writes no more CPU. The
+# name is Redis 6's; Redis 7 takes it for hash-max-listpack-value.
 SESSION_HASHES = ["--hash-max-ziplist-value", "1024"]
 
 
