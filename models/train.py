@@ -288,12 +288,18 @@ def _learn_ranker(
     del items, feats
     # Prefixes of sessions the fit-time model was trained on, as many as make
     # ``tree_seen_share`` of the trees' cases.
+    # Case p is click i + 1 of an older session after its first i, counted session by
+    # session: only the picked cases are made.
     share = min(max(params.tree_seen_share, 0.0), 0.9)
-    seen = [(s[:i], s[i]) for s in older for i in range(1, len(s))]
-    n_seen = min(len(seen), int(round(len(cases) * share / (1.0 - share))))
+    lengths = np.array([max(0, len(s) - 1) for s in older], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    n_seen = min(int(ends[-1]) if ends.size else 0, round(len(cases) * share / (1.0 - share)))
     if n_seen:
-        pick = np.sort(rng.choice(len(seen), n_seen, replace=False))
-        seen = [seen[i] for i in pick.tolist()]
+        pick = np.sort(rng.choice(int(ends[-1]), n_seen, replace=False))
+        which = np.searchsorted(ends, pick, side="right")
+        at = pick - (ends[which] - lengths[which]) + 1
+        picked = zip(which.tolist(), at.tolist(), strict=True)
+        seen = [(older[w][:i], older[w][i]) for w, i in picked]
         seen_codes, seen_ptr = encode_sessions(base, [prefix for prefix, _ in seen])
         seen_targets = base.rows([target for _, target in seen])
         seen_targets[seen_targets < 0] = -2  # never matches
