@@ -27,7 +27,7 @@ import numpy as np
 
 from models import features
 from models.errors import InvalidModelError
-from models.trees import EXTRA_COLUMNS, TREE_ARRAYS
+from models.trees import GAP_COLUMNS, TREE_ARRAYS, column_codes
 
 BUNDLE_FORMAT = "streamrec-bundle"
 # 5: the arrays of the table's sources and item features stored by name
@@ -36,8 +36,12 @@ BUNDLE_FORMAT = "streamrec-bundle"
 # 6: boosted trees over the linear ranker's best (``models.trees``: three arrays, and the
 # manifest's "trees" section), where the trainer fitted them; format 5, the same without
 # trees, is still read.
-BUNDLE_FORMAT_VERSION = 6
-READ_FORMAT_VERSIONS = (5, 6)
+# 7: the manifest's "trees" section names the columns after the table's features that
+# the trees were fitted with ("columns"); format 6's trees, which do not name them, read
+# the linear score and its gap to the best (``models.trees.GAP_COLUMNS``) and are served
+# as they were.
+BUNDLE_FORMAT_VERSION = 7
+READ_FORMAT_VERSIONS = (5, 6, 7)
 MANIFEST = "manifest.json"
 # Every bundle's arrays; the rest come from the table (``table_arrays``).
 BASE_ARRAYS = (
@@ -297,7 +301,7 @@ def load_bundle(
         arrays[name] = arr
     _check_consistency(arrays, where)
     if trees:
-        _check_trees(arrays, manifest.get("trees"), where)
+        _check_trees(arrays, manifest, where)
     for arr in arrays.values():
         _release_pages(arr)
     # The arrays' descriptions (checksums, shapes) are checked; nothing reads them after
@@ -511,16 +515,24 @@ def _check_consistency(a: dict[str, np.ndarray], where: str) -> None:
                 fail(f"{w_name} must be finite float32 with the shape of {idx_name}")
 
 
-def _check_trees(a: dict[str, np.ndarray], described: object, where: str) -> None:
-    """The trees' arrays (``models.trees``): complete trees whose splits read columns of
-    this table's features (the manifest names the columns they were fitted on)."""
+def _check_trees(a: dict[str, np.ndarray], manifest: dict[str, Any], where: str) -> None:
+    """The trees' arrays (``models.trees``): complete trees whose splits read this
+    table's features and the columns after them that the walk knows (the manifest names
+    both; a format-6 bundle's trees, which do not name the second, are given theirs)."""
     feature, threshold, leaf = (a[name] for name in TREE_ARRAYS)
+    described = manifest.get("trees")
     names = described.get("features") if isinstance(described, dict) else None
-    if names != list(features.LAYOUT.names):
+    if not isinstance(described, dict) or names != list(features.LAYOUT.names):
         raise InvalidModelError(
             f"model {where}: its trees were fitted on other features than this streamrec "
             "ranks with: retrain the tenant"
         )
+    if manifest.get("format_version") == 6 and "columns" not in described:
+        described["columns"] = list(GAP_COLUMNS)
+    try:
+        extra = column_codes(described.get("columns"))
+    except ValueError as exc:
+        raise InvalidModelError(f"model {where}: {exc}: retrain the tenant") from exc
     n_trees, inner = feature.shape if feature.ndim == 2 else (-1, -1)
     if (
         feature.dtype != np.int32
@@ -535,9 +547,12 @@ def _check_trees(a: dict[str, np.ndarray], described: object, where: str) -> Non
             f"model {where}: trees must be int32 and float64 [trees, 2^depth - 1] splits "
             "and float64 [trees, 2^depth] leaves"
         )
-    columns = features.LAYOUT.n_features + EXTRA_COLUMNS
+    columns = features.LAYOUT.n_features + extra.size
     if feature.size and (feature.min() < 0 or feature.max() >= columns):
-        raise InvalidModelError(f"model {where}: a tree splits on a column out of range")
+        raise InvalidModelError(
+            f"model {where}: a tree splits on a column out of range (the features and the "
+            f"trees' {extra.size} named columns make {columns})"
+        )
     if np.isnan(threshold).any() or not np.isfinite(leaf).all():
         raise InvalidModelError(f"model {where}: tree thresholds or leaves are not numbers")
 

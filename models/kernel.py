@@ -27,7 +27,7 @@ from numba import njit
 from models import features
 from models.bundle import ModelBundle
 from models.sources import SEEDS, context_hash
-from models.trees import EXTRA_COLUMNS, TREE_ARRAYS, empty_trees, rerank
+from models.trees import SESSION_COLUMNS, TREE_ARRAYS, column_codes, empty_trees, rerank
 
 _LAYOUT = features.LAYOUT
 VSKNN = _LAYOUT.column("vsknn")
@@ -73,6 +73,7 @@ ServedModel = NamedTuple(  # type: ignore[misc]
         ("tree_feature", np.ndarray),
         ("tree_threshold", np.ndarray),
         ("tree_leaf", np.ndarray),
+        ("tree_columns", np.ndarray),  # int64: the code of each column after the features
     ],
 )
 
@@ -135,7 +136,16 @@ def served_model(bundle: ModelBundle, layout: features.Layout | None = None) -> 
         start,
         shift,
         *(_read_only(bundle.arrays.get(name, empty)) for name, empty in _NO_TREES.items()),
+        _read_only(_tree_columns(bundle)),
     )
+
+
+def _tree_columns(bundle: ModelBundle) -> np.ndarray:
+    """The codes of the columns the bundle's trees read after the features (none without
+    trees; ``models.bundle`` checked a loaded bundle's)."""
+    if TREE_ARRAYS[0] not in bundle.arrays:
+        return np.zeros(0, dtype=np.int64)
+    return column_codes(bundle.manifest["trees"]["columns"])
 
 
 _NO_TREES = empty_trees(1)
@@ -370,7 +380,9 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     # Stage two's candidates' features, one row per feature, candidate c in column c.
     pool_feats = np.empty((nf, max(1, min(n, n_candidates))), dtype=np.float64)
     rerank_top = config.rerank_top if model.tree_leaf.shape[0] > 0 else 0
-    tree_x = np.empty((nf + EXTRA_COLUMNS, max(1, rerank_top)), dtype=np.float64)
+    tree_codes = model.tree_columns
+    tree_x = np.empty((nf + tree_codes.size, max(1, rerank_top)), dtype=np.float64)
+    session_x = np.empty(len(SESSION_COLUMNS), dtype=np.float64)
     score = np.empty(n, dtype=np.float64)
     dim = vectors.shape[1]
     pool_vecs = np.empty((dim, pool_feats.shape[1]), dtype=vectors.dtype)
@@ -751,14 +763,19 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 score[c] += wr * x
                 score[c] += ws * np.sqrt(x) if x > 0.0 else 0.0
         if rerank_top > 1:
+            session_x[0] = hi - lo  # SESSION_COLUMNS
+            session_x[1] = n_known
+            session_x[2] = n_dist
             rerank(
                 model.tree_feature,
                 model.tree_threshold,
                 model.tree_leaf,
+                tree_codes,
                 rerank_top,
                 pool_feats,
                 score,
                 n_pool,
+                session_x,
                 tree_x,
             )
         kept = 0

@@ -50,6 +50,7 @@ from scipy.sparse.linalg import svds
 from sklearn.cluster import KMeans
 
 from models import features
+from models import trees as boosted
 from models.bundle import ModelBundle
 from models.datasets import Session, split_last_days
 from models.errors import DataFormatError, InvalidSettingError
@@ -58,8 +59,6 @@ from models.fit import MAX_ITER, fit_ranker
 from models.ranking import RANKERS, RankParams, encode_sessions, rank_codes, recommend_batch
 from models.seen import session_hashes
 from models.sources import build_sources, category_lists
-from models.trees import fit_trees as fit_boosted_trees
-from models.trees import top_cases
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -284,7 +283,11 @@ def _learn_ranker(
         return weights, info, None
     t = time.perf_counter()
     items, feats = ranked.pop()
-    rows, labels = top_cases(feats, items, targets, weights, params.rerank_top)
+    names = boosted.COLUMNS
+    sessions_at = boosted.session_values(codes, ptr)
+    rows, labels = boosted.top_cases(
+        feats, items, targets, weights, params.rerank_top, sessions_at, names
+    )
     del items, feats
     # Prefixes of sessions the fit-time model was trained on, as many as make
     # ``tree_seen_share`` of the trees' cases.
@@ -304,12 +307,18 @@ def _learn_ranker(
         seen_targets = base.rows([target for _, target in seen])
         seen_targets[seen_targets < 0] = -2  # never matches
         seen_items, seen_feats = candidates_of(seen_codes, seen_ptr)
-        more, more_labels = top_cases(
-            seen_feats, seen_items, seen_targets, weights, params.rerank_top
+        more, more_labels = boosted.top_cases(
+            seen_feats,
+            seen_items,
+            seen_targets,
+            weights,
+            params.rerank_top,
+            boosted.session_values(seen_codes, seen_ptr),
+            names,
         )
         rows = np.concatenate([rows, more])
         labels = np.concatenate([labels, more_labels])
-    arrays, fitted = fit_boosted_trees(
+    arrays, fitted = boosted.fit_trees(
         rows,
         labels,
         n_trees=params.tree_count,
@@ -319,6 +328,7 @@ def _learn_ranker(
     )
     trees = {
         "arrays": arrays,
+        "columns": list(names),
         "fit": {**fitted, "seen_cases": n_seen},
         "top": params.rerank_top,
         "depth": params.tree_depth,

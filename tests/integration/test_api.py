@@ -144,10 +144,9 @@ def test_keys_tenants_catalogue_and_rules(
         assert time.monotonic() - started < 1.0  # within a second, as promised
         after = latest()
         assert len(after) == 10 and gone not in after  # refilled
-        # The items that stay keep their order; the tail may change, as the boosted trees
-        # compare each candidate with the best one left.
-        stayed = [i for i in after if i in first]
-        assert stayed == [i for i in first if i in stayed] and len(stayed) >= 7, (first, after)
+        # Every other item stays, in its order; the one that comes in may land among them
+        # (it joins the best candidates the boosted trees reorder).
+        assert [i for i in after if i in first] == first[1:10], (first, after)
 
         # The recommendations topic applies the same rules.
         extra = ClickEvent(shop, "api-1", "A16", time.time(), event_id="api-1-again")

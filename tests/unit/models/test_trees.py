@@ -1,6 +1,7 @@
 """The boosted trees over the linear ranker (models/trees.py): exported trees walked as
-LightGBM predicts, the rerank changing the order only within the linear top, and the
-trees' arrays through a bundle's save and load."""
+LightGBM predicts, the rerank changing the order only within the linear top, the
+columns after the features the same in the fit and the walk, a removed candidate
+leaving the others' order, and the trees through a bundle's save and load."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from models import features
 from models.bundle import load_bundle, save_bundle
 from models.errors import InvalidModelError
 from models.trees import (
-    EXTRA_COLUMNS,
+    COLUMNS,
+    GAP_COLUMNS,
+    SESSION_COLUMNS,
     TREE_ARRAYS,
+    column_codes,
     empty_trees,
     export,
     fit_trees,
     rerank,
+    session_values,
     top_cases,
     tree_sums,
 )
@@ -75,18 +80,22 @@ def test_a_shallower_tree_fills_every_leaf_under_it() -> None:
         export(lgb.train({**params, "num_leaves": 16}, data, num_boost_round=2), 2)
 
 
-def _fitted(nf: int, depth: int = 3):
+def _fitted(nf: int, depth: int = 3, extra: int = len(COLUMNS)):
     rng = np.random.default_rng(5)
-    rows = rng.normal(size=(400, 10, nf + EXTRA_COLUMNS))
-    labels = (rows[..., 0] == rows[..., 0].max(axis=1, keepdims=True)).astype(np.float64)
+    rows = rng.normal(size=(400, 10, nf + extra))
+    # Every column matters, the last ones (the session's values, in the walk) too.
+    utility = rows[..., 0] + rows[..., -1] * rows[..., 1] + rows[..., -2] * rows[..., 2]
+    labels = (utility == utility.max(axis=1, keepdims=True)).astype(np.float64)
     arrays, info = fit_trees(rows, labels, n_trees=10, depth=depth, learning_rate=0.2, seed=1)
     assert info["trees"] == 10
     return arrays
 
 
-def test_rerank_reorders_only_the_linear_top() -> None:
+@pytest.mark.parametrize("names", [COLUMNS, GAP_COLUMNS])
+def test_rerank_reorders_only_the_linear_top(names: tuple[str, ...]) -> None:
     nf = 5
-    trees = _fitted(nf)
+    trees = _fitted(nf, extra=len(names))
+    codes = column_codes(names)
     rng = np.random.default_rng(6)
     for _ in range(50):
         n_pool = int(rng.integers(2, 40))
@@ -94,9 +103,10 @@ def test_rerank_reorders_only_the_linear_top() -> None:
         pool_feats = rng.normal(size=(nf, n_pool))
         score = rng.normal(size=n_pool)
         score[rng.integers(0, n_pool)] = score[0]  # a tie
+        session = rng.integers(1, 30, size=len(SESSION_COLUMNS)).astype(np.float64)
         before = score.copy()
-        x = np.empty((nf + EXTRA_COLUMNS, top))
-        rerank(*(trees[n] for n in TREE_ARRAYS), top, pool_feats, score, n_pool, x)
+        x = np.empty((nf + len(names), top))
+        rerank(*(trees[n] for n in TREE_ARRAYS), codes, top, pool_feats, score, n_pool, session, x)
         m = min(top, n_pool)
         order_before = np.lexsort((np.arange(n_pool), -before))
         order_after = np.lexsort((np.arange(n_pool), -score))
@@ -107,9 +117,12 @@ def test_rerank_reorders_only_the_linear_top() -> None:
         np.testing.assert_array_equal(order_after[m:], rest)
         # Within the top, the order is the trees' sum's.
         chosen = order_before[:m]
-        cols = np.vstack(
-            [pool_feats[:, chosen], before[chosen], before[chosen].max() - before[chosen]]
-        )
+        made = {
+            "score": before[chosen],
+            "gap": before[chosen].max() - before[chosen],
+            **{n: np.full(m, v) for n, v in zip(SESSION_COLUMNS, session, strict=True)},
+        }
+        cols = np.vstack([pool_feats[:, chosen], *(made[n] for n in names)])
         sums = tree_sums(*(trees[n] for n in TREE_ARRAYS), np.ascontiguousarray(cols), m)
         np.testing.assert_allclose(
             score[chosen] - score[chosen].min(), sums - sums.min(), rtol=0, atol=1e-9
@@ -120,10 +133,26 @@ def test_no_trees_or_top_of_one_changes_nothing() -> None:
     nf = 4
     score = np.array([0.3, 0.9, 0.1])
     feats = np.ones((nf, 3))
+    codes, session = column_codes(COLUMNS), np.ones(len(SESSION_COLUMNS))
     for trees, top in ((empty_trees(3), 50), (_fitted(nf), 1)):
         got = score.copy()
-        rerank(*(trees[n] for n in TREE_ARRAYS), top, feats, got, 3, np.empty((nf + 2, 50)))
+        x = np.empty((nf + len(COLUMNS), 50))
+        rerank(*(trees[n] for n in TREE_ARRAYS), codes, top, feats, got, 3, session, x)
         np.testing.assert_array_equal(got, score)
+
+
+def test_column_codes_refuse_unknown_or_repeated_names() -> None:
+    assert column_codes(COLUMNS).dtype == np.int64
+    for bad in (["score", "nope"], ["score", "score"], "score", [1]):
+        with pytest.raises(ValueError):
+            column_codes(bad)
+
+
+def test_session_values_count_clicks_known_clicks_and_distinct_known_items() -> None:
+    codes = np.array([3, -1, 3, 5, -1, 7, 7, 7])
+    ptr = np.array([0, 2, 2, 5, 8])
+    want = [[2, 1, 1], [0, 0, 0], [3, 2, 2], [3, 3, 1]]
+    np.testing.assert_array_equal(session_values(codes, ptr), want)
 
 
 def test_top_cases_keeps_the_linear_best_with_the_click() -> None:
@@ -137,20 +166,26 @@ def test_top_cases_keeps_the_linear_best_with_the_click() -> None:
     order = np.argsort(-feats[..., 0], axis=1, kind="stable")
     targets = order[:, 1].copy()
     targets[2] = order[2, 6]  # not in the best 4: left out
-    rows, labels = top_cases(feats, items, targets, weights, 4)
-    assert rows.shape == (4, 4, nf + EXTRA_COLUMNS)
+    sessions = np.arange(18, dtype=np.float64).reshape(6, 3)
+    rows, labels = top_cases(feats, items, targets, weights, 4, sessions, ("gap", *COLUMNS))
+    assert rows.shape == (4, 4, nf + 1 + len(COLUMNS))
     np.testing.assert_array_equal(labels, np.tile([0.0, 1.0, 0.0, 0.0], (4, 1)))
     kept = [0, 1, 3, 4]
-    np.testing.assert_allclose(rows[..., nf], np.sort(feats[kept, :, 0], axis=1)[:, ::-1][:, :4])
-    np.testing.assert_allclose(rows[..., nf + 1], rows[:, :1, nf] - rows[..., nf])
+    score = rows[..., nf + 1]
+    np.testing.assert_allclose(score, np.sort(feats[kept, :, 0], axis=1)[:, ::-1][:, :4])
+    np.testing.assert_allclose(rows[..., nf], score[:, :1] - score)
+    for at, name in enumerate(SESSION_COLUMNS):  # the case's own, for each of its candidates
+        column = rows[..., nf + 1 + COLUMNS.index(name)]
+        np.testing.assert_array_equal(column, np.repeat(sessions[kept, at : at + 1], 4, axis=1))
 
 
-def _trained_with_trees(monkeypatch: pytest.MonkeyPatch):
+def _trained_with_trees(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...] = COLUMNS):
     import models.train as train_module
     from models.datasets import synthetic_sessions
 
     monkeypatch.setattr(train_module, "SMALL_LOG_CLICKS", 0)  # trees on a small log too
     monkeypatch.setattr("models.trees.MIN_CASES", 20)
+    monkeypatch.setattr("models.trees.COLUMNS", names)
     params = train_module.TrainParams(
         epochs=1, n_clusters=2, n_neighbours=8, rerank_top=10, tree_count=8, tree_depth=3,
         tree_seen_share=0.3,
@@ -204,11 +239,26 @@ def test_bad_trees_in_a_bundle_are_refused(tmp_path, monkeypatch) -> None:
     (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InvalidModelError, match="other features"):
         load_bundle(tmp_path / "m")
+    # Columns after the features that this streamrec does not know, or none named.
+    for columns, message in ((["score", "nope"], "does not know"), (None, "list of names")):
+        manifest["trees"]["features"] = list(features.LAYOUT.names)
+        manifest["trees"]["columns"] = columns
+        (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(InvalidModelError, match=message):
+            load_bundle(tmp_path / "m")
+    # A split on a column beyond the features and the named columns.
     nf = features.LAYOUT.n_features
-    bundle.arrays["tree_feature"] = bundle.arrays["tree_feature"] + nf + EXTRA_COLUMNS
+    bundle.arrays["tree_feature"] = bundle.arrays["tree_feature"] + nf + len(COLUMNS)
     save_bundle(bundle, tmp_path / "n")
     with pytest.raises(InvalidModelError, match="out of range"):
         load_bundle(tmp_path / "n")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    manifest["trees"]["columns"] = list(COLUMNS[:-1])  # one column fewer than fitted
+    bundle.arrays["tree_feature"][0, 0] = nf + len(COLUMNS) - 1
+    save_bundle(bundle, tmp_path / "o")
+    (tmp_path / "o" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidModelError, match="out of range"):
+        load_bundle(tmp_path / "o", verify_checksums=False)
 
 
 def test_the_kernel_sees_one_type_of_tree_arrays_with_or_without_trees(monkeypatch) -> None:
@@ -221,6 +271,128 @@ def test_the_kernel_sees_one_type_of_tree_arrays_with_or_without_trees(monkeypat
     bundle = _trained_with_trees(monkeypatch)
     bare = replace(bundle, arrays={k: v for k, v in bundle.arrays.items() if k not in TREE_ARRAYS})
     with_trees, without = served_model(bundle), served_model(bare)
-    for name in TREE_ARRAYS:
+    for name in (*TREE_ARRAYS, "tree_columns"):
         assert typeof(getattr(with_trees, name)) == typeof(getattr(without, name))
     assert without.tree_leaf.shape[0] == 0 and with_trees.tree_leaf.shape[0] == 8
+    np.testing.assert_array_equal(with_trees.tree_columns, column_codes(COLUMNS))
+
+
+def _prefixes(bundle, n: int = 60) -> list[list[str]]:
+    """Prefixes of 1 to 6 clicks, some repeating an item, some with an item the model
+    does not know."""
+    items = bundle.item_list
+    out = []
+    for i in range(n):
+        prefix = [items[(i * (q + 3) + q * q) % len(items)] for q in range(1 + i % 6)]
+        if i % 4 == 1:
+            prefix.append(prefix[0])
+        if i % 5 == 2:
+            prefix.insert(1, "not-an-item")
+        out.append(prefix)
+    return out
+
+
+def test_the_walk_reads_the_columns_the_trees_were_fitted_with(tmp_path, monkeypatch) -> None:
+    """The kernel's columns after the features are the trainer's (``top_cases``'), the
+    session's values included: trees that split on each of them rank as their sums."""
+    from dataclasses import replace
+
+    from models.ranking import RankParams, encode_sessions, rank_codes
+    from models.trees import columns
+
+    bundle = _trained_with_trees(monkeypatch)
+    assert bundle.manifest["trees"]["columns"] == list(COLUMNS)
+    nf = features.LAYOUT.n_features
+    prefixes = _prefixes(bundle)
+    codes, ptr = encode_sessions(bundle, prefixes)
+    sessions = session_values(codes, ptr)
+    params = RankParams.of(bundle)
+    top = params.rerank_top
+    k = 3 * top
+    feats = np.zeros((len(prefixes), k, nf))
+    linear = replace(params, rerank_top=0)
+    items, scores, *_ = rank_codes(bundle, codes, ptr, k, linear, exclude="none", out_feats=feats)
+    # Every named column split on at its median over these prefixes, by a tree of its own.
+    arrays = {n: bundle.arrays[n].copy() for n in TREE_ARRAYS}
+    for e, name in enumerate(COLUMNS):
+        if name in SESSION_COLUMNS:
+            values = sessions[:, SESSION_COLUMNS.index(name)] + 0.5
+        else:
+            values = scores[:, :top][np.isfinite(scores[:, :top])]
+        arrays["tree_feature"][e, 0] = nf + e
+        arrays["tree_threshold"][e, 0] = np.median(values)
+        arrays["tree_leaf"][e, : arrays["tree_leaf"].shape[1] // 2] += 0.3 * (e + 1)
+    save_bundle(replace(bundle, arrays={**bundle.arrays, **arrays}), tmp_path / "m")
+    loaded = load_bundle(tmp_path / "m")
+    assert loaded.manifest["trees"]["columns"] == list(COLUMNS)
+    got_items, got_scores, *_ = rank_codes(loaded, codes, ptr, k, params, exclude="none")
+    rows = columns(feats[:, :top], scores[:, :top], sessions, COLUMNS)
+    flat = np.ascontiguousarray(rows.reshape(-1, rows.shape[-1]).T)
+    sums = tree_sums(*(arrays[n] for n in TREE_ARRAYS), flat, flat.shape[1])
+    sums = sums.reshape(len(prefixes), top)
+    checked = 0
+    for r in range(len(prefixes)):
+        if not np.isfinite(scores[r, top]):
+            continue  # fewer candidates than the best ``top``
+        sum_of = dict(zip(items[r, :top].tolist(), sums[r].tolist(), strict=True))
+        assert set(got_items[r, :top].tolist()) == set(sum_of)
+        want = np.array([sum_of[i] for i in got_items[r, :top].tolist()])
+        got = got_scores[r, :top]
+        np.testing.assert_allclose(got - got.min(), want - want.min(), rtol=0, atol=1e-9)
+        checked += 1
+    assert checked >= len(prefixes) // 2
+
+
+@pytest.mark.parametrize("names", [COLUMNS, GAP_COLUMNS])
+def test_an_unavailable_best_item_leaves_the_others_order(monkeypatch, names) -> None:
+    """Trees without a column that compares a candidate with the others: banning a
+    session's best item leaves the order of the items that stay; trees with the gap to
+    the best (format-6 bundles) reorder some."""
+    from models.ranking import RankParams, encode_sessions, rank_codes
+
+    bundle = _trained_with_trees(monkeypatch, names)
+    params = RankParams.of(bundle)
+    assert params.rerank_top == 10
+    prefixes = _prefixes(bundle)
+    reordered = 0
+    for prefix in prefixes:
+        codes, ptr = encode_sessions(bundle, [prefix])
+        before = rank_codes(bundle, codes, ptr, 10, params, exclude="none")[0][0].tolist()
+        banned = np.zeros(bundle.n_items, dtype=np.bool_)
+        banned[before[0]] = True
+        after = rank_codes(bundle, codes, ptr, 10, params, banned, exclude="none")[0][0]
+        stayed = [i for i in after.tolist() if i in before]
+        assert before[0] not in stayed and len(stayed) >= 8
+        reordered += stayed != [i for i in before if i in stayed]
+        if "gap" not in names:  # every other item stays, in its order
+            assert stayed == before[1:], (before, after)
+    assert (reordered > 0) == ("gap" in names)
+
+
+def test_a_format_6_bundles_trees_are_served_as_before(tmp_path, monkeypatch) -> None:
+    """A format-6 bundle does not name its trees' columns: they read the linear score and
+    its gap to the best, as when it was written."""
+    from models.ranking import RankParams, recommend_batch
+
+    bundle = _trained_with_trees(monkeypatch, GAP_COLUMNS)
+    save_bundle(bundle, tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    manifest["format_version"] = 6
+    del manifest["trees"]["columns"]
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_bundle(tmp_path / "m")
+    assert loaded.manifest["trees"]["columns"] == list(GAP_COLUMNS)
+    prefixes = _prefixes(bundle)
+    params = RankParams.of(loaded)
+    want = recommend_batch(bundle, prefixes, 20, params, exclude="none")
+    got = recommend_batch(loaded, prefixes, 20, params, exclude="none")
+    assert [(r.ids, r.scores) for r in got] == [(r.ids, r.scores) for r in want]
+    # Saved again, it is a bundle of this format that names them.
+    save_bundle(loaded, tmp_path / "n")
+    again = json.loads((tmp_path / "n" / "manifest.json").read_text())
+    assert again["trees"]["columns"] == list(GAP_COLUMNS) and again["format_version"] > 6
+    # A bundle of this format must name them.
+    manifest["format_version"] = again["format_version"]
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidModelError, match="list of names"):
+        load_bundle(tmp_path / "m")
