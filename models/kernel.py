@@ -27,7 +27,7 @@ from numba import njit
 from models import features
 from models.bundle import ModelBundle
 from models.sources import SEEDS, context_hash
-from models.trees import SESSION_COLUMNS, TREE_ARRAYS, column_codes, empty_trees, rerank
+from models.trees import TREE_ARRAYS, column_codes, empty_trees, rerank
 
 _LAYOUT = features.LAYOUT
 VSKNN = _LAYOUT.column("vsknn")
@@ -382,7 +382,6 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
     rerank_top = config.rerank_top if model.tree_leaf.shape[0] > 0 else 0
     tree_codes = model.tree_columns
     tree_x = np.empty((nf + tree_codes.size, max(1, rerank_top)), dtype=np.float64)
-    session_x = np.empty(len(SESSION_COLUMNS), dtype=np.float64)
     score = np.empty(n, dtype=np.float64)
     dim = vectors.shape[1]
     pool_vecs = np.empty((dim, pool_feats.shape[1]), dtype=vectors.dtype)
@@ -763,9 +762,6 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 score[c] += wr * x
                 score[c] += ws * np.sqrt(x) if x > 0.0 else 0.0
         if rerank_top > 1:
-            session_x[0] = hi - lo  # SESSION_COLUMNS
-            session_x[1] = n_known
-            session_x[2] = n_dist
             rerank(
                 model.tree_feature,
                 model.tree_threshold,
@@ -775,7 +771,6 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 pool_feats,
                 score,
                 n_pool,
-                session_x,
                 tree_x,
             )
         kept = 0

@@ -284,10 +284,7 @@ def _learn_ranker(
     t = time.perf_counter()
     items, feats = ranked.pop()
     names = boosted.COLUMNS
-    sessions_at = boosted.session_values(codes, ptr)
-    rows, labels = boosted.top_cases(
-        feats, items, targets, weights, params.rerank_top, sessions_at, names
-    )
+    rows, labels = boosted.top_cases(feats, items, targets, weights, params.rerank_top, names)
     del items, feats
     # Prefixes of sessions the fit-time model was trained on, as many as make
     # ``tree_seen_share`` of the trees' cases.
@@ -308,13 +305,7 @@ def _learn_ranker(
         seen_targets[seen_targets < 0] = -2  # never matches
         seen_items, seen_feats = candidates_of(seen_codes, seen_ptr)
         more, more_labels = boosted.top_cases(
-            seen_feats,
-            seen_items,
-            seen_targets,
-            weights,
-            params.rerank_top,
-            boosted.session_values(seen_codes, seen_ptr),
-            names,
+            seen_feats, seen_items, seen_targets, weights, params.rerank_top, names
         )
         rows = np.concatenate([rows, more])
         labels = np.concatenate([labels, more_labels])

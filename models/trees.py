@@ -7,13 +7,12 @@ and the ``COLUMNS`` after them are the columns, the clicked candidate is the one
 relevant item. Serving (``rerank``) orders a session's best ``top`` by the linear score
 anew by the trees' sum; the rest keep their linear order below them.
 
-No column compares a candidate with the others (``COLUMNS`` are the candidate's linear
-score and values of its session), so a candidate's sum depends on itself and its
-session alone: removing a candidate (a rule, an unavailable item) leaves the others'
-order as it was. The bundle names the columns its trees were fitted with, and the walk
-fills each by its code (``column_codes``); trees of an older bundle read the linear
-score and its gap to the best of the candidates (``GAP_COLUMNS``), which the walk still
-computes for them.
+No column compares a candidate with the others (``COLUMNS``: the candidate's linear
+score), so a candidate's sum depends on itself alone: removing a candidate (a rule, an
+unavailable item) leaves the others' order as it was. The bundle names the columns its
+trees were fitted with, and the walk fills each by its code (``column_codes``); trees of
+an older bundle read the linear score and its gap to the best of the candidates
+(``GAP_COLUMNS``), which the walk still computes for them.
 
 The trees are exported complete, ``depth`` levels each (a leaf above the last level
 becomes a split that always goes left, its value copied to every leaf under it): one
@@ -37,13 +36,10 @@ from numba import njit
 
 TREE_ARRAYS = ("tree_feature", "tree_threshold", "tree_leaf")
 # Columns the walk can put after the table's features, a name's code being its place:
-# the candidate's linear score; its gap to the best linear score of the candidates; the
-# session's clicks so far, of them the clicks on items the model knows, and its
-# distinct known items (one value for every candidate of a session).
-KNOWN_COLUMNS = ("score", "gap", "clicks", "known", "items")
-SESSION_COLUMNS = KNOWN_COLUMNS[2:]  # ``session_values``' order
+# the candidate's linear score, and its gap to the best linear score of the candidates.
+KNOWN_COLUMNS = ("score", "gap")
 # The columns the trainer fits the trees with, after the table's features.
-COLUMNS = ("score", "clicks", "known", "items")
+COLUMNS = ("score",)
 # The columns of trees from a bundle that does not name them.
 GAP_COLUMNS = ("score", "gap")
 # At least this many fit cases with their click in the best ``top``: else no trees.
@@ -73,26 +69,10 @@ def column_codes(names: object) -> np.ndarray:
     return np.array([KNOWN_COLUMNS.index(n) for n in names], dtype=np.int64)
 
 
-def session_values(codes: np.ndarray, ptr: np.ndarray) -> np.ndarray:
-    """``SESSION_COLUMNS`` of each session ``codes[ptr[r]:ptr[r+1]]`` (item rows, -1
-    unknown) as the kernel counts them: [sessions, 3]."""
-    out = np.zeros((len(ptr) - 1, len(SESSION_COLUMNS)), dtype=np.float64)
-    for r in range(len(ptr) - 1):
-        session = codes[ptr[r] : ptr[r + 1]]
-        known = session[session >= 0]
-        out[r] = (session.size, known.size, np.unique(known).size)
-    return out
-
-
-def columns(
-    feats: np.ndarray, scores: np.ndarray, sessions: np.ndarray, names: tuple[str, ...]
-) -> np.ndarray:
-    """The trees' columns for candidates of one group each row ([groups, c, features],
-    [groups, c] scores, [groups, 3] ``session_values``): the features, then ``names``."""
-    best = scores.max(axis=1, keepdims=True)
-    made = {"score": scores, "gap": best - scores}
-    for at, name in enumerate(SESSION_COLUMNS):
-        made[name] = np.broadcast_to(sessions[:, at : at + 1], scores.shape)
+def columns(feats: np.ndarray, scores: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """The trees' columns for candidates of one group each row ([groups, c, features] and
+    [groups, c] scores): the features, then ``names``."""
+    made = {"score": scores, "gap": scores.max(axis=1, keepdims=True) - scores}
     return np.concatenate([feats, *(made[n][..., None] for n in names)], axis=-1)
 
 
@@ -102,13 +82,11 @@ def top_cases(
     targets: np.ndarray,
     weights: np.ndarray,
     top: int,
-    sessions: np.ndarray,
     names: tuple[str, ...] = COLUMNS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each case's best ``top`` by the linear ranker as the trees' rows ([cases, top,
-    features + ``names``], ``sessions``: the cases' ``session_values``) and labels (1 for
-    the clicked candidate), for the cases whose click is among them and that have ``top``
-    real candidates."""
+    features + ``names``]) and labels (1 for the clicked candidate), for the cases whose
+    click is among them and that have ``top`` real candidates."""
     scores = linear_scores(feats, items, weights)
     top = min(top, scores.shape[1])
     # Best first, ties to the earlier candidate (the kernel's stage-two order is by score).
@@ -119,7 +97,7 @@ def top_cases(
     order = order[usable]
     kept_scores = np.take_along_axis(scores[usable], order, axis=1)
     kept_feats = np.take_along_axis(feats[usable], order[..., None], axis=1)
-    return columns(kept_feats, kept_scores, sessions[usable], names), labels[usable]
+    return columns(kept_feats, kept_scores, names), labels[usable]
 
 
 def fit_trees(
@@ -228,16 +206,13 @@ def tree_sums(feature, threshold, leaf, x, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def rerank(
-    feature, threshold, leaf, codes, top, pool_feats, score, n_pool, session, x
-):  # pragma: no cover - compiled
+def rerank(feature, threshold, leaf, codes, top, pool_feats, score, n_pool, x):  # pragma: no cover
     """Reorder the best ``top`` of the ``n_pool`` candidates by their linear ``score`` by
     the trees' sum (module docstring): their scores become the ``top``-th best linear
     score plus their trees' sum above the lowest one's (and a hair, so that they stay
     above every other candidate); the others' are kept. ``pool_feats`` [features,
-    candidates]; ``codes``: the columns after the features (``column_codes``);
-    ``session``: the session's ``SESSION_COLUMNS``; ``x``: [features + columns, >= top]
-    scratch."""
+    candidates]; ``codes``: the columns after the features (``column_codes``); ``x``:
+    [features + columns, >= top] scratch."""
     if feature.shape[0] == 0 or top <= 1 or n_pool <= 1:
         return
     nf = pool_feats.shape[0]
@@ -272,14 +247,8 @@ def rerank(
         c = chosen[i]
         for f in range(nf):
             x[f, i] = pool_feats[f, c]
-        for e in range(codes.size):
-            code = codes[e]
-            if code == 0:
-                x[nf + e, i] = score[c]
-            elif code == 1:
-                x[nf + e, i] = best - score[c]
-            else:
-                x[nf + e, i] = session[code - 2]
+        for e in range(codes.size):  # KNOWN_COLUMNS
+            x[nf + e, i] = score[c] if codes[e] == 0 else best - score[c]
     sums = tree_sums(feature, threshold, leaf, x, kept)
     low = np.inf
     for i in range(kept):

@@ -16,14 +16,12 @@ from models.errors import InvalidModelError
 from models.trees import (
     COLUMNS,
     GAP_COLUMNS,
-    SESSION_COLUMNS,
     TREE_ARRAYS,
     column_codes,
     empty_trees,
     export,
     fit_trees,
     rerank,
-    session_values,
     top_cases,
     tree_sums,
 )
@@ -83,8 +81,8 @@ def test_a_shallower_tree_fills_every_leaf_under_it() -> None:
 def _fitted(nf: int, depth: int = 3, extra: int = len(COLUMNS)):
     rng = np.random.default_rng(5)
     rows = rng.normal(size=(400, 10, nf + extra))
-    # Every column matters, the last ones (the session's values, in the walk) too.
-    utility = rows[..., 0] + rows[..., -1] * rows[..., 1] + rows[..., -2] * rows[..., 2]
+    # Every column matters, the last one (the linear score or its gap, in the walk) too.
+    utility = rows[..., 0] + rows[..., -1] * rows[..., 1]
     labels = (utility == utility.max(axis=1, keepdims=True)).astype(np.float64)
     arrays, info = fit_trees(rows, labels, n_trees=10, depth=depth, learning_rate=0.2, seed=1)
     assert info["trees"] == 10
@@ -103,10 +101,9 @@ def test_rerank_reorders_only_the_linear_top(names: tuple[str, ...]) -> None:
         pool_feats = rng.normal(size=(nf, n_pool))
         score = rng.normal(size=n_pool)
         score[rng.integers(0, n_pool)] = score[0]  # a tie
-        session = rng.integers(1, 30, size=len(SESSION_COLUMNS)).astype(np.float64)
         before = score.copy()
         x = np.empty((nf + len(names), top))
-        rerank(*(trees[n] for n in TREE_ARRAYS), codes, top, pool_feats, score, n_pool, session, x)
+        rerank(*(trees[n] for n in TREE_ARRAYS), codes, top, pool_feats, score, n_pool, x)
         m = min(top, n_pool)
         order_before = np.lexsort((np.arange(n_pool), -before))
         order_after = np.lexsort((np.arange(n_pool), -score))
@@ -117,11 +114,7 @@ def test_rerank_reorders_only_the_linear_top(names: tuple[str, ...]) -> None:
         np.testing.assert_array_equal(order_after[m:], rest)
         # Within the top, the order is the trees' sum's.
         chosen = order_before[:m]
-        made = {
-            "score": before[chosen],
-            "gap": before[chosen].max() - before[chosen],
-            **{n: np.full(m, v) for n, v in zip(SESSION_COLUMNS, session, strict=True)},
-        }
+        made = {"score": before[chosen], "gap": before[chosen].max() - before[chosen]}
         cols = np.vstack([pool_feats[:, chosen], *(made[n] for n in names)])
         sums = tree_sums(*(trees[n] for n in TREE_ARRAYS), np.ascontiguousarray(cols), m)
         np.testing.assert_allclose(
@@ -133,26 +126,20 @@ def test_no_trees_or_top_of_one_changes_nothing() -> None:
     nf = 4
     score = np.array([0.3, 0.9, 0.1])
     feats = np.ones((nf, 3))
-    codes, session = column_codes(COLUMNS), np.ones(len(SESSION_COLUMNS))
+    codes = column_codes(COLUMNS)
     for trees, top in ((empty_trees(3), 50), (_fitted(nf), 1)):
         got = score.copy()
         x = np.empty((nf + len(COLUMNS), 50))
-        rerank(*(trees[n] for n in TREE_ARRAYS), codes, top, feats, got, 3, session, x)
+        rerank(*(trees[n] for n in TREE_ARRAYS), codes, top, feats, got, 3, x)
         np.testing.assert_array_equal(got, score)
 
 
 def test_column_codes_refuse_unknown_or_repeated_names() -> None:
     assert column_codes(COLUMNS).dtype == np.int64
+    np.testing.assert_array_equal(column_codes(["gap", "score"]), [1, 0])
     for bad in (["score", "nope"], ["score", "score"], "score", [1]):
         with pytest.raises(ValueError):
             column_codes(bad)
-
-
-def test_session_values_count_clicks_known_clicks_and_distinct_known_items() -> None:
-    codes = np.array([3, -1, 3, 5, -1, 7, 7, 7])
-    ptr = np.array([0, 2, 2, 5, 8])
-    want = [[2, 1, 1], [0, 0, 0], [3, 2, 2], [3, 3, 1]]
-    np.testing.assert_array_equal(session_values(codes, ptr), want)
 
 
 def test_top_cases_keeps_the_linear_best_with_the_click() -> None:
@@ -166,17 +153,14 @@ def test_top_cases_keeps_the_linear_best_with_the_click() -> None:
     order = np.argsort(-feats[..., 0], axis=1, kind="stable")
     targets = order[:, 1].copy()
     targets[2] = order[2, 6]  # not in the best 4: left out
-    sessions = np.arange(18, dtype=np.float64).reshape(6, 3)
-    rows, labels = top_cases(feats, items, targets, weights, 4, sessions, ("gap", *COLUMNS))
-    assert rows.shape == (4, 4, nf + 1 + len(COLUMNS))
+    rows, labels = top_cases(feats, items, targets, weights, 4, ("gap", "score"))
+    assert rows.shape == (4, 4, nf + 2)
     np.testing.assert_array_equal(labels, np.tile([0.0, 1.0, 0.0, 0.0], (4, 1)))
     kept = [0, 1, 3, 4]
     score = rows[..., nf + 1]
     np.testing.assert_allclose(score, np.sort(feats[kept, :, 0], axis=1)[:, ::-1][:, :4])
     np.testing.assert_allclose(rows[..., nf], score[:, :1] - score)
-    for at, name in enumerate(SESSION_COLUMNS):  # the case's own, for each of its candidates
-        column = rows[..., nf + 1 + COLUMNS.index(name)]
-        np.testing.assert_array_equal(column, np.repeat(sessions[kept, at : at + 1], 4, axis=1))
+    assert top_cases(feats, items, targets, weights, 4)[0].shape == (4, 4, nf + len(COLUMNS))
 
 
 def _trained_with_trees(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...] = COLUMNS):
@@ -292,41 +276,41 @@ def _prefixes(bundle, n: int = 60) -> list[list[str]]:
     return out
 
 
-def test_the_walk_reads_the_columns_the_trees_were_fitted_with(tmp_path, monkeypatch) -> None:
-    """The kernel's columns after the features are the trainer's (``top_cases``'), the
-    session's values included: trees that split on each of them rank as their sums."""
+@pytest.mark.parametrize("names", [COLUMNS, GAP_COLUMNS])
+def test_the_walk_reads_the_columns_the_trees_were_fitted_with(
+    tmp_path, monkeypatch, names: tuple[str, ...]
+) -> None:
+    """The kernel's columns after the features are the trainer's (``top_cases``'): trees
+    that split on each of them rank a session's best as their sums, after the bundle's
+    round trip."""
     from dataclasses import replace
 
     from models.ranking import RankParams, encode_sessions, rank_codes
     from models.trees import columns
 
-    bundle = _trained_with_trees(monkeypatch)
-    assert bundle.manifest["trees"]["columns"] == list(COLUMNS)
+    bundle = _trained_with_trees(monkeypatch, names)
+    assert bundle.manifest["trees"]["columns"] == list(names)
     nf = features.LAYOUT.n_features
     prefixes = _prefixes(bundle)
     codes, ptr = encode_sessions(bundle, prefixes)
-    sessions = session_values(codes, ptr)
     params = RankParams.of(bundle)
     top = params.rerank_top
     k = 3 * top
     feats = np.zeros((len(prefixes), k, nf))
     linear = replace(params, rerank_top=0)
     items, scores, *_ = rank_codes(bundle, codes, ptr, k, linear, exclude="none", out_feats=feats)
-    # Every named column split on at its median over these prefixes, by a tree of its own.
+    rows = columns(feats[:, :top], scores[:, :top], names)
+    # Each named column split on at its median over these prefixes, by a tree of its own.
     arrays = {n: bundle.arrays[n].copy() for n in TREE_ARRAYS}
-    for e, name in enumerate(COLUMNS):
-        if name in SESSION_COLUMNS:
-            values = sessions[:, SESSION_COLUMNS.index(name)] + 0.5
-        else:
-            values = scores[:, :top][np.isfinite(scores[:, :top])]
+    for e in range(len(names)):
+        values = rows[..., nf + e][np.isfinite(rows[..., nf + e])]
         arrays["tree_feature"][e, 0] = nf + e
         arrays["tree_threshold"][e, 0] = np.median(values)
         arrays["tree_leaf"][e, : arrays["tree_leaf"].shape[1] // 2] += 0.3 * (e + 1)
     save_bundle(replace(bundle, arrays={**bundle.arrays, **arrays}), tmp_path / "m")
     loaded = load_bundle(tmp_path / "m")
-    assert loaded.manifest["trees"]["columns"] == list(COLUMNS)
+    assert loaded.manifest["trees"]["columns"] == list(names)
     got_items, got_scores, *_ = rank_codes(loaded, codes, ptr, k, params, exclude="none")
-    rows = columns(feats[:, :top], scores[:, :top], sessions, COLUMNS)
     flat = np.ascontiguousarray(rows.reshape(-1, rows.shape[-1]).T)
     sums = tree_sums(*(arrays[n] for n in TREE_ARRAYS), flat, flat.shape[1])
     sums = sums.reshape(len(prefixes), top)
