@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from models.select import kth_largest
+
 TREE_ARRAYS = ("tree_feature", "tree_threshold", "tree_leaf")
 # Extra columns after the table's features: the linear score and its gap to the best.
 EXTRA_COLUMNS = 2
@@ -176,12 +178,12 @@ def tree_sums(feature, threshold, leaf, x, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def rerank(feature, threshold, leaf, top, pool_feats, score, n_pool, x):  # pragma: no cover
+def rerank(feature, threshold, leaf, top, pool_feats, score, n_pool, x, bufs):  # pragma: no cover
     """Reorder the best ``top`` of the ``n_pool`` candidates by their linear ``score`` by
     the trees' sum (module docstring): their scores become the ``top``-th best linear
     score plus their trees' sum above the lowest one's (and a hair, so that they stay
     above every other candidate); the others' are kept. ``pool_feats`` [features,
-    candidates]; ``x``: [features + 2, >= top] scratch."""
+    candidates]; ``x``: [features + 2, >= top] and ``bufs``: [2, >= n_pool] scratch."""
     if feature.shape[0] == 0 or top <= 1 or n_pool <= 1:
         return
     nf = pool_feats.shape[0]
@@ -197,7 +199,7 @@ def rerank(feature, threshold, leaf, top, pool_feats, score, n_pool, x):  # prag
         for c in range(n_pool):
             floor = min(floor, score[c])
     else:
-        floor = np.partition(-score[:n_pool], m - 1)[m - 1] * -1.0
+        floor = kth_largest(score[:n_pool], m - 1, bufs)
         above = 0
         for c in range(n_pool):
             above += score[c] > floor

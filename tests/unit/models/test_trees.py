@@ -96,7 +96,8 @@ def test_rerank_reorders_only_the_linear_top() -> None:
         score[rng.integers(0, n_pool)] = score[0]  # a tie
         before = score.copy()
         x = np.empty((nf + EXTRA_COLUMNS, top))
-        rerank(*(trees[n] for n in TREE_ARRAYS), top, pool_feats, score, n_pool, x)
+        bufs = np.empty((2, n_pool))
+        rerank(*(trees[n] for n in TREE_ARRAYS), top, pool_feats, score, n_pool, x, bufs)
         m = min(top, n_pool)
         order_before = np.lexsort((np.arange(n_pool), -before))
         order_after = np.lexsort((np.arange(n_pool), -score))
@@ -122,7 +123,8 @@ def test_no_trees_or_top_of_one_changes_nothing() -> None:
     feats = np.ones((nf, 3))
     for trees, top in ((empty_trees(3), 50), (_fitted(nf), 1)):
         got = score.copy()
-        rerank(*(trees[n] for n in TREE_ARRAYS), top, feats, got, 3, np.empty((nf + 2, 50)))
+        x, bufs = np.empty((nf + 2, 50)), np.empty((2, 3))
+        rerank(*(trees[n] for n in TREE_ARRAYS), top, feats, got, 3, x, bufs)
         np.testing.assert_array_equal(got, score)
 
 
