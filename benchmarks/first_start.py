@@ -15,8 +15,13 @@ signature (inclusive: the functions compiled for it count in it) and its time by
 compiler pass, summed over the signatures (numba's ``numba:compile`` and
 ``numba:run_pass`` events).
 
+With ``--trees name=path,...`` only the empty cache's first start is timed, for each
+checkout's code in turn (alternated, each repeat), on the same model: compile times side
+by side.
+
 Usage: .venv/bin/python benchmarks/first_start.py [--model-dir DIR --tenant T]
        [--clicks 1000000] [--items 40000] [--repeats 2] [--passes]
+       [--trees before=/path/to/checkout,now=.]
 Without --model-dir, a model of ``--items`` items is trained on seeded synthetic clicks
 first (as benchmarks/model_scale.py makes its model).
 """
@@ -40,6 +45,7 @@ _PROBE = """
 import collections, json, sys, time
 started = time.perf_counter()
 from numba.core import event
+import models
 from models.kernels import kernel_count
 from models.registry import Registry
 from stream.pipeline.model_cache import warm
@@ -70,7 +76,7 @@ print(json.dumps({
     "import_s": imported - started, "load_s": loaded - imported, "warm_s": warmed - loaded,
     "compiled": after.compiled - before.compiled,
     "from_cache": after.from_cache - before.from_cache,
-    "signatures": signatures, "passes": by_pass.most_common(8),
+    "signatures": signatures, "passes": by_pass.most_common(8), "code": models.__file__,
 }))
 """
 
@@ -85,10 +91,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--passes", action="store_true", help="list compile times")
+    parser.add_argument(
+        "--trees", help="name=path,...: only the empty cache, each checkout's code in turn"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="streamrec-first-start-") as tmp:
         registry = args.model_dir or _train(Path(tmp) / "models", args)
+        if args.trees:
+            _empty_side_by_side(registry, args, Path(tmp))
+            return
         rows: dict[str, list[dict]] = {}
         warm_s: dict[str, list[float]] = {}
         for r in range(args.repeats):
@@ -144,6 +156,27 @@ def main() -> None:
                 print(f"  {seconds:7.2f}  {name}")
 
 
+def _empty_side_by_side(registry: Path, args: argparse.Namespace, tmp: Path) -> None:
+    trees = dict(pair.split("=", 1) for pair in args.trees.split(","))
+    warm_s: dict[str, list[float]] = {name: [] for name in trees}
+    for r in range(args.repeats):
+        for name, path in trees.items():
+            env = {**os.environ, "STREAMREC_HOME": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
+            env["NUMBA_CACHE_DIR"] = str(tmp / f"numba-{name}-{r}")
+            env.pop("NUMBA_CPU_NAME", None)
+            probe = _probe(registry, args.tenant, env, Path(path).resolve())
+            warm_s[name].append(probe["warm_s"])
+            print(
+                f"repeat {r + 1}, {name} ({probe['code']}): warm-up {probe['warm_s']:.2f} s",
+                file=sys.stderr,
+            )
+    print(f"\nempty numba cache, warm-up s; load average {_load()} on {os.cpu_count()} CPUs\n")
+    print("| checkout | warm-up s, each repeat | median |\n|---|---|---|")
+    for name, runs in warm_s.items():
+        each = " / ".join(f"{x:.2f}" for x in runs)
+        print(f"| {name} ({trees[name]}) | {each} | {statistics.median(runs):.2f} |")
+
+
 def _train(root: Path, args: argparse.Namespace) -> Path:
     from models.datasets import synthetic_sessions
     from models.registry import Registry
@@ -162,11 +195,12 @@ def _train(root: Path, args: argparse.Namespace) -> Path:
     return root
 
 
-def _probe(registry: Path, tenant: str, env: dict[str, str]) -> dict:
+def _probe(registry: Path, tenant: str, env: dict[str, str], code: Path = ROOT) -> dict:
+    """One first start in a fresh interpreter, importing the checkout ``code``'s modules."""
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, str(registry), tenant],
         env=env,
-        cwd=ROOT,
+        cwd=code,
         check=True,
         capture_output=True,
         text=True,

@@ -27,7 +27,7 @@ import numpy as np
 
 from models import features
 from models.errors import InvalidModelError
-from models.trees import GAP_COLUMNS, TREE_ARRAYS, column_codes
+from models.trees import GAP_COLUMNS, MAX_DEPTH, TREE_ARRAYS, column_codes
 
 BUNDLE_FORMAT = "streamrec-bundle"
 # 5: the arrays of the table's sources and item features stored by name
@@ -542,10 +542,11 @@ def _check_trees(a: dict[str, np.ndarray], manifest: dict[str, Any], where: str)
         or leaf.shape != (n_trees, inner + 1)
         or inner < 1
         or (inner + 1) & inner  # 2^depth - 1 splits
+        or inner + 1 > 2**MAX_DEPTH
     ):
         raise InvalidModelError(
             f"model {where}: trees must be int32 and float64 [trees, 2^depth - 1] splits "
-            "and float64 [trees, 2^depth] leaves"
+            f"and float64 [trees, 2^depth] leaves, at most {MAX_DEPTH} levels deep"
         )
     columns = features.LAYOUT.n_features + extra.size
     if feature.size and (feature.min() < 0 or feature.max() >= columns):

@@ -54,8 +54,11 @@ def json_rows(heads, starts, items, scores, scale, decimals):  # pragma: no cove
             if j:
                 out[at] = 44  # ,
                 at += 1
-            out[at : at + b - a] = heads[a:b]
-            at += b - a
+            # A loop, not a slice assignment: numba compiles a slice's shape check with
+            # its error message, seconds of a first start's compiling.
+            for q in range(a, b):
+                out[at] = heads[q]
+                at += 1
             if m < 0 or (m == 0 and np.signbit(x)):
                 out[at] = 45  # -
                 at += 1

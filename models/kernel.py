@@ -26,6 +26,7 @@ from numba import njit
 
 from models import features
 from models.bundle import ModelBundle
+from models.select import select_top
 from models.sources import SEEDS, context_hash
 from models.trees import TREE_ARRAYS, column_codes, empty_trees, rerank
 
@@ -241,65 +242,6 @@ def _main_source(feats, c, w_raw, w_sqrt, feature_source, contribution):  # prag
             part += w_sqrt[f] * np.sqrt(x)
         contribution[feature_source[f]] += part
     return np.argmax(contribution)
-
-
-@njit(cache=True, nogil=True)
-def _kth_largest(values, rank, bufs):  # pragma: no cover - compiled
-    """The ``rank``-th largest (0 = the largest) of ``values``: quickselect whose passes
-    have no data-dependent branch (each value is written to both ends of the next
-    buffer, and only one end's count moves), so it costs the same on any input order.
-    ``bufs``: [2, >= len(values)] scratch."""
-    n = values.size
-    src = values
-    which = 0
-    while True:
-        pivot = src[n >> 1]
-        dst = bufs[which]
-        above = 0
-        below = 0
-        for i in range(n):
-            x = src[i]
-            dst[above] = x
-            dst[n - 1 - below] = x
-            above += x > pivot
-            below += x < pivot
-        if rank < above:
-            n = above
-            src = dst[:n]
-        elif rank < n - below:
-            return pivot
-        else:
-            rank -= n - below
-            src = dst[n - below : n]
-            n = below
-        which = 1 - which
-
-
-@njit(cache=True, nogil=True)
-def _select(values, limit, out, bufs):  # pragma: no cover - compiled
-    """Write into ``out`` the positions of the ``limit`` largest ``values``, ties going to
-    the earlier position; returns how many. O(len) expected; ``bufs`` is [2, len] scratch
-    at least."""
-    m = values.size
-    if m <= limit:
-        for q in range(m):
-            out[q] = q
-        return m
-    threshold = _kth_largest(values, limit - 1, bufs)
-    above = 0
-    for q in range(m):
-        above += values[q] > threshold
-    ties = limit - above
-    count = 0
-    q = 0
-    while count < limit:
-        x = values[q]
-        take = (x > threshold) | ((x == threshold) & (ties > 0))
-        out[count] = q
-        count += take
-        ties -= (x == threshold) & take
-        q += 1
-    return count
 
 
 @njit(cache=True, nogil=True)
@@ -594,7 +536,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             # similarity (vsknn) and with SKNN's cosine (sknn). One pass over their items;
             # SKNN's own top k would cost a second one for little (chosen on valid).
             # Ties go to the newest session.
-            n_top = _select(s_vsim[:n_chosen], k_sessions, top, select_buf)
+            n_top = select_top(s_vsim[:n_chosen], k_sessions, top, select_buf)
             # Where each voter's items are, first for all of them: the reads of session
             # rows scattered over the index then wait on memory together, not in turn.
             for t in range(n_top):
@@ -674,7 +616,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
             n_pool += 1
         if n_pool > n_candidates:
             # Positions come back increasing, so the pool compacts in place.
-            n_pool = _select(pool_prior[:n_pool], n_candidates, pool_pos, select_buf)
+            n_pool = select_top(pool_prior[:n_pool], n_candidates, pool_pos, select_buf)
             for c in range(n_pool):
                 pool[c] = pool[pool_pos[c]]
         # Stage two's features: a gathered candidate's column copied, a voted-only one's
@@ -772,6 +714,7 @@ def served_kernel(model, config, codes, ptr, out, scratch):  # pragma: no cover 
                 score,
                 n_pool,
                 tree_x,
+                select_buf,
             )
         kept = 0
         for c in range(n_pool):

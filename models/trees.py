@@ -17,9 +17,14 @@ an older bundle read the linear score and its gap to the best of the candidates
 The trees are exported complete, ``depth`` levels each (a leaf above the last level
 becomes a split that always goes left, its value copied to every leaf under it): one
 array of split columns, one of thresholds (``int32`` / ``float64`` [trees, 2^depth - 1],
-node n's children at 2n + 1 and 2n + 2) and one of leaf values ([trees, 2^depth]). A
-walk is then ``depth`` steps of the same few instructions for every candidate, and the
-candidates advance level by level together.
+node n's children at 2n + 1 and 2n + 2) and one of leaf values ([trees, 2^depth]), at
+most ``MAX_DEPTH`` levels. The kernel finds every candidate's leaves as QuickScorer
+(Lucchese et al., SIGIR 2015) does, without walking: a candidate starts with every
+leaf of a tree reachable (one bit each, leaf 0 the lowest); each split it goes right at
+clears the leaves of the split's left subtree; its exit leaf is then the leftmost left,
+the lowest bit. Each split tests all candidates in one loop over one column of
+features (no data-dependent branch, vectorised), and the sums add the trees in order, as
+a walk would.
 
 Fit cases may include prefixes of sessions the fit-time model was trained on
 (``seen_share``): serving meets sessions that repeat training sessions verbatim, where
@@ -34,6 +39,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from models.select import kth_largest
+
 TREE_ARRAYS = ("tree_feature", "tree_threshold", "tree_leaf")
 # Columns the walk can put after the table's features, a name's code being its place:
 # the candidate's linear score, and its gap to the best linear score of the candidates.
@@ -44,6 +51,13 @@ COLUMNS = ("score",)
 GAP_COLUMNS = ("score", "gap")
 # At least this many fit cases with their click in the best ``top``: else no trees.
 MIN_CASES = 200
+# A tree's leaves are bits of one 64-bit mask when the kernel finds them.
+MAX_DEPTH = 6
+# The lowest set bit's index: a de Bruijn sequence's top six bits after the multiply.
+_DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_BIT_INDEX = np.zeros(64, dtype=np.int64)
+for _bit in range(64):
+    _BIT_INDEX[((1 << _bit) * int(_DE_BRUIJN) % 2**64) >> 58] = _bit
 
 
 def linear_scores(feats: np.ndarray, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -114,6 +128,8 @@ def fit_trees(
     (module docstring), or no trees (empty arrays) with too few groups."""
     import lightgbm as lgb  # only the trainer needs it
 
+    if not 1 <= depth <= MAX_DEPTH:
+        raise ValueError(f"trees of depth {depth}: from 1 to {MAX_DEPTH} levels")
     groups, c, n_cols = rows.shape
     info: dict[str, Any] = {"groups": int(groups), "candidates": int(c)}
     if groups < MIN_CASES:
@@ -185,34 +201,52 @@ def export(booster: Any, depth: int) -> dict[str, np.ndarray]:
 
 @njit(cache=True, nogil=True)
 def tree_sums(feature, threshold, leaf, x, n):  # pragma: no cover - compiled
-    """The trees' sum for rows 0..n-1 of ``x`` ([columns, rows]): every row walks each
-    tree level by level together (no recursion, no branch on the data)."""
+    """The trees' sum for rows 0..n-1 of ``x`` ([columns, rows]), found as QuickScorer
+    does (module docstring): each split tests every row at once, a row's reachable
+    leaves are bits of a mask, and its exit leaf is the lowest bit left."""
     inner = feature.shape[1]
+    n_leaves = inner + 1
+    full = np.uint64((1 << n_leaves) - 1) if n_leaves < 64 else ~np.uint64(0)
+    # keep[at]: the leaves still reachable once split ``at`` sends a row right (the
+    # leaves of its left subtree cleared).
+    keep = np.empty(inner, dtype=np.uint64)
+    for at in range(inner):
+        level = 0
+        while (1 << (level + 1)) - 1 <= at:
+            level += 1
+        span = n_leaves >> (level + 1)  # leaves under each child
+        first = (at - ((1 << level) - 1)) * 2 * span
+        keep[at] = full & ~(np.uint64((1 << span) - 1) << np.uint64(first))
     out = np.zeros(n, dtype=np.float64)
-    node = np.empty(n, dtype=np.int64)
-    levels = 0
-    while (1 << levels) - 1 < inner:
-        levels += 1
+    mask = np.empty(n, dtype=np.uint64)
     for t in range(feature.shape[0]):
         for i in range(n):
-            node[i] = 0
-        for _ in range(levels):
+            mask[i] = full
+        for at in range(inner):
+            cut = threshold[t, at]
+            if cut == np.inf:  # a split that always goes left
+                continue
+            column = x[feature[t, at]]
+            k = keep[at]
             for i in range(n):
-                at = node[i]
-                node[i] = 2 * at + 1 + (x[feature[t, at], i] > threshold[t, at])
+                mask[i] &= k if column[i] > cut else full
         for i in range(n):
-            out[i] += leaf[t, node[i] - inner]
+            m = mask[i]
+            lowest = m & (~m + np.uint64(1))
+            out[i] += leaf[t, _BIT_INDEX[(lowest * _DE_BRUIJN) >> np.uint64(58)]]
     return out
 
 
 @njit(cache=True, nogil=True)
-def rerank(feature, threshold, leaf, codes, top, pool_feats, score, n_pool, x):  # pragma: no cover
+def rerank(
+    feature, threshold, leaf, codes, top, pool_feats, score, n_pool, x, bufs
+):  # pragma: no cover - compiled
     """Reorder the best ``top`` of the ``n_pool`` candidates by their linear ``score`` by
     the trees' sum (module docstring): their scores become the ``top``-th best linear
     score plus their trees' sum above the lowest one's (and a hair, so that they stay
     above every other candidate); the others' are kept. ``pool_feats`` [features,
     candidates]; ``codes``: the columns after the features (``column_codes``); ``x``:
-    [features + columns, >= top] scratch."""
+    [features + columns, >= top] and ``bufs``: [2, >= n_pool] scratch."""
     if feature.shape[0] == 0 or top <= 1 or n_pool <= 1:
         return
     nf = pool_feats.shape[0]
@@ -228,7 +262,7 @@ def rerank(feature, threshold, leaf, codes, top, pool_feats, score, n_pool, x): 
         for c in range(n_pool):
             floor = min(floor, score[c])
     else:
-        floor = np.partition(-score[:n_pool], m - 1)[m - 1] * -1.0
+        floor = kth_largest(score[:n_pool], m - 1, bufs)
         above = 0
         for c in range(n_pool):
             above += score[c] > floor

@@ -18,7 +18,7 @@ from models.bundle import ModelBundle, load_bundle, save_bundle
 from models.datasets import synthetic_sessions
 from models.errors import InvalidModelError
 from models.features import LAYOUT
-from models.kernel import _context_row, _select, context_buckets
+from models.kernel import _context_row, context_buckets
 from models.ranking import (
     MIN_ROWS_PER_THREAD,
     STRATEGIES,
@@ -29,6 +29,7 @@ from models.ranking import (
     recommend_flat,
 )
 from models.registry import Registry
+from models.select import select_top
 from models.sources import build_sources, category_lists
 from models.train import TrainParams, train_model
 
@@ -266,7 +267,7 @@ def test_select_keeps_the_largest_with_ties_to_the_earlier_position(
 ) -> None:
     out = np.empty(len(values), dtype=np.int64)
     buf = np.empty((2, len(values)), dtype=np.float64)
-    count = _select(np.array(values), limit, out, buf)
+    count = select_top(np.array(values), limit, out, buf)
     # The reference: a stable sort by value, descending, keeps the earlier of equals.
     expected = sorted(sorted(range(len(values)), key=lambda q: -values[q])[:limit])
     assert out[:count].tolist() == expected

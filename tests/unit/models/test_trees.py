@@ -16,6 +16,8 @@ from models.errors import InvalidModelError
 from models.trees import (
     COLUMNS,
     GAP_COLUMNS,
+    MAX_DEPTH,
+    MIN_CASES,
     TREE_ARRAYS,
     column_codes,
     empty_trees,
@@ -78,6 +80,42 @@ def test_a_shallower_tree_fills_every_leaf_under_it() -> None:
         export(lgb.train({**params, "num_leaves": 16}, data, num_boost_round=2), 2)
 
 
+def _walked(feature, threshold, leaf, x):
+    """The trees' sum of each column of ``x``, walked node by node (the reference)."""
+    inner = feature.shape[1]
+    out = np.zeros(x.shape[1])
+    for i in range(x.shape[1]):
+        for t in range(feature.shape[0]):
+            at = 0
+            while at < inner:
+                at = 2 * at + 1 + int(x[feature[t, at], i] > threshold[t, at])
+            out[i] += leaf[t, at - inner]
+    return out
+
+
+@pytest.mark.parametrize("depth", range(1, MAX_DEPTH + 1))
+def test_the_leaves_found_by_masks_are_the_walks_own(depth: int) -> None:
+    rng = np.random.default_rng(depth)
+    inner = 2**depth - 1
+    for _ in range(20):
+        n_trees, columns, rows = rng.integers(1, 6), rng.integers(1, 8), rng.integers(1, 60)
+        feature = rng.integers(0, columns, (n_trees, inner)).astype(np.int32)
+        # Thresholds and values on a coarse grid (ties at the splits), some splits that
+        # always go left.
+        threshold = np.round(rng.normal(size=(n_trees, inner)), 1)
+        threshold[rng.random((n_trees, inner)) < 0.3] = np.inf
+        leaf = rng.normal(size=(n_trees, inner + 1))
+        x = np.round(rng.normal(size=(columns, rows)), 1)
+        got = tree_sums(feature, threshold, leaf, x, rows)
+        np.testing.assert_array_equal(got, _walked(feature, threshold, leaf, x))
+
+
+def test_trees_deeper_than_a_mask_holds_are_refused() -> None:
+    rows, labels = _groups(7, groups=MIN_CASES + 10, c=4)
+    with pytest.raises(ValueError, match="levels"):
+        fit_trees(rows, labels, n_trees=2, depth=MAX_DEPTH + 1, learning_rate=0.2, seed=1)
+
+
 def _fitted(nf: int, depth: int = 3, extra: int = len(COLUMNS)):
     rng = np.random.default_rng(5)
     rows = rng.normal(size=(400, 10, nf + extra))
@@ -103,7 +141,8 @@ def test_rerank_reorders_only_the_linear_top(names: tuple[str, ...]) -> None:
         score[rng.integers(0, n_pool)] = score[0]  # a tie
         before = score.copy()
         x = np.empty((nf + len(names), top))
-        rerank(*(trees[n] for n in TREE_ARRAYS), codes, top, pool_feats, score, n_pool, x)
+        bufs = np.empty((2, n_pool))
+        rerank(*(trees[n] for n in TREE_ARRAYS), codes, top, pool_feats, score, n_pool, x, bufs)
         m = min(top, n_pool)
         order_before = np.lexsort((np.arange(n_pool), -before))
         order_after = np.lexsort((np.arange(n_pool), -score))
@@ -129,8 +168,8 @@ def test_no_trees_or_top_of_one_changes_nothing() -> None:
     codes = column_codes(COLUMNS)
     for trees, top in ((empty_trees(3), 50), (_fitted(nf), 1)):
         got = score.copy()
-        x = np.empty((nf + len(COLUMNS), 50))
-        rerank(*(trees[n] for n in TREE_ARRAYS), codes, top, feats, got, 3, x)
+        x, bufs = np.empty((nf + len(COLUMNS), 50)), np.empty((2, 3))
+        rerank(*(trees[n] for n in TREE_ARRAYS), codes, top, feats, got, 3, x, bufs)
         np.testing.assert_array_equal(got, score)
 
 
@@ -243,6 +282,13 @@ def test_bad_trees_in_a_bundle_are_refused(tmp_path, monkeypatch) -> None:
     (tmp_path / "o" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InvalidModelError, match="out of range"):
         load_bundle(tmp_path / "o", verify_checksums=False)
+    inner = 2 ** (MAX_DEPTH + 1) - 1  # deeper than the kernel's leaf masks hold
+    bundle.arrays["tree_feature"] = np.zeros((1, inner), dtype=np.int32)
+    bundle.arrays["tree_threshold"] = np.zeros((1, inner))
+    bundle.arrays["tree_leaf"] = np.zeros((1, inner + 1))
+    save_bundle(bundle, tmp_path / "d")
+    with pytest.raises(InvalidModelError, match="levels deep"):
+        load_bundle(tmp_path / "d")
 
 
 def test_the_kernel_sees_one_type_of_tree_arrays_with_or_without_trees(monkeypatch) -> None:
