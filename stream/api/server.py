@@ -19,6 +19,7 @@ A new module plugs in with one line in ``ROUTES`` below. The spec is at
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import socket
@@ -96,7 +97,9 @@ def header_deadline(timeout_s: float) -> type[asyncio.Protocol]:
     headers are not complete ``timeout_s`` after it opened, or after the first byte of
     a later request on it. uvicorn's own timeouts start only after a response, and
     every byte received restarts them, so a client sending a header a byte at a time
-    could hold a connection for ever."""
+    could hold a connection for ever. A request the HTTP parser refuses (a malformed
+    header, say ``Content-Length: 5s4``) is answered 400 with the API's JSON error, not
+    uvicorn's plain text."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[valid-type, misc]
@@ -126,6 +129,14 @@ def header_deadline(timeout_s: float) -> type[asyncio.Protocol]:
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": msg}).encode()
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            self.transport.close()
 
         def _expired(self) -> None:
             self._head_timer = None

@@ -7,7 +7,9 @@ fixed number of examples per operation, on a Redis of its own."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -135,3 +137,22 @@ def test_the_api_keeps_to_its_spec(api_base: str) -> None:
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
     # Most routes answered with success too, so their answers' schemas were checked.
     assert len(succeeded) >= len(operations) * 2 // 3, sorted(set(operations) - succeeded)
+
+
+def test_a_request_the_http_parser_refuses_gets_the_apis_json_error(api_base: str) -> None:
+    host, port = api_base.removeprefix("http://").split(":")
+    for head in (
+        b"POST /v1/default/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5s4\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    ):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(head)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        status, _, rest = answer.partition(b"\r\n")
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 400"), answer
+        assert b"content-type: application/json" in headers.lower(), answer
+        assert json.loads(body)["error"], answer
+    assert call(f"{api_base}/health/ready")[0] == 200  # the worker serves on
