@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from models.select import kth_largest
+from models.select import select_top
 
 TREE_ARRAYS = ("tree_feature", "tree_threshold", "tree_leaf")
 # Columns the walk can put after the table's features, a name's code being its place:
@@ -251,29 +251,12 @@ def rerank(
         return
     nf = pool_feats.shape[0]
     m = min(top, n_pool)
-    # The best m positions: a partial order of the scores, ties to the earlier position.
+    # The best m positions, ties to the earlier one; the floor is the lowest of them.
     chosen = np.empty(m, dtype=np.int64)
-    kept = 0
-    if m == n_pool:
-        for c in range(n_pool):
-            chosen[c] = c
-        kept = m
-        floor = np.inf
-        for c in range(n_pool):
-            floor = min(floor, score[c])
-    else:
-        floor = kth_largest(score[:n_pool], m - 1, bufs)
-        above = 0
-        for c in range(n_pool):
-            above += score[c] > floor
-        ties = m - above
-        for c in range(n_pool):
-            s = score[c]
-            if s > floor or (s == floor and ties > 0):
-                if s == floor:
-                    ties -= 1
-                chosen[kept] = c
-                kept += 1
+    kept = select_top(score[:n_pool], m, chosen, bufs)
+    floor = np.inf
+    for i in range(kept):
+        floor = min(floor, score[chosen[i]])
     best = -np.inf
     for i in range(kept):
         best = max(best, score[chosen[i]])
