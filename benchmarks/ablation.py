@@ -156,9 +156,15 @@ def run_set(
 
 
 def fit_without(names: list[str]) -> None:
-    """Make the trainer fit its ranker with the features ``names`` held at 0."""
+    """Make the trainer fit its ranker and its trees with the features ``names`` held at
+    0 (the trees' seen cases too, which the ranker's fit does not rank)."""
     columns = [LAYOUT.column(name) for name in names]
     fit = train_module.fit_ranker
+    top_cases = train_module.boosted.top_cases
+
+    def masked_top_cases(feats, *args, **kwargs):  # type: ignore[no-untyped-def]
+        feats[..., columns] = 0.0
+        return top_cases(feats, *args, **kwargs)
 
     def masked(rank_features, targets, **kwargs):  # type: ignore[no-untyped-def]
         def zeroed() -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +175,7 @@ def fit_without(names: list[str]) -> None:
         return fit(zeroed, targets, **kwargs)
 
     train_module.fit_ranker = masked  # type: ignore[assignment]
+    train_module.boosted.top_cases = masked_top_cases  # type: ignore[attr-defined]
 
 
 def main() -> None:
