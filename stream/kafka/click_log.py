@@ -24,6 +24,7 @@ from models.datasets import Clicks
 from models.errors import StreamrecError
 from stream.events import ClickEvent, parse_event, record_time
 from stream.kafka.config import KafkaClientConfig, kafka_config
+from stream.kafka.topics import partition_ends
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -98,10 +99,7 @@ def _offset_ranges(
             raise StreamrecError(f"topic {topic!r} not found on {broker}")
         parts = [TopicPartition(topic, p, int(since_ts * 1000)) for p in meta.partitions]
         starts = consumer.offsets_for_times(parts, timeout=10)
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.partitions
-        }
+        ends = partition_ends(consumer, topic, meta.partitions, timeout=10)
     finally:
         consumer.close()
     return {
@@ -167,11 +165,6 @@ def _read_partitions(
                         todo.discard(msg.partition())
                 elif msg.error().code() == KafkaError._PARTITION_EOF:
                     todo.discard(msg.partition())
-        # Some brokers (the embedded one) report an end offset inside the last record
-        # batch; the rest of that batch may still be buffered: take it too.
-        for msg in consumer.consume(100_000, timeout=0.5):
-            if msg.error() is None:
-                take(msg)
     finally:
         consumer.close()
     if skipped:

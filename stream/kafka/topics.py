@@ -1,12 +1,14 @@
-"""Topic administration with confluent-kafka's AdminClient (idempotent create)."""
+"""Topic administration with confluent-kafka's AdminClient (idempotent create), a reader of
+whole topics, and the partitions' end offsets."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from models.errors import StreamrecError
@@ -95,3 +97,47 @@ def topic_reader(
         raise
     consumer.assign(assignment)
     return consumer
+
+
+def partition_ends(
+    consumer: Consumer, topic: str, partitions: Iterable[int], timeout: float = 30.0
+) -> dict[int, int]:
+    """Each partition's end offset now: one past its last record.
+
+    The broker's offsets query (the high watermark) is checked by a fetch from the offset
+    before it: some brokers (the Tansu fallback) answer the query with one past the first
+    offset of the partition's last record batch, and that fetch returns the whole batch
+    and the true high watermark. On Apache Kafka the fetch finds the last record itself
+    (or a transaction marker): the end is the query's. ``consumer`` has
+    ``enable.partition.eof`` set and no assignment, and is left with none. A broker
+    that does not answer within ``timeout`` is a KafkaException."""
+    deadline = time.monotonic() + timeout
+    ends, todo = {}, set()
+    for p in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        ends[p] = high
+        if high > low:
+            todo.add(p)
+    if not todo:
+        return ends
+    consumer.assign([TopicPartition(topic, p, ends[p] - 1) for p in todo])
+    try:
+        while todo:
+            if time.monotonic() > deadline:
+                raise KafkaException(
+                    KafkaError(KafkaError._TIMED_OUT, f"no fetch answered for {topic}")
+                )
+            for m in consumer.consume(len(todo), timeout=0.2):
+                p, error = m.partition(), m.error()
+                if p not in todo:
+                    continue
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(error)
+                # The high watermark of the fetch response that held the record (or EOF).
+                _, fetched = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                last = m.offset() + 1 if error is None else 0
+                ends[p] = max(ends[p], fetched, last)
+                todo.discard(p)
+    finally:
+        consumer.unassign()
+    return ends

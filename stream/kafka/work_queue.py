@@ -22,6 +22,7 @@ from confluent_kafka import (
 
 from models.errors import StreamrecError
 from stream.kafka.config import KafkaClientConfig
+from stream.kafka.topics import partition_ends
 
 log = logging.getLogger(f"streamrec.{__name__}")
 
@@ -60,8 +61,11 @@ def publish(kafka: KafkaClientConfig, topic: str, records: Iterable[tuple[str, b
 
 
 def end_offsets(kafka: KafkaClientConfig, topic: str, timeout: float = 30.0) -> Offsets:
-    """Each partition's end offset now (where the next record will be written)."""
-    consumer = Consumer(kafka.consumer("streamrec-offsets"))
+    """Each partition's end offset now (where the next record will be written, one past
+    its last record: ``stream.kafka.topics.partition_ends``)."""
+    consumer = Consumer(
+        kafka.consumer("streamrec-offsets", {"enable.partition.eof": True, "fetch.wait.max.ms": 50})
+    )
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -69,10 +73,7 @@ def end_offsets(kafka: KafkaClientConfig, topic: str, timeout: float = 30.0) -> 
                 meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
                 if meta is None or meta.error is not None:
                     raise StreamrecError(f"topic {topic!r} not found on {kafka}")
-                return {
-                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in sorted(meta.partitions)
-                }
+                return partition_ends(consumer, topic, sorted(meta.partitions), timeout=10)
             except KafkaException as exc:
                 # A topic just created has no leaders for a moment.
                 if time.monotonic() > deadline:

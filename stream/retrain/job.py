@@ -109,9 +109,8 @@ def run_once(
         )
     else:
         source = "the click archive"
-        # Every archived click in the window, the pass's end offsets at least: some
-        # brokers report an end offset inside the last record batch, whose rest the
-        # archivers took too (as the Kafka reader does).
+        # Every archived click in the window: the pass's end offsets at least (the
+        # archivers may have gone on past them).
         got = read_tenants(archive_dir(settings.registry_dir), now - window_s, tenants)
         logs, unreadable = got.clicks, got.damaged
         for path in sorted(got.damaged_segments):
