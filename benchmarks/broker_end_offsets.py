@@ -85,8 +85,7 @@ def batches(broker: str, topic: str, sizes: list[int]) -> None:
 
 
 def queried_ends(broker: str, topic: str) -> dict[int, int]:
-    """The broker's offsets query alone (no fetch), as ``end_offsets`` answered before
-    it checked the query with a fetch."""
+    """The broker's offsets query alone, without ``end_offsets``'s check by a fetch."""
     consumer = Consumer(kafka_config(broker).consumer("streamrec-offsets"))
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
