@@ -17,7 +17,8 @@ verbatim in the training sessions (``valid-seen``) or do not (``valid-novel``): 
 analogue of ``test`` against ``test-novel``, which repeat training sessions far more often.
 
 ``name=value`` arguments override ``TrainParams`` (a refit, e.g. to compare settings on
-valid); ``--fit-without a,b`` fits the ranker with those features held at 0 (their
+valid); ``--tree-param name=value`` passes an extra LightGBM parameter to the trees'
+fit; ``--fit-without a,b`` fits the ranker with those features held at 0 (their
 weights stay 0: the model ranks as one without them); ``--rows served`` ranks the first
 row only. Prints a Markdown table; ``--json``
 keeps the figures.
@@ -178,6 +179,26 @@ def fit_without(names: list[str]) -> None:
     train_module.boosted.top_cases = masked_top_cases  # type: ignore[attr-defined]
 
 
+def tree_params(pairs: list[str]) -> None:
+    """Make the trees' fit pass extra LightGBM parameters (``name=value``, the value read
+    as JSON when it parses, else as text), e.g. ``lambda_l2=10``."""
+    import lightgbm as lgb
+
+    extra: dict[str, object] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            extra[name] = json.loads(value)
+        except ValueError:
+            extra[name] = value
+    train = lgb.train
+
+    def with_extra(params, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return train({**params, **extra}, *args, **kwargs)
+
+    lgb.train = with_extra
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default=",".join(SETS))
@@ -186,8 +207,16 @@ def main() -> None:
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--fit-without", default="", help="features held at 0 in the fit")
+    parser.add_argument(
+        "--tree-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra LightGBM parameter for the trees' fit (repeatable)",
+    )
     parser.add_argument("train", nargs="*", help="TrainParams overrides, name=value")
     args = parser.parse_args()
+    tree_params(args.tree_param)
     params = TrainParams(**overrides(TrainParams(), args.train))
     if args.fit_without:
         fit_without(args.fit_without.split(","))
