@@ -195,17 +195,21 @@ def runs(offsets: list[int]) -> list[tuple[int, int]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--broker", choices=("kafka", "tansu"), required=True)
-    ap.add_argument("--records", type=int, nargs="*", default=[7, 1000, 15000])
+    ap.add_argument(
+        "--records", type=int, nargs="*", default=[7, 1000, 15000], help="records a topic"
+    )
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--linger-ms", type=int, default=5)
-    ap.add_argument("--polls", type=int, default=4)
-    ap.add_argument("--wait", type=float, default=6.0)
-    ap.add_argument("--batches", type=int, nargs="*", default=[10, 5, 1, 3, 20])
+    ap.add_argument("--linger-ms", type=int, default=5, help="the producer's linger")
+    ap.add_argument("--polls", type=int, default=4, help="end offset reads a topic")
+    ap.add_argument("--wait", type=float, default=6.0, help="seconds the reads spread over")
+    ap.add_argument("--batches", type=int, nargs="*", default=[10, 5, 1, 3, 20], help="batch sizes")
     ap.add_argument("--archive", type=int, default=0, help="rounds of the archive check")
     ap.add_argument("--archive-records", type=int, default=15000)
-    ap.add_argument("--ends", choices=("query", "checked"), default="checked")
+    ap.add_argument(
+        "--ends", choices=("query", "checked"), default="checked", help="the archive's target"
+    )
     ap.add_argument("--time", type=int, default=0, help="calls of each, timed")
     args = ap.parse_args()
     run_dir = Path(tempfile.mkdtemp(prefix="endoffsets-"))

@@ -255,10 +255,9 @@ def rerank(
     chosen = np.empty(m, dtype=np.int64)
     kept = select_top(score[:n_pool], m, chosen, bufs)
     floor = np.inf
-    for i in range(kept):
-        floor = min(floor, score[chosen[i]])
     best = -np.inf
     for i in range(kept):
+        floor = min(floor, score[chosen[i]])
         best = max(best, score[chosen[i]])
     for i in range(kept):
         c = chosen[i]
